@@ -1,0 +1,54 @@
+"""Baton: an agent-based workflow orchestrator with hybrid execution.
+
+Public names are loaded lazily, so that ``python -m baton.engine`` (paid by every flow run) imports only what it
+uses.
+
+Usage::
+
+    from baton import flow, task, Client, LocalRun
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "flow": "baton.sdk.flows",
+    "task": "baton.sdk.tasks",
+    "Flow": "baton.sdk.flows",
+    "Task": "baton.sdk.tasks",
+    "LocalRun": "baton.sdk.run_configs",
+    "UniversalRun": "baton.sdk.run_configs",
+    "DockerRun": "baton.sdk.run_configs",
+    "KubernetesRun": "baton.sdk.run_configs",
+    "Client": "baton.client.http",
+}
+
+if TYPE_CHECKING:
+    from baton.client.http import Client
+    from baton.sdk.flows import Flow, flow
+    from baton.sdk.run_configs import DockerRun, KubernetesRun, LocalRun, UniversalRun
+    from baton.sdk.tasks import Task, task
+
+__all__ = [
+    "Client",
+    "DockerRun",
+    "Flow",
+    "KubernetesRun",
+    "LocalRun",
+    "Task",
+    "UniversalRun",
+    "__version__",
+    "flow",
+    "task",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'baton' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

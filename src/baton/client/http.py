@@ -1,0 +1,261 @@
+"""A small synchronous httpx client: one method per route, errors mapped to Baton's specific exceptions.
+
+It is thread-safe (httpx.Client is), which the agent relies on: its loops call it through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from baton.exceptions import (
+    AuthenticationError,
+    ClientError,
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServerUnavailableError,
+)
+from baton.schemas import responses as r
+
+if TYPE_CHECKING:
+    from baton.settings import BatonSettings
+
+M = TypeVar("M", bound=BaseModel)
+
+_ERRORS_BY_STATUS: dict[int, type[ClientError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+}
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):  # FastAPI validation errors: keep them short and readable
+        parts = []
+        for err in detail:
+            if isinstance(err, dict):
+                loc = ".".join(str(p) for p in err.get("loc", []) if p != "body")
+                parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return "; ".join(parts) or str(detail)
+    return str(detail)
+
+
+class Client:
+    """Talks to one Baton API server with one key (an API key or a run token)."""
+
+    def __init__(self, api_url: str, api_key: str | None, timeout: float = 30.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: BatonSettings, require_key: bool = True) -> Client:
+        key = settings.api.key.get_secret_value() if settings.api.key else None
+        if require_key and not key:
+            raise ConfigurationError(
+                "no API key: pass --key, set BATON__API__KEY, or start a local server once to write one "
+                "into $BATON_HOME/config.toml"
+            )
+        return cls(settings.api.url, key, timeout=settings.api.timeout_seconds)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transport -------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON body.
+
+        Raises:
+            ServerUnavailableError: connection failed, timed out, or the server answered 5xx (transient).
+            ClientError: a 4xx answer, as its specific subclass where there is one.
+        """
+        kwargs: dict[str, Any] = {}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        if params:
+            params = {k: v for k, v in params.items() if v is not None}
+        try:
+            response = self._http.request(method, path, json=json, params=params, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ServerUnavailableError(f"the API at {self.api_url} did not answer in time ({exc!r})") from exc
+        except httpx.TransportError as exc:
+            raise ServerUnavailableError(f"cannot reach the API at {self.api_url}: {exc}") from exc
+        if response.status_code >= 500:
+            raise ServerUnavailableError(
+                f"the API at {self.api_url} failed: HTTP {response.status_code} {_detail(response)}"
+            )
+        if response.status_code >= 400:
+            error_class = _ERRORS_BY_STATUS.get(response.status_code, ClientError)
+            raise error_class(response.status_code, _detail(response))
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        return model.model_validate(self.request(method, path, **kwargs))
+
+    def _models(self, model: type[M], method: str, path: str, **kwargs: Any) -> list[M]:
+        return [model.model_validate(item) for item in self.request(method, path, **kwargs)]
+
+    # --- identity and keys -----------------------------------------------------------------------
+
+    def health(self) -> r.Health:
+        return self._model(r.Health, "GET", "/api/health")
+
+    def whoami(self) -> r.WhoAmI:
+        return self._model(r.WhoAmI, "GET", "/api/whoami")
+
+    def create_api_key(self, role: str, name: str | None = None) -> r.ApiKeyCreated:
+        return self._model(r.ApiKeyCreated, "POST", "/api/keys", json={"role": role, "name": name})
+
+    def list_api_keys(self) -> list[r.ApiKeyRead]:
+        return self._models(r.ApiKeyRead, "GET", "/api/keys")
+
+    # --- flows -----------------------------------------------------------------------------------
+
+    def register_flow(self, payload: dict[str, Any]) -> r.FlowRead:
+        return self._model(r.FlowRead, "POST", "/api/flows", json=payload)
+
+    def list_flows(self, name: str | None = None) -> list[r.FlowRead]:
+        return self._models(r.FlowRead, "GET", "/api/flows", params={"name": name})
+
+    def get_flow(self, flow_id: str, include_source: bool = False) -> r.FlowRead:
+        params = {"include_source": "true"} if include_source else None
+        return self._model(r.FlowRead, "GET", f"/api/flows/{flow_id}", params=params)
+
+    # --- flow runs -------------------------------------------------------------------------------
+
+    def create_flow_run(
+        self,
+        *,
+        flow_name: str | None = None,
+        flow_id: str | None = None,
+        flow_version: int | None = None,
+        parameters: dict[str, Any] | None = None,
+        labels: list[str] | None = None,
+        scheduled_start_time: datetime | None = None,
+        name: str | None = None,
+    ) -> r.FlowRunRead:
+        body: dict[str, Any] = {
+            "flow_name": flow_name,
+            "flow_id": flow_id,
+            "flow_version": flow_version,
+            "parameters": parameters or {},
+            "labels": labels,
+            "name": name,
+            "scheduled_start_time": scheduled_start_time.isoformat() if scheduled_start_time else None,
+        }
+        return self._model(r.FlowRunRead, "POST", "/api/flow_runs", json=body)
+
+    def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
+        return self._model(r.FlowRunRead, "GET", f"/api/flow_runs/{flow_run_id}")
+
+    def list_flow_runs(
+        self, state: str | None = None, flow_name: str | None = None, limit: int = 50
+    ) -> list[r.FlowRunRead]:
+        params = {"state": state, "flow_name": flow_name, "limit": limit}
+        return self._models(r.FlowRunRead, "GET", "/api/flow_runs", params=params)
+
+    def set_flow_run_state(
+        self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
+    ) -> r.FlowRunRead:
+        body = {"name": name, "message": message, "data": data}
+        return self._model(r.FlowRunRead, "POST", f"/api/flow_runs/{flow_run_id}/state", json=body)
+
+    def cancel_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
+        return self._model(r.FlowRunRead, "POST", f"/api/flow_runs/{flow_run_id}/cancel")
+
+    def explain_flow_run(self, flow_run_id: str) -> r.RunExplanation:
+        return self._model(r.RunExplanation, "GET", f"/api/flow_runs/{flow_run_id}/explain")
+
+    def flow_run_heartbeat(self, flow_run_id: str) -> r.FlowRunHeartbeatResponse:
+        return self._model(r.FlowRunHeartbeatResponse, "POST", f"/api/flow_runs/{flow_run_id}/heartbeat")
+
+    # --- logs ------------------------------------------------------------------------------------
+
+    def write_logs(self, flow_run_id: str, logs: list[dict[str, Any]]) -> r.LogsWritten:
+        return self._model(r.LogsWritten, "POST", f"/api/flow_runs/{flow_run_id}/logs", json={"logs": logs})
+
+    def get_logs(self, flow_run_id: str, offset: int = 0, limit: int = 1000) -> r.LogsPage:
+        params = {"offset": offset, "limit": limit}
+        return self._model(r.LogsPage, "GET", f"/api/flow_runs/{flow_run_id}/logs", params=params)
+
+    # --- task runs -------------------------------------------------------------------------------
+
+    def create_task_run(
+        self, flow_run_id: str, task_name: str, state: str = "Pending", message: str | None = None
+    ) -> r.TaskRunRead:
+        body = {"task_name": task_name, "state": state, "message": message}
+        return self._model(r.TaskRunRead, "POST", f"/api/flow_runs/{flow_run_id}/task_runs", json=body)
+
+    def set_task_run_state(
+        self, task_run_id: str, state: str, message: str | None = None, attempt: int | None = None
+    ) -> r.TaskRunRead:
+        body = {"state": state, "message": message, "attempt": attempt}
+        return self._model(r.TaskRunRead, "POST", f"/api/task_runs/{task_run_id}/state", json=body)
+
+    def list_task_runs(self, flow_run_id: str) -> list[r.TaskRunRead]:
+        return self._models(r.TaskRunRead, "GET", f"/api/flow_runs/{flow_run_id}/task_runs")
+
+    # --- agents ----------------------------------------------------------------------------------
+
+    def register_agent(
+        self,
+        name: str,
+        agent_type: str,
+        labels: list[str],
+        agent_config_id: str | None = None,
+        version: str | None = None,
+    ) -> r.AgentRead:
+        body = {
+            "name": name,
+            "type": agent_type,
+            "labels": labels,
+            "agent_config_id": agent_config_id,
+            "version": version,
+        }
+        return self._model(r.AgentRead, "POST", "/api/agents", json=body)
+
+    def list_agents(self) -> list[r.AgentRead]:
+        return self._models(r.AgentRead, "GET", "/api/agents")
+
+    def claim(
+        self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0
+    ) -> r.ClaimResponse:
+        body = {"limit": limit, "wait_seconds": wait_seconds, "prefetch_seconds": prefetch_seconds}
+        # The long poll may legitimately take wait_seconds: give the read timeout that much more.
+        timeout = self._http.timeout.read or 30.0
+        return self._model(
+            r.ClaimResponse, "POST", f"/api/agents/{agent_id}/claim", json=body, timeout=timeout + wait_seconds
+        )
+
+    def agent_heartbeat(self, agent_id: str, deployments: list[dict[str, Any]]) -> r.HeartbeatResponse:
+        return self._model(
+            r.HeartbeatResponse, "POST", f"/api/agents/{agent_id}/heartbeat", json={"deployments": deployments}
+        )

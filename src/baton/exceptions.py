@@ -1,0 +1,69 @@
+"""Every exception Baton raises on purpose, in one place, so callers can catch the specific one."""
+
+from __future__ import annotations
+
+
+class BatonError(Exception):
+    """Base of every Baton error."""
+
+
+class ConfigurationError(BatonError):
+    """Settings are missing or malformed (bad config file, bad env var, no API key)."""
+
+
+class InvalidLabelError(BatonError, ValueError):
+    """A label is empty, too long or contains characters a label may not contain."""
+
+
+class IllegalTransitionError(BatonError):
+    """A state transition that the state machine does not allow (the API answers 409)."""
+
+    def __init__(self, current: str, requested: str, reason: str = "") -> None:
+        self.current = current
+        self.requested = requested
+        message = f"cannot move a flow run from {current} to {requested}"
+        super().__init__(f"{message}: {reason}" if reason else message)
+
+
+class FlowLoadError(BatonError):
+    """A flow's source could not be loaded (missing file, import error, no such flow in it)."""
+
+
+class ParameterValidationError(BatonError, ValueError):
+    """Flow-run parameters do not match the flow's signature."""
+
+
+# --- errors raised by the HTTP client -----------------------------------------------------------
+
+
+class ClientError(BatonError):
+    """The API answered, but refused the request."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        super().__init__(f"{detail} (HTTP {status_code})")
+
+
+class AuthenticationError(ClientError):
+    """The API key or run token is missing, unknown or revoked (401)."""
+
+
+class PermissionDeniedError(ClientError):
+    """The key's role does not allow this request (403)."""
+
+
+class NotFoundError(ClientError):
+    """The object does not exist in the key's tenant (404)."""
+
+
+class ConflictError(ClientError):
+    """The request conflicts with the object's current state, e.g. an illegal transition (409)."""
+
+
+class ServerUnavailableError(BatonError):
+    """The API could not be reached, timed out or answered with a 5xx: worth retrying."""
+
+
+class DeploymentError(BatonError):
+    """An agent could not deploy a flow run; the message becomes the run's Failed message."""

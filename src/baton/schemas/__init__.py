@@ -1,0 +1,1 @@
+"""Pydantic models shared by the server and the client: actions (input), core, responses."""

@@ -1,0 +1,139 @@
+"""Request bodies (what clients send). Unknown fields are refused."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from baton.labels import MAX_LABELS, normalize_labels
+from baton.schemas.core import Role, RunConfig, Storage, StrictModel
+from baton.schemas.states import StateName, TaskRunState
+
+NAME_FIELD = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
+MAX_SOURCE_BYTES = 5 * 1024 * 1024
+MAX_LOGS_PER_BATCH = 1000
+MAX_MESSAGE_LENGTH = 100_000
+
+
+def _labels(value: list[str] | None) -> list[str] | None:
+    return None if value is None else normalize_labels(value)
+
+
+class TenantCreate(StrictModel):
+    name: str = NAME_FIELD
+
+
+class ApiKeyCreate(StrictModel):
+    role: Role
+    name: str | None = Field(default=None, max_length=200)
+
+
+class FlowCreate(StrictModel):
+    name: str = NAME_FIELD
+    entrypoint: str = Field(min_length=1, max_length=200, description="name of the @flow function in the source")
+    source: str | None = Field(default=None, max_length=MAX_SOURCE_BYTES)
+    source_filename: str | None = Field(default=None, max_length=4096)
+    storage: Storage = Field(default_factory=Storage)
+    run_config: RunConfig = Field(default_factory=RunConfig)
+    labels: list[str] = Field(default_factory=list, max_length=MAX_LABELS)
+    parameters_schema: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[str] = Field(default_factory=list, max_length=10_000)
+    schedule: dict[str, Any] | None = None
+    description: str | None = Field(default=None, max_length=10_000)
+
+    _norm_labels = field_validator("labels")(_labels)
+
+    @model_validator(mode="after")
+    def _source_for_api_storage(self) -> FlowCreate:
+        if self.storage.type == "api" and not self.source:
+            raise ValueError("storage 'api' needs the flow's source")
+        if self.storage.type == "local" and not self.storage.path:
+            raise ValueError("storage 'local' needs a path")
+        self.run_config.labels = normalize_labels(self.run_config.labels)
+        return self
+
+
+class FlowRunCreate(StrictModel):
+    flow_id: str | None = Field(default=None, max_length=64)
+    flow_name: str | None = Field(default=None, max_length=200)
+    flow_version: int | None = Field(default=None, ge=1)
+    name: str | None = Field(default=None, max_length=200)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str] | None = Field(default=None, max_length=MAX_LABELS)
+    scheduled_start_time: datetime | None = None
+
+    _norm_labels = field_validator("labels")(_labels)
+
+    @field_validator("scheduled_start_time")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("scheduled_start_time needs a timezone (e.g. 2026-01-01T09:00:00Z)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_flow(self) -> FlowRunCreate:
+        if not (self.flow_id or self.flow_name):
+            raise ValueError("give flow_id or flow_name")
+        return self
+
+
+class StateSet(StrictModel):
+    name: StateName
+    message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
+    data: dict[str, Any] | None = None
+
+
+class LogEntry(StrictModel):
+    # Chosen by the sender so a retried batch does not store its lines twice.
+    key: str | None = Field(default=None, max_length=64)
+    timestamp: datetime
+    level: int = Field(default=20, ge=0, le=100)
+    name: str = Field(default="baton", max_length=500)
+    message: str = Field(max_length=MAX_MESSAGE_LENGTH)
+    task_run_id: str | None = Field(default=None, max_length=64)
+
+
+class LogsCreate(StrictModel):
+    logs: list[LogEntry] = Field(max_length=MAX_LOGS_PER_BATCH)
+
+
+class AgentRegister(StrictModel):
+    name: str = NAME_FIELD
+    type: str = Field(min_length=1, max_length=50, pattern=r"^[a-z][a-z0-9_-]*$")
+    labels: list[str] = Field(default_factory=list, max_length=MAX_LABELS)
+    agent_config_id: str | None = Field(default=None, max_length=200)
+    version: str | None = Field(default=None, max_length=50)
+
+    _norm_labels = field_validator("labels")(_labels)
+
+
+class ClaimRequest(StrictModel):
+    limit: int = Field(default=1, ge=1, le=100)
+    wait_seconds: float = Field(default=0.0, ge=0, le=120)
+    prefetch_seconds: float = Field(default=0.0, ge=0, le=3600)
+
+
+class DeploymentStatus(StrictModel):
+    flow_run_id: str = Field(max_length=64)
+    alive: bool
+    exit_code: int | None = None
+    message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
+
+
+class AgentHeartbeat(StrictModel):
+    deployments: list[DeploymentStatus] = Field(default_factory=list, max_length=10_000)
+
+
+class TaskRunCreate(StrictModel):
+    task_name: str = Field(min_length=1, max_length=500)
+    state: TaskRunState = TaskRunState.PENDING
+    message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
+
+
+class TaskRunStateSet(StrictModel):
+    state: TaskRunState
+    message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
+    attempt: int | None = Field(default=None, ge=1)

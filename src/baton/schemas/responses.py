@@ -1,0 +1,170 @@
+"""Response bodies (what the API returns)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from baton.schemas.core import Role, RunConfig, Storage
+
+
+class WhoAmI(BaseModel):
+    tenant_id: str
+    tenant_name: str
+    role: Role | None = None  # None for a run token
+    key_id: str | None = None
+    key_name: str | None = None
+    flow_run_id: str | None = None  # set for a run token
+
+
+class ApiKeyRead(BaseModel):
+    id: str
+    tenant_id: str
+    name: str | None
+    role: Role
+    prefix: str
+    created: datetime
+
+
+class ApiKeyCreated(ApiKeyRead):
+    key: str = Field(description="the key itself; shown once, only its hash is stored")
+
+
+class TenantCreated(BaseModel):
+    id: str
+    name: str
+    admin_key: str
+
+
+class FlowRead(BaseModel):
+    id: str
+    name: str
+    version: int
+    entrypoint: str
+    storage: Storage
+    run_config: RunConfig
+    labels: list[str]
+    parameters_schema: dict[str, Any]
+    tasks: list[str]
+    schedule: dict[str, Any] | None
+    description: str | None
+    source_filename: str | None
+    created: datetime
+    source: str | None = None  # included only on GET /api/flows/{id}?include_source=true
+
+
+class StateRead(BaseModel):
+    name: str
+    message: str | None
+    timestamp: datetime
+    data: dict[str, Any] | None = None
+
+
+class FlowRunRead(BaseModel):
+    id: str
+    name: str
+    flow_id: str
+    flow_name: str
+    flow_version: int
+    state: str
+    state_message: str | None
+    labels: list[str]
+    parameters: dict[str, Any]
+    agent_id: str | None
+    scheduled_start_time: datetime
+    created: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    deployment: dict[str, Any] | None
+    run_config: RunConfig
+    states: list[StateRead] = Field(default_factory=list)
+
+
+class ClaimedRun(BaseModel):
+    flow_run: FlowRunRead
+    flow: FlowRead
+    run_token: str = Field(description="scoped to this run; the agent hands it, never its own key, to the run")
+
+
+class ClaimResponse(BaseModel):
+    runs: list[ClaimedRun]
+
+
+class AgentRead(BaseModel):
+    id: str
+    name: str
+    type: str
+    labels: list[str]
+    agent_config_id: str | None
+    created: datetime
+    last_seen: datetime | None
+
+
+class HeartbeatResponse(BaseModel):
+    cancel: list[str] = Field(description="flow runs whose deployments the agent must stop")
+    failed: list[str] = Field(default_factory=list, description="runs this heartbeat marked Failed")
+
+
+class FlowRunHeartbeatResponse(BaseModel):
+    state: str
+
+
+class LogRead(BaseModel):
+    id: int
+    flow_run_id: str
+    task_run_id: str | None
+    timestamp: datetime
+    level: int
+    name: str
+    message: str
+
+
+class LogsPage(BaseModel):
+    logs: list[LogRead]
+    next_offset: int = Field(description="pass as ?offset= to get the lines after these")
+
+
+class LogsWritten(BaseModel):
+    written: int
+
+
+class TaskRunRead(BaseModel):
+    id: str
+    flow_run_id: str
+    task_name: str
+    state: str
+    message: str | None
+    attempt: int
+    start_time: datetime | None
+    end_time: datetime | None
+    created: datetime
+
+
+class AgentExplanation(BaseModel):
+    agent_id: str
+    name: str
+    type: str
+    labels: list[str]
+    last_seen: datetime | None
+    seconds_since_seen: float | None
+    can_take: bool
+    missing_labels: list[str]
+    reason: str
+
+
+class RunExplanation(BaseModel):
+    flow_run_id: str
+    state: str
+    labels: list[str]
+    scheduled_start_time: datetime
+    late: bool
+    summary: str
+    agents: list[AgentExplanation]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    database: str

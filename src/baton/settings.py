@@ -1,0 +1,185 @@
+"""Typed settings, one model per area, built once at the edge (CLI, ``__main__``) and passed in explicitly.
+
+Precedence, highest first: explicit argument (Python or CLI) > ``BATON__SECTION__KEY`` environment variable >
+``$BATON_HOME/config.toml`` > default. Nothing here reads the environment at import time: call
+:func:`load_settings` where a program starts.
+
+Usage::
+
+    settings = load_settings(agent={"labels": ["dev"]})
+    settings.api.url
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from baton.exceptions import ConfigurationError
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+DEFAULT_API_URL = "http://127.0.0.1:4200"
+
+
+def baton_home() -> Path:
+    """``$BATON_HOME``, default ``~/.baton``: holds config.toml and the default SQLite database."""
+    return Path(os.environ.get("BATON_HOME") or Path.home() / ".baton").expanduser()
+
+
+def config_path() -> Path:
+    return baton_home() / "config.toml"
+
+
+class ApiSettings(BaseModel):
+    """How clients (CLI, agents, flow-run processes) reach the API server."""
+
+    url: str = DEFAULT_API_URL
+    key: SecretStr | None = None
+    tenant_id: str | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"API URL must start with http:// or https://, got {value!r}")
+        return value
+
+
+class ServerSettings(BaseModel):
+    """The API server: where it listens, its database and the timings of its background services."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4200, ge=0, le=65535)
+    database_url: str | None = None  # None: sqlite in $BATON_HOME
+    database_pool_size: int = Field(default=10, ge=1)
+    # A claimed run that is not Submitted within its lease goes back to Scheduled (DESIGN.md §3).
+    claim_lease_seconds: float = Field(default=30.0, gt=0)
+    max_lease_returns: int = Field(default=3, ge=0)
+    # Longest a claim call may wait, whatever the agent asks for: bounds how long a request holds a slot.
+    max_claim_wait_seconds: float = Field(default=30.0, ge=0)
+    services_interval_seconds: float = Field(default=1.0, gt=0)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+
+
+class AgentSettings(BaseModel):
+    """Agents: identity, routing and the timings of their loops."""
+
+    type: Literal["local", "docker", "kubernetes"] = "local"
+    name: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    agent_config_id: str | None = None
+    agent_address: str | None = None
+    max_polls: int | None = Field(default=None, ge=0)
+    limit: int | None = Field(default=None, ge=1)
+    poll_wait_seconds: float = Field(default=20.0, ge=0)
+    heartbeat_interval_seconds: float = Field(default=5.0, gt=0)
+    # Health turns 503 when the poll loop has not talked to the API for this long.
+    health_deadline_seconds: float = Field(default=60.0, gt=0)
+    show_flow_logs: bool = False
+    hostname_label: bool = True
+    import_paths: list[str] = Field(default_factory=list)
+    # N failed API calls in a row end the agent with a non-zero exit (STYLE.md principle 3).
+    max_consecutive_errors: int = Field(default=30, ge=1)
+
+
+class LoggingSettings(BaseModel):
+    level: LogLevel = "INFO"
+    send_to_api: bool = True
+    batch_interval_seconds: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=500, ge=1)
+
+
+class BatonSettings(BaseSettings):
+    """All of Baton's settings. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATON__",
+        env_nested_delimiter="__",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Called when settings are built, never at import: the config file's place follows $BATON_HOME then.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
+
+    def database_url(self) -> str:
+        """The configured database URL, or the default SQLite file in $BATON_HOME."""
+        if self.server.database_url:
+            return self.server.database_url
+        return f"sqlite:///{baton_home() / 'baton.db'}"
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    """Explicit arguments left as None mean 'not given': they must not hide env or file values."""
+    cleaned: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if value:
+                cleaned[key] = value
+        elif value is not None:
+            cleaned[key] = value
+    return cleaned
+
+
+def load_settings(**overrides: Any) -> BatonSettings:
+    """Build the settings once, with explicit overrides per section, e.g. ``load_settings(api={"url": u})``.
+
+    Raises:
+        ConfigurationError: the config file or an environment variable is malformed.
+    """
+    from pydantic import ValidationError
+
+    try:
+        return BatonSettings(**_drop_none(overrides))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{config_path()} is not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from exc
+
+
+def write_config_values(section: str, values: dict[str, Any]) -> Path:
+    """Merge ``values`` into ``[section]`` of config.toml, creating it with mode 0600 (it holds keys)."""
+    import tomli_w
+
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current: dict[str, Any] = {}
+    if path.exists():
+        current = tomllib.loads(path.read_text())
+    current.setdefault(section, {}).update(values)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(tomli_w.dumps(current))
+    os.chmod(path, 0o600)
+    return path
