@@ -141,9 +141,9 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     cleaned: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            value = _drop_none(value)
-            if value:
-                cleaned[key] = value
+            nested = _drop_none(value)
+            if nested:
+                cleaned[key] = nested
         elif value is not None:
             cleaned[key] = value
     return cleaned

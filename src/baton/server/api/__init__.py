@@ -1,1 +1,1 @@
-
+"""Thin routers: parse, authorise, delegate to ``server.models``, convert to response schemas."""

@@ -1,1 +1,1 @@
-
+"""Query modules, one per resource: the only code that talks to the database. Handlers stay thin."""

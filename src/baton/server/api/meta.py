@@ -1,0 +1,66 @@
+"""Health, identity and API keys."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from sqlalchemy import text
+
+from baton import __version__
+from baton.schemas.actions import ApiKeyCreate
+from baton.schemas.responses import ApiKeyCreated, ApiKeyRead, Health, WhoAmI
+from baton.server.api.deps import Admin, AnyPrincipal, Db, transaction
+from baton.server.database.orm import ApiKey
+from baton.server.models import tenants
+
+router = APIRouter(tags=["meta"])
+
+
+@router.get("/health", response_model=Health)
+def health(request: Request, db: Db) -> Health:
+    """The server itself; no authentication. 503 when the database does not answer."""
+    from fastapi import HTTPException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with transaction(db) as session:
+            session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise HTTPException(503, f"database unavailable: {type(exc).__name__}") from exc
+    return Health(status="healthy", version=__version__, database=request.app.state.database_kind)
+
+
+@router.get("/whoami", response_model=WhoAmI)
+def whoami(principal: AnyPrincipal) -> WhoAmI:
+    return WhoAmI(
+        tenant_id=principal.tenant_id,
+        tenant_name=principal.tenant_name,
+        role=principal.role,
+        key_id=principal.key_id,
+        key_name=principal.key_name,
+        flow_run_id=principal.flow_run_id,
+    )
+
+
+def _key_read(key: ApiKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "tenant_id": key.tenant_id,
+        "name": key.name,
+        "role": key.role,
+        "prefix": key.prefix,
+        "created": key.created,
+    }
+
+
+@router.post("/keys", response_model=ApiKeyCreated, status_code=201)
+def create_key(payload: ApiKeyCreate, principal: Admin, db: Db) -> ApiKeyCreated:
+    """Create a key in the caller's tenant (admin only). The key is in this answer and nowhere else."""
+    with transaction(db) as session:
+        key, secret = tenants.create_api_key(session, principal.tenant_id, payload.role, payload.name)
+        return ApiKeyCreated(**_key_read(key), key=secret)
+
+
+@router.get("/keys", response_model=list[ApiKeyRead])
+def list_keys(principal: Admin, db: Db) -> list[ApiKeyRead]:
+    with transaction(db) as session:
+        return [ApiKeyRead(**_key_read(k)) for k in tenants.list_api_keys(session, principal.tenant_id)]

@@ -1,0 +1,198 @@
+"""The database schema as SQLAlchemy 2 ORM models (DESIGN.md §2). Migrations in ``migrations/`` create it.
+
+Portable by design: string UUID keys, JSON columns, timezone-aware UTC timestamps, no SQLite-only constructs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC, always returns aware datetimes (SQLite drops the offset; PostgreSQL keeps it)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored: give a timezone")
+        value = value.astimezone(UTC)
+        # SQLite compares timestamps as text: store them in one format without offset so ordering is right.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    # sha256 of the key: keys are 190+ bits of randomness, so a fast hash is enough and lookups stay indexed.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class Flow(Base):
+    __tablename__ = "flows"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", "version", name="uq_flows_tenant_name_version"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    entrypoint: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(Text)
+    source_filename: Mapped[str | None] = mapped_column(String(4096))
+    # Identifies the registered content: registering unchanged code again returns the same version.
+    content_hash: Mapped[str] = mapped_column(String(64))
+    storage: Mapped[dict[str, Any]] = mapped_column()
+    run_config: Mapped[dict[str, Any]] = mapped_column()
+    labels: Mapped[list[str]] = mapped_column()
+    parameters_schema: Mapped[dict[str, Any]] = mapped_column()
+    tasks: Mapped[list[str]] = mapped_column()
+    schedule: Mapped[dict[str, Any] | None] = mapped_column()
+    description: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", "type", "labels_key", name="uq_agents_identity"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(50))
+    labels: Mapped[list[str]] = mapped_column()
+    labels_key: Mapped[str] = mapped_column(Text)  # sorted labels joined by ',': part of the agent's identity
+    agent_config_id: Mapped[str | None] = mapped_column(String(200))
+    # The key that registered it: a runner key may act only on runs its own agents claimed.
+    api_key_id: Mapped[str | None] = mapped_column(String(36))
+    version: Mapped[str | None] = mapped_column(String(50))
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime | None] = mapped_column()
+
+
+class FlowRun(Base):
+    __tablename__ = "flow_runs"
+    __table_args__ = (
+        # The claim query: claimable runs of a tenant in start-time order.
+        Index("ix_flow_runs_claim", "tenant_id", "state", "scheduled_start_time"),
+        Index("ix_flow_runs_tenant_created", "tenant_id", "created"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    flow_id: Mapped[str] = mapped_column(ForeignKey("flows.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    parameters: Mapped[dict[str, Any]] = mapped_column()
+    labels: Mapped[list[str]] = mapped_column()
+    label_count: Mapped[int] = mapped_column(Integer, default=0)
+    run_config: Mapped[dict[str, Any]] = mapped_column()
+    scheduled_start_time: Mapped[datetime] = mapped_column()
+    state: Mapped[str] = mapped_column(String(20))
+    state_message: Mapped[str | None] = mapped_column(Text)
+    # Bumped by every transition: updates are compare-and-set on it, so two writers can never both win.
+    state_version: Mapped[int] = mapped_column(Integer, default=0)
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), index=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    lease_returns: Mapped[int] = mapped_column(Integer, default=0)
+    run_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    deployment: Mapped[dict[str, Any] | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    start_time: Mapped[datetime | None] = mapped_column()
+    end_time: Mapped[datetime | None] = mapped_column()
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    updated: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FlowRunLabel(Base):
+    """One row per run label, so the label rule is a portable NOT EXISTS in the claim query."""
+
+    __tablename__ = "flow_run_labels"
+
+    flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class FlowRunState(Base):
+    __tablename__ = "flow_run_states"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column()
+    timestamp: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TaskRun(Base):
+    __tablename__ = "task_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"), index=True)
+    task_name: Mapped[str] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    start_time: Mapped[datetime | None] = mapped_column()
+    end_time: Mapped[datetime | None] = mapped_column()
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Log(Base):
+    __tablename__ = "logs"
+    __table_args__ = (
+        # A retried batch carries the same keys: the second copy is ignored, never stored twice.
+        UniqueConstraint("flow_run_id", "key", name="uq_logs_run_key"),
+        Index("ix_logs_run_id", "flow_run_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"))
+    task_run_id: Mapped[str | None] = mapped_column(String(36))
+    key: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[datetime] = mapped_column()
+    level: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(500))
+    message: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,182 @@
+"""Agents: registration, heartbeats (liveness of their deployments) and `runs explain`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from baton.labels import agent_can_take, missing_labels
+from baton.schemas.actions import AgentRegister, DeploymentStatus
+from baton.schemas.responses import AgentExplanation, AgentRead, RunExplanation
+from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
+from baton.server.database.orm import Agent, FlowRun, utcnow
+from baton.server.models.claims import extend_leases
+from baton.server.models.errors import ObjectNotFound, StaleState
+from baton.server.models.flow_runs import get_flow_run, transition
+
+# A run due this long ago and still unclaimed is late (derived, not a state: DESIGN.md §3).
+LATE_AFTER_SECONDS = 5.0
+
+
+def register_agent(session: Session, tenant_id: str, payload: AgentRegister, api_key_id: str | None) -> Agent:
+    """Same name + type + labels -> same agent id, so a restarted agent keeps its identity."""
+    labels_key = ",".join(payload.labels)
+    identity = (
+        Agent.tenant_id == tenant_id,
+        Agent.name == payload.name,
+        Agent.type == payload.type,
+        Agent.labels_key == labels_key,
+    )
+    agent = session.scalar(select(Agent).where(*identity))
+    if agent is None:
+        agent = Agent(
+            tenant_id=tenant_id,
+            name=payload.name,
+            type=payload.type,
+            labels=payload.labels,
+            labels_key=labels_key,
+        )
+        try:
+            with session.begin_nested():
+                session.add(agent)
+        except IntegrityError:  # registered concurrently under the same identity
+            agent = session.scalars(select(Agent).where(*identity)).one()
+    agent.agent_config_id = payload.agent_config_id
+    agent.version = payload.version
+    agent.api_key_id = api_key_id
+    agent.last_seen = utcnow()
+    session.flush()
+    return agent
+
+
+def get_agent(session: Session, tenant_id: str, agent_id: str) -> Agent:
+    agent = session.scalar(select(Agent).where(Agent.tenant_id == tenant_id, Agent.id == agent_id))
+    if agent is None:
+        raise ObjectNotFound(f"agent {agent_id} not found")
+    return agent
+
+
+def list_agents(session: Session, tenant_id: str) -> list[Agent]:
+    return list(session.scalars(select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.created)))
+
+
+def touch(session: Session, agent: Agent) -> None:
+    session.execute(
+        update(Agent)
+        .where(Agent.id == agent.id)
+        .values(last_seen=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+@dataclass
+class HeartbeatOutcome:
+    cancel: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def _end_dead_deployment(session: Session, run: FlowRun, status: DeploymentStatus) -> bool:
+    """Mark a run whose infrastructure ended without a final state. Returns True when it was marked Failed."""
+    code = "unknown" if status.exit_code is None else str(status.exit_code)
+    detail = f": {status.message}" if status.message else ""
+    if run.state == StateName.CANCELLING:
+        transition(session, run, StateName.CANCELLED, f"cancelled; the deployment exited with code {code}")
+        return False
+    message = f"process exited with code {code} before reporting a final state{detail}"
+    transition(session, run, StateName.FAILED, message, {"exit_code": status.exit_code})
+    return True
+
+
+def process_heartbeat(
+    session: Session, agent: Agent, deployments: list[DeploymentStatus], lease_seconds: float
+) -> HeartbeatOutcome:
+    touch(session, agent)
+    extend_leases(session, agent, lease_seconds)
+    outcome = HeartbeatOutcome()
+    for status in deployments:
+        if status.alive:
+            continue
+        run = session.scalar(select(FlowRun).where(FlowRun.id == status.flow_run_id, FlowRun.agent_id == agent.id))
+        if run is None or run.state in FINAL_STATES or run.state in CLAIMABLE_STATES:
+            continue
+        try:
+            with session.begin_nested():
+                if _end_dead_deployment(session, run, status):
+                    outcome.failed.append(run.id)
+        except StaleState:
+            continue  # the run reported its own final state at this very moment
+    to_cancel = session.scalars(
+        select(FlowRun.id).where(FlowRun.agent_id == agent.id, FlowRun.state == StateName.CANCELLING.value)
+    )
+    outcome.cancel = list(to_cancel)
+    return outcome
+
+
+def to_read(agent: Agent) -> AgentRead:
+    return AgentRead(
+        id=agent.id,
+        name=agent.name,
+        type=agent.type,
+        labels=agent.labels,
+        agent_config_id=agent.agent_config_id,
+        created=agent.created,
+        last_seen=agent.last_seen,
+    )
+
+
+def _explain_agent(run: FlowRun, agent: Agent, stale_after: float) -> AgentExplanation:
+    now = utcnow()
+    age = (now - agent.last_seen).total_seconds() if agent.last_seen else None
+    can_take = agent_can_take(run.labels, agent.labels)
+    lacking = missing_labels(run.labels, agent.labels)
+    if not can_take and not run.labels:
+        reason = f"the run has no labels, and an agent with labels ({', '.join(agent.labels)}) never takes those"
+    elif not can_take:
+        reason = f"lacks label(s) {', '.join(lacking)}"
+    elif age is None or age > stale_after:
+        reason = "could take it, but has not been seen recently (is it running?)"
+    else:
+        reason = "can take it"
+    return AgentExplanation(
+        agent_id=agent.id,
+        name=agent.name,
+        type=agent.type,
+        labels=agent.labels,
+        last_seen=agent.last_seen,
+        seconds_since_seen=age,
+        can_take=can_take,
+        missing_labels=lacking,
+        reason=reason,
+    )
+
+
+def explain_run(session: Session, tenant_id: str, flow_run_id: str, stale_after: float) -> RunExplanation:
+    """Why is (or isn't) this run being picked up? One line per registered agent of the tenant."""
+    run = get_flow_run(session, tenant_id, flow_run_id)
+    explained = [_explain_agent(run, agent, stale_after) for agent in list_agents(session, tenant_id)]
+    late = run.state in CLAIMABLE_STATES and (utcnow() - run.scheduled_start_time).total_seconds() > LATE_AFTER_SECONDS
+    able = [a for a in explained if a.can_take]
+    live = [a for a in able if a.reason == "can take it"]
+    if run.state not in CLAIMABLE_STATES:
+        summary = f"the run is {run.state}: it is not waiting for an agent"
+    elif not explained:
+        summary = "no agent has ever registered in this tenant: start one with `baton agent local start`"
+    elif not able:
+        wanted = ", ".join(run.labels) or "no labels"
+        summary = f"no registered agent can take this run: it needs an agent with labels ⊇ [{wanted}]"
+    elif not live:
+        summary = "agents that could take it exist but none was seen recently"
+    else:
+        summary = f"{len(live)} live agent(s) can take it" + (" (it is late)" if late else "")
+    return RunExplanation(
+        flow_run_id=run.id,
+        state=run.state,
+        labels=run.labels,
+        scheduled_start_time=run.scheduled_start_time,
+        late=late,
+        summary=summary,
+        agents=explained,
+    )

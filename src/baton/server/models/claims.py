@@ -1,0 +1,123 @@
+"""Claiming runs for agents, and giving back leases that ran out (DESIGN.md §3, §5).
+
+A claim is a server-side transition Scheduled/Retrying -> Pending, written as a compare-and-set, so that with
+any number of agents (and server replicas sharing one database) each run is claimed exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, exists, func, select
+from sqlalchemy.orm import Session
+
+from baton.schemas.states import CLAIMABLE_STATES, StateName
+from baton.server.database.orm import Agent, FlowRun, FlowRunLabel, utcnow
+from baton.server.models.errors import StaleState
+from baton.server.models.flow_runs import transition
+from baton.server.models.tenants import RUN_TOKEN_PREFIX, hash_secret, new_secret
+
+_CLAIMABLE = [state.value for state in CLAIMABLE_STATES]
+
+
+@dataclass
+class ClaimResult:
+    runs: list[tuple[FlowRun, str]] = field(default_factory=list)  # (run, run token)
+    next_due: datetime | None = None  # earliest matching run not yet due, when nothing was claimed
+
+
+def label_filter(agent_labels: list[str]) -> ColumnElement[bool]:
+    """The label rule as SQL: run labels ⊆ agent labels; unlabelled runs only to unlabelled agents."""
+    if not agent_labels:
+        return FlowRun.label_count == 0
+    foreign_label = exists().where(FlowRunLabel.flow_run_id == FlowRun.id, FlowRunLabel.label.not_in(agent_labels))
+    return and_(FlowRun.label_count > 0, ~foreign_label)
+
+
+def _matching(agent: Agent) -> ColumnElement[bool]:
+    return and_(
+        FlowRun.tenant_id == agent.tenant_id,
+        FlowRun.state.in_(_CLAIMABLE),
+        label_filter(agent.labels),
+    )
+
+
+def claim_runs(
+    session: Session, agent: Agent, limit: int, prefetch_seconds: float, lease_seconds: float
+) -> ClaimResult:
+    """Claim up to ``limit`` due runs for ``agent`` in the caller's transaction."""
+    now = utcnow()
+    horizon = now + timedelta(seconds=prefetch_seconds)
+    result = ClaimResult()
+    # A lost race (another agent took a candidate first) just means trying the next candidates.
+    for _round in range(3):
+        wanted = limit - len(result.runs)
+        candidates = session.scalars(
+            select(FlowRun)
+            .where(_matching(agent), FlowRun.scheduled_start_time <= horizon)
+            .order_by(FlowRun.scheduled_start_time, FlowRun.created)
+            .limit(wanted * 2)
+        ).all()
+        for run in candidates:
+            if len(result.runs) >= limit:
+                break
+            token = new_secret(RUN_TOKEN_PREFIX)
+            extra = {
+                "agent_id": agent.id,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                "run_token_hash": hash_secret(token),
+            }
+            try:
+                with session.begin_nested():
+                    transition(session, run, StateName.PENDING, f"claimed by agent {agent.name}", None, extra)
+            except StaleState:
+                continue
+            result.runs.append((run, token))
+        if len(result.runs) >= limit or len(candidates) < wanted * 2:
+            break
+    if not result.runs:
+        result.next_due = session.scalar(
+            select(func.min(FlowRun.scheduled_start_time)).where(
+                _matching(agent), FlowRun.scheduled_start_time > horizon
+            )
+        )
+    return result
+
+
+def extend_leases(session: Session, agent: Agent, lease_seconds: float) -> None:
+    """An agent that heartbeats is alive: its claims not yet deployed keep their lease."""
+    from sqlalchemy import update
+
+    session.execute(
+        update(FlowRun)
+        .where(FlowRun.agent_id == agent.id, FlowRun.state == StateName.PENDING.value)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def expire_leases(session: Session, max_returns: int, batch: int = 500) -> list[FlowRun]:
+    """Return Pending runs whose lease ran out to Scheduled; after ``max_returns`` returns, fail them.
+
+    Returns the runs put back in the queue (their tenants' waiting agents should be woken).
+    """
+    now = utcnow()
+    expired = session.scalars(
+        select(FlowRun).where(FlowRun.state == StateName.PENDING.value, FlowRun.lease_expires_at < now).limit(batch)
+    ).all()
+    requeued: list[FlowRun] = []
+    for run in expired:
+        returns = run.lease_returns + 1
+        try:
+            with session.begin_nested():
+                if returns > max_returns:
+                    message = f"the agent did not deploy the run within its lease {returns} times; giving up"
+                    transition(session, run, StateName.FAILED, message, None, {"lease_returns": returns})
+                else:
+                    message = f"lease expired: the agent did not deploy the run (return {returns}/{max_returns})"
+                    transition(session, run, StateName.SCHEDULED, message, None, {"lease_returns": returns})
+                    requeued.append(run)
+        except StaleState:
+            continue  # the agent reported just now: its report wins
+    return requeued

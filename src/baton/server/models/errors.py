@@ -1,0 +1,21 @@
+"""Errors the query modules raise; the API turns them into 4xx answers."""
+
+from __future__ import annotations
+
+from baton.exceptions import BatonError
+
+
+class ObjectNotFound(BatonError):
+    """Not found in the caller's tenant (404: another tenant's ids are indistinguishable from unknown ones)."""
+
+
+class InvalidRequest(BatonError):
+    """A well-formed request that cannot be honoured (422), e.g. parameters that do not fit the flow."""
+
+
+class Forbidden(BatonError):
+    """The caller's role or scope does not allow this (403)."""
+
+
+class StaleState(BatonError):
+    """Another writer changed the run first; the caller may retry with the fresh state (409)."""

@@ -1,0 +1,193 @@
+"""Flow runs: creation (label rule, parameter checks), reads, and every state transition.
+
+All transitions go through :func:`transition`: it validates against the state machine and writes with a
+compare-and-set on ``state_version`` in the caller's transaction, so two writers can never both move a run.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from baton.schemas.actions import FlowRunCreate
+from baton.schemas.core import RunConfig
+from baton.schemas.responses import FlowRunRead, StateRead
+from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
+from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
+from baton.server.models import flows as flow_queries
+from baton.server.models.errors import ObjectNotFound, StaleState
+from baton.server.models.names import random_run_name
+from baton.server.models.parameters import check_parameters
+
+MAX_TRANSITION_ATTEMPTS = 5
+
+
+def resolve_run_labels(explicit: list[str] | None, flow: Flow) -> list[str]:
+    """DESIGN.md §4: explicit labels, else the run config's labels, else the flow's labels."""
+    if explicit is not None:
+        return explicit
+    run_config_labels = list(flow.run_config.get("labels") or [])
+    return sorted(set(run_config_labels)) if run_config_labels else list(flow.labels)
+
+
+def create_flow_run(session: Session, tenant_id: str, payload: FlowRunCreate) -> FlowRun:
+    if payload.flow_id:
+        flow = flow_queries.get_flow(session, tenant_id, payload.flow_id)
+    else:
+        assert payload.flow_name is not None  # guaranteed by FlowRunCreate's validator
+        flow = flow_queries.find_flow(session, tenant_id, payload.flow_name, payload.flow_version)
+    check_parameters(flow.parameters_schema, payload.parameters)
+    labels = resolve_run_labels(payload.labels, flow)
+    now = utcnow()
+    run = FlowRun(
+        tenant_id=tenant_id,
+        flow_id=flow.id,
+        name=payload.name or random_run_name(),
+        parameters=payload.parameters,
+        labels=labels,
+        label_count=len(labels),
+        run_config=flow.run_config,
+        scheduled_start_time=payload.scheduled_start_time or now,
+        state=StateName.SCHEDULED.value,
+        state_message=None,
+        state_version=0,
+        created=now,
+        updated=now,
+    )
+    session.add(run)
+    session.flush()
+    session.add_all(FlowRunLabel(flow_run_id=run.id, label=label) for label in labels)
+    session.add(FlowRunState(flow_run_id=run.id, name=run.state, message=None, timestamp=now))
+    return run
+
+
+def get_flow_run(session: Session, tenant_id: str, flow_run_id: str) -> FlowRun:
+    run = session.scalar(select(FlowRun).where(FlowRun.tenant_id == tenant_id, FlowRun.id == flow_run_id))
+    if run is None:
+        raise ObjectNotFound(f"flow run {flow_run_id} not found")
+    return run
+
+
+def list_flow_runs(
+    session: Session,
+    tenant_id: str,
+    *,
+    state: str | None = None,
+    flow_name: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[FlowRun]:
+    stmt = select(FlowRun).where(FlowRun.tenant_id == tenant_id)
+    if state:
+        stmt = stmt.where(FlowRun.state == state)
+    if flow_name:
+        stmt = stmt.join(Flow, Flow.id == FlowRun.flow_id).where(Flow.name == flow_name)
+    stmt = stmt.order_by(FlowRun.created.desc(), FlowRun.id).limit(limit).offset(offset)
+    return list(session.scalars(stmt))
+
+
+def to_read(session: Session, runs: Sequence[FlowRun]) -> list[FlowRunRead]:
+    """Convert runs to their API form, loading their flows and state histories in two queries."""
+    if not runs:
+        return []
+    run_ids = [run.id for run in runs]
+    flows = {f.id: f for f in session.scalars(select(Flow).where(Flow.id.in_({run.flow_id for run in runs})))}
+    history: dict[str, list[StateRead]] = defaultdict(list)
+    state_rows = session.scalars(
+        select(FlowRunState).where(FlowRunState.flow_run_id.in_(run_ids)).order_by(FlowRunState.id)
+    )
+    for row in state_rows:
+        history[row.flow_run_id].append(
+            StateRead(name=row.name, message=row.message, timestamp=row.timestamp, data=row.data)
+        )
+    return [
+        FlowRunRead(
+            id=run.id,
+            name=run.name,
+            flow_id=run.flow_id,
+            flow_name=flows[run.flow_id].name,
+            flow_version=flows[run.flow_id].version,
+            state=run.state,
+            state_message=run.state_message,
+            labels=run.labels,
+            parameters=run.parameters,
+            agent_id=run.agent_id,
+            scheduled_start_time=run.scheduled_start_time,
+            created=run.created,
+            start_time=run.start_time,
+            end_time=run.end_time,
+            deployment=run.deployment,
+            run_config=RunConfig.model_validate(run.run_config),
+            states=history[run.id],
+        )
+        for run in runs
+    ]
+
+
+def _side_effects(run: FlowRun, new_state: StateName, data: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+    """Columns that change with the state, besides the state itself."""
+    values: dict[str, Any] = {}
+    if new_state == StateName.SUBMITTED:
+        values.update(deployment=data or {}, lease_expires_at=None)
+    elif new_state == StateName.RUNNING:
+        values.update(start_time=run.start_time or now, heartbeat_at=now)
+    elif new_state in CLAIMABLE_STATES:
+        # Back in the queue: whoever held it lets go, and its token dies with the claim.
+        values.update(agent_id=None, lease_expires_at=None, run_token_hash=None, deployment=None)
+    if new_state in FINAL_STATES:
+        # Clearing the hash revokes the run token (DESIGN.md §2).
+        values.update(end_time=now, run_token_hash=None, lease_expires_at=None)
+    return values
+
+
+def transition(
+    session: Session,
+    run: FlowRun,
+    new_state: StateName,
+    message: str | None = None,
+    data: dict[str, Any] | None = None,
+    extra_values: dict[str, Any] | None = None,
+) -> FlowRun:
+    """Move ``run`` to ``new_state`` in the caller's transaction.
+
+    Raises:
+        IllegalTransitionError: the state machine forbids it (409).
+        StaleState: another writer moved the run since it was read; re-read and decide again.
+    """
+    check_transition(run.state, new_state)
+    now = utcnow()
+    values = {
+        "state": new_state.value,
+        "state_message": message,
+        "state_version": run.state_version + 1,
+        "updated": now,
+        **_side_effects(run, new_state, data, now),
+        **(extra_values or {}),
+    }
+    result = session.execute(
+        update(FlowRun)
+        .where(FlowRun.id == run.id, FlowRun.state_version == run.state_version)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleState(f"flow run {run.id} changed while this request was handled")
+    for column, value in values.items():
+        set_committed_value(run, column, value)
+    session.add(FlowRunState(flow_run_id=run.id, name=new_state.value, message=message, data=data, timestamp=now))
+    return run
+
+
+def record_heartbeat(session: Session, run: FlowRun) -> None:
+    session.execute(
+        update(FlowRun)
+        .where(FlowRun.id == run.id)
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,112 @@
+"""Flows and their versions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from baton.schemas.actions import FlowCreate
+from baton.schemas.core import RunConfig, Storage
+from baton.schemas.responses import FlowRead
+from baton.server.database.orm import Flow
+from baton.server.models.errors import ObjectNotFound
+
+
+def _content_hash(payload: FlowCreate) -> str:
+    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def latest_version(session: Session, tenant_id: str, name: str) -> Flow | None:
+    stmt = select(Flow).where(Flow.tenant_id == tenant_id, Flow.name == name).order_by(Flow.version.desc()).limit(1)
+    return session.scalar(stmt)
+
+
+def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tuple[Flow, bool]:
+    """Store a new version unless the latest one has the same content. Returns (flow, created)."""
+    digest = _content_hash(payload)
+    for _attempt in range(3):
+        latest = latest_version(session, tenant_id, payload.name)
+        if latest is not None and latest.content_hash == digest:
+            return latest, False
+        flow = Flow(
+            tenant_id=tenant_id,
+            name=payload.name,
+            version=(latest.version + 1) if latest else 1,
+            entrypoint=payload.entrypoint,
+            source=payload.source,
+            source_filename=payload.source_filename,
+            content_hash=digest,
+            storage=payload.storage.model_dump(mode="json"),
+            run_config=payload.run_config.model_dump(mode="json"),
+            labels=payload.labels,
+            parameters_schema=payload.parameters_schema,
+            tasks=payload.tasks,
+            schedule=payload.schedule,
+            description=payload.description,
+        )
+        try:
+            with session.begin_nested():
+                session.add(flow)
+        except IntegrityError:
+            continue  # someone registered the same name at the same moment: take the next version
+        return flow, True
+    raise ObjectNotFound(f"could not register flow {payload.name!r}: too many concurrent registrations")
+
+
+def get_flow(session: Session, tenant_id: str, flow_id: str) -> Flow:
+    flow = session.scalar(select(Flow).where(Flow.tenant_id == tenant_id, Flow.id == flow_id))
+    if flow is None:
+        raise ObjectNotFound(f"flow {flow_id} not found")
+    return flow
+
+
+def find_flow(session: Session, tenant_id: str, name: str, version: int | None) -> Flow:
+    if version is None:
+        flow = latest_version(session, tenant_id, name)
+    else:
+        flow = session.scalar(
+            select(Flow).where(Flow.tenant_id == tenant_id, Flow.name == name, Flow.version == version)
+        )
+    if flow is None:
+        suffix = f" version {version}" if version is not None else ""
+        raise ObjectNotFound(f"flow {name!r}{suffix} not found: register it first with `baton register`")
+    return flow
+
+
+def list_flows(session: Session, tenant_id: str, name: str | None = None, all_versions: bool = False) -> list[Flow]:
+    stmt = select(Flow).where(Flow.tenant_id == tenant_id)
+    if name:
+        stmt = stmt.where(Flow.name == name)
+    if not all_versions:
+        newest = (
+            select(Flow.name, func.max(Flow.version).label("version"))
+            .where(Flow.tenant_id == tenant_id)
+            .group_by(Flow.name)
+            .subquery()
+        )
+        stmt = stmt.join(newest, (newest.c.name == Flow.name) & (newest.c.version == Flow.version))
+    return list(session.scalars(stmt.order_by(Flow.name, Flow.version.desc())))
+
+
+def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
+    return FlowRead(
+        id=flow.id,
+        name=flow.name,
+        version=flow.version,
+        entrypoint=flow.entrypoint,
+        storage=Storage.model_validate(flow.storage),
+        run_config=RunConfig.model_validate(flow.run_config),
+        labels=flow.labels,
+        parameters_schema=flow.parameters_schema,
+        tasks=flow.tasks,
+        schedule=flow.schedule,
+        description=flow.description,
+        source_filename=flow.source_filename,
+        created=flow.created,
+        source=flow.source if include_source else None,
+    )
