@@ -252,10 +252,17 @@ class Client:
         # The long poll may legitimately take wait_seconds: give the read timeout that much more.
         timeout = self._http.timeout.read or 30.0
         return self._model(
-            r.ClaimResponse, "POST", f"/api/agents/{agent_id}/claim", json=body, timeout=timeout + wait_seconds
+            r.ClaimResponse,
+            "POST",
+            f"/api/agents/{agent_id}/claim",
+            json=body,
+            timeout=timeout + wait_seconds,
         )
 
     def agent_heartbeat(self, agent_id: str, deployments: list[dict[str, Any]]) -> r.HeartbeatResponse:
         return self._model(
-            r.HeartbeatResponse, "POST", f"/api/agents/{agent_id}/heartbeat", json={"deployments": deployments}
+            r.HeartbeatResponse,
+            "POST",
+            f"/api/agents/{agent_id}/heartbeat",
+            json={"deployments": deployments},
         )
