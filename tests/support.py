@@ -1,0 +1,133 @@
+"""Helpers shared by the test suite: real server processes on 127.0.0.1 and small polling utilities."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from baton.client import Client
+
+T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment for a child process: no BATON settings inherited from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON")}
+    env["BATON_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """``python -m baton.server`` as a real subprocess with its own $BATON_HOME and port."""
+
+    def __init__(self, home: Path, port: int | None = None, **settings_env: str) -> None:
+        self.home = home
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings_env = settings_env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = home / f"server-{self.port}.log"
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = clean_env(self.home, BATON__SERVER__PORT=str(self.port), **self.settings_env)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "baton.server"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become healthy:\n{self.log_path.read_text()}")
+
+    @property
+    def admin_key(self) -> str:
+        config = tomllib.loads((self.home / "config.toml").read_text())
+        return str(config["api"]["key"])
+
+    def client(self, key: str | None = None) -> Client:
+        return Client(self.url, key or self.admin_key)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a CLI or agent subprocess talking to this server with the admin key."""
+        return clean_env(self.home, BATON__API__URL=self.url, BATON__API__KEY=self.admin_key, **extra)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+HELLO_SOURCE = """
+from baton import flow, task
+
+@task
+def greet(name: str) -> str:
+    print(f"hello {name}")
+    return name
+
+@flow
+def hello(name: str = "world") -> str:
+    return greet(name)
+"""
+
+
+def register_source_flow(client: Client, name: str = "hello", labels: list[str] | None = None, **extra: Any) -> str:
+    """Register a flow straight through the API (no SDK import needed); return its id."""
+    payload: dict[str, Any] = {
+        "name": name,
+        "entrypoint": "hello",
+        "source": HELLO_SOURCE,
+        "source_filename": f"/flows/{name}.py",
+        "labels": labels or [],
+        "parameters_schema": {"type": "object", "properties": {"name": {"type": "string"}}},
+        "tasks": ["greet"],
+    }
+    payload.update(extra)
+    return client.register_flow(payload).id
