@@ -76,12 +76,13 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
         server = ServerProcess(Path(tmp) / "home").start()
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "baton.cli", "agent", "local", "start", "--name", "bench-agent"],
-            env=server.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=(Path(tmp) / "agent.log").open("wb"),
-        )
+        with (Path(tmp) / "agent.log").open("wb") as agent_log:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "baton.cli", "agent", "local", "start", "--name", "bench-agent"],
+                env=server.env(),
+                stdout=subprocess.DEVNULL,
+                stderr=agent_log,
+            )
         try:
             with server.client() as client:
                 _register(client)

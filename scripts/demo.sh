@@ -26,8 +26,10 @@ done
 curl -fsS "http://127.0.0.1:$PORT/api/health" >/dev/null || { cat "$BATON_HOME/server.log"; exit 1; }
 grep -h "first start" "$BATON_HOME/server.log" || true
 
+# hello.py is registered with storage "api" and no labels; an agent with labels never takes unlabelled runs
+# (Prefect 1's rule), so this agent leaves out its hostname label.
 echo "==> starting a local agent (log: .demo/agent.log)"
-"$BIN/baton" agent local start --name demo-agent >"$BATON_HOME/agent.log" 2>&1 &
+"$BIN/baton" agent local start --name demo-agent --no-hostname-label >"$BATON_HOME/agent.log" 2>&1 &
 pids+=($!)
 
 echo "==> baton register examples/hello.py"

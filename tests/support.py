@@ -58,14 +58,15 @@ class ServerProcess:
         self.settings_env = settings_env
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = home / f"server-{self.port}.log"
+        self._admin_client: Client | None = None
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         env = clean_env(self.home, BATON__SERVER__PORT=str(self.port), **self.settings_env)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "baton.server"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "baton.server"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -84,13 +85,20 @@ class ServerProcess:
         return str(config["api"]["key"])
 
     def client(self, key: str | None = None) -> Client:
-        return Client(self.url, key or self.admin_key)
+        """A client with ``key``, or the shared admin client (closed when the server stops)."""
+        if key is not None:
+            return Client(self.url, key)
+        if self._admin_client is None or self._admin_client._http.is_closed:
+            self._admin_client = Client(self.url, self.admin_key)
+        return self._admin_client
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a CLI or agent subprocess talking to this server with the admin key."""
         return clean_env(self.home, BATON__API__URL=self.url, BATON__API__KEY=self.admin_key, **extra)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self._admin_client is not None:
+            self._admin_client.close()
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(sig)

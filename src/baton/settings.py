@@ -156,9 +156,13 @@ def load_settings(**overrides: Any) -> BatonSettings:
         ConfigurationError: the config file or an environment variable is malformed.
     """
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     try:
         return BatonSettings(**_drop_none(overrides))
+    except SettingsError as exc:  # e.g. BATON__AGENT__LABELS that is not JSON
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigurationError(f"invalid settings: {exc}{cause}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{config_path()} is not valid TOML: {exc}") from exc
     except ValidationError as exc:

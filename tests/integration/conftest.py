@@ -72,17 +72,22 @@ def start_agent(server: ServerProcess, tmp_path: Path) -> Iterator[Callable[...,
     """Start ``baton agent local start`` subprocesses; every one is stopped after the test."""
     agents: list[AgentProcess] = []
 
-    def start(*args: str, health: bool = False, **env: str) -> AgentProcess:
+    def start(*args: str, health: bool = False, hostname_label: bool = False, **env: str) -> AgentProcess:
+        """By default without the hostname label: an agent with labels never takes the unlabelled runs most
+        tests create (DESIGN.md §4)."""
         log = tmp_path / f"agent-{len(agents)}.log"
         extra = list(args)
+        if not hostname_label and "--no-hostname-label" not in extra:
+            extra.append("--no-hostname-label")
         address = None
         if health:
             address = f"http://127.0.0.1:{free_port()}"
             extra += ["--agent-address", address]
         command = [*BATON, "agent", "local", "start", "--name", f"agent-{len(agents)}", *extra]
-        process = subprocess.Popen(
-            command, env=server.env(**env), stdout=log.open("w"), stderr=subprocess.STDOUT, text=True
-        )
+        with log.open("w") as output:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                command, env=server.env(**env), stdout=output, stderr=subprocess.STDOUT, text=True
+            )
         agent = AgentProcess(process, log, address)
         agents.append(agent)
         return agent

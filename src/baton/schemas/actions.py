@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -17,8 +17,23 @@ MAX_LOGS_PER_BATCH = 1000
 MAX_MESSAGE_LENGTH = 100_000
 
 
+MAX_INT = 2**31 - 1  # fits every database's INTEGER: larger numbers are refused with 422, not stored
+
+
 def _labels(value: list[str] | None) -> list[str] | None:
     return None if value is None else normalize_labels(value)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Timestamps must carry an offset; they are stored in UTC, so one that leaves UTC's range is invalid."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("a timestamp needs a timezone (e.g. 2026-01-01T09:00:00Z)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("timestamp out of range") from exc
 
 
 class TenantCreate(StrictModel):
@@ -58,7 +73,7 @@ class FlowCreate(StrictModel):
 class FlowRunCreate(StrictModel):
     flow_id: str | None = Field(default=None, max_length=64)
     flow_name: str | None = Field(default=None, max_length=200)
-    flow_version: int | None = Field(default=None, ge=1)
+    flow_version: int | None = Field(default=None, ge=1, le=MAX_INT)
     name: str | None = Field(default=None, max_length=200)
     parameters: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | None = Field(default=None, max_length=MAX_LABELS)
@@ -66,12 +81,7 @@ class FlowRunCreate(StrictModel):
 
     _norm_labels = field_validator("labels")(_labels)
 
-    @field_validator("scheduled_start_time")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("scheduled_start_time needs a timezone (e.g. 2026-01-01T09:00:00Z)")
-        return value
+    _utc_start = field_validator("scheduled_start_time")(_utc)
 
     @model_validator(mode="after")
     def _one_flow(self) -> FlowRunCreate:
@@ -94,6 +104,8 @@ class LogEntry(StrictModel):
     name: str = Field(default="baton", max_length=500)
     message: str = Field(max_length=MAX_MESSAGE_LENGTH)
     task_run_id: str | None = Field(default=None, max_length=64)
+
+    _utc_timestamp = field_validator("timestamp")(_utc)
 
 
 class LogsCreate(StrictModel):
@@ -136,4 +148,4 @@ class TaskRunCreate(StrictModel):
 class TaskRunStateSet(StrictModel):
     state: TaskRunState
     message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
-    attempt: int | None = Field(default=None, ge=1)
+    attempt: int | None = Field(default=None, ge=1, le=MAX_INT)

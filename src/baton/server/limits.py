@@ -22,19 +22,33 @@ class BodySizeLimit:
             await self._refuse(send)
             return
         received = 0
+        too_large = False
+        response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    # Frameworks turn errors raised while reading into their own 400: remember why instead.
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if too_large:
+                return  # the app's answer to a truncated body is replaced by the 413 below
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not response_started:
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
@@ -48,7 +62,3 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": payload})
-
-
-class _TooLarge(Exception):
-    pass

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from baton.schemas.actions import FlowRunCreate, StateSet
+from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server.api.deps import Author, Db, NotifierDep, Reader, RunWriter, check_run_scope, transaction
@@ -31,7 +31,7 @@ def list_flow_runs(
     state: Annotated[StateName | None, Query()] = None,
     flow_name: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> list[FlowRunRead]:
     if principal.is_run_token:
         raise HTTPException(403, "a run token may only read its own flow run")

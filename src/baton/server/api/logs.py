@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from baton.schemas.actions import LogsCreate, TaskRunCreate, TaskRunStateSet
+from baton.schemas.actions import MAX_INT, LogsCreate, TaskRunCreate, TaskRunStateSet
 from baton.schemas.responses import LogRead, LogsPage, LogsWritten, TaskRunRead
 from baton.server.api.deps import Db, Reader, RunWriter, check_run_scope, transaction
 from baton.server.database.orm import Log
@@ -32,7 +32,7 @@ def read_logs(
     flow_run_id: str,
     principal: Reader,
     db: Db,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> LogsPage:
     check_run_scope(principal, flow_run_id)

@@ -1,0 +1,92 @@
+"""Fixtures of the API server tests: one real server for the package, a fresh tenant per test.
+
+The chain: ``api_server`` → ``tenant`` → role keys (``admin``, ``user``, ``runner``, ``reader``) → ``flow`` →
+``run`` → ``agent`` → ``claimed``. Tests that need server settings of their own start their own server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from baton.client import Client
+from baton.schemas.responses import AgentRead, ClaimedRun, FlowRead, FlowRunRead
+from baton.server.database.connection import create_database_engine, create_session_factory
+from server.harness import TenantContext
+from support import ServerProcess
+
+
+@pytest.fixture(scope="package")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("api-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+def api_database(api_server: ServerProcess) -> Iterator[sessionmaker[Session]]:
+    """Sessions on ``api_server``'s SQLite file, for setting up tenants without a round trip."""
+    engine = create_database_engine(f"sqlite:///{api_server.home}/baton.db", 2)
+    yield create_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def tenant(api_server: ServerProcess, api_database: sessionmaker[Session]) -> Iterator[TenantContext]:
+    context = TenantContext.create(api_server, api_database)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def other_tenant(api_server: ServerProcess) -> Iterator[TenantContext]:
+    """A second tenant, made with ``bootstrap.create_tenant`` against the server's database file."""
+    context = TenantContext.create(api_server)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def admin(tenant: TenantContext) -> Client:
+    return tenant.admin
+
+
+@pytest.fixture
+def user(tenant: TenantContext) -> Client:
+    return tenant.client(tenant.key("user"))
+
+
+@pytest.fixture
+def runner(tenant: TenantContext) -> Client:
+    return tenant.client(tenant.key("runner"))
+
+
+@pytest.fixture
+def reader(tenant: TenantContext) -> Client:
+    return tenant.client(tenant.key("read"))
+
+
+@pytest.fixture
+def flow(tenant: TenantContext) -> FlowRead:
+    """Flow ``hello`` (no labels, one optional string parameter ``name``)."""
+    return tenant.register_flow()
+
+
+@pytest.fixture
+def run(user: Client, flow: FlowRead) -> FlowRunRead:
+    """A Scheduled, unlabelled run of ``flow``."""
+    return user.create_flow_run(flow_name=flow.name, parameters={"name": "Ada"})
+
+
+@pytest.fixture
+def agent(runner: Client) -> AgentRead:
+    """An unlabelled local agent registered with the ``runner`` key."""
+    return runner.register_agent("agent-1", "local", [])
+
+
+@pytest.fixture
+def claimed(runner: Client, agent: AgentRead, run: FlowRunRead) -> ClaimedRun:
+    """``run`` claimed by ``agent``: Pending, with its run token."""
+    return TenantContext.claim_one(runner, agent.id, run.id)
