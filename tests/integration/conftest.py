@@ -72,7 +72,13 @@ def start_agent(server: ServerProcess, tmp_path: Path) -> Iterator[Callable[...,
     """Start ``baton agent local start`` subprocesses; every one is stopped after the test."""
     agents: list[AgentProcess] = []
 
-    def start(*args: str, health: bool = False, hostname_label: bool = False, **env: str) -> AgentProcess:
+    def start(
+        *args: str,
+        health: bool = False,
+        hostname_label: bool = False,
+        against: ServerProcess | None = None,
+        **env: str,
+    ) -> AgentProcess:
         """By default without the hostname label: an agent with labels never takes the unlabelled runs most
         tests create (DESIGN.md §4)."""
         log = tmp_path / f"agent-{len(agents)}.log"
@@ -86,7 +92,7 @@ def start_agent(server: ServerProcess, tmp_path: Path) -> Iterator[Callable[...,
         command = [*BATON, "agent", "local", "start", "--name", f"agent-{len(agents)}", *extra]
         with log.open("w") as output:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
-                command, env=server.env(**env), stdout=output, stderr=subprocess.STDOUT, text=True
+                command, env=(against or server).env(**env), stdout=output, stderr=subprocess.STDOUT, text=True
             )
         agent = AgentProcess(process, log, address)
         agents.append(agent)

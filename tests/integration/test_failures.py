@@ -62,10 +62,11 @@ def test_agent_killed_between_claim_and_deploy_loses_the_lease_and_another_agent
     assert client.get_flow_run(run.id).state == "Pending"
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
+    doomed.stdout.close()
 
     # When the lease expires and a healthy agent is running
     cli = Cli(lease_server)
-    start_agent("--no-hostname-label")
+    start_agent(against=lease_server)
 
     # Then the run went back to Scheduled and the healthy agent finished it
     final = wait_for_state(cli, run.id, set(FINAL_STATES), timeout=60)

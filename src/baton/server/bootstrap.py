@@ -11,6 +11,7 @@ from baton.schemas.responses import TenantCreated
 from baton.server.database.connection import create_database_engine, create_session_factory, transaction
 from baton.server.database.migrate import upgrade
 from baton.server.models import tenants
+from baton.server.models.errors import InvalidRequest
 from baton.settings import BatonSettings, write_config_values
 
 logger = logging.getLogger("baton.server")
@@ -42,9 +43,15 @@ def ensure_default_tenant(factory: sessionmaker[Session], settings: BatonSetting
 
 def create_tenant(settings: BatonSettings, name: str) -> TenantCreated:
     """Create a tenant and its first admin key directly in the database (a server-side admin command)."""
+    from pydantic import ValidationError
+
     from baton.schemas.actions import TenantCreate
 
-    TenantCreate(name=name)  # the same name rules as everywhere else
+    try:
+        TenantCreate(name=name)  # the same name rules as everywhere else
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"]
+        raise InvalidRequest(f"invalid tenant name {name!r}: {message}") from exc
     engine = create_database_engine(settings.database_url(), 2)
     try:
         upgrade(engine)

@@ -1,0 +1,138 @@
+"""``baton agent``: start agents, and print the configs that install them as services.
+
+Usage::
+
+    baton agent start                                   # the type in settings (agent.type), default local
+    baton agent local start -l dev -l staging -e STAGE=dev --agent-address http://127.0.0.1:8080
+    baton agent local install -k bat_... -l dev > /etc/supervisor/conf.d/baton-agent.conf
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from baton.cli.agent_options import CommonAgentOptions, common_agent_options
+from baton.cli.context import CliState, pass_state
+from baton.cli.output import InputError
+from baton.exceptions import ConfigurationError
+
+# settings.agent.type -> the class in baton.agent that runs it
+AGENT_CLASSES = {"local": "LocalAgent", "docker": "DockerAgent", "kubernetes": "KubernetesAgent"}
+
+
+def agent_class(agent_type: str) -> Any:
+    """The agent class for ``agent_type``, imported only now (docker and kubernetes need extra packages).
+
+    Raises:
+        ConfigurationError: the type is unknown or its agent cannot be imported here.
+    """
+    class_name = AGENT_CLASSES.get(agent_type)
+    if class_name is None:
+        raise ConfigurationError(f"unknown agent type {agent_type!r}; use one of {', '.join(AGENT_CLASSES)}")
+    try:
+        return getattr(importlib.import_module("baton.agent"), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"the {agent_type} agent is not available here: {exc}") from exc
+
+
+@click.group()
+def agent() -> None:
+    """Start agents: they claim flow runs from the API and deploy them on your infrastructure."""
+
+
+@agent.command("start")
+@common_agent_options
+@pass_state
+def start_default(state: CliState, /, **params: Any) -> None:
+    """Start an agent of the type in settings (agent.type; $BATON__AGENT__TYPE), local by default."""
+    common = CommonAgentOptions.pop_from(params, state)
+    settings = common.settings(state)
+    cls = agent_class(settings.agent.type)
+    cls(settings=settings, **common.agent_kwargs()).start()
+
+
+@agent.group()
+def local() -> None:
+    """The local agent: runs flows as processes on this machine."""
+
+
+def _local_options(func: Any) -> Any:
+    """The local agent's own options, after the COMMON ones."""
+    func = click.option(
+        "--hostname-label/--no-hostname-label",
+        default=None,
+        help="Add this host's name to the agent's labels. Default: from settings (yes).",
+    )(func)
+    func = click.option(
+        "-f",
+        "--show-flow-logs",
+        is_flag=True,
+        default=None,
+        help="Show the output of the flow runs in the agent's output.",
+    )(func)
+    func = click.option(
+        "-p",
+        "--import-path",
+        "import_paths",
+        multiple=True,
+        metavar="PATH",
+        help="A path added to PYTHONPATH of every flow run (repeatable).",
+    )(func)
+    return common_agent_options(func)
+
+
+def _local_extras(params: dict[str, Any]) -> dict[str, Any]:
+    """The local agent's options as agent keyword arguments and settings (None: not given)."""
+    return {
+        "import_paths": list(params["import_paths"]) or None,
+        "show_flow_logs": params["show_flow_logs"],
+        "hostname_label": params["hostname_label"],
+    }
+
+
+@local.command("start")
+@_local_options
+@pass_state
+def start_local(state: CliState, /, **params: Any) -> None:
+    """Start a local agent."""
+    common = CommonAgentOptions.pop_from(params, state)
+    extras = _local_extras(params)
+    settings = common.settings(state, **extras)
+    from baton.agent.local import LocalAgent
+
+    LocalAgent(settings=settings, **common.agent_kwargs(), **extras).start()
+
+
+@local.command("install")
+@_local_options
+@pass_state
+def install_local(state: CliState, /, **params: Any) -> None:
+    """Print a supervisord config that runs a local agent with these options.
+
+    Save it and run `supervisord -c FILE`; it holds the key, so keep it private (chmod 600).
+    """
+    common = CommonAgentOptions.pop_from(params, state)
+    if common.max_polls is not None:
+        raise InputError("--max-polls does not fit an installed agent: supervisord would restart it")
+    from baton.agent.install import render_supervisord_config
+
+    config = render_supervisord_config(
+        key=common.key,
+        api=common.api,
+        tenant_id=common.tenant_id,
+        agent_config_id=common.agent_config_id,
+        name=common.name,
+        labels=common.labels or [],
+        env=common.env,
+        import_paths=params["import_paths"],
+        agent_address=common.agent_address,
+        log_level=common.log_level,
+        limit=common.limit,
+        no_cloud_logs=common.no_cloud_logs,
+        show_flow_logs=bool(params["show_flow_logs"]),
+        hostname_label=params["hostname_label"] is not False,
+    )
+    click.echo(config, nl=False)

@@ -1,0 +1,89 @@
+"""``python -m baton.engine``: run one flow run in this process (agents start it; see DESIGN.md §6).
+
+The environment gives the API (``BATON__API__URL``), the run token (``BATON__API__KEY``) and the run
+(``BATON_FLOW_RUN_ID``; ``BATON_FLOW_ID`` and ``BATON_TENANT_ID`` are informative). Exit code: 0 when the run
+ends Success (or was cancelled), 1 when it ends Failed, 2 when the process is misconfigured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m baton.engine",
+        description="Run one Baton flow run in this process and report its states, task runs and logs to "
+        "the API. Agents start it with BATON__API__URL, BATON__API__KEY (the run token) and "
+        "BATON_FLOW_RUN_ID set.",
+    )
+    parser.add_argument(
+        "--flow-run-id",
+        default=os.environ.get("BATON_FLOW_RUN_ID"),
+        help="the flow run to run (default: $BATON_FLOW_RUN_ID)",
+    )
+    parser.add_argument(
+        "--no-cloud-logs",
+        action="store_true",
+        help="do not send logs to the API (also: BATON__LOGGING__SEND_TO_API=false)",
+    )
+    return parser.parse_args(argv)
+
+
+def _import_httpx_without_its_cli() -> None:
+    """Import httpx without ``httpx._main``, its command-line tool, which pulls in click and rich (~50 ms).
+
+    httpx imports it inside ``try/except ImportError``; a ``None`` entry in ``sys.modules`` makes that import fail
+    cleanly. Every flow run pays the engine's start-up, so the saving is worth this. Should a future httpx
+    import it unguarded, the fallback imports httpx the ordinary way.
+    """
+    if "httpx" in sys.modules:
+        return
+    sys.modules["httpx._main"] = None  # type: ignore[assignment]
+    try:
+        import httpx
+    except ImportError:
+        del sys.modules["httpx._main"]
+        import httpx  # noqa: F401
+    finally:
+        entry: object = sys.modules.get("httpx._main", sys)
+        if entry is None:  # ours: let a later ``import httpx._main`` work normally
+            del sys.modules["httpx._main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the flow run named by the arguments and environment; return the exit code."""
+    args = _parse_args(argv)
+    if not args.flow_run_id:
+        print("baton.engine: no flow run: set BATON_FLOW_RUN_ID or pass --flow-run-id", file=sys.stderr)
+        return EXIT_USAGE
+
+    _import_httpx_without_its_cli()
+    from baton.client.http import Client
+    from baton.engine.runner import FlowRunner
+    from baton.exceptions import ConfigurationError
+    from baton.settings import load_settings
+
+    try:
+        settings = load_settings(logging={"send_to_api": False} if args.no_cloud_logs else {})
+        client = Client.from_settings(settings)
+    except ConfigurationError as exc:
+        print(f"baton.engine: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with client:
+        runner = FlowRunner(
+            client,
+            args.flow_run_id,
+            settings,
+            flow_id=os.environ.get("BATON_FLOW_ID"),
+            tenant_id=os.environ.get("BATON_TENANT_ID"),
+        )
+        return runner.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

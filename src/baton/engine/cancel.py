@@ -1,0 +1,79 @@
+"""Turn a stop request into :class:`FlowRunCancelled` raised in the main thread, where the flow runs.
+
+Two things stop a run: SIGTERM (the agent kills the deployment of a cancelled run) and the heartbeat learning
+that the run is ``Cancelling``. Python runs signal handlers in the main thread between bytecodes and interrupts
+its blocking calls (``time.sleep``, waiting on a thread), so a handler that raises stops even a sleeping task.
+The heartbeat thread therefore sends SIGTERM to the main thread rather than setting a flag nobody would read.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from baton.sdk.context import FlowRunCancelled
+
+logger = logging.getLogger("baton.engine")
+
+
+class CancelSignal:
+    """While armed (inside ``with``), SIGTERM raises ``FlowRunCancelled`` once in the main thread.
+
+    Outside the block the handler stays installed but only notes the signal: before the flow starts, entering
+    the block then raises at once; after the flow, the final state must still be reported (the agent kills the
+    process for good if that takes too long).
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._armed = False
+        self._raised = False
+        self._previous: Any = None
+        self._installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Not in the main thread: cancellation cannot interrupt the flow")
+            return
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._installed = True
+
+    def uninstall(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
+
+    def __enter__(self) -> CancelSignal:
+        if self.reason is not None:  # asked to stop before the flow started: do not start it
+            self._raised = True
+            raise FlowRunCancelled(self.reason)
+        self._armed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._armed = False
+
+    def request(self, reason: str) -> None:
+        """Ask the main thread to stop the flow (called from another thread)."""
+        if self.reason is None:
+            self.reason = reason
+        if not (self._armed and self._installed):
+            return
+        main = threading.main_thread().ident
+        if hasattr(signal, "pthread_kill") and main is not None:
+            signal.pthread_kill(main, signal.SIGTERM)
+        else:  # no pthread_kill (Windows): simulate the signal in the main thread
+            _thread.interrupt_main(signal.SIGTERM)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.reason is None:
+            self.reason = "the process received SIGTERM"
+        if not self._armed or self._raised:
+            logger.warning("Stop requested (%s) while the flow is not running: acting on it next", self.reason)
+            return
+        self._raised = True
+        raise FlowRunCancelled(self.reason)

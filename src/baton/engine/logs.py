@@ -1,0 +1,294 @@
+"""Ship a flow run's print output and ``logging`` records to the API, in batches, from a background thread.
+
+Every line also goes to the real stdout/stderr, so an agent started with ``--show-flow-logs`` still shows it.
+Shipping never breaks the run: network errors are retried with backoff, refusals are reported on the real
+stderr and the batch dropped, and a full buffer drops its oldest lines.
+
+Usage::
+
+    shipper = LogShipper(client, flow_run_id, batch_interval=1.0, batch_size=500)
+    with shipper, ship_output(shipper):
+        ...  # run the flow
+    # leaving the shipper's block flushed the last lines
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from baton.client.http import Client
+from baton.engine.retry import backoff_delay
+from baton.engine.threads import block_stop_signals
+from baton.exceptions import ClientError, ServerUnavailableError
+from baton.schemas.actions import MAX_LOGS_PER_BATCH, MAX_MESSAGE_LENGTH
+from baton.sdk.context import current_task_run_id
+
+# Loggers whose records are never shipped: httpx logs every request, so shipping them would feed itself.
+_NOT_SHIPPED = ("httpx", "httpcore")
+
+
+def _real_stderr() -> IO[str]:
+    return sys.__stderr__ or sys.stderr
+
+
+def _note(message: str) -> None:
+    """A problem of the shipper itself: straight to the real stderr, never through logging (it would loop)."""
+    print(f"baton.engine: {message}", file=_real_stderr(), flush=True)
+
+
+class LogShipper:
+    """Buffers log entries and sends them with ``Client.write_logs`` from its own thread.
+
+    Args:
+        client: the API client (thread-safe).
+        flow_run_id: the run whose logs these are.
+        batch_interval: send at least this often (seconds) while there are lines.
+        batch_size: send as soon as this many lines wait (at most the API's limit per batch).
+        max_buffer: lines kept while the API is unreachable; beyond it the oldest are dropped.
+        flush_timeout: how long closing may spend sending what is left.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        flow_run_id: str,
+        *,
+        batch_interval: float = 1.0,
+        batch_size: int = 500,
+        max_buffer: int = 20_000,
+        flush_timeout: float = 15.0,
+    ) -> None:
+        self._client = client
+        self._flow_run_id = flow_run_id
+        self._interval = batch_interval
+        self._batch_size = max(1, min(batch_size, MAX_LOGS_PER_BATCH))
+        self._max_buffer = max(max_buffer, self._batch_size)
+        self._flush_timeout = flush_timeout
+        self._buffer: deque[dict[str, Any]] = deque()
+        self._dropped = 0
+        self._condition = threading.Condition()
+        self._closing = False
+        self._deadline: float | None = None
+        self._thread = threading.Thread(target=self._run, name="baton-log-shipper", daemon=True)
+        self.sent = 0
+
+    def __enter__(self) -> LogShipper:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def emit(self, level: int, name: str, message: str, task_run_id: str | None = None) -> None:
+        """Queue one line (thread-safe, never blocks on the network). Ignored once closing has begun."""
+        entry = {
+            "key": uuid.uuid4().hex,  # lets the API drop a line sent twice by a retried batch
+            "timestamp": datetime.now(UTC).isoformat(),
+            "level": level,
+            "name": name[:500],
+            "message": message[:MAX_MESSAGE_LENGTH],
+            "task_run_id": task_run_id,
+        }
+        with self._condition:
+            if self._closing:
+                return
+            if len(self._buffer) >= self._max_buffer:
+                self._buffer.popleft()
+                self._dropped += 1
+            self._buffer.append(entry)
+            if len(self._buffer) >= self._batch_size:
+                self._condition.notify()
+
+    def close(self) -> None:
+        """Send what is left (for at most ``flush_timeout`` seconds) and stop the thread."""
+        with self._condition:
+            if self._closing:
+                return
+            self._closing = True
+            self._deadline = time.monotonic() + self._flush_timeout
+            self._condition.notify()
+        if self._thread.is_alive():
+            self._thread.join(self._flush_timeout + 5)
+        if self._dropped:
+            _note(f"{self._dropped} log lines in all could not be sent to the API")
+
+    def _run(self) -> None:
+        block_stop_signals()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._send(batch)
+
+    def _next_batch(self) -> list[dict[str, Any]] | None:
+        """Wait for a full batch or the interval; None when closing and nothing is left."""
+        with self._condition:
+            if not self._closing and len(self._buffer) < self._batch_size:
+                self._condition.wait(self._interval)
+            if self._closing and not self._buffer:
+                return None
+            count = min(len(self._buffer), self._batch_size)
+            return [self._buffer.popleft() for _ in range(count)]
+
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                self._client.write_logs(self._flow_run_id, batch)
+            except ServerUnavailableError as exc:
+                attempt += 1
+                if not self._wait_before_retry(attempt):
+                    self._count_dropped(len(batch))
+                    _note(f"could not send {len(batch)} log lines: {exc}")
+                    return
+            except ClientError as exc:  # refused: sending the same lines again would be refused again
+                self._count_dropped(len(batch))
+                _note(f"the API refused {len(batch)} log lines: {exc}")
+                return
+            else:
+                self.sent += len(batch)
+                return
+
+    def _wait_before_retry(self, attempt: int) -> bool:
+        """Sleep before a retry; False when closing and the flush deadline leaves no time for one."""
+        delay = backoff_delay(attempt)
+        with self._condition:
+            if self._deadline is not None:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                delay = min(delay, remaining)
+            self._condition.wait(delay)
+        return True
+
+    def _count_dropped(self, count: int) -> None:
+        with self._condition:
+            self._dropped += count
+
+
+class StreamTee:
+    """Stands in for ``sys.stdout``/``sys.stderr``: writes through to the real stream and ships whole lines.
+
+    Partial lines are kept per thread, so two threads printing at once do not mix their lines.
+    """
+
+    def __init__(self, stream: IO[str], shipper: LogShipper, level: int, name: str) -> None:
+        self._stream = stream
+        self._shipper = shipper
+        self._level = level
+        self._name = name
+        self._partial: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        thread = threading.get_ident()
+        with self._lock:
+            pending = self._partial.pop(thread, "") + text
+            *lines, rest = pending.split("\n")
+            if rest:
+                self._partial[thread] = rest
+        for line in lines:
+            self._shipper.emit(self._level, self._name, line.rstrip("\r"), current_task_run_id())
+        return written
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """Ship the lines left without a final newline."""
+        with self._lock:
+            rest, self._partial = list(self._partial.values()), {}
+        for line in rest:
+            self._shipper.emit(self._level, self._name, line, current_task_run_id())
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno, buffer...: the real stream's
+        return getattr(self._stream, name)
+
+
+class ApiLogHandler(logging.Handler):
+    """A logging handler that queues records on a :class:`LogShipper`, tagged with the current task run."""
+
+    def __init__(self, shipper: LogShipper, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self._shipper = shipper
+        self.setFormatter(logging.Formatter("%(message)s"))  # the API stores level, name and time apart
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] in _NOT_SHIPPED:
+            return False
+        return bool(super().filter(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+        except Exception:  # a bad %-format in user code: logging's own policy is to report and go on
+            self.handleError(record)
+            return
+        self._shipper.emit(record.levelno, record.name, message, current_task_run_id())
+
+
+@contextmanager
+def console_logging(level: str = "INFO") -> Iterator[None]:
+    """Inside the block, logging records at ``level`` and above go to the real stderr (``--show-flow-logs``)."""
+    root = logging.getLogger()
+    saved_level = root.level
+    console = logging.StreamHandler(_real_stderr())
+    console.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s | %(message)s"))
+    root.addHandler(console)
+    root.setLevel(level)
+    # httpx logs every request at INFO: noise next to the flow's own lines, unless one asks for DEBUG.
+    quiet = [logging.getLogger(name) for name in _NOT_SHIPPED]
+    saved_quiet = [logger.level for logger in quiet]
+    if level != "DEBUG":
+        for logger in quiet:
+            logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(console)
+        root.setLevel(saved_level)
+        for logger, saved in zip(quiet, saved_quiet, strict=True):
+            logger.setLevel(saved)
+
+
+@contextmanager
+def ship_output(shipper: LogShipper) -> Iterator[None]:
+    """Inside the block, print output and logging records also go to ``shipper``.
+
+    ``sys.stdout`` and ``sys.stderr`` are replaced by tees (lines still reach the real streams) and the root
+    logger gets a handler that ships records. Everything is put back when the block ends.
+    """
+    root = logging.getLogger()
+    handler = ApiLogHandler(shipper)
+    tees = (
+        StreamTee(sys.stdout, shipper, logging.INFO, "stdout"),
+        StreamTee(sys.stderr, shipper, logging.WARNING, "stderr"),
+    )
+    saved_streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = tees  # duck-typed text streams
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved_streams
+        for tee in tees:
+            tee.finish()
+        root.removeHandler(handler)

@@ -1,0 +1,59 @@
+"""Retry an API call through network trouble, with exponential backoff and jitter, for a bounded time.
+
+Only :class:`ServerUnavailableError` (no connection, timeout, 5xx) is retried: a 4xx answer will not change on
+its own, so it is raised at once (STYLE.md principle 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from baton.exceptions import ServerUnavailableError
+
+T = TypeVar("T")
+
+logger = logging.getLogger("baton.engine")
+_random = random.SystemRandom()
+
+
+def backoff_delay(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
+    """The pause before retry number ``attempt`` (1, 2, ...): exponential, capped, with 50-100% jitter."""
+    return min(cap, base * 2.0 ** (attempt - 1)) * _random.uniform(0.5, 1.0)
+
+
+def call_with_retry(
+    call: Callable[[], T],
+    *,
+    what: str,
+    timeout_seconds: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Return ``call()``, retrying it while the API is unavailable for at most ``timeout_seconds``.
+
+    Args:
+        call: the API call.
+        what: what the call does, for the log line of each retry.
+        timeout_seconds: give up after this long.
+        sleep: replaced in tests.
+
+    Raises:
+        ServerUnavailableError: the API stayed unavailable for ``timeout_seconds``.
+        ClientError: the API refused the call.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except ServerUnavailableError as exc:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise
+            delay = min(backoff_delay(attempt), remaining)
+            logger.warning("Could not %s (%s); retrying in %.1fs", what, exc, delay)
+            sleep(delay)

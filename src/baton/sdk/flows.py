@@ -1,0 +1,176 @@
+"""``@flow``: a function whose runs Baton schedules, routes to agents and records.
+
+Usage::
+
+    from baton import flow, task
+
+    @task
+    def greet(name: str) -> str:
+        return f"Hello, {name}!"
+
+    @flow(labels=["dev"])
+    def hello(name: str = "world") -> str:
+        return greet(name)
+
+    hello(name="Ada")   # runs here and now, no server needed
+
+The function's parameters are the flow's parameters, validated from its type hints. ``baton register`` sends
+the flow to the API; an agent then runs it with ``python -m baton.engine``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from baton.labels import normalize_labels
+from baton.sdk.context import TaskRunReporter, current_reporter, reporting_to
+from baton.sdk.parameters import Parameters, check_signature
+from baton.sdk.run_configs import BaseRun
+from baton.sdk.storage import BaseStorage, resolve_storage
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# The API's rule for names (baton.schemas.actions.NAME_FIELD), checked here so a bad name fails at decoration.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
+_MAX_NAME_LENGTH = 200
+
+
+def _check_name(name: str) -> str:
+    if not (_NAME_RE.match(name) and len(name) <= _MAX_NAME_LENGTH):
+        raise ValueError(
+            f"invalid flow name {name!r}: start with a letter or digit, then letters, digits, spaces, "
+            f"'_', '.' or '-' (at most {_MAX_NAME_LENGTH} characters)"
+        )
+    return name
+
+
+def _schedule(schedule: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
+    if schedule is None:
+        return None
+    if isinstance(schedule, str):  # a cron expression, the common case
+        return {"cron": schedule}
+    return dict(schedule)
+
+
+class Flow(Generic[P, R]):
+    """A function wrapped by ``@flow``. Calling it runs the flow locally, in this process."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        labels: Iterable[str] | None = None,
+        run_config: BaseRun | None = None,
+        storage: str | BaseStorage | None = None,
+        schedule: Mapping[str, Any] | str | None = None,
+    ) -> None:
+        check_signature(fn)
+        functools.update_wrapper(self, fn)  # first: it copies fn.__dict__, which must not hide our attributes
+        self.fn = fn
+        self.name = _check_name(name or fn.__name__)
+        self.labels = normalize_labels(labels)
+        if run_config is not None and not isinstance(run_config, BaseRun):
+            raise TypeError(
+                f"run_config must be a LocalRun, UniversalRun, DockerRun or KubernetesRun, "
+                f"not {type(run_config).__name__}"
+            )
+        if run_config is not None:
+            run_config.to_schema()  # validates its labels now rather than at registration
+        self.run_config = run_config
+        self.storage = resolve_storage(storage)
+        self.schedule = _schedule(schedule)
+        self.description = inspect.getdoc(fn)
+        self.parameters = Parameters(fn, self.name)
+
+    def __repr__(self) -> str:
+        return f"Flow(name={self.name!r}, entrypoint={self.entrypoint!r})"
+
+    @property
+    def entrypoint(self) -> str:
+        """The name of the function in its file; the engine finds the flow by it."""
+        return self.fn.__name__
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """The parameters as a JSON schema: ``{"type": "object", "properties": ..., "required": ...}``."""
+        return self.parameters.json_schema()
+
+    def validate_parameters(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``parameters`` converted to their hinted types, with defaults filled in.
+
+        Raises:
+            ParameterValidationError: a value has the wrong type, a required one is missing or one is unknown.
+        """
+        return self.parameters.validate(parameters)
+
+    def run(self, parameters: Mapping[str, Any], reporter: TaskRunReporter | None = None) -> R:
+        """Run the flow in this process with ``parameters`` (a mapping, e.g. a flow run's JSON parameters).
+
+        Args:
+            parameters: the values by parameter name; validated first.
+            reporter: where task runs are recorded; default: the current one (nothing is recorded outside
+                the engine).
+
+        Raises:
+            ParameterValidationError: the parameters do not match the function's signature.
+        """
+        values = self.validate_parameters(parameters)
+        with reporting_to(reporter or current_reporter()):
+            result: R = self.parameters.call(values)
+        return result
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        # Outside the engine the current reporter is the no-op one: tasks run with retries and timeouts, and
+        # nothing is recorded.
+        result: R = self.parameters.call(self.parameters.bind(args, kwargs))
+        return result
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+
+
+@overload
+def flow(
+    *,
+    name: str | None = None,
+    labels: Iterable[str] | None = None,
+    run_config: BaseRun | None = None,
+    storage: str | BaseStorage | None = None,
+    schedule: Mapping[str, Any] | str | None = None,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    labels: Iterable[str] | None = None,
+    run_config: BaseRun | None = None,
+    storage: str | BaseStorage | None = None,
+    schedule: Mapping[str, Any] | str | None = None,
+) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
+    """Make a function a flow; usable bare (``@flow``) or with arguments (``@flow(labels=["dev"])``).
+
+    Args:
+        fn: the function (when used bare).
+        name: the flow's name on the server; default the function's name.
+        labels: route the flow's runs to agents that have all of them (when its run config has none).
+        run_config: how agents run it: ``LocalRun``, ``UniversalRun``, ``DockerRun`` or ``KubernetesRun``.
+        storage: where agents find its code: ``"api"`` (default), ``"local"``, or a storage object.
+        schedule: a cron string (``"0 9 * * *"``, stored as ``{"cron": ...}``) or a schedule dict.
+
+    Returns:
+        The :class:`Flow`, or a decorator that makes one.
+    """
+
+    def decorate(function: Callable[P, R]) -> Flow[P, R]:
+        return Flow(function, name=name, labels=labels, run_config=run_config, storage=storage, schedule=schedule)
+
+    return decorate(fn) if fn is not None else decorate

@@ -1,0 +1,183 @@
+"""``@task``: a unit of work inside a flow, retried and timed out on its own, recorded as a task run.
+
+Usage::
+
+    from baton import task
+
+    @task(retries=2, retry_delay_seconds=5, timeout_seconds=60)
+    def fetch(url: str) -> bytes: ...
+
+Calling a task runs it at once and returns its result (or raises its last error). Inside a flow run that
+the engine executes, each call is recorded as a task run with its states: Pending, Running, Retrying, Success,
+Failed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from baton.schemas.states import TaskRunState
+from baton.sdk.context import FlowRunCancelled, current_reporter, inside_task_run
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("baton.task")
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"<ExceptionType>: <message>"``, or the type alone when the message is empty."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Task(Generic[P, R]):
+    """A function wrapped by ``@task``. Calling it runs the function with retries and a timeout."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_delay_seconds: float = 0,
+        timeout_seconds: float | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries}")
+        if retry_delay_seconds < 0:
+            raise ValueError(f"retry_delay_seconds must be 0 or more, got {retry_delay_seconds}")
+        if timeout_seconds is not None and timeout_seconds <= 0:
+            raise ValueError(f"timeout_seconds must be more than 0, got {timeout_seconds}")
+        functools.update_wrapper(self, fn)  # first: it copies fn.__dict__, which must not hide our attributes
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
+        self.timeout_seconds = timeout_seconds
+
+    def __repr__(self) -> str:
+        return f"Task(name={self.name!r}, retries={self.retries}, timeout_seconds={self.timeout_seconds})"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        reporter = current_reporter()
+        task_run_id = reporter.task_run_created(self.name)
+        with inside_task_run(task_run_id):
+            attempt = 1
+            while True:
+                reporter.task_run_state(task_run_id, TaskRunState.RUNNING, attempt=attempt)
+                try:
+                    result = self._run_once(args, kwargs)
+                except FlowRunCancelled:
+                    reporter.task_run_state(task_run_id, TaskRunState.CANCELLED, "flow run cancelled", attempt)
+                    raise
+                except Exception as exc:
+                    if attempt > self.retries:
+                        reporter.task_run_state(task_run_id, TaskRunState.FAILED, describe_error(exc), attempt)
+                        raise
+                    self._before_retry(task_run_id, exc, attempt)
+                    attempt += 1
+                    continue
+                except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, never retry
+                    reporter.task_run_state(task_run_id, TaskRunState.FAILED, describe_error(exc), attempt)
+                    raise
+                reporter.task_run_state(task_run_id, TaskRunState.SUCCESS, attempt=attempt)
+                return result
+
+    def _before_retry(self, task_run_id: str | None, exc: Exception, attempt: int) -> None:
+        message = describe_error(exc)
+        logger.warning(
+            "Task %r failed on attempt %d of %d (%s); retrying in %ss",
+            self.name,
+            attempt,
+            self.retries + 1,
+            message,
+            self.retry_delay_seconds,
+        )
+        current_reporter().task_run_state(task_run_id, TaskRunState.RETRYING, message, attempt)
+        if self.retry_delay_seconds:
+            time.sleep(self.retry_delay_seconds)
+
+    def _run_once(self, args: Any, kwargs: Any) -> R:
+        if self.timeout_seconds is None:
+            return self.fn(*args, **kwargs)
+        return self._run_with_timeout(args, kwargs, self.timeout_seconds)
+
+    def _run_with_timeout(self, args: Any, kwargs: Any, timeout: float) -> R:
+        # Python cannot kill a thread: on timeout the worker thread is abandoned (a daemon, so it does not
+        # hold the process open) and may keep running until its function returns. The task fails at once.
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["result"] = self.fn(*args, **kwargs)
+            except BaseException as exc:  # handed to the caller's thread, which re-raises it
+                outcome["error"] = exc
+
+        context = contextvars.copy_context()
+        worker = threading.Thread(target=context.run, args=(target,), name=f"baton-task-{self.name}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            raise TimeoutError(
+                f"task {self.name!r} did not finish within {timeout:g}s; its thread is abandoned "
+                "(Python threads cannot be killed) and may still be running"
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        result: R = outcome["result"]
+        return result
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: float = 0,
+    timeout_seconds: float | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: float = 0,
+    timeout_seconds: float | None = None,
+) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    """Make a function a task; usable bare (``@task``) or with arguments (``@task(retries=3)``).
+
+    Args:
+        fn: the function (when used bare).
+        name: the task's name in task runs; default the function's name.
+        retries: how many times to run it again after a failure.
+        retry_delay_seconds: pause before each retry.
+        timeout_seconds: fail an attempt that runs longer (its thread is abandoned, see :class:`Task`).
+
+    Returns:
+        The :class:`Task`, or a decorator that makes one.
+    """
+
+    def decorate(function: Callable[P, R]) -> Task[P, R]:
+        return Task(
+            function,
+            name=name,
+            retries=retries,
+            retry_delay_seconds=retry_delay_seconds,
+            timeout_seconds=timeout_seconds,
+        )
+
+    return decorate(fn) if fn is not None else decorate

@@ -1,0 +1,205 @@
+"""`baton agent ...`: options reach the agent class as its keyword arguments and settings, bad input is one
+line and exit 2, and `-t/--token` still works but warns."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, ClassVar
+
+import pytest
+
+from baton.exceptions import AuthenticationError, BatonError
+from baton.settings import BatonSettings
+
+
+class FakeAgent:
+    """Records how the CLI built it; ``start`` raises ``fail_with`` when set."""
+
+    built: ClassVar[list[dict[str, Any]]] = []
+    fail_with: ClassVar[BatonError | None] = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        FakeAgent.built.append(kwargs)
+
+    def start(self) -> None:
+        if FakeAgent.fail_with is not None:
+            raise FakeAgent.fail_with
+
+
+@pytest.fixture
+def fake_agent(monkeypatch: pytest.MonkeyPatch) -> type[FakeAgent]:
+    import baton.agent
+    import baton.agent.local
+
+    FakeAgent.built = []
+    FakeAgent.fail_with = None
+    monkeypatch.setattr(baton.agent.local, "LocalAgent", FakeAgent)
+    monkeypatch.setattr(baton.agent, "LocalAgent", FakeAgent)
+    return FakeAgent
+
+
+def test_every_local_option_reaches_the_agent(invoke: Any, fake_agent: type[FakeAgent]) -> None:
+    result = invoke(
+        *("agent", "local", "start"),
+        *("-k", "bat_key", "--tenant-id", "t-1", "-a", "http://127.0.0.1:9", "--agent-config-id", "cfg"),
+        *("-n", "laptop", "-l", "staging", "-l", "dev", "-l", "dev", "-e", "A=1", "-e", "B=x=y"),
+        *("--max-polls", "3", "--agent-address", "http://127.0.0.1:8080", "--no-cloud-logs"),
+        *("--log-level", "debug", "--limit", "2", "-p", "/srv/a", "-p", "/srv/b", "-f", "--no-hostname-label"),
+    )
+    assert result.exit_code == 0, result.output
+    [kwargs] = fake_agent.built
+    settings: BatonSettings = kwargs.pop("settings")
+    assert kwargs == {
+        "key": "bat_key",
+        "api": "http://127.0.0.1:9",
+        "tenant_id": "t-1",
+        "agent_config_id": "cfg",
+        "name": "laptop",
+        "labels": ["dev", "staging"],
+        "env": {"A": "1", "B": "x=y"},
+        "max_polls": 3,
+        "agent_address": "http://127.0.0.1:8080",
+        "no_cloud_logs": True,
+        "log_level": "DEBUG",
+        "limit": 2,
+        "import_paths": ["/srv/a", "/srv/b"],
+        "show_flow_logs": True,
+        "hostname_label": False,
+    }
+    # the settings carry the same values, over env and config file
+    assert settings.api.url == "http://127.0.0.1:9"
+    assert settings.api.key is not None and settings.api.key.get_secret_value() == "bat_key"
+    assert settings.api.tenant_id == "t-1"
+    assert settings.agent.labels == ["dev", "staging"]
+    assert settings.agent.env == {"A": "1", "B": "x=y"}
+    assert settings.agent.import_paths == ["/srv/a", "/srv/b"]
+    assert settings.agent.hostname_label is False
+    assert settings.agent.show_flow_logs is True
+    assert settings.logging.level == "DEBUG"
+    assert settings.logging.send_to_api is False
+
+
+def test_options_left_out_leave_settings_in_charge(
+    invoke: Any, fake_agent: type[FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATON__AGENT__LABELS", '["from-env"]')
+    monkeypatch.setenv("BATON__AGENT__HOSTNAME_LABEL", "false")
+    result = invoke("agent", "local", "start")
+    assert result.exit_code == 0, result.output
+    [kwargs] = fake_agent.built
+    assert {k: v for k, v in kwargs.items() if k != "settings"} == {
+        "key": None,
+        "api": None,
+        "tenant_id": None,
+        "agent_config_id": None,
+        "name": None,
+        "labels": None,
+        "env": None,
+        "max_polls": None,
+        "agent_address": None,
+        "no_cloud_logs": False,
+        "log_level": None,
+        "limit": None,
+        "import_paths": None,
+        "show_flow_logs": None,
+        "hostname_label": None,
+    }
+    assert kwargs["settings"].agent.labels == ["from-env"]
+    assert kwargs["settings"].agent.hostname_label is False
+
+
+def test_cli_labels_win_over_env_labels(
+    invoke: Any, fake_agent: type[FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATON__AGENT__LABELS", '["from-env"]')
+    assert invoke("agent", "local", "start", "-l", "cli").exit_code == 0
+    assert fake_agent.built[0]["settings"].agent.labels == ["cli"]
+
+
+def test_root_api_and_key_apply_to_agents(invoke: Any, fake_agent: type[FakeAgent]) -> None:
+    result = invoke("-a", "http://127.0.0.1:7", "-k", "bat_root", "agent", "local", "start")
+    assert result.exit_code == 0
+    assert fake_agent.built[0]["api"] == "http://127.0.0.1:7"
+    assert fake_agent.built[0]["key"] == "bat_root"
+
+
+def test_token_is_a_deprecated_alias_of_key(invoke: Any, fake_agent: type[FakeAgent]) -> None:
+    result = invoke("agent", "local", "start", "-t", "bat_old")
+    assert result.exit_code == 0
+    assert result.stderr.strip() == "Warning: -t/--token is deprecated; use -k/--key instead."
+    assert fake_agent.built[0]["key"] == "bat_old"
+
+    fake_agent.built.clear()
+    result = invoke("agent", "local", "start", "--token", "bat_old", "--key", "bat_new")
+    assert "deprecated" in result.stderr
+    assert fake_agent.built[0]["key"] == "bat_new"
+
+
+def test_key_alone_prints_no_warning(invoke: Any, fake_agent: type[FakeAgent]) -> None:
+    assert invoke("agent", "local", "start", "-k", "bat_new").stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("-e", "NOEQUALS"), "Error: --env expects KEY=VALUE, got 'NOEQUALS'"),
+        (("-e", "1BAD=x"), "Error: --env '1BAD=x': '1BAD' is not a valid environment variable name"),
+        (("-l", "two words"), "Error: --label: invalid label 'two words'"),
+    ],
+)
+def test_malformed_env_or_label_is_one_line_and_no_agent(
+    invoke: Any, fake_agent: type[FakeAgent], args: tuple[str, ...], message: str
+) -> None:
+    result = invoke("agent", "local", "start", *args)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0].startswith(message)
+    assert len(result.stderr.splitlines()) == 1
+    assert fake_agent.built == []
+
+
+def test_fatal_agent_errors_are_one_line(invoke: Any, fake_agent: type[FakeAgent]) -> None:
+    fake_agent.fail_with = AuthenticationError(401, "invalid, revoked or expired API key")
+    result = invoke("agent", "local", "start")
+    assert result.exit_code == 4
+    assert result.stderr == (
+        "Error: the API refused the key: invalid, revoked or expired API key (HTTP 401); "
+        "pass --key or set BATON__API__KEY\n"
+    )
+
+
+def test_agent_start_uses_the_type_from_settings(
+    invoke: Any, fake_agent: type[FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = invoke("agent", "start", "-l", "dev", "--limit", "1")
+    assert result.exit_code == 0, result.output
+    assert fake_agent.built[0]["labels"] == ["dev"]
+    assert fake_agent.built[0]["limit"] == 1
+    assert "import_paths" not in fake_agent.built[0]
+
+    monkeypatch.setenv("BATON__AGENT__TYPE", "docker")
+    result = invoke("agent", "start")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: configuration: the docker agent is not available here")
+    assert len(fake_agent.built) == 1
+
+
+def test_install_prints_a_supervisord_config_that_starts_the_agent_with_the_options(invoke: Any) -> None:
+    result = invoke(
+        *("agent", "local", "install", "-k", "bat_k", "-a", "http://127.0.0.1:4200", "-l", "dev"),
+        *("-e", "A=has space", "--no-hostname-label", "--agent-address", "http://127.0.0.1:8080"),
+    )
+    assert result.exit_code == 0, result.output
+    assert "[program:baton-agent]" in result.stdout
+    [command_line] = [line for line in result.stdout.splitlines() if line.startswith("command=")]
+    argv = shlex.split(command_line.removeprefix("command="))
+    assert argv[1:4] == ["agent", "local", "start"]
+    assert argv[4:] == [
+        *("--key", "bat_k", "--api", "http://127.0.0.1:4200", "--agent-address", "http://127.0.0.1:8080"),
+        *("--label", "dev", "--env", "A=has space", "--no-hostname-label"),
+    ]
+
+
+def test_install_refuses_max_polls(invoke: Any) -> None:
+    result = invoke("agent", "local", "install", "--max-polls", "1")
+    assert result.exit_code == 2
+    assert "--max-polls does not fit an installed agent" in result.stderr

@@ -1,0 +1,304 @@
+"""The engine's parts one by one: retries, the loader, the heartbeat, the runner with an in-memory API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from baton.client import Client
+from baton.engine.__main__ import main
+from baton.engine.heartbeat import Heartbeat
+from baton.engine.loader import load_flow
+from baton.engine.retry import backoff_delay, call_with_retry
+from baton.engine.runner import FlowRunner
+from baton.exceptions import AuthenticationError, ClientError, FlowLoadError, NotFoundError, ServerUnavailableError
+from baton.schemas.core import Storage, StorageType
+from baton.settings import load_settings
+from engine.fakes import FakeApi, flow_read
+from support import wait_for
+
+HELLO = """
+import logging
+from baton import flow, task
+
+@task(retries=1)
+def greet(name: str) -> str:
+    logging.getLogger("hello").info("greeting %s", name)
+    return f"hello {name}"
+
+@flow
+def hello(name: str = "world") -> str:
+    print(greet(name))
+    return name
+
+@flow(name="other-flow")
+def other() -> None:
+    raise RuntimeError("from the stored source")
+"""
+
+
+# --- retry --------------------------------------------------------------------------------------
+
+
+def test_backoff_grows_exponentially_up_to_the_cap_with_jitter() -> None:
+    for attempt, full in [(1, 0.5), (2, 1.0), (3, 2.0), (10, 10.0)]:
+        delays = [backoff_delay(attempt) for _ in range(50)]
+        assert all(full * 0.5 <= delay <= full for delay in delays)
+
+
+def test_call_with_retry_retries_while_unavailable_then_returns() -> None:
+    outcomes: list[Exception | str] = [ServerUnavailableError("down"), ServerUnavailableError("down"), "ok"]
+    slept: list[float] = []
+
+    def call() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert call_with_retry(call, what="test", sleep=slept.append) == "ok"
+    assert len(slept) == 2
+
+
+def test_call_with_retry_raises_when_the_time_is_up() -> None:
+    def call() -> None:
+        raise ServerUnavailableError("down for good")
+
+    with pytest.raises(ServerUnavailableError, match="down for good"):
+        call_with_retry(call, what="test", timeout_seconds=0.3)
+
+
+def test_call_with_retry_raises_a_refusal_at_once() -> None:
+    calls = []
+
+    def call() -> None:
+        calls.append(1)
+        raise ClientError(400, "bad request")
+
+    with pytest.raises(ClientError):
+        call_with_retry(call, what="test", sleep=lambda _: None)
+    assert calls == [1]
+
+
+# --- loader -------------------------------------------------------------------------------------
+
+
+def test_api_storage_runs_the_stored_source_and_finds_the_entrypoint() -> None:
+    flow = load_flow(flow_read(HELLO, "hello"))
+    assert (flow.name, flow.entrypoint) == ("hello", "hello")
+    assert flow.fn.__module__ == "baton_flow_hello"
+    assert load_flow(flow_read(HELLO, "other")).name == "other-flow"
+
+
+def test_tracebacks_of_stored_source_show_its_lines_even_when_the_file_is_not_here() -> None:
+    flow = load_flow(flow_read(HELLO, "other"))
+    with pytest.raises(RuntimeError) as caught:
+        flow.run({})
+    text = "".join(traceback.format_exception(caught.value))
+    assert 'File "/registered/on/another/host/other.py", line 17, in other' in text
+    assert 'raise RuntimeError("from the stored source")' in text
+
+
+def test_missing_entrypoint_lists_the_flows_that_are_there() -> None:
+    with pytest.raises(FlowLoadError, match=r"no @flow function named 'absent' \(flows found: 'hello', 'other'\)"):
+        load_flow(flow_read(HELLO, "absent"))
+
+
+def test_stored_source_with_a_syntax_error_is_a_flow_load_error_with_its_line() -> None:
+    with pytest.raises(FlowLoadError, match=r"/registered/on/another/host/broken\.py, line 2: SyntaxError"):
+        load_flow(flow_read("x = 1\ndef broken(:\n", "broken"))
+
+
+def test_local_storage_imports_the_file_at_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "local_hello.py"
+    path.write_text(HELLO)
+    flow = load_flow(flow_read("", "hello", Storage(type=StorageType.LOCAL, path=str(path))))
+    assert flow.fn.__code__.co_filename == str(path)
+
+
+def test_local_storage_with_a_missing_file_is_a_flow_load_error(tmp_path: Path) -> None:
+    storage = Storage(type=StorageType.LOCAL, path=str(tmp_path / "gone.py"))
+    with pytest.raises(FlowLoadError, match=r"gone\.py: no such file"):
+        load_flow(flow_read("", "hello", storage))
+
+
+@pytest.mark.parametrize("kind", [StorageType.DOCKER, StorageType.GIT])
+def test_storage_kinds_not_supported_yet_are_flow_load_errors(kind: StorageType) -> None:
+    with pytest.raises(FlowLoadError, match=f"storage '{kind.value}' is not supported"):
+        load_flow(flow_read("", "hello", Storage(type=kind)))
+
+
+# --- heartbeat ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "failure", "stops"),
+    [
+        ("Running", None, None),
+        ("Cancelling", None, "the run is Cancelling"),
+        ("Failed", None, "the run is Failed"),
+        ("Running", ServerUnavailableError("down"), None),
+        ("Running", ClientError(422, "odd"), None),
+        ("Running", AuthenticationError(401, "revoked"), "no longer accepts this run's token"),
+        ("Running", NotFoundError(404, "gone"), "no longer accepts this run's token"),
+    ],
+)
+def test_heartbeat_says_when_the_run_must_stop(state: str, failure: Exception | None, stops: str | None) -> None:
+    api = FakeApi(flow_read("", "x"), state=state)
+    if failure is not None:
+        api.fail["flow_run_heartbeat"].append(failure)
+    reason = Heartbeat(cast(Client, api), "run-1", 1.0, lambda _: None).beat()
+    if stops is None:
+        assert reason is None
+    else:
+        assert reason is not None and stops in reason
+
+
+def test_heartbeat_thread_calls_on_stop_once_when_the_run_is_cancelling() -> None:
+    api = FakeApi(flow_read("", "x"), state="Running")
+    reasons: list[str] = []
+    with Heartbeat(cast(Client, api), "run-1", 0.05, reasons.append):
+        wait_for(lambda: api.calls.count("flow_run_heartbeat") >= 2, timeout=5, what="two heartbeats")
+        api.state = "Cancelling"
+        wait_for(lambda: reasons, timeout=5, what="the stop")
+    assert reasons == ["the run is Cancelling"]
+
+
+# --- runner with the in-memory API --------------------------------------------------------------
+
+
+def run_in_process(api: FakeApi, **kwargs: float) -> int:
+    settings = load_settings(logging={"batch_interval_seconds": 0.05}, agent={"heartbeat_interval_seconds": 0.1})
+    return FlowRunner(cast(Client, api), "run-1", settings, start_timeout=2, **kwargs).run()
+
+
+def test_runner_runs_the_flow_and_reports_states_task_runs_and_logs(baton_home: Path) -> None:
+    api = FakeApi(flow_read(HELLO, "hello"), parameters={"name": "Ada"})
+
+    assert run_in_process(api) == 0
+
+    assert [name for name, _ in api.states] == ["Submitted", "Running", "Success"]
+    assert [(t["name"], t["states"]) for t in api.task_runs.values()] == [("greet", ["Pending", "Running", "Success"])]
+    shipped = [(entry["name"], entry["message"]) for entry in api.logs]
+    assert ("hello", "greeting Ada") in shipped
+    assert ("stdout", "hello Ada") in shipped
+    # Logs go before the final state: the run token is revoked once the run is final.
+    calls = list(enumerate(api.calls))
+    last_logs = max(index for index, call in calls if call == "write_logs")
+    final_state = max(index for index, call in calls if call == "set_flow_run_state")
+    assert last_logs < final_state
+
+
+def test_runner_goes_on_when_a_lost_answer_makes_running_conflict(baton_home: Path) -> None:
+    api = FakeApi(flow_read(HELLO, "hello"))
+    # Running is stored, but the answer is lost: the retry gets 409 because the run is Running already.
+    api.apply_then_fail["set_flow_run_state"].append(ServerUnavailableError("connection reset"))
+
+    assert run_in_process(api) == 0
+    assert [name for name, _ in api.states] == ["Submitted", "Running", "Success"]
+
+
+def test_runner_fails_the_run_when_the_flow_raises(baton_home: Path) -> None:
+    api = FakeApi(flow_read(HELLO, "other"))
+
+    assert run_in_process(api) == 1
+    assert api.states[-1] == ("Failed", "RuntimeError: from the stored source")
+    assert any("Traceback" in entry["message"] for entry in api.logs)
+
+
+def test_runner_exits_1_when_the_final_state_cannot_be_reported(baton_home: Path) -> None:
+    api = FakeApi(flow_read(HELLO, "hello"))
+    api.refuse_states["Success"] = ServerUnavailableError("down")
+
+    assert run_in_process(api, state_retry_seconds=0.5) == 1
+    assert api.state == "Running"
+    assert api.calls.count("set_flow_run_state") >= 3  # Running, then Success tried again and again
+
+
+def test_runner_does_not_run_a_run_that_is_already_final(baton_home: Path) -> None:
+    api = FakeApi(flow_read(HELLO, "hello"), state="Failed")
+
+    assert run_in_process(api) == 1
+    assert api.task_runs == {}
+    assert "set_flow_run_state" not in api.calls
+
+
+def test_runner_stops_waiting_for_submitted_after_the_start_timeout(baton_home: Path) -> None:
+    api = FakeApi(flow_read(HELLO, "hello"), state="Pending")
+
+    assert run_in_process(api) == 1
+    assert api.state == "Pending"
+    assert api.task_runs == {}
+
+
+# --- python -m baton.engine ---------------------------------------------------------------------
+
+
+def test_main_without_a_flow_run_id_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BATON_FLOW_RUN_ID", raising=False)
+    assert main([]) == 2
+    assert "set BATON_FLOW_RUN_ID" in capsys.readouterr().err
+
+
+def test_main_with_malformed_settings_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], baton_home: Path
+) -> None:
+    monkeypatch.setenv("BATON__API__URL", "not-a-url")
+    assert main(["--flow-run-id", "run-1"]) == 2
+    assert "must start with http://" in capsys.readouterr().err
+
+
+def test_engine_help_works_and_the_engine_imports_no_heavy_modules() -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "baton.engine", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--no-cloud-logs" in help_text
+    probe = (
+        "import sys, baton.engine.__main__ as m; m._import_httpx_without_its_cli(); import baton.engine.runner; "
+        "print(sorted({n.split('.')[0] for n in sys.modules} & {'rich', 'click', 'fastapi', 'sqlalchemy'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+# --- cancel signal ------------------------------------------------------------------------------
+
+
+def test_stop_requested_before_the_flow_starts_cancels_it_on_entry() -> None:
+    from baton.engine.cancel import CancelSignal
+    from baton.sdk.context import FlowRunCancelled
+
+    cancel = CancelSignal()
+    cancel.install()
+    try:
+        cancel.request("the run is Cancelling")  # not armed yet: only noted
+        with pytest.raises(FlowRunCancelled, match="the run is Cancelling"), cancel:
+            pytest.fail("the flow must not start")
+    finally:
+        cancel.uninstall()
+
+
+def test_stop_requested_while_armed_interrupts_a_sleep_in_the_main_thread() -> None:
+    import threading
+    import time
+
+    from baton.engine.cancel import CancelSignal
+    from baton.sdk.context import FlowRunCancelled
+
+    cancel = CancelSignal()
+    cancel.install()
+    try:
+        started = time.monotonic()
+        with pytest.raises(FlowRunCancelled, match="from another thread"), cancel:
+            threading.Timer(0.2, cancel.request, args=("from another thread",)).start()
+            time.sleep(20)
+        assert time.monotonic() - started < 5
+    finally:
+        cancel.uninstall()
