@@ -16,6 +16,7 @@ from baton.server.database.orm import Agent, FlowRun, utcnow
 from baton.server.models.claims import extend_leases
 from baton.server.models.errors import ObjectNotFound, StaleState
 from baton.server.models.flow_runs import get_flow_run, transition
+from baton.server.models.ids import checked_id
 
 # A run due this long ago and still unclaimed is late (derived, not a state: DESIGN.md §3).
 LATE_AFTER_SECONDS = 5.0
@@ -53,6 +54,7 @@ def register_agent(session: Session, tenant_id: str, payload: AgentRegister, api
 
 
 def get_agent(session: Session, tenant_id: str, agent_id: str) -> Agent:
+    agent_id = checked_id("agent", agent_id)
     agent = session.scalar(select(Agent).where(Agent.tenant_id == tenant_id, Agent.id == agent_id))
     if agent is None:
         raise ObjectNotFound(f"agent {agent_id} not found")

@@ -22,6 +22,7 @@ from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, chec
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
 from baton.server.models import flows as flow_queries
 from baton.server.models.errors import ObjectNotFound, StaleState
+from baton.server.models.ids import checked_id
 from baton.server.models.names import random_run_name
 from baton.server.models.parameters import check_parameters
 
@@ -68,6 +69,7 @@ def create_flow_run(session: Session, tenant_id: str, payload: FlowRunCreate) ->
 
 
 def get_flow_run(session: Session, tenant_id: str, flow_run_id: str) -> FlowRun:
+    flow_run_id = checked_id("flow run", flow_run_id)
     run = session.scalar(select(FlowRun).where(FlowRun.tenant_id == tenant_id, FlowRun.id == flow_run_id))
     if run is None:
         raise ObjectNotFound(f"flow run {flow_run_id} not found")

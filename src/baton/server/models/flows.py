@@ -14,6 +14,7 @@ from baton.schemas.core import RunConfig, Storage
 from baton.schemas.responses import FlowRead
 from baton.server.database.orm import Flow
 from baton.server.models.errors import ObjectNotFound
+from baton.server.models.ids import checked_id
 
 
 def _content_hash(payload: FlowCreate) -> str:
@@ -59,6 +60,7 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
 
 
 def get_flow(session: Session, tenant_id: str, flow_id: str) -> Flow:
+    flow_id = checked_id("flow", flow_id)
     flow = session.scalar(select(Flow).where(Flow.tenant_id == tenant_id, Flow.id == flow_id))
     if flow is None:
         raise ObjectNotFound(f"flow {flow_id} not found")

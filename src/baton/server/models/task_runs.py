@@ -9,6 +9,7 @@ from baton.schemas.responses import TaskRunRead
 from baton.schemas.states import TaskRunState
 from baton.server.database.orm import TaskRun, utcnow
 from baton.server.models.errors import ObjectNotFound
+from baton.server.models.ids import checked_id
 
 _TASK_FINAL = {TaskRunState.SUCCESS, TaskRunState.FAILED, TaskRunState.CANCELLED}
 
@@ -38,6 +39,7 @@ def create_task_run(
 
 
 def get_task_run(session: Session, tenant_id: str, task_run_id: str) -> TaskRun:
+    task_run_id = checked_id("task run", task_run_id)
     task_run = session.scalar(select(TaskRun).where(TaskRun.tenant_id == tenant_id, TaskRun.id == task_run_id))
     if task_run is None:
         raise ObjectNotFound(f"task run {task_run_id} not found")
