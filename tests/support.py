@@ -94,7 +94,7 @@ class ServerProcess:
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a CLI or agent subprocess talking to this server with the admin key."""
-        return clean_env(self.home, BATON__API__URL=self.url, BATON__API__KEY=self.admin_key, **extra)
+        return clean_env(self.home, **{"BATON__API__URL": self.url, "BATON__API__KEY": self.admin_key, **extra})
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         if self._admin_client is not None:

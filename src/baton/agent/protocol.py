@@ -1,0 +1,134 @@
+"""The slice of the API an agent uses, and how its calls apply the one error policy.
+
+:class:`AgentApi` is what :class:`baton.client.http.Client` offers an agent; tests may pass anything shaped like
+it. :class:`ApiCalls` runs the blocking client in a worker thread, retries transient errors under the agent's
+:class:`~baton.agent.loops.ErrorPolicy`, and keeps the health status up to date.
+
+Usage::
+
+    api = ApiCalls(client, policy, status)
+    who = await api.call("whoami", client.whoami)
+    await api.set_state_if_allowed(run_id, "Scheduled", "released")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from baton.agent.health import AgentStatus
+from baton.agent.loops import ErrorPolicy, retry_call
+from baton.exceptions import ConflictError, ServerUnavailableError
+from baton.schemas import responses as r
+
+logger = logging.getLogger("baton.agent")
+T = TypeVar("T")
+
+
+class AgentApi(Protocol):
+    """The client methods an agent calls (all blocking; the agent calls them from worker threads)."""
+
+    def whoami(self) -> r.WhoAmI: ...
+
+    def register_agent(
+        self,
+        name: str,
+        agent_type: str,
+        labels: list[str],
+        agent_config_id: str | None = None,
+        version: str | None = None,
+    ) -> r.AgentRead: ...
+
+    def claim(
+        self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0
+    ) -> r.ClaimResponse: ...
+
+    def agent_heartbeat(self, agent_id: str, deployments: list[dict[str, Any]]) -> r.HeartbeatResponse: ...
+
+    def set_flow_run_state(
+        self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
+    ) -> r.FlowRunRead: ...
+
+    def close(self) -> None: ...
+
+
+class ApiCalls:
+    """Calls through ``client`` under ``policy``, recording successes and failures in ``status``.
+
+    Args:
+        client: the API client.
+        policy: the agent's shared error policy.
+        status: the health facts to update.
+    """
+
+    def __init__(self, client: AgentApi, policy: ErrorPolicy, status: AgentStatus) -> None:
+        self.client = client
+        self.policy = policy
+        self.status = status
+        # A cold stop makes single attempts: it must end even when the API is gone.
+        self.retry = True
+
+    def succeeded(self, duty: str) -> None:
+        self.policy.succeeded(duty)
+        self.status.api_ok(duty)
+
+    def failed(self, exc: ServerUnavailableError, duty: str) -> float:
+        """Record a transient failure of ``duty``; return the backoff delay.
+
+        Raises:
+            ServerUnavailableError: too many failures in a row.
+        """
+        self.status.api_failed(exc, duty)
+        return self.policy.failed(exc, duty)
+
+    async def call(self, what: str, func: Callable[..., T], *args: Any, duty: str = "api") -> T:
+        """``func(*args)`` in a worker thread, retrying transient errors (counted in ``duty``'s streak).
+
+        Raises:
+            ServerUnavailableError: the policy gave up (or a single attempt failed, when not retrying).
+            ClientError: the API refused the request.
+        """
+        if not self.retry:
+            result = await asyncio.to_thread(func, *args)
+        else:
+            result = await retry_call(
+                lambda: asyncio.to_thread(func, *args),
+                self.policy,
+                duty=duty,
+                what=what,
+                on_failure=lambda exc: self.status.api_failed(exc, duty),
+            )
+        self.succeeded(duty)
+        return result
+
+    async def set_state(self, flow_run_id: str, state: str, message: str, data: dict[str, Any] | None = None) -> None:
+        """Set a run's state, retrying transient errors.
+
+        Each run counts its own failures in a row: a burst of runs meeting a short outage together must not add
+        up to one long streak.
+
+        Raises:
+            ServerUnavailableError: see :meth:`call`.
+            ClientError: the API refused, e.g. ConflictError (409) for a transition no longer allowed.
+        """
+        what = f"{state} for run {flow_run_id}"
+        set_state = self.client.set_flow_run_state
+        await self.call(what, set_state, flow_run_id, state, message, data, duty=f"run {flow_run_id}")
+
+    async def set_state_if_allowed(
+        self, flow_run_id: str, state: str, message: str, data: dict[str, Any] | None = None
+    ) -> bool:
+        """:meth:`set_state`, but False if the server refused the transition (409): someone else decided first.
+
+        Raises:
+            ServerUnavailableError: see :meth:`call`.
+            ClientError: any refusal other than 409.
+        """
+        try:
+            await self.set_state(flow_run_id, state, message, data)
+        except ConflictError as exc:
+            logger.info("run %s: %s refused (%s)", flow_run_id, state, exc.detail)
+            return False
+        return True

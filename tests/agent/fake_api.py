@@ -1,0 +1,239 @@
+"""An in-memory stand-in for the API's agent routes, for fast tests of the agent's loops.
+
+It keeps the server's rules where the agent depends on them: the state machine (illegal transitions are 409),
+the label rule, atomic claims with a long poll, heartbeats that fail dead deployments and ask to cancel runs in
+Cancelling. Failures can be injected per method.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from baton.exceptions import ConflictError, IllegalTransitionError, NotFoundError
+from baton.labels import agent_can_take
+from baton.schemas import responses as r
+from baton.schemas.core import Role, RunConfig, Storage
+from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, check_transition
+
+
+@dataclass
+class FakeRun:
+    id: str
+    name: str
+    labels: list[str]
+    run_config: RunConfig
+    state: str = "Scheduled"
+    agent_id: str | None = None
+    history: list[tuple[str, str | None, dict[str, Any] | None]] = field(default_factory=list)
+
+
+class FakeApi:
+    def __init__(self, tenant_id: str = "tenant-1", role: Role | None = Role.RUNNER) -> None:
+        self.tenant_id = tenant_id
+        self.role = role
+        self.runs: dict[str, FakeRun] = {}
+        self.calls: list[tuple[str, Any]] = []
+        self.claims: list[dict[str, Any]] = []
+        self.heartbeats: list[list[dict[str, Any]]] = []
+        self.agents: dict[str, dict[str, Any]] = {}
+        self.closed = False
+        self._failures: dict[str, list[BaseException]] = {}
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._now = datetime.now(UTC)
+
+    # --- test controls ----------------------------------------------------------------------------
+
+    def add_run(self, labels: list[str] | None = None, env: dict[str, str] | None = None, **run_config: Any) -> str:
+        with self._cond:
+            number = next(self._ids)
+            run = FakeRun(
+                id=f"run-{number}",
+                name=f"fake-run-{number}",
+                labels=sorted(labels or []),
+                run_config=RunConfig(env=env or {}, **run_config),
+            )
+            run.history.append(("Scheduled", None, None))
+            self.runs[run.id] = run
+            self._cond.notify_all()
+            return run.id
+
+    def fail_next(self, method: str, *errors: BaseException) -> None:
+        """Make the next calls of ``method`` raise ``errors``, one each."""
+        with self._cond:
+            self._failures.setdefault(method, []).extend(errors)
+
+    def state(self, run_id: str) -> str:
+        with self._cond:
+            return self.runs[run_id].state
+
+    def last_state(self, run_id: str) -> tuple[str, str | None, dict[str, Any] | None]:
+        with self._cond:
+            return self.runs[run_id].history[-1]
+
+    def cancel(self, run_id: str) -> None:
+        """Like POST /cancel: undeployed runs are Cancelled at once, deployed ones go to Cancelling."""
+        with self._cond:
+            run = self.runs[run_id]
+            target = "Cancelling" if run.state in ("Submitted", "Running") else "Cancelled"
+            self._transition(run, target, "cancel asked by a test", None)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("condition not met")
+                self._cond.wait(min(remaining, 0.05))
+
+    def wait_for_state(self, run_id: str, state: str, timeout: float = 10.0) -> None:
+        try:
+            self.wait_for(lambda: self.runs[run_id].state == state, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"run {run_id} is {self.runs[run_id].state}, not {state}") from None
+
+    # --- the client methods the agent calls --------------------------------------------------------
+
+    def _enter(self, method: str, args: Any) -> None:
+        with self._cond:
+            self.calls.append((method, args))
+            queue = self._failures.get(method)
+            error = queue.pop(0) if queue else None
+        if error is not None:
+            raise error
+
+    def whoami(self) -> r.WhoAmI:
+        self._enter("whoami", None)
+        return r.WhoAmI(tenant_id=self.tenant_id, tenant_name="default", role=self.role, key_id="k1")
+
+    def register_agent(
+        self,
+        name: str,
+        agent_type: str,
+        labels: list[str],
+        agent_config_id: str | None = None,
+        version: str | None = None,
+    ) -> r.AgentRead:
+        self._enter("register_agent", (name, agent_type, labels, agent_config_id))
+        agent_id = f"agent-{name}"
+        with self._cond:
+            self.agents[agent_id] = {"name": name, "type": agent_type, "labels": labels}
+        return r.AgentRead(
+            id=agent_id,
+            name=name,
+            type=agent_type,
+            labels=labels,
+            agent_config_id=agent_config_id,
+            created=self._now,
+            last_seen=None,
+        )
+
+    def claim(
+        self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0
+    ) -> r.ClaimResponse:
+        self._enter("claim", (agent_id, limit, wait_seconds))
+        deadline = time.monotonic() + wait_seconds
+        agent_labels = self.agents[agent_id]["labels"]
+        with self._cond:
+            self.claims.append({"limit": limit, "wait_seconds": wait_seconds})
+            while True:
+                taken = [
+                    run
+                    for run in self.runs.values()
+                    if run.state in CLAIMABLE_STATES and agent_can_take(run.labels, agent_labels)
+                ][:limit]
+                remaining = deadline - time.monotonic()
+                if taken or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            for run in taken:
+                self._transition(run, "Pending", f"claimed by {agent_id}", None)
+                run.agent_id = agent_id
+            return r.ClaimResponse(runs=[self.claimed_run(run) for run in taken])
+
+    def agent_heartbeat(self, agent_id: str, deployments: list[dict[str, Any]]) -> r.HeartbeatResponse:
+        self._enter("agent_heartbeat", deployments)
+        failed = []
+        with self._cond:
+            self.heartbeats.append(deployments)
+            for item in deployments:
+                run = self.runs[item["flow_run_id"]]
+                if not item["alive"] and run.state not in FINAL_STATES:
+                    message = f"process exited with code {item['exit_code']} before reporting a final state"
+                    self._transition(run, "Failed", message, None)
+                    failed.append(run.id)
+            cancel = [run.id for run in self.runs.values() if run.agent_id == agent_id and run.state == "Cancelling"]
+            self._cond.notify_all()
+        return r.HeartbeatResponse(cancel=cancel, failed=failed)
+
+    def set_flow_run_state(
+        self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
+    ) -> r.FlowRunRead:
+        self._enter("set_flow_run_state", (flow_run_id, name, message, data))
+        with self._cond:
+            run = self.runs.get(flow_run_id)
+            if run is None:
+                raise NotFoundError(404, f"no flow run {flow_run_id}")
+            try:
+                self._transition(run, name, message, data)
+            except IllegalTransitionError as exc:
+                raise ConflictError(409, str(exc)) from exc
+            if name == "Scheduled":
+                run.agent_id = None
+            return self._read(run)
+
+    def close(self) -> None:
+        self.closed = True
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _transition(self, run: FakeRun, state: str, message: str | None, data: dict[str, Any] | None) -> None:
+        check_transition(run.state, state)
+        run.state = state
+        run.history.append((state, message, data))
+        self._cond.notify_all()
+
+    def _read(self, run: FakeRun) -> r.FlowRunRead:
+        return r.FlowRunRead(
+            id=run.id,
+            name=run.name,
+            flow_id="flow-1",
+            flow_name="fake-flow",
+            flow_version=1,
+            state=run.state,
+            state_message=run.history[-1][1],
+            labels=run.labels,
+            parameters={},
+            agent_id=run.agent_id,
+            scheduled_start_time=self._now,
+            created=self._now,
+            start_time=None,
+            end_time=None,
+            deployment=None,
+            run_config=run.run_config,
+        )
+
+    def claimed_run(self, run: FakeRun) -> r.ClaimedRun:
+        flow = r.FlowRead(
+            id="flow-1",
+            name="fake-flow",
+            version=1,
+            entrypoint="main",
+            storage=Storage(),
+            run_config=RunConfig(),
+            labels=[],
+            parameters_schema={},
+            tasks=[],
+            schedule=None,
+            description=None,
+            source_filename=None,
+            created=self._now,
+        )
+        return r.ClaimedRun(flow_run=self._read(run), flow=flow, run_token=f"run-token-{run.id}")

@@ -1,0 +1,270 @@
+"""The local agent's process handling, with real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from baton.agent.local import LocalAgent, exit_code_of
+from baton.agent.loops import Backoff
+from baton.agent.runs import Deployment
+from baton.exceptions import DeploymentError
+from baton.labels import hostname_label
+from baton.schemas.responses import ClaimedRun
+from baton.settings import BatonSettings
+
+from .conftest import AgentThread
+from .fake_api import FakeApi
+
+
+class ScriptAgent(LocalAgent):
+    """A local agent whose flow-run process is a small Python script instead of the engine."""
+
+    script = "pass"
+
+    def command(self, claimed: ClaimedRun) -> list[str]:
+        return [sys.executable, "-c", self.script]
+
+
+@pytest.fixture
+def make_local(settings: BatonSettings, api: FakeApi) -> Callable[..., ScriptAgent]:
+    def _make(script: str = "pass", **options: Any) -> ScriptAgent:
+        options.setdefault("settings", settings)
+        options.setdefault("client", api)
+        agent = ScriptAgent(**options)
+        agent.script = script
+        agent.watch_interval_seconds = 0.05
+        agent.policy.backoff = Backoff(0.01, 0.05)
+        return agent
+
+    return _make
+
+
+def claimed(api: FakeApi, **run_config: Any) -> ClaimedRun:
+    run_id = api.add_run(**run_config)
+    return api.claimed_run(api.runs[run_id])
+
+
+def deploy(agent: LocalAgent, run: ClaimedRun, env: dict[str, str] | None = None) -> Deployment:
+    return asyncio.run(agent.deploy(run, env or {}))
+
+
+def wait_exit(agent: LocalAgent, deployment: Deployment, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = asyncio.run(agent.inspect(deployment))
+        if code is not None:
+            return code
+        time.sleep(0.02)
+    raise TimeoutError("the process did not end")
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (gone, or a zombie waiting for a parent that is not us)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_flow_run_process_is_the_engine_run_by_this_python(settings: BatonSettings, api: FakeApi) -> None:
+    agent = LocalAgent(settings=settings, client=api)
+    assert agent.command(claimed(api)) == [sys.executable, "-m", "baton.engine"]
+
+
+@pytest.mark.parametrize(("returncode", "exit_code"), [(0, 0), (3, 3), (-9, 137), (-15, 143)])
+def test_exit_codes_are_reported_as_a_shell_would(returncode: int, exit_code: int) -> None:
+    assert exit_code_of(returncode) == exit_code
+
+
+def test_a_process_exit_code_is_reported(make_local: Callable[..., ScriptAgent], api: FakeApi) -> None:
+    agent = make_local("import sys; sys.exit(3)")
+    deployment = deploy(agent, claimed(api))
+    assert deployment.message == f"PID: {deployment.data['pid']}"
+    assert wait_exit(agent, deployment) == 3
+
+
+def test_a_process_killed_by_sigkill_reports_137(make_local: Callable[..., ScriptAgent], api: FakeApi) -> None:
+    agent = make_local("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert wait_exit(agent, deploy(agent, claimed(api))) == 137
+
+
+def test_kill_stops_the_whole_process_group(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, tmp_path: Path
+) -> None:
+    # Given a flow-run process that started a child of its own
+    child_pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(child_pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    agent = make_local(script)
+    deployment = deploy(agent, claimed(api))
+    deadline = time.monotonic() + 10
+    while not child_pid_file.exists() or not child_pid_file.read_text():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.02)
+    child_pid = int(child_pid_file.read_text())
+
+    # When the agent kills the deployment
+    asyncio.run(agent.kill(deployment, grace_seconds=5))
+
+    # Then the process and its child are gone
+    assert wait_exit(agent, deployment) == 143
+    deadline = time.monotonic() + 5
+    while not process_gone(child_pid):
+        assert time.monotonic() < deadline, "the child outlived the kill"
+        time.sleep(0.02)
+
+
+def test_kill_escalates_to_sigkill_after_the_grace_period(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, tmp_path: Path
+) -> None:
+    ready = tmp_path / "ready"
+    script = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    agent = make_local(script)
+    deployment = deploy(agent, claimed(api))
+    while not ready.exists():
+        time.sleep(0.02)
+
+    started = time.monotonic()
+    asyncio.run(agent.kill(deployment, grace_seconds=0.5))
+
+    assert time.monotonic() - started >= 0.5
+    assert wait_exit(agent, deployment) == 137
+
+
+def test_a_missing_working_dir_fails_the_deployment_naming_it(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-dir"
+    agent = make_local()
+    with pytest.raises(DeploymentError, match=str(missing)):
+        deploy(agent, claimed(api, type="local", working_dir=str(missing)))
+
+
+def test_a_run_config_of_another_platform_is_refused(make_local: Callable[..., ScriptAgent], api: FakeApi) -> None:
+    with pytest.raises(DeploymentError, match="docker"):
+        deploy(make_local(), claimed(api, type="docker", image="python:3.11"))
+
+
+def test_process_gets_working_dir_env_and_import_paths(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.json"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    script = (
+        "import json, os, sys\n"
+        f"json.dump({{'cwd': os.getcwd(), 'env': dict(os.environ), 'path': sys.path}}, open({str(out)!r}, 'w'))\n"
+    )
+    agent = make_local(script, import_paths=[str(tmp_path / "lib1"), str(tmp_path / "lib2")])
+    run = claimed(api, type="local", working_dir=str(workdir), env={"FROM_RUN": "1"})
+
+    deployment = deploy(agent, run, env={"BATON_FLOW_RUN_ID": run.flow_run.id, "PATH": "/from/run/env"})
+    assert wait_exit(agent, deployment) == 0
+
+    seen = json.loads(out.read_text())
+    assert seen["cwd"] == str(workdir)
+    assert seen["env"]["PYTHONPATH"].split(os.pathsep)[:2] == [str(tmp_path / "lib1"), str(tmp_path / "lib2")]
+    assert str(tmp_path / "lib1") in seen["path"]
+    assert seen["env"]["BATON_FLOW_RUN_ID"] == run.flow_run.id
+    assert seen["env"]["PATH"] == "/from/run/env"  # the run's env wins over the agent's own environment
+    assert seen["env"]["HOME"] == os.environ["HOME"]  # which is the base
+
+
+def test_flow_logs_are_streamed_prefixed_by_the_run_name(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, capfd: pytest.CaptureFixture[str]
+) -> None:
+    agent = make_local("print('hello from the flow'); import sys; print('oops', file=sys.stderr)", show_flow_logs=True)
+    run = claimed(api)
+    deployment = deploy(agent, run)
+    assert wait_exit(agent, deployment) == 0
+    deadline = time.monotonic() + 5
+    output = ""
+    while "oops" not in output and time.monotonic() < deadline:
+        time.sleep(0.05)
+        output += capfd.readouterr().out
+    assert f"[{run.flow_run.name}] hello from the flow" in output
+    assert f"[{run.flow_run.name}] oops" in output
+
+
+def test_flow_logs_are_discarded_by_default(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, capfd: pytest.CaptureFixture[str]
+) -> None:
+    agent = make_local("print('hello from the flow')")
+    assert wait_exit(agent, deploy(agent, claimed(api))) == 0
+    time.sleep(0.1)
+    assert "hello from the flow" not in capfd.readouterr().out
+
+
+def test_hostname_is_a_label_unless_switched_off(settings: BatonSettings, api: FakeApi) -> None:
+    assert LocalAgent(settings=settings, client=api, labels=["dev"]).labels == sorted(["dev", hostname_label()])
+    assert LocalAgent(settings=settings, client=api, labels=["dev"], hostname_label=False).labels == ["dev"]
+
+
+def test_local_agent_runs_a_claimed_run_end_to_end(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, run_in_thread: Callable[[Any], AgentThread]
+) -> None:
+    run_id = api.add_run(labels=[hostname_label()])
+    agent = make_local("import time; time.sleep(0.3)")
+    running = run_in_thread(agent)
+
+    api.wait_for_state(run_id, "Submitted")
+    _state, message, data = api.last_state(run_id)
+    assert data is not None
+    assert message == f"PID: {data['pid']}"
+    # The script reports no final state: after it exits the server hears of it and fails the run.
+    api.wait_for_state(run_id, "Failed")
+    assert "exited with code 0" in (api.last_state(run_id)[1] or "")
+    agent.stop()
+    running.join()
+
+
+def test_missing_working_dir_fails_the_run_with_a_message_naming_it(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, run_in_thread: Callable[[Any], AgentThread]
+) -> None:
+    run_id = api.add_run(labels=[hostname_label()], type="local", working_dir="/no/such/dir")
+    agent = make_local()
+    running = run_in_thread(agent)
+
+    api.wait_for_state(run_id, "Failed")
+    assert "/no/such/dir" in (api.last_state(run_id)[1] or "")
+    agent.stop()
+    running.join()
+
+
+def test_cold_stop_kills_the_process_group_and_fails_the_run(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, run_in_thread: Callable[[Any], AgentThread]
+) -> None:
+    run_id = api.add_run(labels=[hostname_label()])
+    agent = make_local("import time; time.sleep(60)")
+    running = run_in_thread(agent)
+    api.wait_for_state(run_id, "Submitted")
+    pid = api.last_state(run_id)[2]["pid"]  # type: ignore[index]
+
+    agent.stop()
+    agent.stop()
+
+    running.join()
+    assert api.state(run_id) == "Failed"
+    assert process_gone(pid)

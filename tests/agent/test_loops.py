@@ -1,0 +1,188 @@
+"""Loop machinery: backoff with jitter, the error policy, the drift-free ticker, daemon-thread calls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from baton.agent.loops import (
+    Backoff,
+    ErrorPolicy,
+    IntervalTicker,
+    retry_call,
+    run_in_daemon_thread,
+    sleep_or_wake,
+)
+from baton.exceptions import NotFoundError, ServerUnavailableError
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
+    backoff = Backoff(base_seconds=1.0, max_seconds=8.0)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (10, 8.0)]:
+        delays = {backoff.delay(attempt) for _ in range(50)}
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+        assert len(delays) > 1, "jittered"
+
+
+def test_error_policy_gives_up_after_max_failures_in_a_row_naming_each_kind() -> None:
+    policy = ErrorPolicy(max_consecutive=3, backoff=Backoff(0.01, 0.01))
+    refused = ServerUnavailableError("connection refused")
+    refused.__cause__ = ConnectionRefusedError()
+    policy.failed(refused, "poll")
+    policy.failed(ServerUnavailableError("HTTP 503"), "poll")
+    with pytest.raises(ServerUnavailableError) as caught:
+        policy.failed(ServerUnavailableError("HTTP 503 again"), "poll")
+    message = str(caught.value)
+    assert "3 API calls (poll) failed in a row" in message
+    assert "ServerUnavailableError/ConnectionRefusedError: connection refused" in message
+    assert "ServerUnavailableError: HTTP 503" in message
+    assert "again" not in message  # one example of each kind
+
+
+def test_a_success_resets_only_its_own_duty() -> None:
+    policy = ErrorPolicy(max_consecutive=2)
+    policy.failed(ServerUnavailableError("x"), "poll")
+    policy.failed(ServerUnavailableError("x"), "heartbeat")
+    policy.succeeded("heartbeat")
+    assert policy.consecutive("poll") == 1
+    assert policy.consecutive("heartbeat") == 0
+    with pytest.raises(ServerUnavailableError):
+        policy.failed(ServerUnavailableError("x"), "poll")
+
+
+def test_retry_call_retries_transient_errors_and_raises_others() -> None:
+    policy = ErrorPolicy(max_consecutive=5, backoff=Backoff(0.001, 0.001))
+    attempts: list[int] = []
+    failures: list[str] = []
+
+    async def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ServerUnavailableError("HTTP 502")
+        return "ok"
+
+    async def refused() -> str:
+        raise NotFoundError(404, "no such run")
+
+    assert asyncio.run(retry_call(flaky, policy, on_failure=lambda exc: failures.append(str(exc)))) == "ok"
+    assert len(attempts) == 3
+    assert failures == ["HTTP 502", "HTTP 502"]
+    assert policy.consecutive() == 0
+    with pytest.raises(NotFoundError):
+        asyncio.run(retry_call(refused, policy))
+
+
+def test_sleep_or_wake_returns_early_when_woken() -> None:
+    async def scenario() -> tuple[bool, float, bool]:
+        wake = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, wake.set)
+        started = time.monotonic()
+        woken = await sleep_or_wake(5.0, wake)
+        elapsed = time.monotonic() - started
+        return woken, elapsed, await sleep_or_wake(0.01, wake)
+
+    woken, elapsed, second = asyncio.run(scenario())
+    assert woken and elapsed < 1.0
+    assert not second, "the wake-up was consumed"
+
+
+def test_sleep_or_wake_can_be_cancelled_even_as_it_is_woken() -> None:
+    # asyncio.wait_for on 3.11 can swallow this cancellation; a loop built on it would never end.
+    async def scenario() -> bool:
+        wake = asyncio.Event()
+
+        async def sleeper() -> None:
+            while True:
+                await sleep_or_wake(10, wake)
+
+        task = asyncio.ensure_future(sleeper())
+        await asyncio.sleep(0.01)
+        wake.set()
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 2)
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    for _ in range(20):
+        assert asyncio.run(scenario())
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ticker_keeps_a_fixed_grid_and_skips_missed_ticks() -> None:
+    clock = FakeClock()
+    ticker = IntervalTicker(1.0, clock=clock)
+
+    async def scenario() -> None:
+        await ticker.wait()  # the first tick comes at once
+        assert ticker.next_tick == 101.0
+        clock.now = 101.3  # the tick's work ended past the next tick: it comes at once, then 102, not 102.3
+        await ticker.wait()
+        assert ticker.next_tick == 102.0
+        clock.now = 105.5  # a long stall: ticks 102..105 are skipped, not bunched
+        await ticker.wait()
+        assert ticker.next_tick == 106.0
+
+    asyncio.run(scenario())
+
+
+def test_ticker_ticks_on_time_and_wakes_early() -> None:
+    async def scenario() -> list[float]:
+        ticker = IntervalTicker(0.1)
+        start = time.monotonic()
+        times = []
+        for _ in range(4):
+            await ticker.wait()
+            times.append(time.monotonic() - start)
+            await asyncio.sleep(0.03)  # work inside a tick does not shift the grid
+        asyncio.get_running_loop().call_later(0.01, ticker.wake)
+        await ticker.wait()
+        times.append(time.monotonic() - start)
+        return times
+
+    times = asyncio.run(scenario())
+    assert times[0] < 0.05
+    for index in (1, 2, 3):
+        assert abs(times[index] - 0.1 * index) < 0.05
+    assert times[4] - times[3] < 0.08  # woken before its 0.4 tick
+
+
+def test_run_in_daemon_thread_returns_results_and_exceptions_from_a_daemon_thread() -> None:
+    seen: list[bool] = []
+
+    def work() -> int:
+        seen.append(threading.current_thread().daemon)
+        return 42
+
+    def broken() -> int:
+        raise NotFoundError(404, "gone")
+
+    assert asyncio.run(run_in_daemon_thread(work)) == 42
+    assert seen == [True]
+    with pytest.raises(NotFoundError):
+        asyncio.run(run_in_daemon_thread(broken))
+
+
+def test_run_in_daemon_thread_can_be_abandoned() -> None:
+    release = threading.Event()
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(run_in_daemon_thread(release.wait))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())  # returns although the thread still waits
+    release.set()

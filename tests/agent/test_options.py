@@ -1,0 +1,107 @@
+"""Options: explicit arguments over settings (env, config file) over defaults; the flow-run environment."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from baton.agent import Agent, LocalAgent
+from baton.agent.env import build_run_env
+from baton.agent.testing import InMemoryAgent
+from baton.exceptions import ConfigurationError, InvalidLabelError
+from baton.labels import hostname_label
+from baton.settings import write_config_values
+
+from .fake_api import FakeApi
+
+
+def test_labels_and_address_come_from_the_environment_unless_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON__AGENT__LABELS", '["staging", "dev"]')
+    monkeypatch.setenv("BATON__AGENT__AGENT_ADDRESS", "http://127.0.0.1:8080")
+    monkeypatch.setenv("BATON__API__KEY", "bat_from_env")
+
+    from_env = LocalAgent(hostname_label=False)
+    assert from_env.labels == ["dev", "staging"]
+    assert from_env.settings.agent.agent_address == "http://127.0.0.1:8080"
+
+    explicit = LocalAgent(labels=["prod"], agent_address="http://127.0.0.1:9090", hostname_label=False)
+    assert explicit.labels == ["prod"]
+    assert explicit.settings.agent.agent_address == "http://127.0.0.1:9090"
+
+
+def test_environment_beats_the_config_file_and_arguments_beat_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    write_config_values("api", {"url": "http://127.0.0.1:1111", "key": "bat_from_file"})
+    write_config_values("agent", {"name": "file-agent", "limit": 3})
+    assert LocalAgent().settings.api.url == "http://127.0.0.1:1111"
+    assert LocalAgent().name == "file-agent"
+
+    monkeypatch.setenv("BATON__API__URL", "http://127.0.0.1:2222")
+    agent = LocalAgent(api="http://127.0.0.1:3333/", limit=5)
+    assert agent.settings.api.url == "http://127.0.0.1:3333"
+    assert agent.settings.api.key is not None and agent.settings.api.key.get_secret_value() == "bat_from_file"
+    assert agent.registry.limit == 5
+    assert LocalAgent().settings.api.url == "http://127.0.0.1:2222"
+
+
+def test_default_name_names_the_type_and_host() -> None:
+    assert LocalAgent().name.startswith("local-agent-")
+    assert hostname_label().split(".")[0][:10] in LocalAgent().name
+
+
+def test_invalid_options_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="limit"):
+        LocalAgent(limit=0)
+    with pytest.raises(ConfigurationError, match="url"):
+        LocalAgent(api="ftp://example")
+    with pytest.raises(InvalidLabelError):
+        LocalAgent(labels=["has space"])
+
+
+def test_no_cloud_logs_turns_api_logging_off_for_runs() -> None:
+    assert LocalAgent().send_logs_to_api is True
+    assert LocalAgent(no_cloud_logs=True).send_logs_to_api is False
+
+
+def test_missing_key_is_a_configuration_error_at_start() -> None:
+    with pytest.raises(ConfigurationError, match="no API key"):
+        LocalAgent(max_polls=0).start()
+
+
+def test_base_agent_is_abstract() -> None:
+    with pytest.raises(TypeError):
+        Agent()  # type: ignore[abstract]
+
+
+def test_docker_and_kubernetes_agents_say_they_are_not_available_yet() -> None:
+    with pytest.raises(ImportError, match=r"Docker agent .* not available"):
+        from baton.agent import DockerAgent  # noqa: F401
+    with pytest.raises(ImportError, match=r"Kubernetes agent .* not available"):
+        from baton.agent import KubernetesAgent  # noqa: F401
+
+
+def test_run_env_precedence_agent_env_then_run_config_then_baton() -> None:
+    api = FakeApi()
+    run_id = api.add_run(env={"A": "run", "B": "run", "BATON_FLOW_RUN_ID": "forged", "BATON__API__URL": "http://evil"})
+    claimed = api.claimed_run(api.runs[run_id])
+
+    env = build_run_env(
+        claimed,
+        api_url="http://127.0.0.1:4200",
+        tenant_id="t1",
+        agent_env={"A": "agent", "C": "agent", "BATON__API__KEY": "bat_agent_key"},
+        agent_labels=["b", "a"],
+    )
+
+    assert env["A"] == "run" and env["B"] == "run" and env["C"] == "agent"
+    assert env["BATON_FLOW_RUN_ID"] == run_id
+    assert env["BATON__API__URL"] == "http://127.0.0.1:4200"
+    assert env["BATON__API__KEY"] == claimed.run_token
+    assert env["BATON_TENANT_ID"] == "t1"
+    assert json.loads(env["BATON__AGENT__LABELS"]) == ["a", "b"]
+    assert env["BATON__LOGGING__SEND_TO_API"] == "true"
+
+
+def test_in_memory_agent_takes_common_options(api: FakeApi) -> None:
+    agent = InMemoryAgent(client=api, key="bat_x", labels=["x"], name="mem")
+    assert (agent.name, agent.labels, agent.agent_type) == ("mem", ["x"], "memory")
