@@ -31,9 +31,7 @@ def write_logs(session: Session, tenant_id: str, flow_run_id: str, entries: list
         for entry in entries
     ]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = (
-        insert(Log).values(rows).on_conflict_do_nothing(index_elements=["flow_run_id", "key"]).returning(Log.id)
-    )
+    stmt = insert(Log).values(rows).on_conflict_do_nothing(index_elements=["flow_run_id", "key"]).returning(Log.id)
     # Counted from RETURNING: rowcount of a multi-row insert is -1 on some drivers (psycopg).
     return len(session.execute(stmt).all())
 
