@@ -65,5 +65,9 @@ class ServerUnavailableError(BatonError):
     """The API could not be reached, timed out or answered with a 5xx: worth retrying."""
 
 
+class DatabaseUnavailableError(ServerUnavailableError):
+    """A server-side command could not reach or use its database."""
+
+
 class DeploymentError(BatonError):
     """An agent could not deploy a flow run; the message becomes the run's Failed message."""

@@ -51,9 +51,17 @@ class ApiSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
+        import httpx
+
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"API URL must start with http:// or https://, got {value!r}")
+        try:
+            host = httpx.URL(value).host
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"invalid API URL {value!r}: {exc}") from exc
+        if not host:
+            raise ValueError(f"API URL {value!r} has no host")
         return value
 
 

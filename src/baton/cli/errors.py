@@ -13,6 +13,7 @@ from baton.exceptions import (
     ClientError,
     ConfigurationError,
     ConflictError,
+    DatabaseUnavailableError,
     FlowLoadError,
     InvalidLabelError,
     NotFoundError,
@@ -23,6 +24,7 @@ from baton.exceptions import (
 
 # (exception class, message template, CLI error class); ``{error}`` is the exception's message.
 _MAPPING: tuple[tuple[type[BatonError], str, type[CliError]], ...] = (
+    (DatabaseUnavailableError, "{error}", UnavailableError),
     (
         ServerUnavailableError,
         "{error} (is the server running? Start one with `baton server start`, or point --api at it)",

@@ -14,7 +14,7 @@ import click
 from rich.text import Text
 
 from baton.cli.context import CliState, api_options, pass_state
-from baton.cli.output import AnyCaseChoice, echo_json, print_fields, print_table, stdout_console
+from baton.cli.output import AnyCaseChoice, WatchInterrupted, echo_json, print_fields, print_table, stdout_console
 from baton.cli.watch import RunFollower
 from baton.schemas.states import StateName
 
@@ -103,7 +103,7 @@ def logs(state: CliState, flow_run_id: str, follow: bool, poll_interval: float) 
             try:
                 follower.follow()
             except KeyboardInterrupt:
-                return
+                raise WatchInterrupted(f"stopped following; flow run {flow_run_id} goes on") from None
         else:
             follower.poll()  # reads the run first: an unknown id is an error, not an empty log
 

@@ -89,12 +89,13 @@ def migrate(state: CliState, database_url: str | None) -> None:
     settings = state.settings(server={"database_url": database_url})
     from sqlalchemy.engine import make_url
 
-    from baton.server.database.connection import create_database_engine
+    from baton.server.database.connection import create_database_engine, database_errors
     from baton.server.database.migrate import upgrade
 
     engine = create_database_engine(settings.database_url(), pool_size=settings.server.database_pool_size)
     try:
-        upgrade(engine)
+        with database_errors(settings.database_url()):
+            upgrade(engine)
     finally:
         engine.dispose()
     shown = make_url(settings.database_url()).render_as_string(hide_password=True)

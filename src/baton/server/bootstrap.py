@@ -8,7 +8,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton.schemas.core import Role
 from baton.schemas.responses import TenantCreated
-from baton.server.database.connection import create_database_engine, create_session_factory, transaction
+from baton.server.database.connection import (
+    create_database_engine,
+    create_session_factory,
+    database_errors,
+    transaction,
+)
 from baton.server.database.migrate import upgrade
 from baton.server.models import tenants
 from baton.server.models.errors import InvalidRequest
@@ -54,10 +59,11 @@ def create_tenant(settings: BatonSettings, name: str) -> TenantCreated:
         raise InvalidRequest(f"invalid tenant name {name!r}: {message}") from exc
     engine = create_database_engine(settings.database_url(), 2)
     try:
-        upgrade(engine)
-        with transaction(create_session_factory(engine)) as session:
-            tenant = tenants.create_tenant(session, name)
-            _key, secret = tenants.create_api_key(session, tenant.id, Role.ADMIN, f"{name} admin")
-            return TenantCreated(id=tenant.id, name=tenant.name, admin_key=secret)
+        with database_errors(settings.database_url()):
+            upgrade(engine)
+            with transaction(create_session_factory(engine)) as session:
+                tenant = tenants.create_tenant(session, name)
+                _key, secret = tenants.create_api_key(session, tenant.id, Role.ADMIN, f"{name} admin")
+                return TenantCreated(id=tenant.id, name=tenant.name, admin_key=secret)
     finally:
         engine.dispose()

@@ -15,13 +15,14 @@ def serve(settings: BatonSettings, log_level: str = "info") -> None:
 
     from baton.server.app import create_app
     from baton.server.bootstrap import ensure_default_tenant
-    from baton.server.database.connection import create_database_engine, create_session_factory
+    from baton.server.database.connection import create_database_engine, create_session_factory, database_errors
     from baton.server.database.migrate import upgrade
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = create_database_engine(settings.database_url(), settings.server.database_pool_size)
-    upgrade(engine)
-    ensure_default_tenant(create_session_factory(engine), settings)
+    with database_errors(settings.database_url()):
+        upgrade(engine)
+        ensure_default_tenant(create_session_factory(engine), settings)
     app = create_app(settings, engine)
     logger.info(
         "Baton API on http://%s:%s (database: %s)",

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from baton.exceptions import ConfigurationError
+from baton.exceptions import ConfigurationError, DatabaseUnavailableError
 
 
 def normalize_database_url(url: str) -> str:
@@ -63,3 +63,16 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """Turn a database that cannot be reached or used into one clear error naming it (password hidden)."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    try:
+        yield
+    except (OperationalError, DBAPIError) as exc:
+        shown = make_url(normalize_database_url(url)).render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        raise DatabaseUnavailableError(f"cannot use the database {shown}: {reason}") from exc
