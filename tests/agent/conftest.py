@@ -88,10 +88,10 @@ def run_in_thread() -> Iterator[Callable[[Agent], AgentThread]]:
 
 @pytest.fixture
 def make_agent(settings: BatonSettings, api: FakeApi) -> Callable[..., InMemoryAgent]:
-    def _make(**options: Any) -> InMemoryAgent:
+    def _make(cls: type[InMemoryAgent] = InMemoryAgent, **options: Any) -> InMemoryAgent:
         options.setdefault("settings", settings)
         options.setdefault("client", api)
-        agent = InMemoryAgent(**options)
+        agent = cls(**options)
         agent.policy.backoff = Backoff(base_seconds=0.01, max_seconds=0.05)
         return agent
 

@@ -2,7 +2,8 @@
 
 It keeps the server's rules where the agent depends on them: the state machine (illegal transitions are 409),
 the label rule, atomic claims with a long poll, heartbeats that fail dead deployments and ask to cancel runs in
-Cancelling. Failures can be injected per method.
+Cancelling. Failures can be injected per method, before the call (nothing happened) or after it (it happened, but
+the answer was lost, like a read timeout); a method can be held until a test lets it go on.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class FakeRun:
     run_config: RunConfig
     state: str = "Scheduled"
     agent_id: str | None = None
+    deployment: dict[str, Any] | None = None
+    claims: int = 0  # each claim mints a new run token
     history: list[tuple[str, str | None, dict[str, Any] | None]] = field(default_factory=list)
 
 
@@ -43,7 +46,10 @@ class FakeApi:
         self.heartbeats: list[list[dict[str, Any]]] = []
         self.agents: dict[str, dict[str, Any]] = {}
         self.closed = False
-        self._failures: dict[str, list[BaseException]] = {}
+        self.claims_waiting = 0  # claim calls under way
+        self._failures: dict[str, list[BaseException | None]] = {}
+        self._failures_after: dict[str, list[BaseException]] = {}
+        self._holds: dict[str, threading.Event] = {}
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._now = datetime.now(UTC)
@@ -64,10 +70,29 @@ class FakeApi:
             self._cond.notify_all()
             return run.id
 
-    def fail_next(self, method: str, *errors: BaseException) -> None:
-        """Make the next calls of ``method`` raise ``errors``, one each."""
+    def fail_next(self, method: str, *errors: BaseException | None) -> None:
+        """Make the next calls of ``method`` raise ``errors``, one each (None: that call succeeds)."""
         with self._cond:
             self._failures.setdefault(method, []).extend(errors)
+
+    def fail_after(self, method: str, *errors: BaseException) -> None:
+        """Make the next calls of ``method`` do their work, then raise ``errors`` (the answer was lost)."""
+        with self._cond:
+            self._failures_after.setdefault(method, []).extend(errors)
+
+    def hold(self, method: str) -> threading.Event:
+        """Make calls of ``method`` wait until the returned event is set."""
+        gate = threading.Event()
+        with self._cond:
+            self._holds[method] = gate
+        return gate
+
+    def expire_lease(self, run_id: str) -> None:
+        """Like the lease service: a Pending run whose lease expired goes back to Scheduled."""
+        with self._cond:
+            run = self.runs[run_id]
+            self._transition(run, "Scheduled", "lease expired: returned to Scheduled (1 of 3)", None)
+            run.agent_id = None
 
     def state(self, run_id: str) -> str:
         with self._cond:
@@ -106,6 +131,16 @@ class FakeApi:
             self.calls.append((method, args))
             queue = self._failures.get(method)
             error = queue.pop(0) if queue else None
+            gate = self._holds.get(method)
+        if gate is not None:
+            gate.wait(10)
+        if error is not None:
+            raise error
+
+    def _leave(self, method: str) -> None:
+        with self._cond:
+            queue = self._failures_after.get(method)
+            error = queue.pop(0) if queue else None
         if error is not None:
             raise error
 
@@ -143,20 +178,26 @@ class FakeApi:
         agent_labels = self.agents[agent_id]["labels"]
         with self._cond:
             self.claims.append({"limit": limit, "wait_seconds": wait_seconds})
-            while True:
-                taken = [
-                    run
-                    for run in self.runs.values()
-                    if run.state in CLAIMABLE_STATES and agent_can_take(run.labels, agent_labels)
-                ][:limit]
-                remaining = deadline - time.monotonic()
-                if taken or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            for run in taken:
-                self._transition(run, "Pending", f"claimed by {agent_id}", None)
-                run.agent_id = agent_id
-            return r.ClaimResponse(runs=[self.claimed_run(run) for run in taken])
+            self.claims_waiting += 1
+            try:
+                while True:
+                    taken = [
+                        run
+                        for run in self.runs.values()
+                        if run.state in CLAIMABLE_STATES and agent_can_take(run.labels, agent_labels)
+                    ][:limit]
+                    remaining = deadline - time.monotonic()
+                    if taken or remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                for run in taken:
+                    self._transition(run, "Pending", f"claimed by {agent_id}", None)
+                    run.agent_id = agent_id
+                    run.claims += 1
+                return r.ClaimResponse(runs=[self.claimed_run(run) for run in taken])
+            finally:
+                self.claims_waiting -= 1
+                self._cond.notify_all()
 
     def agent_heartbeat(self, agent_id: str, deployments: list[dict[str, Any]]) -> r.HeartbeatResponse:
         self._enter("agent_heartbeat", deployments)
@@ -187,6 +228,18 @@ class FakeApi:
                 raise ConflictError(409, str(exc)) from exc
             if name == "Scheduled":
                 run.agent_id = None
+            if name == "Submitted":
+                run.deployment = data or {}
+            read = self._read(run)
+        self._leave("set_flow_run_state")
+        return read
+
+    def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
+        self._enter("get_flow_run", flow_run_id)
+        with self._cond:
+            run = self.runs.get(flow_run_id)
+            if run is None:
+                raise NotFoundError(404, f"no flow run {flow_run_id}")
             return self._read(run)
 
     def close(self) -> None:
@@ -216,7 +269,7 @@ class FakeApi:
             created=self._now,
             start_time=None,
             end_time=None,
-            deployment=None,
+            deployment=run.deployment,
             run_config=run.run_config,
         )
 
@@ -236,4 +289,5 @@ class FakeApi:
             source_filename=None,
             created=self._now,
         )
-        return r.ClaimedRun(flow_run=self._read(run), flow=flow, run_token=f"run-token-{run.id}")
+        token = f"run-token-{run.id}" if run.claims <= 1 else f"run-token-{run.id}-{run.claims}"
+        return r.ClaimedRun(flow_run=self._read(run), flow=flow, run_token=token)

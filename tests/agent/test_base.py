@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
-from baton.agent.testing import InMemoryAgent
-from baton.exceptions import ConfigurationError, PermissionDeniedError, ServerUnavailableError
+from baton.agent.runs import Deployment
+from baton.agent.testing import FakeDeployment, InMemoryAgent
+from baton.exceptions import ConfigurationError, ConflictError, PermissionDeniedError, ServerUnavailableError
 from baton.schemas.core import Role
+from baton.schemas.responses import ClaimedRun
+from baton.settings import BatonSettings
 
 from .conftest import AGENT_KEY, AgentThread
 from .fake_api import FakeApi
@@ -257,7 +263,7 @@ def test_second_stop_is_a_cold_stop_that_kills_and_fails_running_deployments(
     running.join()
     assert agent.deployments[run_id].killed
     assert agent.deployments[run_id].kill_grace_seconds == agent.cold_kill_grace_seconds
-    assert api.last_state(run_id)[:2] == ("Failed", f"killed by agent {agent.name} on a cold stop")
+    assert api.last_state(run_id)[:2] == ("Failed", "the agent stopped (cold stop) and killed the flow process")
 
 
 def test_transient_api_errors_are_retried(api: FakeApi, make_agent: MakeAgent, run_in_thread: RunInThread) -> None:
@@ -357,3 +363,169 @@ def test_cold_stop_during_a_deploy_kills_what_the_deploy_started(
     running.join()
     assert agent.deployments[run_id].killed
     assert api.state(run_id) == "Failed"
+
+
+def test_a_submitted_whose_answer_was_lost_keeps_the_run_when_its_retry_is_refused(
+    api: FakeApi, make_agent: MakeAgent, run_in_thread: RunInThread
+) -> None:
+    # Given a Submitted that the server commits, but whose answer is lost (a read timeout): the retry gets 409
+    api.fail_after("set_flow_run_state", ServerUnavailableError("read timeout"))
+    run_id = api.add_run()
+    agent = make_agent()
+    running = run_in_thread(agent)
+
+    # Then the agent asks the server, sees the run Submitted for itself, and keeps it
+    api.wait_for(lambda: agent.status.deployments == 1)
+    assert api.state(run_id) == "Submitted"
+    assert not agent.deployments[run_id].killed
+    active = agent.registry.get(run_id)
+    assert active is not None and active.submitted
+    alive = {"flow_run_id": run_id, "alive": True, "exit_code": None}
+    api.wait_for(lambda: any(alive in heartbeat for heartbeat in api.heartbeats))
+    agent.finish(run_id, exit_code=0)
+    api.wait_for_state(run_id, "Failed")  # the server heard of its end: "exited with code 0 before a final state"
+    agent.stop()
+    running.join()
+
+
+def test_a_transient_error_then_a_refusal_leaves_the_agent_healthy_and_forgets_the_run(
+    api: FakeApi, make_agent: MakeAgent, run_in_thread: RunInThread
+) -> None:
+    # Given a run cancelled while it deploys, whose Submitted first meets a 503, then (retried) a 409
+    api.fail_next("set_flow_run_state", ServerUnavailableError("HTTP 503"))
+    run_id = api.add_run()
+    agent = make_agent(deploy_seconds=0.5)
+    running = run_in_thread(agent)
+    api.wait_for_state(run_id, "Pending")
+    api.cancel(run_id)
+
+    agent.wait_for(lambda: run_id in agent.deployments and agent.deployments[run_id].killed)
+    api.wait_for(lambda: agent.status.active_runs == 0)
+
+    # Then the failure streak ended with the answer, and nothing is kept of the forgotten run
+    assert agent.status.api_errors == 1
+    assert agent.status.failing == {}
+    assert agent.policy.consecutive(f"run {run_id}") == 0
+    assert agent.status.health()[0] == 200
+    assert api.state(run_id) == "Cancelled"
+    agent.stop()
+    running.join()
+
+
+def test_cold_stop_releases_what_the_claim_in_flight_returns(
+    api: FakeApi, settings_with_long_poll: None, make_agent: MakeAgent, run_in_thread: RunInThread
+) -> None:
+    agent = make_agent()
+    running = run_in_thread(agent)
+    api.wait_for(lambda: api.claims_waiting == 1)  # a long poll is waiting on the server
+
+    agent.stop(cold=True)
+    running.join()
+    assert api.claims_waiting == 1  # the agent did not wait the long poll out
+    run_id = api.add_run()  # the waiting claim returns it after the agent left
+
+    released = ("Scheduled", f"released by agent {agent.name} on shutdown", None)
+    api.wait_for(lambda: api.runs[run_id].history[-1] == released)
+    assert [state for state, _, _ in api.runs[run_id].history] == ["Scheduled", "Pending", "Scheduled"]
+
+
+def test_warm_stop_of_an_idle_agent_does_not_wait_out_the_long_poll(
+    api: FakeApi, settings: BatonSettings, make_agent: MakeAgent, run_in_thread: RunInThread
+) -> None:
+    settings.agent.poll_wait_seconds = 30.0
+    agent = make_agent()
+    running = run_in_thread(agent)
+    api.wait_for(lambda: api.claims_waiting == 1)
+
+    agent.stop()
+
+    running.join(timeout=5)  # far less than the 30 s long poll
+    assert api.claims_waiting == 1
+    run_id = api.add_run()
+    released = ("Scheduled", f"released by agent {agent.name} on shutdown", None)
+    api.wait_for(lambda: api.runs[run_id].history[-1] == released)
+
+
+class EngineLikeAgent(InMemoryAgent):
+    """Its flow runs act like the engine: on SIGTERM they report Cancelled themselves (with their run token)."""
+
+    engine_api: FakeApi
+
+    async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
+        fake: FakeDeployment = deployment.handle
+        with contextlib.suppress(ConflictError):  # the run is final already: its token no longer works
+            self.engine_api.set_flow_run_state(fake.flow_run_id, "Cancelled", "the flow run was cancelled (SIGTERM)")
+        await super().kill(deployment, grace_seconds)
+
+
+def test_cold_stop_fails_the_run_before_killing_so_the_engine_cannot_end_it_cancelled(
+    api: FakeApi, make_agent: MakeAgent, run_in_thread: RunInThread
+) -> None:
+    run_id = api.add_run()
+    agent = make_agent(cls=EngineLikeAgent)
+    assert isinstance(agent, EngineLikeAgent)
+    agent.engine_api = api
+    running = run_in_thread(agent)
+    api.wait_for_state(run_id, "Submitted")
+
+    agent.stop(cold=True)
+
+    running.join()
+    assert agent.deployments[run_id].killed
+    assert api.last_state(run_id)[:2] == ("Failed", "the agent stopped (cold stop) and killed the flow process")
+
+
+class GatedFirstDeploy(InMemoryAgent):
+    """The first deploy of each run waits for ``gate``: slow enough for the run's lease to expire."""
+
+    gate: threading.Event
+
+    async def deploy(self, claimed: ClaimedRun, env: dict[str, str]) -> Deployment:
+        if claimed.run_token == f"run-token-{claimed.flow_run.id}":
+            await asyncio.to_thread(self.gate.wait, 10)
+        return await super().deploy(claimed, env)
+
+
+def test_a_run_claimed_again_during_a_slow_deploy_runs_once_with_the_new_claim(
+    api: FakeApi, make_agent: MakeAgent, run_in_thread: RunInThread
+) -> None:
+    # Given a run whose first deploy is so slow that its lease expires and this agent claims it again
+    run_id = api.add_run()
+    agent = make_agent(cls=GatedFirstDeploy)
+    assert isinstance(agent, GatedFirstDeploy)
+    agent.gate = threading.Event()
+    running = run_in_thread(agent)
+    api.wait_for(lambda: any(run.deploy_task for run in agent.registry.all()))
+    api.expire_lease(run_id)
+
+    # When the new claim is deployed and Submitted, and only then the old deploy returns
+    api.wait_for_state(run_id, "Submitted")
+    agent.gate.set()
+    agent.wait_for(lambda: len(agent.history) == 2 and agent.history[1].killed)
+
+    # Then the old deployment is stopped without touching the run, and the new one is the run's
+    new, old = agent.history
+    assert (new.env["BATON__API__KEY"], new.killed) == (f"run-token-{run_id}-2", False)
+    assert old.env["BATON__API__KEY"] == f"run-token-{run_id}"
+    assert api.last_state(run_id) == ("Submitted", f"Fake ID: {new.fake_id}", {"fake_id": new.fake_id})
+    active = agent.registry.get(run_id)
+    assert active is not None and active.submitted and active.claimed.run_token == f"run-token-{run_id}-2"
+    alive = {"flow_run_id": run_id, "alive": True, "exit_code": None}
+    api.wait_for(lambda: any(alive in heartbeat for heartbeat in api.heartbeats))
+    agent.stop(cold=True)
+    running.join()
+
+
+def test_a_fatal_error_during_a_deploy_detaches_what_the_deploy_started(api: FakeApi, make_agent: MakeAgent) -> None:
+    # Given a deploy under way (in a thread, like Popen) when the next claim is refused
+    api.fail_next("claim", None, PermissionDeniedError(403, "role read may not claim"))
+    api.add_run()
+    agent = make_agent(deploy_seconds=0.5, deploy_in_thread=True)
+
+    with pytest.raises(PermissionDeniedError):
+        agent.start()
+
+    # Then the agent waited for the deploy and let its deployment go on alone, rather than orphaning it
+    [deployment] = agent.history
+    assert deployment.detached
+    assert not deployment.killed

@@ -16,6 +16,7 @@ import pytest
 from baton.agent.health import AgentStatus, HealthServer, parse_address
 from baton.agent.testing import InMemoryAgent
 from baton.exceptions import ConfigurationError, ServerUnavailableError
+from baton.settings import BatonSettings
 
 from .conftest import AgentThread
 from .fake_api import FakeApi
@@ -45,7 +46,7 @@ def clock() -> Clock:
 @pytest.fixture
 def status(clock: Clock) -> AgentStatus:
     status = AgentStatus(name="test-agent", deadline_seconds=60, clock=clock)
-    status.polling = True
+    status.starting, status.polling = False, True
     status.api_ok()
     return status
 
@@ -78,9 +79,10 @@ def test_healthy_while_polling_and_talking_to_the_api(status: AgentStatus, serve
     ("breakage", "reason"),
     [
         (lambda status, clock: setattr(status, "polling", False), "poll loop is not running"),
+        (lambda status, clock: setattr(status, "starting", True), "starting"),
         (
-            lambda status, clock: status.api_failed(ServerUnavailableError("HTTP 503")),
-            "last API call (api) failed: HTTP 503",
+            lambda status, clock: status.api_failed(ServerUnavailableError("HTTP 503"), "poll"),
+            "the poll loop's API calls are failing: HTTP 503",
         ),
         (lambda status, clock: setattr(clock, "now", clock.now + 61), "no successful API call for 61s"),
         (lambda status, clock: setattr(status, "stopping", True), "stopping"),
@@ -102,10 +104,25 @@ def test_unhealthy_with_a_reason(
 
 
 def test_a_success_after_a_failure_makes_it_healthy_again(status: AgentStatus) -> None:
-    status.api_failed(ServerUnavailableError("down"))
+    status.api_failed(ServerUnavailableError("down"), "poll")
     assert status.health()[0] == 503
-    status.api_ok()
+    status.api_ok("poll")
     assert status.health()[0] == 200
+
+
+def test_failures_of_other_duties_do_not_make_the_agent_unhealthy(status: AgentStatus, clock: Clock) -> None:
+    status.api_failed(ServerUnavailableError("HTTP 503"), "run run-1")
+    status.api_failed(ServerUnavailableError("HTTP 503"), "heartbeat")
+    assert status.health()[0] == 200
+    # Only the deadline counts for them: no successful call at all for too long is unhealthy
+    clock.now += 61
+    assert "no successful API call" in status.health()[1]["reason"]
+
+
+def test_a_forgotten_duty_leaves_no_trace(status: AgentStatus) -> None:
+    status.api_failed(ServerUnavailableError("HTTP 503"), "run run-1")
+    status.forget_duty("run run-1")
+    assert status.failing == {}
 
 
 def test_poke_calls_back(serve: Callable[..., HealthServer]) -> None:
@@ -206,4 +223,33 @@ def test_poke_wakes_an_agent_waiting_out_a_backoff(
 
     api.wait_for_state(run_id, "Submitted", timeout=5)
     agent.stop(cold=True)
+    running.join()
+
+
+@pytest.mark.parametrize("address", ["https://127.0.0.1:8080", "http://localhost", "not an address"])
+def test_a_bad_agent_address_is_refused_when_the_agent_is_made(
+    settings: BatonSettings, api: FakeApi, address: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"--agent-address .*invalid agent address"):
+        InMemoryAgent(settings=settings, client=api, agent_address=address)
+
+
+def test_health_answers_503_starting_while_the_agent_registers(
+    api: FakeApi, make_agent: Callable[..., InMemoryAgent], run_in_thread: Callable[[Any], AgentThread]
+) -> None:
+    # Given an agent whose first API call (whoami) does not answer yet
+    whoami = api.hold("whoami")
+    agent = make_agent(agent_address="http://127.0.0.1:0")
+    running = run_in_thread(agent)
+    api.wait_for(lambda: agent.health_server is not None and any(name == "whoami" for name, _ in api.calls))
+    assert agent.health_server is not None
+    url = agent.health_server.url
+
+    # Then its health check already answers, and says why it is not healthy yet
+    code, _, body = get(f"{url}/api/health")
+    assert code == 503 and "starting" in json.loads(body)["reason"]
+
+    whoami.set()
+    api.wait_for(lambda: get(f"{url}/api/health")[0] == 200)
+    agent.stop()
     running.join()

@@ -1,8 +1,9 @@
-"""`baton agent local install`: a supervisord config whose command line survives supervisord's parsing."""
+"""`baton agent local install`: a supervisord config whose command line and environment survive its parsing."""
 
 from __future__ import annotations
 
 import configparser
+import json
 import shlex
 from typing import Any
 
@@ -10,14 +11,35 @@ import pytest
 
 from baton.agent.install import local_agent_command, render_supervisord_config
 from baton.exceptions import ConfigurationError
+from baton.settings import load_settings
+
+EXPANSIONS = {"program_name": "baton-agent", "here": "/etc", "ENV_HOME": "/root"}
 
 
-def supervisord_argv(config: str, program: str = "program:baton-agent") -> list[str]:
-    """Read ``command=`` as supervisord does: RawConfigParser with ; and # inline comments, %-expansion, shlex."""
+def _program(config: str) -> configparser.SectionProxy:
     parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
     parser.read_string(config)
-    command = parser.get(program, "command")
-    return shlex.split(command % {"program_name": "baton-agent", "here": "/etc"})
+    return parser["program:baton-agent"]
+
+
+def supervisord_argv(config: str) -> list[str]:
+    """Read ``command=`` as supervisord does: RawConfigParser with ; and # inline comments, %-expansion, shlex."""
+    return shlex.split(_program(config)["command"] % EXPANSIONS)
+
+
+def supervisord_env(config: str) -> dict[str, str]:
+    """Read ``environment=`` as supervisord does: %-expansion, then a non-POSIX shlex of KEY=value pairs whose
+    values lose the quote characters at both ends (supervisor.datatypes.dict_of_key_value_pairs)."""
+    text = _program(config).get("environment", "") % EXPANSIONS
+    lexer = shlex.shlex(text)
+    lexer.wordchars += "/.+-():"
+    tokens = list(lexer)
+    variables: dict[str, str] = {}
+    for index in range(0, len(tokens), 4):
+        name, equals, value = tokens[index : index + 3]
+        assert equals == "="
+        variables[name] = value.strip("'\"")
+    return variables
 
 
 OPTIONS: dict[str, Any] = {
@@ -38,22 +60,45 @@ OPTIONS: dict[str, Any] = {
 }
 
 
+COMMAND_OPTIONS = {name: value for name, value in OPTIONS.items() if name not in ("key", "env")}
+
+
 def test_command_is_baton_agent_local_start_with_every_option() -> None:
-    argv = local_agent_command(**OPTIONS, no_cloud_logs=True, show_flow_logs=True, hostname_label=False)
+    argv = local_agent_command(**COMMAND_OPTIONS, no_cloud_logs=True, show_flow_logs=True, hostname_label=False)
     assert argv[:4] == ["/opt/baton/bin/baton", "agent", "local", "start"]
     pairs = list(zip(argv[4::2], argv[5::2], strict=False))
-    assert ("--key", OPTIONS["key"]) in pairs
     assert ("--label", "team:data") in pairs
-    assert ("--env", "TRICKY=" + OPTIONS["env"]["TRICKY"]) in pairs
     assert ("--import-path", "/srv/with space") in pairs
     assert ("--log-level", "DEBUG") in pairs
     assert ("--limit", "4") in pairs
     assert argv[-3:] == ["--no-cloud-logs", "--show-flow-logs", "--no-hostname-label"]
 
 
-def test_supervisord_reads_back_exactly_the_command() -> None:
+def test_supervisord_reads_back_exactly_the_command_and_it_holds_no_secret() -> None:
     config = render_supervisord_config(**OPTIONS)
-    assert supervisord_argv(config) == local_agent_command(**OPTIONS)
+    argv = supervisord_argv(config)
+    assert argv == local_agent_command(**COMMAND_OPTIONS)
+    assert not {"--key", "--env", "--token"} & set(argv)
+    assert not any(OPTIONS["key"] in argument for argument in argv)
+
+
+def test_the_key_and_env_reach_the_agent_through_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the environment supervisord gives the agent from the config
+    variables = supervisord_env(render_supervisord_config(**OPTIONS))
+    assert set(variables) == {"BATON__API__KEY", "BATON__AGENT__ENV"}
+
+    # Then the agent's settings read exactly the key and the --env values given
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.api.key is not None and settings.api.key.get_secret_value() == OPTIONS["key"]
+    assert settings.agent.env == OPTIONS["env"]
+    assert json.loads(variables["BATON__AGENT__ENV"]) == OPTIONS["env"]
+
+
+def test_a_key_supervisord_cannot_quote_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="BATON__API__KEY"):
+        render_supervisord_config(key="bat_\"quoted'both")
 
 
 def test_config_has_the_sections_supervisord_needs_and_a_warm_stop() -> None:
@@ -74,8 +119,9 @@ def test_config_has_the_sections_supervisord_needs_and_a_warm_stop() -> None:
 
 
 def test_minimal_config_runs_the_agent_without_options() -> None:
-    argv = supervisord_argv(render_supervisord_config(executable="baton"))
-    assert argv == ["baton", "agent", "local", "start"]
+    config = render_supervisord_config(executable="baton")
+    assert supervisord_argv(config) == ["baton", "agent", "local", "start"]
+    assert supervisord_env(config) == {}
 
 
 def test_line_breaks_are_refused() -> None:

@@ -268,3 +268,45 @@ def test_cold_stop_kills_the_process_group_and_fails_the_run(
     running.join()
     assert api.state(run_id) == "Failed"
     assert process_gone(pid)
+
+
+def test_a_run_config_cannot_override_the_baton_variables_of_the_flow_process(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run config env spelling reserved names in another case (the engine reads them case-insensitively),
+    # and an agent whose own environment holds such a variant too
+    monkeypatch.setenv("baton__api__key", "bat_the_agents_own_key")
+    agent = make_local()
+    agent.tenant_id = "tenant-1"
+    run = claimed(api, env={"baton__api__url": "http://10.9.9.9:1", "BATON_FLOW_RUN_ID": "x", "KEEP": "1"})
+
+    env = agent.process_env(agent.run_env(run))
+
+    # Then the flow process's environment has each reserved name once, with the agent's values
+    baton = {name: value for name, value in env.items() if name.upper().startswith("BATON_")}
+    assert baton == {
+        "BATON__API__URL": "http://127.0.0.1:9",
+        "BATON__API__KEY": run.run_token,
+        "BATON_FLOW_RUN_ID": run.flow_run.id,
+        "BATON_FLOW_ID": "flow-1",
+        "BATON_TENANT_ID": "tenant-1",
+        "BATON__AGENT__LABELS": json.dumps(agent.labels),
+        "BATON__LOGGING__SEND_TO_API": "true",
+        "BATON_HOME": os.environ["BATON_HOME"],  # the agent's own, not one of the run's reserved names
+    }
+    assert env["KEEP"] == "1"
+
+
+def test_kill_never_signals_the_pid_of_a_process_already_reaped(
+    make_local: Callable[..., ScriptAgent], api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a flow-run process that has ended and been reaped: its pid may belong to another process by now
+    agent = make_local()
+    deployment = deploy(agent, claimed(api))
+    assert wait_exit(agent, deployment) == 0
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pid, signum: signalled.append((pid, signum)))
+
+    asyncio.run(agent.kill(deployment, grace_seconds=0.1))
+
+    assert signalled == []

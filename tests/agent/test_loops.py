@@ -1,9 +1,8 @@
-"""Loop machinery: backoff with jitter, the error policy, the drift-free ticker, daemon-thread calls."""
+"""Loop machinery: backoff with jitter, the error policy, the drift-free ticker."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
@@ -13,7 +12,6 @@ from baton.agent.loops import (
     ErrorPolicy,
     IntervalTicker,
     retry_call,
-    run_in_daemon_thread,
     sleep_or_wake,
 )
 from baton.exceptions import NotFoundError, ServerUnavailableError
@@ -156,33 +154,3 @@ def test_ticker_ticks_on_time_and_wakes_early() -> None:
     for index in (1, 2, 3):
         assert abs(times[index] - 0.1 * index) < 0.05
     assert times[4] - times[3] < 0.08  # woken before its 0.4 tick
-
-
-def test_run_in_daemon_thread_returns_results_and_exceptions_from_a_daemon_thread() -> None:
-    seen: list[bool] = []
-
-    def work() -> int:
-        seen.append(threading.current_thread().daemon)
-        return 42
-
-    def broken() -> int:
-        raise NotFoundError(404, "gone")
-
-    assert asyncio.run(run_in_daemon_thread(work)) == 42
-    assert seen == [True]
-    with pytest.raises(NotFoundError):
-        asyncio.run(run_in_daemon_thread(broken))
-
-
-def test_run_in_daemon_thread_can_be_abandoned() -> None:
-    release = threading.Event()
-
-    async def scenario() -> None:
-        task = asyncio.ensure_future(run_in_daemon_thread(release.wait))
-        await asyncio.sleep(0.02)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())  # returns although the thread still waits
-    release.set()

@@ -105,3 +105,30 @@ def test_run_env_precedence_agent_env_then_run_config_then_baton() -> None:
 def test_in_memory_agent_takes_common_options(api: FakeApi) -> None:
     agent = InMemoryAgent(client=api, key="bat_x", labels=["x"], name="mem")
     assert (agent.name, agent.labels, agent.agent_type) == ("mem", ["x"], "memory")
+
+
+def test_run_env_drops_baton_variables_of_the_agent_and_run_config_in_any_case(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = FakeApi()
+    run_id = api.add_run(env={"baton__api__url": "http://10.9.9.9:1", "BATON_FLOW_RUN_ID": "x", "A": "run"})
+    claimed = api.claimed_run(api.runs[run_id])
+
+    env = build_run_env(
+        claimed, api_url="http://127.0.0.1:4200", tenant_id="t1", agent_env={"Baton_Custom": "1", "B": "agent"}
+    )
+
+    assert {name for name in env if name.upper().startswith("BATON_")} == {
+        "BATON__API__URL",
+        "BATON__API__KEY",
+        "BATON_FLOW_RUN_ID",
+        "BATON_FLOW_ID",
+        "BATON_TENANT_ID",
+        "BATON__AGENT__LABELS",
+        "BATON__LOGGING__SEND_TO_API",
+    }
+    assert env["BATON__API__URL"] == "http://127.0.0.1:4200"
+    assert env["BATON_FLOW_RUN_ID"] == run_id
+    assert (env["A"], env["B"]) == ("run", "agent")
+    [warning] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert "BATON_FLOW_RUN_ID, Baton_Custom, baton__api__url" in warning

@@ -193,10 +193,14 @@ def test_install_prints_a_supervisord_config_that_starts_the_agent_with_the_opti
     [command_line] = [line for line in result.stdout.splitlines() if line.startswith("command=")]
     argv = shlex.split(command_line.removeprefix("command="))
     assert argv[1:4] == ["agent", "local", "start"]
+    # Secrets stay off the command line (visible in /proc/*/cmdline): the key and --env go in environment=.
     assert argv[4:] == [
-        *("--key", "bat_k", "--api", "http://127.0.0.1:4200", "--agent-address", "http://127.0.0.1:8080"),
-        *("--label", "dev", "--env", "A=has space", "--no-hostname-label"),
+        *("--api", "http://127.0.0.1:4200", "--agent-address", "http://127.0.0.1:8080"),
+        *("--label", "dev", "--no-hostname-label"),
     ]
+    [environment] = [line for line in result.stdout.splitlines() if line.startswith("environment=")]
+    assert environment == """environment=BATON__API__KEY="bat_k",BATON__AGENT__ENV='{"A": "has space"}'"""
+    assert "bat_k" not in command_line
 
 
 def test_install_refuses_max_polls(invoke: Any) -> None:

@@ -1,8 +1,9 @@
 """The agent base class: the protocol of DESIGN.md §5, the concurrency limit, state changes and shutdown.
 
 A driver (``local.py``, ``docker.py``, ``kubernetes.py``, ``testing.py``) implements only :meth:`Agent.deploy`,
-:meth:`Agent.inspect` and :meth:`Agent.kill`. Everything else lives here: one asyncio task per duty (poll,
-heartbeat, watch), one task per claimed run (deploy, then Submitted or Failed), the warm and cold stops.
+:meth:`Agent.inspect` and :meth:`Agent.kill`. Everything else lives here: one task per claimed run (deploy, then
+Submitted or Failed), heartbeats, cancellations and the state changes. The poll loop and its claim calls are in
+``polling.py``; the tasks, the warm and cold stops in ``stopping.py``.
 
 Usage::
 
@@ -21,13 +22,15 @@ from typing import Any, ClassVar
 
 from baton import __version__
 from baton.agent.env import build_run_env
-from baton.agent.health import AgentStatus, HealthServer
-from baton.agent.loops import Backoff, ErrorPolicy, run_in_daemon_thread
+from baton.agent.health import AgentStatus, HealthServer, parse_address
+from baton.agent.lifecycle import RunLifecycle
+from baton.agent.loops import Backoff, ErrorPolicy
 from baton.agent.options import check_identity, configure_agent_logging, default_agent_name, resolve_settings
+from baton.agent.polling import Poller
 from baton.agent.protocol import AgentApi, ApiCalls
-from baton.agent.runs import ActiveRun, Deployment, Phase, RunRegistry
+from baton.agent.runs import Deployment, Phase, RunRegistry
 from baton.agent.stopping import StopControl
-from baton.exceptions import ClientError, ConfigurationError, ConflictError, ServerUnavailableError
+from baton.exceptions import ConfigurationError
 from baton.labels import normalize_labels
 from baton.schemas.responses import ClaimedRun
 from baton.settings import BatonSettings
@@ -53,7 +56,7 @@ class Agent(abc.ABC):
         agent_overrides: further explicit ``AgentSettings`` fields, for drivers.
 
     Raises:
-        ConfigurationError: an option or setting is invalid.
+        ConfigurationError: an option or setting is invalid (``--agent-address`` included).
         InvalidLabelError: a label is invalid.
     """
 
@@ -63,6 +66,10 @@ class Agent(abc.ABC):
     # Seconds between SIGTERM-like and SIGKILL-like: for cancellations, and for a cold stop.
     kill_grace_seconds: float = 10.0
     cold_kill_grace_seconds: float = 3.0
+    # On leaving: how long to wait for a claim call still in flight (it releases what it claims), and for deploys
+    # under way (what they start must be killed or detached, not orphaned).
+    stop_claim_wait_seconds: float = 1.0
+    stop_deploy_wait_seconds: float = 30.0
 
     def __init__(
         self,
@@ -98,6 +105,11 @@ class Agent(abc.ABC):
             },
         )
         agent_settings = self.settings.agent
+        if agent_settings.agent_address:
+            try:
+                parse_address(agent_settings.agent_address)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"--agent-address (BATON__AGENT__AGENT_ADDRESS): {exc}") from exc
         self.labels = normalize_labels([*agent_settings.labels, *self.extra_labels()])
         self.name = agent_settings.name or default_agent_name(self.agent_type)
         self.send_logs_to_api = False if no_cloud_logs else self.settings.logging.send_to_api
@@ -111,7 +123,9 @@ class Agent(abc.ABC):
         self._client = client
         self._owns_client = client is None
         self._api: ApiCalls | None = None
-        self._stop = StopControl(self)
+        self.stop_control = StopControl(self)
+        self.poller = Poller(self)
+        self.runs = RunLifecycle(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.health_server: HealthServer | None = None
 
@@ -162,47 +176,66 @@ class Agent(abc.ABC):
     async def run(self) -> None:
         """:meth:`start` for callers that already have an event loop."""
         self._loop = asyncio.get_running_loop()
-        self._stop.attach(self._loop)
+        self.stop_control.attach(self._loop)
+        address = self.settings.agent.agent_address
+        if address:  # before start-up: a probe gets an honest 503 "starting" rather than no answer
+            server = HealthServer(address, self.status, poke=self.poke)
+            server.start()
+            self.health_server = server
         try:
             await self._startup()
             if self.settings.agent.max_polls == 0:
                 logger.info("--max-polls 0: registered, making no claim calls")
                 return
-            await self._stop.supervise()
+            await self.stop_control.supervise()
         finally:
-            if self._owns_client and self._client is not None:
-                self._client.close()
+            if self.health_server is not None:
+                self.health_server.stop()
+            self._close_client()
+
+    def _close_client(self) -> None:
+        client = self._client
+        # A claim call still in flight releases what it claims with the client: it closes it when done.
+        if self._owns_client and client is not None and not self.poller.close_after(client.close):
+            client.close()
 
     def stop(self, cold: bool = False) -> None:
         """Ask for a warm stop (a second call, or ``cold=True``: a cold stop). Thread-safe, like a signal."""
-        self._stop.request_threadsafe(cold)
+        self.stop_control.request_threadsafe(cold)
 
     def poke(self) -> None:
         """Cut the poll loop's current wait short (``GET /api/poke``). Thread-safe."""
-        self._call_soon(self._stop.poke)
+        self._call_soon(self.stop_control.poke)
 
     def deployments_changed(self) -> None:
         """Tell the watch loop to inspect deployments now, not at its next tick. Thread-safe."""
-        self._call_soon(self._stop.wake_watch)
+        self._call_soon(self.stop_control.wake_watch)
 
     @property
     def api(self) -> ApiCalls:
         """The agent's API calls, under its error policy."""
         if self._api is None:
-            self._api = ApiCalls(self._require_client(), self.policy, self.status)
+            self._api = ApiCalls(self.client, self.policy, self.status)
         return self._api
 
-    # --- start-up ------------------------------------------------------------------------------
-
-    def _require_client(self) -> AgentApi:
+    @property
+    def client(self) -> AgentApi:
+        """The API client (built from the settings on first use). Thread-safe."""
         if self._client is None:
             from baton.client.http import Client
 
             self._client = Client.from_settings(self.settings)
         return self._client
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the agent is not running"
+        return self._loop
+
+    # --- start-up ------------------------------------------------------------------------------
+
     async def _startup(self) -> None:
-        client = self._require_client()
+        client = self.client
         who = await self.api.call("whoami", client.whoami, duty="startup")
         check_identity(who, self.settings.api.tenant_id)
         self.tenant_id = who.tenant_id
@@ -226,52 +259,8 @@ class Agent(abc.ABC):
             self.labels or "(none: takes only unlabelled runs)",
         )
 
-    # --- the poll loop ---------------------------------------------------------------------------
-
-    async def poll_loop(self) -> None:
-        """Claim runs while slots are free, until ``--max-polls`` claim calls or a stop."""
-        max_polls = self.settings.agent.max_polls
-        wait_seconds = self.settings.agent.poll_wait_seconds
-        self.status.polling = True
-        try:
-            while not self._stop.stopping:
-                if max_polls is not None and self.status.polls >= max_polls:
-                    logger.info("made %d claim calls (--max-polls): claiming no more", self.status.polls)
-                    return
-                free = self.registry.free_slots()
-                if free == 0:  # every --limit slot is busy: wait for one to free up
-                    await self._stop.wait_poll(timeout=wait_seconds or 1.0)
-                    continue
-                await self._claim(free, wait_seconds)
-        finally:
-            self.status.polling = False
-
-    async def _claim(self, free: int, wait_seconds: float) -> None:
-        client, agent_id = self._require_client(), self.agent_id
-        assert agent_id is not None
-        try:
-            # A daemon thread, not to_thread: a cold stop must not wait for the server's long poll to end.
-            response = await run_in_daemon_thread(lambda: client.claim(agent_id, limit=free, wait_seconds=wait_seconds))
-        except ServerUnavailableError as exc:
-            delay = self.api.failed(exc, "poll")
-            logger.warning("claim failed (%s); retrying in %.1fs", exc, delay)
-            await self._stop.wait_poll(timeout=delay, poke_only=True)
-            return
-        self.api.succeeded("poll")
-        self.status.polls += 1
-        for claimed in response.runs:
-            self._accept(claimed)
-
-    def _accept(self, claimed: ClaimedRun) -> None:
-        self.status.claims += 1
-        run = self.registry.add(claimed)
-        self._update_active()
-        logger.info("claimed run %s (%s) of flow %s", run.id, run.name, claimed.flow.name)
-        self._stop.spawn(self._launch(run), f"launch {run.id}", launch=True)
-
-    # --- one claimed run: deploy, then Submitted or Failed ---------------------------------------
-
     def run_env(self, claimed: ClaimedRun) -> dict[str, str]:
+        """The Baton part of ``claimed``'s environment (DESIGN.md §6); a driver adds its platform's base."""
         assert self.tenant_id is not None
         return build_run_env(
             claimed,
@@ -282,84 +271,11 @@ class Agent(abc.ABC):
             send_logs_to_api=self.send_logs_to_api,
         )
 
-    async def _launch(self, run: ActiveRun) -> None:
-        if self._stop.stopping:
-            await self._release(run)
-            return
-        run.deploy_task = asyncio.ensure_future(self.deploy(run.claimed, self.run_env(run.claimed)))
-        try:
-            # Shielded: a cold stop cancels this task but still collects (and kills) what the deploy started.
-            deployment = await asyncio.shield(run.deploy_task)
-        except Exception as exc:  # any deployment problem fails the run with its message (seed docs)
-            await self._fail_deployment(run, exc)
-            return
-        run.deployment, run.phase = deployment, Phase.DEPLOYED
-        if run.cancel_requested:
-            await self.stop_deployment(run, "Cancelled", f"cancelled before it was submitted by agent {self.name}")
-            return
-        await self._submit(run, deployment)
-
-    async def _submit(self, run: ActiveRun, deployment: Deployment) -> None:
-        try:
-            await self.api.set_state(run.id, "Submitted", deployment.message, deployment.data)
-        except ConflictError as exc:
-            # Cancelled (or its lease lost) while we deployed it: what we started must not run.
-            logger.warning("run %s refused Submitted (%s): stopping what was deployed", run.id, exc.detail)
-            await self._kill_quietly(run)
-            return
-        except ClientError:
-            await self._kill_quietly(run)
-            raise
-        run.submitted = True
-        self.status.deployments += 1
-        logger.info("submitted run %s (%s): %s", run.id, run.name, deployment.message)
-        self._stop.wake_heartbeat()  # an early end must be reported, and cancels noticed, soon
-
-    async def _kill_quietly(self, run: ActiveRun) -> None:
-        run.phase = Phase.KILLING
-        if run.deployment is not None:
-            await self.kill(run.deployment, self.kill_grace_seconds)
-        self._forget(run)
-
-    async def _fail_deployment(self, run: ActiveRun, exc: Exception) -> None:
-        message = str(exc) or type(exc).__name__
-        level = logging.ERROR if isinstance(exc, ClientError | ConfigurationError) else logging.WARNING
-        logger.log(level, "could not deploy run %s (%s): %s", run.id, run.name, message, exc_info=exc)
-        self.status.deployment_failures += 1
-        await self.api.set_state_if_allowed(run.id, "Failed", message)
-        self._forget(run)
-
-    async def _release(self, run: ActiveRun) -> None:
-        await self.api.set_state_if_allowed(run.id, "Scheduled", f"released by agent {self.name} on shutdown")
-        logger.info("released run %s: the agent is stopping", run.id)
-        self._forget(run)
-
-    async def stop_deployment(self, run: ActiveRun, state: str, message: str, grace: float | None = None) -> None:
-        """Kill ``run``'s deployment, then set its final ``state`` (a final state set meanwhile wins)."""
-        run.phase = Phase.KILLING
-        if run.deployment is not None:
-            await self.kill(run.deployment, self.kill_grace_seconds if grace is None else grace)
-        await self.api.set_state_if_allowed(run.id, state, message)
-        logger.info("stopped run %s (%s): %s", run.id, state, message)
-        self._forget(run)
-
-    def _forget(self, run: ActiveRun) -> None:
-        self.registry.remove(run.id)
-        self._run_left()
-
-    def _run_left(self) -> None:
-        self._update_active()
-        self._stop.wake_poll()
-        self._stop.notify_changed()
-
-    def _update_active(self) -> None:
-        self.status.active_runs = self.registry.busy_slots()
-
     # --- heartbeat and watch -------------------------------------------------------------------
 
     async def heartbeat_once(self) -> None:
         """Report deployments; stop the ones the server wants cancelled."""
-        client, agent_id = self._require_client(), self.agent_id
+        client, agent_id = self.client, self.agent_id
         assert agent_id is not None
         report = self.registry.heartbeat_report()
         response = await asyncio.to_thread(client.agent_heartbeat, agent_id, report)
@@ -367,27 +283,11 @@ class Agent(abc.ABC):
         for item in report:
             run = self.registry.get(item["flow_run_id"])
             if not item["alive"] and run is not None and run.phase is Phase.ENDED:
-                self._forget(run)
+                self.runs.forget(run)
         for run_id in response.failed:
             logger.warning("run %s ended without a final state: the server marked it Failed", run_id)
         for run_id in response.cancel:
-            self._stop.spawn(self._cancel(run_id), f"cancel {run_id}")
-
-    async def _cancel(self, run_id: str) -> None:
-        run = self.registry.get(run_id)
-        message = f"cancelled: agent {self.name} stopped its deployment"
-        if run is None:
-            # Not ours any more (an agent restarted under the same identity): nothing to kill.
-            await self.api.set_state_if_allowed(
-                run_id, "Cancelled", f"cancelled: agent {self.name} holds no deployment"
-            )
-            return
-        if run.phase is Phase.KILLING:
-            return
-        run.cancel_requested = True
-        if run.phase is Phase.CLAIMED:
-            return  # _launch stops it as soon as its deploy returns
-        await self.stop_deployment(run, "Cancelled", message)
+            self.stop_control.spawn(self.runs.cancel(run_id), f"cancel {run_id}")
 
     async def inspect_deployments(self) -> None:
         """Record the end of every deployment that has ended."""
@@ -398,8 +298,8 @@ class Agent(abc.ABC):
                 continue
             run.phase, run.exit_code = Phase.ENDED, exit_code
             logger.info("run %s (%s) ended with exit code %s", run.id, run.name, exit_code)
-            self._run_left()
-            self._stop.wake_heartbeat()
+            self.runs.run_left()
+            self.stop_control.wake_heartbeat()
 
     # --- helpers ----------------------------------------------------------------------------------
 

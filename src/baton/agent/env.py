@@ -3,6 +3,12 @@
 Precedence, lowest first: the agent's ``--env`` values, then the run config's ``env``, then the ``BATON_`` values
 the agent sets, which always win: a run config must not be able to point its run at another API or key.
 
+"Win" has to hold case-insensitively: the flow-run process reads its settings with pydantic-settings, which
+matches variable names without regard to case, so a run config's ``baton__api__url`` would compete with the
+agent's ``BATON__API__URL`` (and which one is read depends on dict order). Agent and run-config variables whose
+upper-cased name starts with ``BATON_`` are therefore dropped, and a driver that passes on its own environment drops
+the case-variants of the reserved names from it (:func:`without_case_variants`).
+
 Usage::
 
     env = build_run_env(claimed, api_url=url, tenant_id=tenant, agent_env={"A": "1"})
@@ -11,9 +17,37 @@ Usage::
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 
 from baton.schemas.responses import ClaimedRun
+
+logger = logging.getLogger("baton.agent")
+
+# The variables the agent sets on every flow run (DESIGN.md §6).
+RESERVED_NAMES = frozenset(
+    {
+        "BATON__API__URL",
+        "BATON__API__KEY",
+        "BATON_FLOW_RUN_ID",
+        "BATON_FLOW_ID",
+        "BATON_TENANT_ID",
+        "BATON__AGENT__LABELS",
+        "BATON__LOGGING__SEND_TO_API",
+    }
+)
+
+
+def _is_baton_name(name: str) -> bool:
+    return name.upper().startswith("BATON_")
+
+
+def without_case_variants(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without variables that spell a reserved name in another case (``baton__api__url``).
+
+    The exact reserved names stay: the run's own values replace them.
+    """
+    return {name: value for name, value in env.items() if name in RESERVED_NAMES or name.upper() not in RESERVED_NAMES}
 
 
 def build_run_env(
@@ -36,11 +70,23 @@ def build_run_env(
         send_logs_to_api: False under ``--no-cloud-logs``.
 
     Returns:
-        Only the variables Baton decides; a driver adds its platform's base environment under them.
+        Only the variables Baton decides; a driver adds its platform's base environment under them (without the
+        case-variants of the reserved names: :func:`without_case_variants`).
     """
     env: dict[str, str] = {}
-    env.update(agent_env or {})
-    env.update(claimed.flow_run.run_config.env)
+    dropped: list[str] = []
+    for source in (agent_env or {}, claimed.flow_run.run_config.env):
+        for name, value in source.items():
+            if _is_baton_name(name):
+                dropped.append(name)
+            else:
+                env[name] = value
+    if dropped:
+        logger.warning(
+            "run %s: ignoring %s from the agent's --env or the run config: BATON_ variables are set by the agent",
+            claimed.flow_run.id,
+            ", ".join(sorted(set(dropped))),
+        )
     env.update(
         {
             "BATON__API__URL": api_url,

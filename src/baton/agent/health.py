@@ -30,6 +30,11 @@ from baton.exceptions import ConfigurationError
 logger = logging.getLogger("baton.agent")
 
 
+# The duty whose failures make the agent unhealthy: without claims it does no work. Per-run calls and heartbeats
+# have their own streaks (and end the agent when too long), but one run's bad luck is not the agent's health.
+POLL_DUTY = "poll"
+
+
 @dataclass
 class AgentStatus:
     """Counters and health facts of one agent. Plain attributes: written by the agent, read by the server."""
@@ -38,10 +43,11 @@ class AgentStatus:
     deadline_seconds: float = 60.0
     clock: Callable[[], float] = time.monotonic
     # health facts
+    starting: bool = True  # whoami and register are not done yet
     polling: bool = False  # the poll loop is running
     stopping: bool = False
-    last_contact: float | None = None  # clock() of the last successful API call of the agent's loops
-    failing: dict[str, str] = field(default_factory=dict)  # duty -> its last call's error, until it succeeds
+    last_contact: float | None = None  # clock() of the last answer of the API to one of the agent's calls
+    failing: dict[str, str] = field(default_factory=dict)  # duty -> its last call's error, until the API answers
     platform_check: Callable[[], str | None] | None = None  # a driver's platform problem, or None
     # counters
     polls: int = 0
@@ -52,6 +58,7 @@ class AgentStatus:
     active_runs: int = 0
 
     def api_ok(self, duty: str = "api") -> None:
+        """The API answered a call of ``duty`` (a refusal is an answer too): its failure streak is over."""
         self.last_contact = self.clock()
         self.failing.pop(duty, None)
 
@@ -59,14 +66,21 @@ class AgentStatus:
         self.api_errors += 1
         self.failing[duty] = str(error)
 
+    def forget_duty(self, duty: str) -> None:
+        """Drop what is known of ``duty`` (a run the agent no longer holds): the dict must not grow forever."""
+        self.failing.pop(duty, None)
+
     def unhealthy_reason(self) -> str | None:
         """Why the agent is unhealthy, or None when it is healthy."""
         if self.stopping:
             return "the agent is stopping: it no longer claims runs"
+        if self.starting:
+            return "the agent is starting: it has not registered with the API yet"
         if not self.polling:
             return "the poll loop is not running"
-        for duty, error in list(self.failing.items()):
-            return f"the last API call ({duty}) failed: {error}"
+        error = self.failing.get(POLL_DUTY)
+        if error is not None:
+            return f"the poll loop's API calls are failing: {error}"
         silent = None if self.last_contact is None else self.clock() - self.last_contact
         if silent is None or silent > self.deadline_seconds:
             since = "yet" if silent is None else f"for {silent:.0f}s"

@@ -23,6 +23,7 @@ import time
 from typing import IO, ClassVar
 
 from baton.agent.base import Agent
+from baton.agent.env import without_case_variants
 from baton.agent.protocol import AgentApi
 from baton.agent.runs import Deployment
 from baton.exceptions import DeploymentError
@@ -46,6 +47,17 @@ def _stream_output(pipe: IO[str], prefix: str) -> None:
             text = line if line.endswith("\n") else line + "\n"
             sys.stdout.write(prefix + text)
             sys.stdout.flush()
+
+
+def _has_exited(process: subprocess.Popen[str]) -> bool:
+    """Whether the process has exited, without reaping it (its pid stays reserved for us as a zombie)."""
+    if process.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped meanwhile by something other than this Popen
+        process.poll()  # on ECHILD it sets a returncode: the pid is not ours any more
+        return True
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -117,8 +129,12 @@ class LocalAgent(Agent):
         return [sys.executable, "-m", "baton.engine"]
 
     def process_env(self, run_env: dict[str, str]) -> dict[str, str]:
-        """This process's environment under the run's, with the import paths in front of ``PYTHONPATH``."""
-        env = {**os.environ, **run_env}
+        """This process's environment under the run's, with the import paths in front of ``PYTHONPATH``.
+
+        Case-variants of the run's ``BATON_`` names in this process's environment are left out: the engine reads
+        its settings case-insensitively, and they must not compete with the run's values.
+        """
+        env = {**without_case_variants(os.environ), **run_env}
         paths = [os.path.abspath(path) for path in self.settings.agent.import_paths]
         if paths:
             existing = env.get("PYTHONPATH")
@@ -169,12 +185,17 @@ class LocalAgent(Agent):
 
     async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
         process: subprocess.Popen[str] = deployment.handle
+        # Once reaped, the pid is free: the kernel may have given it (and so the group id) to another process.
+        # Until then it is ours, even as a zombie, so the group signals below reach only the run's processes.
+        if process.returncode is not None:
+            return
         _signal_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
-        while process.poll() is None and time.monotonic() < deadline:
+        while not _has_exited(process) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         # Also when the leader obeyed: children it left behind in its group must not outlive the run.
-        _signal_group(process.pid, signal.SIGKILL)
+        if process.returncode is None:
+            _signal_group(process.pid, signal.SIGKILL)
         while process.poll() is None:
             await asyncio.sleep(0.02)
 

@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import threading
@@ -200,35 +199,3 @@ class IntervalTicker:
         now = self._clock()
         while self._next <= now:
             self._next += self.interval
-
-
-async def run_in_daemon_thread(func: Callable[[], T]) -> T:
-    """Run a blocking ``func`` in a daemon thread and await its result.
-
-    Used for the long-poll claim: a thread of asyncio's default executor would hold up interpreter exit (and
-    ``asyncio.run``'s shutdown) until the server answers, which a cold stop must not wait for. If the awaiting
-    task is cancelled, the thread finishes on its own and its result is dropped.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def _settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def _target() -> None:
-        try:
-            result = func()
-        except BaseException as exc:  # handed to the awaiting task, which decides
-            with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_settle, None, exc)
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, result, None)
-
-    threading.Thread(target=_target, name="baton-agent-claim", daemon=True).start()
-    return await future

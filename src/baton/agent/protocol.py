@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from baton.agent.health import AgentStatus
 from baton.agent.loops import ErrorPolicy, retry_call
-from baton.exceptions import ConflictError, ServerUnavailableError
+from baton.exceptions import ClientError, ConflictError, ServerUnavailableError
 from baton.schemas import responses as r
 
 logger = logging.getLogger("baton.agent")
@@ -51,6 +51,8 @@ class AgentApi(Protocol):
         self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
     ) -> r.FlowRunRead: ...
 
+    def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead: ...
+
     def close(self) -> None: ...
 
 
@@ -71,8 +73,14 @@ class ApiCalls:
         self.retry = True
 
     def succeeded(self, duty: str) -> None:
+        """The API answered a call of ``duty``: its streak of failures is over."""
         self.policy.succeeded(duty)
         self.status.api_ok(duty)
+
+    def forget(self, duty: str) -> None:
+        """Drop ``duty``'s streak and health entry: a run's duty ends with the run."""
+        self.policy.succeeded(duty)
+        self.status.forget_duty(duty)
 
     def failed(self, exc: ServerUnavailableError, duty: str) -> float:
         """Record a transient failure of ``duty``; return the backoff delay.
@@ -90,24 +98,43 @@ class ApiCalls:
             ServerUnavailableError: the policy gave up (or a single attempt failed, when not retrying).
             ClientError: the API refused the request.
         """
-        if not self.retry:
-            result = await asyncio.to_thread(func, *args)
-        else:
-            result = await retry_call(
-                lambda: asyncio.to_thread(func, *args),
-                self.policy,
-                duty=duty,
-                what=what,
-                on_failure=lambda exc: self.status.api_failed(exc, duty),
-            )
+        try:
+            if not self.retry:
+                result = await asyncio.to_thread(func, *args)
+            else:
+                result = await retry_call(
+                    lambda: asyncio.to_thread(func, *args),
+                    self.policy,
+                    duty=duty,
+                    what=what,
+                    on_failure=lambda exc: self.status.api_failed(exc, duty),
+                )
+        except ClientError:
+            # A refusal is an answer: the transient failures before it are over (else health stays 503).
+            self.succeeded(duty)
+            raise
         self.succeeded(duty)
         return result
 
-    async def set_state(self, flow_run_id: str, state: str, message: str, data: dict[str, Any] | None = None) -> None:
-        """Set a run's state, retrying transient errors.
+    async def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
+        """The run as the server has it now, retrying transient errors (counted in the run's duty).
+
+        Raises:
+            ServerUnavailableError: see :meth:`call`.
+            ClientError: the API refused.
+        """
+        return await self.call(
+            f"read run {flow_run_id}", self.client.get_flow_run, flow_run_id, duty=f"run {flow_run_id}"
+        )
+
+    async def set_state(
+        self, flow_run_id: str, state: str, message: str, data: dict[str, Any] | None = None
+    ) -> r.FlowRunRead:
+        """Set a run's state, retrying transient errors; returns the run as the server then has it.
 
         Each run counts its own failures in a row: a burst of runs meeting a short outage together must not add
-        up to one long streak.
+        up to one long streak. A retry may meet a 409 because the attempt before it went through although its
+        answer was lost (a read timeout): callers that care ask the server (:meth:`get_flow_run`).
 
         Raises:
             ServerUnavailableError: see :meth:`call`.
@@ -115,20 +142,20 @@ class ApiCalls:
         """
         what = f"{state} for run {flow_run_id}"
         set_state = self.client.set_flow_run_state
-        await self.call(what, set_state, flow_run_id, state, message, data, duty=f"run {flow_run_id}")
+        return await self.call(what, set_state, flow_run_id, state, message, data, duty=f"run {flow_run_id}")
 
     async def set_state_if_allowed(
         self, flow_run_id: str, state: str, message: str, data: dict[str, Any] | None = None
-    ) -> bool:
-        """:meth:`set_state`, but False if the server refused the transition (409): someone else decided first.
+    ) -> str | None:
+        """:meth:`set_state`; returns the state set, or None if the server refused the transition (409).
 
         Raises:
             ServerUnavailableError: see :meth:`call`.
             ClientError: any refusal other than 409.
         """
         try:
-            await self.set_state(flow_run_id, state, message, data)
+            run = await self.set_state(flow_run_id, state, message, data)
         except ConflictError as exc:
             logger.info("run %s: %s refused (%s)", flow_run_id, state, exc.detail)
-            return False
-        return True
+            return None
+        return run.state

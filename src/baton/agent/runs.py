@@ -56,6 +56,9 @@ class ActiveRun:
     submitted: bool = False  # the server accepted Submitted: from now on the heartbeat reports it
     cancel_requested: bool = False
     exit_code: int | None = None
+    # A later claim of the same run replaced this one (see Agent._supersede): the run's state belongs to that
+    # claim now, so this one only stops what it deployed and never sets a state.
+    superseded: bool = False
 
     @property
     def id(self) -> str:
@@ -91,8 +94,10 @@ class RunRegistry:
     def get(self, run_id: str) -> ActiveRun | None:
         return self._runs.get(run_id)
 
-    def remove(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
+    def remove(self, run: ActiveRun) -> None:
+        """Drop ``run``, but not another entry that has replaced it under the same id since."""
+        if self._runs.get(run.id) is run:
+            del self._runs[run.id]
 
     def all(self) -> list[ActiveRun]:
         return list(self._runs.values())

@@ -4,9 +4,14 @@
   deployments keep running on their own.
 - Warm stop (first SIGINT/SIGTERM, or :meth:`Agent.stop`): claim no more, release claims not yet deployed, keep
   watching and heartbeating the deployments until they have all ended and been reported.
-- Cold stop (a second signal, or ``stop(cold=True)``): kill every deployment, set it Failed (Cancelled when a
-  cancel was asked for), release what was not deployed, leave.
-- A fatal error in any task (too many API failures, a refused request): leave at once and raise it.
+- Cold stop (a second signal, or ``stop(cold=True)``): set every deployed run Failed (Cancelled when a cancel was
+  asked for), then kill its deployment; release what was not deployed, leave.
+- A fatal error in any task (too many API failures, a refused request): collect the deploys under way (bounded),
+  detach every deployment, leave and raise the error.
+
+Every way out also deals with the claim call in flight (see ``polling.py``): the runs it has returned are
+released; if it is still waiting on the server, it releases what it claims from its own thread, and the agent
+gives it ``stop_claim_wait_seconds`` to do so before it leaves.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
-from baton.agent.health import HealthServer
 from baton.agent.loops import IntervalTicker, sleep_or_wake
 from baton.agent.runs import ActiveRun, Phase
 from baton.exceptions import ServerUnavailableError
@@ -40,6 +44,7 @@ class StopControl:
         self._poked = asyncio.Event()  # a poke or a stop: cuts a backoff short
         self._changed = asyncio.Event()  # a run left the registry
         self._cold = asyncio.Event()
+        self.stop_requested = asyncio.Event()  # any stop: the poll loop stops waiting for its claim
         self._fatal = asyncio.Event()
         self._fatal_error: BaseException | None = None
         self._heartbeat: IntervalTicker | None = None
@@ -122,6 +127,7 @@ class StopControl:
         """A warm stop, or a cold one when ``cold`` or when a warm stop is already under way."""
         self.level = 2 if cold else self.level + 1
         self._agent.status.stopping = True
+        self.stop_requested.set()
         self.poke()
         self._changed.set()
         if self.level == 1:
@@ -165,22 +171,16 @@ class StopControl:
         self._loop = asyncio.get_running_loop()
         self._heartbeat = IntervalTicker(agent.settings.agent.heartbeat_interval_seconds)
         self._watch = IntervalTicker(agent.watch_interval_seconds)
+        if self.level >= 1:
+            self.stop_requested.set()
         if self.level >= 2:
             self._cold.set()
-        address = agent.settings.agent.agent_address
-        if address:
-            agent.health_server = HealthServer(address, agent.status, poke=agent.poke)
-            agent.health_server.start()
-        try:
-            with self._signal_handlers(self._loop):
-                await self._supervise()
-        finally:
-            if agent.health_server is not None:
-                agent.health_server.stop()
+        with self._signal_handlers(self._loop):
+            await self._supervise()
 
     async def _supervise(self) -> None:
         agent = self._agent
-        poll = self.spawn(agent.poll_loop(), "poll loop")
+        poll = self.spawn(agent.poller.run(), "poll loop")
         self.spawn(self._heartbeat_loop(), "heartbeat loop")
         self.spawn(self._watch_loop(), "watch loop")
         waiters = {
@@ -194,12 +194,16 @@ class StopControl:
             for waiter in waiters:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
-        if self._fatal_error is None and self._cold.is_set():
-            await self._cancel_tasks()
-            await self._cold_stop()
-            return
+        cold = self._fatal_error is None and self._cold.is_set()
         await self._cancel_tasks()
-        self._detach_all()
+        if cold or self._fatal_error is not None:
+            agent.api.retry = False  # one attempt per call: leave even if the API is gone
+        await self._release_abandoned_claim()
+        if cold:
+            await self._cold_stop()
+        else:
+            await self._leave()
+        await agent.poller.settle(agent.stop_claim_wait_seconds)
         if self._fatal_error is not None:
             raise self._fatal_error
 
@@ -233,38 +237,77 @@ class StopControl:
             await self._watch.wait()
             await self._agent.inspect_deployments()
 
-    def _detach_all(self) -> None:
-        for run in self._agent.registry.all():
-            if run.deployment is not None and run.phase is not Phase.ENDED:
-                self._agent.detach(run.deployment)
+    async def _release_abandoned_claim(self) -> None:
+        """Release what the claim in flight returned before the poll loop, cancelled, could take it."""
+        agent = self._agent
+        message = f"released by agent {agent.name} on shutdown"
+        runs = agent.poller.abandon()
+        jobs = [agent.api.set_state_if_allowed(claimed.flow_run.id, "Scheduled", message) for claimed in runs]
+        for claimed, result in zip(runs, await asyncio.gather(*jobs, return_exceptions=True), strict=True):
+            if isinstance(result, BaseException):
+                logger.error("run %s stays Pending until its lease expires: %s", claimed.flow_run.id, result)
+
+    async def _collect_deploys(self) -> None:
+        """Wait (bounded) for the deploys a stop or a fatal error interrupted; record what they deployed."""
+        agent = self._agent
+        pending = {run.deploy_task: run for run in agent.registry.all() if run.deployment is None and run.deploy_task}
+        if not pending:
+            return
+        await asyncio.wait(pending, timeout=agent.stop_deploy_wait_seconds)
+        for task, run in pending.items():
+            if not task.done():
+                wait = agent.stop_deploy_wait_seconds
+                logger.error(
+                    "run %s: its deploy did not return within %.0fs; what it starts runs unwatched", run.id, wait
+                )
+            elif not task.cancelled() and task.exception() is None:
+                run.deployment, run.phase = task.result(), Phase.DEPLOYED
+
+    def _undeployed_job(self, run: ActiveRun) -> Coroutine[Any, Any, str | None] | None:
+        """For a run with nothing deployed: Failed if its deploy failed, else released; None if still deploying."""
+        agent, task = self._agent, run.deploy_task
+        if task is not None and not task.done():
+            return None  # its deploy did not return in time (logged above)
+        error = None if task is None or task.cancelled() else task.exception()
+        if error is not None:
+            return agent.api.set_state_if_allowed(run.id, "Failed", str(error) or type(error).__name__)
+        return agent.api.set_state_if_allowed(run.id, "Scheduled", f"released by agent {agent.name} on shutdown")
+
+    async def _run_jobs(self, jobs: list[Coroutine[Any, Any, Any] | None]) -> None:
+        for result in await asyncio.gather(*(job for job in jobs if job is not None), return_exceptions=True):
+            if isinstance(result, BaseException):
+                logger.error("on leaving: %s", result, exc_info=result)
+
+    async def _leave(self) -> None:
+        """``--max-polls`` or a fatal error: settle the runs not deployed, let the deployments run on alone."""
+        agent = self._agent
+        await self._collect_deploys()
+        await self._run_jobs([self._undeployed_job(run) for run in agent.registry.all() if run.deployment is None])
+        for run in agent.registry.all():
+            if run.deployment is None or run.phase is Phase.ENDED:
+                continue
+            if not run.submitted:
+                logger.warning("run %s was deployed but is not Submitted: its process runs on unwatched", run.id)
+            agent.detach(run.deployment)
 
     async def _cold_stop(self) -> None:
         agent = self._agent
-        agent.api.retry = False  # one attempt per call: leave even if the API is gone
-        deploying = [run.deploy_task for run in agent.registry.all() if run.deployment is None and run.deploy_task]
-        if deploying:  # a deploy under way still starts something: wait for it, to kill it
-            await asyncio.wait(deploying)
-        jobs = [job for run in agent.registry.all() if (job := self._cold_stop_job(run)) is not None]
+        await self._collect_deploys()  # a deploy under way still starts something: wait for it, to kill it
+        jobs = [self._cold_stop_job(run) for run in agent.registry.all()]
         if any(run.phase is Phase.ENDED and run.submitted for run in agent.registry.all()):
             jobs.append(agent.heartbeat_once())  # report the ends not reported yet
-        for result in await asyncio.gather(*jobs, return_exceptions=True):
-            if isinstance(result, BaseException):
-                logger.error("cold stop: %s", result, exc_info=result)
+        await self._run_jobs(jobs)
 
     def _cold_stop_job(self, run: ActiveRun) -> Coroutine[Any, Any, Any] | None:
-        """What a cold stop does about ``run``: kill it, fail it, release it, or nothing (it has ended)."""
+        """What a cold stop does about ``run``: fail it and kill it, release it, or nothing (it has ended)."""
         agent = self._agent
-        task = run.deploy_task
-        if run.deployment is None and task is not None and task.done() and not task.cancelled():
-            error = task.exception()
-            if error is not None:
-                return agent.api.set_state_if_allowed(run.id, "Failed", str(error) or type(error).__name__)
-            run.deployment, run.phase = task.result(), Phase.DEPLOYED
         if run.deployment is None:
-            message = f"released by agent {agent.name} on shutdown"
-            return agent.api.set_state_if_allowed(run.id, "Scheduled", message)
+            return self._undeployed_job(run)
         if run.phase is Phase.ENDED:
             return None
-        state = "Cancelled" if run.cancel_requested else "Failed"
-        message = f"killed by agent {agent.name} on a cold stop"
-        return agent.stop_deployment(run, state, message, grace=agent.cold_kill_grace_seconds)
+        if run.cancel_requested:
+            state, message = "Cancelled", f"cancelled: agent {agent.name} killed the flow process on a cold stop"
+        else:
+            state, message = "Failed", "the agent stopped (cold stop) and killed the flow process"
+        # The state first: the engine answers SIGTERM by reporting Cancelled itself, which must not win.
+        return agent.runs.stop_deployment(run, state, message, grace=agent.cold_kill_grace_seconds, state_first=True)

@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -38,6 +39,7 @@ class FakeDeployment:
     exit_code: int | None = None
     killed: bool = False
     kill_grace_seconds: float | None = None
+    detached: bool = False  # the agent left while it ran (--max-polls, a fatal error)
     deployed_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -54,8 +56,11 @@ class InMemoryAgent(Agent):
 
     Args:
         deploy_error: called with each claimed run; a returned message fails that deployment with it.
-        on_deploy: called (on the agent's event loop) with each new deployment, e.g. to finish it at once.
+        on_deploy: called with each new deployment, e.g. to finish it at once (on the agent's event loop, or in
+            the deploy's thread with ``deploy_in_thread``).
         deploy_seconds: how long each deploy takes (simulated platform latency).
+        deploy_in_thread: deploy in a worker thread, like the local driver's ``Popen``: the deployment happens
+            even if the task awaiting it is cancelled.
         **options: the common agent options (see :class:`baton.agent.base.Agent`).
     """
 
@@ -68,13 +73,16 @@ class InMemoryAgent(Agent):
         deploy_error: Callable[[ClaimedRun], str | None] | None = None,
         on_deploy: Callable[[FakeDeployment], None] | None = None,
         deploy_seconds: float = 0.0,
+        deploy_in_thread: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(**options)
         self.deploy_error = deploy_error
         self.on_deploy = on_deploy
         self.deploy_seconds = deploy_seconds
-        self.deployments: dict[str, FakeDeployment] = {}
+        self.deploy_in_thread = deploy_in_thread
+        self.deployments: dict[str, FakeDeployment] = {}  # the latest deployment of each run
+        self.history: list[FakeDeployment] = []  # every deployment, in the order they were made
         self.failed_deploys: list[str] = []
         self._ids = itertools.count(1)
         self._changed = threading.Condition()
@@ -82,10 +90,14 @@ class InMemoryAgent(Agent):
     # --- the driver ------------------------------------------------------------------------------
 
     async def deploy(self, claimed: ClaimedRun, env: dict[str, str]) -> Deployment:
+        if self.deploy_in_thread:
+            return await asyncio.to_thread(self._deploy_now, claimed, env, self.deploy_seconds)
         if self.deploy_seconds:
-            import asyncio
-
             await asyncio.sleep(self.deploy_seconds)
+        return self._deploy_now(claimed, env)
+
+    def _deploy_now(self, claimed: ClaimedRun, env: dict[str, str], delay: float = 0.0) -> Deployment:
+        time.sleep(delay)
         error = self.deploy_error(claimed) if self.deploy_error else None
         if error is not None:
             with self._changed:
@@ -95,6 +107,7 @@ class InMemoryAgent(Agent):
         fake = FakeDeployment(claimed, dict(env), next(self._ids))
         with self._changed:
             self.deployments[fake.flow_run_id] = fake
+            self.history.append(fake)
             self._changed.notify_all()
         if self.on_deploy is not None:
             self.on_deploy(fake)
@@ -111,6 +124,12 @@ class InMemoryAgent(Agent):
             fake.kill_grace_seconds = grace_seconds
             if fake.exit_code is None:
                 fake.exit_code = 143  # as if SIGTERM worked
+            self._changed.notify_all()
+
+    def detach(self, deployment: Deployment) -> None:
+        fake: FakeDeployment = deployment.handle
+        with self._changed:
+            fake.detached = True
             self._changed.notify_all()
 
     # --- what tests call ----------------------------------------------------------------------

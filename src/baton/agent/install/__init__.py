@@ -2,7 +2,13 @@
 
 Supervisord reads its config with a ``RawConfigParser`` that treats ``;`` and ``#`` after whitespace as the start
 of a comment, expands ``%(name)s``, then splits ``command=`` with ``shlex``. Every value the user gives is
-quoted for all three, so a label, path or ``--env`` value never changes the command line.
+quoted for all three, so a label or path never changes the command line.
+
+Secrets stay off the command line, which any user of the host can read (``ps``, ``/proc/PID/cmdline``): the API
+key and the ``--env`` values (flow runs' credentials, often) go to the program's ``environment=`` as
+``BATON__API__KEY`` and ``BATON__AGENT__ENV``, which the agent reads like any setting; a process's environment is
+readable by its owner only. Supervisord splits ``environment=`` with a non-POSIX ``shlex`` (no escapes) and strips
+the quotes off each value, which :func:`_environment_value` allows for.
 
 Usage::
 
@@ -11,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -21,6 +28,8 @@ from pathlib import Path
 from baton.exceptions import ConfigurationError
 
 _COMMENT_AFTER_SPACE = re.compile(r"(?<=\s)([;#])")
+# In a JSON text these stand only inside strings, where JSON's own escapes can replace them.
+_JSON_UNSAFE = {"'": "\\u0027", "%": "\\u0025", ";": "\\u003b", "#": "\\u0023"}
 
 
 def _quote(argument: str) -> str:
@@ -34,6 +43,41 @@ def _quote(argument: str) -> str:
     return quoted.replace("%", "%%")
 
 
+def _environment_value(value: str, what: str) -> str:
+    """One value for ``environment=KEY=value``, quoted for configparser, ``%`` expansion and supervisord's lexer."""
+    quote = '"' if '"' not in value else "'"
+    unquotable = (
+        quote in value
+        or value.startswith(("'", '"'))  # supervisord strips quote characters off both ends of the value
+        or value.endswith(("'", '"'))
+        or any(char in value for char in "\n\r\0")
+        or _COMMENT_AFTER_SPACE.search(value)
+    )
+    if unquotable:
+        raise ConfigurationError(f"{what} cannot be written to a supervisord config: it has characters it cannot quote")
+    return quote + value.replace("%", "%%") + quote
+
+
+def supervisord_environment(*, key: str | None = None, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The secret settings of an installed agent, as environment variables (unquoted).
+
+    Raises:
+        ConfigurationError: an ``--env`` value contains a line break.
+    """
+    variables: dict[str, str] = {}
+    if key is not None:
+        variables["BATON__API__KEY"] = key
+    if env:
+        for name, value in env.items():
+            if "\n" in value or "\r" in value or "\0" in value:
+                raise ConfigurationError(f"--env {name}: a value cannot contain a line break")
+        text = json.dumps(dict(env), ensure_ascii=True)
+        for char, escape in _JSON_UNSAFE.items():
+            text = text.replace(char, escape)
+        variables["BATON__AGENT__ENV"] = text
+    return variables
+
+
 def default_executable() -> str:
     """The ``baton`` script next to this Python (supervisord's PATH rarely has the virtualenv), else ``baton``."""
     candidate = Path(sys.executable).parent / "baton"
@@ -44,13 +88,11 @@ def default_executable() -> str:
 
 def local_agent_command(
     *,
-    key: str | None = None,
     api: str | None = None,
     tenant_id: str | None = None,
     agent_config_id: str | None = None,
     name: str | None = None,
     labels: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
     import_paths: Sequence[str] = (),
     agent_address: str | None = None,
     log_level: str | None = None,
@@ -60,10 +102,9 @@ def local_agent_command(
     hostname_label: bool = True,
     executable: str | None = None,
 ) -> list[str]:
-    """The argv of ``baton agent local start`` with these options (unquoted)."""
+    """The argv of ``baton agent local start`` with these options (unquoted); secrets go to its environment."""
     argv = [executable or default_executable(), "agent", "local", "start"]
     options = [
-        ("--key", key),
         ("--api", api),
         ("--tenant-id", tenant_id),
         ("--agent-config-id", agent_config_id),
@@ -77,8 +118,6 @@ def local_agent_command(
             argv += [flag, value]
     for label in labels:
         argv += ["--label", label]
-    for variable, value in (env or {}).items():
-        argv += ["--env", f"{variable}={value}"]
     for path in import_paths:
         argv += ["--import-path", str(Path(path).expanduser().resolve())]
     if no_cloud_logs:
@@ -113,22 +152,22 @@ def render_supervisord_config(
 
     Args:
         key: the agent's API key (role runner); None: the agent reads it from its environment or config file.
+            Written to the program's ``environment=``, never to its command line.
+        env: the agent's ``--env`` values, written to ``environment=`` too.
         api: the API URL. The other options are those of ``baton agent local start``.
         executable: the ``baton`` script to run (default: the one installed next to this Python).
         stop_wait_seconds: how long supervisord lets the agent's warm stop wait for running flow runs before
             it kills the agent (the flow runs themselves live on in their own process groups).
 
     Raises:
-        ConfigurationError: a value contains a line break.
+        ConfigurationError: a value contains a line break, or the key characters supervisord cannot quote.
     """
     argv = local_agent_command(
-        key=key,
         api=api,
         tenant_id=tenant_id,
         agent_config_id=agent_config_id,
         name=name,
         labels=labels,
-        env=env,
         import_paths=import_paths,
         agent_address=agent_address,
         log_level=log_level,
@@ -139,11 +178,15 @@ def render_supervisord_config(
         executable=executable,
     )
     command = " ".join(_quote(argument) for argument in argv)
+    variables = supervisord_environment(key=key, env=env)
+    pairs = ",".join(f"{name}={_environment_value(value, name)}" for name, value in variables.items())
+    environment = f"environment={pairs}\n" if pairs else ""
     health = f"; health check: {agent_address}/api/health\n" if agent_address else ""
     return f"""\
 ; supervisord config for a Baton local agent (generated by `baton agent local install`).
 ; Run it with: supervisord -c supervisord.conf      Control it with: supervisorctl -c supervisord.conf status
-; It holds the agent's API key: keep it readable by its owner only (chmod 600).
+; It holds the agent's API key (in environment=, off the command line that any user can read): keep it
+; readable by its owner only (chmod 600).
 {health}
 [unix_http_server]
 file=/tmp/baton-supervisor.sock
@@ -161,7 +204,7 @@ serverurl=unix:///tmp/baton-supervisor.sock
 
 [program:baton-agent]
 command={command}
-autostart=true
+{environment}autostart=true
 autorestart=true
 startsecs=5
 ; SIGTERM asks for a warm stop: no new runs, running ones finish.

@@ -87,6 +87,9 @@ async def claim(agent_id: str, payload: ClaimRequest, principal: Runner, db: Db,
             due_in = (attempt.next_due - utcnow()).total_seconds() - payload.prefetch_seconds
             timeout = min(timeout, max(due_in, 0.005))
         await notifier.wait(wake_up, timeout)
+        if await request.is_disconnected():
+            # Claiming now would leave the run Pending with nobody to read the answer until its lease expires.
+            return ClaimResponse(runs=[])
 
 
 @router.post("/{agent_id}/heartbeat", response_model=HeartbeatResponse)

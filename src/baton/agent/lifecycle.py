@@ -1,0 +1,222 @@
+"""One claimed run's life in an agent: deploy, then Submitted or Failed; cancel, stop, forget.
+
+Each claimed run gets a task of its own (:meth:`RunLifecycle.accept`). The states it sets follow the state
+machine of DESIGN.md §3 and are those a ``runner`` key may set (design.md §7); a 409 means someone else decided
+first, and the run is then left as the server has it.
+
+Usage::
+
+    lifecycle = RunLifecycle(agent)
+    lifecycle.accept(claimed)  # deploy it (or release it, when stopping)
+    await lifecycle.stop_deployment(run, "Cancelled", "cancelled by the user")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from baton.agent.runs import ActiveRun, Deployment, Phase
+from baton.exceptions import ClientError, ConfigurationError, ConflictError
+from baton.schemas.responses import ClaimedRun, FlowRunRead
+from baton.schemas.states import StateName
+
+if TYPE_CHECKING:
+    from baton.agent.base import Agent
+
+logger = logging.getLogger("baton.agent")
+
+# The states of a run whose Submitted went through (a retried Submitted meets them as a 409).
+_SUBMITTED_AFTER_ALL = frozenset({StateName.SUBMITTED, StateName.RUNNING})
+
+
+class RunLifecycle:
+    """What an agent does with the runs it claims. One per agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._registry = agent.registry
+        self._status = agent.status
+
+    def accept(self, claimed: ClaimedRun) -> None:
+        """Take a run a claim returned: deploy it (or release it, when stopping) in a task of its own."""
+        self._status.claims += 1
+        stale = self._registry.get(claimed.flow_run.id)
+        if stale is not None:
+            self._supersede(stale)
+        run = self._registry.add(claimed)
+        self.update_active()
+        logger.info("claimed run %s (%s) of flow %s", run.id, run.name, claimed.flow.name)
+        self._agent.stop_control.spawn(self._launch(run), f"launch {run.id}", launch=True)
+
+    def _supersede(self, stale: ActiveRun) -> None:
+        # A claim returned a run this agent still holds: its lease expired while a slow deploy or a retried
+        # Submitted was under way (the server returned it to Scheduled, then gave it to us again), or a flow-level
+        # retry made it claimable while its old process ends. The new claim is the server's truth: it carries a
+        # fresh run token, and the old one no longer works. So the new claim is deployed, and the old deployment
+        # is stopped without ever setting a state (the run's state belongs to the new claim now). Releasing the
+        # new claim instead is not safer: this agent would claim the run again at once, over and over, while the
+        # old deploy is still under way. Nor may the old entry stay: the heartbeat would report its process's
+        # end, and the server would fail the new attempt for it.
+        agent = self._agent
+        logger.warning(
+            "run %s was claimed again while this agent held it (%s): stopping the old deployment, deploying the new",
+            stale.id,
+            stale.phase.value,
+        )
+        stale.superseded = True
+        self._registry.remove(stale)
+        if stale.deployment is not None and stale.phase is Phase.DEPLOYED:
+            stopping = agent.kill(stale.deployment, agent.kill_grace_seconds)
+            agent.stop_control.spawn(stopping, f"stop superseded {stale.id}")
+        # A deploy still under way is stopped by its own launch task when it returns (it sees `superseded`).
+
+    async def _launch(self, run: ActiveRun) -> None:
+        agent = self._agent
+        if agent.stop_control.stopping:
+            await self._release(run)
+            return
+        run.deploy_task = asyncio.ensure_future(agent.deploy(run.claimed, agent.run_env(run.claimed)))
+        try:
+            # Shielded: a stop cancels this task but still collects (and kills or detaches) what the deploy started.
+            deployment = await asyncio.shield(run.deploy_task)
+        except Exception as exc:  # any deployment problem fails the run with its message (seed docs)
+            await self._fail_deployment(run, exc)
+            return
+        run.deployment, run.phase = deployment, Phase.DEPLOYED
+        if run.superseded:
+            await self._kill_quietly(run)
+            return
+        if run.cancel_requested:
+            await self.stop_deployment(run, "Cancelled", f"cancelled before it was submitted by agent {agent.name}")
+            return
+        await self._submit(run, deployment)
+
+    async def _submit(self, run: ActiveRun, deployment: Deployment) -> None:
+        try:
+            await self._agent.api.set_state(run.id, "Submitted", deployment.message, deployment.data)
+        except ConflictError as exc:
+            if not await self._submitted_after_all(run, exc):
+                return
+        except ClientError:
+            await self._kill_quietly(run)
+            raise
+        if run.superseded:  # claimed again meanwhile: the new claim's deployment is the one that runs
+            await self._kill_quietly(run)
+            return
+        run.submitted = True
+        self._status.deployments += 1
+        logger.info("submitted run %s (%s): %s", run.id, run.name, deployment.message)
+        self._agent.stop_control.wake_heartbeat()  # an early end must be reported, and cancels noticed, soon
+
+    async def _submitted_after_all(self, run: ActiveRun, refusal: ConflictError) -> bool:
+        """Whether a refused Submitted went through anyway; if not, stop what was deployed.
+
+        A retried Submitted is refused (Submitted -> Submitted) when the attempt before it went through but its
+        answer was lost (a read timeout): the run is then Submitted, or Running already, for this agent.
+        """
+        agent = self._agent
+        try:
+            current = await agent.api.get_flow_run(run.id)
+        except ClientError:
+            await self._kill_quietly(run)
+            raise
+        ours = current.agent_id == agent.agent_id
+        if ours and current.state in _SUBMITTED_AFTER_ALL:
+            logger.info("run %s is %s for this agent: an earlier Submitted went through", run.id, current.state)
+            return True
+        if ours and current.state == StateName.CANCELLING:
+            await self.stop_deployment(run, "Cancelled", f"cancelled: agent {agent.name} stopped its deployment")
+            return False
+        # Cancelled, or its lease lost (Scheduled, or another claim's) while we deployed it: it must not run.
+        logger.warning(
+            "run %s refused Submitted (%s; it is %s): stopping what was deployed", run.id, refusal.detail, _who(current)
+        )
+        await self._kill_quietly(run)
+        return False
+
+    async def _kill_quietly(self, run: ActiveRun) -> None:
+        run.phase = Phase.KILLING
+        if run.deployment is not None:
+            await self._agent.kill(run.deployment, self._agent.kill_grace_seconds)
+        self.forget(run)
+
+    async def _fail_deployment(self, run: ActiveRun, exc: Exception) -> None:
+        message = str(exc) or type(exc).__name__
+        level = logging.ERROR if isinstance(exc, ClientError | ConfigurationError) else logging.WARNING
+        logger.log(level, "could not deploy run %s (%s): %s", run.id, run.name, message, exc_info=exc)
+        self._status.deployment_failures += 1
+        if not run.superseded:  # else the run is the new claim's, whose deploy may well succeed
+            await self._agent.api.set_state_if_allowed(run.id, "Failed", message)
+        self.forget(run)
+
+    async def _release(self, run: ActiveRun) -> None:
+        message = f"released by agent {self._agent.name} on shutdown"
+        await self._agent.api.set_state_if_allowed(run.id, "Scheduled", message)
+        logger.info("released run %s: the agent is stopping", run.id)
+        self.forget(run)
+
+    async def stop_deployment(
+        self, run: ActiveRun, state: str, message: str, grace: float | None = None, state_first: bool = False
+    ) -> None:
+        """Kill ``run``'s deployment and set its final ``state`` (a final state set meanwhile wins).
+
+        Args:
+            run: a run of the registry.
+            state: the final state to set (Cancelled, Failed).
+            message: its message.
+            grace: seconds between the polite and the forced kill (default: the agent's ``kill_grace_seconds``).
+            state_first: set the state before killing (a cold stop): a flow-run process that reports its own end
+                when signalled (the engine sets Cancelled on SIGTERM) must not decide how the run ends.
+        """
+        agent = self._agent
+        run.phase = Phase.KILLING
+        set_to: str | None = None
+        if state_first and not run.superseded:
+            set_to = await agent.api.set_state_if_allowed(run.id, state, message)
+        if run.deployment is not None:
+            await agent.kill(run.deployment, agent.kill_grace_seconds if grace is None else grace)
+        if not state_first and not run.superseded:
+            set_to = await agent.api.set_state_if_allowed(run.id, state, message)
+        if set_to is None:
+            logger.info("stopped run %s; it was not ours to mark %s any more", run.id, state)
+        else:
+            logger.info("stopped run %s and set it %s: %s", run.id, set_to, message)
+        self.forget(run)
+
+    async def cancel(self, run_id: str) -> None:
+        """Stop a run the server wants cancelled (its heartbeat answer named it)."""
+        agent = self._agent
+        run = self._registry.get(run_id)
+        if run is None:
+            # Not ours any more (an agent restarted under the same identity): nothing to kill.
+            message = f"cancelled: agent {agent.name} holds no deployment"
+            await agent.api.set_state_if_allowed(run_id, "Cancelled", message)
+            return
+        if run.phase is Phase.KILLING:
+            return
+        run.cancel_requested = True
+        if run.phase is Phase.CLAIMED:
+            return  # _launch stops it as soon as its deploy returns
+        await self.stop_deployment(run, "Cancelled", f"cancelled: agent {agent.name} stopped its deployment")
+
+    def forget(self, run: ActiveRun) -> None:
+        """Drop ``run`` (not a newer claim of the same run) and what the agent knows of its API calls."""
+        self._registry.remove(run)
+        if run.id not in self._registry:
+            self._agent.api.forget(f"run {run.id}")
+        self.run_left()
+
+    def run_left(self) -> None:
+        """A run freed its slot: the poll loop may claim again, a stop may be able to finish."""
+        self.update_active()
+        self._agent.stop_control.wake_poll()
+        self._agent.stop_control.notify_changed()
+
+    def update_active(self) -> None:
+        self._status.active_runs = self._registry.busy_slots()
+
+
+def _who(run: FlowRunRead) -> str:
+    return f"{run.state}, agent {run.agent_id}" if run.agent_id else run.state

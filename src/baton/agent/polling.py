@@ -1,0 +1,273 @@
+"""The poll loop: long-poll claims while ``--limit`` slots are free, and claims that outlive a stop.
+
+A claim is a long poll (``poll_wait_seconds``, 20 s by default) made in a daemon thread by :class:`ClaimCall`.
+A stop does not wait it out: the loop stops waiting at once (so an idle agent leaves within about a second of a
+warm stop) and hands the call over; whatever it claims after that is released back to ``Scheduled`` from the
+claim's own thread, as soon as the server answers (the client is thread-safe). The agent waits for that a short,
+bounded time before it leaves; if the process ends first, the runs of a claim still in flight stay Pending until
+their lease expires, which the agent then logs.
+
+Usage::
+
+    poller = Poller(agent)
+    await poller.run()                   # until --max-polls or a stop
+    for claimed in poller.abandon():     # a cancelled loop's claim that had already returned
+        ...                              # release it
+    await poller.settle(timeout=1.0)     # let a handed-over claim finish releasing
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from baton.agent.health import POLL_DUTY
+from baton.exceptions import BatonError, ConflictError, ServerUnavailableError
+from baton.schemas.responses import ClaimedRun, ClaimResponse
+
+if TYPE_CHECKING:
+    from baton.agent.base import Agent
+    from baton.agent.protocol import AgentApi
+
+logger = logging.getLogger("baton.agent")
+
+ReleaseHandler = Callable[[ClaimResponse], None]
+
+
+class ClaimCall:
+    """One blocking claim call in a daemon thread.
+
+    A daemon thread, not ``asyncio.to_thread``: a thread of asyncio's default executor would hold up
+    ``asyncio.run``'s shutdown until the server answers. The agent awaits :meth:`result`; when it stops waiting, it
+    calls :meth:`hand_over`, and from then on the response goes to a handler run in the claim's thread.
+
+    Args:
+        call: makes the claim (blocking).
+        loop: the agent's event loop, told when the call returns (unless it was handed over).
+    """
+
+    def __init__(self, call: Callable[[], ClaimResponse], loop: asyncio.AbstractEventLoop) -> None:
+        self._call = call
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._returned = asyncio.Event()  # on the loop: the call returned and was not handed over
+        self._settled = threading.Event()  # the call returned and its handler (if any) has finished
+        self._finished = False
+        self._taken = False
+        self._response: ClaimResponse | None = None
+        self._error: BaseException | None = None
+        self._handler: ReleaseHandler | None = None
+        self._after: list[Callable[[], None]] = []
+
+    def start(self) -> ClaimCall:
+        threading.Thread(target=self._run, name="baton-agent-claim", daemon=True).start()
+        return self
+
+    @property
+    def taken(self) -> bool:
+        """Its outcome is someone's now: :meth:`take` was called, or it was handed over."""
+        return self._taken
+
+    def _run(self) -> None:
+        response: ClaimResponse | None = None
+        error: BaseException | None = None
+        try:
+            response = self._call()
+        except BaseException as exc:  # handed to whoever takes the result, which decides
+            error = exc
+        with self._lock:
+            self._response, self._error, self._finished = response, error, True
+            handler = self._handler
+        try:
+            if handler is None:
+                self._tell_loop(response)
+            elif response is not None:
+                handler(response)
+            else:
+                logger.info("the claim call handed over at the stop failed (%s): it claimed nothing", error)
+        finally:
+            with self._lock:
+                self._settled.set()
+                after = list(self._after)
+            for callback in after:
+                callback()
+
+    def _tell_loop(self, response: ClaimResponse | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._returned.set)
+        except RuntimeError:  # the loop has closed without handing the call over: a bug, but say what it costs
+            runs = [claimed.flow_run.id for claimed in response.runs] if response else []
+            if runs:
+                logger.error(
+                    "runs %s were claimed after the agent left: they stay Pending until their lease expires", runs
+                )
+
+    def take(self) -> ClaimResponse:
+        """The response, once the call has returned (it then belongs to the caller).
+
+        Raises:
+            BaseException: what the call raised.
+        """
+        with self._lock:
+            assert self._finished, "the claim call has not returned"
+            self._taken = True
+            if self._error is not None:
+                raise self._error
+            assert self._response is not None
+            return self._response
+
+    async def result(self, give_up: asyncio.Event) -> ClaimResponse | None:
+        """Wait for the response, or None as soon as ``give_up`` is set (the call goes on).
+
+        Raises:
+            BaseException: what the call raised.
+        """
+        if not self._returned.is_set():
+            waiters = {asyncio.ensure_future(self._returned.wait()), asyncio.ensure_future(give_up.wait())}
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        if not self._returned.is_set():
+            return None
+        return self.take()
+
+    def hand_over(self, handler: ReleaseHandler) -> bool:
+        """Stop waiting: what the call returns goes to ``handler``, in the claim's thread.
+
+        Returns:
+            False when the call has returned already: the caller then takes the result with :meth:`take`.
+        """
+        with self._lock:
+            if self._finished:
+                return False
+            self._handler, self._taken = handler, True
+            return True
+
+    def then(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` in the claim's thread once it has settled; False (not called) if it has already."""
+        with self._lock:
+            if self._settled.is_set():
+                return False
+            self._after.append(callback)
+            return True
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the call (and its handler) to finish; True if they did."""
+        deadline = time.monotonic() + timeout
+        while not self._settled.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self._settled.is_set()
+
+
+def release_in_thread(client: AgentApi, agent_name: str, response: ClaimResponse, attempts: int = 3) -> None:
+    """Release the runs of a claim that returned after its agent stopped waiting (in the claim's thread)."""
+    message = f"released by agent {agent_name} on shutdown"
+    for claimed in response.runs:
+        run_id = claimed.flow_run.id
+        for attempt in range(1, attempts + 1):
+            try:
+                client.set_flow_run_state(run_id, "Scheduled", message)
+            except ServerUnavailableError as exc:
+                if attempt < attempts:
+                    time.sleep(0.5 * attempt)
+                    continue
+                logger.warning("run %s stays Pending until its lease expires: cannot release it (%s)", run_id, exc)
+            except ConflictError as exc:
+                logger.info("run %s, claimed as the agent stopped: release refused (%s)", run_id, exc.detail)
+            except (BatonError, RuntimeError) as exc:  # RuntimeError: a client closed under us
+                logger.warning("run %s stays Pending until its lease expires: %s", run_id, exc, exc_info=exc)
+            else:
+                logger.info("released run %s, claimed by a call still in flight when the agent stopped", run_id)
+            break
+
+
+class Poller:
+    """The agent's poll loop and its claim call in flight. One per agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self.in_flight: ClaimCall | None = None  # the latest claim call, until its outcome is taken
+        self.handed_over: ClaimCall | None = None  # a call that releases what it claims from its own thread
+
+    async def run(self) -> None:
+        """Claim runs while slots are free, until ``--max-polls`` claim calls or a stop."""
+        agent = self._agent
+        max_polls = agent.settings.agent.max_polls
+        wait_seconds = agent.settings.agent.poll_wait_seconds
+        agent.status.polling, agent.status.starting = True, False
+        try:
+            while not agent.stop_control.stopping:
+                if max_polls is not None and agent.status.polls >= max_polls:
+                    logger.info("made %d claim calls (--max-polls): claiming no more", agent.status.polls)
+                    return
+                free = agent.registry.free_slots()
+                if free == 0:  # every --limit slot is busy: wait for one to free up
+                    await agent.stop_control.wait_poll(timeout=wait_seconds or 1.0)
+                    continue
+                await self._claim(free, wait_seconds)
+        finally:
+            agent.status.polling = False
+
+    async def _claim(self, free: int, wait_seconds: float) -> None:
+        agent = self._agent
+        client, agent_id = agent.client, agent.agent_id
+        assert agent_id is not None
+        claim = ClaimCall(lambda: client.claim(agent_id, limit=free, wait_seconds=wait_seconds), agent.loop)
+        self.in_flight = claim.start()
+        try:
+            response = await claim.result(give_up=agent.stop_control.stop_requested)
+        except ServerUnavailableError as exc:
+            delay = agent.api.failed(exc, POLL_DUTY)
+            logger.warning("claim failed (%s); retrying in %.1fs", exc, delay)
+            await agent.stop_control.wait_poll(timeout=delay, poke_only=True)
+            return
+        if response is None:  # a stop: do not wait out the long poll
+            for claimed in self.abandon():
+                agent.runs.accept(claimed)  # launched while stopping, so released
+            return
+        agent.api.succeeded(POLL_DUTY)
+        agent.status.polls += 1
+        for claimed in response.runs:
+            agent.runs.accept(claimed)
+
+    def abandon(self) -> list[ClaimedRun]:
+        """Stop waiting for the claim in flight.
+
+        Returns:
+            The runs it had claimed already, for the caller to release; a call still waiting on the server
+            releases what it claims itself, in its thread.
+        """
+        claim, self.in_flight = self.in_flight, None
+        if claim is None or claim.taken:
+            return []
+        agent = self._agent
+        client, name = agent.client, agent.name
+        if claim.hand_over(lambda response: release_in_thread(client, name, response)):
+            self.handed_over = claim
+            return []
+        try:
+            return claim.take().runs
+        except BatonError as exc:
+            logger.info("the claim call in flight at the stop failed (%s): it claimed nothing", exc)
+            return []
+
+    async def settle(self, timeout: float) -> None:
+        """Give a handed-over claim up to ``timeout`` seconds to return and release what it claimed."""
+        claim = self.handed_over
+        if claim is None or await claim.settled(timeout):
+            return
+        logger.warning(
+            "a claim call is still waiting on the server: runs it claims are released from its thread if this "
+            "process lives on; otherwise they stay Pending until their lease expires "
+            "(BATON__SERVER__CLAIM_LEASE_SECONDS)"
+        )
+
+    def close_after(self, close: Callable[[], None]) -> bool:
+        """Let a handed-over claim still in flight close the client after releasing; False if none is."""
+        return self.handed_over is not None and self.handed_over.then(close)
