@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from baton.agent.base import Agent
-from baton.agent.loops import Backoff
 from baton.agent.testing import InMemoryAgent
+from baton.backoff import Backoff
 from baton.settings import BatonSettings, load_settings
 
 from .fake_api import FakeApi

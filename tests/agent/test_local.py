@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from baton.agent.local import LocalAgent, exit_code_of
-from baton.agent.loops import Backoff
 from baton.agent.runs import Deployment
+from baton.backoff import Backoff
 from baton.exceptions import DeploymentError
 from baton.labels import hostname_label
 from baton.schemas.responses import ClaimedRun

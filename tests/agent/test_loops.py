@@ -8,12 +8,12 @@ import time
 import pytest
 
 from baton.agent.loops import (
-    Backoff,
     ErrorPolicy,
     IntervalTicker,
     retry_call,
     sleep_or_wake,
 )
+from baton.backoff import Backoff
 from baton.exceptions import NotFoundError, ServerUnavailableError
 
 

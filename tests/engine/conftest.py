@@ -95,11 +95,13 @@ class EngineProcess:
         return self.admin.get_logs(self.run_id).logs
 
     def wait_for_state(self, *states: str, timeout: float = 20) -> FlowRunRead:
-        return wait_for(
-            lambda: run if (run := self.run()).state in states else None,
-            timeout=timeout,
-            what=f"run to reach {states}",
-        )
+        def reached() -> FlowRunRead | None:
+            run = self.run()
+            return run if run.state in states else None
+
+        run = wait_for(reached, timeout=timeout, what=f"run to reach {states}")
+        assert run is not None
+        return run
 
 
 @dataclass

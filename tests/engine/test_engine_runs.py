@@ -244,17 +244,36 @@ def test_cancel_through_the_api_stops_a_sleeping_task_and_ends_cancelled(launche
     assert any(log.message == "napping" for log in engine.logs())
 
 
-def test_sigterm_from_the_agent_ends_the_run_cancelled(launcher: Launcher) -> None:
+def test_sigterm_without_a_cancel_ends_the_run_failed(launcher: Launcher) -> None:
+    # An agent's cold stop (or an operator) terminates the process of a run nobody cancelled: not a cancellation.
     launcher.register(launcher.write_flow("sleepy_term", SLEEPY.format(name="sleepy_term")))
     engine = launcher.start(launcher.claim("sleepy_term"))
     wait_for(engine.task_runs, what="the task to start")
 
     engine.process.send_signal(signal.SIGTERM)
 
+    assert engine.wait(timeout=30) == 1, engine.stderr
+    run = engine.run()
+    assert (run.state, run.state_message) == ("Failed", "the flow-run process was terminated (SIGTERM)")
+    assert [(t.task_name, t.state) for t in engine.task_runs()] == [("nap", "Cancelled")]
+
+
+def test_sigterm_from_the_agent_killing_a_cancelled_run_ends_it_cancelled(launcher: Launcher) -> None:
+    # A heartbeat too slow to see the cancel first: the SIGTERM the agent sends on cancel is what stops the flow.
+    launcher.register(launcher.write_flow("sleepy_kill", SLEEPY.format(name="sleepy_kill")))
+    engine = launcher.start(launcher.claim("sleepy_kill"), BATON__AGENT__HEARTBEAT_INTERVAL_SECONDS="60")
+    wait_for(engine.task_runs, what="the task to start")
+
+    launcher.admin.cancel_flow_run(engine.run_id)
+    engine.process.send_signal(signal.SIGTERM)
+
     assert engine.wait(timeout=30) == 0, engine.stderr
     run = engine.run()
-    assert run.state == "Cancelled"
-    assert run.state_message is not None and "SIGTERM" in run.state_message
+    assert (run.state, run.state_message) == (
+        "Cancelled",
+        "the run is Cancelling: the flow-run process was terminated (SIGTERM)",
+    )
+    assert [state.name for state in run.states][-3:] == ["Running", "Cancelling", "Cancelled"]
     assert [(t.task_name, t.state) for t in engine.task_runs()] == [("nap", "Cancelled")]
 
 

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import threading
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
 from baton.client import Client
+from baton.engine import limits
 from baton.engine.__main__ import main
+from baton.engine.cancel import TERMINATED
 from baton.engine.heartbeat import Heartbeat
 from baton.engine.loader import load_flow
 from baton.engine.retry import backoff_delay, call_with_retry
 from baton.engine.runner import FlowRunner
 from baton.exceptions import AuthenticationError, ClientError, FlowLoadError, NotFoundError, ServerUnavailableError
+from baton.schemas import actions
 from baton.schemas.core import Storage, StorageType
+from baton.schemas.responses import FlowRunHeartbeatResponse, FlowRunRead
 from baton.settings import load_settings
 from engine.fakes import FakeApi, flow_read
 from support import wait_for
@@ -114,6 +121,29 @@ def test_stored_source_with_a_syntax_error_is_a_flow_load_error_with_its_line() 
         load_flow(flow_read("x = 1\ndef broken(:\n", "broken"))
 
 
+BAD_HINT = """
+from __future__ import annotations
+from baton import flow
+
+@flow
+def typo(count: itn = 1) -> None:
+    print(count)
+"""
+
+
+def test_a_flow_with_a_hint_that_cannot_be_resolved_does_not_load() -> None:
+    with pytest.raises(FlowLoadError, match="the type hint 'itn' of parameter 'count' cannot be resolved"):
+        load_flow(flow_read(BAD_HINT, "typo"))
+
+
+def test_runner_fails_a_flow_with_a_bad_hint_before_setting_it_running(baton_home: Path) -> None:
+    api = FakeApi(flow_read(BAD_HINT, "typo"), parameters={"count": "not a number"})
+
+    assert run_in_process(api) == 1
+    assert [name for name, _ in api.states] == ["Submitted", "Failed"]
+    assert (api.states[-1][1] or "").startswith("FlowLoadError: flow 'typo': the type hint 'itn' of parameter 'count'")
+
+
 def test_local_storage_imports_the_file_at_its_path(tmp_path: Path) -> None:
     path = tmp_path / "local_hello.py"
     path.write_text(HELLO)
@@ -172,9 +202,22 @@ def test_heartbeat_thread_calls_on_stop_once_when_the_run_is_cancelling() -> Non
 # --- runner with the in-memory API --------------------------------------------------------------
 
 
-def run_in_process(api: FakeApi, **kwargs: float) -> int:
-    settings = load_settings(logging={"batch_interval_seconds": 0.05}, agent={"heartbeat_interval_seconds": 0.1})
-    return FlowRunner(cast(Client, api), "run-1", settings, start_timeout=2, **kwargs).run()
+def run_in_process(
+    api: FakeApi,
+    heartbeat: float = 0.1,
+    start_timeout: float = 2,
+    state_retry_seconds: float = 120,
+    stop_check_timeout: float = 1,
+) -> int:
+    settings = load_settings(logging={"batch_interval_seconds": 0.05}, agent={"heartbeat_interval_seconds": heartbeat})
+    return FlowRunner(
+        cast(Client, api),
+        "run-1",
+        settings,
+        start_timeout=start_timeout,
+        state_retry_seconds=state_retry_seconds,
+        stop_check_timeout=stop_check_timeout,
+    ).run()
 
 
 def test_runner_runs_the_flow_and_reports_states_task_runs_and_logs(baton_home: Path) -> None:
@@ -236,6 +279,211 @@ def test_runner_stops_waiting_for_submitted_after_the_start_timeout(baton_home: 
     assert api.task_runs == {}
 
 
+class SubmittedAfterRefusedRunning(FakeApi):
+    """A run still Pending whose agent posts Submitted just after the API refused the engine's Running."""
+
+    def __init__(self, flow: Any, *, report: str = "Pending") -> None:
+        super().__init__(flow, state="Pending")
+        self._report = report  # what the read after the refusal answers: Pending, or Submitted already
+
+    def get_flow_run(self, flow_run_id: str) -> FlowRunRead:
+        run = super().get_flow_run(flow_run_id)
+        # The engine's first read (of its run) sees Pending; its next one, after a refused Running, is the moment
+        # the agent's Submitted lands (that read answers Pending, or Submitted if the agent was quicker).
+        if self.state == "Pending" and self.calls.count("get_flow_run") > 1:
+            self.state = "Submitted"
+            self.states.append(("Submitted", "PID: 1"))
+            return run.model_copy(update={"state": self._report})
+        return run
+
+
+def test_runner_keeps_waiting_for_submitted_through_an_api_outage_longer_than_the_start_timeout(
+    baton_home: Path,
+) -> None:
+    # Given a run still Pending and an API that answers 503 for longer than the engine's wait for Submitted
+    # (two retries with backoff take at least 0.75 s): the agent cannot post Submitted meanwhile either
+    api = SubmittedAfterRefusedRunning(flow_read(HELLO, "hello"))
+    api.fail["set_flow_run_state"] += [ServerUnavailableError("HTTP 503"), ServerUnavailableError("HTTP 503")]
+
+    # When the engine starts with a 0.5 s wait for Submitted
+    exit_code = run_in_process(api, start_timeout=0.5)
+
+    # Then the outage did not use up that wait: the agent's Submitted came, and the run ran
+    assert exit_code == 0
+    assert [name for name, _ in api.states] == ["Pending", "Submitted", "Running", "Success"]
+
+
+def test_runner_starts_when_submitted_lands_between_its_refused_running_and_its_read(baton_home: Path) -> None:
+    api = SubmittedAfterRefusedRunning(flow_read(HELLO, "hello"), report="Submitted")
+
+    assert run_in_process(api) == 0
+    assert [name for name, _ in api.states] == ["Pending", "Submitted", "Running", "Success"]
+
+
+# --- stops: cancellation and SIGTERM ------------------------------------------------------------
+
+NAPPING = """
+import time
+from baton import flow, task
+
+@task(retries=1, retry_delay_seconds=60)
+def nap(fail_first: bool) -> None:
+    if fail_first and not getattr(nap, "failed", False):
+        nap.failed = True
+        raise ConnectionError("first attempt fails")
+    time.sleep(60)
+
+@flow
+def napping(fail_first: bool = False) -> None:
+    nap(fail_first)
+"""
+
+
+@pytest.fixture
+def sigterm_guard() -> Iterator[None]:
+    """A SIGTERM that reaches the test process outside the engine's handler is ignored, not fatal to pytest."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def task_state_is(api: FakeApi, state: str) -> Callable[[], bool]:
+    return lambda: any(task_run["states"][-1] == state for task_run in list(api.task_runs.values()))
+
+
+def when(condition: Callable[[], object], action: Callable[[], None]) -> threading.Thread:
+    """Do ``action`` from another thread as soon as ``condition`` holds (the engine runs in the main thread)."""
+
+    def wait_then_act() -> None:
+        wait_for(condition, timeout=20, what="the moment to act")
+        action()
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
+def sigterm_main_thread() -> None:
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None
+    signal.pthread_kill(main_thread, signal.SIGTERM)
+
+
+def cancel_then_sigterm(api: FakeApi) -> Callable[[], None]:
+    def act() -> None:
+        api.state = "Cancelling"
+        sigterm_main_thread()
+
+    return act
+
+
+def test_sigterm_while_the_run_is_not_being_cancelled_ends_it_failed(baton_home: Path, sigterm_guard: None) -> None:
+    # Given a flow in a long task, and a heartbeat too slow to matter
+    api = FakeApi(flow_read(NAPPING, "napping"))
+    when(task_state_is(api, "Running"), sigterm_main_thread)
+
+    # When the process gets SIGTERM while the run is Running (an agent's cold stop, an operator)
+    exit_code = run_in_process(api, heartbeat=60)
+
+    # Then that is no cancellation: the run ends Failed, saying why
+    assert exit_code == 1
+    assert api.states[-1] == ("Failed", TERMINATED)
+    assert [t["states"] for t in api.task_runs.values()] == [["Pending", "Running", "Cancelled"]]
+
+
+def test_sigterm_while_the_run_is_cancelling_ends_it_cancelled(baton_home: Path, sigterm_guard: None) -> None:
+    api = FakeApi(flow_read(NAPPING, "napping"))
+    when(task_state_is(api, "Running"), cancel_then_sigterm(api))
+
+    assert run_in_process(api, heartbeat=60) == 0
+    assert api.states[-1] == ("Cancelled", f"the run is Cancelling: {TERMINATED}")
+    assert api.calls.count("flow_run_heartbeat") == 1  # the one quick check after the signal
+
+
+def test_sigterm_when_the_state_cannot_be_read_ends_the_run_failed(baton_home: Path, sigterm_guard: None) -> None:
+    api = FakeApi(flow_read(NAPPING, "napping"))
+
+    def cancel_but_hide_it_then_sigterm() -> None:
+        api.fail["flow_run_heartbeat"].append(ServerUnavailableError("HTTP 503"))
+        cancel_then_sigterm(api)()
+
+    when(task_state_is(api, "Running"), cancel_but_hide_it_then_sigterm)
+
+    assert run_in_process(api, heartbeat=60) == 1
+    assert api.states[-1] == ("Failed", TERMINATED)
+
+
+class HangingHeartbeat(FakeApi):
+    def __init__(self, flow: Any) -> None:
+        super().__init__(flow)
+        self.hang = False
+        self.release = threading.Event()
+
+    def flow_run_heartbeat(self, flow_run_id: str) -> FlowRunHeartbeatResponse:
+        if self.hang:
+            self.release.wait(30)
+        return super().flow_run_heartbeat(flow_run_id)
+
+
+def test_sigterm_when_the_api_does_not_answer_in_time_ends_the_run_failed(
+    baton_home: Path, sigterm_guard: None
+) -> None:
+    api = HangingHeartbeat(flow_read(NAPPING, "napping"))
+
+    def hang_then_sigterm() -> None:
+        api.hang = True
+        cancel_then_sigterm(api)()
+
+    when(task_state_is(api, "Running"), hang_then_sigterm)
+    try:
+        assert run_in_process(api, heartbeat=60, stop_check_timeout=0.2) == 1
+    finally:
+        api.release.set()
+    assert api.states[-1] == ("Failed", TERMINATED)
+
+
+def test_sigterm_while_waiting_for_submitted_stops_the_wait_and_fails_the_run(
+    baton_home: Path, sigterm_guard: None
+) -> None:
+    api = FakeApi(flow_read(NAPPING, "napping"), state="Pending")
+    when(lambda: api.calls.count("set_flow_run_state") >= 2, sigterm_main_thread)
+
+    assert run_in_process(api, heartbeat=60, start_timeout=60) == 1
+    assert [name for name, _ in api.states] == ["Pending", "Failed"]
+    assert api.states[-1] == ("Failed", TERMINATED)
+    assert api.task_runs == {}
+
+
+def test_cancelling_seen_by_the_heartbeat_ends_the_run_cancelled(baton_home: Path) -> None:
+    api = FakeApi(flow_read(NAPPING, "napping"))
+
+    def cancel() -> None:
+        api.state = "Cancelling"
+
+    when(task_state_is(api, "Running"), cancel)
+
+    assert run_in_process(api) == 0
+    assert api.states[-1] == ("Cancelled", "the run is Cancelling")
+    assert [t["states"] for t in api.task_runs.values()] == [["Pending", "Running", "Cancelled"]]
+
+
+def test_cancel_during_a_tasks_retry_delay_ends_its_task_run_cancelled(baton_home: Path) -> None:
+    # Given a task that failed once and now waits 60 s before its retry
+    api = FakeApi(flow_read(NAPPING, "napping"), parameters={"fail_first": True})
+
+    def cancel() -> None:
+        api.state = "Cancelling"
+
+    when(task_state_is(api, "Retrying"), cancel)
+
+    # When the run is cancelled during that wait
+    assert run_in_process(api) == 0
+
+    # Then the task run ends Cancelled, not Retrying for good
+    assert api.states[-1] == ("Cancelled", "the run is Cancelling")
+    assert [t["states"] for t in api.task_runs.values()] == [["Pending", "Running", "Retrying", "Cancelled"]]
+
+
 # --- python -m baton.engine ---------------------------------------------------------------------
 
 
@@ -260,12 +508,23 @@ def test_engine_help_works_and_the_engine_imports_no_heavy_modules() -> None:
         [sys.executable, "-m", "baton.engine", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--no-cloud-logs" in help_text
+    heavy = {"rich", "click", "fastapi", "sqlalchemy", "baton.schemas.actions"}
     probe = (
         "import sys, baton.engine.__main__ as m; m._import_httpx_without_its_cli(); import baton.engine.runner; "
-        "print(sorted({n.split('.')[0] for n in sys.modules} & {'rich', 'click', 'fastapi', 'sqlalchemy'}))"
+        f"print(sorted({{n if n.startswith('baton') else n.split('.')[0] for n in sys.modules}} & {heavy!r}))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_the_engines_limits_are_the_servers() -> None:
+    # The engine keeps its own copy (baton.engine.limits) so as not to import every request model at start-up.
+    name_limit = next(m.max_length for m in actions.LogEntry.model_fields["name"].metadata if hasattr(m, "max_length"))
+    assert (
+        actions.MAX_MESSAGE_LENGTH,
+        actions.MAX_LOGS_PER_BATCH,
+        name_limit,
+    ) == (limits.MAX_MESSAGE_LENGTH, limits.MAX_LOGS_PER_BATCH, limits.MAX_LOG_NAME_LENGTH)
 
 
 # --- cancel signal ------------------------------------------------------------------------------

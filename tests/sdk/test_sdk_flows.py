@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 from baton import Flow, LocalRun, flow, task
-from baton.exceptions import InvalidLabelError, ParameterValidationError
+from baton.exceptions import FlowLoadError, InvalidLabelError, ParameterValidationError
 from baton.sdk.storage import APIStorage, LocalStorage
 from sdk.conftest import RecordingReporter
 
@@ -169,17 +169,33 @@ def test_a_parameter_of_a_type_json_schema_cannot_describe_gets_an_open_schema()
         opaque("not opaque")  # type: ignore[arg-type]
 
 
-def test_a_hint_that_cannot_be_resolved_accepts_any_value_and_the_others_still_validate() -> None:
-    class LocalOnly:
+def test_a_hint_that_cannot_be_resolved_is_an_error_naming_the_parameter_and_the_hint() -> None:
+    class LocalOnly:  # under `from __future__ import annotations`, not resolvable from the module
         pass
 
     @flow
     def local(thing: LocalOnly, count: int = 1) -> int:
         return count
 
-    assert local(thing="anything", count="5") == 5  # type: ignore[arg-type]
-    with pytest.raises(ParameterValidationError, match="count"):
-        local(thing=1, count="x")  # type: ignore[arg-type]
+    message = (
+        "flow 'local': the type hint 'LocalOnly' of parameter 'thing' cannot be resolved "
+        "(NameError: name 'LocalOnly' is not defined); it must name something defined or imported at the top "
+        "of the flow's module"
+    )
+    with pytest.raises(FlowLoadError) as caught:
+        local.parameters_schema()
+    assert str(caught.value) == message
+    with pytest.raises(FlowLoadError, match="parameter 'thing'"):
+        local(thing="anything", count=5)  # type: ignore[arg-type]
+
+
+def test_a_return_hint_that_cannot_be_resolved_does_not_matter() -> None:
+    @flow
+    def returns_local(count: int = 1) -> NotDefinedAnywhere:  # type: ignore[name-defined]  # noqa: F821
+        return count
+
+    assert returns_local(count="2") == 2  # type: ignore[arg-type]
+    assert returns_local.parameters_schema()["properties"]["count"]["type"] == "integer"
 
 
 def test_star_args_are_refused_at_decoration() -> None:
@@ -209,7 +225,7 @@ def test_invalid_label_is_refused_at_decoration() -> None:
 def test_run_config_must_be_a_run_config_object() -> None:
     with pytest.raises(TypeError, match="run_config must be"):
 
-        @flow(run_config={"type": "local"})  # type: ignore[arg-type]
+        @flow(run_config={"type": "local"})  # type: ignore[call-overload, untyped-decorator]
         def bad() -> None:
             return None
 

@@ -73,6 +73,27 @@ def test_flow_file_can_import_its_sibling_modules(write_flow_file: WriteFlow) ->
     assert greet() == "hi"
 
 
+def test_registering_a_flow_with_a_mistyped_hint_fails_naming_the_parameter_and_the_hint(
+    write_flow_file: WriteFlow,
+) -> None:
+    # Not a parameter that silently takes any value: `baton register` must tell the author about the typo.
+    path = write_flow_file(
+        "typo_hint",
+        """
+        from __future__ import annotations
+        from baton import flow
+
+        @flow
+        def counts(day: str, count: itn = 1) -> None:
+            pass
+        """,
+    )
+    (counts,) = load_flows(path)
+
+    with pytest.raises(FlowLoadError, match=r"flow 'counts': the type hint 'itn' of parameter 'count' cannot be"):
+        build_flow_payload(counts, path)
+
+
 def test_missing_file_is_a_flow_load_error_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(FlowLoadError, match=r"nowhere\.py: no such file"):
         load_flows(tmp_path / "nowhere.py")

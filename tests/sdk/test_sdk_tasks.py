@@ -17,7 +17,7 @@ def test_bare_decorator_makes_a_task_named_after_the_function() -> None:
 
     assert isinstance(add, Task)
     assert add.name == "add"
-    assert add.__name__ == "add"
+    assert add.__name__ == "add"  # type: ignore[attr-defined]  # set by functools.update_wrapper
     assert add(2, 3) == 5
 
 
@@ -103,6 +103,35 @@ def test_cancellation_marks_the_task_cancelled_without_retry(reporter: Recording
     with pytest.raises(FlowRunCancelled):
         cancelled()
     assert reporter.history("tr-1") == ["Running", "Cancelled"]
+
+
+@pytest.mark.parametrize(
+    ("stop", "final"),
+    [
+        (FlowRunCancelled("the run is Cancelling"), ("Cancelled", "flow run cancelled")),
+        (KeyboardInterrupt(), ("Failed", "KeyboardInterrupt")),
+    ],
+)
+def test_a_stop_during_the_retry_delay_ends_the_task_run_not_leaves_it_retrying(
+    reporter: RecordingReporter, monkeypatch: pytest.MonkeyPatch, stop: BaseException, final: tuple[str, str]
+) -> None:
+    # The engine raises FlowRunCancelled in the flow's thread wherever it is: here, in the sleep before a retry.
+    def interrupted_sleep(seconds: float) -> None:
+        raise stop
+
+    monkeypatch.setattr("baton.sdk.tasks.time.sleep", interrupted_sleep)
+    attempts = []
+
+    @task(retries=2, retry_delay_seconds=30)
+    def flaky() -> None:
+        attempts.append(1)
+        raise ConnectionError("down")
+
+    with pytest.raises(type(stop)):
+        flaky()
+    assert len(attempts) == 1
+    assert reporter.history("tr-1") == ["Running", "Retrying", final[0]]
+    assert reporter.states[-1] == ("tr-1", *final, 1)
 
 
 def test_task_over_its_timeout_fails_with_a_clear_timeout_error(reporter: RecordingReporter) -> None:

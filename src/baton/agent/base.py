@@ -18,24 +18,48 @@ import abc
 import asyncio
 import contextlib
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, Unpack
 
 from baton import __version__
 from baton.agent.env import build_run_env
 from baton.agent.health import AgentStatus, HealthServer, parse_address
 from baton.agent.lifecycle import RunLifecycle
-from baton.agent.loops import Backoff, ErrorPolicy
+from baton.agent.loops import ErrorPolicy
 from baton.agent.options import check_identity, configure_agent_logging, default_agent_name, resolve_settings
 from baton.agent.polling import Poller
 from baton.agent.protocol import AgentApi, ApiCalls
 from baton.agent.runs import Deployment, Phase, RunRegistry
 from baton.agent.stopping import StopControl
+from baton.backoff import Backoff
 from baton.exceptions import ConfigurationError
 from baton.labels import normalize_labels
 from baton.schemas.responses import ClaimedRun
 from baton.settings import BatonSettings
 
 logger = logging.getLogger("baton.agent")
+
+
+class AgentOptions(TypedDict, total=False):
+    """The options every agent takes (DESIGN.md §6 COMMON); each left out falls back to the settings."""
+
+    settings: BatonSettings | None
+    key: str | None
+    api: str | None
+    tenant_id: str | None
+    agent_config_id: str | None
+    name: str | None
+    labels: list[str] | None
+    env: dict[str, str] | None
+    max_polls: int | None
+    agent_address: str | None
+    no_cloud_logs: bool
+    log_level: str | None
+    limit: int | None
+    client: AgentApi | None
+
+
+# AgentOptions that are fields of AgentSettings of the same name.
+_AGENT_SETTING_OPTIONS = ("agent_config_id", "name", "labels", "env", "max_polls", "agent_address", "limit")
 
 
 class Agent(abc.ABC):
@@ -71,36 +95,12 @@ class Agent(abc.ABC):
     stop_claim_wait_seconds: float = 1.0
     stop_deploy_wait_seconds: float = 30.0
 
-    def __init__(
-        self,
-        *,
-        settings: BatonSettings | None = None,
-        key: str | None = None,
-        api: str | None = None,
-        tenant_id: str | None = None,
-        agent_config_id: str | None = None,
-        name: str | None = None,
-        labels: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        max_polls: int | None = None,
-        agent_address: str | None = None,
-        no_cloud_logs: bool = False,
-        log_level: str | None = None,
-        limit: int | None = None,
-        client: AgentApi | None = None,
-        agent_overrides: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, *, agent_overrides: dict[str, Any] | None = None, **options: Unpack[AgentOptions]) -> None:
         self.settings = resolve_settings(
-            settings,
-            api={"url": api, "key": key, "tenant_id": tenant_id},
+            options.get("settings"),
+            api={"url": options.get("api"), "key": options.get("key"), "tenant_id": options.get("tenant_id")},
             agent={
-                "agent_config_id": agent_config_id,
-                "name": name,
-                "labels": labels,
-                "env": env,
-                "max_polls": max_polls,
-                "agent_address": agent_address,
-                "limit": limit,
+                **{name: options.get(name) for name in _AGENT_SETTING_OPTIONS},
                 **(agent_overrides or {}),
             },
         )
@@ -112,16 +112,16 @@ class Agent(abc.ABC):
                 raise ConfigurationError(f"--agent-address (BATON__AGENT__AGENT_ADDRESS): {exc}") from exc
         self.labels = normalize_labels([*agent_settings.labels, *self.extra_labels()])
         self.name = agent_settings.name or default_agent_name(self.agent_type)
-        self.send_logs_to_api = False if no_cloud_logs else self.settings.logging.send_to_api
-        self.log_level = (log_level or self.settings.logging.level).upper()
+        self.send_logs_to_api = False if options.get("no_cloud_logs") else self.settings.logging.send_to_api
+        self.log_level = (options.get("log_level") or self.settings.logging.level).upper()
         self.agent_id: str | None = None
         self.tenant_id: str | None = None
         self.status = AgentStatus(name=self.name, deadline_seconds=agent_settings.health_deadline_seconds)
         self.status.platform_check = self.platform_problem
         self.policy = ErrorPolicy(agent_settings.max_consecutive_errors, Backoff())
         self.registry = RunRegistry(agent_settings.limit)
-        self._client = client
-        self._owns_client = client is None
+        self._client = options.get("client")
+        self._owns_client = self._client is None
         self._api: ApiCalls | None = None
         self.stop_control = StopControl(self)
         self.poller = Poller(self)

@@ -20,17 +20,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, ClassVar
+from typing import IO, ClassVar, Unpack
 
-from baton.agent.base import Agent
+from baton.agent.base import Agent, AgentOptions
 from baton.agent.env import without_case_variants
-from baton.agent.protocol import AgentApi
 from baton.agent.runs import Deployment
 from baton.exceptions import DeploymentError
 from baton.labels import hostname_label
 from baton.schemas.core import RunConfigType
 from baton.schemas.responses import ClaimedRun
-from baton.settings import BatonSettings
 
 _RUN_CONFIG_TYPES = {RunConfigType.LOCAL, RunConfigType.UNIVERSAL}
 
@@ -81,44 +79,18 @@ class LocalAgent(Agent):
     def __init__(
         self,
         *,
-        settings: BatonSettings | None = None,
-        key: str | None = None,
-        api: str | None = None,
-        tenant_id: str | None = None,
-        agent_config_id: str | None = None,
-        name: str | None = None,
-        labels: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        max_polls: int | None = None,
-        agent_address: str | None = None,
-        no_cloud_logs: bool = False,
-        log_level: str | None = None,
-        limit: int | None = None,
         import_paths: list[str] | None = None,
         show_flow_logs: bool | None = None,
         hostname_label: bool | None = None,
-        client: AgentApi | None = None,
+        **options: Unpack[AgentOptions],
     ) -> None:
         super().__init__(
-            settings=settings,
-            key=key,
-            api=api,
-            tenant_id=tenant_id,
-            agent_config_id=agent_config_id,
-            name=name,
-            labels=labels,
-            env=env,
-            max_polls=max_polls,
-            agent_address=agent_address,
-            no_cloud_logs=no_cloud_logs,
-            log_level=log_level,
-            limit=limit,
-            client=client,
             agent_overrides={
                 "import_paths": import_paths,
                 "show_flow_logs": show_flow_logs,
                 "hostname_label": hostname_label,
             },
+            **options,
         )
 
     def extra_labels(self) -> list[str]:

@@ -19,34 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from baton.backoff import Backoff
 from baton.exceptions import ServerUnavailableError
 
 logger = logging.getLogger("baton.agent")
 T = TypeVar("T")
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with "equal jitter": half the delay is fixed, half random.
-
-    The jitter spreads the retries of many agents that lost the API at the same moment, so they do not all come
-    back in the same second; the fixed half keeps a retry from following a failure at once.
-    """
-
-    base_seconds: float = 1.0
-    max_seconds: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        """The pause before retry number ``attempt`` (1 for the first retry)."""
-        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** max(0, attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not cryptography
 
 
 def _error_kind(exc: BaseException) -> str:

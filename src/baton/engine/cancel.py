@@ -1,9 +1,14 @@
 """Turn a stop request into :class:`FlowRunCancelled` raised in the main thread, where the flow runs.
 
-Two things stop a run: SIGTERM (the agent kills the deployment of a cancelled run) and the heartbeat learning
-that the run is ``Cancelling``. Python runs signal handlers in the main thread between bytecodes and interrupts
-its blocking calls (``time.sleep``, waiting on a thread), so a handler that raises stops even a sleeping task.
-The heartbeat thread therefore sends SIGTERM to the main thread rather than setting a flag nobody would read.
+Two things stop a run: the heartbeat learning that the run is ``Cancelling`` (a cancellation), and SIGTERM
+from outside. SIGTERM is not always a cancellation: the agent sends it when it kills the deployment of a
+cancelled run, but also on a cold stop, and an operator may send it too. :attr:`CancelSignal.terminated` tells
+the runner it came from outside, so that the runner asks the API whether the run is Cancelling before it
+decides between Cancelled and Failed.
+
+Python runs signal handlers in the main thread between bytecodes and interrupts its blocking calls
+(``time.sleep``, waiting on a thread), so a handler that raises stops even a sleeping task. The heartbeat thread
+therefore sends SIGTERM to the main thread rather than setting a flag nobody would read.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from baton.sdk.context import FlowRunCancelled
 
 logger = logging.getLogger("baton.engine")
 
+TERMINATED = "the flow-run process was terminated (SIGTERM)"
+
 
 class CancelSignal:
     """While armed (inside ``with``), SIGTERM raises ``FlowRunCancelled`` once in the main thread.
@@ -26,10 +33,16 @@ class CancelSignal:
     Outside the block the handler stays installed but only notes the signal: before the flow starts, entering
     the block then raises at once; after the flow, the final state must still be reported (the agent kills the
     process for good if that takes too long).
+
+    Attributes:
+        reason: why the run is being stopped (None: it is not).
+        terminated: the stop is a SIGTERM from outside, not a :meth:`request` (a cancellation seen by the
+            heartbeat): whether the run was cancelled is for the runner to find out.
     """
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.terminated = False
         self._armed = False
         self._raised = False
         self._previous: Any = None
@@ -70,8 +83,9 @@ class CancelSignal:
             _thread.interrupt_main(signal.SIGTERM)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.reason is None:
-            self.reason = "the process received SIGTERM"
+        if self.reason is None:  # not sent by request(): it came from outside the process
+            self.reason = TERMINATED
+            self.terminated = True
         if not self._armed or self._raised:
             logger.warning("Stop requested (%s) while the flow is not running: acting on it next", self.reason)
             return

@@ -13,11 +13,11 @@ from baton.sdk.modules import load_module_from_path, load_module_from_source, mo
 
 
 def load_flow(flow: FlowRead) -> Flow[..., Any]:
-    """Return the ``Flow`` object the registered ``flow`` names, freshly loaded.
+    """Return the ``Flow`` object the registered ``flow`` names, freshly loaded, its parameters' hints resolved.
 
     Raises:
-        FlowLoadError: the code is missing, cannot be imported, has no such flow, or its storage is one this
-            engine cannot read yet.
+        FlowLoadError: the code is missing, cannot be imported, has no such flow, has a parameter hint that
+            cannot be resolved, or its storage is one this engine cannot read yet.
     """
     if flow.storage.type == StorageType.API:
         if not flow.source:
@@ -31,7 +31,9 @@ def load_flow(flow: FlowRead) -> Flow[..., Any]:
         module = load_module_from_path(Path(filename))
     else:
         raise FlowLoadError(f"storage {flow.storage.type.value!r} is not supported by this engine yet")
-    return find_flow(module_objects(module, Flow), flow.entrypoint, filename)
+    found = find_flow(module_objects(module, Flow), flow.entrypoint, filename)
+    found.parameters.check()  # a bad hint fails the load, before the run is set Running
+    return found
 
 
 def find_flow(flows: list[Flow[..., Any]], entrypoint: str, filename: str) -> Flow[..., Any]:

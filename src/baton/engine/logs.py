@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from baton.client.http import Client
+from baton.engine.limits import MAX_LOG_NAME_LENGTH, MAX_LOGS_PER_BATCH, MAX_MESSAGE_LENGTH
 from baton.engine.retry import backoff_delay
 from baton.engine.threads import block_stop_signals
 from baton.exceptions import ClientError, ServerUnavailableError
-from baton.schemas.actions import MAX_LOGS_PER_BATCH, MAX_MESSAGE_LENGTH
 from baton.sdk.context import current_task_run_id
 
 # Loggers whose records are never shipped: httpx logs every request, so shipping them would feed itself.
@@ -97,7 +97,7 @@ class LogShipper:
             "key": uuid.uuid4().hex,  # lets the API drop a line sent twice by a retried batch
             "timestamp": datetime.now(UTC).isoformat(),
             "level": level,
-            "name": name[:500],
+            "name": name[:MAX_LOG_NAME_LENGTH],
             "message": message[:MAX_MESSAGE_LENGTH],
             "task_run_id": task_run_id,
         }

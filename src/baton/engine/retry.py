@@ -2,27 +2,30 @@
 
 Only :class:`ServerUnavailableError` (no connection, timeout, 5xx) is retried: a 4xx answer will not change on
 its own, so it is raised at once (STYLE.md principle 3).
+
+Delays come from :class:`baton.backoff.Backoff`, shared with the agent, with shorter defaults: a flow run waits
+less than an agent.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from baton.backoff import Backoff
 from baton.exceptions import ServerUnavailableError
 
 T = TypeVar("T")
 
 logger = logging.getLogger("baton.engine")
-_random = random.SystemRandom()
+_BACKOFF = Backoff(base_seconds=0.5, max_seconds=10.0)
 
 
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
+def backoff_delay(attempt: int) -> float:
     """The pause before retry number ``attempt`` (1, 2, ...): exponential, capped, with 50-100% jitter."""
-    return min(cap, base * 2.0 ** (attempt - 1)) * _random.uniform(0.5, 1.0)
+    return _BACKOFF.delay(attempt)
 
 
 def call_with_retry(

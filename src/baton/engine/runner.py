@@ -8,24 +8,29 @@ Usage (what ``python -m baton.engine`` does)::
 The run never stays Running when the flow raises, whatever it raises: the outcome is Success, Failed with
 ``"<ExceptionType>: <message>"`` (the traceback goes to the logs) or Cancelled. Logs are flushed before the final
 state is set, because the API revokes the run token once the run is final.
+
+A stop ends the run Cancelled when the run is being cancelled (``Cancelling`` seen by the heartbeat, or SIGTERM
+while the API says ``Cancelling``); any other SIGTERM (an agent's cold stop, an operator) ends it Failed with
+:data:`~baton.engine.cancel.TERMINATED`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from baton.client.http import Client
-from baton.engine.cancel import CancelSignal
+from baton.engine.cancel import TERMINATED, CancelSignal
 from baton.engine.heartbeat import Heartbeat
+from baton.engine.limits import MAX_MESSAGE_LENGTH
 from baton.engine.loader import load_flow
 from baton.engine.logs import LogShipper, console_logging, ship_output
 from baton.engine.reporter import ApiTaskRunReporter
 from baton.engine.retry import call_with_retry
-from baton.exceptions import AuthenticationError, ClientError, ConflictError, FlowLoadError, ServerUnavailableError
-from baton.schemas.actions import MAX_MESSAGE_LENGTH
+from baton.engine.threads import call_with_timeout
+from baton.engine.transitions import StateSetter
+from baton.exceptions import AuthenticationError, BatonError, ClientError, FlowLoadError, ServerUnavailableError
 from baton.schemas.responses import FlowRunRead
 from baton.schemas.states import FINAL_STATES, StateName
 from baton.sdk.context import FlowRunCancelled
@@ -59,8 +64,14 @@ class FlowRunner:
         send_logs: ship logs to the API; default ``settings.logging.send_to_api``.
         flow_id: the flow the agent said the run belongs to (``BATON_FLOW_ID``); the run's own is used.
         tenant_id: the tenant (``BATON_TENANT_ID``), for the logs.
-        start_timeout: how long to wait for the agent's Submitted while the run is still Pending.
-        state_retry_seconds: how long state calls are retried while the API is unreachable.
+        start_timeout: how long to wait for the agent's Submitted while the API answers that the run is still
+            Pending. Longer than the server's claim lease (30 s by default) plus a margin: an agent that died
+            before submitting lets the lease expire, which returns the run to Scheduled and ends the wait
+            sooner; time the API is unavailable does not count (see :mod:`baton.engine.transitions`).
+        state_retry_seconds: how long, in all, each read of the run and each state change is retried while the
+            API is unavailable.
+        stop_check_timeout: after a SIGTERM, how long to wait for the API to say whether the run is
+            Cancelling (the agent's cold stop kills the process for good 3 s after SIGTERM).
     """
 
     def __init__(
@@ -72,8 +83,9 @@ class FlowRunner:
         send_logs: bool | None = None,
         flow_id: str | None = None,
         tenant_id: str | None = None,
-        start_timeout: float = 15.0,
+        start_timeout: float = 60.0,
         state_retry_seconds: float = 120.0,
+        stop_check_timeout: float = 1.0,
     ) -> None:
         self._client = client
         self._id = flow_run_id
@@ -81,9 +93,16 @@ class FlowRunner:
         self._send_logs = settings.logging.send_to_api if send_logs is None else send_logs
         self._expected_flow_id = flow_id
         self._tenant_id = tenant_id
-        self._start_timeout = start_timeout
         self._state_retry_seconds = state_retry_seconds
+        self._stop_check_timeout = stop_check_timeout
         self._cancel = CancelSignal()
+        self._states = StateSetter(
+            client,
+            flow_run_id,
+            pending_seconds=start_timeout,
+            unavailable_seconds=state_retry_seconds,
+            should_stop=lambda: self._cancel.reason is not None,
+        )
 
     def run(self) -> int:
         """Run the flow run to its end; return the exit code (0 Success or Cancelled, 1 otherwise)."""
@@ -111,11 +130,8 @@ class FlowRunner:
         run = self._read_run()
         if isinstance(run, Outcome):
             return run
-        if run.state in _CANCEL_STATES:
-            return self._cancelled_before_start(run.state)
-        if run.state in FINAL_STATES:
-            logger.error("Flow run %s is already %s: nothing to run", self._id, run.state)
-            return Outcome(None, None, EXIT_FAILED)
+        if run.state in _CANCEL_STATES or run.state in FINAL_STATES:
+            return self._not_to_run(run.state)
         logger.info(
             "Flow run %r (%s) of flow %r version %d starting%s",
             run.name,
@@ -131,6 +147,8 @@ class FlowRunner:
         except (FlowLoadError, ServerUnavailableError, ClientError) as exc:
             logger.error("Cannot load the flow: %s", exc)
             return Outcome(StateName.FAILED, describe_error(exc), EXIT_FAILED)
+        if self._cancel.reason is not None:  # stopped while the run was read and loaded
+            return self._stopped(self._cancel.reason)
         stopped = self._start()
         if stopped is not None:
             return stopped
@@ -164,7 +182,7 @@ class FlowRunner:
     def _start(self) -> Outcome | None:
         """Set the run Running; None when it is, else how to end instead."""
         try:
-            refused_by = self._transition(StateName.RUNNING)
+            refused_by = self._states.set(StateName.RUNNING)
         except (ServerUnavailableError, ClientError) as exc:
             logger.error("Cannot set the run Running: %s", exc)
             return Outcome(None, None, EXIT_FAILED)
@@ -173,7 +191,15 @@ class FlowRunner:
             return None
         if refused_by in _CANCEL_STATES:
             return self._cancelled_before_start(refused_by)
+        if self._cancel.reason is not None:  # stopped while waiting for the agent's Submitted
+            return self._stopped(self._cancel.reason)
         logger.error("Cannot start the flow run: it is %s", refused_by)
+        return Outcome(None, None, EXIT_FAILED)
+
+    def _not_to_run(self, state: str) -> Outcome:
+        if state in _CANCEL_STATES:
+            return self._cancelled_before_start(state)
+        logger.error("Flow run %s is already %s: nothing to run", self._id, state)
         return Outcome(None, None, EXIT_FAILED)
 
     def _cancelled_before_start(self, state: str) -> Outcome:
@@ -191,20 +217,43 @@ class FlowRunner:
                     with self._cancel:
                         flow.run(parameters, reporter)
                 except FlowRunCancelled as exc:
-                    logger.warning("Flow run cancelled: %s", exc)
-                    return Outcome(StateName.CANCELLED, str(exc) or None, EXIT_SUCCESS)
+                    return self._stopped(str(exc))
         except BaseException as exc:  # any way the flow ends but success: never leave the run Running
             logger.error("Flow run failed: %s", describe_error(exc), exc_info=exc)
             return Outcome(StateName.FAILED, describe_error(exc), EXIT_FAILED)
         logger.info("Flow run finished: Success")
         return Outcome(StateName.SUCCESS, None, EXIT_SUCCESS)
 
+    def _stopped(self, reason: str) -> Outcome:
+        """How to end a run whose flow was stopped (or never started) because of ``reason``."""
+        if not self._cancel.terminated:  # asked by the heartbeat: the run is Cancelling (or ended elsewhere)
+            logger.warning("Flow run cancelled: %s", reason)
+            return Outcome(StateName.CANCELLED, reason, EXIT_SUCCESS)
+        state = self._state_after_sigterm()
+        if state in _CANCEL_STATES:
+            logger.warning("Flow run cancelled: %s while the run is %s", TERMINATED, state)
+            return Outcome(StateName.CANCELLED, f"the run is {state}: {TERMINATED}", EXIT_SUCCESS)
+        logger.error("%s while the run is %s, not Cancelling: it ends Failed", TERMINATED, state or "unknown")
+        return Outcome(StateName.FAILED, TERMINATED, EXIT_FAILED)
+
+    def _state_after_sigterm(self) -> str | None:
+        """The run's state by one quick heartbeat; None when the API does not tell in time (then: Failed)."""
+        try:
+            return call_with_timeout(
+                lambda: self._client.flow_run_heartbeat(self._id).state,
+                self._stop_check_timeout,
+                name="baton-stop-check",
+            )
+        except (TimeoutError, BatonError) as exc:
+            logger.warning("Cannot tell whether the run is being cancelled: %s", exc)
+            return None
+
     def _finish(self, outcome: Outcome) -> int:
         if outcome.state is None:
             return outcome.exit_code
         message = outcome.message[:MAX_MESSAGE_LENGTH] if outcome.message else None
         try:
-            refused_by = self._transition(outcome.state, message)
+            refused_by = self._states.set(outcome.state, message)
         except (ServerUnavailableError, ClientError) as exc:
             logger.error("Could not set the run %s: %s", outcome.state, exc)
             return EXIT_FAILED
@@ -215,32 +264,3 @@ class FlowRunner:
             if refused_by not in FINAL_STATES:
                 return EXIT_FAILED
         return outcome.exit_code
-
-    def _transition(self, state: StateName, message: str | None = None) -> str | None:
-        """Set the run's state; None when set, else the state that refused it (409).
-
-        The agent posts Submitted just after starting this process, so a refusal while the run is still
-        Pending is retried for ``start_timeout`` seconds.
-
-        Raises:
-            ServerUnavailableError: the API stayed unreachable.
-            ClientError: the API refused for another reason than the state (e.g. the token is revoked).
-        """
-        deadline = time.monotonic() + self._start_timeout
-        while True:
-            try:
-                call_with_retry(
-                    lambda: self._client.set_flow_run_state(self._id, state, message),
-                    what=f"set the run {state}",
-                    timeout_seconds=self._state_retry_seconds,
-                )
-                return None
-            except ConflictError:
-                current = call_with_retry(
-                    lambda: self._client.get_flow_run(self._id).state,
-                    what="read the run's state",
-                    timeout_seconds=self._state_retry_seconds,
-                )
-                if current != StateName.PENDING or time.monotonic() >= deadline:
-                    return current
-                time.sleep(0.5)

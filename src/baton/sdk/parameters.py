@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from baton.exceptions import ParameterValidationError
+from baton.exceptions import FlowLoadError, ParameterValidationError
 
 _CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_by_alias=True, validate_by_name=False)
 _UNSUPPORTED_KINDS = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -57,8 +57,16 @@ class Parameters:
             self._model_cache = self._build_model()
         return self._model_cache
 
+    def check(self) -> None:
+        """Resolve the type hints now rather than at the first run.
+
+        Raises:
+            FlowLoadError: a parameter's type hint cannot be resolved.
+        """
+        _ = self._model  # built now for its errors; kept for the runs
+
     def _build_model(self) -> type[BaseModel]:
-        hints = _type_hints(self._fn)
+        hints = _type_hints(self._fn, self._flow_name)
         fields: dict[str, Any] = {}
         for index, parameter in enumerate(self._signature.parameters.values()):
             default = ... if parameter.default is inspect.Parameter.empty else parameter.default
@@ -111,23 +119,39 @@ class Parameters:
         return self._fn(*args, **kwargs)
 
 
-def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The function's resolved type hints; a hint that cannot be resolved (it names a class local to another
-    function, say) becomes ``Any``, so that parameter takes any value rather than the flow failing to load."""
+def _type_hints(fn: Callable[..., Any], flow_name: str) -> dict[str, Any]:
+    """The resolved type hints of the function's parameters (the return hint is not used, so never checked).
+
+    A parameter hint that cannot be resolved (a typo, a name imported only under ``TYPE_CHECKING``, a class local
+    to another function under ``from __future__ import annotations``) is an error, not ``Any``: silently
+    accepting any value for ``count: itn`` would hide the mistake until a run got a string where it expected a
+    number. The error comes when the parameters are first used, which for a flow file is ``baton register``
+    (it builds the parameters' schema), so the author sees it before any run does.
+
+    Raises:
+        FlowLoadError: a parameter's hint cannot be resolved; the message names the flow, the parameter and the
+            hint.
+    """
     try:
-        return typing.get_type_hints(fn, include_extras=True)
-    except Exception:  # NameError or TypeError from one bad hint: resolve them one by one
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # NameError or TypeError from some hint: resolve them one by one to name the bad one
         namespace = getattr(fn, "__globals__", {})
-        return {
-            name: _resolve_one(name, annotation, namespace) for name, annotation in inspect.get_annotations(fn).items()
-        }
+        annotations = inspect.get_annotations(fn)
+        annotations.pop("return", None)
+        hints = {name: _resolve_one(flow_name, name, annotation, namespace) for name, annotation in annotations.items()}
+    hints.pop("return", None)
+    return hints
 
 
-def _resolve_one(name: str, annotation: Any, namespace: dict[str, Any]) -> Any:
+def _resolve_one(flow_name: str, name: str, annotation: Any, namespace: dict[str, Any]) -> Any:
     try:
         return typing.get_type_hints(_Holder(name, annotation), namespace, include_extras=True)[name]
-    except Exception:  # unresolvable: the parameter is validated as Any
-        return Any
+    except Exception as exc:  # NameError, TypeError, SyntaxError from a string hint...
+        raise FlowLoadError(
+            f"flow {flow_name!r}: the type hint {inspect.formatannotation(annotation)} of parameter {name!r} "
+            f"cannot be resolved ({type(exc).__name__}: {exc}); it must name something defined or imported at "
+            "the top of the flow's module"
+        ) from None
 
 
 class _Holder:

@@ -81,7 +81,7 @@ class Task(Generic[P, R]):
                     if attempt > self.retries:
                         reporter.task_run_state(task_run_id, TaskRunState.FAILED, describe_error(exc), attempt)
                         raise
-                    self._before_retry(task_run_id, exc, attempt)
+                    self._wait_for_retry(task_run_id, exc, attempt)
                     attempt += 1
                     continue
                 except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, never retry
@@ -89,6 +89,23 @@ class Task(Generic[P, R]):
                     raise
                 reporter.task_run_state(task_run_id, TaskRunState.SUCCESS, attempt=attempt)
                 return result
+
+    def _wait_for_retry(self, task_run_id: str | None, exc: Exception, attempt: int) -> None:
+        """Record Retrying and sleep the retry delay; a stop during the delay still ends the task run.
+
+        This runs inside the ``except Exception`` clause of :meth:`__call__`, whose sibling clauses do not see
+        what it raises: without the handlers here, a cancellation that interrupts the sleep (the usual case for
+        a long delay) would leave the task run Retrying for good.
+        """
+        reporter = current_reporter()
+        try:
+            self._before_retry(task_run_id, exc, attempt)
+        except FlowRunCancelled:
+            reporter.task_run_state(task_run_id, TaskRunState.CANCELLED, "flow run cancelled", attempt)
+            raise
+        except BaseException as stop:  # KeyboardInterrupt, SystemExit during the delay: never retried
+            reporter.task_run_state(task_run_id, TaskRunState.FAILED, describe_error(stop), attempt)
+            raise
 
     def _before_retry(self, task_run_id: str | None, exc: Exception, attempt: int) -> None:
         message = describe_error(exc)

@@ -1,0 +1,141 @@
+"""Set the flow run's state through an API that may be slow or down, and an agent that may be slow to submit.
+
+The engine may start before its agent has posted ``Submitted``; the API refuses ``Pending -> Running`` (409), so
+the engine asks again until the run is Submitted. Two budgets bound the waiting, so that neither an API outage
+nor a slow agent alone fails a healthy run:
+
+* ``pending_seconds``: how long the run may stay Pending *while the API answers*. Time the API was down does not
+  count: the agent could not post Submitted then either. It is longer than the server's claim lease (30 s by
+  default): if the agent died before submitting, the lease expires and the run goes back to Scheduled, which
+  ends the wait sooner.
+* ``unavailable_seconds``: how long, in all, the API may be unreachable or answer 5xx.
+
+Anything else ends the wait at once: a final or ``Cancelling`` state (returned), a refused token (401, raised).
+
+Usage::
+
+    setter = StateSetter(client, flow_run_id)
+    refused_by = setter.set(StateName.RUNNING)  # None: set; else the state that refused it
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from baton.client.http import Client
+from baton.engine.retry import backoff_delay
+from baton.exceptions import ConflictError, ServerUnavailableError
+from baton.schemas.states import StateName
+
+logger = logging.getLogger("baton.engine")
+
+# While the run is Pending, how often to ask again; Submitted too: the agent's Submitted can land between the
+# engine's refused Running and its read of the state.
+POLL_SECONDS = 0.5
+_WAIT_FOR_RUNNING = frozenset({StateName.PENDING, StateName.SUBMITTED})
+
+
+class _Budget:
+    """Charges the time between two answers to one budget: an outage if either answer was "unavailable",
+    else the wait for the agent."""
+
+    def __init__(self, pending_seconds: float, unavailable_seconds: float, clock: Callable[[], float]) -> None:
+        self.pending_left = pending_seconds
+        self.unavailable_left = unavailable_seconds
+        self._clock = clock
+        self._last = clock()
+        self._in_outage = False
+        self._failures = 0
+
+    def _charge(self, outage: bool) -> None:
+        now = self._clock()
+        elapsed, self._last = now - self._last, now
+        if outage or self._in_outage:
+            self.unavailable_left -= elapsed
+        else:
+            self.pending_left -= elapsed
+        self._in_outage = outage
+
+    def after_unavailable(self) -> float | None:
+        """The pause before trying again after an outage answer; None when the outage budget is spent."""
+        self._charge(outage=True)
+        self._failures += 1
+        if self.unavailable_left <= 0:
+            return None
+        return min(backoff_delay(self._failures), self.unavailable_left)
+
+    def after_waiting(self) -> float | None:
+        """The pause before asking again while the agent has not submitted; None when waited long enough."""
+        self._charge(outage=False)
+        self._failures = 0
+        if self.pending_left <= 0:
+            return None
+        return min(POLL_SECONDS, self.pending_left)
+
+
+class StateSetter:
+    """Sets the states of the flow run ``flow_run_id`` (see the module's docstring for the waiting rules).
+
+    Args:
+        client: the API client, with the run's token.
+        flow_run_id: the run.
+        pending_seconds: longest wait for the agent's Submitted while the API answers that the run is Pending.
+        unavailable_seconds: longest time, in all, that the API may be unavailable during one :meth:`set`.
+        should_stop: called between tries; True ends a wait for Submitted at once (the process is being stopped).
+        clock: replaced in tests.
+        sleep: replaced in tests.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        flow_run_id: str,
+        *,
+        pending_seconds: float = 60.0,
+        unavailable_seconds: float = 120.0,
+        should_stop: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = client
+        self._id = flow_run_id
+        self._pending_seconds = pending_seconds
+        self._unavailable_seconds = unavailable_seconds
+        self._should_stop = should_stop
+        self._clock = clock
+        self._sleep = sleep
+
+    def set(self, state: StateName, message: str | None = None) -> str | None:
+        """Set the run's state; None when set, else the state that refused it (409).
+
+        Raises:
+            ServerUnavailableError: the API stayed unavailable for ``unavailable_seconds`` in all.
+            ClientError: the API refused for another reason than the state (e.g. 401: the token is revoked).
+        """
+        budget = _Budget(self._pending_seconds, self._unavailable_seconds, self._clock)
+        while True:
+            try:
+                refused_by = self._try(state, message)
+            except ServerUnavailableError as exc:
+                delay = budget.after_unavailable()
+                if delay is None:
+                    raise
+                logger.warning("Could not set the run %s (%s); retrying in %.1fs", state, exc, delay)
+                self._sleep(delay)
+                continue
+            if refused_by is None or state != StateName.RUNNING or refused_by not in _WAIT_FOR_RUNNING:
+                return refused_by
+            delay = budget.after_waiting()
+            if delay is None or self._should_stop():
+                return refused_by
+            logger.debug("The run is still %s; asking for Running again in %.1fs", refused_by, delay)
+            self._sleep(delay)
+
+    def _try(self, state: StateName, message: str | None) -> str | None:
+        try:
+            self._client.set_flow_run_state(self._id, state, message)
+        except ConflictError:
+            return self._client.get_flow_run(self._id).state
+        return None
