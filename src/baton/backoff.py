@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass
 class Backoff:
     base_seconds: float = 1.0
     max_seconds: float = 30.0
