@@ -58,6 +58,8 @@ def _run_one(client: Client, timeout: float = 60.0) -> tuple[float, float, str]:
             break
         time.sleep(0.02)
     states = [(s.name, s.timestamp) for s in run.states]
+    if run.state not in FINAL_STATES or "Running" not in {name for name, _ in states}:
+        raise SystemExit(f"run {run.id} did not run: {[name for name, _ in states]} ({run.state_message})")
     submitted = (_state_time(states, "Submitted") - run.created).total_seconds()
     running = (_state_time(states, "Running") - run.created).total_seconds()
     return submitted, running, run.state
@@ -78,7 +80,17 @@ def main() -> int:
         server = ServerProcess(Path(tmp) / "home").start()
         with (Path(tmp) / "agent.log").open("wb") as agent_log:
             agent = subprocess.Popen(
-                [sys.executable, "-m", "baton.cli", "agent", "local", "start", "--name", "bench-agent"],
+                [
+                    sys.executable,
+                    "-m",
+                    "baton.cli",
+                    "agent",
+                    "local",
+                    "start",
+                    "--name",
+                    "bench-agent",
+                    "--no-hostname-label",
+                ],
                 env=server.env(),
                 stdout=subprocess.DEVNULL,
                 stderr=agent_log,
