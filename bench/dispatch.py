@@ -1,8 +1,10 @@
-"""Dispatch latency with one idle local agent: time from run creation to Submitted and to Running.
+"""Dispatch latency with one idle agent: time from run creation to Submitted and to Running.
 
-Run with ``make bench`` (or ``.venv/bin/python bench/dispatch.py --runs 50``). Starts a real API server and a
-real local agent on 127.0.0.1 in a throwaway $BATON_HOME, creates runs one at a time (each waits for the previous
-one to finish, so the agent is idle when a run is created) and reads the server's own state timestamps.
+Run with ``make bench`` (or ``.venv/bin/python bench/dispatch.py --runs 50 --agent local``). Starts a real API
+server and a real agent on 127.0.0.1 in a throwaway $BATON_HOME, creates runs one at a time (each waits for the
+previous one to finish, so the agent is idle when a run is created) and reads the server's own state timestamps.
+``--agent docker`` measures the Docker agent (containers on the host network, image ``baton:<version>`` built
+from this checkout when missing); ``both`` (the default) measures one agent after the other.
 
 Reference: a Prefect 1 agent polls every 10 s by default, so its creation -> Submitted averages ~5 s, worst ~10 s.
 """
@@ -37,20 +39,21 @@ def _state_time(run_states: list[tuple[str, datetime]], name: str) -> datetime:
     return next(ts for state, ts in run_states if state == name)
 
 
-def _register(client: Client) -> None:
+def _register(client: Client, name: str, run_config: dict[str, object]) -> None:
     client.register_flow(
         {
-            "name": "bench",
+            "name": name,
             "entrypoint": "hello",
             "source": HELLO_SOURCE,
             "source_filename": "/bench/hello.py",
             "parameters_schema": {"type": "object", "properties": {"name": {"type": "string"}}},
+            "run_config": run_config,
         }
     )
 
 
-def _run_one(client: Client, timeout: float = 60.0) -> tuple[float, float, str]:
-    run = client.create_flow_run(flow_name="bench", parameters={"name": "bench"})
+def _run_one(client: Client, flow_name: str, timeout: float = 60.0) -> tuple[float, float, str]:
+    run = client.create_flow_run(flow_name=flow_name, parameters={"name": "bench"})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = client.get_flow_run(run.id)
@@ -72,48 +75,61 @@ def _report(label: str, values: list[float]) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=50)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
-        server = ServerProcess(Path(tmp) / "home").start()
-        with (Path(tmp) / "agent.log").open("wb") as agent_log:
-            agent = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "baton.cli",
-                    "agent",
-                    "local",
-                    "start",
-                    "--name",
-                    "bench-agent",
-                    "--no-hostname-label",
-                ],
-                env=server.env(),
-                stdout=subprocess.DEVNULL,
-                stderr=agent_log,
-            )
-        try:
-            with server.client() as client:
-                _register(client)
-                _run_one(client)  # warm-up: first imports fill the OS page cache
-                submitted, running, outcomes = [], [], []
-                for _ in range(args.runs):
-                    to_submitted, to_running, state = _run_one(client)
-                    submitted.append(to_submitted)
-                    running.append(to_running)
-                    outcomes.append(state)
-        finally:
-            agent.terminate()
-            agent.wait(30)
-            server.stop()
-    print(f"dispatch latency, one idle local agent, {args.runs} runs (all {set(outcomes)}):")
+def _measure(server: ServerProcess, agent_args: list[str], flow_name: str, runs: int, log: Path) -> None:
+    with log.open("wb") as agent_log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "baton.cli", "agent", *agent_args],
+            env=server.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=agent_log,
+        )
+    try:
+        client = server.client()
+        _run_one(client, flow_name)  # warm-up: first imports fill the OS page cache
+        submitted, running, outcomes = [], [], []
+        for _ in range(runs):
+            to_submitted, to_running, state = _run_one(client, flow_name)
+            submitted.append(to_submitted)
+            running.append(to_running)
+            outcomes.append(state)
+    finally:
+        agent.terminate()
+        agent.wait(60)
+    print(f"dispatch latency, one idle {agent_args[0]} agent, {runs} runs (all {set(outcomes)}):")
     _report("creation -> Submitted", submitted)
     _report("creation -> Running", running)
     ratio = (PREFECT1_POLL_INTERVAL_SECONDS / 2) / statistics.mean(submitted)
     print(f"  Prefect 1 reference (10 s poll): mean creation -> Submitted ~5000 ms; Baton is ~{ratio:.0f}x faster")
+
+
+def _docker_image() -> str:
+    from baton.images import connect, ensure_image, find_project_root
+
+    client = connect()
+    try:
+        return ensure_image(client, find_project_root(Path(__file__).resolve().parent), progress=print).tag
+    finally:
+        client.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--agent", choices=["local", "docker", "both"], default="both")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
+        server = ServerProcess(Path(tmp) / "home").start()
+        try:
+            if args.agent in ("local", "both"):
+                _register(server.client(), "bench-local", {"type": "local"})
+                local_args = ["local", "start", "--name", "bench-local", "--no-hostname-label"]
+                _measure(server, local_args, "bench-local", args.runs, Path(tmp) / "local-agent.log")
+            if args.agent in ("docker", "both"):
+                _register(server.client(), "bench-docker", {"type": "docker", "image": _docker_image()})
+                docker_args = ["docker", "start", "--name", "bench-docker", "--network", "host", "--no-pull"]
+                _measure(server, docker_args, "bench-docker", args.runs, Path(tmp) / "docker-agent.log")
+        finally:
+            server.stop()
     return 0
 
 

@@ -1,14 +1,21 @@
-"""Fixtures shared by every test package: real API servers on 127.0.0.1 with a throwaway $BATON_HOME."""
+"""Fixtures shared by every test package: real API servers on 127.0.0.1 with a throwaway $BATON_HOME, and the
+real Docker daemon with the images the Docker agent runs (see ``docker_support``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from baton.client import Client
 from support import ServerProcess
+
+if TYPE_CHECKING:
+    import docker
+
+    from docker_support import DockerCleanup
 
 
 @pytest.fixture
@@ -46,3 +53,54 @@ def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
 def admin(server: ServerProcess) -> Iterator[Client]:
     with server.client() as client:
         yield client
+
+
+# --- Docker -------------------------------------------------------------------------------------
+# docker_support is imported inside the fixtures, so that test runs without Docker tests never import the SDK.
+
+
+def _say(config: pytest.Config) -> Callable[[str], None]:
+    """Write a line on pytest's terminal (image builds take tens of seconds: say why a test is slow to start)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return reporter.write_line if reporter is not None else (lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A client of the Docker daemon the environment names; skips the test when none answers (fails under CI=true)."""
+    from docker_support import connect_or_skip
+
+    client = connect_or_skip()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_base_image(docker_client: docker.DockerClient, pytestconfig: pytest.Config) -> str:
+    """``python:3.11-slim`` in the daemon (made with scripts/docker/base-image.sh when missing); the tag.
+    Shared infrastructure: kept after the session."""
+    from docker_support import ensure_base_image
+
+    return ensure_base_image(docker_client, _say(pytestconfig))
+
+
+@pytest.fixture(scope="session")
+def baton_image(docker_client: docker.DockerClient, pytestconfig: pytest.Config) -> str:
+    """``baton:<version>`` built from this checkout's source and Dockerfile, once per session and reused across
+    sessions while its ``io.baton.source-hash`` label matches src/ + pyproject.toml + Dockerfile; the tag.
+    Shared infrastructure: kept after the session."""
+    from docker_support import ensure_baton_image
+
+    return ensure_baton_image(docker_client, _say(pytestconfig))
+
+
+@pytest.fixture
+def docker_cleanup(docker_client: docker.DockerClient) -> Iterator[DockerCleanup]:
+    """Register what a test creates (``.container(id)``, ``.containers_labelled(label)``, ``.image(tag)``,
+    ``.volume(name)``, ``.network(name)``); all of it is removed when the test ends, pass or fail."""
+    from docker_support import DockerCleanup
+
+    cleanup = DockerCleanup(docker_client)
+    yield cleanup
+    problems = cleanup.run()
+    assert not problems, f"Docker objects the test created could not be removed: {problems}"

@@ -69,5 +69,17 @@ class DatabaseUnavailableError(ServerUnavailableError):
     """A server-side command could not reach or use its database."""
 
 
+class PlatformUnavailableError(BatonError):
+    """An agent's platform (the Docker daemon, the Kubernetes API) cannot be reached."""
+
+
+class DockerUnavailableError(PlatformUnavailableError):
+    """No Docker daemon answers at the configured address."""
+
+
+class ImageBuildError(BatonError):
+    """An image could not be built: no source tree, wheels that do not build, or the daemon refused the build."""
+
+
 class DeploymentError(BatonError):
     """An agent could not deploy a flow run; the message becomes the run's Failed message."""

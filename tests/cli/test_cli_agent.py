@@ -176,10 +176,10 @@ def test_agent_start_uses_the_type_from_settings(
     assert fake_agent.built[0]["limit"] == 1
     assert "import_paths" not in fake_agent.built[0]
 
-    monkeypatch.setenv("BATON__AGENT__TYPE", "docker")
+    monkeypatch.setenv("BATON__AGENT__TYPE", "kubernetes")
     result = invoke("agent", "start")
     assert result.exit_code == 2
-    assert result.stderr.startswith("Error: configuration: the docker agent is not available here")
+    assert result.stderr.startswith("Error: configuration: the kubernetes agent is not available here")
     assert len(fake_agent.built) == 1
 
 

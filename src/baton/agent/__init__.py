@@ -5,8 +5,10 @@ Usage::
     from baton.agent import LocalAgent
 
     LocalAgent(labels=["dev", "staging"]).start()
+    DockerAgent(labels=["dev"], networks=["host"]).start()  # needs the docker extra: pip install 'baton[docker]'
 
-``DockerAgent`` and ``KubernetesAgent`` are not available yet: importing them raises an ImportError that says so.
+``DockerAgent`` is imported on first use, so ``baton.agent`` works without the docker SDK. ``KubernetesAgent`` is
+not available yet: importing it raises an ImportError that says so.
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ from typing import Any
 from baton.agent.base import Agent
 from baton.agent.local import LocalAgent
 
-__all__ = ["Agent", "LocalAgent"]
+__all__ = ["Agent", "LocalAgent"]  # and DockerAgent, imported on first use (see __getattr__)
 
 _NOT_YET = {
-    "DockerAgent": "the Docker agent (baton agent docker start) is planned but not available yet",
     "KubernetesAgent": "the Kubernetes agent (baton agent kubernetes start) is planned but not available yet",
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name == "DockerAgent":
+        try:
+            from baton.agent.docker import DockerAgent
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not exc.name.startswith(("docker", "requests")):
+                raise
+            raise ImportError(
+                f"baton.agent.DockerAgent needs the docker SDK ({exc}): pip install 'baton[docker]'"
+            ) from exc
+        return DockerAgent
     # An ImportError, not an AttributeError: `from baton.agent import DockerAgent` would replace the latter by a
     # bare "cannot import name", losing the reason.
     if name in _NOT_YET:

@@ -1,9 +1,10 @@
 """The agent base class: the protocol of DESIGN.md §5, the concurrency limit, state changes and shutdown.
 
 A driver (``local.py``, ``docker.py``, ``kubernetes.py``, ``testing.py``) implements only :meth:`Agent.deploy`,
-:meth:`Agent.inspect` and :meth:`Agent.kill`. Everything else lives here: one task per claimed run (deploy, then
-Submitted or Failed), heartbeats, cancellations and the state changes. The poll loop and its claim calls are in
-``polling.py``; the tasks, the warm and cold stops in ``stopping.py``.
+:meth:`Agent.inspect` and :meth:`Agent.kill` (and, for a platform that can go away, :meth:`Agent.open_platform`,
+:meth:`Agent.platform_problem` and :meth:`Agent.close_platform`). Everything else lives here: one task per claimed
+run (deploy, then Submitted or Failed), heartbeats, cancellations and the state changes. The poll loop and its
+claim calls are in ``polling.py``; the tasks, the warm and cold stops in ``stopping.py``.
 
 Usage::
 
@@ -28,7 +29,7 @@ from baton.agent.loops import ErrorPolicy
 from baton.agent.options import check_identity, configure_agent_logging, default_agent_name, resolve_settings
 from baton.agent.polling import Poller
 from baton.agent.protocol import AgentApi, ApiCalls
-from baton.agent.runs import Deployment, Phase, RunRegistry
+from baton.agent.runs import Deployment, Ended, Phase, RunRegistry
 from baton.agent.stopping import StopControl
 from baton.backoff import Backoff
 from baton.exceptions import ConfigurationError
@@ -140,8 +141,12 @@ class Agent(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def inspect(self, deployment: Deployment) -> int | None:
-        """None while the deployment runs; its exit code once it has ended."""
+    async def inspect(self, deployment: Deployment) -> int | Ended | None:
+        """None while the deployment runs (or while the platform cannot tell); its exit code once it has ended.
+
+        An :class:`Ended` says more than the exit code: an unknown code (the deployment vanished), and a message
+        for the run's Failed state (OOM-killed, the last log lines). Must not raise for platform errors.
+        """
 
     @abc.abstractmethod
     async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
@@ -152,7 +157,24 @@ class Agent(abc.ABC):
         return []
 
     def platform_problem(self) -> str | None:
-        """Why the platform (Docker daemon, Kubernetes API) is unusable, or None. Called from the health thread."""
+        """Why the platform (Docker daemon, Kubernetes API) is unusable, or None.
+
+        Called from the health thread and, before each claim and each deploy, from the event loop: it must answer
+        at once (a driver checks its platform in the background and keeps the answer). While it is not None the
+        agent is unhealthy, claims nothing, and releases the runs it has claimed but not deployed.
+        """
+        return None
+
+    async def open_platform(self) -> None:
+        """Connect to the platform before registering with the API; the agent does not start if it raises.
+
+        Raises:
+            ConfigurationError: the platform is unreachable or unusable (e.g. no Docker daemon).
+        """
+        return None
+
+    async def close_platform(self) -> None:
+        """Release what :meth:`open_platform` acquired; called once on leaving, even if it failed."""
         return None
 
     def detach(self, deployment: Deployment) -> None:
@@ -183,6 +205,7 @@ class Agent(abc.ABC):
             server.start()
             self.health_server = server
         try:
+            await self.open_platform()
             await self._startup()
             if self.settings.agent.max_polls == 0:
                 logger.info("--max-polls 0: registered, making no claim calls")
@@ -191,7 +214,10 @@ class Agent(abc.ABC):
         finally:
             if self.health_server is not None:
                 self.health_server.stop()
-            self._close_client()
+            try:
+                await self.close_platform()
+            finally:
+                self._close_client()
 
     def _close_client(self) -> None:
         client = self._client
@@ -293,11 +319,13 @@ class Agent(abc.ABC):
         """Record the end of every deployment that has ended."""
         for run in self.registry.in_phase(Phase.DEPLOYED):
             assert run.deployment is not None
-            exit_code = await self.inspect(run.deployment)
-            if exit_code is None or run.phase is not Phase.DEPLOYED:
+            result = await self.inspect(run.deployment)
+            if result is None or run.phase is not Phase.DEPLOYED:
                 continue
-            run.phase, run.exit_code = Phase.ENDED, exit_code
-            logger.info("run %s (%s) ended with exit code %s", run.id, run.name, exit_code)
+            ended = result if isinstance(result, Ended) else Ended(result)
+            run.phase, run.exit_code, run.end_message = Phase.ENDED, ended.exit_code, ended.message
+            code = "unknown" if ended.exit_code is None else ended.exit_code
+            logger.info("run %s (%s) ended with exit code %s", run.id, run.name, code)
             self.runs.run_left()
             self.stop_control.wake_heartbeat()
 

@@ -75,7 +75,11 @@ class RunLifecycle:
     async def _launch(self, run: ActiveRun) -> None:
         agent = self._agent
         if agent.stop_control.stopping:
-            await self._release(run)
+            await self._release(run, "on shutdown")
+            return
+        problem = agent.platform_problem()
+        if problem is not None:  # claimed before the platform went away: another agent may deploy it
+            await self._release(run, f"without deploying it: {problem}")
             return
         run.deploy_task = asyncio.ensure_future(agent.deploy(run.claimed, agent.run_env(run.claimed)))
         try:
@@ -144,6 +148,12 @@ class RunLifecycle:
 
     async def _fail_deployment(self, run: ActiveRun, exc: Exception) -> None:
         message = str(exc) or type(exc).__name__
+        problem = self._agent.platform_problem()
+        if problem is not None and not run.superseded:
+            # The platform went away under the deploy: not the run's fault, so it goes back to be claimed again.
+            logger.warning("could not deploy run %s (%s): %s", run.id, run.name, message)
+            await self._release(run, f"without deploying it: {problem}")
+            return
         level = logging.ERROR if isinstance(exc, ClientError | ConfigurationError) else logging.WARNING
         logger.log(level, "could not deploy run %s (%s): %s", run.id, run.name, message, exc_info=exc)
         self._status.deployment_failures += 1
@@ -151,10 +161,10 @@ class RunLifecycle:
             await self._agent.api.set_state_if_allowed(run.id, "Failed", message)
         self.forget(run)
 
-    async def _release(self, run: ActiveRun) -> None:
-        message = f"released by agent {self._agent.name} on shutdown"
+    async def _release(self, run: ActiveRun, why: str) -> None:
+        message = f"released by agent {self._agent.name} {why}"
         await self._agent.api.set_state_if_allowed(run.id, "Scheduled", message)
-        logger.info("released run %s: the agent is stopping", run.id)
+        logger.info("released run %s %s", run.id, why)
         self.forget(run)
 
     async def stop_deployment(

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("baton.agent")
 
+# While the platform is unusable, how often the poll loop looks again (a driver's recovery pokes it sooner).
+PLATFORM_RECHECK_SECONDS = 1.0
+
 ReleaseHandler = Callable[[ClaimResponse], None]
 
 
@@ -194,6 +197,7 @@ class Poller:
         self._agent = agent
         self.in_flight: ClaimCall | None = None  # the latest claim call, until its outcome is taken
         self.handed_over: ClaimCall | None = None  # a call that releases what it claims from its own thread
+        self._platform_problem: str | None = None  # as last seen by the loop, to log changes once
 
     async def run(self) -> None:
         """Claim runs while slots are free, until ``--max-polls`` claim calls or a stop."""
@@ -206,6 +210,9 @@ class Poller:
                 if max_polls is not None and agent.status.polls >= max_polls:
                     logger.info("made %d claim calls (--max-polls): claiming no more", agent.status.polls)
                     return
+                if self._platform_down():  # it could not deploy what it claims: leave the runs to other agents
+                    await agent.stop_control.wait_poll(timeout=PLATFORM_RECHECK_SECONDS)
+                    continue
                 free = agent.registry.free_slots()
                 if free == 0:  # every --limit slot is busy: wait for one to free up
                     await agent.stop_control.wait_poll(timeout=wait_seconds or 1.0)
@@ -213,6 +220,16 @@ class Poller:
                 await self._claim(free, wait_seconds)
         finally:
             agent.status.polling = False
+
+    def _platform_down(self) -> bool:
+        """Whether the driver's platform is unusable now; logs when that changes."""
+        problem = self._agent.platform_problem()
+        if problem is not None and self._platform_problem is None:
+            logger.warning("claiming no runs while the platform is unusable: %s", problem)
+        elif problem is None and self._platform_problem is not None:
+            logger.info("the platform is usable again: claiming runs")
+        self._platform_problem = problem
+        return problem is not None
 
     async def _claim(self, free: int, wait_seconds: float) -> None:
         agent = self._agent

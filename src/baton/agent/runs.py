@@ -40,6 +40,20 @@ class Deployment:
     handle: Any = None
 
 
+@dataclass(frozen=True)
+class Ended:
+    """What :meth:`Agent.inspect` may return for a deployment that has ended, when an exit code is not all.
+
+    Args:
+        exit_code: the exit code; None when it cannot be known (a container removed from outside).
+        message: why it ended, for people (e.g. "OOM-killed", the last log lines); the heartbeat passes it on and
+            the server appends it to the Failed message of a run that ended without a final state.
+    """
+
+    exit_code: int | None
+    message: str | None = None
+
+
 class Phase(StrEnum):
     CLAIMED = "claimed"  # Pending on the server, not deployed yet
     DEPLOYED = "deployed"  # infrastructure exists; Submitted may not be confirmed yet
@@ -56,6 +70,7 @@ class ActiveRun:
     submitted: bool = False  # the server accepted Submitted: from now on the heartbeat reports it
     cancel_requested: bool = False
     exit_code: int | None = None
+    end_message: str | None = None  # see Ended.message
     # A later claim of the same run replaced this one (see Agent._supersede): the run's state belongs to that
     # claim now, so this one only stops what it deployed and never sets a state.
     superseded: bool = False
@@ -127,5 +142,8 @@ class RunRegistry:
             if run.phase is Phase.DEPLOYED:
                 report.append({"flow_run_id": run.id, "alive": True, "exit_code": None})
             elif run.phase is Phase.ENDED:
-                report.append({"flow_run_id": run.id, "alive": False, "exit_code": run.exit_code})
+                item: dict[str, Any] = {"flow_run_id": run.id, "alive": False, "exit_code": run.exit_code}
+                if run.end_message:
+                    item["message"] = run.end_message
+                report.append(item)
         return report

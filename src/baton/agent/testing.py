@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from baton.agent.base import Agent
-from baton.agent.runs import Deployment
+from baton.agent.runs import Deployment, Ended
 from baton.exceptions import DeploymentError
 from baton.schemas.responses import ClaimedRun
 
@@ -113,7 +113,7 @@ class InMemoryAgent(Agent):
             self.on_deploy(fake)
         return Deployment(message=f"Fake ID: {fake.fake_id}", data={"fake_id": fake.fake_id}, handle=fake)
 
-    async def inspect(self, deployment: Deployment) -> int | None:
+    async def inspect(self, deployment: Deployment) -> int | Ended | None:
         fake: FakeDeployment = deployment.handle
         return fake.exit_code
 

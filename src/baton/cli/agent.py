@@ -136,3 +136,66 @@ def install_local(state: CliState, /, **params: Any) -> None:
         hostname_label=params["hostname_label"] is not False,
     )
     click.echo(config, nl=False)
+
+
+@agent.group()
+def docker() -> None:
+    """The Docker agent: runs each flow run in its own container on a Docker engine."""
+
+
+def _docker_options(func: Any) -> Any:
+    """The Docker agent's own options (the seed's `prefect agent docker start`), after the COMMON ones."""
+    options = [
+        click.option("-b", "--base-url", default=None, help="Docker daemon URL. Default: from the environment."),
+        click.option("--no-pull", is_flag=True, help="Never pull images: use only images present locally."),
+        click.option(
+            "-f",
+            "--show-flow-logs",
+            is_flag=True,
+            default=None,
+            help="Show the containers' output in the agent's output, prefixed by run name.",
+        ),
+        click.option(
+            "--volume",
+            "volumes",
+            multiple=True,
+            metavar="HOST:CONTAINER[:ro|rw]",
+            help="A volume for every flow container (repeatable); a name instead of a host path is a named volume.",
+        ),
+        click.option(
+            "--network",
+            "networks",
+            multiple=True,
+            metavar="NETWORK",
+            help="A Docker network for every flow container (repeatable); the first one at creation.",
+        ),
+        click.option(
+            "--docker-client-timeout",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Timeout of Docker API calls in seconds (default 60).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return common_agent_options(func)
+
+
+@docker.command("start")
+@_docker_options
+@pass_state
+def start_docker(state: CliState, /, **params: Any) -> None:
+    """Start a Docker agent."""
+    common = CommonAgentOptions.pop_from(params, state)
+    settings = common.settings(state)
+    cls = agent_class("docker")
+    cls(
+        settings=settings,
+        base_url=params["base_url"],
+        no_pull=params["no_pull"],
+        show_flow_logs=params["show_flow_logs"],
+        volumes=list(params["volumes"]) or None,
+        networks=list(params["networks"]) or None,
+        docker_client_timeout=params["docker_client_timeout"],
+        **common.agent_kwargs(),
+    ).start()

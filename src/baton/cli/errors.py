@@ -19,12 +19,14 @@ from baton.exceptions import (
     NotFoundError,
     ParameterValidationError,
     PermissionDeniedError,
+    PlatformUnavailableError,
     ServerUnavailableError,
 )
 
 # (exception class, message template, CLI error class); ``{error}`` is the exception's message.
 _MAPPING: tuple[tuple[type[BatonError], str, type[CliError]], ...] = (
     (DatabaseUnavailableError, "{error}", UnavailableError),
+    (PlatformUnavailableError, "{error}", UnavailableError),
     (
         ServerUnavailableError,
         "{error} (is the server running? Start one with `baton server start`, or point --api at it)",

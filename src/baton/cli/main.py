@@ -18,6 +18,7 @@ import click
 from baton import __version__
 from baton.cli.agent import agent
 from baton.cli.context import api_options
+from baton.cli.docker import docker_group
 from baton.cli.errors import to_cli_error
 from baton.cli.keys import key
 from baton.cli.register import register
@@ -55,7 +56,7 @@ def cli() -> None:
     """
 
 
-for command in (server, key, register, run, runs, agent):
+for command in (server, key, register, run, runs, agent, docker_group):
     cli.add_command(command)
 
 

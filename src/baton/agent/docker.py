@@ -1,0 +1,561 @@
+"""The Docker agent: each flow run is one container of the run's image, running ``python -m baton.engine``.
+
+The image is the run config's (``DockerRun(image=...)``), else the ``docker`` storage's, else the agent's default
+``baton:<version>``. It is pulled unless ``no_pull`` or it is local-only (present, with no registry digest: built
+here); with a ``registry_allow_list``, an image of another registry fails its run. Each container carries the
+labels ``io.baton.flow-run-id``, ``io.baton.flow-id`` and ``io.baton.flow-name``, the run's environment
+(DESIGN.md §6) and the agent's volumes and networks (see ``docker_spec.py``, also for how the API address is seen
+from inside containers). Containers are not ``auto_remove``: the agent removes each one once it has read its exit
+code, its OOM flag and its last log lines, which go into the Failed message of a run that ended without a final
+state. A cancel or a cold stop is ``docker stop`` (SIGTERM, then SIGKILL after the grace period), then removal.
+
+Every Docker call blocks, so each runs in a worker thread. The daemon is pinged in the background: while it does
+not answer, :meth:`DockerAgent.platform_problem` says why (health 503), the agent claims nothing and releases what
+it had claimed but not deployed; it resumes by itself when the daemon is back.
+
+Usage::
+
+    from baton.agent import DockerAgent
+
+    DockerAgent(labels=["dev"], networks=["host"], volumes=["/srv/data:/data:ro"], show_flow_logs=True).start()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar, Unpack, cast
+
+import requests
+from docker import APIClient
+from docker.errors import APIError, DockerException, NotFound
+from docker.utils import convert_volume_binds, kwargs_from_env
+
+from baton import __version__
+from baton.agent.base import Agent, AgentOptions
+from baton.agent.docker_spec import (
+    EXCLUSIVE_NETWORKS,
+    HOST_GATEWAY_NAME,
+    NetworkPlan,
+    VolumeSpec,
+    container_api_url,
+    container_labels,
+    container_name,
+    image_of,
+    normalize_registries,
+    parse_volumes,
+    plan_networks,
+    registry_of,
+)
+from baton.agent.runs import Deployment, Ended
+from baton.exceptions import ConfigurationError, DeploymentError, PlatformUnavailableError
+from baton.schemas.core import RunConfig, RunConfigType
+from baton.schemas.responses import ClaimedRun
+
+logger = logging.getLogger("baton.agent")
+
+DEFAULT_CLIENT_TIMEOUT_SECONDS = 60.0
+COMMAND = ["python", "-m", "baton.engine"]
+# How often the daemon is pinged in the background (health, the claim gate, recovery).
+DAEMON_CHECK_SECONDS = 2.0
+# The end of a container's output that goes into its run's Failed message.
+LOG_TAIL_LINES = 20
+MAX_LOG_LINE_CHARS = 500
+MAX_END_MESSAGE_CHARS = 8000
+_RUN_CONFIG_TYPES = {RunConfigType.DOCKER, RunConfigType.UNIVERSAL}
+_ENDED_STATUSES = {"exited", "dead"}
+# A daemon that does not answer (stopped, socket gone, hung), as opposed to one that answers with an error.
+_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+
+@dataclass
+class Container:
+    """A deployment's handle: the container of one flow run."""
+
+    id: str
+    name: str
+    image: str
+    log_thread: threading.Thread | None = None
+
+
+def _explain(exc: BaseException) -> str:
+    """The daemon's own words for an API error (``network x not found``), else the exception's text."""
+    if isinstance(exc, APIError) and exc.explanation:
+        return str(exc.explanation)
+    return str(exc) or type(exc).__name__
+
+
+def _unix_socket_problem(address: str) -> str | None:
+    """Why nothing answers on a ``unix://`` daemon socket, or None (also for other kinds of address).
+
+    Checked before the SDK connects: its unix-socket connection leaks the socket when the connect fails, which
+    a daemon that is down would make happen every few seconds.
+    """
+    for prefix in ("unix://", "http+unix://"):
+        if address.startswith(prefix):
+            path = address[len(prefix) :]
+            break
+    else:
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            return f"cannot connect to {path}: {exc.strerror or exc}"
+    return None
+
+
+def _stream_logs(client: APIClient, container: Container, prefix: str) -> None:
+    """Copy a container's output to the agent's stdout, each line prefixed by the run's name, until it ends."""
+    pending = b""
+    try:
+        for chunk in client.logs(container.id, stream=True, follow=True):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                sys.stdout.write(prefix + line.decode(errors="replace") + "\n")
+            sys.stdout.flush()
+    except (DockerException, requests.RequestException) as exc:  # the daemon went away, or the container
+        logger.debug("stopped streaming the logs of %s: %s", container.name, exc)
+    if pending:
+        sys.stdout.write(prefix + pending.decode(errors="replace") + "\n")
+        sys.stdout.flush()
+
+
+class DockerAgent(Agent):
+    """Deploys flow runs as Docker containers. See :class:`baton.agent.base.Agent` for the common options.
+
+    Args:
+        base_url: the daemon's address (``-b/--base-url``); default ``DOCKER_HOST``, else the local socket.
+        no_pull: never pull: a run whose image is not present locally fails (``--no-pull``).
+        show_flow_logs: stream the containers' output to the agent's stdout, prefixed by the run name.
+        volumes: ``HOST:CONTAINER[:ro|rw]`` mounts for every container; a host path or a named volume
+            (created if missing).
+        networks: the first is given at creation (``host``/``none``: the network mode), the others connected
+            before the container starts.
+        docker_client_timeout: seconds before a Docker API call times out (default 60).
+        registry_allow_list: registries images may come from (``docker.io``, ``registry.example.com:5000``);
+            None allows any. Local-only images are always allowed.
+        default_image: the image of runs that name none (default ``baton:<version>``).
+
+    Raises:
+        ConfigurationError: a malformed volume, an impossible network combination, a bad timeout, or an
+            option common to every agent.
+    """
+
+    agent_type: ClassVar[str] = "docker"
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        no_pull: bool = False,
+        show_flow_logs: bool | None = None,
+        volumes: list[str] | None = None,
+        networks: list[str] | None = None,
+        docker_client_timeout: float | None = None,
+        registry_allow_list: list[str] | None = None,
+        default_image: str | None = None,
+        **options: Unpack[AgentOptions],
+    ) -> None:
+        super().__init__(agent_overrides={"show_flow_logs": show_flow_logs}, **options)
+        timeout = DEFAULT_CLIENT_TIMEOUT_SECONDS if docker_client_timeout is None else float(docker_client_timeout)
+        if not timeout > 0:
+            raise ConfigurationError(f"--docker-client-timeout must be positive, not {docker_client_timeout}")
+        self.base_url = base_url
+        self.no_pull = no_pull
+        self.volumes: list[VolumeSpec] = parse_volumes(list(volumes or []))
+        self.networks: NetworkPlan = plan_networks(list(networks or []))
+        self.docker_client_timeout = timeout
+        self.registry_allow_list = None if registry_allow_list is None else normalize_registries(registry_allow_list)
+        self.default_image = default_image or f"baton:{__version__}"
+        if self.networks.mode == "none":
+            logger.warning("--network none: flow-run containers cannot reach the API, their runs will fail")
+        self._docker: APIClient | None = None  # calls with docker_client_timeout
+        self._streams: APIClient | None = None  # log streams and waits: no timeout
+        self._connect_lock = threading.Lock()
+        self._problem: str | None = None
+        self._stop_checking = threading.Event()
+        self._checker: threading.Thread | None = None
+        self._leftovers: set[str] = set()  # containers to remove once the daemon answers again
+
+    # --- the daemon ------------------------------------------------------------------------------
+
+    @property
+    def daemon_address(self) -> str:
+        """Where the daemon is expected, for messages."""
+        return self.base_url or str(kwargs_from_env().get("base_url") or "unix:///var/run/docker.sock")
+
+    async def open_platform(self) -> None:
+        await asyncio.to_thread(self._stream_client)  # connects both clients: a deploy then needs no new one
+        self._checker = threading.Thread(target=self._check_daemon_loop, name="baton-docker-daemon", daemon=True)
+        self._checker.start()
+
+    async def close_platform(self) -> None:
+        self._stop_checking.set()
+        if self._checker is not None:
+            await asyncio.to_thread(self._checker.join, 2 * DAEMON_CHECK_SECONDS)
+        for client in (self._docker, self._streams):
+            if client is not None:
+                client.close()
+
+    def platform_problem(self) -> str | None:
+        return self._problem
+
+    def _docker_client(self) -> APIClient:
+        """The Docker client, connected on first use.
+
+        Raises:
+            PlatformUnavailableError: the daemon cannot be reached (or the address is malformed).
+        """
+        with self._connect_lock:
+            if self._docker is None:
+                self._docker = self._new_client(self.docker_client_timeout)
+            return self._docker
+
+    def _new_client(self, timeout: float | None, version: str | None = None) -> APIClient:
+        params: dict[str, Any] = kwargs_from_env()  # DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH
+        if self.base_url:
+            params["base_url"] = self.base_url
+        problem = _unix_socket_problem(self.daemon_address)
+        if problem is not None:
+            raise PlatformUnavailableError(
+                f"cannot reach the Docker daemon at {self.daemon_address}: {problem} "
+                "(is it running? point --base-url or DOCKER_HOST at it)"
+            )
+        try:
+            # Without a version the client asks the daemon for its own: a first call that fails early and clearly.
+            client = APIClient(timeout=timeout, version=version, max_pool_size=32, **params)
+            if version is None:
+                client.ping()
+        except (DockerException, requests.RequestException) as exc:
+            raise PlatformUnavailableError(
+                f"cannot reach the Docker daemon at {self.daemon_address}: {exc} "
+                "(is it running? point --base-url or DOCKER_HOST at it)"
+            ) from exc
+        return client
+
+    def _stream_client(self) -> APIClient:
+        """A second client, without a timeout: log streams wait for output as long as a container runs."""
+        version = self._docker_client().api_version
+        with self._connect_lock:
+            if self._streams is None:
+                self._streams = self._new_client(None, version=version)
+            return self._streams
+
+    def _check_daemon_loop(self) -> None:
+        while not self._stop_checking.wait(DAEMON_CHECK_SECONDS):
+            self.check_daemon()
+
+    def check_daemon(self) -> None:
+        """Ping the daemon; record its loss, or its return (the agent then claims again at once)."""
+        problem = _unix_socket_problem(self.daemon_address)
+        if problem is not None:
+            self._lost(problem)
+            return
+        try:
+            self._docker_client().ping()
+        except (DockerException, requests.RequestException, PlatformUnavailableError) as exc:
+            self._lost(exc)
+            return
+        if self._problem is not None:
+            logger.warning("the Docker daemon at %s answers again: claiming runs", self.daemon_address)
+            self._problem = None
+            self.poke()
+        self._remove_leftovers()
+
+    def _lost(self, reason: object) -> None:
+        problem = f"the Docker daemon at {self.daemon_address} does not answer: {reason}"
+        if self._problem is None:
+            logger.error("%s; claiming no runs until it is back", problem)
+        self._problem = problem
+
+    # --- deploy --------------------------------------------------------------------------------
+
+    def command(self, claimed: ClaimedRun) -> list[str]:
+        """The container's command: the engine, run by the image's ``python``."""
+        return list(COMMAND)
+
+    async def deploy(self, claimed: ClaimedRun, env: dict[str, str]) -> Deployment:
+        run_config = claimed.flow_run.run_config
+        if run_config.type not in _RUN_CONFIG_TYPES:
+            raise DeploymentError(
+                f"the docker agent runs only docker and universal run configs; this run's is {run_config.type.value}"
+            )
+        container = await asyncio.to_thread(self._deploy, claimed, env)
+        return Deployment(
+            message=f"Container ID: {container.id}",
+            data={"container_id": container.id, "container_name": container.name, "image": container.image},
+            handle=container,
+        )
+
+    def _deploy(self, claimed: ClaimedRun, env: dict[str, str]) -> Container:
+        client = self._docker_client()
+        try:
+            image = image_of(claimed, self.default_image)
+            self._ensure_image(client, image)
+            self._ensure_volumes(client)
+            container = self._create(client, claimed, env, image)
+            self._start(client, container, claimed.flow_run.run_config)
+        except _UNREACHABLE as exc:
+            self._lost(exc)
+            raise DeploymentError(f"the Docker daemon at {self.daemon_address} does not answer: {exc}") from exc
+        if self.settings.agent.show_flow_logs:
+            prefix = f"[{claimed.flow_run.name}] "
+            streams = self._stream_client()
+            container.log_thread = threading.Thread(
+                target=_stream_logs, args=(streams, container, prefix), name=f"baton-logs-{container.name}", daemon=True
+            )
+            container.log_thread.start()
+        logger.info("started container %s (%s) of image %s", container.name, container.id[:12], image)
+        return container
+
+    def _ensure_image(self, client: APIClient, image: str) -> None:
+        """Make sure ``image`` is present: pulled unless ``no_pull`` or local-only; allowed by the allow-list.
+
+        Raises:
+            DeploymentError: a registry outside the allow-list, a missing image under no_pull, a failed pull.
+        """
+        try:
+            local: dict[str, Any] | None = client.inspect_image(image)
+        except NotFound:
+            local = None
+        except APIError as exc:
+            raise DeploymentError(f"cannot inspect image {image}: {_explain(exc)}") from exc
+        if local is not None and not local.get("RepoDigests"):
+            return  # built here: no registry to pull from or to allow
+        self._check_registry(image)
+        if self.no_pull:
+            if local is None:
+                raise DeploymentError(f"image {image} is not present locally and pulling is disabled (--no-pull)")
+            return
+        logger.info("pulling image %s", image)
+        try:
+            for event in client.pull(image, stream=True, decode=True):
+                error = event.get("error") or (event.get("errorDetail") or {}).get("message")
+                if error:
+                    raise DeploymentError(f"cannot pull image {image}: {error}")
+        except APIError as exc:
+            raise DeploymentError(f"cannot pull image {image}: {_explain(exc)}") from exc
+
+    def _check_registry(self, image: str) -> None:
+        allowed = self.registry_allow_list
+        if allowed is None:
+            return
+        registry = registry_of(image)
+        if registry not in allowed:
+            listed = ", ".join(sorted(allowed)) or "empty"
+            raise DeploymentError(
+                f"image {image} is from registry {registry}, which is not in the agent's registry allow-list ({listed})"
+            )
+
+    def _ensure_volumes(self, client: APIClient) -> None:
+        for volume in self.volumes:
+            if not volume.named:
+                continue
+            try:
+                client.inspect_volume(volume.source)
+            except NotFound:
+                logger.info("creating volume %s", volume.source)
+                try:
+                    client.create_volume(volume.source, labels={"io.baton.created-by": "docker-agent"})
+                except APIError as exc:
+                    raise DeploymentError(f"cannot create volume {volume.source}: {_explain(exc)}") from exc
+
+    def _network_mode(self, run_config: RunConfig) -> str | None:
+        """The run config's ``host_config.network_mode`` if it sets one, else the agent's first network."""
+        mode = run_config.host_config.get("network_mode")
+        return str(mode) if mode else self.networks.mode
+
+    def _host_config(self, client: APIClient, run_config: RunConfig, api_gateway: bool) -> dict[str, Any]:
+        """The agent's volumes and network under the run config's ``host_config`` (binds and hosts are merged).
+
+        Raises:
+            DeploymentError: the run config's host_config is not valid for the Docker API.
+        """
+        given = dict(run_config.host_config)
+        if given.pop("auto_remove", False):
+            logger.warning("ignoring auto_remove in a run config: the agent removes containers once they have ended")
+        binds = [volume.bind for volume in self.volumes] + list(convert_volume_binds(given.pop("binds", None) or []))
+        hosts: dict[str, str] | list[str] = given.pop("extra_hosts", None) or {}
+        if api_gateway:
+            if isinstance(hosts, dict):
+                hosts = {HOST_GATEWAY_NAME: "host-gateway", **hosts}
+            else:
+                hosts = [f"{HOST_GATEWAY_NAME}:host-gateway", *hosts]
+        options: dict[str, Any] = {"network_mode": self._network_mode(run_config), **given}
+        options.update(binds=binds or None, extra_hosts=hosts or None)
+        given_options = {key: value for key, value in options.items() if value is not None}
+        try:
+            return cast(dict[str, Any], client.create_host_config(**given_options))
+        except (TypeError, ValueError, DockerException) as exc:
+            raise DeploymentError(f"invalid host_config in the run config: {exc}") from exc
+
+    def _create(self, client: APIClient, claimed: ClaimedRun, env: dict[str, str], image: str) -> Container:
+        run_config = claimed.flow_run.run_config
+        api_url, gateway = container_api_url(env["BATON__API__URL"], self._network_mode(run_config) == "host")
+        # PYTHONUNBUFFERED: the output reaches `docker logs` (and -f, and the Failed message) as it is written.
+        environment = {"PYTHONUNBUFFERED": "1", **env, "BATON__API__URL": api_url}
+        params: dict[str, Any] = {
+            "image": image,
+            "command": self.command(claimed),
+            "environment": environment,
+            "labels": container_labels(claimed),
+            "host_config": self._host_config(client, run_config, gateway),
+            "ports": list(run_config.ports) or None,
+            "volumes": [volume.target for volume in self.volumes] or None,
+        }
+        name = container_name(claimed)
+        try:
+            try:
+                created = client.create_container(name=name, **params)
+            except APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                # The name is taken: the container of an earlier claim of this run is still being stopped.
+                name = f"{name}-{secrets.token_hex(3)}"
+                created = client.create_container(name=name, **params)
+        except APIError as exc:
+            raise DeploymentError(f"cannot create a container of image {image}: {_explain(exc)}") from exc
+        return Container(id=str(created["Id"]), name=name, image=image)
+
+    def _start(self, client: APIClient, container: Container, run_config: RunConfig) -> None:
+        """Connect the other networks, then start; a failure removes the container."""
+        mode = self._network_mode(run_config)
+        connect = self.networks.connect if mode not in EXCLUSIVE_NETWORKS else ()
+        step = "start it"
+        try:
+            for network in connect:
+                step = f"connect it to network {network}"
+                client.connect_container_to_network(container.id, network)
+            step = "start it"
+            client.start(container.id)
+        except APIError as exc:
+            self._remove(client, container)
+            raise DeploymentError(f"created container {container.name} but could not {step}: {_explain(exc)}") from exc
+        except _UNREACHABLE:
+            self._leftovers.add(container.id)
+            raise
+
+    # --- watch and stop --------------------------------------------------------------------------
+
+    async def inspect(self, deployment: Deployment) -> int | Ended | None:
+        container: Container = deployment.handle
+        return await asyncio.to_thread(self._inspect, container)
+
+    def _inspect(self, container: Container) -> Ended | None:
+        if self._problem is not None:
+            return None  # unknown until the daemon is back (the background check notices)
+        client = self._docker_client()
+        try:
+            info: dict[str, Any] = client.inspect_container(container.id)
+        except NotFound:
+            return Ended(None, f"the container {container.name} was removed before the run reached a final state")
+        except _UNREACHABLE as exc:
+            self._lost(exc)
+            return None
+        except (DockerException, requests.RequestException) as exc:  # an error answer: look again at the next tick
+            logger.warning("cannot inspect container %s: %s", container.name, exc)
+            return None
+        state = info.get("State") or {}
+        if state.get("Status") not in _ENDED_STATUSES:
+            return None
+        exit_code = state.get("ExitCode")
+        message = self._end_message(client, container, info)
+        self._remove(client, container)
+        return Ended(exit_code if isinstance(exit_code, int) else None, message)
+
+    def _end_message(self, client: APIClient, container: Container, info: dict[str, Any]) -> str | None:
+        """For a container that failed: OOM-killed or not, its error, its last log lines. None if it succeeded."""
+        state = info.get("State") or {}
+        oom = bool(state.get("OOMKilled"))
+        if state.get("ExitCode") == 0 and not oom:
+            return None
+        what = f"container {container.name} (image {container.image})"
+        if oom:
+            limit = (info.get("HostConfig") or {}).get("Memory") or 0
+            what += f" was OOM-killed: it ran out of memory (limit {limit} bytes)" if limit else " was OOM-killed"
+        if state.get("Error"):
+            what += f"; error: {state['Error']}"
+        if container.log_thread is not None:
+            container.log_thread.join(timeout=2)
+        try:
+            raw: bytes = client.logs(container.id, stdout=True, stderr=True, tail=LOG_TAIL_LINES)
+        except (DockerException, requests.RequestException) as exc:
+            return f"{what}; its logs cannot be read: {exc}"[:MAX_END_MESSAGE_CHARS]
+        lines = [line[:MAX_LOG_LINE_CHARS] for line in raw.decode(errors="replace").splitlines()]
+        if not lines:
+            return f"{what}; it wrote no output"
+        return f"{what}; last log lines:\n" + "\n".join(lines)[-MAX_END_MESSAGE_CHARS:]
+
+    async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
+        container: Container = deployment.handle
+        await asyncio.to_thread(self._stop, container, grace_seconds)
+
+    def _stop(self, container: Container, grace_seconds: float) -> None:
+        if self._problem is not None:
+            # Removed by force (so killed) once the daemon answers again, if it still exists then.
+            logger.warning("cannot stop container %s now: %s", container.name, self._problem)
+            self._leftovers.add(container.id)
+            return
+        client = self._docker_client()
+        try:
+            # The daemon sends the stop signal (SIGTERM), then SIGKILL after `t` seconds.
+            client.stop(container.id, timeout=max(0, math.ceil(grace_seconds)))
+        except NotFound:
+            return
+        except _UNREACHABLE as exc:
+            self._lost(exc)
+            self._leftovers.add(container.id)
+            return
+        except DockerException as exc:
+            logger.warning("cannot stop container %s: %s; removing it by force", container.name, exc)
+        self._remove(client, container)
+
+    def _remove(self, client: APIClient, container: Container) -> None:
+        """Remove a container (and its anonymous volumes); remembered for later if the daemon does not answer."""
+        if container.log_thread is not None:
+            container.log_thread.join(timeout=2)  # its last lines are on their way
+        try:
+            client.remove_container(container.id, v=True, force=True)
+        except NotFound:
+            pass
+        except _UNREACHABLE as exc:
+            self._lost(exc)
+            self._leftovers.add(container.id)
+        except APIError as exc:
+            if exc.status_code == 409:  # "removal already in progress": a kill and the watch both remove it
+                logger.debug("container %s is being removed already", container.name)
+            else:
+                logger.warning("cannot remove container %s: %s", container.name, _explain(exc))
+        except DockerException as exc:
+            logger.warning("cannot remove container %s: %s", container.name, exc)
+        else:
+            logger.debug("removed container %s", container.name)
+
+    def _remove_leftovers(self) -> None:
+        for container_id in list(self._leftovers):
+            self._leftovers.discard(container_id)
+            self._remove(self._docker_client(), Container(container_id, container_id[:12], ""))
+
+    def detach(self, deployment: Deployment) -> None:
+        container: Container = deployment.handle
+        # Remove it when it ends, if this process lives that long; else it stays, exited, until removed by hand
+        # (`docker container prune --filter label=io.baton.flow-run-id`).
+        name = f"baton-wait-{container.name}"
+        threading.Thread(target=self._remove_when_done, args=(container,), name=name, daemon=True).start()
+
+    def _remove_when_done(self, container: Container) -> None:
+        with contextlib.suppress(DockerException, requests.RequestException, PlatformUnavailableError):
+            client = self._new_client(None, version=self._docker_client().api_version)
+            client.wait(container.id)
+            self._remove(client, container)
+            client.close()

@@ -1,0 +1,211 @@
+"""What the Docker agent decides before it talks to the daemon: pure functions, no Docker calls.
+
+- ``--volume host:container[:ro|rw]``: a host path (absolute, ``~`` or ``./``) is a bind mount, anything else that is
+  a valid name is a named volume (created if missing). Malformed specs are a :class:`ConfigurationError` when the
+  agent is built, naming the spec.
+- ``--network``: the first network is given at creation (``host`` and ``none`` become the network mode, and then
+  admit no other network); the others are connected to the container before it starts.
+- The image of a run: its run config's, else its ``docker`` storage's, else the agent's default; the registry an
+  image comes from, for the allow-list.
+- The API address inside a container: on the host network the agent's own URL works as it is; on any other
+  network ``localhost``/``127.0.0.1`` would be the container itself, so such a URL is rewritten to
+  ``host.docker.internal``, which ``extra_hosts`` maps to the host (``host-gateway``, Docker 20.10+). The API
+  server must then listen on an address the containers can reach (not only 127.0.0.1).
+
+Usage::
+
+    volumes = [parse_volume(spec) for spec in ["/data:/data:ro", "cache:/cache"]]
+    networks = plan_networks(["host"])
+    url, gateway = container_api_url("http://127.0.0.1:4200", host_network=networks.host_network)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from docker.auth import resolve_index_name, resolve_repository_name
+from docker.errors import InvalidRepository
+from docker.utils import parse_repository_tag
+
+from baton.exceptions import ConfigurationError, DeploymentError
+from baton.schemas.core import StorageType
+from baton.schemas.responses import ClaimedRun
+
+HOST_GATEWAY_NAME = "host.docker.internal"
+# Network modes that replace the container's network stack: no other network can be connected.
+EXCLUSIVE_NETWORKS = frozenset({"host", "none"})
+# The labels every flow-run container carries.
+LABEL_FLOW_RUN_ID = "io.baton.flow-run-id"
+LABEL_FLOW_ID = "io.baton.flow-id"
+LABEL_FLOW_NAME = "io.baton.flow-name"
+
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the daemon's rule for volume names
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """One ``--volume``: ``source`` is an absolute host path (``named`` False) or a volume name."""
+
+    source: str
+    target: str
+    mode: str
+    named: bool
+
+    @property
+    def bind(self) -> str:
+        """The spec as the daemon's ``Binds`` entry."""
+        return f"{self.source}:{self.target}:{self.mode}"
+
+
+def parse_volume(spec: str) -> VolumeSpec:
+    """Parse ``host:container[:ro|rw]``; a host path may be absolute, ``~/...`` or ``./...`` (made absolute here).
+
+    Raises:
+        ConfigurationError: the spec is malformed; the message quotes it.
+    """
+    parts = spec.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+        if mode not in ("ro", "rw"):
+            raise ConfigurationError(f"--volume {spec!r}: the mode must be ro or rw, not {mode!r}")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigurationError(f"--volume {spec!r}: expected HOST:CONTAINER[:ro|rw], e.g. /srv/data:/data:ro")
+    source, target = parts
+    if not target.startswith("/"):
+        raise ConfigurationError(f"--volume {spec!r}: the container path {target!r} must be absolute")
+    if source.startswith(("/", "~", ".")):
+        return VolumeSpec(os.path.abspath(os.path.expanduser(source)), target, mode, named=False)
+    if _VOLUME_NAME.match(source):
+        return VolumeSpec(source, target, mode, named=True)
+    raise ConfigurationError(
+        f"--volume {spec!r}: {source!r} is neither a host path (absolute, ~/ or ./) nor a volume name "
+        "(letters, digits, _ . -)"
+    )
+
+
+def parse_volumes(specs: list[str]) -> list[VolumeSpec]:
+    """Parse every spec; two volumes on one container path are refused too.
+
+    Raises:
+        ConfigurationError: a malformed spec, or a container path mounted twice.
+    """
+    volumes = [parse_volume(spec) for spec in specs]
+    targets = [volume.target for volume in volumes]
+    twice = sorted({target for target in targets if targets.count(target) > 1})
+    if twice:
+        raise ConfigurationError(f"--volume: container path(s) {', '.join(twice)} mounted more than once")
+    return volumes
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """Where a container is attached: ``mode`` at creation (None: the daemon's default), ``connect`` after."""
+
+    mode: str | None = None
+    connect: tuple[str, ...] = ()
+
+    @property
+    def host_network(self) -> bool:
+        return self.mode == "host"
+
+
+def plan_networks(networks: list[str]) -> NetworkPlan:
+    """The first network at creation, the others connected after it.
+
+    Raises:
+        ConfigurationError: an empty or repeated name, or host/none together with another network.
+    """
+    names = [name.strip() for name in networks]
+    if any(not name for name in names):
+        raise ConfigurationError("--network: a network name cannot be empty")
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"--network: a network is given twice in {names}")
+    exclusive = EXCLUSIVE_NETWORKS.intersection(names)
+    if exclusive and len(names) > 1:
+        raise ConfigurationError(
+            f"--network {sorted(exclusive)[0]} shares (or removes) the host's network stack: "
+            "it cannot be combined with other networks"
+        )
+    if not names:
+        return NetworkPlan()
+    return NetworkPlan(mode=names[0], connect=tuple(names[1:]))
+
+
+def image_of(claimed: ClaimedRun, default_image: str) -> str:
+    """The run config's image, else the ``docker`` storage's, else ``default_image``."""
+    if claimed.flow_run.run_config.image:
+        return claimed.flow_run.run_config.image
+    storage = claimed.flow.storage
+    if storage.type == StorageType.DOCKER and storage.image:
+        return storage.image
+    return default_image
+
+
+def registry_of(image: str) -> str:
+    """The registry host ``image`` is pulled from (``docker.io`` for short names like ``python:3.11``).
+
+    Raises:
+        DeploymentError: not a valid image reference.
+    """
+    repository, _tag = parse_repository_tag(image)
+    try:
+        registry, _name = resolve_repository_name(repository)
+    except InvalidRepository as exc:
+        raise DeploymentError(f"invalid image name {image!r}: {exc}") from exc
+    return str(registry)
+
+
+def normalize_registries(registries: list[str]) -> frozenset[str]:
+    """Allow-list entries as :func:`registry_of` spells registries (``index.docker.io`` is ``docker.io``)."""
+    return frozenset(str(resolve_index_name(entry.strip())) for entry in registries if entry.strip())
+
+
+def container_api_url(url: str, host_network: bool) -> tuple[str, bool]:
+    """The API URL as a container must use it, and whether ``host.docker.internal`` must be mapped to the host.
+
+    On the host network the URL works as it is. Elsewhere a loopback host would be the container itself, so it
+    is replaced by ``host.docker.internal`` (port, path and scheme kept).
+    """
+    if host_network:
+        return url, False
+    parts = urlsplit(url)
+    host = parts.hostname
+    if host is None or not _is_loopback(host):
+        return url, False
+    netloc = HOST_GATEWAY_NAME if parts.port is None else f"{HOST_GATEWAY_NAME}:{parts.port}"
+    if parts.username is not None:
+        credentials = parts.username if parts.password is None else f"{parts.username}:{parts.password}"
+        netloc = f"{credentials}@{netloc}"
+    return urlunsplit(parts._replace(netloc=netloc)), True
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def container_name(claimed: ClaimedRun) -> str:
+    """``baton-<run name>-<first 8 characters of the run id>``: readable in ``docker ps``, unique per run."""
+    run = claimed.flow_run
+    slug = _NAME_UNSAFE.sub("-", run.name).strip("-_.")[:60] or "run"
+    short_id = run.id.replace("-", "")[:8]
+    return f"baton-{slug}-{short_id}"
+
+
+def container_labels(claimed: ClaimedRun) -> dict[str, str]:
+    """The labels that tie a container to its flow run (``docker ps --filter label=io.baton.flow-run-id=...``)."""
+    return {
+        LABEL_FLOW_RUN_ID: claimed.flow_run.id,
+        LABEL_FLOW_ID: claimed.flow.id,
+        LABEL_FLOW_NAME: claimed.flow.name,
+    }
