@@ -18,9 +18,18 @@ if ! command -v dockerd >/dev/null 2>&1; then
   echo "dockerd: not installed (apt-get install docker.io)" >&2
   exit 1
 fi
-# A daemon that died leaves its pid file behind, and a new one refuses to start while it exists.
-for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
-  if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+# A daemon that died leaves its pid file behind, and a new one refuses to start while it exists. `kill -0` is not
+# enough to call it alive: a killed daemon not yet reaped (a zombie) answers it, and its pid may be reused.
+running_daemon() {  # running_daemon PID NAME: true when PID is a live (not zombie) process called NAME
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] || return 1
+  stat="${stat##*) }"
+  [ "${stat%% *}" != "Z" ]
+}
+for entry in /var/run/docker.pid:dockerd /var/run/docker/containerd/containerd.pid:containerd; do
+  pidfile="${entry%%:*}"
+  if [ -f "$pidfile" ] && ! running_daemon "$(cat "$pidfile")" "${entry##*:}"; then
     echo "dockerd: removing stale $pidfile"
     rm -f "$pidfile"
   fi
