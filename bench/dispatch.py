@@ -107,7 +107,7 @@ def _docker_image() -> str:
 
     client = connect()
     try:
-        return ensure_image(client, find_project_root(Path(__file__).resolve().parent), progress=print).tag
+        return ensure_image(client, find_project_root(Path(__file__).resolve().parent.parent), progress=print).tag
     finally:
         client.close()
 
