@@ -3,6 +3,7 @@ real Docker daemon with the images the Docker agent runs (see ``docker_support``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,6 +64,23 @@ def _say(config: pytest.Config) -> Callable[[str], None]:
     """Write a line on pytest's terminal (image builds take tens of seconds: say why a test is slow to start)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     return reporter.write_line if reporter is not None else (lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[object]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (``create_database()`` gives a fresh database's URL); skips
+    with a reason when no PostgreSQL binaries exist, fails under ``CI=true``."""
+    from postgres_support import PostgresCluster, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        reason = "no PostgreSQL server binaries (initdb, pg_ctl, postgres): apt-get install postgresql"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = PostgresCluster(bin_dir).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

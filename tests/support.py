@@ -59,6 +59,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = home / f"server-{self.port}.log"
         self._admin_client: Client | None = None
+        self.database_url = settings_env.get("BATON__SERVER__DATABASE_URL") or f"sqlite:///{home}/baton.db"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -18,17 +18,22 @@ from server.harness import TenantContext
 from support import ServerProcess
 
 
-@pytest.fixture(scope="package")
-def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("api-server")).start()
+@pytest.fixture(scope="package", params=["sqlite", "postgresql"])
+def api_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The package's server, once on SQLite and once on PostgreSQL: every server test runs on both."""
+    settings_env = {}
+    if request.param == "postgresql":
+        cluster = request.getfixturevalue("postgres_cluster")
+        settings_env["BATON__SERVER__DATABASE_URL"] = cluster.create_database()
+    server = ServerProcess(tmp_path_factory.mktemp(f"api-server-{request.param}"), **settings_env).start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="package")
 def api_database(api_server: ServerProcess) -> Iterator[sessionmaker[Session]]:
-    """Sessions on ``api_server``'s SQLite file, for setting up tenants without a round trip."""
-    engine = create_database_engine(f"sqlite:///{api_server.home}/baton.db", 2)
+    """Sessions on ``api_server``'s database, for setting up tenants without a round trip."""
+    engine = create_database_engine(api_server.database_url, 2)
     yield create_session_factory(engine)
     engine.dispose()
 

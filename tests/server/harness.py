@@ -50,7 +50,7 @@ def database_settings(server: ServerProcess) -> BatonSettings:
         for name in list(os.environ):
             if name.startswith("BATON__"):
                 patch.delenv(name)
-        return load_settings(server={"database_url": f"sqlite:///{server.home}/baton.db"})
+        return load_settings(server={"database_url": server.database_url})
 
 
 def raw_http(server: ServerProcess, key: str | None = None) -> httpx.Client:

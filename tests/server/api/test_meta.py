@@ -18,7 +18,8 @@ def test_health_needs_no_key(api_server: ServerProcess) -> None:
     response = httpx.get(f"{api_server.url}/api/health")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "healthy", "version": __version__, "database": "sqlite"}
+    backend = "postgresql" if api_server.database_url.startswith("postgresql") else "sqlite"
+    assert response.json() == {"status": "healthy", "version": __version__, "database": backend}
 
 
 @pytest.mark.parametrize("role", ["admin", "user", "runner", "read"])

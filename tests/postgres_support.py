@@ -1,0 +1,75 @@
+"""A throwaway PostgreSQL cluster for the tests: initdb into a temporary directory, pg_ctl start on a free port
+on 127.0.0.1, one database per server, stopped and deleted afterwards.
+
+initdb refuses to run as root: as root, the cluster's commands run as the ``postgres`` OS user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from support import free_port
+
+BINARIES = ("initdb", "pg_ctl", "postgres")
+
+
+def find_bin_dir() -> Path | None:
+    """The directory holding initdb, pg_ctl and postgres: on PATH, else Debian's /usr/lib/postgresql/*/bin."""
+    on_path = shutil.which("initdb")
+    candidates = [Path(on_path).parent] if on_path else []
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    for directory in candidates:
+        if all((directory / name).exists() for name in BINARIES):
+            return directory
+    return None
+
+
+class PostgresCluster:
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.port = free_port()
+        # Not under pytest's tmp_path: that is private to root, and the cluster may run as another user.
+        self.root = Path(tempfile.mkdtemp(prefix="baton-pg-"))
+        self.data = self.root / "data"
+        self.user = "baton"
+        self._databases = 0
+
+    def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bin_dir / argv[0]), *argv[1:]]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=self.root)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:2])} failed ({result.returncode}): {result.stderr or result.stdout}")
+        return result
+
+    def start(self) -> PostgresCluster:
+        if os.geteuid() == 0:
+            shutil.chown(self.root, user="postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8", "--no-sync")
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "postgres.log"), "-w", "start")
+        return self
+
+    def create_database(self) -> str:
+        """A new empty database; its SQLAlchemy URL."""
+        import psycopg
+
+        self._databases += 1
+        name = f"baton_{self._databases}"
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
