@@ -16,6 +16,7 @@ defaults apply; the settings passed to the agent carry the same values as its ex
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -170,18 +171,5 @@ class CommonAgentOptions:
         )
 
     def agent_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments every agent class takes for these options."""
-        return {
-            "key": self.key,
-            "api": self.api,
-            "tenant_id": self.tenant_id,
-            "agent_config_id": self.agent_config_id,
-            "name": self.name,
-            "labels": self.labels,
-            "env": self.env,
-            "max_polls": self.max_polls,
-            "agent_address": self.agent_address,
-            "no_cloud_logs": self.no_cloud_logs,
-            "log_level": self.log_level,
-            "limit": self.limit,
-        }
+        """The keyword arguments every agent class takes for these options (the fields are AgentOptions' keys)."""
+        return dataclasses.asdict(self)

@@ -60,7 +60,10 @@ def _claim_once(
         result = claims.claim_runs(session, agent, payload.limit, payload.prefetch_seconds, lease)
         runs = [run for run, _token in result.runs]
         reads = flow_runs.to_read(session, runs)
-        flow_reads = {run.flow_id: flows.to_read(flows.get_flow(session, agent.tenant_id, run.flow_id)) for run in runs}
+        flow_reads = {
+            flow.id: flows.to_read(flow)
+            for flow in flows.get_flows(session, agent.tenant_id, {r.flow_id for r in runs})
+        }
         claimed = [
             ClaimedRun(flow_run=read, flow=flow_reads[read.flow_id], run_token=token)
             for read, (_run, token) in zip(reads, result.runs, strict=True)

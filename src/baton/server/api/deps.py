@@ -14,7 +14,6 @@ from baton.server.database.connection import transaction
 __all__ = ["transaction"]
 from baton.server.models.tenants import Principal, authenticate
 from baton.server.notifier import RunNotifier
-from baton.settings import ServerSettings
 
 
 def session_factory(request: Request) -> sessionmaker[Session]:
@@ -25,11 +24,6 @@ def session_factory(request: Request) -> sessionmaker[Session]:
 def get_notifier(request: Request) -> RunNotifier:
     notifier: RunNotifier = request.app.state.notifier
     return notifier
-
-
-def get_server_settings(request: Request) -> ServerSettings:
-    settings: ServerSettings = request.app.state.settings.server
-    return settings
 
 
 def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -64,7 +58,6 @@ def require(*roles: Role, run_token: bool = False) -> Callable[[Principal], Prin
 
 Db = Annotated[sessionmaker[Session], Depends(session_factory)]
 NotifierDep = Annotated[RunNotifier, Depends(get_notifier)]
-ServerSettingsDep = Annotated[ServerSettings, Depends(get_server_settings)]
 AnyPrincipal = Annotated[Principal, Depends(get_principal)]
 Reader = Annotated[Principal, Depends(require(Role.USER, Role.RUNNER, Role.READ, run_token=True))]
 KeyReader = Annotated[Principal, Depends(require(Role.USER, Role.RUNNER, Role.READ))]

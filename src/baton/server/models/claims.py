@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, func, select
+from sqlalchemy import ColumnElement, and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from baton.schemas.states import CLAIMABLE_STATES, StateName
@@ -87,8 +87,6 @@ def claim_runs(
 
 def extend_leases(session: Session, agent: Agent, lease_seconds: float) -> None:
     """An agent that heartbeats is alive: its claims not yet deployed keep their lease."""
-    from sqlalchemy import update
-
     session.execute(
         update(FlowRun)
         .where(FlowRun.agent_id == agent.id, FlowRun.state == StateName.PENDING.value)

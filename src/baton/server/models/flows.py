@@ -67,6 +67,13 @@ def get_flow(session: Session, tenant_id: str, flow_id: str) -> Flow:
     return flow
 
 
+def get_flows(session: Session, tenant_id: str, flow_ids: set[str]) -> list[Flow]:
+    """Several flows in one query (e.g. the flows of the runs one claim returns)."""
+    if not flow_ids:
+        return []
+    return list(session.scalars(select(Flow).where(Flow.tenant_id == tenant_id, Flow.id.in_(flow_ids))))
+
+
 def find_flow(session: Session, tenant_id: str, name: str, version: int | None) -> Flow:
     if version is None:
         flow = latest_version(session, tenant_id, name)
