@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench chaos clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: lint typecheck unit
 
 bench: install
 	$(BIN)/python bench/dispatch.py
+
+# The load version of tests/reliability: agents x runs while the server is SIGKILLed twice (see bench/chaos.py).
+CHAOS_ARGS ?= --agents 8 --runs-per-agent 250
+chaos: install
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS) --database postgresql --replicas 2
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -165,7 +165,7 @@ class DockerCleanup:
         """Every container with ``label`` (``key`` or ``key=value``), e.g. a flow run's ``io.baton.flow-run-id``."""
 
         def remove() -> None:
-            for found in self.client.containers.list(all=True, filters={"label": label}):
+            for found in self.client.containers.list(all=True, filters={"label": label}, sparse=True):
                 with suppress(NotFound):
                     found.remove(force=True, v=True)
 

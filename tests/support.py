@@ -55,7 +55,15 @@ class ServerProcess:
         self.home = home
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.settings_env = settings_env
+        # Tests send many bad keys from 127.0.0.1 on purpose: the failed-auth limit is out of their way unless a
+        # test sets it.
+        # Tests with short leases and timeouts want the lease and recovery services at work right after the
+        # start: no margin for agents backed off by an outage (the services' own tests set their clock).
+        self.settings_env = {
+            "BATON__SERVER__FAILED_AUTH_LIMIT": "100000",
+            "BATON__SERVER__OUTAGE_GRACE_MARGIN_SECONDS": "0",
+            **settings_env,
+        }
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = home / f"server-{self.port}.log"
         self._admin_client: Client | None = None
@@ -108,6 +116,19 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: no shutdown, requests in flight cut off, no clean-up."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self, down_seconds: float = 0.0, timeout: float = 30.0) -> ServerProcess:
+        """SIGKILL the server, keep it down ``down_seconds``, start it again on the same port and database."""
+        self.kill()
+        time.sleep(down_seconds)
+        return self.start(timeout)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

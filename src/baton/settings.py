@@ -78,7 +78,21 @@ class ServerSettings(BaseModel):
     # Longest a claim call may wait, whatever the agent asks for: bounds how long a request holds a slot.
     max_claim_wait_seconds: float = Field(default=30.0, ge=0)
     services_interval_seconds: float = Field(default=1.0, gt=0)
+    # A waiting claim looks again this often even if nothing woke it: runs made due by the clock, and runs written
+    # by another replica when its wake-up was lost (PostgreSQL NOTIFY usually wakes it at once).
+    claim_recheck_seconds: float = Field(default=2.0, gt=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # Recovery (docs/design.md §7): a deployed run is lost when neither its flow-run process nor its agent has
+    # vouched for it (heartbeats) for this long.
+    run_heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)
+    # After the server starts or its database comes back, the lease and recovery services wait one timeout plus
+    # this before judging silence: an agent backed off during the outage may take its longest pause (30 s) to call.
+    outage_grace_margin_seconds: float = Field(default=30.0, ge=0)
+    # Lost Running runs are Failed by default (user code may have had effects); true puts them back in the queue.
+    reschedule_lost_runs: bool = False
+    # Failed authentications allowed per client address within the window; beyond it, 429 until it slides by.
+    failed_auth_limit: int = Field(default=20, ge=1)
+    failed_auth_window_seconds: float = Field(default=60.0, gt=0)
 
 
 class AgentSettings(BaseModel):

@@ -95,8 +95,12 @@ def wait_state(admin: Client, run_id: str, states: Collection[str], timeout: flo
 
 
 def run_containers(client: docker.DockerClient, run_id: str) -> list[Any]:
-    """The containers (running or not) of flow run ``run_id``."""
-    return list(client.containers.list(all=True, filters={"label": f"io.baton.flow-run-id={run_id}"}))
+    """The containers (running or not) of flow run ``run_id``, as the daemon lists them.
+
+    Sparse: a full listing inspects each listed container in a second request, and one that the agent removes in
+    between (tests poll this while the agent removes the container) fails the listing with a 404.
+    """
+    return list(client.containers.list(all=True, filters={"label": f"io.baton.flow-run-id={run_id}"}, sparse=True))
 
 
 def submitted_container_id(run: FlowRunRead) -> str:

@@ -44,6 +44,7 @@ class FakeApi:
         self.calls: list[tuple[str, Any]] = []
         self.claims: list[dict[str, Any]] = []
         self.heartbeats: list[list[dict[str, Any]]] = []
+        self.heartbeat_claims: list[list[str] | None] = []
         self.agents: dict[str, dict[str, Any]] = {}
         self.closed = False
         self.claims_waiting = 0  # claim calls under way
@@ -194,13 +195,18 @@ class FakeApi:
                     self._transition(run, "Pending", f"claimed by {agent_id}", None)
                     run.agent_id = agent_id
                     run.claims += 1
-                return r.ClaimResponse(runs=[self.claimed_run(run) for run in taken])
+                response = r.ClaimResponse(runs=[self.claimed_run(run) for run in taken])
             finally:
                 self.claims_waiting -= 1
                 self._cond.notify_all()
+        self._leave("claim")
+        return response
 
-    def agent_heartbeat(self, agent_id: str, deployments: list[dict[str, Any]]) -> r.HeartbeatResponse:
+    def agent_heartbeat(
+        self, agent_id: str, deployments: list[dict[str, Any]], claims: list[str] | None = None
+    ) -> r.HeartbeatResponse:
         self._enter("agent_heartbeat", deployments)
+        self.heartbeat_claims.append(claims)
         failed = []
         with self._cond:
             self.heartbeats.append(deployments)
@@ -241,6 +247,14 @@ class FakeApi:
             if run is None:
                 raise NotFoundError(404, f"no flow run {flow_run_id}")
             return self._read(run)
+
+    def list_flow_runs(
+        self, state: str | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[r.FlowRunRead]:
+        self._enter("list_flow_runs", (state, limit, offset))
+        with self._cond:
+            runs = [run for run in self.runs.values() if state is None or run.state == state]
+            return [self._read(run) for run in runs[offset : offset + limit]]
 
     def close(self) -> None:
         self.closed = True

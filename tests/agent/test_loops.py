@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
@@ -13,8 +14,12 @@ from baton.agent.loops import (
     retry_call,
     sleep_or_wake,
 )
+from baton.agent.testing import InMemoryAgent
 from baton.backoff import Backoff
 from baton.exceptions import NotFoundError, ServerUnavailableError
+from baton.settings import AgentSettings, BatonSettings
+
+from .fake_api import FakeApi
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
@@ -154,3 +159,18 @@ def test_ticker_ticks_on_time_and_wakes_early() -> None:
     for index in (1, 2, 3):
         assert abs(times[index] - 0.1 * index) < 0.05
     assert times[4] - times[3] < 0.08  # woken before its 0.4 tick
+
+
+def test_an_agent_with_default_settings_rides_out_six_minutes_of_outage(
+    api: FakeApi, settings: BatonSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The figure documented for operators. Each pause is at least half its step (equal jitter): with the jitter at
+    # its lowest, the 29 pauses before the 30th failure in a row add up to 0.5 + 1 + 2 + 4 + 8 + 24 x 15 s.
+    monkeypatch.setattr(random, "uniform", lambda low, high: low)
+    defaults = settings.model_copy(update={"agent": AgentSettings()})
+    policy = InMemoryAgent(settings=defaults, client=api).policy
+    pauses: list[float] = []
+    with pytest.raises(ServerUnavailableError, match="30 API calls"):
+        while True:
+            pauses.append(policy.failed(ServerUnavailableError("connection refused"), "poll"))
+    assert (len(pauses), sum(pauses)) == (29, 375.5)

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from baton.agent.polling import ClaimCall, release_in_thread
+from baton.agent.testing import InMemoryAgent
+from baton.backoff import Backoff
+from baton.client import Client
+from baton.client.http import is_unreachable, may_have_reached_the_server
 from baton.exceptions import NotFoundError, ServerUnavailableError
 from baton.schemas.responses import ClaimResponse
 
+from .conftest import AgentThread
 from .fake_api import FakeApi
+
+MakeAgent = Callable[..., InMemoryAgent]
+RunInThread = Callable[[InMemoryAgent], AgentThread]
 
 
 def test_a_claim_call_returns_its_result_or_raises_its_error_from_a_daemon_thread() -> None:
@@ -67,3 +77,93 @@ def test_release_in_thread_retries_transient_errors_and_releases_each_run() -> N
     release_in_thread(api, "a", response)
 
     assert [api.last_state(run_id)[:2] for run_id in run_ids] == [("Scheduled", "released by agent a on shutdown")] * 2
+
+
+# --- claims named in heartbeats, and the API coming back (the poll loop of a running agent) -----------
+
+
+def _unreachable() -> ServerUnavailableError:
+    error = ServerUnavailableError("cannot reach the API at http://127.0.0.1:9: [Errno 111] Connection refused")
+    error.__cause__ = httpx.ConnectError("[Errno 111] Connection refused")
+    return error
+
+
+def _states(api: FakeApi, run_id: str) -> list[str]:
+    return [state for state, _, _ in api.runs[run_id].history]
+
+
+def test_heartbeats_name_the_claims_held_and_not_yet_submitted(
+    api: FakeApi, make_agent: MakeAgent, run_in_thread: RunInThread
+) -> None:
+    # Given an agent whose deploys take a while: each claimed run is held, not yet Submitted, meanwhile
+    run_id = api.add_run()
+    agent = make_agent(deploy_seconds=1.0)  # heartbeats every 0.1 s (the fixture's settings)
+    running = run_in_thread(agent)
+
+    # Then a heartbeat sent during the deploy names the claim (only named claims keep their lease on the server)
+    api.wait_for_state(run_id, "Submitted", timeout=10)
+    named = [claims for claims in api.heartbeat_claims if claims]
+    assert named and all(claims == [run_id] for claims in named)
+    # And once the run is Submitted, heartbeats name no claim: the run is reported as a deployment instead
+    heartbeats_before = len(api.heartbeat_claims)
+    api.wait_for(lambda: len(api.heartbeat_claims) > heartbeats_before + 1)
+    assert api.heartbeat_claims[-1] == []
+    agent.stop()
+    agent.finish(run_id)
+    running.join()
+
+
+def test_the_api_answering_again_cuts_the_poll_loops_backoff_short(
+    api: FakeApi, make_agent: MakeAgent, run_in_thread: RunInThread
+) -> None:
+    # Given an agent whose claim found the API unreachable, and whose backoff would now wait 15-30 s
+    run_id = api.add_run()
+    api.fail_next("claim", _unreachable())
+    agent = make_agent()
+    agent.policy.backoff = Backoff(base_seconds=30.0, max_seconds=30.0)
+    started = time.monotonic()
+    running = run_in_thread(agent)
+
+    # When another of its calls (a heartbeat) is answered: the API is back
+    # Then the poll loop claims at once, not after its backoff
+    api.wait_for_state(run_id, "Submitted", timeout=10)
+    assert time.monotonic() - started < 10
+    agent.stop()
+    agent.finish(run_id)
+    running.join()
+
+
+def _client_answering(handler: Callable[[httpx.Request], httpx.Response]) -> Client:
+    client = Client("http://api.test", "bat_test")
+    client.close()
+    client._http = httpx.Client(base_url="http://api.test", transport=httpx.MockTransport(handler))
+    return client
+
+
+def test_a_429_is_transient_for_the_client_so_an_agent_backs_off_instead_of_dying() -> None:
+    client = _client_answering(
+        lambda request: httpx.Response(
+            429, json={"detail": "too many failed authentications"}, headers={"Retry-After": "7"}
+        )
+    )
+    with pytest.raises(ServerUnavailableError, match="HTTP 429 too many failed authentications; retry after 7 s"):
+        client.whoami()
+
+
+@pytest.mark.parametrize(
+    ("error", "reached"),
+    [
+        (httpx.ConnectError("[Errno 111] Connection refused"), False),
+        (httpx.ConnectTimeout("timed out"), False),
+        (httpx.ReadTimeout("timed out"), True),
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), True),
+    ],
+)
+def test_only_a_failure_to_connect_proves_a_request_never_reached_the_server(error: Exception, reached: bool) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    with pytest.raises(ServerUnavailableError) as caught:
+        _client_answering(fail).claim("agent-1", limit=1)
+    assert may_have_reached_the_server(caught.value) is reached
+    assert is_unreachable(caught.value)

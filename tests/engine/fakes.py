@@ -120,6 +120,8 @@ class FakeApi:
         self._enter("create_task_run")
         task_run_id = uuid.uuid4().hex
         self.task_runs[task_run_id] = {"name": task_name, "states": [str(state)], "attempt": 1}
+        if self.apply_then_fail["create_task_run"]:
+            raise self.apply_then_fail["create_task_run"].pop(0)
         return self._task_run(flow_run_id, task_run_id)
 
     def set_task_run_state(
@@ -129,6 +131,10 @@ class FakeApi:
         self.task_runs[task_run_id]["states"].append(str(state))
         self.task_runs[task_run_id]["attempt"] = attempt or 1
         return self._task_run("run-1", task_run_id)
+
+    def list_task_runs(self, flow_run_id: str) -> list[TaskRunRead]:
+        self._enter("list_task_runs")
+        return [self._task_run(flow_run_id, task_run_id) for task_run_id in self.task_runs]
 
     def _task_run(self, flow_run_id: str, task_run_id: str) -> TaskRunRead:
         record = self.task_runs[task_run_id]

@@ -561,3 +561,65 @@ def test_stop_requested_while_armed_interrupts_a_sleep_in_the_main_thread() -> N
         assert time.monotonic() - started < 5
     finally:
         cancel.uninstall()
+
+
+class SigtermDuring(FakeApi):
+    """Sends SIGTERM to the main thread in the middle of one of its calls, as an agent's kill may land."""
+
+    def __init__(self, flow: Any, call: str) -> None:
+        super().__init__(flow)
+        self.call = call
+        self.sent = False
+
+    def _enter(self, call: str) -> None:
+        super()._enter(call)
+        if call == self.call and not self.sent:
+            self.sent = True
+            sigterm_main_thread()  # handled between two bytecodes of this very call
+
+
+@pytest.mark.parametrize(
+    ("call", "task_states"),
+    [
+        ("create_task_run", ["Pending", "Cancelled"]),
+        ("set_task_run_state", ["Pending", "Running", "Cancelled"]),
+    ],
+)
+def test_sigterm_during_a_task_run_report_finishes_the_call_then_ends_the_task_run_cancelled(
+    baton_home: Path, sigterm_guard: None, call: str, task_states: list[str]
+) -> None:
+    # Given a SIGTERM that arrives while a task's report to the API is under way
+    api = SigtermDuring(flow_read(NAPPING, "napping"), call)
+
+    # Then the report is not cut in half, the flow stops, and no task run is left open
+    assert run_in_process(api, heartbeat=60) == 1
+    assert api.states[-1] == ("Failed", TERMINATED)
+    assert [t["states"] for t in api.task_runs.values()] == [task_states]
+
+
+def test_a_task_run_whose_creation_answer_was_lost_is_adopted_not_created_twice(baton_home: Path) -> None:
+    api = FakeApi(flow_read(HELLO, "hello"))
+    api.apply_then_fail["create_task_run"].append(ServerUnavailableError("connection reset"))
+
+    assert run_in_process(api) == 0
+    assert [(t["name"], t["states"]) for t in api.task_runs.values()] == [("greet", ["Pending", "Running", "Success"])]
+
+
+def test_a_stop_inside_a_deferred_block_is_raised_when_the_block_ends(sigterm_guard: None) -> None:
+    from baton.engine.cancel import CancelSignal
+    from baton.sdk.context import FlowRunCancelled
+
+    cancel = CancelSignal()
+    cancel.install()
+    finished = []
+    try:
+        with pytest.raises(FlowRunCancelled, match="SIGTERM"), cancel:
+            with cancel.deferred():
+                sigterm_main_thread()
+                for _ in range(1000):  # bytecodes enough for the handler to have run
+                    pass
+                finished.append("the call")
+            pytest.fail("the stop must be raised as the deferred block ends")
+    finally:
+        cancel.uninstall()
+    assert finished == ["the call"]

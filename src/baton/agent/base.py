@@ -241,7 +241,8 @@ class Agent(abc.ABC):
     def api(self) -> ApiCalls:
         """The agent's API calls, under its error policy."""
         if self._api is None:
-            self._api = ApiCalls(self.client, self.policy, self.status)
+            # The API back after an outage: the poll loop claims at once rather than after its backoff.
+            self._api = ApiCalls(self.client, self.policy, self.status, on_answered_again=self.stop_control.poke)
         return self._api
 
     @property
@@ -304,7 +305,9 @@ class Agent(abc.ABC):
         client, agent_id = self.client, self.agent_id
         assert agent_id is not None
         report = self.registry.heartbeat_report()
-        response = await asyncio.to_thread(client.agent_heartbeat, agent_id, report)
+        # Only the claims named here keep their lease: one this agent does not know of expires (polling.py).
+        claims = [run.id for run in self.registry.all() if not run.submitted]
+        response = await asyncio.to_thread(client.agent_heartbeat, agent_id, report, claims)
         self.api.succeeded("heartbeat")
         for item in report:
             run = self.registry.get(item["flow_run_id"])

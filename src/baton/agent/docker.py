@@ -92,6 +92,14 @@ def _explain(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _without_env_values(text: str, env: dict[str, str]) -> str:
+    """``text`` with each ``NAME=value`` of ``env`` it quotes masked: the daemon quotes a refused variable whole
+    (``invalid environment variable: =value``), and run-config values are secrets (never logged or stored)."""
+    for name, value in env.items():
+        text = text.replace(f"{name}={value}", f"{name}=********")
+    return text
+
+
 def _unix_socket_problem(address: str) -> str | None:
     """Why nothing answers on a ``unix://`` daemon socket, or None (also for other kinds of address).
 
@@ -424,7 +432,8 @@ class DockerAgent(Agent):
                 name = f"{name}-{secrets.token_hex(3)}"
                 created = client.create_container(name=name, **params)
         except APIError as exc:
-            raise DeploymentError(f"cannot create a container of image {image}: {_explain(exc)}") from exc
+            detail = _without_env_values(_explain(exc), environment)
+            raise DeploymentError(f"cannot create a container of image {image}: {detail}") from None
         return Container(id=str(created["Id"]), name=name, image=image)
 
     def _start(self, client: APIClient, container: Container, run_config: RunConfig) -> None:

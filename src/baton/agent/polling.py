@@ -7,6 +7,11 @@ claim's own thread, as soon as the server answers (the client is thread-safe). T
 bounded time before it leaves; if the process ends first, the runs of a claim still in flight stay Pending until
 their lease expires, which the agent then logs.
 
+A claim whose answer never arrived (the server died, or the connection broke, after it committed) leaves runs
+Pending for this agent that it knows nothing of, as do the claims of an earlier process of this agent (same name,
+type and labels: the same agent id). Heartbeats name the claims the agent holds, and only those keep their lease,
+so such claims expire and go back to the queue like any claim whose agent died.
+
 Usage::
 
     poller = Poller(agent)
@@ -240,9 +245,7 @@ class Poller:
         try:
             response = await claim.result(give_up=agent.stop_control.stop_requested)
         except ServerUnavailableError as exc:
-            delay = agent.api.failed(exc, POLL_DUTY)
-            logger.warning("claim failed (%s); retrying in %.1fs", exc, delay)
-            await agent.stop_control.wait_poll(timeout=delay, poke_only=True)
+            await self._back_off(exc, "claim")
             return
         if response is None:  # a stop: do not wait out the long poll
             for claimed in self.abandon():
@@ -252,6 +255,11 @@ class Poller:
         agent.status.polls += 1
         for claimed in response.runs:
             agent.runs.accept(claimed)
+
+    async def _back_off(self, exc: ServerUnavailableError, what: str) -> None:
+        delay = self._agent.api.failed(exc, POLL_DUTY)
+        logger.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+        await self._agent.stop_control.wait_poll(timeout=delay, poke_only=True)
 
     def abandon(self) -> list[ClaimedRun]:
         """Stop waiting for the claim in flight.

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from baton.agent.health import AgentStatus
 from baton.agent.loops import ErrorPolicy, retry_call
+from baton.client.http import is_unreachable
 from baton.exceptions import ClientError, ConflictError, ServerUnavailableError
 from baton.schemas import responses as r
 
@@ -45,7 +46,9 @@ class AgentApi(Protocol):
         self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0
     ) -> r.ClaimResponse: ...
 
-    def agent_heartbeat(self, agent_id: str, deployments: list[dict[str, Any]]) -> r.HeartbeatResponse: ...
+    def agent_heartbeat(
+        self, agent_id: str, deployments: list[dict[str, Any]], claims: list[str] | None = None
+    ) -> r.HeartbeatResponse: ...
 
     def set_flow_run_state(
         self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
@@ -53,29 +56,61 @@ class AgentApi(Protocol):
 
     def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead: ...
 
+    def list_flow_runs(
+        self, state: str | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[r.FlowRunRead]: ...
+
     def close(self) -> None: ...
 
 
 class ApiCalls:
     """Calls through ``client`` under ``policy``, recording successes and failures in ``status``.
 
+    When the API answers again after it could not be reached, every backoff pause under way is cut short
+    (:attr:`answered_again`, and ``on_answered_again`` for the agent's own loops): an agent resumes within a
+    moment of a server's restart, not up to a full backoff (30 s) later. Only an unreachable API counts: a route
+    that keeps answering 5xx is left to its backoff.
+
     Args:
         client: the API client.
         policy: the agent's shared error policy.
         status: the health facts to update.
+        on_answered_again: called (on the event loop) when the API answers after being unreachable.
     """
 
-    def __init__(self, client: AgentApi, policy: ErrorPolicy, status: AgentStatus) -> None:
+    def __init__(
+        self,
+        client: AgentApi,
+        policy: ErrorPolicy,
+        status: AgentStatus,
+        on_answered_again: Callable[[], None] | None = None,
+    ) -> None:
         self.client = client
         self.policy = policy
         self.status = status
         # A cold stop makes single attempts: it must end even when the API is gone.
         self.retry = True
+        # Pulsed (set, then cleared at once: every pause waiting on it wakes) when the API answers again.
+        self.answered_again = asyncio.Event()
+        self._on_answered_again = on_answered_again
+        self._unreachable = False  # the latest failure found no API, and no call has been answered since
 
     def succeeded(self, duty: str) -> None:
         """The API answered a call of ``duty``: its streak of failures is over."""
         self.policy.succeeded(duty)
         self.status.api_ok(duty)
+        if self._unreachable:
+            self._unreachable = False
+            logger.info("the API answers again: retrying what waits for it now")
+            self.answered_again.set()
+            self.answered_again.clear()
+            if self._on_answered_again is not None:
+                self._on_answered_again()
+
+    def _note_failure(self, exc: ServerUnavailableError, duty: str) -> None:
+        self.status.api_failed(exc, duty)
+        if is_unreachable(exc):
+            self._unreachable = True
 
     def forget(self, duty: str) -> None:
         """Drop ``duty``'s streak and health entry: a run's duty ends with the run."""
@@ -88,7 +123,7 @@ class ApiCalls:
         Raises:
             ServerUnavailableError: too many failures in a row.
         """
-        self.status.api_failed(exc, duty)
+        self._note_failure(exc, duty)
         return self.policy.failed(exc, duty)
 
     async def call(self, what: str, func: Callable[..., T], *args: Any, duty: str = "api") -> T:
@@ -107,7 +142,8 @@ class ApiCalls:
                     self.policy,
                     duty=duty,
                     what=what,
-                    on_failure=lambda exc: self.status.api_failed(exc, duty),
+                    wake=self.answered_again,
+                    on_failure=lambda exc: self._note_failure(exc, duty),
                 )
         except ClientError:
             # A refusal is an answer: the transient failures before it are over (else health stays 503).

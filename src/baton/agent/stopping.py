@@ -229,7 +229,8 @@ class StopControl:
             except ServerUnavailableError as exc:
                 delay = agent.api.failed(exc, "heartbeat")
                 logger.warning("heartbeat failed (%s); next try in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                # Cut short when the API answers again: leases and the server's view of the runs need it soon.
+                await sleep_or_wake(delay, agent.api.answered_again)
 
     async def _watch_loop(self) -> None:
         assert self._watch is not None

@@ -164,3 +164,168 @@ class InMemoryAgent(Agent):
         self.wait_for(lambda: len(self.deployments) >= count, timeout)
         with self._changed:
             return sorted(self.deployments.values(), key=lambda fake: fake.fake_id)
+
+
+# --- a flow-run process, simulated, and the agent as a process of its own (load and chaos tests) -------------
+
+
+class SimulatedFlowRuns:
+    """An ``on_deploy`` that does what a successful flow-run process does, from a thread pool: Running, then
+    Success, with the run's own token, retrying through API outages; then the deployment ends with exit code 0.
+
+    Usage::
+
+        simulated = SimulatedFlowRuns(api_url)
+        agent = InMemoryAgent(on_deploy=simulated, ...)
+        simulated.attach(agent)
+    """
+
+    # A run token may be used before the agent's Submitted landed (the engine waits for it the same way).
+    _SUBMITTED_WAIT_SECONDS = 60.0
+
+    def __init__(self, api_url: str, workers: int = 8, retry_seconds: float = 600.0) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.api_url = api_url
+        self.retry_seconds = retry_seconds
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="simulated-flow-run")
+        self._agent: InMemoryAgent | None = None
+
+    def attach(self, agent: InMemoryAgent) -> None:
+        self._agent = agent
+
+    def __call__(self, fake: FakeDeployment) -> None:
+        self._pool.submit(self._run, fake)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, fake: FakeDeployment) -> None:
+        from baton.client import Client
+
+        exit_code = 0
+        with Client(self.api_url, fake.claimed.run_token) as client:
+            for state in ("Running", "Success"):
+                if not self._set_state(client, fake.flow_run_id, state):
+                    exit_code = 1
+                    break
+        if self._agent is not None:
+            self._agent.finish(fake.flow_run_id, exit_code)
+
+    def _set_state(self, client: Any, flow_run_id: str, state: str) -> bool:
+        """Set ``state``; True when the run is in it (set now, or by an earlier attempt whose answer was lost)."""
+        from baton.engine.retry import call_with_retry
+        from baton.exceptions import AuthenticationError, ConflictError
+
+        deadline = time.monotonic() + self._SUBMITTED_WAIT_SECONDS
+        pause = 0.02
+        while True:
+            try:
+                call_with_retry(
+                    lambda: client.set_flow_run_state(flow_run_id, state),
+                    what=f"set the run {state}",
+                    timeout_seconds=self.retry_seconds,
+                )
+                return True
+            except AuthenticationError:
+                return False  # the token was revoked: the run was given to another agent, or ended
+            except ConflictError:
+                current = call_with_retry(
+                    lambda: client.get_flow_run(flow_run_id), what="read the run", timeout_seconds=self.retry_seconds
+                ).state
+                if current == state:
+                    return True
+                # Pending, or Submitted since the refusal: the agent's Submitted was late; try again.
+                if current not in ("Pending", "Submitted") or time.monotonic() > deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)  # a late Submitted usually lands within milliseconds
+
+
+def spawn_agent_process(
+    api_url: str, key: str, name: str, record: str, labels: list[str] | None = None, env: dict[str, str] | None = None
+) -> Any:
+    """Start ``python -m baton.agent.testing`` as a child process (a ``subprocess.Popen``); stop it with SIGTERM.
+
+    Its log is ``<record>.log``.
+    """
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "baton.agent.testing", "--api", api_url, "--key", key, "--name", name]
+    argv += ["--record", record, *[arg for label in labels or [] for arg in ("--label", label)]]
+    # Its log goes to a file beside the record: a pipe nobody reads until the end would fill up during an outage
+    # (a warning per failed call) and freeze the agent.
+    with open(f"{record}.log", "ab") as log:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def read_deployments(*records: str) -> dict[str, list[str]]:
+    """Which agents deployed each flow run, from the ``--record`` files of agent processes."""
+    import json
+    from pathlib import Path
+
+    deployed: dict[str, list[str]] = {}
+    for record in records:
+        path = Path(record)
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                deployed.setdefault(entry["flow_run_id"], []).append(entry["agent"])
+    return deployed
+
+
+def _parse_args(argv: list[str] | None) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m baton.agent.testing",
+        description="An in-memory agent whose deployments act like successful flow runs (load and chaos tests).",
+    )
+    parser.add_argument("--api", required=True, help="API URL")
+    parser.add_argument("--key", required=True, help="runner or admin API key")
+    parser.add_argument("--name", required=True, help="agent name")
+    parser.add_argument("--label", action="append", default=[], help="agent label (repeatable)")
+    parser.add_argument("--limit", type=int, default=None, help="most runs deployed at once")
+    parser.add_argument("--record", required=True, help="append one JSON line per deployment to this file")
+    parser.add_argument("--log-level", default="WARNING")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one in-memory agent until SIGTERM/SIGINT; every deployment is recorded as a JSON line."""
+    import json
+
+    from baton.settings import load_settings
+
+    args = _parse_args(argv)
+    settings = load_settings(api={"url": args.api, "key": args.key}, agent={"hostname_label": False})
+    simulated = SimulatedFlowRuns(args.api)
+    lock = threading.Lock()
+    with open(args.record, "a", encoding="utf-8", buffering=1) as record:
+
+        def on_deploy(fake: FakeDeployment) -> None:
+            with lock:  # one whole line per deployment: a reader never sees half of one
+                record.write(json.dumps({"flow_run_id": fake.flow_run_id, "agent": args.name}) + "\n")
+            simulated(fake)
+
+        agent = InMemoryAgent(
+            settings=settings,
+            name=args.name,
+            labels=args.label,
+            limit=args.limit,
+            log_level=args.log_level,
+            on_deploy=on_deploy,
+        )
+        simulated.attach(agent)
+        try:
+            agent.start()
+        finally:
+            simulated.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,10 @@
 """A small synchronous httpx client: one method per route, errors mapped to Baton's specific exceptions.
 
 It is thread-safe (httpx.Client is), which the agent relies on: its loops call it through ``asyncio.to_thread``.
+
+Transient failures (no connection, a timeout, a 5xx, a 429) raise :class:`ServerUnavailableError`; callers retry
+them. Whether the failed request may still have been carried out matters to a retry (a claim, a state change whose
+answer was lost): :func:`may_have_reached_the_server` tells.
 """
 
 from __future__ import annotations
@@ -33,6 +37,25 @@ _ERRORS_BY_STATUS: dict[int, type[ClientError]] = {
     404: NotFoundError,
     409: ConflictError,
 }
+
+
+# Failures before the request was sent: the server cannot have acted on it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def may_have_reached_the_server(exc: BaseException) -> bool:
+    """Whether a request that failed with ``exc`` may have been carried out although its answer never arrived.
+
+    False only when the connection was never made: the server cannot have seen the request. A connection lost
+    while waiting for the answer, a read timeout or a 5xx may follow a change the server made (it committed, then
+    died or answered late): a retry may then meet the consequences (a 409, a revoked run token).
+    """
+    return not isinstance(exc.__cause__, _NOT_SENT)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the API did not answer at all (no connection, a timeout), rather than answered 5xx."""
+    return isinstance(exc.__cause__, httpx.TransportError)
 
 
 def _detail(response: httpx.Response) -> str:
@@ -114,6 +137,14 @@ class Client:
             raise ServerUnavailableError(
                 f"the API at {self.api_url} failed: HTTP {response.status_code} {_detail(response)}"
             )
+        if response.status_code == 429:
+            # Too many requests (the server limits failed authentications per address): "later", not "never".
+            # An agent that shares an address with misbehaving clients must back off, not die of a 4xx.
+            wait = response.headers.get("Retry-After")
+            after = f"; retry after {wait} s" if wait else ""
+            raise ServerUnavailableError(
+                f"the API at {self.api_url} asks to slow down: HTTP 429 {_detail(response)}{after}"
+            )
         if response.status_code >= 400:
             error_class = _ERRORS_BY_STATUS.get(response.status_code, ClientError)
             raise error_class(response.status_code, _detail(response))
@@ -181,9 +212,9 @@ class Client:
         return self._model(r.FlowRunRead, "GET", f"/api/flow_runs/{flow_run_id}")
 
     def list_flow_runs(
-        self, state: str | None = None, flow_name: str | None = None, limit: int = 50
+        self, state: str | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[r.FlowRunRead]:
-        params = {"state": state, "flow_name": flow_name, "limit": limit}
+        params = {"state": state, "flow_name": flow_name, "limit": limit, "offset": offset or None}
         return self._models(r.FlowRunRead, "GET", "/api/flow_runs", params=params)
 
     def set_flow_run_state(
@@ -263,10 +294,12 @@ class Client:
             timeout=timeout + wait_seconds,
         )
 
-    def agent_heartbeat(self, agent_id: str, deployments: list[dict[str, Any]]) -> r.HeartbeatResponse:
-        return self._model(
-            r.HeartbeatResponse,
-            "POST",
-            f"/api/agents/{agent_id}/heartbeat",
-            json={"deployments": deployments},
-        )
+    def agent_heartbeat(
+        self, agent_id: str, deployments: list[dict[str, Any]], claims: list[str] | None = None
+    ) -> r.HeartbeatResponse:
+        """Report deployments; ``claims`` names the runs held claimed and not yet Submitted (their leases are
+        extended; None extends every claim of the agent)."""
+        body: dict[str, Any] = {"deployments": deployments}
+        if claims is not None:
+            body["claims"] = claims
+        return self._model(r.HeartbeatResponse, "POST", f"/api/agents/{agent_id}/heartbeat", json=body)

@@ -9,14 +9,21 @@ decides between Cancelled and Failed.
 Python runs signal handlers in the main thread between bytecodes and interrupts its blocking calls
 (``time.sleep``, waiting on a thread), so a handler that raises stops even a sleeping task. The heartbeat thread
 therefore sends SIGTERM to the main thread rather than setting a flag nobody would read.
+
+A raise in the middle of an API call would cut it in half: the request may have reached the server while the
+process goes on as if it had not (a task run's Running landing after its Cancelled). The engine's own calls made
+from the main thread run inside :meth:`CancelSignal.deferred`: a stop that arrives then is raised as soon as the
+call is over.
 """
 
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -47,6 +54,8 @@ class CancelSignal:
         self._raised = False
         self._previous: Any = None
         self._installed = False
+        self._deferring = 0  # depth of deferred() blocks in the main thread
+        self._deferred_raise = False  # a stop arrived inside one: raise it on leaving the outermost
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -70,6 +79,27 @@ class CancelSignal:
     def __exit__(self, *exc: object) -> None:
         self._armed = False
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Inside, a stop is not raised at once but on leaving the block (main thread only; elsewhere a no-op).
+
+        Raises:
+            FlowRunCancelled: a stop arrived inside the block while the flow runs.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+            if self._deferring == 0 and self._deferred_raise:
+                self._deferred_raise = False
+                if self._armed and not self._raised:
+                    self._raised = True
+                    raise FlowRunCancelled(self.reason or TERMINATED)
+
     def request(self, reason: str) -> None:
         """Ask the main thread to stop the flow (called from another thread)."""
         if self.reason is None:
@@ -88,6 +118,9 @@ class CancelSignal:
             self.terminated = True
         if not self._armed or self._raised:
             logger.warning("Stop requested (%s) while the flow is not running: acting on it next", self.reason)
+            return
+        if self._deferring:  # an API call is under way: let it finish (see deferred)
+            self._deferred_raise = True
             return
         self._raised = True
         raise FlowRunCancelled(self.reason)

@@ -1,50 +1,123 @@
 """Records task runs through the API for the SDK's tasks (``baton.sdk.context.TaskRunReporter``).
 
-A reporting failure never fails the task: it is logged, and the task goes on unrecorded.
+A reporting failure never fails the task: it is logged, and the task goes on unrecorded. Each call is retried
+while the API is unavailable (:func:`~baton.engine.retry.call_with_retry`), and each attempt runs inside the
+``shield`` the runner gives (:meth:`baton.engine.cancel.CancelSignal.deferred`), so that a stop never cuts a call
+in half. A stop may still end a task between two of its calls (after its Running, before it could record
+Cancelled): the runner then ends the task runs left open with :meth:`ApiTaskRunReporter.end_open`.
+
+A task run whose creation went through but whose answer was lost is not created twice: the retry first looks
+for a task run of that name that this process has not been told of (only this process, with its run token, can
+create task runs of its flow run), and adopts it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from baton.client.http import Client
+from baton.client.http import Client, may_have_reached_the_server
 from baton.engine.retry import call_with_retry
 from baton.exceptions import ClientError, ServerUnavailableError
+from baton.schemas.responses import TaskRunRead
 from baton.schemas.states import TaskRunState
 
 logger = logging.getLogger("baton.engine")
 
+_FINAL = frozenset({TaskRunState.SUCCESS, TaskRunState.FAILED, TaskRunState.CANCELLED})
+
 
 class ApiTaskRunReporter:
-    """Creates task runs and sets their states with ``Client.create_task_run``/``set_task_run_state``."""
+    """Creates task runs and sets their states with ``Client.create_task_run``/``set_task_run_state``.
 
-    def __init__(self, client: Client, flow_run_id: str, retry_seconds: float = 30.0) -> None:
+    Args:
+        client: the API client, with the run token.
+        flow_run_id: the flow run.
+        retry_seconds: how long each call is retried while the API is unavailable.
+        shield: wraps each attempt; a stop that arrives inside is raised when it ends.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        flow_run_id: str,
+        retry_seconds: float = 30.0,
+        shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
         self._client = client
         self._flow_run_id = flow_run_id
         self._retry_seconds = retry_seconds
+        self._shield = shield
+        self._lock = threading.Lock()
+        self._known: set[str] = set()  # every task run this reporter created or adopted
+        self._open: dict[str, int] = {}  # task run id -> attempt, until a final state is recorded
 
     def task_run_created(self, task_name: str) -> str | None:
+        maybe_created = False
+
+        def create() -> TaskRunRead:
+            nonlocal maybe_created
+            # Recorded inside the shield: a stop raised as it ends must find the new task run open, to end it.
+            with self._shield():
+                task_run = self._adopt(task_name) if maybe_created else None
+                if task_run is None:
+                    try:
+                        task_run = self._client.create_task_run(self._flow_run_id, task_name, TaskRunState.PENDING)
+                    except ServerUnavailableError as exc:
+                        maybe_created = maybe_created or may_have_reached_the_server(exc)
+                        raise
+                with self._lock:
+                    self._known.add(task_run.id)
+                    self._open[task_run.id] = 1
+                return task_run
+
         try:
-            task_run = call_with_retry(
-                lambda: self._client.create_task_run(self._flow_run_id, task_name, TaskRunState.PENDING),
-                what=f"record task run {task_name!r}",
-                timeout_seconds=self._retry_seconds,
+            created = call_with_retry(
+                create, what=f"record task run {task_name!r}", timeout_seconds=self._retry_seconds
             )
         except (ServerUnavailableError, ClientError) as exc:
             logger.warning("Task %r will run unrecorded: %s", task_name, exc)
             return None
-        return task_run.id
+        return created.id
+
+    def _adopt(self, task_name: str) -> TaskRunRead | None:
+        """The newest Pending task run named ``task_name`` that this reporter does not know of, now known."""
+        found = self._client.list_task_runs(self._flow_run_id)
+        with self._lock:
+            lost = [t for t in found if t.task_name == task_name and t.state == "Pending" and t.id not in self._known]
+            if not lost:
+                return None
+            adopted = max(lost, key=lambda task_run: task_run.created)
+            self._known.add(adopted.id)  # before the lock is let go: a second lost creation must not take it
+        logger.info("Task run %s of %r was created by a call whose answer was lost: using it", adopted.id, task_name)
+        return adopted
 
     def task_run_state(
         self, task_run_id: str | None, state: TaskRunState, message: str | None = None, attempt: int = 1
     ) -> None:
         if task_run_id is None:
             return
+
+        def set_state() -> None:
+            with self._shield():
+                self._client.set_task_run_state(task_run_id, state, message, attempt)
+                with self._lock:
+                    if state in _FINAL:
+                        self._open.pop(task_run_id, None)
+                    elif task_run_id in self._open:
+                        self._open[task_run_id] = attempt
+
         try:
-            call_with_retry(
-                lambda: self._client.set_task_run_state(task_run_id, state, message, attempt),
-                what=f"set task run {task_run_id} {state}",
-                timeout_seconds=self._retry_seconds,
-            )
+            call_with_retry(set_state, what=f"set task run {task_run_id} {state}", timeout_seconds=self._retry_seconds)
         except (ServerUnavailableError, ClientError) as exc:
             logger.warning("Could not record state %s of task run %s: %s", state, task_run_id, exc)
+
+    def end_open(self, state: TaskRunState, message: str) -> None:
+        """Give ``state`` to the task runs recorded here that have no final state (the flow run has stopped)."""
+        with self._lock:
+            left = dict(self._open)
+        for task_run_id, attempt in left.items():
+            self.task_run_state(task_run_id, state, message, attempt)

@@ -32,7 +32,7 @@ from baton.engine.threads import call_with_timeout
 from baton.engine.transitions import StateSetter
 from baton.exceptions import AuthenticationError, BatonError, ClientError, FlowLoadError, ServerUnavailableError
 from baton.schemas.responses import FlowRunRead
-from baton.schemas.states import FINAL_STATES, StateName
+from baton.schemas.states import FINAL_STATES, StateName, TaskRunState
 from baton.sdk.context import FlowRunCancelled
 from baton.sdk.flows import Flow
 from baton.sdk.tasks import describe_error
@@ -122,6 +122,8 @@ class FlowRunner:
             self._id,
             batch_interval=self._settings.logging.batch_interval_seconds,
             batch_size=self._settings.logging.batch_size,
+            # The last lines wait for the API as long as the final state will: dropping them sooner gains nothing.
+            flush_timeout=self._state_retry_seconds,
         )
         with shipper, ship_output(shipper):
             return self._execute()
@@ -209,7 +211,7 @@ class FlowRunner:
         return Outcome(None, None, EXIT_SUCCESS)
 
     def _run_flow(self, flow: Flow[..., Any], parameters: dict[str, Any]) -> Outcome:
-        reporter = ApiTaskRunReporter(self._client, self._id)
+        reporter = ApiTaskRunReporter(self._client, self._id, shield=self._cancel.deferred)
         interval = self._settings.agent.heartbeat_interval_seconds
         try:
             with Heartbeat(self._client, self._id, interval, self._cancel.request):
@@ -217,9 +219,12 @@ class FlowRunner:
                     with self._cancel:
                         flow.run(parameters, reporter)
                 except FlowRunCancelled as exc:
+                    # A stop between two calls of a task (after its Running, before its Cancelled) leaves it open.
+                    reporter.end_open(TaskRunState.CANCELLED, "flow run cancelled")
                     return self._stopped(str(exc))
         except BaseException as exc:  # any way the flow ends but success: never leave the run Running
             logger.error("Flow run failed: %s", describe_error(exc), exc_info=exc)
+            reporter.end_open(TaskRunState.FAILED, f"the flow run failed: {describe_error(exc)}")
             return Outcome(StateName.FAILED, describe_error(exc), EXIT_FAILED)
         logger.info("Flow run finished: Success")
         return Outcome(StateName.SUCCESS, None, EXIT_SUCCESS)

@@ -12,6 +12,10 @@ nor a slow agent alone fails a healthy run:
 
 Anything else ends the wait at once: a final or ``Cancelling`` state (returned), a refused token (401, raised).
 
+A retry after an attempt whose answer was lost (the server died or the connection broke after it committed) meets
+what that attempt did: a 409 naming the very state asked for, or, for a final state, a 401, because reaching a
+final state revokes the run token. Both mean the state was set (see :meth:`StateSetter.set`).
+
 Usage::
 
     setter = StateSetter(client, flow_run_id)
@@ -24,10 +28,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from baton.client.http import Client
+from baton.client.http import Client, may_have_reached_the_server
 from baton.engine.retry import backoff_delay
-from baton.exceptions import ConflictError, ServerUnavailableError
-from baton.schemas.states import StateName
+from baton.exceptions import AuthenticationError, ConflictError, ServerUnavailableError
+from baton.schemas.states import FINAL_STATES, StateName
 
 logger = logging.getLogger("baton.engine")
 
@@ -110,15 +114,26 @@ class StateSetter:
     def set(self, state: StateName, message: str | None = None) -> str | None:
         """Set the run's state; None when set, else the state that refused it (409).
 
+        ``state`` itself is returned when an earlier attempt, whose answer was lost, had set it: the retry met a
+        409 from that very state, or, for a final state, a 401 (the final state revoked the token).
+
         Raises:
             ServerUnavailableError: the API stayed unavailable for ``unavailable_seconds`` in all.
             ClientError: the API refused for another reason than the state (e.g. 401: the token is revoked).
         """
         budget = _Budget(self._pending_seconds, self._unavailable_seconds, self._clock)
+        maybe_set = False  # an attempt failed after the request may have reached the server
         while True:
             try:
                 refused_by = self._try(state, message)
+            except AuthenticationError:
+                if not (maybe_set and state in FINAL_STATES):
+                    raise
+                # Or someone else ended the run in that very moment: either way it is final, nothing is left to do.
+                logger.info("The run is final (its token is revoked) after a %s whose answer was lost", state)
+                return state
             except ServerUnavailableError as exc:
+                maybe_set = maybe_set or may_have_reached_the_server(exc)
                 delay = budget.after_unavailable()
                 if delay is None:
                     raise

@@ -1,4 +1,5 @@
-"""Request bodies (what clients send). Unknown fields are refused."""
+"""Request bodies (what clients send). Unknown fields are refused, and so are values of another JSON type than the
+documented one (``strict=True`` on numbers and booleans: ``true`` is not an exit code, ``"5"`` not a limit)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ MAX_INT = 2**31 - 1  # fits every database's INTEGER: larger numbers are refused
 
 def _labels(value: list[str] | None) -> list[str] | None:
     return None if value is None else normalize_labels(value)
+
+
+def _timestamp_text(value: Any) -> Any:
+    """JSON has no timestamps: a number would be taken for seconds since 1970, which no client means to send."""
+    if isinstance(value, int | float):
+        raise ValueError("a timestamp is an ISO 8601 string with a timezone (e.g. 2026-01-01T09:00:00Z)")
+    return value
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -73,7 +81,7 @@ class FlowCreate(StrictModel):
 class FlowRunCreate(StrictModel):
     flow_id: str | None = Field(default=None, max_length=64)
     flow_name: str | None = Field(default=None, max_length=200)
-    flow_version: int | None = Field(default=None, ge=1, le=MAX_INT)
+    flow_version: int | None = Field(default=None, ge=1, le=MAX_INT, strict=True)
     name: str | None = Field(default=None, max_length=200)
     parameters: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | None = Field(default=None, max_length=MAX_LABELS)
@@ -81,6 +89,7 @@ class FlowRunCreate(StrictModel):
 
     _norm_labels = field_validator("labels")(_labels)
 
+    _text_start = field_validator("scheduled_start_time", mode="before")(_timestamp_text)
     _utc_start = field_validator("scheduled_start_time")(_utc)
 
     @model_validator(mode="after")
@@ -100,11 +109,13 @@ class LogEntry(StrictModel):
     # Chosen by the sender so a retried batch does not store its lines twice.
     key: str | None = Field(default=None, max_length=64)
     timestamp: datetime
-    level: int = Field(default=20, ge=0, le=100)
+    level: int = Field(default=20, ge=0, le=100, strict=True)
     name: str = Field(default="baton", max_length=500)
     message: str = Field(max_length=MAX_MESSAGE_LENGTH)
-    task_run_id: str | None = Field(default=None, max_length=64)
+    # A task run id is a UUID (36 characters, the column's width: PostgreSQL refuses longer values with a 500).
+    task_run_id: str | None = Field(default=None, max_length=36)
 
+    _text_timestamp = field_validator("timestamp", mode="before")(_timestamp_text)
     _utc_timestamp = field_validator("timestamp")(_utc)
 
 
@@ -123,20 +134,24 @@ class AgentRegister(StrictModel):
 
 
 class ClaimRequest(StrictModel):
-    limit: int = Field(default=1, ge=1, le=100)
-    wait_seconds: float = Field(default=0.0, ge=0, le=120)
-    prefetch_seconds: float = Field(default=0.0, ge=0, le=3600)
+    limit: int = Field(default=1, ge=1, le=100, strict=True)
+    wait_seconds: float = Field(default=0.0, ge=0, le=120, strict=True)
+    prefetch_seconds: float = Field(default=0.0, ge=0, le=3600, strict=True)
 
 
 class DeploymentStatus(StrictModel):
     flow_run_id: str = Field(max_length=64)
-    alive: bool
-    exit_code: int | None = None
+    alive: bool = Field(strict=True)
+    exit_code: int | None = Field(default=None, strict=True)
     message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
 
 
 class AgentHeartbeat(StrictModel):
     deployments: list[DeploymentStatus] = Field(default_factory=list, max_length=10_000)
+    # The runs the agent holds claimed and not yet Submitted: only their leases are extended, so a claim the agent
+    # does not know of (its answer was lost, or an earlier process of the same agent made it) expires and goes
+    # back to the queue. None (agents before this field): every Pending run of the agent is extended.
+    claims: list[str] | None = Field(default=None, max_length=10_000)
 
 
 class TaskRunCreate(StrictModel):
@@ -148,4 +163,4 @@ class TaskRunCreate(StrictModel):
 class TaskRunStateSet(StrictModel):
     state: TaskRunState
     message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
-    attempt: int | None = Field(default=None, ge=1, le=MAX_INT)
+    attempt: int | None = Field(default=None, ge=1, le=MAX_INT, strict=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 
 def utcnow() -> datetime:
@@ -36,10 +37,40 @@ class RunConfigType(StrEnum):
     KUBERNETES = "kubernetes"
 
 
+# PostgreSQL cannot store NUL in text columns, and a lone surrogate (JSON "\ud800") cannot be encoded as UTF-8 at all:
+# either would pass validation and then fail in the database or in the answer (a 500), so input text refuses both.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_storable_text(value: Any) -> None:
+    """Raise ValueError if a string in ``value`` (also inside lists and dicts, keys too) has NUL or a lone surrogate.
+
+    Walks with a stack, not recursion: free-form JSON may nest as deep as the parser allowed.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                raise ValueError("text may not contain NUL characters (\\u0000) or lone surrogates (\\ud800-\\udfff)")
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+
+
 class StrictModel(BaseModel):
-    """Input models refuse unknown fields, so a typo is a 422, not a silently ignored option."""
+    """Input models refuse unknown fields, so a typo is a 422, not a silently ignored option, and text that no
+    database can store (:func:`check_storable_text`), so that it is a 422 on SQLite and PostgreSQL alike."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        check_storable_text(value)
+        return value
 
 
 class Storage(StrictModel):
@@ -61,7 +92,7 @@ class RunConfig(StrictModel):
     working_dir: str | None = None
     # DockerRun / KubernetesRun
     image: str | None = None
-    ports: list[int] = Field(default_factory=list)
+    ports: list[Annotated[int, Strict()]] = Field(default_factory=list)
     host_config: dict[str, Any] = Field(default_factory=dict)
     job_template: dict[str, Any] | None = None
     cpu_request: str | None = None

@@ -164,6 +164,12 @@ class RunExplanation(BaseModel):
     agents: list[AgentExplanation]
 
 
+class ErrorDetail(BaseModel):
+    """An error answer: what went wrong, in one message (request validation's 422 lists the invalid fields instead)."""
+
+    detail: str
+
+
 class Health(BaseModel):
     status: str
     version: str

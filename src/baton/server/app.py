@@ -10,23 +10,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from baton import __version__
 from baton.server.api import agents, flow_runs, flows, logs, meta
+from baton.server.auth_limits import FailedAuthLimiter
 from baton.server.database.connection import create_database_engine, create_session_factory
 from baton.server.database.migrate import upgrade
 from baton.server.errors import install_error_handlers
 from baton.server.limits import BodySizeLimit
+from baton.server.models.lost_runs import RecoveryPolicy
 from baton.server.notifier import RunNotifier
 from baton.server.services.leases import LeaseExpiryService
+from baton.server.services.recovery import RecoveryService
 from baton.server.services.runner import run_periodically
-from baton.settings import BatonSettings
+from baton.server.services.wakeups import PostgresWakeups
+from baton.settings import BatonSettings, ServerSettings
 
 logger = logging.getLogger("baton.server")
+
+
+def _services(
+    server: ServerSettings, factory: sessionmaker[Session], notifier: RunNotifier
+) -> list[tuple[str, Callable[[], None]]]:
+    """The background services, by name: each one's ``run_once`` runs every ``services_interval_seconds``."""
+    margin = server.outage_grace_margin_seconds
+    leases = LeaseExpiryService(factory, notifier, server.max_lease_returns, server.claim_lease_seconds + margin)
+    policy = RecoveryPolicy(
+        run_heartbeat_timeout_seconds=server.run_heartbeat_timeout_seconds,
+        reschedule_running=server.reschedule_lost_runs,
+        max_returns=server.max_lease_returns,
+    )
+    recovery = RecoveryService(factory, notifier, policy, margin)
+    return [("lease-expiry", leases.run_once), ("recovery", recovery.run_once)]
 
 
 def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI:
@@ -37,14 +57,16 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade, engine)  # a no-op when the database is already at head
         loop = asyncio.get_running_loop()
-        app.state.notifier = RunNotifier(loop)
+        wakeups = PostgresWakeups(engine) if engine.dialect.name == "postgresql" else None
+        app.state.notifier = RunNotifier(loop, publish=wakeups.publish if wakeups else None)
+        app.state.wakeups = wakeups
         app.state.loop_time = loop.time
+        if wakeups is not None:
+            wakeups.start(app.state.notifier)
         stop = asyncio.Event()
-        leases = LeaseExpiryService(factory, app.state.notifier, settings.server.max_lease_returns)
         services = [
-            asyncio.create_task(
-                run_periodically("lease-expiry", leases.run_once, settings.server.services_interval_seconds, stop)
-            )
+            asyncio.create_task(run_periodically(name, run_once, settings.server.services_interval_seconds, stop))
+            for name, run_once in _services(settings.server, factory, app.state.notifier)
         ]
         try:
             yield
@@ -52,6 +74,8 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
             stop.set()
             app.state.notifier.notify_all()
             await asyncio.gather(*services, return_exceptions=True)
+            if wakeups is not None:
+                await asyncio.to_thread(wakeups.stop)
             engine.dispose()
 
     app = FastAPI(
@@ -65,6 +89,9 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     app.state.settings = settings
     app.state.session_factory = factory
     app.state.database_kind = engine.dialect.name
+    app.state.auth_limiter = FailedAuthLimiter(
+        settings.server.failed_auth_limit, settings.server.failed_auth_window_seconds
+    )
     install_error_handlers(app)
     for module in (meta, flows, flow_runs, logs, agents):
         app.include_router(module.router, prefix="/api")

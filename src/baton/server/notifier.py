@@ -1,23 +1,43 @@
-"""Wakes long-polling claim requests the moment a run becomes claimable in this server process.
+"""Wakes long-polling claim requests the moment a run becomes claimable.
 
-Several replicas (issue 4) will add a database-level channel; within one process an asyncio event per tenant is
-enough. A waiter takes the tenant's event *before* it queries, so a run created during the query is not missed.
+Within one server process an asyncio event per tenant is enough. A waiter takes the tenant's event *before* it
+queries, so a run created during the query is not missed. Several replicas sharing one PostgreSQL also hear of
+each other's runs: :meth:`RunNotifier.notify_threadsafe` hands the tenant to a ``publish`` callable (PostgreSQL
+``NOTIFY``, see :mod:`baton.server.services.wakeups`), and the other replicas' listeners call
+:meth:`RunNotifier.wake_threadsafe`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 
 class RunNotifier:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, publish: Callable[[str], None] | None = None) -> None:
         self._loop = loop
         self._events: dict[str, asyncio.Event] = {}
+        self._publish = publish
 
     def notify_threadsafe(self, tenant_id: str) -> None:
-        """Notify from a worker thread (sync handlers and services run there)."""
-        self._loop.call_soon_threadsafe(self.notify, tenant_id)
+        """Runs of ``tenant_id`` became claimable: wake this process's waiters and tell the other replicas.
+
+        Call from a worker thread (sync handlers and services run there), after the commit.
+        """
+        self.wake_threadsafe(tenant_id)
+        if self._publish is not None:
+            self._publish(tenant_id)
+
+    def wake_threadsafe(self, tenant_id: str) -> None:
+        """Wake this process's waiters only: for news that came from another replica."""
+        # A closed loop means the server is shutting down: there is nobody left to wake.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self.notify, tenant_id)
+
+    def wake_all_threadsafe(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self.notify_all)
 
     def event(self, tenant_id: str) -> asyncio.Event:
         """The event the next :meth:`notify` for this tenant sets. Call from the event loop."""

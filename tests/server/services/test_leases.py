@@ -15,7 +15,9 @@ from baton.client import Client
 from baton.exceptions import AuthenticationError
 from baton.schemas.responses import AgentRead, FlowRunRead
 from baton.server.database.connection import create_database_engine, create_session_factory
+from baton.server.services.leases import LeaseExpiryService
 from server.harness import TenantContext
+from server.services.fakes import CountingFactory, FakeClock
 from support import ServerProcess, wait_for
 
 LEASE_SECONDS = 1.0
@@ -100,6 +102,24 @@ def test_heartbeat_extends_the_leases_of_its_agents_pending_runs(
     assert returned.state_message == "lease expired: the agent did not deploy the run (return 1/3)"
 
 
+def test_heartbeat_extends_only_the_claims_it_names(
+    tenant: TenantContext, runner: Client, agent: AgentRead, user: Client, run: FlowRunRead
+) -> None:
+    # Given two runs claimed by one agent, whose heartbeats name only the first (it never heard of the second:
+    # the claim's answer was lost, or an earlier process of the agent made it)
+    other = user.create_flow_run(flow_name="hello")
+    claimed = {c.flow_run.id for c in runner.claim(agent.id, limit=2).runs}
+    assert claimed == {run.id, other.id}
+    until = time.monotonic() + 2.5 * LEASE_SECONDS
+    while time.monotonic() < until:
+        runner.agent_heartbeat(agent.id, [], claims=[run.id])
+        time.sleep(0.2)
+
+    # Then the named claim is still held and the other went back to the queue
+    assert tenant.run(run.id).state == "Pending"
+    assert wait_for_state(tenant, other.id, "Scheduled").agent_id is None
+
+
 def test_submitted_run_has_no_lease(tenant: TenantContext, runner: Client, agent: AgentRead, run: FlowRunRead) -> None:
     TenantContext.claim_one(runner, agent.id, run.id)
     runner.set_flow_run_state(run.id, "Submitted", "PID: 1")
@@ -119,3 +139,22 @@ def test_released_run_does_not_count_as_a_lease_return(
     returned = wait_for_state(tenant, run.id, "Scheduled")
 
     assert returned.state_message == "lease expired: the agent did not deploy the run (return 1/3)"
+
+
+def test_lease_expiry_waits_one_lease_after_the_server_starts() -> None:
+    # Given a lease service just started, with 30 s leases (grace: one lease + an agent's longest backoff)
+    clock, factory = FakeClock(), CountingFactory()
+    service = LeaseExpiryService(sessionmaker(), None, 3, grace_seconds=60.0, clock=clock)  # type: ignore[arg-type]
+    service._factory = factory  # type: ignore[assignment]
+
+    # When it ticks within the first lease, then it leaves every claim alone: agents may still report them
+    for elapsed in (0.0, 59.9):
+        clock.now = 1000.0 + elapsed
+        service.run_once()
+    assert factory.opened == 0
+
+    # And afterwards it expires leases as usual
+    clock.now = 1060.0
+    with pytest.raises(RuntimeError, match="opened the database"):
+        service.run_once()
+    assert factory.opened == 1

@@ -21,10 +21,6 @@ from baton.settings import ServerSettings
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
-# Even with no wake-up, a waiting claim looks again this often: runs written by another replica or made due
-# by the clock are then found within this delay.
-RECHECK_SECONDS = 2.0
-
 
 def _owned_agent(session: Session, principal: Principal, agent_id: str) -> Agent:
     agent = agents.get_agent(session, principal.tenant_id, agent_id)
@@ -85,7 +81,7 @@ async def claim(agent_id: str, payload: ClaimRequest, principal: Runner, db: Db,
         remaining = deadline - loop_time()
         if attempt.response.runs or remaining <= 0 or await request.is_disconnected():
             return attempt.response
-        timeout = min(remaining, RECHECK_SECONDS)
+        timeout = min(remaining, settings.claim_recheck_seconds)
         if attempt.next_due is not None:
             due_in = (attempt.next_due - utcnow()).total_seconds() - payload.prefetch_seconds
             timeout = min(timeout, max(due_in, 0.005))
@@ -101,5 +97,5 @@ def heartbeat(agent_id: str, payload: AgentHeartbeat, principal: Runner, db: Db,
     lease = request.app.state.settings.server.claim_lease_seconds
     with transaction(db) as session:
         agent = _owned_agent(session, principal, agent_id)
-        outcome = agents.process_heartbeat(session, agent, payload.deployments, lease)
+        outcome = agents.process_heartbeat(session, agent, payload, lease)
     return HeartbeatResponse(cancel=outcome.cancel, failed=outcome.failed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Annotated
 
@@ -9,11 +10,15 @@ from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.schemas.core import Role
+from baton.server.auth_limits import FailedAuthLimiter, retry_after_header
 from baton.server.database.connection import transaction
-
-__all__ = ["transaction"]
 from baton.server.models.tenants import Principal, authenticate
 from baton.server.notifier import RunNotifier
+
+__all__ = ["transaction"]
+
+# The limiter's key when the ASGI server gives no peer address (e.g. a Unix socket).
+UNKNOWN_ADDRESS = "unknown"
 
 
 def session_factory(request: Request) -> sessionmaker[Session]:
@@ -26,7 +31,38 @@ def get_notifier(request: Request) -> RunNotifier:
     return notifier
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client and request.client.host else UNKNOWN_ADDRESS
+
+
 def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, from its bearer key or run token.
+
+    An address with too many recent failed authentications gets 429 before its key is looked at, so that
+    guessing keys stops there, unless the credential already authenticated from that address (see
+    ``auth_limits``); every 401 counts as one failure of the address.
+    """
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    address = client_address(request)
+    digest = hashlib.sha256((authorization or "").encode()).hexdigest()
+    wait = limiter.retry_after(address)
+    if wait is not None and not limiter.is_known(address, digest):
+        seconds = retry_after_header(wait)
+        raise HTTPException(
+            429,
+            f"too many failed authentication attempts from this address; retry in {seconds} s",
+            headers={"Retry-After": seconds},
+        )
+    try:
+        principal = _authenticate(request, authorization)
+    except HTTPException:
+        limiter.record_failure(address)
+        raise
+    limiter.record_success(address, digest)
+    return principal
+
+
+def _authenticate(request: Request, authorization: str | None) -> Principal:
     if not authorization:
         raise HTTPException(401, "missing Authorization header: send 'Bearer <API key>'")
     scheme, _, secret = authorization.partition(" ")

@@ -10,18 +10,21 @@ from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server.api.deps import Author, Db, NotifierDep, Reader, RunWriter, check_run_scope, transaction
+from baton.server.errors import error_responses
 from baton.server.models import agents, flow_runs, state_changes
+from baton.server.models.redaction import redact_flow_run
+from baton.server.models.tenants import check_runner_owns
 
 router = APIRouter(prefix="/flow_runs", tags=["flow runs"])
 
 
-@router.post("", response_model=FlowRunRead, status_code=201)
+@router.post("", response_model=FlowRunRead, status_code=201, responses=error_responses(404))
 def create_flow_run(payload: FlowRunCreate, principal: Author, db: Db, notifier: NotifierDep) -> FlowRunRead:
     with transaction(db) as session:
         run = flow_runs.create_flow_run(session, principal.tenant_id, payload)
         result = flow_runs.to_read(session, [run])[0]
     notifier.notify_threadsafe(principal.tenant_id)  # after the commit: the woken agent must see the run
-    return result
+    return redact_flow_run(principal, result)
 
 
 @router.get("", response_model=list[FlowRunRead])
@@ -44,17 +47,18 @@ def list_flow_runs(
             limit=limit,
             offset=offset,
         )
-        return flow_runs.to_read(session, runs)
+        return [redact_flow_run(principal, r) for r in flow_runs.to_read(session, runs)]
 
 
 @router.get("/{flow_run_id}", response_model=FlowRunRead)
 def get_flow_run(flow_run_id: str, principal: Reader, db: Db) -> FlowRunRead:
     check_run_scope(principal, flow_run_id)
     with transaction(db) as session:
-        return flow_runs.to_read(session, [flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)])[0]
+        run = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
+        return redact_flow_run(principal, flow_runs.to_read(session, [run])[0])
 
 
-@router.post("/{flow_run_id}/state", response_model=FlowRunRead)
+@router.post("/{flow_run_id}/state", response_model=FlowRunRead, responses=error_responses(409))
 def set_state(flow_run_id: str, payload: StateSet, principal: RunWriter, db: Db, notifier: NotifierDep) -> FlowRunRead:
     """Move the run to a new state; 409 with the reason when the state machine does not allow it."""
     check_run_scope(principal, flow_run_id)
@@ -63,15 +67,15 @@ def set_state(flow_run_id: str, payload: StateSet, principal: RunWriter, db: Db,
         result = flow_runs.to_read(session, [run])[0]
     if payload.name in CLAIMABLE_STATES:
         notifier.notify_threadsafe(principal.tenant_id)
-    return result
+    return redact_flow_run(principal, result)
 
 
-@router.post("/{flow_run_id}/cancel", response_model=FlowRunRead)
+@router.post("/{flow_run_id}/cancel", response_model=FlowRunRead, responses=error_responses(409))
 def cancel_flow_run(flow_run_id: str, principal: Author, db: Db) -> FlowRunRead:
     """Cancel: at once when not deployed yet; otherwise Cancelling until the agent stops the deployment."""
     with transaction(db) as session:
         run = state_changes.cancel(session, principal.tenant_id, flow_run_id)
-        return flow_runs.to_read(session, [run])[0]
+        return redact_flow_run(principal, flow_runs.to_read(session, [run])[0])
 
 
 @router.get("/{flow_run_id}/explain", response_model=RunExplanation)
@@ -89,5 +93,6 @@ def flow_run_heartbeat(flow_run_id: str, principal: RunWriter, db: Db) -> FlowRu
     check_run_scope(principal, flow_run_id)
     with transaction(db) as session:
         run = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
+        check_runner_owns(session, principal, run)
         flow_runs.record_heartbeat(session, run)
         return FlowRunHeartbeatResponse(state=run.state)

@@ -11,6 +11,7 @@ from baton.schemas.responses import LogRead, LogsPage, LogsWritten, TaskRunRead
 from baton.server.api.deps import Db, Reader, RunWriter, check_run_scope, transaction
 from baton.server.database.orm import Log
 from baton.server.models import flow_runs, logs, task_runs
+from baton.server.models.tenants import check_runner_owns
 
 router = APIRouter(tags=["logs and task runs"])
 
@@ -46,7 +47,7 @@ def read_logs(
 def write_logs(flow_run_id: str, payload: LogsCreate, principal: RunWriter, db: Db) -> LogsWritten:
     check_run_scope(principal, flow_run_id)
     with transaction(db) as session:
-        flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
+        check_runner_owns(session, principal, flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id))
         return LogsWritten(written=logs.write_logs(session, principal.tenant_id, flow_run_id, payload.logs))
 
 
@@ -54,7 +55,7 @@ def write_logs(flow_run_id: str, payload: LogsCreate, principal: RunWriter, db: 
 def create_task_run(flow_run_id: str, payload: TaskRunCreate, principal: RunWriter, db: Db) -> TaskRunRead:
     check_run_scope(principal, flow_run_id)
     with transaction(db) as session:
-        flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
+        check_runner_owns(session, principal, flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id))
         task_run = task_runs.create_task_run(
             session, principal.tenant_id, flow_run_id, payload.task_name, payload.state, payload.message
         )
@@ -75,5 +76,8 @@ def set_task_run_state(task_run_id: str, payload: TaskRunStateSet, principal: Ru
         task_run = task_runs.get_task_run(session, principal.tenant_id, task_run_id)
         if principal.is_run_token and task_run.flow_run_id != principal.flow_run_id:
             raise HTTPException(404, f"task run {task_run_id} not found")
+        check_runner_owns(
+            session, principal, flow_runs.get_flow_run(session, principal.tenant_id, task_run.flow_run_id)
+        )
         task_run = task_runs.set_task_run_state(session, task_run, payload.state, payload.message, payload.attempt)
         return task_runs.to_read(task_run)

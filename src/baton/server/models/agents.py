@@ -9,15 +9,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from baton.labels import agent_can_take, missing_labels
-from baton.schemas.actions import AgentRegister, DeploymentStatus
+from baton.schemas.actions import AgentHeartbeat, AgentRegister, DeploymentStatus
 from baton.schemas.responses import AgentExplanation, AgentRead, RunExplanation
-from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
+from baton.schemas.states import CLAIMABLE_STATES, DEPLOYED_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import Agent, FlowRun, utcnow
 from baton.server.models.claims import extend_leases
 from baton.server.models.errors import ObjectNotFound, StaleState
 from baton.server.models.flow_runs import get_flow_run, transition
 from baton.server.models.ids import checked_id
 
+_DEPLOYED = [state.value for state in DEPLOYED_STATES]
 # A run due this long ago and still unclaimed is late (derived, not a state: DESIGN.md §3).
 LATE_AFTER_SECONDS = 5.0
 
@@ -74,6 +75,19 @@ def touch(session: Session, agent: Agent) -> None:
     )
 
 
+def vouch_for(session: Session, agent: Agent, alive: list[str]) -> None:
+    """The agent sees these deployments alive: a sign of life for their runs, as good as the process's own
+    heartbeat (the recovery service, ``models/lost_runs.py``, judges silence by ``heartbeat_at``)."""
+    if not alive:
+        return
+    session.execute(
+        update(FlowRun)
+        .where(FlowRun.agent_id == agent.id, FlowRun.id.in_(alive), FlowRun.state.in_(_DEPLOYED))
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
 @dataclass
 class HeartbeatOutcome:
     cancel: list[str] = field(default_factory=list)
@@ -93,10 +107,12 @@ def _end_dead_deployment(session: Session, run: FlowRun, status: DeploymentStatu
 
 
 def process_heartbeat(
-    session: Session, agent: Agent, deployments: list[DeploymentStatus], lease_seconds: float
+    session: Session, agent: Agent, payload: AgentHeartbeat, lease_seconds: float
 ) -> HeartbeatOutcome:
     touch(session, agent)
-    extend_leases(session, agent, lease_seconds)
+    extend_leases(session, agent, lease_seconds, payload.claims)
+    deployments = payload.deployments
+    vouch_for(session, agent, [status.flow_run_id for status in deployments if status.alive])
     outcome = HeartbeatOutcome()
     for status in deployments:
         if status.alive:

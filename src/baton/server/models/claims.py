@@ -50,15 +50,22 @@ def claim_runs(
     now = utcnow()
     horizon = now + timedelta(seconds=prefetch_seconds)
     result = ClaimResult()
-    # A lost race (another agent took a candidate first) just means trying the next candidates.
+    # PostgreSQL: FOR UPDATE SKIP LOCKED hands concurrent claimers disjoint rows, so they neither wait on each
+    # other nor lose compare-and-set races. SQLite has one writer at a time; there the compare-and-set in
+    # ``transition`` is the guard, and a lost race just means trying the next candidates.
+    skip_locked = session.get_bind().dialect.name == "postgresql"
     for _round in range(3):
         wanted = limit - len(result.runs)
-        candidates = session.scalars(
+        query = (
             select(FlowRun)
             .where(_matching(agent), FlowRun.scheduled_start_time <= horizon)
             .order_by(FlowRun.scheduled_start_time, FlowRun.created)
-            .limit(wanted * 2)
-        ).all()
+        )
+        if skip_locked:
+            query = query.limit(wanted).with_for_update(skip_locked=True, of=FlowRun)
+        else:
+            query = query.limit(wanted * 2)
+        candidates = session.scalars(query).all()
         for run in candidates:
             if len(result.runs) >= limit:
                 break
@@ -74,7 +81,7 @@ def claim_runs(
             except StaleState:
                 continue
             result.runs.append((run, token))
-        if len(result.runs) >= limit or len(candidates) < wanted * 2:
+        if len(result.runs) >= limit or len(candidates) < (wanted if skip_locked else wanted * 2):
             break
     if not result.runs:
         result.next_due = session.scalar(
@@ -85,13 +92,17 @@ def claim_runs(
     return result
 
 
-def extend_leases(session: Session, agent: Agent, lease_seconds: float) -> None:
-    """An agent that heartbeats is alive: its claims not yet deployed keep their lease."""
+def extend_leases(session: Session, agent: Agent, lease_seconds: float, claimed: list[str] | None) -> None:
+    """An agent that heartbeats is alive: the claims it names (all of its claims if None) keep their lease."""
+    query = update(FlowRun).where(FlowRun.agent_id == agent.id, FlowRun.state == StateName.PENDING.value)
+    if claimed is not None:
+        if not claimed:
+            return
+        query = query.where(FlowRun.id.in_(claimed))
     session.execute(
-        update(FlowRun)
-        .where(FlowRun.agent_id == agent.id, FlowRun.state == StateName.PENDING.value)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
+        query.values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)).execution_options(
+            synchronize_session=False
+        )
     )
 
 
@@ -101,9 +112,10 @@ def expire_leases(session: Session, max_returns: int, batch: int = 500) -> list[
     Returns the runs put back in the queue (their tenants' waiting agents should be woken).
     """
     now = utcnow()
-    expired = session.scalars(
-        select(FlowRun).where(FlowRun.state == StateName.PENDING.value, FlowRun.lease_expires_at < now).limit(batch)
-    ).all()
+    query = select(FlowRun).where(FlowRun.state == StateName.PENDING.value, FlowRun.lease_expires_at < now).limit(batch)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)  # replicas' lease services split the work
+    expired = session.scalars(query).all()
     requeued: list[FlowRun] = []
     for run in expired:
         returns = run.lease_returns + 1

@@ -89,6 +89,8 @@ def list_flow_runs(
     if state:
         stmt = stmt.where(FlowRun.state == state)
     if flow_name:
+        if "\x00" in flow_name:
+            return []  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one
         stmt = stmt.join(Flow, Flow.id == FlowRun.flow_id).where(Flow.name == flow_name)
     stmt = stmt.order_by(FlowRun.created.desc(), FlowRun.id).limit(limit).offset(offset)
     return list(session.scalars(stmt))
@@ -136,7 +138,8 @@ def _side_effects(run: FlowRun, new_state: StateName, data: dict[str, Any] | Non
     """Columns that change with the state, besides the state itself."""
     values: dict[str, Any] = {}
     if new_state == StateName.SUBMITTED:
-        values.update(deployment=data or {}, lease_expires_at=None)
+        # Deployment counts as the first sign of life: recovery measures silence from here until Running.
+        values.update(deployment=data or {}, lease_expires_at=None, heartbeat_at=now)
     elif new_state == StateName.RUNNING:
         values.update(start_time=run.start_time or now, heartbeat_at=now)
     elif new_state in CLAIMABLE_STATES:

@@ -13,7 +13,7 @@ from baton.schemas.actions import FlowCreate
 from baton.schemas.core import RunConfig, Storage
 from baton.schemas.responses import FlowRead
 from baton.server.database.orm import Flow
-from baton.server.models.errors import ObjectNotFound
+from baton.server.models.errors import ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
 
 
@@ -56,7 +56,7 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
         except IntegrityError:
             continue  # someone registered the same name at the same moment: take the next version
         return flow, True
-    raise ObjectNotFound(f"could not register flow {payload.name!r}: too many concurrent registrations")
+    raise StaleState(f"could not register flow {payload.name!r}: too many concurrent registrations; retry")
 
 
 def get_flow(session: Session, tenant_id: str, flow_id: str) -> Flow:
@@ -88,6 +88,8 @@ def find_flow(session: Session, tenant_id: str, name: str, version: int | None) 
 
 
 def list_flows(session: Session, tenant_id: str, name: str | None = None, all_versions: bool = False) -> list[Flow]:
+    if name and "\x00" in name:
+        return []  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one (a 500)
     stmt = select(Flow).where(Flow.tenant_id == tenant_id)
     if name:
         stmt = stmt.where(Flow.name == name)

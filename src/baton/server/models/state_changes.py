@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from baton.exceptions import IllegalTransitionError
 from baton.schemas.core import Role
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
-from baton.server.database.orm import Agent, FlowRun
+from baton.server.database.orm import FlowRun
 from baton.server.models.errors import Forbidden, InvalidRequest, StaleState
 from baton.server.models.flow_runs import MAX_TRANSITION_ATTEMPTS, get_flow_run, transition
-from baton.server.models.tenants import Principal
+from baton.server.models.tenants import Principal, check_runner_owns
 
 _S = StateName
 # What each kind of caller may ask for through POST /api/flow_runs/{id}/state.
@@ -38,15 +37,6 @@ def _allowed_states(principal: Principal) -> frozenset[StateName]:
     return frozenset()
 
 
-def _check_runner_owns(session: Session, principal: Principal, run: FlowRun) -> None:
-    """A runner key may change only runs that one of the agents it registered has claimed."""
-    if principal.role != Role.RUNNER:
-        return
-    owner_key = session.scalar(select(Agent.api_key_id).where(Agent.id == run.agent_id)) if run.agent_id else None
-    if owner_key is None or owner_key != principal.key_id:
-        raise Forbidden("this runner key may only change runs claimed by its own agents")
-
-
 def set_state(
     session: Session,
     principal: Principal,
@@ -61,7 +51,7 @@ def set_state(
         raise Forbidden(f"this key may not set state {name.value}")
     for _attempt in range(MAX_TRANSITION_ATTEMPTS):
         run = get_flow_run(session, principal.tenant_id, flow_run_id)
-        _check_runner_owns(session, principal, run)
+        check_runner_owns(session, principal, run)
         if name == _S.SCHEDULED and run.state != _S.PENDING:
             raise IllegalTransitionError(run.state, name, "only a claimed, undeployed run can be released")
         try:

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from baton.schemas.core import Role
-from baton.server.database.orm import ApiKey, FlowRun, Tenant
-from baton.server.models.errors import InvalidRequest
+from baton.server.database.orm import Agent, ApiKey, FlowRun, Tenant
+from baton.server.models.errors import Forbidden, InvalidRequest
 
 API_KEY_PREFIX = "bat_"
 RUN_TOKEN_PREFIX = "batr_"  # noqa: S105 - a prefix, not a secret
@@ -101,3 +101,16 @@ def authenticate(session: Session, secret: str) -> Principal | None:
         key_id=key.id,
         key_name=key.name,
     )
+
+
+def check_runner_owns(session: Session, principal: Principal, run: FlowRun) -> None:
+    """A runner key may change only runs that one of the agents it registered has claimed.
+
+    Raises:
+        Forbidden: ``principal`` is a runner key and no agent of its claimed ``run`` (other principals pass).
+    """
+    if principal.role != Role.RUNNER or principal.is_run_token:
+        return
+    owner_key = session.scalar(select(Agent.api_key_id).where(Agent.id == run.agent_id)) if run.agent_id else None
+    if owner_key is None or owner_key != principal.key_id:
+        raise Forbidden("this runner key may only change runs claimed by its own agents")

@@ -1,0 +1,147 @@
+"""Failed authentications are rate limited per client address: beyond the limit, 429 before the key is checked.
+
+A server of its own, with a limit of 5 failures per 3 s. Each test speaks from loopback addresses of its own
+(127.0.0.0/8 is all loopback on Linux), so the tests' failures do not add up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from support import ServerProcess
+
+LIMIT = 5
+WINDOW = 3.0
+Speaker = Callable[[], httpx.Client]
+_addresses = (f"127.0.{n // 250}.{n % 250 + 2}" for n in itertools.count())
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        tmp_path_factory.mktemp("auth-limited-server"),
+        BATON__SERVER__FAILED_AUTH_LIMIT=str(LIMIT),
+        BATON__SERVER__FAILED_AUTH_WINDOW_SECONDS=str(WINDOW),
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def speak_from(limited_server: ServerProcess) -> Iterator[Speaker]:
+    """``speak_from()`` → an httpx client whose requests come from a loopback address no other test uses."""
+    clients: list[httpx.Client] = []
+
+    def make() -> httpx.Client:
+        transport = httpx.HTTPTransport(local_address=next(_addresses))
+        client = httpx.Client(base_url=limited_server.url, transport=transport, timeout=30)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+BAD_KEY = bearer("bat_" + "x" * 43)
+
+
+def fail(http: httpx.Client, times: int = LIMIT) -> None:
+    for _ in range(times):
+        assert http.get("/api/whoami", headers=BAD_KEY).status_code == 401
+
+
+def assert_limited(response: httpx.Response) -> int:
+    assert response.status_code == 429, response.text
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= WINDOW
+    assert response.json() == {
+        "detail": f"too many failed authentication attempts from this address; retry in {retry_after} s"
+    }
+    return retry_after
+
+
+def new_key(server: ServerProcess) -> dict[str, str]:
+    """A valid key that has never been used from any address."""
+    return bearer(server.client().create_api_key("user").key)
+
+
+def test_beyond_the_limit_a_valid_key_new_to_the_address_is_refused_until_the_window_slides(
+    limited_server: ServerProcess, speak_from: Speaker
+) -> None:
+    http = speak_from()
+    fresh = new_key(limited_server)
+
+    fail(http)
+
+    retry_after = assert_limited(http.get("/api/whoami", headers=fresh))
+    assert_limited(http.get("/api/flows", headers=BAD_KEY))
+    # Refused requests are not counted: the address is free again one window after its failures.
+    time.sleep(retry_after + 0.1)
+    assert http.get("/api/whoami", headers=fresh).status_code == 200
+
+
+def test_a_credential_that_authenticated_from_the_address_before_still_passes(
+    limited_server: ServerProcess, speak_from: Speaker
+) -> None:
+    # Given an agent's key in use from an address, where a script then loops on a wrong key
+    http = speak_from()
+    agent = bearer(limited_server.admin_key)
+    assert http.get("/api/whoami", headers=agent).status_code == 200
+    fail(http)
+
+    # Then the agent carries on, while guesses and keys new to the address are refused
+    assert http.get("/api/whoami", headers=agent).status_code == 200
+    assert_limited(http.get("/api/whoami", headers=BAD_KEY))
+    assert_limited(http.get("/api/whoami", headers=new_key(limited_server)))
+
+
+def test_another_address_is_not_affected(limited_server: ServerProcess, speak_from: Speaker) -> None:
+    guessing, other = speak_from(), speak_from()
+    fail(guessing)
+    assert_limited(guessing.get("/api/whoami", headers=BAD_KEY))
+
+    assert other.get("/api/whoami", headers=bearer(limited_server.admin_key)).status_code == 200
+    assert other.get("/api/whoami", headers=BAD_KEY).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Basic dXNlcjpwdw=="}, {"Authorization": "Bearer"}, BAD_KEY],
+    ids=["missing", "not-bearer", "empty", "unknown-key"],
+)
+def test_every_kind_of_401_counts(speak_from: Speaker, headers: dict[str, str]) -> None:
+    http = speak_from()
+    for _ in range(LIMIT):
+        assert http.get("/api/flow_runs", headers=headers).status_code == 401
+
+    assert_limited(http.get("/api/flow_runs", headers=headers))
+
+
+def test_successes_neither_count_nor_wash_out_failures(limited_server: ServerProcess, speak_from: Speaker) -> None:
+    http = speak_from()
+    admin = bearer(limited_server.admin_key)
+    for _ in range(3 * LIMIT):
+        assert http.get("/api/whoami", headers=admin).status_code == 200
+    fail(http, LIMIT - 1)
+    assert http.get("/api/whoami", headers=admin).status_code == 200
+
+    fail(http, 1)
+
+    assert_limited(http.get("/api/whoami", headers=new_key(limited_server)))
+
+
+def test_health_needs_no_key_and_stays_open(speak_from: Speaker) -> None:
+    http = speak_from()
+    fail(http)
+
+    assert http.get("/api/health").status_code == 200

@@ -1,0 +1,362 @@
+"""Every route of the API, swept: tenant isolation (another tenant's ids are 404, never 403, and never listed) and
+the role matrix (which principal gets 2xx, 403, 404 or 401 on each route).
+
+The routes come from the served OpenAPI spec; :data:`ROUTES` is the explicit table of expected outcomes, and a
+route in the spec that is missing from the table fails :func:`test_every_route_in_the_spec_is_in_the_table`, so a
+new route cannot go unswept.
+
+Principals (columns of the table): ``admin``, ``user``, ``runner`` (whose agent claimed the target run),
+``other_runner`` (another runner key of the same tenant), ``read``, ``token`` (the target run's run token) and
+``other_token`` (the run token of another run, of another flow, in the same tenant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from server.harness import TenantContext, unique
+from support import HELLO_SOURCE
+
+PRINCIPALS = ("admin", "user", "runner", "other_runner", "read", "token", "other_token")
+
+
+@dataclass
+class Target:
+    """Objects of one tenant that the routes act on: a Running run, claimed by ``runner``'s agent."""
+
+    run_id: str
+    flow_id: str
+    agent_id: str
+    token: str
+    task_run_id: str
+
+    def params(self) -> dict[str, str]:
+        return {
+            "flow_id": self.flow_id,
+            "flow_run_id": self.run_id,
+            "agent_id": self.agent_id,
+            "task_run_id": self.task_run_id,
+        }
+
+    def ids(self) -> set[str]:
+        return {self.run_id, self.flow_id, self.agent_id, self.task_run_id}
+
+
+Body = Callable[[Target], dict[str, Any] | None]
+
+
+def no_body(_target: Target) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    expect: dict[str, int]
+    body: Body = no_body
+    fresh: bool = False  # the call changes the run for good: each principal gets a target of its own
+    cross_body: Body | None = None  # the body another tenant sends (naming this tenant's objects)
+    public: bool = False  # no key needed
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.method, self.path
+
+    @property
+    def has_ids(self) -> bool:
+        return "{" in self.path
+
+
+def expect(ok: int, allowed: str, **others: int) -> dict[str, int]:
+    """``ok`` for the principals named in ``allowed``, 403 for the rest, unless ``others`` says otherwise."""
+    names = allowed.split()
+    assert set(names) <= set(PRINCIPALS) and set(others) <= set(PRINCIPALS)
+    return {p: others.get(p, ok if p in names else 403) for p in PRINCIPALS}
+
+
+ALL = " ".join(PRINCIPALS)
+KEYS = "admin user runner other_runner read"
+RUN_WRITERS = "admin user runner token"  # and a 403 for the runner key whose agents did not claim the run
+
+FLOW_PAYLOAD = {
+    "name": "hello",
+    "entrypoint": "hello",
+    "source": HELLO_SOURCE,
+    "source_filename": "/flows/hello.py",
+    "labels": [],
+    "parameters_schema": {"type": "object", "properties": {"name": {"type": "string"}}},
+    "tasks": ["greet"],
+}
+LOG_LINE = {"logs": [{"timestamp": "2030-01-01T00:00:00Z", "message": "swept"}]}
+
+ROUTES = [
+    Route("GET", "/api/health", expect(200, ALL), public=True),
+    Route("GET", "/api/whoami", expect(200, ALL)),
+    Route("POST", "/api/keys", expect(201, "admin"), body=lambda t: {"role": "read", "name": unique("k")}),
+    Route("GET", "/api/keys", expect(200, "admin")),
+    Route("POST", "/api/flows", expect(200, "admin user"), body=lambda t: FLOW_PAYLOAD),
+    Route("GET", "/api/flows", expect(200, KEYS)),
+    Route("GET", "/api/flows/{flow_id}", expect(200, ALL, other_token=404)),
+    Route(
+        "POST",
+        "/api/flow_runs",
+        expect(201, "admin user"),
+        body=lambda t: {"flow_name": "hello", "labels": [unique("swept")]},
+        cross_body=lambda t: {"flow_id": t.flow_id},
+    ),
+    Route("GET", "/api/flow_runs", expect(200, KEYS)),
+    Route("GET", "/api/flow_runs/{flow_run_id}", expect(200, ALL, other_token=404)),
+    Route(
+        "POST",
+        "/api/flow_runs/{flow_run_id}/state",
+        expect(200, RUN_WRITERS, other_token=404),
+        body=lambda t: {"name": "Failed", "message": "swept"},
+        fresh=True,
+    ),
+    Route("POST", "/api/flow_runs/{flow_run_id}/cancel", expect(200, "admin user"), fresh=True),
+    Route("GET", "/api/flow_runs/{flow_run_id}/explain", expect(200, ALL, other_token=404)),
+    Route("POST", "/api/flow_runs/{flow_run_id}/heartbeat", expect(200, RUN_WRITERS, other_token=404)),
+    Route("GET", "/api/flow_runs/{flow_run_id}/logs", expect(200, ALL, other_token=404)),
+    Route(
+        "POST", "/api/flow_runs/{flow_run_id}/logs", expect(201, RUN_WRITERS, other_token=404), body=lambda t: LOG_LINE
+    ),
+    Route("GET", "/api/flow_runs/{flow_run_id}/task_runs", expect(200, ALL, other_token=404)),
+    Route(
+        "POST",
+        "/api/flow_runs/{flow_run_id}/task_runs",
+        expect(201, RUN_WRITERS, other_token=404),
+        body=lambda t: {"task_name": "swept"},
+    ),
+    Route(
+        "POST",
+        "/api/task_runs/{task_run_id}/state",
+        expect(200, RUN_WRITERS, other_token=404),
+        body=lambda t: {"state": "Running"},
+    ),
+    Route(
+        "POST",
+        "/api/agents",
+        expect(201, "admin runner other_runner"),
+        body=lambda t: {"name": unique("agent"), "type": "local", "labels": []},
+    ),
+    Route("GET", "/api/agents", expect(200, KEYS)),
+    Route(
+        "POST",
+        "/api/agents/{agent_id}/claim",
+        expect(200, "admin runner"),
+        body=lambda t: {"limit": 1, "wait_seconds": 0},
+    ),
+    Route(
+        "POST",
+        "/api/agents/{agent_id}/heartbeat",
+        expect(200, "admin runner"),
+        body=lambda t: {"deployments": [{"flow_run_id": t.run_id, "alive": True}]},
+    ),
+]
+ROUTES_BY_KEY = {route.key: route for route in ROUTES}
+
+
+def route_id(route: Route) -> str:
+    return f"{route.method} {route.path}"
+
+
+# --- building the world ----------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """A tenant with keys of every principal, and helpers to make targets in it."""
+
+    tenant: TenantContext
+    keys: dict[str, str] = field(default_factory=dict)
+    _http: dict[str | None, httpx.Client] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, tenant: TenantContext) -> World:
+        world = cls(tenant)
+        for role in ("admin", "user", "runner", "read"):
+            world.keys[role] = tenant.key(role)
+        world.keys["other_runner"] = tenant.new_key("runner")
+        world.keys["other_token"] = world.token_of_another_flow()
+        return world
+
+    def http(self, key: str | None) -> httpx.Client:
+        if key not in self._http:
+            self._http[key] = self.tenant.raw(key)
+        return self._http[key]
+
+    def target(self) -> Target:
+        staged = self.tenant.stage("Running", runner=self.tenant.client(self.keys["runner"]))
+        assert staged.token is not None and staged.agent_id is not None
+        task_run = self.tenant.client(staged.token).create_task_run(staged.id, "greet")
+        return Target(staged.id, self.tenant.run(staged.id).flow_id, staged.agent_id, staged.token, task_run.id)
+
+    def token_of_another_flow(self) -> str:
+        """The run token of a claimed run of flow ``other``."""
+        self.tenant.register_flow("other")
+        label = unique("other")
+        self.tenant.client(self.keys["user"]).create_flow_run(flow_name="other", labels=[label])
+        runner = self.tenant.client(self.keys["runner"])
+        agent = runner.register_agent(unique("other-agent"), "local", [label])
+        claimed = runner.claim(agent.id).runs
+        assert len(claimed) == 1
+        return claimed[0].run_token
+
+    def revoked_token(self) -> str:
+        staged = self.tenant.stage("Success")
+        assert staged.token is not None
+        return staged.token
+
+    def key_of(self, principal: str, target: Target) -> str:
+        return target.token if principal == "token" else self.keys[principal]
+
+    def call(self, route: Route, key: str | None, target: Target, body: Body | None = None) -> httpx.Response:
+        url = route.path.format(**target.params())
+        payload = (body or route.body)(target)
+        return self.http(key).request(route.method, url, json=payload)
+
+
+@pytest.fixture
+def world(tenant: TenantContext) -> World:
+    return World.of(tenant)
+
+
+def mismatches(got: dict[str, dict[str, int]], expected: dict[str, dict[str, int]]) -> list[str]:
+    """``route principal: got N, expected M`` for each cell that differs (readable where a dict diff is not)."""
+    return [
+        f"{route} {principal}: got {status}, expected {expected[route][principal]}"
+        for route, row in got.items()
+        for principal, status in row.items()
+        if status != expected[route][principal]
+    ]
+
+
+# --- the table is the spec ---------------------------------------------------------------------------------
+
+
+def test_every_route_in_the_spec_is_in_the_table(tenant: TenantContext) -> None:
+    spec = tenant.raw().get("/api/openapi.json").json()
+    served = {(method.upper(), path) for path, operations in spec["paths"].items() for method in operations}
+
+    assert served - set(ROUTES_BY_KEY) == set(), "routes without expected outcomes in test_isolation.ROUTES"
+    assert set(ROUTES_BY_KEY) - served == set(), "routes in test_isolation.ROUTES that the server does not serve"
+
+
+# --- roles ----------------------------------------------------------------------------------------------
+
+
+def test_role_matrix(world: World) -> None:
+    shared = world.target()
+    outcomes: dict[str, dict[str, int]] = {}
+    for route in ROUTES:
+        row = outcomes[route_id(route)] = {}
+        for principal in PRINCIPALS:
+            target = world.target() if route.fresh else shared
+            response = world.call(route, world.key_of(principal, target), target)
+            row[principal] = response.status_code
+            if response.status_code in (403, 404):
+                assert isinstance(response.json()["detail"], str)
+
+    problems = mismatches(outcomes, {route_id(route): route.expect for route in ROUTES})
+    assert not problems, "\n".join(problems)
+
+
+def test_no_key_and_revoked_run_tokens_get_401(world: World) -> None:
+    target = world.target()
+    revoked = world.revoked_token()
+    unknown = "bat_" + "x" * 43
+
+    outcomes = {
+        route_id(route): [world.call(route, key, target).status_code for key in (None, revoked, unknown)]
+        for route in ROUTES
+    }
+
+    assert outcomes == {route_id(route): [200 if route.public else 401] * 3 for route in ROUTES}
+
+
+def test_refused_writes_change_nothing(world: World) -> None:
+    target = world.target()
+    for route in ROUTES:
+        if route.method != "POST" or not route.has_ids:
+            continue
+        for principal in ("read", "other_runner", "other_token"):
+            if route.expect[principal] >= 400:
+                world.call(route, world.key_of(principal, target), target)
+
+    run = world.tenant.run(target.run_id)
+    assert run.state == "Running"
+    assert world.tenant.admin.get_logs(target.run_id).logs == []
+    assert [t.state for t in world.tenant.admin.list_task_runs(target.run_id)] == ["Pending"]
+
+
+# --- tenants --------------------------------------------------------------------------------------------
+
+
+def test_another_tenant_gets_404_for_ids_and_never_sees_them(world: World, other_tenant: TenantContext) -> None:
+    target = world.target()
+    others = World.of(other_tenant)
+    b_target = others.target()  # B's own objects, so that B's lists are not trivially empty
+    a_ids = target.ids() | {world.tenant.id}
+
+    for route in ROUTES:
+        # B's admin, naming A's objects: unknown ids (404), never 403, and nothing of A's in any answer.
+        response = others.call(route, others.keys["admin"], target, route.cross_body)
+        if route.has_ids or route.cross_body is not None:
+            assert response.status_code == 404, (route_id(route), response.text)
+        else:
+            assert response.status_code < 300, (route_id(route), response.text)
+            leaked = {i for i in a_ids if i in response.text}
+            assert not leaked, f"{route_id(route)} shows tenant A's {leaked} to tenant B"
+            if route.method == "GET" and isinstance(response.json(), list):
+                assert response.json(), f"{route_id(route)}: B's own objects are missing"
+        # B's run token naming A's objects: as unknown as another run's token in A.
+        status = others.call(route, b_target.token, target, route.cross_body).status_code
+        assert status == route.expect["other_token"], route_id(route)
+
+    run = world.tenant.run(target.run_id)
+    assert run.state == "Running"
+    assert world.tenant.admin.get_logs(target.run_id).logs == []
+    assert [t.state for t in world.tenant.admin.list_task_runs(target.run_id)] == ["Pending"]
+
+
+def test_lists_of_another_tenant_never_show_this_tenants_objects(world: World, other_tenant: TenantContext) -> None:
+    target = world.target()
+    mine = world.tenant.admin
+    others = World.of(other_tenant)
+    others.target()
+
+    for key in ("admin", "user", "runner", "read"):
+        http = others.http(others.keys[key])
+        for path in ("/api/flows?all_versions=true", "/api/flow_runs?limit=1000", "/api/agents", "/api/keys"):
+            response = http.get(path)
+            if response.status_code == 403:
+                continue
+            assert response.status_code == 200
+            for item in response.json():
+                assert item.get("tenant_id", other_tenant.id) == other_tenant.id
+                assert item["id"] not in target.ids()
+    theirs = {a["id"] for a in others.http(others.keys["admin"]).get("/api/agents").json()}
+    assert theirs and {a.id for a in mine.list_agents()}.isdisjoint(theirs)
+
+
+def test_another_tenants_agent_never_claims_or_fails_this_tenants_runs(
+    world: World, other_tenant: TenantContext
+) -> None:
+    target = world.target()
+    waiting = world.tenant.client(world.keys["user"]).create_flow_run(flow_name="hello")  # unlabelled
+    others = World.of(other_tenant)
+    b_runner = other_tenant.client(others.keys["runner"])
+    b_agent = b_runner.register_agent(unique("b-agent"), "local", [])
+
+    assert b_runner.claim(b_agent.id, limit=100).runs == []
+    dead = [{"flow_run_id": target.run_id, "alive": False, "exit_code": 137}]
+    assert b_runner.agent_heartbeat(b_agent.id, dead).failed == []
+
+    assert world.tenant.run(waiting.id).state == "Scheduled"
+    assert world.tenant.run(target.run_id).state == "Running"
