@@ -65,6 +65,10 @@ class ServerUnavailableError(BatonError):
     """The API could not be reached, timed out or answered with a 5xx: worth retrying."""
 
 
+class RateLimitedError(ServerUnavailableError):
+    """The API refuses this address for a while after too many failed authentications (429): retry later."""
+
+
 class DatabaseUnavailableError(ServerUnavailableError):
     """A server-side command could not reach or use its database."""
 

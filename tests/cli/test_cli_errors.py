@@ -37,3 +37,14 @@ def test_unsupported_database_is_a_configuration_error(tmp_path: Path) -> None:
     result = baton_subprocess(tmp_path, "server", "migrate", "--database-url", "mysql://u@127.0.0.1/x")
     assert result.returncode == 2
     assert "unsupported database 'mysql'" in _one_error_line(result.stderr)
+
+
+def test_a_rate_limited_address_exits_4_like_a_refused_key_not_3_like_an_unreachable_server() -> None:
+    from baton.cli.errors import to_cli_error
+    from baton.cli.output import EXIT_REFUSED
+    from baton.exceptions import RateLimitedError
+
+    error = to_cli_error(RateLimitedError("the API at http://127.0.0.1:4200 asks to slow down: HTTP 429"))
+
+    assert error.exit_code == EXIT_REFUSED == 4
+    assert str(error).endswith("too many failed authentications from this address")

@@ -20,6 +20,7 @@ from baton.exceptions import (
     ParameterValidationError,
     PermissionDeniedError,
     PlatformUnavailableError,
+    RateLimitedError,
     ServerUnavailableError,
 )
 
@@ -27,6 +28,8 @@ from baton.exceptions import (
 _MAPPING: tuple[tuple[type[BatonError], str, type[CliError]], ...] = (
     (DatabaseUnavailableError, "{error}", UnavailableError),
     (PlatformUnavailableError, "{error}", UnavailableError),
+    # Before ServerUnavailableError, its base: the server is up, and refuses this address's keys for now.
+    (RateLimitedError, "{error}: too many failed authentications from this address", RefusedError),
     (
         ServerUnavailableError,
         "{error} (is the server running? Start one with `baton server start`, or point --api at it)",

@@ -22,6 +22,7 @@ from baton.exceptions import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
     ServerUnavailableError,
 )
 from baton.schemas import responses as r
@@ -142,9 +143,7 @@ class Client:
             # An agent that shares an address with misbehaving clients must back off, not die of a 4xx.
             wait = response.headers.get("Retry-After")
             after = f"; retry after {wait} s" if wait else ""
-            raise ServerUnavailableError(
-                f"the API at {self.api_url} asks to slow down: HTTP 429 {_detail(response)}{after}"
-            )
+            raise RateLimitedError(f"the API at {self.api_url} asks to slow down: HTTP 429 {_detail(response)}{after}")
         if response.status_code >= 400:
             error_class = _ERRORS_BY_STATUS.get(response.status_code, ClientError)
             raise error_class(response.status_code, _detail(response))

@@ -1,10 +1,15 @@
-"""Stand-ins for the background services' clock and session factory, to test their timing without waiting."""
+"""Stand-ins for the background services' clock and session factory, to test their timing without waiting; and
+waiting for a service to act on a run, for the tests that do wait."""
 
 from __future__ import annotations
 
 import threading
 
 from sqlalchemy.orm import Session
+
+from baton.schemas.responses import FlowRunRead
+from server.harness import TenantContext
+from support import wait_for
 
 
 class FakeClock:
@@ -28,3 +33,15 @@ class CountingFactory:
         with self.lock:
             self.opened += 1
         raise RuntimeError("opened the database")
+
+
+def wait_for_state(tenant: TenantContext, run_id: str, state: str) -> FlowRunRead:
+    """The run once it is in ``state`` (a service acts within its interval; allow for a slow machine)."""
+
+    def reached() -> FlowRunRead | None:
+        run = tenant.run(run_id)
+        return run if run.state == state else None
+
+    run = wait_for(reached, timeout=15, what=f"flow run {run_id} to become {state}")
+    assert run is not None
+    return run

@@ -17,8 +17,8 @@ from baton.schemas.responses import AgentRead, FlowRunRead
 from baton.server.database.connection import create_database_engine, create_session_factory
 from baton.server.services.leases import LeaseExpiryService
 from server.harness import TenantContext
-from server.services.fakes import CountingFactory, FakeClock
-from support import ServerProcess, wait_for
+from server.services.fakes import CountingFactory, FakeClock, wait_for_state
+from support import ServerProcess
 
 LEASE_SECONDS = 1.0
 
@@ -46,18 +46,6 @@ def tenant(lease_server: ServerProcess, lease_database: sessionmaker[Session]) -
     context = TenantContext.create(lease_server, lease_database)
     yield context
     context.close()
-
-
-def wait_for_state(tenant: TenantContext, run_id: str, state: str) -> FlowRunRead:
-    """The run once it is in ``state`` (the lease service acts within its interval; allow for a slow machine)."""
-
-    def reached() -> FlowRunRead | None:
-        run = tenant.run(run_id)
-        return run if run.state == state else None
-
-    run = wait_for(reached, timeout=15, what=f"flow run {run_id} to become {state}")
-    assert run is not None
-    return run
 
 
 def test_unsubmitted_claim_returns_to_scheduled_and_fails_after_three_returns(

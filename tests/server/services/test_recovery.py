@@ -13,13 +13,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from baton.exceptions import AuthenticationError
-from baton.schemas.responses import FlowRunRead
 from baton.server.database.connection import create_database_engine, create_session_factory
 from baton.server.models.lost_runs import RecoveryPolicy
 from baton.server.services.recovery import RecoveryService
 from server.harness import Staged, TenantContext
-from server.services.fakes import CountingFactory, FakeClock
-from support import ServerProcess, wait_for
+from server.services.fakes import CountingFactory, FakeClock, wait_for_state
+from support import ServerProcess
 
 TIMEOUT_SECONDS = 2.0
 
@@ -67,16 +66,6 @@ def tenant(recovery_server: ServerProcess) -> Iterator[TenantContext]:
 @pytest.fixture
 def requeue_tenant(requeue_server: ServerProcess) -> Iterator[TenantContext]:
     yield from _tenant(requeue_server)
-
-
-def wait_for_state(tenant: TenantContext, run_id: str, state: str) -> FlowRunRead:
-    def reached() -> FlowRunRead | None:
-        run = tenant.run(run_id)
-        return run if run.state == state else None
-
-    run = wait_for(reached, timeout=15, what=f"flow run {run_id} to become {state}")
-    assert run is not None
-    return run
 
 
 def keep_calling(call: object, seconds: float) -> None:
