@@ -89,12 +89,7 @@ def start_agent(server: ServerProcess, tmp_path: Path) -> Iterator[Callable[...,
         if health:
             address = f"http://127.0.0.1:{free_port()}"
             extra += ["--agent-address", address]
-        command = [*BATON, "agent", "local", "start", "--name", f"agent-{len(agents)}", *extra]
-        with log.open("w") as output:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(
-                command, env=(against or server).env(**env), stdout=output, stderr=subprocess.STDOUT, text=True
-            )
-        agent = AgentProcess(process, log, address)
+        agent = launch_local_agent(against or server, log, ["--name", f"agent-{len(agents)}", *extra], address, env)
         agents.append(agent)
         return agent
 
@@ -103,6 +98,16 @@ def start_agent(server: ServerProcess, tmp_path: Path) -> Iterator[Callable[...,
         agent.stop(signal.SIGTERM)
         if agent.process.poll() is None:
             agent.stop(signal.SIGINT)
+
+
+def launch_local_agent(
+    server: ServerProcess, log: Path, args: list[str], address: str | None, env: dict[str, str]
+) -> AgentProcess:
+    """``baton agent local start ARGS`` against ``server``, its output in ``log``."""
+    command = [*BATON, "agent", "local", "start", *args]
+    with log.open("w") as output:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command, env=server.env(**env), stdout=output, stderr=subprocess.STDOUT, text=True)
+    return AgentProcess(process, log, address)
 
 
 @pytest.fixture

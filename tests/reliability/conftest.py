@@ -8,7 +8,6 @@ server on a fixed port, restartable). ``start_agent`` starts agents against a gi
 from __future__ import annotations
 
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from baton.client import Client
-from integration.conftest import BATON, AgentProcess
+from integration.conftest import AgentProcess, launch_local_agent
 from support import ServerProcess, free_port, wait_for
 
 StartAgent = Callable[..., AgentProcess]
@@ -59,15 +58,8 @@ def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
         log = tmp_path / f"agent-{number}.log"
         address = f"http://127.0.0.1:{free_port()}"
         name = [] if "--name" in args else ["--name", f"agent-{number}"]
-        command = [
-            *(*BATON, "agent", "local", "start", *name, "--no-hostname-label"),
-            *("--agent-address", address, *args),
-        ]
-        with log.open("w") as output:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(
-                command, env=server.env(**env), stdout=output, stderr=subprocess.STDOUT, text=True
-            )
-        agent = AgentProcess(process, log, address)
+        arguments = [*name, "--no-hostname-label", "--agent-address", address, *args]
+        agent = launch_local_agent(server, log, arguments, address, env)
         agents.append(agent)
         return agent
 

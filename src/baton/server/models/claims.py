@@ -6,6 +6,7 @@ any number of agents (and server replicas sharing one database) each run is clai
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -118,16 +119,35 @@ def expire_leases(session: Session, max_returns: int, batch: int = 500) -> list[
     expired = session.scalars(query).all()
     requeued: list[FlowRun] = []
     for run in expired:
-        returns = run.lease_returns + 1
         try:
             with session.begin_nested():
-                if returns > max_returns:
-                    message = f"the agent did not deploy the run within its lease {returns} times; giving up"
-                    transition(session, run, StateName.FAILED, message, None, {"lease_returns": returns})
-                else:
-                    message = f"lease expired: the agent did not deploy the run (return {returns}/{max_returns})"
-                    transition(session, run, StateName.SCHEDULED, message, None, {"lease_returns": returns})
+                if requeue_or_fail(
+                    session,
+                    run,
+                    max_returns,
+                    lambda returns: f"lease expired: the agent did not deploy the run (return {returns}/{max_returns})",
+                    lambda returns: f"the agent did not deploy the run within its lease {returns} times; giving up",
+                ):
                     requeued.append(run)
         except StaleState:
             continue  # the agent reported just now: its report wins
     return requeued
+
+
+def requeue_or_fail(
+    session: Session,
+    run: FlowRun,
+    max_returns: int,
+    requeued_message: Callable[[int], str],
+    failed_message: Callable[[int], str],
+) -> bool:
+    """Put ``run`` back in the queue, counting the return; past ``max_returns`` returns fail it instead.
+
+    Lease expiries and the recovery service share this budget, so a run cannot bounce between them for ever.
+    The messages are built from the number of returns, this one included. Returns True when it was requeued.
+    """
+    returns = run.lease_returns + 1
+    requeue = returns <= max_returns
+    state, message = (StateName.SCHEDULED, requeued_message) if requeue else (StateName.FAILED, failed_message)
+    transition(session, run, state, message(returns), None, {"lease_returns": returns})
+    return requeue

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from baton.schemas.states import DEPLOYED_STATES, StateName
 from baton.server.database.orm import Agent, FlowRun, utcnow
+from baton.server.models.claims import requeue_or_fail
 from baton.server.models.errors import StaleState
 from baton.server.models.flow_runs import transition
 
@@ -81,24 +82,20 @@ def find_lost_runs(session: Session, policy: RecoveryPolicy, batch: int) -> list
     return [(run, agent) for run, agent in session.execute(query)]
 
 
-def _requeue_or_fail(session: Session, run: FlowRun, why: str, max_returns: int, outcome: RecoveryOutcome) -> None:
-    returns = run.lease_returns + 1
-    if returns > max_returns:
-        message = f"{why}; it was put back in the queue {returns - 1} times already: giving up"
-        transition(session, run, StateName.FAILED, message, None, {"lease_returns": returns})
-        outcome.failed.append(run)
-    else:
-        message = f"{why}; back in the queue (return {returns}/{max_returns})"
-        transition(session, run, StateName.SCHEDULED, message, None, {"lease_returns": returns})
-        outcome.requeued.append(run)
-
-
 def _recover(session: Session, run: FlowRun, why: str, policy: RecoveryPolicy, outcome: RecoveryOutcome) -> None:
     if run.state == StateName.CANCELLING:
         transition(session, run, StateName.CANCELLED, f"cancelled; {why}")
         outcome.cancelled.append(run)
     elif run.state == StateName.SUBMITTED or policy.reschedule_running:
-        _requeue_or_fail(session, run, why, policy.max_returns, outcome)
+        most = policy.max_returns
+        requeued = requeue_or_fail(
+            session,
+            run,
+            most,
+            lambda returns: f"{why}; back in the queue (return {returns}/{most})",
+            lambda returns: f"{why}; it was put back in the queue {returns - 1} times already: giving up",
+        )
+        (outcome.requeued if requeued else outcome.failed).append(run)
     else:
         hint = "it may have died with its host (server.reschedule_lost_runs = true requeues such runs instead)"
         transition(session, run, StateName.FAILED, f"{why}; {hint}")

@@ -11,6 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from baton.server.database.connection import transaction
+
+T = TypeVar("T")
 
 
 class OutageGrace:
@@ -25,3 +33,15 @@ class OutageGrace:
     def restart(self) -> None:
         """The database could not be reached just now: wait a whole grace again from here."""
         self._ends = self._clock() + self.seconds
+
+    def attempt(self, factory: sessionmaker[Session], work: Callable[[Session], T]) -> T | None:
+        """``work`` in one transaction, or None within the grace. A database error restarts the grace and is
+        raised (the service runner logs it)."""
+        if self.active():
+            return None
+        try:
+            with transaction(factory) as session:
+                return work(session)
+        except SQLAlchemyError:
+            self.restart()
+            raise

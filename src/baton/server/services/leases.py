@@ -6,10 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from baton.server.database.connection import transaction
 from baton.server.models.claims import expire_leases
 from baton.server.notifier import RunNotifier
 from baton.server.services.grace import OutageGrace
@@ -39,16 +37,9 @@ class LeaseExpiryService:
         self._grace = OutageGrace(grace_seconds, clock)
 
     def run_once(self) -> None:
-        if self._grace.active():
+        requeued = self._grace.attempt(self._factory, lambda session: expire_leases(session, self._max_returns))
+        if not requeued:
             return
-        try:
-            with transaction(self._factory) as session:
-                requeued = expire_leases(session, self._max_returns)
-        except SQLAlchemyError:
-            self._grace.restart()
-            raise
-        tenants = {run.tenant_id for run in requeued}
-        if requeued:
-            logger.info("returned %d flow run(s) with expired leases to Scheduled", len(requeued))
-        for tenant_id in tenants:
+        logger.info("returned %d flow run(s) with expired leases to Scheduled", len(requeued))
+        for tenant_id in {run.tenant_id for run in requeued}:
             self._notifier.notify_threadsafe(tenant_id)

@@ -11,10 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from baton.server.database.connection import transaction
 from baton.server.models.lost_runs import RecoveryPolicy, recover_lost_runs
 from baton.server.notifier import RunNotifier
 from baton.server.services.grace import OutageGrace
@@ -37,14 +35,9 @@ class RecoveryService:
         self._grace = OutageGrace(policy.run_heartbeat_timeout_seconds + grace_margin_seconds, clock)
 
     def run_once(self) -> None:
-        if self._grace.active():
+        outcome = self._grace.attempt(self._factory, lambda session: recover_lost_runs(session, self._policy))
+        if outcome is None:
             return
-        try:
-            with transaction(self._factory) as session:
-                outcome = recover_lost_runs(session, self._policy)
-        except SQLAlchemyError:
-            self._grace.restart()
-            raise
         if outcome.count:
             logger.warning(
                 "recovered %d lost flow run(s): %d requeued, %d failed, %d cancelled",
