@@ -90,6 +90,8 @@ class Flow(Base):
     tasks: Mapped[list[str]] = mapped_column()
     schedule: Mapped[dict[str, Any] | None] = mapped_column()
     description: Mapped[str | None] = mapped_column(Text)
+    # @flow(timeout_seconds=...): the agent kills a run of this flow that is still going after this long.
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -117,6 +119,8 @@ class FlowRun(Base):
         # The claim query: claimable runs of a tenant in start-time order.
         Index("ix_flow_runs_claim", "tenant_id", "state", "scheduled_start_time"),
         Index("ix_flow_runs_tenant_created", "tenant_id", "created"),
+        # A retried create with the same key finds the first run instead of making a second one.
+        Index("uq_flow_runs_idempotency", "tenant_id", "idempotency_key", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -142,6 +146,12 @@ class FlowRun(Base):
     end_time: Mapped[datetime | None] = mapped_column()
     created: Mapped[datetime] = mapped_column(default=utcnow)
     updated: Mapped[datetime] = mapped_column(default=utcnow)
+    # The client's key for one logical create, and a hash of what was asked with it (a reuse must ask the same).
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64))
+    # Log lines stored for this run, and lines refused past the per-run quota (counted, never silently lost).
+    log_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    logs_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class FlowRunLabel(Base):
