@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -70,11 +71,14 @@ class Chaos:
 
 
 def _create_runs(chaos: Chaos, client: Client, count: int) -> None:
-    """Create ``count`` runs, retrying through outages. A create whose answer was lost may have landed anyway:
-    such a run is in the database but not acknowledged, and is counted apart."""
+    """Create ``count`` runs, retrying through outages with one idempotency key per run: a create whose answer was
+    lost returns the first run on its retry, so the database must hold exactly the acknowledged runs."""
     for _ in range(count):
+        key = uuid.uuid4().hex
         run = call_with_retry(
-            lambda: client.create_flow_run(flow_name="chaos"), what="create a run", timeout_seconds=600
+            lambda key=key: client.create_flow_run(flow_name="chaos", idempotency_key=key),
+            what="create a run",
+            timeout_seconds=600,
         )
         with chaos.lock:
             chaos.acknowledged.append(run.id)

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from baton.schemas.responses import FlowRunRead
 
 
+# Retries of the create when its answer was lost or the server failed (5xx): about 6 s at most.
+CREATE_RETRIES = 3
+
+
 def scheduled_start(start_in: float | None, start_at: str | None) -> datetime | None:
     """The run's start time from ``--start-in`` or ``--at`` (a time without timezone is local time)."""
     if start_in is not None and start_at is not None:
@@ -124,6 +128,8 @@ def run(
             labels=run_labels,
             scheduled_start_time=start,
             name=run_name,
+            # One key for this command's create: a retry after a lost answer returns the same run.
+            retries=CREATE_RETRIES,
         )
         if as_json and not watch:
             echo_json(created)

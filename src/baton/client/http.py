@@ -9,12 +9,15 @@ answer was lost): :func:`may_have_reached_the_server` tells.
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
+from baton.backoff import Backoff
 from baton.exceptions import (
     AuthenticationError,
     ClientError,
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from baton.settings import BatonSettings
 
 M = TypeVar("M", bound=BaseModel)
+
+# Retries of a create: short, since a person (or a script) is waiting on the answer.
+_CREATE_BACKOFF = Backoff(base_seconds=0.5, max_seconds=4.0)
 
 _ERRORS_BY_STATUS: dict[int, type[ClientError]] = {
     401: AuthenticationError,
@@ -116,6 +122,7 @@ class Client:
         json: Any = None,
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON body.
 
@@ -126,6 +133,8 @@ class Client:
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = timeout
+        if headers:
+            kwargs["headers"] = headers
         if params:
             params = {k: v for k, v in params.items() if v is not None}
         try:
@@ -195,7 +204,22 @@ class Client:
         labels: list[str] | None = None,
         scheduled_start_time: datetime | None = None,
         name: str | None = None,
+        idempotency_key: str | None = None,
+        retries: int = 0,
     ) -> r.FlowRunRead:
+        """Create a flow run.
+
+        Args:
+            idempotency_key: this logical create's key; a new random one when None. Pass the same key to a retry
+                made by hand, so a create whose answer was lost returns the first run instead of a second one.
+            retries: how many times to retry, with the same key, when the answer was lost or the server failed
+                (never when the connection was refused: then it cannot have acted).
+
+        Raises:
+            ServerUnavailableError: still unavailable after ``retries`` retries.
+            ClientError: refused (e.g. 404 unknown flow, 409 the key was used for another request).
+        """
+        key = idempotency_key or uuid.uuid4().hex
         body: dict[str, Any] = {
             "flow_name": flow_name,
             "flow_id": flow_id,
@@ -205,7 +229,15 @@ class Client:
             "name": name,
             "scheduled_start_time": scheduled_start_time.isoformat() if scheduled_start_time else None,
         }
-        return self._model(r.FlowRunRead, "POST", "/api/flow_runs", json=body)
+        attempt = 0
+        while True:
+            try:
+                return self._model(r.FlowRunRead, "POST", "/api/flow_runs", json=body, headers={"Idempotency-Key": key})
+            except ServerUnavailableError as exc:
+                attempt += 1
+                if attempt > retries or not may_have_reached_the_server(exc):
+                    raise
+                time.sleep(_CREATE_BACKOFF.delay(attempt))
 
     def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
         return self._model(r.FlowRunRead, "GET", f"/api/flow_runs/{flow_run_id}")

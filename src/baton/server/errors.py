@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from baton.exceptions import IllegalTransitionError, InvalidLabelError
 from baton.schemas.responses import ErrorDetail
-from baton.server.models.errors import Forbidden, InvalidRequest, ObjectNotFound, StaleState
+from baton.server.models.errors import Forbidden, IdempotencyConflict, InvalidRequest, ObjectNotFound, StaleState
 
 logger = logging.getLogger("baton.server")
 
@@ -31,6 +31,7 @@ _STATUS: dict[type[Exception], int] = {
     InvalidLabelError: 422,
     IllegalTransitionError: 409,
     StaleState: 409,
+    IdempotencyConflict: 409,
 }
 
 

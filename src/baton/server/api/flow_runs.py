@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
 from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
@@ -18,12 +18,41 @@ from baton.server.models.tenants import check_runner_owns
 router = APIRouter(prefix="/flow_runs", tags=["flow runs"])
 
 
-@router.post("", response_model=FlowRunRead, status_code=201, responses=error_responses(404))
-def create_flow_run(payload: FlowRunCreate, principal: Author, db: Db, notifier: NotifierDep) -> FlowRunRead:
+IDEMPOTENCY_KEY = Header(
+    alias="Idempotency-Key",
+    min_length=1,
+    max_length=200,
+    pattern=r"^[\x21-\x7e]+$",
+    description="The client's name for this one logical create (e.g. a UUID), sent again on a retry: a create "
+    "with a key this tenant used before returns that run (200) instead of making a second one; a key reused "
+    "for a different request is refused (409).",
+)
+
+
+@router.post(
+    "",
+    response_model=FlowRunRead,
+    status_code=201,
+    responses={
+        200: {"model": FlowRunRead, "description": "A retry: the run made earlier with this Idempotency-Key."},
+        **error_responses(404, 409),
+    },
+)
+def create_flow_run(
+    payload: FlowRunCreate,
+    principal: Author,
+    db: Db,
+    notifier: NotifierDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
+) -> FlowRunRead:
     with transaction(db) as session:
-        run = flow_runs.create_flow_run(session, principal.tenant_id, payload)
+        run, created = flow_runs.create_flow_run_once(session, principal.tenant_id, payload, idempotency_key)
         result = flow_runs.to_read(session, [run])[0]
-    notifier.notify_threadsafe(principal.tenant_id)  # after the commit: the woken agent must see the run
+    if created:
+        notifier.notify_threadsafe(principal.tenant_id)  # after the commit: the woken agent must see the run
+    else:
+        response.status_code = 200
     return redact_flow_run(principal, result)
 
 

@@ -19,3 +19,7 @@ class Forbidden(BatonError):
 
 class StaleState(BatonError):
     """Another writer changed the run first; the caller may retry with the fresh state (409)."""
+
+
+class IdempotencyConflict(BatonError):
+    """An idempotency key reused for a different request (409): a client bug, never a retry."""

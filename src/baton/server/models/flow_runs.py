@@ -6,12 +6,15 @@ compare-and-set on ``state_version`` in the caller's transaction, so two writers
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -21,7 +24,7 @@ from baton.schemas.responses import FlowRunRead, StateRead
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
 from baton.server.models import flows as flow_queries
-from baton.server.models.errors import ObjectNotFound, StaleState
+from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
 from baton.server.models.names import random_run_name
 from baton.server.models.parameters import check_parameters
@@ -37,7 +40,52 @@ def resolve_run_labels(explicit: list[str] | None, flow: Flow) -> list[str]:
     return sorted(set(run_config_labels)) if run_config_labels else list(flow.labels)
 
 
-def create_flow_run(session: Session, tenant_id: str, payload: FlowRunCreate) -> FlowRun:
+def request_hash(payload: FlowRunCreate) -> str:
+    """What a create asked for, canonically: a retry with the same idempotency key must ask the same."""
+    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def create_flow_run_once(
+    session: Session, tenant_id: str, payload: FlowRunCreate, idempotency_key: str | None
+) -> tuple[FlowRun, bool]:
+    """Create a run unless this tenant already made one with ``idempotency_key``; return it and whether it is new.
+
+    The key is the client's name for one logical create: a retry whose first answer was lost finds the first run,
+    across restarts and replicas, because the unique index on (tenant, key) decides, not this process's memory.
+
+    Raises:
+        IdempotencyConflict: the key was used before for a different request (409).
+    """
+    if idempotency_key is None:
+        return create_flow_run(session, tenant_id, payload), True
+    digest = request_hash(payload)
+    existing = _run_with_key(session, tenant_id, idempotency_key)
+    if existing is None:
+        try:
+            with session.begin_nested():
+                run = create_flow_run(session, tenant_id, payload, idempotency=(idempotency_key, digest))
+                session.flush()
+            return run, True
+        except IntegrityError:  # the same key committed concurrently (another replica, or a racing retry)
+            existing = _run_with_key(session, tenant_id, idempotency_key)
+            if existing is None:
+                raise
+    if existing.idempotency_hash != digest:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {idempotency_key!r} was used for a different request (flow run {existing.id}); "
+            "use a new key for a new run"
+        )
+    return existing, False
+
+
+def _run_with_key(session: Session, tenant_id: str, key: str) -> FlowRun | None:
+    return session.scalar(select(FlowRun).where(FlowRun.tenant_id == tenant_id, FlowRun.idempotency_key == key))
+
+
+def create_flow_run(
+    session: Session, tenant_id: str, payload: FlowRunCreate, idempotency: tuple[str, str] | None = None
+) -> FlowRun:
     if payload.flow_id:
         flow = flow_queries.get_flow(session, tenant_id, payload.flow_id)
     else:
@@ -60,6 +108,8 @@ def create_flow_run(session: Session, tenant_id: str, payload: FlowRunCreate) ->
         state_version=0,
         created=now,
         updated=now,
+        idempotency_key=idempotency[0] if idempotency else None,
+        idempotency_hash=idempotency[1] if idempotency else None,
     )
     session.add(run)
     session.flush()
