@@ -115,9 +115,7 @@ def test_the_client_retries_a_lost_answer_with_the_same_key(tenant: TenantContex
 
 def test_the_client_does_not_retry_unless_asked(tenant: TenantContext, flow: FlowRead) -> None:
     client = FastClient(tenant.server.url, tenant.key("user"))
-    client._http = httpx.Client(
-        base_url=client.api_url, headers=client._http.headers, transport=_LosesTheFirstAnswer()
-    )
+    client._http = httpx.Client(base_url=client.api_url, headers=client._http.headers, transport=_LosesTheFirstAnswer())
     with client, pytest.raises(Exception, match="connection lost"):
         client.create_flow_run(flow_name="hello")
 
