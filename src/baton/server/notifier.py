@@ -19,6 +19,13 @@ class RunNotifier:
         self._loop = loop
         self._events: dict[str, asyncio.Event] = {}
         self._publish = publish
+        # Set when the server begins to stop: waiters return at once, and new waits do not start.
+        self.closing = False
+
+    def close_threadsafe(self) -> None:
+        """The server is stopping: end every long poll now (each answers "no runs"), from any thread."""
+        self.closing = True
+        self.wake_all_threadsafe()
 
     def notify_threadsafe(self, tenant_id: str) -> None:
         """Runs of ``tenant_id`` became claimable: wake this process's waiters and tell the other replicas.
@@ -40,8 +47,11 @@ class RunNotifier:
             self._loop.call_soon_threadsafe(self.notify_all)
 
     def event(self, tenant_id: str) -> asyncio.Event:
-        """The event the next :meth:`notify` for this tenant sets. Call from the event loop."""
-        return self._events.setdefault(tenant_id, asyncio.Event())
+        """The event the next :meth:`notify` for this tenant sets (already set once closing). Call from the loop."""
+        event = self._events.setdefault(tenant_id, asyncio.Event())
+        if self.closing:
+            event.set()
+        return event
 
     def notify(self, tenant_id: str) -> None:
         event = self._events.pop(tenant_id, None)

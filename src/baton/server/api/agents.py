@@ -86,6 +86,10 @@ async def claim(agent_id: str, payload: ClaimRequest, principal: Runner, db: Db,
             due_in = (attempt.next_due - utcnow()).total_seconds() - payload.prefetch_seconds
             timeout = min(timeout, max(due_in, 0.005))
         await notifier.wait(wake_up, timeout)
+        if notifier.closing:
+            # The server is stopping: answer "nothing yet" now rather than be cut off mid-poll; the agent polls
+            # again, on another replica or once this one is back.
+            return ClaimResponse(runs=[])
         if await request.is_disconnected():
             # Claiming now would leave the run Pending with nobody to read the answer until its lease expires.
             return ClaimResponse(runs=[])
