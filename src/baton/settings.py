@@ -194,12 +194,19 @@ def load_settings(**overrides: Any) -> BatonSettings:
         raise ConfigurationError(f"invalid settings: {problems}") from exc
 
 
+def ensure_private_home(home: Path) -> None:
+    """Create ``$BATON_HOME`` with mode 0700, or tighten it: it holds keys (config.toml) and the SQLite database."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if home.stat().st_mode & 0o077:
+        home.chmod(0o700)
+
+
 def write_config_values(section: str, values: dict[str, Any]) -> Path:
     """Merge ``values`` into ``[section]`` of config.toml, creating it with mode 0600 (it holds keys)."""
     import tomli_w
 
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_home(path.parent)
     current: dict[str, Any] = {}
     if path.exists():
         current = tomllib.loads(path.read_text())

@@ -7,7 +7,7 @@ from types import FrameType
 
 import uvicorn
 
-from baton.settings import BatonSettings
+from baton.settings import BatonSettings, baton_home, ensure_private_home
 
 logger = logging.getLogger("baton.server")
 
@@ -41,6 +41,7 @@ def serve(settings: BatonSettings, log_level: str = "info") -> None:
     from baton.server.database.migrate import upgrade
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_private_home(baton_home())
     engine = create_database_engine(settings.database_url(), settings.server.database_pool_size)
     with database_errors(settings.database_url()):
         upgrade(engine)
