@@ -10,10 +10,11 @@ from baton.schemas.actions import MAX_INT, LogsCreate, TaskRunCreate, TaskRunSta
 from baton.schemas.responses import LogRead, LogsPage, LogsWritten, TaskRunRead
 from baton.server.api.deps import Db, Reader, RunWriter, check_run_scope, transaction
 from baton.server.database.orm import Log
+from baton.server.json_body import JsonRoute
 from baton.server.models import flow_runs, logs, task_runs
 from baton.server.models.tenants import check_runner_owns
 
-router = APIRouter(tags=["logs and task runs"])
+router = APIRouter(tags=["logs and task runs"], route_class=JsonRoute)
 
 
 def _log_read(log: Log) -> LogRead:
