@@ -19,3 +19,7 @@ class Forbidden(BatonError):
 
 class StaleState(BatonError):
     """Another writer changed the run first; the caller may retry with the fresh state (409)."""
+
+
+class LogsClosed(BatonError):
+    """The run ended longer ago than the server's log grace: it takes no more log lines (409)."""

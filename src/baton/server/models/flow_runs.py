@@ -25,6 +25,7 @@ from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState,
 from baton.server.models import flows as flow_queries
 from baton.server.models.errors import ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
+from baton.server.models.logs import with_dropped_note
 from baton.server.models.names import random_run_name
 from baton.server.models.parameters import check_parameters
 
@@ -221,6 +222,9 @@ def transition(
     """
     check_transition(run.state, new_state)
     now = utcnow()
+    if new_state in FINAL_STATES:
+        # Whoever ends the run, its final message says how many log lines were dropped (issue 8, item 8).
+        message = with_dropped_note(message, run.logs_dropped or 0)
     values = {
         "state": new_state.value,
         "state_message": message,
