@@ -6,6 +6,10 @@ are not stored but counted in ``flow_runs.logs_dropped``, and never silently (is
 marker line (key :data:`MARKER_KEY`, placed where the first line was dropped) says how many were dropped and why,
 and the run's final state message says it too (:func:`with_dropped_note`). A run that ended more than
 ``LogQuota.grace_seconds`` ago takes no more lines (:class:`LogsClosed`, 409).
+
+Stored lines are idempotent (a line's key is stored once); dropped lines leave no key behind, so a batch past the
+quota that is sent again (its answer was lost) is counted again: the dropped count may exceed the truth by such
+batches, never fall short of it.
 """
 
 from __future__ import annotations
