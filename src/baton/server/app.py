@@ -51,7 +51,7 @@ def _services(
     return [("lease-expiry", leases.run_once), ("recovery", recovery.run_once)]
 
 
-def _check_json_routes(router: APIRouter) -> None:
+def check_json_routes(router: APIRouter) -> None:
     """Every route parses bodies with ``json_body`` (no NaN, bounded nesting): a router that forgot
     ``route_class=JsonRoute`` would let those bodies through, so it stops the server from starting."""
     plain = [route.path for route in router.routes if isinstance(route, APIRoute) and not isinstance(route, JsonRoute)]
@@ -104,7 +104,7 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     )
     install_error_handlers(app)
     for module in (meta, flows, flow_runs, logs, agents):
-        _check_json_routes(module.router)
+        check_json_routes(module.router)
         app.include_router(module.router, prefix="/api")
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     return app
