@@ -41,6 +41,7 @@ class RunConfigType(StrEnum):
 # PostgreSQL cannot store NUL in text columns, and a lone surrogate (JSON "\ud800") cannot be encoded as UTF-8 at all:
 # either would pass validation and then fail in the database or in the answer (a 500), so input text refuses both.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_UNSTORABLE_TEXT = "text may not contain NUL characters (\\u0000) or lone surrogates (\\ud800-\\udfff)"
 
 # How deep a JSON value that enters the API may nest (a field's own object or list counts as level 1). Values nested
 # some 255 levels deep were stored and then could not be serialised, so every list and claim of the tenant answered
@@ -62,12 +63,14 @@ def check_storable_text(value: Any) -> None:
 
 def json_value_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
     """Why ``value`` cannot be stored and served back (see :func:`check_storable_text`), or None."""
+    if isinstance(value, str):  # most fields: no walk needed
+        return None if _UNSTORABLE.search(value) is None else _UNSTORABLE_TEXT
     pending: list[tuple[Any, int]] = [(value, 0)]
     while pending:
         item, depth = pending.pop()
         if isinstance(item, str):
             if _UNSTORABLE.search(item):
-                return "text may not contain NUL characters (\\u0000) or lone surrogates (\\ud800-\\udfff)"
+                return _UNSTORABLE_TEXT
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return "numbers must be finite: NaN and Infinity are not JSON"

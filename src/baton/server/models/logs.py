@@ -18,9 +18,9 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -119,9 +119,10 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(Log).on_conflict_do_nothing(index_elements=["flow_run_id", "key"]).returning(Log.id)
-    # Rows as parameters (SQLAlchemy's "insertmanyvalues"), not one VALUES clause: compiling 1000 rows into one
-    # statement cost ten times the insert itself. Counted from RETURNING: rowcount is -1 on some drivers (psycopg).
+    table = cast(Table, Log.__table__)
+    stmt = insert(table).on_conflict_do_nothing(index_elements=["flow_run_id", "key"]).returning(table.c.id)
+    # Rows as parameters of a Core insert (SQLAlchemy's "insertmanyvalues"): one VALUES clause of 1000 rows, or the
+    # ORM's bulk path, cost several times the insert itself. Counted from RETURNING: rowcount is -1 with psycopg.
     return len(session.execute(stmt, rows).all())
 
 
