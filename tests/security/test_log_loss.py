@@ -9,11 +9,17 @@ state message say how many were dropped. (The 1,000,000-line figures: ``bench/lo
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
 
 import pytest
 
 from baton.client import Client
-from security.input_support import run_chatty_flow, start_server
+from baton.engine.runner import FlowRunner
+from baton.exceptions import ClientError
+from baton.settings import load_settings
+from engine.fakes import FakeApi, flow_read
+from security.input_support import CHATTY_SOURCE, run_chatty_flow, start_server
 from support import ServerProcess
 
 QUOTA = 40_000
@@ -68,3 +74,24 @@ def test_lines_past_the_quota_leave_a_marker_line_and_a_note_in_the_final_messag
     assert "log quota" in marker.message
     assert marker.level == 30
     assert f"[{count} log lines dropped: over the run's log quota]" in (chatty.run.state_message or "")
+
+
+# --- the flow process's side, with the in-memory API -----------------------------------------------------------
+
+
+def test_lines_the_api_refused_are_named_in_the_final_state_message(baton_home: Path) -> None:
+    # Given an API that refuses every log batch (e.g. 409: the run ended long ago)
+    api = FakeApi(flow_read(CHATTY_SOURCE, "chatty"), parameters={"lines": 5})
+    api.fail["write_logs"] = [ClientError(409, "logs are taken until 60 s after a run ends")] * 100
+    settings = load_settings(logging={"batch_interval_seconds": 0.05})
+
+    # When the flow runs and prints
+    exit_code = FlowRunner(cast(Client, api), "run-1", settings, start_timeout=2).run()
+
+    # Then the run still ends as the flow did, and its final message counts the lines that could not be sent
+    assert exit_code == 0
+    state, message = api.states[-1]
+    assert state == "Success"
+    assert message is not None
+    assert "log lines could not be sent to the API" in message
+    assert "refused by the API" in message
