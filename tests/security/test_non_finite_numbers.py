@@ -133,3 +133,14 @@ def test_a_router_without_the_strict_json_route_stops_the_server_from_starting()
 
     with pytest.raises(RuntimeError, match="route_class=JsonRoute"):
         check_json_routes(router)
+
+
+def test_an_integer_too_long_to_convert_is_422(tenant: TenantContext) -> None:
+    body = '{"flow_name": "hello", "parameters": {"x": ' + "1" * 5000 + "}}"
+
+    response = tenant.raw(tenant.admin_key).post(
+        "/api/flow_runs", content=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 422, response.text
+    assert "cannot be read" in response.json()["detail"]

@@ -59,7 +59,8 @@ def parse_json_body(body: bytes) -> Any:
     """Parse a request body as strict JSON.
 
     Raises:
-        HTTPException: 422 for NaN/Infinity or nesting deeper than :data:`MAX_BODY_DEPTH`.
+        HTTPException: 422 for NaN/Infinity, a number Python cannot convert, or nesting deeper than
+            :data:`MAX_BODY_DEPTH`.
         json.JSONDecodeError: malformed JSON (FastAPI answers it with its own 422).
     """
     too_deep = f"the request body is nested deeper than {MAX_BODY_DEPTH} levels (JSON values: {MAX_JSON_DEPTH})"
@@ -67,6 +68,10 @@ def parse_json_body(body: bytes) -> Any:
         value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except NonFiniteNumber as exc:
         raise HTTPException(422, str(exc)) from exc
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits: Python refuses to convert it
+        raise HTTPException(422, f"a number in the body cannot be read: {str(exc)[:200]}") from exc
     except RecursionError as exc:  # the C parser's guard, some thousand levels down: long past the limit
         raise HTTPException(422, too_deep) from exc
     if body_depth_exceeds(value, MAX_BODY_DEPTH):
