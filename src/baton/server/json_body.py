@@ -45,13 +45,14 @@ def _finite_float(text: str) -> float:
 
 def body_depth_exceeds(value: Any, limit: int) -> bool:
     """True if ``value`` nests deeper than ``limit`` levels (walked with a stack: no recursion)."""
-    pending: list[tuple[Any, int]] = [(value, 0)]
+    pending: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
     while pending:
         item, depth = pending.pop()
-        if isinstance(item, dict | list):
-            if depth + 1 > limit:
-                return True
-            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        # Only containers are pushed: a body is mostly scalars (a batch of 1000 log lines, say).
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
 
 
