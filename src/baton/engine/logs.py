@@ -80,6 +80,7 @@ class LogShipper:
         self._buffer: deque[dict[str, Any]] = deque()
         self._dropped = 0
         self._drop_reasons: dict[str, int] = {}
+        self._in_flight = 0  # lines of the batch being sent
         lock = threading.Lock()
         self._condition = threading.Condition(lock)  # lines to send, or closing
         self._room = threading.Condition(lock)  # room in the buffer
@@ -150,8 +151,11 @@ class LogShipper:
         if self._thread.is_alive():
             self._thread.join(self._flush_timeout + 5)
         with self._condition:
-            if self._buffer:  # the thread is stuck in a call past the deadline: what it holds is lost
-                self._count_dropped_locked(len(self._buffer), "left when the flush deadline passed")
+            if self._thread.is_alive():  # stuck in a call past the deadline: its batch and the rest are lost
+                unsent = len(self._buffer) + self._in_flight
+                self._in_flight = 0  # counted here, so not again should the call still end
+                if unsent:
+                    self._count_dropped_locked(unsent, "left when the flush deadline passed")
                 self._buffer.clear()
             self._room.notify_all()
         summary = self.drop_summary()
@@ -165,7 +169,11 @@ class LogShipper:
             if batch is None:
                 return
             if batch:
+                with self._condition:
+                    self._in_flight = len(batch)
                 self._send(batch)
+                with self._condition:
+                    self._in_flight = 0
 
     def _next_batch(self) -> list[dict[str, Any]] | None:
         """Wait for a full batch or the interval; None when closing and nothing is left (or no time is left)."""
