@@ -93,6 +93,13 @@ class ServerSettings(BaseModel):
     # Failed authentications allowed per client address within the window; beyond it, 429 until it slides by.
     failed_auth_limit: int = Field(default=20, ge=1)
     failed_auth_window_seconds: float = Field(default=60.0, gt=0)
+    # The per-run log quota (issue 8, items 7 and 8): lines past either bound are not stored but counted, one
+    # stored marker line says how many were dropped and why, and so does the run's final state message.
+    max_log_lines_per_run: int = Field(default=1_000_000, ge=1)
+    max_log_bytes_per_run: int = Field(default=100 * 1024 * 1024, ge=1)
+    # Logs are still taken this long after a run ended (its process may flush its last lines after another party
+    # set the final state); later writes are refused with 409.
+    log_grace_seconds: float = Field(default=60.0, ge=0)
 
 
 class AgentSettings(BaseModel):
@@ -121,7 +128,9 @@ class LoggingSettings(BaseModel):
     level: LogLevel = "INFO"
     send_to_api: bool = True
     batch_interval_seconds: float = Field(default=1.0, gt=0)
-    batch_size: int = Field(default=500, ge=1)
+    # The API's limit per batch: a flow that prints fast waits on the shipper (backpressure), so fewer, fuller
+    # batches finish it sooner.
+    batch_size: int = Field(default=1000, ge=1)
 
 
 class BatonSettings(BaseSettings):

@@ -103,16 +103,56 @@ def test_close_gives_up_after_the_flush_timeout_when_the_api_stays_down(
     shipper.close()
     assert time.monotonic() - started < 5
     assert api.logs == []
-    assert "1 log lines in all could not be sent" in capfd.readouterr().err
+    assert "1 log lines could not be sent to the API (1 unsent: the API was unavailable" in capfd.readouterr().err
+    assert shipper.dropped == 1
 
 
-def test_a_full_buffer_drops_its_oldest_lines(api: FakeApi) -> None:
-    shipper = shipper_for(api, batch_size=10, max_buffer=10)  # not started: nothing is sent meanwhile
-    for number in range(25):
+def test_a_full_buffer_makes_the_printing_thread_wait_and_drops_nothing(api: FakeApi) -> None:
+    # Given a shipper whose API answers slowly and a buffer of 10 lines
+    release = threading.Event()
+    slow_write = api.write_logs
+
+    def write_logs(flow_run_id: str, logs: list[dict[str, Any]]) -> Any:
+        release.wait(5)
+        return slow_write(flow_run_id, logs)
+
+    api.write_logs = write_logs  # type: ignore[method-assign]
+    shipper = shipper_for(api, batch_interval=0.01, batch_size=10, max_buffer=10)
+    shipper.start()
+    # When a thread prints far more lines than the buffer holds
+    printer = threading.Thread(target=lambda: [shipper.emit(20, "test", str(n)) for n in range(100)])
+    printer.start()
+    printer.join(0.5)
+    # Then it waits for room instead of dropping lines, and every line arrives once and in order
+    assert printer.is_alive()
+    release.set()
+    printer.join(10)
+    shipper.close()
+    assert messages(api) == [str(number) for number in range(100)]
+    assert shipper.dropped == 0
+    assert shipper.drop_summary() is None
+
+
+def test_lines_left_when_the_flush_deadline_passes_are_counted_with_the_reason(api: FakeApi) -> None:
+    release = threading.Event()
+    slow_write = api.write_logs
+
+    def write_logs(flow_run_id: str, logs: list[dict[str, Any]]) -> Any:
+        release.wait(2)
+        return slow_write(flow_run_id, logs)
+
+    api.write_logs = write_logs  # type: ignore[method-assign]
+    shipper = shipper_for(api, batch_interval=30, batch_size=10, flush_timeout=0.2)
+    for number in range(50):
         shipper.emit(20, "test", str(number))
     shipper.start()
     shipper.close()
-    assert messages(api) == [str(number) for number in range(15, 25)]
+    release.set()
+
+    assert shipper.dropped + len(api.logs) == 50
+    assert shipper.dropped >= 10
+    assert f"{shipper.dropped} log lines could not be sent to the API" in (shipper.drop_summary() or "")
+    assert "flush deadline" in (shipper.drop_summary() or "")
 
 
 def test_long_messages_are_cut_to_the_api_limit(api: FakeApi) -> None:

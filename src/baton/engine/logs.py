@@ -1,8 +1,12 @@
 """Ship a flow run's print output and ``logging`` records to the API, in batches, from a background thread.
 
 Every line also goes to the real stdout/stderr, so an agent started with ``--show-flow-logs`` still shows it.
-Shipping never breaks the run: network errors are retried with backoff, refusals are reported on the real
-stderr and the batch dropped, and a full buffer drops its oldest lines.
+No line is dropped silently (issue 8, item 8: a flow printing 1,000,000 lines ended with 66,500 stored, because
+a full buffer dropped its oldest lines): a full buffer makes the printing thread wait for the shipper
+(backpressure), every line is sent once and in order, network errors are retried with backoff, and the lines that
+still cannot be sent (refused by the API, or left when the end-of-run flush deadline passes) are counted in
+:attr:`LogShipper.dropped` with the reason, which the runner puts in the run's final state message. Lines past
+the server's per-run quota are counted by the server, which says so in a marker line and the final message.
 
 Usage::
 
@@ -53,8 +57,8 @@ class LogShipper:
         flow_run_id: the run whose logs these are.
         batch_interval: send at least this often (seconds) while there are lines.
         batch_size: send as soon as this many lines wait (at most the API's limit per batch).
-        max_buffer: lines kept while the API is unreachable; beyond it the oldest are dropped.
-        flush_timeout: how long closing may spend sending what is left.
+        max_buffer: lines kept waiting; when it is full, ``emit`` waits for the shipper (backpressure).
+        flush_timeout: how long closing may spend sending what is left; lines left after it are counted dropped.
     """
 
     def __init__(
@@ -75,11 +79,30 @@ class LogShipper:
         self._flush_timeout = flush_timeout
         self._buffer: deque[dict[str, Any]] = deque()
         self._dropped = 0
-        self._condition = threading.Condition()
+        self._drop_reasons: dict[str, int] = {}
+        self._in_flight = 0  # lines of the batch being sent
+        lock = threading.Lock()
+        self._condition = threading.Condition(lock)  # lines to send, or closing
+        self._room = threading.Condition(lock)  # room in the buffer
         self._closing = False
         self._deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="baton-log-shipper", daemon=True)
         self.sent = 0
+        self.dropped_by_server = 0  # lines past the run's quota: the server counts and reports them
+
+    @property
+    def dropped(self) -> int:
+        """Lines that could not be sent to the API (not counting those the server dropped past its quota)."""
+        with self._condition:
+            return self._dropped
+
+    def drop_summary(self) -> str | None:
+        """One sentence on the lines that could not be sent and why, for the run's final state message."""
+        with self._condition:
+            if not self._dropped:
+                return None
+            reasons = "; ".join(f"{count} {reason}" for reason, count in self._drop_reasons.items())
+            return f"{self._dropped} log lines could not be sent to the API ({reasons})"
 
     def __enter__(self) -> LogShipper:
         self.start()
@@ -92,7 +115,8 @@ class LogShipper:
         self._thread.start()
 
     def emit(self, level: int, name: str, message: str, task_run_id: str | None = None) -> None:
-        """Queue one line (thread-safe, never blocks on the network). Ignored once closing has begun."""
+        """Queue one line (thread-safe). Waits while the buffer is full, so lines are never dropped for want of
+        room. Ignored once closing has begun (the line still went to the real stream)."""
         entry = {
             "key": uuid.uuid4().hex,  # lets the API drop a line sent twice by a retried batch
             "timestamp": datetime.now(UTC).isoformat(),
@@ -102,14 +126,19 @@ class LogShipper:
             "task_run_id": task_run_id,
         }
         with self._condition:
+            while len(self._buffer) >= self._max_buffer and self._may_wait_for_room():
+                self._room.wait(0.5)
             if self._closing:
                 return
-            if len(self._buffer) >= self._max_buffer:
-                self._buffer.popleft()
-                self._dropped += 1
             self._buffer.append(entry)
             if len(self._buffer) >= self._batch_size:
                 self._condition.notify()
+
+    def _may_wait_for_room(self) -> bool:
+        """Waiting for room makes sense only while a running shipper thread, other than this one, empties it
+        (a line logged by the shipper thread itself must not wait for itself)."""
+        shipper = self._thread
+        return not self._closing and shipper.is_alive() and threading.current_thread() is not shipper
 
     def close(self) -> None:
         """Send what is left (for at most ``flush_timeout`` seconds) and stop the thread."""
@@ -121,8 +150,17 @@ class LogShipper:
             self._condition.notify()
         if self._thread.is_alive():
             self._thread.join(self._flush_timeout + 5)
-        if self._dropped:
-            _note(f"{self._dropped} log lines in all could not be sent to the API")
+        with self._condition:
+            if self._thread.is_alive():  # stuck in a call past the deadline: its batch and the rest are lost
+                unsent = len(self._buffer) + self._in_flight
+                self._in_flight = 0  # counted here, so not again should the call still end
+                if unsent:
+                    self._count_dropped_locked(unsent, "left when the flush deadline passed")
+                self._buffer.clear()
+            self._room.notify_all()
+        summary = self.drop_summary()
+        if summary:
+            _note(f"{summary}; in all")
 
     def _run(self) -> None:
         block_stop_signals()
@@ -131,35 +169,45 @@ class LogShipper:
             if batch is None:
                 return
             if batch:
+                with self._condition:
+                    self._in_flight = len(batch)
                 self._send(batch)
+                with self._condition:
+                    self._in_flight = 0
 
     def _next_batch(self) -> list[dict[str, Any]] | None:
-        """Wait for a full batch or the interval; None when closing and nothing is left."""
+        """Wait for a full batch or the interval; None when closing and nothing is left (or no time is left)."""
         with self._condition:
             if not self._closing and len(self._buffer) < self._batch_size:
                 self._condition.wait(self._interval)
+            if self._closing and self._buffer and self._deadline is not None and time.monotonic() > self._deadline:
+                self._count_dropped_locked(len(self._buffer), "left when the flush deadline passed")
+                self._buffer.clear()
             if self._closing and not self._buffer:
                 return None
             count = min(len(self._buffer), self._batch_size)
-            return [self._buffer.popleft() for _ in range(count)]
+            batch = [self._buffer.popleft() for _ in range(count)]
+            self._room.notify_all()
+            return batch
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
         attempt = 0
         while True:
             try:
-                self._client.write_logs(self._flow_run_id, batch)
+                written = self._client.write_logs(self._flow_run_id, batch)
             except ServerUnavailableError as exc:
                 attempt += 1
                 if not self._wait_before_retry(attempt):
-                    self._count_dropped(len(batch))
+                    self._count_dropped(len(batch), f"unsent: the API was unavailable ({exc})")
                     _note(f"could not send {len(batch)} log lines: {exc}")
                     return
             except ClientError as exc:  # refused: sending the same lines again would be refused again
-                self._count_dropped(len(batch))
+                self._count_dropped(len(batch), f"refused by the API ({exc})")
                 _note(f"the API refused {len(batch)} log lines: {exc}")
                 return
             else:
-                self.sent += len(batch)
+                self.sent += len(batch) - written.dropped
+                self.dropped_by_server += written.dropped
                 return
 
     def _wait_before_retry(self, attempt: int) -> bool:
@@ -174,9 +222,16 @@ class LogShipper:
             self._condition.wait(delay)
         return True
 
-    def _count_dropped(self, count: int) -> None:
+    def _count_dropped(self, count: int, reason: str) -> None:
         with self._condition:
-            self._dropped += count
+            self._count_dropped_locked(count, reason)
+
+    def _count_dropped_locked(self, count: int, reason: str) -> None:
+        self._dropped += count
+        # The first reason of each kind is kept (the text after the colon varies with each error).
+        kind = reason.split(" (", 1)[0]
+        known = next((r for r in self._drop_reasons if r.split(" (", 1)[0] == kind), reason)
+        self._drop_reasons[known] = self._drop_reasons.get(known, 0) + count
 
 
 class StreamTee:

@@ -17,7 +17,7 @@ while the API says ``Cancelling``); any other SIGTERM (an agent's cold stop, an 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from baton.client.http import Client
@@ -126,7 +126,13 @@ class FlowRunner:
             flush_timeout=self._state_retry_seconds,
         )
         with shipper, ship_output(shipper):
-            return self._execute()
+            outcome = self._execute()
+        summary = shipper.drop_summary()
+        if summary is None or outcome.state is None:
+            return outcome
+        # Never silently (issue 8, item 8): lines the API did not get are named in the final state message.
+        message = f"{outcome.message}; {summary}" if outcome.message else summary
+        return replace(outcome, message=message)
 
     def _execute(self) -> Outcome:
         run = self._read_run()

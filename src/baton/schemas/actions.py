@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from baton.labels import MAX_LABELS, normalize_labels
 from baton.schemas.core import Role, RunConfig, Storage, StrictModel
+from baton.schemas.json_schema import json_schema_problem
 from baton.schemas.states import StateName, TaskRunState
 
 NAME_FIELD = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
@@ -67,6 +68,14 @@ class FlowCreate(StrictModel):
     description: str | None = Field(default=None, max_length=10_000)
 
     _norm_labels = field_validator("labels")(_labels)
+
+    @field_validator("parameters_schema")
+    @classmethod
+    def _valid_json_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = json_schema_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a valid JSON Schema {problem}")
+        return value
 
     @model_validator(mode="after")
     def _source_for_api_storage(self) -> FlowCreate:

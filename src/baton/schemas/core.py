@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -40,24 +41,45 @@ class RunConfigType(StrEnum):
 # PostgreSQL cannot store NUL in text columns, and a lone surrogate (JSON "\ud800") cannot be encoded as UTF-8 at all:
 # either would pass validation and then fail in the database or in the answer (a 500), so input text refuses both.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_UNSTORABLE_TEXT = "text may not contain NUL characters (\\u0000) or lone surrogates (\\ud800-\\udfff)"
+
+# How deep a JSON value that enters the API may nest (a field's own object or list counts as level 1). Values nested
+# some 255 levels deep were stored and then could not be serialised, so every list and claim of the tenant answered
+# 500 (issue 8, item 3); 32 is far beyond what parameters, state data or run configs need.
+MAX_JSON_DEPTH = 32
 
 
 def check_storable_text(value: Any) -> None:
-    """Raise ValueError if a string in ``value`` (also inside lists and dicts, keys too) has NUL or a lone surrogate.
+    """Raise ValueError if ``value`` cannot be stored and served back as it came.
 
+    That is: a string in it (also inside lists and dicts, keys too) with NUL or a lone surrogate, nesting deeper
+    than :data:`MAX_JSON_DEPTH`, or a number that JSON cannot carry (NaN, Infinity: they would come back as null).
     Walks with a stack, not recursion: free-form JSON may nest as deep as the parser allowed.
     """
-    pending = [value]
+    problem = json_value_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def json_value_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why ``value`` cannot be stored and served back (see :func:`check_storable_text`), or None."""
+    if isinstance(value, str):  # most fields: no walk needed
+        return None if _UNSTORABLE.search(value) is None else _UNSTORABLE_TEXT
+    pending: list[tuple[Any, int]] = [(value, 0)]
     while pending:
-        item = pending.pop()
+        item, depth = pending.pop()
         if isinstance(item, str):
             if _UNSTORABLE.search(item):
-                raise ValueError("text may not contain NUL characters (\\u0000) or lone surrogates (\\ud800-\\udfff)")
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list | tuple):
-            pending.extend(item)
+                return _UNSTORABLE_TEXT
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "numbers must be finite: NaN and Infinity are not JSON"
+        elif isinstance(item, dict | list | tuple):
+            if depth + 1 > max_depth:
+                return f"JSON nested deeper than {max_depth} levels"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return None
 
 
 class StrictModel(BaseModel):

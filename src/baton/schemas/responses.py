@@ -128,6 +128,8 @@ class LogsPage(BaseModel):
 
 class LogsWritten(BaseModel):
     written: int
+    # Lines of the batch not stored because the run's log quota is spent (counted in the run's marker line).
+    dropped: int = 0
 
 
 class TaskRunRead(BaseModel):

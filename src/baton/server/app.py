@@ -12,7 +12,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +23,7 @@ from baton.server.auth_limits import FailedAuthLimiter
 from baton.server.database.connection import create_database_engine, create_session_factory
 from baton.server.database.migrate import upgrade
 from baton.server.errors import install_error_handlers
+from baton.server.json_body import JsonRoute
 from baton.server.limits import BodySizeLimit
 from baton.server.models.lost_runs import RecoveryPolicy
 from baton.server.notifier import RunNotifier
@@ -47,6 +49,14 @@ def _services(
     )
     recovery = RecoveryService(factory, notifier, policy, margin)
     return [("lease-expiry", leases.run_once), ("recovery", recovery.run_once)]
+
+
+def check_json_routes(router: APIRouter) -> None:
+    """Every route parses bodies with ``json_body`` (no NaN, bounded nesting): a router that forgot
+    ``route_class=JsonRoute`` would let those bodies through, so it stops the server from starting."""
+    plain = [route.path for route in router.routes if isinstance(route, APIRoute) and not isinstance(route, JsonRoute)]
+    if plain:
+        raise RuntimeError(f"routes without route_class=JsonRoute: {', '.join(plain)}")
 
 
 def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI:
@@ -94,6 +104,7 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     )
     install_error_handlers(app)
     for module in (meta, flows, flow_runs, logs, agents):
+        check_json_routes(module.router)
         app.include_router(module.router, prefix="/api")
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     return app

@@ -20,7 +20,14 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from baton.exceptions import IllegalTransitionError, InvalidLabelError
 from baton.schemas.responses import ErrorDetail
-from baton.server.models.errors import Forbidden, IdempotencyConflict, InvalidRequest, ObjectNotFound, StaleState
+from baton.server.models.errors import (
+    Forbidden,
+    IdempotencyConflict,
+    InvalidRequest,
+    LogsClosed,
+    ObjectNotFound,
+    StaleState,
+)
 
 logger = logging.getLogger("baton.server")
 
@@ -32,6 +39,7 @@ _STATUS: dict[type[Exception], int] = {
     IllegalTransitionError: 409,
     StaleState: 409,
     IdempotencyConflict: 409,
+    LogsClosed: 409,
 }
 
 
@@ -89,7 +97,10 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "Missing, malformed or unknown API key or run token.",
     403: "The key's role, or the run token's scope, does not allow this.",
     404: "No such object in the caller's tenant (other tenants' ids look unknown too).",
-    409: "Illegal state transition, or the object changed while the request was handled (retry).",
+    409: (
+        "Illegal state transition, the object changed while the request was handled (retry), "
+        "or logs sent to a run that ended."
+    ),
     413: "Request body larger than the server's limit.",
     422: "Invalid input: a list of the invalid fields, or one message.",
     429: "Too many failed authentications from this address; retry after Retry-After seconds.",

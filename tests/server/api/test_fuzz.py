@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from schemathesis.checks import not_a_server_error
@@ -115,6 +116,7 @@ ROUTE_ANSWERS: dict[str, dict[int, type[BaseModel]]] = {
     "POST /api/flow_runs": {404: ErrorDetail},  # the flow named by the body is unknown
     "POST /api/flow_runs/{flow_run_id}/state": {409: ErrorDetail},  # illegal transition
     "POST /api/flow_runs/{flow_run_id}/cancel": {409: ErrorDetail},  # the run already ended
+    "POST /api/flow_runs/{flow_run_id}/logs": {409: ErrorDetail},  # the run ended longer than the log grace ago
 }
 
 # Ids of real objects by path parameter name, filled by the ``real_objects`` fixture for the current server.
@@ -339,3 +341,93 @@ def test_authorization_that_is_not_utf8_is_401(fuzz_server: ServerProcess) -> No
 
     assert response.status_code == 401
     assert response.json()["detail"]
+
+
+# --- deep nesting, non-finite numbers and oversize bodies (issue 8, items 3, 7, 12) ----------------------------
+# Every JSON field a caller can send, nested one level past MAX_JSON_DEPTH, far past it (the C parser's own limit
+# is near 1000 levels: it raised RecursionError, a 400 with no reason), holding NaN, and bodies over the limit.
+
+
+def deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+JSON_FIELDS = {
+    "parameters": ("/api/flow_runs", '{{"flow_name": "hello", "parameters": {{"a": {value}}}}}'),
+    "state-data": ("/api/flow_runs/{run}/state", '{{"name": "Failed", "data": {{"a": {value}}}}}'),
+    "parameters-schema": (
+        "/api/flows",
+        '{{"name": "h", "entrypoint": "h", "source": "x", "parameters_schema": {{"default": {value}}}}}',
+    ),
+    "schedule": ("/api/flows", '{{"name": "h", "entrypoint": "h", "source": "x", "schedule": {{"a": {value}}}}}'),
+    "job-template": (
+        "/api/flows",
+        '{{"name": "h", "entrypoint": "h", "source": "x", "run_config": {{"job_template": {{"a": {value}}}}}}}',
+    ),
+    "host-config": (
+        "/api/flows",
+        '{{"name": "h", "entrypoint": "h", "source": "x", "run_config": {{"host_config": {{"a": {value}}}}}}}',
+    ),
+    "env": (
+        "/api/flows",
+        '{{"name": "h", "entrypoint": "h", "source": "x", "run_config": {{"env": {{"a": {value}}}}}}}',
+    ),
+    "log-message": (
+        "/api/flow_runs/{run}/logs",
+        '{{"logs": [{{"timestamp": "2030-01-01T00:00:00Z", "message": {value}}}]}}',
+    ),
+    "claim": ("/api/agents/{agent}/claim", '{{"limit": {value}}}'),
+    "heartbeat": ("/api/agents/{agent}/heartbeat", '{{"deployments": [{{"flow_run_id": "x", "alive": {value}}}]}}'),
+}
+BAD_VALUES = {
+    "33-deep": deep(32),
+    "300-deep": deep(300),
+    "100000-deep": deep(100_000),
+    "nan": "NaN",
+    "inf": "-Infinity",
+}
+
+
+@pytest.mark.parametrize("value", list(BAD_VALUES.values()), ids=list(BAD_VALUES))
+@pytest.mark.parametrize(("path", "template"), list(JSON_FIELDS.values()), ids=list(JSON_FIELDS))
+def test_deep_or_non_finite_json_in_any_field_is_422(
+    admin_http: httpx.Client, real_objects: dict[str, list[str]], path: str, template: str, value: str
+) -> None:
+    body = template.format(value=value)
+
+    response = admin_http.post(fill(path, real_objects), content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 422, response.text[:500]
+
+
+@settings(max_examples=max(5, EXAMPLES // 5), deadline=None, derandomize=True, database=None)
+@given(depth=st.integers(min_value=33, max_value=3_000), field=st.sampled_from(sorted(JSON_FIELDS)))
+def test_nesting_past_the_limit_is_never_stored(
+    admin_http: httpx.Client, real_objects: dict[str, list[str]], depth: int, field: str
+) -> None:
+    path, template = JSON_FIELDS[field]
+    before = {run["id"] for run in admin_http.get("/api/flow_runs", params={"limit": 1000}).json()}
+
+    response = admin_http.post(
+        fill(path, real_objects),
+        content=template.format(value=deep(depth - 1)),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422, response.text[:500]
+    assert {run["id"] for run in admin_http.get("/api/flow_runs", params={"limit": 1000}).json()} == before
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [JSON_FIELDS["parameters"], JSON_FIELDS["state-data"], JSON_FIELDS["log-message"], JSON_FIELDS["job-template"]],
+    ids=["parameters", "state-data", "log-message", "job-template"],
+)
+def test_a_body_over_the_size_limit_is_413(
+    admin_http: httpx.Client, real_objects: dict[str, list[str]], path: str, template: str
+) -> None:
+    body = template.format(value='"' + "x" * (10 * 1024 * 1024) + '"')
+
+    response = admin_http.post(fill(path, real_objects), content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 413, response.text[:500]

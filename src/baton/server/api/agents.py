@@ -14,12 +14,13 @@ from baton.schemas.core import Role
 from baton.schemas.responses import AgentRead, ClaimedRun, ClaimResponse, HeartbeatResponse
 from baton.server.api.deps import Db, KeyReader, Runner, transaction
 from baton.server.database.orm import Agent, utcnow
+from baton.server.json_body import JsonRoute
 from baton.server.models import agents, claims, flow_runs, flows
 from baton.server.models.tenants import Principal
 from baton.server.notifier import RunNotifier
 from baton.settings import ServerSettings
 
-router = APIRouter(prefix="/agents", tags=["agents"])
+router = APIRouter(prefix="/agents", tags=["agents"], route_class=JsonRoute)
 
 
 def _owned_agent(session: Session, principal: Principal, agent_id: str) -> Agent:

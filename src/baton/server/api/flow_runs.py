@@ -11,11 +11,12 @@ from baton.schemas.responses import FlowRunHeartbeatResponse, FlowRunRead, RunEx
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server.api.deps import Author, Db, NotifierDep, Reader, RunWriter, check_run_scope, transaction
 from baton.server.errors import error_responses
+from baton.server.json_body import JsonRoute
 from baton.server.models import agents, flow_runs, state_changes
 from baton.server.models.redaction import redact_flow_run
 from baton.server.models.tenants import check_runner_owns
 
-router = APIRouter(prefix="/flow_runs", tags=["flow runs"])
+router = APIRouter(prefix="/flow_runs", tags=["flow runs"], route_class=JsonRoute)
 
 
 IDEMPOTENCY_KEY = Header(

@@ -10,11 +10,12 @@ from baton.schemas.actions import FlowCreate
 from baton.schemas.responses import FlowRead
 from baton.server.api.deps import Author, Db, Reader, transaction
 from baton.server.errors import error_responses
+from baton.server.json_body import JsonRoute
 from baton.server.models import flows
 from baton.server.models.flow_runs import get_flow_run
 from baton.server.models.redaction import redact_flow
 
-router = APIRouter(prefix="/flows", tags=["flows"])
+router = APIRouter(prefix="/flows", tags=["flows"], route_class=JsonRoute)
 
 
 @router.post(

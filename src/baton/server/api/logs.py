@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from baton.schemas.actions import MAX_INT, LogsCreate, TaskRunCreate, TaskRunStateSet
 from baton.schemas.responses import LogRead, LogsPage, LogsWritten, TaskRunRead
 from baton.server.api.deps import Db, Reader, RunWriter, check_run_scope, transaction
 from baton.server.database.orm import Log
+from baton.server.errors import error_responses
+from baton.server.json_body import JsonRoute
 from baton.server.models import flow_runs, logs, task_runs
 from baton.server.models.tenants import check_runner_owns
+from baton.settings import ServerSettings
 
-router = APIRouter(tags=["logs and task runs"])
+router = APIRouter(tags=["logs and task runs"], route_class=JsonRoute)
 
 
 def _log_read(log: Log) -> LogRead:
@@ -43,12 +46,20 @@ def read_logs(
         return LogsPage(logs=[_log_read(r) for r in rows], next_offset=rows[-1].id if rows else offset)
 
 
-@router.post("/flow_runs/{flow_run_id}/logs", response_model=LogsWritten, status_code=201)
-def write_logs(flow_run_id: str, payload: LogsCreate, principal: RunWriter, db: Db) -> LogsWritten:
+@router.post(
+    "/flow_runs/{flow_run_id}/logs", response_model=LogsWritten, status_code=201, responses=error_responses(409)
+)
+def write_logs(flow_run_id: str, payload: LogsCreate, principal: RunWriter, db: Db, request: Request) -> LogsWritten:
+    """Store log lines (a retried batch is stored once); past the run's quota they are counted as dropped, and a
+    run that ended more than the server's log grace ago answers 409."""
     check_run_scope(principal, flow_run_id)
+    server: ServerSettings = request.app.state.settings.server
+    quota = logs.LogQuota(server.max_log_lines_per_run, server.max_log_bytes_per_run, server.log_grace_seconds)
     with transaction(db) as session:
-        check_runner_owns(session, principal, flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id))
-        return LogsWritten(written=logs.write_logs(session, principal.tenant_id, flow_run_id, payload.logs))
+        run = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
+        check_runner_owns(session, principal, run)
+        result = logs.write_logs(session, run, payload.logs, quota)
+        return LogsWritten(written=result.written, dropped=result.dropped)
 
 
 @router.post("/flow_runs/{flow_run_id}/task_runs", response_model=TaskRunRead, status_code=201)

@@ -10,9 +10,10 @@ from baton.schemas.actions import ApiKeyCreate
 from baton.schemas.responses import ApiKeyCreated, ApiKeyRead, Health, WhoAmI
 from baton.server.api.deps import Admin, AnyPrincipal, Db, transaction
 from baton.server.database.orm import ApiKey
+from baton.server.json_body import JsonRoute
 from baton.server.models import tenants
 
-router = APIRouter(tags=["meta"])
+router = APIRouter(tags=["meta"], route_class=JsonRoute)
 
 
 @router.get("/health", response_model=Health)

@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -152,6 +152,8 @@ class FlowRun(Base):
     # Log lines stored for this run, and lines refused past the per-run quota (counted, never silently lost).
     log_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     logs_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Bytes of the stored lines (message and logger name, UTF-8): the quota bounds these too (migration 0003).
+    log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class FlowRunLabel(Base):

@@ -6,6 +6,7 @@ any number of agents (and server replicas sharing one database) each run is clai
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -14,12 +15,15 @@ from sqlalchemy import ColumnElement, and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from baton.schemas.states import CLAIMABLE_STATES, StateName
-from baton.server.database.orm import Agent, FlowRun, FlowRunLabel, utcnow
+from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, utcnow
+from baton.server.models import flows as flow_queries
 from baton.server.models.errors import StaleState
-from baton.server.models.flow_runs import transition
+from baton.server.models.flow_runs import stored_json_problems, transition
 from baton.server.models.tenants import RUN_TOKEN_PREFIX, hash_secret, new_secret
 
 _CLAIMABLE = [state.value for state in CLAIMABLE_STATES]
+
+logger = logging.getLogger("baton.server")
 
 
 @dataclass
@@ -76,10 +80,16 @@ def claim_runs(
                 "lease_expires_at": now + timedelta(seconds=lease_seconds),
                 "run_token_hash": hash_secret(token),
             }
+            problems = unservable_fields(session, run)
             try:
                 with session.begin_nested():
                     transition(session, run, StateName.PENDING, f"claimed by agent {agent.name}", None, extra)
+                    if problems:
+                        transition(session, run, StateName.FAILED, _unservable_message(problems))
             except StaleState:
+                continue
+            if problems:
+                logger.warning("flow run %s failed instead of being claimed: %s", run.id, problems)
                 continue
             result.runs.append((run, token))
         if len(result.runs) >= limit or len(candidates) < (wanted if skip_locked else wanted * 2):
@@ -91,6 +101,21 @@ def claim_runs(
             )
         )
     return result
+
+
+def unservable_fields(session: Session, run: FlowRun) -> dict[str, str]:
+    """Stored JSON of ``run`` or its flow that cannot be served: such a run is never handed to an agent (running it
+    with those fields left out would be wrong), it fails, and the claim serves the others (issue 8, item 3)."""
+    problems = stored_json_problems(run)
+    flow = session.get(Flow, run.flow_id)
+    if flow is not None:
+        problems.update({f"flow.{name}": why for name, why in flow_queries.stored_json_problems(flow).items()})
+    return problems
+
+
+def _unservable_message(problems: dict[str, str]) -> str:
+    fields = "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
+    return f"the run's stored data cannot be served, so it was not deployed ({fields})"
 
 
 def extend_leases(session: Session, agent: Agent, lease_seconds: float, claimed: list[str] | None) -> None:

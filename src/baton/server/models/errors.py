@@ -23,3 +23,7 @@ class StaleState(BatonError):
 
 class IdempotencyConflict(BatonError):
     """An idempotency key reused for a different request (409): a client bug, never a retry."""
+
+
+class LogsClosed(BatonError):
+    """The run ended longer ago than the server's log grace: it takes no more log lines (409)."""

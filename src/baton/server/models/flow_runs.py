@@ -8,28 +8,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from baton.schemas.actions import FlowRunCreate
-from baton.schemas.core import RunConfig
+from baton.schemas.core import RunConfig, json_value_problem
 from baton.schemas.responses import FlowRunRead, StateRead
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
 from baton.server.models import flows as flow_queries
 from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
+from baton.server.models.logs import with_dropped_note
 from baton.server.models.names import random_run_name
 from baton.server.models.parameters import check_parameters
 
 MAX_TRANSITION_ATTEMPTS = 5
+
+logger = logging.getLogger("baton.server")
 
 
 def resolve_run_labels(explicit: list[str] | None, flow: Flow) -> list[str]:
@@ -146,8 +151,55 @@ def list_flow_runs(
     return list(session.scalars(stmt))
 
 
+def _validation_problem(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    return f"{'.'.join(str(part) for part in first['loc']) or 'value'}: {first['msg']}"
+
+
+def stored_json_problems(run: FlowRun) -> dict[str, str]:
+    """The run's stored JSON fields that cannot be served as they are, with why (empty when all can).
+
+    Input is checked before it is stored (``MAX_JSON_DEPTH``, finite numbers, storable text), but rows written
+    before those checks, or straight into the database, may hold anything: one such row must not make every list
+    and claim of its tenant fail (issue 8, item 3).
+    """
+    problems: dict[str, str] = {}
+    parameters: Any = run.parameters  # typed dict, but a row written by hand may hold any JSON
+    if not isinstance(parameters, dict):
+        problems["parameters"] = "not a JSON object"
+    for name, value in (("parameters", run.parameters), ("deployment", run.deployment)):
+        problem = json_value_problem(value)
+        if problem is not None:
+            problems[name] = problem
+    try:
+        RunConfig.model_validate(run.run_config)
+    except ValidationError as exc:
+        problems["run_config"] = _validation_problem(exc)
+    return problems
+
+
+def _servable_run_config(run: FlowRun, problems: dict[str, str]) -> RunConfig:
+    return RunConfig() if "run_config" in problems else RunConfig.model_validate(run.run_config)
+
+
+def _state_read(row: FlowRunState) -> StateRead:
+    data = row.data
+    problem = json_value_problem(data)
+    if problem is not None or not isinstance(data, dict | None):
+        logger.warning(
+            "flow run %s: stored data of state %s cannot be served (%s): left out", row.flow_run_id, row.name, problem
+        )
+        data = None
+    return StateRead(name=row.name, message=row.message, timestamp=row.timestamp, data=data)
+
+
 def to_read(session: Session, runs: Sequence[FlowRun]) -> list[FlowRunRead]:
-    """Convert runs to their API form, loading their flows and state histories in two queries."""
+    """Convert runs to their API form, loading their flows and state histories in two queries.
+
+    A stored JSON field that cannot be served (:func:`stored_json_problems`) is served empty and logged with the
+    run's id, so the other runs of a list or a claim are served as usual; claims never hand out such a run
+    (``claims.claim_runs`` fails it instead).
+    """
     if not runs:
         return []
     run_ids = [run.id for run in runs]
@@ -157,31 +209,34 @@ def to_read(session: Session, runs: Sequence[FlowRun]) -> list[FlowRunRead]:
         select(FlowRunState).where(FlowRunState.flow_run_id.in_(run_ids)).order_by(FlowRunState.id)
     )
     for row in state_rows:
-        history[row.flow_run_id].append(
-            StateRead(name=row.name, message=row.message, timestamp=row.timestamp, data=row.data)
+        history[row.flow_run_id].append(_state_read(row))
+    reads = []
+    for run in runs:
+        problems = stored_json_problems(run)
+        if problems:
+            logger.warning("flow run %s: stored fields cannot be served, served empty: %s", run.id, problems)
+        reads.append(
+            FlowRunRead(
+                id=run.id,
+                name=run.name,
+                flow_id=run.flow_id,
+                flow_name=flows[run.flow_id].name,
+                flow_version=flows[run.flow_id].version,
+                state=run.state,
+                state_message=run.state_message,
+                labels=run.labels,
+                parameters={} if "parameters" in problems else run.parameters,
+                agent_id=run.agent_id,
+                scheduled_start_time=run.scheduled_start_time,
+                created=run.created,
+                start_time=run.start_time,
+                end_time=run.end_time,
+                deployment=None if "deployment" in problems else run.deployment,
+                run_config=_servable_run_config(run, problems),
+                states=history[run.id],
+            )
         )
-    return [
-        FlowRunRead(
-            id=run.id,
-            name=run.name,
-            flow_id=run.flow_id,
-            flow_name=flows[run.flow_id].name,
-            flow_version=flows[run.flow_id].version,
-            state=run.state,
-            state_message=run.state_message,
-            labels=run.labels,
-            parameters=run.parameters,
-            agent_id=run.agent_id,
-            scheduled_start_time=run.scheduled_start_time,
-            created=run.created,
-            start_time=run.start_time,
-            end_time=run.end_time,
-            deployment=run.deployment,
-            run_config=RunConfig.model_validate(run.run_config),
-            states=history[run.id],
-        )
-        for run in runs
-    ]
+    return reads
 
 
 def _side_effects(run: FlowRun, new_state: StateName, data: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
@@ -217,6 +272,9 @@ def transition(
     """
     check_transition(run.state, new_state)
     now = utcnow()
+    if new_state in FINAL_STATES:
+        # Whoever ends the run, its final message says how many log lines were dropped (issue 8, item 8).
+        message = with_dropped_note(message, run.logs_dropped or 0)
     values = {
         "state": new_state.value,
         "state_message": message,

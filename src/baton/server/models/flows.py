@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from baton.schemas.actions import FlowCreate
-from baton.schemas.core import RunConfig, Storage
+from baton.schemas.core import RunConfig, Storage, json_value_problem
 from baton.schemas.responses import FlowRead
 from baton.server.database.orm import Flow
 from baton.server.models.errors import ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
+
+logger = logging.getLogger("baton.server")
 
 
 def _content_hash(payload: FlowCreate) -> str:
@@ -104,18 +109,40 @@ def list_flows(session: Session, tenant_id: str, name: str | None = None, all_ve
     return list(session.scalars(stmt.order_by(Flow.name, Flow.version.desc())))
 
 
+def stored_json_problems(flow: Flow) -> dict[str, str]:
+    """The flow's stored JSON fields that cannot be served as they are, with why (see ``flow_runs``'s)."""
+    problems: dict[str, str] = {}
+    for name, model in (("storage", Storage), ("run_config", RunConfig)):
+        try:
+            model.model_validate(getattr(flow, name))
+        except ValidationError as exc:
+            problems[name] = str(exc.errors(include_url=False)[0]["msg"])
+    for name, value in (("parameters_schema", flow.parameters_schema), ("schedule", flow.schedule)):
+        problem = json_value_problem(value)
+        if problem is not None:
+            problems[name] = problem
+    stored: Any = flow.parameters_schema  # typed dict, but a row written by hand may hold any JSON
+    if not isinstance(stored, dict):
+        problems["parameters_schema"] = "not a JSON object"
+    return problems
+
+
 def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
+    """The flow's API form; a stored field that cannot be served is served empty, and logged."""
+    problems = stored_json_problems(flow)
+    if problems:
+        logger.warning("flow %s: stored fields cannot be served, served empty: %s", flow.id, problems)
     return FlowRead(
         id=flow.id,
         name=flow.name,
         version=flow.version,
         entrypoint=flow.entrypoint,
-        storage=Storage.model_validate(flow.storage),
-        run_config=RunConfig.model_validate(flow.run_config),
+        storage=Storage() if "storage" in problems else Storage.model_validate(flow.storage),
+        run_config=RunConfig() if "run_config" in problems else RunConfig.model_validate(flow.run_config),
         labels=flow.labels,
-        parameters_schema=flow.parameters_schema,
+        parameters_schema={} if "parameters_schema" in problems else flow.parameters_schema,
         tasks=flow.tasks,
-        schedule=flow.schedule,
+        schedule=None if "schedule" in problems else flow.schedule,
         description=flow.description,
         source_filename=flow.source_filename,
         created=flow.created,

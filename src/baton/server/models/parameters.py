@@ -2,6 +2,11 @@
 
 The server cannot import user code, so it checks what the schema can tell: unknown names, missing required
 ones and the JSON type of each value. The flow-run process validates fully from the type hints.
+
+Schemas are checked against the meta-schema at registration (``baton.schemas.json_schema``), but flows stored
+before that check may hold anything: every part of a schema is read defensively here, and a part of the wrong
+shape is ignored, never a 500. Nothing here evaluates a ``pattern`` or follows a ``$ref``, so no schema can make
+this slow.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ def _accepted_types(spec: dict[str, Any]) -> list[str] | None:
     """The JSON types a property accepts, or None when the schema does not say plainly (anyOf, $ref...)."""
     if "type" in spec:
         kinds = spec["type"]
-        return [kinds] if isinstance(kinds, str) else list(kinds)
+        if isinstance(kinds, str):
+            return [kinds]
+        return [kind for kind in kinds if isinstance(kind, str)] if isinstance(kinds, list) else None
     options = spec.get("anyOf")
     if isinstance(options, list) and all(isinstance(o, dict) and "type" in o for o in options):
         return [o["type"] for o in options if isinstance(o["type"], str)]
@@ -43,15 +50,19 @@ def _matches(value: Any, kind: str) -> bool:
 
 def check_parameters(schema: dict[str, Any], parameters: dict[str, Any]) -> None:
     """Raise InvalidRequest naming every problem with ``parameters``."""
-    properties: dict[str, Any] = schema.get("properties") or {}
-    if not schema:
+    if not isinstance(schema, dict) or not schema:
         return
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        properties = {}
     problems: list[str] = []
     unknown = sorted(set(parameters) - set(properties))
     if unknown and not schema.get("additionalProperties"):
         expected = ", ".join(sorted(properties)) or "none"
         problems.append(f"unknown parameter(s) {', '.join(unknown)} (the flow takes: {expected})")
-    missing = sorted(set(schema.get("required") or []) - set(parameters))
+    required = schema.get("required")
+    required_names = {name for name in required if isinstance(name, str)} if isinstance(required, list) else set()
+    missing = sorted(required_names - set(parameters))
     if missing:
         problems.append(f"missing required parameter(s) {', '.join(missing)}")
     for name, value in parameters.items():
