@@ -19,6 +19,8 @@ MAX_MESSAGE_LENGTH = 100_000
 
 
 MAX_INT = 2**31 - 1  # fits every database's INTEGER: larger numbers are refused with 422, not stored
+# The longest flow-run timeout: a year. Longer is a typo, or "none" (leave the field out).
+MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
 
 
 def _labels(value: list[str] | None) -> list[str] | None:
@@ -65,6 +67,13 @@ class FlowCreate(StrictModel):
     tasks: list[str] = Field(default_factory=list, max_length=10_000)
     schedule: dict[str, Any] | None = None
     description: str | None = Field(default=None, max_length=10_000)
+    timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        strict=True,
+        description="the agent kills a run of this flow still going after this long and fails it (None: no limit)",
+    )
 
     _norm_labels = field_validator("labels")(_labels)
 
