@@ -102,11 +102,15 @@ def agent_environment(home: Path, api_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_agent(python: str, args: list[str], env: dict[str, str], log: Path) -> AgentProcess:
-    """``baton agent local start ARGS`` run by ``python``, without the hostname label (takes unlabelled runs)."""
+def start_agent(
+    python: str, args: list[str], env: dict[str, str], log: Path, user: pwd.struct_passwd | None = None
+) -> AgentProcess:
+    """``baton agent local start ARGS`` run by ``python`` (as ``user``: None, this process's), without the
+    hostname label (it takes unlabelled runs)."""
     command = [python, "-m", "baton.cli", "agent", "local", "start", "--no-hostname-label", *args]
+    switch: dict[str, Any] = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "cwd": "/"}
     with log.open("w") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, text=True, **switch)
     return AgentProcess(process, log, None)
 
 

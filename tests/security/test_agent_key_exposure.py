@@ -227,6 +227,62 @@ def test_a_flow_gets_only_the_allow_listed_part_of_the_agents_environment(
     assert runner_key not in json.dumps(flow_env)
 
 
+def test_without_run_as_a_flow_of_another_process_of_the_same_user_cannot_read_the_agents_proc_files(
+    server: ServerProcess, flow_user: pwd.struct_passwd, tmp_path: Path
+) -> None:
+    # Given an agent run by an ordinary user (no --run-as: its flows run as that user too), its key in its
+    # environment: the agent is non-dumpable, so its /proc files belong to root
+    workspace = open_dir()
+    try:
+        python = python_for(flow_user, workspace)
+        admin = server.client()
+        runner_key = admin.create_api_key("runner", "same-user-agent").key
+        os.chown(workspace, flow_user.pw_uid, flow_user.pw_gid)
+        report_file = workspace / "report.json"
+        env = agent_environment(workspace, server.url, BATON__API__KEY=runner_key, HOME=str(workspace))
+        log = tmp_path / "agent.log"
+        agent = start_agent(python, ["--name", "same-user-agent"], env, log, user=flow_user)
+        try:
+            name = register_flow_file(admin, tmp_path / "probe.py", PROBE_SOURCE)
+            run = admin.create_flow_run(flow_name=name, parameters={"report": str(report_file), "paths": []})
+            ended = wait_for_end(server, run.id, agent)
+            assert ended.state == "Success", (ended.state_message, agent.log())
+        finally:
+            stop_agent(agent)
+        report = read_report(report_file)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+    # Then the flow, of the same uid, could read neither its environment, its memory nor its descriptors
+    assert report["uid"] == flow_user.pw_uid
+    routes = report["routes"]
+    for route in ("environ", "memory", "fds"):
+        assert not routes[route]["ok"], (route, routes[route])
+    assert runner_key not in json.dumps(report)
+
+
+def test_the_probe_finds_the_key_where_it_is_readable(server: ServerProcess, tmp_path: Path) -> None:
+    """The control: run as root without --run-as, a flow can do what root can, and the probe then finds the
+    agent's key (the trust boundary of an agent without --run-as). So the tests above are not blind."""
+    if os.geteuid() != 0:
+        pytest.skip("the control needs an agent and flows run as root")
+    admin = server.client()
+    runner_key = admin.create_api_key("runner", "root-agent").key
+    env = agent_environment(tmp_path, server.url, BATON__API__KEY=runner_key)
+    report_file = tmp_path / "report.json"
+    agent = start_agent(sys.executable, ["--name", "root-agent"], env, tmp_path / "agent.log")
+    try:
+        name = register_flow_file(admin, tmp_path / "probe.py", PROBE_SOURCE)
+        run = admin.create_flow_run(flow_name=name, parameters={"report": str(report_file), "paths": []})
+        ended = wait_for_end(server, run.id, agent)
+        assert ended.state == "Success", (ended.state_message, agent.log())
+    finally:
+        stop_agent(agent)
+    routes = read_report(report_file)["routes"]
+    assert runner_key in routes["environ"]["text"]  # the environment the agent started with, though it dropped it
+    assert runner_key in routes["memory"]["text"]
+
+
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
 def test_an_agent_refuses_a_key_file_others_can_read(server: ServerProcess, tmp_path: Path, mode: int) -> None:
     key_file = tmp_path / "agent.key"
