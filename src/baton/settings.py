@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from baton.exceptions import ConfigurationError
+from baton.schemas.core import MAX_TIMEOUT_SECONDS
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 DEFAULT_API_URL = "http://127.0.0.1:4200"
@@ -120,7 +121,7 @@ class AgentSettings(BaseModel):
     max_consecutive_errors: int = Field(default=30, ge=1)
     # The longest a deployed run may go on before the agent kills it and fails it; a flow's own timeout_seconds
     # applies when shorter. None: no agent-wide limit. Bounded like the flow's (a year).
-    run_timeout_seconds: int | None = Field(default=None, ge=1, le=366 * 24 * 3600)
+    run_timeout_seconds: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS)
     # Local agent: the OS user flows run as (None: the agent's own), and the users a LocalRun(user=...) may ask for.
     run_as: str | None = None
     allow_run_as: list[str] = Field(default_factory=list)

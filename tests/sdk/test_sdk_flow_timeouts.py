@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from baton import LocalRun, flow
-from baton.schemas.actions import MAX_TIMEOUT_SECONDS
+from baton.schemas.core import MAX_TIMEOUT_SECONDS
 from baton.sdk.registration import build_flow_payload, load_flows
 
 SOURCE = """

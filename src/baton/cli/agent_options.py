@@ -25,7 +25,7 @@ import click
 
 from baton.cli.context import CliState
 from baton.cli.output import LOG_LEVELS, InputError, parse_env, parse_labels
-from baton.schemas.actions import MAX_TIMEOUT_SECONDS
+from baton.schemas.core import MAX_TIMEOUT_SECONDS
 from baton.settings import BatonSettings
 
 F = TypeVar("F", bound=Callable[..., Any])

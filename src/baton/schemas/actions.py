@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from baton.labels import MAX_LABELS, normalize_labels
-from baton.schemas.core import Role, RunConfig, Storage, StrictModel
+from baton.schemas.core import MAX_TIMEOUT_SECONDS, Role, RunConfig, Storage, StrictModel
 from baton.schemas.states import StateName, TaskRunState
 
 NAME_FIELD = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
@@ -19,8 +19,6 @@ MAX_MESSAGE_LENGTH = 100_000
 
 
 MAX_INT = 2**31 - 1  # fits every database's INTEGER: larger numbers are refused with 422, not stored
-# The longest flow-run timeout: a year. Longer is a typo, or "none" (leave the field out).
-MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
 
 
 def _labels(value: list[str] | None) -> list[str] | None:

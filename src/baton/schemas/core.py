@@ -30,6 +30,10 @@ class StorageType(StrEnum):
     GIT = "git"
 
 
+# The longest flow-run timeout (a flow's timeout_seconds, an agent's --run-timeout): a year. Longer is a typo.
+MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
+
+
 class RunConfigType(StrEnum):
     LOCAL = "local"
     UNIVERSAL = "universal"

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from baton.schemas.actions import MAX_TIMEOUT_SECONDS, FlowCreate
+from baton.schemas.actions import FlowCreate
+from baton.schemas.core import MAX_TIMEOUT_SECONDS
 from baton.server.models.flows import _content_hash
 from server.harness import TenantContext
 
