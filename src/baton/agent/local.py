@@ -199,7 +199,7 @@ class LocalAgent(Agent):
         # A directory of its own: the flow must not work in (and write to) the agent's.
         workdir = make_workdir(user)
         home = user.home if os.path.isdir(user.home) else workdir
-        switch = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups), "umask": 0o077}
+        switch = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
         try:
             process = self._popen(claimed, self.process_env(run_env, user, home), cwd or workdir, switch)
         except DeploymentError:
