@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from baton.exceptions import ConfigurationError
+from baton.schemas.core import MAX_TIMEOUT_SECONDS
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 DEFAULT_API_URL = "http://127.0.0.1:4200"
@@ -45,6 +46,9 @@ class ApiSettings(BaseModel):
 
     url: str = DEFAULT_API_URL
     key: SecretStr | None = None
+    # A file holding the key (mode 0600): when set, the key is read from it and replaces any other. Unlike -k, a
+    # file keeps the key off the command line, which every user of the host can read (ps, /proc/PID/cmdline).
+    key_file: str | None = None
     tenant_id: str | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
 
@@ -122,6 +126,12 @@ class AgentSettings(BaseModel):
     import_paths: list[str] = Field(default_factory=list)
     # N failed API calls in a row end the agent with a non-zero exit (STYLE.md principle 3).
     max_consecutive_errors: int = Field(default=30, ge=1)
+    # The longest a deployed run may go on before the agent kills it and fails it; a flow's own timeout_seconds
+    # applies when shorter. None: no agent-wide limit. Bounded like the flow's (a year).
+    run_timeout_seconds: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS)
+    # Local agent: the OS user flows run as (None: the agent's own), and the users a LocalRun(user=...) may ask for.
+    run_as: str | None = None
+    allow_run_as: list[str] = Field(default_factory=list)
 
 
 class LoggingSettings(BaseModel):

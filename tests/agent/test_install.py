@@ -127,3 +127,20 @@ def test_minimal_config_runs_the_agent_without_options() -> None:
 def test_line_breaks_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="line break"):
         render_supervisord_config(env={"A": "one\ntwo"})
+
+
+def test_the_security_options_reach_the_installed_agents_command_line(tmp_path: Any) -> None:
+    key_file = tmp_path / "agent.key"
+    config = render_supervisord_config(
+        key_file=str(key_file),
+        run_timeout_seconds=3600,
+        run_as="baton-flows",
+        allow_run_as=["etl", "ml"],
+        executable="/opt/baton/bin/baton",
+    )
+    argv = supervisord_argv(config)
+    assert argv[argv.index("--key-file") + 1] == str(key_file)
+    assert argv[argv.index("--run-timeout") + 1] == "3600"
+    assert argv[argv.index("--run-as") + 1] == "baton-flows"
+    assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "--allow-run-as"] == ["etl", "ml"]
+    assert "\nenvironment=" not in config  # no key given: nothing secret to write

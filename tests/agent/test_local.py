@@ -292,8 +292,7 @@ def test_a_run_config_cannot_override_the_baton_variables_of_the_flow_process(
         "BATON_TENANT_ID": "tenant-1",
         "BATON__AGENT__LABELS": json.dumps(agent.labels),
         "BATON__LOGGING__SEND_TO_API": "true",
-        "BATON_HOME": os.environ["BATON_HOME"],  # the agent's own, not one of the run's reserved names
-    }
+    }  # and not the agent's own BATON_HOME or baton__api__key: its environment stays with it
     assert env["KEEP"] == "1"
 
 

@@ -45,12 +45,17 @@ def test_every_local_option_reaches_the_agent(invoke: Any, fake_agent: type[Fake
         *("-n", "laptop", "-l", "staging", "-l", "dev", "-l", "dev", "-e", "A=1", "-e", "B=x=y"),
         *("--max-polls", "3", "--agent-address", "http://127.0.0.1:8080", "--no-cloud-logs"),
         *("--log-level", "debug", "--limit", "2", "-p", "/srv/a", "-p", "/srv/b", "-f", "--no-hostname-label"),
+        *("--run-timeout", "30", "--run-as", "flows", "--allow-run-as", "etl", "--allow-run-as", "ml"),
     )
     assert result.exit_code == 0, result.output
     [kwargs] = fake_agent.built
     settings: BatonSettings = kwargs.pop("settings")
     assert kwargs == {
         "key": "bat_key",
+        "key_file": None,
+        "run_timeout_seconds": 30,
+        "run_as": "flows",
+        "allow_run_as": ["etl", "ml"],
         "api": "http://127.0.0.1:9",
         "tenant_id": "t-1",
         "agent_config_id": "cfg",
@@ -77,6 +82,9 @@ def test_every_local_option_reaches_the_agent(invoke: Any, fake_agent: type[Fake
     assert settings.agent.show_flow_logs is True
     assert settings.logging.level == "DEBUG"
     assert settings.logging.send_to_api is False
+    assert settings.agent.run_timeout_seconds == 30
+    assert settings.agent.run_as == "flows"
+    assert settings.agent.allow_run_as == ["etl", "ml"]
 
 
 def test_options_left_out_leave_settings_in_charge(
@@ -89,6 +97,10 @@ def test_options_left_out_leave_settings_in_charge(
     [kwargs] = fake_agent.built
     assert {k: v for k, v in kwargs.items() if k != "settings"} == {
         "key": None,
+        "key_file": None,
+        "run_timeout_seconds": None,
+        "run_as": None,
+        "allow_run_as": None,
         "api": None,
         "tenant_id": None,
         "agent_config_id": None,
@@ -126,7 +138,7 @@ def test_root_api_and_key_apply_to_agents(invoke: Any, fake_agent: type[FakeAgen
 def test_token_is_a_deprecated_alias_of_key(invoke: Any, fake_agent: type[FakeAgent]) -> None:
     result = invoke("agent", "local", "start", "-t", "bat_old")
     assert result.exit_code == 0
-    assert result.stderr.strip() == "Warning: -t/--token is deprecated; use -k/--key instead."
+    assert result.stderr.splitlines()[0] == "Warning: -t/--token is deprecated; use -k/--key instead."
     assert fake_agent.built[0]["key"] == "bat_old"
 
     fake_agent.built.clear()
@@ -135,8 +147,33 @@ def test_token_is_a_deprecated_alias_of_key(invoke: Any, fake_agent: type[FakeAg
     assert fake_agent.built[0]["key"] == "bat_new"
 
 
-def test_key_alone_prints_no_warning(invoke: Any, fake_agent: type[FakeAgent]) -> None:
-    assert invoke("agent", "local", "start", "-k", "bat_new").stderr == ""
+@pytest.mark.parametrize("command", [("agent", "local", "start"), ("agent", "start")])
+def test_a_key_on_the_command_line_is_warned_about_as_visible_in_ps(
+    invoke: Any, fake_agent: type[FakeAgent], command: tuple[str, ...]
+) -> None:
+    result = invoke(*command, "-k", "bat_new")
+    assert result.exit_code == 0
+    assert result.stderr.startswith("Warning: a key given with -k/--key is on the agent's command line")
+    assert "--key-file" in result.stderr
+    assert "deprecated" not in result.stderr
+
+
+def test_a_key_file_or_the_environment_prints_no_warning(
+    invoke: Any, fake_agent: type[FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = invoke("agent", "local", "start", "--key-file", "/etc/baton/agent.key")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert fake_agent.built[0]["key_file"] == "/etc/baton/agent.key"
+    monkeypatch.setenv("BATON__API__KEY", "bat_env")
+    assert invoke("agent", "local", "start").stderr == ""
+
+
+def test_a_key_and_a_key_file_together_are_refused(invoke: Any, fake_agent: type[FakeAgent]) -> None:
+    result = invoke("agent", "local", "start", "-k", "bat_k", "--key-file", "/etc/baton/agent.key")
+    assert result.exit_code == 2
+    assert "give -k/--key or --key-file, not both" in result.stderr
+    assert fake_agent.built == []
 
 
 @pytest.mark.parametrize(

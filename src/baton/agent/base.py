@@ -19,10 +19,14 @@ import abc
 import asyncio
 import contextlib
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any, ClassVar, TypedDict, Unpack
 
 from baton import __version__
 from baton.agent.env import build_run_env
+from baton.agent.hardening import harden_agent_process
 from baton.agent.health import AgentStatus, HealthServer, parse_address
 from baton.agent.lifecycle import RunLifecycle
 from baton.agent.loops import ErrorPolicy
@@ -56,11 +60,22 @@ class AgentOptions(TypedDict, total=False):
     no_cloud_logs: bool
     log_level: str | None
     limit: int | None
+    run_timeout_seconds: int | None
+    key_file: str | None
     client: AgentApi | None
 
 
 # AgentOptions that are fields of AgentSettings of the same name.
-_AGENT_SETTING_OPTIONS = ("agent_config_id", "name", "labels", "env", "max_polls", "agent_address", "limit")
+_AGENT_SETTING_OPTIONS = (
+    "agent_config_id",
+    "name",
+    "labels",
+    "env",
+    "max_polls",
+    "agent_address",
+    "limit",
+    "run_timeout_seconds",
+)
 
 
 class Agent(abc.ABC):
@@ -77,6 +92,8 @@ class Agent(abc.ABC):
         max_polls: leave after this many claim calls (0: none). agent_address: serve the health check here.
         no_cloud_logs: flow runs do not send their logs to the API. log_level: of the ``baton.agent`` logger.
         limit: the most flow runs deployed at once.
+        run_timeout_seconds: kill a run still going after this long and fail it (a flow's shorter
+            ``timeout_seconds`` wins). key_file: read the API key from this file (mode 0600), not from ``key``.
         client: replaces the HTTP client (tests, embedding).
         agent_overrides: further explicit ``AgentSettings`` fields, for drivers.
 
@@ -99,7 +116,12 @@ class Agent(abc.ABC):
     def __init__(self, *, agent_overrides: dict[str, Any] | None = None, **options: Unpack[AgentOptions]) -> None:
         self.settings = resolve_settings(
             options.get("settings"),
-            api={"url": options.get("api"), "key": options.get("key"), "tenant_id": options.get("tenant_id")},
+            api={
+                "url": options.get("api"),
+                "key": options.get("key"),
+                "key_file": options.get("key_file"),
+                "tenant_id": options.get("tenant_id"),
+            },
             agent={
                 **{name: options.get(name) for name in _AGENT_SETTING_OPTIONS},
                 **(agent_overrides or {}),
@@ -129,6 +151,8 @@ class Agent(abc.ABC):
         self.runs = RunLifecycle(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.health_server: HealthServer | None = None
+        # Measures how long deployments have run (timeouts); tests replace it.
+        self.clock: Callable[[], float] = time.monotonic
 
     # --- what a driver implements ------------------------------------------------------------
 
@@ -193,6 +217,10 @@ class Agent(abc.ABC):
             ClientError: the API refused a request the agent should not have made (a bug).
         """
         configure_agent_logging(self.log_level)
+        if threading.current_thread() is threading.main_thread():
+            # The key is read: no child may inherit it, and no same-user process may read it from /proc. Only an
+            # agent that owns its process does this; one run in a thread of a bigger program leaves it alone.
+            harden_agent_process()
         asyncio.run(self.run())
 
     async def run(self) -> None:
@@ -319,7 +347,7 @@ class Agent(abc.ABC):
             self.stop_control.spawn(self.runs.cancel(run_id), f"cancel {run_id}")
 
     async def inspect_deployments(self) -> None:
-        """Record the end of every deployment that has ended."""
+        """Record the end of every deployment that has ended; kill those that have run past their limit."""
         for run in self.registry.in_phase(Phase.DEPLOYED):
             assert run.deployment is not None
             result = await self.inspect(run.deployment)
@@ -331,6 +359,7 @@ class Agent(abc.ABC):
             logger.info("run %s (%s) ended with exit code %s", run.id, run.name, code)
             self.runs.run_left()
             self.stop_control.wake_heartbeat()
+        self.runs.time_out(self.clock())
 
     # --- helpers ----------------------------------------------------------------------------------
 

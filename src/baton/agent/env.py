@@ -9,9 +9,15 @@ agent's ``BATON__API__URL`` (and which one is read depends on dict order). Agent
 upper-cased name starts with ``BATON_`` are therefore dropped, and a driver that passes on its own environment drops
 the case-variants of the reserved names from it (:func:`without_case_variants`).
 
+A driver that starts processes on the agent's host (the local agent) passes on only an allow-list of its own
+environment (:data:`INHERITED_NAMES`, ``LC_*``) with the HOME, USER and LOGNAME of the user the flow runs as
+(:func:`inherited_environment`): nothing else of the agent's (``BATON_HOME``, ``BATON__*``, its key, supervisord's
+variables, whatever its shell held) reaches flow code. What a flow needs beyond that is given with ``--env``.
+
 Usage::
 
     env = build_run_env(claimed, api_url=url, tenant_id=tenant, agent_env={"A": "1"})
+    base = inherited_environment(os.environ, home="/home/flows", user="flows")
 """
 
 from __future__ import annotations
@@ -36,6 +42,43 @@ RESERVED_NAMES = frozenset(
         "BATON__LOGGING__SEND_TO_API",
     }
 )
+
+
+# What a flow-run process of the local agent inherits from the agent's environment: how to find programs and
+# Python, the locale and time zone, temp files, proxies and CA certificates (the flow talks to the API as the
+# agent does). Documented in docs/design.md §6 "Flow-run environment".
+INHERITED_NAMES = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONUNBUFFERED",
+        "PYTHONIOENCODING",
+        "PYTHONUTF8",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONHASHSEED",
+        "PYTHONFAULTHANDLER",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        *(name for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY") for name in (proxy, proxy.lower())),
+    }
+)
+INHERITED_PREFIXES = ("LC_",)
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def inherited_environment(environ: Mapping[str, str], *, home: str, user: str) -> dict[str, str]:
+    """The allow-listed part of ``environ``, with ``HOME``, ``USER`` and ``LOGNAME`` of the flow's user."""
+    env = {
+        name: value for name, value in environ.items() if name in INHERITED_NAMES or name.startswith(INHERITED_PREFIXES)
+    }
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update({"HOME": home, "USER": user, "LOGNAME": user})
+    return env
 
 
 def _is_baton_name(name: str) -> bool:

@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from baton.agent.runs import ActiveRun, Deployment, Phase
+from baton.agent.timeouts import effective_timeout, overdue, timed_out_message
 from baton.exceptions import ClientError, ConfigurationError, ConflictError
 from baton.schemas.responses import ClaimedRun, FlowRunRead
 from baton.schemas.states import StateName
@@ -45,7 +46,8 @@ class RunLifecycle:
         stale = self._registry.get(claimed.flow_run.id)
         if stale is not None:
             self._supersede(stale)
-        run = self._registry.add(claimed)
+        limit = effective_timeout(claimed.flow.timeout_seconds, self._agent.settings.agent.run_timeout_seconds)
+        run = self._registry.add(claimed, limit)
         self.update_active()
         logger.info("claimed run %s (%s) of flow %s", run.id, run.name, claimed.flow.name)
         self._agent.stop_control.spawn(self._launch(run), f"launch {run.id}", launch=True)
@@ -88,7 +90,7 @@ class RunLifecycle:
         except Exception as exc:  # any deployment problem fails the run with its message (seed docs)
             await self._fail_deployment(run, exc)
             return
-        run.deployment, run.phase = deployment, Phase.DEPLOYED
+        run.deployment, run.phase, run.deployed_at = deployment, Phase.DEPLOYED, agent.clock()
         if run.superseded:
             await self._kill_quietly(run)
             return
@@ -210,6 +212,18 @@ class RunLifecycle:
         if run.phase is Phase.CLAIMED:
             return  # _launch stops it as soon as its deploy returns
         await self.stop_deployment(run, "Cancelled", f"cancelled: agent {agent.name} stopped its deployment")
+
+    def time_out(self, now: float) -> None:
+        """Kill every deployment that has run past its limit and fail its run "timed out after N s"."""
+        for run in self._registry.in_phase(Phase.DEPLOYED):
+            limit = overdue(run, now)
+            if limit is None:
+                continue
+            run.phase = Phase.KILLING  # now: the next watch tick must not time it out twice
+            logger.warning("run %s (%s) has run for %d s, its limit: killing it", run.id, run.name, limit)
+            # The state first: the engine answers SIGTERM by reporting its own end, which must not win.
+            stopping = self.stop_deployment(run, "Failed", timed_out_message(limit), state_first=True)
+            self._agent.stop_control.spawn(stopping, f"time out {run.id}")
 
     def forget(self, run: ActiveRun) -> None:
         """Drop ``run`` (not a newer claim of the same run) and what the agent knows of its API calls."""

@@ -3,11 +3,17 @@
 Each process gets its own session (so its own process group): a cancel or a cold stop kills the whole group, the
 run's child processes included, and a Ctrl-C in the agent's terminal does not reach it.
 
+A flow gets a clean environment (``env.py``: an allow-list of the agent's, plus the run's), never the agent's key.
+Without ``--run-as`` it runs as the agent's user and can do what that user can (read the agent's files). With
+``--run-as USER`` it runs as USER (``run_as.py``) in a fresh working directory of its own; a ``LocalRun(user=...)``
+is honoured only for a user the agent allows (``--allow-run-as``).
+
 Usage::
 
     from baton.agent import LocalAgent
 
     LocalAgent(labels=["dev"], import_paths=["/srv/flows"], show_flow_logs=True).start()
+    LocalAgent(run_as="baton-flows", key_file="/etc/baton/agent.key").start()   # as root
 """
 
 from __future__ import annotations
@@ -20,15 +26,26 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, ClassVar, Unpack
+from pathlib import Path
+from typing import IO, Any, ClassVar, Unpack
 
 from baton.agent.base import Agent, AgentOptions
-from baton.agent.env import without_case_variants
+from baton.agent.env import inherited_environment
+from baton.agent.run_as import (
+    OsUser,
+    check_can_switch,
+    current_user,
+    lookup_user,
+    make_workdir,
+    probe_user,
+    remove_workdir,
+)
 from baton.agent.runs import Deployment
-from baton.exceptions import DeploymentError
+from baton.exceptions import ConfigurationError, DeploymentError
 from baton.labels import hostname_label
-from baton.schemas.core import RunConfigType
+from baton.schemas.core import RunConfig, RunConfigType
 from baton.schemas.responses import ClaimedRun
+from baton.settings import config_path
 
 _RUN_CONFIG_TYPES = {RunConfigType.LOCAL, RunConfigType.UNIVERSAL}
 
@@ -72,6 +89,12 @@ class LocalAgent(Agent):
         show_flow_logs: stream the runs' output to the agent's stdout, prefixed by the run name
             (default: discard it).
         hostname_label: add this host's name to the agent's labels (default True).
+        run_as: run flows as this OS user (``--run-as``; the agent must be root, or have CAP_SETUID/CAP_SETGID).
+        allow_run_as: users a ``LocalRun(user=...)`` may ask for (``--allow-run-as``, repeatable); other users
+            fail the run.
+
+    Raises:
+        ConfigurationError: also when a run-as user does not exist, or this process cannot switch to it.
     """
 
     agent_type: ClassVar[str] = "local"
@@ -82,6 +105,8 @@ class LocalAgent(Agent):
         import_paths: list[str] | None = None,
         show_flow_logs: bool | None = None,
         hostname_label: bool | None = None,
+        run_as: str | None = None,
+        allow_run_as: list[str] | None = None,
         **options: Unpack[AgentOptions],
     ) -> None:
         super().__init__(
@@ -89,8 +114,46 @@ class LocalAgent(Agent):
                 "import_paths": import_paths,
                 "show_flow_logs": show_flow_logs,
                 "hostname_label": hostname_label,
+                "run_as": run_as,
+                "allow_run_as": allow_run_as,
             },
             **options,
+        )
+        settings = self.settings.agent
+        self.run_as = lookup_user(settings.run_as) if settings.run_as else None
+        self.allowed_users = {name: lookup_user(name, "--allow-run-as") for name in settings.allow_run_as}
+        check_can_switch([user for user in (self.run_as, *self.allowed_users.values()) if user is not None])
+        self._workdirs: dict[int, str] = {}  # pid -> the directory made for a run under another user
+
+    async def open_platform(self) -> None:
+        """Before registering: every user flows may run as can run Baton, and cannot read the agent's secrets."""
+        users = {user.name: user for user in (self.run_as, *self.allowed_users.values()) if user is not None}
+        secrets = [config_path()]
+        if self.settings.api.key_file:
+            secrets.append(Path(self.settings.api.key_file).expanduser())
+        for user in users.values():
+            if user.uid == os.geteuid():
+                continue
+            problem = await asyncio.to_thread(probe_user, user, sys.executable, secrets)
+            if problem is not None:
+                raise ConfigurationError(f"flows cannot run as {user.name}: {problem}")
+
+    def user_for(self, run_config: RunConfig) -> OsUser | None:
+        """The user a run's process runs as (None: the agent's own).
+
+        Raises:
+            DeploymentError: the run config asks for a user this agent does not allow.
+        """
+        wanted = run_config.user
+        if wanted is None or (self.run_as is not None and wanted == self.run_as.name):
+            return self.run_as
+        if wanted in self.allowed_users:
+            return self.allowed_users[wanted]
+        if self.run_as is None and wanted == current_user().name:
+            return None
+        raise DeploymentError(
+            f"this run asks to run as user {wanted!r}, which this agent does not allow: "
+            f"start the agent with --allow-run-as {wanted}"
         )
 
     def extra_labels(self) -> list[str]:
@@ -100,13 +163,13 @@ class LocalAgent(Agent):
         """The flow-run process's command line: the engine, run by this agent's Python."""
         return [sys.executable, "-m", "baton.engine"]
 
-    def process_env(self, run_env: dict[str, str]) -> dict[str, str]:
-        """This process's environment under the run's, with the import paths in front of ``PYTHONPATH``.
-
-        Case-variants of the run's ``BATON_`` names in this process's environment are left out: the engine reads
-        its settings case-insensitively, and they must not compete with the run's values.
-        """
-        env = {**without_case_variants(os.environ), **run_env}
+    def process_env(
+        self, run_env: dict[str, str], user: OsUser | None = None, home: str | None = None
+    ) -> dict[str, str]:
+        """The allow-listed part of this process's environment (``env.py``) under the run's, with the import paths
+        in front of ``PYTHONPATH``; HOME, USER and LOGNAME are those of ``user`` (None: the agent's own)."""
+        who = user or current_user()
+        env = {**inherited_environment(os.environ, home=home or who.home, user=who.name), **run_env}
         paths = [os.path.abspath(path) for path in self.settings.agent.import_paths]
         if paths:
             existing = env.get("PYTHONPATH")
@@ -122,12 +185,32 @@ class LocalAgent(Agent):
         cwd = run_config.working_dir
         if cwd and not os.path.isdir(cwd):
             raise DeploymentError(f"working directory {cwd!r} does not exist on {hostname_label()}")
-        process = await asyncio.to_thread(self._popen, claimed, self.process_env(env), cwd)
+        user = self.user_for(run_config)
+        process = await asyncio.to_thread(self._start_process, claimed, env, cwd, user)
         return Deployment(
             message=f"PID: {process.pid}", data={"pid": process.pid, "host": hostname_label()}, handle=process
         )
 
-    def _popen(self, claimed: ClaimedRun, env: dict[str, str], cwd: str | None) -> subprocess.Popen[str]:
+    def _start_process(
+        self, claimed: ClaimedRun, run_env: dict[str, str], cwd: str | None, user: OsUser | None
+    ) -> subprocess.Popen[str]:
+        if user is None:
+            return self._popen(claimed, self.process_env(run_env), cwd, {})
+        # A directory of its own: the flow must not work in (and write to) the agent's.
+        workdir = make_workdir(user)
+        home = user.home if os.path.isdir(user.home) else workdir
+        switch = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+        try:
+            process = self._popen(claimed, self.process_env(run_env, user, home), cwd or workdir, switch)
+        except DeploymentError:
+            remove_workdir(workdir)
+            raise
+        self._workdirs[process.pid] = workdir
+        return process
+
+    def _popen(
+        self, claimed: ClaimedRun, env: dict[str, str], cwd: str | None, switch: dict[str, Any]
+    ) -> subprocess.Popen[str]:
         show = self.settings.agent.show_flow_logs
         try:
             process = subprocess.Popen(
@@ -140,8 +223,9 @@ class LocalAgent(Agent):
                 start_new_session=True,
                 text=True,
                 errors="replace",
+                **switch,
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             raise DeploymentError(f"cannot start the flow-run process: {exc}") from exc
         if show and process.stdout is not None:
             prefix = f"[{claimed.flow_run.name}] "
@@ -153,7 +237,15 @@ class LocalAgent(Agent):
     async def inspect(self, deployment: Deployment) -> int | None:
         process: subprocess.Popen[str] = deployment.handle
         returncode = process.poll()
-        return None if returncode is None else exit_code_of(returncode)
+        if returncode is None:
+            return None
+        self._forget_workdir(process.pid)
+        return exit_code_of(returncode)
+
+    def _forget_workdir(self, pid: int) -> None:
+        workdir = self._workdirs.pop(pid, None)
+        if workdir is not None:
+            remove_workdir(workdir)
 
     async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
         process: subprocess.Popen[str] = deployment.handle
@@ -170,6 +262,7 @@ class LocalAgent(Agent):
             _signal_group(process.pid, signal.SIGKILL)
         while process.poll() is None:
             await asyncio.sleep(0.02)
+        self._forget_workdir(process.pid)
 
     def detach(self, deployment: Deployment) -> None:
         process: subprocess.Popen[str] = deployment.handle

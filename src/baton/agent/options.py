@@ -9,11 +9,14 @@ Usage::
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 import sys
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from baton.exceptions import ConfigurationError
 from baton.labels import hostname_label
@@ -41,8 +44,46 @@ def resolve_settings(settings: BatonSettings | None, *, api: dict[str, Any], age
     Raises:
         ConfigurationError: a value is invalid, or the environment or config file is.
     """
+    if api.get("key") is not None and api.get("key_file") is not None:
+        raise ConfigurationError("give the API key or a key file (--key-file), not both")
     base = settings if settings is not None else load_settings()
-    return base.model_copy(update={"api": _merged(base.api, api), "agent": _merged(base.agent, agent)})
+    api_settings = _merged(base.api, api)
+    key_file = getattr(api_settings, "key_file", None)
+    if key_file:
+        api_settings = api_settings.model_copy(update={"key": SecretStr(read_key_file(key_file))})
+    return base.model_copy(update={"api": api_settings, "agent": _merged(base.agent, agent)})
+
+
+def read_key_file(path: str) -> str:
+    """The API key held in the file at ``path``: the key alone (surrounding whitespace ignored).
+
+    Like ssh with its private keys, a file that group or others may read or write is refused: the point of a key
+    file is that no other user of the host can read the key.
+
+    Raises:
+        ConfigurationError: the file is missing, unreadable, open to group or others, or not one key.
+    """
+    file = Path(path).expanduser()
+    try:
+        with file.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            data = handle.read(4096)
+    except OSError as exc:
+        raise ConfigurationError(f"--key-file {path}: cannot read it: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise ConfigurationError(f"--key-file {path}: not a regular file")
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigurationError(
+            f"--key-file {path} can be read or written by group or others (mode {stat.S_IMODE(mode):04o}): "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        key = data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"--key-file {path}: not UTF-8 text") from exc
+    if not key or any(char.isspace() for char in key):
+        raise ConfigurationError(f"--key-file {path}: it must hold the API key alone, on one line")
+    return key
 
 
 def default_agent_name(agent_type: str) -> str:

@@ -74,6 +74,9 @@ class ActiveRun:
     # A later claim of the same run replaced this one (see Agent._supersede): the run's state belongs to that
     # claim now, so this one only stops what it deployed and never sets a state.
     superseded: bool = False
+    # The run's limit (timeouts.py) and when its deployment started, on the agent's clock.
+    timeout_seconds: int | None = None
+    deployed_at: float | None = None
 
     @property
     def id(self) -> str:
@@ -101,8 +104,8 @@ class RunRegistry:
     def __contains__(self, run_id: object) -> bool:
         return run_id in self._runs
 
-    def add(self, claimed: ClaimedRun) -> ActiveRun:
-        run = ActiveRun(claimed)
+    def add(self, claimed: ClaimedRun, timeout_seconds: int | None = None) -> ActiveRun:
+        run = ActiveRun(claimed, timeout_seconds=timeout_seconds)
         self._runs[run.id] = run
         return run
 

@@ -49,6 +49,7 @@ def agent() -> None:
 def start_default(state: CliState, /, **params: Any) -> None:
     """Start an agent of the type in settings (agent.type; $BATON__AGENT__TYPE), local by default."""
     common = CommonAgentOptions.pop_from(params, state)
+    common.warn_about_key()
     settings = common.settings(state)
     cls = agent_class(settings.agent.type)
     cls(settings=settings, **common.agent_kwargs()).start()
@@ -61,6 +62,20 @@ def local() -> None:
 
 def _local_options(func: Any) -> Any:
     """The local agent's own options, after the COMMON ones."""
+    func = click.option(
+        "--allow-run-as",
+        "allow_run_as",
+        multiple=True,
+        metavar="USER",
+        help="An OS user a flow's LocalRun(user=...) may ask to run as (repeatable). Needs root.",
+    )(func)
+    func = click.option(
+        "--run-as",
+        metavar="USER",
+        default=None,
+        help="Run flows as this OS user, who must not be able to read the agent's key or config. Needs root. "
+        "Default: the agent's own user.",
+    )(func)
     func = click.option(
         "--hostname-label/--no-hostname-label",
         default=None,
@@ -90,6 +105,8 @@ def _local_extras(params: dict[str, Any]) -> dict[str, Any]:
         "import_paths": list(params["import_paths"]) or None,
         "show_flow_logs": params["show_flow_logs"],
         "hostname_label": params["hostname_label"],
+        "run_as": params["run_as"],
+        "allow_run_as": list(params["allow_run_as"]) or None,
     }
 
 
@@ -99,6 +116,7 @@ def _local_extras(params: dict[str, Any]) -> dict[str, Any]:
 def start_local(state: CliState, /, **params: Any) -> None:
     """Start a local agent."""
     common = CommonAgentOptions.pop_from(params, state)
+    common.warn_about_key()
     extras = _local_extras(params)
     settings = common.settings(state, **extras)
     from baton.agent.local import LocalAgent
@@ -121,6 +139,10 @@ def install_local(state: CliState, /, **params: Any) -> None:
 
     config = render_supervisord_config(
         key=common.key,
+        key_file=common.key_file,
+        run_timeout_seconds=common.run_timeout_seconds,
+        run_as=params["run_as"],
+        allow_run_as=params["allow_run_as"],
         api=common.api,
         tenant_id=common.tenant_id,
         agent_config_id=common.agent_config_id,
@@ -187,6 +209,7 @@ def _docker_options(func: Any) -> Any:
 def start_docker(state: CliState, /, **params: Any) -> None:
     """Start a Docker agent."""
     common = CommonAgentOptions.pop_from(params, state)
+    common.warn_about_key()
     settings = common.settings(state)
     cls = agent_class("docker")
     cls(

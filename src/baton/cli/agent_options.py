@@ -24,12 +24,17 @@ from typing import Any, TypeVar
 import click
 
 from baton.cli.context import CliState
-from baton.cli.output import LOG_LEVELS, parse_env, parse_labels
+from baton.cli.output import LOG_LEVELS, InputError, parse_env, parse_labels
+from baton.schemas.core import MAX_TIMEOUT_SECONDS
 from baton.settings import BatonSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DEPRECATED_T_WARNING = "Warning: -t/--token is deprecated; use -k/--key instead."
+_KEY_ON_COMMAND_LINE_WARNING = (
+    "Warning: a key given with -k/--key is on the agent's command line, which every user of this host can read "
+    "(ps, /proc/PID/cmdline): use --key-file PATH (mode 0600) or $BATON__API__KEY instead."
+)
 
 
 def _warn_token(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -39,7 +44,17 @@ def _warn_token(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 _COMMON_OPTIONS = (
-    click.option("-k", "--key", help="A runner API key. Default: $BATON__API__KEY, then config.toml."),
+    click.option(
+        "-k",
+        "--key",
+        help="A runner API key (visible in ps: prefer --key-file). Default: $BATON__API__KEY, then config.toml.",
+    ),
+    click.option(
+        "--key-file",
+        metavar="PATH",
+        help="Read the API key from this file, which only its owner may read (chmod 600). "
+        "Default: $BATON__API__KEY_FILE.",
+    ),
     click.option(
         "--tenant-id",
         help="The tenant to connect the agent to. Default: the tenant of the key (from /api/whoami).",
@@ -91,9 +106,18 @@ _COMMON_OPTIONS = (
         type=click.IntRange(min=1),
         help="The most flow runs this agent deploys at once. Default: no limit.",
     ),
+    click.option(
+        "--run-timeout",
+        "run_timeout_seconds",
+        type=click.IntRange(min=1, max=MAX_TIMEOUT_SECONDS),
+        metavar="SECONDS",
+        help="Kill a flow run still going after this long and fail it (a flow's shorter timeout_seconds wins). "
+        "Default: no limit.",
+    ),
 )
 _COMMON_NAMES = (
     "key",
+    "key_file",
     "tenant_id",
     "api",
     "agent_config_id",
@@ -106,6 +130,7 @@ _COMMON_NAMES = (
     "log_level",
     "token",
     "limit",
+    "run_timeout_seconds",
 )
 
 
@@ -121,6 +146,7 @@ class CommonAgentOptions:
     """The COMMON options, validated: labels checked and sorted, ``--env`` parsed, ``-t`` folded into key."""
 
     key: str | None
+    key_file: str | None
     tenant_id: str | None
     api: str | None
     agent_config_id: str | None
@@ -132,6 +158,7 @@ class CommonAgentOptions:
     no_cloud_logs: bool
     log_level: str | None
     limit: int | None
+    run_timeout_seconds: int | None
 
     @classmethod
     def pop_from(cls, params: dict[str, Any], state: CliState) -> CommonAgentOptions:
@@ -141,16 +168,23 @@ class CommonAgentOptions:
         own are left out.
 
         Raises:
-            InputError: a label or an ``--env`` value is malformed.
+            InputError: a label or an ``--env`` value is malformed, or both a key and a key file are given.
         """
         values = {name: params.pop(name) for name in _COMMON_NAMES}
         token = values.pop("token")
         values["key"] = values["key"] or token or state.key
+        if values["key"] and values["key_file"]:
+            raise InputError("give -k/--key or --key-file, not both")
         values["api"] = values["api"] or state.api
         values["labels"] = parse_labels(values["labels"])
         values["env"] = parse_env(values["env"]) if values["env"] else None
         values["log_level"] = values["log_level"].upper() if values["log_level"] else None
         return cls(**values)
+
+    def warn_about_key(self) -> None:
+        """A started agent with ``-k``: its key shows in ``ps`` for as long as it runs, so say so on stderr."""
+        if self.key:
+            click.echo(_KEY_ON_COMMAND_LINE_WARNING, err=True)
 
     def settings(self, state: CliState, **agent_overrides: Any) -> BatonSettings:
         """The agent's settings: these options (and the type's ``agent_overrides``) over env and file."""
@@ -162,10 +196,11 @@ class CommonAgentOptions:
             "agent_address": self.agent_address,
             "max_polls": self.max_polls,
             "limit": self.limit,
+            "run_timeout_seconds": self.run_timeout_seconds,
             **agent_overrides,
         }
         return state.settings(
-            api={"url": self.api, "key": self.key, "tenant_id": self.tenant_id},
+            api={"url": self.api, "key": self.key, "key_file": self.key_file, "tenant_id": self.tenant_id},
             agent=agent,
             logging={"level": self.log_level, "send_to_api": False if self.no_cloud_logs else None},
         )

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from baton.labels import MAX_LABELS, normalize_labels
-from baton.schemas.core import Role, RunConfig, Storage, StrictModel
+from baton.schemas.core import MAX_TIMEOUT_SECONDS, Role, RunConfig, Storage, StrictModel
 from baton.schemas.json_schema import json_schema_problem
 from baton.schemas.states import StateName, TaskRunState
 
@@ -66,6 +66,13 @@ class FlowCreate(StrictModel):
     tasks: list[str] = Field(default_factory=list, max_length=10_000)
     schedule: dict[str, Any] | None = None
     description: str | None = Field(default=None, max_length=10_000)
+    timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        strict=True,
+        description="the agent kills a run of this flow still going after this long and fails it (None: no limit)",
+    )
 
     _norm_labels = field_validator("labels")(_labels)
 

@@ -31,6 +31,10 @@ class StorageType(StrEnum):
     GIT = "git"
 
 
+# The longest flow-run timeout (a flow's timeout_seconds, an agent's --run-timeout): a year. Longer is a typo.
+MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
+
+
 class RunConfigType(StrEnum):
     LOCAL = "local"
     UNIVERSAL = "universal"
@@ -112,6 +116,8 @@ class RunConfig(StrictModel):
     labels: list[str] = Field(default_factory=list)
     # LocalRun
     working_dir: str | None = None
+    # The OS user to run as; the local agent honours it only for users its operator allows (--allow-run-as).
+    user: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
     # DockerRun / KubernetesRun
     image: str | None = None
     ports: list[Annotated[int, Strict()]] = Field(default_factory=list)

@@ -52,6 +52,7 @@ class FlowRead(BaseModel):
     description: str | None
     source_filename: str | None
     created: datetime
+    timeout_seconds: int | None = None  # @flow(timeout_seconds=...); the agent's --run-timeout may be shorter
     source: str | None = None  # included only on GET /api/flows/{id}?include_source=true
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from baton.labels import normalize_labels
+from baton.schemas.core import MAX_TIMEOUT_SECONDS
 from baton.sdk.context import TaskRunReporter, current_reporter, reporting_to
 from baton.sdk.parameters import Parameters, check_signature
 from baton.sdk.run_configs import BaseRun
@@ -49,6 +50,15 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _check_timeout(seconds: int | None) -> int | None:
+    # bool is an int: `timeout_seconds=True` is a mistake, not one second.
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
+        raise TypeError(f"timeout_seconds must be a whole number of seconds, not {type(seconds).__name__}")
+    if seconds is not None and not 1 <= seconds <= MAX_TIMEOUT_SECONDS:
+        raise ValueError(f"timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}, got {seconds}")
+    return seconds
+
+
 def _schedule(schedule: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
     if schedule is None:
         return None
@@ -69,6 +79,7 @@ class Flow(Generic[P, R]):
         run_config: BaseRun | None = None,
         storage: str | BaseStorage | None = None,
         schedule: Mapping[str, Any] | str | None = None,
+        timeout_seconds: int | None = None,
     ) -> None:
         check_signature(fn)
         functools.update_wrapper(self, fn)  # first: it copies fn.__dict__, which must not hide our attributes
@@ -85,6 +96,7 @@ class Flow(Generic[P, R]):
         self.run_config = run_config
         self.storage = resolve_storage(storage)
         self.schedule = _schedule(schedule)
+        self.timeout_seconds = _check_timeout(timeout_seconds)
         self.description = inspect.getdoc(fn)
         self.parameters = Parameters(fn, self.name)
 
@@ -143,6 +155,7 @@ def flow(
     run_config: BaseRun | None = None,
     storage: str | BaseStorage | None = None,
     schedule: Mapping[str, Any] | str | None = None,
+    timeout_seconds: int | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -155,6 +168,7 @@ def flow(
     run_config: BaseRun | None = None,
     storage: str | BaseStorage | None = None,
     schedule: Mapping[str, Any] | str | None = None,
+    timeout_seconds: int | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow; usable bare (``@flow``) or with arguments (``@flow(labels=["dev"])``).
 
@@ -165,12 +179,22 @@ def flow(
         run_config: how agents run it: ``LocalRun``, ``UniversalRun``, ``DockerRun`` or ``KubernetesRun``.
         storage: where agents find its code: ``"api"`` (default), ``"local"``, or a storage object.
         schedule: a cron string (``"0 9 * * *"``, stored as ``{"cron": ...}``) or a schedule dict.
+        timeout_seconds: the agent kills a run still going after this long and fails it ("timed out after N s");
+            an agent's ``--run-timeout`` applies when it is shorter.
 
     Returns:
         The :class:`Flow`, or a decorator that makes one.
     """
 
     def decorate(function: Callable[P, R]) -> Flow[P, R]:
-        return Flow(function, name=name, labels=labels, run_config=run_config, storage=storage, schedule=schedule)
+        return Flow(
+            function,
+            name=name,
+            labels=labels,
+            run_config=run_config,
+            storage=storage,
+            schedule=schedule,
+            timeout_seconds=timeout_seconds,
+        )
 
     return decorate(fn) if fn is not None else decorate

@@ -86,6 +86,7 @@ def build_flow_payload(
             tasks=task_names(flow),
             schedule=flow.schedule,
             description=flow.description,
+            timeout_seconds=flow.timeout_seconds,
         )
     except ValidationError as exc:
         problems = "; ".join(

@@ -54,12 +54,16 @@ class UniversalRun(BaseRun):
 
 @dataclass
 class LocalRun(BaseRun):
-    """Run as a process on the local agent's host, optionally in ``working_dir``."""
+    """Run as a process on the local agent's host, optionally in ``working_dir``, optionally as OS ``user``.
+
+    ``user`` is honoured only by an agent started with ``--allow-run-as USER``; any other agent fails the run.
+    """
 
     type: ClassVar[RunConfigType] = RunConfigType.LOCAL
     env: Mapping[str, str] | None = None
     working_dir: str | None = None
     labels: Iterable[str] | None = None
+    user: str | None = None
 
 
 @dataclass

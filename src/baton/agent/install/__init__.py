@@ -103,6 +103,10 @@ class LocalAgentCommandOptions(TypedDict, total=False):
     show_flow_logs: bool
     hostname_label: bool
     executable: str | None
+    key_file: str | None
+    run_timeout_seconds: int | None
+    run_as: str | None
+    allow_run_as: Sequence[str]
 
 
 def local_agent_command(
@@ -120,6 +124,10 @@ def local_agent_command(
     show_flow_logs: bool = False,
     hostname_label: bool = True,
     executable: str | None = None,
+    key_file: str | None = None,
+    run_timeout_seconds: int | None = None,
+    run_as: str | None = None,
+    allow_run_as: Sequence[str] = (),
 ) -> list[str]:
     """The argv of ``baton agent local start`` with these options (unquoted); secrets go to its environment."""
     argv = [executable or default_executable(), "agent", "local", "start"]
@@ -131,6 +139,10 @@ def local_agent_command(
         ("--agent-address", agent_address),
         ("--log-level", log_level.upper() if log_level else None),
         ("--limit", str(limit) if limit is not None else None),
+        # A key file's path is no secret: the file's mode keeps the key from other users.
+        ("--key-file", str(Path(key_file).expanduser().resolve()) if key_file else None),
+        ("--run-timeout", str(run_timeout_seconds) if run_timeout_seconds is not None else None),
+        ("--run-as", run_as),
     ]
     for flag, value in options:
         if value is not None:
@@ -139,6 +151,8 @@ def local_agent_command(
         argv += ["--label", label]
     for path in import_paths:
         argv += ["--import-path", str(Path(path).expanduser().resolve())]
+    for user in allow_run_as:
+        argv += ["--allow-run-as", user]
     if no_cloud_logs:
         argv.append("--no-cloud-logs")
     if show_flow_logs:

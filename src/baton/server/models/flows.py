@@ -23,7 +23,11 @@ logger = logging.getLogger("baton.server")
 
 
 def _content_hash(payload: FlowCreate) -> str:
-    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # A timeout changes how runs end, so it is part of the content; left out when unset, so that flows registered
+    # before the field existed keep their hash (re-registering them unchanged makes no new version).
+    unset = {"timeout_seconds"} if payload.timeout_seconds is None else set()
+    content = payload.model_dump(mode="json", exclude=unset)
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -54,6 +58,7 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
             tasks=payload.tasks,
             schedule=payload.schedule,
             description=payload.description,
+            timeout_seconds=payload.timeout_seconds,
         )
         try:
             with session.begin_nested():
@@ -146,5 +151,6 @@ def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
         description=flow.description,
         source_filename=flow.source_filename,
         created=flow.created,
+        timeout_seconds=flow.timeout_seconds,
         source=flow.source if include_source else None,
     )
