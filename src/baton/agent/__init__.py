@@ -6,6 +6,7 @@ Usage::
 
     LocalAgent(labels=["dev", "staging"]).start()
     DockerAgent(labels=["dev"], networks=["host"]).start()  # needs the docker extra: pip install 'baton[docker]'
+    DockerAgent(policy=DockerPolicy(allow_host_config=["privileged"])).start()  # what run configs may ask
 
 ``DockerAgent`` is imported on first use, so ``baton.agent`` works without the docker SDK. ``KubernetesAgent`` is
 not available yet: importing it raises an ImportError that says so.
@@ -16,9 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from baton.agent.base import Agent
+from baton.agent.docker_policy import DockerPolicy
 from baton.agent.local import LocalAgent
 
-__all__ = ["Agent", "LocalAgent"]  # and DockerAgent, imported on first use (see __getattr__)
+__all__ = ["Agent", "DockerPolicy", "LocalAgent"]  # and DockerAgent, imported on first use (see __getattr__)
 
 _NOT_YET = {
     "KubernetesAgent": "the Kubernetes agent (baton agent kubernetes start) is planned but not available yet",
