@@ -225,6 +225,19 @@ def test_a_symlink_under_an_allowed_prefix_that_leads_out_of_it_is_refused(tmp_p
     assert refusals({"binds": [f"{allowed}/inside:/x"]}, policy, resolve=os.path.realpath) == []
 
 
+def test_dot_dot_after_a_symlink_is_resolved_as_the_kernel_does(tmp_path: Path) -> None:
+    # /data/link/.. is /data to a lexical normalisation, but the parent of the link's target to the kernel
+    allowed = tmp_path / "data"
+    (tmp_path / "outside" / "deep").mkdir(parents=True)
+    allowed.mkdir()
+    (allowed / "link").symlink_to(tmp_path / "outside" / "deep")
+    policy = DockerPolicy(allow_bind=[str(allowed)])
+
+    refusal = only_refusal({"binds": [f"{allowed}/link/..:/x"]}, policy, resolve=os.path.realpath)
+
+    assert refusal.endswith(f"(start the agent with --allow-bind {tmp_path / 'outside'} to allow it)")
+
+
 @pytest.mark.parametrize(
     "binds",
     [["/data:/a:/b:rw"], {"/data:/x": "/y"}, [":/x"], ["/data:"], ["~/secrets:/x"], ["../etc:/x"], ["/data"]],

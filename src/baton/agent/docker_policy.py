@@ -351,9 +351,13 @@ class PolicyCheck:
         if not self._bind_allowed(path):
             yield Refusal(option, f"host path {path} is outside the allowed bind prefixes", f"{flag} {path}")
             return
-        resolved = normalize_host_path(self.resolve(path)) if self.resolve else path
+        # The raw source, not `path`: the kernel takes `..` after following links (`/data/link/..` with
+        # link -> /etc/ssl is /etc), where normalising first would say /data.
+        resolved = normalize_host_path(self.resolve(source)) if self.resolve else path
         if not self._bind_allowed(resolved):
-            problem = f"host path {path} resolves (through a symlink) to {resolved}, outside the allowed bind prefixes"
+            problem = (
+                f"host path {source} resolves (through a symlink) to {resolved}, outside the allowed bind prefixes"
+            )
             yield Refusal(option, problem, f"{flag} {resolved}")
 
     def _bind_allowed(self, path: str) -> bool:
