@@ -384,6 +384,15 @@ def test_the_message_lists_every_refusal() -> None:
     )
 
 
+def test_the_message_of_a_hostile_run_config_stays_short() -> None:
+    host_config = {f"key_{n}": True for n in range(10_000)} | {"binds": ["/" + "x" * 100_000 + ":/x"]}
+
+    message = refusal_message(PolicyCheck(DockerPolicy()).refusals(RunConfig(host_config=host_config), IMAGE))
+
+    assert len(message) < 25_000
+    assert message.endswith("; and 9981 more")
+
+
 # --- the agent and its CLI ---------------------------------------------------------------------------------
 
 

@@ -78,6 +78,8 @@ _PORT_KEYS = frozenset({"port_bindings", "publish_all_ports"})
 # BindOptions (propagation, creating the host path) included, need `--allow-host-config mounts` unless empty.
 _MOUNT_KEYS = frozenset({"type", "source", "target", "readonly", "consistency", "volumeoptions", "tmpfsoptions"})
 _VOLUME_OPTION_KEYS = frozenset({"nocopy", "labels", "subpath"})
+MAX_REFUSALS_SHOWN = 20
+MAX_REFUSAL_CHARS = 1000
 _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the daemon's rule for volume names
 
 
@@ -197,8 +199,19 @@ class Refusal:
 
 
 def refusal_message(refusals: list[Refusal]) -> str:
-    """The Failed message of a refused run: every refusal, each naming its option and flag."""
-    return "the Docker agent's policy refuses this run config: " + "; ".join(str(refusal) for refusal in refusals)
+    """The Failed message of a refused run: the refusals, each naming its option and flag.
+
+    Bounded (the first :data:`MAX_REFUSALS_SHOWN`, each cut to :data:`MAX_REFUSAL_CHARS`): a run config is the
+    flow author's, and a message longer than the API takes would leave the run unfailed and the agent stuck on it.
+    """
+    shown = [_cut(str(refusal), MAX_REFUSAL_CHARS) for refusal in refusals[:MAX_REFUSALS_SHOWN]]
+    if len(refusals) > MAX_REFUSALS_SHOWN:
+        shown.append(f"and {len(refusals) - MAX_REFUSALS_SHOWN} more")
+    return "the Docker agent's policy refuses this run config: " + "; ".join(shown)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _asks_nothing(value: Any) -> bool:
