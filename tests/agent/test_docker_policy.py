@@ -225,8 +225,9 @@ def test_a_symlink_under_an_allowed_prefix_that_leads_out_of_it_is_refused(tmp_p
     assert refusals({"binds": [f"{allowed}/inside:/x"]}, policy, resolve=os.path.realpath) == []
 
 
-def test_dot_dot_after_a_symlink_is_resolved_as_the_kernel_does(tmp_path: Path) -> None:
-    # /data/link/.. is /data to a lexical normalisation, but the parent of the link's target to the kernel
+def test_dot_dot_after_a_symlink_is_refused_if_the_kernel_would_leave_the_prefix(tmp_path: Path) -> None:
+    # /data/link/.. is /data to a lexical normalisation (Docker 20.10 cleans paths), but the parent of the link's
+    # target to the kernel: a daemon that did not clean paths would mount that
     allowed = tmp_path / "data"
     (tmp_path / "outside" / "deep").mkdir(parents=True)
     allowed.mkdir()

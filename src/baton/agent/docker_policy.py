@@ -364,14 +364,16 @@ class PolicyCheck:
         if not self._bind_allowed(path):
             yield Refusal(option, f"host path {path} is outside the allowed bind prefixes", f"{flag} {path}")
             return
-        # The raw source, not `path`: the kernel takes `..` after following links (`/data/link/..` with
-        # link -> /etc/ssl is /etc), where normalising first would say /data.
-        resolved = normalize_host_path(self.resolve(source)) if self.resolve else path
-        if not self._bind_allowed(resolved):
-            problem = (
-                f"host path {source} resolves (through a symlink) to {resolved}, outside the allowed bind prefixes"
-            )
-            yield Refusal(option, problem, f"{flag} {resolved}")
+        if self.resolve is None:
+            return
+        # Docker 20.10 cleans the path before mounting (`/data/link/..` is /data); a daemon that did not would let
+        # the kernel take `..` after following the link (the parent of its target). Both must stay inside.
+        for candidate in dict.fromkeys((path, source)):
+            resolved = normalize_host_path(self.resolve(candidate))
+            if not self._bind_allowed(resolved):
+                problem = f"host path {source} resolves (through a symlink) to {resolved}, outside the allowed prefixes"
+                yield Refusal(option, problem, f"{flag} {resolved}")
+                return
 
     def _bind_allowed(self, path: str) -> bool:
         return any(is_under(path, prefix) for prefix in self.policy.allow_bind)
