@@ -17,7 +17,7 @@ it had claimed but not deployed; it resumes by itself when the daemon is back.
 
 Usage::
 
-    from baton.agent import DockerAgent
+    from baton.agent import DockerAgent, DockerPolicy
 
     DockerAgent(labels=["dev"], networks=["host"], volumes=["/srv/data:/data:ro"], show_flow_logs=True).start()
     DockerAgent(policy=DockerPolicy(allow_bind=["/srv/shared"], allow_image=["registry.example.com/*"])).start()
