@@ -6,19 +6,28 @@ Usage::
 
     LocalAgent(labels=["dev", "staging"]).start()
     DockerAgent(labels=["dev"], networks=["host"]).start()  # needs the docker extra: pip install 'baton[docker]'
+    DockerAgent(policy=DockerPolicy(allow_host_config=["privileged"])).start()  # what run configs may ask
 
-``DockerAgent`` is imported on first use, so ``baton.agent`` works without the docker SDK. ``KubernetesAgent`` is
-not available yet: importing it raises an ImportError that says so.
+Every name is imported on first use: ``DockerAgent`` so that ``baton.agent`` works without the docker SDK, and all
+of them so that the CLI, which reads ``baton.agent.docker_policy`` to build its options, does not load the agents
+(and their HTTP client) on every command. ``KubernetesAgent`` is not available yet: importing it raises an
+ImportError that says so.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from baton.agent.base import Agent
-from baton.agent.local import LocalAgent
+if TYPE_CHECKING:
+    from baton.agent.base import Agent
+    from baton.agent.docker import DockerAgent
+    from baton.agent.docker_policy import DockerPolicy
+    from baton.agent.local import LocalAgent
 
-__all__ = ["Agent", "LocalAgent"]  # and DockerAgent, imported on first use (see __getattr__)
+__all__ = ["Agent", "DockerAgent", "DockerPolicy", "LocalAgent"]
+
+_MODULES = {"Agent": "baton.agent.base", "DockerPolicy": "baton.agent.docker_policy", "LocalAgent": "baton.agent.local"}
 
 _NOT_YET = {
     "KubernetesAgent": "the Kubernetes agent (baton agent kubernetes start) is planned but not available yet",
@@ -26,6 +35,8 @@ _NOT_YET = {
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return getattr(importlib.import_module(_MODULES[name]), name)
     if name == "DockerAgent":
         try:
             from baton.agent.docker import DockerAgent

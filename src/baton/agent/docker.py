@@ -5,9 +5,11 @@ The image is the run config's (``DockerRun(image=...)``), else the ``docker`` st
 here); with a ``registry_allow_list``, an image of another registry fails its run. Each container carries the
 labels ``io.baton.flow-run-id``, ``io.baton.flow-id`` and ``io.baton.flow-name``, the run's environment
 (DESIGN.md §6) and the agent's volumes and networks (see ``docker_spec.py``, also for how the API address is seen
-from inside containers). Containers are not ``auto_remove``: the agent removes each one once it has read its exit
-code, its OOM flag and its last log lines, which go into the Failed message of a run that ended without a final
-state. A cancel or a cold stop is ``docker stop`` (SIGTERM, then SIGKILL after the grace period), then removal.
+from inside containers). What a run config may ask of the host (host_config, binds, networks, ports, images) is
+the operator's policy (``docker_policy.py``): a run config asking for more fails before any container exists.
+Containers are not ``auto_remove``: the agent removes each one once it has read its exit code, its OOM flag and its
+last log lines, which go into the Failed message of a run that ended without a final state. A cancel or a cold
+stop is ``docker stop`` (SIGTERM, then SIGKILL after the grace period), then removal.
 
 Every Docker call blocks, so each runs in a worker thread. The daemon is pinged in the background: while it does
 not answer, :meth:`DockerAgent.platform_problem` says why (health 503), the agent claims nothing and releases what
@@ -15,9 +17,10 @@ it had claimed but not deployed; it resumes by itself when the daemon is back.
 
 Usage::
 
-    from baton.agent import DockerAgent
+    from baton.agent import DockerAgent, DockerPolicy
 
     DockerAgent(labels=["dev"], networks=["host"], volumes=["/srv/data:/data:ro"], show_flow_logs=True).start()
+    DockerAgent(policy=DockerPolicy(allow_bind=["/srv/shared"], allow_image=["registry.example.com/*"])).start()
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import secrets
 import socket
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Unpack, cast
 
@@ -40,6 +45,7 @@ from docker.utils import convert_volume_binds, kwargs_from_env
 
 from baton import __version__
 from baton.agent.base import Agent, AgentOptions
+from baton.agent.docker_policy import DockerPolicy, PolicyCheck, refusal_message
 from baton.agent.docker_spec import (
     EXCLUSIVE_NETWORKS,
     HOST_GATEWAY_NAME,
@@ -153,10 +159,13 @@ class DockerAgent(Agent):
         registry_allow_list: registries images may come from (``docker.io``, ``registry.example.com:5000``);
             None allows any. Local-only images are always allowed.
         default_image: the image of runs that name none (default ``baton:<version>``).
+        policy: what run configs may ask of the host (``--allow-host-config``, ``--allow-bind``, ...): a
+            :class:`~baton.agent.docker_policy.DockerPolicy` or a mapping of its fields; default: resource limits
+            only. A run config asking for more fails its run before any container is created.
 
     Raises:
-        ConfigurationError: a malformed volume, an impossible network combination, a bad timeout, or an
-            option common to every agent.
+        ConfigurationError: a malformed volume, an impossible network combination, a bad timeout, an invalid
+            policy, or an option common to every agent.
     """
 
     agent_type: ClassVar[str] = "docker"
@@ -172,6 +181,7 @@ class DockerAgent(Agent):
         docker_client_timeout: float | None = None,
         registry_allow_list: list[str] | None = None,
         default_image: str | None = None,
+        policy: DockerPolicy | Mapping[str, Any] | None = None,
         **options: Unpack[AgentOptions],
     ) -> None:
         super().__init__(agent_overrides={"show_flow_logs": show_flow_logs}, **options)
@@ -185,6 +195,7 @@ class DockerAgent(Agent):
         self.docker_client_timeout = timeout
         self.registry_allow_list = None if registry_allow_list is None else normalize_registries(registry_allow_list)
         self.default_image = default_image or f"baton:{__version__}"
+        self.run_policy = DockerPolicy.parse(policy)
         if self.networks.mode == "none":
             logger.warning("--network none: flow-run containers cannot reach the API, their runs will fail")
         self._docker: APIClient | None = None  # calls with docker_client_timeout
@@ -298,12 +309,33 @@ class DockerAgent(Agent):
             raise DeploymentError(
                 f"the docker agent runs only docker and universal run configs; this run's is {run_config.type.value}"
             )
+        self._check_policy(claimed)
         container = await asyncio.to_thread(self._deploy, claimed, env)
         return Deployment(
             message=f"Container ID: {container.id}",
             data={"container_id": container.id, "container_name": container.name, "image": container.image},
             handle=container,
         )
+
+    def _check_policy(self, claimed: ClaimedRun) -> None:
+        """Refuse a run config that asks for more than the operator allows, before anything reaches the daemon.
+
+        Raises:
+            DeploymentError: naming each refused option and the flag that would allow it.
+        """
+        # Symlinks under an allowed bind prefix are resolved here only when the daemon shares this filesystem.
+        local_daemon = self.daemon_address.startswith(("unix://", "http+unix://"))
+        check = PolicyCheck(
+            self.run_policy,
+            trusted_image=self.default_image,
+            trusted_network=self.networks.mode,
+            resolve=os.path.realpath if local_daemon else None,
+        )
+        refusals = check.refusals(claimed.flow_run.run_config, image_of(claimed, self.default_image))
+        if refusals:
+            message = refusal_message(refusals)
+            logger.warning("run %s: %s", claimed.flow_run.id, message)
+            raise DeploymentError(message)
 
     def _deploy(self, claimed: ClaimedRun, env: dict[str, str]) -> Container:
         client = self._docker_client()

@@ -5,15 +5,17 @@ Usage::
     baton agent start                                   # the type in settings (agent.type), default local
     baton agent local start -l dev -l staging -e STAGE=dev --agent-address http://127.0.0.1:8080
     baton agent local install -k bat_... -l dev > /etc/supervisor/conf.d/baton-agent.conf
+    baton agent docker start --network host --allow-host-config privileged --allow-bind /srv/shared
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, cast
 
 import click
 
+from baton.agent.docker_policy import DockerPolicy, flag_of
 from baton.cli.agent_options import CommonAgentOptions, common_agent_options
 from baton.cli.context import CliState, pass_state
 from baton.cli.output import InputError
@@ -198,18 +200,37 @@ def _docker_options(func: Any) -> Any:
             help="Timeout of Docker API calls in seconds (default 60).",
         ),
     ]
-    for option in reversed(options):
+    for option in reversed([*options, *_policy_options()]):
         func = option(func)
     return common_agent_options(func)
+
+
+def _policy_options() -> list[Any]:
+    """The options of the Docker agent's policy, one per field of DockerPolicy (its name, help and metavar)."""
+    options = []
+    for name, field in DockerPolicy.model_fields.items():
+        if field.annotation is bool:
+            options.append(click.option(flag_of(name), name, is_flag=True, default=False, help=field.description))
+        else:
+            extra = cast(dict[str, Any], field.json_schema_extra)
+            help_text = f"{field.description} Repeatable."
+            options.append(click.option(flag_of(name), name, multiple=True, metavar=extra["metavar"], help=help_text))
+    return options
 
 
 @docker.command("start")
 @_docker_options
 @pass_state
 def start_docker(state: CliState, /, **params: Any) -> None:
-    """Start a Docker agent."""
+    """Start a Docker agent.
+
+    Run configs get resource limits only (memory, CPU, shm size, ulimits...): anything else they ask of the host
+    (privileged, binds, devices, host namespaces, networks, ports, other images when --allow-image is given) fails
+    the run, naming the --allow-... option that would allow it.
+    """
     common = CommonAgentOptions.pop_from(params, state)
     common.warn_about_key()
+    policy = DockerPolicy.parse({name: params.pop(name) for name in DockerPolicy.model_fields})
     settings = common.settings(state)
     cls = agent_class("docker")
     cls(
@@ -220,5 +241,6 @@ def start_docker(state: CliState, /, **params: Any) -> None:
         volumes=list(params["volumes"]) or None,
         networks=list(params["networks"]) or None,
         docker_client_timeout=params["docker_client_timeout"],
+        policy=policy,
         **common.agent_kwargs(),
     ).start()

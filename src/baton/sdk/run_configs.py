@@ -68,7 +68,12 @@ class LocalRun(BaseRun):
 
 @dataclass
 class DockerRun(BaseRun):
-    """Run in a container of ``image`` (default: the agent's), with ``ports`` and Docker ``host_config``."""
+    """Run in a container of ``image`` (default: the agent's), with ``ports`` and Docker ``host_config``.
+
+    ``host_config`` takes docker-py's ``create_host_config`` arguments (``mem_limit="1g"``). The Docker agent allows
+    only resource limits by default: anything else (``privileged``, binds, devices, ``network_mode``, ``ports``...)
+    fails the run unless the agent was started with the ``--allow-...`` flag its message names.
+    """
 
     type: ClassVar[RunConfigType] = RunConfigType.DOCKER
     image: str | None = None
