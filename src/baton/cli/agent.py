@@ -229,8 +229,8 @@ def start_docker(state: CliState, /, **params: Any) -> None:
     the run, naming the --allow-... option that would allow it.
     """
     common = CommonAgentOptions.pop_from(params, state)
-    common.warn_about_key()
     policy = DockerPolicy.parse({name: params.pop(name) for name in DockerPolicy.model_fields})
+    common.warn_about_key()
     settings = common.settings(state)
     cls = agent_class("docker")
     cls(
