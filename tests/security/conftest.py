@@ -1,10 +1,10 @@
 """Fixtures of the security tests: the server tests' chain (a real server on SQLite and on PostgreSQL, a fresh
-tenant per test, keys of each role, a flow, a run), shared rather than declared again."""
+tenant per test, keys of each role, a flow, a run), shared rather than declared again. ``admin`` is not among
+them: here it is the root conftest's, bound to ``server`` (a server of the test's own), as the agent tests use."""
 
 from __future__ import annotations
 
 from server.conftest import (
-    admin,
     agent,
     api_database,
     api_server,
@@ -19,7 +19,6 @@ from server.conftest import (
 )
 
 __all__ = [
-    "admin",
     "agent",
     "api_database",
     "api_server",
