@@ -23,9 +23,12 @@ from baton.agent.loops import ErrorPolicy, retry_call
 from baton.client.http import is_unreachable
 from baton.exceptions import ClientError, ConflictError, ServerUnavailableError
 from baton.schemas import responses as r
+from baton.schemas.actions import MAX_MESSAGE_LENGTH
 
 logger = logging.getLogger("baton.agent")
 T = TypeVar("T")
+
+_CUT_SHORT = " [... cut short]"
 
 
 class AgentApi(Protocol):
@@ -178,6 +181,9 @@ class ApiCalls:
         """
         what = f"{state} for run {flow_run_id}"
         set_state = self.client.set_flow_run_state
+        if len(message) > MAX_MESSAGE_LENGTH:
+            # A platform's error (e.g. a daemon quoting a huge run config) must not make the state itself refused.
+            message = message[: MAX_MESSAGE_LENGTH - len(_CUT_SHORT)] + _CUT_SHORT
         return await self.call(what, set_state, flow_run_id, state, message, data, duty=f"run {flow_run_id}")
 
     async def set_state_if_allowed(
