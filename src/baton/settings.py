@@ -93,6 +93,11 @@ class ServerSettings(BaseModel):
     # Failed authentications allowed per client address within the window; beyond it, 429 until it slides by.
     failed_auth_limit: int = Field(default=20, ge=1)
     failed_auth_window_seconds: float = Field(default=60.0, gt=0)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto the server believes (IPs or CIDRs; "*" for any). None by
+    # default: the failed-auth limit keys on the real peer, so no client can pick the address it is counted as.
+    forwarded_allow_ips: list[str] = Field(default_factory=list)
+    # A list answer stops adding items past this many (estimated) bytes, and gives a cursor for the rest.
+    max_list_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
 
 class AgentSettings(BaseModel):

@@ -9,6 +9,7 @@ answer was lost): :func:`may_have_reached_the_server` tells.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -123,6 +124,21 @@ class Client:
             ServerUnavailableError: connection failed, timed out, or the server answered 5xx (transient).
             ClientError: a 4xx answer, as its specific subclass where there is one.
         """
+        response = self._send(method, path, json=json, params=params, timeout=timeout)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """:meth:`request`, returning the whole 2xx response (its headers too)."""
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = timeout
@@ -147,9 +163,7 @@ class Client:
         if response.status_code >= 400:
             error_class = _ERRORS_BY_STATUS.get(response.status_code, ClientError)
             raise error_class(response.status_code, _detail(response))
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
+        return response
 
     def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         return model.model_validate(self.request(method, path, **kwargs))
@@ -211,10 +225,49 @@ class Client:
         return self._model(r.FlowRunRead, "GET", f"/api/flow_runs/{flow_run_id}")
 
     def list_flow_runs(
-        self, state: str | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        state: str | None = None,
+        flow_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        include: Sequence[str] = (),
     ) -> list[r.FlowRunRead]:
-        params = {"state": state, "flow_name": flow_name, "limit": limit, "offset": offset or None}
-        return self._models(r.FlowRunRead, "GET", "/api/flow_runs", params=params)
+        """Up to ``limit`` runs, newest first, following the server's cursor across pages.
+
+        Items leave out the heavy fields (``parameters``, ``states``) unless ``include`` names them.
+        """
+        found: list[r.FlowRunRead] = []
+        cursor: str | None = None
+        while len(found) < limit:
+            page, cursor = self.list_flow_runs_page(
+                state, flow_name, limit - len(found), offset if not found else 0, include, cursor
+            )
+            found.extend(page)
+            if cursor is None or not page:
+                break
+        return found
+
+    def list_flow_runs_page(
+        self,
+        state: str | None = None,
+        flow_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        include: Sequence[str] = (),
+        cursor: str | None = None,
+    ) -> tuple[list[r.FlowRunRead], str | None]:
+        """One page of runs and the cursor of the next one (None after the last page)."""
+        params = {
+            "state": state,
+            "flow_name": flow_name,
+            "limit": limit,
+            "offset": offset or None,
+            "include": ",".join(include) or None,
+            "cursor": cursor,
+        }
+        response = self._send("GET", "/api/flow_runs", params=params)
+        runs = [r.FlowRunRead.model_validate(item) for item in response.json()]
+        return runs, response.headers.get(r.NEXT_CURSOR_HEADER)
 
     def set_flow_run_state(
         self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None

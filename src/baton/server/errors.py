@@ -20,13 +20,15 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from baton.exceptions import IllegalTransitionError, InvalidLabelError
 from baton.schemas.responses import ErrorDetail
-from baton.server.models.errors import Forbidden, InvalidRequest, ObjectNotFound, StaleState
+from baton.server.access import AccessDenied
+from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound, StaleState
 
 logger = logging.getLogger("baton.server")
 
 _STATUS: dict[type[Exception], int] = {
     ObjectNotFound: 404,
-    Forbidden: 403,
+    AccessDenied: 403,
+    Conflict: 409,
     InvalidRequest: 422,
     InvalidLabelError: 422,
     IllegalTransitionError: 409,

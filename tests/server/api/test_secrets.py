@@ -15,7 +15,7 @@ import pytest
 
 from baton.schemas.core import RunConfig
 from baton.schemas.responses import FlowRead, FlowRunRead
-from baton.server.models.redaction import MASK, mask_run_config
+from baton.server.shaping import MASK, mask_run_config
 from server.harness import TenantContext
 from support import HELLO_SOURCE, clean_env, wait_for
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from sqlalchemy import text
 
 from baton import __version__
 from baton.schemas.actions import ApiKeyCreate
 from baton.schemas.responses import ApiKeyCreated, ApiKeyRead, Health, WhoAmI
-from baton.server.api.deps import Admin, AnyPrincipal, Db, transaction
+from baton.server.access import Action, Public, allow
+from baton.server.api.deps import Db, transaction
 from baton.server.database.orm import ApiKey
 from baton.server.models import tenants
+from baton.server.models.tenants import Principal
 
 router = APIRouter(tags=["meta"])
 
 
-@router.get("/health", response_model=Health)
+@router.get("/health", response_model=Health, dependencies=[Depends(Public(Action.HEALTH))])
 def health(request: Request, db: Db) -> Health:
     """The server itself; no authentication. 503 when the database does not answer."""
     from fastapi import HTTPException
@@ -30,7 +34,7 @@ def health(request: Request, db: Db) -> Health:
 
 
 @router.get("/whoami", response_model=WhoAmI)
-def whoami(principal: AnyPrincipal) -> WhoAmI:
+def whoami(principal: Annotated[Principal, allow(Action.WHOAMI)]) -> WhoAmI:
     return WhoAmI(
         tenant_id=principal.tenant_id,
         tenant_name=principal.tenant_name,
@@ -53,7 +57,9 @@ def _key_read(key: ApiKey) -> dict[str, object]:
 
 
 @router.post("/keys", response_model=ApiKeyCreated, status_code=201)
-def create_key(payload: ApiKeyCreate, principal: Admin, db: Db) -> ApiKeyCreated:
+def create_key(
+    payload: ApiKeyCreate, principal: Annotated[Principal, allow(Action.KEY_CREATE)], db: Db
+) -> ApiKeyCreated:
     """Create a key in the caller's tenant (admin only). The key is in this answer and nowhere else."""
     with transaction(db) as session:
         key, secret = tenants.create_api_key(session, principal.tenant_id, payload.role, payload.name)
@@ -61,6 +67,6 @@ def create_key(payload: ApiKeyCreate, principal: Admin, db: Db) -> ApiKeyCreated
 
 
 @router.get("/keys", response_model=list[ApiKeyRead])
-def list_keys(principal: Admin, db: Db) -> list[ApiKeyRead]:
+def list_keys(principal: Annotated[Principal, allow(Action.KEY_LIST)], db: Db) -> list[ApiKeyRead]:
     with transaction(db) as session:
         return [ApiKeyRead(**_key_read(k)) for k in tenants.list_api_keys(session, principal.tenant_id)]

@@ -14,7 +14,8 @@ from sqlalchemy import ColumnElement, and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from baton.schemas.states import CLAIMABLE_STATES, StateName
-from baton.server.database.orm import Agent, FlowRun, FlowRunLabel, utcnow
+from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, utcnow
+from baton.server.models import flows as flow_queries
 from baton.server.models.errors import StaleState
 from baton.server.models.flow_runs import transition
 from baton.server.models.tenants import RUN_TOKEN_PREFIX, hash_secret, new_secret
@@ -25,6 +26,7 @@ _CLAIMABLE = [state.value for state in CLAIMABLE_STATES]
 @dataclass
 class ClaimResult:
     runs: list[tuple[FlowRun, str]] = field(default_factory=list)  # (run, run token)
+    flows: list[Flow] = field(default_factory=list)  # the flows of ``runs``
     next_due: datetime | None = None  # earliest matching run not yet due, when nothing was claimed
 
 
@@ -84,7 +86,9 @@ def claim_runs(
             result.runs.append((run, token))
         if len(result.runs) >= limit or len(candidates) < (wanted if skip_locked else wanted * 2):
             break
-    if not result.runs:
+    if result.runs:
+        result.flows = flow_queries.get_flows(session, agent.tenant_id, {run.flow_id for run, _token in result.runs})
+    else:
         result.next_due = session.scalar(
             select(func.min(FlowRun.scheduled_start_time)).where(
                 _matching(agent), FlowRun.scheduled_start_time > horizon

@@ -13,8 +13,8 @@ class InvalidRequest(BatonError):
     """A well-formed request that cannot be honoured (422), e.g. parameters that do not fit the flow."""
 
 
-class Forbidden(BatonError):
-    """The caller's role or scope does not allow this (403)."""
+class Conflict(BatonError):
+    """The request clashes with what exists (409), e.g. an agent identity bound to another, active key."""
 
 
 class StaleState(BatonError):

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from baton.schemas.core import Role
-from baton.server.database.orm import Agent, ApiKey, FlowRun, Tenant
-from baton.server.models.errors import Forbidden, InvalidRequest
+from baton.server.database.orm import ApiKey, FlowRun, Tenant
+from baton.server.models.errors import InvalidRequest
 
 API_KEY_PREFIX = "bat_"
 RUN_TOKEN_PREFIX = "batr_"  # noqa: S105 - a prefix, not a secret
@@ -103,14 +103,6 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     )
 
 
-def check_runner_owns(session: Session, principal: Principal, run: FlowRun) -> None:
-    """A runner key may change only runs that one of the agents it registered has claimed.
-
-    Raises:
-        Forbidden: ``principal`` is a runner key and no agent of its claimed ``run`` (other principals pass).
-    """
-    if principal.role != Role.RUNNER or principal.is_run_token:
-        return
-    owner_key = session.scalar(select(Agent.api_key_id).where(Agent.id == run.agent_id)) if run.agent_id else None
-    if owner_key is None or owner_key != principal.key_id:
-        raise Forbidden("this runner key may only change runs claimed by its own agents")
+def key_is_active(session: Session, key_id: str) -> bool:
+    """Whether API key ``key_id`` exists and is not revoked."""
+    return session.scalar(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))) is not None
