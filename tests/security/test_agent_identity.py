@@ -1,0 +1,98 @@
+"""Issue 8, item 5: an agent's identity is bound to the key that registered it.
+
+Before, registering the same name, type and labels with a second runner key returned the first agent's id, locked
+the first key out and let the second fail the first agent's runs through heartbeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from baton.exceptions import ConflictError, PermissionDeniedError
+from security.access_support import key_id_of, revoke_key, start_server
+from server.harness import TenantContext, unique
+from support import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = start_server(tmp_path_factory.mktemp("agent-identity"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def tenant(server: ServerProcess) -> Iterator[TenantContext]:
+    context = TenantContext.create(server)
+    yield context
+    context.close()
+
+
+def test_a_second_runner_key_cannot_take_over_an_agent_or_fail_its_runs(tenant: TenantContext) -> None:
+    # Given an agent of runner key A, deploying a run
+    first = tenant.client(tenant.key("runner"))
+    name = unique("agent")
+    staged = tenant.stage("Running", runner=first)
+    assert staged.agent_id is not None
+    agent = first.register_agent(name, "local", [])
+    second = tenant.client(tenant.new_key("runner"))
+
+    # When runner key B registers the same identity, then reports A's agents' runs dead
+    with pytest.raises(ConflictError, match="registered with another key that is still active") as excinfo:
+        second.register_agent(name, "local", [])
+    dead = [{"flow_run_id": staged.id, "alive": False, "exit_code": 137}]
+    for agent_id in (agent.id, staged.agent_id):
+        with pytest.raises(PermissionDeniedError, match="registered with another key"):
+            second.agent_heartbeat(agent_id, dead)
+        with pytest.raises(PermissionDeniedError, match="registered with another key"):
+            second.claim(agent_id)
+
+    # Then the answer was 409, A still drives its agent, and the run is untouched
+    assert excinfo.value.status_code == 409
+    assert first.register_agent(name, "local", []).id == agent.id
+    assert first.agent_heartbeat(agent.id, []).failed == []
+    assert tenant.run(staged.id).state == "Running"
+
+
+def test_an_admin_key_cannot_take_over_a_runners_agent_either(tenant: TenantContext) -> None:
+    runner = tenant.client(tenant.key("runner"))
+    name = unique("agent")
+    agent = runner.register_agent(name, "docker", ["gpu"])
+
+    with pytest.raises(ConflictError):
+        tenant.admin.register_agent(name, "docker", ["gpu"])
+    with pytest.raises(PermissionDeniedError):
+        tenant.admin.claim(agent.id)
+
+    assert runner.claim(agent.id).runs == []
+
+
+def test_once_its_key_is_revoked_the_agent_moves_to_the_next_key(tenant: TenantContext) -> None:
+    # Given an agent whose key the operator rotates
+    old_key = tenant.new_key("runner")
+    name = unique("agent")
+    agent = tenant.client(old_key).register_agent(name, "local", [])
+    revoke_key(tenant.server, key_id_of(tenant, old_key))
+
+    # When the new key registers the same identity
+    new = tenant.client(tenant.new_key("runner"))
+    moved = new.register_agent(name, "local", [])
+
+    # Then it is the same agent, now driven by the new key
+    assert moved.id == agent.id
+    assert new.claim(agent.id).runs == []
+    assert new.agent_heartbeat(agent.id, []).failed == []
+
+
+def test_other_identities_register_freely(tenant: TenantContext) -> None:
+    first = tenant.client(tenant.key("runner"))
+    second = tenant.client(tenant.new_key("runner"))
+    name = unique("agent")
+    ids = {
+        first.register_agent(name, "local", []).id,
+        second.register_agent(name, "local", ["other"]).id,
+        second.register_agent(name, "docker", []).id,
+    }
+    assert len(ids) == 3
