@@ -82,6 +82,10 @@ class ServerSettings(BaseModel):
     # by another replica when its wake-up was lost (PostgreSQL NOTIFY usually wakes it at once).
     claim_recheck_seconds: float = Field(default=2.0, gt=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # Requests handled at once (agents' waiting claims aside), and the bytes of the bodies among them (declared
+    # sizes); more wait their turn. These bound the server's memory under many large requests (bench/memory.py).
+    max_requests_in_flight: int = Field(default=8, ge=1)
+    max_body_bytes_in_flight: int = Field(default=40 * 1024 * 1024, gt=0)
     # Recovery (docs/design.md §7): a deployed run is lost when neither its flow-run process nor its agent has
     # vouched for it (heartbeats) for this long.
     run_heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -25,7 +26,7 @@ from baton.server.authentication import AuthenticateFirst
 from baton.server.database.connection import create_database_engine, create_session_factory
 from baton.server.database.migrate import upgrade
 from baton.server.errors import install_error_handlers
-from baton.server.limits import BodySizeLimit
+from baton.server.limits import Admission, BodySizeLimit
 from baton.server.models.lost_runs import RecoveryPolicy
 from baton.server.notifier import RunNotifier
 from baton.server.services.leases import LeaseExpiryService
@@ -37,6 +38,8 @@ from baton.settings import BatonSettings, ServerSettings
 logger = logging.getLogger("baton.server")
 
 API_PREFIX = "/api"
+# Agents' claims wait for runs (long polls): they are not counted among the requests in flight.
+LONG_POLL = re.compile(rf"^{API_PREFIX}/agents/[^/]+/claim$")
 ROUTERS = (meta.router, flows.router, flow_runs.router, logs.router, agents.router)
 
 
@@ -103,8 +106,16 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
         app.include_router(router, prefix=API_PREFIX)
     # Middleware added last is outermost: a declared oversize body is refused first (it costs nothing), then no body
     # is read before the credential is checked.
+    server = settings.server
+    app.add_middleware(
+        Admission,
+        max_requests=server.max_requests_in_flight,
+        max_bytes_in_flight=server.max_body_bytes_in_flight,
+        max_body_bytes=server.max_body_bytes,
+        long_poll=LONG_POLL,
+    )
     app.add_middleware(AuthenticateFirst, public_paths=public_paths(app))
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes)
     return app
 
 
