@@ -129,3 +129,53 @@ def test_log_pages_stop_at_the_byte_budget(tenant: TenantContext, http: httpx.Cl
     # Then each page stayed within the budget and all lines came, in order
     assert len(sizes) > 1 and max(sizes) <= BUDGET
     assert got == [f"{i:03d}" for i in range(40)]
+
+
+def test_flow_lists_stop_at_the_byte_budget_and_page_by_cursor(server: ServerProcess) -> None:
+    # Given flows whose run configs together pass the budget
+    owner = TenantContext.create(server)
+    try:
+        names = [f"big-{i}" for i in range(6)]
+        for name in names:
+            owner.register_flow(name, run_config={"type": "local", "env": {"BIG": "v" * BIG}})
+        http = owner.raw(owner.key("read"))
+
+        # When a reader lists them, following the cursor
+        seen: list[str] = []
+        sizes: list[int] = []
+        params: dict[str, str] = {}
+        for _page in range(len(names) + 1):
+            response = http.get("/api/flows", params=params)
+            sizes.append(len(response.content))
+            seen.extend(flow["name"] for flow in response.json())
+            if "X-Next-Cursor" not in response.headers:
+                break
+            params = {"cursor": response.headers["X-Next-Cursor"]}
+
+        # Then each answer stayed within the budget, every flow came once, and the client follows the cursor too
+        assert len(sizes) > 1 and max(sizes) <= BUDGET
+        assert seen == names
+        assert [flow.name for flow in owner.client(owner.key("read")).list_flows()] == names
+    finally:
+        owner.close()
+
+
+def test_a_claim_stops_at_the_byte_budget(server: ServerProcess) -> None:
+    # Given runs whose parameters together pass the budget
+    owner = TenantContext.create(server)
+    try:
+        owner.register_flow()
+        user = owner.client(owner.key("user"))
+        created = {user.create_flow_run(flow_name="hello", parameters={"name": "p" * BIG}).id for _ in range(8)}
+        runner = owner.client(owner.key("runner"))
+        agent = runner.register_agent("bounded", "local", [])
+
+        # When the agent claims as many as it may, again and again
+        batches = [runner.claim(agent.id, limit=100).runs for _ in range(len(created))]
+
+        # Then each claim answered within the budget, and every run was claimed once
+        sizes = [sum(len(c.model_dump_json()) for c in batch) for batch in batches if batch]
+        assert len(sizes) > 1 and max(sizes) <= BUDGET
+        assert sorted(c.flow_run.id for batch in batches for c in batch) == sorted(created)
+    finally:
+        owner.close()

@@ -190,8 +190,18 @@ class Client:
     def register_flow(self, payload: dict[str, Any]) -> r.FlowRead:
         return self._model(r.FlowRead, "POST", "/api/flows", json=payload)
 
-    def list_flows(self, name: str | None = None) -> list[r.FlowRead]:
-        return self._models(r.FlowRead, "GET", "/api/flows", params={"name": name})
+    def list_flows(self, name: str | None = None, all_versions: bool = False) -> list[r.FlowRead]:
+        """The flows (newest versions, or ``all_versions``), following the server's cursor across pages."""
+        found: list[r.FlowRead] = []
+        cursor: str | None = None
+        for _page in range(100_000):  # bounded: each page holds at least one flow
+            params = {"name": name, "all_versions": "true" if all_versions else None, "cursor": cursor}
+            response = self._send("GET", "/api/flows", params=params)
+            found.extend(r.FlowRead.model_validate(item) for item in response.json())
+            cursor = response.headers.get(r.NEXT_CURSOR_HEADER)
+            if cursor is None:
+                break
+        return found
 
     def get_flow(self, flow_id: str, include_source: bool = False) -> r.FlowRead:
         params = {"include_source": "true"} if include_source else None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from baton.schemas.actions import FlowCreate
-from baton.schemas.responses import FlowRead
+from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRead
 from baton.server import shaping
 from baton.server.access import Action, allow
 from baton.server.api.deps import Db, transaction
@@ -42,11 +42,21 @@ def register_flow(
 def list_flows(
     principal: Annotated[Principal, allow(Action.FLOW_LIST)],
     db: Db,
+    request: Request,
+    response: Response,
     name: Annotated[str | None, Query(max_length=200)] = None,
     all_versions: bool = False,
+    cursor: Annotated[str | None, Query(max_length=1000, description="from the last answer's X-Next-Cursor")] = None,
 ) -> list[FlowRead]:
+    """By name, newest version first; an answer stops at the server's byte budget, and then ``X-Next-Cursor``
+    says where the next page starts."""
+    budget = request.app.state.settings.server.max_list_bytes
     with transaction(db) as session:
-        return shaping.flows(principal, flows.list_flows(session, principal.tenant_id, name, all_versions))
+        page = flows.list_flows(session, principal.tenant_id, name, all_versions, cursor, budget)
+        items = shaping.flows(principal, page.flows)
+    if page.next_cursor is not None:
+        response.headers[NEXT_CURSOR_HEADER] = page.next_cursor
+    return items
 
 
 @router.get("/{flow_id}", response_model=FlowRead)

@@ -47,8 +47,14 @@ def claim_once(claimer: Claimer, payload: ClaimRequest) -> tuple[ClaimResponse, 
     with transaction(claimer.factory) as session:
         agent = agents.get_agent(session, claimer.tenant_id, claimer.agent_id)
         agents.touch(session, agent)
+        settings = claimer.settings
         result = claims.claim_runs(
-            session, agent, payload.limit, payload.prefetch_seconds, claimer.settings.claim_lease_seconds
+            session,
+            agent,
+            payload.limit,
+            payload.prefetch_seconds,
+            settings.claim_lease_seconds,
+            settings.max_list_bytes,
         )
         return claimer.shape(session, result), result
 
