@@ -20,6 +20,8 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -35,6 +37,9 @@ from baton.server.models.tenants import API_KEY_PREFIX, RUN_TOKEN_PREFIX, Princi
 
 # The limiter's key when the ASGI server gives no peer address (e.g. a Unix socket).
 UNKNOWN_ADDRESS = "unknown"
+# What is read and dropped of a refused request's body after the answer (see ``_drain``).
+DRAIN_BYTES = 64 * 1024
+DRAIN_SECONDS = 1.0
 # What ``tenants.new_secret`` issues: a prefix and 32 random bytes in url-safe base64 (43 characters).
 _WELL_FORMED = re.compile(rf"^(?:{API_KEY_PREFIX}|{RUN_TOKEN_PREFIX})[A-Za-z0-9_-]{{43}}$")
 
@@ -97,16 +102,35 @@ class AuthenticateFirst:
         )
         if isinstance(outcome, Refusal):
             await _refuse(send, outcome)
+            await _drain(receive)
             return
         scope.setdefault("state", {})["principal"] = outcome
         await self.app(scope, receive, send)
+
+
+async def _drain(receive: Receive) -> None:
+    """After the answer, read (and drop) what is already on its way of a small body, for a short while.
+
+    Closing a socket with unread data makes the kernel reset the connection, which can destroy the answer before the
+    client reads it; a client sending a large body gets the reset anyway: nothing of such a body is read.
+    """
+    received = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while received <= DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
 
 async def _refuse(send: Send, refusal: Refusal) -> None:
     headers = [(b"content-type", b"application/json")]
     if refusal.retry_after is not None:
         headers.append((b"retry-after", refusal.retry_after.encode()))
-    # The body is left unread: the connection is closed after this answer, so nothing of it is ever parsed.
+    # The body is not parsed, and at most a little of it read (``_drain``): the connection closes after this answer.
     headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": json.dumps({"detail": refusal.detail}).encode()})
