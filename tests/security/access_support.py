@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import update
-
-from baton.server.database.connection import create_database_engine, create_session_factory, transaction
-from baton.server.database.orm import ApiKey
 from server.harness import TenantContext
 from support import ServerProcess
 
@@ -24,16 +19,6 @@ def next_loopback_address() -> str:
 def start_server(home: Path, **settings_env: str) -> ServerProcess:
     """A SQLite server of its own; ``settings_env`` are ``BATON__SERVER__...`` variables."""
     return ServerProcess(home, **settings_env).start()
-
-
-def revoke_key(server: ServerProcess, key_id: str) -> None:
-    """Revoke an API key the way an operator does: in the database (there is no route for it)."""
-    engine = create_database_engine(server.database_url, 1)
-    try:
-        with transaction(create_session_factory(engine)) as session:
-            session.execute(update(ApiKey).where(ApiKey.id == key_id).values(revoked_at=datetime.now(UTC)))
-    finally:
-        engine.dispose()
 
 
 def key_id_of(tenant: TenantContext, key: str) -> str:

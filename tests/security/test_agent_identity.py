@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from baton.exceptions import ConflictError, PermissionDeniedError
-from security.access_support import key_id_of, revoke_key, start_server
+from security.access_support import key_id_of, start_server
 from server.harness import TenantContext, unique
 from support import ServerProcess
 
@@ -74,7 +74,7 @@ def test_once_its_key_is_revoked_the_agent_moves_to_the_next_key(tenant: TenantC
     old_key = tenant.new_key("runner")
     name = unique("agent")
     agent = tenant.client(old_key).register_agent(name, "local", [])
-    revoke_key(tenant.server, key_id_of(tenant, old_key))
+    tenant.admin.revoke_api_key(key_id_of(tenant, old_key))
 
     # When the new key registers the same identity
     new = tenant.client(tenant.new_key("runner"))
@@ -96,3 +96,16 @@ def test_other_identities_register_freely(tenant: TenantContext) -> None:
         second.register_agent(name, "docker", []).id,
     }
     assert len(ids) == 3
+
+
+def test_a_key_cannot_revoke_itself_and_revoked_keys_are_unknown(tenant: TenantContext) -> None:
+    other_admin = tenant.new_key("admin")
+    me = key_id_of(tenant, other_admin)
+
+    with pytest.raises(ConflictError, match="cannot revoke itself"):
+        tenant.client(other_admin).revoke_api_key(me)
+    tenant.admin.revoke_api_key(me)
+
+    assert me not in {key.id for key in tenant.admin.list_api_keys()}
+    assert tenant.raw(other_admin).get("/api/whoami").status_code == 401
+    assert tenant.raw(tenant.admin_key).delete(f"/api/keys/{me}").status_code == 404

@@ -182,6 +182,9 @@ class Client:
     def create_api_key(self, role: str, name: str | None = None) -> r.ApiKeyCreated:
         return self._model(r.ApiKeyCreated, "POST", "/api/keys", json={"role": role, "name": name})
 
+    def revoke_api_key(self, key_id: str) -> r.ApiKeyRead:
+        return self._model(r.ApiKeyRead, "DELETE", f"/api/keys/{key_id}")
+
     def list_api_keys(self) -> list[r.ApiKeyRead]:
         return self._models(r.ApiKeyRead, "GET", "/api/keys")
 

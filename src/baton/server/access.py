@@ -56,6 +56,7 @@ class Action(StrEnum):
     WHOAMI = "whoami"
     KEY_CREATE = "key.create"
     KEY_LIST = "key.list"
+    KEY_REVOKE = "key.revoke"
     FLOW_REGISTER = "flow.register"
     FLOW_LIST = "flow.list"
     FLOW_READ = "flow.read"
@@ -108,6 +109,7 @@ POLICY: dict[Action, Rule] = {
     Action.WHOAMI: _rule(_ALL),
     Action.KEY_CREATE: _rule("admin"),
     Action.KEY_LIST: _rule("admin"),
+    Action.KEY_REVOKE: _rule("admin"),
     Action.FLOW_REGISTER: _rule("admin user"),
     Action.FLOW_LIST: _rule(_KEYS),
     Action.FLOW_READ: _rule(_ALL, Scope.FLOW),

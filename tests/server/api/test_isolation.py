@@ -38,9 +38,11 @@ class Target:
     agent_id: str
     token: str
     task_run_id: str
+    key_id: str  # a read key of the tenant, for the key routes
 
     def params(self) -> dict[str, str]:
         return {
+            "key_id": self.key_id,
             "flow_id": self.flow_id,
             "flow_run_id": self.run_id,
             "agent_id": self.agent_id,
@@ -48,7 +50,7 @@ class Target:
         }
 
     def ids(self) -> set[str]:
-        return {self.run_id, self.flow_id, self.agent_id, self.task_run_id}
+        return {self.run_id, self.flow_id, self.agent_id, self.task_run_id, self.key_id}
 
 
 Body = Callable[[Target], dict[str, Any] | None]
@@ -136,6 +138,7 @@ ROUTES = [
     Route("GET", "/api/whoami", 200),
     Route("POST", "/api/keys", 201, body=lambda t: {"role": "read", "name": unique("k")}),
     Route("GET", "/api/keys", 200),
+    Route("DELETE", "/api/keys/{key_id}", 200, fresh=True),
     Route("POST", "/api/flows", 200, body=lambda t: FLOW_PAYLOAD),
     Route("GET", "/api/flows", 200),
     Route("GET", "/api/flows/{flow_id}", 200),
@@ -229,7 +232,9 @@ class World:
         staged = self.tenant.stage("Running", runner=self.tenant.client(self.keys["runner"]))
         assert staged.token is not None and staged.agent_id is not None
         task_run = self.tenant.client(staged.token).create_task_run(staged.id, "greet")
-        return Target(staged.id, self.tenant.run(staged.id).flow_id, staged.agent_id, staged.token, task_run.id)
+        key_id = self.tenant.admin.create_api_key("read", name=unique("target")).id
+        flow_id = self.tenant.run(staged.id).flow_id
+        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id)
 
     def token_of_another_flow(self) -> str:
         """The run token of a claimed run of flow ``other``."""

@@ -13,6 +13,7 @@ from baton.schemas.responses import ApiKeyCreated, ApiKeyRead, Health, WhoAmI
 from baton.server.access import Action, Public, allow
 from baton.server.api.deps import Db, transaction
 from baton.server.database.orm import ApiKey
+from baton.server.errors import error_responses
 from baton.server.models import tenants
 from baton.server.models.tenants import Principal
 
@@ -70,3 +71,11 @@ def create_key(
 def list_keys(principal: Annotated[Principal, allow(Action.KEY_LIST)], db: Db) -> list[ApiKeyRead]:
     with transaction(db) as session:
         return [ApiKeyRead(**_key_read(k)) for k in tenants.list_api_keys(session, principal.tenant_id)]
+
+
+@router.delete("/keys/{key_id}", response_model=ApiKeyRead, responses=error_responses(409))
+def revoke_key(key_id: str, principal: Annotated[Principal, allow(Action.KEY_REVOKE)], db: Db) -> ApiKeyRead:
+    """Revoke a key of the caller's tenant (admin only): it stops working at once, and the agents it registered
+    may be registered again by another key (key rotation)."""
+    with transaction(db) as session:
+        return ApiKeyRead(**_key_read(tenants.revoke_api_key(session, principal.tenant_id, key_id, principal.key_id)))
