@@ -107,14 +107,16 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     # Middleware added last is outermost: a declared oversize body is refused first (it costs nothing), then no body
     # is read before the credential is checked.
     server = settings.server
+    public = public_paths(app)
     app.add_middleware(
         Admission,
         max_requests=server.max_requests_in_flight,
         max_bytes_in_flight=server.max_body_bytes_in_flight,
         max_body_bytes=server.max_body_bytes,
         long_poll=LONG_POLL,
+        exempt=public,
     )
-    app.add_middleware(AuthenticateFirst, public_paths=public_paths(app))
+    app.add_middleware(AuthenticateFirst, public_paths=public)
     app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes)
     return app
 

@@ -90,7 +90,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "Missing, malformed or unknown API key or run token.",
     403: "The key's role, or the run token's scope, does not allow this.",
     404: "No such object in the caller's tenant (other tenants' ids look unknown too).",
-    409: "Illegal state transition, or the object changed while the request was handled (retry).",
+    409: "Illegal state transition, the object changed while the request was handled (retry), or it clashes with "
+    "what exists (an agent registered with another key).",
     413: "Request body larger than the server's limit.",
     422: "Invalid input: a list of the invalid fields, or one message.",
     429: "Too many failed authentications from this address; retry after Retry-After seconds.",

@@ -114,7 +114,7 @@ class Admission:
 
     * At most ``max_requests`` requests are handled at once, from before their body is read until their answer is
       sent (an answer of a large run or flow takes several times its size while it is built and sent). Long polls
-      (``long_poll`` paths: agents' claims, which mostly wait) are not counted.
+      (``long_poll`` paths: agents' claims, which mostly wait) and ``exempt`` paths (health) are not counted.
     * The requests with a body hold its declared size (the body limit when undeclared) from a budget of
       ``max_bytes_in_flight``: parsing, storing and answering a body takes several times its size.
 
@@ -128,15 +128,17 @@ class Admission:
         max_bytes_in_flight: int,
         max_body_bytes: int,
         long_poll: re.Pattern[str],
+        exempt: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
+        self.exempt = exempt
         self.max_body_bytes = max_body_bytes
         self.long_poll = long_poll
         self.slots = ByteBudget(max(max_requests, 1))  # one "byte" per request
         self.budget = ByteBudget(max(max_bytes_in_flight, 1))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.long_poll.match(scope["path"]):
+        if scope["type"] != "http" or scope["path"] in self.exempt or self.long_poll.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         size = self._declared(scope)
