@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session
 from baton.schemas.core import Role, RunConfig
 from baton.schemas.responses import (
     AgentRead,
+    ApiKeyCreated,
+    ApiKeyRead,
     ClaimedRun,
     ClaimResponse,
     FlowRead,
@@ -33,8 +35,9 @@ from baton.schemas.responses import (
     LogRead,
     LogsPage,
     TaskRunRead,
+    WhoAmI,
 )
-from baton.server.database.orm import Agent, Flow, FlowRun, Log, TaskRun
+from baton.server.database.orm import Agent, ApiKey, Flow, FlowRun, Log, TaskRun
 from baton.server.models import agents as agent_queries
 from baton.server.models import flow_runs as run_queries
 from baton.server.models import flows as flow_queries
@@ -159,3 +162,26 @@ def log(row: Log) -> LogRead:
 
 def logs_page(rows: Sequence[Log], offset: int) -> LogsPage:
     return LogsPage(logs=[log(row) for row in rows], next_offset=rows[-1].id if rows else offset)
+
+
+def whoami(principal: Principal) -> WhoAmI:
+    return WhoAmI(
+        tenant_id=principal.tenant_id,
+        tenant_name=principal.tenant_name,
+        role=principal.role,
+        key_id=principal.key_id,
+        key_name=principal.key_name,
+        flow_run_id=principal.flow_run_id,
+    )
+
+
+def api_key(row: ApiKey) -> ApiKeyRead:
+    """A key as listed: its prefix, never the key (only its hash is stored)."""
+    return ApiKeyRead(
+        id=row.id, tenant_id=row.tenant_id, name=row.name, role=Role(row.role), prefix=row.prefix, created=row.created
+    )
+
+
+def api_key_created(row: ApiKey, secret: str) -> ApiKeyCreated:
+    """A new key, with the key itself: this answer is the only place it ever appears."""
+    return ApiKeyCreated(**api_key(row).model_dump(), key=secret)
