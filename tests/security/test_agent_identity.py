@@ -7,10 +7,15 @@ the first key out and let the second fail the first agent's runs through heartbe
 from __future__ import annotations
 
 from collections.abc import Iterator
+from uuid import uuid4
 
 import pytest
 
 from baton.exceptions import ConflictError, PermissionDeniedError
+from baton.schemas.states import StateName
+from baton.server.database.connection import create_database_engine, create_session_factory, transaction
+from baton.server.models import state_changes
+from baton.server.models.errors import StaleState
 from security.access_support import key_id_of, start_server
 from server.harness import TenantContext, unique
 from support import ServerProcess
@@ -109,3 +114,20 @@ def test_a_key_cannot_revoke_itself_and_revoked_keys_are_unknown(tenant: TenantC
     assert me not in {key.id for key in tenant.admin.list_api_keys()}
     assert tenant.raw(other_admin).get("/api/whoami").status_code == 401
     assert tenant.raw(tenant.admin_key).delete(f"/api/keys/{me}").status_code == 404
+
+
+def test_a_state_change_holds_only_while_the_agent_still_holds_the_run(tenant: TenantContext) -> None:
+    # Given a run claimed by agent A, and a state change checked against A that lands after the run moved on
+    staged = tenant.stage("Pending")
+    engine = create_database_engine(tenant.server.database_url, 1)
+    try:
+        with (
+            pytest.raises(StaleState, match="released and claimed again"),
+            transaction(create_session_factory(engine)) as session,
+        ):
+            state_changes.set_state(session, tenant.id, staged.id, StateName.FAILED, "late", None, held_by=str(uuid4()))
+    finally:
+        engine.dispose()
+
+    # Then nothing changed
+    assert tenant.run(staged.id).state == "Pending"

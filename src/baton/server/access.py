@@ -264,18 +264,30 @@ def _task_run_flow_run(session: Session, principal: Principal, task_run_id: str)
     return run_id
 
 
-def _check_runner_holds(session: Session, principal: Principal, flow_run_id: str) -> None:
-    """A runner key changes only runs claimed by one of the agents it registered."""
+def run_holder(session: Session, principal: Principal, flow_run_id: str) -> str | None:
+    """For a runner key, the agent of its own that holds the run (else AccessDenied); None for other principals.
+
+    A state change passes it to ``state_changes.set_state`` as a precondition checked with the compare-and-set, so
+    a run released and claimed by another key's agent while the request was handled is never changed.
+    """
+    if kind_of(principal) != Kind.RUNNER:
+        return None
+    return _check_runner_holds(session, principal, flow_run_id)
+
+
+def _check_runner_holds(session: Session, principal: Principal, flow_run_id: str) -> str:
+    """A runner key changes only runs claimed by one of the agents it registered. Returns that agent's id."""
     flow_run_id = checked_id("flow run", flow_run_id)
     row = session.execute(
-        select(FlowRun.id, Agent.api_key_id)
+        select(FlowRun.agent_id, Agent.api_key_id)
         .outerjoin(Agent, Agent.id == FlowRun.agent_id)
         .where(FlowRun.tenant_id == principal.tenant_id, FlowRun.id == flow_run_id)
     ).first()
     if row is None:
         raise ObjectNotFound(f"flow run {flow_run_id} not found")
-    if row[1] is None or row[1] != principal.key_id:
+    if row[0] is None or row[1] is None or row[1] != principal.key_id:
         raise AccessDenied("this runner key may only change runs claimed by its own agents")
+    return str(row[0])
 
 
 def _check_agent_owner(session: Session, principal: Principal, agent_id: str) -> None:

@@ -10,7 +10,7 @@ from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server import shaping
-from baton.server.access import Action, allow, check_state_allowed
+from baton.server.access import Action, allow, check_state_allowed, run_holder
 from baton.server.api.deps import Db, NotifierDep, transaction
 from baton.server.errors import error_responses
 from baton.server.models import agents, flow_runs, state_changes
@@ -94,8 +94,9 @@ def set_state(
     """Move the run to a new state; 409 with the reason when the state machine does not allow it."""
     check_state_allowed(principal, payload.name)
     with transaction(db) as session:
+        held_by = run_holder(session, principal, flow_run_id)
         run = state_changes.set_state(
-            session, principal.tenant_id, flow_run_id, payload.name, payload.message, payload.data
+            session, principal.tenant_id, flow_run_id, payload.name, payload.message, payload.data, held_by
         )
         result = shaping.flow_run(session, principal, run)
     if payload.name in CLAIMABLE_STATES:

@@ -28,11 +28,15 @@ def set_state(
     name: StateName,
     message: str | None,
     data: dict[str, Any] | None,
+    held_by: str | None = None,
 ) -> FlowRun:
+    """Move the run to ``name``; with ``held_by``, only while that agent holds it (else StaleState, 409)."""
     if name == _S.PENDING:
         raise InvalidRequest("runs become Pending only by being claimed (POST /api/agents/{id}/claim)")
     for _attempt in range(MAX_TRANSITION_ATTEMPTS):
         run = get_flow_run(session, tenant_id, flow_run_id)
+        if held_by is not None and run.agent_id != held_by:
+            raise StaleState(f"flow run {flow_run_id} was released and claimed again while this request was handled")
         if name == _S.SCHEDULED and run.state != _S.PENDING:
             raise IllegalTransitionError(run.state, name, "only a claimed, undeployed run can be released")
         try:
