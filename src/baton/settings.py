@@ -86,6 +86,10 @@ class ServerSettings(BaseModel):
     # by another replica when its wake-up was lost (PostgreSQL NOTIFY usually wakes it at once).
     claim_recheck_seconds: float = Field(default=2.0, gt=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # Requests handled at once (agents' waiting claims aside), and the bytes of the bodies among them (declared
+    # sizes); more wait their turn. These bound the server's memory under many large requests (bench/memory.py).
+    max_requests_in_flight: int = Field(default=8, ge=1)
+    max_body_bytes_in_flight: int = Field(default=40 * 1024 * 1024, gt=0)
     # Recovery (docs/design.md §7): a deployed run is lost when neither its flow-run process nor its agent has
     # vouched for it (heartbeats) for this long.
     run_heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -104,6 +108,11 @@ class ServerSettings(BaseModel):
     # Logs are still taken this long after a run ended (its process may flush its last lines after another party
     # set the final state); later writes are refused with 409.
     log_grace_seconds: float = Field(default=60.0, ge=0)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto the server believes (IPs or CIDRs; "*" for any). None by
+    # default: the failed-auth limit keys on the real peer, so no client can pick the address it is counted as.
+    forwarded_allow_ips: list[str] = Field(default_factory=list)
+    # A list answer stops adding items past this many (estimated) bytes, and gives a cursor for the rest.
+    max_list_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
 
 class AgentSettings(BaseModel):

@@ -143,7 +143,7 @@ def test_every_run_is_deployed_exactly_once_by_many_agent_processes(
             # And the work was shared: more than one agent deployed runs
             assert len({who[0] for who in deployed.values()}) >= 2
             # And the server's history agrees: one claim and one Submitted per run, then Running and Success
-            for run in tenant.admin.list_flow_runs(limit=1000):
+            for run in tenant.admin.list_flow_runs(limit=1000, include=["states"]):
                 assert [s.name for s in run.states] == ["Scheduled", "Pending", "Submitted", "Running", "Success"]
         finally:
             tenant.close()

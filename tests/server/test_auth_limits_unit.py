@@ -140,23 +140,3 @@ def test_retry_after_is_whole_seconds_rounded_up(seconds: float, header: str) ->
 def test_nonsense_settings_are_refused(args: tuple[int, float]) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         FailedAuthLimiter(*args)
-
-
-def test_a_credential_known_at_an_address_is_recognised_there_only(clock: FakeClock) -> None:
-    limiter = FailedAuthLimiter(limit=2, window_seconds=60, clock=clock)
-    limiter.record_success("10.0.0.1", "digest-a")
-
-    assert limiter.is_known("10.0.0.1", "digest-a")
-    assert not limiter.is_known("10.0.0.2", "digest-a")
-    assert not limiter.is_known("10.0.0.1", "digest-b")
-
-
-def test_known_credentials_are_bounded_forgetting_the_least_recently_used(clock: FakeClock) -> None:
-    limiter = FailedAuthLimiter(limit=2, window_seconds=60, clock=clock, max_known=2)
-    limiter.record_success("a", "1")
-    limiter.record_success("a", "2")
-    limiter.record_success("a", "1")  # used again: now the most recent
-
-    limiter.record_success("a", "3")
-
-    assert [limiter.is_known("a", d) for d in ("1", "2", "3")] == [True, False, True]

@@ -37,7 +37,7 @@ def shared_tenant(api_server: ServerProcess, api_database: sessionmaker[Session]
 
 def make_ids(tenant: TenantContext) -> Ids:
     """A claimed run with a task run: real ids for every route."""
-    staged = tenant.stage("Pending")
+    staged = tenant.stage("Pending", runner=tenant.admin)  # its agent is the admin key's: the key here
     task_run = tenant.client(staged.token or "").create_task_run(staged.id, "greet")
     flow_id = tenant.run(staged.id).flow_id
     return Ids(staged.id, flow_id, staged.agent_id or "", task_run.id)

@@ -1,9 +1,10 @@
-"""``baton key``: create and list API keys of the key's own tenant.
+"""``baton key``: create, list and revoke API keys of the key's own tenant.
 
 Usage::
 
     baton key create --role runner --name laptop-agent
     baton key list --json
+    baton key revoke 3f2c...
 """
 
 from __future__ import annotations
@@ -79,3 +80,19 @@ def list_keys(state: CliState, as_json: bool) -> None:
         return
     rows = [(k.id, k.name, k.role.value, f"{k.prefix}...", k.created) for k in keys]
     print_table(["id", "name", "role", "prefix", "created"], rows, empty="No keys.")
+
+
+@key.command()
+@click.argument("key_id", metavar="ID")
+@_json_option
+@api_options
+@pass_state
+def revoke(state: CliState, key_id: str, as_json: bool) -> None:
+    """Revoke API key ID (see `baton key list`): it stops working at once; agents it registered may then be
+    registered with another key."""
+    with state.client() as client:
+        revoked = client.revoke_api_key(key_id)
+    if as_json:
+        echo_json(revoked)
+        return
+    click.echo(f"Revoked key {revoked.id} ({revoked.role.value}, {revoked.prefix}...).")

@@ -43,15 +43,31 @@ def server() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on. Default: 4200 (from settings).")
 @_database_url_option
 @click.option("--log-level", type=LOG_LEVELS, help="Server log level. Default: from settings.")
+@click.option(
+    "--forwarded-allow-ips",
+    metavar="IPS",
+    help="Comma-separated addresses (or CIDRs, or '*') of reverse proxies whose X-Forwarded-For is believed. "
+    "Default: none, so clients are known by their real address.",
+)
 @pass_state
-def start(state: CliState, host: str | None, port: int | None, database_url: str | None, log_level: str | None) -> None:
+def start(
+    state: CliState,
+    host: str | None,
+    port: int | None,
+    database_url: str | None,
+    log_level: str | None,
+    forwarded_allow_ips: str | None,
+) -> None:
     """Start the API server (blocks until stopped).
 
     On its first start with no tenant, the server creates tenant `default` and an admin key, and writes the
     key into $BATON_HOME/config.toml, so the CLI and local agents work without set-up.
     """
+    trusted = None
+    if forwarded_allow_ips is not None:
+        trusted = [ip.strip() for ip in forwarded_allow_ips.split(",") if ip.strip()]
     settings = state.settings(
-        server={"host": host, "port": port, "database_url": database_url},
+        server={"host": host, "port": port, "database_url": database_url, "forwarded_allow_ips": trusted},
         logging={"level": log_level.upper() if log_level else None},
     )
     from baton.server.main import serve

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -130,6 +131,22 @@ class Client:
             ServerUnavailableError: connection failed, timed out, or the server answered 5xx (transient).
             ClientError: a 4xx answer, as its specific subclass where there is one.
         """
+        response = self._send(method, path, json=json, params=params, timeout=timeout, headers=headers)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """:meth:`request`, returning the whole 2xx response (its headers too)."""
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = timeout
@@ -156,9 +173,7 @@ class Client:
         if response.status_code >= 400:
             error_class = _ERRORS_BY_STATUS.get(response.status_code, ClientError)
             raise error_class(response.status_code, _detail(response))
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
+        return response
 
     def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         return model.model_validate(self.request(method, path, **kwargs))
@@ -177,6 +192,9 @@ class Client:
     def create_api_key(self, role: str, name: str | None = None) -> r.ApiKeyCreated:
         return self._model(r.ApiKeyCreated, "POST", "/api/keys", json={"role": role, "name": name})
 
+    def revoke_api_key(self, key_id: str) -> r.ApiKeyRead:
+        return self._model(r.ApiKeyRead, "DELETE", f"/api/keys/{key_id}")
+
     def list_api_keys(self) -> list[r.ApiKeyRead]:
         return self._models(r.ApiKeyRead, "GET", "/api/keys")
 
@@ -185,8 +203,18 @@ class Client:
     def register_flow(self, payload: dict[str, Any]) -> r.FlowRead:
         return self._model(r.FlowRead, "POST", "/api/flows", json=payload)
 
-    def list_flows(self, name: str | None = None) -> list[r.FlowRead]:
-        return self._models(r.FlowRead, "GET", "/api/flows", params={"name": name})
+    def list_flows(self, name: str | None = None, all_versions: bool = False) -> list[r.FlowRead]:
+        """The flows (newest versions, or ``all_versions``), following the server's cursor across pages."""
+        found: list[r.FlowRead] = []
+        cursor: str | None = None
+        for _page in range(100_000):  # bounded: each page holds at least one flow
+            params = {"name": name, "all_versions": "true" if all_versions else None, "cursor": cursor}
+            response = self._send("GET", "/api/flows", params=params)
+            found.extend(r.FlowRead.model_validate(item) for item in response.json())
+            cursor = response.headers.get(r.NEXT_CURSOR_HEADER)
+            if cursor is None:
+                break
+        return found
 
     def get_flow(self, flow_id: str, include_source: bool = False) -> r.FlowRead:
         params = {"include_source": "true"} if include_source else None
@@ -243,10 +271,49 @@ class Client:
         return self._model(r.FlowRunRead, "GET", f"/api/flow_runs/{flow_run_id}")
 
     def list_flow_runs(
-        self, state: str | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        state: str | None = None,
+        flow_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        include: Sequence[str] = (),
     ) -> list[r.FlowRunRead]:
-        params = {"state": state, "flow_name": flow_name, "limit": limit, "offset": offset or None}
-        return self._models(r.FlowRunRead, "GET", "/api/flow_runs", params=params)
+        """Up to ``limit`` runs, newest first, following the server's cursor across pages.
+
+        Items leave out the heavy fields (``parameters``, ``states``) unless ``include`` names them.
+        """
+        found: list[r.FlowRunRead] = []
+        cursor: str | None = None
+        while len(found) < limit:
+            page, cursor = self.list_flow_runs_page(
+                state, flow_name, limit - len(found), offset if not found else 0, include, cursor
+            )
+            found.extend(page)
+            if cursor is None or not page:
+                break
+        return found
+
+    def list_flow_runs_page(
+        self,
+        state: str | None = None,
+        flow_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        include: Sequence[str] = (),
+        cursor: str | None = None,
+    ) -> tuple[list[r.FlowRunRead], str | None]:
+        """One page of runs and the cursor of the next one (None after the last page)."""
+        params = {
+            "state": state,
+            "flow_name": flow_name,
+            "limit": limit,
+            "offset": offset or None,
+            "include": ",".join(include) or None,
+            "cursor": cursor,
+        }
+        response = self._send("GET", "/api/flow_runs", params=params)
+        runs = [r.FlowRunRead.model_validate(item) for item in response.json()]
+        return runs, response.headers.get(r.NEXT_CURSOR_HEADER)
 
     def set_flow_run_state(
         self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None

@@ -9,6 +9,9 @@ from pydantic import BaseModel, Field
 
 from baton.schemas.core import Role, RunConfig, Storage
 
+# Where the next page of a list starts (an opaque cursor), when the server cut the list short.
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
+
 
 class WhoAmI(BaseModel):
     tenant_id: str
@@ -81,6 +84,10 @@ class FlowRunRead(BaseModel):
     deployment: dict[str, Any] | None
     run_config: RunConfig
     states: list[StateRead] = Field(default_factory=list)
+    omitted: list[str] = Field(
+        default_factory=list,
+        description="heavy fields left empty in this list item (ask with ?include=): parameters, states",
+    )
 
 
 class ClaimedRun(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, FastAPI
@@ -18,13 +19,15 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton import __version__
+from baton.server.access import POLICY, Action, Scope, route_action
 from baton.server.api import agents, flow_runs, flows, logs, meta
 from baton.server.auth_limits import FailedAuthLimiter
+from baton.server.authentication import AuthenticateFirst
 from baton.server.database.connection import create_database_engine, create_session_factory
 from baton.server.database.migrate import upgrade
 from baton.server.errors import install_error_handlers
 from baton.server.json_body import JsonRoute
-from baton.server.limits import BodySizeLimit
+from baton.server.limits import Admission, BodySizeLimit
 from baton.server.models.lost_runs import RecoveryPolicy
 from baton.server.notifier import RunNotifier
 from baton.server.services.leases import LeaseExpiryService
@@ -34,6 +37,11 @@ from baton.server.services.wakeups import PostgresWakeups
 from baton.settings import BatonSettings, ServerSettings
 
 logger = logging.getLogger("baton.server")
+
+API_PREFIX = "/api"
+# Agents' claims wait for runs (long polls): they are not counted among the requests in flight.
+LONG_POLL = re.compile(rf"^{API_PREFIX}/agents/[^/]+/claim$")
+ROUTERS = (meta.router, flows.router, flow_runs.router, logs.router, agents.router)
 
 
 def _services(
@@ -103,8 +111,44 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
         settings.server.failed_auth_limit, settings.server.failed_auth_window_seconds
     )
     install_error_handlers(app)
-    for module in (meta, flows, flow_runs, logs, agents):
-        check_json_routes(module.router)
-        app.include_router(module.router, prefix="/api")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
+    for router in ROUTERS:
+        check_json_routes(router)
+        app.include_router(router, prefix=API_PREFIX)
+    # Middleware added last is outermost: a declared oversize body is refused first (it costs nothing), then no body
+    # is read before the credential is checked.
+    server = settings.server
+    public = public_paths(app)
+    app.add_middleware(
+        Admission,
+        max_requests=server.max_requests_in_flight,
+        max_bytes_in_flight=server.max_body_bytes_in_flight,
+        max_body_bytes=server.max_body_bytes,
+        long_poll=LONG_POLL,
+        exempt=public,
+    )
+    app.add_middleware(AuthenticateFirst, public_paths=public)
+    app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes)
     return app
+
+
+def api_routes() -> list[tuple[str, APIRoute]]:
+    """Every route of the API with its full path."""
+    return [
+        (API_PREFIX + route.path, route) for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)
+    ]
+
+
+def declared_action(route: APIRoute) -> Action | None:
+    """The action ``route`` declares through ``access.allow`` or ``access.Public`` (None: it declares none)."""
+    return route_action([dep.call for dep in route.dependant.dependencies])
+
+
+def public_paths(app: FastAPI) -> frozenset[str]:
+    """Paths that need no credential: routes whose action is public, and the API's own documentation."""
+    paths = {
+        path
+        for path, route in api_routes()
+        if (action := declared_action(route)) is not None and POLICY[action].scope == Scope.PUBLIC
+    }
+    docs = [app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url]
+    return frozenset(paths | {path for path in docs if path})

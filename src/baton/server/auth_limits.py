@@ -1,14 +1,13 @@
 """Rate limiting of failed authentications, per client address, over a sliding window.
 
-An address that has failed to authenticate ``limit`` times within the last ``window_seconds`` is refused (429)
-before its key is even looked at, until its oldest counted failure leaves the window: at most ``limit`` guesses per
-window, whatever the attacker sends. Successful authentications are not counted and clear nothing, so a valid key
+An address that has failed to authenticate ``limit`` times within the last ``window_seconds`` gets 429 for every
+credential that fails, until its oldest counted failure leaves the window; failures while blocked count too, so a
+guesser that keeps going stays blocked. Successful authentications are not counted and clear nothing, so a valid key
 cannot be used to wash out an address's failures.
 
-A blocked address is not cut off from credentials that already authenticated from it: an agent, its flow-run
-processes or a user's CLI sharing a host (or a NAT) with a script looping on a wrong key carry on, and an attacker
-gains nothing, since being let through needs a credential that is valid already. Such credentials are remembered
-per address, as sha256 digests, the ``max_known`` most recent ones.
+A blocked address is not cut off from valid credentials: ``server.authentication`` still checks them and refuses
+only those that fail (429 instead of 401), so an agent, its flow-run processes or a user's CLI sharing a host (or a
+NAT) with a script looping on a wrong key carry on, and new run tokens keep working.
 
 The state is in-process (each server replica counts its own failures) and bounded: addresses whose failures have all
 left the window are dropped, and beyond ``max_addresses`` the address that failed least recently is forgotten.
@@ -19,7 +18,6 @@ Usage::
     wait = limiter.retry_after(address)      # None: go ahead and check the key
     ...
     limiter.record_failure(address)          # the key was missing, malformed or unknown
-    limiter.record_success(address, digest)  # it was valid: let it through even while the address is blocked
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 DEFAULT_MAX_ADDRESSES = 10_000
-DEFAULT_MAX_KNOWN = 50_000
 
 
 class FailedAuthLimiter:
@@ -43,7 +40,6 @@ class FailedAuthLimiter:
         window_seconds: float,
         max_addresses: int = DEFAULT_MAX_ADDRESSES,
         clock: Callable[[], float] = time.monotonic,
-        max_known: int = DEFAULT_MAX_KNOWN,
     ) -> None:
         if limit < 1 or window_seconds <= 0 or max_addresses < 1:
             raise ValueError("limit and max_addresses must be at least 1, window_seconds positive")
@@ -55,21 +51,6 @@ class FailedAuthLimiter:
         # address -> times of its latest failures (at most ``limit``: older ones cannot matter), oldest first.
         # Ordered by each address's latest failure, oldest first, so expired addresses are pruned from the front.
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        # (address, credential digest) pairs that authenticated, least recently used first.
-        self._known: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self.max_known = max_known
-
-    def record_success(self, address: str, digest: str) -> None:
-        """``digest`` (of a credential) authenticated from ``address``: it passes even while the address is blocked."""
-        with self._lock:
-            self._known[(address, digest)] = None
-            self._known.move_to_end((address, digest))
-            while len(self._known) > self.max_known:
-                self._known.popitem(last=False)
-
-    def is_known(self, address: str, digest: str) -> bool:
-        with self._lock:
-            return (address, digest) in self._known
 
     def retry_after(self, address: str) -> float | None:
         """Seconds until ``address`` may try again, or None when it may try now."""

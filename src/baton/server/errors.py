@@ -20,11 +20,10 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from baton.exceptions import IllegalTransitionError, InvalidLabelError
 from baton.schemas.responses import ErrorDetail
+from baton.server.access import AccessDenied
 from baton.server.models.errors import (
-    Forbidden,
-    IdempotencyConflict,
+    Conflict,
     InvalidRequest,
-    LogsClosed,
     ObjectNotFound,
     StaleState,
 )
@@ -33,13 +32,12 @@ logger = logging.getLogger("baton.server")
 
 _STATUS: dict[type[Exception], int] = {
     ObjectNotFound: 404,
-    Forbidden: 403,
+    AccessDenied: 403,
+    Conflict: 409,
     InvalidRequest: 422,
     InvalidLabelError: 422,
     IllegalTransitionError: 409,
     StaleState: 409,
-    IdempotencyConflict: 409,
-    LogsClosed: 409,
 }
 
 
@@ -97,10 +95,9 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "Missing, malformed or unknown API key or run token.",
     403: "The key's role, or the run token's scope, does not allow this.",
     404: "No such object in the caller's tenant (other tenants' ids look unknown too).",
-    409: (
-        "Illegal state transition, the object changed while the request was handled (retry), "
-        "or logs sent to a run that ended."
-    ),
+    409: "Illegal state transition, the object changed while the request was handled (retry), it clashes with "
+    "what exists (an agent registered with another key, an Idempotency-Key used for another request), or logs "
+    "sent to a run that ended.",
     413: "Request body larger than the server's limit.",
     422: "Invalid input: a list of the invalid fields, or one message.",
     429: "Too many failed authentications from this address; retry after Retry-After seconds.",

@@ -1,8 +1,12 @@
-"""ASGI middleware that refuses request bodies over the configured size with 413, before reading them."""
+"""ASGI middleware bounding requests: each body's size (413 beyond the limit, before reading it), and the requests and
+body bytes in flight at once (:class:`Admission`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+from collections import deque
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -62,3 +66,95 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+class ByteBudget:
+    """A byte-weighted semaphore, first come first served: at most ``total`` bytes are held at once."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.available = total
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, size: int) -> int:
+        """Wait for ``size`` bytes (at most ``total``); returns what was taken, to :meth:`release` later."""
+        size = min(size, self.total)
+        if not self._waiters and self.available >= size:
+            self.available -= size
+            return size
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((size, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(size)  # granted just as the request went away: give it back
+            else:
+                granted.cancel()
+                self._wake()
+            raise
+        return size
+
+    def release(self, size: int) -> None:
+        self.available += size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and (self._waiters[0][1].done() or self._waiters[0][0] <= self.available):
+            size, granted = self._waiters.popleft()
+            if granted.done():
+                continue  # its request went away while waiting
+            self.available -= size
+            granted.set_result(None)
+
+
+class Admission:
+    """ASGI middleware that admits requests within server-wide bounds, so that memory stays bounded however many
+    large requests arrive at once: the others wait their turn.
+
+    * At most ``max_requests`` requests are handled at once, from before their body is read until their answer is
+      sent (an answer of a large run or flow takes several times its size while it is built and sent). Long polls
+      (``long_poll`` paths: agents' claims, which mostly wait) and ``exempt`` paths (health) are not counted.
+    * The requests with a body hold its declared size (the body limit when undeclared) from a budget of
+      ``max_bytes_in_flight``: parsing, storing and answering a body takes several times its size.
+
+    It sits behind authentication: only valid credentials can make others wait.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_requests: int,
+        max_bytes_in_flight: int,
+        max_body_bytes: int,
+        long_poll: re.Pattern[str],
+        exempt: frozenset[str] = frozenset(),
+    ) -> None:
+        self.app = app
+        self.exempt = exempt
+        self.max_body_bytes = max_body_bytes
+        self.long_poll = long_poll
+        self.slots = ByteBudget(max(max_requests, 1))  # one "byte" per request
+        self.budget = ByteBudget(max(max_bytes_in_flight, 1))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt or self.long_poll.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        size = self._declared(scope)
+        await self.slots.acquire(1)
+        try:
+            taken = await self.budget.acquire(size) if size else 0
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.budget.release(taken)
+        finally:
+            self.slots.release(1)
+
+    def _declared(self, scope: Scope) -> int:
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            return int(declared) if declared.isdigit() else self.max_body_bytes
+        return self.max_body_bytes if b"transfer-encoding" in headers else 0

@@ -53,8 +53,15 @@ def serve(settings: BatonSettings, log_level: str = "info") -> None:
         settings.server.port,
         engine.dialect.name,
     )
+    trusted = ",".join(settings.server.forwarded_allow_ips)
+    if trusted:
+        logger.info("Trusting X-Forwarded-For and X-Forwarded-Proto from: %s", trusted)
     config = uvicorn.Config(
         app,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: a local client could then pick the
+        # address it is rate limited as. Only the proxies the operator names are believed.
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or "",
         host=settings.server.host,
         port=settings.server.port,
         log_level=log_level.lower(),

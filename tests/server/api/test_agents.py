@@ -71,8 +71,16 @@ def test_runner_key_cannot_use_an_agent_registered_with_another_key(
     assert tenant.run(run.id).state == "Scheduled"
 
 
-def test_admin_key_may_claim_for_any_agent(admin: Client, agent: AgentRead, run: FlowRunRead) -> None:
-    assert [c.flow_run.id for c in admin.claim(agent.id).runs] == [run.id]
+def test_admin_key_cannot_drive_an_agent_registered_with_another_key(
+    tenant: TenantContext, admin: Client, agent: AgentRead, run: FlowRunRead
+) -> None:
+    # An agent's identity is bound to its key (issue 8, item 5): an admin key is another key too.
+    with pytest.raises(PermissionDeniedError, match="this agent was registered with another key"):
+        admin.claim(agent.id)
+    dead = [{"flow_run_id": run.id, "alive": False, "exit_code": 1}]
+    with pytest.raises(PermissionDeniedError, match="this agent was registered with another key"):
+        admin.agent_heartbeat(agent.id, dead)
+    assert tenant.run(run.id).state == "Scheduled"
 
 
 def test_unknown_agent_is_404(runner: Client) -> None:

@@ -147,7 +147,7 @@ def test_run_token_reads_only_its_own_runs_flow(tenant: TenantContext, claimed: 
     assert token.get_flow(flow.id, include_source=True).source == HELLO_SOURCE
     with pytest.raises(NotFoundError):
         token.get_flow(other_flow.id)
-    with pytest.raises(PermissionDeniedError, match="a run token may only read its own flow"):
+    with pytest.raises(PermissionDeniedError, match="a run token may only act on its own flow run"):
         token.list_flows()
     with pytest.raises(PermissionDeniedError):
         token.register_flow(flow_payload(name="sneaky"))

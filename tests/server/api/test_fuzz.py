@@ -177,7 +177,9 @@ def fuzz_tenant(fuzz_server: ServerProcess) -> Iterator[TenantContext]:
 @pytest.fixture(scope="module")
 def real_objects(fuzz_tenant: TenantContext) -> Iterator[dict[str, list[str]]]:
     """The tenant's flow ``hello``, runs in several states, their agents and a task run: ids for the paths."""
-    runs = [fuzz_tenant.stage(state) for state in ("Scheduled", "Pending", "Running", "Success", "Cancelled")]
+    # Their agents are the admin key's, the key of the fuzzed requests: only that key may drive them.
+    states = ("Scheduled", "Pending", "Running", "Success", "Cancelled")
+    runs = [fuzz_tenant.stage(state, runner=fuzz_tenant.admin) for state in states]
     pending = runs[1]
     task_run = fuzz_tenant.client(pending.token or "").create_task_run(pending.id, "greet")
     REAL_IDS.update(

@@ -1,9 +1,11 @@
 """Every route of the API, swept: tenant isolation (another tenant's ids are 404, never 403, and never listed) and
 the role matrix (which principal gets 2xx, 403, 404 or 401 on each route).
 
-The routes come from the served OpenAPI spec; :data:`ROUTES` is the explicit table of expected outcomes, and a
-route in the spec that is missing from the table fails :func:`test_every_route_in_the_spec_is_in_the_table`, so a
-new route cannot go unswept.
+The routes come from the served OpenAPI spec; :data:`ROUTES` says how to call each one (its success status, its
+body), and the expected outcome of each principal is derived from the access policy (``baton.server.access.POLICY``)
+through the action the route declares: a route that declares none fails
+:func:`test_every_route_declares_an_action`, and a route in the spec that is missing from the table fails
+:func:`test_every_route_in_the_spec_is_in_the_table`, so a new route cannot go unswept.
 
 Principals (columns of the table): ``admin``, ``user``, ``runner`` (whose agent claimed the target run),
 ``other_runner`` (another runner key of the same tenant), ``read``, ``token`` (the target run's run token) and
@@ -19,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from baton.server.access import POLICY, Kind, Scope
+from baton.server.app import api_routes, declared_action
 from server.harness import TenantContext, unique
 from support import HELLO_SOURCE
 
@@ -34,9 +38,11 @@ class Target:
     agent_id: str
     token: str
     task_run_id: str
+    key_id: str  # a read key of the tenant, for the key routes
 
     def params(self) -> dict[str, str]:
         return {
+            "key_id": self.key_id,
             "flow_id": self.flow_id,
             "flow_run_id": self.run_id,
             "agent_id": self.agent_id,
@@ -44,7 +50,7 @@ class Target:
         }
 
     def ids(self) -> set[str]:
-        return {self.run_id, self.flow_id, self.agent_id, self.task_run_id}
+        return {self.run_id, self.flow_id, self.agent_id, self.task_run_id, self.key_id}
 
 
 Body = Callable[[Target], dict[str, Any] | None]
@@ -58,11 +64,10 @@ def no_body(_target: Target) -> None:
 class Route:
     method: str
     path: str
-    expect: dict[str, int]
+    ok: int
     body: Body = no_body
     fresh: bool = False  # the call changes the run for good: each principal gets a target of its own
     cross_body: Body | None = None  # the body another tenant sends (naming this tenant's objects)
-    public: bool = False  # no key needed
 
     @property
     def key(self) -> tuple[str, str]:
@@ -72,17 +77,50 @@ class Route:
     def has_ids(self) -> bool:
         return "{" in self.path
 
+    @property
+    def public(self) -> bool:
+        return POLICY[ACTIONS[self.key]].scope == Scope.PUBLIC
 
-def expect(ok: int, allowed: str, **others: int) -> dict[str, int]:
-    """``ok`` for the principals named in ``allowed``, 403 for the rest, unless ``others`` says otherwise."""
-    names = allowed.split()
-    assert set(names) <= set(PRINCIPALS) and set(others) <= set(PRINCIPALS)
-    return {p: others.get(p, ok if p in names else 403) for p in PRINCIPALS}
+    @property
+    def expect(self) -> dict[str, int]:
+        return {principal: expected_status(self, principal) for principal in PRINCIPALS}
 
 
-ALL = " ".join(PRINCIPALS)
-KEYS = "admin user runner other_runner read"
-RUN_WRITERS = "admin user runner token"  # and a 403 for the runner key whose agents did not claim the run
+# Each route's declared action, from the server's own routers.
+ACTIONS = {
+    (method, path): action
+    for path, route in api_routes()
+    if (action := declared_action(route)) is not None
+    for method in route.methods
+}
+KINDS = {
+    "admin": Kind.ADMIN,
+    "user": Kind.USER,
+    "runner": Kind.RUNNER,
+    "other_runner": Kind.RUNNER,
+    "read": Kind.READ,
+    "token": Kind.RUN_TOKEN,
+    "other_token": Kind.RUN_TOKEN,
+}
+
+
+def expected_status(route: Route, principal: str) -> int:
+    """What the policy says ``principal`` gets on ``route``: its kind first (403), then the scope rule.
+
+    The target objects are a run claimed by ``runner``'s agent: ``other_token`` does not reach it (404),
+    ``other_runner`` may not change it (403), and only ``runner``, which registered the agent, may drive the agent.
+    """
+    rule = POLICY[ACTIONS[route.key]]
+    if KINDS[principal] not in rule.kinds:
+        return 403
+    if rule.scope in (Scope.FLOW, Scope.RUN, Scope.RUN_WRITE, Scope.TASK_RUN_WRITE) and principal == "other_token":
+        return 404
+    if rule.scope in (Scope.RUN_WRITE, Scope.TASK_RUN_WRITE) and principal == "other_runner":
+        return 403
+    if rule.scope == Scope.AGENT and principal != "runner":
+        return 403
+    return route.ok
+
 
 FLOW_PAYLOAD = {
     "name": "hello",
@@ -96,66 +134,65 @@ FLOW_PAYLOAD = {
 LOG_LINE = {"logs": [{"timestamp": "2030-01-01T00:00:00Z", "message": "swept"}]}
 
 ROUTES = [
-    Route("GET", "/api/health", expect(200, ALL), public=True),
-    Route("GET", "/api/whoami", expect(200, ALL)),
-    Route("POST", "/api/keys", expect(201, "admin"), body=lambda t: {"role": "read", "name": unique("k")}),
-    Route("GET", "/api/keys", expect(200, "admin")),
-    Route("POST", "/api/flows", expect(200, "admin user"), body=lambda t: FLOW_PAYLOAD),
-    Route("GET", "/api/flows", expect(200, KEYS)),
-    Route("GET", "/api/flows/{flow_id}", expect(200, ALL, other_token=404)),
+    Route("GET", "/api/health", 200),
+    Route("GET", "/api/whoami", 200),
+    Route("POST", "/api/keys", 201, body=lambda t: {"role": "read", "name": unique("k")}),
+    Route("GET", "/api/keys", 200),
+    Route("DELETE", "/api/keys/{key_id}", 200, fresh=True),
+    Route("POST", "/api/flows", 200, body=lambda t: FLOW_PAYLOAD),
+    Route("GET", "/api/flows", 200),
+    Route("GET", "/api/flows/{flow_id}", 200),
     Route(
         "POST",
         "/api/flow_runs",
-        expect(201, "admin user"),
+        201,
         body=lambda t: {"flow_name": "hello", "labels": [unique("swept")]},
         cross_body=lambda t: {"flow_id": t.flow_id},
     ),
-    Route("GET", "/api/flow_runs", expect(200, KEYS)),
-    Route("GET", "/api/flow_runs/{flow_run_id}", expect(200, ALL, other_token=404)),
+    Route("GET", "/api/flow_runs", 200),
+    Route("GET", "/api/flow_runs/{flow_run_id}", 200),
     Route(
         "POST",
         "/api/flow_runs/{flow_run_id}/state",
-        expect(200, RUN_WRITERS, other_token=404),
+        200,
         body=lambda t: {"name": "Failed", "message": "swept"},
         fresh=True,
     ),
-    Route("POST", "/api/flow_runs/{flow_run_id}/cancel", expect(200, "admin user"), fresh=True),
-    Route("GET", "/api/flow_runs/{flow_run_id}/explain", expect(200, ALL, other_token=404)),
-    Route("POST", "/api/flow_runs/{flow_run_id}/heartbeat", expect(200, RUN_WRITERS, other_token=404)),
-    Route("GET", "/api/flow_runs/{flow_run_id}/logs", expect(200, ALL, other_token=404)),
-    Route(
-        "POST", "/api/flow_runs/{flow_run_id}/logs", expect(201, RUN_WRITERS, other_token=404), body=lambda t: LOG_LINE
-    ),
-    Route("GET", "/api/flow_runs/{flow_run_id}/task_runs", expect(200, ALL, other_token=404)),
+    Route("POST", "/api/flow_runs/{flow_run_id}/cancel", 200, fresh=True),
+    Route("GET", "/api/flow_runs/{flow_run_id}/explain", 200),
+    Route("POST", "/api/flow_runs/{flow_run_id}/heartbeat", 200),
+    Route("GET", "/api/flow_runs/{flow_run_id}/logs", 200),
+    Route("POST", "/api/flow_runs/{flow_run_id}/logs", 201, body=lambda t: LOG_LINE),
+    Route("GET", "/api/flow_runs/{flow_run_id}/task_runs", 200),
     Route(
         "POST",
         "/api/flow_runs/{flow_run_id}/task_runs",
-        expect(201, RUN_WRITERS, other_token=404),
+        201,
         body=lambda t: {"task_name": "swept"},
     ),
     Route(
         "POST",
         "/api/task_runs/{task_run_id}/state",
-        expect(200, RUN_WRITERS, other_token=404),
+        200,
         body=lambda t: {"state": "Running"},
     ),
     Route(
         "POST",
         "/api/agents",
-        expect(201, "admin runner other_runner"),
+        201,
         body=lambda t: {"name": unique("agent"), "type": "local", "labels": []},
     ),
-    Route("GET", "/api/agents", expect(200, KEYS)),
+    Route("GET", "/api/agents", 200),
     Route(
         "POST",
         "/api/agents/{agent_id}/claim",
-        expect(200, "admin runner"),
+        200,
         body=lambda t: {"limit": 1, "wait_seconds": 0},
     ),
     Route(
         "POST",
         "/api/agents/{agent_id}/heartbeat",
-        expect(200, "admin runner"),
+        200,
         body=lambda t: {"deployments": [{"flow_run_id": t.run_id, "alive": True}]},
     ),
 ]
@@ -195,7 +232,9 @@ class World:
         staged = self.tenant.stage("Running", runner=self.tenant.client(self.keys["runner"]))
         assert staged.token is not None and staged.agent_id is not None
         task_run = self.tenant.client(staged.token).create_task_run(staged.id, "greet")
-        return Target(staged.id, self.tenant.run(staged.id).flow_id, staged.agent_id, staged.token, task_run.id)
+        key_id = self.tenant.admin.create_api_key("read", name=unique("target")).id
+        flow_id = self.tenant.run(staged.id).flow_id
+        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id)
 
     def token_of_another_flow(self) -> str:
         """The run token of a claimed run of flow ``other``."""
@@ -238,6 +277,12 @@ def mismatches(got: dict[str, dict[str, int]], expected: dict[str, dict[str, int
 
 
 # --- the table is the spec ---------------------------------------------------------------------------------
+
+
+def test_every_route_declares_an_action() -> None:
+    undeclared = [f"{sorted(route.methods)} {path}" for path, route in api_routes() if declared_action(route) is None]
+
+    assert not undeclared, "routes that declare no access.Action (Depends(access.allow(...)))"
 
 
 def test_every_route_in_the_spec_is_in_the_table(tenant: TenantContext) -> None:

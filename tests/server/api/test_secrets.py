@@ -12,10 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter
 
-from baton.schemas.core import RunConfig
+from baton.schemas.core import Role, RunConfig
 from baton.schemas.responses import FlowRead, FlowRunRead
-from baton.server.models.redaction import MASK, mask_run_config
+from baton.server.access import allows
+from baton.server.app import api_routes, declared_action
+from baton.server.models.tenants import Principal
+from baton.server.shaping import MASK, mask_run_config
 from server.harness import TenantContext
 from support import HELLO_SOURCE, clean_env, wait_for
 
@@ -127,6 +132,45 @@ def test_answers_to_writes_keep_the_values_for_their_writers(tenant: TenantConte
     assert run.run_config.env == ENV
     assert user.cancel_flow_run(run.id).run_config.env == ENV
     assert register_secret_flow(tenant).run_config.env == ENV  # the same version again
+
+
+def _answers_run_configs(route: APIRoute) -> bool:
+    """Whether ``route``'s response model holds a run config anywhere (FlowRead, FlowRunRead, ClaimResponse...)."""
+    model = route.response_model
+    if model is None:
+        return False
+    schema = TypeAdapter(model).json_schema()
+    return "RunConfig" in json.dumps(schema)
+
+
+def test_every_route_answering_run_configs_masks_them_for_read_keys(
+    tenant: TenantContext, secret_flow: FlowRead, secret_run: FlowRunRead
+) -> None:
+    """The answers are shaped in one place (``server.shaping``): walk every route whose answer holds a run config.
+
+    A read key may call each such route the policy lets it call, and sees masked values there; the routes it may not
+    call are refused. A new route that answers run configs is swept here without being listed.
+    """
+    http = tenant.raw(tenant.key("read"))
+    ids = {"flow_id": secret_flow.id, "flow_run_id": secret_run.id, "agent_id": "", "task_run_id": ""}
+    swept = []
+    for path, route in api_routes():
+        if not _answers_run_configs(route):
+            continue
+        action = declared_action(route)
+        assert action is not None, path
+        for method in route.methods:
+            if not allows(Principal(tenant.id, tenant.name, Role.READ), action):
+                continue
+            assert method == "GET", f"a read key may {method} {path}: the policy lets it write"
+            response = http.get(path.format(**ids), params={"include": "parameters,states"} if "{" not in path else {})
+            assert response.status_code == 200, (path, response.text)
+            assert SECRET not in response.text and "eu-west-1" not in response.text, path
+            configs = run_configs(response.json())
+            assert configs and all(config["env"] == MASKED_ENV for config in configs), path
+            swept.append(path)
+
+    assert sorted(swept) == ["/api/flow_runs", "/api/flow_runs/{flow_run_id}", "/api/flows", "/api/flows/{flow_id}"]
 
 
 def test_masking_keeps_everything_but_env_values() -> None:

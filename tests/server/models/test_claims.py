@@ -117,7 +117,7 @@ def test_each_run_is_claimed_exactly_once_by_four_agents_polling_at_once(
     assert sorted(claimed_ids) == sorted(created)
     # And the server agrees on who has what, with one Pending per run
     owner = {run_id: agent_id for agent_id, ids in claims.items() for run_id in ids}
-    runs = user.list_flow_runs(limit=1000)
+    runs = user.list_flow_runs(limit=1000, include=["states"])
     assert len(runs) == total
     for run in runs:
         assert run.state == "Pending"

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
-from baton.schemas.responses import FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
+from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, StateName
-from baton.server.api.deps import Author, Db, NotifierDep, Reader, RunWriter, check_run_scope, transaction
+from baton.server import shaping
+from baton.server.access import Action, allow, check_state_allowed, run_holder
+from baton.server.api.deps import Db, NotifierDep, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
 from baton.server.models import agents, flow_runs, state_changes
-from baton.server.models.redaction import redact_flow_run
-from baton.server.models.tenants import check_runner_owns
+from baton.server.models.errors import InvalidRequest
+from baton.server.models.tenants import Principal
 
 router = APIRouter(prefix="/flow_runs", tags=["flow runs"], route_class=JsonRoute)
 
@@ -41,7 +43,7 @@ IDEMPOTENCY_KEY = Header(
 )
 def create_flow_run(
     payload: FlowRunCreate,
-    principal: Author,
+    principal: Annotated[Principal, allow(Action.FLOW_RUN_CREATE)],
     db: Db,
     notifier: NotifierDep,
     response: Response,
@@ -49,68 +51,97 @@ def create_flow_run(
 ) -> FlowRunRead:
     with transaction(db) as session:
         run, created = flow_runs.create_flow_run_once(session, principal.tenant_id, payload, idempotency_key)
-        result = flow_runs.to_read(session, [run])[0]
+        result = shaping.flow_run(session, principal, run)
     if created:
         notifier.notify_threadsafe(principal.tenant_id)  # after the commit: the woken agent must see the run
     else:
         response.status_code = 200
-    return redact_flow_run(principal, result)
+    return result
+
+
+def _include(include: str | None) -> frozenset[str]:
+    asked = frozenset(part.strip() for part in (include or "").split(",") if part.strip())
+    unknown = asked - flow_runs.HEAVY_FIELDS
+    if unknown:
+        raise InvalidRequest(f"unknown include {sorted(unknown)}: choose from {sorted(flow_runs.HEAVY_FIELDS)}")
+    return asked
 
 
 @router.get("", response_model=list[FlowRunRead])
 def list_flow_runs(
-    principal: Reader,
+    principal: Annotated[Principal, allow(Action.FLOW_RUN_LIST)],
     db: Db,
+    request: Request,
+    response: Response,
     state: Annotated[StateName | None, Query()] = None,
     flow_name: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+    cursor: Annotated[str | None, Query(max_length=500, description="from the last answer's X-Next-Cursor")] = None,
+    include: Annotated[
+        str | None, Query(max_length=100, description="heavy fields to include: parameters,states")
+    ] = None,
 ) -> list[FlowRunRead]:
-    if principal.is_run_token:
-        raise HTTPException(403, "a run token may only read its own flow run")
+    """Newest first. Items leave out ``parameters`` and ``states`` unless ``include`` names them; an answer stops
+    at ``limit`` items or at the server's byte budget, and then ``X-Next-Cursor`` says where the next page starts."""
+    wanted = _include(include)
     with transaction(db) as session:
-        runs = flow_runs.list_flow_runs(
+        page = flow_runs.list_flow_runs(
             session,
             principal.tenant_id,
-            state=state.value if state else None,
-            flow_name=flow_name,
+            flow_runs.RunFilter(state.value if state else None, flow_name),
             limit=limit,
             offset=offset,
+            cursor=cursor,
+            include=wanted,
+            max_bytes=request.app.state.settings.server.max_list_bytes,
         )
-        return [redact_flow_run(principal, r) for r in flow_runs.to_read(session, runs)]
+        items = shaping.flow_runs(session, principal, page.runs, flow_runs.HEAVY_FIELDS - wanted)
+    if page.next_cursor is not None:
+        response.headers[NEXT_CURSOR_HEADER] = page.next_cursor
+    return items
 
 
 @router.get("/{flow_run_id}", response_model=FlowRunRead)
-def get_flow_run(flow_run_id: str, principal: Reader, db: Db) -> FlowRunRead:
-    check_run_scope(principal, flow_run_id)
+def get_flow_run(flow_run_id: str, principal: Annotated[Principal, allow(Action.FLOW_RUN_READ)], db: Db) -> FlowRunRead:
     with transaction(db) as session:
-        run = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
-        return redact_flow_run(principal, flow_runs.to_read(session, [run])[0])
+        return shaping.flow_run(session, principal, flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id))
 
 
 @router.post("/{flow_run_id}/state", response_model=FlowRunRead, responses=error_responses(409))
-def set_state(flow_run_id: str, payload: StateSet, principal: RunWriter, db: Db, notifier: NotifierDep) -> FlowRunRead:
+def set_state(
+    flow_run_id: str,
+    payload: StateSet,
+    principal: Annotated[Principal, allow(Action.FLOW_RUN_SET_STATE)],
+    db: Db,
+    notifier: NotifierDep,
+) -> FlowRunRead:
     """Move the run to a new state; 409 with the reason when the state machine does not allow it."""
-    check_run_scope(principal, flow_run_id)
+    check_state_allowed(principal, payload.name)
     with transaction(db) as session:
-        run = state_changes.set_state(session, principal, flow_run_id, payload.name, payload.message, payload.data)
-        result = flow_runs.to_read(session, [run])[0]
+        held_by = run_holder(session, principal, flow_run_id)
+        run = state_changes.set_state(
+            session, principal.tenant_id, flow_run_id, payload.name, payload.message, payload.data, held_by
+        )
+        result = shaping.flow_run(session, principal, run)
     if payload.name in CLAIMABLE_STATES:
         notifier.notify_threadsafe(principal.tenant_id)
-    return redact_flow_run(principal, result)
+    return result
 
 
 @router.post("/{flow_run_id}/cancel", response_model=FlowRunRead, responses=error_responses(409))
-def cancel_flow_run(flow_run_id: str, principal: Author, db: Db) -> FlowRunRead:
+def cancel_flow_run(
+    flow_run_id: str, principal: Annotated[Principal, allow(Action.FLOW_RUN_CANCEL)], db: Db
+) -> FlowRunRead:
     """Cancel: at once when not deployed yet; otherwise Cancelling until the agent stops the deployment."""
     with transaction(db) as session:
-        run = state_changes.cancel(session, principal.tenant_id, flow_run_id)
-        return redact_flow_run(principal, flow_runs.to_read(session, [run])[0])
+        return shaping.flow_run(session, principal, state_changes.cancel(session, principal.tenant_id, flow_run_id))
 
 
 @router.get("/{flow_run_id}/explain", response_model=RunExplanation)
-def explain_flow_run(flow_run_id: str, principal: Reader, db: Db, request: Request) -> RunExplanation:
-    check_run_scope(principal, flow_run_id)
+def explain_flow_run(
+    flow_run_id: str, principal: Annotated[Principal, allow(Action.FLOW_RUN_EXPLAIN)], db: Db, request: Request
+) -> RunExplanation:
     # An agent is "live" if it long-polled or heartbeat within a few poll periods.
     stale_after = max(60.0, 3 * request.app.state.settings.server.max_claim_wait_seconds)
     with transaction(db) as session:
@@ -118,11 +149,11 @@ def explain_flow_run(flow_run_id: str, principal: Reader, db: Db, request: Reque
 
 
 @router.post("/{flow_run_id}/heartbeat", response_model=FlowRunHeartbeatResponse)
-def flow_run_heartbeat(flow_run_id: str, principal: RunWriter, db: Db) -> FlowRunHeartbeatResponse:
+def flow_run_heartbeat(
+    flow_run_id: str, principal: Annotated[Principal, allow(Action.FLOW_RUN_HEARTBEAT)], db: Db
+) -> FlowRunHeartbeatResponse:
     """The flow-run process is alive; the answer's state tells it when it is being cancelled."""
-    check_run_scope(principal, flow_run_id)
     with transaction(db) as session:
         run = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
-        check_runner_owns(session, principal, run)
         flow_runs.record_heartbeat(session, run)
         return FlowRunHeartbeatResponse(state=run.state)

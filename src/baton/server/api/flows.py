@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from baton.schemas.actions import FlowCreate
-from baton.schemas.responses import FlowRead
-from baton.server.api.deps import Author, Db, Reader, transaction
+from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRead
+from baton.server import shaping
+from baton.server.access import Action, allow
+from baton.server.api.deps import Db, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
 from baton.server.models import flows
-from baton.server.models.flow_runs import get_flow_run
-from baton.server.models.redaction import redact_flow
+from baton.server.models.tenants import Principal
 
 router = APIRouter(prefix="/flows", tags=["flows"], route_class=JsonRoute)
 
@@ -27,36 +28,41 @@ router = APIRouter(prefix="/flows", tags=["flows"], route_class=JsonRoute)
         **error_responses(409),
     },
 )
-def register_flow(payload: FlowCreate, principal: Author, db: Db, response: Response) -> FlowRead:
+def register_flow(
+    payload: FlowCreate, principal: Annotated[Principal, allow(Action.FLOW_REGISTER)], db: Db, response: Response
+) -> FlowRead:
     """Register a flow: a new version when its content changed, else the existing version (200)."""
     with transaction(db) as session:
         flow, created = flows.register_flow(session, principal.tenant_id, payload)
         if not created:
             response.status_code = 200
-        return redact_flow(principal, flows.to_read(flow))
+        return shaping.flow(principal, flow)
 
 
 @router.get("", response_model=list[FlowRead])
 def list_flows(
-    principal: Reader,
+    principal: Annotated[Principal, allow(Action.FLOW_LIST)],
     db: Db,
+    request: Request,
+    response: Response,
     name: Annotated[str | None, Query(max_length=200)] = None,
     all_versions: bool = False,
+    cursor: Annotated[str | None, Query(max_length=1000, description="from the last answer's X-Next-Cursor")] = None,
 ) -> list[FlowRead]:
-    if principal.is_run_token:
-        raise HTTPException(403, "a run token may only read its own flow")
+    """By name, newest version first; an answer stops at the server's byte budget, and then ``X-Next-Cursor``
+    says where the next page starts."""
+    budget = request.app.state.settings.server.max_list_bytes
     with transaction(db) as session:
-        found = flows.list_flows(session, principal.tenant_id, name, all_versions)
-        return [redact_flow(principal, flows.to_read(f)) for f in found]
+        page = flows.list_flows(session, principal.tenant_id, name, all_versions, cursor, budget)
+        items = shaping.flows(principal, page.flows)
+    if page.next_cursor is not None:
+        response.headers[NEXT_CURSOR_HEADER] = page.next_cursor
+    return items
 
 
 @router.get("/{flow_id}", response_model=FlowRead)
-def get_flow(flow_id: str, principal: Reader, db: Db, include_source: bool = False) -> FlowRead:
+def get_flow(
+    flow_id: str, principal: Annotated[Principal, allow(Action.FLOW_READ)], db: Db, include_source: bool = False
+) -> FlowRead:
     with transaction(db) as session:
-        if principal.is_run_token:
-            assert principal.flow_run_id is not None
-            run = get_flow_run(session, principal.tenant_id, principal.flow_run_id)
-            if run.flow_id != flow_id:
-                raise HTTPException(404, f"flow {flow_id} not found")
-        flow = flows.get_flow(session, principal.tenant_id, flow_id)
-        return redact_flow(principal, flows.to_read(flow, include_source))
+        return shaping.flow(principal, flows.get_flow(session, principal.tenant_id, flow_id), include_source)

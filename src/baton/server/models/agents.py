@@ -14,9 +14,10 @@ from baton.schemas.responses import AgentExplanation, AgentRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, DEPLOYED_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import Agent, FlowRun, utcnow
 from baton.server.models.claims import extend_leases
-from baton.server.models.errors import ObjectNotFound, StaleState
+from baton.server.models.errors import Conflict, ObjectNotFound, StaleState
 from baton.server.models.flow_runs import get_flow_run, transition
 from baton.server.models.ids import checked_id
+from baton.server.models.tenants import key_is_active
 
 _DEPLOYED = [state.value for state in DEPLOYED_STATES]
 # A run due this long ago and still unclaimed is late (derived, not a state: DESIGN.md §3).
@@ -24,7 +25,11 @@ LATE_AFTER_SECONDS = 5.0
 
 
 def register_agent(session: Session, tenant_id: str, payload: AgentRegister, api_key_id: str | None) -> Agent:
-    """Same name + type + labels -> same agent id, so a restarted agent keeps its identity."""
+    """Same name + type + labels -> same agent id, so a restarted agent keeps its identity.
+
+    The identity is bound to the key that registered it: another key gets :class:`Conflict` while that key is
+    active; once it is revoked, the next key to register takes the agent over (an operator rotating keys).
+    """
     labels_key = ",".join(payload.labels)
     identity = (
         Agent.tenant_id == tenant_id,
@@ -46,12 +51,22 @@ def register_agent(session: Session, tenant_id: str, payload: AgentRegister, api
                 session.add(agent)
         except IntegrityError:  # registered concurrently under the same identity
             agent = session.scalars(select(Agent).where(*identity)).one()
+    _check_bound_key(session, agent, api_key_id)
     agent.agent_config_id = payload.agent_config_id
     agent.version = payload.version
     agent.api_key_id = api_key_id
     agent.last_seen = utcnow()
     session.flush()
     return agent
+
+
+def _check_bound_key(session: Session, agent: Agent, api_key_id: str | None) -> None:
+    if agent.api_key_id is None or agent.api_key_id == api_key_id or not key_is_active(session, agent.api_key_id):
+        return
+    raise Conflict(
+        f"agent {agent.name!r} ({agent.type}, labels [{', '.join(agent.labels)}]) is registered with another key "
+        "that is still active: use that key, choose another agent name, or revoke that key to move the agent"
+    )
 
 
 def get_agent(session: Session, tenant_id: str, agent_id: str) -> Agent:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Text, and_, cast, exists, func, select, update
+from sqlalchemy.orm import Session, defer
 
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, utcnow
@@ -29,6 +29,7 @@ logger = logging.getLogger("baton.server")
 @dataclass
 class ClaimResult:
     runs: list[tuple[FlowRun, str]] = field(default_factory=list)  # (run, run token)
+    flows: list[Flow] = field(default_factory=list)  # the flows of ``runs``
     next_due: datetime | None = None  # earliest matching run not yet due, when nothing was claimed
 
 
@@ -48,13 +49,31 @@ def _matching(agent: Agent) -> ColumnElement[bool]:
     )
 
 
+def _run_size() -> ColumnElement[int]:
+    """SQL estimate of a claimed run's bytes in the answer: its parameters and run config (and its flow's, alike)."""
+    return 2 * func.coalesce(func.length(cast(FlowRun.run_config, Text)), 0) + func.coalesce(
+        func.length(cast(FlowRun.parameters, Text)), 0
+    )
+
+
 def claim_runs(
-    session: Session, agent: Agent, limit: int, prefetch_seconds: float, lease_seconds: float
+    session: Session,
+    agent: Agent,
+    limit: int,
+    prefetch_seconds: float,
+    lease_seconds: float,
+    max_bytes: int = 4 * 1024 * 1024,
 ) -> ClaimResult:
-    """Claim up to ``limit`` due runs for ``agent`` in the caller's transaction."""
+    """Claim up to ``limit`` due runs for ``agent`` in the caller's transaction.
+
+    Fewer when their estimated answer passes ``max_bytes`` (at least one): the agent claims the rest next time.
+    Candidates are read without their heavy columns, which only the claimed runs load.
+    """
     now = utcnow()
     horizon = now + timedelta(seconds=prefetch_seconds)
     result = ClaimResult()
+    total = 0
+    full = False
     # PostgreSQL: FOR UPDATE SKIP LOCKED hands concurrent claimers disjoint rows, so they neither wait on each
     # other nor lose compare-and-set races. SQLite has one writer at a time; there the compare-and-set in
     # ``transition`` is the guard, and a lost race just means trying the next candidates.
@@ -62,17 +81,19 @@ def claim_runs(
     for _round in range(3):
         wanted = limit - len(result.runs)
         query = (
-            select(FlowRun)
+            select(FlowRun, _run_size())
             .where(_matching(agent), FlowRun.scheduled_start_time <= horizon)
             .order_by(FlowRun.scheduled_start_time, FlowRun.created)
+            .options(defer(FlowRun.parameters), defer(FlowRun.run_config))
         )
         if skip_locked:
             query = query.limit(wanted).with_for_update(skip_locked=True, of=FlowRun)
         else:
             query = query.limit(wanted * 2)
-        candidates = session.scalars(query).all()
-        for run in candidates:
-            if len(result.runs) >= limit:
+        candidates = session.execute(query).all()
+        for run, size in candidates:
+            if len(result.runs) >= limit or (result.runs and total + int(size) > max_bytes):
+                full = True
                 break
             token = new_secret(RUN_TOKEN_PREFIX)
             extra = {
@@ -92,9 +113,12 @@ def claim_runs(
                 logger.warning("flow run %s failed instead of being claimed: %s", run.id, problems)
                 continue
             result.runs.append((run, token))
-        if len(result.runs) >= limit or len(candidates) < (wanted if skip_locked else wanted * 2):
+            total += int(size)
+        if full or len(result.runs) >= limit or len(candidates) < (wanted if skip_locked else wanted * 2):
             break
-    if not result.runs:
+    if result.runs:
+        result.flows = flow_queries.get_flows(session, agent.tenant_id, {run.flow_id for run, _token in result.runs})
+    else:
         result.next_due = session.scalar(
             select(func.min(FlowRun.scheduled_start_time)).where(
                 _matching(agent), FlowRun.scheduled_start_time > horizon

@@ -13,17 +13,17 @@ class InvalidRequest(BatonError):
     """A well-formed request that cannot be honoured (422), e.g. parameters that do not fit the flow."""
 
 
-class Forbidden(BatonError):
-    """The caller's role or scope does not allow this (403)."""
+class Conflict(BatonError):
+    """The request clashes with what exists (409), e.g. an agent identity bound to another, active key."""
 
 
 class StaleState(BatonError):
     """Another writer changed the run first; the caller may retry with the fresh state (409)."""
 
 
-class IdempotencyConflict(BatonError):
+class IdempotencyConflict(Conflict):
     """An idempotency key reused for a different request (409): a client bug, never a retry."""
 
 
-class LogsClosed(BatonError):
+class LogsClosed(Conflict):
     """The run ended longer ago than the server's log grace: it takes no more log lines (409)."""

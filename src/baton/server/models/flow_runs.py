@@ -6,18 +6,20 @@ compare-and-set on ``state_version`` in the caller's transaction, so two writers
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Text, and_, cast, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
 from baton.schemas.actions import FlowRunCreate
@@ -26,7 +28,7 @@ from baton.schemas.responses import FlowRunRead, StateRead
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
 from baton.server.models import flows as flow_queries
-from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
+from baton.server.models.errors import IdempotencyConflict, InvalidRequest, ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
 from baton.server.models.logs import with_dropped_note
 from baton.server.models.names import random_run_name
@@ -131,24 +133,97 @@ def get_flow_run(session: Session, tenant_id: str, flow_run_id: str) -> FlowRun:
     return run
 
 
+@dataclass(frozen=True)
+class RunFilter:
+    state: str | None = None
+    flow_name: str | None = None
+
+
+@dataclass
+class RunPage:
+    runs: list[FlowRun]
+    next_cursor: str | None  # where the next page starts; None when this one is the last
+
+
+# Every answer item carries this much besides its JSON columns (ids, names, times): the budget's estimate.
+_ITEM_OVERHEAD = 600
+# The heavy fields a list item leaves out unless asked for (``?include=``).
+HEAVY_FIELDS = frozenset({"parameters", "states"})
+
+
+def encode_cursor(run: FlowRun) -> str:
+    raw = json.dumps([run.created.isoformat(), run.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises InvalidRequest for anything :func:`encode_cursor` did not make."""
+    try:
+        created, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created), checked_id("flow run", run_id)
+    except (ValueError, TypeError, ObjectNotFound) as exc:
+        raise InvalidRequest(f"invalid cursor {cursor[:64]!r}: pass back the one an answer gave") from exc
+
+
+def _json_size(column: Any) -> Any:
+    return func.coalesce(func.length(cast(column, Text)), 0)
+
+
+def _item_size(include: frozenset[str]) -> Any:
+    """SQL estimate of one run's bytes in a list answer, from the lengths of its JSON columns."""
+    size = _json_size(FlowRun.run_config) + _json_size(FlowRun.labels) + _json_size(FlowRun.deployment)
+    if "parameters" in include:
+        size = size + _json_size(FlowRun.parameters)
+    if "states" in include:
+        per_state = _json_size(FlowRunState.data) + func.coalesce(func.length(FlowRunState.message), 0) + 100
+        states = select(func.coalesce(func.sum(per_state), 0)).where(FlowRunState.flow_run_id == FlowRun.id)
+        size = size + states.scalar_subquery()
+    return size + _ITEM_OVERHEAD
+
+
 def list_flow_runs(
     session: Session,
     tenant_id: str,
+    where: RunFilter,
     *,
-    state: str | None = None,
-    flow_name: str | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> list[FlowRun]:
-    stmt = select(FlowRun).where(FlowRun.tenant_id == tenant_id)
-    if state:
-        stmt = stmt.where(FlowRun.state == state)
-    if flow_name:
-        if "\x00" in flow_name:
-            return []  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one
-        stmt = stmt.join(Flow, Flow.id == FlowRun.flow_id).where(Flow.name == flow_name)
-    stmt = stmt.order_by(FlowRun.created.desc(), FlowRun.id).limit(limit).offset(offset)
-    return list(session.scalars(stmt))
+    cursor: str | None = None,
+    include: frozenset[str] = frozenset(),
+    max_bytes: int = 4 * 1024 * 1024,
+) -> RunPage:
+    """Newest first: up to ``limit`` runs, fewer when their estimated size passes ``max_bytes`` (at least one).
+
+    The sizes are read first (one query of lengths), then only the rows that fit, without the heavy columns not in
+    ``include``: a page never loads more than its budget, whatever the rows hold.
+    """
+    stmt = select(FlowRun.id, FlowRun.created, _item_size(include)).where(FlowRun.tenant_id == tenant_id)
+    if where.state:
+        stmt = stmt.where(FlowRun.state == where.state)
+    if where.flow_name:
+        if "\x00" in where.flow_name:
+            return RunPage([], None)  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one
+        stmt = stmt.join(Flow, Flow.id == FlowRun.flow_id).where(Flow.name == where.flow_name)
+    if cursor is not None:
+        created, run_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(FlowRun.created < created, and_(FlowRun.created == created, FlowRun.id > run_id)))
+        offset = 0
+    stmt = stmt.order_by(FlowRun.created.desc(), FlowRun.id).limit(limit + 1).offset(offset)
+    sizes = session.execute(stmt).all()
+    chosen: list[str] = []
+    total = 0
+    for run_id, _created, size in sizes[:limit]:
+        if chosen and total + int(size) > max_bytes:
+            break
+        chosen.append(run_id)
+        total += int(size)
+    query = select(FlowRun).where(FlowRun.id.in_(chosen))
+    if "parameters" not in include:
+        query = query.options(defer(FlowRun.parameters))
+    by_id = {run.id: run for run in session.scalars(query)}
+    runs = [by_id[run_id] for run_id in chosen if run_id in by_id]
+    more = len(chosen) < len(sizes)
+    return RunPage(runs, encode_cursor(runs[-1]) if more and runs else None)
 
 
 def _validation_problem(exc: ValidationError) -> str:
@@ -193,9 +268,10 @@ def _state_read(row: FlowRunState) -> StateRead:
     return StateRead(name=row.name, message=row.message, timestamp=row.timestamp, data=data)
 
 
-def to_read(session: Session, runs: Sequence[FlowRun]) -> list[FlowRunRead]:
+def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = frozenset()) -> list[FlowRunRead]:
     """Convert runs to their API form, loading their flows and state histories in two queries.
 
+    The fields named in ``omit`` (of :data:`HEAVY_FIELDS`) are left empty and listed in the item's ``omitted``.
     A stored JSON field that cannot be served (:func:`stored_json_problems`) is served empty and logged with the
     run's id, so the other runs of a list or a claim are served as usual; claims never hand out such a run
     (``claims.claim_runs`` fails it instead).
@@ -203,12 +279,17 @@ def to_read(session: Session, runs: Sequence[FlowRun]) -> list[FlowRunRead]:
     if not runs:
         return []
     run_ids = [run.id for run in runs]
-    flows = {f.id: f for f in session.scalars(select(Flow).where(Flow.id.in_({run.flow_id for run in runs})))}
+    flows = {
+        f.id: f
+        for f in session.scalars(
+            select(Flow).where(Flow.id.in_({run.flow_id for run in runs})).options(load_only(Flow.name, Flow.version))
+        )
+    }
     history: dict[str, list[StateRead]] = defaultdict(list)
     state_rows = session.scalars(
         select(FlowRunState).where(FlowRunState.flow_run_id.in_(run_ids)).order_by(FlowRunState.id)
     )
-    for row in state_rows:
+    for row in [] if "states" in omit else state_rows:
         history[row.flow_run_id].append(_state_read(row))
     reads = []
     for run in runs:
@@ -225,7 +306,7 @@ def to_read(session: Session, runs: Sequence[FlowRun]) -> list[FlowRunRead]:
                 state=run.state,
                 state_message=run.state_message,
                 labels=run.labels,
-                parameters={} if "parameters" in problems else run.parameters,
+                parameters={} if "parameters" in omit or "parameters" in problems else run.parameters,
                 agent_id=run.agent_id,
                 scheduled_start_time=run.scheduled_start_time,
                 created=run.created,
@@ -234,6 +315,7 @@ def to_read(session: Session, runs: Sequence[FlowRun]) -> list[FlowRunRead]:
                 deployment=None if "deployment" in problems else run.deployment,
                 run_config=_servable_run_config(run, problems),
                 states=history[run.id],
+                omitted=sorted(omit),
             )
         )
     return reads

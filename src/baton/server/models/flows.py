@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import Text, and_, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from baton.schemas.actions import FlowCreate
 from baton.schemas.core import RunConfig, Storage, json_value_problem
 from baton.schemas.responses import FlowRead
 from baton.server.database.orm import Flow
-from baton.server.models.errors import ObjectNotFound, StaleState
+from baton.server.models.errors import InvalidRequest, ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
 
 logger = logging.getLogger("baton.server")
@@ -97,10 +99,58 @@ def find_flow(session: Session, tenant_id: str, name: str, version: int | None) 
     return flow
 
 
-def list_flows(session: Session, tenant_id: str, name: str | None = None, all_versions: bool = False) -> list[Flow]:
+@dataclass
+class FlowPage:
+    flows: list[Flow]
+    next_cursor: str | None  # where the next page starts; None when this one is the last
+
+
+# Every answer item carries this much besides its JSON and text columns: the budget's estimate.
+_ITEM_OVERHEAD = 600
+
+
+def _length(column: Any) -> Any:
+    return func.coalesce(func.length(cast(column, Text)), 0)
+
+
+def _encode_cursor(flow: Flow) -> str:
+    raw = json.dumps([flow.name, flow.version]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, int]:
+    try:
+        name, version = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(name, str) or "\x00" in name or not isinstance(version, int):
+            raise TypeError("not a flow cursor")
+        return name, version
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"invalid cursor {cursor[:64]!r}: pass back the one an answer gave") from exc
+
+
+def list_flows(
+    session: Session,
+    tenant_id: str,
+    name: str | None = None,
+    all_versions: bool = False,
+    cursor: str | None = None,
+    max_bytes: int = 4 * 1024 * 1024,
+) -> FlowPage:
+    """Flows by name, newest version first, until their estimated size passes ``max_bytes`` (at least one).
+
+    The sizes are read first (one query of lengths), then only the rows that fit.
+    """
     if name and "\x00" in name:
-        return []  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one (a 500)
-    stmt = select(Flow).where(Flow.tenant_id == tenant_id)
+        return FlowPage([], None)  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one
+    size = (
+        _length(Flow.run_config)
+        + _length(Flow.parameters_schema)
+        + _length(Flow.tasks)
+        + _length(Flow.schedule)
+        + func.coalesce(func.length(Flow.description), 0)
+        + _ITEM_OVERHEAD
+    )
+    stmt = select(Flow.id, size).where(Flow.tenant_id == tenant_id)
     if name:
         stmt = stmt.where(Flow.name == name)
     if not all_versions:
@@ -111,7 +161,23 @@ def list_flows(session: Session, tenant_id: str, name: str | None = None, all_ve
             .subquery()
         )
         stmt = stmt.join(newest, (newest.c.name == Flow.name) & (newest.c.version == Flow.version))
-    return list(session.scalars(stmt.order_by(Flow.name, Flow.version.desc())))
+    if cursor is not None:
+        after_name, after_version = _decode_cursor(cursor)
+        stmt = stmt.where(or_(Flow.name > after_name, and_(Flow.name == after_name, Flow.version < after_version)))
+    chosen: list[str] = []
+    total = 0
+    more = False
+    for flow_id, flow_size in session.execute(stmt.order_by(Flow.name, Flow.version.desc())):
+        if chosen and total + int(flow_size) > max_bytes:
+            more = True
+            break
+        chosen.append(flow_id)
+        total += int(flow_size)
+    by_id = {
+        flow.id: flow for flow in session.scalars(select(Flow).where(Flow.id.in_(chosen)).options(defer(Flow.source)))
+    }
+    found = [by_id[flow_id] for flow_id in chosen if flow_id in by_id]
+    return FlowPage(found, _encode_cursor(found[-1]) if more and found else None)
 
 
 def stored_json_problems(flow: Flow) -> dict[str, str]:

@@ -10,8 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from baton.schemas.core import Role
-from baton.server.database.orm import Agent, ApiKey, FlowRun, Tenant
-from baton.server.models.errors import Forbidden, InvalidRequest
+from baton.server.database.orm import ApiKey, FlowRun, Tenant, utcnow
+from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound
+from baton.server.models.ids import checked_id
 
 API_KEY_PREFIX = "bat_"
 RUN_TOKEN_PREFIX = "batr_"  # noqa: S105 - a prefix, not a secret
@@ -103,14 +104,27 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     )
 
 
-def check_runner_owns(session: Session, principal: Principal, run: FlowRun) -> None:
-    """A runner key may change only runs that one of the agents it registered has claimed.
+def key_is_active(session: Session, key_id: str) -> bool:
+    """Whether API key ``key_id`` exists and is not revoked."""
+    return session.scalar(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))) is not None
+
+
+def revoke_api_key(session: Session, tenant_id: str, key_id: str, caller_key_id: str | None) -> ApiKey:
+    """Revoke a key of the tenant; a revoked key is unknown (404). Agents it registered may then be registered by
+    another key (``agents.register_agent``).
 
     Raises:
-        Forbidden: ``principal`` is a runner key and no agent of its claimed ``run`` (other principals pass).
+        ObjectNotFound: no such active key in the tenant.
+        Conflict: it is the caller's own key (revoke it with another admin key, so that one remains).
     """
-    if principal.role != Role.RUNNER or principal.is_run_token:
-        return
-    owner_key = session.scalar(select(Agent.api_key_id).where(Agent.id == run.agent_id)) if run.agent_id else None
-    if owner_key is None or owner_key != principal.key_id:
-        raise Forbidden("this runner key may only change runs claimed by its own agents")
+    key_id = checked_id("API key", key_id)
+    key = session.scalar(
+        select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    )
+    if key is None:
+        raise ObjectNotFound(f"API key {key_id} not found")
+    if key.id == caller_key_id:
+        raise Conflict("a key cannot revoke itself: use another admin key, so that the tenant keeps one")
+    key.revoked_at = utcnow()
+    session.flush()
+    return key

@@ -1,0 +1,301 @@
+"""Who may do what: the one access policy every route goes through (docs/design.md, Security model).
+
+:data:`POLICY` is the single source of truth: for each :class:`Action`, the kinds of principal allowed to perform it
+and the scope rule that narrows it to particular objects. Each route declares its action once, as a dependency::
+
+    @router.get("/{flow_run_id}")
+    def get_flow_run(flow_run_id: str, principal: Annotated[Principal, allow(Action.FLOW_RUN_READ)]) -> ...
+
+The dependency answers 403 when the principal's kind may not perform the action at all, then applies the scope:
+
+* :attr:`Scope.RUN` / :attr:`Scope.FLOW` / :attr:`Scope.TASK_RUN`: a run token reaches only its own run, that run's
+  flow and its task runs; anything else is 404, as if it did not exist.
+* :attr:`Scope.RUN_WRITE` / :attr:`Scope.TASK_RUN_WRITE`: the same, and a runner key changes only runs that one of
+  the agents it registered has claimed (403 otherwise).
+* :attr:`Scope.AGENT`: an agent is driven (claims, heartbeats) only by the key that registered it, whatever that
+  key's role (403 otherwise): an agent's identity is bound to its key.
+
+Objects of another tenant are 404 for everyone. Models never decide access; they may still refuse for reasons of
+state (e.g. an illegal transition, 409).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from baton.exceptions import BatonError
+from baton.schemas.states import StateName
+from baton.server.database.orm import Agent, FlowRun, TaskRun
+from baton.server.models.errors import ObjectNotFound
+from baton.server.models.ids import checked_id
+from baton.server.models.tenants import Principal
+
+
+class AccessDenied(BatonError):
+    """The principal's kind or scope does not allow this (403)."""
+
+
+class Kind(StrEnum):
+    """Kinds of principal: the four key roles and the run token."""
+
+    ADMIN = "admin"
+    USER = "user"
+    RUNNER = "runner"
+    READ = "read"
+    RUN_TOKEN = "run token"  # noqa: S105 - a kind of principal, not a secret
+
+
+class Action(StrEnum):
+    HEALTH = "health"
+    WHOAMI = "whoami"
+    KEY_CREATE = "key.create"
+    KEY_LIST = "key.list"
+    KEY_REVOKE = "key.revoke"
+    FLOW_REGISTER = "flow.register"
+    FLOW_LIST = "flow.list"
+    FLOW_READ = "flow.read"
+    FLOW_RUN_CREATE = "flow_run.create"
+    FLOW_RUN_LIST = "flow_run.list"
+    FLOW_RUN_READ = "flow_run.read"
+    FLOW_RUN_SET_STATE = "flow_run.set_state"
+    FLOW_RUN_CANCEL = "flow_run.cancel"
+    FLOW_RUN_EXPLAIN = "flow_run.explain"
+    FLOW_RUN_HEARTBEAT = "flow_run.heartbeat"
+    LOGS_READ = "logs.read"
+    LOGS_WRITE = "logs.write"
+    TASK_RUN_LIST = "task_run.list"
+    TASK_RUN_CREATE = "task_run.create"
+    TASK_RUN_SET_STATE = "task_run.set_state"
+    AGENT_REGISTER = "agent.register"
+    AGENT_LIST = "agent.list"
+    AGENT_CLAIM = "agent.claim"
+    AGENT_HEARTBEAT = "agent.heartbeat"
+
+
+class Scope(StrEnum):
+    PUBLIC = "public"  # no credential at all
+    TENANT = "tenant"  # anything of the caller's tenant
+    FLOW = "flow"
+    RUN = "run"
+    RUN_WRITE = "run write"
+    TASK_RUN_WRITE = "task run write"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class Rule:
+    kinds: frozenset[Kind]
+    scope: Scope = Scope.TENANT
+
+
+def _rule(kinds: str, scope: Scope = Scope.TENANT) -> Rule:
+    return Rule(frozenset(Kind(k.replace("_", " ")) for k in kinds.split()), scope)
+
+
+_ALL = "admin user runner read run_token"
+_KEYS = "admin user runner read"
+_RUN_WRITERS = "admin user runner run_token"
+
+# The policy. Read keys see everything of their tenant but change nothing; a run token reads and reports its own run
+# only (never the tenant's agents: ``explain`` lists them all); agents' calls are their registering key's alone.
+POLICY: dict[Action, Rule] = {
+    Action.HEALTH: _rule(_ALL, Scope.PUBLIC),
+    Action.WHOAMI: _rule(_ALL),
+    Action.KEY_CREATE: _rule("admin"),
+    Action.KEY_LIST: _rule("admin"),
+    Action.KEY_REVOKE: _rule("admin"),
+    Action.FLOW_REGISTER: _rule("admin user"),
+    Action.FLOW_LIST: _rule(_KEYS),
+    Action.FLOW_READ: _rule(_ALL, Scope.FLOW),
+    Action.FLOW_RUN_CREATE: _rule("admin user"),
+    Action.FLOW_RUN_LIST: _rule(_KEYS),
+    Action.FLOW_RUN_READ: _rule(_ALL, Scope.RUN),
+    Action.FLOW_RUN_SET_STATE: _rule(_RUN_WRITERS, Scope.RUN_WRITE),
+    Action.FLOW_RUN_CANCEL: _rule("admin user", Scope.RUN),
+    Action.FLOW_RUN_EXPLAIN: _rule(_KEYS, Scope.RUN),
+    Action.FLOW_RUN_HEARTBEAT: _rule(_RUN_WRITERS, Scope.RUN_WRITE),
+    Action.LOGS_READ: _rule(_ALL, Scope.RUN),
+    Action.LOGS_WRITE: _rule(_RUN_WRITERS, Scope.RUN_WRITE),
+    Action.TASK_RUN_LIST: _rule(_ALL, Scope.RUN),
+    Action.TASK_RUN_CREATE: _rule(_RUN_WRITERS, Scope.RUN_WRITE),
+    Action.TASK_RUN_SET_STATE: _rule(_RUN_WRITERS, Scope.TASK_RUN_WRITE),
+    Action.AGENT_REGISTER: _rule("admin runner"),
+    Action.AGENT_LIST: _rule(_KEYS),
+    Action.AGENT_CLAIM: _rule("admin runner", Scope.AGENT),
+    Action.AGENT_HEARTBEAT: _rule("admin runner", Scope.AGENT),
+}
+
+_S = StateName
+# The states each kind may ask for through POST /api/flow_runs/{id}/state (the state machine decides the rest).
+SETTABLE_STATES: dict[Kind, frozenset[StateName]] = {
+    Kind.RUN_TOKEN: frozenset({_S.RUNNING, _S.SUCCESS, _S.FAILED, _S.CANCELLED}),
+    Kind.RUNNER: frozenset({_S.SUBMITTED, _S.FAILED, _S.SCHEDULED, _S.CANCELLED}),
+    Kind.USER: frozenset({_S.SUCCESS, _S.FAILED, _S.CANCELLED}),
+    Kind.ADMIN: frozenset({_S.SUBMITTED, _S.FAILED, _S.SCHEDULED, _S.CANCELLED, _S.SUCCESS}),
+    Kind.READ: frozenset(),
+}
+
+
+def kind_of(principal: Principal) -> Kind:
+    if principal.is_run_token:
+        return Kind.RUN_TOKEN
+    return Kind(str(principal.role))
+
+
+def allows(principal: Principal, action: Action) -> bool:
+    """Whether ``principal``'s kind may perform ``action`` at all (before any scope rule)."""
+    return kind_of(principal) in POLICY[action].kinds
+
+
+def check_state_allowed(principal: Principal, name: StateName) -> None:
+    """Raises AccessDenied when ``principal`` may not ask for state ``name``.
+
+    Pending is nobody's to set: ``state_changes.set_state`` explains why (422), whoever asks.
+    """
+    if name != _S.PENDING and name not in SETTABLE_STATES[kind_of(principal)]:
+        raise AccessDenied(f"a {kind_of(principal)} may not set state {name.value}")
+
+
+def denial(kind: Kind, action: Action) -> str:
+    """The 403 message of ``kind`` refused ``action`` by its kind."""
+    if kind == Kind.RUN_TOKEN:
+        return f"a run token may only act on its own flow run; it may not do {action.value}"
+    allowed = ", ".join(sorted(k.value for k in POLICY[action].kinds if k != Kind.RUN_TOKEN))
+    return f"this key's role ({kind.value}) may not do this ({action.value}); needs one of: {allowed}"
+
+
+# --- the dependency every route declares --------------------------------------------------------------------
+
+
+class Authorize:
+    """The FastAPI dependency of one action: the caller (authenticated by ``server.authentication``), allowed."""
+
+    def __init__(self, action: Action) -> None:
+        self.action = action
+        self.rule = POLICY[action]
+
+    def __call__(self, request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+        # ``authorization`` is declared so that the OpenAPI document shows it; the middleware has checked it.
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:  # the authentication middleware refuses such requests before they get here
+            raise AccessDenied("not authenticated")
+        kind = kind_of(principal)
+        if kind not in self.rule.kinds:
+            raise AccessDenied(denial(kind, self.action))
+        if self.rule.scope not in (Scope.TENANT, Scope.PUBLIC):
+            factory: sessionmaker[Session] = request.app.state.session_factory
+            with factory() as session:
+                check_scope(session, principal, self.rule.scope, dict(request.path_params))
+        return principal
+
+
+class Public:
+    """The dependency of a route that needs no credential (it only names the route's action)."""
+
+    def __init__(self, action: Action) -> None:
+        if POLICY[action].scope != Scope.PUBLIC:
+            raise ValueError(f"{action} is not public")
+        self.action = action
+
+    def __call__(self) -> None:
+        return None
+
+
+def allow(action: Action) -> Any:
+    """``Depends`` on the authorised principal of ``action`` (for ``Annotated[Principal, allow(...)]``)."""
+    return Depends(Authorize(action))
+
+
+def route_action(dependencies: list[Any]) -> Action | None:
+    """The action a route declares, from its dependency callables (tests walk routes with this)."""
+    for call in dependencies:
+        if isinstance(call, Authorize | Public):
+            return call.action
+    return None
+
+
+# --- scope rules ---------------------------------------------------------------------------------------------
+
+
+def check_scope(session: Session, principal: Principal, scope: Scope, params: dict[str, str]) -> None:
+    """Apply ``scope`` to the objects named by the route's path ``params``.
+
+    Raises:
+        ObjectNotFound: not in the caller's tenant, or out of a run token's reach (404).
+        AccessDenied: a runner key on another key's run or agent, or any key on another key's agent (403).
+    """
+    if scope == Scope.AGENT:
+        _check_agent_owner(session, principal, params["agent_id"])
+        return
+    if scope == Scope.FLOW:
+        _check_flow(session, principal, params["flow_id"])
+        return
+    if scope == Scope.TASK_RUN_WRITE:
+        run_id = _task_run_flow_run(session, principal, params["task_run_id"])
+    else:
+        run_id = params["flow_run_id"]
+        if principal.is_run_token and run_id != principal.flow_run_id:
+            raise ObjectNotFound(f"flow run {run_id} not found")
+    if scope in (Scope.RUN_WRITE, Scope.TASK_RUN_WRITE) and kind_of(principal) == Kind.RUNNER:
+        _check_runner_holds(session, principal, run_id)
+
+
+def _check_flow(session: Session, principal: Principal, flow_id: str) -> None:
+    if not principal.is_run_token:
+        return
+    own = session.scalar(select(FlowRun.flow_id).where(FlowRun.id == principal.flow_run_id))
+    if own != flow_id:
+        raise ObjectNotFound(f"flow {flow_id} not found")
+
+
+def _task_run_flow_run(session: Session, principal: Principal, task_run_id: str) -> str:
+    task_run_id = checked_id("task run", task_run_id)
+    run_id = session.scalar(
+        select(TaskRun.flow_run_id).where(TaskRun.tenant_id == principal.tenant_id, TaskRun.id == task_run_id)
+    )
+    if run_id is None or (principal.is_run_token and run_id != principal.flow_run_id):
+        raise ObjectNotFound(f"task run {task_run_id} not found")
+    return run_id
+
+
+def run_holder(session: Session, principal: Principal, flow_run_id: str) -> str | None:
+    """For a runner key, the agent of its own that holds the run (else AccessDenied); None for other principals.
+
+    A state change passes it to ``state_changes.set_state`` as a precondition checked with the compare-and-set, so
+    a run released and claimed by another key's agent while the request was handled is never changed.
+    """
+    if kind_of(principal) != Kind.RUNNER:
+        return None
+    return _check_runner_holds(session, principal, flow_run_id)
+
+
+def _check_runner_holds(session: Session, principal: Principal, flow_run_id: str) -> str:
+    """A runner key changes only runs claimed by one of the agents it registered. Returns that agent's id."""
+    flow_run_id = checked_id("flow run", flow_run_id)
+    row = session.execute(
+        select(FlowRun.agent_id, Agent.api_key_id)
+        .outerjoin(Agent, Agent.id == FlowRun.agent_id)
+        .where(FlowRun.tenant_id == principal.tenant_id, FlowRun.id == flow_run_id)
+    ).first()
+    if row is None:
+        raise ObjectNotFound(f"flow run {flow_run_id} not found")
+    if row[0] is None or row[1] is None or row[1] != principal.key_id:
+        raise AccessDenied("this runner key may only change runs claimed by its own agents")
+    return str(row[0])
+
+
+def _check_agent_owner(session: Session, principal: Principal, agent_id: str) -> None:
+    agent_id = checked_id("agent", agent_id)
+    owner = session.execute(
+        select(Agent.api_key_id).where(Agent.tenant_id == principal.tenant_id, Agent.id == agent_id)
+    ).first()
+    if owner is None:
+        raise ObjectNotFound(f"agent {agent_id} not found")
+    if owner[0] is None or owner[0] != principal.key_id:
+        raise AccessDenied("this agent was registered with another key; only that key may drive it")

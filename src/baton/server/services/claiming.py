@@ -1,0 +1,86 @@
+"""Claims with a long poll: an agent's claim call waits up to ``wait_seconds`` for a run to become due.
+
+Each attempt claims in one transaction (``models.claims.claim_runs``); between attempts the call sleeps until the
+tenant's notifier wakes it (a run was created or put back in the queue), the next known run becomes due, or the
+recheck interval passes. The handler only parses, authorises and delegates here.
+
+Usage::
+
+    response = await claim_with_wait(claimer, payload, is_disconnected)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from baton.schemas.actions import ClaimRequest
+from baton.schemas.responses import ClaimResponse
+from baton.server.database.connection import transaction
+from baton.server.database.orm import utcnow
+from baton.server.models import agents, claims
+from baton.server.models.claims import ClaimResult
+from baton.server.notifier import RunNotifier
+from baton.settings import ServerSettings
+
+Shape = Callable[[Session, ClaimResult], ClaimResponse]
+
+
+@dataclass
+class Claimer:
+    """What claiming needs: the database, the wake-ups, the clock of the event loop and the server's timings."""
+
+    factory: sessionmaker[Session]
+    notifier: RunNotifier
+    loop_time: Callable[[], float]
+    settings: ServerSettings
+    tenant_id: str
+    agent_id: str
+    shape: Shape  # turns claimed rows into the answer, for the caller (``server.shaping``)
+
+
+def claim_once(claimer: Claimer, payload: ClaimRequest) -> tuple[ClaimResponse, ClaimResult]:
+    """One attempt, in one transaction: the agent is seen, due runs are claimed and shaped."""
+    with transaction(claimer.factory) as session:
+        agent = agents.get_agent(session, claimer.tenant_id, claimer.agent_id)
+        agents.touch(session, agent)
+        settings = claimer.settings
+        result = claims.claim_runs(
+            session,
+            agent,
+            payload.limit,
+            payload.prefetch_seconds,
+            settings.claim_lease_seconds,
+            settings.max_list_bytes,
+        )
+        return claimer.shape(session, result), result
+
+
+async def claim_with_wait(
+    claimer: Claimer, payload: ClaimRequest, is_disconnected: Callable[[], Awaitable[bool]]
+) -> ClaimResponse:
+    """Claim due runs; wait up to ``wait_seconds`` (capped by the server) for one to become ready."""
+    loop_time, notifier = claimer.loop_time, claimer.notifier
+    deadline = loop_time() + min(payload.wait_seconds, claimer.settings.max_claim_wait_seconds)
+    while True:
+        # Taken before the query: a run created while the query runs sets this event, so it is not missed.
+        wake_up = notifier.event(claimer.tenant_id)
+        response, result = await run_in_threadpool(claim_once, claimer, payload)
+        remaining = deadline - loop_time()
+        if response.runs or remaining <= 0 or await is_disconnected():
+            return response
+        timeout = min(remaining, claimer.settings.claim_recheck_seconds)
+        if result.next_due is not None:
+            due_in = (result.next_due - utcnow()).total_seconds() - payload.prefetch_seconds
+            timeout = min(timeout, max(due_in, 0.005))
+        await notifier.wait(wake_up, timeout)
+        if notifier.closing:
+            # The server is stopping: answer "nothing yet" now rather than be cut off mid-poll; the agent polls
+            # again, on another replica or once this one is back.
+            return ClaimResponse(runs=[])
+        if await is_disconnected():
+            # Claiming now would leave the run Pending with nobody to read the answer until its lease expires.
+            return ClaimResponse(runs=[])

@@ -1,0 +1,57 @@
+"""Issue 8, item 12: a run token reads and reports its own run only; it cannot list the tenant's agents, directly or
+through ``explain`` (which describes every registered agent)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from security.access_support import start_server
+from server.harness import TenantContext
+from support import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = start_server(tmp_path_factory.mktemp("run-token-scope"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def tenant(server: ServerProcess) -> Iterator[TenantContext]:
+    context = TenantContext.create(server)
+    yield context
+    context.close()
+
+
+def test_a_run_token_cannot_explain_its_run_or_list_agents(tenant: TenantContext) -> None:
+    staged = tenant.stage("Running")
+    assert staged.token is not None
+    http = tenant.raw(staged.token)
+
+    explained = http.get(f"/api/flow_runs/{staged.id}/explain")
+    agents = http.get("/api/agents")
+
+    assert explained.status_code == 403, explained.text
+    assert agents.status_code == 403, agents.text
+    assert staged.agent_id not in explained.text + agents.text
+    assert "run token may only act on its own flow run" in explained.json()["detail"]
+
+
+def test_a_run_token_still_reads_and_reports_its_own_run(tenant: TenantContext) -> None:
+    staged = tenant.stage("Running")
+    assert staged.token is not None
+    http = tenant.raw(staged.token)
+
+    assert http.get(f"/api/flow_runs/{staged.id}").status_code == 200
+    assert http.post(f"/api/flow_runs/{staged.id}/heartbeat").status_code == 200
+    assert http.post(f"/api/flow_runs/{staged.id}/state", json={"name": "Success"}).status_code == 200
+
+
+def test_keys_still_explain(tenant: TenantContext) -> None:
+    staged = tenant.stage("Running")
+
+    for role in ("admin", "user", "runner", "read"):
+        assert tenant.raw(tenant.key(role)).get(f"/api/flow_runs/{staged.id}/explain").status_code == 200
