@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from baton.agent.env import INHERITED_NAMES, RESERVED_NAMES
+from baton.agent.env import INHERITED_NAMES, INHERITED_PREFIXES, RESERVED_NAMES
 from baton.client import Client
 from baton.exceptions import AuthenticationError
 from security.local_support import (
@@ -219,7 +219,7 @@ def test_a_flow_gets_only_the_allow_listed_part_of_the_agents_environment(
 
     # Then the flow's environment is the allow-list, the run's BATON_ variables and the agent's --env, no more
     allowed = INHERITED_NAMES | RESERVED_NAMES | {"HOME", "USER", "LOGNAME", "FROM_AGENT_ENV"}
-    unexpected = {name for name in flow_env if name not in allowed and not name.startswith("LC_")}
+    unexpected = {name for name in flow_env if name not in allowed and not name.startswith(INHERITED_PREFIXES)}
     assert unexpected == set()
     assert flow_env["FROM_AGENT_ENV"] == "given"
     assert flow_env["LC_ALL"] == "C.UTF-8" and flow_env["TZ"] == "UTC"

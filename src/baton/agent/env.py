@@ -10,9 +10,10 @@ upper-cased name starts with ``BATON_`` are therefore dropped, and a driver that
 the case-variants of the reserved names from it (:func:`without_case_variants`).
 
 A driver that starts processes on the agent's host (the local agent) passes on only an allow-list of its own
-environment (:data:`INHERITED_NAMES`, ``LC_*``) with the HOME, USER and LOGNAME of the user the flow runs as
-(:func:`inherited_environment`): nothing else of the agent's (``BATON_HOME``, ``BATON__*``, its key, supervisord's
-variables, whatever its shell held) reaches flow code. What a flow needs beyond that is given with ``--env``.
+environment (:data:`INHERITED_NAMES`, ``LC_*``, ``BATON__LOGGING__*``) with the HOME, USER and LOGNAME of the user
+the flow runs as (:func:`inherited_environment`): nothing else of the agent's (``BATON_HOME``, other ``BATON__*``,
+its key, supervisord's variables, whatever its shell held) reaches flow code. What a flow needs beyond that is given
+with ``--env``.
 
 Usage::
 
@@ -67,7 +68,9 @@ INHERITED_NAMES = frozenset(
         *(name for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY") for name in (proxy, proxy.lower())),
     }
 )
-INHERITED_PREFIXES = ("LC_",)
+# BATON__LOGGING__*: the engine's log level and batching follow the agent's environment (no secret in them; the
+# reserved BATON__LOGGING__SEND_TO_API still wins).
+INHERITED_PREFIXES = ("LC_", "BATON__LOGGING__")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy.exc import IntegrityError
 
 from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
@@ -49,9 +50,17 @@ def create_flow_run(
     response: Response,
     idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
 ) -> FlowRunRead:
-    with transaction(db) as session:
-        run, created = flow_runs.create_flow_run_once(session, principal.tenant_id, payload, idempotency_key)
-        result = shaping.flow_run(session, principal, run)
+    try:
+        with transaction(db) as session:
+            run, created = flow_runs.create_flow_run_once(session, principal.tenant_id, payload, idempotency_key)
+            result = shaping.flow_run(session, principal, run)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        # A concurrent create with the same key committed first: this one is its retry, and now finds its run.
+        with transaction(db) as session:
+            run, created = flow_runs.create_flow_run_once(session, principal.tenant_id, payload, idempotency_key)
+            result = shaping.flow_run(session, principal, run)
     if created:
         notifier.notify_threadsafe(principal.tenant_id)  # after the commit: the woken agent must see the run
     else:

@@ -18,7 +18,6 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Text, and_, cast, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -60,24 +59,22 @@ def create_flow_run_once(
 
     The key is the client's name for one logical create: a retry whose first answer was lost finds the first run,
     across restarts and replicas, because the unique index on (tenant, key) decides, not this process's memory.
+    Two creates with one key racing: the loser's flush raises IntegrityError, and the caller runs this again in a
+    new transaction, which finds the winner's run. (No savepoint here: on SQLite a savepoint opened after a read
+    would make the insert fail at once with "database is locked" whenever another writer committed meanwhile.)
 
     Raises:
         IdempotencyConflict: the key was used before for a different request (409).
+        IntegrityError: a concurrent create with the same key committed first (retry in a new transaction).
     """
     if idempotency_key is None:
         return create_flow_run(session, tenant_id, payload), True
     digest = request_hash(payload)
     existing = _run_with_key(session, tenant_id, idempotency_key)
     if existing is None:
-        try:
-            with session.begin_nested():
-                run = create_flow_run(session, tenant_id, payload, idempotency=(idempotency_key, digest))
-                session.flush()
-            return run, True
-        except IntegrityError:  # the same key committed concurrently (another replica, or a racing retry)
-            existing = _run_with_key(session, tenant_id, idempotency_key)
-            if existing is None:
-                raise
+        run = create_flow_run(session, tenant_id, payload, idempotency=(idempotency_key, digest))
+        session.flush()
+        return run, True
     if existing.idempotency_hash != digest:
         raise IdempotencyConflict(
             f"Idempotency-Key {idempotency_key!r} was used for a different request (flow run {existing.id}); "
