@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from baton.server.models import cursors
 from security.access_support import start_server
 from server.harness import TenantContext
 from support import ServerProcess
@@ -96,14 +97,41 @@ def test_the_client_follows_the_cursor(tenant: TenantContext, big_runs: list[str
 
 @pytest.mark.parametrize(
     "params",
-    [{"cursor": "not-a-cursor"}, {"cursor": "WyJ4IiwgInkiXQ"}, {"include": "source"}],
-    ids=["garbage-cursor", "forged-cursor", "unknown-include"],
+    [
+        {"cursor": "not-a-cursor"},
+        {"cursor": "WyJ4IiwgInkiXQ"},
+        {"include": "source"},
+        {"cursor": cursors.encode("x", 7)},
+        {"cursor": cursors.encode("2030-01-01T00:00:00", "0b6d0f0e-9b35-4d59-9f4e-0d9c2f1f3a11")},
+        {"cursor": cursors.encode("2030-01-01T00:00:00+00:00")},
+        {"cursor": "WyJ4IiwgTmFOXQ"},
+    ],
+    ids=["garbage-cursor", "forged-cursor", "unknown-include", "id-not-text", "naive-time", "short", "nan"],
 )
 def test_bad_cursors_and_includes_are_422(http: httpx.Client, big_runs: list[str], params: dict[str, str]) -> None:
     response = http.get("/api/flow_runs", params=params)
 
     assert response.status_code == 422, response.text
     assert isinstance(response.json()["detail"], str)
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        cursors.encode("hello", 10**30),
+        cursors.encode("hello", True),
+        cursors.encode("hello", 0),
+        cursors.encode("x" * 300, 1),
+        cursors.encode(7, 1),
+        "WyJoZWxsbyIsIDEuNV0",
+    ],
+    ids=["huge-version", "bool-version", "version-0", "long-name", "name-not-text", "float-version"],
+)
+def test_forged_flow_cursors_are_422(http: httpx.Client, big_runs: list[str], cursor: str) -> None:
+    response = http.get("/api/flows", params={"cursor": cursor})
+
+    assert response.status_code == 422, response.text
+    assert "invalid cursor" in response.json()["detail"]
 
 
 def test_log_pages_stop_at_the_byte_budget(tenant: TenantContext, http: httpx.Client) -> None:

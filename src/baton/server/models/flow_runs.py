@@ -6,7 +6,6 @@ compare-and-set on ``state_version`` in the caller's transaction, so two writers
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -26,8 +25,9 @@ from baton.schemas.core import RunConfig, json_value_problem
 from baton.schemas.responses import FlowRunRead, StateRead
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
+from baton.server.models import cursors
 from baton.server.models import flows as flow_queries
-from baton.server.models.errors import IdempotencyConflict, InvalidRequest, ObjectNotFound, StaleState
+from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
 from baton.server.models.logs import with_dropped_note
 from baton.server.models.names import random_run_name
@@ -149,17 +149,16 @@ HEAVY_FIELDS = frozenset({"parameters", "states"})
 
 
 def encode_cursor(run: FlowRun) -> str:
-    raw = json.dumps([run.created.isoformat(), run.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode(run.created.isoformat(), run.id)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Raises InvalidRequest for anything :func:`encode_cursor` did not make."""
+    created, run_id = cursors.decode(cursor, str, str)
     try:
-        created, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created), checked_id("flow run", run_id)
-    except (ValueError, TypeError, ObjectNotFound) as exc:
-        raise InvalidRequest(f"invalid cursor {cursor[:64]!r}: pass back the one an answer gave") from exc
+        return cursors.aware_timestamp(cursor, created), checked_id("flow run", run_id)
+    except ObjectNotFound as exc:
+        raise cursors.invalid(cursor) from exc
 
 
 def _json_size(column: Any) -> Any:
@@ -228,7 +227,7 @@ def _validation_problem(exc: ValidationError) -> str:
     return f"{'.'.join(str(part) for part in first['loc']) or 'value'}: {first['msg']}"
 
 
-def stored_json_problems(run: FlowRun) -> dict[str, str]:
+def stored_json_problems(run: FlowRun, omit: frozenset[str] = frozenset()) -> dict[str, str]:
     """The run's stored JSON fields that cannot be served as they are, with why (empty when all can).
 
     Input is checked before it is stored (``MAX_JSON_DEPTH``, finite numbers, storable text), but rows written
@@ -236,10 +235,13 @@ def stored_json_problems(run: FlowRun) -> dict[str, str]:
     and claim of its tenant fail (issue 8, item 3).
     """
     problems: dict[str, str] = {}
-    parameters: Any = run.parameters  # typed dict, but a row written by hand may hold any JSON
-    if not isinstance(parameters, dict):
-        problems["parameters"] = "not a JSON object"
-    for name, value in (("parameters", run.parameters), ("deployment", run.deployment)):
+    checked: list[tuple[str, Any]] = [("deployment", run.deployment)]
+    if "parameters" not in omit:  # an omitted field is not loaded (a list defers it): looking would load it
+        parameters: Any = run.parameters  # typed dict, but a row written by hand may hold any JSON
+        if not isinstance(parameters, dict):
+            problems["parameters"] = "not a JSON object"
+        checked.append(("parameters", parameters))
+    for name, value in checked:
         problem = json_value_problem(value)
         if problem is not None:
             problems[name] = problem
@@ -283,14 +285,15 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
         )
     }
     history: dict[str, list[StateRead]] = defaultdict(list)
-    state_rows = session.scalars(
-        select(FlowRunState).where(FlowRunState.flow_run_id.in_(run_ids)).order_by(FlowRunState.id)
-    )
-    for row in [] if "states" in omit else state_rows:
-        history[row.flow_run_id].append(_state_read(row))
+    if "states" not in omit:
+        state_rows = session.scalars(
+            select(FlowRunState).where(FlowRunState.flow_run_id.in_(run_ids)).order_by(FlowRunState.id)
+        )
+        for row in state_rows:
+            history[row.flow_run_id].append(_state_read(row))
     reads = []
     for run in runs:
-        problems = stored_json_problems(run)
+        problems = stored_json_problems(run, omit)
         if problems:
             logger.warning("flow run %s: stored fields cannot be served, served empty: %s", run.id, problems)
         reads.append(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -14,11 +13,12 @@ from sqlalchemy import Text, and_, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
-from baton.schemas.actions import FlowCreate
+from baton.schemas.actions import MAX_INT, FlowCreate
 from baton.schemas.core import RunConfig, Storage, json_value_problem
 from baton.schemas.responses import FlowRead
 from baton.server.database.orm import Flow
-from baton.server.models.errors import InvalidRequest, ObjectNotFound, StaleState
+from baton.server.models import cursors
+from baton.server.models.errors import ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
 
 logger = logging.getLogger("baton.server")
@@ -114,18 +114,14 @@ def _length(column: Any) -> Any:
 
 
 def _encode_cursor(flow: Flow) -> str:
-    raw = json.dumps([flow.name, flow.version]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode(flow.name, flow.version)
 
 
 def _decode_cursor(cursor: str) -> tuple[str, int]:
-    try:
-        name, version = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not isinstance(name, str) or "\x00" in name or not isinstance(version, int):
-            raise TypeError("not a flow cursor")
-        return name, version
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"invalid cursor {cursor[:64]!r}: pass back the one an answer gave") from exc
+    name, version = cursors.decode(cursor, str, int)
+    if not 1 <= version <= MAX_INT or len(name) > 200:  # 200: the width of the name column
+        raise cursors.invalid(cursor)
+    return name, version
 
 
 def list_flows(
