@@ -226,3 +226,14 @@ def test_ship_output_captures_print_and_logging_then_restores_everything(api: Fa
         ("stderr", logging.WARNING, "complained"),
         ("baton.tests.capture", logging.INFO, "logged"),
     ]
+
+
+def test_text_the_api_refuses_is_replaced_not_sent_to_fail_its_batch() -> None:
+    from baton.engine.logs import storable
+    from baton.schemas.actions import LogEntry
+
+    for text in ("a\x00b", "file-\udcff.csv", "plain"):
+        LogEntry.model_validate({"timestamp": "2030-01-01T00:00:00Z", "message": storable(text)})
+    assert storable("file-\udcff.csv") == "file-\\udcff.csv"
+    assert storable("a\x00b") == "a\ufffdb"
+    assert storable("plain ✓") == "plain ✓"

@@ -152,3 +152,12 @@ def test_a_run_that_just_ended_still_takes_its_last_lines(tenant: TenantContext,
     run = tenant.stage("Success")
 
     assert user.write_logs(run.id, lines(3)).written == 3
+
+
+def test_a_sender_cannot_take_the_servers_marker_key(tenant: TenantContext) -> None:
+    staged = tenant.stage("Running")
+    raw = tenant.raw(staged.token)
+    line = {"key": "baton:log-quota", "timestamp": "2030-01-01T00:00:00Z", "message": "I am the marker"}
+    response = raw.post(f"/api/flow_runs/{staged.id}/logs", json={"logs": [line]})
+    assert response.status_code == 422, response.text
+    assert tenant.admin.get_logs(staged.id).logs == []

@@ -144,3 +144,12 @@ def test_an_integer_too_long_to_convert_is_422(tenant: TenantContext) -> None:
 
     assert response.status_code == 422, response.text
     assert "cannot be read" in response.json()["detail"]
+
+
+def test_a_body_that_is_not_utf8_is_400_saying_so(tenant: TenantContext) -> None:
+    raw = tenant.raw(tenant.admin_key)
+    response = raw.post(
+        "/api/flow_runs", content=b'{"flow_name": "\xff"}', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert "UTF-8" in response.json()["detail"]

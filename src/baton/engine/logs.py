@@ -49,6 +49,18 @@ def _note(message: str) -> None:
     print(f"baton.engine: {message}", file=_real_stderr(), flush=True)
 
 
+def storable(text: str) -> str:
+    """``text`` with what the API refuses in text replaced: NUL (PostgreSQL cannot store it) and lone surrogates
+    (bytes of a file name decoded with ``surrogateescape``). One such line must not cost its whole batch."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class LogShipper:
     """Buffers log entries and sends them with ``Client.write_logs`` from its own thread.
 
@@ -121,8 +133,8 @@ class LogShipper:
             "key": uuid.uuid4().hex,  # lets the API drop a line sent twice by a retried batch
             "timestamp": datetime.now(UTC).isoformat(),
             "level": level,
-            "name": name[:MAX_LOG_NAME_LENGTH],
-            "message": message[:MAX_MESSAGE_LENGTH],
+            "name": storable(name[:MAX_LOG_NAME_LENGTH]),
+            "message": storable(message[:MAX_MESSAGE_LENGTH]),
             "task_run_id": task_run_id,
         }
         with self._condition:

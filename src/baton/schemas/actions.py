@@ -17,6 +17,7 @@ NAME_FIELD = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-
 MAX_SOURCE_BYTES = 5 * 1024 * 1024
 MAX_LOGS_PER_BATCH = 1000
 MAX_MESSAGE_LENGTH = 100_000
+RESERVED_LOG_KEY_PREFIX = "baton:"
 
 
 MAX_INT = 2**31 - 1  # fits every database's INTEGER: larger numbers are refused with 422, not stored
@@ -133,6 +134,14 @@ class LogEntry(StrictModel):
 
     _text_timestamp = field_validator("timestamp", mode="before")(_timestamp_text)
     _utc_timestamp = field_validator("timestamp")(_utc)
+
+    @field_validator("key")
+    @classmethod
+    def _not_the_servers(cls, key: str | None) -> str | None:
+        # The server's own lines (the log-quota marker) use keys under "baton:": a sender's line must not take one.
+        if key is not None and key.startswith(RESERVED_LOG_KEY_PREFIX):
+            raise ValueError(f"log keys starting with {RESERVED_LOG_KEY_PREFIX!r} are the server's")
+        return key
 
 
 class LogsCreate(StrictModel):

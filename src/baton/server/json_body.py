@@ -60,8 +60,8 @@ def parse_json_body(body: bytes) -> Any:
     """Parse a request body as strict JSON.
 
     Raises:
-        HTTPException: 422 for NaN/Infinity, a number Python cannot convert, or nesting deeper than
-            :data:`MAX_BODY_DEPTH`.
+        HTTPException: 400 for a body that is not UTF-8 text; 422 for NaN/Infinity, a number Python cannot
+            convert, or nesting deeper than :data:`MAX_BODY_DEPTH`.
         json.JSONDecodeError: malformed JSON (FastAPI answers it with its own 422).
     """
     too_deep = f"the request body is nested deeper than {MAX_BODY_DEPTH} levels (JSON values: {MAX_JSON_DEPTH})"
@@ -71,6 +71,8 @@ def parse_json_body(body: bytes) -> Any:
         raise HTTPException(422, str(exc)) from exc
     except json.JSONDecodeError:
         raise
+    except UnicodeDecodeError as exc:  # a ValueError too, but the body's fault as text, not as a number
+        raise HTTPException(400, "the request body is not UTF-8 JSON text") from exc
     except ValueError as exc:  # e.g. an integer of more than 4300 digits: Python refuses to convert it
         raise HTTPException(422, f"a number in the body cannot be read: {str(exc)[:200]}") from exc
     except RecursionError as exc:  # the C parser's guard, some thousand levels down: long past the limit

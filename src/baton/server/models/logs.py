@@ -25,12 +25,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from baton.schemas.actions import LogEntry
+from baton.schemas.actions import RESERVED_LOG_KEY_PREFIX, LogEntry
 from baton.schemas.states import FINAL_STATES
 from baton.server.database.orm import FlowRun, Log, utcnow
 from baton.server.models.errors import LogsClosed
 
-MARKER_KEY = "baton:log-quota"
+MARKER_KEY = f"{RESERVED_LOG_KEY_PREFIX}log-quota"
 MARKER_LEVEL = 30  # logging.WARNING
 _NOTE = re.compile(r" \[\d+ log lines? dropped: [^\]]*\]$")
 
