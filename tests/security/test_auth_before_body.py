@@ -79,3 +79,12 @@ def test_health_needs_no_key(server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_a_claim_body_is_small_whoever_sends_it(server: ServerProcess) -> None:
+    # Claims are not counted among the requests in flight (they wait), so any credential's big body there would
+    # be parsed unbounded: a read key's 1 MB claim is refused from its headers (413), never parsed.
+    admin = server.client()
+    read_key = admin.create_api_key("read", name="big claims").key
+    answer, _took = headers_only(server, "/api/agents/0b6d0f0e-9b35-4d59-9f4e-0d9c2f1f3a11/claim", f"Bearer {read_key}")
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]

@@ -11,6 +11,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# A claim's body is three numbers: anything near this is not a claim.
+LONG_POLL_MAX_BODY_BYTES = 64 * 1024
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -114,7 +117,8 @@ class Admission:
 
     * At most ``max_requests`` requests are handled at once, from before their body is read until their answer is
       sent (an answer of a large run or flow takes several times its size while it is built and sent). Long polls
-      (``long_poll`` paths: agents' claims, which mostly wait) and ``exempt`` paths (health) are not counted.
+      (``long_poll`` paths: agents' claims, which mostly wait; their bodies are limited to 64 KiB instead) and
+      ``exempt`` paths (health) are not counted.
     * The requests with a body hold its declared size (the body limit when undeclared) from a budget of
       ``max_bytes_in_flight``: parsing, storing and answering a body takes several times its size.
 
@@ -134,12 +138,18 @@ class Admission:
         self.exempt = exempt
         self.max_body_bytes = max_body_bytes
         self.long_poll = long_poll
+        self._small_bodies = BodySizeLimit(app, LONG_POLL_MAX_BODY_BYTES)
         self.slots = ByteBudget(max(max_requests, 1))  # one "byte" per request
         self.budget = ByteBudget(max(max_bytes_in_flight, 1))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt or self.long_poll.match(scope["path"]):
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
+            return
+        if self.long_poll.match(scope["path"]):
+            # Not counted (they mostly wait), so their bodies get a small limit of their own: FastAPI parses a body
+            # before the route's access check, and any credential may call the route.
+            await self._small_bodies(scope, receive, send)
             return
         size = self._declared(scope)
         await self.slots.acquire(1)
