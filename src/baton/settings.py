@@ -90,6 +90,9 @@ class ServerSettings(BaseModel):
     # sizes); more wait their turn. These bound the server's memory under many large requests (bench/memory.py).
     max_requests_in_flight: int = Field(default=8, ge=1)
     max_body_bytes_in_flight: int = Field(default=40 * 1024 * 1024, gt=0)
+    # A request holding one of the slots above must have sent its whole body within this long (408 after): slow
+    # uploads from a valid credential (a flow's run token, say) cannot hold every slot.
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
     # Recovery (docs/design.md §7): a deployed run is lost when neither its flow-run process nor its agent has
     # vouched for it (heartbeats) for this long.
     run_heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -88,3 +88,21 @@ def test_a_claim_body_is_small_whoever_sends_it(server: ServerProcess) -> None:
     read_key = admin.create_api_key("read", name="big claims").key
     answer, _took = headers_only(server, "/api/agents/0b6d0f0e-9b35-4d59-9f4e-0d9c2f1f3a11/claim", f"Bearer {read_key}")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_a_body_sent_too_slowly_is_408_and_frees_its_slot(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A valid credential (a flow's run token, say) sending bodies slowly must not hold the server's request slots:
+    # with one slot and a 1 s body timeout, a request that never sends its body is answered 408, and the next
+    # request is served.
+    process = start_server(
+        tmp_path_factory.mktemp("slow-bodies"),
+        BATON__SERVER__MAX_REQUESTS_IN_FLIGHT="1",
+        BATON__SERVER__BODY_TIMEOUT_SECONDS="1",
+    )
+    try:
+        key = process.admin_key
+        answer, _took = headers_only(process, "/api/flow_runs", f"Bearer {key}", timeout=30)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert process.client().whoami().role == "admin"
+    finally:
+        process.stop()

@@ -122,6 +122,7 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
         Admission,
         max_requests=server.max_requests_in_flight,
         max_bytes_in_flight=server.max_body_bytes_in_flight,
+        body_timeout_seconds=server.body_timeout_seconds,
         max_body_bytes=server.max_body_bytes,
         long_poll=LONG_POLL,
         exempt=public,

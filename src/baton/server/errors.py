@@ -98,6 +98,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     409: "Illegal state transition, the object changed while the request was handled (retry), it clashes with "
     "what exists (an agent registered with another key, an Idempotency-Key used for another request), or logs "
     "sent to a run that ended.",
+    408: "The request body did not arrive in time (the server's body timeout).",
     413: "Request body larger than the server's limit.",
     422: "Invalid input: a list of the invalid fields, or one message.",
     429: "Too many failed authentications from this address; retry after Retry-After seconds.",
@@ -115,14 +116,15 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def _error_statuses(operation: dict[str, Any]) -> set[int]:
     """The error answers the stack around the handler can give to ``operation``.
 
-    Every operation: 503 (database busy). With a body: 400 (undecodable), 413 (too large, refused by
-    ``limits.BodySizeLimit``), 422. With the Authorization header: 401, 403, 429 (``api/deps.py``). With a path
-    parameter: 404 (an id names nothing in the caller's tenant).
+    Every operation: 503 (database busy). With a body: 400 (undecodable), 408 (sent too slowly, ``limits.Admission``),
+    413 (too large, refused by ``limits.BodySizeLimit``), 422. With the Authorization header: 401, 403, 429
+    (``authentication.AuthenticateFirst``, ``access``). With a path parameter: 404 (an id names nothing in the
+    caller's tenant).
     """
     statuses = {503}
     parameters = operation.get("parameters", [])
     if "requestBody" in operation:
-        statuses |= {400, 413, 422}
+        statuses |= {400, 408, 413, 422}
     if any(p.get("in") == "header" and p.get("name", "").lower() == "authorization" for p in parameters):
         statuses |= {401, 403, 429}
     if any(p.get("in") == "path" for p in parameters):

@@ -133,8 +133,10 @@ class Admission:
         max_body_bytes: int,
         long_poll: re.Pattern[str],
         exempt: frozenset[str] = frozenset(),
+        body_timeout_seconds: float = 30.0,
     ) -> None:
         self.app = app
+        self.body_timeout_seconds = body_timeout_seconds
         self.exempt = exempt
         self.max_body_bytes = max_body_bytes
         self.long_poll = long_poll
@@ -156,11 +158,50 @@ class Admission:
         try:
             taken = await self.budget.acquire(size) if size else 0
             try:
-                await self.app(scope, receive, send)
+                await self._within_body_deadline(scope, receive, send)
             finally:
                 self.budget.release(taken)
         finally:
             self.slots.release(1)
+
+    async def _within_body_deadline(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app, given ``body_timeout_seconds`` to receive the whole body: past it, 408 and the slot is free."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_seconds
+        body_done = False
+        timed_out = False
+        response_started = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done, timed_out
+            if body_done:
+                return await receive()  # past the body: only a disconnect can come, and waiting for it is fine
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                timed_out = True
+                return {"type": "http.disconnect"}
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if timed_out:
+                return  # the app's answer to a cut-off body is replaced by the 408 below
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            if not timed_out:
+                raise
+        if timed_out and not response_started:
+            detail = f"the request body did not arrive within {self.body_timeout_seconds:g} s"
+            await send(
+                {"type": "http.response.start", "status": 408, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 
     def _declared(self, scope: Scope) -> int:
         headers = dict(scope.get("headers") or [])
