@@ -6,7 +6,6 @@ the first key out and let the second fail the first agent's runs through heartbe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from uuid import uuid4
 
 import pytest
@@ -16,23 +15,8 @@ from baton.schemas.states import StateName
 from baton.server.database.connection import create_database_engine, create_session_factory, transaction
 from baton.server.models import state_changes
 from baton.server.models.errors import StaleState
-from security.access_support import key_id_of, start_server
+from security.access_support import key_id_of
 from server.harness import TenantContext, unique
-from support import ServerProcess
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = start_server(tmp_path_factory.mktemp("agent-identity"))
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def tenant(server: ServerProcess) -> Iterator[TenantContext]:
-    context = TenantContext.create(server)
-    yield context
-    context.close()
 
 
 def test_a_second_runner_key_cannot_take_over_an_agent_or_fail_its_runs(tenant: TenantContext) -> None:

@@ -3,27 +3,7 @@ through ``explain`` (which describes every registered agent)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from security.access_support import start_server
 from server.harness import TenantContext
-from support import ServerProcess
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = start_server(tmp_path_factory.mktemp("run-token-scope"))
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def tenant(server: ServerProcess) -> Iterator[TenantContext]:
-    context = TenantContext.create(server)
-    yield context
-    context.close()
 
 
 def test_a_run_token_cannot_explain_its_run_or_list_agents(tenant: TenantContext) -> None:

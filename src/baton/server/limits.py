@@ -7,12 +7,55 @@ import asyncio
 import json
 import re
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # A claim's body is three numbers: anything near this is not a claim.
 LONG_POLL_MAX_BODY_BYTES = 64 * 1024
+
+
+async def send_error(send: Send, status: int, detail: str) -> None:
+    """Answer ``status`` with ``{"detail": detail}``."""
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+
+async def serve_unless_cut(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Callable[[], Awaitable[Message | None]],
+    send: Send,
+    refusal: tuple[int, str],
+) -> None:
+    """Run ``app`` on a body ``receive`` may cut off (it returns None): the app then sees a disconnect, its own answer
+    (or error) is dropped, and ``refusal`` (status, detail) is sent instead, unless the app had answered already.
+    Frameworks turn errors raised while reading into their own 400: cutting the body is how the reason survives."""
+    cut = False
+    response_started = False
+
+    async def guarded_receive() -> Message:
+        nonlocal cut
+        message = await receive()
+        if message is None:
+            cut = True
+            return {"type": "http.disconnect"}
+        return message
+
+    async def guarded_send(message: Message) -> None:
+        nonlocal response_started
+        if cut:
+            return
+        response_started = response_started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, guarded_receive, guarded_send)
+    except Exception:
+        if not cut:
+            raise
+    if cut and not response_started:
+        await send_error(send, *refusal)
 
 
 class BodySizeLimit:
@@ -24,51 +67,23 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        refusal = (413, f"request body larger than {self.max_bytes} bytes")
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+            await send_error(send, *refusal)
             return
         received = 0
-        too_large = False
-        response_started = False
 
-        async def limited_receive() -> Message:
-            nonlocal received, too_large
+        async def limited_receive() -> Message | None:
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    # Frameworks turn errors raised while reading into their own 400: remember why instead.
-                    too_large = True
-                    return {"type": "http.disconnect"}
+                    return None
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if too_large:
-                return  # the app's answer to a truncated body is replaced by the 413 below
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not too_large:
-                raise
-        if too_large and not response_started:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        body: dict[str, Any] = {"detail": f"request body larger than {self.max_bytes} bytes"}
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await serve_unless_cut(self.app, scope, limited_receive, send, refusal)
 
 
 class ByteBudget:
@@ -169,39 +184,20 @@ class Admission:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_seconds
         body_done = False
-        timed_out = False
-        response_started = False
 
-        async def timed_receive() -> Message:
-            nonlocal body_done, timed_out
+        async def timed_receive() -> Message | None:
+            nonlocal body_done
             if body_done:
                 return await receive()  # past the body: only a disconnect can come, and waiting for it is fine
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
             except TimeoutError:
-                timed_out = True
-                return {"type": "http.disconnect"}
+                return None
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if timed_out:
-                return  # the app's answer to a cut-off body is replaced by the 408 below
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, guarded_send)
-        except Exception:
-            if not timed_out:
-                raise
-        if timed_out and not response_started:
-            detail = f"the request body did not arrive within {self.body_timeout_seconds:g} s"
-            await send(
-                {"type": "http.response.start", "status": 408, "headers": [(b"content-type", b"application/json")]}
-            )
-            await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+        refusal = (408, f"the request body did not arrive within {self.body_timeout_seconds:g} s")
+        await serve_unless_cut(self.app, scope, timed_receive, send, refusal)
 
     def _declared(self, scope: Scope) -> int:
         headers = dict(scope.get("headers") or [])
