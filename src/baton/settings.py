@@ -116,6 +116,9 @@ class ServerSettings(BaseModel):
     forwarded_allow_ips: list[str] = Field(default_factory=list)
     # A list answer stops adding items past this many (estimated) bytes, and gives a cursor for the rest.
     max_list_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Bounds on what lists hold: task runs per flow run (a run token creates them) and agents per tenant.
+    max_task_runs_per_run: int = Field(default=10_000, ge=1)
+    max_agents_per_tenant: int = Field(default=1000, ge=1)
 
 
 class AgentSettings(BaseModel):

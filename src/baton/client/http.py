@@ -175,6 +175,19 @@ class Client:
             raise error_class(response.status_code, _detail(response))
         return response
 
+    def _all_pages(self, model: type[M], path: str, params: dict[str, Any] | None = None) -> list[M]:
+        """Every item of a paged list: the server stops a page at its byte budget and names the next one in the
+        ``X-Next-Cursor`` header."""
+        found: list[M] = []
+        cursor: str | None = None
+        for _page in range(100_000):  # bounded: each page holds at least one item
+            response = self._send("GET", path, params={**(params or {}), "cursor": cursor})
+            found.extend(model.model_validate(item) for item in response.json())
+            cursor = response.headers.get(r.NEXT_CURSOR_HEADER)
+            if cursor is None:
+                break
+        return found
+
     def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         return model.model_validate(self.request(method, path, **kwargs))
 
@@ -205,16 +218,8 @@ class Client:
 
     def list_flows(self, name: str | None = None, all_versions: bool = False) -> list[r.FlowRead]:
         """The flows (newest versions, or ``all_versions``), following the server's cursor across pages."""
-        found: list[r.FlowRead] = []
-        cursor: str | None = None
-        for _page in range(100_000):  # bounded: each page holds at least one flow
-            params = {"name": name, "all_versions": "true" if all_versions else None, "cursor": cursor}
-            response = self._send("GET", "/api/flows", params=params)
-            found.extend(r.FlowRead.model_validate(item) for item in response.json())
-            cursor = response.headers.get(r.NEXT_CURSOR_HEADER)
-            if cursor is None:
-                break
-        return found
+        params = {"name": name, "all_versions": "true" if all_versions else None}
+        return self._all_pages(r.FlowRead, "/api/flows", params)
 
     def get_flow(self, flow_id: str, include_source: bool = False) -> r.FlowRead:
         params = {"include_source": "true"} if include_source else None
@@ -354,7 +359,7 @@ class Client:
         return self._model(r.TaskRunRead, "POST", f"/api/task_runs/{task_run_id}/state", json=body)
 
     def list_task_runs(self, flow_run_id: str) -> list[r.TaskRunRead]:
-        return self._models(r.TaskRunRead, "GET", f"/api/flow_runs/{flow_run_id}/task_runs")
+        return self._all_pages(r.TaskRunRead, f"/api/flow_runs/{flow_run_id}/task_runs")
 
     # --- agents ----------------------------------------------------------------------------------
 
@@ -376,7 +381,7 @@ class Client:
         return self._model(r.AgentRead, "POST", "/api/agents", json=body)
 
     def list_agents(self) -> list[r.AgentRead]:
-        return self._models(r.AgentRead, "GET", "/api/agents")
+        return self._all_pages(r.AgentRead, "/api/agents")
 
     def claim(
         self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0

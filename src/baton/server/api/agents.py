@@ -4,35 +4,51 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from baton.schemas.actions import AgentHeartbeat, AgentRegister, ClaimRequest
-from baton.schemas.responses import AgentRead, ClaimResponse, HeartbeatResponse
+from baton.schemas.responses import NEXT_CURSOR_HEADER, AgentRead, ClaimResponse, HeartbeatResponse
 from baton.server import shaping
 from baton.server.access import Action, allow
 from baton.server.api.deps import Db, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
-from baton.server.models import agents
+from baton.server.models import agents, cursors, log_pages
 from baton.server.models.tenants import Principal
 from baton.server.services.claiming import Claimer, claim_with_wait
+
+PAGE_ROWS = 1000  # rows of one page at most, before the byte budget
 
 router = APIRouter(prefix="/agents", tags=["agents"], route_class=JsonRoute)
 
 
 @router.post("", response_model=AgentRead, status_code=201, responses=error_responses(409))
 def register_agent(
-    payload: AgentRegister, principal: Annotated[Principal, allow(Action.AGENT_REGISTER)], db: Db
+    payload: AgentRegister, principal: Annotated[Principal, allow(Action.AGENT_REGISTER)], db: Db, request: Request
 ) -> AgentRead:
     """Register (or re-register) an agent; 409 when its identity is bound to another, active key."""
+    limit = request.app.state.settings.server.max_agents_per_tenant
     with transaction(db) as session:
-        return shaping.agent(agents.register_agent(session, principal.tenant_id, payload, principal.key_id))
+        return shaping.agent(agents.register_agent(session, principal.tenant_id, payload, principal.key_id, limit))
 
 
 @router.get("", response_model=list[AgentRead])
-def list_agents(principal: Annotated[Principal, allow(Action.AGENT_LIST)], db: Db) -> list[AgentRead]:
+def list_agents(
+    principal: Annotated[Principal, allow(Action.AGENT_LIST)],
+    db: Db,
+    request: Request,
+    response: Response,
+    cursor: Annotated[str | None, Query(max_length=500, description="from the last answer's X-Next-Cursor")] = None,
+) -> list[AgentRead]:
+    """The tenant's agents, oldest first; a page stops at the server's byte budget (X-Next-Cursor for the rest)."""
+    offset = cursors.offset(cursor) if cursor else 0
+    budget = request.app.state.settings.server.max_list_bytes
     with transaction(db) as session:
-        return shaping.agents(agents.list_agents(session, principal.tenant_id))
+        fit = log_pages.agents_within(session, principal.tenant_id, offset, PAGE_ROWS, budget)
+        rows = agents.list_agents(session, principal.tenant_id, offset, fit + 1)
+    if len(rows) > fit:
+        response.headers[NEXT_CURSOR_HEADER] = cursors.encode(offset + fit)
+    return shaping.agents(rows[:fit])
 
 
 @router.post("/{agent_id}/claim", response_model=ClaimResponse)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from baton.schemas.actions import MAX_INT, LogsCreate, TaskRunCreate, TaskRunStateSet
-from baton.schemas.responses import LogsPage, LogsWritten, TaskRunRead
+from baton.schemas.responses import NEXT_CURSOR_HEADER, LogsPage, LogsWritten, TaskRunRead
 from baton.server import shaping
 from baton.server.access import Action, allow
 from baton.server.api.deps import Db, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
-from baton.server.models import flow_runs, log_pages, logs, task_runs
+from baton.server.models import cursors, flow_runs, log_pages, logs, task_runs
 from baton.server.models.tenants import Principal
 from baton.settings import ServerSettings
+
+PAGE_ROWS = 1000  # task runs of one page at most, before the byte budget
 
 router = APIRouter(tags=["logs and task runs"], route_class=JsonRoute)
 
@@ -57,25 +59,44 @@ def write_logs(
         return LogsWritten(written=result.written, dropped=result.dropped)
 
 
-@router.post("/flow_runs/{flow_run_id}/task_runs", response_model=TaskRunRead, status_code=201)
+@router.post(
+    "/flow_runs/{flow_run_id}/task_runs", response_model=TaskRunRead, status_code=201, responses=error_responses(409)
+)
 def create_task_run(
-    flow_run_id: str, payload: TaskRunCreate, principal: Annotated[Principal, allow(Action.TASK_RUN_CREATE)], db: Db
+    flow_run_id: str,
+    payload: TaskRunCreate,
+    principal: Annotated[Principal, allow(Action.TASK_RUN_CREATE)],
+    db: Db,
+    request: Request,
 ) -> TaskRunRead:
+    limit = request.app.state.settings.server.max_task_runs_per_run
     with transaction(db) as session:
         flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
         task_run = task_runs.create_task_run(
-            session, principal.tenant_id, flow_run_id, payload.task_name, payload.state, payload.message
+            session, principal.tenant_id, flow_run_id, payload.task_name, payload.state, payload.message, limit
         )
         return shaping.task_run(task_run)
 
 
 @router.get("/flow_runs/{flow_run_id}/task_runs", response_model=list[TaskRunRead])
 def list_task_runs(
-    flow_run_id: str, principal: Annotated[Principal, allow(Action.TASK_RUN_LIST)], db: Db
+    flow_run_id: str,
+    principal: Annotated[Principal, allow(Action.TASK_RUN_LIST)],
+    db: Db,
+    request: Request,
+    response: Response,
+    cursor: Annotated[str | None, Query(max_length=500, description="from the last answer's X-Next-Cursor")] = None,
 ) -> list[TaskRunRead]:
+    """The run's task runs, oldest first; a page stops at the server's byte budget (X-Next-Cursor for the rest)."""
+    offset = cursors.offset(cursor) if cursor else 0
+    budget = request.app.state.settings.server.max_list_bytes
     with transaction(db) as session:
         flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
-        return shaping.task_runs(task_runs.list_task_runs(session, principal.tenant_id, flow_run_id))
+        fit = log_pages.task_runs_within(session, principal.tenant_id, flow_run_id, offset, PAGE_ROWS, budget)
+        rows = task_runs.list_task_runs(session, principal.tenant_id, flow_run_id, offset, fit + 1)
+    if len(rows) > fit:
+        response.headers[NEXT_CURSOR_HEADER] = cursors.encode(offset + fit)
+    return shaping.task_runs(rows[:fit])
 
 
 @router.post("/task_runs/{task_run_id}/state", response_model=TaskRunRead)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,7 +24,9 @@ _DEPLOYED = [state.value for state in DEPLOYED_STATES]
 LATE_AFTER_SECONDS = 5.0
 
 
-def register_agent(session: Session, tenant_id: str, payload: AgentRegister, api_key_id: str | None) -> Agent:
+def register_agent(
+    session: Session, tenant_id: str, payload: AgentRegister, api_key_id: str | None, max_agents: int = 1000
+) -> Agent:
     """Same name + type + labels -> same agent id, so a restarted agent keeps its identity.
 
     The identity is bound to the key that registered it: another key gets :class:`Conflict` while that key is
@@ -39,6 +41,7 @@ def register_agent(session: Session, tenant_id: str, payload: AgentRegister, api
     )
     agent = session.scalar(select(Agent).where(*identity))
     if agent is None:
+        _check_room(session, tenant_id, max_agents)
         agent = Agent(
             tenant_id=tenant_id,
             name=payload.name,
@@ -77,8 +80,20 @@ def get_agent(session: Session, tenant_id: str, agent_id: str) -> Agent:
     return agent
 
 
-def list_agents(session: Session, tenant_id: str) -> list[Agent]:
-    return list(session.scalars(select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.created)))
+def _check_room(session: Session, tenant_id: str, max_agents: int) -> None:
+    # Every agent is listed (GET /api/agents) and weighed against every run (explain): their number is bounded.
+    count = session.scalar(select(func.count()).select_from(Agent).where(Agent.tenant_id == tenant_id)) or 0
+    if count >= max_agents:
+        raise Conflict(
+            f"this tenant has {count} agents, the server's limit (BATON__SERVER__MAX_AGENTS_PER_TENANT): "
+            "register under an existing identity (same name, type and labels) or raise the limit"
+        )
+
+
+def list_agents(session: Session, tenant_id: str, offset: int = 0, limit: int | None = None) -> list[Agent]:
+    """The tenant's agents, oldest first: all of them, or ``limit`` from ``offset`` on."""
+    stmt = select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.created, Agent.id).offset(offset)
+    return list(session.scalars(stmt if limit is None else stmt.limit(limit)))
 
 
 def touch(session: Session, agent: Agent) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from baton.server.models.errors import InvalidRequest
 
 MAX_CURSOR_LENGTH = 500
+MAX_OFFSET = 2**31 - 1  # what every database's OFFSET takes
 
 
 def encode(*values: str | int) -> str:
@@ -38,6 +39,14 @@ def decode(cursor: str, *types: type) -> list[Any]:
         if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, str) and "\x00" in value):
             raise invalid(cursor)
     return values
+
+
+def offset(cursor: str) -> int:
+    """The row offset an offset cursor (``encode(n)``) carries, else :func:`invalid`."""
+    (value,) = decode(cursor, int)
+    if not 0 <= value <= MAX_OFFSET:
+        raise invalid(cursor)
+    return int(value)
 
 
 def aware_timestamp(cursor: str, text: str) -> datetime:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from baton.schemas.responses import TaskRunRead
 from baton.schemas.states import TaskRunState
 from baton.server.database.orm import TaskRun, utcnow
-from baton.server.models.errors import ObjectNotFound
+from baton.server.models.errors import Conflict, ObjectNotFound
 from baton.server.models.ids import checked_id
 
 _TASK_FINAL = {TaskRunState.SUCCESS, TaskRunState.FAILED, TaskRunState.CANCELLED}
@@ -21,7 +21,19 @@ def create_task_run(
     task_name: str,
     state: TaskRunState,
     message: str | None,
+    max_task_runs: int = 10_000,
 ) -> TaskRun:
+    """Record a task run of ``flow_run_id``.
+
+    Raises:
+        Conflict: the run has ``max_task_runs`` task runs already (409): a flow looping over tasks is bounded too.
+    """
+    count = session.scalar(select(func.count()).select_from(TaskRun).where(TaskRun.flow_run_id == flow_run_id)) or 0
+    if count >= max_task_runs:
+        raise Conflict(
+            f"flow run {flow_run_id} has {count} task runs, the server's limit per run "
+            "(BATON__SERVER__MAX_TASK_RUNS_PER_RUN)"
+        )
     now = utcnow()
     task_run = TaskRun(
         tenant_id=tenant_id,
@@ -62,13 +74,17 @@ def set_task_run_state(
     return task_run
 
 
-def list_task_runs(session: Session, tenant_id: str, flow_run_id: str) -> list[TaskRun]:
+def list_task_runs(
+    session: Session, tenant_id: str, flow_run_id: str, offset: int = 0, limit: int | None = None
+) -> list[TaskRun]:
+    """The run's task runs, oldest first: all of them, or ``limit`` from ``offset`` on."""
     stmt = (
         select(TaskRun)
         .where(TaskRun.tenant_id == tenant_id, TaskRun.flow_run_id == flow_run_id)
         .order_by(TaskRun.created, TaskRun.id)
+        .offset(offset)
     )
-    return list(session.scalars(stmt))
+    return list(session.scalars(stmt if limit is None else stmt.limit(limit)))
 
 
 def to_read(task_run: TaskRun) -> TaskRunRead:
