@@ -131,7 +131,7 @@ def unservable_fields(session: Session, run: FlowRun) -> dict[str, str]:
     """Stored JSON of ``run`` or its flow that cannot be served: such a run is never handed to an agent (running it
     with those fields left out would be wrong), it fails, and the claim serves the others (issue 8, item 3)."""
     problems = stored_json_problems(run)
-    flow = session.get(Flow, run.flow_id)
+    flow = session.get(Flow, run.flow_id, options=[defer(Flow.source)])  # not the code: a claim never sends it
     if flow is not None:
         problems.update({f"flow.{name}": why for name, why in flow_queries.stored_json_problems(flow).items()})
     return problems
