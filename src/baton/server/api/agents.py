@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from baton.schemas.actions import AgentHeartbeat, AgentRegister, ClaimRequest
 from baton.schemas.responses import NEXT_CURSOR_HEADER, AgentRead, ClaimResponse, HeartbeatResponse
 from baton.server import shaping
 from baton.server.access import Action, allow
-from baton.server.api.deps import Db, transaction
+from baton.server.api.deps import CursorQuery, Db, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
-from baton.server.models import agents, cursors, log_pages
+from baton.server.models import agents, pages
 from baton.server.models.tenants import Principal
 from baton.server.services.claiming import Claimer, claim_with_wait
-
-PAGE_ROWS = 1000  # rows of one page at most, before the byte budget
 
 router = APIRouter(prefix="/agents", tags=["agents"], route_class=JsonRoute)
 
@@ -38,17 +36,15 @@ def list_agents(
     db: Db,
     request: Request,
     response: Response,
-    cursor: Annotated[str | None, Query(max_length=500, description="from the last answer's X-Next-Cursor")] = None,
+    cursor: CursorQuery = None,
 ) -> list[AgentRead]:
     """The tenant's agents, oldest first; a page stops at the server's byte budget (X-Next-Cursor for the rest)."""
-    offset = cursors.offset(cursor) if cursor else 0
     budget = request.app.state.settings.server.max_list_bytes
     with transaction(db) as session:
-        fit = log_pages.agents_within(session, principal.tenant_id, offset, PAGE_ROWS, budget)
-        rows = agents.list_agents(session, principal.tenant_id, offset, fit + 1)
-    if len(rows) > fit:
-        response.headers[NEXT_CURSOR_HEADER] = cursors.encode(offset + fit)
-    return shaping.agents(rows[:fit])
+        page = pages.agents_page(session, principal.tenant_id, cursor, budget)
+    if page.next_cursor is not None:
+        response.headers[NEXT_CURSOR_HEADER] = page.next_cursor
+    return shaping.agents(page.rows)
 
 
 @router.post("/{agent_id}/claim", response_model=ClaimResponse)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.server.database.connection import transaction
+from baton.server.models import cursors
 from baton.server.notifier import RunNotifier
 
 __all__ = ["transaction"]
@@ -25,3 +26,7 @@ def get_notifier(request: Request) -> RunNotifier:
 
 Db = Annotated[sessionmaker[Session], Depends(session_factory)]
 NotifierDep = Annotated[RunNotifier, Depends(get_notifier)]
+# The ?cursor= of a paged list: what the previous page's X-Next-Cursor header said.
+CursorQuery = Annotated[
+    str | None, Query(max_length=cursors.MAX_CURSOR_LENGTH, description="from the last answer's X-Next-Cursor")
+]

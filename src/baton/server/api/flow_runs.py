@@ -12,7 +12,7 @@ from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server import shaping
 from baton.server.access import Action, allow, check_state_allowed, run_holder
-from baton.server.api.deps import Db, NotifierDep, transaction
+from baton.server.api.deps import CursorQuery, Db, NotifierDep, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
 from baton.server.models import agents, flow_runs, state_changes
@@ -86,7 +86,7 @@ def list_flow_runs(
     flow_name: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
-    cursor: Annotated[str | None, Query(max_length=500, description="from the last answer's X-Next-Cursor")] = None,
+    cursor: CursorQuery = None,
     include: Annotated[
         str | None, Query(max_length=100, description="heavy fields to include: parameters,states")
     ] = None,

@@ -10,7 +10,7 @@ from baton.schemas.actions import FlowCreate
 from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRead
 from baton.server import shaping
 from baton.server.access import Action, allow
-from baton.server.api.deps import Db, transaction
+from baton.server.api.deps import CursorQuery, Db, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
 from baton.server.models import flows
@@ -47,7 +47,7 @@ def list_flows(
     response: Response,
     name: Annotated[str | None, Query(max_length=200)] = None,
     all_versions: bool = False,
-    cursor: Annotated[str | None, Query(max_length=1000, description="from the last answer's X-Next-Cursor")] = None,
+    cursor: CursorQuery = None,
 ) -> list[FlowRead]:
     """By name, newest version first; an answer stops at the server's byte budget, and then ``X-Next-Cursor``
     says where the next page starts."""

@@ -10,14 +10,12 @@ from baton.schemas.actions import MAX_INT, LogsCreate, TaskRunCreate, TaskRunSta
 from baton.schemas.responses import NEXT_CURSOR_HEADER, LogsPage, LogsWritten, TaskRunRead
 from baton.server import shaping
 from baton.server.access import Action, allow
-from baton.server.api.deps import Db, transaction
+from baton.server.api.deps import CursorQuery, Db, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
-from baton.server.models import cursors, flow_runs, log_pages, logs, task_runs
+from baton.server.models import flow_runs, logs, pages, task_runs
 from baton.server.models.tenants import Principal
 from baton.settings import ServerSettings
-
-PAGE_ROWS = 1000  # task runs of one page at most, before the byte budget
 
 router = APIRouter(tags=["logs and task runs"], route_class=JsonRoute)
 
@@ -35,7 +33,7 @@ def read_logs(
     budget = request.app.state.settings.server.max_list_bytes
     with transaction(db) as session:
         flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
-        limit = log_pages.lines_within(session, principal.tenant_id, flow_run_id, offset, limit, budget)
+        limit = pages.lines_within(session, principal.tenant_id, flow_run_id, offset, limit, budget)
         return shaping.logs_page(logs.read_logs(session, principal.tenant_id, flow_run_id, offset, limit), offset)
 
 
@@ -85,18 +83,16 @@ def list_task_runs(
     db: Db,
     request: Request,
     response: Response,
-    cursor: Annotated[str | None, Query(max_length=500, description="from the last answer's X-Next-Cursor")] = None,
+    cursor: CursorQuery = None,
 ) -> list[TaskRunRead]:
     """The run's task runs, oldest first; a page stops at the server's byte budget (X-Next-Cursor for the rest)."""
-    offset = cursors.offset(cursor) if cursor else 0
     budget = request.app.state.settings.server.max_list_bytes
     with transaction(db) as session:
         flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
-        fit = log_pages.task_runs_within(session, principal.tenant_id, flow_run_id, offset, PAGE_ROWS, budget)
-        rows = task_runs.list_task_runs(session, principal.tenant_id, flow_run_id, offset, fit + 1)
-    if len(rows) > fit:
-        response.headers[NEXT_CURSOR_HEADER] = cursors.encode(offset + fit)
-    return shaping.task_runs(rows[:fit])
+        page = pages.task_runs_page(session, principal.tenant_id, flow_run_id, cursor, budget)
+    if page.next_cursor is not None:
+        response.headers[NEXT_CURSOR_HEADER] = page.next_cursor
+    return shaping.task_runs(page.rows)
 
 
 @router.post("/task_runs/{task_run_id}/state", response_model=TaskRunRead)

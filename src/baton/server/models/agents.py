@@ -90,10 +90,8 @@ def _check_room(session: Session, tenant_id: str, max_agents: int) -> None:
         )
 
 
-def list_agents(session: Session, tenant_id: str, offset: int = 0, limit: int | None = None) -> list[Agent]:
-    """The tenant's agents, oldest first: all of them, or ``limit`` from ``offset`` on."""
-    stmt = select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.created, Agent.id).offset(offset)
-    return list(session.scalars(stmt if limit is None else stmt.limit(limit)))
+def list_agents(session: Session, tenant_id: str) -> list[Agent]:
+    return list(session.scalars(select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.created, Agent.id)))
 
 
 def touch(session: Session, agent: Agent) -> None:

@@ -74,19 +74,6 @@ def set_task_run_state(
     return task_run
 
 
-def list_task_runs(
-    session: Session, tenant_id: str, flow_run_id: str, offset: int = 0, limit: int | None = None
-) -> list[TaskRun]:
-    """The run's task runs, oldest first: all of them, or ``limit`` from ``offset`` on."""
-    stmt = (
-        select(TaskRun)
-        .where(TaskRun.tenant_id == tenant_id, TaskRun.flow_run_id == flow_run_id)
-        .order_by(TaskRun.created, TaskRun.id)
-        .offset(offset)
-    )
-    return list(session.scalars(stmt if limit is None else stmt.limit(limit)))
-
-
 def to_read(task_run: TaskRun) -> TaskRunRead:
     return TaskRunRead(
         id=task_run.id,
