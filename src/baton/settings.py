@@ -119,6 +119,9 @@ class ServerSettings(BaseModel):
     # Bounds on what lists hold: task runs per flow run (a run token creates them) and agents per tenant.
     max_task_runs_per_run: int = Field(default=10_000, ge=1)
     max_agents_per_tenant: int = Field(default=1000, ge=1)
+    # An agent unseen for this long is stale: `baton agents list` shows it so, `explain` leaves it out of the live
+    # agents, notification rules `--on agent-lost` fire for it, and `baton agents prune` may delete it.
+    agent_stale_seconds: float = Field(default=90.0, gt=0)
 
 
 class AgentSettings(BaseModel):
