@@ -122,6 +122,38 @@ class ServerSettings(BaseModel):
     # An agent unseen for this long is stale: `baton agents list` shows it so, `explain` leaves it out of the live
     # agents, notification rules `--on agent-lost` fire for it, and `baton agents prune` may delete it.
     agent_stale_seconds: float = Field(default=90.0, gt=0)
+    # Notifications (docs/design.md, Notifications). The server POSTs to user-supplied URLs, so by default it
+    # refuses any that resolve to loopback, private, link-local (cloud metadata), multicast or unspecified addresses
+    # (SSRF). Entries here (IPs, CIDRs, or exact host names) let an operator permit internal receivers.
+    notify_allow_hosts: list[str] = Field(default_factory=list)
+    # A delivery is tried this many times, waiting backoff * 2**(n-1) (at most notify_max_backoff_seconds) after
+    # the n-th failure: by default 10, 20, 40, 80 s, about 2.5 minutes in all, then given up.
+    notify_max_attempts: int = Field(default=5, ge=1, le=20)
+    notify_backoff_seconds: float = Field(default=10.0, gt=0)
+    notify_max_backoff_seconds: float = Field(default=300.0, gt=0)
+    # Each POST must finish (connect, send, answer) within this long: a slow receiver cannot hold the sender.
+    notify_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Bounds on what notifications store: rules per tenant (409 past it), and how long finished deliveries are
+    # kept (they, and late/agent-lost events older than this, are pruned).
+    notify_max_rules_per_tenant: int = Field(default=100, ge=1)
+    notify_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+
+    @field_validator("notify_allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, value: list[str]) -> list[str]:
+        import ipaddress
+        import re
+
+        cleaned = []
+        for entry in value:
+            entry = entry.strip().lower()
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?", entry):
+                    raise ValueError(f"notify_allow_hosts: {entry!r} is neither an IP, a CIDR nor a host name") from None
+            cleaned.append(entry)
+        return cleaned
 
 
 class AgentSettings(BaseModel):

@@ -208,3 +208,69 @@ class Log(Base):
     level: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(500))
     message: Mapped[str] = mapped_column(Text)
+
+
+class NotificationRule(Base):
+    """A tenant's rule: POST these events to this webhook (docs/design.md, Notifications)."""
+
+    __tablename__ = "notification_rules"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    events: Mapped[list[str]] = mapped_column()
+    # The events joined as ",a,b,": the periodic service finds rules on `late` / `agent-lost` with a portable LIKE.
+    events_key: Mapped[str] = mapped_column(String(1000))
+    # A secret (Slack's URLs are credentials): never answered back in full (shaping redacts it).
+    webhook_url: Mapped[str] = mapped_column(String(2048))
+    flow_name: Mapped[str | None] = mapped_column(String(200))
+    late_after_seconds: Mapped[int] = mapped_column(Integer, default=60)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotificationDelivery(Base):
+    """The outbox: one event for one rule, written in the transaction that caused it, then sent by the service."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        # An event that must fire once (a run late, an agent lost since a given last_seen) has a key: a second
+        # detection (another replica, the next tick) cannot insert it again.
+        UniqueConstraint("rule_id", "once_key", name="uq_notification_deliveries_once"),
+        # The sender's query: pending deliveries that are due.
+        Index("ix_notification_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_notification_deliveries_rule", "rule_id", "created"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    rule_id: Mapped[str] = mapped_column(ForeignKey("notification_rules.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(40))
+    once_key: Mapped[str | None] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(20))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    # A lease: the replica whose conditional UPDATE set these sends it; nobody else until the lease runs out.
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(36))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotificationAttempt(Base):
+    """One POST of a delivery: its answer's status code or the error, and how long it took."""
+
+    __tablename__ = "notification_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("notification_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    started: Mapped[datetime] = mapped_column()
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(500))
+    # At most a short excerpt of the answer, for the operator reading `baton notify list`.
+    response_excerpt: Mapped[str | None] = mapped_column(String(200))
