@@ -145,13 +145,13 @@ class ServerSettings(BaseModel):
         import re
 
         cleaned = []
-        for entry in value:
-            entry = entry.strip().lower()
+        for raw in value:
+            entry = raw.strip().lower()
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
                 if not re.fullmatch(r"[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?", entry):
-                    raise ValueError(f"notify_allow_hosts: {entry!r} is neither an IP, a CIDR nor a host name") from None
+                    raise ValueError(f"notify_allow_hosts: {raw!r} is neither an IP, a CIDR nor a host name") from None
             cleaned.append(entry)
         return cleaned
 

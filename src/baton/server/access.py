@@ -76,6 +76,10 @@ class Action(StrEnum):
     AGENT_LIST = "agent.list"
     AGENT_CLAIM = "agent.claim"
     AGENT_HEARTBEAT = "agent.heartbeat"
+    NOTIFICATION_CREATE = "notification.create"
+    NOTIFICATION_LIST = "notification.list"
+    NOTIFICATION_REMOVE = "notification.remove"
+    NOTIFICATION_TEST = "notification.test"
 
 
 class Scope(StrEnum):
@@ -129,6 +133,12 @@ POLICY: dict[Action, Rule] = {
     Action.AGENT_LIST: _rule(_KEYS),
     Action.AGENT_CLAIM: _rule("admin runner", Scope.AGENT),
     Action.AGENT_HEARTBEAT: _rule("admin runner", Scope.AGENT),
+    # Notification rules make the server POST to a URL of the rule's author: managed by admin and user keys only
+    # (and a test sends at once). Read keys list them: the URL is always shown redacted (shaping).
+    Action.NOTIFICATION_CREATE: _rule("admin user"),
+    Action.NOTIFICATION_LIST: _rule("admin user read"),
+    Action.NOTIFICATION_REMOVE: _rule("admin user"),
+    Action.NOTIFICATION_TEST: _rule("admin user"),
 }
 
 _S = StateName

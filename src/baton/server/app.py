@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton import __version__
 from baton.server.access import POLICY, Action, Scope, route_action
-from baton.server.api import agents, flow_runs, flows, logs, meta
+from baton.server.api import agents, flow_runs, flows, logs, meta, notifications
 from baton.server.auth_limits import FailedAuthLimiter
 from baton.server.authentication import AuthenticateFirst
 from baton.server.database.connection import create_database_engine, create_session_factory
@@ -31,6 +31,7 @@ from baton.server.limits import Admission, BodySizeLimit
 from baton.server.models.lost_runs import RecoveryPolicy
 from baton.server.notifier import RunNotifier
 from baton.server.services.leases import LeaseExpiryService
+from baton.server.services.notifications import NotificationService
 from baton.server.services.recovery import RecoveryService
 from baton.server.services.runner import run_periodically
 from baton.server.services.wakeups import PostgresWakeups
@@ -41,7 +42,7 @@ logger = logging.getLogger("baton.server")
 API_PREFIX = "/api"
 # Agents' claims wait for runs (long polls): they are not counted among the requests in flight.
 LONG_POLL = re.compile(rf"^{API_PREFIX}/agents/[^/]+/claim$")
-ROUTERS = (meta.router, flows.router, flow_runs.router, logs.router, agents.router)
+ROUTERS = (meta.router, flows.router, flow_runs.router, logs.router, agents.router, notifications.router)
 
 
 def _services(
@@ -56,7 +57,8 @@ def _services(
         max_returns=server.max_lease_returns,
     )
     recovery = RecoveryService(factory, notifier, policy, margin)
-    return [("lease-expiry", leases.run_once), ("recovery", recovery.run_once)]
+    notify = NotificationService(factory, server)
+    return [("lease-expiry", leases.run_once), ("recovery", recovery.run_once), ("notifications", notify.run_once)]
 
 
 def check_json_routes(router: APIRouter) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from baton.schemas.core import Role, RunConfig
+from baton.schemas.notifications import NotificationDeliveryRead, NotificationRuleRead
 from baton.schemas.responses import (
     AgentRead,
     ApiKeyCreated,
@@ -37,10 +38,11 @@ from baton.schemas.responses import (
     TaskRunRead,
     WhoAmI,
 )
-from baton.server.database.orm import Agent, ApiKey, Flow, FlowRun, Log, TaskRun
+from baton.server.database.orm import Agent, ApiKey, Flow, FlowRun, Log, NotificationDelivery, NotificationRule, TaskRun
 from baton.server.models import agents as agent_queries
 from baton.server.models import flow_runs as run_queries
 from baton.server.models import flows as flow_queries
+from baton.server.models import notifications as notification_queries
 from baton.server.models import task_runs as task_run_queries
 from baton.server.models.claims import ClaimResult
 from baton.server.models.tenants import Principal
@@ -185,3 +187,13 @@ def api_key(row: ApiKey) -> ApiKeyRead:
 def api_key_created(row: ApiKey, secret: str) -> ApiKeyCreated:
     """A new key, with the key itself: this answer is the only place it ever appears."""
     return ApiKeyCreated(**api_key(row).model_dump(), key=secret)
+
+
+def notification_rules(session: Session, rules: Sequence[NotificationRule]) -> list[NotificationRuleRead]:
+    """Rules with their recent deliveries. The webhook URL is shown as ``scheme://host[:port]/…`` to every
+    principal, its author included: its path and query are often a credential (Slack's are)."""
+    return notification_queries.rule_reads(session, rules)
+
+
+def notification_delivery(session: Session, delivery: NotificationDelivery) -> NotificationDeliveryRead:
+    return notification_queries.delivery_reads(session, [delivery])[0]

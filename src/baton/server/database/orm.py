@@ -265,9 +265,7 @@ class NotificationAttempt(Base):
     __tablename__ = "notification_attempts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    delivery_id: Mapped[str] = mapped_column(
-        ForeignKey("notification_deliveries.id", ondelete="CASCADE"), index=True
-    )
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("notification_deliveries.id", ondelete="CASCADE"), index=True)
     started: Mapped[datetime] = mapped_column()
     duration_ms: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer)

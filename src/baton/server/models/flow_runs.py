@@ -25,7 +25,7 @@ from baton.schemas.core import RunConfig, json_value_problem
 from baton.schemas.responses import FlowRunRead, StateRead
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
-from baton.server.models import cursors
+from baton.server.models import cursors, notifications
 from baton.server.models import flows as flow_queries
 from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
@@ -376,6 +376,8 @@ def transition(
     for column, value in values.items():
         set_committed_value(run, column, value)
     session.add(FlowRunState(flow_run_id=run.id, name=new_state.value, message=message, data=data, timestamp=now))
+    # Notification events go in this same transaction (an outbox): committed with the state, or not at all.
+    notifications.enqueue_for_transition(session, run, new_state, message)
     return run
 
 
