@@ -30,6 +30,7 @@ from baton.exceptions import (
     ServerUnavailableError,
 )
 from baton.schemas import responses as r
+from baton.schemas.notifications import NotificationDeliveryRead, NotificationRuleRead
 
 if TYPE_CHECKING:
     from baton.settings import BatonSettings
@@ -406,3 +407,29 @@ class Client:
         if claims is not None:
             body["claims"] = claims
         return self._model(r.HeartbeatResponse, "POST", f"/api/agents/{agent_id}/heartbeat", json=body)
+
+    # --- notifications ---------------------------------------------------------------------------
+
+    def add_notification_rule(
+        self,
+        on: Sequence[str],
+        webhook: str,
+        name: str | None = None,
+        flow: str | None = None,
+        late_after_seconds: int | None = None,
+    ) -> NotificationRuleRead:
+        """Add a rule: POST events ``on`` (state names, ``late``, ``agent-lost``) to ``webhook``."""
+        body: dict[str, Any] = {"on": list(on), "webhook": webhook, "name": name, "flow": flow}
+        if late_after_seconds is not None:
+            body["late_after_seconds"] = late_after_seconds
+        return self._model(NotificationRuleRead, "POST", "/api/notifications", json=body)
+
+    def list_notification_rules(self) -> list[NotificationRuleRead]:
+        return self._models(NotificationRuleRead, "GET", "/api/notifications")
+
+    def remove_notification_rule(self, rule_id: str) -> NotificationRuleRead:
+        return self._model(NotificationRuleRead, "DELETE", f"/api/notifications/{rule_id}")
+
+    def test_notification_rule(self, rule_id: str) -> NotificationDeliveryRead:
+        """Have the server send a test event to the rule's webhook now; the answer is the recorded delivery."""
+        return self._model(NotificationDeliveryRead, "POST", f"/api/notifications/{rule_id}/test")
