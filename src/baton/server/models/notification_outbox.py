@@ -96,7 +96,7 @@ def _rules_on(session: Session, event: str) -> Sequence[NotificationRule]:
 def _tenant_names(session: Session, tenant_ids: set[str]) -> dict[str, str]:
     if not tenant_ids:
         return {}
-    return dict(session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(tenant_ids))).tuples().all())
+    return dict(session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(tenant_ids))).all())
 
 
 def find_late_runs(session: Session, now: datetime, retention_seconds: float) -> int:
@@ -123,7 +123,7 @@ def find_late_runs(session: Session, now: datetime, retention_seconds: float) ->
         )
         if rule.flow_name is not None:
             query = query.where(Flow.name == rule.flow_name)
-        for run, flow in session.execute(query).tuples():
+        for run, flow in session.execute(query):
             text = late_text(flow, run, rule.late_after_seconds)
             payload = run_payload(names.get(rule.tenant_id, rule.tenant_id), flow, run, run.state, None, text)
             payload["late_after_seconds"] = rule.late_after_seconds
@@ -203,7 +203,7 @@ def claim_due(session: Session, now: datetime, limit: int, lease_seconds: float)
         select(NotificationDelivery, NotificationRule.webhook_url)
         .join(NotificationRule, NotificationRule.id == NotificationDelivery.rule_id)
         .where(NotificationDelivery.claimed_by == token)
-    ).tuples()
+    )
     return [Outgoing(d.id, url, dict(d.payload), d.attempts, token) for d, url in rows]
 
 
