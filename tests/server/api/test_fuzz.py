@@ -187,6 +187,8 @@ def real_objects(fuzz_tenant: TenantContext) -> Iterator[dict[str, list[str]]]:
         flow_run_id=[run.id for run in runs],
         agent_id=[run.agent_id for run in runs if run.agent_id],
         task_run_id=[task_run.id],
+        # A notification rule whose webhook never resolves (.invalid): a fuzzed test of it sends nothing.
+        rule_id=[fuzz_tenant.admin.add_notification_rule(["Failed"], "https://hooks.example.invalid/fuzz").id],
     )
     yield REAL_IDS
     REAL_IDS.clear()

@@ -39,10 +39,12 @@ class Target:
     token: str
     task_run_id: str
     key_id: str  # a read key of the tenant, for the key routes
+    rule_id: str  # a notification rule (its webhook never resolves: a test of it fails at once, sending nothing)
 
     def params(self) -> dict[str, str]:
         return {
             "key_id": self.key_id,
+            "rule_id": self.rule_id,
             "flow_id": self.flow_id,
             "flow_run_id": self.run_id,
             "agent_id": self.agent_id,
@@ -50,7 +52,7 @@ class Target:
         }
 
     def ids(self) -> set[str]:
-        return {self.run_id, self.flow_id, self.agent_id, self.task_run_id, self.key_id}
+        return {self.run_id, self.flow_id, self.agent_id, self.task_run_id, self.key_id, self.rule_id}
 
 
 Body = Callable[[Target], dict[str, Any] | None]
@@ -132,6 +134,7 @@ FLOW_PAYLOAD = {
     "tasks": ["greet"],
 }
 LOG_LINE = {"logs": [{"timestamp": "2030-01-01T00:00:00Z", "message": "swept"}]}
+UNRESOLVABLE_WEBHOOK = "https://hooks.example.invalid/swept"  # .invalid never resolves (RFC 6761)
 
 ROUTES = [
     Route("GET", "/api/health", 200),
@@ -195,6 +198,10 @@ ROUTES = [
         200,
         body=lambda t: {"deployments": [{"flow_run_id": t.run_id, "alive": True}]},
     ),
+    Route("POST", "/api/notifications", 201, body=lambda t: {"on": ["late"], "webhook": UNRESOLVABLE_WEBHOOK}),
+    Route("GET", "/api/notifications", 200),
+    Route("DELETE", "/api/notifications/{rule_id}", 200, fresh=True),
+    Route("POST", "/api/notifications/{rule_id}/test", 200),
 ]
 ROUTES_BY_KEY = {route.key: route for route in ROUTES}
 
@@ -234,7 +241,8 @@ class World:
         task_run = self.tenant.client(staged.token).create_task_run(staged.id, "greet")
         key_id = self.tenant.admin.create_api_key("read", name=unique("target")).id
         flow_id = self.tenant.run(staged.id).flow_id
-        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id)
+        rule_id = self.tenant.admin.add_notification_rule(["Failed"], UNRESOLVABLE_WEBHOOK).id
+        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id, rule_id)
 
     def token_of_another_flow(self) -> str:
         """The run token of a claimed run of flow ``other``."""

@@ -188,7 +188,12 @@ def test_a_test_event_is_sent_at_once_and_recorded(team: TenantContext, receiver
 
     delivery = team.client(team.key("user")).test_notification_rule(rule.id)
 
-    assert (delivery.event, delivery.status, delivery.attempts, delivery.last_status_code) == ("test", "delivered", 1, 200)
+    assert (delivery.event, delivery.status, delivery.attempts, delivery.last_status_code) == (
+        "test",
+        "delivered",
+        1,
+        200,
+    )
     (post,) = receiver.posts("test")
     assert post.body["text"] == "Baton: test notification of rule 'ops' (events: Failed)"
     assert [d.id for d in deliveries(team.admin, "test")] == [delivery.id]

@@ -20,9 +20,8 @@ from baton.schemas.states import StateName
 from baton.server.database.connection import create_database_engine, create_session_factory, transaction
 from baton.server.database.migrate import upgrade
 from baton.server.database.orm import Agent, Flow, FlowRun, NotificationDelivery, Tenant
-from baton.server.models import flow_runs
+from baton.server.models import flow_runs, notifications
 from baton.server.models import notification_outbox as outbox
-from baton.server.models import notifications
 from baton.server.services.notifications import NotificationService, WebhookSender
 from baton.server.webhook_targets import AllowList, UnsafeWebhook, resolve
 from baton.settings import ServerSettings

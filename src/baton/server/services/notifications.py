@@ -33,8 +33,10 @@ logger = logging.getLogger("baton.server.services.notifications")
 
 EXCERPT_BYTES = 200
 MAX_ERROR_CHARS = 500
-BATCH = 20  # deliveries leased per tick
-SENDERS = 4  # POSTs at once
+# Deliveries leased per tick, all sent at once: one tick lasts at most about one POST's timeout, so a stopping
+# server waits for no more than that (the service thread cannot be cancelled mid-POST).
+BATCH = 8
+SENDERS = 8
 PRUNE_EVERY_SECONDS = 60.0
 # Answers worth another try: the receiver is busy or down. Other 4xx say the request will never be taken.
 _RETRY_STATUSES = frozenset({408, 425, 429})
