@@ -28,7 +28,8 @@ def canonical_event(value: str) -> str:
     """``value`` as stored (``failed`` -> ``Failed``). Raises ValueError naming the events there are."""
     event = _CANONICAL.get(value.strip().lower())
     if event is None:
-        raise ValueError(f"unknown event {value!r}; events are: {', '.join(EVENTS)}")
+        shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}…"  # never echo a huge input back
+        raise ValueError(f"unknown event {shown}; events are: {', '.join(EVENTS)}")
     return event
 
 
