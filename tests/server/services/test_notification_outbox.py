@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -378,3 +379,45 @@ def test_a_closed_port_is_a_retried_error() -> None:
 
     assert (result.delivered, result.retry, result.status_code) == (False, True, None)
     assert "ConnectError" in (result.error or "")
+
+
+def test_two_replicas_sending_at_once_post_each_delivery_once(engine: Engine, receiver: WebhookReceiver) -> None:
+    # Given 30 due deliveries and two services, each with an engine (a pool) of its own, as two replicas have
+    second = create_database_engine(engine.url.render_as_string(hide_password=False), 4)
+    factories = [create_session_factory(engine), create_session_factory(second)]
+    tenant_id, _run_id = make_world(factories[0])
+    rule_id = add_rule(factories[0], tenant_id, ["Failed"], receiver.url)
+    with transaction(factories[0]) as session:
+        rule = notifications.get_rule(session, tenant_id, rule_id)
+        for n in range(30):
+            session.add(notifications.new_delivery(rule, "Failed", {"text": f"n{n}"}, datetime.now(UTC)))
+    services = [NotificationService(factory, settings(), clock=FakeClock()) for factory in factories]
+
+    # When both send until nothing is due
+    def drain(service: NotificationService) -> int:
+        sent = 0
+        while (recorded := service.send_due()) > 0:
+            sent += recorded
+        return sent
+
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            counts = list(pool.map(drain, services))
+    finally:
+        for service in services:
+            service.close()
+        second.dispose()
+
+    # Then every delivery was POSTed exactly once, and both took part or one took all: never both the same one
+    ids = [p.body["delivery_id"] for p in receiver.posts()]
+    assert len(ids) == 30 and len(set(ids)) == 30
+    assert sum(counts) == 30
+    assert count_deliveries(factories[0]) == 30
+
+
+def test_late_rules_of_a_flow_ignore_other_flows(factory: sessionmaker[Session]) -> None:
+    tenant_id, _run_id = make_world(factory)  # a run of flow "etl", due at T0
+    add_rule(factory, tenant_id, ["late"], "http://127.0.0.1:9/", flow="other")
+
+    with transaction(factory) as session:
+        assert outbox.find_late_runs(session, T0 + timedelta(hours=1), 7 * 24 * 3600) == 0
