@@ -76,6 +76,8 @@ class Action(StrEnum):
     AGENT_LIST = "agent.list"
     AGENT_CLAIM = "agent.claim"
     AGENT_HEARTBEAT = "agent.heartbeat"
+    AGENT_DEREGISTER = "agent.deregister"
+    AGENT_PRUNE = "agent.prune"
 
 
 class Scope(StrEnum):
@@ -129,6 +131,10 @@ POLICY: dict[Action, Rule] = {
     Action.AGENT_LIST: _rule(_KEYS),
     Action.AGENT_CLAIM: _rule("admin runner", Scope.AGENT),
     Action.AGENT_HEARTBEAT: _rule("admin runner", Scope.AGENT),
+    # A warm stop deregisters the agent: its own key only, like its claims.
+    Action.AGENT_DEREGISTER: _rule("admin runner", Scope.AGENT),
+    # Housekeeping of the fleet: people (admin, user), not agents; only stale agents holding no run go.
+    Action.AGENT_PRUNE: _rule("admin user"),
 }
 
 _S = StateName
