@@ -118,6 +118,6 @@ def check_identity(who: WhoAmI, wanted_tenant_id: str | None) -> None:
     # A tenant's id or its name (issue 9: `--tenant-id default` is how people name it).
     if wanted_tenant_id and wanted_tenant_id not in (who.tenant_id, who.tenant_name):
         raise ConfigurationError(
-            f"--tenant-id {wanted_tenant_id} matches neither the id nor the name of the key's tenant: "
+            f"--tenant-id {wanted_tenant_id} does not match the key's tenant, by id or by name: "
             f"{who.tenant_id} ({who.tenant_name})"
         )
