@@ -195,6 +195,10 @@ ROUTES = [
         200,
         body=lambda t: {"deployments": [{"flow_run_id": t.run_id, "alive": True}]},
     ),
+    # The target agent holds a Running run: its own key is refused with 409 (tests/server/api/test_agent_fleet.py
+    # deregisters idle agents).
+    Route("DELETE", "/api/agents/{agent_id}", 409),
+    Route("POST", "/api/agents/prune", 200, body=lambda t: {"dry_run": True}),
 ]
 ROUTES_BY_KEY = {route.key: route for route in ROUTES}
 
