@@ -80,6 +80,7 @@ def prune(state: CliState, older_than: float | None, yes: bool, as_json: bool) -
     """Delete stale and deregistered agents that hold no run. Their ended runs keep their history, without the
     agent; an agent started again registers afresh. Lists them and asks first unless --yes."""
     with state.client() as client:
+        only: list[str] | None = None
         if not yes:
             preview = client.prune_agents(older_than, dry_run=True)
             if not preview.pruned:
@@ -88,8 +89,8 @@ def prune(state: CliState, older_than: float | None, yes: bool, as_json: bool) -
             _print_agents(preview.pruned, empty="", title="Agents to delete")
             if not click.confirm(f"Delete these {len(preview.pruned)} agent(s)?", err=True):
                 raise click.exceptions.Exit(1)
-            older_than = preview.older_than_seconds
-        outcome = client.prune_agents(older_than)
+            only = [agent.id for agent in preview.pruned]  # what was shown, and still prunable: never more
+        outcome = client.prune_agents(older_than, agent_ids=only)
     _done(outcome.pruned, as_json)
 
 

@@ -426,11 +426,15 @@ class Client:
         """Deregister an agent (its warm stop): only the key that registered it may."""
         return self._model(r.AgentRead, "DELETE", f"/api/agents/{agent_id}")
 
-    def prune_agents(self, older_than_seconds: float | None = None, dry_run: bool = False) -> r.AgentsPruned:
-        """Delete stale agents holding no run (``dry_run``: only list them)."""
+    def prune_agents(
+        self, older_than_seconds: float | None = None, dry_run: bool = False, agent_ids: Sequence[str] | None = None
+    ) -> r.AgentsPruned:
+        """Delete stale agents holding no run (``dry_run``: only list them; ``agent_ids``: of these only)."""
         body: dict[str, Any] = {"dry_run": dry_run}
         if older_than_seconds is not None:
             body["older_than_seconds"] = older_than_seconds
+        if agent_ids is not None:
+            body["agent_ids"] = list(agent_ids)
         return self._model(r.AgentsPruned, "POST", "/api/agents/prune", json=body)
 
     def claim(

@@ -164,6 +164,8 @@ class AgentPrune(StrictModel):
 
     older_than_seconds: float | None = Field(default=None, gt=0, le=10 * 365 * 86400, strict=True)
     dry_run: bool = Field(default=False, strict=True)
+    # Only these agents (of those the rules above allow): the CLI deletes what it showed and was confirmed.
+    agent_ids: list[str] | None = Field(default=None, max_length=10_000)
 
 
 class ClaimRequest(StrictModel):

@@ -188,6 +188,19 @@ def test_prune_older_than_keeps_agents_seen_since(
     assert hour_old.id in {a.id for a in user.list_agents()}
 
 
+def test_prune_of_named_agents_deletes_only_those_that_are_prunable(
+    tenant: TenantContext, api_database: sessionmaker[Session], user: Client, runner: Client
+) -> None:
+    shown, not_shown, live = (runner.register_agent(unique(n), "local", []) for n in ("shown", "other", "live"))
+    age(api_database, shown.id, STALE + 60)
+    age(api_database, not_shown.id, STALE + 60)
+
+    pruned = user.prune_agents(agent_ids=[shown.id, live.id, "not-an-id"])
+
+    assert [a.id for a in pruned.pruned] == [shown.id]
+    assert {not_shown.id, live.id} <= {a.id for a in user.list_agents()}
+
+
 def test_prune_never_takes_live_agents(user: Client) -> None:
     with pytest.raises(ClientError, match="at least the server's agent_stale_seconds") as excinfo:
         user.prune_agents(older_than_seconds=1)

@@ -69,7 +69,7 @@ def prune_agents(
     stale_seconds = request.app.state.settings.server.agent_stale_seconds
     with transaction(db) as session:
         outcome = agent_fleet.prune(
-            session, principal.tenant_id, payload.older_than_seconds, stale_seconds, payload.dry_run
+            session, principal.tenant_id, payload.older_than_seconds, stale_seconds, payload.dry_run, payload.agent_ids
         )
     return AgentsPruned(pruned=outcome.pruned, dry_run=payload.dry_run, older_than_seconds=outcome.older_than_seconds)
 

@@ -94,12 +94,17 @@ class PruneOutcome:
 
 
 def prune(
-    session: Session, tenant_id: str, older_than_seconds: float | None, stale_seconds: float, dry_run: bool
+    session: Session,
+    tenant_id: str,
+    older_than_seconds: float | None,
+    stale_seconds: float,
+    dry_run: bool,
+    only: Sequence[str] | None = None,
 ) -> PruneOutcome:
     """Delete the tenant's agents that are deregistered or unseen for ``older_than_seconds`` and hold no run.
 
     ``older_than_seconds`` is at least ``stale_seconds`` (a live agent is never pruned: its next call would find
-    itself unknown); None means ``stale_seconds``.
+    itself unknown); None means ``stale_seconds``. ``only``: consider these agent ids only.
 
     Raises:
         InvalidRequest: ``older_than_seconds`` is below ``stale_seconds``.
@@ -120,6 +125,7 @@ def prune(
             Agent.last_seen.is_(None) & (Agent.created < cutoff),
         ),
         ~holding.exists(),
+        *(() if only is None else (Agent.id.in_(list(only)),)),
     )
     victims = list(session.scalars(select(Agent).where(*prunable).order_by(Agent.created, Agent.id)))
     reads = fleet_reads(session, victims, stale_seconds)
