@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -193,6 +195,43 @@ class LoggingSettings(BaseModel):
     batch_size: int = Field(default=1000, ge=1)
 
 
+class EnvValueError(ValueError):
+    """An environment variable's value cannot be decoded; the message starts with the variable's name."""
+
+
+class _EnvSource(EnvSettingsSource):
+    """``BATON__SECTION__KEY`` variables, where a list may also be written comma-separated (issue 9):
+    ``BATON__AGENT__LABELS=dev,gpu`` as well as ``'["dev", "gpu"]'``. A malformed value names its variable."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            if field is not None and _is_list(field) and not str(value).lstrip().startswith("["):
+                return [item.strip() for item in str(value).split(",") if item.strip()]
+            expected = "a JSON list or a comma-separated list" if field and _is_list(field) else "valid JSON"
+            raise ValueError(f"not {expected} ({exc})") from exc
+
+    def explode_env_vars(self, field_name: str, field: FieldInfo, env_vars: Any) -> dict[str, Any]:
+        try:
+            return super().explode_env_vars(field_name, field, env_vars)
+        except ValueError:
+            # Find the one variable at fault, to name it (pydantic-settings names only the section).
+            for name, value in env_vars.items():
+                try:
+                    super().explode_env_vars(field_name, field, {name: value})
+                except ValueError as exc:
+                    where = name.lower().removeprefix("baton__").replace("__", ".")
+                    raise EnvValueError(f"{name.upper()}: {where}: {exc}") from exc
+            raise
+
+
+def _is_list(field: FieldInfo) -> bool:
+    from typing import get_origin
+
+    return get_origin(field.annotation) is list
+
+
 class BatonSettings(BaseSettings):
     """All of Baton's settings. Build with :func:`load_settings`."""
 
@@ -218,7 +257,13 @@ class BatonSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Called when settings are built, never at import: the config file's place follows $BATON_HOME then.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
+        env = _EnvSource(
+            settings_cls,
+            case_sensitive=False,
+            env_prefix="BATON__",
+            env_nested_delimiter="__",
+        )
+        return (init_settings, env, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
 
     def database_url(self) -> str:
         """The configured database URL, or the default SQLite file in $BATON_HOME."""
@@ -249,18 +294,37 @@ def load_settings(**overrides: Any) -> BatonSettings:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
+    explicit = _drop_none(overrides)
     try:
-        return BatonSettings(**_drop_none(overrides))
-    except SettingsError as exc:  # e.g. BATON__AGENT__LABELS that is not JSON
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        raise ConfigurationError(f"invalid settings: {exc}{cause}") from exc
+        return BatonSettings(**explicit)
+    except SettingsError as exc:  # e.g. BATON__AGENT__ENV that is not JSON
+        cause = exc.__cause__
+        if isinstance(cause, EnvValueError):
+            raise ConfigurationError(f"invalid settings: {cause}") from exc
+        raise ConfigurationError(f"invalid settings: {exc}{f': {cause}' if cause else ''}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{config_path()} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+            f"{_origin(err['loc'], explicit)}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors(include_url=False)
         )
         raise ConfigurationError(f"invalid settings: {problems}") from exc
+
+
+def _origin(loc: tuple[int | str, ...], explicit: dict[str, Any]) -> str:
+    """Where the invalid value at ``loc`` came from, as a prefix: the variable's name, the config file, or nothing
+    (an explicit argument, named by ``loc`` alone). Precedence as in :func:`load_settings`."""
+    keys = [str(part) for part in loc]
+    node: Any = explicit
+    for key in keys[:2]:
+        node = node.get(key) if isinstance(node, dict) else None
+    if node is not None:
+        return ""
+    wanted = "BATON__" + "__".join(keys[:2]).upper()
+    if any(name.upper() == wanted for name in os.environ):
+        return f"{wanted}: "
+    return f"{config_path()}: "
 
 
 def ensure_private_home(home: Path) -> None:

@@ -256,6 +256,24 @@ class FakeApi:
             runs = [run for run in self.runs.values() if state is None or run.state == state]
             return [self._read(run) for run in runs[offset : offset + limit]]
 
+    def deregister_agent(self, agent_id: str) -> r.AgentRead:
+        self._enter("deregister_agent", agent_id)
+        with self._cond:
+            agent = self.agents[agent_id]
+            agent["deregistered"] = True
+        return r.AgentRead(
+            id=agent_id,
+            name=agent["name"],
+            type=agent["type"],
+            labels=agent["labels"],
+            agent_config_id=None,
+            created=self._now,
+            last_seen=None,
+            live=False,
+            stale=True,
+            deregistered_at=self._now,
+        )
+
     def close(self) -> None:
         self.closed = True
 

@@ -104,7 +104,8 @@ def configure_agent_logging(level: str) -> None:
 
 
 def check_identity(who: WhoAmI, wanted_tenant_id: str | None) -> None:
-    """Refuse to start with a key that cannot run an agent, or of another tenant than ``--tenant-id``.
+    """Refuse to start with a key that cannot run an agent, or of another tenant than ``--tenant-id`` (an id or a
+    name).
 
     Raises:
         ConfigurationError: no tenant, a role other than runner/admin, or a tenant mismatch.
@@ -114,7 +115,9 @@ def check_identity(who: WhoAmI, wanted_tenant_id: str | None) -> None:
     if who.role not in _AGENT_ROLES:
         role = f"of role {who.role.value}" if who.role else "a run token"
         raise ConfigurationError(f"agents need a key with role runner (or admin); this key is {role}")
-    if wanted_tenant_id and wanted_tenant_id != who.tenant_id:
+    # A tenant's id or its name (issue 9: `--tenant-id default` is how people name it).
+    if wanted_tenant_id and wanted_tenant_id not in (who.tenant_id, who.tenant_name):
         raise ConfigurationError(
-            f"--tenant-id {wanted_tenant_id} does not match the key's tenant {who.tenant_id} ({who.tenant_name})"
+            f"--tenant-id {wanted_tenant_id} does not match the key's tenant, by id or by name: "
+            f"{who.tenant_id} ({who.tenant_name})"
         )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from baton.agent.loops import IntervalTicker, sleep_or_wake
 from baton.agent.runs import ActiveRun, Phase
-from baton.exceptions import ServerUnavailableError
+from baton.exceptions import BatonError, ServerUnavailableError
 
 if TYPE_CHECKING:
     from baton.agent.base import Agent
@@ -206,6 +206,21 @@ class StopControl:
         await agent.poller.settle(agent.stop_claim_wait_seconds)
         if self._fatal_error is not None:
             raise self._fatal_error
+        if self.level == 1:
+            await self._deregister()
+
+    async def _deregister(self) -> None:
+        """A warm stop that ended well: tell the server this agent is gone (issue 9), so lists show it stopped and
+        ``explain`` stops counting on it. One attempt: a server that cannot be reached will see it stale soon."""
+        agent = self._agent
+        if agent.agent_id is None:
+            return
+        try:
+            await asyncio.to_thread(agent.client.deregister_agent, agent.agent_id)
+        except BatonError as exc:
+            logger.warning("could not deregister agent %s (%s): it will show as stale", agent.agent_id, exc)
+            return
+        logger.info("agent %s deregistered", agent.agent_id)
 
     async def _finish(self, poll: asyncio.Task[None]) -> None:
         await asyncio.wait({poll})

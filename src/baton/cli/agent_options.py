@@ -57,7 +57,8 @@ _COMMON_OPTIONS = (
     ),
     click.option(
         "--tenant-id",
-        help="The tenant to connect the agent to. Default: the tenant of the key (from /api/whoami).",
+        help="The tenant (id or name) the agent must connect to: it refuses to start with a key of another "
+        "tenant. Default: the tenant of the key (from /api/whoami).",
     ),
     click.option("-a", "--api", help="The API URL. Default: $BATON__API__URL, then config.toml."),
     click.option("--agent-config-id", help="An agent config id to link this agent instance with."),

@@ -17,6 +17,7 @@ import click
 
 from baton import __version__
 from baton.cli.agent import agent
+from baton.cli.agents import agents
 from baton.cli.context import api_options
 from baton.cli.docker import docker_group
 from baton.cli.errors import to_cli_error
@@ -57,7 +58,7 @@ def cli() -> None:
     """
 
 
-for command in (server, key, register, run, runs, agent, docker_group, notify):
+for command in (server, key, register, run, runs, agent, agents, docker_group, notify):
     cli.add_command(command)
 
 

@@ -29,6 +29,7 @@ from baton.cli.output import (
     stderr_console,
     stdout_console,
 )
+from baton.cli.waiting import WaitExplainer
 from baton.cli.watch import RunFollower, spinner
 
 if TYPE_CHECKING:
@@ -62,7 +63,13 @@ def follow_run(client: Client, created: FlowRunRead, *, as_json: bool, poll_inte
     try:
         with spinner(f"{label}: {created.state}", output) as (update, console):
             follower = RunFollower(client, created.id, poll_interval=poll_interval, console=console)
-            return follower.follow(on_poll=lambda run: update(f"{label}: {run.state}"))
+            explain_wait = WaitExplainer(client, console)  # says why a due run is not taken (issue 9)
+
+            def on_poll(run: FlowRunRead) -> None:
+                update(f"{label}: {run.state}")
+                explain_wait(run)
+
+            return follower.follow(on_poll=on_poll)
     except KeyboardInterrupt:
         raise WatchInterrupted(
             f"stopped watching; flow run {created.id} goes on (cancel it with `baton runs cancel {created.id}`)"

@@ -16,6 +16,7 @@ from rich.text import Text
 from baton.cli.context import CliState, api_options, pass_state
 from baton.cli.output import AnyCaseChoice, WatchInterrupted, echo_json, print_fields, print_table, stdout_console
 from baton.cli.watch import RunFollower
+from baton.schemas.responses import FlowRunRead
 from baton.schemas.states import StateName
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -47,14 +48,20 @@ def list_runs(state: CliState, state_name: str | None, flow_name: str | None, li
         echo_json(found)
         return
     rows = [
-        (r.id, r.name, r.flow_name, r.flow_version, r.state, r.labels, r.scheduled_start_time, r.agent_id)
-        for r in found
+        (r.id, r.name, r.flow_name, r.flow_version, r.state, r.labels, r.scheduled_start_time, _agent(r)) for r in found
     ]
     print_table(
         ["id", "name", "flow", "version", "state", "labels", "scheduled", "agent"],
         rows,
         empty="No flow runs.",
     )
+
+
+def _agent(run: FlowRunRead, with_id: bool = False) -> str | None:
+    """The run's agent by name (its id when the server gave no name: an older server)."""
+    if run.agent_name is None:
+        return run.agent_id
+    return f"{run.agent_name} ({run.agent_id})" if with_id else run.agent_name
 
 
 @runs.command("get")
@@ -78,7 +85,7 @@ def get_run(state: CliState, flow_run_id: str, as_json: bool) -> None:
             ("message", run.state_message),
             ("labels", run.labels),
             ("parameters", ", ".join(f"{k}={v!r}" for k, v in run.parameters.items()) or None),
-            ("agent", run.agent_id),
+            ("agent", _agent(run, with_id=True)),
             ("scheduled", run.scheduled_start_time),
             ("started", run.start_time),
             ("ended", run.end_time),

@@ -83,10 +83,48 @@ def _detail(response: httpx.Response) -> str:
     return str(detail)
 
 
-class Client:
-    """Talks to one Baton API server with one key (an API key or a run token)."""
+def _wrong_base_hint(api_url: str, response: httpx.Response) -> str | None:
+    """A clearer 404 when the API URL is not the server's root (``-a http://host:4200/api`` gave a bare "Not Found").
 
-    def __init__(self, api_url: str, api_key: str | None, timeout: float = 30.0) -> None:
+    Routes answer 404 with a detail naming what was not found; an unknown path answers FastAPI's bare "Not Found".
+    """
+    if response.status_code != 404 or _detail(response) != "Not Found":
+        return None
+    path = httpx.URL(api_url).path.rstrip("/")
+    if not path:
+        return None
+    root = api_url[: len(api_url) - len(path)] if api_url.endswith(path) else api_url
+    return (
+        f"Not Found: no such route under {api_url}; the API URL must be the server's root "
+        f"(e.g. {root}), not .../{path.lstrip('/')}"
+    )
+
+
+class Client:
+    """Talks to one Baton API server with one key (an API key or a run token).
+
+    ``Client()`` finds the server and key as the CLI does: ``BATON__API__URL`` / ``BATON__API__KEY``, then
+    ``$BATON_HOME/config.toml``, then the default URL. ``Client(api_url, api_key)`` uses exactly what it is given.
+
+    Usage::
+
+        with Client() as client:
+            client.create_flow_run(flow_name="hello", parameters={"name": "Ada"})
+
+    Raises:
+        ConfigurationError: (``Client()`` only) the settings are malformed.
+    """
+
+    def __init__(self, api_url: str | None = None, api_key: str | None = None, timeout: float | None = None) -> None:
+        if api_url is None:
+            from baton.settings import load_settings
+
+            settings = load_settings()
+            api_url = settings.api.url
+            if api_key is None and settings.api.key is not None:
+                api_key = settings.api.key.get_secret_value()
+            timeout = settings.api.timeout_seconds if timeout is None else timeout
+        timeout = 30.0 if timeout is None else timeout
         self.api_url = api_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # Building the TLS context (loading the CA bundle) costs ~60 ms, paid by every flow-run process and CLI
@@ -173,7 +211,7 @@ class Client:
             raise RateLimitedError(f"the API at {self.api_url} asks to slow down: HTTP 429 {_detail(response)}{after}")
         if response.status_code >= 400:
             error_class = _ERRORS_BY_STATUS.get(response.status_code, ClientError)
-            raise error_class(response.status_code, _detail(response))
+            raise error_class(response.status_code, _wrong_base_hint(self.api_url, response) or _detail(response))
         return response
 
     def _all_pages(self, model: type[M], path: str, params: dict[str, Any] | None = None) -> list[M]:
@@ -382,7 +420,23 @@ class Client:
         return self._model(r.AgentRead, "POST", "/api/agents", json=body)
 
     def list_agents(self) -> list[r.AgentRead]:
+        """Every agent of the tenant, oldest first, with its liveness and the runs it holds."""
         return self._all_pages(r.AgentRead, "/api/agents")
+
+    def deregister_agent(self, agent_id: str) -> r.AgentRead:
+        """Deregister an agent (its warm stop): only the key that registered it may."""
+        return self._model(r.AgentRead, "DELETE", f"/api/agents/{agent_id}")
+
+    def prune_agents(
+        self, older_than_seconds: float | None = None, dry_run: bool = False, agent_ids: Sequence[str] | None = None
+    ) -> r.AgentsPruned:
+        """Delete stale agents holding no run (``dry_run``: only list them; ``agent_ids``: of these only)."""
+        body: dict[str, Any] = {"dry_run": dry_run}
+        if older_than_seconds is not None:
+            body["older_than_seconds"] = older_than_seconds
+        if agent_ids is not None:
+            body["agent_ids"] = list(agent_ids)
+        return self._model(r.AgentsPruned, "POST", "/api/agents/prune", json=body)
 
     def claim(
         self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0

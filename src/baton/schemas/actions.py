@@ -158,6 +158,16 @@ class AgentRegister(StrictModel):
     _norm_labels = field_validator("labels")(_labels)
 
 
+class AgentPrune(StrictModel):
+    """``POST /api/agents/prune``: delete agents not seen for ``older_than_seconds`` (default and least: the server's
+    ``agent_stale_seconds``; a live agent is never pruned) or deregistered, that hold no run."""
+
+    older_than_seconds: float | None = Field(default=None, gt=0, le=10 * 365 * 86400, strict=True)
+    dry_run: bool = Field(default=False, strict=True)
+    # Only these agents (of those the rules above allow): the CLI deletes what it showed and was confirmed.
+    agent_ids: list[str] | None = Field(default=None, max_length=10_000)
+
+
 class ClaimRequest(StrictModel):
     limit: int = Field(default=1, ge=1, le=100, strict=True)
     wait_seconds: float = Field(default=0.0, ge=0, le=120, strict=True)

@@ -77,6 +77,7 @@ class FlowRunRead(BaseModel):
     labels: list[str]
     parameters: dict[str, Any]
     agent_id: str | None
+    agent_name: str | None = Field(default=None, description="the name of the agent of agent_id (issue 9)")
     scheduled_start_time: datetime
     created: datetime
     start_time: datetime | None
@@ -108,6 +109,18 @@ class AgentRead(BaseModel):
     agent_config_id: str | None
     created: datetime
     last_seen: datetime | None
+    # Issue 9 (operations): liveness and the runs it holds. Defaults keep older servers' answers readable.
+    live: bool = Field(default=True, description="seen within the server's agent_stale_seconds, not deregistered")
+    stale: bool = Field(default=False, description="not live: unseen for agent_stale_seconds, or deregistered")
+    deregistered_at: datetime | None = Field(default=None, description="when it deregistered (a warm stop)")
+    current_run_count: int = Field(default=0, description="its runs in Pending, Submitted, Running or Cancelling")
+    current_runs: list[str] = Field(default_factory=list, description="ids of those runs (at most 20)")
+
+
+class AgentsPruned(BaseModel):
+    pruned: list[AgentRead] = Field(description="the agents deleted (or, with dry_run, that would be)")
+    dry_run: bool
+    older_than_seconds: float
 
 
 class HeartbeatResponse(BaseModel):
@@ -171,7 +184,9 @@ class RunExplanation(BaseModel):
     scheduled_start_time: datetime
     late: bool
     summary: str
-    agents: list[AgentExplanation]
+    agents: list[AgentExplanation] = Field(description="the live agents (stale ones are only counted)")
+    stale_agents: int = Field(default=0, description="agents left out: unseen for agent_stale_seconds, or deregistered")
+    stale_after_seconds: float | None = Field(default=None, description="the server's agent_stale_seconds")
 
 
 class ErrorDetail(BaseModel):

@@ -80,6 +80,8 @@ class Action(StrEnum):
     NOTIFICATION_LIST = "notification.list"
     NOTIFICATION_REMOVE = "notification.remove"
     NOTIFICATION_TEST = "notification.test"
+    AGENT_DEREGISTER = "agent.deregister"
+    AGENT_PRUNE = "agent.prune"
 
 
 class Scope(StrEnum):
@@ -139,6 +141,10 @@ POLICY: dict[Action, Rule] = {
     Action.NOTIFICATION_LIST: _rule("admin user read"),
     Action.NOTIFICATION_REMOVE: _rule("admin user"),
     Action.NOTIFICATION_TEST: _rule("admin user"),
+    # A warm stop deregisters the agent: its own key only, like its claims.
+    Action.AGENT_DEREGISTER: _rule("admin runner", Scope.AGENT),
+    # Housekeeping of the fleet: people (admin, user), not agents; only stale agents holding no run go.
+    Action.AGENT_PRUNE: _rule("admin user"),
 }
 
 _S = StateName

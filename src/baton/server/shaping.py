@@ -39,6 +39,7 @@ from baton.schemas.responses import (
     WhoAmI,
 )
 from baton.server.database.orm import Agent, ApiKey, Flow, FlowRun, Log, NotificationDelivery, NotificationRule, TaskRun
+from baton.server.models import agent_fleet
 from baton.server.models import agents as agent_queries
 from baton.server.models import flow_runs as run_queries
 from baton.server.models import flows as flow_queries
@@ -140,6 +141,11 @@ def agent(row: Agent) -> AgentRead:
 
 def agents(rows: Sequence[Agent]) -> list[AgentRead]:
     return [agent(row) for row in rows]
+
+
+def fleet(session: Session, rows: Sequence[Agent], stale_seconds: float) -> list[AgentRead]:
+    """``rows`` with their liveness and the runs each holds (the fleet view: ``GET /api/agents``)."""
+    return agent_fleet.fleet_reads(session, rows, stale_seconds)
 
 
 def task_run(row: TaskRun) -> TaskRunRead:

@@ -202,6 +202,10 @@ ROUTES = [
     Route("GET", "/api/notifications", 200),
     Route("DELETE", "/api/notifications/{rule_id}", 200, fresh=True),
     Route("POST", "/api/notifications/{rule_id}/test", 200),
+    # The target agent holds a Running run: its own key is refused with 409 (tests/server/api/test_agent_fleet.py
+    # deregisters idle agents).
+    Route("DELETE", "/api/agents/{agent_id}", 409),
+    Route("POST", "/api/agents/prune", 200, body=lambda t: {"dry_run": True}),
 ]
 ROUTES_BY_KEY = {route.key: route for route in ROUTES}
 

@@ -6,14 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 
-from baton.schemas.actions import AgentHeartbeat, AgentRegister, ClaimRequest
-from baton.schemas.responses import NEXT_CURSOR_HEADER, AgentRead, ClaimResponse, HeartbeatResponse
+from baton.schemas.actions import AgentHeartbeat, AgentPrune, AgentRegister, ClaimRequest
+from baton.schemas.responses import NEXT_CURSOR_HEADER, AgentRead, AgentsPruned, ClaimResponse, HeartbeatResponse
 from baton.server import shaping
 from baton.server.access import Action, allow
 from baton.server.api.deps import CursorQuery, Db, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
-from baton.server.models import agents, pages
+from baton.server.models import agent_fleet, agents, pages
 from baton.server.models.tenants import Principal
 from baton.server.services.claiming import Claimer, claim_with_wait
 
@@ -39,12 +39,39 @@ def list_agents(
     cursor: CursorQuery = None,
 ) -> list[AgentRead]:
     """The tenant's agents, oldest first; a page stops at the server's byte budget (X-Next-Cursor for the rest)."""
-    budget = request.app.state.settings.server.max_list_bytes
+    settings = request.app.state.settings.server
     with transaction(db) as session:
-        page = pages.agents_page(session, principal.tenant_id, cursor, budget)
+        page = pages.agents_page(session, principal.tenant_id, cursor, settings.max_list_bytes)
+        reads = shaping.fleet(session, page.rows, settings.agent_stale_seconds)
     if page.next_cursor is not None:
         response.headers[NEXT_CURSOR_HEADER] = page.next_cursor
-    return shaping.agents(page.rows)
+    return reads
+
+
+@router.delete("/{agent_id}", response_model=AgentRead, responses=error_responses(409))
+def deregister_agent(
+    agent_id: str, principal: Annotated[Principal, allow(Action.AGENT_DEREGISTER)], db: Db, request: Request
+) -> AgentRead:
+    """Deregister (a warm stop): the agent stays listed as stale, its runs keep naming it; registering again, or any
+    claim or heartbeat, makes it live. 409 while it still holds runs."""
+    stale_seconds = request.app.state.settings.server.agent_stale_seconds
+    with transaction(db) as session:
+        agent = agent_fleet.deregister(session, agents.get_agent(session, principal.tenant_id, agent_id))
+        return shaping.fleet(session, [agent], stale_seconds)[0]
+
+
+@router.post("/prune", response_model=AgentsPruned)
+def prune_agents(
+    payload: AgentPrune, principal: Annotated[Principal, allow(Action.AGENT_PRUNE)], db: Db, request: Request
+) -> AgentsPruned:
+    """Delete agents that are deregistered or unseen for ``older_than_seconds`` (at least, and by default, the
+    server's agent_stale_seconds) and hold no run; ``dry_run`` only lists them."""
+    stale_seconds = request.app.state.settings.server.agent_stale_seconds
+    with transaction(db) as session:
+        outcome = agent_fleet.prune(
+            session, principal.tenant_id, payload.older_than_seconds, stale_seconds, payload.dry_run, payload.agent_ids
+        )
+    return AgentsPruned(pruned=outcome.pruned, dry_run=payload.dry_run, older_than_seconds=outcome.older_than_seconds)
 
 
 @router.post("/{agent_id}/claim", response_model=ClaimResponse)

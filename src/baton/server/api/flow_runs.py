@@ -151,8 +151,8 @@ def cancel_flow_run(
 def explain_flow_run(
     flow_run_id: str, principal: Annotated[Principal, allow(Action.FLOW_RUN_EXPLAIN)], db: Db, request: Request
 ) -> RunExplanation:
-    # An agent is "live" if it long-polled or heartbeat within a few poll periods.
-    stale_after = max(60.0, 3 * request.app.state.settings.server.max_claim_wait_seconds)
+    # An agent is live if it registered, long-polled or heartbeat within agent_stale_seconds (issue 9).
+    stale_after = request.app.state.settings.server.agent_stale_seconds
     with transaction(db) as session:
         return agents.explain_run(session, principal.tenant_id, flow_run_id, stale_after)
 

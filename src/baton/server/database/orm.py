@@ -111,6 +111,8 @@ class Agent(Base):
     version: Mapped[str | None] = mapped_column(String(50))
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime | None] = mapped_column()
+    # Set by a warm stop (DELETE /api/agents/{id}); cleared by any later sign of life (migration 0008).
+    deregistered_at: Mapped[datetime | None] = mapped_column()
 
 
 class FlowRun(Base):

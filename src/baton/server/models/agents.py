@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -59,6 +60,7 @@ def register_agent(
     agent.version = payload.version
     agent.api_key_id = api_key_id
     agent.last_seen = utcnow()
+    agent.deregistered_at = None
     session.flush()
     return agent
 
@@ -98,7 +100,7 @@ def touch(session: Session, agent: Agent) -> None:
     session.execute(
         update(Agent)
         .where(Agent.id == agent.id)
-        .values(last_seen=utcnow())
+        .values(last_seen=utcnow(), deregistered_at=None)  # a sign of life undoes a deregistration
         .execution_options(synchronize_session=False)
     )
 
@@ -182,8 +184,10 @@ def _explain_agent(run: FlowRun, agent: Agent, stale_after: float) -> AgentExpla
         reason = f"the run has no labels, and an agent with labels ({', '.join(agent.labels)}) never takes those"
     elif not can_take:
         reason = f"lacks label(s) {', '.join(lacking)}"
+    elif agent.deregistered_at is not None:
+        reason = "could take it, but it deregistered (stopped)"
     elif age is None or age > stale_after:
-        reason = "could take it, but has not been seen recently (is it running?)"
+        reason = f"could take it, but has not been seen for over {stale_after:g} s (is it running?)"
     else:
         reason = "can take it"
     return AgentExplanation(
@@ -202,7 +206,11 @@ def _explain_agent(run: FlowRun, agent: Agent, stale_after: float) -> AgentExpla
 def explain_run(session: Session, tenant_id: str, flow_run_id: str, stale_after: float) -> RunExplanation:
     """Why is (or isn't) this run being picked up? One line per registered agent of the tenant."""
     run = get_flow_run(session, tenant_id, flow_run_id)
-    explained = [_explain_agent(run, agent, stale_after) for agent in list_agents(session, tenant_id)]
+    every = list_agents(session, tenant_id)
+    explained = [_explain_agent(run, agent, stale_after) for agent in every]
+    # Stale agents (unseen for agent_stale_seconds, or deregistered) are counted, not listed: a tenant's long-dead
+    # agents would otherwise bury the live ones (issue 9).
+    stale_ids = {a.id for a in every if not is_live(a, stale_after)}
     late = run.state in CLAIMABLE_STATES and (utcnow() - run.scheduled_start_time).total_seconds() > LATE_AFTER_SECONDS
     able = [a for a in explained if a.can_take]
     live = [a for a in able if a.reason == "can take it"]
@@ -214,9 +222,15 @@ def explain_run(session: Session, tenant_id: str, flow_run_id: str, stale_after:
         wanted = ", ".join(run.labels) or "no labels"
         summary = f"no registered agent can take this run: it needs an agent with labels ⊇ [{wanted}]"
     elif not live:
-        summary = "agents that could take it exist but none was seen recently"
+        names = ", ".join(a.name for a in able[:3]) + (", ..." if len(able) > 3 else "")
+        summary = (
+            f"no live agent can take it: {len(able)} that could ({names}) not seen for over {stale_after:g} s "
+            "or stopped (start one, or check why they stopped)"
+        )
     else:
         summary = f"{len(live)} live agent(s) can take it" + (" (it is late)" if late else "")
+    if stale_ids and run.state in CLAIMABLE_STATES:
+        summary += f"; and {len(stale_ids)} stale agent(s) not seen for over {stale_after:g} s, not listed"
     return RunExplanation(
         flow_run_id=run.id,
         state=run.state,
@@ -224,5 +238,14 @@ def explain_run(session: Session, tenant_id: str, flow_run_id: str, stale_after:
         scheduled_start_time=run.scheduled_start_time,
         late=late,
         summary=summary,
-        agents=explained,
+        agents=[a for a in explained if a.agent_id not in stale_ids],
+        stale_agents=len(stale_ids),
+        stale_after_seconds=stale_after,
     )
+
+
+def is_live(agent: Agent, stale_seconds: float, now: datetime | None = None) -> bool:
+    """Seen (registered, claimed, heartbeat) within ``stale_seconds`` and not deregistered since."""
+    if agent.deregistered_at is not None or agent.last_seen is None:
+        return False
+    return ((now or utcnow()) - agent.last_seen).total_seconds() <= stale_seconds

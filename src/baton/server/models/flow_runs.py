@@ -24,7 +24,7 @@ from baton.schemas.actions import FlowRunCreate
 from baton.schemas.core import RunConfig, json_value_problem
 from baton.schemas.responses import FlowRunRead, StateRead
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
-from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
+from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
 from baton.server.models import cursors, notifications
 from baton.server.models import flows as flow_queries
 from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
@@ -284,6 +284,11 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
             select(Flow).where(Flow.id.in_({run.flow_id for run in runs})).options(load_only(Flow.name, Flow.version))
         )
     }
+    agent_ids = {run.agent_id for run in runs if run.agent_id}
+    # Lists show agents by name (issue 9): one query for all of them.
+    agent_names: dict[str, str] = {}
+    if agent_ids:
+        agent_names = dict(session.execute(select(Agent.id, Agent.name).where(Agent.id.in_(agent_ids))).tuples().all())
     history: dict[str, list[StateRead]] = defaultdict(list)
     if "states" not in omit:
         state_rows = session.scalars(
@@ -308,6 +313,7 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
                 labels=run.labels,
                 parameters={} if "parameters" in omit or "parameters" in problems else run.parameters,
                 agent_id=run.agent_id,
+                agent_name=agent_names.get(run.agent_id) if run.agent_id else None,
                 scheduled_start_time=run.scheduled_start_time,
                 created=run.created,
                 start_time=run.start_time,

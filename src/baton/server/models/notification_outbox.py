@@ -143,6 +143,8 @@ def find_lost_agents(session: Session, now: datetime, stale_seconds: float, rete
             select(Agent)
             .where(
                 Agent.tenant_id == rule.tenant_id,
+                # A warm stop deregisters the agent: stopped on purpose, not lost.
+                Agent.deregistered_at.is_(None),
                 seen <= now - timedelta(seconds=stale_seconds),
                 seen > now - timedelta(seconds=retention_seconds),
             )

@@ -78,7 +78,8 @@ def task_runs_page(
 def agents_page(session: Session, tenant_id: str, cursor: str | None, max_bytes: int) -> OffsetPage[Agent]:
     """The tenant's agents, oldest first, one page of them."""
     order = (Agent.created, Agent.id)
-    size = func.length(Agent.labels_key) + func.length(Agent.name) + _ROW_OVERHEAD
+    # Besides the row: liveness and up to 20 current run ids (models/agent_fleet.py).
+    size = func.length(Agent.labels_key) + func.length(Agent.name) + _ROW_OVERHEAD + 1000
     return offset_page(
         session,
         select(size).where(Agent.tenant_id == tenant_id).order_by(*order),
