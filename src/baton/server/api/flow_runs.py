@@ -11,7 +11,7 @@ from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server import shaping
-from baton.server.access import Action, allow, check_state_allowed, run_holder
+from baton.server.access import Action, Kind, allow, check_state_allowed, kind_of, run_holder
 from baton.server.api.deps import CursorQuery, Db, NotifierDep, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
@@ -129,11 +129,20 @@ def set_state(
     check_state_allowed(principal, payload.name)
     with transaction(db) as session:
         held_by = run_holder(session, principal, flow_run_id)
+        # A user key marks a run Failed by hand: that ends it, whatever retries its flow has left.
+        by_hand = kind_of(principal) == Kind.USER
         run = state_changes.set_state(
-            session, principal.tenant_id, flow_run_id, payload.name, payload.message, payload.data, held_by
+            session,
+            principal.tenant_id,
+            flow_run_id,
+            payload.name,
+            payload.message,
+            payload.data,
+            held_by,
+            retry=not by_hand,
         )
         result = shaping.flow_run(session, principal, run)
-    if payload.name in CLAIMABLE_STATES:
+    if result.state in CLAIMABLE_STATES:  # released, or a failed attempt now Retrying
         notifier.notify_threadsafe(principal.tenant_id)
     return result
 

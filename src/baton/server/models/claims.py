@@ -106,7 +106,8 @@ def claim_runs(
                 with session.begin_nested():
                     transition(session, run, StateName.PENDING, f"claimed by agent {agent.name}", None, extra)
                     if problems:
-                        transition(session, run, StateName.FAILED, _unservable_message(problems))
+                        # Not retried: a retry would find the same stored data.
+                        transition(session, run, StateName.FAILED, _unservable_message(problems), retry=False)
             except StaleState:
                 continue
             if problems:
@@ -193,10 +194,11 @@ def requeue_or_fail(
     """Put ``run`` back in the queue, counting the return; past ``max_returns`` returns fail it instead.
 
     Lease expiries and the recovery service share this budget, so a run cannot bounce between them for ever.
-    The messages are built from the number of returns, this one included. Returns True when it was requeued.
+    The messages are built from the number of returns, this one included. Returns True when it is back in the queue
+    (Scheduled, or Retrying: a failure of a flow with retries left).
     """
     returns = run.lease_returns + 1
     requeue = returns <= max_returns
     state, message = (StateName.SCHEDULED, requeued_message) if requeue else (StateName.FAILED, failed_message)
     transition(session, run, state, message(returns), None, {"lease_returns": returns})
-    return requeue
+    return run.state in CLAIMABLE_STATES  # a failure with retries left is back in the queue too (Retrying)

@@ -25,7 +25,7 @@ from baton.schemas.core import RunConfig, json_value_problem
 from baton.schemas.responses import FlowRunRead, StateRead
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
-from baton.server.models import cursors
+from baton.server.models import cursors, retries
 from baton.server.models import flows as flow_queries
 from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
@@ -314,6 +314,8 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
                 end_time=run.end_time,
                 deployment=None if "deployment" in problems else run.deployment,
                 run_config=_servable_run_config(run, problems),
+                attempt=run.attempt,
+                retried_from=run.retried_from,
                 states=history[run.id],
                 omitted=sorted(omit),
             )
@@ -345,8 +347,14 @@ def transition(
     message: str | None = None,
     data: dict[str, Any] | None = None,
     extra_values: dict[str, Any] | None = None,
+    *,
+    retry: bool = True,
 ) -> FlowRun:
     """Move ``run`` to ``new_state`` in the caller's transaction.
+
+    A run asked to become Failed that has attempts left (``@flow(retries=N)``, ``models/retries.py``) becomes
+    Retrying instead, unless ``retry`` is False (a failure marked by hand, or one a retry would only repeat): the
+    failure is kept in the state history, and the run is back in the queue for its next attempt.
 
     Raises:
         IllegalTransitionError: the state machine forbids it (409).
@@ -354,6 +362,13 @@ def transition(
     """
     check_transition(run.state, new_state)
     now = utcnow()
+    failure: tuple[str | None, dict[str, Any] | None] | None = None
+    plan = retries.plan_retry(session, run, message, now) if new_state == StateName.FAILED and retry else None
+    if plan is not None:
+        check_transition(run.state, StateName.RETRYING)
+        failure = (message, data)
+        new_state, message, data = StateName.RETRYING, plan.message, None
+        extra_values = {**(extra_values or {}), **plan.values}
     if new_state in FINAL_STATES:
         # Whoever ends the run, its final message says how many log lines were dropped (issue 8, item 8).
         message = with_dropped_note(message, run.logs_dropped or 0)
@@ -375,6 +390,12 @@ def transition(
         raise StaleState(f"flow run {run.id} changed while this request was handled")
     for column, value in values.items():
         set_committed_value(run, column, value)
+    if failure is not None:  # the failed attempt stays in the history, before the Retrying that follows it
+        session.add(
+            FlowRunState(
+                flow_run_id=run.id, name=StateName.FAILED.value, message=failure[0], data=failure[1], timestamp=now
+            )
+        )
     session.add(FlowRunState(flow_run_id=run.id, name=new_state.value, message=message, data=data, timestamp=now))
     return run
 
