@@ -122,6 +122,9 @@ class ServerSettings(BaseModel):
     # An agent unseen for this long is stale: `baton agents list` shows it so, `explain` leaves it out of the live
     # agents, notification rules `--on agent-lost` fire for it, and `baton agents prune` may delete it.
     agent_stale_seconds: float = Field(default=90.0, gt=0)
+    # A claimable run due this long ago and still unclaimed is late (`runs list --late`, `explain`): a few seconds
+    # of slack, so that a run claimed within an agent's normal poll is never called late.
+    late_after_seconds: float = Field(default=5.0, ge=0, le=366 * 24 * 3600)
 
 
 class AgentSettings(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -13,6 +14,7 @@ from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server import shaping
 from baton.server.access import Action, Kind, allow, check_state_allowed, kind_of, run_holder
 from baton.server.api.deps import CursorQuery, Db, NotifierDep, transaction
+from baton.server.database.orm import utcnow
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
 from baton.server.models import agents, flow_runs, state_changes
@@ -90,15 +92,20 @@ def list_flow_runs(
     include: Annotated[
         str | None, Query(max_length=100, description="heavy fields to include: parameters,states")
     ] = None,
+    late: Annotated[
+        bool, Query(description="only late runs: Scheduled or Retrying, and due more than late_after_seconds ago")
+    ] = False,
 ) -> list[FlowRunRead]:
     """Newest first. Items leave out ``parameters`` and ``states`` unless ``include`` names them; an answer stops
     at ``limit`` items or at the server's byte budget, and then ``X-Next-Cursor`` says where the next page starts."""
     wanted = _include(include)
+    settings = request.app.state.settings.server
+    late_before = utcnow() - timedelta(seconds=settings.late_after_seconds) if late else None
     with transaction(db) as session:
         page = flow_runs.list_flow_runs(
             session,
             principal.tenant_id,
-            flow_runs.RunFilter(state.value if state else None, flow_name),
+            flow_runs.RunFilter(state.value if state else None, flow_name, late_before),
             limit=limit,
             offset=offset,
             cursor=cursor,

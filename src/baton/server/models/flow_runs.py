@@ -46,14 +46,21 @@ def resolve_run_labels(explicit: list[str] | None, flow: Flow) -> list[str]:
     return sorted(set(run_config_labels)) if run_config_labels else list(flow.labels)
 
 
-def request_hash(payload: FlowRunCreate) -> str:
+def request_hash(payload: FlowRunCreate, retried_from: str | None = None) -> str:
     """What a create asked for, canonically: a retry with the same idempotency key must ask the same."""
-    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    asked = payload.model_dump(mode="json")
+    if retried_from is not None:  # `runs retry` of another run is another request, even with equal parameters
+        asked["retried_from"] = retried_from
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def create_flow_run_once(
-    session: Session, tenant_id: str, payload: FlowRunCreate, idempotency_key: str | None
+    session: Session,
+    tenant_id: str,
+    payload: FlowRunCreate,
+    idempotency_key: str | None,
+    retried_from: str | None = None,
 ) -> tuple[FlowRun, bool]:
     """Create a run unless this tenant already made one with ``idempotency_key``; return it and whether it is new.
 
@@ -68,11 +75,13 @@ def create_flow_run_once(
         IntegrityError: a concurrent create with the same key committed first (retry in a new transaction).
     """
     if idempotency_key is None:
-        return create_flow_run(session, tenant_id, payload), True
-    digest = request_hash(payload)
+        return create_flow_run(session, tenant_id, payload, retried_from=retried_from), True
+    digest = request_hash(payload, retried_from)
     existing = _run_with_key(session, tenant_id, idempotency_key)
     if existing is None:
-        run = create_flow_run(session, tenant_id, payload, idempotency=(idempotency_key, digest))
+        run = create_flow_run(
+            session, tenant_id, payload, idempotency=(idempotency_key, digest), retried_from=retried_from
+        )
         session.flush()
         return run, True
     if existing.idempotency_hash != digest:
@@ -88,7 +97,11 @@ def _run_with_key(session: Session, tenant_id: str, key: str) -> FlowRun | None:
 
 
 def create_flow_run(
-    session: Session, tenant_id: str, payload: FlowRunCreate, idempotency: tuple[str, str] | None = None
+    session: Session,
+    tenant_id: str,
+    payload: FlowRunCreate,
+    idempotency: tuple[str, str] | None = None,
+    retried_from: str | None = None,
 ) -> FlowRun:
     if payload.flow_id:
         flow = flow_queries.get_flow(session, tenant_id, payload.flow_id)
@@ -114,6 +127,7 @@ def create_flow_run(
         updated=now,
         idempotency_key=idempotency[0] if idempotency else None,
         idempotency_hash=idempotency[1] if idempotency else None,
+        retried_from=retried_from,
     )
     session.add(run)
     session.flush()
@@ -134,6 +148,7 @@ def get_flow_run(session: Session, tenant_id: str, flow_run_id: str) -> FlowRun:
 class RunFilter:
     state: str | None = None
     flow_name: str | None = None
+    late_before: datetime | None = None  # only late runs: claimable and due before this time
 
 
 @dataclass
@@ -196,6 +211,9 @@ def list_flow_runs(
     stmt = select(FlowRun.id, FlowRun.created, _item_size(include)).where(FlowRun.tenant_id == tenant_id)
     if where.state:
         stmt = stmt.where(FlowRun.state == where.state)
+    if where.late_before is not None:
+        claimable = [state.value for state in CLAIMABLE_STATES]
+        stmt = stmt.where(FlowRun.state.in_(claimable), FlowRun.scheduled_start_time < where.late_before)
     if where.flow_name:
         if "\x00" in where.flow_name:
             return RunPage([], None)  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one
