@@ -30,6 +30,7 @@ from baton.server.json_body import JsonRoute
 from baton.server.limits import Admission, BodySizeLimit
 from baton.server.models.lost_runs import RecoveryPolicy
 from baton.server.notifier import RunNotifier
+from baton.server.services.lateness import LatenessService
 from baton.server.services.leases import LeaseExpiryService
 from baton.server.services.recovery import RecoveryService
 from baton.server.services.runner import run_periodically
@@ -56,7 +57,8 @@ def _services(
         max_returns=server.max_lease_returns,
     )
     recovery = RecoveryService(factory, notifier, policy, margin)
-    return [("lease-expiry", leases.run_once), ("recovery", recovery.run_once)]
+    lateness = LatenessService(factory)
+    return [("lease-expiry", leases.run_once), ("recovery", recovery.run_once), ("lateness", lateness.run_once)]
 
 
 def check_json_routes(router: APIRouter) -> None:

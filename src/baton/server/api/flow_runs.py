@@ -170,7 +170,8 @@ def explain_flow_run(
     # An agent is "live" if it long-polled or heartbeat within a few poll periods.
     stale_after = max(60.0, 3 * request.app.state.settings.server.max_claim_wait_seconds)
     with transaction(db) as session:
-        return agents.explain_run(session, principal.tenant_id, flow_run_id, stale_after)
+        late_after = request.app.state.settings.server.late_after_seconds
+        return agents.explain_run(session, principal.tenant_id, flow_run_id, stale_after, late_after)
 
 
 @router.post("/{flow_run_id}/heartbeat", response_model=FlowRunHeartbeatResponse)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -13,6 +14,7 @@ from baton.schemas.actions import AgentHeartbeat, AgentRegister, DeploymentStatu
 from baton.schemas.responses import AgentExplanation, AgentRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, DEPLOYED_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import Agent, FlowRun, utcnow
+from baton.server.models import lateness
 from baton.server.models.claims import extend_leases
 from baton.server.models.errors import Conflict, ObjectNotFound, StaleState
 from baton.server.models.flow_runs import get_flow_run, transition
@@ -199,11 +201,33 @@ def _explain_agent(run: FlowRun, agent: Agent, stale_after: float) -> AgentExpla
     )
 
 
-def explain_run(session: Session, tenant_id: str, flow_run_id: str, stale_after: float) -> RunExplanation:
+def _names(agents: list[AgentExplanation]) -> str:
+    return ", ".join(agent.name for agent in agents[:5]) + (f" and {len(agents) - 5} more" if len(agents) > 5 else "")
+
+
+def _timing(run: FlowRun, now: datetime, late: bool, able: list[AgentExplanation], live: list[AgentExplanation]) -> str:
+    """The summary's start for a waiting run: when it is due, or how late it is and why."""
+    waited = lateness.lateness(run, now)
+    if waited < 0:
+        due = run.scheduled_start_time.isoformat(timespec="seconds")
+        return f"not due until {due} (in {lateness.format_duration(-waited)}); "
+    if not late:
+        return ""
+    prefix = f"late by {lateness.format_duration(waited)}: "
+    if live:
+        return prefix + f"live agents {_names(live)} could take it but have not claimed it (busy?); "
+    prefix += f"no live agent with labels [{', '.join(run.labels)}]"
+    return prefix + (f"; agents {_names(able)} could take it but were not seen recently; " if able else "; ")
+
+
+def explain_run(
+    session: Session, tenant_id: str, flow_run_id: str, stale_after: float, late_after: float = LATE_AFTER_SECONDS
+) -> RunExplanation:
     """Why is (or isn't) this run being picked up? One line per registered agent of the tenant."""
     run = get_flow_run(session, tenant_id, flow_run_id)
     explained = [_explain_agent(run, agent, stale_after) for agent in list_agents(session, tenant_id)]
-    late = run.state in CLAIMABLE_STATES and (utcnow() - run.scheduled_start_time).total_seconds() > LATE_AFTER_SECONDS
+    now = utcnow()
+    late = run.state in CLAIMABLE_STATES and lateness.lateness(run, now) > late_after
     able = [a for a in explained if a.can_take]
     live = [a for a in able if a.reason == "can take it"]
     if run.state not in CLAIMABLE_STATES:
@@ -217,6 +241,8 @@ def explain_run(session: Session, tenant_id: str, flow_run_id: str, stale_after:
         summary = "agents that could take it exist but none was seen recently"
     else:
         summary = f"{len(live)} live agent(s) can take it" + (" (it is late)" if late else "")
+    if run.state in CLAIMABLE_STATES:
+        summary = _timing(run, now, late, able, live) + summary
     return RunExplanation(
         flow_run_id=run.id,
         state=run.state,

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, defer
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, utcnow
 from baton.server.models import flows as flow_queries
+from baton.server.models import lateness
 from baton.server.models.errors import StaleState
 from baton.server.models.flow_runs import stored_json_problems, transition
 from baton.server.models.tenants import RUN_TOKEN_PREFIX, hash_secret, new_secret
@@ -95,6 +96,8 @@ def claim_runs(
             if len(result.runs) >= limit or (result.runs and total + int(size) > max_bytes):
                 full = True
                 break
+            if lateness.skip_if_too_late(session, run, now):  # past its flow's max_lateness: Cancelled, not run
+                continue
             token = new_secret(RUN_TOKEN_PREFIX)
             extra = {
                 "agent_id": agent.id,
