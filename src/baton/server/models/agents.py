@@ -205,19 +205,21 @@ def _names(agents: list[AgentExplanation]) -> str:
     return ", ".join(agent.name for agent in agents[:5]) + (f" and {len(agents) - 5} more" if len(agents) > 5 else "")
 
 
-def _timing(run: FlowRun, now: datetime, late: bool, able: list[AgentExplanation], live: list[AgentExplanation]) -> str:
-    """The summary's start for a waiting run: when it is due, or how late it is and why."""
+def _timing(
+    run: FlowRun, now: datetime, late: bool, able: list[AgentExplanation], live: list[AgentExplanation]
+) -> str | None:
+    """What a waiting run's summary says about time: when it is due, or how late it is and why (None: on time)."""
     waited = lateness.lateness(run, now)
     if waited < 0:
         due = run.scheduled_start_time.isoformat(timespec="seconds")
-        return f"not due until {due} (in {lateness.format_duration(-waited)}); "
+        return f"not due until {due} (in {lateness.format_duration(-waited)})"
     if not late:
-        return ""
+        return None
     prefix = f"late by {lateness.format_duration(waited)}: "
     if live:
-        return prefix + f"live agents {_names(live)} could take it but have not claimed it (busy?); "
-    prefix += f"no live agent with labels [{', '.join(run.labels)}]"
-    return prefix + (f"; agents {_names(able)} could take it but were not seen recently; " if able else "; ")
+        return prefix + f"live agent(s) {_names(live)} can take it but have not claimed it yet"
+    wanted = f"no live agent with labels [{', '.join(run.labels)}]"
+    return prefix + wanted + (f"; agent(s) {_names(able)} could take it but were not seen recently" if able else "")
 
 
 def explain_run(
@@ -241,8 +243,9 @@ def explain_run(
         summary = "agents that could take it exist but none was seen recently"
     else:
         summary = f"{len(live)} live agent(s) can take it" + (" (it is late)" if late else "")
-    if run.state in CLAIMABLE_STATES:
-        summary = _timing(run, now, late, able, live) + summary
+    timing = _timing(run, now, late, able, live) if run.state in CLAIMABLE_STATES else None
+    if timing is not None:
+        summary = timing if late else f"{timing}; {summary}"
     return RunExplanation(
         flow_run_id=run.id,
         state=run.state,
