@@ -32,6 +32,29 @@ def doomed(name: str = "x"):
     raise RuntimeError(f"always fails for {name}")
 """
 
+SLOW_FLOW = """
+import time
+from baton import flow
+
+@flow(retries=1, timeout_seconds=1)
+def slow():
+    time.sleep(60)
+"""
+
+
+def test_a_run_the_agent_times_out_is_retried_then_fails(cli: Cli, start_agent, flow_file) -> None:
+    cli("register", str(flow_file("slow", SLOW_FLOW)))
+    start_agent()
+    run = cli.json("run", "slow")
+
+    final = wait_for_state(cli, run["id"], {"Failed"}, timeout=90)
+
+    assert final["attempt"] == 2
+    failures = [s["message"] for s in final["states"] if s["name"] == "Failed"]
+    assert len(failures) == 2
+    assert all("timed out after 1 s" in message for message in failures)
+    assert [s["name"] for s in final["states"]].count("Retrying") == 1
+
 
 def test_a_flow_that_raises_is_retried_by_the_agent_and_watch_follows_the_attempts(
     cli: Cli, start_agent, flow_file, tmp_path: Path
