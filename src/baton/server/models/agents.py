@@ -209,7 +209,7 @@ def _timing(
     run: FlowRun, now: datetime, late: bool, able: list[AgentExplanation], live: list[AgentExplanation]
 ) -> str | None:
     """What a waiting run's summary says about time: when it is due, or how late it is and why (None: on time)."""
-    waited = lateness.lateness(run, now)
+    waited = lateness.seconds_late(run, now)
     if waited < 0:
         due = run.scheduled_start_time.isoformat(timespec="seconds")
         return f"not due until {due} (in {lateness.format_duration(-waited)})"
@@ -229,7 +229,7 @@ def explain_run(
     run = get_flow_run(session, tenant_id, flow_run_id)
     explained = [_explain_agent(run, agent, stale_after) for agent in list_agents(session, tenant_id)]
     now = utcnow()
-    late = run.state in CLAIMABLE_STATES and lateness.lateness(run, now) > late_after
+    late = run.state in CLAIMABLE_STATES and lateness.seconds_late(run, now) > late_after
     able = [a for a in explained if a.can_take]
     live = [a for a in able if a.reason == "can take it"]
     if run.state not in CLAIMABLE_STATES:
@@ -245,7 +245,8 @@ def explain_run(
         summary = f"{len(live)} live agent(s) can take it" + (" (it is late)" if late else "")
     timing = _timing(run, now, late, able, live) if run.state in CLAIMABLE_STATES else None
     if timing is not None:
-        summary = timing if late else f"{timing}; {summary}"
+        # Late: the timing says why in its own words, unless no agent ever registered (then the hint follows).
+        summary = timing if late and explained else f"{timing}; {summary}"
     return RunExplanation(
         flow_run_id=run.id,
         state=run.state,

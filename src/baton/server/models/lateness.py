@@ -40,7 +40,7 @@ def format_duration(seconds: float) -> str:
     return "0s"  # pragma: no cover - the loop always returns at "s"
 
 
-def lateness(run: FlowRun, now: datetime) -> float:
+def seconds_late(run: FlowRun, now: datetime) -> float:
     """Seconds since ``run`` was due (negative: not due yet)."""
     return (now - run.scheduled_start_time).total_seconds()
 
@@ -49,7 +49,7 @@ def skip_message(run: FlowRun, max_lateness_seconds: int | None, now: datetime) 
     """Why ``run`` is skipped, or None when it is not too late (or its flow has no ``max_lateness``)."""
     if max_lateness_seconds is None or run.state not in CLAIMABLE_STATES:
         return None
-    late = lateness(run, now)
+    late = seconds_late(run, now)
     if late <= max_lateness_seconds:
         return None
     return (
