@@ -61,6 +61,17 @@ def test_only_failed_or_cancelled_runs_can_be_retried(tenant: TenantContext, use
     assert f"is {state}: only a Failed or Cancelled run can be retried" in str(refused.value)
 
 
+def test_a_run_whose_stored_parameters_cannot_be_served_is_not_copied(
+    tenant: TenantContext, user: Client, runner: Client, api_database: sessionmaker[Session]
+) -> None:
+    old_id = failed_run(tenant, user, runner)
+    with api_database() as session, session.begin():
+        session.execute(update(FlowRun).where(FlowRun.id == old_id).values(parameters=["not", "an", "object"]))
+
+    with pytest.raises(ConflictError, match="cannot be retried: its stored parameters cannot be served"):
+        user.retry_flow_run(old_id)
+
+
 def test_retry_with_an_idempotency_key_makes_one_run(tenant: TenantContext, user: Client, runner: Client) -> None:
     old_id = failed_run(tenant, user, runner)
     key = unique("key")
