@@ -8,7 +8,7 @@ an injected clock on the package's SQLite and PostgreSQL servers.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +31,7 @@ def policy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
         BATON__SERVER__RUN_HEARTBEAT_TIMEOUT_SECONDS="1",
         BATON__SERVER__OUTAGE_GRACE_MARGIN_SECONDS="0",
         BATON__SERVER__SERVICES_INTERVAL_SECONDS="0.2",
+        BATON__SERVER__LATE_AFTER_SECONDS="600",
     ).start()
     yield server
     server.stop()
@@ -91,6 +92,21 @@ def test_a_lost_running_run_is_retried(policy_tenant: TenantContext) -> None:
     assert retrying.attempt == 2
     assert retrying.scheduled_start_time == failed.timestamp + timedelta(hours=1)
     assert retrying.agent_id is None
+
+
+def test_late_after_seconds_sets_when_a_run_counts_as_late(policy_tenant: TenantContext) -> None:
+    # The server calls a run late 600 s after it was due
+    policy_tenant.register_flow("hello")
+    user = policy_tenant.client(policy_tenant.key("user"))
+    now = datetime.now(UTC)
+    label = [unique("nobody")]
+    recent = user.create_flow_run(flow_name="hello", labels=label, scheduled_start_time=now - timedelta(minutes=5))
+    old = user.create_flow_run(flow_name="hello", labels=label, scheduled_start_time=now - timedelta(minutes=15))
+
+    assert {run.id for run in user.list_flow_runs(late=True)} >= {old.id}
+    assert recent.id not in {run.id for run in user.list_flow_runs(late=True)}
+    assert user.explain_flow_run(recent.id).late is False
+    assert user.explain_flow_run(old.id).late is True
 
 
 # --- the lateness sweep (SQLite and PostgreSQL) -----------------------------------------------------------

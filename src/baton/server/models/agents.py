@@ -22,8 +22,6 @@ from baton.server.models.ids import checked_id
 from baton.server.models.tenants import key_is_active
 
 _DEPLOYED = [state.value for state in DEPLOYED_STATES]
-# A run due this long ago and still unclaimed is late (derived, not a state: DESIGN.md §3).
-LATE_AFTER_SECONDS = 5.0
 
 
 def register_agent(
@@ -223,9 +221,13 @@ def _timing(
 
 
 def explain_run(
-    session: Session, tenant_id: str, flow_run_id: str, stale_after: float, late_after: float = LATE_AFTER_SECONDS
+    session: Session, tenant_id: str, flow_run_id: str, stale_after: float, late_after: float
 ) -> RunExplanation:
-    """Why is (or isn't) this run being picked up? One line per registered agent of the tenant."""
+    """Why is (or isn't) this run being picked up? One line per registered agent of the tenant.
+
+    A run due more than ``late_after`` seconds ago and still unclaimed is late (derived, not a state: DESIGN.md §3;
+    ``ServerSettings.late_after_seconds``).
+    """
     run = get_flow_run(session, tenant_id, flow_run_id)
     explained = [_explain_agent(run, agent, stale_after) for agent in list_agents(session, tenant_id)]
     now = utcnow()
