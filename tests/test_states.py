@@ -22,9 +22,10 @@ S = StateName
 EXPECTED_TRANSITIONS: dict[StateName, set[StateName]] = {
     S.SCHEDULED: {S.PENDING, S.CANCELLED},
     S.RETRYING: {S.PENDING, S.CANCELLED},
-    S.PENDING: {S.SUBMITTED, S.SCHEDULED, S.FAILED, S.CANCELLED},
+    # -> Retrying: only the server, turning a failed attempt with retries left into its next one (issue 9).
+    S.PENDING: {S.SUBMITTED, S.SCHEDULED, S.FAILED, S.CANCELLED, S.RETRYING},
     # -> Scheduled from Submitted/Running: only the server's recovery service (docs/design.md §7 "Recovery").
-    S.SUBMITTED: {S.RUNNING, S.FAILED, S.CANCELLING, S.CANCELLED, S.SCHEDULED},
+    S.SUBMITTED: {S.RUNNING, S.FAILED, S.CANCELLING, S.CANCELLED, S.SCHEDULED, S.RETRYING},
     S.RUNNING: {S.SUCCESS, S.FAILED, S.CANCELLING, S.CANCELLED, S.RETRYING, S.SCHEDULED},
     S.CANCELLING: {S.CANCELLED, S.FAILED, S.SUCCESS},
     S.SUCCESS: set(),

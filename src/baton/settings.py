@@ -157,6 +157,10 @@ class ServerSettings(BaseModel):
             cleaned.append(entry)
         return cleaned
 
+    # A claimable run due this long ago and still unclaimed is late (`runs list --late`, `explain`): a few seconds
+    # of slack, so that a run claimed within an agent's normal poll is never called late.
+    late_after_seconds: float = Field(default=5.0, ge=0, le=366 * 24 * 3600)
+
 
 class AgentSettings(BaseModel):
     """Agents: identity, routing and the timings of their loops."""

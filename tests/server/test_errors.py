@@ -84,6 +84,7 @@ ALL_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/flow_runs", None),
     ("GET", "/api/flow_runs/{run}", None),
     ("POST", "/api/flow_runs/{run}/cancel", None),
+    ("POST", "/api/flow_runs/{run}/retry", None),
     ("GET", "/api/flow_runs/{run}/explain", None),
     ("POST", "/api/flow_runs/{run}/heartbeat", None),
     ("GET", "/api/flow_runs/{run}/logs", None),

@@ -6,6 +6,8 @@ Usage::
     baton runs get 3f2c... --json
     baton runs logs 3f2c... --follow
     baton runs explain 3f2c...     # which agents could take it, and why not
+    baton runs list --late         # runs still waiting for an agent past their start time
+    baton runs retry 3f2c...       # run a Failed or Cancelled run again, as a new run
 """
 
 from __future__ import annotations
@@ -36,14 +38,22 @@ def runs() -> None:
     help="Only runs in this state.",
 )
 @click.option("--flow", "flow_name", metavar="NAME", help="Only runs of this flow.")
+@click.option(
+    "--late",
+    is_flag=True,
+    help="Only late runs: Scheduled or Retrying and still unclaimed past their start time (plus the server's "
+    "late_after_seconds).",
+)
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="At most this many.")
 @_json_option
 @api_options
 @pass_state
-def list_runs(state: CliState, state_name: str | None, flow_name: str | None, limit: int, as_json: bool) -> None:
+def list_runs(
+    state: CliState, state_name: str | None, flow_name: str | None, late: bool, limit: int, as_json: bool
+) -> None:
     """List flow runs, newest first."""
     with state.client() as client:
-        found = client.list_flow_runs(state=state_name, flow_name=flow_name, limit=limit)
+        found = client.list_flow_runs(state=state_name, flow_name=flow_name, limit=limit, late=late)
     if as_json:
         echo_json(found)
         return
@@ -53,7 +63,7 @@ def list_runs(state: CliState, state_name: str | None, flow_name: str | None, li
     print_table(
         ["id", "name", "flow", "version", "state", "labels", "scheduled", "agent"],
         rows,
-        empty="No flow runs.",
+        empty="No late flow runs." if late else "No flow runs.",
     )
 
 
@@ -82,6 +92,8 @@ def get_run(state: CliState, flow_run_id: str, as_json: bool) -> None:
             ("name", run.name),
             ("flow", f"{run.flow_name} v{run.flow_version}"),
             ("state", run.state),
+            ("attempt", run.attempt),
+            ("retried from", run.retried_from),
             ("message", run.state_message),
             ("labels", run.labels),
             ("parameters", ", ".join(f"{k}={v!r}" for k, v in run.parameters.items()) or None),
@@ -128,6 +140,22 @@ def cancel(state: CliState, flow_run_id: str, as_json: bool) -> None:
         echo_json(run)
         return
     click.echo(f"Flow run {run.id} is {run.state}.")
+
+
+@runs.command("retry")
+@_run_id
+@_json_option
+@api_options
+@pass_state
+def retry(state: CliState, flow_run_id: str, as_json: bool) -> None:
+    """Run a Failed or Cancelled flow run again: a new run with the same flow version, parameters and labels,
+    due now, that names ID as the run it retries."""
+    with state.client() as client:
+        run = client.retry_flow_run(flow_run_id)
+    if as_json:
+        echo_json(run)
+        return
+    click.echo(f"Flow run {run.id} ({run.name}) retries {flow_run_id}; it is {run.state}.")
 
 
 @runs.command("explain")

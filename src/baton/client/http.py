@@ -321,16 +321,18 @@ class Client:
         limit: int = 50,
         offset: int = 0,
         include: Sequence[str] = (),
+        late: bool = False,
     ) -> list[r.FlowRunRead]:
         """Up to ``limit`` runs, newest first, following the server's cursor across pages.
 
-        Items leave out the heavy fields (``parameters``, ``states``) unless ``include`` names them.
+        Items leave out the heavy fields (``parameters``, ``states``) unless ``include`` names them; ``late``: only
+        runs still waiting for an agent past their start time (the server's ``late_after_seconds``).
         """
         found: list[r.FlowRunRead] = []
         cursor: str | None = None
         while len(found) < limit:
             page, cursor = self.list_flow_runs_page(
-                state, flow_name, limit - len(found), offset if not found else 0, include, cursor
+                state, flow_name, limit - len(found), offset if not found else 0, include, cursor, late=late
             )
             found.extend(page)
             if cursor is None or not page:
@@ -345,9 +347,11 @@ class Client:
         offset: int = 0,
         include: Sequence[str] = (),
         cursor: str | None = None,
+        late: bool = False,
     ) -> tuple[list[r.FlowRunRead], str | None]:
         """One page of runs and the cursor of the next one (None after the last page)."""
         params = {
+            "late": "true" if late else None,
             "state": state,
             "flow_name": flow_name,
             "limit": limit,
@@ -364,6 +368,16 @@ class Client:
     ) -> r.FlowRunRead:
         body = {"name": name, "message": message, "data": data}
         return self._model(r.FlowRunRead, "POST", f"/api/flow_runs/{flow_run_id}/state", json=body)
+
+    def retry_flow_run(self, flow_run_id: str, idempotency_key: str | None = None) -> r.FlowRunRead:
+        """Run a Failed or Cancelled run again as a new run (same flow version, parameters and labels) whose
+        ``retried_from`` names it; the new run.
+
+        Raises:
+            ClientError: 409 the run is not Failed or Cancelled; 404 no such run.
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._model(r.FlowRunRead, "POST", f"/api/flow_runs/{flow_run_id}/retry", headers=headers)
 
     def cancel_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
         return self._model(r.FlowRunRead, "POST", f"/api/flow_runs/{flow_run_id}/cancel")

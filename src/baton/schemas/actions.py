@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from baton.labels import MAX_LABELS, normalize_labels
-from baton.schemas.core import MAX_TIMEOUT_SECONDS, Role, RunConfig, Storage, StrictModel
+from baton.schemas.core import MAX_FLOW_RETRIES, MAX_TIMEOUT_SECONDS, Role, RunConfig, Storage, StrictModel
 from baton.schemas.json_schema import json_schema_problem
 from baton.schemas.states import StateName, TaskRunState
 
@@ -73,6 +73,19 @@ class FlowCreate(StrictModel):
         le=MAX_TIMEOUT_SECONDS,
         strict=True,
         description="the agent kills a run of this flow still going after this long and fails it (None: no limit)",
+    )
+    retries: int = Field(
+        default=0, ge=0, le=MAX_FLOW_RETRIES, strict=True, description="failed attempts run again this many times"
+    )
+    retry_delay_seconds: int = Field(
+        default=0, ge=0, le=MAX_TIMEOUT_SECONDS, strict=True, description="a retry is due this long after a failure"
+    )
+    max_lateness_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        strict=True,
+        description="a run not started this long after it was due is skipped (Cancelled); None: never skipped",
     )
 
     _norm_labels = field_validator("labels")(_labels)

@@ -33,6 +33,8 @@ class StorageType(StrEnum):
 
 # The longest flow-run timeout (a flow's timeout_seconds, an agent's --run-timeout): a year. Longer is a typo.
 MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
+# @flow(retries=N): more would only hide a broken flow, and each attempt keeps its history rows.
+MAX_FLOW_RETRIES = 100
 
 
 class RunConfigType(StrEnum):

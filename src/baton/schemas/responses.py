@@ -56,6 +56,9 @@ class FlowRead(BaseModel):
     source_filename: str | None
     created: datetime
     timeout_seconds: int | None = None  # @flow(timeout_seconds=...); the agent's --run-timeout may be shorter
+    retries: int = 0  # @flow(retries=...): failed attempts run again this many times
+    retry_delay_seconds: int = 0
+    max_lateness_seconds: int | None = None  # a run later than this is skipped (Cancelled)
     source: str | None = None  # included only on GET /api/flows/{id}?include_source=true
 
 
@@ -84,6 +87,8 @@ class FlowRunRead(BaseModel):
     end_time: datetime | None
     deployment: dict[str, Any] | None
     run_config: RunConfig
+    attempt: int = Field(default=1, description="1 for the first attempt; each flow-level retry adds one")
+    retried_from: str | None = Field(default=None, description="the run this one re-runs (`baton runs retry`)")
     states: list[StateRead] = Field(default_factory=list)
     omitted: list[str] = Field(
         default_factory=list,

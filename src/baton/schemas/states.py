@@ -31,9 +31,10 @@ ALLOWED_TRANSITIONS: dict[StateName, frozenset[StateName]] = {
     _S.RETRYING: frozenset({_S.PENDING, _S.CANCELLED}),
     # Pending -> Scheduled is a lease returned (expired or released by a warm stop);
     # Pending -> Failed is a deployment error or too many lease returns.
-    _S.PENDING: frozenset({_S.SUBMITTED, _S.SCHEDULED, _S.FAILED, _S.CANCELLED}),
+    # -> Retrying: a failed attempt of a flow with retries left (the server turns Failed into it; nobody asks for it).
+    _S.PENDING: frozenset({_S.SUBMITTED, _S.SCHEDULED, _S.FAILED, _S.CANCELLED, _S.RETRYING}),
     # Submitted/Running -> Scheduled: the server's recovery service requeues a lost run (no API caller may).
-    _S.SUBMITTED: frozenset({_S.RUNNING, _S.FAILED, _S.CANCELLING, _S.CANCELLED, _S.SCHEDULED}),
+    _S.SUBMITTED: frozenset({_S.RUNNING, _S.FAILED, _S.CANCELLING, _S.CANCELLED, _S.SCHEDULED, _S.RETRYING}),
     _S.RUNNING: frozenset({_S.SUCCESS, _S.FAILED, _S.CANCELLING, _S.CANCELLED, _S.RETRYING, _S.SCHEDULED}),
     # A run that finishes while its cancellation is under way keeps the outcome it really had.
     _S.CANCELLING: frozenset({_S.CANCELLED, _S.FAILED, _S.SUCCESS}),

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from baton.labels import normalize_labels
-from baton.schemas.core import MAX_TIMEOUT_SECONDS
+from baton.schemas.core import MAX_FLOW_RETRIES, MAX_TIMEOUT_SECONDS
 from baton.sdk.context import TaskRunReporter, current_reporter, reporting_to
 from baton.sdk.parameters import Parameters, check_signature
 from baton.sdk.run_configs import BaseRun
@@ -51,12 +51,16 @@ def _check_name(name: str) -> str:
 
 
 def _check_timeout(seconds: int | None) -> int | None:
+    return None if seconds is None else _check_int("timeout_seconds", seconds, 1, MAX_TIMEOUT_SECONDS)
+
+
+def _check_int(what: str, value: int, low: int, high: int) -> int:
     # bool is an int: `timeout_seconds=True` is a mistake, not one second.
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
-        raise TypeError(f"timeout_seconds must be a whole number of seconds, not {type(seconds).__name__}")
-    if seconds is not None and not 1 <= seconds <= MAX_TIMEOUT_SECONDS:
-        raise ValueError(f"timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}, got {seconds}")
-    return seconds
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be a whole number, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return value
 
 
 def _schedule(schedule: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
@@ -80,6 +84,9 @@ class Flow(Generic[P, R]):
         storage: str | BaseStorage | None = None,
         schedule: Mapping[str, Any] | str | None = None,
         timeout_seconds: int | None = None,
+        retries: int = 0,
+        retry_delay_seconds: int = 0,
+        max_lateness_seconds: int | None = None,
     ) -> None:
         check_signature(fn)
         functools.update_wrapper(self, fn)  # first: it copies fn.__dict__, which must not hide our attributes
@@ -97,6 +104,13 @@ class Flow(Generic[P, R]):
         self.storage = resolve_storage(storage)
         self.schedule = _schedule(schedule)
         self.timeout_seconds = _check_timeout(timeout_seconds)
+        self.retries = _check_int("retries", retries, 0, MAX_FLOW_RETRIES)
+        self.retry_delay_seconds = _check_int("retry_delay_seconds", retry_delay_seconds, 0, MAX_TIMEOUT_SECONDS)
+        self.max_lateness_seconds = (
+            None
+            if max_lateness_seconds is None
+            else _check_int("max_lateness_seconds", max_lateness_seconds, 1, MAX_TIMEOUT_SECONDS)
+        )
         self.description = inspect.getdoc(fn)
         self.parameters = Parameters(fn, self.name)
 
@@ -156,6 +170,9 @@ def flow(
     storage: str | BaseStorage | None = None,
     schedule: Mapping[str, Any] | str | None = None,
     timeout_seconds: int | None = None,
+    retries: int = 0,
+    retry_delay_seconds: int = 0,
+    max_lateness_seconds: int | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -169,6 +186,9 @@ def flow(
     storage: str | BaseStorage | None = None,
     schedule: Mapping[str, Any] | str | None = None,
     timeout_seconds: int | None = None,
+    retries: int = 0,
+    retry_delay_seconds: int = 0,
+    max_lateness_seconds: int | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow; usable bare (``@flow``) or with arguments (``@flow(labels=["dev"])``).
 
@@ -181,6 +201,11 @@ def flow(
         schedule: a cron string (``"0 9 * * *"``, stored as ``{"cron": ...}``) or a schedule dict.
         timeout_seconds: the agent kills a run still going after this long and fails it ("timed out after N s");
             an agent's ``--run-timeout`` applies when it is shorter.
+        retries: a failed run (the flow raised, its deployment failed, its process or agent died, a timeout) is
+            run again, as a new attempt of the same run, up to this many times (0-100).
+        retry_delay_seconds: each retry is due this long after the failure.
+        max_lateness_seconds: a run still waiting this long after it was due (e.g. after an outage) is skipped:
+            Cancelled with a message, instead of starting late.
 
     Returns:
         The :class:`Flow`, or a decorator that makes one.
@@ -195,6 +220,9 @@ def flow(
             storage=storage,
             schedule=schedule,
             timeout_seconds=timeout_seconds,
+            retries=retries,
+            retry_delay_seconds=retry_delay_seconds,
+            max_lateness_seconds=max_lateness_seconds,
         )
 
     return decorate(fn) if fn is not None else decorate

@@ -87,6 +87,9 @@ def build_flow_payload(
             schedule=flow.schedule,
             description=flow.description,
             timeout_seconds=flow.timeout_seconds,
+            retries=flow.retries,
+            retry_delay_seconds=flow.retry_delay_seconds,
+            max_lateness_seconds=flow.max_lateness_seconds,
         )
     except ValidationError as exc:
         problems = "; ".join(

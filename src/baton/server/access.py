@@ -65,6 +65,7 @@ class Action(StrEnum):
     FLOW_RUN_READ = "flow_run.read"
     FLOW_RUN_SET_STATE = "flow_run.set_state"
     FLOW_RUN_CANCEL = "flow_run.cancel"
+    FLOW_RUN_RETRY = "flow_run.retry"
     FLOW_RUN_EXPLAIN = "flow_run.explain"
     FLOW_RUN_HEARTBEAT = "flow_run.heartbeat"
     LOGS_READ = "logs.read"
@@ -124,6 +125,7 @@ POLICY: dict[Action, Rule] = {
     Action.FLOW_RUN_READ: _rule(_ALL, Scope.RUN),
     Action.FLOW_RUN_SET_STATE: _rule(_RUN_WRITERS, Scope.RUN_WRITE),
     Action.FLOW_RUN_CANCEL: _rule("admin user", Scope.RUN),
+    Action.FLOW_RUN_RETRY: _rule("admin user", Scope.RUN),  # creates a run, as FLOW_RUN_CREATE
     Action.FLOW_RUN_EXPLAIN: _rule(_KEYS, Scope.RUN),
     Action.FLOW_RUN_HEARTBEAT: _rule(_RUN_WRITERS, Scope.RUN_WRITE),
     Action.LOGS_READ: _rule(_ALL, Scope.RUN),

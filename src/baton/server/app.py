@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton import __version__
 from baton.server.access import POLICY, Action, Scope, route_action
-from baton.server.api import agents, flow_runs, flows, logs, meta, notifications
+from baton.server.api import agents, flow_runs, flows, logs, meta, notifications, reruns
 from baton.server.auth_limits import FailedAuthLimiter
 from baton.server.authentication import AuthenticateFirst
 from baton.server.database.connection import create_database_engine, create_session_factory
@@ -30,6 +30,7 @@ from baton.server.json_body import JsonRoute
 from baton.server.limits import Admission, BodySizeLimit
 from baton.server.models.lost_runs import RecoveryPolicy
 from baton.server.notifier import RunNotifier
+from baton.server.services.lateness import LatenessService
 from baton.server.services.leases import LeaseExpiryService
 from baton.server.services.notifications import NotificationService
 from baton.server.services.recovery import RecoveryService
@@ -42,7 +43,15 @@ logger = logging.getLogger("baton.server")
 API_PREFIX = "/api"
 # Agents' claims wait for runs (long polls): they are not counted among the requests in flight.
 LONG_POLL = re.compile(rf"^{API_PREFIX}/agents/[^/]+/claim$")
-ROUTERS = (meta.router, flows.router, flow_runs.router, logs.router, agents.router, notifications.router)
+ROUTERS = (
+    meta.router,
+    flows.router,
+    flow_runs.router,
+    reruns.router,
+    logs.router,
+    agents.router,
+    notifications.router,
+)
 
 
 def _services(
@@ -58,7 +67,13 @@ def _services(
     )
     recovery = RecoveryService(factory, notifier, policy, margin)
     notify = NotificationService(factory, server)
-    return [("lease-expiry", leases.run_once), ("recovery", recovery.run_once), ("notifications", notify.run_once)]
+    lateness = LatenessService(factory)
+    return [
+        ("lease-expiry", leases.run_once),
+        ("recovery", recovery.run_once),
+        ("lateness", lateness.run_once),
+        ("notifications", notify.run_once),
+    ]
 
 
 def check_json_routes(router: APIRouter) -> None:

@@ -88,5 +88,5 @@ def test_explain_marks_runs_overdue_as_late(tenant: TenantContext, user: Client,
     future = user.create_flow_run(flow_name="hello", labels=["x"], scheduled_start_time=past + timedelta(hours=1))
 
     assert user.explain_flow_run(overdue.id).late is True
-    assert user.explain_flow_run(overdue.id).summary == "1 live agent(s) can take it (it is late)"
+    assert user.explain_flow_run(overdue.id).summary.startswith("late by 5m")  # issue 9: says how late, and why
     assert user.explain_flow_run(future.id).late is False

@@ -37,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy import create_engine
 
 from baton.schemas.actions import FlowRunCreate
-from baton.schemas.responses import ErrorDetail, FlowRead
+from baton.schemas.responses import ErrorDetail, FlowRead, FlowRunRead
 from baton.server.app import create_app
 from baton.settings import BatonSettings
 from server.harness import TenantContext
@@ -116,6 +116,8 @@ ROUTE_ANSWERS: dict[str, dict[int, type[BaseModel]]] = {
     "POST /api/flow_runs": {404: ErrorDetail},  # the flow named by the body is unknown
     "POST /api/flow_runs/{flow_run_id}/state": {409: ErrorDetail},  # illegal transition
     "POST /api/flow_runs/{flow_run_id}/cancel": {409: ErrorDetail},  # the run already ended
+    # a repeat with the same Idempotency-Key; the run is not Failed/Cancelled or the key was used for another run
+    "POST /api/flow_runs/{flow_run_id}/retry": {200: FlowRunRead, 409: ErrorDetail},
     "POST /api/flow_runs/{flow_run_id}/logs": {409: ErrorDetail},  # the run ended longer than the log grace ago
 }
 

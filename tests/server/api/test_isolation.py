@@ -162,6 +162,8 @@ ROUTES = [
         fresh=True,
     ),
     Route("POST", "/api/flow_runs/{flow_run_id}/cancel", 200, fresh=True),
+    # The target run is Running: a principal allowed to retry gets past access and meets the state rule (409).
+    Route("POST", "/api/flow_runs/{flow_run_id}/retry", 409),
     Route("GET", "/api/flow_runs/{flow_run_id}/explain", 200),
     Route("POST", "/api/flow_runs/{flow_run_id}/heartbeat", 200),
     Route("GET", "/api/flow_runs/{flow_run_id}/logs", 200),

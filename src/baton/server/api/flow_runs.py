@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -11,8 +12,9 @@ from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server import shaping
-from baton.server.access import Action, allow, check_state_allowed, run_holder
+from baton.server.access import Action, Kind, allow, check_state_allowed, kind_of, run_holder
 from baton.server.api.deps import CursorQuery, Db, NotifierDep, transaction
+from baton.server.database.orm import utcnow
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
 from baton.server.models import agents, flow_runs, state_changes
@@ -90,15 +92,20 @@ def list_flow_runs(
     include: Annotated[
         str | None, Query(max_length=100, description="heavy fields to include: parameters,states")
     ] = None,
+    late: Annotated[
+        bool, Query(description="only late runs: Scheduled or Retrying, and due more than late_after_seconds ago")
+    ] = False,
 ) -> list[FlowRunRead]:
     """Newest first. Items leave out ``parameters`` and ``states`` unless ``include`` names them; an answer stops
     at ``limit`` items or at the server's byte budget, and then ``X-Next-Cursor`` says where the next page starts."""
     wanted = _include(include)
+    settings = request.app.state.settings.server
+    late_before = utcnow() - timedelta(seconds=settings.late_after_seconds) if late else None
     with transaction(db) as session:
         page = flow_runs.list_flow_runs(
             session,
             principal.tenant_id,
-            flow_runs.RunFilter(state.value if state else None, flow_name),
+            flow_runs.RunFilter(state.value if state else None, flow_name, late_before),
             limit=limit,
             offset=offset,
             cursor=cursor,
@@ -129,11 +136,20 @@ def set_state(
     check_state_allowed(principal, payload.name)
     with transaction(db) as session:
         held_by = run_holder(session, principal, flow_run_id)
+        # A user key marks a run Failed by hand: that ends it, whatever retries its flow has left.
+        by_hand = kind_of(principal) == Kind.USER
         run = state_changes.set_state(
-            session, principal.tenant_id, flow_run_id, payload.name, payload.message, payload.data, held_by
+            session,
+            principal.tenant_id,
+            flow_run_id,
+            payload.name,
+            payload.message,
+            payload.data,
+            held_by,
+            retry=not by_hand,
         )
         result = shaping.flow_run(session, principal, run)
-    if payload.name in CLAIMABLE_STATES:
+    if result.state in CLAIMABLE_STATES:  # released, or a failed attempt now Retrying
         notifier.notify_threadsafe(principal.tenant_id)
     return result
 
@@ -154,7 +170,8 @@ def explain_flow_run(
     # An agent is live if it registered, long-polled or heartbeat within agent_stale_seconds (issue 9).
     stale_after = request.app.state.settings.server.agent_stale_seconds
     with transaction(db) as session:
-        return agents.explain_run(session, principal.tenant_id, flow_run_id, stale_after)
+        late_after = request.app.state.settings.server.late_after_seconds
+        return agents.explain_run(session, principal.tenant_id, flow_run_id, stale_after, late_after)
 
 
 @router.post("/{flow_run_id}/heartbeat", response_model=FlowRunHeartbeatResponse)

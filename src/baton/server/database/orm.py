@@ -92,6 +92,10 @@ class Flow(Base):
     description: Mapped[str | None] = mapped_column(Text)
     # @flow(timeout_seconds=...): the agent kills a run of this flow that is still going after this long.
     timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    # @flow(retries=, retry_delay_seconds=, max_lateness_seconds=): run policies (migration 0005).
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retry_delay_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_lateness_seconds: Mapped[int | None] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -156,6 +160,9 @@ class FlowRun(Base):
     logs_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Bytes of the stored lines (message and logger name, UTF-8): the quota bounds these too (migration 0003).
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Which attempt this is (flow-level retries), and the run that `runs retry` re-ran (migration 0005).
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    retried_from: Mapped[str | None] = mapped_column(String(36))
 
 
 class FlowRunLabel(Base):

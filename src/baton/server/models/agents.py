@@ -14,6 +14,7 @@ from baton.schemas.actions import AgentHeartbeat, AgentRegister, DeploymentStatu
 from baton.schemas.responses import AgentExplanation, AgentRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, DEPLOYED_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import Agent, FlowRun, utcnow
+from baton.server.models import lateness
 from baton.server.models.claims import extend_leases
 from baton.server.models.errors import Conflict, ObjectNotFound, StaleState
 from baton.server.models.flow_runs import get_flow_run, transition
@@ -21,8 +22,6 @@ from baton.server.models.ids import checked_id
 from baton.server.models.tenants import key_is_active
 
 _DEPLOYED = [state.value for state in DEPLOYED_STATES]
-# A run due this long ago and still unclaimed is late (derived, not a state: DESIGN.md §3).
-LATE_AFTER_SECONDS = 5.0
 
 
 def register_agent(
@@ -203,15 +202,43 @@ def _explain_agent(run: FlowRun, agent: Agent, stale_after: float) -> AgentExpla
     )
 
 
-def explain_run(session: Session, tenant_id: str, flow_run_id: str, stale_after: float) -> RunExplanation:
-    """Why is (or isn't) this run being picked up? One line per registered agent of the tenant."""
+def _names(agents: list[AgentExplanation]) -> str:
+    return ", ".join(agent.name for agent in agents[:5]) + (f" and {len(agents) - 5} more" if len(agents) > 5 else "")
+
+
+def _timing(
+    run: FlowRun, now: datetime, late: bool, able: list[AgentExplanation], live: list[AgentExplanation]
+) -> str | None:
+    """What a waiting run's summary says about time: when it is due, or how late it is and why (None: on time)."""
+    waited = lateness.seconds_late(run, now)
+    if waited < 0:
+        due = run.scheduled_start_time.isoformat(timespec="seconds")
+        return f"not due until {due} (in {lateness.format_duration(-waited)})"
+    if not late:
+        return None
+    prefix = f"late by {lateness.format_duration(waited)}: "
+    if live:
+        return prefix + f"live agent(s) {_names(live)} can take it but have not claimed it yet"
+    wanted = f"no live agent with labels [{', '.join(run.labels)}]"
+    return prefix + wanted + (f"; agent(s) {_names(able)} could take it but were not seen recently" if able else "")
+
+
+def explain_run(
+    session: Session, tenant_id: str, flow_run_id: str, stale_after: float, late_after: float
+) -> RunExplanation:
+    """Why is (or isn't) this run being picked up? One line per registered agent of the tenant.
+
+    A run due more than ``late_after`` seconds ago and still unclaimed is late (derived, not a state: DESIGN.md §3;
+    ``ServerSettings.late_after_seconds``).
+    """
     run = get_flow_run(session, tenant_id, flow_run_id)
     every = list_agents(session, tenant_id)
     explained = [_explain_agent(run, agent, stale_after) for agent in every]
     # Stale agents (unseen for agent_stale_seconds, or deregistered) are counted, not listed: a tenant's long-dead
     # agents would otherwise bury the live ones (issue 9).
     stale_ids = {a.id for a in every if not is_live(a, stale_after)}
-    late = run.state in CLAIMABLE_STATES and (utcnow() - run.scheduled_start_time).total_seconds() > LATE_AFTER_SECONDS
+    now = utcnow()
+    late = run.state in CLAIMABLE_STATES and lateness.seconds_late(run, now) > late_after
     able = [a for a in explained if a.can_take]
     live = [a for a in able if a.reason == "can take it"]
     if run.state not in CLAIMABLE_STATES:
@@ -229,6 +256,10 @@ def explain_run(session: Session, tenant_id: str, flow_run_id: str, stale_after:
         )
     else:
         summary = f"{len(live)} live agent(s) can take it" + (" (it is late)" if late else "")
+    timing = _timing(run, now, late, able, live) if run.state in CLAIMABLE_STATES else None
+    if timing is not None:
+        # Late: the timing says why in its own words, unless no agent ever registered (then the hint follows).
+        summary = timing if late and explained else f"{timing}; {summary}"
     if stale_ids and run.state in CLAIMABLE_STATES:
         summary += f"; and {len(stale_ids)} stale agent(s) not seen for over {stale_after:g} s, not listed"
     return RunExplanation(

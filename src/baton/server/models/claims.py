@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, defer
 from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, utcnow
 from baton.server.models import flows as flow_queries
+from baton.server.models import lateness
 from baton.server.models.errors import StaleState
 from baton.server.models.flow_runs import stored_json_problems, transition
 from baton.server.models.tenants import RUN_TOKEN_PREFIX, hash_secret, new_secret
@@ -95,6 +96,8 @@ def claim_runs(
             if len(result.runs) >= limit or (result.runs and total + int(size) > max_bytes):
                 full = True
                 break
+            if lateness.skip_if_too_late(session, run, now):  # past its flow's max_lateness: Cancelled, not run
+                continue
             token = new_secret(RUN_TOKEN_PREFIX)
             extra = {
                 "agent_id": agent.id,
@@ -106,7 +109,8 @@ def claim_runs(
                 with session.begin_nested():
                     transition(session, run, StateName.PENDING, f"claimed by agent {agent.name}", None, extra)
                     if problems:
-                        transition(session, run, StateName.FAILED, _unservable_message(problems))
+                        # Not retried: a retry would find the same stored data.
+                        transition(session, run, StateName.FAILED, _unservable_message(problems), retry=False)
             except StaleState:
                 continue
             if problems:
@@ -193,10 +197,11 @@ def requeue_or_fail(
     """Put ``run`` back in the queue, counting the return; past ``max_returns`` returns fail it instead.
 
     Lease expiries and the recovery service share this budget, so a run cannot bounce between them for ever.
-    The messages are built from the number of returns, this one included. Returns True when it was requeued.
+    The messages are built from the number of returns, this one included. Returns True when it is back in the queue
+    (Scheduled, or Retrying: a failure of a flow with retries left).
     """
     returns = run.lease_returns + 1
     requeue = returns <= max_returns
     state, message = (StateName.SCHEDULED, requeued_message) if requeue else (StateName.FAILED, failed_message)
     transition(session, run, state, message(returns), None, {"lease_returns": returns})
-    return requeue
+    return run.state in CLAIMABLE_STATES  # a failure with retries left is back in the queue too (Retrying)

@@ -25,7 +25,7 @@ from baton.schemas.core import RunConfig, json_value_problem
 from baton.schemas.responses import FlowRunRead, StateRead
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
 from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, FlowRunState, utcnow
-from baton.server.models import cursors, notifications
+from baton.server.models import cursors, notifications, retries
 from baton.server.models import flows as flow_queries
 from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
@@ -46,14 +46,21 @@ def resolve_run_labels(explicit: list[str] | None, flow: Flow) -> list[str]:
     return sorted(set(run_config_labels)) if run_config_labels else list(flow.labels)
 
 
-def request_hash(payload: FlowRunCreate) -> str:
+def request_hash(payload: FlowRunCreate, retried_from: str | None = None) -> str:
     """What a create asked for, canonically: a retry with the same idempotency key must ask the same."""
-    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    asked = payload.model_dump(mode="json")
+    if retried_from is not None:  # `runs retry` of another run is another request, even with equal parameters
+        asked["retried_from"] = retried_from
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def create_flow_run_once(
-    session: Session, tenant_id: str, payload: FlowRunCreate, idempotency_key: str | None
+    session: Session,
+    tenant_id: str,
+    payload: FlowRunCreate,
+    idempotency_key: str | None,
+    retried_from: str | None = None,
 ) -> tuple[FlowRun, bool]:
     """Create a run unless this tenant already made one with ``idempotency_key``; return it and whether it is new.
 
@@ -68,11 +75,13 @@ def create_flow_run_once(
         IntegrityError: a concurrent create with the same key committed first (retry in a new transaction).
     """
     if idempotency_key is None:
-        return create_flow_run(session, tenant_id, payload), True
-    digest = request_hash(payload)
+        return create_flow_run(session, tenant_id, payload, retried_from=retried_from), True
+    digest = request_hash(payload, retried_from)
     existing = _run_with_key(session, tenant_id, idempotency_key)
     if existing is None:
-        run = create_flow_run(session, tenant_id, payload, idempotency=(idempotency_key, digest))
+        run = create_flow_run(
+            session, tenant_id, payload, idempotency=(idempotency_key, digest), retried_from=retried_from
+        )
         session.flush()
         return run, True
     if existing.idempotency_hash != digest:
@@ -88,7 +97,11 @@ def _run_with_key(session: Session, tenant_id: str, key: str) -> FlowRun | None:
 
 
 def create_flow_run(
-    session: Session, tenant_id: str, payload: FlowRunCreate, idempotency: tuple[str, str] | None = None
+    session: Session,
+    tenant_id: str,
+    payload: FlowRunCreate,
+    idempotency: tuple[str, str] | None = None,
+    retried_from: str | None = None,
 ) -> FlowRun:
     if payload.flow_id:
         flow = flow_queries.get_flow(session, tenant_id, payload.flow_id)
@@ -114,6 +127,7 @@ def create_flow_run(
         updated=now,
         idempotency_key=idempotency[0] if idempotency else None,
         idempotency_hash=idempotency[1] if idempotency else None,
+        retried_from=retried_from,
     )
     session.add(run)
     session.flush()
@@ -134,6 +148,7 @@ def get_flow_run(session: Session, tenant_id: str, flow_run_id: str) -> FlowRun:
 class RunFilter:
     state: str | None = None
     flow_name: str | None = None
+    late_before: datetime | None = None  # only late runs: claimable and due before this time
 
 
 @dataclass
@@ -196,6 +211,9 @@ def list_flow_runs(
     stmt = select(FlowRun.id, FlowRun.created, _item_size(include)).where(FlowRun.tenant_id == tenant_id)
     if where.state:
         stmt = stmt.where(FlowRun.state == where.state)
+    if where.late_before is not None:
+        claimable = [state.value for state in CLAIMABLE_STATES]
+        stmt = stmt.where(FlowRun.state.in_(claimable), FlowRun.scheduled_start_time < where.late_before)
     if where.flow_name:
         if "\x00" in where.flow_name:
             return RunPage([], None)  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one
@@ -320,6 +338,8 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
                 end_time=run.end_time,
                 deployment=None if "deployment" in problems else run.deployment,
                 run_config=_servable_run_config(run, problems),
+                attempt=run.attempt,
+                retried_from=run.retried_from,
                 states=history[run.id],
                 omitted=sorted(omit),
             )
@@ -351,8 +371,14 @@ def transition(
     message: str | None = None,
     data: dict[str, Any] | None = None,
     extra_values: dict[str, Any] | None = None,
+    *,
+    retry: bool = True,
 ) -> FlowRun:
     """Move ``run`` to ``new_state`` in the caller's transaction.
+
+    A run asked to become Failed that has attempts left (``@flow(retries=N)``, ``models/retries.py``) becomes
+    Retrying instead, unless ``retry`` is False (a failure marked by hand, or one a retry would only repeat): the
+    failure is kept in the state history, and the run is back in the queue for its next attempt.
 
     Raises:
         IllegalTransitionError: the state machine forbids it (409).
@@ -360,6 +386,13 @@ def transition(
     """
     check_transition(run.state, new_state)
     now = utcnow()
+    failure: tuple[str | None, dict[str, Any] | None] | None = None
+    plan = retries.plan_retry(session, run, message, now) if new_state == StateName.FAILED and retry else None
+    if plan is not None:
+        check_transition(run.state, StateName.RETRYING)
+        failure = (message, data)
+        new_state, message, data = StateName.RETRYING, plan.message, None
+        extra_values = {**(extra_values or {}), **plan.values}
     if new_state in FINAL_STATES:
         # Whoever ends the run, its final message says how many log lines were dropped (issue 8, item 8).
         message = with_dropped_note(message, run.logs_dropped or 0)
@@ -381,6 +414,12 @@ def transition(
         raise StaleState(f"flow run {run.id} changed while this request was handled")
     for column, value in values.items():
         set_committed_value(run, column, value)
+    if failure is not None:  # the failed attempt stays in the history, before the Retrying that follows it
+        session.add(
+            FlowRunState(
+                flow_run_id=run.id, name=StateName.FAILED.value, message=failure[0], data=failure[1], timestamp=now
+            )
+        )
     session.add(FlowRunState(flow_run_id=run.id, name=new_state.value, message=message, data=data, timestamp=now))
     # Notification events go in this same transaction (an outbox): committed with the state, or not at all.
     notifications.enqueue_for_transition(session, run, new_state, message)

@@ -24,10 +24,15 @@ from baton.server.models.ids import checked_id
 logger = logging.getLogger("baton.server")
 
 
+_RUN_POLICY_FIELDS = ("retries", "retry_delay_seconds", "max_lateness_seconds")
+
+
 def _content_hash(payload: FlowCreate) -> str:
     # A timeout changes how runs end, so it is part of the content; left out when unset, so that flows registered
     # before the field existed keep their hash (re-registering them unchanged makes no new version).
     unset = {"timeout_seconds"} if payload.timeout_seconds is None else set()
+    # Run policies likewise (migration 0005): only when set do they change the content.
+    unset |= {name for name in _RUN_POLICY_FIELDS if getattr(payload, name) in (None, 0)}
     content = payload.model_dump(mode="json", exclude=unset)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -61,6 +66,9 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
             schedule=payload.schedule,
             description=payload.description,
             timeout_seconds=payload.timeout_seconds,
+            retries=payload.retries,
+            retry_delay_seconds=payload.retry_delay_seconds,
+            max_lateness_seconds=payload.max_lateness_seconds,
         )
         try:
             with session.begin_nested():
@@ -216,5 +224,8 @@ def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
         source_filename=flow.source_filename,
         created=flow.created,
         timeout_seconds=flow.timeout_seconds,
+        retries=flow.retries,
+        retry_delay_seconds=flow.retry_delay_seconds,
+        max_lateness_seconds=flow.max_lateness_seconds,
         source=flow.source if include_source else None,
     )

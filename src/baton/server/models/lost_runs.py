@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from baton.schemas.states import DEPLOYED_STATES, StateName
+from baton.schemas.states import CLAIMABLE_STATES, DEPLOYED_STATES, StateName
 from baton.server.database.orm import Agent, FlowRun, utcnow
 from baton.server.models.claims import requeue_or_fail
 from baton.server.models.errors import StaleState
@@ -99,7 +99,7 @@ def _recover(session: Session, run: FlowRun, why: str, policy: RecoveryPolicy, o
     else:
         hint = "it may have died with its host (server.reschedule_lost_runs = true requeues such runs instead)"
         transition(session, run, StateName.FAILED, f"{why}; {hint}")
-        outcome.failed.append(run)
+        (outcome.requeued if run.state in CLAIMABLE_STATES else outcome.failed).append(run)
 
 
 def recover_lost_runs(session: Session, policy: RecoveryPolicy, batch: int = 500) -> RecoveryOutcome:

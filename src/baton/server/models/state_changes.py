@@ -29,8 +29,13 @@ def set_state(
     message: str | None,
     data: dict[str, Any] | None,
     held_by: str | None = None,
+    *,
+    retry: bool = True,
 ) -> FlowRun:
-    """Move the run to ``name``; with ``held_by``, only while that agent holds it (else StaleState, 409)."""
+    """Move the run to ``name``; with ``held_by``, only while that agent holds it (else StaleState, 409).
+
+    ``retry=False``: a Failed asked for is final even when the flow has retries left (marked by hand).
+    """
     if name == _S.PENDING:
         raise InvalidRequest("runs become Pending only by being claimed (POST /api/agents/{id}/claim)")
     for _attempt in range(MAX_TRANSITION_ATTEMPTS):
@@ -41,7 +46,7 @@ def set_state(
             raise IllegalTransitionError(run.state, name, "only a claimed, undeployed run can be released")
         try:
             with session.begin_nested():
-                return transition(session, run, name, message, data)
+                return transition(session, run, name, message, data, retry=retry)
         except StaleState:
             session.expire(run)
     raise StaleState(f"flow run {flow_run_id} kept changing; try again")
