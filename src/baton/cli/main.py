@@ -21,6 +21,7 @@ from baton.cli.context import api_options
 from baton.cli.docker import docker_group
 from baton.cli.errors import to_cli_error
 from baton.cli.keys import key
+from baton.cli.limits import limits
 from baton.cli.register import register
 from baton.cli.run import run
 from baton.cli.runs import runs
@@ -56,7 +57,7 @@ def cli() -> None:
     """
 
 
-for command in (server, key, register, run, runs, agent, docker_group):
+for command in (server, key, register, run, runs, agent, docker_group, limits):
     cli.add_command(command)
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from baton.labels import MAX_LABELS, normalize_labels
-from baton.schemas.core import MAX_TIMEOUT_SECONDS, Role, RunConfig, Storage, StrictModel
+from baton.labels import MAX_LABELS, normalize_labels, validate_label
+from baton.schemas.core import MAX_CONCURRENT_RUNS, MAX_TIMEOUT_SECONDS, Role, RunConfig, Storage, StrictModel
 from baton.schemas.json_schema import json_schema_problem
 from baton.schemas.states import StateName, TaskRunState
 
@@ -74,6 +74,13 @@ class FlowCreate(StrictModel):
         strict=True,
         description="the agent kills a run of this flow still going after this long and fails it (None: no limit)",
     )
+    max_concurrent_runs: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CONCURRENT_RUNS,
+        strict=True,
+        description="at most this many runs of the flow's name (any version) hold a slot at once (None: no limit)",
+    )
 
     _norm_labels = field_validator("labels")(_labels)
 
@@ -93,6 +100,18 @@ class FlowCreate(StrictModel):
             raise ValueError("storage 'local' needs a path")
         self.run_config.labels = normalize_labels(self.run_config.labels)
         return self
+
+
+class LabelLimitSet(StrictModel):
+    """`baton limits set LABEL N`: at most N runs carrying LABEL hold a slot at once in the tenant."""
+
+    label: str = Field(min_length=1, max_length=128)
+    max_concurrent_runs: int = Field(ge=1, le=MAX_CONCURRENT_RUNS, strict=True)
+
+    @field_validator("label")
+    @classmethod
+    def _valid_label(cls, value: str) -> str:
+        return validate_label(value)
 
 
 class FlowRunCreate(StrictModel):

@@ -33,6 +33,8 @@ class StorageType(StrEnum):
 
 # The longest flow-run timeout (a flow's timeout_seconds, an agent's --run-timeout): a year. Longer is a typo.
 MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
+# The largest concurrency limit (a flow's max_concurrent_runs, `baton limits set LABEL N`): more is a typo.
+MAX_CONCURRENT_RUNS = 100_000
 
 
 class RunConfigType(StrEnum):

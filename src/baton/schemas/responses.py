@@ -56,6 +56,7 @@ class FlowRead(BaseModel):
     source_filename: str | None
     created: datetime
     timeout_seconds: int | None = None  # @flow(timeout_seconds=...); the agent's --run-timeout may be shorter
+    max_concurrent_runs: int | None = None  # @flow(max_concurrent_runs=...); the latest version's value rules
     source: str | None = None  # included only on GET /api/flows/{id}?include_source=true
 
 
@@ -172,6 +173,16 @@ class RunExplanation(BaseModel):
     late: bool
     summary: str
     agents: list[AgentExplanation]
+
+
+class LabelLimitRead(BaseModel):
+    """A tenant's limit on one label, and the runs that hold its slots now (Pending to Cancelling)."""
+
+    label: str
+    max_concurrent_runs: int
+    active: int = Field(description="runs with this label that hold a slot now")
+    created: datetime
+    updated: datetime
 
 
 class ErrorDetail(BaseModel):

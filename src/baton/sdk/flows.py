@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from baton.labels import normalize_labels
-from baton.schemas.core import MAX_TIMEOUT_SECONDS
+from baton.schemas.core import MAX_CONCURRENT_RUNS, MAX_TIMEOUT_SECONDS
 from baton.sdk.context import TaskRunReporter, current_reporter, reporting_to
 from baton.sdk.parameters import Parameters, check_signature
 from baton.sdk.run_configs import BaseRun
@@ -59,6 +59,14 @@ def _check_timeout(seconds: int | None) -> int | None:
     return seconds
 
 
+def _check_max_concurrent_runs(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise TypeError(f"max_concurrent_runs must be a whole number, not {type(limit).__name__}")
+    if limit is not None and not 1 <= limit <= MAX_CONCURRENT_RUNS:
+        raise ValueError(f"max_concurrent_runs must be between 1 and {MAX_CONCURRENT_RUNS}, got {limit}")
+    return limit
+
+
 def _schedule(schedule: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
     if schedule is None:
         return None
@@ -80,6 +88,7 @@ class Flow(Generic[P, R]):
         storage: str | BaseStorage | None = None,
         schedule: Mapping[str, Any] | str | None = None,
         timeout_seconds: int | None = None,
+        max_concurrent_runs: int | None = None,
     ) -> None:
         check_signature(fn)
         functools.update_wrapper(self, fn)  # first: it copies fn.__dict__, which must not hide our attributes
@@ -97,6 +106,7 @@ class Flow(Generic[P, R]):
         self.storage = resolve_storage(storage)
         self.schedule = _schedule(schedule)
         self.timeout_seconds = _check_timeout(timeout_seconds)
+        self.max_concurrent_runs = _check_max_concurrent_runs(max_concurrent_runs)
         self.description = inspect.getdoc(fn)
         self.parameters = Parameters(fn, self.name)
 
@@ -156,6 +166,7 @@ def flow(
     storage: str | BaseStorage | None = None,
     schedule: Mapping[str, Any] | str | None = None,
     timeout_seconds: int | None = None,
+    max_concurrent_runs: int | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -169,6 +180,7 @@ def flow(
     storage: str | BaseStorage | None = None,
     schedule: Mapping[str, Any] | str | None = None,
     timeout_seconds: int | None = None,
+    max_concurrent_runs: int | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow; usable bare (``@flow``) or with arguments (``@flow(labels=["dev"])``).
 
@@ -181,6 +193,8 @@ def flow(
         schedule: a cron string (``"0 9 * * *"``, stored as ``{"cron": ...}``) or a schedule dict.
         timeout_seconds: the agent kills a run still going after this long and fails it ("timed out after N s");
             an agent's ``--run-timeout`` applies when it is shorter.
+        max_concurrent_runs: at most this many runs of the flow (all versions of its name) are claimed or running at
+            once; further runs wait in Scheduled. The latest registered version's value rules.
 
     Returns:
         The :class:`Flow`, or a decorator that makes one.
@@ -195,6 +209,7 @@ def flow(
             storage=storage,
             schedule=schedule,
             timeout_seconds=timeout_seconds,
+            max_concurrent_runs=max_concurrent_runs,
         )
 
     return decorate(fn) if fn is not None else decorate

@@ -87,6 +87,7 @@ def build_flow_payload(
             schedule=flow.schedule,
             description=flow.description,
             timeout_seconds=flow.timeout_seconds,
+            max_concurrent_runs=flow.max_concurrent_runs,
         )
     except ValidationError as exc:
         problems = "; ".join(

@@ -76,6 +76,9 @@ class Action(StrEnum):
     AGENT_LIST = "agent.list"
     AGENT_CLAIM = "agent.claim"
     AGENT_HEARTBEAT = "agent.heartbeat"
+    LIMIT_SET = "limit.set"
+    LIMIT_LIST = "limit.list"
+    LIMIT_DELETE = "limit.delete"
 
 
 class Scope(StrEnum):
@@ -129,6 +132,10 @@ POLICY: dict[Action, Rule] = {
     Action.AGENT_LIST: _rule(_KEYS),
     Action.AGENT_CLAIM: _rule("admin runner", Scope.AGENT),
     Action.AGENT_HEARTBEAT: _rule("admin runner", Scope.AGENT),
+    # Label limits: whoever may create runs may bound how many run at once; every key may read them.
+    Action.LIMIT_SET: _rule("admin user"),
+    Action.LIMIT_LIST: _rule(_KEYS),
+    Action.LIMIT_DELETE: _rule("admin user"),
 }
 
 _S = StateName

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton import __version__
 from baton.server.access import POLICY, Action, Scope, route_action
-from baton.server.api import agents, flow_runs, flows, logs, meta
+from baton.server.api import agents, flow_runs, flows, limits, logs, meta
 from baton.server.auth_limits import FailedAuthLimiter
 from baton.server.authentication import AuthenticateFirst
 from baton.server.database.connection import create_database_engine, create_session_factory
@@ -41,7 +41,7 @@ logger = logging.getLogger("baton.server")
 API_PREFIX = "/api"
 # Agents' claims wait for runs (long polls): they are not counted among the requests in flight.
 LONG_POLL = re.compile(rf"^{API_PREFIX}/agents/[^/]+/claim$")
-ROUTERS = (meta.router, flows.router, flow_runs.router, logs.router, agents.router)
+ROUTERS = (meta.router, flows.router, flow_runs.router, logs.router, agents.router, limits.router)
 
 
 def _services(

@@ -92,6 +92,8 @@ class Flow(Base):
     description: Mapped[str | None] = mapped_column(Text)
     # @flow(timeout_seconds=...): the agent kills a run of this flow that is still going after this long.
     timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    # @flow(max_concurrent_runs=N): the latest version's value limits the runs of every version (migration 0006).
+    max_concurrent_runs: Mapped[int | None] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -154,6 +156,18 @@ class FlowRun(Base):
     logs_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Bytes of the stored lines (message and logger name, UTF-8): the quota bounds these too (migration 0003).
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class LabelLimit(Base):
+    """`baton limits set LABEL N`: at most N runs carrying LABEL hold a slot at once in the tenant (migration 0006)."""
+
+    __tablename__ = "label_limits"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(String(128), primary_key=True)
+    max_concurrent_runs: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    updated: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class FlowRunLabel(Base):

@@ -14,6 +14,7 @@ from baton.schemas.responses import AgentExplanation, AgentRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, DEPLOYED_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import Agent, FlowRun, utcnow
 from baton.server.models.claims import extend_leases
+from baton.server.models.concurrency import waiting_for_slot
 from baton.server.models.errors import Conflict, ObjectNotFound, StaleState
 from baton.server.models.flow_runs import get_flow_run, transition
 from baton.server.models.ids import checked_id
@@ -217,6 +218,9 @@ def explain_run(session: Session, tenant_id: str, flow_run_id: str, stale_after:
         summary = "agents that could take it exist but none was seen recently"
     else:
         summary = f"{len(live)} live agent(s) can take it" + (" (it is late)" if late else "")
+    slot = waiting_for_slot(session, run) if run.state in CLAIMABLE_STATES else None
+    if slot is not None:  # a full concurrency limit holds it back whatever the agents
+        summary = f"{slot}; {summary}"
     return RunExplanation(
         flow_run_id=run.id,
         state=run.state,

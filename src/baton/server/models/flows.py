@@ -26,8 +26,10 @@ logger = logging.getLogger("baton.server")
 
 def _content_hash(payload: FlowCreate) -> str:
     # A timeout changes how runs end, so it is part of the content; left out when unset, so that flows registered
-    # before the field existed keep their hash (re-registering them unchanged makes no new version).
-    unset = {"timeout_seconds"} if payload.timeout_seconds is None else set()
+    # before the field existed keep their hash (re-registering them unchanged makes no new version). A concurrency
+    # limit likewise: changing it makes a new version, whose value then rules all runs of the name.
+    optional = ("timeout_seconds", "max_concurrent_runs")
+    unset = {name for name in optional if getattr(payload, name) is None}
     content = payload.model_dump(mode="json", exclude=unset)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -61,6 +63,7 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
             schedule=payload.schedule,
             description=payload.description,
             timeout_seconds=payload.timeout_seconds,
+            max_concurrent_runs=payload.max_concurrent_runs,
         )
         try:
             with session.begin_nested():
@@ -216,5 +219,6 @@ def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
         source_filename=flow.source_filename,
         created=flow.created,
         timeout_seconds=flow.timeout_seconds,
+        max_concurrent_runs=flow.max_concurrent_runs,
         source=flow.source if include_source else None,
     )
