@@ -39,6 +39,7 @@ class Target:
     token: str
     task_run_id: str
     key_id: str  # a read key of the tenant, for the key routes
+    label: str = "swept-limit"  # a label with a concurrency limit, for the limit routes
 
     def params(self) -> dict[str, str]:
         return {
@@ -47,6 +48,7 @@ class Target:
             "flow_run_id": self.run_id,
             "agent_id": self.agent_id,
             "task_run_id": self.task_run_id,
+            "label": self.label,
         }
 
     def ids(self) -> set[str]:
@@ -195,6 +197,9 @@ ROUTES = [
         200,
         body=lambda t: {"deployments": [{"flow_run_id": t.run_id, "alive": True}]},
     ),
+    Route("POST", "/api/limits", 200, body=lambda t: {"label": unique("limited"), "max_concurrent_runs": 2}),
+    Route("GET", "/api/limits", 200),
+    Route("DELETE", "/api/limits/{label}", 200, fresh=True),
 ]
 ROUTES_BY_KEY = {route.key: route for route in ROUTES}
 
@@ -234,7 +239,8 @@ class World:
         task_run = self.tenant.client(staged.token).create_task_run(staged.id, "greet")
         key_id = self.tenant.admin.create_api_key("read", name=unique("target")).id
         flow_id = self.tenant.run(staged.id).flow_id
-        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id)
+        label = self.tenant.admin.set_label_limit(unique("swept-limit"), 5).label
+        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id, label)
 
     def token_of_another_flow(self) -> str:
         """The run token of a claimed run of flow ``other``."""
