@@ -136,7 +136,10 @@ def api_routes() -> list[tuple[str, APIRoute]]:
     """Every route of the API with its full path, as the OpenAPI document names it (``{label}``, not
     ``{label:path}``)."""
     return [
-        (API_PREFIX + route.path_format, route) for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)
+        (API_PREFIX + route.path_format, route)
+        for router in ROUTERS
+        for route in router.routes
+        if isinstance(route, APIRoute)
     ]
 
 

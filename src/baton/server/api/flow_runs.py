@@ -9,13 +9,13 @@ from sqlalchemy.exc import IntegrityError
 
 from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
-from baton.schemas.states import CLAIMABLE_STATES, StateName
+from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server import shaping
 from baton.server.access import Action, allow, check_state_allowed, run_holder
 from baton.server.api.deps import CursorQuery, Db, NotifierDep, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
-from baton.server.models import agents, flow_runs, state_changes
+from baton.server.models import agents, concurrency, flow_runs, state_changes
 from baton.server.models.errors import InvalidRequest
 from baton.server.models.tenants import Principal
 
@@ -133,7 +133,8 @@ def set_state(
             session, principal.tenant_id, flow_run_id, payload.name, payload.message, payload.data, held_by
         )
         result = shaping.flow_run(session, principal, run)
-    if payload.name in CLAIMABLE_STATES:
+        freed = payload.name in FINAL_STATES and concurrency.is_limited(session, run)
+    if payload.name in CLAIMABLE_STATES or freed:  # freed: runs waiting for that slot may go now
         notifier.notify_threadsafe(principal.tenant_id)
     return result
 

@@ -116,6 +116,18 @@ def run_limits(
     return limits
 
 
+def is_limited(session: Session, run: FlowRun) -> bool:
+    """Whether ``run`` counts against any limit (its end frees a slot that other runs may be waiting for)."""
+    if run.labels:
+        limited = select(LabelLimit.label).where(
+            LabelLimit.tenant_id == run.tenant_id, LabelLimit.label.in_(run.labels)
+        )
+        if session.scalar(limited.limit(1)) is not None:
+            return True
+    flow_name = session.scalar(select(Flow.name).where(Flow.id == run.flow_id))
+    return flow_name is not None and flow_limit(session, run.tenant_id, flow_name) is not None
+
+
 def waiting_for_slot(session: Session, run: FlowRun) -> str | None:
     """Why a claimable run waits for a slot (``explain``), or None when every limit it counts against has room."""
     flow_name = session.scalar(select(Flow.name).where(Flow.id == run.flow_id))
