@@ -161,3 +161,17 @@ def test_claims_over_several_limits_never_exceed_any_and_never_deadlock(
     over = [(key, count) for snapshot in seen for key, count in snapshot.items() if count > limits.get(key, count)]
     assert over == []
     assert len(seen) > 1 and (ended or 0) >= 10
+
+
+def test_on_sqlite_a_limited_claim_that_has_not_taken_the_write_lock_is_refused(
+    api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client, sessions: sessionmaker[Session]
+) -> None:
+    # Without the write lock two SQLite claims could both count a free slot: the gate refuses to count unlocked.
+    if not api_server.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL claims lock each limit instead")
+    name = tenant.register_flow(unique("etl"), max_concurrent_runs=1).name
+    user.create_flow_run(flow_name=name)
+    [agent_id] = _agents(runner, [], count=1)
+
+    with pytest.raises(RuntimeError, match="must write"), transaction(sessions) as session:
+        claims.claim_runs(session, agents.get_agent(session, tenant.id, agent_id), 1, 0, 30)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, func, select, true
 from sqlalchemy.exc import IntegrityError
@@ -175,6 +176,8 @@ class ClaimGate:
         locking = session.get_bind().dialect.name == "postgresql"
         gate = cls(session, tenant_id, labels, bool(labels) or bool(flows_limited), locking)
         if gate.active:
+            if session.get_bind().dialect.name == "sqlite":
+                _check_sqlite_write_lock(session)
             gate.full = gate._known_full()
         return gate
 
@@ -266,6 +269,15 @@ class ClaimGate:
                 return False
             self._held.add(lock_id)
         return True
+
+
+def _check_sqlite_write_lock(session: Session) -> None:
+    """On SQLite the counts are race-free only if this transaction already writes (SQLite's single write lock,
+    taken by the claim's update of the agent). Python's sqlite3 opens a transaction at the first write only, so
+    an open one means the lock is held. A caller that claims without writing first is a bug: refuse it."""
+    driver: Any = session.connection().connection.driver_connection
+    if not getattr(driver, "in_transaction", True):
+        raise RuntimeError("a claim with concurrency limits must write (touch its agent) before counting slots")
 
 
 # --- label limits: `baton limits` ------------------------------------------------------------------------------
