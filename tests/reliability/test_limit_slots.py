@@ -1,6 +1,11 @@
-"""A flow limited to one run at a time, with real local agents and flow-run processes SIGKILLed: every end frees
-the slot (a killed flow process, a killed agent and its process, a claim whose claimer died), no slot leaks, the
-remaining runs get it and succeed, and no two runs ever held the slot at once (read from their state histories)."""
+"""Concurrency limits with real processes.
+
+- A flow limited to one run at a time, with real local agents and flow-run processes SIGKILLed: every end frees
+  the slot (a killed flow process, a killed agent and its process, a claim whose claimer died), no slot leaks, the
+  remaining runs get it and succeed, and no two runs ever held the slot at once (read from their state histories).
+- Two replicas on one PostgreSQL and six agent processes claiming through both: a flow limited to 2 never has
+  more than 2 runs holding slots, and every run goes through.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,15 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from baton.agent.testing import read_deployments, spawn_agent_process
 from baton.schemas.responses import FlowRunRead
 from baton.schemas.states import FINAL_STATES
-from support import ServerProcess, register_source_flow
+from support import ServerProcess, clean_env, register_source_flow, wait_for
 
 from .conftest import StartAgent
 from .test_agent_kill import CLAIM_AND_HANG, SLEEPY_SOURCE, wait_for_state
@@ -126,3 +134,60 @@ def test_no_slot_leaks_when_agents_and_flow_processes_are_killed(
     # ... and nothing holds a slot now: a new run is claimed and runs at once
     last = client.create_flow_run(flow_name="sleepy", parameters={"seconds": 0.1}).id
     assert wait_for_state(client, last, set(FINAL_STATES)).state == "Success"
+
+
+def _most_at_once(runs: list[FlowRunRead]) -> int:
+    """The most runs that held a slot at the same moment, from their state histories (an end before a start at
+    the same timestamp)."""
+    events = sorted(
+        (moment, delta)
+        for run in runs
+        for start, end in _slot_intervals(run)
+        for moment, delta in ((start, 1), (end, -1))
+        if moment is not None
+    )
+    most = held = 0
+    for _moment, delta in events:
+        held += delta
+        most = max(most, held)
+    return most
+
+
+@pytest.mark.timeout(300)
+def test_two_replicas_and_many_agents_never_exceed_a_flow_limit(tmp_path: Path, postgres_cluster: Any) -> None:
+    # Given two replicas on one PostgreSQL, a flow limited to 2 and 40 runs, and 6 agent processes spread over both
+    database_url = postgres_cluster.create_database()
+    servers = [
+        ServerProcess(tmp_path / f"replica-{i}", BATON__SERVER__DATABASE_URL=database_url).start() for i in range(2)
+    ]
+    try:
+        admin = servers[0].client()
+        register_source_flow(admin, "etl", max_concurrent_runs=2)
+        created = [admin.create_flow_run(flow_name="etl").id for _ in range(40)]
+        key = admin.create_api_key("runner").key
+        records = [str(tmp_path / f"agent-{i}.jsonl") for i in range(6)]
+        agents = [
+            spawn_agent_process(servers[i % 2].url, key, f"memory-{i}", record, env=clean_env(tmp_path / f"home-{i}"))
+            for i, record in enumerate(records)
+        ]
+        try:
+            # When they run everything
+            def all_ended() -> bool:
+                return all(run.state in FINAL_STATES for run in admin.list_flow_runs(limit=100))
+
+            wait_for(all_ended, timeout=240, interval=0.5, what="all 40 runs to end")
+        finally:
+            for process in agents:
+                process.send_signal(signal.SIGTERM)
+            for process in agents:
+                process.wait(timeout=60)
+
+        # Then every run succeeded, was deployed once, and at most 2 ever held slots at once (and 2 did)
+        runs = admin.list_flow_runs(limit=100, include=["states"])
+        assert sorted(run.id for run in runs) == sorted(created)
+        assert {run.state for run in runs} == {"Success"}
+        assert all(len(who) == 1 for who in read_deployments(*records).values())
+        assert _most_at_once(runs) == 2
+    finally:
+        for server in servers:
+            server.stop()
