@@ -12,8 +12,10 @@ import pytest
 from support import ServerProcess, register_source_flow
 
 
-@pytest.mark.parametrize("limit_by", ["flow", "label"])
-def test_a_freed_slot_wakes_a_waiting_claim(start_server: Callable[..., ServerProcess], limit_by: str) -> None:
+@pytest.mark.parametrize(("limit_by", "end"), [("flow", "success"), ("label", "success"), ("flow", "dead deployment")])
+def test_a_freed_slot_wakes_a_waiting_claim(
+    start_server: Callable[..., ServerProcess], limit_by: str, end: str
+) -> None:
     server = start_server(BATON__SERVER__CLAIM_RECHECK_SECONDS="60", BATON__SERVER__MAX_CLAIM_WAIT_SECONDS="60")
     admin = server.client()
     labels = ["gpu"] if limit_by == "label" else []
@@ -25,13 +27,17 @@ def test_a_freed_slot_wakes_a_waiting_claim(start_server: Callable[..., ServerPr
     waiter = admin.register_agent("waiter", "local", labels)
     [claimed] = admin.claim(holder.id).runs
     assert claimed.flow_run.id == first
+
     with server.client(claimed.run_token) as token, ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
         waiting = pool.submit(admin.claim, waiter.id, 1, 60.0)
         time.sleep(0.5)  # let the claim find nothing and begin to wait
         admin.set_flow_run_state(first, "Submitted", "PID: 1", {"pid": 1})
-        token.set_flow_run_state(first, "Running")
-        token.set_flow_run_state(first, "Success")
+        if end == "success":
+            token.set_flow_run_state(first, "Running")
+            token.set_flow_run_state(first, "Success")
+        else:  # the holding agent reports that the deployment died
+            admin.agent_heartbeat(holder.id, [{"flow_run_id": first, "alive": False, "exit_code": 137}])
         runs = waiting.result(timeout=90).runs
         waited = time.monotonic() - started
 
