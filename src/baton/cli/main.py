@@ -22,6 +22,7 @@ from baton.cli.context import api_options
 from baton.cli.docker import docker_group
 from baton.cli.errors import to_cli_error
 from baton.cli.keys import key
+from baton.cli.limits import limits
 from baton.cli.notify import notify
 from baton.cli.register import register
 from baton.cli.run import run
@@ -58,7 +59,7 @@ def cli() -> None:
     """
 
 
-for command in (server, key, register, run, runs, agent, agents, docker_group, notify):
+for command in (server, key, register, run, runs, agent, agents, docker_group, notify, limits):
     cli.add_command(command)
 
 

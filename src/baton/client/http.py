@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -249,6 +250,18 @@ class Client:
 
     def list_api_keys(self) -> list[r.ApiKeyRead]:
         return self._models(r.ApiKeyRead, "GET", "/api/keys")
+
+    # --- concurrency limits of labels ------------------------------------------------------------
+
+    def set_label_limit(self, label: str, max_concurrent_runs: int) -> r.LabelLimitRead:
+        body = {"label": label, "max_concurrent_runs": max_concurrent_runs}
+        return self._model(r.LabelLimitRead, "POST", "/api/limits", json=body)
+
+    def list_label_limits(self) -> list[r.LabelLimitRead]:
+        return self._models(r.LabelLimitRead, "GET", "/api/limits")
+
+    def delete_label_limit(self, label: str) -> r.LabelLimitRead:
+        return self._model(r.LabelLimitRead, "DELETE", f"/api/limits/{quote(label, safe='')}")
 
     # --- flows -----------------------------------------------------------------------------------
 

@@ -8,8 +8,16 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from baton.labels import MAX_LABELS, normalize_labels
-from baton.schemas.core import MAX_FLOW_RETRIES, MAX_TIMEOUT_SECONDS, Role, RunConfig, Storage, StrictModel
+from baton.labels import MAX_LABELS, normalize_labels, validate_label
+from baton.schemas.core import (
+    MAX_CONCURRENT_RUNS,
+    MAX_FLOW_RETRIES,
+    MAX_TIMEOUT_SECONDS,
+    Role,
+    RunConfig,
+    Storage,
+    StrictModel,
+)
 from baton.schemas.json_schema import json_schema_problem
 from baton.schemas.states import StateName, TaskRunState
 
@@ -87,6 +95,13 @@ class FlowCreate(StrictModel):
         strict=True,
         description="a run not started this long after it was due is skipped (Cancelled); None: never skipped",
     )
+    max_concurrent_runs: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CONCURRENT_RUNS,
+        strict=True,
+        description="at most this many runs of the flow's name (any version) hold a slot at once (None: no limit)",
+    )
 
     _norm_labels = field_validator("labels")(_labels)
 
@@ -106,6 +121,18 @@ class FlowCreate(StrictModel):
             raise ValueError("storage 'local' needs a path")
         self.run_config.labels = normalize_labels(self.run_config.labels)
         return self
+
+
+class LabelLimitSet(StrictModel):
+    """`baton limits set LABEL N`: at most N runs carrying LABEL hold a slot at once in the tenant."""
+
+    label: str = Field(min_length=1, max_length=128)
+    max_concurrent_runs: int = Field(ge=1, le=MAX_CONCURRENT_RUNS, strict=True)
+
+    @field_validator("label")
+    @classmethod
+    def _valid_label(cls, value: str) -> str:
+        return validate_label(value)
 
 
 class FlowRunCreate(StrictModel):

@@ -35,6 +35,8 @@ class StorageType(StrEnum):
 MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
 # @flow(retries=N): more would only hide a broken flow, and each attempt keeps its history rows.
 MAX_FLOW_RETRIES = 100
+# The largest concurrency limit (a flow's max_concurrent_runs, `baton limits set LABEL N`): more is a typo.
+MAX_CONCURRENT_RUNS = 100_000
 
 
 class RunConfigType(StrEnum):

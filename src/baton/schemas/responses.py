@@ -59,6 +59,7 @@ class FlowRead(BaseModel):
     retries: int = 0  # @flow(retries=...): failed attempts run again this many times
     retry_delay_seconds: int = 0
     max_lateness_seconds: int | None = None  # a run later than this is skipped (Cancelled)
+    max_concurrent_runs: int | None = None  # @flow(max_concurrent_runs=...); the latest version's value rules
     source: str | None = None  # included only on GET /api/flows/{id}?include_source=true
 
 
@@ -192,6 +193,16 @@ class RunExplanation(BaseModel):
     agents: list[AgentExplanation] = Field(description="the live agents (stale ones are only counted)")
     stale_agents: int = Field(default=0, description="agents left out: unseen for agent_stale_seconds, or deregistered")
     stale_after_seconds: float | None = Field(default=None, description="the server's agent_stale_seconds")
+
+
+class LabelLimitRead(BaseModel):
+    """A tenant's limit on one label, and the runs that hold its slots now (Pending to Cancelling)."""
+
+    label: str
+    max_concurrent_runs: int
+    active: int = Field(description="runs with this label that hold a slot now")
+    created: datetime
+    updated: datetime
 
 
 class ErrorDetail(BaseModel):

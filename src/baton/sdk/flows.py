@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from baton.labels import normalize_labels
-from baton.schemas.core import MAX_FLOW_RETRIES, MAX_TIMEOUT_SECONDS
+from baton.schemas.core import MAX_CONCURRENT_RUNS, MAX_FLOW_RETRIES, MAX_TIMEOUT_SECONDS
 from baton.sdk.context import TaskRunReporter, current_reporter, reporting_to
 from baton.sdk.parameters import Parameters, check_signature
 from baton.sdk.run_configs import BaseRun
@@ -63,6 +63,14 @@ def _check_int(what: str, value: int, low: int, high: int) -> int:
     return value
 
 
+def _check_max_concurrent_runs(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise TypeError(f"max_concurrent_runs must be a whole number, not {type(limit).__name__}")
+    if limit is not None and not 1 <= limit <= MAX_CONCURRENT_RUNS:
+        raise ValueError(f"max_concurrent_runs must be between 1 and {MAX_CONCURRENT_RUNS}, got {limit}")
+    return limit
+
+
 def _schedule(schedule: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
     if schedule is None:
         return None
@@ -87,6 +95,7 @@ class Flow(Generic[P, R]):
         retries: int = 0,
         retry_delay_seconds: int = 0,
         max_lateness_seconds: int | None = None,
+        max_concurrent_runs: int | None = None,
     ) -> None:
         check_signature(fn)
         functools.update_wrapper(self, fn)  # first: it copies fn.__dict__, which must not hide our attributes
@@ -111,6 +120,7 @@ class Flow(Generic[P, R]):
             if max_lateness_seconds is None
             else _check_int("max_lateness_seconds", max_lateness_seconds, 1, MAX_TIMEOUT_SECONDS)
         )
+        self.max_concurrent_runs = _check_max_concurrent_runs(max_concurrent_runs)
         self.description = inspect.getdoc(fn)
         self.parameters = Parameters(fn, self.name)
 
@@ -173,6 +183,7 @@ def flow(
     retries: int = 0,
     retry_delay_seconds: int = 0,
     max_lateness_seconds: int | None = None,
+    max_concurrent_runs: int | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -189,6 +200,7 @@ def flow(
     retries: int = 0,
     retry_delay_seconds: int = 0,
     max_lateness_seconds: int | None = None,
+    max_concurrent_runs: int | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow; usable bare (``@flow``) or with arguments (``@flow(labels=["dev"])``).
 
@@ -206,6 +218,8 @@ def flow(
         retry_delay_seconds: each retry is due this long after the failure.
         max_lateness_seconds: a run still waiting this long after it was due (e.g. after an outage) is skipped:
             Cancelled with a message, instead of starting late.
+        max_concurrent_runs: at most this many runs of the flow (all versions of its name) are claimed or running at
+            once; further runs wait in Scheduled. The latest registered version's value rules.
 
     Returns:
         The :class:`Flow`, or a decorator that makes one.
@@ -223,6 +237,7 @@ def flow(
             retries=retries,
             retry_delay_seconds=retry_delay_seconds,
             max_lateness_seconds=max_lateness_seconds,
+            max_concurrent_runs=max_concurrent_runs,
         )
 
     return decorate(fn) if fn is not None else decorate

@@ -90,6 +90,7 @@ def build_flow_payload(
             retries=flow.retries,
             retry_delay_seconds=flow.retry_delay_seconds,
             max_lateness_seconds=flow.max_lateness_seconds,
+            max_concurrent_runs=flow.max_concurrent_runs,
         )
     except ValidationError as exc:
         problems = "; ".join(

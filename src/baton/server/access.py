@@ -83,6 +83,9 @@ class Action(StrEnum):
     NOTIFICATION_TEST = "notification.test"
     AGENT_DEREGISTER = "agent.deregister"
     AGENT_PRUNE = "agent.prune"
+    LIMIT_SET = "limit.set"
+    LIMIT_LIST = "limit.list"
+    LIMIT_DELETE = "limit.delete"
 
 
 class Scope(StrEnum):
@@ -147,6 +150,10 @@ POLICY: dict[Action, Rule] = {
     Action.AGENT_DEREGISTER: _rule("admin runner", Scope.AGENT),
     # Housekeeping of the fleet: people (admin, user), not agents; only stale agents holding no run go.
     Action.AGENT_PRUNE: _rule("admin user"),
+    # Label limits: whoever may create runs may bound how many run at once; every key may read them.
+    Action.LIMIT_SET: _rule("admin user"),
+    Action.LIMIT_LIST: _rule(_KEYS),
+    Action.LIMIT_DELETE: _rule("admin user"),
 }
 
 _S = StateName

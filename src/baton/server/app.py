@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton import __version__
 from baton.server.access import POLICY, Action, Scope, route_action
-from baton.server.api import agents, flow_runs, flows, logs, meta, notifications, reruns
+from baton.server.api import agents, flow_runs, flows, limits, logs, meta, notifications, reruns
 from baton.server.auth_limits import FailedAuthLimiter
 from baton.server.authentication import AuthenticateFirst
 from baton.server.database.connection import create_database_engine, create_session_factory
@@ -51,6 +51,7 @@ ROUTERS = (
     logs.router,
     agents.router,
     notifications.router,
+    limits.router,
 )
 
 
@@ -150,9 +151,13 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
 
 
 def api_routes() -> list[tuple[str, APIRoute]]:
-    """Every route of the API with its full path."""
+    """Every route of the API with its full path, as the OpenAPI document names it (``{label}``, not
+    ``{label:path}``)."""
     return [
-        (API_PREFIX + route.path, route) for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)
+        (API_PREFIX + route.path_format, route)
+        for router in ROUTERS
+        for route in router.routes
+        if isinstance(route, APIRoute)
     ]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -196,6 +197,15 @@ def real_objects(fuzz_tenant: TenantContext) -> Iterator[dict[str, list[str]]]:
     REAL_IDS.clear()
 
 
+@pytest.fixture(scope="module")
+def live_objects(real_objects: dict[str, list[str]], fuzz_tenant: TenantContext) -> dict[str, list[str]]:
+    """The real objects with an agent registered after the fuzzing (the tests that use it come after it): the fuzzed
+    requests may have deregistered and pruned the staged runs' agents (DELETE /api/agents/{id}, POST
+    /api/agents/prune), as any user may."""
+    agent = fuzz_tenant.admin.register_agent(f"fuzz-live-{uuid.uuid4().hex[:8]}", "local", [])
+    return {**real_objects, "agent_id": [agent.id]}
+
+
 def test_server_serves_the_fuzzed_document(fuzz_server: ServerProcess) -> None:
     served = httpx.get(f"{fuzz_server.url}/api/openapi.json", timeout=30)
 
@@ -279,9 +289,9 @@ UNSTORABLE_TEXT = {
 
 @pytest.mark.parametrize(("path", "body"), list(UNSTORABLE_TEXT.values()), ids=list(UNSTORABLE_TEXT))
 def test_text_no_database_can_store_is_422(
-    admin_http: httpx.Client, real_objects: dict[str, list[str]], path: str, body: str
+    admin_http: httpx.Client, live_objects: dict[str, list[str]], path: str, body: str
 ) -> None:
-    response = admin_http.post(fill(path, real_objects), content=body, headers={"Content-Type": "application/json"})
+    response = admin_http.post(fill(path, live_objects), content=body, headers={"Content-Type": "application/json"})
 
     assert response.status_code == 422, response.text
     assert "NUL" in response.text or "surrogate" in response.text
@@ -317,9 +327,9 @@ LET_THROUGH = {
 
 @pytest.mark.parametrize(("path", "body"), list(LET_THROUGH.values()), ids=list(LET_THROUGH))
 def test_values_of_another_json_type_or_too_long_are_422(
-    admin_http: httpx.Client, real_objects: dict[str, list[str]], path: str, body: dict[str, Any]
+    admin_http: httpx.Client, live_objects: dict[str, list[str]], path: str, body: dict[str, Any]
 ) -> None:
-    response = admin_http.post(fill(path, real_objects), json=body)
+    response = admin_http.post(fill(path, live_objects), json=body)
 
     assert response.status_code == 422, response.text
 
@@ -398,11 +408,11 @@ BAD_VALUES = {
 @pytest.mark.parametrize("value", list(BAD_VALUES.values()), ids=list(BAD_VALUES))
 @pytest.mark.parametrize(("path", "template"), list(JSON_FIELDS.values()), ids=list(JSON_FIELDS))
 def test_deep_or_non_finite_json_in_any_field_is_422(
-    admin_http: httpx.Client, real_objects: dict[str, list[str]], path: str, template: str, value: str
+    admin_http: httpx.Client, live_objects: dict[str, list[str]], path: str, template: str, value: str
 ) -> None:
     body = template.format(value=value)
 
-    response = admin_http.post(fill(path, real_objects), content=body, headers={"Content-Type": "application/json"})
+    response = admin_http.post(fill(path, live_objects), content=body, headers={"Content-Type": "application/json"})
 
     assert response.status_code == 422, response.text[:500]
 
@@ -410,13 +420,13 @@ def test_deep_or_non_finite_json_in_any_field_is_422(
 @settings(max_examples=max(5, EXAMPLES // 5), deadline=None, derandomize=True, database=None)
 @given(depth=st.integers(min_value=33, max_value=3_000), field=st.sampled_from(sorted(JSON_FIELDS)))
 def test_nesting_past_the_limit_is_never_stored(
-    admin_http: httpx.Client, real_objects: dict[str, list[str]], depth: int, field: str
+    admin_http: httpx.Client, live_objects: dict[str, list[str]], depth: int, field: str
 ) -> None:
     path, template = JSON_FIELDS[field]
     before = {run["id"] for run in admin_http.get("/api/flow_runs", params={"limit": 1000}).json()}
 
     response = admin_http.post(
-        fill(path, real_objects),
+        fill(path, live_objects),
         content=template.format(value=deep(depth - 1)),
         headers={"Content-Type": "application/json"},
     )
@@ -431,10 +441,10 @@ def test_nesting_past_the_limit_is_never_stored(
     ids=["parameters", "state-data", "log-message", "job-template"],
 )
 def test_a_body_over_the_size_limit_is_413(
-    admin_http: httpx.Client, real_objects: dict[str, list[str]], path: str, template: str
+    admin_http: httpx.Client, live_objects: dict[str, list[str]], path: str, template: str
 ) -> None:
     body = template.format(value='"' + "x" * (10 * 1024 * 1024) + '"')
 
-    response = admin_http.post(fill(path, real_objects), content=body, headers={"Content-Type": "application/json"})
+    response = admin_http.post(fill(path, live_objects), content=body, headers={"Content-Type": "application/json"})
 
     assert response.status_code == 413, response.text[:500]

@@ -40,6 +40,7 @@ class Target:
     task_run_id: str
     key_id: str  # a read key of the tenant, for the key routes
     rule_id: str  # a notification rule (its webhook never resolves: a test of it fails at once, sending nothing)
+    label: str = "swept-limit"  # a label with a concurrency limit, for the limit routes
 
     def params(self) -> dict[str, str]:
         return {
@@ -49,6 +50,7 @@ class Target:
             "flow_run_id": self.run_id,
             "agent_id": self.agent_id,
             "task_run_id": self.task_run_id,
+            "label": self.label,
         }
 
     def ids(self) -> set[str]:
@@ -208,6 +210,9 @@ ROUTES = [
     # deregisters idle agents).
     Route("DELETE", "/api/agents/{agent_id}", 409),
     Route("POST", "/api/agents/prune", 200, body=lambda t: {"dry_run": True}),
+    Route("POST", "/api/limits", 200, body=lambda t: {"label": unique("limited"), "max_concurrent_runs": 2}),
+    Route("GET", "/api/limits", 200),
+    Route("DELETE", "/api/limits/{label}", 200, fresh=True),
 ]
 ROUTES_BY_KEY = {route.key: route for route in ROUTES}
 
@@ -248,7 +253,8 @@ class World:
         key_id = self.tenant.admin.create_api_key("read", name=unique("target")).id
         flow_id = self.tenant.run(staged.id).flow_id
         rule_id = self.tenant.admin.add_notification_rule(["Failed"], UNRESOLVABLE_WEBHOOK).id
-        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id, rule_id)
+        label = self.tenant.admin.set_label_limit(unique("swept-limit"), 5).label
+        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id, rule_id, label)
 
     def token_of_another_flow(self) -> str:
         """The run token of a claimed run of flow ``other``."""

@@ -108,4 +108,6 @@ def heartbeat(
     with transaction(db) as session:
         agent = agents.get_agent(session, principal.tenant_id, agent_id)
         outcome = agents.process_heartbeat(session, agent, payload, lease)
+    if outcome.failed:  # dead deployments freed concurrency slots: runs waiting for them may go now
+        request.app.state.notifier.notify_threadsafe(principal.tenant_id)
     return HeartbeatResponse(cancel=outcome.cancel, failed=outcome.failed)

@@ -10,14 +10,14 @@ from sqlalchemy.exc import IntegrityError
 
 from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
-from baton.schemas.states import CLAIMABLE_STATES, StateName
+from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server import shaping
 from baton.server.access import Action, Kind, allow, check_state_allowed, kind_of, run_holder
 from baton.server.api.deps import CursorQuery, Db, NotifierDep, transaction
 from baton.server.database.orm import utcnow
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
-from baton.server.models import agents, flow_runs, state_changes
+from baton.server.models import agents, concurrency, flow_runs, state_changes
 from baton.server.models.errors import InvalidRequest
 from baton.server.models.tenants import Principal
 
@@ -149,7 +149,9 @@ def set_state(
             retry=not by_hand,
         )
         result = shaping.flow_run(session, principal, run)
-    if result.state in CLAIMABLE_STATES:  # released, or a failed attempt now Retrying
+        freed = payload.name in FINAL_STATES and concurrency.is_limited(session, run)
+    # Released, or a failed attempt now Retrying; freed: runs waiting for that slot may go now.
+    if result.state in CLAIMABLE_STATES or freed:
         notifier.notify_threadsafe(principal.tenant_id)
     return result
 

@@ -96,6 +96,8 @@ class Flow(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     retry_delay_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_lateness_seconds: Mapped[int | None] = mapped_column(Integer)
+    # @flow(max_concurrent_runs=N): the latest version's value limits the runs of every version (migration 0006).
+    max_concurrent_runs: Mapped[int | None] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -163,6 +165,18 @@ class FlowRun(Base):
     # Which attempt this is (flow-level retries), and the run that `runs retry` re-ran (migration 0005).
     attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     retried_from: Mapped[str | None] = mapped_column(String(36))
+
+
+class LabelLimit(Base):
+    """`baton limits set LABEL N`: at most N runs carrying LABEL hold a slot at once in the tenant (migration 0006)."""
+
+    __tablename__ = "label_limits"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(String(128), primary_key=True)
+    max_concurrent_runs: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    updated: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class FlowRunLabel(Base):

@@ -16,6 +16,7 @@ from baton.schemas.states import CLAIMABLE_STATES, DEPLOYED_STATES, FINAL_STATES
 from baton.server.database.orm import Agent, FlowRun, utcnow
 from baton.server.models import lateness
 from baton.server.models.claims import extend_leases
+from baton.server.models.concurrency import waiting_for_slot
 from baton.server.models.errors import Conflict, ObjectNotFound, StaleState
 from baton.server.models.flow_runs import get_flow_run, transition
 from baton.server.models.ids import checked_id
@@ -262,6 +263,9 @@ def explain_run(
         summary = timing if late and explained else f"{timing}; {summary}"
     if stale_ids and run.state in CLAIMABLE_STATES:
         summary += f"; and {len(stale_ids)} stale agent(s) not seen for over {stale_after:g} s, not listed"
+    slot = waiting_for_slot(session, run) if run.state in CLAIMABLE_STATES else None
+    if slot is not None:  # a full concurrency limit holds it back whatever the agents
+        summary = f"{slot}; {summary}"
     return RunExplanation(
         flow_run_id=run.id,
         state=run.state,

@@ -18,6 +18,7 @@ from baton.schemas.states import CLAIMABLE_STATES, StateName
 from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, utcnow
 from baton.server.models import flows as flow_queries
 from baton.server.models import lateness
+from baton.server.models.concurrency import ClaimGate
 from baton.server.models.errors import StaleState
 from baton.server.models.flow_runs import stored_json_problems, transition
 from baton.server.models.tenants import RUN_TOKEN_PREFIX, hash_secret, new_secret
@@ -79,11 +80,13 @@ def claim_runs(
     # other nor lose compare-and-set races. SQLite has one writer at a time; there the compare-and-set in
     # ``transition`` is the guard, and a lost race just means trying the next candidates.
     skip_locked = session.get_bind().dialect.name == "postgresql"
+    # Concurrency limits: runs whose flow or label limit is full are left out, or refused and passed over.
+    gate = ClaimGate.open(session, agent.tenant_id)
     for _round in range(3):
         wanted = limit - len(result.runs)
         query = (
             select(FlowRun, _run_size())
-            .where(_matching(agent), FlowRun.scheduled_start_time <= horizon)
+            .where(_matching(agent), FlowRun.scheduled_start_time <= horizon, gate.excluded())
             .order_by(FlowRun.scheduled_start_time, FlowRun.created)
             .options(defer(FlowRun.parameters), defer(FlowRun.run_config))
         )
@@ -96,7 +99,9 @@ def claim_runs(
             if len(result.runs) >= limit or (result.runs and total + int(size) > max_bytes):
                 full = True
                 break
-            if lateness.skip_if_too_late(session, run, now):  # past its flow's max_lateness: Cancelled, not run
+            # Past its flow's max_lateness: Cancelled, not run. Its flow's or a label's concurrency limit is full:
+            # passed over, it waits for a slot.
+            if lateness.skip_if_too_late(session, run, now) or not gate.admit(run):
                 continue
             token = new_secret(RUN_TOKEN_PREFIX)
             extra = {

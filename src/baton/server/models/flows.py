@@ -29,8 +29,10 @@ _RUN_POLICY_FIELDS = ("retries", "retry_delay_seconds", "max_lateness_seconds")
 
 def _content_hash(payload: FlowCreate) -> str:
     # A timeout changes how runs end, so it is part of the content; left out when unset, so that flows registered
-    # before the field existed keep their hash (re-registering them unchanged makes no new version).
-    unset = {"timeout_seconds"} if payload.timeout_seconds is None else set()
+    # before the field existed keep their hash (re-registering them unchanged makes no new version). A concurrency
+    # limit likewise: changing it makes a new version, whose value then rules all runs of the name.
+    optional = ("timeout_seconds", "max_concurrent_runs")
+    unset = {name for name in optional if getattr(payload, name) is None}
     # Run policies likewise (migration 0005): only when set do they change the content.
     unset |= {name for name in _RUN_POLICY_FIELDS if getattr(payload, name) in (None, 0)}
     content = payload.model_dump(mode="json", exclude=unset)
@@ -69,6 +71,7 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
             retries=payload.retries,
             retry_delay_seconds=payload.retry_delay_seconds,
             max_lateness_seconds=payload.max_lateness_seconds,
+            max_concurrent_runs=payload.max_concurrent_runs,
         )
         try:
             with session.begin_nested():
@@ -227,5 +230,6 @@ def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
         retries=flow.retries,
         retry_delay_seconds=flow.retry_delay_seconds,
         max_lateness_seconds=flow.max_lateness_seconds,
+        max_concurrent_runs=flow.max_concurrent_runs,
         source=flow.source if include_source else None,
     )

@@ -46,5 +46,7 @@ class RecoveryService:
                 len(outcome.failed),
                 len(outcome.cancelled),
             )
-        for tenant_id in {run.tenant_id for run in outcome.requeued}:
+        # Requeued runs are claimable again; ended ones freed concurrency slots that other runs may wait for.
+        ended = [*outcome.requeued, *outcome.failed, *outcome.cancelled]
+        for tenant_id in {run.tenant_id for run in ended}:
             self._notifier.notify_threadsafe(tenant_id)

@@ -1,0 +1,177 @@
+"""Concurrency limits under racing claims: many agents claim at the same moment, each in its own transaction and
+database connection, and a limit is never exceeded (PostgreSQL: advisory locks per limit; SQLite: one writer)."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from baton.client import Client
+from baton.schemas.states import StateName
+from baton.server.database.connection import create_database_engine, create_session_factory, transaction
+from baton.server.database.orm import Flow, FlowRun, FlowRunLabel
+from baton.server.models import agents, claims, state_changes
+from baton.server.models.concurrency import SLOT_STATES
+from server.harness import TenantContext, unique
+from support import ServerProcess
+
+THREADS = 8
+_HELD = [state.value for state in SLOT_STATES]
+
+
+@pytest.fixture
+def sessions(api_server: ServerProcess) -> Iterator[sessionmaker[Session]]:
+    """A pool with a connection for every racing thread (and the checker)."""
+    engine = create_database_engine(api_server.database_url, THREADS + 2)
+    yield create_session_factory(engine)
+    engine.dispose()
+
+
+def _race(factory: sessionmaker[Session], tenant_id: str, agent_ids: list[str], limit: int) -> list[str]:
+    """Every agent claims at once (a barrier lines them up); returns the ids claimed, all agents together."""
+    barrier = threading.Barrier(len(agent_ids))
+
+    def claim(agent_id: str) -> list[str]:
+        barrier.wait()
+        with transaction(factory) as session:
+            agent = agents.get_agent(session, tenant_id, agent_id)
+            agents.touch(session, agent)  # as the claim route does: on SQLite this takes the write lock
+            result = claims.claim_runs(session, agent, limit, 0, 30)
+            return [run.id for run, _token in result.runs]
+
+    with ThreadPoolExecutor(len(agent_ids)) as pool:
+        return [run_id for taken in pool.map(claim, agent_ids) for run_id in taken]
+
+
+def _agents(runner: Client, labels: list[str], count: int = THREADS) -> list[str]:
+    return [runner.register_agent(unique("racer"), "local", labels).id for _ in range(count)]
+
+
+def test_racing_claims_take_exactly_the_flows_limit(
+    tenant: TenantContext, user: Client, runner: Client, sessions: sessionmaker[Session]
+) -> None:
+    # Given a flow that allows 2 concurrent runs, 10 waiting runs and 8 agents
+    name = tenant.register_flow(unique("etl"), max_concurrent_runs=2).name
+    runs = [user.create_flow_run(flow_name=name).id for _ in range(10)]
+
+    # When all 8 claim at the same moment, each for up to 3 runs
+    taken = _race(sessions, tenant.id, _agents(runner, []), 3)
+
+    # Then exactly 2 runs are claimed, once each
+    assert len(taken) == 2
+    assert len(set(taken)) == 2 and set(taken) <= set(runs)
+    assert sorted(run.state for run in user.list_flow_runs(flow_name=name)).count("Pending") == 2
+
+
+def test_racing_claims_take_exactly_the_labels_limit(
+    tenant: TenantContext, user: Client, runner: Client, sessions: sessionmaker[Session]
+) -> None:
+    gpu = unique("gpu")
+    user.set_label_limit(gpu, 1)
+    tenant.register_flow()
+    for _ in range(6):
+        user.create_flow_run(flow_name="hello", labels=[gpu])
+
+    taken = _race(sessions, tenant.id, _agents(runner, [gpu]), 2)
+
+    assert len(taken) == 1
+
+
+def _occupancy(session: Session, tenant_id: str) -> dict[str, int]:
+    """Slots held per flow name and per label, read in one statement each (one snapshot)."""
+    held = (FlowRun.tenant_id == tenant_id) & FlowRun.state.in_(_HELD)
+    by_flow = session.execute(
+        select(Flow.name, func.count()).join(FlowRun, FlowRun.flow_id == Flow.id).where(held).group_by(Flow.name)
+    )
+    by_label = session.execute(
+        select(FlowRunLabel.label, func.count())
+        .join(FlowRun, FlowRun.id == FlowRunLabel.flow_run_id)
+        .where(held)
+        .group_by(FlowRunLabel.label)
+    )
+    return {**{f"flow:{n}": c for n, c in by_flow}, **{f"label:{n}": c for n, c in by_label}}
+
+
+def test_claims_over_several_limits_never_exceed_any_and_never_deadlock(
+    tenant: TenantContext, user: Client, runner: Client, sessions: sessionmaker[Session]
+) -> None:
+    # Given two limited flows and two limited labels, and runs mixing them in every order
+    x, y = unique("x"), unique("y")
+    flows = {tenant.register_flow(unique("a"), max_concurrent_runs=2).name: 2}
+    flows[tenant.register_flow(unique("b"), max_concurrent_runs=3).name] = 3
+    labels = {x: 2, y: 3}
+    for label, limit in labels.items():
+        user.set_label_limit(label, limit)
+    rng = random.Random(9)
+    for _ in range(60):
+        user.create_flow_run(flow_name=rng.choice(list(flows)), labels=rng.choice([[x], [y], [x, y]]))
+    limits = {**{f"flow:{n}": v for n, v in flows.items()}, **{f"label:{n}": v for n, v in labels.items()}}
+    agent_ids = _agents(runner, [x, y])
+    stop = threading.Event()
+    seen: list[dict[str, int]] = []
+
+    def check() -> None:
+        while not stop.is_set():
+            with sessions() as session:
+                seen.append(_occupancy(session, tenant.id))
+            stop.wait(0.005)  # leave the database to the claimers now and then (SQLite has one writer)
+
+    def churn(agent_id: str, seed: int) -> None:
+        """Claim, then end some of what this agent holds (so slots keep freeing), many times."""
+        local = random.Random(seed)
+        for _round in range(10):
+            with transaction(sessions) as session:
+                agent = agents.get_agent(session, tenant.id, agent_id)
+                agents.touch(session, agent)
+                claims.claim_runs(session, agent, local.randint(1, 3), 0, 30)
+            with transaction(sessions) as session:
+                mine = session.scalars(
+                    select(FlowRun.id).where(FlowRun.agent_id == agent_id, FlowRun.state == "Pending")
+                ).all()
+                for run_id in mine:
+                    if local.random() < 0.5:
+                        state_changes.set_state(session, tenant.id, run_id, StateName.FAILED, "done", None)
+
+    # When 8 agents claim and end runs concurrently while a checker reads the slots held
+    checker = threading.Thread(target=check)
+    checker.start()
+    try:
+        with ThreadPoolExecutor(THREADS) as pool:
+            done: list[Callable[[], None]] = [
+                pool.submit(churn, agent_id, seed).result for seed, agent_id in enumerate(agent_ids)
+            ]
+            for result in done:
+                result()  # re-raises a deadlock or any other error of the thread
+    finally:
+        stop.set()
+        checker.join()
+
+    # Then no snapshot ever showed a limit exceeded, and runs did go through the slots
+    with sessions() as session:
+        seen.append(_occupancy(session, tenant.id))
+        ended = session.scalar(
+            select(func.count()).select_from(FlowRun).where(FlowRun.tenant_id == tenant.id, FlowRun.state == "Failed")
+        )
+    over = [(key, count) for snapshot in seen for key, count in snapshot.items() if count > limits.get(key, count)]
+    assert over == []
+    assert len(seen) > 1 and (ended or 0) >= 10
+
+
+def test_on_sqlite_a_limited_claim_that_has_not_taken_the_write_lock_is_refused(
+    api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client, sessions: sessionmaker[Session]
+) -> None:
+    # Without the write lock two SQLite claims could both count a free slot: the gate refuses to count unlocked.
+    if not api_server.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL claims lock each limit instead")
+    name = tenant.register_flow(unique("etl"), max_concurrent_runs=1).name
+    user.create_flow_run(flow_name=name)
+    [agent_id] = _agents(runner, [], count=1)
+
+    with pytest.raises(RuntimeError, match="must write"), transaction(sessions) as session:
+        claims.claim_runs(session, agents.get_agent(session, tenant.id, agent_id), 1, 0, 30)
