@@ -122,6 +122,15 @@ class ServerSettings(BaseModel):
     # An agent unseen for this long is stale: `baton agents list` shows it so, `explain` leaves it out of the live
     # agents, notification rules `--on agent-lost` fire for it, and `baton agents prune` may delete it.
     agent_stale_seconds: float = Field(default=90.0, gt=0)
+    # Schedules (docs/design.md, Schedules): the scheduler runs this often, and creates each clock's runs this far
+    # ahead (so agents' prefetch sees them and a restart shorter than this skips nothing), at most this many per
+    # clock and pass. Times older than the catch-up window are never created on their own (use a backfill); a
+    # backfill creates at most scheduler_max_backfill_runs runs per request.
+    scheduler_interval_seconds: float = Field(default=5.0, gt=0)
+    scheduler_horizon_seconds: float = Field(default=3600.0, ge=0, le=31 * 24 * 3600)
+    scheduler_catchup_seconds: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
+    scheduler_max_runs_per_clock: int = Field(default=100, ge=1, le=10_000)
+    scheduler_max_backfill_runs: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 class AgentSettings(BaseModel):

@@ -31,6 +31,7 @@ from baton.schemas.core import MAX_TIMEOUT_SECONDS
 from baton.sdk.context import TaskRunReporter, current_reporter, reporting_to
 from baton.sdk.parameters import Parameters, check_signature
 from baton.sdk.run_configs import BaseRun
+from baton.sdk.schedules import to_schedule
 from baton.sdk.storage import BaseStorage, resolve_storage
 
 P = ParamSpec("P")
@@ -59,14 +60,6 @@ def _check_timeout(seconds: int | None) -> int | None:
     return seconds
 
 
-def _schedule(schedule: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
-    if schedule is None:
-        return None
-    if isinstance(schedule, str):  # a cron expression, the common case
-        return {"cron": schedule}
-    return dict(schedule)
-
-
 class Flow(Generic[P, R]):
     """A function wrapped by ``@flow``. Calling it runs the flow locally, in this process."""
 
@@ -78,7 +71,7 @@ class Flow(Generic[P, R]):
         labels: Iterable[str] | None = None,
         run_config: BaseRun | None = None,
         storage: str | BaseStorage | None = None,
-        schedule: Mapping[str, Any] | str | None = None,
+        schedule: Any = None,
         timeout_seconds: int | None = None,
     ) -> None:
         check_signature(fn)
@@ -95,7 +88,7 @@ class Flow(Generic[P, R]):
             run_config.to_schema()  # validates its labels now rather than at registration
         self.run_config = run_config
         self.storage = resolve_storage(storage)
-        self.schedule = _schedule(schedule)
+        self.schedule = to_schedule(schedule)  # checked now: a bad schedule fails at decoration
         self.timeout_seconds = _check_timeout(timeout_seconds)
         self.description = inspect.getdoc(fn)
         self.parameters = Parameters(fn, self.name)
@@ -154,7 +147,7 @@ def flow(
     labels: Iterable[str] | None = None,
     run_config: BaseRun | None = None,
     storage: str | BaseStorage | None = None,
-    schedule: Mapping[str, Any] | str | None = None,
+    schedule: Any = None,
     timeout_seconds: int | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
@@ -167,7 +160,7 @@ def flow(
     labels: Iterable[str] | None = None,
     run_config: BaseRun | None = None,
     storage: str | BaseStorage | None = None,
-    schedule: Mapping[str, Any] | str | None = None,
+    schedule: Any = None,
     timeout_seconds: int | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow; usable bare (``@flow``) or with arguments (``@flow(labels=["dev"])``).
@@ -178,7 +171,8 @@ def flow(
         labels: route the flow's runs to agents that have all of them (when its run config has none).
         run_config: how agents run it: ``LocalRun``, ``UniversalRun``, ``DockerRun`` or ``KubernetesRun``.
         storage: where agents find its code: ``"api"`` (default), ``"local"``, or a storage object.
-        schedule: a cron string (``"0 9 * * *"``, stored as ``{"cron": ...}``) or a schedule dict.
+        schedule: a ``CronSchedule``, ``IntervalSchedule`` or ``RRuleSchedule``, a list of them, or a cron string
+            (``"0 9 * * *"``, UTC); an invalid one raises InvalidScheduleError (a ValueError) here.
         timeout_seconds: the agent kills a run still going after this long and fails it ("timed out after N s");
             an agent's ``--run-timeout`` applies when it is shorter.
 

@@ -76,6 +76,9 @@ class Action(StrEnum):
     AGENT_LIST = "agent.list"
     AGENT_CLAIM = "agent.claim"
     AGENT_HEARTBEAT = "agent.heartbeat"
+    SCHEDULE_READ = "schedule.read"
+    SCHEDULE_PAUSE = "schedule.pause"
+    SCHEDULE_BACKFILL = "schedule.backfill"
 
 
 class Scope(StrEnum):
@@ -129,6 +132,11 @@ POLICY: dict[Action, Rule] = {
     Action.AGENT_LIST: _rule(_KEYS),
     Action.AGENT_CLAIM: _rule("admin runner", Scope.AGENT),
     Action.AGENT_HEARTBEAT: _rule("admin runner", Scope.AGENT),
+    # Schedules: read by every key of the tenant; pausing, resuming and backfilling change what runs, like
+    # creating runs does: admin and user keys only.
+    Action.SCHEDULE_READ: _rule(_KEYS),
+    Action.SCHEDULE_PAUSE: _rule("admin user"),
+    Action.SCHEDULE_BACKFILL: _rule("admin user"),
 }
 
 _S = StateName

@@ -315,6 +315,8 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
                 deployment=None if "deployment" in problems else run.deployment,
                 run_config=_servable_run_config(run, problems),
                 states=history[run.id],
+                auto_scheduled=run.schedule_key is not None,
+                schedule_key=run.schedule_key,
                 omitted=sorted(omit),
             )
         )
