@@ -20,6 +20,7 @@ from baton.cli.agent import agent
 from baton.cli.context import api_options
 from baton.cli.docker import docker_group
 from baton.cli.errors import to_cli_error
+from baton.cli.flows import flows
 from baton.cli.keys import key
 from baton.cli.register import register
 from baton.cli.run import run
@@ -56,7 +57,7 @@ def cli() -> None:
     """
 
 
-for command in (server, key, register, run, runs, agent, docker_group):
+for command in (server, key, register, run, runs, flows, agent, docker_group):
     cli.add_command(command)
 
 
