@@ -141,14 +141,16 @@ def set_paused(session: Session, tenant_id: str, flow_name: str, paused: bool, n
 def _insert_ignore(session: Session, model: Any, values: dict[str, Any], conflict: list[str]) -> bool:
     """INSERT ... ON CONFLICT (conflict) DO NOTHING; whether the row was inserted."""
     dialect = session.get_bind().dialect.name
+    table = model.__table__
     if dialect == "postgresql":
-        stmt: Any = postgresql.insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
     elif dialect == "sqlite":
-        stmt = sqlite.insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
     else:  # pragma: no cover - Baton supports these two
-        stmt = insert(model).values(**values)
-    result = session.execute(stmt)
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        stmt = insert(table).values(**values)
+    # RETURNING says whether a row went in: the driver's rowcount is -1 for these on PostgreSQL (psycopg).
+    key = table.c[conflict[0]]
+    return session.execute(stmt.returning(key)).first() is not None
 
 
 # --- creating runs -------------------------------------------------------------------------------
