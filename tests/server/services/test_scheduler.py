@@ -149,7 +149,7 @@ def test_two_schedulers_racing_create_each_time_once_and_skip_none(
             for moment in moments:
                 clock.now = moment
                 service.tick()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=replica, args=(chunk,)) for chunk in (3, 4)]
@@ -330,4 +330,3 @@ def test_auto_scheduled_runs_say_so_in_their_answer(factory: sessionmaker[Sessio
         read = flow_runs.to_read(session, [run])[0]
     assert read.auto_scheduled is True
     assert read.schedule_key == run.schedule_key
-
