@@ -39,9 +39,11 @@ class Target:
     token: str
     task_run_id: str
     key_id: str  # a read key of the tenant, for the key routes
+    flow_name: str = ""  # a scheduled flow of a name no other tenant has, for the schedule routes
 
     def params(self) -> dict[str, str]:
         return {
+            "flow_name": self.flow_name,
             "key_id": self.key_id,
             "flow_id": self.flow_id,
             "flow_run_id": self.run_id,
@@ -196,6 +198,18 @@ ROUTES = [
         body=lambda t: {"deployments": [{"flow_run_id": t.run_id, "alive": True}]},
     ),
 ]
+ROUTES += [
+    Route("GET", "/api/schedules", 200),
+    Route("GET", "/api/schedules/{flow_name}", 200),
+    Route("POST", "/api/schedules/{flow_name}/pause", 200),
+    Route("POST", "/api/schedules/{flow_name}/resume", 200),
+    Route(
+        "POST",
+        "/api/schedules/{flow_name}/backfill",
+        200,
+        body=lambda t: {"start": "2020-01-01T00:00:00Z", "end": "2021-06-01T00:00:00Z"},
+    ),
+]
 ROUTES_BY_KEY = {route.key: route for route in ROUTES}
 
 
@@ -212,6 +226,7 @@ class World:
 
     tenant: TenantContext
     keys: dict[str, str] = field(default_factory=dict)
+    scheduled_flow: str = ""
     _http: dict[str | None, httpx.Client] = field(default_factory=dict)
 
     @classmethod
@@ -221,6 +236,8 @@ class World:
             world.keys[role] = tenant.key(role)
         world.keys["other_runner"] = tenant.new_key("runner")
         world.keys["other_token"] = world.token_of_another_flow()
+        world.scheduled_flow = unique("scheduled")
+        tenant.register_flow(world.scheduled_flow, schedule="0 0 1 1 *")  # yearly: few runs, one to backfill
         return world
 
     def http(self, key: str | None) -> httpx.Client:
@@ -234,7 +251,7 @@ class World:
         task_run = self.tenant.client(staged.token).create_task_run(staged.id, "greet")
         key_id = self.tenant.admin.create_api_key("read", name=unique("target")).id
         flow_id = self.tenant.run(staged.id).flow_id
-        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id)
+        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id, self.scheduled_flow)
 
     def token_of_another_flow(self) -> str:
         """The run token of a claimed run of flow ``other``."""

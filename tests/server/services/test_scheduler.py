@@ -139,7 +139,7 @@ def test_two_schedulers_racing_create_each_time_once_and_skip_none(
     policy = SchedulePolicy(horizon_seconds=60, catchup_seconds=300, max_runs_per_clock=100)
     for index in range(10):
         register(factory, tenant_id, {"interval": 10}, name=f"flow-{index}", policy=policy)
-    moments = [T0 + timedelta(seconds=3 * k) for k in range(1, 31)]
+    moments = [T0 + timedelta(seconds=6 * k) for k in range(1, 16)]
     errors: list[BaseException] = []
 
     def replica(chunk: int) -> None:
