@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from croniter import CroniterError, croniter
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from baton.labels import MAX_LABELS, normalize_labels
 from baton.schemas.core import StrictModel, check_storable_text
@@ -186,6 +186,7 @@ def _legacy_clock(value: Any) -> Any:
 
 class Schedule(StrictModel):
     clocks: list[Clock] = Field(min_length=1, max_length=MAX_CLOCKS)
+    _by_id: dict[str, CronClock | IntervalClock | RRuleClock] | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -209,7 +210,10 @@ class Schedule(StrictModel):
         return self
 
     def by_id(self) -> dict[str, CronClock | IntervalClock | RRuleClock]:
-        return {clock.clock_id(): clock for clock in self.clocks}
+        """The clocks by id (computed once: the scheduler asks on every tick)."""
+        if self._by_id is None:
+            self._by_id = {clock.clock_id(): clock for clock in self.clocks}
+        return self._by_id
 
 
 _SCHEDULE = TypeAdapter(Schedule)

@@ -13,7 +13,9 @@ the last time created when a pass stops at ``max_per_clock``) in the same transa
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -85,10 +87,18 @@ def stored_schedule(flow: Flow) -> Schedule | None:
     if value is None:
         return None
     try:
-        return Schedule.model_validate(value)
-    except (ValidationError, ValueError) as exc:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return _parsed(text)
+    except (ValidationError, ValueError, TypeError) as exc:
         logger.warning("flow %s (%s v%s): stored schedule ignored: %s", flow.id, flow.name, flow.version, exc)
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> Schedule:
+    # Cached by content: every tick reads every scheduled flow, and parsing (croniter, zoneinfo) is the costly part.
+    # Schedules are not changed after parsing, so sharing one instance is safe.
+    return Schedule.model_validate_json(text)
 
 
 def check_clock_parameters(flow: Flow | None, schema: dict[str, Any], schedule: Schedule | None) -> None:
