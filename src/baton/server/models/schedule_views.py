@@ -116,8 +116,11 @@ def backfill(
                 f"create more than {limit} runs: give a shorter range (or a larger --max-runs, at most {max_runs})"
             )
     created = 0
-    for clock_id, clock, when in sorted(due, key=lambda item: (item[2], item[0])):
-        created += schedules.insert_scheduled_run(session, flow, clock_id, clock, when, now)
+    with session.no_autoflush:  # label and state rows go in batches (see schedules.schedule_flow)
+        for clock_id, clock, when in sorted(due, key=lambda item: (item[2], item[0])):
+            created += schedules.insert_scheduled_run(session, flow, clock_id, clock, when, now)
+            if created % 500 == 0:
+                session.flush()
     return BackfillResult(
         flow_name=flow_name, start=request.start, end=request.end, created=created, existing=len(due) - created
     )

@@ -58,6 +58,10 @@ class SchedulePolicy:
     max_runs_per_clock: int = 100
 
 
+# An idle clock's mark is written at most this often (see schedule_flow).
+MARK_STEP = timedelta(seconds=60)
+
+
 def schedule_policy(server: ServerSettings) -> SchedulePolicy:
     return SchedulePolicy(
         horizon_seconds=server.scheduler_horizon_seconds,
@@ -210,21 +214,18 @@ def _marks(session: Session, tenant_id: str, flow_name: str) -> dict[str, dateti
 
 
 def _advance_mark(session: Session, flow: Flow, clock_id: str, mark: datetime) -> None:
-    """Moves the clock's mark forward to ``mark`` (never back: a slower replica's pass must not rewind it)."""
-    key = {"tenant_id": flow.tenant_id, "flow_name": flow.name, "clock_id": clock_id}
-    if _insert_ignore(session, ScheduleMark, {**key, "mark": mark}, list(key)):
-        return
-    session.execute(
-        update(ScheduleMark)
-        .where(
-            ScheduleMark.tenant_id == flow.tenant_id,
-            ScheduleMark.flow_name == flow.name,
-            ScheduleMark.clock_id == clock_id,
-            ScheduleMark.mark < mark,
-        )
-        .values(mark=mark)
-        .execution_options(synchronize_session=False)
+    """Moves the clock's mark forward to ``mark`` (never back: a slower replica's pass must not rewind it), in one
+    statement: INSERT ... ON CONFLICT DO UPDATE ... WHERE the stored mark is older."""
+    values = {"tenant_id": flow.tenant_id, "flow_name": flow.name, "clock_id": clock_id, "mark": mark}
+    table: Any = ScheduleMark.__table__
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["tenant_id", "flow_name", "clock_id"],
+        set_={"mark": stmt.excluded.mark},
+        where=table.c.mark < stmt.excluded.mark,
     )
+    session.execute(stmt)
 
 
 def schedule_flow(
@@ -246,13 +247,17 @@ def schedule_flow(
     for clock_id, clock in schedule.by_id().items():
         mark = marks.get(clock_id)
         lower = now if mark is None else max(mark, oldest)
-        if lower >= until:
-            continue
-        times = list(next_times(clock, lower, until, limit=policy.max_runs_per_clock))
-        for when in times:
-            created += insert_scheduled_run(session, flow, clock_id, clock, when, now)
-        full = len(times) >= policy.max_runs_per_clock
-        _advance_mark(session, flow, clock_id, times[-1] if full else until)
+        times = [] if lower >= until else list(next_times(clock, lower, until, limit=policy.max_runs_per_clock))
+        # No autoflush: the runs' label and state rows are flushed together at the end (one batched insert), not
+        # one by one before each next run's INSERT.
+        with session.no_autoflush:
+            for when in times:
+                created += insert_scheduled_run(session, flow, clock_id, clock, when, now)
+        new_mark = times[-1] if len(times) >= policy.max_runs_per_clock else until
+        # Written when runs were made, when the clock has none, and else only every MARK_STEP: an idle pass that
+        # leaves the mark behind just looks again at a stretch that held no time (cheaper than a write per tick).
+        if times or mark is None or new_mark - mark >= MARK_STEP:
+            _advance_mark(session, flow, clock_id, new_mark)
     return created
 
 
