@@ -142,7 +142,6 @@ def test_flow_takes_schedule_objects_a_list_or_a_cron_string() -> None:
         (lambda: IntervalSchedule(1), "greater than or equal to 10"),
         (lambda: RRuleSchedule("FREQ=DAILY"), "needs a DTSTART"),
         (lambda: flow(schedule="every tuesday-ish")(named_function), "invalid cron"),
-        (lambda: flow(schedule=CronSchedule("0 0 31 2 *"))(named_function), "has no occurrence after"),
     ],
 )
 def test_invalid_schedules_fail_at_decoration_with_a_value_error(make: Any, message: str) -> None:
@@ -153,6 +152,17 @@ def test_invalid_schedules_fail_at_decoration_with_a_value_error(make: Any, mess
 
 
 def named_function() -> None: ...
+
+
+def test_a_schedule_that_never_fires_again_loads_but_is_refused_at_registration(tmp_path: Any) -> None:
+    # A flow-run process loads the flow file too: a schedule that has ended must not stop its last run.
+    from baton.sdk.registration import build_flow_payload
+
+    ended = flow(schedule=CronSchedule("0 9 * * *", end_date=datetime(2020, 1, 1, tzinfo=UTC)))(named_function)
+    path = tmp_path / "ended.py"
+    path.write_text("x = 1\n")
+    with pytest.raises(InvalidScheduleError, match=r"ended\.py: flow 'named_function': invalid schedule: clocks\.0"):
+        build_flow_payload(ended, path)
 
 
 # --- occurrences ------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ class Flow(Generic[P, R]):
             run_config.to_schema()  # validates its labels now rather than at registration
         self.run_config = run_config
         self.storage = resolve_storage(storage)
-        self.schedule = to_schedule(schedule)  # checked now: a bad schedule fails at decoration
+        self.schedule = to_schedule(schedule)  # its form is checked now: a bad schedule fails at decoration
         self.timeout_seconds = _check_timeout(timeout_seconds)
         self.description = inspect.getdoc(fn)
         self.parameters = Parameters(fn, self.name)

@@ -8,7 +8,7 @@ Usage::
     def report() -> None: ...
 
 An invalid schedule raises :class:`~baton.exceptions.InvalidScheduleError` (a ValueError) at once, with the
-message the API would give.
+message the API would give; one whose clocks never fire again is refused by ``baton register`` (exit 2).
 """
 
 from __future__ import annotations
@@ -124,11 +124,17 @@ def to_schedule(value: Any) -> Schedule | None:
         value = [
             item.model_dump() if isinstance(item, CronClock | IntervalClock | RRuleClock) else item for item in value
         ]
+    # Only the form is checked here: decoration also runs in every flow-run process, where a schedule that has
+    # ended since (its last run is this one) must not stop the flow from loading. Registration checks that each
+    # clock still fires (check_fires).
     try:
-        schedule = parse_schedule(value)
+        return parse_schedule(value)
     except ValueError as exc:
         raise InvalidScheduleError(str(exc)) from None
+
+
+def check_fires(schedule: Schedule | None, where: str) -> None:
+    """Raise InvalidScheduleError when a clock of ``schedule`` has no occurrence from now on (at registration)."""
     problem = None if schedule is None else schedule_problem(schedule)
     if problem is not None:
-        raise InvalidScheduleError(f"invalid schedule: {problem}")
-    return schedule
+        raise InvalidScheduleError(f"{where}: invalid schedule: {problem}")
