@@ -17,6 +17,8 @@ from baton.server.models.schedules import SchedulePolicy
 
 # How many next times a schedule read shows per clock.
 NEXT_TIMES = 5
+# Runs per INSERT of a backfill.
+BATCH = 500
 _FAR = timedelta(days=366 * 100)
 
 
@@ -116,11 +118,9 @@ def backfill(
                 f"create more than {limit} runs: give a shorter range (or a larger --max-runs, at most {max_runs})"
             )
     created = 0
-    with session.no_autoflush:  # label and state rows go in batches (see schedules.schedule_flow)
-        for clock_id, clock, when in sorted(due, key=lambda item: (item[2], item[0])):
-            created += schedules.insert_scheduled_run(session, flow, clock_id, clock, when, now)
-            if created % 500 == 0:
-                session.flush()
+    due.sort(key=lambda item: (item[2], item[0]))
+    for first in range(0, len(due), BATCH):
+        created += schedules.insert_scheduled_runs(session, flow, due[first : first + BATCH], now)
     return BackfillResult(
         flow_name=flow_name, start=request.start, end=request.end, created=created, existing=len(due) - created
     )

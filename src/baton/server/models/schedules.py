@@ -170,38 +170,54 @@ def _insert_ignore(session: Session, model: Any, values: dict[str, Any], conflic
 # --- creating runs -------------------------------------------------------------------------------
 
 
-def insert_scheduled_run(
-    session: Session, flow: Flow, clock_id: str, clock: Clock, when: datetime, now: datetime
-) -> bool:
-    """The run of (flow, clock, when) unless it exists; whether this call created it."""
-    labels = list(clock.labels) or resolve_run_labels(None, flow)
-    run_id = new_id()
-    created = _insert_ignore(
-        session,
-        FlowRun,
-        {
-            "id": run_id,
-            "tenant_id": flow.tenant_id,
-            "flow_id": flow.id,
-            "name": f"{flow.name} @ {when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"[:200],
-            "parameters": dict(clock.parameter_defaults),
-            "labels": labels,
-            "label_count": len(labels),
-            "run_config": flow.run_config,
-            "scheduled_start_time": when,
-            "state": StateName.SCHEDULED.value,
-            "state_message": None,
-            "state_version": 0,
-            "created": now,
-            "updated": now,
-            "schedule_key": schedule_key(flow.name, clock_id, when),
-        },
-        ["tenant_id", "schedule_key"],
-    )
-    if created:
-        session.add_all(FlowRunLabel(flow_run_id=run_id, label=label) for label in labels)
-        session.add(FlowRunState(flow_run_id=run_id, name=StateName.SCHEDULED.value, message=None, timestamp=now))
-    return created
+Occurrence = tuple[str, Clock, datetime]  # (clock id, clock, scheduled time)
+
+
+def insert_scheduled_runs(session: Session, flow: Flow, due: list[Occurrence], now: datetime) -> int:
+    """The runs of ``flow``'s occurrences ``due`` that do not exist yet, in one batched statement; how many this
+    call created. INSERT ... ON CONFLICT DO NOTHING RETURNING id: the ids that come back are the runs made here."""
+    if not due:
+        return 0
+    rows: list[dict[str, Any]] = []
+    for clock_id, clock, when in due:
+        labels = list(clock.labels) or resolve_run_labels(None, flow)
+        rows.append(
+            {
+                "id": new_id(),
+                "tenant_id": flow.tenant_id,
+                "flow_id": flow.id,
+                "name": f"{flow.name} @ {when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"[:200],
+                "parameters": dict(clock.parameter_defaults),
+                "labels": labels,
+                "label_count": len(labels),
+                "run_config": flow.run_config,
+                "scheduled_start_time": when,
+                "state": StateName.SCHEDULED.value,
+                "state_message": None,
+                "state_version": 0,
+                "created": now,
+                "updated": now,
+                "schedule_key": schedule_key(flow.name, clock_id, when),
+            }
+        )
+    table: Any = FlowRun.__table__
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=["tenant_id", "schedule_key"])
+    # The driver's rowcount is -1 for these on PostgreSQL (psycopg): RETURNING says which rows went in.
+    inserted = set(session.execute(stmt.returning(table.c.id), rows).scalars())
+    made = [row for row in rows if row["id"] in inserted]
+    label_rows = [{"flow_run_id": row["id"], "label": label} for row in made for label in row["labels"]]
+    label_table: Any = FlowRunLabel.__table__
+    state_table: Any = FlowRunState.__table__
+    if label_rows:
+        session.execute(insert(label_table), label_rows)
+    if made:
+        states = [
+            {"flow_run_id": row["id"], "name": StateName.SCHEDULED.value, "message": None, "timestamp": now}
+            for row in made
+        ]
+        session.execute(insert(state_table), states)
+    return len(made)
 
 
 def _marks(session: Session, tenant_id: str, flow_name: str) -> dict[str, datetime]:
@@ -248,11 +264,7 @@ def schedule_flow(
         mark = marks.get(clock_id)
         lower = now if mark is None else max(mark, oldest)
         times = [] if lower >= until else list(next_times(clock, lower, until, limit=policy.max_runs_per_clock))
-        # No autoflush: the runs' label and state rows are flushed together at the end (one batched insert), not
-        # one by one before each next run's INSERT.
-        with session.no_autoflush:
-            for when in times:
-                created += insert_scheduled_run(session, flow, clock_id, clock, when, now)
+        created += insert_scheduled_runs(session, flow, [(clock_id, clock, when) for when in times], now)
         new_mark = times[-1] if len(times) >= policy.max_runs_per_clock else until
         # Written when runs were made, when the clock has none, and else only every MARK_STEP: an idle pass that
         # leaves the mark behind just looks again at a stretch that held no time (cheaper than a write per tick).
