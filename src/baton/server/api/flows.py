@@ -40,7 +40,7 @@ def register_flow(
 
     A new version takes over its name's not-yet-started scheduled runs and creates its schedule's runs at once.
     """
-    schedules.check_clock_parameters(None, payload.parameters_schema, payload.schedule)
+    schedules.check_clock_parameters(payload.parameters_schema, payload.schedule)
     with transaction(db) as session:
         flow, created = flows.register_flow(session, principal.tenant_id, payload)
         if created:
