@@ -172,33 +172,40 @@ def _insert_ignore(session: Session, model: Any, values: dict[str, Any], conflic
 Occurrence = tuple[str, Clock, datetime]  # (clock id, clock, scheduled time)
 
 
+def _run_row(flow: Flow, clock_id: str, clock: Clock, when: datetime, now: datetime) -> dict[str, Any]:
+    labels = list(clock.labels) or resolve_run_labels(None, flow)
+    return {
+        "id": new_id(),
+        "tenant_id": flow.tenant_id,
+        "flow_id": flow.id,
+        "name": f"{flow.name} @ {when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"[:200],
+        "parameters": dict(clock.parameter_defaults),
+        "labels": labels,
+        "label_count": len(labels),
+        "run_config": flow.run_config,
+        "scheduled_start_time": when,
+        "state": StateName.SCHEDULED.value,
+        "state_message": None,
+        "state_version": 0,
+        "created": now,
+        "updated": now,
+        "schedule_key": schedule_key(flow.name, clock_id, when),
+    }
+
+
 def insert_scheduled_runs(session: Session, flow: Flow, due: list[Occurrence], now: datetime) -> int:
-    """The runs of ``flow``'s occurrences ``due`` that do not exist yet, in one batched statement; how many this
-    call created. INSERT ... ON CONFLICT DO NOTHING RETURNING id: the ids that come back are the runs made here."""
-    if not due:
-        return 0
+    """The runs of ``flow``'s occurrences ``due`` that do not exist yet; how many this call created."""
+    return insert_runs_of_flows(session, [(flow, due)], now)
+
+
+def insert_runs_of_flows(session: Session, work: list[tuple[Flow, list[Occurrence]]], now: datetime) -> int:
+    """The runs of several flows' occurrences that do not exist yet, in one batched statement; how many this call
+    created. INSERT ... ON CONFLICT DO NOTHING RETURNING id: the ids that come back are the runs made here."""
     rows: list[dict[str, Any]] = []
-    for clock_id, clock, when in due:
-        labels = list(clock.labels) or resolve_run_labels(None, flow)
-        rows.append(
-            {
-                "id": new_id(),
-                "tenant_id": flow.tenant_id,
-                "flow_id": flow.id,
-                "name": f"{flow.name} @ {when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"[:200],
-                "parameters": dict(clock.parameter_defaults),
-                "labels": labels,
-                "label_count": len(labels),
-                "run_config": flow.run_config,
-                "scheduled_start_time": when,
-                "state": StateName.SCHEDULED.value,
-                "state_message": None,
-                "state_version": 0,
-                "created": now,
-                "updated": now,
-                "schedule_key": schedule_key(flow.name, clock_id, when),
-            }
-        )
+    for flow, due in work:
+        rows.extend(_run_row(flow, clock_id, clock, when, now) for clock_id, clock, when in due)
+    if not rows:
+        return 0
     table: Any = FlowRun.__table__
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=["tenant_id", "schedule_key"])
@@ -228,19 +235,23 @@ def _marks(session: Session, tenant_id: str, flow_name: str) -> dict[str, dateti
     return {clock_id: mark for clock_id, mark in rows}
 
 
-def _advance_mark(session: Session, flow: Flow, clock_id: str, mark: datetime) -> None:
-    """Moves the clock's mark forward to ``mark`` (never back: a slower replica's pass must not rewind it), in one
-    statement: INSERT ... ON CONFLICT DO UPDATE ... WHERE the stored mark is older."""
-    values = {"tenant_id": flow.tenant_id, "flow_name": flow.name, "clock_id": clock_id, "mark": mark}
+MarkUpdate = dict[str, Any]  # tenant_id, flow_name, clock_id, mark
+
+
+def _advance_marks(session: Session, updates: list[MarkUpdate]) -> None:
+    """Moves clocks' marks forward (never back: a slower replica's pass must not rewind one), in one statement:
+    INSERT ... ON CONFLICT DO UPDATE ... WHERE the stored mark is older."""
+    if not updates:
+        return
     table: Any = ScheduleMark.__table__
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**values)
+    stmt = dialect.insert(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["tenant_id", "flow_name", "clock_id"],
         set_={"mark": stmt.excluded.mark},
         where=table.c.mark < stmt.excluded.mark,
     )
-    session.execute(stmt)
+    session.execute(stmt, updates)
 
 
 def schedule_flow(
@@ -251,25 +262,54 @@ def schedule_flow(
     marks: dict[str, datetime] | None = None,
 ) -> int:
     """Create the runs of ``flow``'s clocks in their windows (module docstring); how many this call created."""
-    schedule = stored_schedule(flow)
-    if schedule is None:
-        return 0
     if marks is None:
         marks = _marks(session, flow.tenant_id, flow.name)
+    return schedule_flows(session, [flow], now, policy, {(flow.tenant_id, flow.name): marks})
+
+
+def schedule_flows(
+    session: Session,
+    flows: list[Flow],
+    now: datetime,
+    policy: SchedulePolicy,
+    marks: dict[tuple[str, str], dict[str, datetime]],
+) -> int:
+    """:func:`schedule_flow` for several flows, with their runs and marks written in one statement each."""
+    work: list[tuple[Flow, list[Occurrence]]] = []
+    updates: list[MarkUpdate] = []
+    for flow in flows:
+        due, moved = _plan(flow, now, policy, marks.get((flow.tenant_id, flow.name), {}))
+        work.append((flow, due))
+        updates.extend(moved)
+    created = insert_runs_of_flows(session, work, now)
+    _advance_marks(session, updates)
+    return created
+
+
+def _plan(
+    flow: Flow, now: datetime, policy: SchedulePolicy, marks: dict[str, datetime]
+) -> tuple[list[Occurrence], list[MarkUpdate]]:
+    """The occurrences ``flow`` needs runs for, and the marks to write."""
+    schedule = stored_schedule(flow)
+    if schedule is None:
+        return [], []
     until = now + timedelta(seconds=policy.horizon_seconds)
     oldest = now - timedelta(seconds=policy.catchup_seconds)
-    created = 0
+    due: list[Occurrence] = []
+    updates: list[MarkUpdate] = []
     for clock_id, clock in schedule.by_id().items():
         mark = marks.get(clock_id)
         lower = now if mark is None else max(mark, oldest)
         times = [] if lower >= until else list(next_times(clock, lower, until, limit=policy.max_runs_per_clock))
-        created += insert_scheduled_runs(session, flow, [(clock_id, clock, when) for when in times], now)
+        due.extend((clock_id, clock, when) for when in times)
         new_mark = times[-1] if len(times) >= policy.max_runs_per_clock else until
         # Written when runs were made, when the clock has none, and else only every MARK_STEP: an idle pass that
         # leaves the mark behind just looks again at a stretch that held no time (cheaper than a write per tick).
         if times or mark is None or new_mark - mark >= MARK_STEP:
-            _advance_mark(session, flow, clock_id, new_mark)
-    return created
+            updates.append(
+                {"tenant_id": flow.tenant_id, "flow_name": flow.name, "clock_id": clock_id, "mark": new_mark}
+            )
+    return due, updates
 
 
 # --- re-registration and pause: runs not yet started ---------------------------------------------

@@ -73,8 +73,5 @@ class SchedulerService:
             names = {name for _tenant, name in keys}
             flows = [f for f in schedules.scheduled_flows(session, names) if (f.tenant_id, f.name) in keys]
             marks = schedules.all_marks(session, flows)
-            for flow in flows:
-                created += schedules.schedule_flow(
-                    session, flow, now, self.policy, marks.get((flow.tenant_id, flow.name), {})
-                )
+            created += schedules.schedule_flows(session, flows, now, self.policy, marks)
         return created
