@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, defer, load_only
 
 from baton.schedules import next_times
 from baton.schemas.schedules import Clock, Schedule
@@ -430,7 +430,8 @@ def scheduled_flows(
             (newest.c.tenant_id == Flow.tenant_id) & (newest.c.name == Flow.name) & (newest.c.version == Flow.version),
         )
         .where(Flow.schedule.is_not(None), cast(Flow.schedule, Text) != "null")
-        .options(defer(Flow.source))
+        # Only what scheduling reads: every pass loads every scheduled flow.
+        .options(load_only(Flow.tenant_id, Flow.name, Flow.version, Flow.schedule, Flow.labels, Flow.run_config))
         .order_by(Flow.tenant_id, Flow.name)
     )
     paused = set() if include_paused else paused_names(session, tenant_id)
