@@ -25,20 +25,27 @@ _LAZY = {
     "DockerRun": "baton.sdk.run_configs",
     "KubernetesRun": "baton.sdk.run_configs",
     "Client": "baton.client.http",
+    "CronSchedule": "baton.sdk.schedules",
+    "IntervalSchedule": "baton.sdk.schedules",
+    "RRuleSchedule": "baton.sdk.schedules",
 }
 
 if TYPE_CHECKING:
     from baton.client.http import Client
     from baton.sdk.flows import Flow, flow
     from baton.sdk.run_configs import DockerRun, KubernetesRun, LocalRun, UniversalRun
+    from baton.sdk.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
     from baton.sdk.tasks import Task, task
 
 __all__ = [
     "Client",
+    "CronSchedule",
     "DockerRun",
     "Flow",
+    "IntervalSchedule",
     "KubernetesRun",
     "LocalRun",
+    "RRuleSchedule",
     "Task",
     "UniversalRun",
     "__version__",

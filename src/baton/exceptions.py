@@ -29,6 +29,10 @@ class FlowLoadError(BatonError):
     """A flow's source could not be loaded (missing file, import error, no such flow in it)."""
 
 
+class InvalidScheduleError(FlowLoadError, ValueError):
+    """A flow's schedule is invalid (bad cron, unknown time zone, a clock that never fires...): bad input."""
+
+
 class ParameterValidationError(BatonError, ValueError):
     """Flow-run parameters do not match the flow's signature."""
 

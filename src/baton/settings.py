@@ -160,6 +160,15 @@ class ServerSettings(BaseModel):
     # A claimable run due this long ago and still unclaimed is late (`runs list --late`, `explain`): a few seconds
     # of slack, so that a run claimed within an agent's normal poll is never called late.
     late_after_seconds: float = Field(default=5.0, ge=0, le=366 * 24 * 3600)
+    # Schedules (docs/design.md, Schedules): the scheduler runs this often, and creates each clock's runs this far
+    # ahead (so agents' prefetch sees them and a restart shorter than this skips nothing), at most this many per
+    # clock and pass. Times older than the catch-up window are never created on their own (use a backfill); a
+    # backfill creates at most scheduler_max_backfill_runs runs per request.
+    scheduler_interval_seconds: float = Field(default=5.0, gt=0)
+    scheduler_horizon_seconds: float = Field(default=3600.0, ge=0, le=31 * 24 * 3600)
+    scheduler_catchup_seconds: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
+    scheduler_max_runs_per_clock: int = Field(default=100, ge=1, le=10_000)
+    scheduler_max_backfill_runs: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 class AgentSettings(BaseModel):

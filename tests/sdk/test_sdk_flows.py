@@ -48,7 +48,16 @@ def test_flow_decorator_with_arguments_normalizes_labels_and_keeps_options() -> 
     assert etl.entrypoint == "etl"
     assert etl.labels == ["dev", "prod"]
     assert etl.storage == LocalStorage()
-    assert etl.schedule == {"cron": "0 9 * * *"}
+    assert etl.schedule is not None
+    assert etl.schedule.model_dump(mode="json")["clocks"][0] == {
+        "type": "cron",
+        "cron": "0 9 * * *",
+        "timezone": "UTC",
+        "parameter_defaults": {},
+        "labels": [],
+        "start_date": None,
+        "end_date": None,
+    }
 
 
 def test_calling_a_flow_runs_its_tasks_locally_and_returns_the_result() -> None:

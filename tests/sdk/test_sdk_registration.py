@@ -27,7 +27,7 @@ def extract() -> int:
 def load(value: int) -> None:
     print(value)
 
-@flow(labels=["dev"], schedule={"interval_seconds": 3600})
+@flow(labels=["dev"], schedule={"interval": 3600})
 def etl(day: str, limit: int = 10) -> None:
     """Moves rows."""
     load(extract())
@@ -144,7 +144,8 @@ def test_payload_for_api_storage_carries_the_source_and_validates_as_flow_create
     assert payload["labels"] == ["dev"]
     assert payload["run_config"]["type"] == "universal"
     assert payload["tasks"] == ["extract", "load-rows"]
-    assert payload["schedule"] == {"interval_seconds": 3600}
+    [clock] = payload["schedule"]["clocks"]  # the shorthand, normalized to the schedule contract
+    assert (clock["type"], clock["every"], clock["anchor"]) == ("interval", 3600, "1970-01-01T00:00:00Z")
     assert payload["description"] == "Moves rows."
     assert payload["parameters_schema"]["required"] == ["day"]
     assert payload["parameters_schema"]["properties"]["limit"]["default"] == 10

@@ -16,6 +16,7 @@ from baton.exceptions import (
     DatabaseUnavailableError,
     FlowLoadError,
     InvalidLabelError,
+    InvalidScheduleError,
     NotFoundError,
     ParameterValidationError,
     PermissionDeniedError,
@@ -43,6 +44,7 @@ _MAPPING: tuple[tuple[type[BatonError], str, type[CliError]], ...] = (
     (ConfigurationError, "configuration: {error}", InputError),
     (InvalidLabelError, "{error}", InputError),
     (ParameterValidationError, "invalid parameters: {error}", InputError),
+    (InvalidScheduleError, "cannot register: {error}", InputError),
     (FlowLoadError, "cannot load flows: {error}", CliError),
 )
 

@@ -21,6 +21,7 @@ from baton.cli.agents import agents
 from baton.cli.context import api_options
 from baton.cli.docker import docker_group
 from baton.cli.errors import to_cli_error
+from baton.cli.flows import flows
 from baton.cli.keys import key
 from baton.cli.limits import limits
 from baton.cli.notify import notify
@@ -59,7 +60,7 @@ def cli() -> None:
     """
 
 
-for command in (server, key, register, run, runs, agent, agents, docker_group, notify, limits):
+for command in (server, key, register, run, runs, flows, agent, agents, docker_group, notify, limits):
     cli.add_command(command)
 
 

@@ -68,6 +68,11 @@ def is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc.__cause__, httpx.TransportError)
 
 
+def _segment(value: str) -> str:
+    """``value`` as one path segment: a flow name may hold spaces and dots, never a slash that changes the route."""
+    return quote(value, safe="")
+
+
 def _detail(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -276,6 +281,26 @@ class Client:
     def get_flow(self, flow_id: str, include_source: bool = False) -> r.FlowRead:
         params = {"include_source": "true"} if include_source else None
         return self._model(r.FlowRead, "GET", f"/api/flows/{flow_id}", params=params)
+
+    # --- schedules -------------------------------------------------------------------------------
+
+    def list_schedules(self) -> list[r.ScheduleRead]:
+        """The schedules of the tenant's flows (newest versions that have one, paused ones too)."""
+        return self._models(r.ScheduleRead, "GET", "/api/schedules")
+
+    def get_schedule(self, flow_name: str) -> r.ScheduleRead:
+        return self._model(r.ScheduleRead, "GET", f"/api/schedules/{_segment(flow_name)}")
+
+    def pause_schedule(self, flow_name: str) -> r.ScheduleRead:
+        return self._model(r.ScheduleRead, "POST", f"/api/schedules/{_segment(flow_name)}/pause")
+
+    def resume_schedule(self, flow_name: str) -> r.ScheduleRead:
+        return self._model(r.ScheduleRead, "POST", f"/api/schedules/{_segment(flow_name)}/resume")
+
+    def backfill(self, flow_name: str, start: datetime, end: datetime, max_runs: int | None = None) -> r.BackfillResult:
+        """Create the runs of the flow's schedule for the past times in [start, end], each at most once ever."""
+        body = {"start": start.isoformat(), "end": end.isoformat(), "max_runs": max_runs}
+        return self._model(r.BackfillResult, "POST", f"/api/schedules/{_segment(flow_name)}/backfill", json=body)
 
     # --- flow runs -------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from baton.schemas.core import (
     StrictModel,
 )
 from baton.schemas.json_schema import json_schema_problem
+from baton.schemas.schedules import Schedule, schedule_problem
 from baton.schemas.states import StateName, TaskRunState
 
 NAME_FIELD = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
@@ -73,7 +74,8 @@ class FlowCreate(StrictModel):
     labels: list[str] = Field(default_factory=list, max_length=MAX_LABELS)
     parameters_schema: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] = Field(default_factory=list, max_length=10_000)
-    schedule: dict[str, Any] | None = None
+    # Also a cron string, {"cron": ...}, {"interval": N} or a list of clocks: normalized (schemas/schedules.py).
+    schedule: Schedule | None = None
     description: str | None = Field(default=None, max_length=10_000)
     timeout_seconds: int | None = Field(
         default=None,
@@ -111,6 +113,14 @@ class FlowCreate(StrictModel):
         problem = json_schema_problem(value)
         if problem is not None:
             raise ValueError(f"not a valid JSON Schema {problem}")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_fires(cls, value: Schedule | None) -> Schedule | None:
+        problem = None if value is None else schedule_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -91,6 +91,8 @@ class FlowRunRead(BaseModel):
     attempt: int = Field(default=1, description="1 for the first attempt; each flow-level retry adds one")
     retried_from: str | None = Field(default=None, description="the run this one re-runs (`baton runs retry`)")
     states: list[StateRead] = Field(default_factory=list)
+    auto_scheduled: bool = Field(default=False, description="created by the flow's schedule (or a backfill)")
+    schedule_key: str | None = Field(default=None, description="<flow>/<clock id>/<time>: unique per tenant")
     omitted: list[str] = Field(
         default_factory=list,
         description="heavy fields left empty in this list item (ask with ?include=): parameters, states",
@@ -215,3 +217,31 @@ class Health(BaseModel):
     status: str
     version: str
     database: str
+
+
+class ClockRead(BaseModel):
+    id: str = Field(description="stable id of the clock's content; part of its runs' schedule_key")
+    type: str
+    summary: str
+    clock: dict[str, Any] = Field(description="the clock as registered (schemas/schedules.py)")
+    next_times: list[datetime] = Field(description="its next run times from now (paused or not)")
+
+
+class ScheduleRead(BaseModel):
+    flow_name: str
+    flow_id: str
+    flow_version: int
+    active: bool = Field(description="false while paused (baton flows schedule pause)")
+    clocks: list[ClockRead]
+    next_run_time: datetime | None = Field(description="the earliest of the clocks' next times; None when paused")
+    problem: str | None = Field(default=None, description="why a stored schedule is not used (it does not parse)")
+    deleted_runs: int | None = Field(default=None, description="pause: the not-yet-started scheduled runs deleted")
+    created_runs: int | None = Field(default=None, description="resume: the runs created at once")
+
+
+class BackfillResult(BaseModel):
+    flow_name: str
+    start: datetime
+    end: datetime
+    created: int = Field(description="runs created by this request")
+    existing: int = Field(description="times that already had their run (an earlier backfill or the scheduler)")

@@ -31,6 +31,7 @@ from baton.schemas.core import MAX_CONCURRENT_RUNS, MAX_FLOW_RETRIES, MAX_TIMEOU
 from baton.sdk.context import TaskRunReporter, current_reporter, reporting_to
 from baton.sdk.parameters import Parameters, check_signature
 from baton.sdk.run_configs import BaseRun
+from baton.sdk.schedules import to_schedule
 from baton.sdk.storage import BaseStorage, resolve_storage
 
 P = ParamSpec("P")
@@ -71,14 +72,6 @@ def _check_max_concurrent_runs(limit: int | None) -> int | None:
     return limit
 
 
-def _schedule(schedule: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
-    if schedule is None:
-        return None
-    if isinstance(schedule, str):  # a cron expression, the common case
-        return {"cron": schedule}
-    return dict(schedule)
-
-
 class Flow(Generic[P, R]):
     """A function wrapped by ``@flow``. Calling it runs the flow locally, in this process."""
 
@@ -90,7 +83,7 @@ class Flow(Generic[P, R]):
         labels: Iterable[str] | None = None,
         run_config: BaseRun | None = None,
         storage: str | BaseStorage | None = None,
-        schedule: Mapping[str, Any] | str | None = None,
+        schedule: Any = None,
         timeout_seconds: int | None = None,
         retries: int = 0,
         retry_delay_seconds: int = 0,
@@ -111,7 +104,7 @@ class Flow(Generic[P, R]):
             run_config.to_schema()  # validates its labels now rather than at registration
         self.run_config = run_config
         self.storage = resolve_storage(storage)
-        self.schedule = _schedule(schedule)
+        self.schedule = to_schedule(schedule)  # its form is checked now: a bad schedule fails at decoration
         self.timeout_seconds = _check_timeout(timeout_seconds)
         self.retries = _check_int("retries", retries, 0, MAX_FLOW_RETRIES)
         self.retry_delay_seconds = _check_int("retry_delay_seconds", retry_delay_seconds, 0, MAX_TIMEOUT_SECONDS)
@@ -178,7 +171,7 @@ def flow(
     labels: Iterable[str] | None = None,
     run_config: BaseRun | None = None,
     storage: str | BaseStorage | None = None,
-    schedule: Mapping[str, Any] | str | None = None,
+    schedule: Any = None,
     timeout_seconds: int | None = None,
     retries: int = 0,
     retry_delay_seconds: int = 0,
@@ -195,7 +188,7 @@ def flow(
     labels: Iterable[str] | None = None,
     run_config: BaseRun | None = None,
     storage: str | BaseStorage | None = None,
-    schedule: Mapping[str, Any] | str | None = None,
+    schedule: Any = None,
     timeout_seconds: int | None = None,
     retries: int = 0,
     retry_delay_seconds: int = 0,
@@ -210,7 +203,8 @@ def flow(
         labels: route the flow's runs to agents that have all of them (when its run config has none).
         run_config: how agents run it: ``LocalRun``, ``UniversalRun``, ``DockerRun`` or ``KubernetesRun``.
         storage: where agents find its code: ``"api"`` (default), ``"local"``, or a storage object.
-        schedule: a cron string (``"0 9 * * *"``, stored as ``{"cron": ...}``) or a schedule dict.
+        schedule: a ``CronSchedule``, ``IntervalSchedule`` or ``RRuleSchedule``, a list of them, or a cron string
+            (``"0 9 * * *"``, UTC); an invalid one raises InvalidScheduleError (a ValueError) here.
         timeout_seconds: the agent kills a run still going after this long and fails it ("timed out after N s");
             an agent's ``--run-timeout`` applies when it is shorter.
         retries: a failed run (the flow raised, its deployment failed, its process or agent died, a timeout) is

@@ -14,7 +14,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from baton.exceptions import FlowLoadError
+from baton.exceptions import FlowLoadError, InvalidScheduleError
 
 
 def module_name_for(filename: str) -> str:
@@ -67,7 +67,9 @@ def load_module_from_source(source: str, filename: str, module_name: str) -> typ
         exec(code, module.__dict__)  # noqa: S102 - running the flow file is the point
     except (Exception, SystemExit) as exc:
         sys.modules.pop(module_name, None)
-        raise FlowLoadError(_describe_import_error(exc, filename)) from exc
+        # An invalid schedule is bad input (exit 2), not a broken file: the kind survives the wrapping.
+        kind = InvalidScheduleError if isinstance(exc, InvalidScheduleError) else FlowLoadError
+        raise kind(_describe_import_error(exc, filename)) from exc
     return module
 
 

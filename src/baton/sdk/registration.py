@@ -19,6 +19,7 @@ from baton.schemas.actions import FlowCreate
 from baton.schemas.core import RunConfig, StorageType
 from baton.sdk.flows import Flow
 from baton.sdk.modules import load_module_from_path, module_objects
+from baton.sdk.schedules import check_fires
 from baton.sdk.storage import BaseStorage, resolve_storage
 from baton.sdk.tasks import Task
 
@@ -62,6 +63,7 @@ def build_flow_payload(
         ConfigurationError: an unknown storage name, or one that is not supported yet (docker, git).
         FlowLoadError: the file cannot be read, or the flow cannot be described (e.g. its source is too big).
         InvalidLabelError: an extra label is not a valid label.
+        InvalidScheduleError: a clock of the flow's schedule never fires again.
     """
     path = Path(path).expanduser().resolve()
     chosen = resolve_storage(storage) if storage is not None else flow.storage
@@ -73,6 +75,7 @@ def build_flow_payload(
     if run_config.labels and added:
         run_config.labels = normalize_labels([*run_config.labels, *added])
     source = _read_source(path) if storage_model.type == StorageType.API else None
+    check_fires(flow.schedule, f"{path}: flow {flow.name!r}")
     try:
         payload = FlowCreate(
             name=flow.name,

@@ -86,6 +86,9 @@ class Action(StrEnum):
     LIMIT_SET = "limit.set"
     LIMIT_LIST = "limit.list"
     LIMIT_DELETE = "limit.delete"
+    SCHEDULE_READ = "schedule.read"
+    SCHEDULE_PAUSE = "schedule.pause"
+    SCHEDULE_BACKFILL = "schedule.backfill"
 
 
 class Scope(StrEnum):
@@ -154,6 +157,11 @@ POLICY: dict[Action, Rule] = {
     Action.LIMIT_SET: _rule("admin user"),
     Action.LIMIT_LIST: _rule(_KEYS),
     Action.LIMIT_DELETE: _rule("admin user"),
+    # Schedules: read by every key of the tenant; pausing, resuming and backfilling change what runs, like
+    # creating runs does: admin and user keys only.
+    Action.SCHEDULE_READ: _rule(_KEYS),
+    Action.SCHEDULE_PAUSE: _rule("admin user"),
+    Action.SCHEDULE_BACKFILL: _rule("admin user"),
 }
 
 _S = StateName

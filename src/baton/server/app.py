@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton import __version__
 from baton.server.access import POLICY, Action, Scope, route_action
-from baton.server.api import agents, flow_runs, flows, limits, logs, meta, notifications, reruns
+from baton.server.api import agents, flow_runs, flows, limits, logs, meta, notifications, reruns, schedules
 from baton.server.auth_limits import FailedAuthLimiter
 from baton.server.authentication import AuthenticateFirst
 from baton.server.database.connection import create_database_engine, create_session_factory
@@ -29,12 +29,14 @@ from baton.server.errors import install_error_handlers
 from baton.server.json_body import JsonRoute
 from baton.server.limits import Admission, BodySizeLimit
 from baton.server.models.lost_runs import RecoveryPolicy
+from baton.server.models.schedules import schedule_policy
 from baton.server.notifier import RunNotifier
 from baton.server.services.lateness import LatenessService
 from baton.server.services.leases import LeaseExpiryService
 from baton.server.services.notifications import NotificationService
 from baton.server.services.recovery import RecoveryService
 from baton.server.services.runner import run_periodically
+from baton.server.services.scheduler import SchedulerService
 from baton.server.services.wakeups import PostgresWakeups
 from baton.settings import BatonSettings, ServerSettings
 
@@ -52,6 +54,7 @@ ROUTERS = (
     agents.router,
     notifications.router,
     limits.router,
+    schedules.router,
 )
 
 
@@ -75,6 +78,14 @@ def _services(
         ("lateness", lateness.run_once),
         ("notifications", notify.run_once),
     ]
+
+
+def _timed_services(
+    server: ServerSettings, factory: sessionmaker[Session]
+) -> list[tuple[str, Callable[[], None], float]]:
+    """Services with their own interval."""
+    scheduler = SchedulerService(factory, schedule_policy(server))
+    return [("scheduler", scheduler.run_once, server.scheduler_interval_seconds)]
 
 
 def check_json_routes(router: APIRouter) -> None:
@@ -103,6 +114,9 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
         services = [
             asyncio.create_task(run_periodically(name, run_once, settings.server.services_interval_seconds, stop))
             for name, run_once in _services(settings.server, factory, app.state.notifier)
+        ] + [
+            asyncio.create_task(run_periodically(name, run_once, interval, stop))
+            for name, run_once, interval in _timed_services(settings.server, factory)
         ]
         try:
             yield

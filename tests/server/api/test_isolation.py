@@ -41,9 +41,11 @@ class Target:
     key_id: str  # a read key of the tenant, for the key routes
     rule_id: str  # a notification rule (its webhook never resolves: a test of it fails at once, sending nothing)
     label: str = "swept-limit"  # a label with a concurrency limit, for the limit routes
+    flow_name: str = ""  # a scheduled flow of a name no other tenant has, for the schedule routes
 
     def params(self) -> dict[str, str]:
         return {
+            "flow_name": self.flow_name,
             "key_id": self.key_id,
             "rule_id": self.rule_id,
             "flow_id": self.flow_id,
@@ -214,6 +216,18 @@ ROUTES = [
     Route("GET", "/api/limits", 200),
     Route("DELETE", "/api/limits/{label}", 200, fresh=True),
 ]
+ROUTES += [
+    Route("GET", "/api/schedules", 200),
+    Route("GET", "/api/schedules/{flow_name}", 200),
+    Route("POST", "/api/schedules/{flow_name}/pause", 200),
+    Route("POST", "/api/schedules/{flow_name}/resume", 200),
+    Route(
+        "POST",
+        "/api/schedules/{flow_name}/backfill",
+        200,
+        body=lambda t: {"start": "2020-01-01T00:00:00Z", "end": "2021-06-01T00:00:00Z"},
+    ),
+]
 ROUTES_BY_KEY = {route.key: route for route in ROUTES}
 
 
@@ -230,6 +244,7 @@ class World:
 
     tenant: TenantContext
     keys: dict[str, str] = field(default_factory=dict)
+    scheduled_flow: str = ""
     _http: dict[str | None, httpx.Client] = field(default_factory=dict)
 
     @classmethod
@@ -239,6 +254,8 @@ class World:
             world.keys[role] = tenant.key(role)
         world.keys["other_runner"] = tenant.new_key("runner")
         world.keys["other_token"] = world.token_of_another_flow()
+        world.scheduled_flow = unique("scheduled")
+        tenant.register_flow(world.scheduled_flow, schedule="0 0 1 1 *")  # yearly: few runs, one to backfill
         return world
 
     def http(self, key: str | None) -> httpx.Client:
@@ -254,7 +271,9 @@ class World:
         flow_id = self.tenant.run(staged.id).flow_id
         rule_id = self.tenant.admin.add_notification_rule(["Failed"], UNRESOLVABLE_WEBHOOK).id
         label = self.tenant.admin.set_label_limit(unique("swept-limit"), 5).label
-        return Target(staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id, rule_id, label)
+        return Target(
+            staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id, rule_id, label, self.scheduled_flow
+        )
 
     def token_of_another_flow(self) -> str:
         """The run token of a claimed run of flow ``other``."""

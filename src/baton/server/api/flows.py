@@ -11,9 +11,10 @@ from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRead
 from baton.server import shaping
 from baton.server.access import Action, allow
 from baton.server.api.deps import CursorQuery, Db, transaction
+from baton.server.database.orm import utcnow
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
-from baton.server.models import flows
+from baton.server.models import flows, schedules
 from baton.server.models.tenants import Principal
 
 router = APIRouter(prefix="/flows", tags=["flows"], route_class=JsonRoute)
@@ -29,12 +30,23 @@ router = APIRouter(prefix="/flows", tags=["flows"], route_class=JsonRoute)
     },
 )
 def register_flow(
-    payload: FlowCreate, principal: Annotated[Principal, allow(Action.FLOW_REGISTER)], db: Db, response: Response
+    payload: FlowCreate,
+    principal: Annotated[Principal, allow(Action.FLOW_REGISTER)],
+    db: Db,
+    request: Request,
+    response: Response,
 ) -> FlowRead:
-    """Register a flow: a new version when its content changed, else the existing version (200)."""
+    """Register a flow: a new version when its content changed, else the existing version (200).
+
+    A new version takes over its name's not-yet-started scheduled runs and creates its schedule's runs at once.
+    """
+    schedules.check_clock_parameters(payload.parameters_schema, payload.schedule)
     with transaction(db) as session:
         flow, created = flows.register_flow(session, principal.tenant_id, payload)
-        if not created:
+        if created:
+            policy = schedules.schedule_policy(request.app.state.settings.server)
+            schedules.reconcile(session, flow, utcnow(), policy)
+        else:
             response.status_code = 200
         return shaping.flow(principal, flow)
 

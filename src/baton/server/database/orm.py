@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -129,6 +129,8 @@ class FlowRun(Base):
         Index("ix_flow_runs_tenant_created", "tenant_id", "created"),
         # A retried create with the same key finds the first run instead of making a second one.
         Index("uq_flow_runs_idempotency", "tenant_id", "idempotency_key", unique=True),
+        # A schedule's occurrence (flow, clock, time) becomes one run, whoever creates it (migration 0004).
+        Index("uq_flow_runs_schedule_key", "tenant_id", "schedule_key", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -165,6 +167,8 @@ class FlowRun(Base):
     # Which attempt this is (flow-level retries), and the run that `runs retry` re-ran (migration 0005).
     attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     retried_from: Mapped[str | None] = mapped_column(String(36))
+    # Set on runs the scheduler (or a backfill) created: "<flow>/<clock>/<time>" (server/models/schedules.py).
+    schedule_key: Mapped[str | None] = mapped_column(String(100))
 
 
 class LabelLimit(Base):
@@ -177,6 +181,29 @@ class LabelLimit(Base):
     max_concurrent_runs: Mapped[int] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     updated: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FlowScheduleState(Base):
+    """Whether a flow's schedule is paused (no row: active). Per flow name, so it outlives versions."""
+
+    __tablename__ = "flow_schedule_states"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    flow_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScheduleMark(Base):
+    """Per clock, the time up to which the scheduler has created runs: the next window starts there (within the
+    catch-up grace), so a restart neither skips recent times nor replays old ones."""
+
+    __tablename__ = "schedule_marks"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    flow_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    clock_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mark: Mapped[datetime] = mapped_column()
 
 
 class FlowRunLabel(Base):

@@ -341,6 +341,8 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
                 attempt=run.attempt,
                 retried_from=run.retried_from,
                 states=history[run.id],
+                auto_scheduled=run.schedule_key is not None,
+                schedule_key=run.schedule_key,
                 omitted=sorted(omit),
             )
         )

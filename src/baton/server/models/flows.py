@@ -65,7 +65,7 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
             labels=payload.labels,
             parameters_schema=payload.parameters_schema,
             tasks=payload.tasks,
-            schedule=payload.schedule,
+            schedule=payload.schedule.model_dump(mode="json") if payload.schedule is not None else None,
             description=payload.description,
             timeout_seconds=payload.timeout_seconds,
             retries=payload.retries,
