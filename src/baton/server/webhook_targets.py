@@ -38,6 +38,10 @@ class UnsafeWebhook(InvalidRequest):
     """A webhook URL the server will not send to (422 when a rule is added; a recorded error at send time)."""
 
 
+class UnresolvedWebhook(UnsafeWebhook):
+    """The webhook's host name does not resolve now: maybe a passing DNS failure, so a delivery retries it."""
+
+
 @dataclass(frozen=True)
 class AllowList:
     """What the operator permits beyond public addresses (``notify_allow_hosts``)."""
@@ -155,15 +159,15 @@ def resolve(url: str, allow: AllowList) -> IPAddress:
         addresses = [literal]
     else:
         if host == "invalid" or host.endswith(".invalid"):
-            raise UnsafeWebhook(f"host {host} does not resolve (.invalid names never do)")
+            raise UnresolvedWebhook(f"host {host} does not resolve (.invalid names never do)")
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
-            raise UnsafeWebhook(f"host {host} does not resolve: {exc}") from None
+            raise UnresolvedWebhook(f"host {host} does not resolve: {exc}") from None
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         if not addresses:
-            raise UnsafeWebhook(f"host {host} does not resolve")
+            raise UnresolvedWebhook(f"host {host} does not resolve")
     if not allow.permits_host(host):
         for address in addresses:
             _check_address(address, allow, host)

@@ -256,7 +256,7 @@ def explain_run(
             "or stopped (start one, or check why they stopped)"
         )
     else:
-        summary = f"{len(live)} live agent(s) can take it" + (" (it is late)" if late else "")
+        summary = f"{len(live)} live agent(s) can take it"  # when late, the timing below says so
     timing = _timing(run, now, late, able, live) if run.state in CLAIMABLE_STATES else None
     if timing is not None:
         # Late: the timing says why in its own words, unless no agent ever registered (then the hint follows).

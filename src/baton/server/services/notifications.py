@@ -26,7 +26,7 @@ from baton.server.database.orm import utcnow
 from baton.server.models import notification_outbox as outbox
 from baton.server.models.notification_outbox import AttemptResult, Backoff, Outgoing
 from baton.server.services.grace import OutageGrace
-from baton.server.webhook_targets import AllowList, UnsafeWebhook, pinned_request, redact, resolve
+from baton.server.webhook_targets import AllowList, UnresolvedWebhook, UnsafeWebhook, pinned_request, redact, resolve
 from baton.settings import ServerSettings
 
 logger = logging.getLogger("baton.server.services.notifications")
@@ -92,7 +92,7 @@ class WebhookSender:
             finally:
                 response.close()
         except UnsafeWebhook as exc:
-            return done(error=str(exc)[:MAX_ERROR_CHARS], retry="does not resolve" in str(exc))
+            return done(error=str(exc)[:MAX_ERROR_CHARS], retry=isinstance(exc, UnresolvedWebhook))
         except httpx.HTTPError as exc:
             return done(error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
         status = response.status_code
