@@ -173,7 +173,7 @@ def test_choices_accept_any_case_and_pass_the_canonical_value(invoke: Any, fake_
     client = fake_client(ListingClient(runs=[]))
     result = invoke("runs", "list", "--state", "failed", "--flow", "etl", "--limit", "3")
     assert result.exit_code == 0, result.output
-    assert client.created == {"state": "Failed", "flow_name": "etl", "limit": 3}
+    assert client.created == {"state": "Failed", "flow_name": "etl", "limit": 3, "late": False}
     assert result.stdout.strip() == "No flow runs."
 
 

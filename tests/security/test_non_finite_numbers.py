@@ -68,6 +68,7 @@ def ids(tenant: TenantContext) -> dict[str, str]:
         "task_run_id": task_run.id,
         "flow_id": tenant.run(run.id).flow_id,
         "key_id": "unknown",
+        "flow_name": "hello",
     }
 
 

@@ -31,9 +31,9 @@ from baton.exceptions import (
     ServerUnavailableError,
 )
 from baton.schemas import responses as r
-from baton.schemas.notifications import NotificationDeliveryRead, NotificationRuleRead
 
 if TYPE_CHECKING:
+    from baton.schemas.notifications import NotificationDeliveryRead, NotificationRuleRead
     from baton.settings import BatonSettings
 
 M = TypeVar("M", bound=BaseModel)
@@ -515,6 +515,8 @@ class Client:
         return self._model(r.HeartbeatResponse, "POST", f"/api/agents/{agent_id}/heartbeat", json=body)
 
     # --- notifications ---------------------------------------------------------------------------
+    # Their models are imported in each method: they pull in every request model (baton.schemas.actions), which
+    # the flow-run process, a user of this client, must not load at start-up (tests/engine: no heavy modules).
 
     def add_notification_rule(
         self,
@@ -528,14 +530,22 @@ class Client:
         body: dict[str, Any] = {"on": list(on), "webhook": webhook, "name": name, "flow": flow}
         if late_after_seconds is not None:
             body["late_after_seconds"] = late_after_seconds
+        from baton.schemas.notifications import NotificationRuleRead
+
         return self._model(NotificationRuleRead, "POST", "/api/notifications", json=body)
 
     def list_notification_rules(self) -> list[NotificationRuleRead]:
+        from baton.schemas.notifications import NotificationRuleRead
+
         return self._models(NotificationRuleRead, "GET", "/api/notifications")
 
     def remove_notification_rule(self, rule_id: str) -> NotificationRuleRead:
+        from baton.schemas.notifications import NotificationRuleRead
+
         return self._model(NotificationRuleRead, "DELETE", f"/api/notifications/{rule_id}")
 
     def test_notification_rule(self, rule_id: str) -> NotificationDeliveryRead:
         """Have the server send a test event to the rule's webhook now; the answer is the recorded delivery."""
+        from baton.schemas.notifications import NotificationDeliveryRead
+
         return self._model(NotificationDeliveryRead, "POST", f"/api/notifications/{rule_id}/test")

@@ -98,6 +98,18 @@ def _occupancy(session: Session, tenant_id: str) -> dict[str, int]:
     return {**{f"flow:{n}": c for n, c in by_flow}, **{f"label:{n}": c for n, c in by_label}}
 
 
+def _end_some(sessions: sessionmaker[Session], tenant_id: str, agent_id: str, ending: list[bool]) -> None:
+    """Fail the agent's Pending runs whose flag in ``ending`` is set (in claim order)."""
+    with transaction(sessions) as session:
+        # Write first, as the routes do (the agent's heartbeat touches it): on SQLite a transaction that read before
+        # its first write is refused at once when another writer committed in between ("database is locked").
+        agents.touch(session, agents.get_agent(session, tenant_id, agent_id))
+        mine = session.scalars(select(FlowRun.id).where(FlowRun.agent_id == agent_id, FlowRun.state == "Pending")).all()
+        for run_id, end in zip(mine, ending, strict=False):
+            if end:
+                state_changes.set_state(session, tenant_id, run_id, StateName.FAILED, "done", None)
+
+
 def test_claims_over_several_limits_never_exceed_any_and_never_deadlock(
     tenant: TenantContext, user: Client, runner: Client, sessions: sessionmaker[Session]
 ) -> None:
@@ -130,13 +142,7 @@ def test_claims_over_several_limits_never_exceed_any_and_never_deadlock(
                 agent = agents.get_agent(session, tenant.id, agent_id)
                 agents.touch(session, agent)
                 claims.claim_runs(session, agent, local.randint(1, 3), 0, 30)
-            with transaction(sessions) as session:
-                mine = session.scalars(
-                    select(FlowRun.id).where(FlowRun.agent_id == agent_id, FlowRun.state == "Pending")
-                ).all()
-                for run_id in mine:
-                    if local.random() < 0.5:
-                        state_changes.set_state(session, tenant.id, run_id, StateName.FAILED, "done", None)
+            _end_some(sessions, tenant.id, agent_id, [local.random() < 0.5 for _ in range(3)])
 
     # When 8 agents claim and end runs concurrently while a checker reads the slots held
     checker = threading.Thread(target=check)

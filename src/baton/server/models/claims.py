@@ -51,10 +51,17 @@ def _matching(agent: Agent) -> ColumnElement[bool]:
     )
 
 
+# What a claimed run's answer holds besides its parameters and run configs: ids, names, labels, states, times, the
+# run token, its flow's metadata (about 2 KB measured with issue 9's fields; rounded up).
+_RUN_OVERHEAD_BYTES = 4096
+
+
 def _run_size() -> ColumnElement[int]:
     """SQL estimate of a claimed run's bytes in the answer: its parameters and run config (and its flow's, alike)."""
-    return 2 * func.coalesce(func.length(cast(FlowRun.run_config, Text)), 0) + func.coalesce(
-        func.length(cast(FlowRun.parameters, Text)), 0
+    return (
+        2 * func.coalesce(func.length(cast(FlowRun.run_config, Text)), 0)
+        + func.coalesce(func.length(cast(FlowRun.parameters, Text)), 0)
+        + _RUN_OVERHEAD_BYTES
     )
 
 
