@@ -85,8 +85,9 @@ class _ClockBase(StrictModel):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
-    def describe(self) -> str:  # pragma: no cover - overridden by every clock
-        raise NotImplementedError
+    def describe(self) -> str:
+        """One human line naming the clock (each kind says more)."""
+        return f"{type(self).__name__} {self.clock_id()}"
 
 
 class CronClock(_ClockBase):

@@ -38,6 +38,7 @@ from baton.server.models.notifications import (
     PENDING,
     late_text,
     new_delivery,
+    newest_first_rank,
     run_payload,
 )
 
@@ -269,14 +270,7 @@ def prune(session: Session, now: datetime, retention_seconds: float, kept_per_ru
         finished, NotificationDelivery.created < now - timedelta(seconds=retention_seconds)
     )
     doomed = list(session.scalars(old.limit(10_000)))
-    rank = (
-        func.row_number()
-        .over(
-            partition_by=NotificationDelivery.rule_id,
-            order_by=(NotificationDelivery.created.desc(), NotificationDelivery.id.desc()),
-        )
-        .label("rank")
-    )
+    rank = newest_first_rank()
     ranked = (
         select(NotificationDelivery.id, rank)
         .where(finished, NotificationDelivery.event.not_in([LATE, AGENT_LOST]))

@@ -238,13 +238,9 @@ def delivery_reads(session: Session, deliveries: Sequence[NotificationDelivery])
     return [_delivery_read(d, attempts[d.id]) for d in deliveries]
 
 
-def recent_deliveries(
-    session: Session, rule_ids: list[str], per_rule: int = RECENT_DELIVERIES
-) -> dict[str, list[NotificationDeliveryRead]]:
-    """The newest ``per_rule`` deliveries of each rule, newest first (one query: a window function)."""
-    if not rule_ids:
-        return {}
-    rank = (
+def newest_first_rank() -> Any:
+    """SQL: each delivery's place among its rule's deliveries, newest first (1 = newest)."""
+    return (
         func.row_number()
         .over(
             partition_by=NotificationDelivery.rule_id,
@@ -252,6 +248,15 @@ def recent_deliveries(
         )
         .label("rank")
     )
+
+
+def recent_deliveries(
+    session: Session, rule_ids: list[str], per_rule: int = RECENT_DELIVERIES
+) -> dict[str, list[NotificationDeliveryRead]]:
+    """The newest ``per_rule`` deliveries of each rule, newest first (one query: a window function)."""
+    if not rule_ids:
+        return {}
+    rank = newest_first_rank()
     ranked = select(NotificationDelivery.id, rank).where(NotificationDelivery.rule_id.in_(rule_ids)).subquery()
     deliveries = session.scalars(
         select(NotificationDelivery)
