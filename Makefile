@@ -24,8 +24,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# On pytest-xdist workers, one per core; tests/conftest.py groups the tests (one group per file, and the
+# load-like reliability tests together). PYTEST_ARGS="-n 0" runs them in one process.
+PYTEST_ARGS ?= -n auto --dist loadgroup
 unit: install
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q --durations=25 $(PYTEST_ARGS)
 
 test: lint typecheck unit
 

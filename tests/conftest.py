@@ -19,6 +19,20 @@ if TYPE_CHECKING:
     from docker_support import DockerCleanup
 
 
+# --- Parallel runs ------------------------------------------------------------------------------
+# `make test` runs the suite on pytest-xdist workers with --dist loadgroup. Each file is one group (its
+# module-scoped servers are started once), except the load-like tests of tests/reliability: they share one group,
+# so they run one after another on one worker and never load the machine at the same time as each other.
+LOAD_GROUP = "reliability"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = LOAD_GROUP if "reliability" in item.path.parent.parts else str(item.path)
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def baton_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "baton-home"

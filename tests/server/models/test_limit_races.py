@@ -4,12 +4,13 @@ database connection, and a limit is never exceeded (PostgreSQL: advisory locks p
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.client import Client
@@ -169,15 +170,42 @@ def test_claims_over_several_limits_never_exceed_any_and_never_deadlock(
     assert len(seen) > 1 and (ended or 0) >= 10
 
 
-def test_on_sqlite_a_limited_claim_that_has_not_taken_the_write_lock_is_refused(
+def test_on_sqlite_every_transaction_holds_the_write_lock_from_its_first_read(
     api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client, sessions: sessionmaker[Session]
 ) -> None:
-    # Without the write lock two SQLite claims could both count a free slot: the gate refuses to count unlocked.
+    # Two SQLite claims may both count a free slot unless each holds the single write lock while it counts
     if not api_server.database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL claims lock each limit instead")
     name = tenant.register_flow(unique("etl"), max_concurrent_runs=1).name
     user.create_flow_run(flow_name=name)
     [agent_id] = _agents(runner, [], count=1)
+    database = api_server.database_url.removeprefix("sqlite:///")
 
-    with pytest.raises(RuntimeError, match="must write"), transaction(sessions) as session:
-        claims.claim_runs(session, agents.get_agent(session, tenant.id, agent_id), 1, 0, 30)
+    with transaction(sessions) as session:
+        # When a transaction has only read so far
+        agent = agents.get_agent(session, tenant.id, agent_id)
+        # Then no other connection can begin writing meanwhile
+        other = sqlite3.connect(database, timeout=0.2, isolation_level=None)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.close()
+        # And a limited claim counts its slot under that lock and takes the run
+        assert len(claims.claim_runs(session, agent, 1, 0, 30).runs) == 1
+
+
+def test_a_sqlite_engine_without_immediate_transactions_may_not_count_slots(
+    api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client
+) -> None:
+    if not api_server.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL claims lock each limit instead")
+    name = tenant.register_flow(unique("etl"), max_concurrent_runs=1).name
+    user.create_flow_run(flow_name=name)
+    [agent_id] = _agents(runner, [], count=1)
+    # Given an engine that lets the driver begin deferred transactions (before its first write only)
+    engine = create_engine(api_server.database_url)
+    try:
+        factory = create_session_factory(engine)
+        with pytest.raises(RuntimeError, match="write lock"), transaction(factory) as session:
+            claims.claim_runs(session, agents.get_agent(session, tenant.id, agent_id), 1, 0, 30)
+    finally:
+        engine.dispose()

@@ -31,6 +31,9 @@ def normalize_database_url(url: str) -> str:
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own transaction handling is off: it would BEGIN a deferred transaction only before the first
+    # write, and savepoints and reads outside it would see other snapshots. ``_begin_immediate`` begins instead.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing.
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -38,6 +41,17 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _begin_immediate(connection: Any) -> None:
+    """Every SQLite transaction takes the write lock when it begins, waiting its turn (busy_timeout) there.
+
+    A deferred transaction that read and then writes fails at once with SQLITE_BUSY (no waiting) whenever another
+    writer committed since its read: under load that was a 503 for a plain request. Taking the lock first makes
+    transactions queue instead; SQLite has one writer at a time anyway, and transactions here are short. (The
+    choice of Rails and of Django's ``transaction_mode`` for SQLite web servers.)
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _private_sqlite_file(path: Path) -> None:
@@ -62,6 +76,7 @@ def create_database_engine(url: str, pool_size: int = 10) -> Engine:
             _private_sqlite_file(Path(parsed.database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "begin", _begin_immediate)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True)
 

@@ -272,12 +272,12 @@ class ClaimGate:
 
 
 def _check_sqlite_write_lock(session: Session) -> None:
-    """On SQLite the counts are race-free only if this transaction already writes (SQLite's single write lock,
-    taken by the claim's update of the agent). Python's sqlite3 opens a transaction at the first write only, so
-    an open one means the lock is held. A caller that claims without writing first is a bug: refuse it."""
+    """On SQLite the counts are race-free only if this transaction holds SQLite's single write lock. Every SQLite
+    transaction begins IMMEDIATE (``database.connection``), so an open one holds it; an engine made without that
+    rule (the driver's own deferred transactions) would count unlocked, which is a bug: refuse it."""
     driver: Any = session.connection().connection.driver_connection
-    if not getattr(driver, "in_transaction", True):
-        raise RuntimeError("a claim with concurrency limits must write (touch its agent) before counting slots")
+    if driver.isolation_level is not None or not getattr(driver, "in_transaction", True):
+        raise RuntimeError("a limited claim must hold the write lock: begin SQLite transactions IMMEDIATE")
 
 
 # --- label limits: `baton limits` ------------------------------------------------------------------------------
