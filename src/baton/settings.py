@@ -169,6 +169,10 @@ class ServerSettings(BaseModel):
     scheduler_catchup_seconds: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
     scheduler_max_runs_per_clock: int = Field(default=100, ge=1, le=10_000)
     scheduler_max_backfill_runs: int = Field(default=10_000, ge=1, le=1_000_000)
+    # The web UI (docs/design.md, Web UI): a signed-in browser's session ends after this long without a request,
+    # and at the latest this long after sign-in, whatever its use; its key's revocation ends it at once.
+    ui_session_idle_seconds: float = Field(default=2 * 3600.0, ge=60, le=30 * 24 * 3600)
+    ui_session_max_seconds: float = Field(default=12 * 3600.0, ge=60, le=90 * 24 * 3600)
 
 
 class AgentSettings(BaseModel):

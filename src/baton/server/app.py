@@ -38,13 +38,15 @@ from baton.server.services.recovery import RecoveryService
 from baton.server.services.runner import run_periodically
 from baton.server.services.scheduler import SchedulerService
 from baton.server.services.wakeups import PostgresWakeups
+from baton.server.ui import ui_routers
 from baton.settings import BatonSettings, ServerSettings
 
 logger = logging.getLogger("baton.server")
 
 API_PREFIX = "/api"
-# Agents' claims wait for runs (long polls): they are not counted among the requests in flight.
-LONG_POLL = re.compile(rf"^{API_PREFIX}/agents/[^/]+/claim$")
+# Agents' claims wait for runs (long polls), and the web UI's log streams stay open while a run goes on: neither
+# is counted among the requests in flight.
+LONG_POLL = re.compile(rf"^(?:{API_PREFIX}/agents/[^/]+/claim|/runs/[^/]+/logs/stream)$")
 ROUTERS = (
     meta.router,
     flows.router,
@@ -146,6 +148,9 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     for router in ROUTERS:
         check_json_routes(router)
         app.include_router(router, prefix=API_PREFIX)
+    # The web UI: its pages sign in with a session cookie (``ui.web``), not the Authorization header.
+    for router in ui_routers():
+        app.include_router(router)
     # Middleware added last is outermost: a declared oversize body is refused first (it costs nothing), then no body
     # is read before the credential is checked.
     server = settings.server
@@ -159,7 +164,7 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
         long_poll=LONG_POLL,
         exempt=public,
     )
-    app.add_middleware(AuthenticateFirst, public_paths=public)
+    app.add_middleware(AuthenticateFirst, public_paths=public, protected_prefix=API_PREFIX + "/")
     app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes)
     return app
 

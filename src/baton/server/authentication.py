@@ -82,12 +82,15 @@ def authenticate_request(
 class AuthenticateFirst:
     """Refuses requests without a valid credential (401/429) before the app receives a byte of their body."""
 
-    def __init__(self, app: ASGIApp, public_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, public_paths: frozenset[str], protected_prefix: str = "/") -> None:
         self.app = app
         self.public_paths = public_paths
+        # Only the API takes bearer credentials; the web UI's pages check their session cookie themselves.
+        self.protected_prefix = protected_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public_paths:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.public_paths or not path.startswith(self.protected_prefix):
             await self.app(scope, receive, send)
             return
         fastapi_app: FastAPI = scope["app"]

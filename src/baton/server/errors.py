@@ -30,7 +30,8 @@ from baton.server.models.errors import (
 
 logger = logging.getLogger("baton.server")
 
-_STATUS: dict[type[Exception], int] = {
+# The status of each error the models raise: REST answers it as JSON, the web UI as a page (ui/routing.py).
+ERROR_STATUS: dict[type[Exception], int] = {
     ObjectNotFound: 404,
     AccessDenied: 403,
     Conflict: 409,
@@ -79,7 +80,7 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    for exc_class, status in _STATUS.items():
+    for exc_class, status in ERROR_STATUS.items():
         app.add_exception_handler(exc_class, _detail_handler(status))
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(OperationalError, _database_busy)

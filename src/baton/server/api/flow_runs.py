@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import AwareDatetime
 from sqlalchemy.exc import IntegrityError
 
 from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
@@ -95,6 +96,10 @@ def list_flow_runs(
     late: Annotated[
         bool, Query(description="only late runs: Scheduled or Retrying, and due more than late_after_seconds ago")
     ] = False,
+    label: Annotated[str | None, Query(max_length=128, description="only runs carrying this label")] = None,
+    created_after: Annotated[
+        AwareDatetime | None, Query(description="only runs created at or after this time (with its offset)")
+    ] = None,
 ) -> list[FlowRunRead]:
     """Newest first. Items leave out ``parameters`` and ``states`` unless ``include`` names them; an answer stops
     at ``limit`` items or at the server's byte budget, and then ``X-Next-Cursor`` says where the next page starts."""
@@ -105,7 +110,7 @@ def list_flow_runs(
         page = flow_runs.list_flow_runs(
             session,
             principal.tenant_id,
-            flow_runs.RunFilter(state.value if state else None, flow_name, late_before),
+            flow_runs.RunFilter(state.value if state else None, flow_name, late_before, label, created_after),
             limit=limit,
             offset=offset,
             cursor=cursor,

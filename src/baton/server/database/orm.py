@@ -322,3 +322,22 @@ class NotificationAttempt(Base):
     error: Mapped[str | None] = mapped_column(String(500))
     # At most a short excerpt of the answer, for the operator reading `baton notify list`.
     response_excerpt: Mapped[str | None] = mapped_column(String(200))
+
+
+class UiSession(Base):
+    """A signed-in browser (the web UI): the cookie's secret is stored as its sha256, like API keys.
+
+    It acts with its API key's role and tenant, and only while that key is not revoked (``ui_sessions.resolve``
+    joins the key), so revoking a key ends its sessions on every replica at once.
+    """
+
+    __tablename__ = "ui_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    # The synchronizer token every form and htmx request of this session must send back (CSRF).
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)

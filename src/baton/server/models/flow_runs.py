@@ -149,6 +149,8 @@ class RunFilter:
     state: str | None = None
     flow_name: str | None = None
     late_before: datetime | None = None  # only late runs: claimable and due before this time
+    label: str | None = None  # only runs carrying this label
+    created_after: datetime | None = None  # only runs created at or after this time
 
 
 @dataclass
@@ -214,6 +216,15 @@ def list_flow_runs(
     if where.late_before is not None:
         claimable = [state.value for state in CLAIMABLE_STATES]
         stmt = stmt.where(FlowRun.state.in_(claimable), FlowRun.scheduled_start_time < where.late_before)
+    if where.label is not None:
+        if "\x00" in where.label:
+            return RunPage([], None)
+        labelled = select(FlowRunLabel.flow_run_id).where(
+            FlowRunLabel.flow_run_id == FlowRun.id, FlowRunLabel.label == where.label
+        )
+        stmt = stmt.where(labelled.exists())
+    if where.created_after is not None:
+        stmt = stmt.where(FlowRun.created >= where.created_after)
     if where.flow_name:
         if "\x00" in where.flow_name:
             return RunPage([], None)  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one

@@ -6,11 +6,11 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from baton.schemas.core import Role
-from baton.server.database.orm import ApiKey, FlowRun, Tenant, utcnow
+from baton.server.database.orm import ApiKey, FlowRun, Tenant, UiSession, utcnow
 from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound
 from baton.server.models.ids import checked_id
 
@@ -126,5 +126,7 @@ def revoke_api_key(session: Session, tenant_id: str, key_id: str, caller_key_id:
     if key.id == caller_key_id:
         raise Conflict("a key cannot revoke itself: use another admin key, so that the tenant keeps one")
     key.revoked_at = utcnow()
+    # Its web UI sessions end with it (``ui_sessions.resolve`` refuses them already; this frees their rows).
+    session.execute(delete(UiSession).where(UiSession.api_key_id == key.id))
     session.flush()
     return key

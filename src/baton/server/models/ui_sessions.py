@@ -1,0 +1,111 @@
+"""Web UI sessions: an API key exchanged for a browser session kept in the database.
+
+Each replica serves every session (they live in the database, not in a process), and a session acts exactly as
+its key: same tenant, same role, through the same access rules and response shaping as REST. The browser holds
+only a random secret in an HttpOnly cookie; the database holds its sha256, like API keys. A session ends when
+signed out, when idle for ``ui_session_idle_seconds``, at ``ui_session_max_seconds`` after sign-in, and at once
+when its key is revoked (``resolve`` joins the key on every request).
+
+Usage::
+
+    secret, csrf = start(session, principal, now, policy)     # sign-in: set the cookie to ``secret``
+    signed_in = resolve(session, secret, now, policy)         # each request: None when it has ended
+    end(session, secret)                                      # sign-out
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from baton.schemas.core import Role
+from baton.server.database.orm import ApiKey, Tenant, UiSession
+from baton.server.models.tenants import Principal, hash_secret
+
+SESSION_PREFIX = "bsn_"
+# A session's last_seen is written at most this often: a page view is a read, not a write per request.
+TOUCH_EVERY = timedelta(seconds=60)
+# Roles that may sign in to the UI: runner keys belong to agents, run tokens to one flow-run process.
+UI_ROLES = frozenset({Role.ADMIN, Role.USER, Role.READ})
+
+
+class SignInRefused(Exception):
+    """The key may not open a UI session (a runner key or a run token)."""
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    idle: timedelta
+    max_age: timedelta
+
+    @classmethod
+    def of(cls, idle_seconds: float, max_seconds: float) -> SessionPolicy:
+        return cls(timedelta(seconds=idle_seconds), timedelta(seconds=max_seconds))
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A live session: who acts, and the CSRF token its writes must carry."""
+
+    principal: Principal
+    csrf_token: str
+    expires_at: datetime
+
+
+def start(session: Session, principal: Principal, now: datetime, policy: SessionPolicy) -> tuple[str, str]:
+    """A new session for ``principal``'s key; returns the cookie secret and the CSRF token.
+
+    Ended sessions are deleted here too: sign-ins are rare, so this keeps the table small without a service.
+    """
+    if principal.is_run_token or principal.key_id is None or principal.role not in UI_ROLES:
+        raise SignInRefused("sign in with a user, admin or read key: runner keys and run tokens are for agents")
+    session.execute(delete(UiSession).where(UiSession.expires_at <= now))
+    secret = SESSION_PREFIX + secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(32)
+    session.add(
+        UiSession(
+            id_hash=hash_secret(secret),
+            tenant_id=principal.tenant_id,
+            api_key_id=principal.key_id,
+            csrf_token=csrf,
+            created=now,
+            expires_at=now + policy.max_age,
+            last_seen=now,
+        )
+    )
+    return secret, csrf
+
+
+def resolve(session: Session, secret: str, now: datetime, policy: SessionPolicy) -> SignedIn | None:
+    """The live session of cookie ``secret``, or None: unknown, signed out, idle too long, past its end, or its
+    key revoked. Refreshes ``last_seen`` (at most once a minute)."""
+    if not secret.startswith(SESSION_PREFIX) or len(secret) > 100:
+        return None
+    row = session.execute(
+        select(UiSession, ApiKey, Tenant.name)
+        .join(ApiKey, ApiKey.id == UiSession.api_key_id)
+        .join(Tenant, Tenant.id == UiSession.tenant_id)
+        .where(UiSession.id_hash == hash_secret(secret), ApiKey.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        return None
+    ui_session, key, tenant_name = row
+    if ui_session.expires_at <= now or ui_session.last_seen + policy.idle <= now:
+        session.delete(ui_session)
+        return None
+    if now - ui_session.last_seen >= TOUCH_EVERY:
+        session.execute(update(UiSession).where(UiSession.id_hash == ui_session.id_hash).values(last_seen=now))
+    principal = Principal(
+        tenant_id=key.tenant_id, tenant_name=tenant_name, role=Role(key.role), key_id=key.id, key_name=key.name
+    )
+    return SignedIn(principal, ui_session.csrf_token, ui_session.expires_at)
+
+
+def end(session: Session, secret: str) -> None:
+    """Sign out: the session is deleted (a copied cookie is worthless afterwards)."""
+    session.execute(delete(UiSession).where(UiSession.id_hash == hash_secret(secret)))
+

@@ -1,0 +1,153 @@
+"""Flows: the list (last run, next scheduled run), a flow's page (versions, source, schedule with pause and
+resume, recent runs) and its Run form, which creates a run exactly as ``POST /api/flow_runs`` does."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from baton.schemas.actions import FlowRunCreate
+from baton.server import shaping
+from baton.server.access import Action
+from baton.server.database.connection import transaction
+from baton.server.database.orm import Flow, FlowRun, utcnow
+from baton.server.models import flow_runs, flows, schedule_views
+from baton.server.models.errors import IdempotencyConflict, InvalidRequest, ObjectNotFound
+from baton.server.models.schedules import schedule_policy
+from baton.server.ui import run_form
+from baton.server.ui.pages_runs import require
+from baton.server.ui.routing import UiRoute
+from baton.server.ui.web import Viewer, ViewerDep, checked_form, factory_of, redirect, render
+
+router = APIRouter(route_class=UiRoute)
+RECENT_RUNS = 20
+VERSIONS_SHOWN = 20
+_IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def _last_runs(session: Session, tenant_id: str, names: list[str]) -> dict[str, FlowRun]:
+    """The newest run of each flow name (one query)."""
+    if not names:
+        return {}
+    newest = (
+        select(Flow.name, func.max(FlowRun.created).label("created"))
+        .join(FlowRun, FlowRun.flow_id == Flow.id)
+        .where(Flow.tenant_id == tenant_id, Flow.name.in_(names))
+        .group_by(Flow.name)
+        .subquery()
+    )
+    rows = session.execute(
+        select(newest.c.name, FlowRun)
+        .join(Flow, Flow.name == newest.c.name)
+        .join(FlowRun, (FlowRun.flow_id == Flow.id) & (FlowRun.created == newest.c.created))
+        .where(Flow.tenant_id == tenant_id)
+    ).all()
+    return {name: run for name, run in rows}
+
+
+@router.get("/flows", include_in_schema=False)
+def flows_list(request: Request, viewer: ViewerDep) -> Response:
+    require(viewer, Action.FLOW_LIST)
+    tenant_id = viewer.principal.tenant_id
+    with transaction(factory_of(request)) as session:
+        page = flows.list_flows(session, tenant_id, max_bytes=2 * 1024 * 1024)
+        rows = shaping.flows(viewer.principal, page.flows)
+        last = _last_runs(session, tenant_id, [flow.name for flow in rows])
+        schedules = {}
+        if viewer.can(Action.SCHEDULE_READ):
+            schedules = {s.flow_name: s for s in schedule_views.list_schedules(session, tenant_id, utcnow())}
+    return render(request, "flows.html", viewer, flows=rows, last=last, schedules=schedules, more=page.next_cursor)
+
+
+def _flow_context(session: Session, viewer: Viewer, name: str) -> dict[str, Any]:
+    tenant_id = viewer.principal.tenant_id
+    newest = flows.find_flow(session, tenant_id, name, None)
+    flow = shaping.flow(viewer.principal, newest, include_source=True)
+    versions = flows.list_flows(session, tenant_id, name=name, all_versions=True, max_bytes=256 * 1024).flows
+    where = flow_runs.RunFilter(flow_name=name)
+    recent = flow_runs.list_flow_runs(session, tenant_id, where, limit=RECENT_RUNS, max_bytes=512 * 1024).runs
+    schedule = None
+    if flow.schedule is not None and viewer.can(Action.SCHEDULE_READ):
+        schedule = schedule_views.get_schedule(session, tenant_id, name, utcnow())
+    return {
+        "flow": flow,
+        "versions": shaping.flows(viewer.principal, versions[:VERSIONS_SHOWN]),
+        "runs": shaping.flow_runs(session, viewer.principal, recent, flow_runs.HEAVY_FIELDS),
+        "schedule": schedule,
+        "fields": run_form.fields(flow.parameters_schema),
+        "idempotency_key": str(uuid.uuid4()),
+    }
+
+
+def _flow_name(name: str) -> str:
+    if "\x00" in name or len(name) > 200:
+        raise ObjectNotFound(f"flow {name[:200]!r} not found")
+    return name
+
+
+@router.get("/flows/{name}", include_in_schema=False)
+def flow_page(request: Request, name: str, viewer: ViewerDep) -> Response:
+    require(viewer, Action.FLOW_READ)
+    with transaction(factory_of(request)) as session:
+        context = _flow_context(session, viewer, _flow_name(name))
+    return render(request, "flow.html", viewer, form={}, problems={}, error=None, **context)
+
+
+@router.post("/flows/{name}/runs", include_in_schema=False)
+async def create_run(request: Request, name: str, viewer: ViewerDep) -> Response:
+    form = await checked_form(request, viewer)
+    require(viewer, Action.FLOW_RUN_CREATE)
+    name = _flow_name(name)
+    factory = factory_of(request)
+    with transaction(factory) as session:
+        context = _flow_context(session, viewer, name)
+    parameters, problems = run_form.read(context["fields"], form)
+    labels = [label.strip() for label in form.get("labels", "").split(",") if label.strip()] or None
+    key = form.get("idempotency_key", "")
+    error = None
+    if not problems:
+        try:
+            payload = FlowRunCreate(flow_name=name, parameters=parameters, labels=labels)
+            with transaction(factory) as session:
+                run, _new = flow_runs.create_flow_run_once(
+                    session, viewer.principal.tenant_id, payload, key if _IDEMPOTENCY.match(key) else None
+                )
+                run_id = run.id
+        except ValidationError as exc:
+            error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        except InvalidRequest as exc:
+            error = str(exc)
+        except IdempotencyConflict:
+            error = "this form already started a run: reload the page to start another"
+        except IntegrityError:
+            error = "this form was sent twice at once: see the flow's recent runs"
+        else:
+            request.app.state.notifier.notify_threadsafe(viewer.principal.tenant_id)
+            return redirect(f"/runs/{run_id}", request)
+    context["idempotency_key"] = key if _IDEMPOTENCY.match(key) else context["idempotency_key"]
+    return render(request, "flow.html", viewer, 422, form=form, problems=problems, error=error, **context)
+
+
+@router.post("/flows/{name}/schedule/{action}", include_in_schema=False)
+async def pause_or_resume(request: Request, name: str, action: str, viewer: ViewerDep) -> Response:
+    await checked_form(request, viewer)
+    require(viewer, Action.SCHEDULE_PAUSE)
+    if action not in ("pause", "resume"):
+        raise ObjectNotFound(f"no schedule action {action[:40]!r}: pause or resume")
+    name = _flow_name(name)
+    with transaction(factory_of(request)) as session:
+        if action == "pause":
+            schedule_views.pause(session, viewer.principal.tenant_id, name, utcnow())
+        else:
+            policy = schedule_policy(request.app.state.settings.server)
+            schedule_views.resume(session, viewer.principal.tenant_id, name, utcnow(), policy)
+    return redirect(f"/flows/{quote(name, safe='')}", request)

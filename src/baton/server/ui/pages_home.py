@@ -1,0 +1,103 @@
+"""The dashboard, the agents page and (for admins) API keys."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from baton.schemas.core import Role
+from baton.server import shaping
+from baton.server.access import Action
+from baton.server.database.connection import transaction
+from baton.server.database.orm import utcnow
+from baton.server.models import agent_fleet, agents, dashboard, flow_runs, tenants
+from baton.server.models.errors import InvalidRequest
+from baton.server.ui import charts
+from baton.server.ui.pages_runs import require
+from baton.server.ui.routing import UiRoute
+from baton.server.ui.web import ViewerDep, checked_form, factory_of, redirect, render
+
+router = APIRouter(route_class=UiRoute)
+LATE_SHOWN = 10
+
+
+@router.get("/", include_in_schema=False)
+def dashboard_page(request: Request, viewer: ViewerDep) -> Response:
+    require(viewer, Action.FLOW_RUN_LIST)
+    tenant_id = viewer.principal.tenant_id
+    server = request.app.state.settings.server
+    now = utcnow()
+    with transaction(factory_of(request)) as session:
+        counts = dashboard.runs_by_hour(session, tenant_id, now)
+        failing = dashboard.failing_flows(session, tenant_id, now)
+        late_filter = flow_runs.RunFilter(late_before=now - timedelta(seconds=server.late_after_seconds))
+        late_rows = flow_runs.list_flow_runs(session, tenant_id, late_filter, limit=LATE_SHOWN).runs
+        late = shaping.flow_runs(session, viewer.principal, late_rows, flow_runs.HEAVY_FIELDS)
+        fleet = []
+        if viewer.can(Action.AGENT_LIST):
+            fleet = agent_fleet.fleet_reads(session, agents.list_agents(session, tenant_id), server.agent_stale_seconds)
+    first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+    buckets = [
+        charts.HourBucket(start, counts.get(start, {}))
+        for start in (first_hour + timedelta(hours=n) for n in range(24))
+    ]
+    totals: dict[str, int] = {}
+    for bucket in buckets:
+        for state, count in bucket.counts.items():
+            totals[state] = totals.get(state, 0) + count
+    return render(
+        request,
+        "dashboard.html",
+        viewer,
+        chart=charts.runs_by_state(buckets, now=now),
+        totals=totals,
+        failing=failing,
+        late=late,
+        agents=fleet,
+    )
+
+
+@router.get("/agents", include_in_schema=False)
+def agents_page(request: Request, viewer: ViewerDep) -> Response:
+    require(viewer, Action.AGENT_LIST)
+    stale_after = request.app.state.settings.server.agent_stale_seconds
+    with transaction(factory_of(request)) as session:
+        rows = agents.list_agents(session, viewer.principal.tenant_id)
+        fleet = agent_fleet.fleet_reads(session, rows, stale_after)
+    fleet.sort(key=lambda agent: (not agent.live, agent.name))
+    return render(request, "agents.html", viewer, agents=fleet, stale_after=stale_after)
+
+
+@router.get("/keys", include_in_schema=False)
+def keys_page(request: Request, viewer: ViewerDep) -> Response:
+    require(viewer, Action.KEY_LIST)
+    with transaction(factory_of(request)) as session:
+        keys = [shaping.api_key(row) for row in tenants.list_api_keys(session, viewer.principal.tenant_id)]
+    return render(request, "keys.html", viewer, keys=keys, created=None, roles=[role.value for role in Role])
+
+
+@router.post("/keys", include_in_schema=False)
+async def create_key(request: Request, viewer: ViewerDep) -> Response:
+    form = await checked_form(request, viewer)
+    require(viewer, Action.KEY_CREATE)
+    role_text = form.get("role", "")
+    name = form.get("name", "").strip()[:200] or None
+    if role_text not in {role.value for role in Role}:
+        raise InvalidRequest(f"unknown role {role_text[:40]!r}: choose one of {', '.join(r.value for r in Role)}")
+    with transaction(factory_of(request)) as session:
+        _row, secret = tenants.create_api_key(session, viewer.principal.tenant_id, Role(role_text), name)
+    with transaction(factory_of(request)) as session:
+        keys = [shaping.api_key(row) for row in tenants.list_api_keys(session, viewer.principal.tenant_id)]
+    # The key is shown once, on this answer only (no-store): it is never stored in the clear.
+    return render(request, "keys.html", viewer, 201, keys=keys, created=secret, roles=[r.value for r in Role])
+
+
+@router.post("/keys/{key_id}/revoke", include_in_schema=False)
+async def revoke_key(request: Request, key_id: str, viewer: ViewerDep) -> Response:
+    await checked_form(request, viewer)
+    require(viewer, Action.KEY_REVOKE)
+    with transaction(factory_of(request)) as session:
+        tenants.revoke_api_key(session, viewer.principal.tenant_id, key_id, viewer.principal.key_id)
+    return redirect("/keys", request)

@@ -1,0 +1,153 @@
+"""Runs: the list (filtered, paged, refreshed live by htmx), a run's page, Cancel and Retry, and its log stream.
+
+Every read and write goes through the REST API's model functions and ``shaping`` with the session's principal,
+and every action is checked with ``access.allows`` first: a page can do nothing its key could not do over REST.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy.orm import Session
+
+from baton.schemas.states import FINAL_STATES, StateName
+from baton.server import shaping
+from baton.server.access import AccessDenied, Action, denial, kind_of
+from baton.server.database.connection import transaction
+from baton.server.database.orm import utcnow
+from baton.server.models import agents, flow_runs, logs, pages, reruns, state_changes
+from baton.server.ui import charts
+from baton.server.ui.routing import UiRoute
+from baton.server.ui.web import Viewer, ViewerDep, checked_form, factory_of, page_url, redirect, render
+
+router = APIRouter(route_class=UiRoute)
+PAGE_SIZE = 50
+# The list's time filter: label, and how far back.
+WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+LOG_PAGE = 1000
+
+
+def require(viewer: Viewer, action: Action) -> None:
+    """Refuse ``action`` with the REST API's own message when the session's key may not do it."""
+    if not viewer.can(action):
+        raise AccessDenied(denial(kind_of(viewer.principal), action))
+
+
+def _filters(request: Request) -> tuple[dict[str, str], list[str]]:
+    """The list's filters from the query string, and what is wrong with them (shown above the list)."""
+    query = request.query_params
+    chosen = {name: query.get(name, "").strip()[:200] for name in ("state", "flow", "label", "window")}
+    problems = []
+    if chosen["state"] and chosen["state"] not in {state.value for state in StateName}:
+        problems.append(f"unknown state {chosen['state']!r}")
+        chosen["state"] = ""
+    if chosen["window"] and chosen["window"] not in WINDOWS:
+        problems.append(f"unknown time window {chosen['window']!r}: choose one of {', '.join(WINDOWS)}")
+        chosen["window"] = ""
+    return chosen, problems
+
+
+def _runs_page(session: Session, viewer: Viewer, request: Request, chosen: dict[str, str]) -> dict[str, Any]:
+    window = WINDOWS.get(chosen["window"])
+    where = flow_runs.RunFilter(
+        state=chosen["state"] or None,
+        flow_name=chosen["flow"] or None,
+        label=chosen["label"] or None,
+        created_after=utcnow() - window if window else None,
+    )
+    cursor = request.query_params.get("cursor") or None
+    page = flow_runs.list_flow_runs(
+        session, viewer.principal.tenant_id, where, limit=PAGE_SIZE, cursor=cursor, max_bytes=1024 * 1024
+    )
+    runs = shaping.flow_runs(session, viewer.principal, page.runs, flow_runs.HEAVY_FIELDS)
+    next_url = page_url("/runs", **chosen, cursor=page.next_cursor) if page.next_cursor else None
+    return {"runs": runs, "next_url": next_url, "first_page": cursor is None}
+
+
+@router.get("/runs", include_in_schema=False)
+def runs_list(request: Request, viewer: ViewerDep) -> Response:
+    require(viewer, Action.FLOW_RUN_LIST)
+    chosen, problems = _filters(request)
+    with transaction(factory_of(request)) as session:
+        context = _runs_page(session, viewer, request, chosen)
+    fragment = request.headers.get("hx-request") == "true" and request.query_params.get("fragment") == "rows"
+    template = "_runs_table.html" if fragment else "runs.html"
+    live_url = page_url("/runs", **chosen, fragment="rows")
+    return render(
+        request,
+        template,
+        viewer,
+        filters=chosen,
+        problems=problems,
+        states=[state.value for state in StateName],
+        windows=list(WINDOWS),
+        live_url=live_url,
+        **context,
+    )
+
+
+def _run_context(session: Session, viewer: Viewer, request: Request, run_id: str) -> dict[str, Any]:
+    principal = viewer.principal
+    row = flow_runs.get_flow_run(session, principal.tenant_id, run_id)
+    run = shaping.flow_run(session, principal, row)
+    task_rows = pages.task_runs_page(session, principal.tenant_id, run_id, None, 1024 * 1024).rows
+    tasks = shaping.task_runs(task_rows)
+    now = utcnow()
+    bars = [charts.TaskBar(t.task_name, t.state, t.start_time, t.end_time, t.attempt) for t in tasks]
+    server = request.app.state.settings.server
+    explanation = None
+    if run.state not in FINAL_STATES and run.state != StateName.RUNNING and viewer.can(Action.FLOW_RUN_EXPLAIN):
+        explanation = agents.explain_run(
+            session, principal.tenant_id, run_id, server.agent_stale_seconds, server.late_after_seconds
+        )
+    return {
+        "run": run,
+        "tasks": tasks,
+        "gantt": charts.gantt(bars, now=now),
+        "explanation": explanation,
+        "final": run.state in FINAL_STATES,
+        "can_cancel": viewer.can(Action.FLOW_RUN_CANCEL) and run.state not in FINAL_STATES,
+        "can_retry": viewer.can(Action.FLOW_RUN_RETRY) and run.state in (StateName.FAILED, StateName.CANCELLED),
+    }
+
+
+@router.get("/runs/{run_id}", include_in_schema=False)
+def run_page(request: Request, run_id: str, viewer: ViewerDep) -> Response:
+    require(viewer, Action.FLOW_RUN_READ)
+    with transaction(factory_of(request)) as session:
+        context = _run_context(session, viewer, request, run_id)
+        logs = flow_runs_logs(session, viewer, run_id, 0)
+    fragment = request.headers.get("hx-request") == "true" and request.query_params.get("fragment") == "live"
+    template = "_run_live.html" if fragment else "run.html"
+    return render(request, template, viewer, logs=logs, **context)
+
+
+def flow_runs_logs(session: Session, viewer: Viewer, run_id: str, offset: int) -> list[Any]:
+    """The run's log lines from ``offset`` (at most one page), shaped as REST answers them."""
+    if not viewer.can(Action.LOGS_READ):
+        return []
+    return [shaping.log(row) for row in logs.read_logs(session, viewer.principal.tenant_id, run_id, offset, LOG_PAGE)]
+
+
+@router.post("/runs/{run_id}/cancel", include_in_schema=False)
+async def cancel_run(request: Request, run_id: str, viewer: ViewerDep) -> Response:
+    await checked_form(request, viewer)
+    require(viewer, Action.FLOW_RUN_CANCEL)
+    with transaction(factory_of(request)) as session:
+        state_changes.cancel(session, viewer.principal.tenant_id, run_id)
+    return redirect(f"/runs/{run_id}", request)
+
+
+@router.post("/runs/{run_id}/retry", include_in_schema=False)
+async def retry_run(request: Request, run_id: str, viewer: ViewerDep) -> Response:
+    await checked_form(request, viewer)
+    require(viewer, Action.FLOW_RUN_RETRY)
+    with transaction(factory_of(request)) as session:
+        run, _created = reruns.rerun(session, viewer.principal.tenant_id, run_id, None)
+        new_id = run.id
+    request.app.state.notifier.notify_threadsafe(viewer.principal.tenant_id)
+    return redirect(f"/runs/{new_id}", request)
+
