@@ -167,9 +167,7 @@ def _runs_summary(slots: Sequence[Mapping[str, int]]) -> str:
     return f"Runs per hour, last 24 hours: {grand} runs ({parts})"
 
 
-def runs_by_state(
-    buckets: Sequence[HourBucket], *, now: datetime, width: int = 720, height: int = 160
-) -> Markup:
+def runs_by_state(buckets: Sequence[HourBucket], *, now: datetime, width: int = 720, height: int = 160) -> Markup:
     """A stacked bar chart of runs per hour over the 24 hours up to and including ``now``'s hour.
 
     Args:
@@ -186,45 +184,74 @@ def runs_by_state(
     """
     if width < 200 or height < 80:
         raise ValueError(f"chart size {width}x{height} is too small (at least 200x80)")
-    left, right, top, bottom = 36.0, 8.0, 10.0, 22.0
-    plot_w, plot_h = width - left - right, height - top - bottom
-    base_y = top + plot_h
+    plot = _Plot(left=36.0, top=10.0, width=width - 44.0, height=height - 32.0)
     first = _utc(now).replace(minute=0, second=0, microsecond=0) - timedelta(hours=HOURS - 1)
     slots = _hour_totals(buckets, first)
-    slot_w = plot_w / HOURS
-    parts = [_line("axis", left, base_y, width - right, base_y)]
-    for index in range(0, HOURS):
-        hour = first + timedelta(hours=index)
-        if hour.hour % 6 == 0:
-            x = left + slot_w * (index + 0.5)
-            parts.append(
-                f'<text class="tick x-tick" x="{_num(x)}" y="{_num(height - 6)}" text-anchor="middle" '
-                f'data-utc="{hour.isoformat()}">{hour:%H}:00</text>'
-            )
+    parts = [_line("axis", plot.left, plot.bottom, plot.right, plot.bottom), *_hour_labels(plot, first, height - 6)]
     largest = max(sum(slot.values()) for slot in slots)
     if not largest:
-        parts.append(_message(left + plot_w / 2, top + plot_h / 2, "No runs in the last 24 hours"))
+        parts.append(_message(plot.left + plot.width / 2, plot.top + plot.height / 2, "No runs in the last 24 hours"))
         return _svg(width, height, "chart-runs", _runs_summary(slots), parts)
     step, axis_top = _count_axis(largest)
     for value in range(0, axis_top + 1, step):
-        y = base_y - plot_h * value / axis_top
-        parts.append(_line("grid", left, y, width - right, y))
-        parts.append(f'<text class="tick y-tick" x="{_num(left - 4)}" y="{_num(y + 4)}" text-anchor="end">{value}</text>')
-    bar_w = slot_w * 0.8
+        y = plot.bottom - plot.height * value / axis_top
+        parts.append(_line("grid", plot.left, y, plot.right, y))
+        parts.append(f'<text class="tick y-tick" x="{_num(plot.left - 4)}" y="{_num(y + 4)}" text-anchor="end">')
+        parts.append(f"{value}</text>")
     for index, slot in enumerate(slots):
-        hour = first + timedelta(hours=index)
-        x = left + slot_w * index + (slot_w - bar_w) / 2
-        parts.append(f'<g class="bar" data-utc="{hour.isoformat()}" data-total="{sum(slot.values())}">')
-        y = base_y
-        for state, count in _stack(slot):
-            seg_h = plot_h * count / axis_top
-            y -= seg_h
-            parts.append(
-                f'<rect class="seg {state_class(state)}" x="{_num(x)}" y="{_num(y)}" width="{_num(bar_w)}" '
-                f'height="{_num(seg_h)}"><title>{hour:%H}:00 UTC — {_text(state)}: {count}</title></rect>'
-            )
-        parts.append("</g>")
+        parts.extend(_hour_bar(plot, index, first + timedelta(hours=index), slot, axis_top))
     return _svg(width, height, "chart-runs", _runs_summary(slots), parts)
+
+
+@dataclass(frozen=True)
+class _Plot:
+    """The drawing area inside the axes' margins."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+
+    @property
+    def right(self) -> float:
+        return self.left + self.width
+
+    @property
+    def bottom(self) -> float:
+        return self.top + self.height
+
+    @property
+    def slot(self) -> float:
+        return self.width / HOURS
+
+
+def _hour_labels(plot: _Plot, first: datetime, y: float) -> list[str]:
+    """``HH:00`` under the bars of 00, 06, 12 and 18 UTC; ``data-utc`` lets the page show local time."""
+    labels = []
+    for index in range(HOURS):
+        hour = first + timedelta(hours=index)
+        if hour.hour % 6 == 0:
+            labels.append(
+                f'<text class="tick x-tick" x="{_num(plot.left + plot.slot * (index + 0.5))}" y="{_num(y)}" '
+                f'text-anchor="middle" data-utc="{hour.isoformat()}">{hour:%H}:00</text>'
+            )
+    return labels
+
+
+def _hour_bar(plot: _Plot, index: int, hour: datetime, slot: Mapping[str, int], axis_top: int) -> list[str]:
+    bar_w = plot.slot * 0.8
+    x = plot.left + plot.slot * index + (plot.slot - bar_w) / 2
+    parts = [f'<g class="bar" data-utc="{hour.isoformat()}" data-total="{sum(slot.values())}">']
+    y = plot.bottom
+    for state, count in _stack(slot):
+        seg_h = plot.height * count / axis_top
+        y -= seg_h
+        parts.append(
+            f'<rect class="seg {state_class(state)}" x="{_num(x)}" y="{_num(y)}" width="{_num(bar_w)}" '
+            f'height="{_num(seg_h)}"><title>{hour:%H}:00 UTC — {_text(state)}: {count}</title></rect>'
+        )
+    parts.append("</g>")
+    return parts
 
 
 # --- task runs as a Gantt chart ---------------------------------------------------------------------------------
@@ -240,9 +267,9 @@ def _time_step(span: float) -> float:
 
 def _offset_label(seconds: float) -> str:
     """A tick label relative to the first start: ``0s``, ``0.5s``, ``30s``, ``1m30s``, ``2h15m``, ``1d6h``."""
-    if seconds and seconds < 1:
-        return f"{seconds:.1f}s"
     whole = round(seconds)
+    if abs(seconds - whole) > 1e-6:  # only sub-second steps make fractions, and they stop below 3 s
+        return f"{seconds:.1f}s"
     if whole == 0:
         return "0s"
     units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
@@ -324,7 +351,8 @@ def gantt(bars: Sequence[TaskBar], *, now: datetime, width: int = 720, row_heigh
     started = [span for span in spans if span is not None]
     origin = min((span.start for span in started), default=now)
     span_s = max((span.end - origin).total_seconds() for span in started) if started else 0.0
-    step = _time_step(span_s or 1.0)
+    # All runs instant (or none started): a plain 0s-1s axis rather than tenths of nothing.
+    step = _time_step(span_s) if span_s else 1.0
     axis_end = step * max(1, math.ceil(span_s / step - 1e-9))
     scale = plot_w / axis_end
     parts = [] if not started else _time_axis(label_w, scale, step, axis_end, height, axis_h)
