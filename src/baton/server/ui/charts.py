@@ -54,11 +54,8 @@ _XML_INVALID = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ff
 # Integer count steps for the y-axis; the sequence continues 1-2-5 times powers of ten.
 _COUNT_STEPS = (1, 2, 5)
 # Time-axis steps in seconds: sub-second for quick tasks, then clock-like steps people read at a glance.
-_TIME_STEPS: tuple[float, ...] = (
-    *(0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30),
-    *(60, 120, 300, 600, 900, 1800),
-    *(3600, 7200, 10800, 21600, 43200, 86400, 172800, 432000, 864000),
-)
+_TIME_STEPS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+_TIME_STEPS += (10800, 21600, 43200, 86400, 172800, 432000, 864000)
 
 
 @dataclass(frozen=True)
