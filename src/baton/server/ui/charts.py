@@ -1,0 +1,403 @@
+"""Server-side SVG charts for the web UI: runs per hour by state, and task runs as a Gantt chart.
+
+Pure functions: the caller passes the data and the clock value; nothing here reads the database or the time.
+Each returns ``markupsafe.Markup`` that a Jinja2 template inserts as-is::
+
+    {{ charts.runs_by_state(buckets, now=now) }}
+    <span class="badge {{ charts.state_class(run.state) }}">{{ run.state }}</span>
+
+Colours live in the stylesheet, not here: every shape carries ``st-<state lowercased>`` (``st-unknown`` for a
+state this version does not know), so the charts and the badges cannot disagree.
+
+Escaping: every piece of text that reaches the markup (flow and task names, states, labels) goes through
+:func:`_text`, which also replaces characters XML forbids, so a hostile name is shown, never parsed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from markupsafe import Markup, escape
+
+from baton.schemas.states import StateName
+
+__all__ = ["STATE_CLASS", "HourBucket", "TaskBar", "gantt", "runs_by_state", "state_class"]
+
+STATE_CLASS: dict[str, str] = {state.value: f"st-{state.value.lower()}" for state in StateName}
+UNKNOWN_CLASS = "st-unknown"
+
+# Bottom of the stack first: outcomes at the base, work in flight on top, where a growing queue shows.
+STACK_ORDER: tuple[str, ...] = (
+    StateName.SUCCESS,
+    StateName.FAILED,
+    StateName.CANCELLED,
+    StateName.CANCELLING,
+    StateName.RETRYING,
+    StateName.RUNNING,
+    StateName.SUBMITTED,
+    StateName.PENDING,
+    StateName.SCHEDULED,
+)
+
+HOURS = 24
+GANTT_MAX_ROWS = 500
+NAME_MAX_CHARS = 28
+MIN_BAR_WIDTH = 2.0
+_SVG_NS = "http://www.w3.org/2000/svg"
+# Characters XML 1.0 forbids (control characters, lone surrogates, U+FFFE/U+FFFF): one of them in a task name
+# would make the whole page's SVG unparseable.
+_XML_INVALID = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Integer count steps for the y-axis; the sequence continues 1-2-5 times powers of ten.
+_COUNT_STEPS = (1, 2, 5)
+# Time-axis steps in seconds: sub-second for quick tasks, then clock-like steps people read at a glance.
+_TIME_STEPS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+_TIME_STEPS += (10800, 21600, 43200, 86400, 172800, 432000, 864000)
+
+
+@dataclass(frozen=True)
+class HourBucket:
+    """Runs that started in one hour: ``start`` is aware UTC and hour-aligned, ``counts`` maps state to number."""
+
+    start: datetime
+    counts: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class TaskBar:
+    """One task run. ``end`` None means still running (drawn to ``now``); ``start`` None means not started."""
+
+    name: str
+    state: str
+    start: datetime | None
+    end: datetime | None
+    attempt: int
+
+
+def state_class(state: str) -> str:
+    """The CSS class for a state's colour: ``st-success`` for "Success", ``st-unknown`` for anything else."""
+    return STATE_CLASS.get(state, UNKNOWN_CLASS)
+
+
+# --- shared helpers ---------------------------------------------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    """Escape any value for use as XML text or a double-quoted attribute value."""
+    return str(escape(_XML_INVALID.sub("\ufffd", str(value))))
+
+
+def _num(value: float) -> str:
+    """A coordinate with at most two decimals and no trailing zeros (smaller markup, stable output)."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC. A naive value is taken as UTC: that is how SQLite hands timestamps back."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _svg(width: float, height: float, css: str, label: str, body: Iterable[str]) -> Markup:
+    head = (
+        f'<svg xmlns="{_SVG_NS}" class="chart {css}" role="img" aria-label="{_text(label)}" '
+        f'width="{_num(width)}" height="{_num(height)}" viewBox="0 0 {_num(width)} {_num(height)}">'
+    )
+    # Every fragment in body was built here with its text passed through _text.
+    return Markup(head + "".join(body) + "</svg>")  # noqa: S704
+
+
+def _line(css: str, x1: float, y1: float, x2: float, y2: float) -> str:
+    return f'<line class="{css}" x1="{_num(x1)}" y1="{_num(y1)}" x2="{_num(x2)}" y2="{_num(y2)}"/>'
+
+
+def _message(x: float, y: float, text: str) -> str:
+    return f'<text class="empty" x="{_num(x)}" y="{_num(y)}" text-anchor="middle">{_text(text)}</text>'
+
+
+# --- runs per hour by state -------------------------------------------------------------------------------------
+
+
+def _count_axis(largest: int) -> tuple[int, int]:
+    """(step, top) for a y-axis from 0 to at least ``largest`` with 2 to 4 round labels (0 included)."""
+    magnitude = 1
+    while True:
+        for base in _COUNT_STEPS:
+            step = base * magnitude
+            if math.ceil(largest / step) <= 3:
+                return step, step * max(1, math.ceil(largest / step))
+        magnitude *= 10
+
+
+def _hour_totals(buckets: Sequence[HourBucket], first: datetime) -> list[dict[str, int]]:
+    """Counts per hour slot of the window starting at ``first``; buckets outside it are ignored."""
+    slots: list[dict[str, int]] = [{} for _ in range(HOURS)]
+    for bucket in buckets:
+        start = _utc(bucket.start).replace(minute=0, second=0, microsecond=0)
+        index = int((start - first) // timedelta(hours=1))
+        if 0 <= index < HOURS:
+            for state, count in bucket.counts.items():
+                if count > 0:
+                    slots[index][state] = slots[index].get(state, 0) + count
+    return slots
+
+
+def _stack(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Segments bottom-up: the known states in STACK_ORDER, then unknown states by name."""
+    known = [(state, counts[state]) for state in STACK_ORDER if counts.get(state)]
+    unknown = sorted((state, count) for state, count in counts.items() if state not in STATE_CLASS)
+    return known + unknown
+
+
+def _runs_summary(slots: Sequence[Mapping[str, int]]) -> str:
+    totals: dict[str, int] = {}
+    for slot in slots:
+        for state, count in slot.items():
+            totals[state] = totals.get(state, 0) + count
+    grand = sum(totals.values())
+    if not grand:
+        return "Runs per hour, last 24 hours: no runs"
+    parts = ", ".join(f"{state} {count}" for state, count in _stack(totals))
+    return f"Runs per hour, last 24 hours: {grand} runs ({parts})"
+
+
+def runs_by_state(buckets: Sequence[HourBucket], *, now: datetime, width: int = 720, height: int = 160) -> Markup:
+    """A stacked bar chart of runs per hour over the 24 hours up to and including ``now``'s hour.
+
+    Args:
+        buckets: Runs per hour and state; hours without a bucket are drawn as empty bars.
+        now: The current time; the last bar is the hour that contains it.
+        width: SVG width in pixels.
+        height: SVG height in pixels.
+
+    Returns:
+        SVG markup: one ``<g class="bar">`` per hour holding one ``<rect class="seg st-...">`` per state.
+
+    Raises:
+        ValueError: If the size leaves no room to draw.
+    """
+    if width < 200 or height < 80:
+        raise ValueError(f"chart size {width}x{height} is too small (at least 200x80)")
+    plot = _Plot(left=36.0, top=10.0, width=width - 44.0, height=height - 32.0)
+    first = _utc(now).replace(minute=0, second=0, microsecond=0) - timedelta(hours=HOURS - 1)
+    slots = _hour_totals(buckets, first)
+    parts = [_line("axis", plot.left, plot.bottom, plot.right, plot.bottom), *_hour_labels(plot, first, height - 6)]
+    largest = max(sum(slot.values()) for slot in slots)
+    if not largest:
+        parts.append(_message(plot.left + plot.width / 2, plot.top + plot.height / 2, "No runs in the last 24 hours"))
+        return _svg(width, height, "chart-runs", _runs_summary(slots), parts)
+    step, axis_top = _count_axis(largest)
+    for value in range(0, axis_top + 1, step):
+        y = plot.bottom - plot.height * value / axis_top
+        parts.append(_line("grid", plot.left, y, plot.right, y))
+        parts.append(f'<text class="tick y-tick" x="{_num(plot.left - 4)}" y="{_num(y + 4)}" text-anchor="end">')
+        parts.append(f"{value}</text>")
+    for index, slot in enumerate(slots):
+        parts.extend(_hour_bar(plot, index, first + timedelta(hours=index), slot, axis_top))
+    return _svg(width, height, "chart-runs", _runs_summary(slots), parts)
+
+
+@dataclass(frozen=True)
+class _Plot:
+    """The drawing area inside the axes' margins."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+
+    @property
+    def right(self) -> float:
+        return self.left + self.width
+
+    @property
+    def bottom(self) -> float:
+        return self.top + self.height
+
+    @property
+    def slot(self) -> float:
+        return self.width / HOURS
+
+
+def _hour_labels(plot: _Plot, first: datetime, y: float) -> list[str]:
+    """``HH:00`` under the bars of 00, 06, 12 and 18 UTC; ``data-utc`` lets the page show local time."""
+    labels = []
+    for index in range(HOURS):
+        hour = first + timedelta(hours=index)
+        if hour.hour % 6 == 0:
+            labels.append(
+                f'<text class="tick x-tick" x="{_num(plot.left + plot.slot * (index + 0.5))}" y="{_num(y)}" '
+                f'text-anchor="middle" data-utc="{hour.isoformat()}">{hour:%H}:00</text>'
+            )
+    return labels
+
+
+def _hour_bar(plot: _Plot, index: int, hour: datetime, slot: Mapping[str, int], axis_top: int) -> list[str]:
+    bar_w = plot.slot * 0.8
+    x = plot.left + plot.slot * index + (plot.slot - bar_w) / 2
+    parts = [f'<g class="bar" data-utc="{hour.isoformat()}" data-total="{sum(slot.values())}">']
+    y = plot.bottom
+    for state, count in _stack(slot):
+        seg_h = plot.height * count / axis_top
+        y -= seg_h
+        parts.append(
+            f'<rect class="seg {state_class(state)}" x="{_num(x)}" y="{_num(y)}" width="{_num(bar_w)}" '
+            f'height="{_num(seg_h)}"><title>{hour:%H}:00 UTC — {_text(state)}: {count}</title></rect>'
+        )
+    parts.append("</g>")
+    return parts
+
+
+# --- task runs as a Gantt chart ---------------------------------------------------------------------------------
+
+
+def _time_step(span: float) -> float:
+    """The smallest round step that divides ``span`` seconds into at most 6 intervals."""
+    for step in _TIME_STEPS:
+        if span / step <= 6:
+            return step
+    return float(math.ceil(span / 6 / 864000) * 864000)
+
+
+def _offset_label(seconds: float) -> str:
+    """A tick label relative to the first start: ``0s``, ``0.5s``, ``30s``, ``1m30s``, ``2h15m``, ``1d6h``."""
+    whole = round(seconds)
+    if abs(seconds - whole) > 1e-6:  # only sub-second steps make fractions, and they stop below 3 s
+        return f"{seconds:.1f}s"
+    if whole == 0:
+        return "0s"
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    text = ""
+    for suffix, size in units:
+        amount, whole = divmod(whole, size)
+        if amount:
+            text += f"{amount}{suffix}"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    """A run's length for a tooltip: ``1.2 s`` under a minute, then ``3m 20s`` or ``2h 5m``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes}m"
+
+
+def _truncate(name: str) -> str:
+    return name if len(name) <= NAME_MAX_CHARS else name[: NAME_MAX_CHARS - 1] + "…"
+
+
+@dataclass(frozen=True)
+class _Span:
+    start: datetime
+    end: datetime
+    running: bool
+
+
+def _span(bar: TaskBar, now: datetime) -> _Span | None:
+    if bar.start is None:
+        return None
+    start = _utc(bar.start)
+    if bar.end is None:
+        return _Span(start, max(start, now), running=True)
+    # A clock step between hosts can put the end before the start: show a zero-length run, not a negative one.
+    return _Span(start, max(start, _utc(bar.end)), running=False)
+
+
+def _gantt_summary(rows: Sequence[TaskBar], spans: Sequence[_Span | None], hidden: int) -> str:
+    running = sum(1 for span in spans if span is not None and span.running)
+    waiting = sum(1 for span in spans if span is None)
+    text = f"Task runs: {len(rows) + hidden} tasks, {running} running, {waiting} not started"
+    return text + (f", {hidden} not shown" if hidden else "")
+
+
+def gantt(bars: Sequence[TaskBar], *, now: datetime, width: int = 720, row_height: int = 22) -> Markup:
+    """Task runs as horizontal bars on a time axis relative to the first start, one row per task run.
+
+    Args:
+        bars: Task runs in display order; the first 500 are drawn and the rest counted in a final row.
+        now: The current time; a run without an end is drawn up to it.
+        width: SVG width in pixels.
+        row_height: Height of one row in pixels.
+
+    Returns:
+        SVG markup: per row a ``<g class="row">`` with a ``<text class="task-name">`` and either a
+        ``<rect class="bar st-...">`` or a ``<text class="not-started">``.
+
+    Raises:
+        ValueError: If the size leaves no room to draw.
+    """
+    if width < 240 or row_height < 10:
+        raise ValueError(f"chart width {width} or row height {row_height} is too small (at least 240 and 10)")
+    now = _utc(now)
+    if not bars:
+        parts = [_message(width / 2, 24, "No task runs yet")]
+        return _svg(width, 40, "chart-gantt", "Task runs: none yet", parts)
+    rows, hidden = bars[:GANTT_MAX_ROWS], max(0, len(bars) - GANTT_MAX_ROWS)
+    spans = [_span(bar, now) for bar in rows]
+    label_w = min(200.0, width * 0.35)
+    axis_h, right = 20.0, 12.0
+    plot_w = width - label_w - right
+    height = axis_h + row_height * (len(rows) + (1 if hidden else 0)) + 4
+    started = [span for span in spans if span is not None]
+    origin = min((span.start for span in started), default=now)
+    span_s = max((span.end - origin).total_seconds() for span in started) if started else 0.0
+    # All runs instant (or none started): a plain 0s-1s axis rather than tenths of nothing.
+    step = _time_step(span_s) if span_s else 1.0
+    axis_end = step * max(1, math.ceil(span_s / step - 1e-9))
+    scale = plot_w / axis_end
+    parts = [] if not started else _time_axis(label_w, scale, step, axis_end, height, axis_h)
+    if any(span.running for span in started) and now >= origin:
+        x = label_w + (now - origin).total_seconds() * scale
+        parts.append(_line("now", x, axis_h, x, height))
+    for index, (bar, span) in enumerate(zip(rows, spans, strict=True)):
+        y = axis_h + row_height * index
+        parts.append(_gantt_row(bar, span, y, row_height, label_w, origin, scale))
+    if hidden:
+        y = axis_h + row_height * len(rows) + row_height * 0.7
+        parts.append(f'<text class="more" x="4" y="{_num(y)}">and {hidden} more</text>')
+    return _svg(width, height, "chart-gantt", _gantt_summary(rows, spans, hidden), parts)
+
+
+def _time_axis(left: float, scale: float, step: float, axis_end: float, height: float, axis_h: float) -> list[str]:
+    parts = []
+    for index in range(round(axis_end / step) + 1):
+        seconds = index * step
+        x = left + seconds * scale
+        anchor = "start" if index == 0 else "middle"
+        parts.append(_line("grid", x, axis_h, x, height))
+        parts.append(
+            f'<text class="tick t-tick" x="{_num(x)}" y="{_num(axis_h - 6)}" text-anchor="{anchor}" '
+            f'data-seconds="{_num(seconds)}">{_offset_label(seconds)}</text>'
+        )
+    return parts
+
+
+def _gantt_row(
+    bar: TaskBar, span: _Span | None, y: float, row_h: float, label_w: float, origin: datetime, scale: float
+) -> str:
+    # Children are placed relative to the row (one translate per row): fewer numbers to format for 500 rows.
+    head = f'<g class="row" transform="translate(0,{_num(y)})">'
+    text_y = _num(row_h * 0.7)
+    full_name = _text(bar.name)
+    name = f'<text class="task-name" x="4" y="{text_y}">{_text(_truncate(bar.name))}<title>{full_name}</title></text>'
+    if span is None:
+        note = f'<text class="not-started" x="{_num(label_w + 4)}" y="{text_y}">not started</text>'
+        return f"{head}{name}{note}</g>"
+    x = label_w + (span.start - origin).total_seconds() * scale
+    seconds = (span.end - span.start).total_seconds()
+    bar_w = max(MIN_BAR_WIDTH, seconds * scale)
+    so_far = " so far" if span.running else ""
+    title = f"{full_name} — {_text(bar.state)}, {_duration(seconds)}{so_far}, attempt {int(bar.attempt)}"
+    css = f"bar {state_class(bar.state)}" + (" running" if span.running else "")
+    rect = (
+        f'<rect class="{css}" x="{_num(x)}" y="{_num(row_h * 0.15)}" width="{_num(bar_w)}" '
+        f'height="{_num(row_h * 0.7)}" data-start="{span.start.isoformat()}"><title>{title}</title></rect>'
+    )
+    return f"{head}{name}{rect}</g>"
