@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,11 +40,13 @@ from baton.server.services.runner import run_periodically
 from baton.server.services.scheduler import SchedulerService
 from baton.server.services.wakeups import PostgresWakeups
 from baton.server.ui import ui_routers
+from baton.server.ui.assets import STATIC_PREFIX, static_files, swagger_page
 from baton.settings import BatonSettings, ServerSettings
 
 logger = logging.getLogger("baton.server")
 
 API_PREFIX = "/api"
+DOCS_PATH = f"{API_PREFIX}/docs"
 # Agents' claims wait for runs (long polls), and the web UI's log streams stay open while a run goes on: neither
 # is counted among the requests in flight.
 LONG_POLL = re.compile(rf"^(?:{API_PREFIX}/agents/[^/]+/claim|/runs/[^/]+/logs/stream)$")
@@ -135,7 +138,7 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
         version=__version__,
         lifespan=lifespan,
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # served below from this server's own files: FastAPI's page loads them from a CDN
         redoc_url=None,
     )
     app.state.settings = settings
@@ -151,6 +154,12 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     # The web UI: its pages sign in with a session cookie (``ui.web``), not the Authorization header.
     for router in ui_routers():
         app.include_router(router)
+    app.mount(STATIC_PREFIX, static_files(), name="static")
+
+    @app.get(DOCS_PATH, include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return swagger_page(app.openapi_url or "", app.title)
+
     # Middleware added last is outermost: a declared oversize body is refused first (it costs nothing), then no body
     # is read before the credential is checked.
     server = settings.server
@@ -192,5 +201,5 @@ def public_paths(app: FastAPI) -> frozenset[str]:
         for path, route in api_routes()
         if (action := declared_action(route)) is not None and POLICY[action].scope == Scope.PUBLIC
     }
-    docs = [app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url]
+    docs = [app.openapi_url, DOCS_PATH]
     return frozenset(paths | {path for path in docs if path})

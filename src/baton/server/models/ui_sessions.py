@@ -108,4 +108,3 @@ def resolve(session: Session, secret: str, now: datetime, policy: SessionPolicy)
 def end(session: Session, secret: str) -> None:
     """Sign out: the session is deleted (a copied cookie is worthless afterwards)."""
     session.execute(delete(UiSession).where(UiSession.id_hash == hash_secret(secret)))
-

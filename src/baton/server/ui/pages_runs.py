@@ -150,4 +150,3 @@ async def retry_run(request: Request, run_id: str, viewer: ViewerDep) -> Respons
         new_id = run.id
     request.app.state.notifier.notify_threadsafe(viewer.principal.tenant_id)
     return redirect(f"/runs/{new_id}", request)
-

@@ -45,7 +45,13 @@ def _kind(spec: Mapping[str, Any]) -> tuple[str, bool]:
     options = spec.get("anyOf")
     if kinds is None and isinstance(options, list):
         kinds = [o.get("type") for o in options if isinstance(o, dict)]
-    names = [kinds] if isinstance(kinds, str) else [k for k in kinds if isinstance(k, str)] if isinstance(kinds, list) else []
+    names = (
+        [kinds]
+        if isinstance(kinds, str)
+        else [k for k in kinds if isinstance(k, str)]
+        if isinstance(kinds, list)
+        else []
+    )
     nullable = "null" in names
     plain = [name for name in names if name != "null"]
     if len(plain) == 1 and plain[0] in ("string", "integer", "number", "boolean"):
