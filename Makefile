@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench chaos clean
+.PHONY: install demo test lint typecheck unit bench chaos screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ unit: install
 	$(BIN)/pytest -q --durations=25 $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# The README's pictures of the web UI, taken by its browser tests (Debian's chromium).
+screenshots: install
+	BATON_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -n 0 tests/ui/test_browser.py
 
 bench: install
 	$(BIN)/python bench/dispatch.py

@@ -21,13 +21,12 @@ from baton.server.ui.routing import UiRoute
 from baton.server.ui.web import (
     COOKIE,
     CSRF_FIELD,
-    BadForm,
+    CheckedForm,
     NotSignedIn,
+    PlainForm,
     ViewerDep,
-    checked_form,
     current_viewer,
     factory_of,
-    read_form,
     redirect,
     render,
     same_origin,
@@ -75,11 +74,7 @@ def login_page(request: Request) -> Response:
 
 
 @router.post("/login", include_in_schema=False)
-async def login(request: Request) -> Response:
-    try:
-        form = await read_form(request)
-    except BadForm as exc:
-        return _login_page(request, str(exc), 400)
+def login(request: Request, form: PlainForm) -> Response:
     sent = form.get(CSRF_FIELD, "")
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not same_origin(request) or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
@@ -113,8 +108,7 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout", include_in_schema=False)
-async def logout(request: Request, viewer: ViewerDep) -> Response:
-    await checked_form(request, viewer)
+def logout(request: Request, viewer: ViewerDep, form: CheckedForm) -> Response:
     with transaction(factory_of(request)) as session:
         ui_sessions.end(session, viewer.cookie)
     response = redirect("/login", request)

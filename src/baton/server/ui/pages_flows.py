@@ -26,7 +26,7 @@ from baton.server.models.schedules import schedule_policy
 from baton.server.ui import run_form
 from baton.server.ui.pages_runs import require
 from baton.server.ui.routing import UiRoute
-from baton.server.ui.web import Viewer, ViewerDep, checked_form, factory_of, redirect, render
+from baton.server.ui.web import CheckedForm, Viewer, ViewerDep, factory_of, redirect, render
 
 router = APIRouter(route_class=UiRoute)
 RECENT_RUNS = 20
@@ -103,8 +103,7 @@ def flow_page(request: Request, name: str, viewer: ViewerDep) -> Response:
 
 
 @router.post("/flows/{name}/runs", include_in_schema=False)
-async def create_run(request: Request, name: str, viewer: ViewerDep) -> Response:
-    form = await checked_form(request, viewer)
+def create_run(request: Request, name: str, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.FLOW_RUN_CREATE)
     name = _flow_name(name)
     factory = factory_of(request)
@@ -138,8 +137,7 @@ async def create_run(request: Request, name: str, viewer: ViewerDep) -> Response
 
 
 @router.post("/flows/{name}/schedule/{action}", include_in_schema=False)
-async def pause_or_resume(request: Request, name: str, action: str, viewer: ViewerDep) -> Response:
-    await checked_form(request, viewer)
+def pause_or_resume(request: Request, name: str, action: str, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.SCHEDULE_PAUSE)
     if action not in ("pause", "resume"):
         raise ObjectNotFound(f"no schedule action {action[:40]!r}: pause or resume")

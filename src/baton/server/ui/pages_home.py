@@ -17,7 +17,7 @@ from baton.server.models.errors import InvalidRequest
 from baton.server.ui import charts
 from baton.server.ui.pages_runs import require
 from baton.server.ui.routing import UiRoute
-from baton.server.ui.web import ViewerDep, checked_form, factory_of, redirect, render
+from baton.server.ui.web import CheckedForm, ViewerDep, factory_of, redirect, render
 
 router = APIRouter(route_class=UiRoute)
 LATE_SHOWN = 10
@@ -79,8 +79,7 @@ def keys_page(request: Request, viewer: ViewerDep) -> Response:
 
 
 @router.post("/keys", include_in_schema=False)
-async def create_key(request: Request, viewer: ViewerDep) -> Response:
-    form = await checked_form(request, viewer)
+def create_key(request: Request, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.KEY_CREATE)
     role_text = form.get("role", "")
     name = form.get("name", "").strip()[:200] or None
@@ -95,8 +94,7 @@ async def create_key(request: Request, viewer: ViewerDep) -> Response:
 
 
 @router.post("/keys/{key_id}/revoke", include_in_schema=False)
-async def revoke_key(request: Request, key_id: str, viewer: ViewerDep) -> Response:
-    await checked_form(request, viewer)
+def revoke_key(request: Request, key_id: str, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.KEY_REVOKE)
     with transaction(factory_of(request)) as session:
         tenants.revoke_api_key(session, viewer.principal.tenant_id, key_id, viewer.principal.key_id)

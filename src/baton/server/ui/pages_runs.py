@@ -21,7 +21,7 @@ from baton.server.database.orm import utcnow
 from baton.server.models import agents, flow_runs, logs, pages, reruns, state_changes
 from baton.server.ui import charts
 from baton.server.ui.routing import UiRoute
-from baton.server.ui.web import Viewer, ViewerDep, checked_form, factory_of, page_url, redirect, render
+from baton.server.ui.web import CheckedForm, Viewer, ViewerDep, factory_of, page_url, redirect, render
 
 router = APIRouter(route_class=UiRoute)
 PAGE_SIZE = 50
@@ -133,8 +133,7 @@ def flow_runs_logs(session: Session, viewer: Viewer, run_id: str, offset: int) -
 
 
 @router.post("/runs/{run_id}/cancel", include_in_schema=False)
-async def cancel_run(request: Request, run_id: str, viewer: ViewerDep) -> Response:
-    await checked_form(request, viewer)
+def cancel_run(request: Request, run_id: str, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.FLOW_RUN_CANCEL)
     with transaction(factory_of(request)) as session:
         state_changes.cancel(session, viewer.principal.tenant_id, run_id)
@@ -142,8 +141,7 @@ async def cancel_run(request: Request, run_id: str, viewer: ViewerDep) -> Respon
 
 
 @router.post("/runs/{run_id}/retry", include_in_schema=False)
-async def retry_run(request: Request, run_id: str, viewer: ViewerDep) -> Response:
-    await checked_form(request, viewer)
+def retry_run(request: Request, run_id: str, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.FLOW_RUN_RETRY)
     with transaction(factory_of(request)) as session:
         run, _created = reruns.rerun(session, viewer.principal.tenant_id, run_id, None)

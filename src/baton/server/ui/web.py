@@ -132,11 +132,16 @@ def check_csrf(request: Request, viewer: Viewer, form: Mapping[str, str]) -> Non
         raise CsrfRefused("this form has expired or did not come from this page: reload the page and try again")
 
 
-async def checked_form(request: Request, viewer: Viewer) -> dict[str, str]:
-    """A write's form, CSRF-checked."""
+async def checked_form(request: Request, viewer: ViewerDep) -> dict[str, str]:
+    """A write's form, CSRF-checked (a dependency: the route itself runs in the thread pool, as its database
+    work must not block the event loop)."""
     form = await read_form(request)
     check_csrf(request, viewer, form)
     return form
+
+
+CheckedForm = Annotated[dict[str, str], Depends(checked_form)]
+PlainForm = Annotated[dict[str, str], Depends(read_form)]
 
 
 # --- templates ---------------------------------------------------------------------------------------------------
