@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from support import register_source_flow
+
 from .conftest import Screenshots, UiStack, sign_in
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, Page
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 pytestmark = pytest.mark.integration
 
@@ -92,12 +94,17 @@ def test_a_read_key_sees_masked_env_and_no_buttons_and_cannot_post(
 ) -> None:
     from playwright.sync_api import expect
 
+    # Given a run whose run config carries a secret in its env
     admin = ui_stack.server.client()
-    run = admin.create_flow_run(flow_name="greet", parameters={"name": "masked", "times": 1})
+    register_source_flow(admin, "secretive", run_config={"env": {"API_TOKEN": "s3cr3t-value"}})
+    run = admin.create_flow_run(flow_name="secretive")
     read_key = admin.create_api_key("read", name="viewer").key
     page = context.new_page()
     sign_in(page, ui_stack.url, read_key, f"/runs/{run.id}")
     expect(page.locator("#run-live h1 .badge")).to_have_text("Success", timeout=60_000)
+    # Then a read key sees the env's names, not its values (as over REST)
+    expect(page.locator("body")).to_contain_text("API_TOKEN")
+    assert "s3cr3t-value" not in page.content()
     # No write is offered
     expect(page.locator("button:has-text('Cancel')")).to_have_count(0)
     expect(page.locator("button:has-text('Retry')")).to_have_count(0)
@@ -109,6 +116,20 @@ def test_a_read_key_sees_masked_env_and_no_buttons_and_cannot_post(
     assert answer.status == 403
     assert not [r for r in admin.list_flow_runs(flow_name="greet") if r.parameters.get("name") == "sneaky"]
     screenshots.take(page, "read-key-flow")
+
+
+def test_pages_fit_a_phone_screen(ui_stack: UiStack, browser: Browser) -> None:
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = phone.new_page()
+        sign_in(page, ui_stack.url, ui_stack.server.admin_key)
+        for path in ("/", "/runs", "/flows", "/flows/greet", "/agents"):
+            page.goto(f"{ui_stack.url}{path}")
+            # Nothing makes the page wider than the screen (tables scroll inside their cards)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
+    finally:
+        phone.close()
 
 
 def test_an_agent_that_stops_is_shown_stale(ui_stack: UiStack, page: Page, screenshots: Screenshots) -> None:
