@@ -131,6 +131,10 @@ class FlowRun(Base):
         Index("uq_flow_runs_idempotency", "tenant_id", "idempotency_key", unique=True),
         # A schedule's occurrence (flow, clock, time) becomes one run, whoever creates it (migration 0004).
         Index("uq_flow_runs_schedule_key", "tenant_id", "schedule_key", unique=True),
+        # The web UI (migration 0009): the dashboard counts a day of runs by hour, state and flow from the index
+        # alone, and a flow's newest run is one index lookup per flow version.
+        Index("ix_flow_runs_tenant_created_state", "tenant_id", "created", "state", "flow_id"),
+        Index("ix_flow_runs_flow_created", "flow_id", "created"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

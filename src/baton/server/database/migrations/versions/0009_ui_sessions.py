@@ -1,4 +1,4 @@
-"""ui sessions: signed-in browsers of the web UI (issue 10)
+"""ui sessions: signed-in browsers of the web UI, and the indexes of its pages (issue 10)
 
 Revision ID: 0009
 Revises: 0008
@@ -30,7 +30,12 @@ def upgrade() -> None:
     op.create_index("ix_ui_sessions_tenant_id", "ui_sessions", ["tenant_id"])
     op.create_index("ix_ui_sessions_api_key_id", "ui_sessions", ["api_key_id"])
     op.create_index("ix_ui_sessions_expires_at", "ui_sessions", ["expires_at"])
+    # The dashboard's counts over a day of runs (index only) and each flow's newest run.
+    op.create_index("ix_flow_runs_tenant_created_state", "flow_runs", ["tenant_id", "created", "state", "flow_id"])
+    op.create_index("ix_flow_runs_flow_created", "flow_runs", ["flow_id", "created"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_flow_runs_flow_created", "flow_runs")
+    op.drop_index("ix_flow_runs_tenant_created_state", "flow_runs")
     op.drop_table("ui_sessions")
