@@ -104,9 +104,7 @@ def test_flow_description_is_escaped(ui: httpx.Client) -> None:
     assert_no_markup(page)
 
 
-def test_parameter_value_and_state_message_are_escaped(
-    ui: httpx.Client, token: str, tenant: TenantContext
-) -> None:
+def test_parameter_value_and_state_message_are_escaped(ui: httpx.Client, token: str, tenant: TenantContext) -> None:
     created = post_form(ui, "/flows/hello/runs", {"csrf_token": token, "p.name": XSS})
     run_id = created.headers["location"].removeprefix("/runs/")
     failed = tenant.stage("Running")
@@ -211,7 +209,8 @@ def test_junk_cursor_is_refused_without_a_500(ui: httpx.Client, cursor: str) -> 
 
 
 @pytest.mark.parametrize(
-    "path", ["/runs/%00", "/runs/nope", "/runs/%00?fragment=live", "/runs/nope/logs/stream", "/flows/%00", "/flows/x%00y"]
+    "path",
+    ["/runs/%00", "/runs/nope", "/runs/%00?fragment=live", "/runs/nope/logs/stream", "/flows/%00", "/flows/x%00y"],
 )
 def test_unknown_or_nul_ids_are_not_found(ui: httpx.Client, path: str) -> None:
     assert ui.get(path).status_code == 404

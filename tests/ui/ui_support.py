@@ -27,6 +27,8 @@ SESSION_COOKIE = "baton_session"
 LOGIN_COOKIE = "baton_login_csrf"
 XSS = "<script>alert(1)</script>"
 XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+# Every page a signed-in browser may GET (with filters), for the header and redirect tests.
+PAGES = ["/", "/runs", "/runs?state=Failed&window=24h", "/flows", "/flows/hello", "/agents", "/keys"]
 
 
 def browser(server: ServerProcess) -> httpx.Client:
@@ -70,7 +72,9 @@ def csrf_of(client: httpx.Client) -> str:
     return token_in(page.text)
 
 
-def post_form(client: httpx.Client, path: str, fields: dict[str, str], headers: dict[str, str] | None = None) -> httpx.Response:
+def post_form(
+    client: httpx.Client, path: str, fields: dict[str, str], headers: dict[str, str] | None = None
+) -> httpx.Response:
     """POST ``fields`` urlencoded, with the form content type even when empty (as a browser and htmx send it)."""
     form_headers = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
     return client.post(path, content=urlencode(fields), headers=form_headers)
