@@ -1,7 +1,7 @@
 """The web UI against hostile input: markup in everything a user or a flow can name or print is shown as text, and
 junk (query strings, form bodies, ids, NUL bytes) is refused with a 4xx, never a 500, with nothing stored.
 
-One server for the module (SQLite), one tenant and one admin session for the module.
+One server for the module (``conftest.server``, SQLite), one tenant and one admin session for the module.
 """
 
 from __future__ import annotations
@@ -26,24 +26,10 @@ TYPED_SCHEMA = {
         "mode": {"type": "string", "enum": ["fast", "slow"]},
         "flag": {"type": "boolean"},
         "tags": {"type": "array", "items": {"type": "string"}},
-        "note": {"type": "string"},
+        "note": {"type": "string", "title": f"Note {XSS}", "description": XSS},
     },
     "required": ["count"],
 }
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    started = ServerProcess(tmp_path_factory.mktemp("ui-input")).start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def db(server: ServerProcess) -> Iterator[Database]:
-    database = Database(server)
-    yield database
-    database.close()
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +83,10 @@ def test_flow_names_cannot_carry_markup(tenant: TenantContext) -> None:
     assert response.status_code == 422
 
 
-def test_flow_description_is_escaped(ui: httpx.Client) -> None:
+def test_flow_description_and_parameter_titles_are_escaped(ui: httpx.Client) -> None:
     page = ui.get("/flows/typed").text
 
-    assert XSS_ESCAPED in page
+    assert page.count(XSS_ESCAPED) >= 3  # the description, a parameter's title and its description
     assert_no_markup(page)
 
 
@@ -142,20 +128,21 @@ def test_key_name_with_markup_is_escaped(ui: httpx.Client, token: str) -> None:
     assert_no_markup(ui.get("/keys").text)
 
 
-def test_log_line_with_markup_is_escaped_on_the_page_and_json_in_the_stream(
+def test_log_line_and_task_name_with_markup_are_escaped_on_the_page_and_json_in_the_stream(
     ui: httpx.Client, tenant: TenantContext
 ) -> None:
     staged = tenant.stage("Running")
     run_token = tenant.client(staged.token or "")
     line = {"timestamp": datetime.now(UTC).isoformat(), "level": 40, "message": XSS}
     run_token.write_logs(staged.id, [line, {**line, "message": "second"}])
+    run_token.create_task_run(staged.id, XSS, "Running", XSS)
     run_token.set_flow_run_state(staged.id, "Success")
 
     page = ui.get(f"/runs/{staged.id}").text
     events = stream_events(ui, f"/runs/{staged.id}/logs/stream")
     resumed = stream_events(ui, f"/runs/{staged.id}/logs/stream", **{"Last-Event-ID": "1"})
 
-    assert XSS_ESCAPED in page
+    assert page.count(XSS_ESCAPED) >= 3  # the log line, the task table, the Gantt chart
     assert_no_markup(page)
     logs = [json.loads(data) for name, data in events if name == "log"]
     assert [log["message"] for log in logs] == [XSS, "second"]
@@ -214,6 +201,16 @@ def test_junk_cursor_is_refused_without_a_500(ui: httpx.Client, cursor: str) -> 
 )
 def test_unknown_or_nul_ids_are_not_found(ui: httpx.Client, path: str) -> None:
     assert ui.get(path).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path", ["/ui/static/..%2f..%2f..%2fpyproject.toml", "/ui/static/../../server/ui/web.py", "/ui/static/%00"]
+)
+def test_static_files_do_not_leave_their_folder(ui: httpx.Client, path: str) -> None:
+    response = ui.get(path)
+
+    assert response.status_code == 404
+    assert "import" not in response.text
 
 
 @pytest.mark.parametrize(

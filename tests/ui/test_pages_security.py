@@ -73,7 +73,10 @@ def test_writes_without_session_are_refused(server: ServerProcess, path: str) ->
 FORGERIES = ["no token", "wrong token", "other session's token", "cross origin", "wrong header"]
 
 
-def _forged(admin_ui: httpx.Client, server: ServerProcess, tenant: TenantContext, forgery: str) -> tuple[dict, dict]:
+def _forged(
+    admin_ui: httpx.Client, server: ServerProcess, tenant: TenantContext, forgery: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The form fields and headers of a write forged as ``forgery``."""
     data: dict[str, str] = {}
     headers: dict[str, str] = {}
     if forgery == "wrong token":

@@ -224,6 +224,23 @@ def test_revoking_another_key_in_the_ui_ends_that_keys_sessions(
         assert fired.get("/runs").status_code == 303
 
 
+def test_a_session_in_use_stays_alive(db: Database, tenant: TenantContext, admin_ui: httpx.Client) -> None:
+    # Idle for all but the last minute of the 2-hour default: a page view moves last_seen to now.
+    almost_idle = utcnow() - timedelta(hours=2) + timedelta(minutes=1)
+    db.age_sessions(tenant, last_seen=almost_idle)
+
+    assert admin_ui.get("/runs").status_code == 200
+    assert db.last_seen_of(tenant) > almost_idle + timedelta(minutes=30)
+
+
+def test_sign_out_by_htmx_is_told_where_to_go(db: Database, tenant: TenantContext, admin_ui: httpx.Client) -> None:
+    response = post_form(admin_ui, "/logout", {}, {"HX-Request": "true", "X-CSRF-Token": csrf_of(admin_ui)})
+
+    assert response.status_code == 204
+    assert response.headers["hx-redirect"] == "/login"
+    assert db.sessions_of(tenant) == 0
+
+
 @pytest.mark.parametrize("column", ["last_seen", "expires_at"])
 def test_an_expired_session_is_refused_and_deleted(
     db: Database, tenant: TenantContext, admin_ui: httpx.Client, column: str

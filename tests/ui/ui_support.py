@@ -125,6 +125,12 @@ class Database:
         with self.session() as session:
             return session.scalar(select(ApiKey.revoked_at).where(ApiKey.id == key_id)) is not None
 
+    def last_seen_of(self, tenant: TenantContext) -> datetime:
+        with self.session() as session:
+            seen = session.scalar(select(func.max(UiSession.last_seen)).where(UiSession.tenant_id == tenant.id))
+        assert seen is not None, "the tenant has no session"
+        return seen
+
     def age_sessions(self, tenant: TenantContext, **values: datetime) -> None:
         """Set columns (``last_seen``, ``expires_at``) of every session of ``tenant``."""
         with self.session() as session:
