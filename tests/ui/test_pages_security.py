@@ -162,6 +162,19 @@ def test_read_key_sees_no_write_controls(reader_ui: httpx.Client, tenant: Tenant
     assert reader_ui.get("/keys").status_code == 403
 
 
+def test_user_key_may_run_and_cancel_but_not_manage_keys(server: ServerProcess, tenant: TenantContext) -> None:
+    scheduled = tenant.stage("Scheduled")
+    with sign_in(server, tenant.key("user")) as user_ui:
+        flow_page = user_ui.get("/flows/hello").text
+        run_page = user_ui.get(f"/runs/{scheduled.id}").text
+        keys = user_ui.get("/keys")
+
+    assert 'action="/flows/hello/runs"' in flow_page
+    assert f'action="/runs/{scheduled.id}/cancel"' in run_page
+    assert keys.status_code == 403
+    assert 'href="/keys"' not in flow_page
+
+
 def test_read_key_writes_are_refused_even_with_its_csrf_token(
     db: Database, tenant: TenantContext, reader_ui: httpx.Client
 ) -> None:
@@ -231,4 +244,18 @@ def test_another_tenants_ids_are_not_found(
     assert db.runs_of(other) == runs
     assert not db.key_revoked(their_key.id)
     assert other.admin.get_schedule("theirs-only").active
-    assert theirs.id not in admin_ui.get("/runs").text
+
+
+def test_lists_show_nothing_of_another_tenant(
+    tenant: TenantContext, other: TenantContext, admin_ui: httpx.Client
+) -> None:
+    pending = other.stage("Pending")
+    other.register_flow("theirs-only")
+    their_key = other.admin.create_api_key("read", name="their-secret-key-name")
+    agent = next(a for a in other.admin.list_agents() if a.id == pending.agent_id)
+
+    pages = {path: admin_ui.get(path).text for path in ["/", "/runs", "/flows", "/agents", "/keys"]}
+
+    for path, page in pages.items():
+        for theirs in [pending.id, "theirs-only", their_key.name or "", their_key.prefix, agent.name, other.name]:
+            assert theirs not in page, f"{theirs} of another tenant shown on {path}"
