@@ -47,6 +47,7 @@ def test_sign_in_refuses_keys_that_are_not_for_people(
     else:
         key = tenant.new_key("user")
         tenant.admin.revoke_api_key(next(k.id for k in tenant.admin.list_api_keys() if key.startswith(k.prefix)))
+    sessions = db.all_sessions()
 
     with browser(server) as client:
         response = try_sign_in(client, key)
@@ -54,6 +55,7 @@ def test_sign_in_refuses_keys_that_are_not_for_people(
         assert response.status_code == status
         assert SESSION_COOKIE not in client.cookies
     assert db.sessions_of(tenant) == 0
+    assert db.all_sessions() == sessions
     assert key not in response.text
     assert response.headers["x-frame-options"] == "DENY"
 
