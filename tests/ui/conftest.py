@@ -1,4 +1,9 @@
-"""Browser fixtures: Debian's Chromium driven by Playwright (headless, nothing downloaded), against a real server
+"""Fixtures of the web UI's tests.
+
+HTTP tests: one real server per test module, a fresh tenant per test (with flow ``hello``), and clients signed in
+with its keys (see ``ui_support``).
+
+Browser fixtures: Debian's Chromium driven by Playwright (headless, nothing downloaded), against a real server
 and a real local agent.
 
 Without Chromium or Playwright the browser tests skip with the reason; under ``CI=true`` they fail instead.
@@ -17,9 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
+from server.harness import TenantContext
 from support import ServerProcess, wait_for
+from ui.ui_support import Database
+from ui.ui_support import sign_in as http_sign_in
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -158,3 +167,48 @@ def sign_in(page: Page, url: str, key: str, path: str = "/") -> None:
     page.fill("input[name=api_key]", key)
     page.click("button[type=submit]")
     page.wait_for_url(f"{url}{path}")
+
+
+# --- HTTP tests ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    started = ServerProcess(tmp_path_factory.mktemp("ui-pages")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def db(server: ServerProcess) -> Iterator[Database]:
+    database = Database(server)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def tenant(server: ServerProcess, db: Database) -> Iterator[TenantContext]:
+    context = TenantContext.create(server, db.factory)
+    context.register_flow()
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def other(server: ServerProcess, db: Database) -> Iterator[TenantContext]:
+    context = TenantContext.create(server, db.factory)
+    context.register_flow()
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def admin_ui(server: ServerProcess, tenant: TenantContext) -> Iterator[httpx.Client]:
+    with http_sign_in(server, tenant.admin_key) as client:
+        yield client
+
+
+@pytest.fixture
+def reader_ui(server: ServerProcess, tenant: TenantContext) -> Iterator[httpx.Client]:
+    with http_sign_in(server, tenant.key("read")) as client:
+        yield client
