@@ -329,7 +329,6 @@ def test_other_bad_writes_are_refused_without_a_500(
     assert db.live_keys_of(tenant) == keys
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: POST /keys stores a NUL in the key name (REST's ApiKeyCreate refuses it)")
 def test_key_name_with_nul_is_refused_as_rest_does(
     ui: httpx.Client, token: str, db: Database, tenant: TenantContext
 ) -> None:
@@ -352,7 +351,6 @@ def test_retry_of_a_run_that_has_not_failed_is_refused(ui: httpx.Client, token: 
     assert tenant.run(staged.id).state == "Scheduled"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a double-submitted Retry form creates two new runs (no idempotency key)")
 def test_retry_sent_twice_creates_one_run(ui: httpx.Client, token: str, db: Database, tenant: TenantContext) -> None:
     cancelled = tenant.stage("Cancelled")
     runs = db.runs_of(tenant)

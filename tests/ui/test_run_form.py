@@ -182,7 +182,6 @@ def test_form_fields_that_are_not_parameters_are_ignored() -> None:
     assert (parameters, problems) == ({}, {})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read() ignores FormField.nullable: a required int | None cannot be sent")
 def test_an_empty_required_nullable_input_is_null() -> None:
     field = one({"anyOf": [{"type": "integer"}, {"type": "null"}]}, required=True)
 

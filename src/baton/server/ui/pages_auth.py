@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -44,7 +45,8 @@ def safe_next(target: str | None) -> str:
         return "/"
     if any(ord(char) < 0x20 for char in target):
         return "/"
-    return target
+    # Percent-encoded: a Location header is latin-1 only, and the path may hold any character (a flow's name).
+    return quote(target, safe="/?&=%#;:@+,$!*'()~-._")
 
 
 def _login_page(request: Request, error: str | None = None, status_code: int = 200) -> Response:
@@ -87,7 +89,10 @@ def login(request: Request, form: PlainForm) -> Response:
     factory = factory_of(request)
     outcome = authenticate_request(factory, request.app.state.auth_limiter, address, f"Bearer {key}")
     if isinstance(outcome, Refusal):
-        return _login_page(request, f"Not signed in: {outcome.detail}.", outcome.status)
+        refused = _login_page(request, f"Not signed in: {outcome.detail}.", outcome.status)
+        if outcome.retry_after is not None:
+            refused.headers["Retry-After"] = outcome.retry_after
+        return refused
     try:
         with transaction(factory) as session:
             secret, _csrf = ui_sessions.start(session, outcome, utcnow(), session_policy(request))

@@ -6,7 +6,9 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
+from baton.schemas.actions import ApiKeyCreate
 from baton.schemas.core import Role
 from baton.server import shaping
 from baton.server.access import Action
@@ -81,12 +83,12 @@ def keys_page(request: Request, viewer: ViewerDep) -> Response:
 @router.post("/keys", include_in_schema=False)
 def create_key(request: Request, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.KEY_CREATE)
-    role_text = form.get("role", "")
-    name = form.get("name", "").strip()[:200] or None
-    if role_text not in {role.value for role in Role}:
-        raise InvalidRequest(f"unknown role {role_text[:40]!r}: choose one of {', '.join(r.value for r in Role)}")
+    try:  # the REST request's own model: what REST refuses (a NUL, a long name, an unknown role), this refuses
+        wanted = ApiKeyCreate(role=form.get("role", ""), name=form.get("name", "").strip() or None)
+    except ValidationError as exc:
+        raise InvalidRequest("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
     with transaction(factory_of(request)) as session:
-        _row, secret = tenants.create_api_key(session, viewer.principal.tenant_id, Role(role_text), name)
+        _row, secret = tenants.create_api_key(session, viewer.principal.tenant_id, wanted.role, wanted.name)
     with transaction(factory_of(request)) as session:
         keys = [shaping.api_key(row) for row in tenants.list_api_keys(session, viewer.principal.tenant_id)]
     # The key is shown once, on this answer only (no-store): it is never stored in the clear.

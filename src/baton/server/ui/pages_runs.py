@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from baton.schemas.states import FINAL_STATES, StateName
@@ -19,6 +20,7 @@ from baton.server.access import AccessDenied, Action, denial, kind_of
 from baton.server.database.connection import transaction
 from baton.server.database.orm import utcnow
 from baton.server.models import agents, flow_runs, logs, pages, reruns, state_changes
+from baton.server.models.tenants import hash_secret
 from baton.server.ui import charts
 from baton.server.ui.routing import UiRoute
 from baton.server.ui.web import CheckedForm, Viewer, ViewerDep, factory_of, page_url, redirect, render
@@ -143,8 +145,13 @@ def cancel_run(request: Request, run_id: str, viewer: ViewerDep, form: CheckedFo
 @router.post("/runs/{run_id}/retry", include_in_schema=False)
 def retry_run(request: Request, run_id: str, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.FLOW_RUN_RETRY)
-    with transaction(factory_of(request)) as session:
-        run, _created = reruns.rerun(session, viewer.principal.tenant_id, run_id, None)
-        new_id = run.id
+    # One retry per run and session: a double click (or the form sent again) lands on the run the first one made.
+    key = f"ui-retry:{run_id[:64]}:{hash_secret(viewer.cookie)[:16]}"
+    try:
+        with transaction(factory_of(request)) as session:
+            new_id = reruns.rerun(session, viewer.principal.tenant_id, run_id, key)[0].id
+    except IntegrityError:  # the same retry, sent at the same moment, committed first: find its run
+        with transaction(factory_of(request)) as session:
+            new_id = reruns.rerun(session, viewer.principal.tenant_id, run_id, key)[0].id
     request.app.state.notifier.notify_threadsafe(viewer.principal.tenant_id)
     return redirect(f"/runs/{new_id}", request)

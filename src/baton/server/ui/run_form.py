@@ -146,7 +146,9 @@ def read(form_fields: list[FormField], form: Mapping[str, str]) -> tuple[dict[st
             problems[field.name] = f"longer than {MAX_TEXT} characters"
             continue
         if field.kind != "boolean" and text.strip() == "":
-            if field.required:
+            if field.required and field.nullable:
+                parameters[field.name] = None  # a required `int | None`: empty is its None
+            elif field.required:
                 problems[field.name] = "required"
             continue
         try:
