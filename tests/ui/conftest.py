@@ -186,20 +186,22 @@ def db(server: ServerProcess) -> Iterator[Database]:
     database.close()
 
 
-@pytest.fixture
-def tenant(server: ServerProcess, db: Database) -> Iterator[TenantContext]:
+def _tenant_with_hello(server: ServerProcess, db: Database) -> Iterator[TenantContext]:
     context = TenantContext.create(server, db.factory)
     context.register_flow()
     yield context
     context.close()
+
+
+@pytest.fixture
+def tenant(server: ServerProcess, db: Database) -> Iterator[TenantContext]:
+    yield from _tenant_with_hello(server, db)
 
 
 @pytest.fixture
 def other(server: ServerProcess, db: Database) -> Iterator[TenantContext]:
-    context = TenantContext.create(server, db.factory)
-    context.register_flow()
-    yield context
-    context.close()
+    """A second tenant, for the cross-tenant tests."""
+    yield from _tenant_with_hello(server, db)
 
 
 @pytest.fixture

@@ -278,8 +278,8 @@ def _offset_label(seconds: float) -> str:
     return text
 
 
-def _duration(seconds: float) -> str:
-    """A run's length for a tooltip: ``1.2 s`` under a minute, then ``3m 20s`` or ``2h 5m``."""
+def duration(seconds: float) -> str:
+    """A run's length (tooltips and the pages' tables): ``1.2 s`` under a minute, then ``3m 20s`` or ``2h 5m``."""
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
@@ -394,7 +394,7 @@ def _gantt_row(
     seconds = (span.end - span.start).total_seconds()
     bar_w = max(MIN_BAR_WIDTH, seconds * scale)
     so_far = " so far" if span.running else ""
-    title = f"{full_name} — {_text(bar.state)}, {_duration(seconds)}{so_far}, attempt {int(bar.attempt)}"
+    title = f"{full_name} — {_text(bar.state)}, {duration(seconds)}{so_far}, attempt {int(bar.attempt)}"
     css = f"bar {state_class(bar.state)}" + (" running" if span.running else "")
     rect = (
         f'<rect class="{css}" x="{_num(x)}" y="{_num(row_h * 0.15)}" width="{_num(bar_w)}" '

@@ -157,15 +157,7 @@ def timestamp(value: datetime | None) -> Markup:
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {rest:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    return "—" if seconds is None else charts.duration(seconds)
 
 
 def between(start: datetime | None, end: datetime | None) -> str:
