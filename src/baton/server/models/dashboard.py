@@ -30,7 +30,9 @@ def _hour(session: Session) -> Any:
     """SQL for a run's creation hour as text ``YYYY-MM-DD HH`` (the same text on both databases)."""
     if session.get_bind().dialect.name == "postgresql":
         return func.to_char(func.timezone("UTC", FlowRun.created), "YYYY-MM-DD HH24")
-    return func.strftime("%Y-%m-%d %H", FlowRun.created)
+    # SQLite holds the time as UTC text 'YYYY-MM-DD HH:MM:SS.ffffff' (orm.UTCDateTime): its first 13 characters
+    # are the hour, with no date parsing per row.
+    return func.substr(FlowRun.created, 1, 13)
 
 
 def runs_by_hour(session: Session, tenant_id: str, now: datetime) -> dict[datetime, dict[str, int]]:
