@@ -173,6 +173,9 @@ class ServerSettings(BaseModel):
     # and at the latest this long after sign-in, whatever its use; its key's revocation ends it at once.
     ui_session_idle_seconds: float = Field(default=2 * 3600.0, ge=60, le=30 * 24 * 3600)
     ui_session_max_seconds: float = Field(default=12 * 3600.0, ge=60, le=90 * 24 * 3600)
+    # The address users open the UI at, when a proxy in front rewrites Host (e.g. https://baton.example.org): the
+    # UI's writes must come from that origin. None: the request's own Host.
+    ui_public_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://[^/\s]+/?$")
 
 
 class AgentSettings(BaseModel):

@@ -32,13 +32,11 @@ UNTYPED = ("application/octet-stream",)
 # Every file the UI and the docs page load, with the content types a browser accepts for it under nosniff.
 VENDORED = [
     ("vendor/htmx/htmx.min.js", JAVASCRIPT),
-    ("vendor/htmx-ext-sse/sse.min.js", JAVASCRIPT),
     ("vendor/swagger-ui/swagger-ui-bundle.js", JAVASCRIPT),
     ("vendor/swagger-ui/swagger-ui.css", ("text/css",)),
     ("vendor/swagger-ui/favicon-32x32.png", ("image/png",)),
     ("vendor/swagger-ui/swagger-ui-bundle.js.LICENSE.txt", ("text/plain",)),
     ("vendor/htmx/LICENSE", UNTYPED),
-    ("vendor/htmx-ext-sse/LICENSE", UNTYPED),
     ("vendor/swagger-ui/LICENSE", UNTYPED),
     ("vendor/swagger-ui/NOTICE", UNTYPED),
 ]

@@ -59,6 +59,10 @@ class TenantCreate(StrictModel):
     name: str = NAME_FIELD
 
 
+# What an idempotency key may be: printable ASCII without spaces (the Idempotency-Key header, the UI's forms).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+
+
 class ApiKeyCreate(StrictModel):
     role: Role
     name: str | None = Field(default=None, max_length=200)

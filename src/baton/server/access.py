@@ -222,7 +222,7 @@ class Authorize:
         if kind not in self.rule.kinds:
             raise AccessDenied(denial(kind, self.action))
         if self.rule.scope not in (Scope.TENANT, Scope.PUBLIC):
-            factory: sessionmaker[Session] = request.app.state.session_factory
+            factory: sessionmaker[Session] = request.app.state.read_session_factory
             with factory() as session:
                 check_scope(session, principal, self.rule.scope, dict(request.path_params))
         return principal

@@ -24,7 +24,11 @@ from baton.server.access import POLICY, Action, Scope, route_action
 from baton.server.api import agents, flow_runs, flows, limits, logs, meta, notifications, reruns, schedules
 from baton.server.auth_limits import FailedAuthLimiter
 from baton.server.authentication import AuthenticateFirst
-from baton.server.database.connection import create_database_engine, create_session_factory
+from baton.server.database.connection import (
+    create_database_engine,
+    create_read_session_factory,
+    create_session_factory,
+)
 from baton.server.database.migrate import upgrade
 from baton.server.errors import install_error_handlers
 from baton.server.json_body import JsonRoute
@@ -143,6 +147,7 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     )
     app.state.settings = settings
     app.state.session_factory = factory
+    app.state.read_session_factory = create_read_session_factory(engine)
     app.state.database_kind = engine.dialect.name
     app.state.auth_limiter = FailedAuthLimiter(
         settings.server.failed_auth_limit, settings.server.failed_auth_window_seconds

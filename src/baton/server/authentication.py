@@ -98,7 +98,7 @@ class AuthenticateFirst:
         address = client[0] if client and client[0] else UNKNOWN_ADDRESS
         outcome = await run_in_threadpool(
             authenticate_request,
-            fastapi_app.state.session_factory,
+            fastapi_app.state.read_session_factory,  # it only reads: it never waits for SQLite's write lock
             fastapi_app.state.auth_limiter,
             address,
             Headers(scope=scope).get("authorization"),

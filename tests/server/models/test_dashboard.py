@@ -36,7 +36,7 @@ def test_runs_are_counted_by_creation_hour_and_state_within_a_day(
         _age(api_database, user.create_flow_run(flow_name=name).id, created, state)
 
     with api_database() as session:
-        counts = dashboard.runs_by_hour(session, tenant.id, now)
+        counts = dashboard.runs_by_hour(session, tenant.id, now - timedelta(hours=24))
 
     assert counts == {
         datetime(2026, 12, 2, 15, tzinfo=UTC): {"Success": 2, "Failed": 1},
@@ -64,7 +64,7 @@ def test_failing_flows_sum_their_versions_and_come_most_failures_first(
     _age(api_database, user.create_flow_run(flow_name=fine).id, now - timedelta(hours=30), "Failed")
 
     with api_database() as session:
-        failing = dashboard.failing_flows(session, tenant.id, now)
+        failing = dashboard.failing_flows(session, tenant.id, now - timedelta(hours=24))
 
     assert [(f.name, f.failed, f.total) for f in failing] == [(broken, 3, 3), (flaky, 1, 3)]
     assert failing[0].last_failed is not None and now - failing[0].last_failed < timedelta(seconds=10)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AwareDatetime
 from sqlalchemy.exc import IntegrityError
 
-from baton.schemas.actions import MAX_INT, FlowRunCreate, StateSet
+from baton.schemas.actions import IDEMPOTENCY_KEY_PATTERN, MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server import shaping
@@ -29,7 +29,7 @@ IDEMPOTENCY_KEY = Header(
     alias="Idempotency-Key",
     min_length=1,
     max_length=200,
-    pattern=r"^[\x21-\x7e]+$",
+    pattern=IDEMPOTENCY_KEY_PATTERN,
     description="The client's name for this one logical create (e.g. a UUID), sent again on a retry: a create "
     "with a key this tenant used before returns that run (200) instead of making a second one; a key reused "
     "for a different request is refused (409).",

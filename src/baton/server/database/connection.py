@@ -43,15 +43,21 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# The execution option of read-only sessions (``create_read_session_factory``).
+READ_ONLY = "baton_read_only"
+
+
 def _begin_immediate(connection: Any) -> None:
-    """Every SQLite transaction takes the write lock when it begins, waiting its turn (busy_timeout) there.
+    """Every SQLite transaction takes the write lock when it begins, waiting its turn (busy_timeout) there,
+    except a read-only session's, which begins deferred: in WAL mode it reads beside the writer, never queueing.
 
     A deferred transaction that read and then writes fails at once with SQLITE_BUSY (no waiting) whenever another
     writer committed since its read: under load that was a 503 for a plain request. Taking the lock first makes
     transactions queue instead; SQLite has one writer at a time anyway, and transactions here are short. (The
     choice of Rails and of Django's ``transaction_mode`` for SQLite web servers.)
     """
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _private_sqlite_file(path: Path) -> None:
@@ -83,6 +89,12 @@ def create_database_engine(url: str, pool_size: int = 10) -> Engine:
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def create_read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for work that only reads (authentication, the web UI's pages): on SQLite they never wait for the
+    write lock. A write in one may fail at once when another writer got in first: use the plain factory to write."""
+    return sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
 
 @contextmanager

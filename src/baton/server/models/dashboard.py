@@ -7,15 +7,14 @@ Runs are placed in time by their ``created`` and counted by their current state,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from baton.schemas.states import StateName
 from baton.server.database.orm import Flow, FlowRun
-
-WINDOW = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -35,12 +34,12 @@ def _hour(session: Session) -> Any:
     return func.substr(FlowRun.created, 1, 13)
 
 
-def runs_by_hour(session: Session, tenant_id: str, now: datetime) -> dict[datetime, dict[str, int]]:
-    """Runs created in the 24 hours before ``now``, counted by creation hour (UTC) and current state."""
+def runs_by_hour(session: Session, tenant_id: str, since: datetime) -> dict[datetime, dict[str, int]]:
+    """Runs created since ``since``, counted by creation hour (UTC) and current state."""
     hour = _hour(session).label("hour")
     rows = session.execute(
         select(hour, FlowRun.state, func.count())
-        .where(FlowRun.tenant_id == tenant_id, FlowRun.created >= now - WINDOW)
+        .where(FlowRun.tenant_id == tenant_id, FlowRun.created >= since)
         .group_by(hour, FlowRun.state)
     ).all()
     counts: dict[datetime, dict[str, int]] = {}
@@ -50,17 +49,17 @@ def runs_by_hour(session: Session, tenant_id: str, now: datetime) -> dict[dateti
     return counts
 
 
-def failing_flows(session: Session, tenant_id: str, now: datetime, limit: int = 10) -> list[FailingFlow]:
-    """Flows with Failed runs created in the last 24 hours, most failures first.
+def failing_flows(session: Session, tenant_id: str, since: datetime, limit: int = 10) -> list[FailingFlow]:
+    """Flows with Failed runs created since ``since``, most failures first.
 
     Counted per flow version from ``ix_flow_runs_tenant_created_state`` alone, then summed by name here.
     """
-    is_failed = FlowRun.state == "Failed"
+    is_failed = FlowRun.state == StateName.FAILED.value
     failed = func.sum(case((is_failed, 1), else_=0))
     last_failed = func.max(case((is_failed, FlowRun.created)))
     rows = session.execute(
         select(FlowRun.flow_id, failed, func.count(), last_failed)
-        .where(FlowRun.tenant_id == tenant_id, FlowRun.created >= now - WINDOW)
+        .where(FlowRun.tenant_id == tenant_id, FlowRun.created >= since)
         .group_by(FlowRun.flow_id)
         .having(failed > 0)
     ).all()

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session, defer
 from baton.schemas.actions import MAX_INT, FlowCreate
 from baton.schemas.core import RunConfig, Storage, json_value_problem
 from baton.schemas.responses import FlowRead
-from baton.server.database.orm import Flow
+from baton.server.database.orm import Flow, FlowRun
 from baton.server.models import cursors
 from baton.server.models.errors import ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
@@ -233,3 +234,25 @@ def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
         max_concurrent_runs=flow.max_concurrent_runs,
         source=flow.source if include_source else None,
     )
+
+
+def newest_runs_by_name(session: Session, tenant_id: str, names: list[str]) -> dict[str, FlowRun]:
+    """The newest run of each flow name: the newest run time of each version is one lookup in
+    ``ix_flow_runs_flow_created`` (never a scan of the tenant's runs), then one query for those runs."""
+    if not names:
+        return {}
+    newest_of_version = (
+        select(func.max(FlowRun.created)).where(FlowRun.flow_id == Flow.id).correlate(Flow).scalar_subquery()
+    )
+    versions = session.execute(
+        select(Flow.name, Flow.id, newest_of_version).where(Flow.tenant_id == tenant_id, Flow.name.in_(names))
+    ).all()
+    newest: dict[str, tuple[str, datetime]] = {}
+    for name, flow_id, created in versions:
+        if created is not None and (name not in newest or created > newest[name][1]):
+            newest[name] = (flow_id, created)
+    if not newest:
+        return {}
+    wanted = [(FlowRun.flow_id == flow_id) & (FlowRun.created == created) for flow_id, created in newest.values()]
+    by_flow = {run.flow_id: run for run in session.scalars(select(FlowRun).where(or_(*wanted)))}
+    return {name: by_flow[flow_id] for name, (flow_id, _created) in newest.items() if flow_id in by_flow}

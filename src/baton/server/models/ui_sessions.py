@@ -9,7 +9,7 @@ when its key is revoked (``resolve`` joins the key on every request).
 Usage::
 
     secret, csrf = start(session, principal, now, policy)     # sign-in: set the cookie to ``secret``
-    signed_in = resolve(session, secret, now, policy)         # each request: None when it has ended
+    signed_in, state = resolve(session, secret, now, policy)  # each request: None when it has ended
     end(session, secret)                                      # sign-out
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -63,7 +64,7 @@ def start(session: Session, principal: Principal, now: datetime, policy: Session
     """
     if principal.is_run_token or principal.key_id is None or principal.role not in UI_ROLES:
         raise SignInRefused("sign in with a user, admin or read key: runner keys and run tokens are for agents")
-    session.execute(delete(UiSession).where(UiSession.expires_at <= now))
+    purge(session, now, policy)
     secret = SESSION_PREFIX + secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
     session.add(
@@ -80,11 +81,20 @@ def start(session: Session, principal: Principal, now: datetime, policy: Session
     return secret, csrf
 
 
-def resolve(session: Session, secret: str, now: datetime, policy: SessionPolicy) -> SignedIn | None:
-    """The live session of cookie ``secret``, or None: unknown, signed out, idle too long, past its end, or its
-    key revoked. Refreshes ``last_seen`` (at most once a minute)."""
+class SessionState(Enum):
+    LIVE = "live"
+    STALE = "stale"  # live, and its last_seen is older than TOUCH_EVERY: refresh it (``touch``)
+    ENDED = "ended"  # idle too long or past its end: delete it (``purge``)
+
+
+def resolve(
+    session: Session, secret: str, now: datetime, policy: SessionPolicy
+) -> tuple[SignedIn | None, SessionState]:
+    """The live session of cookie ``secret`` (None: unknown, signed out, ended, or its key revoked), and what the
+    caller should write about it. Reads only: page views run in read transactions, which on SQLite do not queue
+    behind agents' writes; the rare write (``touch``, ``purge``) takes a transaction of its own."""
     if not secret.startswith(SESSION_PREFIX) or len(secret) > 100:
-        return None
+        return None, SessionState.ENDED
     row = session.execute(
         select(UiSession, ApiKey, Tenant.name)
         .join(ApiKey, ApiKey.id == UiSession.api_key_id)
@@ -92,17 +102,26 @@ def resolve(session: Session, secret: str, now: datetime, policy: SessionPolicy)
         .where(UiSession.id_hash == hash_secret(secret), ApiKey.revoked_at.is_(None))
     ).first()
     if row is None:
-        return None
+        return None, SessionState.ENDED
     ui_session, key, tenant_name = row
     if ui_session.expires_at <= now or ui_session.last_seen + policy.idle <= now:
-        session.delete(ui_session)
-        return None
-    if now - ui_session.last_seen >= TOUCH_EVERY:
-        session.execute(update(UiSession).where(UiSession.id_hash == ui_session.id_hash).values(last_seen=now))
+        return None, SessionState.ENDED
     principal = Principal(
         tenant_id=key.tenant_id, tenant_name=tenant_name, role=Role(key.role), key_id=key.id, key_name=key.name
     )
-    return SignedIn(principal, ui_session.csrf_token, ui_session.expires_at)
+    state = SessionState.STALE if now - ui_session.last_seen >= TOUCH_EVERY else SessionState.LIVE
+    return SignedIn(principal, ui_session.csrf_token, ui_session.expires_at), state
+
+
+def touch(session: Session, secret: str, now: datetime) -> None:
+    """The user did something: the idle clock starts again."""
+    session.execute(update(UiSession).where(UiSession.id_hash == hash_secret(secret)).values(last_seen=now))
+
+
+def purge(session: Session, now: datetime, policy: SessionPolicy) -> None:
+    """Delete every ended session: past its end, or idle too long (statements, so two racing purges are fine)."""
+    ended = (UiSession.expires_at <= now) | (UiSession.last_seen <= now - policy.idle)
+    session.execute(delete(UiSession).where(ended))
 
 
 def end(session: Session, secret: str) -> None:

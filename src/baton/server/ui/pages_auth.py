@@ -24,7 +24,7 @@ from baton.server.ui.web import (
     CSRF_FIELD,
     CheckedForm,
     NotSignedIn,
-    PlainForm,
+    SignInForm,
     ViewerDep,
     current_viewer,
     factory_of,
@@ -76,7 +76,7 @@ def login_page(request: Request) -> Response:
 
 
 @router.post("/login", include_in_schema=False)
-def login(request: Request, form: PlainForm) -> Response:
+def login(request: Request, form: SignInForm) -> Response:
     sent = form.get(CSRF_FIELD, "")
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not same_origin(request) or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):

@@ -5,66 +5,52 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
-from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from baton.schemas.actions import FlowRunCreate
+from baton.schemas.actions import IDEMPOTENCY_KEY_PATTERN, FlowRunCreate
 from baton.server import shaping
 from baton.server.access import Action
 from baton.server.database.connection import transaction
-from baton.server.database.orm import Flow, FlowRun, utcnow
+from baton.server.database.orm import utcnow
 from baton.server.models import flow_runs, flows, schedule_views
 from baton.server.models.errors import IdempotencyConflict, InvalidRequest, ObjectNotFound
 from baton.server.models.schedules import schedule_policy
 from baton.server.ui import run_form
-from baton.server.ui.pages_runs import require
 from baton.server.ui.routing import UiRoute
-from baton.server.ui.web import CheckedForm, Viewer, ViewerDep, factory_of, redirect, render
+from baton.server.ui.web import (
+    CheckedForm,
+    Viewer,
+    ViewerDep,
+    factory_of,
+    reader_of,
+    redirect,
+    render,
+    require,
+    validation_message,
+)
 
 router = APIRouter(route_class=UiRoute)
 RECENT_RUNS = 20
 VERSIONS_SHOWN = 20
-_IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,200}$")
-
-
-def _last_runs(session: Session, tenant_id: str, names: list[str]) -> dict[str, FlowRun]:
-    """The newest run of each flow name: the newest run time of each version is one lookup in
-    ``ix_flow_runs_flow_created`` (never a scan of the tenant's runs), then one query for those runs."""
-    if not names:
-        return {}
-    newest_of_version = (
-        select(func.max(FlowRun.created)).where(FlowRun.flow_id == Flow.id).correlate(Flow).scalar_subquery()
-    )
-    versions = session.execute(
-        select(Flow.name, Flow.id, newest_of_version).where(Flow.tenant_id == tenant_id, Flow.name.in_(names))
-    ).all()
-    newest: dict[str, tuple[str, datetime]] = {}
-    for name, flow_id, created in versions:
-        if created is not None and (name not in newest or created > newest[name][1]):
-            newest[name] = (flow_id, created)
-    if not newest:
-        return {}
-    wanted = [(FlowRun.flow_id == flow_id) & (FlowRun.created == created) for flow_id, created in newest.values()]
-    by_flow = {run.flow_id: run for run in session.scalars(select(FlowRun).where(or_(*wanted)))}
-    return {name: by_flow[flow_id] for name, (flow_id, _created) in newest.items() if flow_id in by_flow}
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 @router.get("/flows", include_in_schema=False)
 def flows_list(request: Request, viewer: ViewerDep) -> Response:
     require(viewer, Action.FLOW_LIST)
     tenant_id = viewer.principal.tenant_id
-    with transaction(factory_of(request)) as session:
-        page = flows.list_flows(session, tenant_id, max_bytes=2 * 1024 * 1024)
+    budget = request.app.state.settings.server.max_list_bytes
+    with transaction(reader_of(request)) as session:
+        page = flows.list_flows(session, tenant_id, max_bytes=budget)
         rows = shaping.flows(viewer.principal, page.flows)
-        last = _last_runs(session, tenant_id, [flow.name for flow in rows])
+        last = flows.newest_runs_by_name(session, tenant_id, [flow.name for flow in rows])
         schedules = {}
         if viewer.can(Action.SCHEDULE_READ):
             schedules = {s.flow_name: s for s in schedule_views.list_schedules(session, tenant_id, utcnow())}
@@ -100,42 +86,48 @@ def _flow_name(name: str) -> str:
 @router.get("/flows/{name}", include_in_schema=False)
 def flow_page(request: Request, name: str, viewer: ViewerDep) -> Response:
     require(viewer, Action.FLOW_READ)
-    with transaction(factory_of(request)) as session:
+    with transaction(reader_of(request)) as session:
         context = _flow_context(session, viewer, _flow_name(name))
     return render(request, "flow.html", viewer, form={}, problems={}, error=None, **context)
+
+
+def _create(request: Request, viewer: Viewer, payload: FlowRunCreate, key: str) -> str:
+    with transaction(factory_of(request)) as session:
+        run, _new = flow_runs.create_flow_run_once(session, viewer.principal.tenant_id, payload, key)
+        return run.id
 
 
 @router.post("/flows/{name}/runs", include_in_schema=False)
 def create_run(request: Request, name: str, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.FLOW_RUN_CREATE)
     name = _flow_name(name)
-    factory = factory_of(request)
-    with transaction(factory) as session:
+    with transaction(reader_of(request)) as session:
         context = _flow_context(session, viewer, name)
     parameters, problems = run_form.read(context["fields"], form)
     labels = [label.strip() for label in form.get("labels", "").split(",") if label.strip()] or None
     key = form.get("idempotency_key", "")
     error = None
-    if not problems:
+    if not _IDEMPOTENCY_KEY.match(key):
+        error = "this form is not one this page made: reload the page and send it again"
+    elif not problems:
         try:
             payload = FlowRunCreate(flow_name=name, parameters=parameters, labels=labels)
-            with transaction(factory) as session:
-                run, _new = flow_runs.create_flow_run_once(
-                    session, viewer.principal.tenant_id, payload, key if _IDEMPOTENCY.match(key) else None
-                )
-                run_id = run.id
         except ValidationError as exc:
-            error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        except InvalidRequest as exc:
-            error = str(exc)
-        except IdempotencyConflict:
-            error = "this form already started a run: reload the page to start another"
-        except IntegrityError:
-            error = "this form was sent twice at once: see the flow's recent runs"
+            error = validation_message(exc)
         else:
-            request.app.state.notifier.notify_threadsafe(viewer.principal.tenant_id)
-            return redirect(f"/runs/{run_id}", request)
-    context["idempotency_key"] = key if _IDEMPOTENCY.match(key) else context["idempotency_key"]
+            try:
+                run_id = _create(request, viewer, payload, key)
+            except IntegrityError:  # as REST: the same form, sent at the same moment, won; this finds its run
+                run_id = _create(request, viewer, payload, key)
+            except InvalidRequest as exc:
+                error = str(exc)
+            except IdempotencyConflict:
+                error = "this form already started a run: reload the page to start another"
+            else:
+                request.app.state.notifier.notify_threadsafe(viewer.principal.tenant_id)
+                return redirect(f"/runs/{run_id}", request)
+    if _IDEMPOTENCY_KEY.match(key):
+        context["idempotency_key"] = key
     return render(request, "flow.html", viewer, 422, form=form, problems=problems, error=error, **context)
 
 

@@ -1,11 +1,14 @@
-"""Runs: the list (filtered, paged, refreshed live by htmx), a run's page, Cancel and Retry, and its log stream.
+"""Runs: the list (filtered, paged, refreshed live by htmx), a run's page, Cancel and Retry.
 
 Every read and write goes through the REST API's model functions and ``shaping`` with the session's principal,
 and every action is checked with ``access.allows`` first: a page can do nothing its key could not do over REST.
+Pages read in read-only transactions (``web.reader_of``); writes take the write factory.
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -14,28 +17,55 @@ from fastapi.responses import Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from baton.schemas.actions import IDEMPOTENCY_KEY_PATTERN
+from baton.schemas.responses import LogRead
 from baton.schemas.states import FINAL_STATES, StateName
 from baton.server import shaping
-from baton.server.access import AccessDenied, Action, denial, kind_of
+from baton.server.access import Action
 from baton.server.database.connection import transaction
 from baton.server.database.orm import utcnow
 from baton.server.models import agents, flow_runs, logs, pages, reruns, state_changes
+from baton.server.models.reruns import RETRIABLE_STATES
 from baton.server.models.tenants import hash_secret
 from baton.server.ui import charts
 from baton.server.ui.routing import UiRoute
-from baton.server.ui.web import CheckedForm, Viewer, ViewerDep, factory_of, page_url, redirect, render
+from baton.server.ui.web import (
+    CheckedForm,
+    Viewer,
+    ViewerDep,
+    factory_of,
+    page_url,
+    reader_of,
+    redirect,
+    render,
+    require,
+)
 
 router = APIRouter(route_class=UiRoute)
 PAGE_SIZE = 50
 # The list's time filter: label, and how far back.
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+# The lines a run's page shows at once; the log stream sends the rest.
 LOG_PAGE = 1000
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
-def require(viewer: Viewer, action: Action) -> None:
-    """Refuse ``action`` with the REST API's own message when the session's key may not do it."""
-    if not viewer.can(action):
-        raise AccessDenied(denial(kind_of(viewer.principal), action))
+def byte_budget(request: Request) -> int:
+    """What one page may load of a list, as REST: the server's ``max_list_bytes``."""
+    budget: int = request.app.state.settings.server.max_list_bytes
+    return budget
+
+
+def read_log_lines(
+    session: Session, request: Request, viewer: Viewer, run_id: str, after: int, limit: int
+) -> list[LogRead]:
+    """The run's lines with an id above ``after``, oldest first: at most ``limit``, and no more than the server's
+    byte budget (as REST's ``GET .../logs``); nothing when the key may not read logs."""
+    if not viewer.can(Action.LOGS_READ):
+        return []
+    tenant_id = viewer.principal.tenant_id
+    fitting = pages.lines_within(session, tenant_id, run_id, after, limit, byte_budget(request))
+    return [shaping.log(row) for row in logs.read_logs(session, tenant_id, run_id, after, fitting)]
 
 
 def _filters(request: Request) -> tuple[dict[str, str], list[str]]:
@@ -62,7 +92,7 @@ def _runs_page(session: Session, viewer: Viewer, request: Request, chosen: dict[
     )
     cursor = request.query_params.get("cursor") or None
     page = flow_runs.list_flow_runs(
-        session, viewer.principal.tenant_id, where, limit=PAGE_SIZE, cursor=cursor, max_bytes=1024 * 1024
+        session, viewer.principal.tenant_id, where, limit=PAGE_SIZE, cursor=cursor, max_bytes=byte_budget(request)
     )
     runs = shaping.flow_runs(session, viewer.principal, page.runs, flow_runs.HEAVY_FIELDS)
     next_url = page_url("/runs", **chosen, cursor=page.next_cursor) if page.next_cursor else None
@@ -73,7 +103,7 @@ def _runs_page(session: Session, viewer: Viewer, request: Request, chosen: dict[
 def runs_list(request: Request, viewer: ViewerDep) -> Response:
     require(viewer, Action.FLOW_RUN_LIST)
     chosen, problems = _filters(request)
-    with transaction(factory_of(request)) as session:
+    with transaction(reader_of(request)) as session:
         context = _runs_page(session, viewer, request, chosen)
     fragment = request.headers.get("hx-request") == "true" and request.query_params.get("fragment") == "rows"
     template = "_runs_table.html" if fragment else "runs.html"
@@ -95,9 +125,8 @@ def _run_context(session: Session, viewer: Viewer, request: Request, run_id: str
     principal = viewer.principal
     row = flow_runs.get_flow_run(session, principal.tenant_id, run_id)
     run = shaping.flow_run(session, principal, row)
-    task_rows = pages.task_runs_page(session, principal.tenant_id, run_id, None, 1024 * 1024).rows
+    task_rows = pages.task_runs_page(session, principal.tenant_id, run_id, None, byte_budget(request)).rows
     tasks = shaping.task_runs(task_rows)
-    now = utcnow()
     bars = [charts.TaskBar(t.task_name, t.state, t.start_time, t.end_time, t.attempt) for t in tasks]
     server = request.app.state.settings.server
     explanation = None
@@ -108,30 +137,35 @@ def _run_context(session: Session, viewer: Viewer, request: Request, run_id: str
     return {
         "run": run,
         "tasks": tasks,
-        "gantt": charts.gantt(bars, now=now),
+        "gantt": charts.gantt(bars, now=utcnow()),
         "explanation": explanation,
         "final": run.state in FINAL_STATES,
         "can_cancel": viewer.can(Action.FLOW_RUN_CANCEL) and run.state not in FINAL_STATES,
-        "can_retry": viewer.can(Action.FLOW_RUN_RETRY) and run.state in (StateName.FAILED, StateName.CANCELLED),
+        "can_retry": viewer.can(Action.FLOW_RUN_RETRY) and run.state in RETRIABLE_STATES,
+        # A fresh key each time the page is drawn: a double click retries once, a later click retries again.
+        "retry_key": str(uuid.uuid4()),
     }
 
 
 @router.get("/runs/{run_id}", include_in_schema=False)
 def run_page(request: Request, run_id: str, viewer: ViewerDep) -> Response:
     require(viewer, Action.FLOW_RUN_READ)
-    with transaction(factory_of(request)) as session:
-        context = _run_context(session, viewer, request, run_id)
-        logs = flow_runs_logs(session, viewer, run_id, 0)
     fragment = request.headers.get("hx-request") == "true" and request.query_params.get("fragment") == "live"
-    template = "_run_live.html" if fragment else "run.html"
-    return render(request, template, viewer, logs=logs, **context)
-
-
-def flow_runs_logs(session: Session, viewer: Viewer, run_id: str, offset: int) -> list[Any]:
-    """The run's log lines from ``offset`` (at most one page), shaped as REST answers them."""
-    if not viewer.can(Action.LOGS_READ):
-        return []
-    return [shaping.log(row) for row in logs.read_logs(session, viewer.principal.tenant_id, run_id, offset, LOG_PAGE)]
+    with transaction(reader_of(request)) as session:
+        context = _run_context(session, viewer, request, run_id)
+        lines = [] if fragment else read_log_lines(session, request, viewer, run_id, 0, LOG_PAGE)
+        after = lines[-1].id if lines else 0
+        # The page may not hold every line (its size or the byte budget): the log stream then sends the rest.
+        more = bool(lines) and bool(logs.read_logs(session, viewer.principal.tenant_id, run_id, after, 1))
+    return render(
+        request,
+        "_run_live.html" if fragment else "run.html",
+        viewer,
+        logs=lines,
+        logs_after=after,
+        logs_complete=context["final"] and not more,
+        **context,
+    )
 
 
 @router.post("/runs/{run_id}/cancel", include_in_schema=False)
@@ -145,8 +179,10 @@ def cancel_run(request: Request, run_id: str, viewer: ViewerDep, form: CheckedFo
 @router.post("/runs/{run_id}/retry", include_in_schema=False)
 def retry_run(request: Request, run_id: str, viewer: ViewerDep, form: CheckedForm) -> Response:
     require(viewer, Action.FLOW_RUN_RETRY)
-    # One retry per run and session: a double click (or the form sent again) lands on the run the first one made.
-    key = f"ui-retry:{run_id[:64]}:{hash_secret(viewer.cookie)[:16]}"
+    # The page's key makes a double click one retry; a form without one (not from the page) gets one per run and
+    # session, so sending it again cannot multiply runs either.
+    sent = form.get("idempotency_key", "")
+    key = sent if _IDEMPOTENCY_KEY.match(sent) else f"ui-retry:{run_id[:64]}:{hash_secret(viewer.cookie)[:16]}"
     try:
         with transaction(factory_of(request)) as session:
             new_id = reruns.rerun(session, viewer.principal.tenant_id, run_id, key)[0].id

@@ -127,6 +127,8 @@ def _value(field: FormField, text: str) -> Any:
         return json.loads(stripped, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: not a parameter anyone means
+        raise ValueError("nested too deeply") from None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -23,9 +23,10 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from baton.server.access import Action, allows
+from baton.server.access import AccessDenied, Action, allows, denial, kind_of
 from baton.server.database.connection import transaction
 from baton.server.database.orm import utcnow
 from baton.server.models import ui_sessions
@@ -37,6 +38,9 @@ COOKIE = "baton_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 MAX_FORM_FIELDS = 200
+# A Run form's JSON inputs may be large; the sign-in form is small, and is read before any credential is checked.
+MAX_FORM_BYTES = 4 * 1024 * 1024
+MAX_SIGN_IN_BYTES = 4096
 TEMPLATES = Path(__file__).parent / "templates"
 # Pages load nothing from elsewhere and run only this server's scripts; no framing (clickjacking).
 SECURITY_HEADERS = {
@@ -80,8 +84,21 @@ def session_policy(request: Request) -> ui_sessions.SessionPolicy:
 
 
 def factory_of(request: Request) -> sessionmaker[Session]:
+    """Sessions for writes."""
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
+
+
+def reader_of(request: Request) -> sessionmaker[Session]:
+    """Sessions for pages that only read (on SQLite they do not queue behind agents' writes)."""
+    factory: sessionmaker[Session] = request.app.state.read_session_factory
+    return factory
+
+
+def _in_background(request: Request) -> bool:
+    """A page's own refresh (an htmx poll, the log stream): not the user at work, so it keeps no session alive."""
+    polling = request.method == "GET" and request.headers.get("hx-request") == "true"
+    return polling or request.url.path.endswith("/logs/stream")
 
 
 def current_viewer(request: Request) -> Viewer:
@@ -89,22 +106,44 @@ def current_viewer(request: Request) -> Viewer:
     secret = request.cookies.get(COOKIE)
     if not secret:
         raise NotSignedIn
-    with transaction(factory_of(request)) as session:
-        signed_in = ui_sessions.resolve(session, secret, utcnow(), session_policy(request))
+    now = utcnow()
+    with transaction(reader_of(request)) as session:
+        signed_in, state = ui_sessions.resolve(session, secret, now, session_policy(request))
     if signed_in is None:
         raise NotSignedIn
+    if state is ui_sessions.SessionState.STALE and not _in_background(request):
+        with transaction(factory_of(request)) as session:
+            ui_sessions.touch(session, secret, now)
     return Viewer(signed_in.principal, signed_in.csrf_token, signed_in.expires_at, secret)
+
+
+def require(viewer: Viewer, action: Action) -> None:
+    """Refuse ``action`` with the REST API's own message when the session's key may not do it."""
+    if not viewer.can(action):
+        raise AccessDenied(denial(kind_of(viewer.principal), action))
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A request model's refusal as one line, as REST's 422 details name them: ``field: problem``."""
+    return "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
 
 
 ViewerDep = Annotated[Viewer, Depends(current_viewer)]
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    """The urlencoded body of a write (the server's body size limit applies); raises BadForm."""
+async def read_form(request: Request, max_bytes: int = MAX_FORM_BYTES) -> dict[str, str]:
+    """The urlencoded body of a write, at most ``max_bytes``; raises BadForm."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise BadForm("send the form as application/x-www-form-urlencoded")
-    body = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdecimal() and int(declared) > max_bytes:
+        raise BadForm(f"the form is larger than {max_bytes} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BadForm(f"the form is larger than {max_bytes} bytes")
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -118,11 +157,14 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def same_origin(request: Request) -> bool:
-    """Whether the browser's ``Origin`` (when it sends one) is this server (its ``Host``)."""
+    """Whether the browser's ``Origin`` (when it sends one) is this server: ``ui_public_url``'s host when the
+    operator set it (behind a proxy that rewrites ``Host``), else the request's ``Host``."""
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+    public_url = request.app.state.settings.server.ui_public_url
+    expected = urlsplit(public_url).netloc if public_url else request.headers.get("host", "")
+    return urlsplit(origin).netloc.lower() == expected.lower()
 
 
 def check_csrf(request: Request, viewer: Viewer, form: Mapping[str, str]) -> None:
@@ -130,6 +172,10 @@ def check_csrf(request: Request, viewer: Viewer, form: Mapping[str, str]) -> Non
     sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
     if not same_origin(request) or not hmac.compare_digest(sent.encode(), viewer.csrf_token.encode()):
         raise CsrfRefused("this form has expired or did not come from this page: reload the page and try again")
+
+
+async def sign_in_form(request: Request) -> dict[str, str]:
+    return await read_form(request, MAX_SIGN_IN_BYTES)
 
 
 async def checked_form(request: Request, viewer: ViewerDep) -> dict[str, str]:
@@ -141,7 +187,7 @@ async def checked_form(request: Request, viewer: ViewerDep) -> dict[str, str]:
 
 
 CheckedForm = Annotated[dict[str, str], Depends(checked_form)]
-PlainForm = Annotated[dict[str, str], Depends(read_form)]
+SignInForm = Annotated[dict[str, str], Depends(sign_in_form)]
 
 
 # --- templates ---------------------------------------------------------------------------------------------------
@@ -166,6 +212,14 @@ def between(start: datetime | None, end: datetime | None) -> str:
     return duration(((end or utcnow()) - start).total_seconds())
 
 
+LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
+
+
+def level_name(level: int) -> str:
+    """A log line's level as the Python logging name (the page and the log stream both show this)."""
+    return LEVEL_NAMES.get(level, str(level))
+
+
 def page_url(path: str, **query: Any) -> str:
     """``path`` with the non-empty ``query`` values, percent-encoded (links that keep a list's filters)."""
     parts = [f"{quote(name)}={quote(str(value), safe='')}" for name, value in query.items() if value not in (None, "")]
@@ -179,7 +233,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(ts=timestamp, duration=duration, state_class=charts.state_class)
+    env.filters.update(ts=timestamp, duration=duration, state_class=charts.state_class, level_name=level_name)
     env.globals.update(asset_url=asset_url, between=between, page_url=page_url, Action=Action)
     return env
 

@@ -25,7 +25,6 @@
   }, true);
 
   // Logs: filter by level and text, and stream new lines (server-sent events) while the run goes on.
-  var LEVELS = { 10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL" };
 
   function logFilter() {
     var level = Number((document.getElementById("log-level") || {}).value || 0);
@@ -52,7 +51,7 @@
     time.dataset.local = "1";
     var level = document.createElement("span");
     level.className = "lvl";
-    level.textContent = entry.level_name || LEVELS[entry.level] || String(entry.level);
+    level.textContent = entry.level_name || String(entry.level);
     var message = document.createElement("span");
     message.className = "msg";
     message.textContent = entry.message;
@@ -63,11 +62,10 @@
   function streamLogs() {
     var box = document.getElementById("logs");
     if (!box || !window.EventSource) return;
-    var offset = Number(box.dataset.offset || 0);
-    var page = Number(box.dataset.page || 1000);
-    if (box.dataset.final === "true" && offset < page) return;  // every line is on the page already
+    if (box.dataset.complete === "true") return;  // the run is over and every line is on the page
     var status = document.getElementById("log-status");
-    var source = new EventSource(box.dataset.stream + "?offset=" + offset);
+    // After the last line the page holds; a reconnect resumes after the last line received (Last-Event-ID).
+    var source = new EventSource(box.dataset.stream + "?after=" + encodeURIComponent(box.dataset.after || "0"));
     if (status) status.textContent = "live";
     var apply = logFilter();
     source.addEventListener("log", function (event) {
@@ -77,7 +75,7 @@
       var line = logLine(JSON.parse(event.data));
       apply(line);
       box.appendChild(line);
-      box.dataset.offset = event.lastEventId;
+      box.dataset.after = event.lastEventId;
       if (atBottom) box.scrollTop = box.scrollHeight;
     });
     source.addEventListener("end", function (event) {
