@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 LOAD_GROUP = "reliability"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns each item's group into its node id
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group") is None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import AwareDatetime
 from sqlalchemy.exc import IntegrityError
 
 from baton.schemas.actions import IDEMPOTENCY_KEY_PATTERN, MAX_INT, FlowRunCreate, StateSet
@@ -71,6 +70,19 @@ def create_flow_run(
     return result
 
 
+def _aware_time(text: str | None) -> datetime | None:
+    """An ISO 8601 time with its offset (a bare number is not a time here, whatever pydantic would allow)."""
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise InvalidRequest(f"created_after: {text[:64]!r} is not an ISO 8601 time with an offset (e.g. ...Z)")
+    return parsed
+
+
 def _include(include: str | None) -> frozenset[str]:
     asked = frozenset(part.strip() for part in (include or "").split(",") if part.strip())
     unknown = asked - flow_runs.HEAVY_FIELDS
@@ -98,7 +110,8 @@ def list_flow_runs(
     ] = False,
     label: Annotated[str | None, Query(max_length=128, description="only runs carrying this label")] = None,
     created_after: Annotated[
-        AwareDatetime | None, Query(description="only runs created at or after this time (with its offset)")
+        str | None,
+        Query(max_length=64, description="only runs created at or after this ISO 8601 time (with its offset)"),
     ] = None,
 ) -> list[FlowRunRead]:
     """Newest first. Items leave out ``parameters`` and ``states`` unless ``include`` names them; an answer stops
@@ -110,7 +123,9 @@ def list_flow_runs(
         page = flow_runs.list_flow_runs(
             session,
             principal.tenant_id,
-            flow_runs.RunFilter(state.value if state else None, flow_name, late_before, label, created_after),
+            flow_runs.RunFilter(
+                state.value if state else None, flow_name, late_before, label, _aware_time(created_after)
+            ),
             limit=limit,
             offset=offset,
             cursor=cursor,
