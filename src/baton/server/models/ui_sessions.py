@@ -84,7 +84,8 @@ def start(session: Session, principal: Principal, now: datetime, policy: Session
 class SessionState(Enum):
     LIVE = "live"
     STALE = "stale"  # live, and its last_seen is older than TOUCH_EVERY: refresh it (``touch``)
-    ENDED = "ended"  # idle too long or past its end: delete it (``purge``)
+    ENDED = "ended"  # idle too long or past its end: delete it (``end``)
+    UNKNOWN = "unknown"  # no such live session (never was, signed out, or its key revoked)
 
 
 def resolve(
@@ -94,7 +95,7 @@ def resolve(
     caller should write about it. Reads only: page views run in read transactions, which on SQLite do not queue
     behind agents' writes; the rare write (``touch``, ``purge``) takes a transaction of its own."""
     if not secret.startswith(SESSION_PREFIX) or len(secret) > 100:
-        return None, SessionState.ENDED
+        return None, SessionState.UNKNOWN
     row = session.execute(
         select(UiSession, ApiKey, Tenant.name)
         .join(ApiKey, ApiKey.id == UiSession.api_key_id)
@@ -102,7 +103,7 @@ def resolve(
         .where(UiSession.id_hash == hash_secret(secret), ApiKey.revoked_at.is_(None))
     ).first()
     if row is None:
-        return None, SessionState.ENDED
+        return None, SessionState.UNKNOWN
     ui_session, key, tenant_name = row
     if ui_session.expires_at <= now or ui_session.last_seen + policy.idle <= now:
         return None, SessionState.ENDED

@@ -91,7 +91,7 @@ def flow_page(request: Request, name: str, viewer: ViewerDep) -> Response:
     return render(request, "flow.html", viewer, form={}, problems={}, error=None, **context)
 
 
-def _create(request: Request, viewer: Viewer, payload: FlowRunCreate, key: str) -> str:
+def _create(request: Request, viewer: Viewer, payload: FlowRunCreate, key: str | None) -> str:
     with transaction(factory_of(request)) as session:
         run, _new = flow_runs.create_flow_run_once(session, viewer.principal.tenant_id, payload, key)
         return run.id
@@ -107,7 +107,7 @@ def create_run(request: Request, name: str, viewer: ViewerDep, form: CheckedForm
     labels = [label.strip() for label in form.get("labels", "").split(",") if label.strip()] or None
     key = form.get("idempotency_key", "")
     error = None
-    if not _IDEMPOTENCY_KEY.match(key):
+    if key and not _IDEMPOTENCY_KEY.match(key):  # as REST: no key is no idempotency; a malformed one is refused
         error = "this form is not one this page made: reload the page and send it again"
     elif not problems:
         try:
@@ -116,9 +116,9 @@ def create_run(request: Request, name: str, viewer: ViewerDep, form: CheckedForm
             error = validation_message(exc)
         else:
             try:
-                run_id = _create(request, viewer, payload, key)
+                run_id = _create(request, viewer, payload, key or None)
             except IntegrityError:  # as REST: the same form, sent at the same moment, won; this finds its run
-                run_id = _create(request, viewer, payload, key)
+                run_id = _create(request, viewer, payload, key or None)
             except InvalidRequest as exc:
                 error = str(exc)
             except IdempotencyConflict:

@@ -109,6 +109,9 @@ def current_viewer(request: Request) -> Viewer:
     now = utcnow()
     with transaction(reader_of(request)) as session:
         signed_in, state = ui_sessions.resolve(session, secret, now, session_policy(request))
+    if state is ui_sessions.SessionState.ENDED:
+        with transaction(factory_of(request)) as session:
+            ui_sessions.end(session, secret)
     if signed_in is None:
         raise NotSignedIn
     if state is ui_sessions.SessionState.STALE and not _in_background(request):
