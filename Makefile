@@ -24,9 +24,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# On pytest-xdist workers, one per core; tests/conftest.py groups the tests (one group per file, and the
-# load-like reliability tests together). PYTEST_ARGS="-n 0" runs them in one process.
-PYTEST_ARGS ?= -n auto --dist loadgroup
+# On pytest-xdist workers, one per core; tests/conftest.py's scheduler groups the tests (one unit per file, and
+# the load-like reliability tests together). PYTEST_ARGS="-n 0" runs them in one process.
+PYTEST_ARGS ?= -n auto --dist loadfile
 unit: install
 	$(BIN)/pytest -q --durations=25 $(PYTEST_ARGS)
 
