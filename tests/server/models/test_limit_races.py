@@ -170,15 +170,21 @@ def test_claims_over_several_limits_never_exceed_any_and_never_deadlock(
     assert len(seen) > 1 and (ended or 0) >= 10
 
 
-def test_on_sqlite_every_transaction_holds_the_write_lock_from_its_first_read(
-    api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client, sessions: sessionmaker[Session]
-) -> None:
-    # Two SQLite claims may both count a free slot unless each holds the single write lock while it counts
+def _sqlite_limited_run_and_agent(api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client) -> str:
+    """A run of a flow limited to one at a time, and an agent that may take it (SQLite only); the agent's id."""
     if not api_server.database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL claims lock each limit instead")
     name = tenant.register_flow(unique("etl"), max_concurrent_runs=1).name
     user.create_flow_run(flow_name=name)
     [agent_id] = _agents(runner, [], count=1)
+    return agent_id
+
+
+def test_on_sqlite_every_transaction_holds_the_write_lock_from_its_first_read(
+    api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client, sessions: sessionmaker[Session]
+) -> None:
+    # Two SQLite claims may both count a free slot unless each holds the single write lock while it counts
+    agent_id = _sqlite_limited_run_and_agent(api_server, tenant, user, runner)
     database = api_server.database_url.removeprefix("sqlite:///")
 
     with transaction(sessions) as session:
@@ -196,11 +202,7 @@ def test_on_sqlite_every_transaction_holds_the_write_lock_from_its_first_read(
 def test_a_sqlite_engine_without_immediate_transactions_may_not_count_slots(
     api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client
 ) -> None:
-    if not api_server.database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL claims lock each limit instead")
-    name = tenant.register_flow(unique("etl"), max_concurrent_runs=1).name
-    user.create_flow_run(flow_name=name)
-    [agent_id] = _agents(runner, [], count=1)
+    agent_id = _sqlite_limited_run_and_agent(api_server, tenant, user, runner)
     # Given an engine that lets the driver begin deferred transactions (before its first write only)
     engine = create_engine(api_server.database_url)
     try:
