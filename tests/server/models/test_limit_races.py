@@ -170,7 +170,9 @@ def test_claims_over_several_limits_never_exceed_any_and_never_deadlock(
     assert len(seen) > 1 and (ended or 0) >= 10
 
 
-def _sqlite_limited_run_and_agent(api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client) -> str:
+def _sqlite_limited_run_and_agent(
+    api_server: ServerProcess, tenant: TenantContext, user: Client, runner: Client
+) -> str:
     """A run of a flow limited to one at a time, and an agent that may take it (SQLite only); the agent's id."""
     if not api_server.database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL claims lock each limit instead")
