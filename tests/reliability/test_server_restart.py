@@ -72,7 +72,7 @@ def test_runs_survive_two_server_crashes_with_no_run_or_log_line_lost_or_doubled
     run_ids = [crash_admin.create_flow_run(flow_name="counter").id for _ in range(RUNS)]
 
     # When the server is SIGKILLed while runs execute, stays down a while and comes back, twice
-    _wait_for_states(crash_admin, run_ids, agents, at_least={"Running": 6})
+    _wait_for_states(crash_admin, run_ids, agents, at_least={"Running": 4})
     crash_server.restart(down_seconds=DOWN_SECONDS)
     # (Runs go in waves of 12: right after a wave ends, few may be Running; one is enough to crash under.)
     _wait_for_states(crash_admin, run_ids, agents, at_least={"Success": 12, "Running": 1})
@@ -90,7 +90,11 @@ def test_runs_survive_two_server_crashes_with_no_run_or_log_line_lost_or_doubled
 
 
 def _states(admin: Client, run_ids: list[str]) -> Counter[str]:
-    return Counter(admin.get_flow_run(run_id).state for run_id in run_ids)
+    # One list request is one snapshot: forty GETs in a row on a loaded machine spanned several seconds, and runs
+    # moved through Running between the first and the last, so "6 Running at once" was never seen.
+    wanted = set(run_ids)
+    runs = admin.list_flow_runs(flow_name="counter", limit=len(run_ids))
+    return Counter(run.state for run in runs if run.id in wanted)
 
 
 def _wait_for_states(
@@ -105,7 +109,7 @@ def _wait_for_states(
             raise AssertionError(
                 f"runs not in states {at_least} after {timeout}s: {dict(counts)}" + _agent_logs(agents)
             )
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def _wait_until_final(

@@ -40,6 +40,7 @@ from baton.server.services.lateness import LatenessService
 from baton.server.services.leases import LeaseExpiryService
 from baton.server.services.notifications import NotificationService
 from baton.server.services.recovery import RecoveryService
+from baton.server.services.run_counts import RunCountService
 from baton.server.services.runner import run_periodically
 from baton.server.services.scheduler import SchedulerService
 from baton.server.services.wakeups import PostgresWakeups
@@ -81,11 +82,13 @@ def _services(
     recovery = RecoveryService(factory, notifier, policy, margin)
     notify = NotificationService(factory, server)
     lateness = LatenessService(factory)
+    counts = RunCountService(factory)
     return [
         ("lease-expiry", leases.run_once),
         ("recovery", recovery.run_once),
         ("lateness", lateness.run_once),
         ("notifications", notify.run_once),
+        ("run-counts", counts.run_once),
     ]
 
 

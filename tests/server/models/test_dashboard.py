@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton.server.database.connection import transaction
 from baton.server.database.orm import FlowRun
-from baton.server.models import dashboard
+from baton.server.models import dashboard, run_counts
 from server.harness import TenantContext, unique
 
 
@@ -36,7 +36,7 @@ def test_runs_are_counted_by_creation_hour_and_state_within_a_day(
         _age(api_database, user.create_flow_run(flow_name=name).id, created, state)
 
     with api_database() as session:
-        counts = dashboard.runs_by_hour(session, tenant.id, now - timedelta(hours=24))
+        counts = run_counts.by_hour(session, tenant.id, now - timedelta(hours=24))
 
     assert counts == {
         datetime(2026, 12, 2, 15, tzinfo=UTC): {"Success": 2, "Failed": 1},

@@ -263,6 +263,12 @@ def stored_json_problems(run: FlowRun, omit: frozenset[str] = frozenset()) -> di
     before those checks, or straight into the database, may hold anything: one such row must not make every list
     and claim of its tenant fail (issue 8, item 3).
     """
+    return _checked(run, omit)[0]
+
+
+def _checked(run: FlowRun, omit: frozenset[str]) -> tuple[dict[str, str], RunConfig]:
+    """The run's stored-field problems, and its run config as served (empty when it has a problem): validated once,
+    as a list serves each run's config from this same check."""
     problems: dict[str, str] = {}
     checked: list[tuple[str, Any]] = [("deployment", run.deployment)]
     if "parameters" not in omit:  # an omitted field is not loaded (a list defers it): looking would load it
@@ -275,14 +281,11 @@ def stored_json_problems(run: FlowRun, omit: frozenset[str] = frozenset()) -> di
         if problem is not None:
             problems[name] = problem
     try:
-        RunConfig.model_validate(run.run_config)
+        run_config = RunConfig.model_validate(run.run_config)
     except ValidationError as exc:
         problems["run_config"] = _validation_problem(exc)
-    return problems
-
-
-def _servable_run_config(run: FlowRun, problems: dict[str, str]) -> RunConfig:
-    return RunConfig() if "run_config" in problems else RunConfig.model_validate(run.run_config)
+        run_config = RunConfig()
+    return problems, run_config
 
 
 def _state_read(row: FlowRunState) -> StateRead:
@@ -317,7 +320,8 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
     # Lists show agents by name (issue 9): one query for all of them.
     agent_names: dict[str, str] = {}
     if agent_ids:
-        agent_names = dict(session.execute(select(Agent.id, Agent.name).where(Agent.id.in_(agent_ids))).tuples().all())
+        rows = session.execute(select(Agent.id, Agent.name).where(Agent.id.in_(agent_ids)))
+        agent_names = {agent_id: name for agent_id, name in rows}
     history: dict[str, list[StateRead]] = defaultdict(list)
     if "states" not in omit:
         state_rows = session.scalars(
@@ -327,7 +331,7 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
             history[row.flow_run_id].append(_state_read(row))
     reads = []
     for run in runs:
-        problems = stored_json_problems(run, omit)
+        problems, run_config = _checked(run, omit)
         if problems:
             logger.warning("flow run %s: stored fields cannot be served, served empty: %s", run.id, problems)
         reads.append(
@@ -348,7 +352,7 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
                 start_time=run.start_time,
                 end_time=run.end_time,
                 deployment=None if "deployment" in problems else run.deployment,
-                run_config=_servable_run_config(run, problems),
+                run_config=run_config,
                 attempt=run.attempt,
                 retried_from=run.retried_from,
                 states=history[run.id],

@@ -192,12 +192,23 @@ def list_flows(
 
 def stored_json_problems(flow: Flow) -> dict[str, str]:
     """The flow's stored JSON fields that cannot be served as they are, with why (see ``flow_runs``'s)."""
+    return _checked(flow)[0]
+
+
+def _checked(flow: Flow) -> tuple[dict[str, str], Storage, RunConfig]:
+    """The flow's stored-field problems, and its storage and run config as served (empty when they have one):
+    each validated once."""
     problems: dict[str, str] = {}
-    for name, model in (("storage", Storage), ("run_config", RunConfig)):
-        try:
-            model.model_validate(getattr(flow, name))
-        except ValidationError as exc:
-            problems[name] = str(exc.errors(include_url=False)[0]["msg"])
+    try:
+        storage = Storage.model_validate(flow.storage)
+    except ValidationError as exc:
+        problems["storage"] = str(exc.errors(include_url=False)[0]["msg"])
+        storage = Storage()
+    try:
+        run_config = RunConfig.model_validate(flow.run_config)
+    except ValidationError as exc:
+        problems["run_config"] = str(exc.errors(include_url=False)[0]["msg"])
+        run_config = RunConfig()
     for name, value in (("parameters_schema", flow.parameters_schema), ("schedule", flow.schedule)):
         problem = json_value_problem(value)
         if problem is not None:
@@ -205,12 +216,12 @@ def stored_json_problems(flow: Flow) -> dict[str, str]:
     stored: Any = flow.parameters_schema  # typed dict, but a row written by hand may hold any JSON
     if not isinstance(stored, dict):
         problems["parameters_schema"] = "not a JSON object"
-    return problems
+    return problems, storage, run_config
 
 
 def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
     """The flow's API form; a stored field that cannot be served is served empty, and logged."""
-    problems = stored_json_problems(flow)
+    problems, storage, run_config = _checked(flow)
     if problems:
         logger.warning("flow %s: stored fields cannot be served, served empty: %s", flow.id, problems)
     return FlowRead(
@@ -218,8 +229,8 @@ def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
         name=flow.name,
         version=flow.version,
         entrypoint=flow.entrypoint,
-        storage=Storage() if "storage" in problems else Storage.model_validate(flow.storage),
-        run_config=RunConfig() if "run_config" in problems else RunConfig.model_validate(flow.run_config),
+        storage=storage,
+        run_config=run_config,
         labels=flow.labels,
         parameters_schema={} if "parameters_schema" in problems else flow.parameters_schema,
         tasks=flow.tasks,
@@ -236,23 +247,40 @@ def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
     )
 
 
-def newest_runs_by_name(session: Session, tenant_id: str, names: list[str]) -> dict[str, FlowRun]:
-    """The newest run of each flow name: the newest run time of each version is one lookup in
-    ``ix_flow_runs_flow_created`` (never a scan of the tenant's runs), then one query for those runs."""
+@dataclass(frozen=True)
+class LastRun:
+    """What the flows list shows of a flow's newest run."""
+
+    id: str
+    state: str
+    created: datetime
+
+
+def newest_runs_by_name(session: Session, tenant_id: str, names: list[str]) -> dict[str, LastRun]:
+    """The newest run of each flow name, in one query: each version's newest run is a probe of
+    ``ix_flow_runs_flow_created`` from its newest end (never a scan of the tenant's runs); the newest of the
+    versions is picked here."""
     if not names:
         return {}
-    newest_of_version = (
-        select(func.max(FlowRun.created)).where(FlowRun.flow_id == Flow.id).correlate(Flow).scalar_subquery()
-    )
-    versions = session.execute(
-        select(Flow.name, Flow.id, newest_of_version).where(Flow.tenant_id == tenant_id, Flow.name.in_(names))
+
+    def newest(column: Any) -> Any:
+        # The same order in each: the three columns come from one run, also when two share a creation time.
+        return (
+            select(column)
+            .where(FlowRun.flow_id == Flow.id)
+            .order_by(FlowRun.created.desc(), FlowRun.id.desc())
+            .limit(1)
+            .correlate(Flow)
+            .scalar_subquery()
+        )
+
+    rows = session.execute(
+        select(Flow.name, newest(FlowRun.created), newest(FlowRun.id), newest(FlowRun.state)).where(
+            Flow.tenant_id == tenant_id, Flow.name.in_(names)
+        )
     ).all()
-    newest: dict[str, tuple[str, datetime]] = {}
-    for name, flow_id, created in versions:
-        if created is not None and (name not in newest or created > newest[name][1]):
-            newest[name] = (flow_id, created)
-    if not newest:
-        return {}
-    wanted = [(FlowRun.flow_id == flow_id) & (FlowRun.created == created) for flow_id, created in newest.values()]
-    by_flow = {run.flow_id: run for run in session.scalars(select(FlowRun).where(or_(*wanted)))}
-    return {name: by_flow[flow_id] for name, (flow_id, _created) in newest.items() if flow_id in by_flow}
+    last: dict[str, LastRun] = {}
+    for name, created, run_id, state in rows:
+        if run_id is not None and (name not in last or (created, run_id) > (last[name].created, last[name].id)):
+            last[name] = LastRun(run_id, state, created)
+    return last

@@ -87,12 +87,17 @@ def _overdue(dialect: str, now: datetime) -> ColumnElement[bool]:
 def skip_too_late_runs(session: Session, now: datetime, batch: int = 500) -> list[FlowRun]:
     """Cancel up to ``batch`` claimable runs, of every tenant, later than their flow's ``max_lateness``."""
     dialect = session.get_bind().dialect.name
+    # The flows with a policy first: usually none, and then the runs are not looked at (the sweep runs every
+    # second, and walking every waiting run of every tenant cost ~50 ms at 10k of them).
+    policed = select(Flow.id).where(Flow.max_lateness_seconds.is_not(None))
+    if session.scalar(policed.limit(1)) is None:
+        return []
     query = (
         select(FlowRun, Flow.max_lateness_seconds)
         .join(Flow, Flow.id == FlowRun.flow_id)
         .where(
+            FlowRun.flow_id.in_(policed),
             FlowRun.state.in_(_CLAIMABLE),
-            Flow.max_lateness_seconds.is_not(None),
             FlowRun.scheduled_start_time < now - timedelta(seconds=1),
             _overdue(dialect, now),
         )

@@ -14,7 +14,7 @@ from baton.server import shaping
 from baton.server.access import Action
 from baton.server.database.connection import transaction
 from baton.server.database.orm import utcnow
-from baton.server.models import agents, dashboard, flow_runs, tenants
+from baton.server.models import agents, dashboard, flow_runs, run_counts, tenants
 from baton.server.models.errors import InvalidRequest
 from baton.server.ui import charts
 from baton.server.ui.routing import UiRoute
@@ -42,7 +42,7 @@ def dashboard_page(request: Request, viewer: ViewerDep) -> Response:
     # The chart's 24 bars are whole hours, the last one the current hour: every figure counts from the first.
     first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
     with transaction(reader_of(request)) as session:
-        counts = dashboard.runs_by_hour(session, tenant_id, first_hour)
+        counts = run_counts.by_hour(session, tenant_id, first_hour)
         failing = dashboard.failing_flows(session, tenant_id, first_hour)
         late_filter = flow_runs.RunFilter(late_before=now - timedelta(seconds=server.late_after_seconds))
         late_rows = flow_runs.list_flow_runs(session, tenant_id, late_filter, limit=LATE_SHOWN).runs
