@@ -126,16 +126,10 @@ def _database(kind: str, tmp: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp / 'baton.db'}"
         return
-    from postgres_support import PostgresCluster, find_bin_dir
+    from postgres_support import throwaway_database
 
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        raise SystemExit("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
-    cluster = PostgresCluster(bin_dir).start()
-    try:
-        yield cluster.create_database()
-    finally:
-        cluster.stop()
+    with throwaway_database() as url:
+        yield url
 
 
 def _wait_until_done(chaos: Chaos, creators: list[threading.Thread], timeout: float) -> None:

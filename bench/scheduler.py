@@ -46,16 +46,10 @@ def database(kind: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="baton-bench-scheduler-") as directory:
             yield f"sqlite:///{directory}/baton.db"
         return
-    from postgres_support import PostgresCluster, find_bin_dir
+    from postgres_support import throwaway_database
 
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        raise SystemExit("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
-    cluster = PostgresCluster(bin_dir).start()
-    try:
-        yield cluster.create_database()
-    finally:
-        cluster.stop()
+    with throwaway_database() as url:
+        yield url
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -6,11 +6,13 @@ initdb refuses to run as root: as root, the cluster's commands run as the ``post
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from support import free_port
@@ -73,3 +75,17 @@ class PostgresCluster:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_database() -> Iterator[str]:
+    """The URL of a fresh database in a cluster started for it and deleted afterwards (the benchmarks' PostgreSQL);
+    exits with what to install when there are no PostgreSQL binaries."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        raise SystemExit("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
+    cluster = PostgresCluster(bin_dir).start()
+    try:
+        yield str(cluster.create_database())
+    finally:
+        cluster.stop()

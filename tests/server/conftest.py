@@ -7,13 +7,16 @@ The chain: ``api_server`` → ``tenant`` → role keys (``admin``, ``user``, ``r
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.client import Client
 from baton.schemas.responses import AgentRead, ClaimedRun, FlowRead, FlowRunRead
 from baton.server.database.connection import create_database_engine, create_session_factory
+from baton.server.database.migrate import upgrade
 from server.harness import TenantContext
 from support import ServerProcess
 
@@ -28,6 +31,20 @@ def api_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     server = ServerProcess(tmp_path_factory.mktemp(f"api-server-{request.param}"), **settings_env).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database of the test's own, migrated to head, with no server on it (the test drives the models and
+    services itself): a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("postgres_cluster").create_database())
+    else:
+        url = f"sqlite:///{tmp_path / 'own.db'}"
+    engine = create_database_engine(url, 6)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="package")

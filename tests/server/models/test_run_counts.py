@@ -5,12 +5,12 @@ over ``flow_runs``, before and after the deltas are folded, and racing folds cou
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.schemas.actions import FlowCreate, FlowRunCreate
@@ -20,20 +20,14 @@ from baton.server.database.migrate import upgrade
 from baton.server.database.orm import FlowRun, FlowRunCount, FlowRunCountDelta
 from baton.server.models import flow_runs, flows, run_counts, tenants
 from baton.server.services.run_counts import RunCountService
+from server.harness import TenantContext, unique
 
 SINCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_cluster").create_database()
-    else:
-        url = f"sqlite:///{tmp_path}/counts.db"
-    engine = create_database_engine(url, 6)
-    upgrade(engine)
-    yield create_session_factory(engine)
-    engine.dispose()
+@pytest.fixture
+def factory(migrated_engine: Engine) -> sessionmaker[Session]:
+    return create_session_factory(migrated_engine)
 
 
 def _tenant(factory: sessionmaker[Session], name: str) -> str:
@@ -220,3 +214,27 @@ def test_counts_leave_out_hours_before_since(factory: sessionmaker[Session]) -> 
     assert list(hours.values()) == [{"Scheduled": 1}] and list(flows_.values()) == [{"Scheduled": 1}]
     (hour,) = hours
     assert hour.tzinfo is UTC and hour >= since.replace(minute=0, second=0, microsecond=0)
+
+
+def test_the_server_folds_the_changes_its_runs_make(tenant: TenantContext, api_database: sessionmaker[Session]) -> None:
+    # Given runs made and cancelled through the API of a running server
+    name = tenant.register_flow(unique("folded")).name
+    user = tenant.client(tenant.key("user"))
+    runs = [user.create_flow_run(flow_name=name).id for _ in range(3)]
+    user.cancel_flow_run(runs[0])
+
+    # Then its run-counts service folds them (every services_interval_seconds), leaving the counts exact
+    def pending() -> int:
+        with api_database() as session:
+            query = select(func.count()).where(FlowRunCountDelta.tenant_id == tenant.id)
+            return int(session.scalar(query.select_from(FlowRunCountDelta)) or 0)
+
+    deadline = time.monotonic() + 20
+    while pending() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pending() == 0
+    with api_database() as session:
+        assert {state: n for (state,), n in run_counts.totals(session, tenant.id, SINCE, ("state",))} == {
+            "Scheduled": 2,
+            "Cancelled": 1,
+        }

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from baton.schemas.notifications import NotificationRuleCreate
 from baton.schemas.states import StateName
 from baton.server.database.connection import create_database_engine, create_session_factory, transaction
-from baton.server.database.migrate import upgrade
 from baton.server.database.orm import Agent, Flow, FlowRun, NotificationDelivery, Tenant
 from baton.server.models import flow_runs, notifications
 from baton.server.models import notification_outbox as outbox
@@ -42,16 +41,9 @@ class Now:
         return self.value
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_cluster").create_database()
-    else:
-        url = f"sqlite:///{tmp_path / 'outbox.db'}"
-    built = create_database_engine(url, 4)
-    upgrade(built)
-    yield built
-    built.dispose()
+@pytest.fixture
+def engine(migrated_engine: Engine) -> Engine:
+    return migrated_engine
 
 
 @pytest.fixture

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.schemas.actions import FlowCreate
 from baton.schemas.schedules import BackfillRequest
-from baton.server.database.connection import create_database_engine, create_session_factory, transaction
-from baton.server.database.migrate import upgrade
+from baton.server.database.connection import create_session_factory, transaction
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel
 from baton.server.models import flow_runs, flows, schedule_views, schedules, tenants
 from baton.server.models.errors import Conflict, InvalidRequest
@@ -29,16 +26,9 @@ T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 POLICY = SchedulePolicy(horizon_seconds=600, catchup_seconds=300, max_runs_per_clock=100)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_cluster").create_database()
-    else:
-        url = f"sqlite:///{tmp_path}/scheduler.db"
-    engine = create_database_engine(url, 5)
-    upgrade(engine)
-    yield create_session_factory(engine)
-    engine.dispose()
+@pytest.fixture
+def factory(migrated_engine: Engine) -> sessionmaker[Session]:
+    return create_session_factory(migrated_engine)
 
 
 @pytest.fixture
