@@ -210,9 +210,13 @@ def connect(base_url: str | None = None, timeout: int = 120) -> DockerClient:
 
     Raises:
         DockerUnavailableError: no daemon answers there.
+        ImageBuildError: the docker SDK is not installed (the ``docker`` extra).
     """
-    import docker
-    import requests
+    try:
+        import docker
+        import requests
+    except ModuleNotFoundError as exc:
+        raise ImageBuildError(f"this needs the docker SDK ({exc}): pip install 'baton[docker]'") from exc
 
     where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 

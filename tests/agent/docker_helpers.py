@@ -47,11 +47,15 @@ def envdump():
 """
 
 VOLUME_FLOW = """
+import os
 from pathlib import Path
 from baton import flow
 
 @flow
 def shared(write: bool = False):
+    # /scratch: the agent's anonymous volume (a bare --volume /scratch), a mount of its own, writable
+    assert os.path.ismount("/scratch"), "/scratch is not a volume"
+    Path("/scratch/note").write_text("scratch")
     text = Path("/shared/in.txt").read_text()
     assert text == "from the host", text
     print(f"read: {text}", flush=True)

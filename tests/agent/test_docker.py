@@ -166,7 +166,7 @@ def test_a_read_only_volume_is_visible_but_not_writable_and_named_volumes_are_cr
     register_flow(admin, "shared-docker", VOLUME_FLOW, "shared", image=baton_image)
     reader = new_run("shared-docker")
     writer = new_run("shared-docker", parameters={"write": True})
-    agent = docker_agent(volumes=[f"{shared}:/shared:ro", f"{volume}:/cache"])
+    agent = docker_agent(volumes=[f"{shared}:/shared:ro", f"{volume}:/cache", "/scratch"])
     running = run_in_thread(agent)
 
     read = wait_state(admin, reader, FINAL_STATES, timeout=90)

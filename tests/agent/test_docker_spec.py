@@ -44,6 +44,8 @@ def claimed_run(api: FakeApi, storage: dict[str, Any] | None = None, **run_confi
         ("/srv/data:/data:ro", VolumeSpec("/srv/data", "/data", "ro", named=False)),
         ("cache:/cache:rw", VolumeSpec("cache", "/cache", "rw", named=True)),
         ("my_vol.1:/v", VolumeSpec("my_vol.1", "/v", "rw", named=True)),
+        # Prefect 1's and Docker's bare container path: an anonymous volume
+        ("/volume1", VolumeSpec("", "/volume1", "rw", named=False)),
     ],
 )
 def test_volume_specs_are_bind_mounts_or_named_volumes(spec: str, expected: VolumeSpec) -> None:
@@ -59,7 +61,7 @@ def test_relative_and_home_paths_are_made_absolute_host_paths() -> None:
 @pytest.mark.parametrize(
     ("spec", "problem"),
     [
-        ("/data", "expected HOST:CONTAINER"),
+        ("data", "expected HOST:CONTAINER"),
         ("/a:/b:ro:x", "expected HOST:CONTAINER"),
         (":/data", "expected HOST:CONTAINER"),
         ("/srv:/data:rx", "must be ro or rw"),
@@ -161,8 +163,8 @@ def test_containers_are_labelled_with_their_run_flow_and_flow_name() -> None:
 
 
 def test_the_agent_refuses_malformed_options_when_it_is_built(settings: BatonSettings, api: FakeApi) -> None:
-    with pytest.raises(ConfigurationError, match="'/data'"):
-        DockerAgent(settings=settings, client=api, volumes=["/data"])
+    with pytest.raises(ConfigurationError, match="'data'"):
+        DockerAgent(settings=settings, client=api, volumes=["data"])
     with pytest.raises(ConfigurationError, match="--network host"):
         DockerAgent(settings=settings, client=api, networks=["host", "back"])
     with pytest.raises(ConfigurationError, match="--docker-client-timeout"):

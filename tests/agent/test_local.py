@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -241,8 +242,12 @@ def test_local_agent_runs_a_claimed_run_end_to_end(
 
 
 def test_missing_working_dir_fails_the_run_with_a_message_naming_it(
-    make_local: Callable[..., ScriptAgent], api: FakeApi, run_in_thread: Callable[[Any], AgentThread]
+    make_local: Callable[..., ScriptAgent],
+    api: FakeApi,
+    run_in_thread: Callable[[Any], AgentThread],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="baton.agent")
     run_id = api.add_run(labels=[hostname_label()], type="local", working_dir="/no/such/dir")
     agent = make_local()
     running = run_in_thread(agent)
@@ -251,6 +256,10 @@ def test_missing_working_dir_fails_the_run_with_a_message_naming_it(
     assert "/no/such/dir" in (api.last_state(run_id)[1] or "")
     agent.stop()
     running.join()
+    # The agent's log says why in one line; the traceback is only for DEBUG (the user's mistake is not a crash)
+    (said,) = [r for r in caplog.records if r.getMessage().startswith(f"could not deploy run {run_id}")]
+    assert said.levelno == logging.WARNING and said.exc_info is None and "/no/such/dir" in said.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.exc_info]
 
 
 def test_cold_stop_kills_the_process_group_and_fails_the_run(

@@ -244,3 +244,21 @@ def test_install_refuses_max_polls(invoke: Any) -> None:
     result = invoke("agent", "local", "install", "--max-polls", "1")
     assert result.exit_code == 2
     assert "--max-polls does not fit an installed agent" in result.stderr
+
+
+def test_prefect_1_docker_command_lines_are_accepted(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import baton.agent
+
+    FakeAgent.built = []
+    FakeAgent.fail_with = None
+    monkeypatch.setattr(baton.agent, "DockerAgent", FakeAgent, raising=False)
+    # The seed's own forms: a bare container path as a volume, and the deprecated --no-docker-interface
+    result = invoke(
+        "agent", "docker", "start", "-k", "bat_k", "--volume", "/volume1", "--volume", "/srv:/data:ro",
+        "--no-docker-interface",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert "--no-docker-interface is deprecated and does nothing" in result.stderr
+    assert FakeAgent.built[0]["volumes"] == ["/volume1", "/srv:/data:ro"]
+    assert "no_docker_interface" not in FakeAgent.built[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,20 @@ def test_build_image_without_a_daemon_is_one_line_and_exit_3(invoke: Any, monkey
     assert result.exit_code == 3
     assert result.stderr.startswith("Error: cannot reach the Docker daemon at unix:///nonexistent/docker.sock")
     assert result.stderr.count("\n") == 1
+
+
+def test_build_image_without_the_docker_extra_says_what_to_install(
+    invoke: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an install without the docker SDK (None in sys.modules: importing it fails as if it were missing)
+    monkeypatch.setitem(sys.modules, "docker", None)
+
+    result = invoke("docker", "build-image", "--source", str(REPO_ROOT))
+
+    # Then one line that says which extra to install, not a traceback
+    assert result.exit_code == 1
+    assert "pip install 'baton[docker]'" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output + result.stderr
 
 
 def test_build_image_failure_is_the_daemons_message_and_exit_1(

@@ -151,8 +151,8 @@ class DockerAgent(Agent):
         base_url: the daemon's address (``-b/--base-url``); default ``DOCKER_HOST``, else the local socket.
         no_pull: never pull: a run whose image is not present locally fails (``--no-pull``).
         show_flow_logs: stream the containers' output to the agent's stdout, prefixed by the run name.
-        volumes: ``HOST:CONTAINER[:ro|rw]`` mounts for every container; a host path or a named volume
-            (created if missing).
+        volumes: ``HOST:CONTAINER[:ro|rw]`` mounts for every container, a host path or a named volume (created if
+            missing); or a bare ``/container/path``, an anonymous volume (one per container, removed with it).
         networks: the first is given at creation (``host``/``none``: the network mode), the others connected
             before the container starts.
         docker_client_timeout: seconds before a Docker API call times out (default 60).
@@ -424,7 +424,9 @@ class DockerAgent(Agent):
         given = dict(run_config.host_config)
         if given.pop("auto_remove", False):
             logger.warning("ignoring auto_remove in a run config: the agent removes containers once they have ended")
-        binds = [volume.bind for volume in self.volumes] + list(convert_volume_binds(given.pop("binds", None) or []))
+        binds = [volume.bind for volume in self.volumes if not volume.anonymous] + list(
+            convert_volume_binds(given.pop("binds", None) or [])
+        )
         hosts: dict[str, str] | list[str] = given.pop("extra_hosts", None) or {}
         if api_gateway:
             if isinstance(hosts, dict):

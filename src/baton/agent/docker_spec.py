@@ -49,12 +49,17 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 @dataclass(frozen=True)
 class VolumeSpec:
-    """One ``--volume``: ``source`` is an absolute host path (``named`` False) or a volume name."""
+    """One ``--volume``: ``source`` is an absolute host path (``named`` False), a volume name, or empty for an
+    anonymous volume (Docker's ``-v /path``: a new volume for each container, removed with it)."""
 
     source: str
     target: str
     mode: str
     named: bool
+
+    @property
+    def anonymous(self) -> bool:
+        return not self.source
 
     @property
     def bind(self) -> str:
@@ -64,18 +69,23 @@ class VolumeSpec:
 
 def parse_volume(spec: str) -> VolumeSpec:
     """Parse ``host:container[:ro|rw]``; a host path may be absolute, ``~/...`` or ``./...`` (made absolute here).
+    A bare absolute ``/container/path`` is an anonymous volume there (Prefect 1's and Docker's ``-v /path``).
 
     Raises:
         ConfigurationError: the spec is malformed; the message quotes it.
     """
     parts = spec.split(":")
+    if len(parts) == 1 and spec.startswith("/"):
+        return VolumeSpec("", spec, "rw", named=False)
     mode = "rw"
     if len(parts) == 3:
         mode = parts.pop()
         if mode not in ("ro", "rw"):
             raise ConfigurationError(f"--volume {spec!r}: the mode must be ro or rw, not {mode!r}")
     if len(parts) != 2 or not all(parts):
-        raise ConfigurationError(f"--volume {spec!r}: expected HOST:CONTAINER[:ro|rw], e.g. /srv/data:/data:ro")
+        raise ConfigurationError(
+            f"--volume {spec!r}: expected HOST:CONTAINER[:ro|rw], e.g. /srv/data:/data:ro, or a bare /container/path"
+        )
     source, target = parts
     if not target.startswith("/"):
         raise ConfigurationError(f"--volume {spec!r}: the container path {target!r} must be absolute")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from baton.agent.runs import ActiveRun, Deployment, Phase
 from baton.agent.timeouts import effective_timeout, overdue, timed_out_message
-from baton.exceptions import ClientError, ConfigurationError, ConflictError
+from baton.exceptions import BatonError, ClientError, ConfigurationError, ConflictError
 from baton.schemas.responses import ClaimedRun, FlowRunRead
 from baton.schemas.states import StateName
 
@@ -157,7 +157,14 @@ class RunLifecycle:
             await self._release(run, f"without deploying it: {problem}")
             return
         level = logging.ERROR if isinstance(exc, ClientError | ConfigurationError) else logging.WARNING
-        logger.log(level, "could not deploy run %s (%s): %s", run.id, run.name, message, exc_info=exc)
+        # A known deployment problem (a missing working directory, an image not there) is the run's or the
+        # operator's, told in one line; its traceback helps only whoever debugs the agent. Anything else is a bug.
+        expected = isinstance(exc, BatonError)
+        logger.log(
+            level, "could not deploy run %s (%s): %s", run.id, run.name, message, exc_info=None if expected else exc
+        )
+        if expected:
+            logger.debug("deployment of run %s failed", run.id, exc_info=exc)
         self._status.deployment_failures += 1
         if not run.superseded:  # else the run is the new claim's, whose deploy may well succeed
             await self._agent.api.set_state_if_allowed(run.id, "Failed", message)

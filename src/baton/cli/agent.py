@@ -184,7 +184,8 @@ def _docker_options(func: Any) -> Any:
             "volumes",
             multiple=True,
             metavar="HOST:CONTAINER[:ro|rw]",
-            help="A volume for every flow container (repeatable); a name instead of a host path is a named volume.",
+            help="A volume for every flow container (repeatable); a name instead of a host path is a named volume, "
+            "a bare /container/path an anonymous one.",
         ),
         click.option(
             "--network",
@@ -198,6 +199,11 @@ def _docker_options(func: Any) -> Any:
             type=click.IntRange(min=1),
             default=None,
             help="Timeout of Docker API calls in seconds (default 60).",
+        ),
+        click.option(
+            "--no-docker-interface",
+            is_flag=True,
+            help="Deprecated, does nothing: accepted so that Prefect 1 command lines keep working.",
         ),
     ]
     for option in reversed([*options, *_policy_options()]):
@@ -230,6 +236,8 @@ def start_docker(state: CliState, /, **params: Any) -> None:
     """
     common = CommonAgentOptions.pop_from(params, state)
     policy = DockerPolicy.parse({name: params.pop(name) for name in DockerPolicy.model_fields})
+    if params.pop("no_docker_interface"):
+        click.echo("Warning: --no-docker-interface is deprecated and does nothing (as in Prefect 1.x).", err=True)
     common.warn_about_key()
     settings = common.settings(state)
     cls = agent_class("docker")
