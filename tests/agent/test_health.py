@@ -253,3 +253,27 @@ def test_health_answers_503_starting_while_the_agent_registers(
     api.wait_for(lambda: get(f"{url}/api/health")[0] == 200)
     agent.stop()
     running.join()
+
+
+def test_health_recovers_at_the_first_poll_after_an_outage_not_a_long_poll_later(
+    api: FakeApi,
+    settings: BatonSettings,
+    make_agent: Callable[..., InMemoryAgent],
+    run_in_thread: Callable[[Any], AgentThread],
+) -> None:
+    # Given an agent whose long polls wait 30 s, and whose claim call fails once (the API was away)
+    settings.agent.poll_wait_seconds = 30
+    api.fail_next("claim", ServerUnavailableError("connection refused"))
+    agent = make_agent(agent_address="http://127.0.0.1:0")
+    running = run_in_thread(agent)
+    api.wait_for(lambda: agent.health_server is not None and agent.status.api_errors == 1)
+    assert agent.health_server is not None
+
+    # Then, with the API back, the next claim does not wait on the server and health is 200 within moments
+    api.wait_for(lambda: get(f"{agent.health_server.url}/api/health")[0] == 200, timeout=5)
+    assert api.claims[0]["wait_seconds"] == 0  # the failed call never reached the (fake) server's list
+    # And once recovered, polls are long again
+    api.wait_for(lambda: len(api.claims) >= 2, timeout=5)
+    assert api.claims[1]["wait_seconds"] == 30
+    agent.stop(cold=True)
+    running.join()

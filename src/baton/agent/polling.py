@@ -203,6 +203,9 @@ class Poller:
         self.in_flight: ClaimCall | None = None  # the latest claim call, until its outcome is taken
         self.handed_over: ClaimCall | None = None  # a call that releases what it claims from its own thread
         self._platform_problem: str | None = None  # as last seen by the loop, to log changes once
+        # After a failed claim the next one does not wait on the server: a long poll that succeeds reports only
+        # when it returns, so health would say "failing" for a whole poll_wait_seconds after the API is back.
+        self._recovering = False
 
     async def run(self) -> None:
         """Claim runs while slots are free, until ``--max-polls`` claim calls or a stop."""
@@ -240,7 +243,8 @@ class Poller:
         agent = self._agent
         client, agent_id = agent.client, agent.agent_id
         assert agent_id is not None
-        claim = ClaimCall(lambda: client.claim(agent_id, limit=free, wait_seconds=wait_seconds), agent.loop)
+        wait = 0.0 if self._recovering else wait_seconds
+        claim = ClaimCall(lambda: client.claim(agent_id, limit=free, wait_seconds=wait), agent.loop)
         self.in_flight = claim.start()
         try:
             response = await claim.result(give_up=agent.stop_control.stop_requested)
@@ -252,12 +256,14 @@ class Poller:
                 agent.runs.accept(claimed)  # launched while stopping, so released
             return
         agent.api.succeeded(POLL_DUTY)
+        self._recovering = False
         agent.status.polls += 1
         for claimed in response.runs:
             agent.runs.accept(claimed)
 
     async def _back_off(self, exc: ServerUnavailableError, what: str) -> None:
         delay = self._agent.api.failed(exc, POLL_DUTY)
+        self._recovering = True
         logger.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
         await self._agent.stop_control.wait_poll(timeout=delay, poke_only=True)
 

@@ -11,7 +11,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, union_all
+from sqlalchemy import bindparam, delete, func, select, text, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -134,3 +134,9 @@ def _add(session: Session, sums: Counter[CountKey], postgres: bool) -> None:
             index_elements=list(key_names), set_={"count": table_.c.count + stmt.excluded.count}
         )
         session.execute(stmt, rows)
+        # A key back at zero (its runs moved on: Submitted, Running) is deleted, so the tables hold only what
+        # counts; a key probe each, on the primary key.
+        emptied = delete(table_).where(
+            *(table_.c[name] == bindparam(f"key_{name}") for name in key_names), table_.c.count == 0
+        )
+        session.execute(emptied, [{f"key_{name}": row[name] for name in key_names} for row in rows])

@@ -26,8 +26,9 @@ depends_on = None
 
 # A run's creation hour as whole hours since 1970-01-01 UTC (``models/run_counts.hour_number``) from a row
 # reference (NEW or OLD), per database. SQLite stores times as UTC text 'YYYY-MM-DD HH:MM:SS.ffffff'
-# (orm.UTCDateTime), which its strftime reads; integer division floors (the times are after 1970).
-_SQLITE_HOUR = "(CAST(strftime('%s', {row}.created) AS INTEGER) / 3600)"
+# (orm.UTCDateTime), which its strftime reads, from the seconds only: given the fraction it rounds to milliseconds,
+# and 12:59:59.9996 would land in 13:00. Integer division floors (the times are after 1970).
+_SQLITE_HOUR = "(CAST(strftime('%s', substr({row}.created, 1, 19)) AS INTEGER) / 3600)"
 _POSTGRES_HOUR = "CAST(floor(extract(epoch FROM {row}.created) / 3600) AS INTEGER)"
 _DELTA = "INSERT INTO flow_run_count_deltas (tenant_id, hour, flow_id, state, delta) VALUES ({values})"
 # What a count is keyed by; Baton itself only ever changes state and flow_id (re-registration moves scheduled runs
