@@ -322,3 +322,36 @@ def test_many_log_lines_arrive_complete_and_in_order(launcher: Launcher) -> None
     printed = [log.message for log in logs if log.name == "stdout"]
     assert printed == [f"line {number}" for number in range(1200)]
     assert [(log.level, log.message) for log in logs if log.name == "chatty"] == [(30, "done")]
+
+
+CHATTY = """
+import sys, time
+from baton import flow
+
+@flow
+def chatty_reader_gone():
+    for n in range(20):
+        print(f"line {n:02d}", flush=True)
+        print(f"err {n:02d}", file=sys.stderr, flush=True)
+        time.sleep(0.1)
+"""
+
+
+def test_a_flow_outlives_the_reader_of_its_output(launcher: Launcher) -> None:
+    # Given a flow whose output an agent shows (-f: the agent reads the process's stdout and stderr)
+    launcher.register(launcher.write_flow("chatty_reader_gone", CHATTY))
+    engine = launcher.start(launcher.claim("chatty_reader_gone"))
+    wait_for(lambda: any(log.message == "line 02" for log in engine.logs()), what="the flow to print")
+
+    # When that agent goes away (its ends of the pipes close)
+    assert engine.process.stdout is not None and engine.process.stderr is not None
+    engine.process.stdout.close()
+    engine.process.stderr.close()
+
+    # Then the flow goes on to Success, every line still reaching the API, and the process exits 0 (not 120)
+    assert engine.process.wait(timeout=30) == 0
+    run = engine.run()
+    assert run.state == "Success", run.state_message
+    messages = [log.message for log in engine.logs()]
+    assert [m for m in messages if m.startswith("line ")] == [f"line {n:02d}" for n in range(20)]
+    assert [m for m in messages if m.startswith("err ")] == [f"err {n:02d}" for n in range(20)]

@@ -18,7 +18,9 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -261,7 +263,10 @@ class StreamTee:
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        written = self._stream.write(text)
+        try:
+            written = self._stream.write(text)
+        except BrokenPipeError:
+            written = self._to_devnull(text)
         thread = threading.get_ident()
         with self._lock:
             pending = self._partial.pop(thread, "") + text
@@ -277,7 +282,24 @@ class StreamTee:
             self.write(line)
 
     def flush(self) -> None:
-        self._stream.flush()
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull("")
+
+    def _to_devnull(self, text: str) -> int:
+        """The reader of the real stream is gone (an agent showing flow logs, ``-f``, exited): point the stream's
+        file descriptor at /dev/null and go on. The run's lines still reach the API; a flow must outlive its
+        agent, and must not fail on a print (nor exit 120 when Python flushes stdout at exit)."""
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()  # what the pipe refused now goes to /dev/null, so later writes start clean
+        return len(text)
 
     def finish(self) -> None:
         """Ship the lines left without a final newline."""
