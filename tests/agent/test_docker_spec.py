@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -214,3 +215,20 @@ def test_an_invalid_host_config_fails_the_deployment(settings: BatonSettings, ap
     with pytest.raises(DeploymentError, match=r"invalid host_config in the run config: .*memory_limit"):
         agent._host_config(docker_api, RunConfig(type="docker", host_config={"memory_limit": "1g"}), False)
     docker_api.close()
+
+
+def test_an_api_on_loopback_is_warned_about_unless_containers_share_the_hosts_network(
+    settings: BatonSettings, api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.api.url = "http://127.0.0.1:4200"
+    with caplog.at_level(logging.WARNING, logger="baton.agent"):
+        DockerAgent(settings=settings, client=api)
+    (warning,) = [r.getMessage() for r in caplog.records if "loopback" in r.getMessage()]
+    assert "http://host.docker.internal:4200" in warning and "--network host" in warning
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="baton.agent"):
+        DockerAgent(settings=settings, client=api, networks=["host"])
+        settings.api.url = "http://10.1.2.3:4200"
+        DockerAgent(settings=settings, client=api)
+    assert not [r for r in caplog.records if "loopback" in r.getMessage()]

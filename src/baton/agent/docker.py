@@ -198,6 +198,8 @@ class DockerAgent(Agent):
         self.run_policy = DockerPolicy.parse(policy)
         if self.networks.mode == "none":
             logger.warning("--network none: flow-run containers cannot reach the API, their runs will fail")
+        else:
+            self._warn_about_a_loopback_api()
         self._docker: APIClient | None = None  # calls with docker_client_timeout
         self._streams: APIClient | None = None  # log streams and waits: no timeout
         self._connect_lock = threading.Lock()
@@ -205,6 +207,21 @@ class DockerAgent(Agent):
         self._stop_checking = threading.Event()
         self._checker: threading.Thread | None = None
         self._leftovers: set[str] = set()  # containers to remove once the daemon answers again
+
+    def _warn_about_a_loopback_api(self) -> None:
+        """An API on 127.0.0.1 is reached from a bridge network through the host's gateway, where a server
+        listening on 127.0.0.1 only does not answer: say so at start, not after a run waited in vain."""
+        url = self.settings.api.url
+        seen, gateway = container_api_url(url, self.networks.mode == "host")
+        if gateway:
+            logger.warning(
+                "the API is at %s, a loopback address: flow-run containers will call %s (this host, seen from "
+                "the %s network), so the server must listen on an address they reach, not only 127.0.0.1; "
+                "else use --network host",
+                url,
+                seen,
+                self.networks.mode or "default bridge",
+            )
 
     # --- the daemon ------------------------------------------------------------------------------
 

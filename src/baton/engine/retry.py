@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from baton.backoff import Backoff
+from baton.client.http import is_unreachable
 from baton.exceptions import ServerUnavailableError
 
 T = TypeVar("T")
@@ -33,6 +34,7 @@ def call_with_retry(
     *,
     what: str,
     timeout_seconds: float = 60.0,
+    unreachable_seconds: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Return ``call()``, retrying it while the API is unavailable for at most ``timeout_seconds``.
@@ -41,20 +43,26 @@ def call_with_retry(
         call: the API call.
         what: what the call does, for the log line of each retry.
         timeout_seconds: give up after this long.
+        unreachable_seconds: give up sooner, after this long, while no attempt reaches the API at all (no
+            connection, a timeout): an answer, even a 5xx, says the address is right.
         sleep: replaced in tests.
 
     Raises:
         ServerUnavailableError: the API stayed unavailable for ``timeout_seconds``.
         ClientError: the API refused the call.
     """
-    deadline = time.monotonic() + timeout_seconds
+    start = time.monotonic()
+    deadline = start + timeout_seconds
     attempt = 0
+    answered = False
     while True:
         try:
             return call()
         except ServerUnavailableError as exc:
             attempt += 1
-            remaining = deadline - time.monotonic()
+            answered = answered or not is_unreachable(exc)
+            budget = timeout_seconds if answered or unreachable_seconds is None else unreachable_seconds
+            remaining = min(deadline, start + budget) - time.monotonic()
             if remaining <= 0:
                 raise
             delay = min(backoff_delay(attempt), remaining)

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from baton.client.http import Client
+from baton.client.http import Client, is_unreachable
 from baton.engine.cancel import TERMINATED, CancelSignal
 from baton.engine.heartbeat import Heartbeat
 from baton.engine.limits import MAX_MESSAGE_LENGTH
@@ -42,6 +42,8 @@ logger = logging.getLogger("baton.engine")
 
 EXIT_SUCCESS = 0
 EXIT_FAILED = 1
+# How long the first call keeps trying an API that never answers at all (see ``_read_run``).
+FIRST_CONTACT_SECONDS = 30.0
 _CANCEL_STATES = frozenset({StateName.CANCELLING, StateName.CANCELLED})
 
 
@@ -168,6 +170,9 @@ class FlowRunner:
                 lambda: self._client.get_flow_run(self._id),
                 what="read the flow run",
                 timeout_seconds=self._state_retry_seconds,
+                # This process's first call: an API it cannot reach at all is most likely an address it cannot
+                # reach (a container on a bridge network given 127.0.0.1): say so within a minute, not after 4.
+                unreachable_seconds=FIRST_CONTACT_SECONDS,
             )
         except AuthenticationError as exc:
             logger.error(
@@ -175,7 +180,17 @@ class FlowRunner:
                 "token is wrong",
                 exc,
             )
-        except (ServerUnavailableError, ClientError) as exc:
+        except ServerUnavailableError as exc:
+            where = self._client.api_url
+            hint = ""
+            if is_unreachable(exc):
+                hint = (
+                    "; nothing answers there from this process (in a container on a bridge network, 127.0.0.1 "
+                    "is the container itself: run the agent with --network host, or serve the API on an address "
+                    "the containers reach)"
+                )
+            logger.error("Cannot reach the API at %s to read flow run %s: %s%s", where, self._id, exc, hint)
+        except ClientError as exc:
             logger.error("Cannot read flow run %s: %s", self._id, exc)
         return Outcome(None, None, EXIT_FAILED)
 
