@@ -20,6 +20,8 @@ from baton.settings import config_path, load_settings
         ("dev,gpu", ["dev", "gpu"]),
         (" dev , gpu ,", ["dev", "gpu"]),
         ('["dev", "gpu"]', ["dev", "gpu"]),
+        ("", []),  # set to nothing: no labels (it was "Input should be a valid list")
+        ("  ", []),
     ],
 )
 def test_labels_from_the_environment_may_be_comma_separated(

@@ -234,7 +234,7 @@ class _EnvSource(EnvSettingsSource):
 
     def explode_env_vars(self, field_name: str, field: FieldInfo, env_vars: Any) -> dict[str, Any]:
         try:
-            return super().explode_env_vars(field_name, field, env_vars)
+            exploded = super().explode_env_vars(field_name, field, env_vars)
         except ValueError:
             # Find the one variable at fault, to name it (pydantic-settings names only the section).
             for name, value in env_vars.items():
@@ -244,6 +244,18 @@ class _EnvSource(EnvSettingsSource):
                     where = name.lower().removeprefix("baton__").replace("__", ".")
                     raise EnvValueError(f"{name.upper()}: {where}: {exc}") from exc
             raise
+        self._empty_lists(field, exploded)
+        return exploded
+
+    def _empty_lists(self, field: FieldInfo | None, values: dict[str, Any]) -> None:
+        """A list variable set to nothing (``BATON__AGENT__LABELS=``) is the empty list: pydantic-settings passes
+        an empty value on undecoded, and "" is no list."""
+        for key, value in values.items():
+            target = self.next_field(field, key, self.case_sensitive)
+            if isinstance(value, dict):
+                self._empty_lists(target if isinstance(target, FieldInfo) else None, value)
+            elif isinstance(value, str) and not value.strip() and isinstance(target, FieldInfo) and _is_list(target):
+                values[key] = []
 
 
 def _is_list(field: FieldInfo) -> bool:
