@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -318,3 +320,35 @@ def test_kill_never_signals_the_pid_of_a_process_already_reaped(
     asyncio.run(agent.kill(deployment, grace_seconds=0.1))
 
     assert signalled == []
+
+
+def test_a_stored_deployment_is_stopped_only_when_it_is_provably_the_runs(
+    make_local: Callable[..., ScriptAgent],
+) -> None:
+    # Given a flow-run process started before the agent restarted (its own session, its run id in its environment)
+    agent = make_local()
+    env = {**os.environ, "BATON_FLOW_RUN_ID": "run-1"}
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    process = subprocess.Popen(sleeper, env=env, start_new_session=True)
+    here = {"pid": process.pid, "host": hostname_label()}
+    try:
+        # Then what is not provably that run's is left alone: another run's id, another host, junk
+        for run_id, data in [
+            ("run-2", here),
+            ("run-1", {**here, "host": "elsewhere"}),
+            ("run-1", {"pid": str(process.pid), "host": hostname_label()}),
+            ("run-1", {"pid": True, "host": hostname_label()}),
+            ("run-1", {"pid": 1, "host": hostname_label()}),
+            ("run-1", {}),
+        ]:
+            assert asyncio.run(agent.kill_stored(run_id, data, 1.0)) is None
+            assert process.poll() is None
+        # And the run's own process is stopped, and says what was
+        assert asyncio.run(agent.kill_stored("run-1", here, 1.0)) == f"its process {process.pid}"
+        assert process.wait(timeout=10) == -signal.SIGTERM
+        # And once it is gone, nothing is stopped (its pid may belong to someone else by now)
+        assert asyncio.run(agent.kill_stored("run-1", here, 1.0)) is None
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -167,3 +167,42 @@ def test_a_killed_flow_process_fails_its_run_with_its_exit_code(
     assert final.state == "Failed"
     assert "exited with code 137" in (final.state_message or ""), final.state_message
     assert final.states[-1].data == {"exit_code": 137}
+
+
+def test_a_cancel_reaches_a_flow_process_that_its_agent_started_before_a_restart(
+    server: ServerProcess, admin: Client, start_agent: StartAgent
+) -> None:
+    # Given a run whose flow process outlived its agent (SIGKILLed; the flow leads its own session)
+    register_sleepy(admin)
+    # (its flow inherits a 20 s heartbeat: it would learn of a cancel itself only long after its new agent)
+    first = start_agent(server, "--name", "agent-0", BATON__AGENT__HEARTBEAT_INTERVAL_SECONDS="20")
+    run = admin.create_flow_run(flow_name="sleepy")
+    running = wait_for_state(admin, run.id, {"Running"})
+    [submitted] = [state for state in running.states if state.name == "Submitted"]
+    assert submitted.data is not None
+    pid = submitted.data["pid"]
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+    os.kill(pid, 0)  # still running
+
+    # When the agent is back under the same identity and the run is cancelled
+    second = start_agent(server, "--name", "agent-0", BATON__AGENT__HEARTBEAT_INTERVAL_SECONDS="1")
+    admin.cancel_flow_run(run.id)
+
+    # Then that agent finds the process from what Submitted stored and stops it (SIGTERM: the engine, told, ends
+    # the run Cancelled itself; before, the agent marked it Cancelled and left the process running)
+    final = wait_for_state(admin, run.id, set(FINAL_STATES))
+    assert final.state == "Cancelled"
+    wait_for(lambda: not _alive(pid), timeout=10, what=f"process {pid} to end")
+    wait_for(lambda: f"stopped its process {pid}, deployed before this agent restarted" in second.log(), timeout=10)
+    assert "holds no deployment" not in (final.state_message or "")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (not reaped yet by whoever adopted it) has ended too
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"

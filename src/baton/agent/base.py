@@ -205,6 +205,15 @@ class Agent(abc.ABC):
         """The agent exits while ``deployment`` still runs (``--max-polls``, fatal error): let it go on alone."""
         return None
 
+    async def kill_stored(self, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
+        """Stop a deployment of run ``run_id`` known only by what its Submitted state stored (``data``): one this
+        agent's identity made before a restart. Only when the deployment is still there and provably that run's.
+
+        Returns:
+            What was stopped, for the Cancelled message; None when nothing of it is here to stop.
+        """
+        return None
+
     # --- public controls -----------------------------------------------------------------------
 
     def start(self) -> None:

@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import secrets
-import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -49,16 +48,20 @@ from baton.agent.docker_policy import DockerPolicy, PolicyCheck, refusal_message
 from baton.agent.docker_spec import (
     EXCLUSIVE_NETWORKS,
     HOST_GATEWAY_NAME,
+    LABEL_FLOW_RUN_ID,
     NetworkPlan,
     VolumeSpec,
     container_api_url,
     container_labels,
     container_name,
     image_of,
+    loopback_api_warning,
     normalize_registries,
     parse_volumes,
     plan_networks,
     registry_of,
+    unix_socket_problem,
+    without_env_values,
 )
 from baton.agent.runs import Deployment, Ended
 from baton.exceptions import ConfigurationError, DeploymentError, PlatformUnavailableError
@@ -96,35 +99,6 @@ def _explain(exc: BaseException) -> str:
     if isinstance(exc, APIError) and exc.explanation:
         return str(exc.explanation)
     return str(exc) or type(exc).__name__
-
-
-def _without_env_values(text: str, env: dict[str, str]) -> str:
-    """``text`` with each ``NAME=value`` of ``env`` it quotes masked: the daemon quotes a refused variable whole
-    (``invalid environment variable: =value``), and run-config values are secrets (never logged or stored)."""
-    for name, value in env.items():
-        text = text.replace(f"{name}={value}", f"{name}=********")
-    return text
-
-
-def _unix_socket_problem(address: str) -> str | None:
-    """Why nothing answers on a ``unix://`` daemon socket, or None (also for other kinds of address).
-
-    Checked before the SDK connects: its unix-socket connection leaks the socket when the connect fails, which
-    a daemon that is down would make happen every few seconds.
-    """
-    for prefix in ("unix://", "http+unix://"):
-        if address.startswith(prefix):
-            path = address[len(prefix) :]
-            break
-    else:
-        return None
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(5)
-        try:
-            probe.connect(path)
-        except OSError as exc:
-            return f"cannot connect to {path}: {exc.strerror or exc}"
-    return None
 
 
 def _stream_logs(client: APIClient, container: Container, prefix: str) -> None:
@@ -198,8 +172,8 @@ class DockerAgent(Agent):
         self.run_policy = DockerPolicy.parse(policy)
         if self.networks.mode == "none":
             logger.warning("--network none: flow-run containers cannot reach the API, their runs will fail")
-        else:
-            self._warn_about_a_loopback_api()
+        elif (warning := loopback_api_warning(self.settings.api.url, self.networks.mode)) is not None:
+            logger.warning("%s", warning)
         self._docker: APIClient | None = None  # calls with docker_client_timeout
         self._streams: APIClient | None = None  # log streams and waits: no timeout
         self._connect_lock = threading.Lock()
@@ -207,21 +181,6 @@ class DockerAgent(Agent):
         self._stop_checking = threading.Event()
         self._checker: threading.Thread | None = None
         self._leftovers: set[str] = set()  # containers to remove once the daemon answers again
-
-    def _warn_about_a_loopback_api(self) -> None:
-        """An API on 127.0.0.1 is reached from a bridge network through the host's gateway, where a server
-        listening on 127.0.0.1 only does not answer: say so at start, not after a run waited in vain."""
-        url = self.settings.api.url
-        seen, gateway = container_api_url(url, self.networks.mode == "host")
-        if gateway:
-            logger.warning(
-                "the API is at %s, a loopback address: flow-run containers will call %s (this host, seen from "
-                "the %s network), so the server must listen on an address they reach, not only 127.0.0.1; "
-                "else use --network host",
-                url,
-                seen,
-                self.networks.mode or "default bridge",
-            )
 
     # --- the daemon ------------------------------------------------------------------------------
 
@@ -261,7 +220,7 @@ class DockerAgent(Agent):
         params: dict[str, Any] = kwargs_from_env()  # DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH
         if self.base_url:
             params["base_url"] = self.base_url
-        problem = _unix_socket_problem(self.daemon_address)
+        problem = unix_socket_problem(self.daemon_address)
         if problem is not None:
             raise PlatformUnavailableError(
                 f"cannot reach the Docker daemon at {self.daemon_address}: {problem} "
@@ -293,7 +252,7 @@ class DockerAgent(Agent):
 
     def check_daemon(self) -> None:
         """Ping the daemon; record its loss, or its return (the agent then claims again at once)."""
-        problem = _unix_socket_problem(self.daemon_address)
+        problem = unix_socket_problem(self.daemon_address)
         if problem is not None:
             self._lost(problem)
             return
@@ -483,7 +442,7 @@ class DockerAgent(Agent):
                 name = f"{name}-{secrets.token_hex(3)}"
                 created = client.create_container(name=name, **params)
         except APIError as exc:
-            detail = _without_env_values(_explain(exc), environment)
+            detail = without_env_values(_explain(exc), environment)
             raise DeploymentError(f"cannot create a container of image {image}: {detail}") from None
         return Container(id=str(created["Id"]), name=name, image=image)
 
@@ -559,6 +518,27 @@ class DockerAgent(Agent):
     async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
         container: Container = deployment.handle
         await asyncio.to_thread(self._stop, container, grace_seconds)
+
+    async def kill_stored(self, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
+        """A container this agent created before it restarted: still there, and labelled with this run."""
+        container_id = data.get("container_id")
+        if not isinstance(container_id, str) or not container_id:
+            return None
+        return await asyncio.to_thread(self._stop_stored, container_id, run_id, grace_seconds)
+
+    def _stop_stored(self, container_id: str, run_id: str, grace_seconds: float) -> str | None:
+        try:
+            info = self._docker_client().inspect_container(container_id)
+        except (DockerException, requests.RequestException):  # gone, or no daemon: nothing to stop here
+            return None
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_FLOW_RUN_ID) != run_id:
+            return None
+        name = str(info.get("Name") or container_id).lstrip("/")
+        self._stop(
+            Container(id=container_id, name=name, image=str((info.get("Config") or {}).get("Image"))), grace_seconds
+        )
+        return f"its container {name}"
 
     def _stop(self, container: Container, grace_seconds: float) -> None:
         if self._problem is not None:

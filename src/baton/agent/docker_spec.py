@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -219,3 +220,45 @@ def container_labels(claimed: ClaimedRun) -> dict[str, str]:
         LABEL_FLOW_ID: claimed.flow.id,
         LABEL_FLOW_NAME: claimed.flow.name,
     }
+
+
+def without_env_values(text: str, env: dict[str, str]) -> str:
+    """``text`` with each ``NAME=value`` of ``env`` it quotes masked: the daemon quotes a refused variable whole
+    (``invalid environment variable: =value``), and run-config values are secrets (never logged or stored)."""
+    for name, value in env.items():
+        text = text.replace(f"{name}={value}", f"{name}=********")
+    return text
+
+
+def unix_socket_problem(address: str) -> str | None:
+    """Why nothing answers on a ``unix://`` daemon socket, or None (also for other kinds of address).
+
+    Checked before the SDK connects: its unix-socket connection leaks the socket when the connect fails, which
+    a daemon that is down would make happen every few seconds.
+    """
+    for prefix in ("unix://", "http+unix://"):
+        if address.startswith(prefix):
+            path = address[len(prefix) :]
+            break
+    else:
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            return f"cannot connect to {path}: {exc.strerror or exc}"
+    return None
+
+
+def loopback_api_warning(api_url: str, network_mode: str | None) -> str | None:
+    """What to tell the operator at start when containers would call a loopback API through the host's gateway,
+    where a server listening on 127.0.0.1 only does not answer; None when they can reach it as it is."""
+    seen, gateway = container_api_url(api_url, network_mode == "host")
+    if not gateway:
+        return None
+    return (
+        f"the API is at {api_url}, a loopback address: flow-run containers will call {seen} (this host, seen from "
+        f"the {network_mode or 'default bridge'} network), so the server must listen on an address they reach, not "
+        "only 127.0.0.1; else use --network host"
+    )

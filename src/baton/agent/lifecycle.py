@@ -209,8 +209,13 @@ class RunLifecycle:
         agent = self._agent
         run = self._registry.get(run_id)
         if run is None:
-            # Not ours any more (an agent restarted under the same identity): nothing to kill.
-            message = f"cancelled: agent {agent.name} holds no deployment"
+            # Deployed by this identity before a restart: found again from what its Submitted state stored.
+            stopped = await self._kill_stored(run_id)
+            if stopped is None:
+                message = f"cancelled: agent {agent.name} holds no deployment"
+            else:
+                message = f"cancelled: agent {agent.name} stopped {stopped}, deployed before it restarted"
+                logger.info("run %s: stopped %s, deployed before this agent restarted", run_id, stopped)
             await agent.api.set_state_if_allowed(run_id, "Cancelled", message)
             return
         if run.phase is Phase.KILLING:
@@ -219,6 +224,22 @@ class RunLifecycle:
         if run.phase is Phase.CLAIMED:
             return  # _launch stops it as soon as its deploy returns
         await self.stop_deployment(run, "Cancelled", f"cancelled: agent {agent.name} stopped its deployment")
+
+    async def _kill_stored(self, run_id: str) -> str | None:
+        agent = self._agent
+        try:
+            current = await agent.api.get_flow_run(run_id)
+        except BatonError as exc:
+            logger.warning("cannot read run %s to stop its deployment: %s", run_id, exc)
+            return None
+        submitted = [state for state in current.states if state.name == StateName.SUBMITTED]
+        if not submitted or not isinstance(submitted[-1].data, dict):
+            return None
+        try:
+            return await agent.kill_stored(run_id, submitted[-1].data, agent.kill_grace_seconds)
+        except Exception:  # a platform error: the run is still cancelled, and the operator told
+            logger.exception("could not stop the deployment of run %s", run_id)
+            return None
 
     def time_out(self, now: float) -> None:
         """Kill every deployment that has run past its limit and fail its run "timed out after N s"."""

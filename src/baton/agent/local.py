@@ -81,6 +81,25 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
+def _runs_flow_run(pid: int, run_id: str) -> bool:
+    """Whether process ``pid`` is the flow-run process of ``run_id``: its environment says so (a pid alone may
+    have been given to another process since)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:  # gone, or not ours to read: not provably the run's
+        return False
+    return f"BATON_FLOW_RUN_ID={run_id}".encode() in environ.split(b"\0")
+
+
+def _wait_pidfd(pidfd: int, timeout: float) -> bool:
+    """Whether the process of ``pidfd`` ends within ``timeout`` seconds (a pidfd is readable once it has)."""
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
 class LocalAgent(Agent):
     """Deploys flow runs as local subprocesses. See :class:`baton.agent.base.Agent` for the common options.
 
@@ -263,6 +282,31 @@ class LocalAgent(Agent):
         while process.poll() is None:
             await asyncio.sleep(0.02)
         self._forget_workdir(process.pid)
+
+    async def kill_stored(self, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
+        """A flow-run process this agent started before it restarted: on this host, still running, and with
+        this run's id in its environment (read through a pidfd, so the pid cannot change hands meanwhile)."""
+        pid = data.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or data.get("host") != hostname_label():
+            return None
+        return await asyncio.to_thread(self._kill_pid, pid, run_id, grace_seconds)
+
+    def _kill_pid(self, pid: int, run_id: str, grace_seconds: float) -> str | None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # ended already (or no pidfd support): nothing to stop
+            return None
+        try:
+            if not _runs_flow_run(pid, run_id):
+                return None
+            _signal_group(pid, signal.SIGTERM)
+            # By force only while the leader lives: not our child, it is reaped at once when it ends, and its pid
+            # (so the group id) is free again.
+            if not _wait_pidfd(pidfd, grace_seconds):
+                _signal_group(pid, signal.SIGKILL)
+            return f"its process {pid}"
+        finally:
+            os.close(pidfd)
 
     def detach(self, deployment: Deployment) -> None:
         process: subprocess.Popen[str] = deployment.handle
