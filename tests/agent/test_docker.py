@@ -499,3 +499,31 @@ def test_the_agent_claims_nothing_while_its_daemon_is_gone_and_recovers_when_it_
     assert run.state == "Success", run.state_message
     assert health(address)[0] == 200
     stop_agent(agent, running)
+
+
+def test_a_stored_container_is_stopped_only_when_it_is_labelled_with_the_run(
+    docker_agent: MakeAgent,
+    docker_client: docker.DockerClient,
+    docker_base_image: str,
+    docker_cleanup: DockerCleanup,
+) -> None:
+    # Given a container of run-1 made before the agent restarted (the agent holds no handle of it)
+    run_id = f"run-{secrets.token_hex(4)}"
+    container = docker_client.containers.run(
+        docker_base_image, ["sleep", "60"], labels={"io.baton.flow-run-id": run_id}, detach=True, network_mode="host"
+    )
+    docker_cleanup.container(container.id)
+    agent = docker_agent()
+
+    # Then another run's cancel, or junk, leaves it alone
+    assert asyncio.run(agent.kill_stored("another-run", {"container_id": container.id}, 1.0)) is None
+    assert asyncio.run(agent.kill_stored(run_id, {"container_id": 42}, 1.0)) is None
+    assert asyncio.run(agent.kill_stored(run_id, {"container_id": "no-such-container"}, 1.0)) is None
+    container.reload()
+    assert container.status == "running"
+    # And its own run's cancel stops and removes it
+    assert (
+        asyncio.run(agent.kill_stored(run_id, {"container_id": container.id}, 1.0)) == f"its container {container.name}"
+    )
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(container.id)
