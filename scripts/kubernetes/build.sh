@@ -4,10 +4,11 @@
 # binaries and the network reaches only package registries, so: apt (deb-src) for the source, Debian's Go for the
 # toolchain, the source's own vendor/ for the Go dependencies (nothing is downloaded by `go`).
 #
-# Two patches are applied, by this script, to the unpacked source (see README.md for why):
-#   reflect2:  vendor/github.com/modern-go/reflect2 (v1.0.1, crashes under Go >= 1.18) is replaced by Debian's
-#              golang-github-modern-go-reflect2-dev (1.0.2).
-#   oom-adj-0: dockershim's pod sandbox oom_score_adj (-998) becomes 0: this sandbox refuses negative values.
+# Three patches are applied, by this script, to the unpacked source (see README.md for why):
+#   reflect2:     vendor/github.com/modern-go/reflect2 (v1.0.1, crashes under Go >= 1.18) is replaced by Debian's
+#                 golang-github-modern-go-reflect2-dev (1.0.2).
+#   sandbox-oom:  dockershim's pod sandbox oom_score_adj (-998) becomes 0: this sandbox refuses negative values.
+#   guaranteed-oom: containers of Guaranteed (and critical) pods get oom_score_adj 0 instead of -997, same reason.
 #
 # Idempotent, and a fast no-op when the binaries and a matching stamp file are already in place.
 #
@@ -25,7 +26,7 @@ force=0
 [ "${1:-}" = "--force" ] && force=1
 
 # Bump PATCHSET whenever a patch (or anything else changing the binaries) changes: the stamp then no longer matches.
-PATCHSET="reflect2-debian-1.0.2,dockershim-sandbox-oom-adj-0,pause-static-1"
+PATCHSET="reflect2-debian-1.0.2,dockershim-sandbox-oom-adj-0,guaranteed-oom-adj-0,pause-static-1"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 # Build: Go, the reflect2 replacement, dpkg-source (apt-get source), make/rsync/jq used by hack/, gcc + libc for
 # cgo (kubelet) and the static pause binary. Run: etcd, openssl (certificates), docker (dockershim).
@@ -152,6 +153,18 @@ elif grep -qE '^\s*defaultSandboxOOMAdj int = 0 ' "$sandbox_go"; then
   echo "    dockershim: defaultSandboxOOMAdj already 0"
 else
   echo "    dockershim: defaultSandboxOOMAdj not found in $sandbox_go: the source changed, fix this patch" >&2
+  exit 1
+fi
+qos_go="$src/pkg/kubelet/qos/policy.go"
+unpatched="$(grep -cE '^\s*return guaranteedOOMScoreAdj$' "$qos_go" || true)"
+if [ "$unpatched" = 2 ]; then
+  # Only the two returns: the constant itself also bounds Burstable scores (>= 1000 + it) and must stay -997.
+  sed -i -E 's/^(\s*)return guaranteedOOMScoreAdj$/\1return 0 \/\/ baton: was guaranteedOOMScoreAdj (-997); this sandbox refuses a negative oom_score_adj/' "$qos_go"
+  echo "    kubelet qos: Guaranteed/critical containers' oom_score_adj -997 -> 0"
+elif [ "$unpatched" = 0 ] && [ "$(grep -c 'return 0 // baton: was guaranteedOOMScoreAdj' "$qos_go")" = 2 ]; then
+  echo "    kubelet qos: Guaranteed oom_score_adj already 0"
+else
+  echo "    kubelet qos: 'return guaranteedOOMScoreAdj' not as expected in $qos_go: the source changed, fix this patch" >&2
   exit 1
 fi
 done_step

@@ -30,6 +30,9 @@ timeout_s="${BATON_K8S_START_TIMEOUT:-180}"
 service_cidr="${BATON_K8S_SERVICE_CIDR:-127.0.100.0/24}"
 node_name=127.0.0.1   # an IP as the node name: the kubelet then reports it as the node address without a lookup
 pause_image=baton-k8s-pause:1
+# The kubelet's built-in ECR credential provider asks the AWS SDK for credentials at start, whose default chain
+# queries the EC2 metadata address 169.254.169.254: the SDK skips that query with this set (no traffic off loopback).
+export AWS_EC2_METADATA_DISABLED=true
 t0=$SECONDS
 elapsed() { echo "$((SECONDS - t0)) s"; }
 
@@ -239,6 +242,7 @@ enforceNodeAllocatable: []
 failSwapOn: false
 makeIPTablesUtilChains: false
 hairpinMode: none
+volumePluginDir: $dir/kubelet/volume-plugins
 # Never delete images of the shared dockerd (the project's images live there too) and evict only when nearly full.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99

@@ -60,15 +60,22 @@ def test_backoff_grows_exponentially_up_to_the_cap_with_jitter() -> None:
         assert all(full * 0.5 <= delay <= full for delay in delays)
 
 
-def test_call_with_retry_retries_while_unavailable_then_returns() -> None:
-    outcomes: list[Exception | str] = [ServerUnavailableError("down"), ServerUnavailableError("down"), "ok"]
-    slept: list[float] = []
+def _answers(*outcomes: Exception | str) -> Callable[[], str]:
+    """A call that raises or returns each of ``outcomes`` in turn."""
+    pending = list(outcomes)
 
     def call() -> str:
-        outcome = outcomes.pop(0)
+        outcome = pending.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+    return call
+
+
+def test_call_with_retry_retries_while_unavailable_then_returns() -> None:
+    call = _answers(ServerUnavailableError("down"), ServerUnavailableError("down"), "ok")
+    slept: list[float] = []
 
     assert call_with_retry(call, what="test", sleep=slept.append) == "ok"
     assert len(slept) == 2
@@ -101,14 +108,8 @@ def test_call_with_retry_gives_up_sooner_on_an_api_that_never_answered() -> None
 
 def test_call_with_retry_keeps_the_long_budget_once_the_api_answered() -> None:
     # A 503 is an answer: the address is right, so the short budget no longer applies
-    outcomes: list[Exception | str] = [_unreachable(), ServerUnavailableError("HTTP 503"), _unreachable(), "ok"]
+    call = _answers(_unreachable(), ServerUnavailableError("HTTP 503"), _unreachable(), "ok")
     slept: list[float] = []
-
-    def call() -> str:
-        outcome = outcomes.pop(0)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
 
     def sleep(seconds: float) -> None:
         slept.append(seconds)
