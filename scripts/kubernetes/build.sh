@@ -31,7 +31,7 @@ BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 # Build: Go, the reflect2 replacement, dpkg-source (apt-get source), make/rsync/jq used by hack/, gcc + libc for
 # cgo (kubelet) and the static pause binary. Run: etcd, openssl (certificates), docker (dockershim).
 BUILD_PACKAGES=(golang-go golang-github-modern-go-reflect2-dev dpkg-dev make rsync jq gcc libc6-dev)
-RUN_PACKAGES=(etcd-server openssl)
+RUN_PACKAGES=(etcd-server openssl curl)
 REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
 
 t_total=$SECONDS

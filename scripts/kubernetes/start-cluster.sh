@@ -5,7 +5,7 @@
 # Waits until the node is Ready and the `default` ServiceAccount (with its token) exists, so pods can be created.
 #
 # Writes:  DIR/kubeconfig    admin kubeconfig (token of a system:masters user)
-#          DIR/cluster.env   shell variables: KUBECONFIG, KUBECTL, BATON_K8S_API_URL, BATON_K8S_API_PORT, ...
+#          DIR/cluster.env   KEY=value lines: KUBECONFIG, KUBECTL, BATON_K8S_API_URL, BATON_K8S_API_PORT, ...
 #          DIR/pids          "name pid" per started process (read by stop-cluster.sh)
 #          DIR/logs/*.log    one log per process
 # Pods must use hostNetwork: true (there is no network plugin) and local images (imagePullPolicy: Never or
@@ -17,7 +17,7 @@
 #        BATON_K8S_START_TIMEOUT  seconds to wait for the cluster (default 180)
 #        BATON_K8S_SERVICE_CIDR   Service ClusterIP range (default 127.0.100.0/24: kept on loopback, so a pod that
 #                                 dials a ClusterIP by mistake sends nothing off this machine)
-set -euo pipefail
+set -eEuo pipefail
 
 if [ $# -ne 1 ]; then
   echo "usage: $0 DIR" >&2
@@ -42,9 +42,11 @@ done
 for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl pause; do
   [ -x "$bin/$b" ] || { echo "start-cluster: $bin/$b missing: run scripts/kubernetes/build.sh first" >&2; exit 1; }
 done
-if pgrep -x kubelet >/dev/null; then
-  echo "start-cluster: a kubelet is already running (pid $(pgrep -x kubelet | tr '\n' ' ')): only one cluster per" \
-       "dockerd; stop it first (stop-cluster.sh ITS_DIR)" >&2
+# (Zombies do not count: a stopped kubelet may wait a while for init to reap it.)
+kubelets="$(ps -C kubelet -o pid=,stat= | awk '$2 !~ /^Z/ {printf "%s ", $1}' || true)"
+if [ -n "$kubelets" ]; then
+  echo "start-cluster: a kubelet is already running (pid $kubelets): only one cluster per dockerd;" \
+       "stop it first (stop-cluster.sh ITS_DIR)" >&2
   exit 1
 fi
 
@@ -59,13 +61,16 @@ mkdir -p "$pki" "$logs" "$dir/etcd" "$dir/kubelet" "$dir/dockershim"
 chmod 700 "$pki" "$dir/etcd"
 : >"$dir/pids"
 
-fail() {  # fail MESSAGE [LOG]: print the message and the log's tail, stop what was started, exit 1
+# Whatever makes this script fail stops what it started (the EXIT trap); ERR names the failing command.
+trap 'echo "start-cluster: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+# shellcheck disable=SC2154  # rc is assigned inside the trap
+trap 'rc=$?; if [ $rc -ne 0 ] && [ -s "$dir/pids" ]; then "$here/stop-cluster.sh" "$dir" >&2 || true; fi' EXIT
+fail() {  # fail MESSAGE [LOG]: print the message and the log's tail, exit 1 (the EXIT trap stops the cluster)
   echo "start-cluster: $1 (after $(elapsed))" >&2
   if [ -n "${2:-}" ] && [ -f "$2" ]; then
     echo "--- last lines of $2" >&2
     tail -n 25 "$2" >&2
   fi
-  "$here/stop-cluster.sh" "$dir" >&2 || true
   exit 1
 }
 
@@ -248,6 +253,8 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 serializeImagePulls: false
+# Check the node's status every 2 s instead of 10 s (it is sent only on a change or every 5 min): Ready comes sooner.
+nodeStatusUpdateFrequency: 2s
 EOF
 launch kubelet "$bin/kubelet" \
   --config="$dir/kubelet/config.yaml" --kubeconfig="$dir/kubelet.kubeconfig" \
@@ -268,8 +275,9 @@ echo "start-cluster: node $node_name Ready ($(elapsed))"
 wait_for kube-controller-manager "the default ServiceAccount and its token" default_sa_ready
 for p in kube-scheduler kube-controller-manager; do alive "$p" || fail "$p exited" "$logs/$p.log"; done
 
+# KEY=value lines (no quoting needed: no value has spaces): `set -a; . DIR/cluster.env; set +a` in a shell.
 cat >"$dir/cluster.env" <<EOF
-export KUBECONFIG=$dir/kubeconfig
+KUBECONFIG=$dir/kubeconfig
 KUBECTL=$bin/kubectl
 BATON_K8S_API_URL=$api_url
 BATON_K8S_API_PORT=$api_port

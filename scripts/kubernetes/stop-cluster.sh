@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stop a cluster that start-cluster.sh started in DIR: the processes listed in DIR/pids (kubelet first, etcd last),
 # then the pods' docker containers (names k8s_*: only a kubelet makes them, and one cluster runs per dockerd), then
-# the mounts the kubelet left under DIR (secret volumes are tmpfs). DIR itself is kept (logs); `rm -rf DIR` works
-# afterwards. Safe to run twice, and on a half-started cluster.
+# the mounts the kubelet left under DIR (secret volumes are tmpfs), then the pods' logs in /var/log/pods. DIR itself
+# is kept (the components' logs); `rm -rf DIR` works afterwards. Safe to run twice, and on a half-started cluster.
 #
 # Usage: scripts/kubernetes/stop-cluster.sh DIR      env: BATON_K8S_STOP_TIMEOUT (default 20 s per process)
 set -uo pipefail
@@ -54,5 +54,15 @@ fi
 awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
   umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || echo "stop-cluster: could not unmount $m" >&2
 done
+# The kubelet keeps pod logs in /var/log/pods/NAMESPACE_NAME_UID (a fixed path in 1.20), with links to them in
+# /var/log/containers: remove those of this cluster's pods (the UIDs under DIR/kubelet/pods).
+if [ -d "$dir/kubelet/pods" ]; then
+  for pod_dir in "$dir"/kubelet/pods/*/; do
+    [ -d "$pod_dir" ] || continue
+    uid="$(basename "$pod_dir")"
+    rm -rf /var/log/pods/*_"$uid"
+    find /var/log/containers -maxdepth 1 -type l -lname "/var/log/pods/*_$uid/*" -delete 2>/dev/null
+  done
+fi
 rm -f "/tmp/baton-k8s-dockershim-$(echo "$dir" | md5sum | cut -c1-12).sock"
 echo "stop-cluster: done in $((SECONDS - t0)) s"
