@@ -119,6 +119,15 @@ def test_call_with_retry_keeps_the_long_budget_once_the_api_answered() -> None:
     assert len(slept) == 3
 
 
+def test_call_with_retry_counts_a_slow_answer_as_an_answer() -> None:
+    # A read timeout reached the server: not the short budget of an address nothing listens on
+    slow = ServerUnavailableError("timed out reading the answer")
+    slow.__cause__ = httpx.ReadTimeout("timed out")
+    call = _answers(slow, "ok")
+
+    assert call_with_retry(call, what="test", timeout_seconds=60, unreachable_seconds=0, sleep=lambda _: None) == "ok"
+
+
 def test_call_with_retry_raises_a_refusal_at_once() -> None:
     calls = []
 

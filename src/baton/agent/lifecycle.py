@@ -39,6 +39,7 @@ class RunLifecycle:
         self._agent = agent
         self._registry = agent.registry
         self._status = agent.status
+        self._stopping_stored: set[str] = set()  # runs of a restart being stopped from their Submitted data
 
     def accept(self, claimed: ClaimedRun) -> None:
         """Take a run a claim returned: deploy it (or release it, when stopping) in a task of its own."""
@@ -209,14 +210,14 @@ class RunLifecycle:
         agent = self._agent
         run = self._registry.get(run_id)
         if run is None:
-            # Deployed by this identity before a restart: found again from what its Submitted state stored.
-            stopped = await self._kill_stored(run_id)
-            if stopped is None:
-                message = f"cancelled: agent {agent.name} holds no deployment"
-            else:
-                message = f"cancelled: agent {agent.name} stopped {stopped}, deployed before it restarted"
-                logger.info("run %s: stopped %s, deployed before this agent restarted", run_id, stopped)
-            await agent.api.set_state_if_allowed(run_id, "Cancelled", message)
+            # Every heartbeat answer names a Cancelling run again: one stop of it at a time (it may take the grace).
+            if run_id in self._stopping_stored:
+                return
+            self._stopping_stored.add(run_id)
+            try:
+                await self._cancel_stored(run_id)
+            finally:
+                self._stopping_stored.discard(run_id)
             return
         if run.phase is Phase.KILLING:
             return
@@ -224,6 +225,18 @@ class RunLifecycle:
         if run.phase is Phase.CLAIMED:
             return  # _launch stops it as soon as its deploy returns
         await self.stop_deployment(run, "Cancelled", f"cancelled: agent {agent.name} stopped its deployment")
+
+    async def _cancel_stored(self, run_id: str) -> None:
+        """Cancel a run deployed by this identity before a restart: its deployment is found again from what its
+        Submitted state stored, and stopped if it is still there."""
+        agent = self._agent
+        stopped = await self._kill_stored(run_id)
+        if stopped is None:
+            message = f"cancelled: agent {agent.name} holds no deployment"
+        else:
+            message = f"cancelled: agent {agent.name} stopped {stopped}, deployed before it restarted"
+            logger.info("run %s: stopped %s, deployed before this agent restarted", run_id, stopped)
+        await agent.api.set_state_if_allowed(run_id, "Cancelled", message)
 
     async def _kill_stored(self, run_id: str) -> str | None:
         agent = self._agent

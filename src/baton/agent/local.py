@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -46,6 +47,8 @@ from baton.labels import hostname_label
 from baton.schemas.core import RunConfig, RunConfigType
 from baton.schemas.responses import ClaimedRun
 from baton.settings import config_path
+
+logger = logging.getLogger("baton.agent")
 
 _RUN_CONFIG_TYPES = {RunConfigType.LOCAL, RunConfigType.UNIVERSAL}
 
@@ -86,7 +89,11 @@ def _runs_flow_run(pid: int, run_id: str) -> bool:
     have been given to another process since)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:  # gone, or not ours to read: not provably the run's
+    except PermissionError:
+        # A flow run as another user (--run-as) by an agent that is not root: it cannot be proven the run's
+        logger.warning("cannot read the environment of process %s: not stopping it as run %s's", pid, run_id)
+        return False
+    except OSError:  # gone: nothing to stop
         return False
     return f"BATON_FLOW_RUN_ID={run_id}".encode() in environ.split(b"\0")
 
@@ -285,7 +292,8 @@ class LocalAgent(Agent):
 
     async def kill_stored(self, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
         """A flow-run process this agent started before it restarted: on this host, still running, and with
-        this run's id in its environment (read through a pidfd, so the pid cannot change hands meanwhile)."""
+        this run's id in its environment. A pidfd taken before that check tells whether the process checked is
+        still the one alive when it is signalled (a pid freed meanwhile fails the check or the pidfd)."""
         pid = data.get("pid")
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or data.get("host") != hostname_label():
             return None
@@ -297,7 +305,9 @@ class LocalAgent(Agent):
         except OSError:  # ended already (or no pidfd support): nothing to stop
             return None
         try:
-            if not _runs_flow_run(pid, run_id):
+            # The process the pidfd holds must still be running after the environment was read: else the pid
+            # may be another process's by now.
+            if not _runs_flow_run(pid, run_id) or _wait_pidfd(pidfd, 0):
                 return None
             _signal_group(pid, signal.SIGTERM)
             # By force only while the leader lives: not our child, it is reaped at once when it ends, and its pid

@@ -48,7 +48,9 @@ def _real_stderr() -> IO[str]:
 
 def _note(message: str) -> None:
     """A problem of the shipper itself: straight to the real stderr, never through logging (it would loop)."""
-    print(f"baton.engine: {message}", file=_real_stderr(), flush=True)
+    # The reader of stderr may be gone (an agent showing flow logs exited): the shipper thread must live on.
+    with contextlib.suppress(OSError, ValueError):
+        print(f"baton.engine: {message}", file=_real_stderr(), flush=True)
 
 
 def storable(text: str) -> str:

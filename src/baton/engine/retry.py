@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import httpx
+
 from baton.backoff import Backoff
-from baton.client.http import is_unreachable
 from baton.exceptions import ServerUnavailableError
 
 T = TypeVar("T")
@@ -43,8 +44,8 @@ def call_with_retry(
         call: the API call.
         what: what the call does, for the log line of each retry.
         timeout_seconds: give up after this long.
-        unreachable_seconds: give up sooner, after this long, while no attempt reaches the API at all (no
-            connection, a timeout): an answer, even a 5xx, says the address is right.
+        unreachable_seconds: give up sooner, after this long, while no attempt could connect to the API at all:
+            an answer, even a 5xx, or a slow one (a read timeout) says the address is right.
         sleep: replaced in tests.
 
     Raises:
@@ -60,7 +61,7 @@ def call_with_retry(
             return call()
         except ServerUnavailableError as exc:
             attempt += 1
-            answered = answered or not is_unreachable(exc)
+            answered = answered or not no_connection(exc)
             budget = timeout_seconds if answered or unreachable_seconds is None else unreachable_seconds
             remaining = min(deadline, start + budget) - time.monotonic()
             if remaining <= 0:
@@ -68,3 +69,8 @@ def call_with_retry(
             delay = min(backoff_delay(attempt), remaining)
             logger.warning("Could not %s (%s); retrying in %.1fs", what, exc, delay)
             sleep(delay)
+
+
+def no_connection(exc: ServerUnavailableError) -> bool:
+    """Whether the call could not connect at all (refused, no route, connect timeout): the address may be wrong."""
+    return isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout)

@@ -20,14 +20,14 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from baton.client.http import Client, is_unreachable
+from baton.client.http import Client
 from baton.engine.cancel import TERMINATED, CancelSignal
 from baton.engine.heartbeat import Heartbeat
 from baton.engine.limits import MAX_MESSAGE_LENGTH
 from baton.engine.loader import load_flow
 from baton.engine.logs import LogShipper, console_logging, ship_output
 from baton.engine.reporter import ApiTaskRunReporter
-from baton.engine.retry import call_with_retry
+from baton.engine.retry import call_with_retry, no_connection
 from baton.engine.threads import call_with_timeout
 from baton.engine.transitions import StateSetter
 from baton.exceptions import AuthenticationError, BatonError, ClientError, FlowLoadError, ServerUnavailableError
@@ -43,7 +43,7 @@ logger = logging.getLogger("baton.engine")
 EXIT_SUCCESS = 0
 EXIT_FAILED = 1
 # How long the first call keeps trying an API that never answers at all (see ``_read_run``).
-FIRST_CONTACT_SECONDS = 30.0
+FIRST_CONTACT_SECONDS = 60.0
 _CANCEL_STATES = frozenset({StateName.CANCELLING, StateName.CANCELLED})
 
 
@@ -170,8 +170,9 @@ class FlowRunner:
                 lambda: self._client.get_flow_run(self._id),
                 what="read the flow run",
                 timeout_seconds=self._state_retry_seconds,
-                # This process's first call: an API it cannot reach at all is most likely an address it cannot
-                # reach (a container on a bridge network given 127.0.0.1): say so within a minute, not after 4.
+                # This process's first call: an API it cannot connect to at all is most likely an address it
+                # cannot reach (a container on a bridge network given 127.0.0.1): say so within a minute, not after
+                # the two the other failures get (a server restart is seconds; its agent just reached it).
                 unreachable_seconds=FIRST_CONTACT_SECONDS,
             )
         except AuthenticationError as exc:
@@ -183,7 +184,7 @@ class FlowRunner:
         except ServerUnavailableError as exc:
             where = self._client.api_url
             hint = ""
-            if is_unreachable(exc):
+            if no_connection(exc):
                 hint = (
                     "; nothing answers there from this process (in a container on a bridge network, 127.0.0.1 "
                     "is the container itself: run the agent with --network host, or serve the API on an address "
