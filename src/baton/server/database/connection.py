@@ -119,3 +119,12 @@ def database_errors(url: str) -> Iterator[None]:
         shown = make_url(normalize_database_url(url)).render_as_string(hide_password=True)
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
         raise DatabaseUnavailableError(f"cannot use the database {shown}: {reason}") from exc
+
+
+def upsert_insert(session: Session, table: Any) -> Any:
+    """``INSERT`` of the session's database, with its ``ON CONFLICT`` clauses (``on_conflict_do_nothing``,
+    ``on_conflict_do_update``, ``excluded``): PostgreSQL's or SQLite's, the two Baton runs on."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)

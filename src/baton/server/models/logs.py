@@ -21,12 +21,11 @@ from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from baton.schemas.actions import RESERVED_LOG_KEY_PREFIX, LogEntry
 from baton.schemas.states import FINAL_STATES
+from baton.server.database.connection import upsert_insert
 from baton.server.database.orm import FlowRun, Log, utcnow
 from baton.server.models.errors import LogsClosed
 
@@ -118,9 +117,12 @@ def _within_quota(run: FlowRun, entries: list[LogEntry], quota: LogQuota) -> tup
 def _insert(session: Session, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     table = cast(Table, Log.__table__)
-    stmt = insert(table).on_conflict_do_nothing(index_elements=["flow_run_id", "key"]).returning(table.c.id)
+    stmt = (
+        upsert_insert(session, table)
+        .on_conflict_do_nothing(index_elements=["flow_run_id", "key"])
+        .returning(table.c.id)
+    )
     # Rows as parameters of a Core insert (SQLAlchemy's "insertmanyvalues"): one VALUES clause of 1000 rows, or the
     # ORM's bulk path, cost several times the insert itself. Counted from RETURNING: rowcount is -1 with psycopg.
     return len(session.execute(stmt, rows).all())

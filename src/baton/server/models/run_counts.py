@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, text, union_all
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from baton.server.database.connection import upsert_insert
 from baton.server.database.orm import FlowRunCount, FlowRunCountDelta, FlowRunHourCount
 
 # Deltas folded per statement: a backlog (a bulk import, a server that was down) is folded in bounded bites.
@@ -120,7 +120,6 @@ def _add(session: Session, sums: Counter[CountKey], postgres: bool) -> None:
     hours: Counter[tuple[str, int, str]] = Counter()
     for (tenant_id, hour, _flow_id, state), total in sums.items():
         hours[(tenant_id, hour, state)] += total
-    dialect: Any = postgresql if postgres else sqlite
     for table, key_names, changes in (
         (FlowRunCount.__table__, ("tenant_id", "hour", "flow_id", "state"), sums),
         (FlowRunHourCount.__table__, ("tenant_id", "hour", "state"), hours),
@@ -129,7 +128,7 @@ def _add(session: Session, sums: Counter[CountKey], postgres: bool) -> None:
         if not rows:
             continue
         table_: Any = table
-        stmt = dialect.insert(table_)
+        stmt = upsert_insert(session, table_)
         stmt = stmt.on_conflict_do_update(
             index_elements=list(key_names), set_={"count": table_.c.count + stmt.excluded.count}
         )

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer, load_only
 
 from baton.schedules import next_times
 from baton.schemas.schedules import Clock, Schedule
 from baton.schemas.states import StateName
+from baton.server.database.connection import upsert_insert
 from baton.server.database.orm import (
     Flow,
     FlowRun,
@@ -153,14 +153,8 @@ def set_paused(session: Session, tenant_id: str, flow_name: str, paused: bool, n
 
 def _insert_ignore(session: Session, model: Any, values: dict[str, Any], conflict: list[str]) -> bool:
     """INSERT ... ON CONFLICT (conflict) DO NOTHING; whether the row was inserted."""
-    dialect = session.get_bind().dialect.name
     table = model.__table__
-    if dialect == "postgresql":
-        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    else:  # pragma: no cover - Baton supports these two
-        stmt = insert(table).values(**values)
+    stmt = upsert_insert(session, table).values(**values).on_conflict_do_nothing(index_elements=conflict)
     # RETURNING says whether a row went in: the driver's rowcount is -1 for these on PostgreSQL (psycopg).
     key = table.c[conflict[0]]
     return session.execute(stmt.returning(key)).first() is not None
@@ -207,8 +201,7 @@ def insert_runs_of_flows(session: Session, work: list[tuple[Flow, list[Occurrenc
     if not rows:
         return 0
     table: Any = FlowRun.__table__
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=["tenant_id", "schedule_key"])
+    stmt = upsert_insert(session, table).on_conflict_do_nothing(index_elements=["tenant_id", "schedule_key"])
     # The driver's rowcount is -1 for these on PostgreSQL (psycopg): RETURNING says which rows went in.
     inserted = set(session.execute(stmt.returning(table.c.id), rows).scalars())
     made = [row for row in rows if row["id"] in inserted]
@@ -244,8 +237,7 @@ def _advance_marks(session: Session, updates: list[MarkUpdate]) -> None:
     if not updates:
         return
     table: Any = ScheduleMark.__table__
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table)
+    stmt = upsert_insert(session, table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["tenant_id", "flow_name", "clock_id"],
         set_={"mark": stmt.excluded.mark},
