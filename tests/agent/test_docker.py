@@ -19,8 +19,9 @@ import docker
 import httpx
 import pytest
 
-from baton.agent.docker import DockerAgent
-from baton.agent.runs import Deployment, Ended
+from baton.agent.base import Agent
+from baton.agent.docker import DockerAgent, DockerDriver, DockerOptions
+from baton.agent.driver import Deployment, Ended
 from baton.client import Client
 from baton.exceptions import PlatformUnavailableError
 from baton.schemas.responses import ClaimedRun
@@ -338,13 +339,17 @@ def test_cancel_stops_the_container_ends_cancelled_and_removes_it(
 # --- the driver alone (a fake API; containers that run a script, not a flow) ---------------------
 
 
-class ScriptAgent(DockerAgent):
-    """A Docker agent whose containers run a Python script instead of the engine."""
+class ScriptDriver(DockerDriver):
+    """A Docker driver whose containers run a Python script instead of the engine."""
 
     script = "pass"
 
     def command(self, claimed: ClaimedRun) -> list[str]:
         return ["python", "-c", self.script]
+
+
+class ScriptAgent(Agent):
+    driver: ScriptDriver
 
 
 @pytest.fixture
@@ -356,8 +361,9 @@ def script_agent(
 
     def _make(script: str, **options: Any) -> tuple[ScriptAgent, ClaimedRun]:
         options.setdefault("networks", ["host"])
-        agent = ScriptAgent(settings=settings, client=api, **options)
-        agent.script = script
+        driver = ScriptDriver(DockerOptions(**options))
+        driver.script = script
+        agent = ScriptAgent(driver, settings=settings, client=api)
         agents.append(agent)
         run_id = api.add_run(type="docker", image=baton_image)
         docker_cleanup.containers_labelled(f"io.baton.flow-run-id={run_id}")
@@ -365,15 +371,17 @@ def script_agent(
 
     yield _make
     for agent in agents:
-        asyncio.run(agent.close_platform())
+        asyncio.run(agent.driver.close())
 
 
-def deploy(agent: DockerAgent, claimed: ClaimedRun, url: str = "http://127.0.0.1:9") -> Deployment:
-    return asyncio.run(agent.deploy(claimed, {"BATON__API__URL": url, "BATON_FLOW_RUN_ID": claimed.flow_run.id}))
+def deploy(agent: Agent, claimed: ClaimedRun, url: str = "http://127.0.0.1:9") -> Deployment:
+    return asyncio.run(agent.driver.deploy(claimed, {"BATON__API__URL": url, "BATON_FLOW_RUN_ID": claimed.flow_run.id}))
 
 
-def wait_ended(agent: DockerAgent, deployment: Deployment, timeout: float = 30) -> Ended:
-    ended = wait_for(lambda: asyncio.run(agent.inspect(deployment)), timeout=timeout, what="the container to end")
+def wait_ended(agent: Agent, deployment: Deployment, timeout: float = 30) -> Ended:
+    ended = wait_for(
+        lambda: asyncio.run(agent.driver.inspect(deployment)), timeout=timeout, what="the container to end"
+    )
     assert isinstance(ended, Ended)
     return ended
 
@@ -387,12 +395,12 @@ def test_kill_sends_sigterm_then_sigkill_after_the_grace_period_and_removes_the_
     wait_for_output(docker_client, deployment.data["container_id"], "ready")
 
     started = time.monotonic()
-    asyncio.run(agent.kill(deployment, grace_seconds=1))
+    asyncio.run(agent.driver.kill(deployment, grace_seconds=1))
 
     assert 1 <= time.monotonic() - started < 15
     assert not run_containers(docker_client, claimed.flow_run.id)
     name = deployment.data["container_name"]
-    assert asyncio.run(agent.inspect(deployment)) == Ended(
+    assert asyncio.run(agent.driver.inspect(deployment)) == Ended(
         None, f"the container {name} was removed before the run reached a final state"
     )
 
@@ -430,7 +438,7 @@ def test_other_networks_are_connected_and_a_localhost_api_url_is_rewritten_off_t
     assert container.attrs["HostConfig"]["NetworkMode"] == first
     assert container.attrs["HostConfig"]["ExtraHosts"] == ["host.docker.internal:host-gateway"]
     assert "BATON__API__URL=http://host.docker.internal:4200" in container.attrs["Config"]["Env"]
-    asyncio.run(agent.kill(deployment, grace_seconds=0))
+    asyncio.run(agent.driver.kill(deployment, grace_seconds=0))
 
 
 def test_an_unreachable_daemon_at_start_is_a_configuration_error(docker_agent: MakeAgent, tmp_path: Path) -> None:
@@ -516,14 +524,15 @@ def test_a_stored_container_is_stopped_only_when_it_is_labelled_with_the_run(
     agent = docker_agent()
 
     # Then another run's cancel, or junk, leaves it alone
-    assert asyncio.run(agent.kill_stored("another-run", {"container_id": container.id}, 1.0)) is None
-    assert asyncio.run(agent.kill_stored(run_id, {"container_id": 42}, 1.0)) is None
-    assert asyncio.run(agent.kill_stored(run_id, {"container_id": "no-such-container"}, 1.0)) is None
+    assert asyncio.run(agent.driver.kill_stored("another-run", {"container_id": container.id}, 1.0)) is None
+    assert asyncio.run(agent.driver.kill_stored(run_id, {"container_id": 42}, 1.0)) is None
+    assert asyncio.run(agent.driver.kill_stored(run_id, {"container_id": "no-such-container"}, 1.0)) is None
     container.reload()
     assert container.status == "running"
     # And its own run's cancel stops and removes it
     assert (
-        asyncio.run(agent.kill_stored(run_id, {"container_id": container.id}, 1.0)) == f"its container {container.name}"
+        asyncio.run(agent.driver.kill_stored(run_id, {"container_id": container.id}, 1.0))
+        == f"its container {container.name}"
     )
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(container.id)

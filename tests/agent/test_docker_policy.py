@@ -398,9 +398,9 @@ def test_the_message_of_a_hostile_run_config_stays_short() -> None:
 
 
 def test_the_agent_takes_a_policy_or_its_fields_and_refuses_a_bad_one(settings: BatonSettings, api: FakeApi) -> None:
-    assert DockerAgent(settings=settings, client=api).run_policy == DockerPolicy()
+    assert DockerAgent(settings=settings, client=api).driver.run_policy == DockerPolicy()
     agent = DockerAgent(settings=settings, client=api, policy={"allow_bind": ["/srv/"], "allow_ports": True})
-    assert agent.run_policy == DockerPolicy(allow_bind=["/srv"], allow_ports=True)
+    assert agent.driver.run_policy == DockerPolicy(allow_bind=["/srv"], allow_ports=True)
     with pytest.raises(ConfigurationError, match="--allow-network: an entry cannot be empty"):
         DockerAgent(settings=settings, client=api, policy={"allow_network": [""]})
 
@@ -409,12 +409,12 @@ def test_a_refused_run_fails_its_deployment_before_the_daemon_is_asked(
     settings: BatonSettings, api: FakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent = DockerAgent(settings=settings, client=api, base_url="unix:///nonexistent/docker.sock")
-    monkeypatch.setattr(agent, "_docker_client", lambda: pytest.fail("the daemon was asked"))
+    monkeypatch.setattr(agent.driver, "_docker_client", lambda: pytest.fail("the daemon was asked"))
     run_id = api.add_run(type="docker", host_config={"privileged": True, "binds": ["/:/h"]})
     claimed = api.claimed_run(api.runs[run_id])
 
     with pytest.raises(DeploymentError) as raised:
-        asyncio.run(agent.deploy(claimed, {}))
+        asyncio.run(agent.driver.deploy(claimed, {}))
 
     assert str(raised.value) == (
         "the Docker agent's policy refuses this run config: host_config.privileged: is not allowed by the agent "

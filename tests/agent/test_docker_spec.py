@@ -175,9 +175,9 @@ def test_the_agent_refuses_malformed_options_when_it_is_built(settings: BatonSet
 def test_the_agent_defaults(settings: BatonSettings, api: FakeApi) -> None:
     agent = DockerAgent(settings=settings, client=api)
     assert agent.agent_type == "docker"
-    assert agent.default_image.startswith("baton:")
-    assert agent.docker_client_timeout == 60
-    assert agent.registry_allow_list is None
+    assert agent.driver.default_image.startswith("baton:")
+    assert agent.driver.docker_client_timeout == 60
+    assert agent.driver.registry_allow_list is None
     assert not agent.settings.agent.show_flow_logs
     assert DockerAgent(settings=settings, client=api, show_flow_logs=True).settings.agent.show_flow_logs
 
@@ -198,7 +198,7 @@ def test_the_run_configs_host_config_is_applied_over_the_agents_volumes_and_netw
         host_config={"mem_limit": "64m", "auto_remove": True, "binds": ["/tmp:/scratch:rw"], "extra_hosts": {"a": "1"}},
     )
 
-    host_config = agent._host_config(docker_api, run_config, api_gateway=True)
+    host_config = agent.driver._host_config(docker_api, run_config, api_gateway=True)
 
     assert host_config["Memory"] == 64 * 1024 * 1024
     assert host_config.get("AutoRemove") is not True  # the agent removes containers after reading their exit
@@ -213,7 +213,7 @@ def test_an_invalid_host_config_fails_the_deployment(settings: BatonSettings, ap
     docker_api = APIClient(version="1.41")
 
     with pytest.raises(DeploymentError, match=r"invalid host_config in the run config: .*memory_limit"):
-        agent._host_config(docker_api, RunConfig(type="docker", host_config={"memory_limit": "1g"}), False)
+        agent.driver._host_config(docker_api, RunConfig(type="docker", host_config={"memory_limit": "1g"}), False)
     docker_api.close()
 
 

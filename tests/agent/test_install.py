@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from baton.agent.install import local_agent_command, render_supervisord_config
+from baton.cli.agent import start_local
 from baton.exceptions import ConfigurationError
 from baton.settings import load_settings
 
@@ -66,12 +67,29 @@ COMMAND_OPTIONS = {name: value for name, value in OPTIONS.items() if name not in
 def test_command_is_baton_agent_local_start_with_every_option() -> None:
     argv = local_agent_command(**COMMAND_OPTIONS, no_cloud_logs=True, show_flow_logs=True, hostname_label=False)
     assert argv[:4] == ["/opt/baton/bin/baton", "agent", "local", "start"]
-    pairs = list(zip(argv[4::2], argv[5::2], strict=False))
-    assert ("--label", "team:data") in pairs
-    assert ("--import-path", "/srv/with space") in pairs
-    assert ("--log-level", "DEBUG") in pairs
-    assert ("--limit", "4") in pairs
-    assert argv[-3:] == ["--no-cloud-logs", "--show-flow-logs", "--no-hostname-label"]
+
+    # What `baton agent local start` reads back from it is every option given, and nothing else
+    params = start_local.make_context("start", argv[4:]).params
+    given = {name: value for name, value in params.items() if value not in (None, ())}
+    assert given == {
+        "api": "http://127.0.0.1:4200",
+        "name": "agent with spaces",
+        "labels": ("dev", "team:data"),
+        "agent_address": "http://127.0.0.1:8080",
+        "no_cloud_logs": True,
+        "log_level": "DEBUG",
+        "limit": 4,
+        "import_paths": ("/srv/flows", "/srv/with space"),
+        "show_flow_logs": True,
+        "hostname_label": False,
+    }
+
+
+def test_an_option_that_is_not_local_starts_or_does_not_fit_a_service_is_refused() -> None:
+    with pytest.raises(TypeError, match="no_pull"):
+        local_agent_command(no_pull=True)
+    with pytest.raises(ConfigurationError, match="--max-polls does not fit an installed agent"):
+        local_agent_command(max_polls=0)
 
 
 def test_supervisord_reads_back_exactly_the_command_and_it_holds_no_secret() -> None:

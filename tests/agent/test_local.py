@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from baton.agent.local import LocalAgent, exit_code_of
-from baton.agent.runs import Deployment
+from baton.agent.base import Agent
+from baton.agent.driver import Deployment
+from baton.agent.local import LocalAgent, LocalDriver, LocalOptions, exit_code_of
 from baton.backoff import Backoff
 from baton.exceptions import DeploymentError
 from baton.labels import hostname_label
@@ -28,8 +29,8 @@ from .conftest import AgentThread
 from .fake_api import FakeApi
 
 
-class ScriptAgent(LocalAgent):
-    """A local agent whose flow-run process is a small Python script instead of the engine."""
+class ScriptDriver(LocalDriver):
+    """A local driver whose flow-run process is a small Python script instead of the engine."""
 
     script = "pass"
 
@@ -37,13 +38,19 @@ class ScriptAgent(LocalAgent):
         return [sys.executable, "-c", self.script]
 
 
+class ScriptAgent(Agent):
+    driver: ScriptDriver
+
+
 @pytest.fixture
 def make_local(settings: BatonSettings, api: FakeApi) -> Callable[..., ScriptAgent]:
     def _make(script: str = "pass", **options: Any) -> ScriptAgent:
         options.setdefault("settings", settings)
         options.setdefault("client", api)
-        agent = ScriptAgent(**options)
-        agent.script = script
+        local = {name: options.pop(name) for name in LocalOptions.model_fields if name in options}
+        driver = ScriptDriver(LocalOptions(**local))
+        driver.script = script
+        agent = ScriptAgent(driver, **options)
         agent.watch_interval_seconds = 0.05
         agent.policy.backoff = Backoff(0.01, 0.05)
         return agent
@@ -56,14 +63,14 @@ def claimed(api: FakeApi, **run_config: Any) -> ClaimedRun:
     return api.claimed_run(api.runs[run_id])
 
 
-def deploy(agent: LocalAgent, run: ClaimedRun, env: dict[str, str] | None = None) -> Deployment:
-    return asyncio.run(agent.deploy(run, env or {}))
+def deploy(agent: ScriptAgent, run: ClaimedRun, env: dict[str, str] | None = None) -> Deployment:
+    return asyncio.run(agent.driver.deploy(run, env or {}))
 
 
 def wait_exit(agent: LocalAgent, deployment: Deployment, timeout: float = 10.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        code = asyncio.run(agent.inspect(deployment))
+        code = asyncio.run(agent.driver.inspect(deployment))
         if code is not None:
             return code
         time.sleep(0.02)
@@ -84,7 +91,7 @@ def process_gone(pid: int) -> bool:
 
 def test_the_flow_run_process_is_the_engine_run_by_this_python(settings: BatonSettings, api: FakeApi) -> None:
     agent = LocalAgent(settings=settings, client=api)
-    assert agent.command(claimed(api)) == [sys.executable, "-m", "baton.engine"]
+    assert agent.driver.command(claimed(api)) == [sys.executable, "-m", "baton.engine"]
 
 
 @pytest.mark.parametrize(("returncode", "exit_code"), [(0, 0), (3, 3), (-9, 137), (-15, 143)])
@@ -124,7 +131,7 @@ def test_kill_stops_the_whole_process_group(
     child_pid = int(child_pid_file.read_text())
 
     # When the agent kills the deployment
-    asyncio.run(agent.kill(deployment, grace_seconds=5))
+    asyncio.run(agent.driver.kill(deployment, grace_seconds=5))
 
     # Then the process and its child are gone
     assert wait_exit(agent, deployment) == 143
@@ -150,7 +157,7 @@ def test_kill_escalates_to_sigkill_after_the_grace_period(
         time.sleep(0.02)
 
     started = time.monotonic()
-    asyncio.run(agent.kill(deployment, grace_seconds=0.5))
+    asyncio.run(agent.driver.kill(deployment, grace_seconds=0.5))
 
     assert time.monotonic() - started >= 0.5
     assert wait_exit(agent, deployment) == 137
@@ -288,10 +295,10 @@ def test_a_run_config_cannot_override_the_baton_variables_of_the_flow_process(
     # and an agent whose own environment holds such a variant too
     monkeypatch.setenv("baton__api__key", "bat_the_agents_own_key")
     agent = make_local()
-    agent.tenant_id = "tenant-1"
+    agent.identity.tenant_id = "tenant-1"
     run = claimed(api, env={"baton__api__url": "http://10.9.9.9:1", "BATON_FLOW_RUN_ID": "x", "KEEP": "1"})
 
-    env = agent.process_env(agent.run_env(run))
+    env = agent.driver.process_env(agent.run_env(run))
 
     # Then the flow process's environment has each reserved name once, with the agent's values
     baton = {name: value for name, value in env.items() if name.upper().startswith("BATON_")}
@@ -317,7 +324,7 @@ def test_kill_never_signals_the_pid_of_a_process_already_reaped(
     signalled: list[tuple[int, int]] = []
     monkeypatch.setattr(os, "killpg", lambda pid, signum: signalled.append((pid, signum)))
 
-    asyncio.run(agent.kill(deployment, grace_seconds=0.1))
+    asyncio.run(agent.driver.kill(deployment, grace_seconds=0.1))
 
     assert signalled == []
 
@@ -341,13 +348,13 @@ def test_a_stored_deployment_is_stopped_only_when_it_is_provably_the_runs(
             ("run-1", {"pid": 1, "host": hostname_label()}),
             ("run-1", {}),
         ]:
-            assert asyncio.run(agent.kill_stored(run_id, data, 1.0)) is None
+            assert asyncio.run(agent.driver.kill_stored(run_id, data, 1.0)) is None
             assert process.poll() is None
         # And the run's own process is stopped, and says what was
-        assert asyncio.run(agent.kill_stored("run-1", here, 1.0)) == f"its process {process.pid}"
+        assert asyncio.run(agent.driver.kill_stored("run-1", here, 1.0)) == f"its process {process.pid}"
         assert process.wait(timeout=10) == -signal.SIGTERM
         # And once it is gone, nothing is stopped (its pid may belong to someone else by now)
-        assert asyncio.run(agent.kill_stored("run-1", here, 1.0)) is None
+        assert asyncio.run(agent.driver.kill_stored("run-1", here, 1.0)) is None
     finally:
         if process.poll() is None:
             process.kill()

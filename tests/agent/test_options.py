@@ -8,10 +8,10 @@ import pytest
 
 from baton.agent import Agent, LocalAgent
 from baton.agent.env import build_run_env
-from baton.agent.testing import InMemoryAgent
+from baton.agent.testing import InMemoryAgent, InMemoryDriver
 from baton.exceptions import ConfigurationError, InvalidLabelError
 from baton.labels import hostname_label
-from baton.settings import write_config_values
+from baton.settings import BatonSettings, write_config_values
 
 from .fake_api import FakeApi
 
@@ -68,15 +68,16 @@ def test_missing_key_is_a_configuration_error_at_start() -> None:
         LocalAgent(max_polls=0).start()
 
 
-def test_base_agent_is_abstract() -> None:
-    with pytest.raises(TypeError):
-        Agent()  # type: ignore[abstract]
+def test_an_agent_is_its_driver_composed_with_the_common_options(settings: BatonSettings) -> None:
+    driver = InMemoryDriver()
+    agent = Agent(driver, settings=settings, labels=["b", "a"], name="composed")
+    assert (agent.driver, agent.agent_type, agent.name, agent.labels) == (driver, "memory", "composed", ["a", "b"])
 
 
 def test_docker_agent_is_available_and_kubernetes_says_it_is_not_yet() -> None:
     from baton.agent import DockerAgent
 
-    assert DockerAgent.agent_type == "docker"
+    assert DockerAgent.__init__ is not Agent.__init__
     with pytest.raises(ImportError, match=r"Kubernetes agent .* not available"):
         from baton.agent import KubernetesAgent  # noqa: F401
 
@@ -133,3 +134,51 @@ def test_run_env_drops_baton_variables_of_the_agent_and_run_config_in_any_case(
     assert (env["A"], env["B"]) == ("run", "agent")
     [warning] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert "BATON_FLOW_RUN_ID, Baton_Custom, baton__api__url" in warning
+
+
+# --- one source of truth: the option specs -----------------------------------------------------------
+
+
+def test_the_python_constructors_take_exactly_the_options_the_specs_declare() -> None:
+    import inspect
+    from typing import get_type_hints
+
+    from baton.agent.base import AgentOptions
+    from baton.agent.docker import DockerAgent
+    from baton.agent.option_specs import COMMON_OPTIONS, DOCKER_OPTIONS, LOCAL_OPTIONS, names
+
+    # The COMMON options are AgentOptions' keys (the deprecated -t folds into key; settings and client are Python's)
+    assert set(get_type_hints(AgentOptions)) - {"settings", "client"} == set(names(COMMON_OPTIONS)) - {"token"}
+    local = inspect.signature(LocalAgent.__init__).parameters
+    assert {name for name, p in local.items() if p.kind is p.KEYWORD_ONLY} == set(names(LOCAL_OPTIONS))
+    docker = inspect.signature(DockerAgent.__init__).parameters
+    # Besides its options, the Docker agent takes what the CLI builds from other options (policy) or no flag sets
+    extra = {"policy", "registry_allow_list", "default_image"}
+    own = {name for name, p in docker.items() if p.kind is p.KEYWORD_ONLY} - extra
+    assert own == set(names(DOCKER_OPTIONS)) - {"no_docker_interface"}
+
+
+def test_each_start_command_offers_exactly_the_flags_of_its_specs() -> None:
+    import click
+
+    from baton.agent.docker_policy import DockerPolicy, flag_of
+    from baton.agent.option_specs import COMMON_OPTIONS, DOCKER_OPTIONS, LOCAL_OPTIONS, Kind, OptionSpec
+    from baton.cli.agent import install_local, start_docker, start_local
+
+    def flags(command: click.Command) -> set[str]:
+        return {flag for param in command.params for flag in (*param.opts, *param.secondary_opts)}
+
+    def declared(*specs: OptionSpec) -> set[str]:
+        result: set[str] = set()
+        for spec in specs:
+            if spec.kind is Kind.TOGGLE:
+                long = spec.flag.removeprefix("--")
+                result |= {f"--{long}", f"--no-{long}"}
+            else:
+                result |= set(spec.flags)
+        return result
+
+    local = declared(*COMMON_OPTIONS, *LOCAL_OPTIONS)
+    assert flags(start_local) == local == flags(install_local)
+    policy = {flag_of(name) for name in DockerPolicy.model_fields}
+    assert flags(start_docker) == declared(*COMMON_OPTIONS, *DOCKER_OPTIONS) | policy

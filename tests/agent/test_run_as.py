@@ -33,27 +33,27 @@ def make_local(settings: BatonSettings, api: FakeApi, monkeypatch: pytest.Monkey
 
 
 def test_without_run_as_runs_are_the_agents_own(make_local: Callable[..., LocalAgent]) -> None:
-    assert make_local().user_for(RunConfig(type="local")) is None
+    assert make_local().driver.user_for(RunConfig(type="local")) is None
 
 
 def test_run_as_applies_to_every_run(make_local: Callable[..., LocalAgent]) -> None:
     agent = make_local(run_as=OTHER)
-    user = agent.user_for(RunConfig(type="local"))
+    user = agent.driver.user_for(RunConfig(type="local"))
     assert user is not None and user.name == OTHER and user.uid == 65534
-    assert agent.user_for(RunConfig(type="local", user=OTHER)) == user
+    assert agent.driver.user_for(RunConfig(type="local", user=OTHER)) == user
 
 
 def test_a_run_config_user_needs_the_agents_allow_run_as(make_local: Callable[..., LocalAgent]) -> None:
     with pytest.raises(DeploymentError, match=f"start the agent with --allow-run-as {OTHER}"):
-        make_local().user_for(RunConfig(type="local", user=OTHER))
-    allowed = make_local(allow_run_as=[OTHER]).user_for(RunConfig(type="local", user=OTHER))
+        make_local().driver.user_for(RunConfig(type="local", user=OTHER))
+    allowed = make_local(allow_run_as=[OTHER]).driver.user_for(RunConfig(type="local", user=OTHER))
     assert allowed is not None and allowed.uid == 65534
 
 
 def test_a_run_config_user_other_than_run_as_is_refused(make_local: Callable[..., LocalAgent]) -> None:
     me = pwd.getpwuid(os.geteuid()).pw_name
     with pytest.raises(DeploymentError, match=f"--allow-run-as {me}"):
-        make_local(run_as=OTHER).user_for(RunConfig(type="local", user=me))
+        make_local(run_as=OTHER).driver.user_for(RunConfig(type="local", user=me))
 
 
 def test_an_unknown_user_is_refused_at_start(make_local: Callable[..., LocalAgent]) -> None:

@@ -232,8 +232,8 @@ def test_install_prints_a_supervisord_config_that_starts_the_agent_with_the_opti
     assert argv[1:4] == ["agent", "local", "start"]
     # Secrets stay off the command line (visible in /proc/*/cmdline): the key and --env go in environment=.
     assert argv[4:] == [
-        *("--api", "http://127.0.0.1:4200", "--agent-address", "http://127.0.0.1:8080"),
-        *("--label", "dev", "--no-hostname-label"),
+        *("--api", "http://127.0.0.1:4200", "--label", "dev", "--agent-address", "http://127.0.0.1:8080"),
+        "--no-hostname-label",
     ]
     [environment] = [line for line in result.stdout.splitlines() if line.startswith("environment=")]
     assert environment == """environment=BATON__API__KEY="bat_k",BATON__AGENT__ENV='{"A": "has space"}'"""

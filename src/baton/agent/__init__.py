@@ -5,6 +5,7 @@ Usage::
     from baton.agent import LocalAgent
 
     LocalAgent(labels=["dev", "staging"]).start()
+    Agent(LocalDriver(LocalOptions(import_paths=["/srv/flows"])), labels=["dev"]).start()  # composed by hand
     DockerAgent(labels=["dev"], networks=["host"]).start()  # needs the docker extra: pip install 'baton[docker]'
     DockerAgent(policy=DockerPolicy(allow_host_config=["privileged"])).start()  # what run configs may ask
 
@@ -21,13 +22,38 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from baton.agent.base import Agent
-    from baton.agent.docker import DockerAgent
+    from baton.agent.docker import DockerAgent, DockerDriver, DockerOptions
     from baton.agent.docker_policy import DockerPolicy
-    from baton.agent.local import LocalAgent
+    from baton.agent.driver import Deployment, Driver, DriverEvents, Ended
+    from baton.agent.local import LocalAgent, LocalDriver, LocalOptions
 
-__all__ = ["Agent", "DockerAgent", "DockerPolicy", "LocalAgent"]
+__all__ = [
+    "Agent",
+    "Deployment",
+    "DockerAgent",
+    "DockerDriver",
+    "DockerOptions",
+    "DockerPolicy",
+    "Driver",
+    "DriverEvents",
+    "Ended",
+    "LocalAgent",
+    "LocalDriver",
+    "LocalOptions",
+]
 
-_MODULES = {"Agent": "baton.agent.base", "DockerPolicy": "baton.agent.docker_policy", "LocalAgent": "baton.agent.local"}
+_MODULES = {
+    "Agent": "baton.agent.base",
+    "Deployment": "baton.agent.driver",
+    "DockerPolicy": "baton.agent.docker_policy",
+    "Driver": "baton.agent.driver",
+    "DriverEvents": "baton.agent.driver",
+    "Ended": "baton.agent.driver",
+    "LocalAgent": "baton.agent.local",
+    "LocalDriver": "baton.agent.local",
+    "LocalOptions": "baton.agent.local",
+}
+_DOCKER = ("DockerAgent", "DockerDriver", "DockerOptions")
 
 _NOT_YET = {
     "KubernetesAgent": "the Kubernetes agent (baton agent kubernetes start) is planned but not available yet",
@@ -37,16 +63,14 @@ _NOT_YET = {
 def __getattr__(name: str) -> Any:
     if name in _MODULES:
         return getattr(importlib.import_module(_MODULES[name]), name)
-    if name == "DockerAgent":
+    if name in _DOCKER:
         try:
-            from baton.agent.docker import DockerAgent
+            module = importlib.import_module("baton.agent.docker")
         except ModuleNotFoundError as exc:
             if exc.name is None or not exc.name.startswith(("docker", "requests")):
                 raise
-            raise ImportError(
-                f"baton.agent.DockerAgent needs the docker SDK ({exc}): pip install 'baton[docker]'"
-            ) from exc
-        return DockerAgent
+            raise ImportError(f"baton.agent.{name} needs the docker SDK ({exc}): pip install 'baton[docker]'") from exc
+        return getattr(module, name)
     # An ImportError, not an AttributeError: `from baton.agent import DockerAgent` would replace the latter by a
     # bare "cannot import name", losing the reason.
     if name in _NOT_YET:

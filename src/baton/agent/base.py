@@ -1,40 +1,49 @@
-"""The agent base class: the protocol of DESIGN.md §5, the concurrency limit, state changes and shutdown.
+"""The agent: the protocol of DESIGN.md §5 around one platform :class:`~baton.agent.driver.Driver`.
 
-A driver (``local.py``, ``docker.py``, ``kubernetes.py``, ``testing.py``) implements only :meth:`Agent.deploy`,
-:meth:`Agent.inspect` and :meth:`Agent.kill` (and, for a platform that can go away, :meth:`Agent.open_platform`,
-:meth:`Agent.platform_problem` and :meth:`Agent.close_platform`). Everything else lives here: one task per claimed
-run (deploy, then Submitted or Failed), heartbeats, cancellations and the state changes. The poll loop and its
-claim calls are in ``polling.py``; the tasks, the warm and cold stops in ``stopping.py``.
+The agent is composed, not inherited: it resolves its settings, registers, and wires its parts together, each of
+which takes only what it uses:
+
+- ``polling.py``: the poll loop and its claim calls (``Poller``);
+- ``lifecycle.py``: one task per claimed run: deploy, then Submitted or Failed; cancels, stops (``RunLifecycle``);
+- ``watching.py``: heartbeats and inspections of the deployments (``DeploymentWatch``);
+- ``supervisor.py``: runs those loops and ends them: warm and cold stops, signals, fatal errors (``Supervisor``);
+- ``shared.py``: the identity, timings, wake-up events and tasks they share.
+
+``LocalAgent``, ``DockerAgent`` and ``InMemoryAgent`` are this class with their driver built from their options.
 
 Usage::
 
     from baton.agent import LocalAgent
 
     LocalAgent(labels=["dev"]).start()   # blocks until --max-polls, a warm stop, or a fatal error
+    Agent(driver, labels=["dev"]).start()  # any Driver
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar, TypedDict, Unpack
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict, Unpack
 
 from baton import __version__
+from baton.agent.driver import Driver
 from baton.agent.env import build_run_env
 from baton.agent.hardening import harden_agent_process
 from baton.agent.health import AgentStatus, HealthServer, parse_address
 from baton.agent.lifecycle import RunLifecycle
 from baton.agent.loops import ErrorPolicy
+from baton.agent.option_specs import COMMON_OPTIONS, OptionSpec, settings_overrides
 from baton.agent.options import check_identity, configure_agent_logging, default_agent_name, resolve_settings
 from baton.agent.polling import Poller
 from baton.agent.protocol import AgentApi, ApiCalls
-from baton.agent.runs import Deployment, Ended, Phase, RunRegistry
-from baton.agent.stopping import StopControl
+from baton.agent.runs import RunRegistry
+from baton.agent.shared import AgentIdentity, TaskSet, Timings, Wakeups
+from baton.agent.supervisor import Supervisor
+from baton.agent.watching import DeploymentWatch
 from baton.backoff import Backoff
 from baton.exceptions import ConfigurationError
 from baton.labels import normalize_labels
@@ -65,26 +74,45 @@ class AgentOptions(TypedDict, total=False):
     client: AgentApi | None
 
 
-# AgentOptions that are fields of AgentSettings of the same name.
-_AGENT_SETTING_OPTIONS = (
-    "agent_config_id",
-    "name",
-    "labels",
-    "env",
-    "max_polls",
-    "agent_address",
-    "limit",
-    "run_timeout_seconds",
-)
+def agent_settings(
+    specs: Sequence[OptionSpec] = (), values: Mapping[str, Any] | None = None, **options: Unpack[AgentOptions]
+) -> BatonSettings:
+    """The settings an agent runs with: the COMMON ``options`` (and a driver's own ``values`` of ``specs``) over
+    ``options["settings"]``, else over the settings loaded from env and config file.
+
+    Raises:
+        ConfigurationError: an option or setting is invalid (``--agent-address`` included).
+    """
+    sections = settings_overrides([*COMMON_OPTIONS, *specs], {**options, **(values or {})})
+    settings = resolve_settings(options.get("settings"), **sections)
+    address = settings.agent.agent_address
+    if address:
+        try:
+            parse_address(address)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"--agent-address (BATON__AGENT__AGENT_ADDRESS): {exc}") from exc
+    return settings
 
 
-class Agent(abc.ABC):
-    """Claims flow runs from the API and deploys them; subclasses say how to deploy.
+class RuntimeOptions(TypedDict, total=False):
+    """The agent options that are not settings."""
+
+    client: AgentApi | None
+
+
+def runtime_options(options: AgentOptions) -> RuntimeOptions:
+    """The options that are not settings (so not resolved twice): the API client."""
+    return {"client": options.get("client")}
+
+
+class Agent:
+    """Claims flow runs from the API and deploys them with ``driver``.
 
     Every argument left as None falls back to the settings (``BATON__AGENT__*``, ``BATON__API__*``, config file),
     then to the defaults. An agent instance runs once.
 
     Args:
+        driver: the platform's driver (``LocalDriver``, ``DockerDriver``, ...).
         settings: the settings to start from; None loads them (env, then ``$BATON_HOME/config.toml``).
         key: the API key (role runner or admin). api: the API URL. tenant_id: refuse a key of another tenant.
         agent_config_id: links this agent instance to an agent config. name: default ``<type>-agent-<host>``.
@@ -95,16 +123,12 @@ class Agent(abc.ABC):
         run_timeout_seconds: kill a run still going after this long and fail it (a flow's shorter
             ``timeout_seconds`` wins). key_file: read the API key from this file (mode 0600), not from ``key``.
         client: replaces the HTTP client (tests, embedding).
-        agent_overrides: further explicit ``AgentSettings`` fields, for drivers.
 
     Raises:
         ConfigurationError: an option or setting is invalid (``--agent-address`` included).
         InvalidLabelError: a label is invalid.
     """
 
-    agent_type: ClassVar[str] = "agent"
-    # How often deployments are inspected; a driver that learns of ends by itself calls deployments_changed().
-    watch_interval_seconds: float = 0.5
     # Seconds between SIGTERM-like and SIGKILL-like: for cancellations, and for a cold stop.
     kill_grace_seconds: float = 10.0
     cold_kill_grace_seconds: float = 3.0
@@ -113,106 +137,53 @@ class Agent(abc.ABC):
     stop_claim_wait_seconds: float = 1.0
     stop_deploy_wait_seconds: float = 30.0
 
-    def __init__(self, *, agent_overrides: dict[str, Any] | None = None, **options: Unpack[AgentOptions]) -> None:
-        self.settings = resolve_settings(
-            options.get("settings"),
-            api={
-                "url": options.get("api"),
-                "key": options.get("key"),
-                "key_file": options.get("key_file"),
-                "tenant_id": options.get("tenant_id"),
-            },
-            agent={
-                **{name: options.get(name) for name in _AGENT_SETTING_OPTIONS},
-                **(agent_overrides or {}),
-            },
+    def __init__(self, driver: Driver, **options: Unpack[AgentOptions]) -> None:
+        self.settings = agent_settings(**options)
+        self.driver = driver
+        agent_settings_ = self.settings.agent
+        self.agent_type = driver.agent_type
+        # How often deployments are inspected; a driver that learns of ends by itself calls deployments_changed().
+        self.watch_interval_seconds = driver.watch_interval_seconds
+        labels = normalize_labels([*agent_settings_.labels, *driver.labels()])
+        self.identity = AgentIdentity(
+            agent_settings_.name or default_agent_name(self.agent_type), self.agent_type, labels
         )
-        agent_settings = self.settings.agent
-        if agent_settings.agent_address:
-            try:
-                parse_address(agent_settings.agent_address)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"--agent-address (BATON__AGENT__AGENT_ADDRESS): {exc}") from exc
-        self.labels = normalize_labels([*agent_settings.labels, *self.extra_labels()])
-        self.name = agent_settings.name or default_agent_name(self.agent_type)
-        self.send_logs_to_api = False if options.get("no_cloud_logs") else self.settings.logging.send_to_api
-        self.log_level = (options.get("log_level") or self.settings.logging.level).upper()
-        self.agent_id: str | None = None
-        self.tenant_id: str | None = None
-        self.status = AgentStatus(name=self.name, deadline_seconds=agent_settings.health_deadline_seconds)
-        self.status.platform_check = self.platform_problem
-        self.policy = ErrorPolicy(agent_settings.max_consecutive_errors, Backoff())
-        self.registry = RunRegistry(agent_settings.limit)
+        self.send_logs_to_api = self.settings.logging.send_to_api
+        self.log_level = self.settings.logging.level.upper()
+        self.status = AgentStatus(name=self.name, deadline_seconds=agent_settings_.health_deadline_seconds)
+        self.status.platform_check = driver.problem
+        self.policy = ErrorPolicy(agent_settings_.max_consecutive_errors, Backoff())
+        self.registry = RunRegistry(agent_settings_.limit)
+        self.wakeups = Wakeups()
+        self.tasks = TaskSet()
         self._client = options.get("client")
         self._owns_client = self._client is None
         self._api: ApiCalls | None = None
-        self.stop_control = StopControl(self)
-        self.poller = Poller(self)
-        self.runs = RunLifecycle(self)
+        self._poller: Poller | None = None
+        self._supervisor: Supervisor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.health_server: HealthServer | None = None
         # Measures how long deployments have run (timeouts); tests replace it.
         self.clock: Callable[[], float] = time.monotonic
+        warning = driver.check_api_url(self.settings.api.url)
+        if warning is not None:
+            logger.warning("%s", warning)
 
-    # --- what a driver implements ------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.identity.name
 
-    @abc.abstractmethod
-    async def deploy(self, claimed: ClaimedRun, env: dict[str, str]) -> Deployment:
-        """Start the flow-run process for ``claimed`` with ``env`` (complete but for the platform's base env).
+    @property
+    def labels(self) -> list[str]:
+        return self.identity.labels
 
-        Raises:
-            DeploymentError: the run cannot be deployed; the message becomes its Failed message.
-        """
+    @property
+    def agent_id(self) -> str | None:
+        return self.identity.agent_id
 
-    @abc.abstractmethod
-    async def inspect(self, deployment: Deployment) -> int | Ended | None:
-        """None while the deployment runs (or while the platform cannot tell); its exit code once it has ended.
-
-        An :class:`Ended` says more than the exit code: an unknown code (the deployment vanished), and a message
-        for the run's Failed state (OOM-killed, the last log lines). Must not raise for platform errors.
-        """
-
-    @abc.abstractmethod
-    async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
-        """Stop the deployment: politely, then by force after ``grace_seconds``; harmless if it already ended."""
-
-    def extra_labels(self) -> list[str]:
-        """Labels the driver adds to the agent's (the local agent's hostname)."""
-        return []
-
-    def platform_problem(self) -> str | None:
-        """Why the platform (Docker daemon, Kubernetes API) is unusable, or None.
-
-        Called from the health thread and, before each claim and each deploy, from the event loop: it must answer
-        at once (a driver checks its platform in the background and keeps the answer). While it is not None the
-        agent is unhealthy, claims nothing, and releases the runs it has claimed but not deployed.
-        """
-        return None
-
-    async def open_platform(self) -> None:
-        """Connect to the platform before registering with the API; the agent does not start if it raises.
-
-        Raises:
-            ConfigurationError: the platform is unreachable or unusable (e.g. no Docker daemon).
-        """
-        return None
-
-    async def close_platform(self) -> None:
-        """Release what :meth:`open_platform` acquired; called once on leaving, even if it failed."""
-        return None
-
-    def detach(self, deployment: Deployment) -> None:
-        """The agent exits while ``deployment`` still runs (``--max-polls``, fatal error): let it go on alone."""
-        return None
-
-    async def kill_stored(self, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
-        """Stop a deployment of run ``run_id`` known only by what its Submitted state stored (``data``): one this
-        agent's identity made before a restart. Only when the deployment is still there and provably that run's.
-
-        Returns:
-            What was stopped, for the Cancelled message; None when nothing of it is here to stop.
-        """
-        return None
+    @property
+    def tenant_id(self) -> str | None:
+        return self.identity.tenant_id
 
     # --- public controls -----------------------------------------------------------------------
 
@@ -235,51 +206,122 @@ class Agent(abc.ABC):
     async def run(self) -> None:
         """:meth:`start` for callers that already have an event loop."""
         self._loop = asyncio.get_running_loop()
-        self.stop_control.attach(self._loop)
         address = self.settings.agent.agent_address
         if address:  # before start-up: a probe gets an honest 503 "starting" rather than no answer
             server = HealthServer(address, self.status, poke=self.poke)
             server.start()
             self.health_server = server
         try:
-            await self.open_platform()
+            await self.driver.open(self)
             await self._startup()
             if self.settings.agent.max_polls == 0:
                 logger.info("--max-polls 0: registered, making no claim calls")
                 return
-            await self.stop_control.supervise()
+            await self._compose().supervise()
         finally:
             if self.health_server is not None:
                 self.health_server.stop()
             try:
-                await self.close_platform()
+                await self.driver.close()
             finally:
                 self._close_client()
 
+    def _compose(self) -> Supervisor:
+        """Wire the agent's parts together, each with only what it uses."""
+        settings = self.settings.agent
+        timings = Timings(
+            kill_grace_seconds=self.kill_grace_seconds,
+            cold_kill_grace_seconds=self.cold_kill_grace_seconds,
+            stop_claim_wait_seconds=self.stop_claim_wait_seconds,
+            stop_deploy_wait_seconds=self.stop_deploy_wait_seconds,
+            watch_interval_seconds=self.watch_interval_seconds,
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds,
+        )
+        api, driver, registry, identity = self.api, self.driver, self.registry, self.identity
+        wakeups, tasks = self.wakeups, self.tasks
+        lifecycle = RunLifecycle(
+            driver,
+            api,
+            registry,
+            self.status,
+            tasks,
+            wakeups,
+            identity,
+            timings,
+            self.run_env,
+            run_timeout_seconds=settings.run_timeout_seconds,
+            clock=self.clock,
+        )
+        self._poller = Poller(
+            api,
+            registry,
+            self.status,
+            wakeups,
+            identity,
+            accept=lifecycle.accept,
+            problem=driver.problem,
+            max_polls=settings.max_polls,
+            poll_wait_seconds=settings.poll_wait_seconds,
+        )
+        watch = DeploymentWatch(driver, api, registry, lifecycle, identity, wakeups, tasks, clock=self.clock)
+        self._supervisor = Supervisor(
+            driver=driver,
+            api=api,
+            registry=registry,
+            status=self.status,
+            poller=self._poller,
+            lifecycle=lifecycle,
+            watch=watch,
+            identity=identity,
+            wakeups=wakeups,
+            tasks=tasks,
+            timings=timings,
+        )
+        return self._supervisor
+
     def _close_client(self) -> None:
         client = self._client
+        if not self._owns_client or client is None:
+            return
         # A claim call still in flight releases what it claims with the client: it closes it when done.
-        if self._owns_client and client is not None and not self.poller.close_after(client.close):
+        if self._poller is None or not self._poller.close_after(client.close):
             client.close()
 
     def stop(self, cold: bool = False) -> None:
         """Ask for a warm stop (a second call, or ``cold=True``: a cold stop). Thread-safe, like a signal."""
-        self.stop_control.request_threadsafe(cold)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._request_stop(cold)  # before start: start() will not claim
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing left to stop
+            loop.call_soon_threadsafe(self._request_stop, cold)
+
+    def _request_stop(self, cold: bool) -> None:
+        if self._supervisor is not None:
+            self._supervisor.request(cold)
+            return
+        wakeups = self.wakeups  # supervision has not started: it finds the stop already asked for
+        wakeups.level = 2 if cold else max(wakeups.level, 1)
+        self.status.stopping = True
 
     def poke(self) -> None:
         """Cut the poll loop's current wait short (``GET /api/poke``). Thread-safe."""
-        self._call_soon(self.stop_control.poke)
+        self._call_soon(self.wakeups.poke)
 
     def deployments_changed(self) -> None:
         """Tell the watch loop to inspect deployments now, not at its next tick. Thread-safe."""
-        self._call_soon(self.stop_control.wake_watch)
+        self._call_soon(self.wakeups.wake_watch)
+
+    def platform_back(self) -> None:
+        """The driver's platform is usable again: claim now. Thread-safe."""
+        self.poke()
 
     @property
     def api(self) -> ApiCalls:
         """The agent's API calls, under its error policy."""
         if self._api is None:
             # The API back after an outage: the poll loop claims at once rather than after its backoff.
-            self._api = ApiCalls(self.client, self.policy, self.status, on_answered_again=self.stop_control.poke)
+            self._api = ApiCalls(self.client, self.policy, self.status, on_answered_again=self.wakeups.poke)
         return self._api
 
     @property
@@ -291,18 +333,13 @@ class Agent(abc.ABC):
             self._client = Client.from_settings(self.settings)
         return self._client
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        assert self._loop is not None, "the agent is not running"
-        return self._loop
-
     # --- start-up ------------------------------------------------------------------------------
 
     async def _startup(self) -> None:
         client = self.client
         who = await self.api.call("whoami", client.whoami, duty="startup")
         check_identity(who, self.settings.api.tenant_id)
-        self.tenant_id = who.tenant_id
+        self.identity.tenant_id = who.tenant_id
         agent = await self.api.call(
             "register",
             client.register_agent,
@@ -313,7 +350,7 @@ class Agent(abc.ABC):
             __version__,
             duty="startup",
         )
-        self.agent_id = agent.id
+        self.identity.agent_id = agent.id
         logger.info(
             "agent %s (%s) registered as %s in tenant %s with labels %s",
             self.name,
@@ -334,41 +371,6 @@ class Agent(abc.ABC):
             agent_labels=self.labels,
             send_logs_to_api=self.send_logs_to_api,
         )
-
-    # --- heartbeat and watch -------------------------------------------------------------------
-
-    async def heartbeat_once(self) -> None:
-        """Report deployments; stop the ones the server wants cancelled."""
-        client, agent_id = self.client, self.agent_id
-        assert agent_id is not None
-        report = self.registry.heartbeat_report()
-        # Only the claims named here keep their lease: one this agent does not know of expires (polling.py).
-        claims = [run.id for run in self.registry.all() if not run.submitted]
-        response = await asyncio.to_thread(client.agent_heartbeat, agent_id, report, claims)
-        self.api.succeeded("heartbeat")
-        for item in report:
-            run = self.registry.get(item["flow_run_id"])
-            if not item["alive"] and run is not None and run.phase is Phase.ENDED:
-                self.runs.forget(run)
-        for run_id in response.failed:
-            logger.warning("run %s ended without a final state: the server marked it Failed", run_id)
-        for run_id in response.cancel:
-            self.stop_control.spawn(self.runs.cancel(run_id), f"cancel {run_id}")
-
-    async def inspect_deployments(self) -> None:
-        """Record the end of every deployment that has ended; kill those that have run past their limit."""
-        for run in self.registry.in_phase(Phase.DEPLOYED):
-            assert run.deployment is not None
-            result = await self.inspect(run.deployment)
-            if result is None or run.phase is not Phase.DEPLOYED:
-                continue
-            ended = result if isinstance(result, Ended) else Ended(result)
-            run.phase, run.exit_code, run.end_message = Phase.ENDED, ended.exit_code, ended.message
-            code = "unknown" if ended.exit_code is None else ended.exit_code
-            logger.info("run %s (%s) ended with exit code %s", run.id, run.name, code)
-            self.runs.run_left()
-            self.stop_control.wake_heartbeat()
-        self.runs.time_out(self.clock())
 
     # --- helpers ----------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ last log lines, which go into the Failed message of a run that ended without a f
 stop is ``docker stop`` (SIGTERM, then SIGKILL after the grace period), then removal.
 
 Every Docker call blocks, so each runs in a worker thread. The daemon is pinged in the background: while it does
-not answer, :meth:`DockerAgent.platform_problem` says why (health 503), the agent claims nothing and releases what
+not answer, :meth:`DockerDriver.problem` says why (health 503), the agent claims nothing and releases what
 it had claimed but not deployed; it resumes by itself when the daemon is back.
 
 Usage::
@@ -35,15 +35,16 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Unpack, cast
+from typing import Any, Unpack, cast
 
 import requests
 from docker import APIClient
 from docker.errors import APIError, DockerException, NotFound
 from docker.utils import convert_volume_binds, kwargs_from_env
+from pydantic import BaseModel, ConfigDict
 
 from baton import __version__
-from baton.agent.base import Agent, AgentOptions
+from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_options
 from baton.agent.docker_policy import DockerPolicy, PolicyCheck, refusal_message
 from baton.agent.docker_spec import (
     EXCLUSIVE_NETWORKS,
@@ -63,7 +64,8 @@ from baton.agent.docker_spec import (
     unix_socket_problem,
     without_env_values,
 )
-from baton.agent.runs import Deployment, Ended
+from baton.agent.driver import Deployment, DriverEvents, Ended
+from baton.agent.option_specs import DOCKER_OPTIONS
 from baton.exceptions import ConfigurationError, DeploymentError, PlatformUnavailableError
 from baton.schemas.core import RunConfig, RunConfigType
 from baton.schemas.responses import ClaimedRun
@@ -118,8 +120,8 @@ def _stream_logs(client: APIClient, container: Container, prefix: str) -> None:
         sys.stdout.flush()
 
 
-class DockerAgent(Agent):
-    """Deploys flow runs as Docker containers. See :class:`baton.agent.base.Agent` for the common options.
+class DockerOptions(BaseModel):
+    """The Docker driver's options (``baton agent docker start``).
 
     Args:
         base_url: the daemon's address (``-b/--base-url``); default ``DOCKER_HOST``, else the local socket.
@@ -133,16 +135,35 @@ class DockerAgent(Agent):
         registry_allow_list: registries images may come from (``docker.io``, ``registry.example.com:5000``);
             None allows any. Local-only images are always allowed.
         default_image: the image of runs that name none (default ``baton:<version>``).
-        policy: what run configs may ask of the host (``--allow-host-config``, ``--allow-bind``, ...): a
-            :class:`~baton.agent.docker_policy.DockerPolicy` or a mapping of its fields; default: resource limits
-            only. A run config asking for more fails its run before any container is created.
+        policy: what run configs may ask of the host (``--allow-host-config``, ``--allow-bind``, ...); default:
+            resource limits only. A run config asking for more fails its run before any container is created.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    base_url: str | None = None
+    no_pull: bool = False
+    show_flow_logs: bool = False
+    volumes: list[str] = []
+    networks: list[str] = []
+    docker_client_timeout: float | None = None
+    registry_allow_list: list[str] | None = None
+    default_image: str | None = None
+    policy: DockerPolicy = DockerPolicy()
+
+
+class DockerAgent(Agent):
+    """An :class:`~baton.agent.base.Agent` with a :class:`DockerDriver`: each flow run is a container.
+
+    Takes the common agent options and those of :class:`DockerOptions`; ``policy`` may also be a mapping of
+    :class:`~baton.agent.docker_policy.DockerPolicy`'s fields.
 
     Raises:
         ConfigurationError: a malformed volume, an impossible network combination, a bad timeout, an invalid
             policy, or an option common to every agent.
     """
 
-    agent_type: ClassVar[str] = "docker"
+    driver: DockerDriver
 
     def __init__(
         self,
@@ -158,22 +179,51 @@ class DockerAgent(Agent):
         policy: DockerPolicy | Mapping[str, Any] | None = None,
         **options: Unpack[AgentOptions],
     ) -> None:
-        super().__init__(agent_overrides={"show_flow_logs": show_flow_logs}, **options)
-        timeout = DEFAULT_CLIENT_TIMEOUT_SECONDS if docker_client_timeout is None else float(docker_client_timeout)
+        settings = agent_settings(DOCKER_OPTIONS, {"show_flow_logs": show_flow_logs}, **options)
+        driver = DockerDriver(
+            DockerOptions(
+                base_url=base_url,
+                no_pull=no_pull,
+                show_flow_logs=settings.agent.show_flow_logs,
+                volumes=list(volumes or []),
+                networks=list(networks or []),
+                docker_client_timeout=docker_client_timeout,
+                registry_allow_list=registry_allow_list,
+                default_image=default_image,
+                policy=DockerPolicy.parse(policy),
+            )
+        )
+        super().__init__(driver, settings=settings, **runtime_options(options))
+
+
+class DockerDriver:
+    """Deploys flow runs as Docker containers (see the module docstring).
+
+    Raises:
+        ConfigurationError: a malformed volume, an impossible network combination, a bad timeout.
+    """
+
+    agent_type = "docker"
+    watch_interval_seconds = 0.5
+
+    def __init__(self, options: DockerOptions | None = None) -> None:
+        options = options or DockerOptions()
+        timeout = (
+            DEFAULT_CLIENT_TIMEOUT_SECONDS if options.docker_client_timeout is None else options.docker_client_timeout
+        )
         if not timeout > 0:
-            raise ConfigurationError(f"--docker-client-timeout must be positive, not {docker_client_timeout}")
-        self.base_url = base_url
-        self.no_pull = no_pull
-        self.volumes: list[VolumeSpec] = parse_volumes(list(volumes or []))
-        self.networks: NetworkPlan = plan_networks(list(networks or []))
+            raise ConfigurationError(f"--docker-client-timeout must be positive, not {options.docker_client_timeout}")
+        self.options = options
+        self.base_url = options.base_url
+        self.no_pull = options.no_pull
+        self.volumes: list[VolumeSpec] = parse_volumes(options.volumes)
+        self.networks: NetworkPlan = plan_networks(options.networks)
         self.docker_client_timeout = timeout
-        self.registry_allow_list = None if registry_allow_list is None else normalize_registries(registry_allow_list)
-        self.default_image = default_image or f"baton:{__version__}"
-        self.run_policy = DockerPolicy.parse(policy)
-        if self.networks.mode == "none":
-            logger.warning("--network none: flow-run containers cannot reach the API, their runs will fail")
-        elif (warning := loopback_api_warning(self.settings.api.url, self.networks.mode)) is not None:
-            logger.warning("%s", warning)
+        allowed = options.registry_allow_list
+        self.registry_allow_list = None if allowed is None else normalize_registries(allowed)
+        self.default_image = options.default_image or f"baton:{__version__}"
+        self.run_policy = options.policy
+        self._events: DriverEvents | None = None
         self._docker: APIClient | None = None  # calls with docker_client_timeout
         self._streams: APIClient | None = None  # log streams and waits: no timeout
         self._connect_lock = threading.Lock()
@@ -182,6 +232,14 @@ class DockerAgent(Agent):
         self._checker: threading.Thread | None = None
         self._leftovers: set[str] = set()  # containers to remove once the daemon answers again
 
+    def labels(self) -> list[str]:
+        return []
+
+    def check_api_url(self, api_url: str) -> str | None:
+        if self.networks.mode == "none":
+            return "--network none: flow-run containers cannot reach the API, their runs will fail"
+        return loopback_api_warning(api_url, self.networks.mode)
+
     # --- the daemon ------------------------------------------------------------------------------
 
     @property
@@ -189,12 +247,13 @@ class DockerAgent(Agent):
         """Where the daemon is expected, for messages."""
         return self.base_url or str(kwargs_from_env().get("base_url") or "unix:///var/run/docker.sock")
 
-    async def open_platform(self) -> None:
+    async def open(self, events: DriverEvents) -> None:
+        self._events = events
         await asyncio.to_thread(self._stream_client)  # connects both clients: a deploy then needs no new one
         self._checker = threading.Thread(target=self._check_daemon_loop, name="baton-docker-daemon", daemon=True)
         self._checker.start()
 
-    async def close_platform(self) -> None:
+    async def close(self) -> None:
         self._stop_checking.set()
         if self._checker is not None:
             await asyncio.to_thread(self._checker.join, 2 * DAEMON_CHECK_SECONDS)
@@ -202,7 +261,7 @@ class DockerAgent(Agent):
             if client is not None:
                 client.close()
 
-    def platform_problem(self) -> str | None:
+    def problem(self) -> str | None:
         return self._problem
 
     def _docker_client(self) -> APIClient:
@@ -264,7 +323,8 @@ class DockerAgent(Agent):
         if self._problem is not None:
             logger.warning("the Docker daemon at %s answers again: claiming runs", self.daemon_address)
             self._problem = None
-            self.poke()
+            if self._events is not None:
+                self._events.platform_back()
         self._remove_leftovers()
 
     def _lost(self, reason: object) -> None:
@@ -324,7 +384,7 @@ class DockerAgent(Agent):
         except _UNREACHABLE as exc:
             self._lost(exc)
             raise DeploymentError(f"the Docker daemon at {self.daemon_address} does not answer: {exc}") from exc
-        if self.settings.agent.show_flow_logs:
+        if self.options.show_flow_logs:
             prefix = f"[{claimed.flow_run.name}] "
             streams = self._stream_client()
             container.log_thread = threading.Thread(

@@ -6,7 +6,7 @@ first, and the run is then left as the server has it.
 
 Usage::
 
-    lifecycle = RunLifecycle(agent)
+    lifecycle = RunLifecycle(driver, api, registry, status, tasks, wakeups, identity, timings, run_env)
     lifecycle.accept(claimed)  # deploy it (or release it, when stopping)
     await lifecycle.stop_deployment(run, "Cancelled", "cancelled by the user")
 """
@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
 
-from baton.agent.runs import ActiveRun, Deployment, Phase
+from baton.agent.driver import Deployment, Driver
+from baton.agent.health import AgentStatus
+from baton.agent.protocol import ApiCalls
+from baton.agent.runs import ActiveRun, Phase, RunRegistry
+from baton.agent.shared import AgentIdentity, TaskSet, Timings, Wakeups
 from baton.agent.timeouts import effective_timeout, overdue, timed_out_message
 from baton.exceptions import BatonError, ClientError, ConfigurationError, ConflictError
 from baton.schemas.responses import ClaimedRun, FlowRunRead
 from baton.schemas.states import StateName
-
-if TYPE_CHECKING:
-    from baton.agent.base import Agent
 
 logger = logging.getLogger("baton.agent")
 
@@ -33,12 +35,47 @@ _SUBMITTED_AFTER_ALL = frozenset({StateName.SUBMITTED, StateName.RUNNING})
 
 
 class RunLifecycle:
-    """What an agent does with the runs it claims. One per agent."""
+    """What an agent does with the runs it claims. One per agent.
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-        self._registry = agent.registry
-        self._status = agent.status
+    Args:
+        driver: deploys and kills.
+        api: the agent's API calls.
+        registry: the agent's runs.
+        status: the health facts to update.
+        tasks: where each run's task goes.
+        wakeups: the loops to wake as runs come and go.
+        identity: the agent's name and id, for messages and for what the server says is ours.
+        timings: the kill grace periods.
+        run_env: the Baton part of a claimed run's environment.
+        run_timeout_seconds: the agent-wide limit of a run (a flow's shorter one wins).
+        clock: measures how long deployments have run.
+    """
+
+    def __init__(
+        self,
+        driver: Driver,
+        api: ApiCalls,
+        registry: RunRegistry,
+        status: AgentStatus,
+        tasks: TaskSet,
+        wakeups: Wakeups,
+        identity: AgentIdentity,
+        timings: Timings,
+        run_env: Callable[[ClaimedRun], dict[str, str]],
+        run_timeout_seconds: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._driver = driver
+        self._api = api
+        self._registry = registry
+        self._status = status
+        self._tasks = tasks
+        self._wakeups = wakeups
+        self._identity = identity
+        self._timings = timings
+        self._run_env = run_env
+        self._run_timeout_seconds = run_timeout_seconds
+        self._clock = clock
         self._stopping_stored: set[str] = set()  # runs of a restart being stopped from their Submitted data
 
     def accept(self, claimed: ClaimedRun) -> None:
@@ -47,11 +84,11 @@ class RunLifecycle:
         stale = self._registry.get(claimed.flow_run.id)
         if stale is not None:
             self._supersede(stale)
-        limit = effective_timeout(claimed.flow.timeout_seconds, self._agent.settings.agent.run_timeout_seconds)
+        limit = effective_timeout(claimed.flow.timeout_seconds, self._run_timeout_seconds)
         run = self._registry.add(claimed, limit)
         self.update_active()
         logger.info("claimed run %s (%s) of flow %s", run.id, run.name, claimed.flow.name)
-        self._agent.stop_control.spawn(self._launch(run), f"launch {run.id}", launch=True)
+        self._tasks.spawn(self._launch(run), f"launch {run.id}", launch=True)
 
     def _supersede(self, stale: ActiveRun) -> None:
         # A claim returned a run this agent still holds: its lease expired while a slow deploy or a retried
@@ -62,47 +99,46 @@ class RunLifecycle:
         # new claim instead is not safer: this agent would claim the run again at once, over and over, while the
         # old deploy is still under way. Nor may the old entry stay: the heartbeat would report its process's
         # end, and the server would fail the new attempt for it.
-        agent = self._agent
         logger.warning(
             "run %s was claimed again while this agent held it (%s): stopping the old deployment, deploying the new",
             stale.id,
             stale.phase.value,
         )
-        stale.superseded = True
+        stale.supersede()
         self._registry.remove(stale)
         if stale.deployment is not None and stale.phase is Phase.DEPLOYED:
-            stopping = agent.kill(stale.deployment, agent.kill_grace_seconds)
-            agent.stop_control.spawn(stopping, f"stop superseded {stale.id}")
+            stopping = self._driver.kill(stale.deployment, self._timings.kill_grace_seconds)
+            self._tasks.spawn(stopping, f"stop superseded {stale.id}")
         # A deploy still under way is stopped by its own launch task when it returns (it sees `superseded`).
 
     async def _launch(self, run: ActiveRun) -> None:
-        agent = self._agent
-        if agent.stop_control.stopping:
+        if self._wakeups.stopping:
             await self._release(run, "on shutdown")
             return
-        problem = agent.platform_problem()
+        problem = self._driver.problem()
         if problem is not None:  # claimed before the platform went away: another agent may deploy it
             await self._release(run, f"without deploying it: {problem}")
             return
-        run.deploy_task = asyncio.ensure_future(agent.deploy(run.claimed, agent.run_env(run.claimed)))
+        run.deploy_task = asyncio.ensure_future(self._driver.deploy(run.claimed, self._run_env(run.claimed)))
         try:
             # Shielded: a stop cancels this task but still collects (and kills or detaches) what the deploy started.
             deployment = await asyncio.shield(run.deploy_task)
         except Exception as exc:  # any deployment problem fails the run with its message (seed docs)
             await self._fail_deployment(run, exc)
             return
-        run.deployment, run.phase, run.deployed_at = deployment, Phase.DEPLOYED, agent.clock()
+        run.deployed(deployment, at=self._clock())
         if run.superseded:
             await self._kill_quietly(run)
             return
         if run.cancel_requested:
-            await self.stop_deployment(run, "Cancelled", f"cancelled before it was submitted by agent {agent.name}")
+            name = self._identity.name
+            await self.stop_deployment(run, "Cancelled", f"cancelled before it was submitted by agent {name}")
             return
         await self._submit(run, deployment)
 
     async def _submit(self, run: ActiveRun, deployment: Deployment) -> None:
         try:
-            await self._agent.api.set_state(run.id, "Submitted", deployment.message, deployment.data)
+            await self._api.set_state(run.id, "Submitted", deployment.message, deployment.data)
         except ConflictError as exc:
             if not await self._submitted_after_all(run, exc):
                 return
@@ -112,10 +148,10 @@ class RunLifecycle:
         if run.superseded:  # claimed again meanwhile: the new claim's deployment is the one that runs
             await self._kill_quietly(run)
             return
-        run.submitted = True
+        run.confirm_submitted()
         self._status.deployments += 1
         logger.info("submitted run %s (%s): %s", run.id, run.name, deployment.message)
-        self._agent.stop_control.wake_heartbeat()  # an early end must be reported, and cancels noticed, soon
+        self._wakeups.wake_heartbeat()  # an early end must be reported, and cancels noticed, soon
 
     async def _submitted_after_all(self, run: ActiveRun, refusal: ConflictError) -> bool:
         """Whether a refused Submitted went through anyway; if not, stop what was deployed.
@@ -123,18 +159,18 @@ class RunLifecycle:
         A retried Submitted is refused (Submitted -> Submitted) when the attempt before it went through but its
         answer was lost (a read timeout): the run is then Submitted, or Running already, for this agent.
         """
-        agent = self._agent
         try:
-            current = await agent.api.get_flow_run(run.id)
+            current = await self._api.get_flow_run(run.id)
         except ClientError:
             await self._kill_quietly(run)
             raise
-        ours = current.agent_id == agent.agent_id
+        name = self._identity.name
+        ours = current.agent_id == self._identity.agent_id
         if ours and current.state in _SUBMITTED_AFTER_ALL:
             logger.info("run %s is %s for this agent: an earlier Submitted went through", run.id, current.state)
             return True
         if ours and current.state == StateName.CANCELLING:
-            await self.stop_deployment(run, "Cancelled", f"cancelled: agent {agent.name} stopped its deployment")
+            await self.stop_deployment(run, "Cancelled", f"cancelled: agent {name} stopped its deployment")
             return False
         # Cancelled, or its lease lost (Scheduled, or another claim's) while we deployed it: it must not run.
         logger.warning(
@@ -144,14 +180,14 @@ class RunLifecycle:
         return False
 
     async def _kill_quietly(self, run: ActiveRun) -> None:
-        run.phase = Phase.KILLING
+        run.killing()
         if run.deployment is not None:
-            await self._agent.kill(run.deployment, self._agent.kill_grace_seconds)
+            await self._driver.kill(run.deployment, self._timings.kill_grace_seconds)
         self.forget(run)
 
     async def _fail_deployment(self, run: ActiveRun, exc: Exception) -> None:
         message = str(exc) or type(exc).__name__
-        problem = self._agent.platform_problem()
+        problem = self._driver.problem()
         if problem is not None and not run.superseded:
             # The platform went away under the deploy: not the run's fault, so it goes back to be claimed again.
             logger.warning("could not deploy run %s (%s): %s", run.id, run.name, message)
@@ -168,12 +204,12 @@ class RunLifecycle:
             logger.debug("deployment of run %s failed", run.id, exc_info=exc)
         self._status.deployment_failures += 1
         if not run.superseded:  # else the run is the new claim's, whose deploy may well succeed
-            await self._agent.api.set_state_if_allowed(run.id, "Failed", message)
+            await self._api.set_state_if_allowed(run.id, "Failed", message)
         self.forget(run)
 
     async def _release(self, run: ActiveRun, why: str) -> None:
-        message = f"released by agent {self._agent.name} {why}"
-        await self._agent.api.set_state_if_allowed(run.id, "Scheduled", message)
+        message = f"released by agent {self._identity.name} {why}"
+        await self._api.set_state_if_allowed(run.id, "Scheduled", message)
         logger.info("released run %s %s", run.id, why)
         self.forget(run)
 
@@ -190,15 +226,14 @@ class RunLifecycle:
             state_first: set the state before killing (a cold stop): a flow-run process that reports its own end
                 when signalled (the engine sets Cancelled on SIGTERM) must not decide how the run ends.
         """
-        agent = self._agent
-        run.phase = Phase.KILLING
+        run.killing()
         set_to: str | None = None
         if state_first and not run.superseded:
-            set_to = await agent.api.set_state_if_allowed(run.id, state, message)
+            set_to = await self._api.set_state_if_allowed(run.id, state, message)
         if run.deployment is not None:
-            await agent.kill(run.deployment, agent.kill_grace_seconds if grace is None else grace)
+            await self._driver.kill(run.deployment, self._timings.kill_grace_seconds if grace is None else grace)
         if not state_first and not run.superseded:
-            set_to = await agent.api.set_state_if_allowed(run.id, state, message)
+            set_to = await self._api.set_state_if_allowed(run.id, state, message)
         if set_to is None:
             logger.info("stopped run %s; it was not ours to mark %s any more", run.id, state)
         else:
@@ -207,7 +242,6 @@ class RunLifecycle:
 
     async def cancel(self, run_id: str) -> None:
         """Stop a run the server wants cancelled (its heartbeat answer named it)."""
-        agent = self._agent
         run = self._registry.get(run_id)
         if run is None:
             # Every heartbeat answer names a Cancelling run again: one stop of it at a time (it may take the grace).
@@ -221,27 +255,27 @@ class RunLifecycle:
             return
         if run.phase is Phase.KILLING:
             return
-        run.cancel_requested = True
+        run.request_cancel()
         if run.phase is Phase.CLAIMED:
             return  # _launch stops it as soon as its deploy returns
-        await self.stop_deployment(run, "Cancelled", f"cancelled: agent {agent.name} stopped its deployment")
+        name = self._identity.name
+        await self.stop_deployment(run, "Cancelled", f"cancelled: agent {name} stopped its deployment")
 
     async def _cancel_stored(self, run_id: str) -> None:
         """Cancel a run deployed by this identity before a restart: its deployment is found again from what its
         Submitted state stored, and stopped if it is still there."""
-        agent = self._agent
+        name = self._identity.name
         stopped = await self._kill_stored(run_id)
         if stopped is None:
-            message = f"cancelled: agent {agent.name} holds no deployment"
+            message = f"cancelled: agent {name} holds no deployment"
         else:
-            message = f"cancelled: agent {agent.name} stopped {stopped}, deployed before it restarted"
+            message = f"cancelled: agent {name} stopped {stopped}, deployed before it restarted"
             logger.info("run %s: stopped %s, deployed before this agent restarted", run_id, stopped)
-        await agent.api.set_state_if_allowed(run_id, "Cancelled", message)
+        await self._api.set_state_if_allowed(run_id, "Cancelled", message)
 
     async def _kill_stored(self, run_id: str) -> str | None:
-        agent = self._agent
         try:
-            current = await agent.api.get_flow_run(run_id)
+            current = await self._api.get_flow_run(run_id)
         except BatonError as exc:
             logger.warning("cannot read run %s to stop its deployment: %s", run_id, exc)
             return None
@@ -249,7 +283,7 @@ class RunLifecycle:
         if not submitted or not isinstance(submitted[-1].data, dict):
             return None
         try:
-            return await agent.kill_stored(run_id, submitted[-1].data, agent.kill_grace_seconds)
+            return await self._driver.kill_stored(run_id, submitted[-1].data, self._timings.kill_grace_seconds)
         except Exception:  # a platform error: the run is still cancelled, and the operator told
             logger.exception("could not stop the deployment of run %s", run_id)
             return None
@@ -260,24 +294,24 @@ class RunLifecycle:
             limit = overdue(run, now)
             if limit is None:
                 continue
-            run.phase = Phase.KILLING  # now: the next watch tick must not time it out twice
+            run.killing()  # now: the next watch tick must not time it out twice
             logger.warning("run %s (%s) has run for %d s, its limit: killing it", run.id, run.name, limit)
             # The state first: the engine answers SIGTERM by reporting its own end, which must not win.
             stopping = self.stop_deployment(run, "Failed", timed_out_message(limit), state_first=True)
-            self._agent.stop_control.spawn(stopping, f"time out {run.id}")
+            self._tasks.spawn(stopping, f"time out {run.id}")
 
     def forget(self, run: ActiveRun) -> None:
         """Drop ``run`` (not a newer claim of the same run) and what the agent knows of its API calls."""
         self._registry.remove(run)
         if run.id not in self._registry:
-            self._agent.api.forget(f"run {run.id}")
+            self._api.forget(f"run {run.id}")
         self.run_left()
 
     def run_left(self) -> None:
         """A run freed its slot: the poll loop may claim again, a stop may be able to finish."""
         self.update_active()
-        self._agent.stop_control.wake_poll()
-        self._agent.stop_control.notify_changed()
+        self._wakeups.wake_poll()
+        self._wakeups.notify_changed()
 
     def update_active(self) -> None:
         self._status.active_runs = self._registry.busy_slots()

@@ -14,6 +14,7 @@ Usage::
 
     LocalAgent(labels=["dev"], import_paths=["/srv/flows"], show_flow_logs=True).start()
     LocalAgent(run_as="baton-flows", key_file="/etc/baton/agent.key").start()   # as root
+    Agent(LocalDriver(LocalOptions(import_paths=["/srv/flows"])), labels=["dev"]).start()   # the same, composed
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, ClassVar, Unpack
+from typing import IO, Any, Unpack
 
-from baton.agent.base import Agent, AgentOptions
+from pydantic import BaseModel, ConfigDict, Field
+
+from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_options
+from baton.agent.driver import Deployment, DriverEvents
 from baton.agent.env import inherited_environment
+from baton.agent.option_specs import LOCAL_OPTIONS
 from baton.agent.run_as import (
     OsUser,
     check_can_switch,
@@ -41,12 +46,11 @@ from baton.agent.run_as import (
     probe_user,
     remove_workdir,
 )
-from baton.agent.runs import Deployment
 from baton.exceptions import ConfigurationError, DeploymentError
 from baton.labels import hostname_label
 from baton.schemas.core import RunConfig, RunConfigType
 from baton.schemas.responses import ClaimedRun
-from baton.settings import config_path
+from baton.settings import AgentSettings, config_path
 
 logger = logging.getLogger("baton.agent")
 
@@ -107,8 +111,8 @@ def _wait_pidfd(pidfd: int, timeout: float) -> bool:
     return bool(poller.poll(max(0, int(timeout * 1000))))
 
 
-class LocalAgent(Agent):
-    """Deploys flow runs as local subprocesses. See :class:`baton.agent.base.Agent` for the common options.
+class LocalOptions(BaseModel):
+    """The local driver's options (``baton agent local start``); in settings, fields of ``[agent]``.
 
     Args:
         import_paths: prepended to the runs' ``PYTHONPATH`` (``-p/--import-path``).
@@ -118,12 +122,45 @@ class LocalAgent(Agent):
         run_as: run flows as this OS user (``--run-as``; the agent must be root, or have CAP_SETUID/CAP_SETGID).
         allow_run_as: users a ``LocalRun(user=...)`` may ask for (``--allow-run-as``, repeatable); other users
             fail the run.
+        secret_files: files flows must not be able to read (the agent's key file, its config file); a run-as
+            user who can read one is refused at start.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    import_paths: list[str] = Field(default_factory=list)
+    show_flow_logs: bool = False
+    hostname_label: bool = True
+    run_as: str | None = None
+    allow_run_as: list[str] = Field(default_factory=list)
+    secret_files: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings, key_file: str | None = None) -> LocalOptions:
+        secrets = [str(config_path())]
+        if key_file:
+            secrets.append(str(Path(key_file).expanduser()))
+        return cls(
+            import_paths=settings.import_paths,
+            show_flow_logs=settings.show_flow_logs,
+            hostname_label=settings.hostname_label,
+            run_as=settings.run_as,
+            allow_run_as=settings.allow_run_as,
+            secret_files=secrets,
+        )
+
+
+class LocalAgent(Agent):
+    """An :class:`~baton.agent.base.Agent` with a :class:`LocalDriver`: flow runs are local subprocesses.
+
+    Takes the common agent options and those of :class:`LocalOptions` (``import_paths``, ``show_flow_logs``,
+    ``hostname_label``, ``run_as``, ``allow_run_as``); each left as None falls back to the settings.
 
     Raises:
         ConfigurationError: also when a run-as user does not exist, or this process cannot switch to it.
     """
 
-    agent_type: ClassVar[str] = "local"
+    driver: LocalDriver
 
     def __init__(
         self,
@@ -135,28 +172,51 @@ class LocalAgent(Agent):
         allow_run_as: list[str] | None = None,
         **options: Unpack[AgentOptions],
     ) -> None:
-        super().__init__(
-            agent_overrides={
-                "import_paths": import_paths,
-                "show_flow_logs": show_flow_logs,
-                "hostname_label": hostname_label,
-                "run_as": run_as,
-                "allow_run_as": allow_run_as,
-            },
-            **options,
-        )
-        settings = self.settings.agent
-        self.run_as = lookup_user(settings.run_as) if settings.run_as else None
-        self.allowed_users = {name: lookup_user(name, "--allow-run-as") for name in settings.allow_run_as}
+        overrides = {
+            "import_paths": import_paths,
+            "show_flow_logs": show_flow_logs,
+            "hostname_label": hostname_label,
+            "run_as": run_as,
+            "allow_run_as": allow_run_as,
+        }
+        settings = agent_settings(LOCAL_OPTIONS, overrides, **options)
+        driver = LocalDriver(LocalOptions.from_settings(settings.agent, settings.api.key_file))
+        super().__init__(driver, settings=settings, **runtime_options(options))
+
+
+class LocalDriver:
+    """Deploys flow runs as local subprocesses (see the module docstring).
+
+    Raises:
+        ConfigurationError: a run-as user does not exist, or this process cannot switch to it.
+    """
+
+    agent_type = "local"
+    watch_interval_seconds = 0.5
+
+    def __init__(self, options: LocalOptions | None = None) -> None:
+        self.options = options or LocalOptions()
+        self.run_as = lookup_user(self.options.run_as) if self.options.run_as else None
+        self.allowed_users = {name: lookup_user(name, "--allow-run-as") for name in self.options.allow_run_as}
         check_can_switch([user for user in (self.run_as, *self.allowed_users.values()) if user is not None])
         self._workdirs: dict[int, str] = {}  # pid -> the directory made for a run under another user
 
-    async def open_platform(self) -> None:
+    def labels(self) -> list[str]:
+        return [hostname_label()] if self.options.hostname_label else []
+
+    def check_api_url(self, api_url: str) -> str | None:
+        return None  # the flow runs where the agent runs: what the agent reaches, it reaches
+
+    def problem(self) -> str | None:
+        return None  # this host is always there while the agent is
+
+    async def close(self) -> None:
+        return None
+
+    async def open(self, events: DriverEvents) -> None:
         """Before registering: every user flows may run as can run Baton, and cannot read the agent's secrets."""
         users = {user.name: user for user in (self.run_as, *self.allowed_users.values()) if user is not None}
-        secrets = [config_path()]
-        if self.settings.api.key_file:
-            secrets.append(Path(self.settings.api.key_file).expanduser())
+        secrets = [Path(path) for path in self.options.secret_files]
         for user in users.values():
             if user.uid == os.geteuid():
                 continue
@@ -182,9 +242,6 @@ class LocalAgent(Agent):
             f"start the agent with --allow-run-as {wanted}"
         )
 
-    def extra_labels(self) -> list[str]:
-        return [hostname_label()] if self.settings.agent.hostname_label else []
-
     def command(self, claimed: ClaimedRun) -> list[str]:
         """The flow-run process's command line: the engine, run by this agent's Python."""
         return [sys.executable, "-m", "baton.engine"]
@@ -196,7 +253,7 @@ class LocalAgent(Agent):
         in front of ``PYTHONPATH``; HOME, USER and LOGNAME are those of ``user`` (None: the agent's own)."""
         who = user or current_user()
         env = {**inherited_environment(os.environ, home=home or who.home, user=who.name), **run_env}
-        paths = [os.path.abspath(path) for path in self.settings.agent.import_paths]
+        paths = [os.path.abspath(path) for path in self.options.import_paths]
         if paths:
             existing = env.get("PYTHONPATH")
             env["PYTHONPATH"] = os.pathsep.join([*paths, existing] if existing else paths)
@@ -237,7 +294,7 @@ class LocalAgent(Agent):
     def _popen(
         self, claimed: ClaimedRun, env: dict[str, str], cwd: str | None, switch: dict[str, Any]
     ) -> subprocess.Popen[str]:
-        show = self.settings.agent.show_flow_logs
+        show = self.options.show_flow_logs
         try:
             process = subprocess.Popen(
                 self.command(claimed),

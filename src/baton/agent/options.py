@@ -36,8 +36,15 @@ def _merged(current: BaseModel, overrides: dict[str, Any]) -> BaseModel:
         raise ConfigurationError(f"invalid agent option: {problems}") from exc
 
 
-def resolve_settings(settings: BatonSettings | None, *, api: dict[str, Any], agent: dict[str, Any]) -> BatonSettings:
-    """``settings`` (loaded from env and config file when None) with the explicit ``api`` and ``agent`` values.
+def resolve_settings(
+    settings: BatonSettings | None,
+    *,
+    api: dict[str, Any],
+    agent: dict[str, Any],
+    logging: dict[str, Any] | None = None,
+) -> BatonSettings:
+    """``settings`` (loaded from env and config file when None) with the explicit ``api``, ``agent`` and
+    ``logging`` values.
 
     Values given as None are not explicit: they leave the settings' value in place.
 
@@ -51,7 +58,8 @@ def resolve_settings(settings: BatonSettings | None, *, api: dict[str, Any], age
     key_file = getattr(api_settings, "key_file", None)
     if key_file:
         api_settings = api_settings.model_copy(update={"key": SecretStr(read_key_file(key_file))})
-    return base.model_copy(update={"api": api_settings, "agent": _merged(base.agent, agent)})
+    update = {"api": api_settings, "agent": _merged(base.agent, agent), "logging": _merged(base.logging, logging or {})}
+    return base.model_copy(update=update)
 
 
 def read_key_file(path: str) -> str:

@@ -14,7 +14,7 @@ so such claims expire and go back to the queue like any claim whose agent died.
 
 Usage::
 
-    poller = Poller(agent)
+    poller = Poller(api, registry, status, wakeups, identity, accept=lifecycle.accept, problem=driver.problem)
     await poller.run()                   # until --max-polls or a stop
     for claimed in poller.abandon():     # a cancelled loop's claim that had already returned
         ...                              # release it
@@ -28,15 +28,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from baton.agent.health import POLL_DUTY
+from baton.agent.health import POLL_DUTY, AgentStatus
+from baton.agent.protocol import AgentApi, ApiCalls
+from baton.agent.runs import RunRegistry
+from baton.agent.shared import AgentIdentity, Wakeups
 from baton.exceptions import BatonError, ConflictError, ServerUnavailableError
 from baton.schemas.responses import ClaimedRun, ClaimResponse
-
-if TYPE_CHECKING:
-    from baton.agent.base import Agent
-    from baton.agent.protocol import AgentApi
 
 logger = logging.getLogger("baton.agent")
 
@@ -196,10 +194,42 @@ def release_in_thread(client: AgentApi, agent_name: str, response: ClaimResponse
 
 
 class Poller:
-    """The agent's poll loop and its claim call in flight. One per agent."""
+    """The agent's poll loop and its claim call in flight. One per agent.
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    Args:
+        api: the agent's API calls (and its client, which claims).
+        registry: the agent's runs: how many slots are free.
+        status: the health facts to update.
+        wakeups: stop requests, and the events that cut a wait short.
+        identity: the agent's id (claims are made for it) and name (for release messages).
+        accept: takes each claimed run (``RunLifecycle.accept``).
+        problem: why the platform is unusable now, or None (``Driver.problem``).
+        max_polls: leave after this many claim calls (None: never).
+        poll_wait_seconds: how long a claim waits on the server for runs (a long poll).
+    """
+
+    def __init__(
+        self,
+        api: ApiCalls,
+        registry: RunRegistry,
+        status: AgentStatus,
+        wakeups: Wakeups,
+        identity: AgentIdentity,
+        *,
+        accept: Callable[[ClaimedRun], None],
+        problem: Callable[[], str | None],
+        max_polls: int | None = None,
+        poll_wait_seconds: float = 20.0,
+    ) -> None:
+        self._api = api
+        self._registry = registry
+        self._status = status
+        self._wakeups = wakeups
+        self._identity = identity
+        self._accept = accept
+        self._problem = problem
+        self._max_polls = max_polls
+        self._wait_seconds = poll_wait_seconds
         self.in_flight: ClaimCall | None = None  # the latest claim call, until its outcome is taken
         self.handed_over: ClaimCall | None = None  # a call that releases what it claims from its own thread
         self._platform_problem: str | None = None  # as last seen by the loop, to log changes once
@@ -209,29 +239,27 @@ class Poller:
 
     async def run(self) -> None:
         """Claim runs while slots are free, until ``--max-polls`` claim calls or a stop."""
-        agent = self._agent
-        max_polls = agent.settings.agent.max_polls
-        wait_seconds = agent.settings.agent.poll_wait_seconds
-        agent.status.polling, agent.status.starting = True, False
+        status, wait_seconds = self._status, self._wait_seconds
+        status.polling, status.starting = True, False
         try:
-            while not agent.stop_control.stopping:
-                if max_polls is not None and agent.status.polls >= max_polls:
-                    logger.info("made %d claim calls (--max-polls): claiming no more", agent.status.polls)
+            while not self._wakeups.stopping:
+                if self._max_polls is not None and status.polls >= self._max_polls:
+                    logger.info("made %d claim calls (--max-polls): claiming no more", status.polls)
                     return
                 if self._platform_down():  # it could not deploy what it claims: leave the runs to other agents
-                    await agent.stop_control.wait_poll(timeout=PLATFORM_RECHECK_SECONDS)
+                    await self._wakeups.wait_poll(timeout=PLATFORM_RECHECK_SECONDS)
                     continue
-                free = agent.registry.free_slots()
+                free = self._registry.free_slots()
                 if free == 0:  # every --limit slot is busy: wait for one to free up
-                    await agent.stop_control.wait_poll(timeout=wait_seconds or 1.0)
+                    await self._wakeups.wait_poll(timeout=wait_seconds or 1.0)
                     continue
                 await self._claim(free, wait_seconds)
         finally:
-            agent.status.polling = False
+            status.polling = False
 
     def _platform_down(self) -> bool:
         """Whether the driver's platform is unusable now; logs when that changes."""
-        problem = self._agent.platform_problem()
+        problem = self._problem()
         if problem is not None and self._platform_problem is None:
             logger.warning("claiming no runs while the platform is unusable: %s", problem)
         elif problem is None and self._platform_problem is not None:
@@ -240,32 +268,31 @@ class Poller:
         return problem is not None
 
     async def _claim(self, free: int, wait_seconds: float) -> None:
-        agent = self._agent
-        client, agent_id = agent.client, agent.agent_id
+        client, agent_id = self._api.client, self._identity.agent_id
         assert agent_id is not None
         wait = 0.0 if self._recovering else wait_seconds
-        claim = ClaimCall(lambda: client.claim(agent_id, limit=free, wait_seconds=wait), agent.loop)
+        claim = ClaimCall(lambda: client.claim(agent_id, limit=free, wait_seconds=wait), asyncio.get_running_loop())
         self.in_flight = claim.start()
         try:
-            response = await claim.result(give_up=agent.stop_control.stop_requested)
+            response = await claim.result(give_up=self._wakeups.stop_requested)
         except ServerUnavailableError as exc:
             await self._back_off(exc, "claim")
             return
         if response is None:  # a stop: do not wait out the long poll
             for claimed in self.abandon():
-                agent.runs.accept(claimed)  # launched while stopping, so released
+                self._accept(claimed)  # launched while stopping, so released
             return
-        agent.api.succeeded(POLL_DUTY)
+        self._api.succeeded(POLL_DUTY)
         self._recovering = False
-        agent.status.polls += 1
+        self._status.polls += 1
         for claimed in response.runs:
-            agent.runs.accept(claimed)
+            self._accept(claimed)
 
     async def _back_off(self, exc: ServerUnavailableError, what: str) -> None:
-        delay = self._agent.api.failed(exc, POLL_DUTY)
+        delay = self._api.failed(exc, POLL_DUTY)
         self._recovering = True
         logger.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-        await self._agent.stop_control.wait_poll(timeout=delay, poke_only=True)
+        await self._wakeups.wait_poll(timeout=delay, poke_only=True)
 
     def abandon(self) -> list[ClaimedRun]:
         """Stop waiting for the claim in flight.
@@ -277,8 +304,7 @@ class Poller:
         claim, self.in_flight = self.in_flight, None
         if claim is None or claim.taken:
             return []
-        agent = self._agent
-        client, name = agent.client, agent.name
+        client, name = self._api.client, self._identity.name
         if claim.hand_over(lambda response: release_in_thread(client, name, response)):
             self.handed_over = claim
             return []

@@ -7,7 +7,7 @@ Usage::
 
     registry = RunRegistry(limit=4)
     run = registry.add(claimed)
-    run.phase = Phase.DEPLOYED
+    run.deployed(deployment, at=clock())
     registry.free_slots()
 """
 
@@ -18,40 +18,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from baton.agent.driver import Deployment, Ended
 from baton.schemas.responses import ClaimedRun
 
 # Without --limit, claim at most this many runs per call (the server accepts up to 100).
 DEFAULT_CLAIM_BATCH = 10
 MAX_CLAIM_BATCH = 100
-
-
-@dataclass
-class Deployment:
-    """What a driver's ``deploy`` returns: how the Submitted state identifies the deployment, and its handle.
-
-    Args:
-        message: the Submitted state's message, e.g. ``"PID: 1234"``.
-        data: the Submitted state's data, e.g. ``{"pid": 1234}``.
-        handle: the driver's own object (a ``Popen``, a container id, a job name); the base never looks at it.
-    """
-
-    message: str
-    data: dict[str, Any] = field(default_factory=dict)
-    handle: Any = None
-
-
-@dataclass(frozen=True)
-class Ended:
-    """What :meth:`Agent.inspect` may return for a deployment that has ended, when an exit code is not all.
-
-    Args:
-        exit_code: the exit code; None when it cannot be known (a container removed from outside).
-        message: why it ended, for people (e.g. "OOM-killed", the last log lines); the heartbeat passes it on and
-            the server appends it to the Failed message of a run that ended without a final state.
-    """
-
-    exit_code: int | None
-    message: str | None = None
 
 
 class Phase(StrEnum):
@@ -61,22 +33,38 @@ class Phase(StrEnum):
     ENDED = "ended"  # infrastructure gone; the heartbeat still has to report the exit code
 
 
+# The moves a run's phase may make; any other is a bug in the agent (InvalidTransition).
+_MOVES = {
+    Phase.CLAIMED: {Phase.DEPLOYED, Phase.KILLING},
+    Phase.DEPLOYED: {Phase.KILLING, Phase.ENDED},
+    Phase.ENDED: {Phase.KILLING},  # a cancel or cold stop of a run whose end is not reported yet: harmless
+    Phase.KILLING: set(),
+}
+
+
+class InvalidTransition(AssertionError):
+    """An agent bug: a run was moved to a phase it cannot reach from where it is."""
+
+
 @dataclass
 class ActiveRun:
+    """One claimed run. Its phase and flags change only through the methods below, each one named transition."""
+
     claimed: ClaimedRun
-    phase: Phase = Phase.CLAIMED
-    deployment: Deployment | None = None
-    deploy_task: asyncio.Task[Deployment] | None = None
-    submitted: bool = False  # the server accepted Submitted: from now on the heartbeat reports it
-    cancel_requested: bool = False
-    exit_code: int | None = None
-    end_message: str | None = None  # see Ended.message
-    # A later claim of the same run replaced this one (see Agent._supersede): the run's state belongs to that
-    # claim now, so this one only stops what it deployed and never sets a state.
-    superseded: bool = False
-    # The run's limit (timeouts.py) and when its deployment started, on the agent's clock.
+    # The run's limit (timeouts.py).
     timeout_seconds: int | None = None
-    deployed_at: float | None = None
+    phase: Phase = field(default=Phase.CLAIMED, init=False)
+    deployment: Deployment | None = field(default=None, init=False)
+    deploy_task: asyncio.Task[Deployment] | None = field(default=None, init=False)
+    # When its deployment started, on the agent's clock.
+    deployed_at: float | None = field(default=None, init=False)
+    submitted: bool = field(default=False, init=False)  # the server accepted Submitted: the heartbeat reports it
+    cancel_requested: bool = field(default=False, init=False)
+    exit_code: int | None = field(default=None, init=False)
+    end_message: str | None = field(default=None, init=False)  # see Ended.message
+    # A later claim of the same run replaced this one (lifecycle.py, _supersede): the run's state belongs to that
+    # claim now, so this one only stops what it deployed and never sets a state.
+    superseded: bool = field(default=False, init=False)
 
     @property
     def id(self) -> str:
@@ -89,6 +77,40 @@ class ActiveRun:
     @property
     def holds_slot(self) -> bool:
         return self.phase is not Phase.ENDED
+
+    def _move(self, to: Phase) -> None:
+        if to not in _MOVES[self.phase]:
+            raise InvalidTransition(f"run {self.id}: {self.phase.value} -> {to.value}")
+        self.phase = to
+
+    def deployed(self, deployment: Deployment, at: float | None) -> None:
+        """Its deploy returned ``deployment`` (at ``at`` on the agent's clock; None: not timed)."""
+        self._move(Phase.DEPLOYED)
+        self.deployment, self.deployed_at = deployment, at
+
+    def confirm_submitted(self) -> None:
+        """The server accepted Submitted: from now on the heartbeat reports the deployment."""
+        if self.deployment is None:
+            raise InvalidTransition(f"run {self.id}: Submitted with nothing deployed")
+        self.submitted = True
+
+    def ended(self, result: Ended) -> None:
+        """Its deployment ended on its own; the heartbeat reports the exit code."""
+        self._move(Phase.ENDED)
+        self.exit_code, self.end_message = result.exit_code, result.message
+
+    def killing(self) -> None:
+        """The agent is stopping it, and sets its final state itself (the heartbeat leaves it out)."""
+        if self.phase is not Phase.KILLING:
+            self._move(Phase.KILLING)
+
+    def request_cancel(self) -> None:
+        """The server wants it cancelled; a deploy under way is stopped when it returns."""
+        self.cancel_requested = True
+
+    def supersede(self) -> None:
+        """A newer claim of the same run replaced this one: never set a state for it again."""
+        self.superseded = True
 
 
 class RunRegistry:

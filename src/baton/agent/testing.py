@@ -21,10 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from baton.agent.base import Agent
-from baton.agent.runs import Deployment, Ended
+from baton.agent.driver import Deployment, DriverEvents, Ended
 from baton.exceptions import DeploymentError
 from baton.schemas.responses import ClaimedRun
 
@@ -51,8 +51,8 @@ class FakeDeployment:
         return self.exit_code is None
 
 
-class InMemoryAgent(Agent):
-    """An agent whose deployments live in a dict.
+class InMemoryDriver:
+    """A driver whose deployments live in a dict.
 
     Args:
         deploy_error: called with each claimed run; a returned message fails that deployment with it.
@@ -61,11 +61,10 @@ class InMemoryAgent(Agent):
         deploy_seconds: how long each deploy takes (simulated platform latency).
         deploy_in_thread: deploy in a worker thread, like the local driver's ``Popen``: the deployment happens
             even if the task awaiting it is cancelled.
-        **options: the common agent options (see :class:`baton.agent.base.Agent`).
     """
 
-    agent_type: ClassVar[str] = "memory"
-    watch_interval_seconds: float = 0.05
+    agent_type = "memory"
+    watch_interval_seconds = 0.05
 
     def __init__(
         self,
@@ -74,9 +73,7 @@ class InMemoryAgent(Agent):
         on_deploy: Callable[[FakeDeployment], None] | None = None,
         deploy_seconds: float = 0.0,
         deploy_in_thread: bool = False,
-        **options: Any,
     ) -> None:
-        super().__init__(**options)
         self.deploy_error = deploy_error
         self.on_deploy = on_deploy
         self.deploy_seconds = deploy_seconds
@@ -86,6 +83,25 @@ class InMemoryAgent(Agent):
         self.failed_deploys: list[str] = []
         self._ids = itertools.count(1)
         self._changed = threading.Condition()
+        self._events: DriverEvents | None = None
+
+    def labels(self) -> list[str]:
+        return []
+
+    def check_api_url(self, api_url: str) -> str | None:
+        return None
+
+    async def open(self, events: DriverEvents) -> None:
+        self._events = events
+
+    async def close(self) -> None:
+        return None
+
+    def problem(self) -> str | None:
+        return None
+
+    async def kill_stored(self, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
+        return None  # nothing outlives the agent's process here
 
     # --- the driver ------------------------------------------------------------------------------
 
@@ -139,7 +155,8 @@ class InMemoryAgent(Agent):
         with self._changed:
             self.deployments[flow_run_id].exit_code = exit_code
             self._changed.notify_all()
-        self.deployments_changed()
+        if self._events is not None:
+            self._events.deployments_changed()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Block until ``predicate()`` holds (checked when a deployment changes, and every 50 ms).
@@ -164,6 +181,67 @@ class InMemoryAgent(Agent):
         self.wait_for(lambda: len(self.deployments) >= count, timeout)
         with self._changed:
             return sorted(self.deployments.values(), key=lambda fake: fake.fake_id)
+
+
+class InMemoryAgent(Agent):
+    """An :class:`~baton.agent.base.Agent` with an :class:`InMemoryDriver` (given, or built from its options).
+
+    What tests read of the driver (``deployments``, ``history``, ``finish``, ``wait_for``...) is here too.
+
+    Args:
+        driver: the driver (a test's subclass of :class:`InMemoryDriver`); default: one built from
+            ``deploy_error``, ``on_deploy``, ``deploy_seconds`` and ``deploy_in_thread``.
+        **options: the common agent options (see :class:`baton.agent.base.Agent`).
+    """
+
+    driver: InMemoryDriver
+
+    def __init__(
+        self,
+        *,
+        driver: InMemoryDriver | None = None,
+        deploy_error: Callable[[ClaimedRun], str | None] | None = None,
+        on_deploy: Callable[[FakeDeployment], None] | None = None,
+        deploy_seconds: float = 0.0,
+        deploy_in_thread: bool = False,
+        **options: Any,
+    ) -> None:
+        driver = driver or InMemoryDriver(
+            deploy_error=deploy_error,
+            on_deploy=on_deploy,
+            deploy_seconds=deploy_seconds,
+            deploy_in_thread=deploy_in_thread,
+        )
+        super().__init__(driver, **options)
+
+    @property
+    def deployments(self) -> dict[str, FakeDeployment]:
+        return self.driver.deployments
+
+    @property
+    def on_deploy(self) -> Callable[[FakeDeployment], None] | None:
+        return self.driver.on_deploy
+
+    @on_deploy.setter
+    def on_deploy(self, callback: Callable[[FakeDeployment], None] | None) -> None:
+        self.driver.on_deploy = callback
+
+    @property
+    def history(self) -> list[FakeDeployment]:
+        return self.driver.history
+
+    @property
+    def failed_deploys(self) -> list[str]:
+        return self.driver.failed_deploys
+
+    def finish(self, flow_run_id: str, exit_code: int = 0) -> None:
+        self.driver.finish(flow_run_id, exit_code)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        self.driver.wait_for(predicate, timeout)
+
+    def wait_for_deployments(self, count: int, timeout: float = 10.0) -> list[FakeDeployment]:
+        return self.driver.wait_for_deployments(count, timeout)
 
 
 # --- a flow-run process, simulated, and the agent as a process of its own (load and chaos tests) -------------

@@ -16,7 +16,8 @@ from typing import Any, cast
 import click
 
 from baton.agent.docker_policy import DockerPolicy, flag_of
-from baton.cli.agent_options import CommonAgentOptions, common_agent_options
+from baton.agent.option_specs import DOCKER_OPTIONS, LOCAL_OPTIONS, Kind, OptionSpec
+from baton.cli.agent_options import CommonAgentOptions, common_agent_options, with_options
 from baton.cli.context import CliState, pass_state
 from baton.cli.output import InputError
 from baton.exceptions import ConfigurationError
@@ -63,52 +64,15 @@ def local() -> None:
 
 
 def _local_options(func: Any) -> Any:
-    """The local agent's own options, after the COMMON ones."""
-    func = click.option(
-        "--allow-run-as",
-        "allow_run_as",
-        multiple=True,
-        metavar="USER",
-        help="An OS user a flow's LocalRun(user=...) may ask to run as (repeatable). Needs root.",
-    )(func)
-    func = click.option(
-        "--run-as",
-        metavar="USER",
-        default=None,
-        help="Run flows as this OS user, who must not be able to read the agent's key or config. Needs root. "
-        "Default: the agent's own user.",
-    )(func)
-    func = click.option(
-        "--hostname-label/--no-hostname-label",
-        default=None,
-        help="Add this host's name to the agent's labels. Default: from settings (yes).",
-    )(func)
-    func = click.option(
-        "-f",
-        "--show-flow-logs",
-        is_flag=True,
-        default=None,
-        help="Show the output of the flow runs in the agent's output.",
-    )(func)
-    func = click.option(
-        "-p",
-        "--import-path",
-        "import_paths",
-        multiple=True,
-        metavar="PATH",
-        help="A path added to PYTHONPATH of every flow run (repeatable).",
-    )(func)
-    return common_agent_options(func)
+    """The COMMON options, then the local agent's own (both from ``baton.agent.option_specs``)."""
+    return common_agent_options(with_options(LOCAL_OPTIONS)(func))
 
 
-def _local_extras(params: dict[str, Any]) -> dict[str, Any]:
-    """The local agent's options as agent keyword arguments and settings (None: not given)."""
+def _own(specs: tuple[OptionSpec, ...], params: dict[str, Any]) -> dict[str, Any]:
+    """A type's own options as agent keyword arguments (a repeatable option given no times: None, not given)."""
     return {
-        "import_paths": list(params["import_paths"]) or None,
-        "show_flow_logs": params["show_flow_logs"],
-        "hostname_label": params["hostname_label"],
-        "run_as": params["run_as"],
-        "allow_run_as": list(params["allow_run_as"]) or None,
+        spec.name: (list(params.pop(spec.name)) or None) if spec.kind is Kind.MULTIPLE else params.pop(spec.name)
+        for spec in specs
     }
 
 
@@ -119,11 +83,11 @@ def start_local(state: CliState, /, **params: Any) -> None:
     """Start a local agent."""
     common = CommonAgentOptions.pop_from(params, state)
     common.warn_about_key()
-    extras = _local_extras(params)
-    settings = common.settings(state, **extras)
+    own = _own(LOCAL_OPTIONS, params)
+    settings = common.settings(state, LOCAL_OPTIONS, **own)
     from baton.agent.local import LocalAgent
 
-    LocalAgent(settings=settings, **common.agent_kwargs(), **extras).start()
+    LocalAgent(settings=settings, **common.agent_kwargs(), **own).start()
 
 
 @local.command("install")
@@ -135,30 +99,15 @@ def install_local(state: CliState, /, **params: Any) -> None:
     Save it and run `supervisord -c FILE`; it holds the key, so keep it private (chmod 600).
     """
     common = CommonAgentOptions.pop_from(params, state)
-    if common.max_polls is not None:
-        raise InputError("--max-polls does not fit an installed agent: supervisord would restart it")
+    own = _own(LOCAL_OPTIONS, params)
     from baton.agent.install import render_supervisord_config
 
-    config = render_supervisord_config(
-        key=common.key,
-        key_file=common.key_file,
-        run_timeout_seconds=common.run_timeout_seconds,
-        run_as=params["run_as"],
-        allow_run_as=params["allow_run_as"],
-        api=common.api,
-        tenant_id=common.tenant_id,
-        agent_config_id=common.agent_config_id,
-        name=common.name,
-        labels=common.labels or [],
-        env=common.env,
-        import_paths=params["import_paths"],
-        agent_address=common.agent_address,
-        log_level=common.log_level,
-        limit=common.limit,
-        no_cloud_logs=common.no_cloud_logs,
-        show_flow_logs=bool(params["show_flow_logs"]),
-        hostname_label=params["hostname_label"] is not False,
-    )
+    values = common.agent_kwargs()
+    key, env = values.pop("key"), values.pop("env")
+    try:
+        config = render_supervisord_config(key=key, env=env, **values, **own)
+    except ConfigurationError as exc:
+        raise InputError(str(exc)) from exc
     click.echo(config, nl=False)
 
 
@@ -168,47 +117,10 @@ def docker() -> None:
 
 
 def _docker_options(func: Any) -> Any:
-    """The Docker agent's own options (the seed's `prefect agent docker start`), after the COMMON ones."""
-    options = [
-        click.option("-b", "--base-url", default=None, help="Docker daemon URL. Default: from the environment."),
-        click.option("--no-pull", is_flag=True, help="Never pull images: use only images present locally."),
-        click.option(
-            "-f",
-            "--show-flow-logs",
-            is_flag=True,
-            default=None,
-            help="Show the containers' output in the agent's output, prefixed by run name.",
-        ),
-        click.option(
-            "--volume",
-            "volumes",
-            multiple=True,
-            metavar="HOST:CONTAINER[:ro|rw]",
-            help="A volume for every flow container (repeatable); a name instead of a host path is a named volume, "
-            "a bare /container/path an anonymous one.",
-        ),
-        click.option(
-            "--network",
-            "networks",
-            multiple=True,
-            metavar="NETWORK",
-            help="A Docker network for every flow container (repeatable); the first one at creation.",
-        ),
-        click.option(
-            "--docker-client-timeout",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Timeout of Docker API calls in seconds (default 60).",
-        ),
-        click.option(
-            "--no-docker-interface",
-            is_flag=True,
-            help="Deprecated, does nothing: accepted so that Prefect 1 command lines keep working.",
-        ),
-    ]
-    for option in reversed([*options, *_policy_options()]):
+    """The COMMON options, then the Docker agent's own and its policy's (the seed's `prefect agent docker start`)."""
+    for option in reversed(_policy_options()):
         func = option(func)
-    return common_agent_options(func)
+    return common_agent_options(with_options(DOCKER_OPTIONS)(func))
 
 
 def _policy_options() -> list[Any]:
@@ -236,19 +148,10 @@ def start_docker(state: CliState, /, **params: Any) -> None:
     """
     common = CommonAgentOptions.pop_from(params, state)
     policy = DockerPolicy.parse({name: params.pop(name) for name in DockerPolicy.model_fields})
-    if params.pop("no_docker_interface"):
-        click.echo("Warning: --no-docker-interface is deprecated and does nothing (as in Prefect 1.x).", err=True)
+    own = _own(DOCKER_OPTIONS, params)
+    own.pop("no_docker_interface")  # deprecated, does nothing: its option callback has warned
+    own["no_pull"] = bool(own["no_pull"])
     common.warn_about_key()
-    settings = common.settings(state)
+    settings = common.settings(state, DOCKER_OPTIONS, **own)
     cls = agent_class("docker")
-    cls(
-        settings=settings,
-        base_url=params["base_url"],
-        no_pull=params["no_pull"],
-        show_flow_logs=params["show_flow_logs"],
-        volumes=list(params["volumes"]) or None,
-        networks=list(params["networks"]) or None,
-        docker_client_timeout=params["docker_client_timeout"],
-        policy=policy,
-        **common.agent_kwargs(),
-    ).start()
+    cls(settings=settings, policy=policy, **common.agent_kwargs(), **own).start()

@@ -22,10 +22,11 @@ import re
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import Any
 
+from baton.agent.option_specs import COMMON_OPTIONS, LOCAL_OPTIONS, Install, command_line, given
 from baton.exceptions import ConfigurationError
 
 _COMMENT_AFTER_SPACE = re.compile(r"(?<=\s)([;#])")
@@ -87,79 +88,27 @@ def default_executable() -> str:
     return shutil.which("baton") or "baton"
 
 
-class LocalAgentCommandOptions(TypedDict, total=False):
-    """The options of ``baton agent local start`` that an installed agent's command line carries (no secrets)."""
-
-    api: str | None
-    tenant_id: str | None
-    agent_config_id: str | None
-    name: str | None
-    labels: Sequence[str]
-    import_paths: Sequence[str]
-    agent_address: str | None
-    log_level: str | None
-    limit: int | None
-    no_cloud_logs: bool
-    show_flow_logs: bool
-    hostname_label: bool
-    executable: str | None
-    key_file: str | None
-    run_timeout_seconds: int | None
-    run_as: str | None
-    allow_run_as: Sequence[str]
+LOCAL_AGENT_SPECS = (*COMMON_OPTIONS, *LOCAL_OPTIONS)
 
 
-def local_agent_command(
-    *,
-    api: str | None = None,
-    tenant_id: str | None = None,
-    agent_config_id: str | None = None,
-    name: str | None = None,
-    labels: Sequence[str] = (),
-    import_paths: Sequence[str] = (),
-    agent_address: str | None = None,
-    log_level: str | None = None,
-    limit: int | None = None,
-    no_cloud_logs: bool = False,
-    show_flow_logs: bool = False,
-    hostname_label: bool = True,
-    executable: str | None = None,
-    key_file: str | None = None,
-    run_timeout_seconds: int | None = None,
-    run_as: str | None = None,
-    allow_run_as: Sequence[str] = (),
-) -> list[str]:
-    """The argv of ``baton agent local start`` with these options (unquoted); secrets go to its environment."""
-    argv = [executable or default_executable(), "agent", "local", "start"]
-    options = [
-        ("--api", api),
-        ("--tenant-id", tenant_id),
-        ("--agent-config-id", agent_config_id),
-        ("--name", name),
-        ("--agent-address", agent_address),
-        ("--log-level", log_level.upper() if log_level else None),
-        ("--limit", str(limit) if limit is not None else None),
-        # A key file's path is no secret: the file's mode keeps the key from other users.
-        ("--key-file", str(Path(key_file).expanduser().resolve()) if key_file else None),
-        ("--run-timeout", str(run_timeout_seconds) if run_timeout_seconds is not None else None),
-        ("--run-as", run_as),
+def local_agent_command(executable: str | None = None, **values: Any) -> list[str]:
+    """The argv of ``baton agent local start`` with these option ``values`` (unquoted), derived from the option
+    specs: secrets (the key, ``--env``) are left to its environment, ``--max-polls`` is refused.
+
+    Raises:
+        TypeError: a value names no option of ``baton agent local start``.
+        ConfigurationError: ``--max-polls``, which a service manager would defeat by restarting the agent.
+    """
+    known = {spec.name: spec for spec in LOCAL_AGENT_SPECS}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise TypeError(f"not options of baton agent local start: {', '.join(unknown)}")
+    refused = [
+        spec.flag for name, spec in known.items() if spec.install is Install.NO and given(spec, values.get(name))
     ]
-    for flag, value in options:
-        if value is not None:
-            argv += [flag, value]
-    for label in labels:
-        argv += ["--label", label]
-    for path in import_paths:
-        argv += ["--import-path", str(Path(path).expanduser().resolve())]
-    for user in allow_run_as:
-        argv += ["--allow-run-as", user]
-    if no_cloud_logs:
-        argv.append("--no-cloud-logs")
-    if show_flow_logs:
-        argv.append("--show-flow-logs")
-    if not hostname_label:
-        argv.append("--no-hostname-label")
-    return argv
+    if refused:
+        raise ConfigurationError(f"{', '.join(refused)} does not fit an installed agent: supervisord would restart it")
+    return [executable or default_executable(), "agent", "local", "start", *command_line(LOCAL_AGENT_SPECS, values)]
 
 
 def render_supervisord_config(
@@ -167,7 +116,8 @@ def render_supervisord_config(
     key: str | None = None,
     env: Mapping[str, str] | None = None,
     stop_wait_seconds: int = 600,
-    **command_options: Unpack[LocalAgentCommandOptions],
+    executable: str | None = None,
+    **command_options: Any,
 ) -> str:
     """A complete supervisord.conf running a local agent as ``[program:baton-agent]``.
 
@@ -183,7 +133,7 @@ def render_supervisord_config(
     Raises:
         ConfigurationError: a value contains a line break, or the key characters supervisord cannot quote.
     """
-    argv = local_agent_command(**command_options)
+    argv = local_agent_command(executable, **command_options)
     command = " ".join(_quote(argument) for argument in argv)
     variables = supervisord_environment(key=key, env=env)
     pairs = ",".join(f"{name}={_environment_value(value, name)}" for name, value in variables.items())
