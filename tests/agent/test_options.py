@@ -74,12 +74,13 @@ def test_an_agent_is_its_driver_composed_with_the_common_options(settings: Baton
     assert (agent.driver, agent.agent_type, agent.name, agent.labels) == (driver, "memory", "composed", ["a", "b"])
 
 
-def test_docker_agent_is_available_and_kubernetes_says_it_is_not_yet() -> None:
+def test_docker_and_kubernetes_agents_are_available() -> None:
     from baton.agent import DockerAgent
 
     assert DockerAgent.__init__ is not Agent.__init__
-    with pytest.raises(ImportError, match=r"Kubernetes agent .* not available"):
-        from baton.agent import KubernetesAgent  # noqa: F401
+    from baton.agent import KubernetesAgent
+
+    assert KubernetesAgent.__init__ is not Agent.__init__
 
 
 def test_run_env_precedence_agent_env_then_run_config_then_baton() -> None:

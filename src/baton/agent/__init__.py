@@ -11,8 +11,8 @@ Usage::
 
 Every name is imported on first use: ``DockerAgent`` so that ``baton.agent`` works without the docker SDK, and all
 of them so that the CLI, which reads ``baton.agent.docker_policy`` to build its options, does not load the agents
-(and their HTTP client) on every command. ``KubernetesAgent`` is not available yet: importing it raises an
-ImportError that says so.
+(and their HTTP client) on every command. ``DockerAgent`` needs ``baton[docker]``, ``KubernetesAgent``
+``baton[kubernetes]``: without it, importing one raises an ImportError that says which to install.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from baton.agent.docker import DockerAgent, DockerDriver, DockerOptions
     from baton.agent.docker_policy import DockerPolicy
     from baton.agent.driver import Deployment, Driver, DriverEvents, Ended
+    from baton.agent.kubernetes import KubernetesAgent, KubernetesDriver
+    from baton.agent.kubernetes_spec import KubernetesOptions
     from baton.agent.local import LocalAgent, LocalDriver, LocalOptions
 
 __all__ = [
@@ -37,6 +39,9 @@ __all__ = [
     "Driver",
     "DriverEvents",
     "Ended",
+    "KubernetesAgent",
+    "KubernetesDriver",
+    "KubernetesOptions",
     "LocalAgent",
     "LocalDriver",
     "LocalOptions",
@@ -52,27 +57,32 @@ _MODULES = {
     "LocalAgent": "baton.agent.local",
     "LocalDriver": "baton.agent.local",
     "LocalOptions": "baton.agent.local",
+    "KubernetesOptions": "baton.agent.kubernetes_spec",
 }
-_DOCKER = ("DockerAgent", "DockerDriver", "DockerOptions")
-
-_NOT_YET = {
-    "KubernetesAgent": "the Kubernetes agent (baton agent kubernetes start) is planned but not available yet",
+# Classes whose module needs an extra: (module, the extra, the import names that mean it is missing).
+_EXTRAS = {
+    "DockerAgent": ("baton.agent.docker", "docker", ("docker", "requests")),
+    "DockerDriver": ("baton.agent.docker", "docker", ("docker", "requests")),
+    "DockerOptions": ("baton.agent.docker", "docker", ("docker", "requests")),
+    "KubernetesAgent": ("baton.agent.kubernetes", "kubernetes", ("kubernetes", "yaml", "urllib3")),
+    "KubernetesDriver": ("baton.agent.kubernetes", "kubernetes", ("kubernetes", "yaml", "urllib3")),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _MODULES:
         return getattr(importlib.import_module(_MODULES[name]), name)
-    if name in _DOCKER:
+    if name in _EXTRAS:
+        module_name, extra, needs = _EXTRAS[name]
         try:
-            module = importlib.import_module("baton.agent.docker")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name is None or not exc.name.startswith(("docker", "requests")):
+            if exc.name is None or not exc.name.startswith(needs):
                 raise
-            raise ImportError(f"baton.agent.{name} needs the docker SDK ({exc}): pip install 'baton[docker]'") from exc
+            # An ImportError, not an AttributeError: `from baton.agent import X` would replace the latter by a bare
+            # "cannot import name", losing the reason.
+            raise ImportError(
+                f"baton.agent.{name} needs the {extra} extra ({exc}): pip install 'baton[{extra}]'"
+            ) from exc
         return getattr(module, name)
-    # An ImportError, not an AttributeError: `from baton.agent import DockerAgent` would replace the latter by a
-    # bare "cannot import name", losing the reason.
-    if name in _NOT_YET:
-        raise ImportError(f"baton.agent.{name} is not available: {_NOT_YET[name]}; use LocalAgent for now")
     raise AttributeError(f"module 'baton.agent' has no attribute {name!r}")

@@ -57,7 +57,10 @@ class Ended:
 
 
 class DriverEvents(Protocol):
-    """What a driver may tell its agent, from any thread."""
+    """What a driver may tell its agent, from any thread, and the agent's name (to label what it creates)."""
+
+    @property
+    def name(self) -> str: ...
 
     def deployments_changed(self) -> None:
         """A deployment has ended: inspect deployments now, not at the next watch tick."""

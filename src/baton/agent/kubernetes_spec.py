@@ -80,6 +80,9 @@ class KubernetesOptions(BaseModel):
     allow_pod_option: list[str] = Field(
         default_factory=list, description="What a run config's job_template may ask beyond a baseline pod."
     )
+    pending_timeout_seconds: int = Field(
+        default=300, ge=1, description="Fail a run whose pod stays unschedulable this long."
+    )
 
 
 @dataclass(frozen=True)

@@ -269,6 +269,57 @@ DOCKER_OPTIONS: tuple[OptionSpec, ...] = (
     ),
 )
 
+KUBERNETES_OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("namespace", ("--namespace",), "The namespace of the flow runs' Jobs. Default: default."),
+    OptionSpec(
+        "job_template_path",
+        ("--job-template",),
+        "A Job template (YAML) for runs whose run config has none. Default: one container `flow`, never restarted.",
+        metavar="PATH",
+        path=True,
+    ),
+    OptionSpec(
+        "service_account_name",
+        ("--service-account-name",),
+        "The service account of the Jobs' pods (a run config's, else the template's, win).",
+    ),
+    OptionSpec(
+        "image_pull_secrets",
+        ("--image-pull-secrets",),
+        "Image pull secrets of the Jobs' pods, comma-separated (a run config's, else the template's, win).",
+        metavar="A,B",
+    ),
+    OptionSpec(
+        "disable_job_deletion", ("--disable-job-deletion",), "Keep finished Jobs (deleted by default).", kind=Kind.FLAG
+    ),
+    OptionSpec("default_image", ("--image",), "The image of runs that name none. Default: baton:<version>."),
+    OptionSpec(
+        "allow_pod_option",
+        ("--allow-pod-option",),
+        "What a run config's job_template may ask beyond a baseline pod (repeatable): hostNetwork, hostPID, "
+        "hostIPC, hostPath, hostPort, privileged, capabilities, procMount, seccompProfile, seLinuxOptions, sysctls, "
+        "hostProcess, secrets.",
+        kind=Kind.MULTIPLE,
+        metavar="RULE",
+    ),
+    OptionSpec(
+        "pending_timeout_seconds",
+        ("--pending-timeout",),
+        "Fail a run whose pod stays unschedulable this many seconds. Default: 300.",
+        metavar="SECONDS",
+        type=int,
+        minimum=1,
+    ),
+    OptionSpec(
+        "kubeconfig",
+        ("--kubeconfig",),
+        "A kubeconfig file. Default: in-cluster config in a pod, else $KUBECONFIG or ~/.kube/config.",
+        metavar="PATH",
+        path=True,
+    ),
+    OptionSpec("context", ("--context",), "The kubeconfig context. Default: its current context."),
+)
+
 
 def given(spec: OptionSpec, value: Any) -> bool:
     """Whether ``value`` was given for ``spec`` (None and an empty list are "left out")."""

@@ -16,7 +16,7 @@ from typing import Any, cast
 import click
 
 from baton.agent.docker_policy import DockerPolicy, flag_of
-from baton.agent.option_specs import DOCKER_OPTIONS, LOCAL_OPTIONS, Kind, OptionSpec
+from baton.agent.option_specs import DOCKER_OPTIONS, KUBERNETES_OPTIONS, LOCAL_OPTIONS, Kind, OptionSpec
 from baton.cli.agent_options import CommonAgentOptions, common_agent_options, with_options
 from baton.cli.context import CliState, pass_state
 from baton.cli.output import InputError
@@ -155,3 +155,38 @@ def start_docker(state: CliState, /, **params: Any) -> None:
     settings = common.settings(state, DOCKER_OPTIONS, **own)
     cls = agent_class("docker")
     cls(settings=settings, policy=policy, **common.agent_kwargs(), **own).start()
+
+
+@agent.group()
+def kubernetes() -> None:
+    """The Kubernetes agent: runs each flow run as a Job on a Kubernetes cluster."""
+
+
+def _kubernetes_options(func: Any) -> Any:
+    """The COMMON options, then the Kubernetes agent's own."""
+    return common_agent_options(with_options(KUBERNETES_OPTIONS)(func))
+
+
+def _kubernetes_own(params: dict[str, Any]) -> dict[str, Any]:
+    own = _own(KUBERNETES_OPTIONS, params)
+    secrets = own.pop("image_pull_secrets")
+    own["image_pull_secrets"] = [name.strip() for name in secrets.split(",") if name.strip()] if secrets else None
+    return own
+
+
+@kubernetes.command("start")
+@_kubernetes_options
+@pass_state
+def start_kubernetes(state: CliState, /, **params: Any) -> None:
+    """Start a Kubernetes agent: each flow run becomes a Job in --namespace, its run token in a Secret the Job owns.
+
+    A run config's job_template may ask no more than a baseline pod (no host namespaces, hostPath, privileged,
+    added capabilities, other Secrets...) unless --allow-pod-option allows it; the agent's own --job-template is
+    trusted.
+    """
+    common = CommonAgentOptions.pop_from(params, state)
+    own = _kubernetes_own(params)
+    common.warn_about_key()
+    settings = common.settings(state)
+    cls = agent_class("kubernetes")
+    cls(settings=settings, **common.agent_kwargs(), **own).start()

@@ -1,0 +1,174 @@
+"""The Kubernetes agent on a real single-node Kubernetes 1.20 (``scripts/kubernetes/``): flows really run in pods.
+
+One cluster for the whole file (a kubelet removes the pod containers it does not know, so two clusters on one
+dockerd would fight; pytest-xdist keeps a file on one worker). Skipped without the binaries that
+``scripts/kubernetes/build.sh`` makes, a failure under ``CI=true``. Pods use ``hostNetwork: true`` (no CNI here)
+and the local ``baton`` image (``imagePullPolicy: Never``: nothing is pulled).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from baton.client import Client
+from baton.schemas.states import FINAL_STATES
+from baton.settings import BatonSettings, load_settings
+from docker_support import skip_or_fail
+from support import ServerProcess, register_source_flow, wait_for
+
+from .conftest import AgentThread
+from .docker_helpers import wait_state
+
+kubernetes = pytest.importorskip("kubernetes", reason="the kubernetes extra is not installed")
+
+from baton.agent.kubernetes import KubernetesAgent  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "kubernetes"
+CACHE = Path(os.environ.get("BATON_K8S_CACHE", "/var/cache/baton-kubernetes"))
+NAMESPACE = "default"
+RunInThread = Callable[[Any], AgentThread]
+
+
+@dataclass
+class Cluster:
+    directory: Path
+    env: dict[str, str]
+
+    @property
+    def kubeconfig(self) -> str:
+        return self.env["KUBECONFIG"]
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.env["KUBECTL"], "--kubeconfig", self.kubeconfig, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if not (CACHE / "bin" / ".stamp").exists():
+        skip_or_fail(f"no Kubernetes binaries in {CACHE}/bin: run scripts/kubernetes/build.sh (~15 min, once)")
+    if os.geteuid() != 0 or shutil.which("docker") is None:
+        skip_or_fail("the single-node cluster needs root and a Docker daemon")
+    directory = tmp_path_factory.mktemp("k8s")
+    started = subprocess.run(
+        ["bash", str(SCRIPTS / "start-cluster.sh"), str(directory)], capture_output=True, text=True, timeout=300
+    )
+    if started.returncode != 0:
+        pytest.fail(f"start-cluster.sh failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}", pytrace=False)
+    env = dict(line.split("=", 1) for line in (directory / "cluster.env").read_text().splitlines() if "=" in line)
+    try:
+        yield Cluster(directory, env)
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "stop-cluster.sh"), str(directory)], capture_output=True, timeout=120)
+
+
+def job_template(image: str) -> dict[str, Any]:
+    """The operator's template: host network (no CNI here), local images only."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "spec": {
+            "template": {
+                "spec": {
+                    "hostNetwork": True,
+                    "containers": [{"name": "flow", "image": image, "imagePullPolicy": "Never"}],
+                }
+            }
+        },
+    }
+
+
+@pytest.fixture
+def runner_key(admin: Client) -> str:
+    return admin.create_api_key("runner", name="kubernetes agent tests").key
+
+
+@pytest.fixture
+def fast_settings() -> BatonSettings:
+    return load_settings(agent={"poll_wait_seconds": 1.0, "heartbeat_interval_seconds": 0.5})
+
+
+@pytest.fixture
+def k8s_agent(
+    cluster: Cluster, server: ServerProcess, runner_key: str, fast_settings: BatonSettings, baton_image: str
+) -> Callable[..., KubernetesAgent]:
+    def _make(**options: Any) -> KubernetesAgent:
+        options.setdefault("job_template", job_template(baton_image))
+        options.setdefault("name", "k8s-test")
+        return KubernetesAgent(
+            settings=fast_settings,
+            key=runner_key,
+            api=server.url,
+            kubeconfig=cluster.kubeconfig,
+            namespace=NAMESPACE,
+            **options,
+        )
+
+    return _make
+
+
+def register(admin: Client, name: str, source: str, entrypoint: str, **run_config: Any) -> None:
+    register_source_flow(
+        admin,
+        name=name,
+        entrypoint=entrypoint,
+        source=source,
+        tasks=[],
+        parameters_schema={},
+        run_config={"type": "kubernetes", **run_config},
+    )
+
+
+def stop(agent: KubernetesAgent, running: AgentThread) -> None:
+    agent.stop(cold=True)
+    running.join(60)
+
+
+def jobs_of(cluster: Cluster, run_id: str) -> list[str]:
+    found = cluster.kubectl("get", "jobs", "-l", f"baton.io/flow-run-id={run_id}", "-o", "name", check=False)
+    return [line for line in found.stdout.split() if line]
+
+
+def test_a_flow_runs_in_a_pod_to_success_with_its_logs_and_its_job_is_cleaned_up(
+    cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
+) -> None:
+    register_source_flow(admin, "hello-k8s", run_config={"type": "kubernetes"})
+    run_id = admin.create_flow_run(flow_name="hello-k8s", parameters={"name": "kubernetes"}).id
+    agent = k8s_agent()
+    running = run_in_thread(agent)
+    started = time.monotonic()
+
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=120)
+
+    assert run.state == "Success", run.state_message
+    assert [state.name for state in run.states] == ["Scheduled", "Pending", "Submitted", "Running", "Success"]
+    submitted = next(state for state in run.states if state.name == "Submitted")
+    job_name = submitted.data["job_name"]
+    assert submitted.message == f"Job: {job_name}" and submitted.data["namespace"] == NAMESPACE
+    logs = [line.message for line in admin.get_logs(run_id).logs]
+    assert any("hello kubernetes" in message for message in logs), logs
+    # The finished Job is deleted, and its token's Secret with it (the Job owns it)
+    wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what="the Job to be deleted")
+    wait_for(
+        lambda: cluster.kubectl("get", "secret", job_name, check=False).returncode != 0,
+        timeout=60,
+        what="the Secret to go with its Job",
+    )
+    print(f"kubernetes: created -> Success in {time.monotonic() - started:.1f} s")
+    stop(agent, running)
