@@ -26,7 +26,7 @@ from docker_support import skip_or_fail
 from support import ServerProcess, register_source_flow, wait_for
 
 from .conftest import AgentThread
-from .docker_helpers import wait_state
+from .docker_helpers import HOG_FLOW, SLEEPY_FLOW, wait_state
 
 kubernetes = pytest.importorskip("kubernetes", reason="the kubernetes extra is not installed")
 
@@ -172,3 +172,116 @@ def test_a_flow_runs_in_a_pod_to_success_with_its_logs_and_its_job_is_cleaned_up
     )
     print(f"kubernetes: created -> Success in {time.monotonic() - started:.1f} s")
     stop(agent, running)
+
+
+def test_an_image_that_cannot_be_pulled_fails_the_run_with_kubernetes_reason(
+    cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
+) -> None:
+    register_source_flow(admin, "no-image", run_config={"type": "kubernetes", "image": "baton-not-here:1"})
+    run_id = admin.create_flow_run(flow_name="no-image").id
+    agent = k8s_agent()
+    running = run_in_thread(agent)
+
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=90)
+
+    assert run.state == "Failed"
+    assert "the flow container cannot start: ErrImageNeverPull" in (run.state_message or ""), run.state_message
+    wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what="the failed run's Job to be deleted")
+    stop(agent, running)
+
+
+def test_an_oom_killed_pod_fails_the_run_saying_so(
+    cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
+) -> None:
+    register(admin, "hog-k8s", HOG_FLOW, "hog", memory_limit="96Mi")
+    run_id = admin.create_flow_run(flow_name="hog-k8s", parameters={"megabytes": 1024}).id
+    agent = k8s_agent()
+    running = run_in_thread(agent)
+
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=120)
+
+    assert run.state == "Failed"
+    assert "container flow was OOM-killed (OOMKilled) (exit code 137)" in (run.state_message or ""), run.state_message
+    stop(agent, running)
+
+
+def test_the_job_carries_the_runs_labels_and_its_token_only_by_reference_and_cancel_deletes_it(
+    cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
+) -> None:
+    import json
+
+    register(admin, "sleepy-k8s", SLEEPY_FLOW, "sleepy")
+    run_id = admin.create_flow_run(flow_name="sleepy-k8s").id
+    agent = k8s_agent()
+    running = run_in_thread(agent)
+    run = wait_state(admin, run_id, {"Running", *FINAL_STATES}, timeout=90)
+    assert run.state == "Running", run.state_message
+    job_name = next(state for state in run.states if state.name == "Submitted").data["job_name"]
+
+    # The Job and its pod are labelled with the run, the flow and the agent; the token is in the owned Secret
+    job = json.loads(cluster.kubectl("get", "job", job_name, "-o", "json").stdout)
+    labels = {"baton.io/flow-run-id": run_id, "baton.io/flow-id": run.flow_id, "baton.io/agent": "k8s-test"}
+    assert labels.items() <= job["metadata"]["labels"].items()
+    assert labels.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    token = next(item for item in container["env"] if item["name"] == "BATON__API__KEY")
+    assert token == {"name": "BATON__API__KEY", "valueFrom": {"secretKeyRef": {"name": job_name, "key": "token"}}}
+    secret = json.loads(cluster.kubectl("get", "secret", job_name, "-o", "json").stdout)
+    [owner] = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("Job", job_name, job["metadata"]["uid"])
+
+    # When the run is cancelled, the agent deletes the Job, its pod goes, and the run ends Cancelled
+    admin.cancel_flow_run(run_id)
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=90)
+    assert run.state == "Cancelled", run.state_message
+    wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what="the cancelled run's Job to be deleted")
+    wait_for(
+        lambda: not cluster.kubectl("get", "pods", "-l", f"job-name={job_name}", "-o", "name").stdout.strip(),
+        timeout=90,
+        what="the cancelled run's pod to go",
+    )
+    stop(agent, running)
+
+
+def test_a_job_deleted_from_outside_fails_its_run(
+    cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
+) -> None:
+    register(admin, "sleepy-k8s", SLEEPY_FLOW, "sleepy")
+    run_id = admin.create_flow_run(flow_name="sleepy-k8s").id
+    agent = k8s_agent()
+    running = run_in_thread(agent)
+    run = wait_state(admin, run_id, {"Running", *FINAL_STATES}, timeout=90)
+    job_name = next(state for state in run.states if state.name == "Submitted").data["job_name"]
+
+    cluster.kubectl("delete", "job", job_name, "--wait=false")
+
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=90)
+    assert run.state == "Failed", run.state_message
+    stop(agent, running)
+
+
+def test_an_agent_restarted_under_the_same_name_still_cancels_the_jobs_it_deployed(
+    cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
+) -> None:
+    register(admin, "sleepy-k8s", SLEEPY_FLOW, "sleepy")
+    run_id = admin.create_flow_run(flow_name="sleepy-k8s").id
+    # Given an agent that deployed the run and left (--max-polls: its Job runs on, as after a crash)
+    first = k8s_agent(max_polls=2)
+    run_in_thread(first).join(60)
+    run = wait_state(admin, run_id, {"Running", *FINAL_STATES}, timeout=90)
+    assert run.state == "Running", run.state_message
+    job_name = next(state for state in run.states if state.name == "Submitted").data["job_name"]
+
+    # And a new agent process with the same identity
+    second = k8s_agent()
+    restarted = run_in_thread(second)
+    wait_for(lambda: second.agent_id is not None, timeout=30, what="the second agent to register")
+
+    admin.cancel_flow_run(run_id)
+
+    # Then the new agent finds the Job from what Submitted stored and deletes it (nothing else would: it holds
+    # no entry for the run); the pod's engine, stopped while the run is Cancelling, may report Cancelled first
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=90)
+    assert run.state == "Cancelled", run.state_message
+    wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what=f"Job {job_name} to be deleted")
+    stop(second, restarted)

@@ -446,10 +446,14 @@ class KubernetesDriver:
                 if exc.status == 410:  # the resourceVersion expired: list again
                     version = None
                     continue
+                if self._stop.is_set():
+                    return
                 self._lost(f"{exc.status} {exc.reason}")
                 self._stop.wait(pause)
                 pause = min(pause * 2, 10.0)
             except (HTTPError, OSError) as exc:
+                if self._stop.is_set():  # close() shut the connections under the watch
+                    return
                 self._lost(str(exc))
                 version = None
                 self._stop.wait(pause)
