@@ -285,3 +285,43 @@ def test_an_agent_restarted_under_the_same_name_still_cancels_the_jobs_it_deploy
     assert run.state == "Cancelled", run.state_message
     wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what=f"Job {job_name} to be deleted")
     stop(second, restarted)
+
+
+def test_watches_that_time_out_resume_and_never_end_a_healthy_run(
+    cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
+) -> None:
+    # Given watches that the API server ends every second (a watch timing out once made healthy runs "Crashed")
+    register(admin, "sleepy-k8s", SLEEPY_FLOW, "sleepy")
+    run_id = admin.create_flow_run(flow_name="sleepy-k8s", parameters={"seconds": 6}).id
+    agent = k8s_agent()
+    agent.driver.watch_seconds = 1
+    running = run_in_thread(agent)
+
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=120)
+
+    assert run.state == "Success", run.state_message
+    assert agent.status.unhealthy_reason() is None
+    stop(agent, running)
+
+
+def test_a_pod_that_cannot_be_scheduled_fails_its_run_after_the_pending_timeout(
+    cluster: Cluster,
+    admin: Client,
+    baton_image: str,
+    k8s_agent: Callable[..., KubernetesAgent],
+    run_in_thread: RunInThread,
+) -> None:
+    template = job_template(baton_image)
+    template["spec"]["template"]["spec"]["nodeSelector"] = {"baton.io/nowhere": "true"}
+    register_source_flow(admin, "unschedulable", run_config={"type": "kubernetes"})
+    run_id = admin.create_flow_run(flow_name="unschedulable").id
+    agent = k8s_agent(job_template=template, pending_timeout_seconds=2)
+    running = run_in_thread(agent)
+
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=90)
+
+    assert run.state == "Failed"
+    assert "its pod could not be scheduled for" in (run.state_message or ""), run.state_message
+    assert "0/1 nodes are available" in (run.state_message or "")
+    wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what="the Job to be deleted")
+    stop(agent, running)

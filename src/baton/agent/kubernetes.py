@@ -58,7 +58,7 @@ from baton.agent.kubernetes_spec import (
     owner_reference,
     plan_job,
 )
-from baton.exceptions import ConfigurationError, DeploymentError
+from baton.exceptions import ConfigurationError, DeploymentError, PlatformUnavailableError
 from baton.schemas.core import RunConfigType
 from baton.schemas.responses import ClaimedRun
 
@@ -72,6 +72,7 @@ _CANNOT_START = frozenset(
         "CreateContainerError", "RunContainerError",
     }
 )  # fmt: skip
+_TRANSIENT = frozenset({429, 500, 502, 503, 504})
 # Watches end server-side after this long and resume from their resourceVersion (below the API server's limits).
 WATCH_SECONDS = 60
 API_TIMEOUT_SECONDS = 30
@@ -202,6 +203,8 @@ class KubernetesDriver:
         self._threads: list[threading.Thread] = []
         self._batch: Any = None
         self._core: Any = None
+        # How long each watch request lasts before it is resumed from its resourceVersion (tests shorten it).
+        self.watch_seconds = WATCH_SECONDS
 
     # --- the platform ----------------------------------------------------------------------------
 
@@ -292,24 +295,25 @@ class KubernetesDriver:
     def _create(self, name: str, job: dict[str, Any], secret: dict[str, Any], run_id: str) -> str:
         namespace = self.options.namespace
         try:
-            self._core.create_namespaced_secret(namespace, secret, _request_timeout=API_TIMEOUT_SECONDS)
+            _retrying(self._core.create_namespaced_secret, namespace, secret)
         except ApiException as exc:
             if exc.status != 409:  # 409: a retried deploy made it already
                 raise DeploymentError(f"cannot create the Secret of Job {name}: {_reason(exc)}") from exc
-            self._core.replace_namespaced_secret(name, namespace, secret, _request_timeout=API_TIMEOUT_SECONDS)
+            _retrying(self._core.replace_namespaced_secret, name, namespace, secret)
         try:
-            created = self._batch.create_namespaced_job(namespace, job, _request_timeout=API_TIMEOUT_SECONDS)
+            created = _retrying(self._batch.create_namespaced_job, namespace, job)
         except ApiException as exc:
             if exc.status != 409:
                 self._delete_quietly("secret", name)
                 raise DeploymentError(f"cannot create Job {name}: {_reason(exc)}") from exc
-            created = self._batch.read_namespaced_job(name, namespace, _request_timeout=API_TIMEOUT_SECONDS)
+            # A Job of that name: this run's, made by an attempt whose answer was lost, counts as deployed
+            created = _retrying(self._batch.read_namespaced_job, name, namespace)
             if (created.metadata.labels or {}).get(LABEL_FLOW_RUN_ID) != run_id:
                 raise DeploymentError(f"a Job named {name} exists already and is not this run's") from exc
         uid = str(created.metadata.uid)
         patch = {"metadata": {"ownerReferences": [owner_reference(name, uid)]}}
         try:
-            self._core.patch_namespaced_secret(name, namespace, patch, _request_timeout=API_TIMEOUT_SECONDS)
+            _retrying(self._core.patch_namespaced_secret, name, namespace, patch)
         except ApiException as exc:  # the run goes on; only the clean-up of its token depends on this
             logger.warning("Job %s: could not make it own its Secret (%s): delete it by hand", name, _reason(exc))
         return uid
@@ -466,9 +470,9 @@ class KubernetesDriver:
             self.options.namespace,
             label_selector=selector,
             resource_version=version,
-            timeout_seconds=WATCH_SECONDS,
+            timeout_seconds=self.watch_seconds,
             allow_watch_bookmarks=True,
-            _request_timeout=WATCH_SECONDS + 10,
+            _request_timeout=self.watch_seconds + 10,
         )
         try:
             for event in stream:
@@ -556,6 +560,28 @@ class KubernetesDriver:
         if self._problem is None:
             logger.error("%s; claiming no runs until it is back", problem)
         self._problem = problem
+
+
+def _retrying(call: Callable[..., Any], *args: Any, attempts: int = 4) -> Any:
+    """``call(*args)``, retried on what passes (429, 5xx, a connection that failed) with a growing pause.
+
+    Raises:
+        ApiException: a refusal, or a transient error that lasted through every attempt.
+        PlatformUnavailableError: the API server could not be reached at all.
+    """
+    pause = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            return call(*args, _request_timeout=API_TIMEOUT_SECONDS)
+        except ApiException as exc:
+            if exc.status not in _TRANSIENT or attempt == attempts:
+                raise
+        except HTTPError as exc:
+            if attempt == attempts:
+                raise PlatformUnavailableError(f"cannot reach the Kubernetes API server: {exc}") from exc
+        time.sleep(pause)
+        pause *= 2
+    raise AssertionError("unreachable")
 
 
 def _flow_container_status(view: _JobView) -> dict[str, Any] | None:
