@@ -325,3 +325,120 @@ def test_a_pod_that_cannot_be_scheduled_fails_its_run_after_the_pending_timeout(
     assert "0/1 nodes are available" in (run.state_message or "")
     wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what="the Job to be deleted")
     stop(agent, running)
+
+
+def _install_yaml(*args: str) -> str:
+    from click.testing import CliRunner
+
+    from baton.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["agent", "install", "kubernetes", *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _service_account_client(cluster: Cluster, namespace: str) -> Any:
+    """An API client holding the token of the ServiceAccount ``install --rbac`` made."""
+    import base64
+
+    def token_secret() -> str | None:
+        found = cluster.kubectl("get", "sa", "baton-agent", "-n", namespace, "-o", "jsonpath={.secrets[0].name}")
+        return found.stdout.strip() or None
+
+    secret = wait_for(token_secret, timeout=60, what="the ServiceAccount's token")
+    encoded = cluster.kubectl("get", "secret", str(secret), "-n", namespace, "-o", "jsonpath={.data.token}").stdout
+    configuration = kubernetes.client.Configuration()
+    configuration.host = cluster.env["BATON_K8S_API_URL"]
+    configuration.ssl_ca_cert = cluster.env["BATON_K8S_CA_FILE"]
+    configuration.api_key = {"authorization": "Bearer " + base64.b64decode(encoded).decode()}
+    return kubernetes.client.ApiClient(configuration)
+
+
+def test_install_rbac_yaml_is_accepted_and_its_service_account_can_run_flows_and_nothing_more(
+    cluster: Cluster,
+    admin: Client,
+    runner_key: str,
+    server: ServerProcess,
+    fast_settings: BatonSettings,
+    baton_image: str,
+    run_in_thread: RunInThread,
+) -> None:
+    import yaml
+
+    namespace = "baton-rbac"
+    cluster.kubectl("create", "namespace", namespace, check=False)
+    text = _install_yaml("-k", runner_key, "-a", server.url, "--rbac", "--namespace", namespace, "-l", "k8s")
+
+    # The server accepts every object as printed
+    dry_run = subprocess.run(
+        [cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "--dry-run=server", "-f", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry_run.returncode == 0, dry_run.stderr
+    documents = list(yaml.safe_load_all(text))
+    kinds = [document["kind"] for document in documents]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "Secret", "Deployment"]
+    [deployment] = [document for document in documents if document["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert runner_key not in " ".join(container["command"])  # the key is in the Secret only
+    assert container["livenessProbe"]["httpGet"]["path"] == "/api/health"
+
+    # Given the ServiceAccount, its Role and binding applied (not the Deployment: no pod network here)
+    rbac = yaml.safe_dump_all([document for document in documents if document["kind"] != "Deployment"])
+    subprocess.run(
+        [cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-"],
+        input=rbac,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    client = _service_account_client(cluster, namespace)
+
+    # Then an agent holding only that account's token runs a flow in a pod to Success
+    register_source_flow(admin, "hello-rbac", labels=["k8s"], run_config={"type": "kubernetes"})
+    run_id = admin.create_flow_run(flow_name="hello-rbac").id
+    agent = KubernetesAgent(
+        settings=fast_settings,
+        key=runner_key,
+        api=server.url,
+        labels=["k8s"],
+        name="k8s-rbac",
+        namespace=namespace,
+        job_template=job_template(baton_image),
+        api_client=client,
+    )
+    running = run_in_thread(agent)
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=120)
+    assert run.state == "Success", run.state_message
+    wait_for(lambda: not jobs_of_in(cluster, run_id, namespace), timeout=60, what="the Job to be deleted")
+    stop(agent, running)
+
+    # And nothing more: no Secret of the namespace can be read (not even the agent's own key), no other namespace's
+    # Jobs listed, no other kind of object made
+    core, batch, apps = (
+        kubernetes.client.CoreV1Api(client),
+        kubernetes.client.BatchV1Api(client),
+        kubernetes.client.AppsV1Api(client),
+    )
+    refused = [
+        lambda: core.read_namespaced_secret("baton-agent", namespace),
+        lambda: core.list_namespaced_secret(namespace),
+        lambda: batch.list_namespaced_job("default"),
+        lambda: apps.create_namespaced_deployment(namespace, deployment),
+        lambda: core.create_namespaced_pod(namespace, {"metadata": {"name": "x"}, "spec": {"containers": []}}),
+    ]
+    for call in refused:
+        with pytest.raises(kubernetes.client.exceptions.ApiException) as denied:
+            call()
+        assert denied.value.status == 403
+
+
+def jobs_of_in(cluster: Cluster, run_id: str, namespace: str) -> list[str]:
+    found = cluster.kubectl(
+        "get", "jobs", "-n", namespace, "-l", f"baton.io/flow-run-id={run_id}", "-o", "name", check=False
+    )
+    return [line for line in found.stdout.split() if line]

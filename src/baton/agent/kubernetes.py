@@ -297,9 +297,9 @@ class KubernetesDriver:
         try:
             _retrying(self._core.create_namespaced_secret, namespace, secret)
         except ApiException as exc:
-            if exc.status != 409:  # 409: a retried deploy made it already
+            if exc.status != 409:  # 409: a retried deploy made it already; its token is the old claim's
                 raise DeploymentError(f"cannot create the Secret of Job {name}: {_reason(exc)}") from exc
-            _retrying(self._core.replace_namespaced_secret, name, namespace, secret)
+            _retrying(self._core.patch_namespaced_secret, name, namespace, {"stringData": secret["stringData"]})
         try:
             created = _retrying(self._batch.create_namespaced_job, namespace, job)
         except ApiException as exc:

@@ -46,11 +46,18 @@ def agent() -> None:
     """Start agents: they claim flow runs from the API and deploy them on your infrastructure."""
 
 
-@agent.command("start")
+@agent.group("start", invoke_without_command=True)
 @common_agent_options
+@click.pass_context
 @pass_state
-def start_default(state: CliState, /, **params: Any) -> None:
-    """Start an agent of the type in settings (agent.type; $BATON__AGENT__TYPE), local by default."""
+def start_default(state: CliState, ctx: click.Context, /, **params: Any) -> None:
+    """Start an agent of the type in settings (agent.type; $BATON__AGENT__TYPE), local by default; or of the type
+    named, as in `baton agent start kubernetes --namespace flows` (the same as `baton agent kubernetes start`)."""
+    if ctx.invoked_subcommand is not None:
+        early = [name for name, value in params.items() if value not in (None, False, ())]
+        if early:
+            raise InputError(f"put the options after the agent type: baton agent start {ctx.invoked_subcommand} ...")
+        return
     common = CommonAgentOptions.pop_from(params, state)
     common.warn_about_key()
     settings = common.settings(state)
@@ -190,3 +197,48 @@ def start_kubernetes(state: CliState, /, **params: Any) -> None:
     settings = common.settings(state)
     cls = agent_class("kubernetes")
     cls(settings=settings, **common.agent_kwargs(), **own).start()
+
+
+@kubernetes.command("install")
+@_kubernetes_options
+@click.option("--rbac", is_flag=True, help="Also print a ServiceAccount, Role (least privilege) and RoleBinding.")
+@click.option("--agent-image", metavar="IMAGE", help="The agent's own image. Default: baton:<version>.")
+@pass_state
+def install_kubernetes(state: CliState, /, rbac: bool, agent_image: str | None, **params: Any) -> None:
+    """Print the YAML that runs a Kubernetes agent in the cluster: kubectl apply -f FILE.
+
+    The key (and --env values) go into a Secret; keep the output private.
+    """
+    common = CommonAgentOptions.pop_from(params, state)
+    own = _kubernetes_own(params)
+    from baton.agent.install.kubernetes import render_kubernetes_install
+
+    values = {**common.agent_kwargs(), **own}
+    key, env = values.pop("key"), values.pop("env")
+    key_file = values.pop("key_file")
+    try:
+        if key is None and key_file is not None:
+            from baton.agent.options import read_key_file
+
+            key = read_key_file(key_file)
+        namespace = values.pop("namespace") or "default"
+        values["image_pull_secrets"] = ",".join(values["image_pull_secrets"] or []) or None
+        text = render_kubernetes_install(
+            key=key, namespace=namespace, rbac=rbac, image=agent_image, env=env, values=values
+        )
+    except ConfigurationError as exc:
+        raise InputError(str(exc)) from exc
+    click.echo(text, nl=False)
+
+
+# The seed's word order: `baton agent start kubernetes`, `baton agent install kubernetes`.
+@agent.group("install")
+def install_group() -> None:
+    """Print what installs an agent as a service: `baton agent install local|kubernetes`."""
+
+
+install_group.add_command(install_local, "local")
+install_group.add_command(install_kubernetes, "kubernetes")
+start_default.add_command(start_local, "local")
+start_default.add_command(start_docker, "docker")
+start_default.add_command(start_kubernetes, "kubernetes")

@@ -1,0 +1,188 @@
+"""``baton agent install kubernetes``: the YAML that runs a Kubernetes agent in the cluster (the seed's
+``prefect agent install kubernetes``), ready for ``kubectl apply -f -``.
+
+What it holds:
+
+- a Secret ``baton-agent`` with the API key (and the ``--env`` values, flow runs' credentials often): the
+  Deployment reads them as environment variables, never from its command line;
+- a ConfigMap with the ``--job-template`` file when one is given, mounted where the agent's command line says;
+- a Deployment of one replica running ``baton agent kubernetes start`` with the options given (derived from the
+  option specs), its health check on ``--agent-address`` (default ``http://0.0.0.0:8080``) as liveness and readiness
+  probes, requests and limits, and the labels ``app.kubernetes.io/name: baton-agent``;
+- with ``rbac``: a ServiceAccount, a Role with the least the agent needs in its namespace (Jobs; pods to read and
+  delete; pods/log and events to read; Secrets for the runs' tokens) and the RoleBinding.
+
+Usage::
+
+    print(render_kubernetes_install(key="bat_...", namespace="flows", rbac=True, values={"labels": ["k8s"]}))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from baton import __version__
+from baton.agent.option_specs import COMMON_OPTIONS, KUBERNETES_OPTIONS, Install, command_line, given
+from baton.exceptions import ConfigurationError
+
+NAME = "baton-agent"
+LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "baton"}
+DEFAULT_ADDRESS = "http://0.0.0.0:8080"
+TEMPLATE_DIR = "/etc/baton"
+# What the agent does in its namespace, and nothing more (kubernetes.py): create, follow and delete its Jobs; follow
+# and delete their pods (a cancel deletes them with the grace period); create, patch (its owner, or a retried
+# deploy's token) and delete the Secret of each run's token. Secrets are never read: RBAC cannot limit a verb to
+# names made at run time, so the agent gets no verb that would show it another Secret of the namespace.
+ROLE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "watch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "deletecollection"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch", "delete"]},
+]
+SPECS = (*COMMON_OPTIONS, *KUBERNETES_OPTIONS)
+
+
+def render_kubernetes_install(
+    *,
+    key: str | None,
+    namespace: str = "default",
+    rbac: bool = False,
+    image: str | None = None,
+    env: Mapping[str, str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> str:
+    """The YAML documents that install a Kubernetes agent.
+
+    Args:
+        key: the agent's API key (role runner): goes into the Secret.
+        namespace: the agent's namespace, and its Jobs'.
+        rbac: add the ServiceAccount, Role and RoleBinding it runs as.
+        image: the agent's image (default ``baton:<version>``).
+        env: the ``--env`` values: into the Secret too.
+        values: the other options of ``baton agent kubernetes start`` (names as in the option specs).
+
+    Raises:
+        ConfigurationError: no key, or an option an installed agent cannot take (``--max-polls``).
+        TypeError: a value names no option of ``baton agent kubernetes start``.
+    """
+    import yaml
+
+    if not key:
+        raise ConfigurationError("the installed agent needs its API key: give -k/--key or --key-file")
+    options = dict(values or {})
+    known = {spec.name: spec for spec in SPECS}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"not options of baton agent kubernetes start: {', '.join(unknown)}")
+    refused = [
+        spec.flag for name, spec in known.items() if spec.install is Install.NO and given(spec, options.get(name))
+    ]
+    if refused:
+        raise ConfigurationError(f"{', '.join(refused)} does not fit an installed agent: Kubernetes would restart it")
+    for name in ("kubeconfig", "context"):  # in the cluster the agent uses its ServiceAccount
+        options.pop(name, None)
+    options["namespace"] = namespace
+    options.setdefault("agent_address", None)
+    options["agent_address"] = options["agent_address"] or DEFAULT_ADDRESS
+    documents: list[dict[str, Any]] = []
+    if rbac:
+        documents += _rbac(namespace)
+    secret_data = {"BATON__API__KEY": key}
+    if env:
+        secret_data["BATON__AGENT__ENV"] = json.dumps(dict(env))
+    documents.append(_object("v1", "Secret", namespace, type="Opaque", stringData=secret_data))
+    template_path = options.pop("job_template_path", None)
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if template_path:
+        try:
+            template_text = Path(template_path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"--job-template {template_path}: cannot read it: {exc.strerror}") from exc
+        documents.append(
+            _object("v1", "ConfigMap", namespace, name=f"{NAME}-job-template", data={"job.yaml": template_text})
+        )
+        volumes.append({"name": "job-template", "configMap": {"name": f"{NAME}-job-template"}})
+        mounts.append({"name": "job-template", "mountPath": TEMPLATE_DIR, "readOnly": True})
+        options["job_template_path"] = f"{TEMPLATE_DIR}/job.yaml"
+    argv = ["baton", "agent", "kubernetes", "start", *command_line(SPECS, options)]
+    documents.append(
+        _deployment(namespace, image or f"baton:{__version__}", argv, options["agent_address"], rbac, volumes, mounts)
+    )
+    header = (
+        "# A Baton Kubernetes agent (generated by `baton agent install kubernetes`). It holds the agent's API key in\n"
+        "# a Secret: keep this file private. Apply it with: kubectl apply -f FILE\n"
+    )
+    return header + str(yaml.safe_dump_all(documents, sort_keys=False))
+
+
+def _object(api_version: str, kind: str, namespace: str, name: str = NAME, **fields: Any) -> dict[str, Any]:
+    metadata = {"name": name, "namespace": namespace, "labels": dict(LABELS)}
+    return {"apiVersion": api_version, "kind": kind, "metadata": metadata, **fields}
+
+
+def _rbac(namespace: str) -> list[dict[str, Any]]:
+    return [
+        _object("v1", "ServiceAccount", namespace),
+        _object("rbac.authorization.k8s.io/v1", "Role", namespace, rules=ROLE_RULES),
+        _object(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            namespace,
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+            subjects=[{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}],
+        ),
+    ]
+
+
+def _deployment(
+    namespace: str,
+    image: str,
+    argv: list[str],
+    address: str,
+    rbac: bool,
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    port = int(address.rsplit(":", 1)[-1].split("/", 1)[0]) if address.count(":") >= 2 else 8080
+    probe = {"httpGet": {"path": "/api/health", "port": port}, "periodSeconds": 10, "failureThreshold": 6}
+    env = [
+        {
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": NAME, "key": name, "optional": name != "BATON__API__KEY"}},
+        }
+        for name in ("BATON__API__KEY", "BATON__AGENT__ENV")
+    ]
+    container: dict[str, Any] = {
+        "name": "agent",
+        "image": image,
+        "command": argv,
+        "env": env,
+        "ports": [{"name": "health", "containerPort": port}],
+        "livenessProbe": {**probe, "initialDelaySeconds": 30},
+        "readinessProbe": probe,
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod: dict[str, Any] = {"containers": [container]}
+    if rbac:
+        pod["serviceAccountName"] = NAME
+    if volumes:
+        pod["volumes"] = volumes
+    # One replica: a SIGTERM is the agent's warm stop, so give it time to let its runs be reported.
+    pod["terminationGracePeriodSeconds"] = 60
+    return _object(
+        "apps/v1",
+        "Deployment",
+        namespace,
+        spec={
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
+            "template": {"metadata": {"labels": dict(LABELS)}, "spec": pod},
+        },
+    )
