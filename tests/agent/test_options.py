@@ -152,6 +152,13 @@ def test_the_python_constructors_take_exactly_the_options_the_specs_declare() ->
     assert set(get_type_hints(AgentOptions)) - {"settings", "client"} == set(names(COMMON_OPTIONS)) - {"token"}
     local = inspect.signature(LocalAgent.__init__).parameters
     assert {name for name, p in local.items() if p.kind is p.KEYWORD_ONLY} == set(names(LOCAL_OPTIONS))
+    from baton.agent.kubernetes import KubernetesAgent
+    from baton.agent.option_specs import KUBERNETES_OPTIONS
+
+    kubernetes = inspect.signature(KubernetesAgent.__init__).parameters
+    # Besides its options, the Kubernetes agent takes a template as a mapping, and a ready API client
+    own_k8s = {name for name, p in kubernetes.items() if p.kind is p.KEYWORD_ONLY} - {"job_template", "api_client"}
+    assert own_k8s == set(names(KUBERNETES_OPTIONS))
     docker = inspect.signature(DockerAgent.__init__).parameters
     # Besides its options, the Docker agent takes what the CLI builds from other options (policy) or no flag sets
     extra = {"policy", "registry_allow_list", "default_image"}
@@ -163,8 +170,15 @@ def test_each_start_command_offers_exactly_the_flags_of_its_specs() -> None:
     import click
 
     from baton.agent.docker_policy import DockerPolicy, flag_of
-    from baton.agent.option_specs import COMMON_OPTIONS, DOCKER_OPTIONS, LOCAL_OPTIONS, Kind, OptionSpec
-    from baton.cli.agent import install_local, start_docker, start_local
+    from baton.agent.option_specs import (
+        COMMON_OPTIONS,
+        DOCKER_OPTIONS,
+        KUBERNETES_OPTIONS,
+        LOCAL_OPTIONS,
+        Kind,
+        OptionSpec,
+    )
+    from baton.cli.agent import install_kubernetes, install_local, start_docker, start_kubernetes, start_local
 
     def flags(command: click.Command) -> set[str]:
         return {flag for param in command.params for flag in (*param.opts, *param.secondary_opts)}
@@ -183,3 +197,6 @@ def test_each_start_command_offers_exactly_the_flags_of_its_specs() -> None:
     assert flags(start_local) == local == flags(install_local)
     policy = {flag_of(name) for name in DockerPolicy.model_fields}
     assert flags(start_docker) == declared(*COMMON_OPTIONS, *DOCKER_OPTIONS) | policy
+    kubernetes = declared(*COMMON_OPTIONS, *KUBERNETES_OPTIONS)
+    assert flags(start_kubernetes) == kubernetes
+    assert flags(install_kubernetes) == kubernetes | {"--rbac", "--agent-image"}

@@ -213,10 +213,14 @@ def test_agent_start_uses_the_type_from_settings(
     assert fake_agent.built[0]["limit"] == 1
     assert "import_paths" not in fake_agent.built[0]
 
+    # A Kubernetes agent with no cluster configuration anywhere says so (exit 2), before any API call
     monkeypatch.setenv("BATON__AGENT__TYPE", "kubernetes")
-    result = invoke("agent", "start")
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("BATON__API__KEY", "bat_k")
+    result = invoke("agent", "start", "-a", "http://127.0.0.1:9")
     assert result.exit_code == 2
-    assert result.stderr.startswith("Error: configuration: the kubernetes agent is not available here")
+    assert result.stderr.startswith("Error: configuration: no Kubernetes configuration"), result.stderr
     assert len(fake_agent.built) == 1
 
 
@@ -262,3 +266,95 @@ def test_prefect_1_docker_command_lines_are_accepted(invoke: Any, monkeypatch: p
     assert "--no-docker-interface is deprecated and does nothing" in result.stderr
     assert FakeAgent.built[0]["volumes"] == ["/volume1", "/srv:/data:ro"]
     assert "no_docker_interface" not in FakeAgent.built[0]
+
+
+# --- the Kubernetes agent's commands -----------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_kubernetes_agent(monkeypatch: pytest.MonkeyPatch) -> type[FakeAgent]:
+    import baton.agent
+
+    FakeAgent.built = []
+    FakeAgent.fail_with = None
+    monkeypatch.setattr(baton.agent, "KubernetesAgent", FakeAgent, raising=False)
+    return FakeAgent
+
+
+def test_kubernetes_start_in_both_word_orders_passes_its_options(
+    invoke: Any, fake_kubernetes_agent: type[FakeAgent]
+) -> None:
+    for words in (["agent", "kubernetes", "start"], ["agent", "start", "kubernetes"]):
+        result = invoke(
+            *words, "-k", "bat_k", "--namespace", "flows", "--image-pull-secrets", "a, b,,", "--disable-job-deletion",
+            "--service-account-name", "runner", "--limit", "3",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    first, second = fake_kubernetes_agent.built
+    assert first == second
+    assert (first["namespace"], first["image_pull_secrets"], first["disable_job_deletion"]) == (
+        "flows",
+        ["a", "b"],
+        True,
+    )
+    assert (first["service_account_name"], first["limit"], first["key"]) == ("runner", 3, "bat_k")
+
+
+def test_options_before_the_agent_type_are_refused_not_lost(
+    invoke: Any, fake_kubernetes_agent: type[FakeAgent]
+) -> None:
+    result = invoke("agent", "start", "-l", "dev", "kubernetes")
+    assert result.exit_code == 2
+    assert "put the options after the agent type" in result.stderr
+    assert fake_kubernetes_agent.built == []
+
+
+def test_kubernetes_agent_refuses_a_bad_namespace_and_a_missing_template_clearly(tmp_path: Any) -> None:
+    from baton.agent.kubernetes import KubernetesAgent
+    from baton.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="namespace"):
+        KubernetesAgent(key="bat_k", api="http://127.0.0.1:9", namespace="Not_A_Name", api_client=object())
+    with pytest.raises(ConfigurationError, match=r"--job-template .*cannot read it"):
+        KubernetesAgent(key="bat_k", api="http://127.0.0.1:9", job_template_path=str(tmp_path / "missing.yaml"))
+    (tmp_path / "list.yaml").write_text("- not\n- a job\n")
+    with pytest.raises(ConfigurationError, match="must hold one Job"):
+        KubernetesAgent(key="bat_k", api="http://127.0.0.1:9", job_template_path=str(tmp_path / "list.yaml"))
+
+
+def test_kubernetes_install_needs_a_key_and_refuses_max_polls(invoke: Any) -> None:
+    result = invoke("agent", "install", "kubernetes", "-a", "http://127.0.0.1:4200")
+    assert result.exit_code == 2
+    assert "needs its API key" in result.stderr
+    result = invoke("agent", "kubernetes", "install", "-k", "bat_k", "--max-polls", "3")
+    assert result.exit_code == 2
+    assert "--max-polls does not fit an installed agent" in result.stderr
+
+
+def test_kubernetes_install_puts_secrets_in_the_secret_and_the_template_in_a_config_map(
+    invoke: Any, tmp_path: Any
+) -> None:
+    import yaml
+
+    template = tmp_path / "job.yaml"
+    template.write_text("apiVersion: batch/v1\nkind: Job\nspec: {}\n")
+    result = invoke(
+        "agent", "install", "kubernetes", "-k", "bat_secret_key", "-e", "TOKEN=s3cret", "--job-template", str(template),
+        "--namespace", "flows", "-l", "k8s",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    documents = {document["kind"]: document for document in yaml.safe_load_all(result.stdout)}
+    assert set(documents) == {"Secret", "ConfigMap", "Deployment"}
+    assert documents["Secret"]["stringData"] == {
+        "BATON__API__KEY": "bat_secret_key",
+        "BATON__AGENT__ENV": '{"TOKEN": "s3cret"}',
+    }
+    assert documents["ConfigMap"]["data"]["job.yaml"] == template.read_text()
+    [container] = documents["Deployment"]["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:4] == ["baton", "agent", "kubernetes", "start"]
+    assert "bat_secret_key" not in result.stdout.split("kind: Secret")[0] + str(command)
+    assert "s3cret" not in str(command)
+    assert command[command.index("--job-template") + 1] == "/etc/baton/job.yaml"
+    assert command[command.index("--namespace") + 1] == "flows"
+    assert command[command.index("--agent-address") + 1] == "http://0.0.0.0:8080"

@@ -68,7 +68,13 @@ class KubernetesOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    namespace: str = Field(default="default", min_length=1, max_length=63, description="Namespace of the Jobs.")
+    namespace: str = Field(
+        default="default",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Namespace of the Jobs (a DNS-1123 label).",
+    )
     job_template: dict[str, Any] | None = Field(
         default=None, description="The Job template for runs whose run config has none (from --job-template PATH)."
     )
