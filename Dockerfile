@@ -1,5 +1,6 @@
-# The Docker agent's default image, baton:<version>: Baton (with the docker SDK) in a venv at /opt/baton on
-# Python 3.11, so `python -m baton.engine` runs a flow run in a container.
+# The Docker and Kubernetes agents' default image, baton:<version>: Baton (with the docker SDK and the kubernetes
+# client, so the image also runs those agents) in a venv at /opt/baton on Python 3.11, so `python -m baton.engine`
+# runs a flow run in a container or a pod.
 #
 # Build it with `baton docker build-image [--tag TAG]`. It builds the wheels on the host (Baton from the local
 # source, the dependencies from the package index, cached in .cache/wheels) and sends a context of its own:
@@ -39,7 +40,7 @@ COPY baton /tmp/baton-wheel
 RUN pip install --quiet --no-cache-dir --no-index --no-deps /tmp/baton-wheel/*.whl \
  && rm -rf /tmp/baton-wheel \
  && pip check \
- && python -c "import baton.engine, docker" \
+ && python -c "import baton.engine, docker, kubernetes" \
  && baton --version
 ARG BATON_SOURCE_HASH=unknown
 ARG BATON_VERSION=unknown

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 # worker and never load the machine at the same time as each other. (xdist's own `loadgroup` marks do not take
 # effect with pytest 9, so the grouping is this scheduler.)
 LOAD_GROUP = "tests/reliability"
+# Scheduled last: under .ci/run its cluster's binaries may still be building in the background when the suite starts.
+LAST = "tests/agent/test_kubernetes.py"
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -34,6 +36,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return LOAD_GROUP if path.startswith(LOAD_GROUP + "/") else path
+
+        def schedule(self) -> None:
+            super().schedule()
+            if LAST in self.workqueue:  # not handed out yet (the first units are the biggest files)
+                self.workqueue.move_to_end(LAST)
 
     return FilesAndReliability(config, log)
 

@@ -175,7 +175,7 @@ def _store_in_cache(wheels: Iterable[Path], cache: Path) -> None:
 
 def build_wheels(root: Path, dest: Path, cache: Path, progress: Progress = _quiet) -> list[Path]:
     """Build Baton's wheel from ``root`` and collect the wheels of all its runtime dependencies (with the
-    ``docker`` extra) into ``dest``.
+    ``docker`` and ``kubernetes`` extras: the image runs the Docker and Kubernetes agents too) into ``dest``.
 
     The cache is tried alone first (no network); only when it lacks something does pip ask the package index,
     and what it fetched is added to the cache.
@@ -186,7 +186,7 @@ def build_wheels(root: Path, dest: Path, cache: Path, progress: Progress = _quie
     python = wheel_python()
     cache.mkdir(parents=True, exist_ok=True)
     dest.mkdir(parents=True, exist_ok=True)
-    wheel_args = ["wheel", "--wheel-dir", str(dest), "--find-links", str(cache), f"{root}[docker]"]
+    wheel_args = ["wheel", "--wheel-dir", str(dest), "--find-links", str(cache), f"{root}[docker,kubernetes]"]
     result = _pip(python, [*wheel_args, "--no-index"])
     if result.returncode == 0:
         progress(f"Wheels: built Baton, dependencies from the cache {cache}")

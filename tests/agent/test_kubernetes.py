@@ -22,7 +22,7 @@ import pytest
 from baton.client import Client
 from baton.schemas.states import FINAL_STATES
 from baton.settings import BatonSettings, load_settings
-from docker_support import skip_or_fail
+from docker_support import paused_test_timeout, skip_or_fail
 from support import ServerProcess, register_source_flow, wait_for
 
 from .conftest import AgentThread
@@ -59,10 +59,27 @@ class Cluster:
         )
 
 
+def _wait_for_a_build_in_progress() -> None:
+    """Under .ci/run the binaries build in the background while the suite runs: wait for that build to end."""
+    pid_file, stamp = CACHE / "ci-build.pid", CACHE / "bin" / ".stamp"
+    if stamp.exists() or not pid_file.exists():
+        return
+    pid = int(pid_file.read_text().strip() or 0)
+    started = time.monotonic()
+    with paused_test_timeout():
+        while not stamp.exists() and Path(f"/proc/{pid}").exists() and time.monotonic() - started < 45 * 60:
+            time.sleep(5)
+    print(f"kubernetes: waited {time.monotonic() - started:.0f} s for the background build of the binaries")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    _wait_for_a_build_in_progress()
     if not (CACHE / "bin" / ".stamp").exists():
-        skip_or_fail(f"no Kubernetes binaries in {CACHE}/bin: run scripts/kubernetes/build.sh (~15 min, once)")
+        skip_or_fail(
+            f"no Kubernetes binaries in {CACHE}/bin: run scripts/kubernetes/build.sh (~15 min, once; under .ci/run "
+            f"see {CACHE}/ci-build.log)"
+        )
     if os.geteuid() != 0 or shutil.which("docker") is None:
         skip_or_fail("the single-node cluster needs root and a Docker daemon")
     directory = tmp_path_factory.mktemp("k8s")

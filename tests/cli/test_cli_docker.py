@@ -40,9 +40,9 @@ def test_build_image_makes_an_image_that_runs_the_engine(
 
 
 def test_the_baton_image_has_baton_and_the_docker_sdk(docker_client: docker.DockerClient, baton_image: str) -> None:
-    exit_code, output = run_container(
-        docker_client, baton_image, ["python", "-c", "import baton, docker; print(baton.__version__)"]
-    )
+    # The docker SDK and the kubernetes client: the image runs the Docker and Kubernetes agents too
+    check = "import baton, docker, kubernetes; from baton.agent import KubernetesAgent; print(baton.__version__)"
+    exit_code, output = run_container(docker_client, baton_image, ["python", "-c", check])
 
     assert exit_code == 0, output
     assert output.strip() == __version__
