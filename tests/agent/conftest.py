@@ -4,9 +4,10 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from pydantic import SecretStr
 
 from baton.agent.base import Agent
 from baton.agent.testing import InMemoryAgent
@@ -14,6 +15,10 @@ from baton.backoff import Backoff
 from baton.settings import BatonSettings, load_settings
 
 from .fake_api import FakeApi
+
+if TYPE_CHECKING:
+    # Imported where used: the server's stack costs a second or so to import, which tests without it need not pay.
+    from .app_api import AppApi, InProcessServer
 
 AGENT_KEY = "bat_agent_key_for_tests_0123456789abcdef"
 
@@ -88,10 +93,58 @@ def run_in_thread() -> Iterator[Callable[[Agent], AgentThread]]:
 
 @pytest.fixture
 def make_agent(settings: BatonSettings, api: FakeApi) -> Callable[..., InMemoryAgent]:
-    def _make(cls: type[InMemoryAgent] = InMemoryAgent, **options: Any) -> InMemoryAgent:
+    def _make(**options: Any) -> InMemoryAgent:
         options.setdefault("settings", settings)
         options.setdefault("client", api)
-        agent = cls(**options)
+        agent = InMemoryAgent(**options)
+        agent.policy.backoff = Backoff(base_seconds=0.01, max_seconds=0.05)
+        return agent
+
+    return _make
+
+
+# --- the real API server in process (tests/agent/app_api.py) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def in_process_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
+    """The real API server in this process (uvicorn in a thread, 127.0.0.1), once per session (per xdist worker):
+    each test has a tenant of its own on it (``app_api``)."""
+    from .app_api import InProcessServer
+
+    server = InProcessServer(tmp_path_factory.mktemp("api-in-process")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app_api(in_process_server: InProcessServer) -> Iterator[AppApi]:
+    """A real client with a runner key of a new tenant of the in-process server, recording the agent's calls, with
+    the test controls of ``FakeApi`` (``add_run``, ``wait_for_state``, ``fail_next``...)."""
+    from .app_api import AppApi
+
+    api = AppApi(in_process_server)
+    yield api
+    api.close_all()
+
+
+@pytest.fixture
+def app_settings(settings: BatonSettings, app_api: AppApi) -> BatonSettings:
+    """``settings`` (the same object: a test may still change it) naming the in-process server and the runner key,
+    as those of an agent started against it would."""
+    settings.api.url = app_api.api_url
+    settings.api.key = SecretStr(app_api.runner_key)
+    return settings
+
+
+@pytest.fixture
+def make_app_agent(app_settings: BatonSettings, app_api: AppApi) -> Callable[..., InMemoryAgent]:
+    """``make_agent`` on the in-process server: the agent's client is ``app_api``."""
+
+    def _make(**options: Any) -> InMemoryAgent:
+        options.setdefault("settings", app_settings)
+        options.setdefault("client", app_api)
+        agent = InMemoryAgent(**options)
         agent.policy.backoff = Backoff(base_seconds=0.01, max_seconds=0.05)
         return agent
 

@@ -76,7 +76,7 @@ def hog(megabytes: int = 1024):
 
 
 def register_flow(admin: Client, name: str, source: str, entrypoint: str, **run_config: Any) -> None:
-    """Register ``source`` (api storage) with a docker run config."""
+    """Register ``source`` (api storage) with a run config of ``run_config`` (type docker unless given)."""
     register_source_flow(
         admin,
         name=name,

@@ -18,8 +18,8 @@ from baton.agent.testing import InMemoryAgent
 from baton.exceptions import ConfigurationError, ServerUnavailableError
 from baton.settings import BatonSettings
 
+from .app_api import AppApi
 from .conftest import AgentThread
-from .fake_api import FakeApi
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -180,68 +180,69 @@ def test_bad_addresses_are_refused(address: str) -> None:
 
 
 def test_agent_serves_health_that_follows_its_poll_loop(
-    api: FakeApi, make_agent: Callable[..., InMemoryAgent], run_in_thread: Callable[[Any], AgentThread]
+    app_api: AppApi, make_app_agent: Callable[..., InMemoryAgent], run_in_thread: Callable[[Any], AgentThread]
 ) -> None:
-    agent = make_agent(agent_address="http://127.0.0.1:0")
+    agent = make_app_agent(agent_address="http://127.0.0.1:0")
     running = run_in_thread(agent)
+    # Until the poll loop runs (whoami, then register: a few round trips to the real server) it is "starting"
     deadline = time.monotonic() + 10
-    while agent.health_server is None or agent.status.last_contact is None:
+    while agent.health_server is None or not agent.status.polling:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     url = agent.health_server.url
 
     assert get(f"{url}/api/health")[0] == 200
-    run_id = api.add_run()
-    api.wait_for_state(run_id, "Submitted")
-    api.wait_for(lambda: agent.status.deployments == 1)
+    run_id = app_api.add_run()
+    app_api.wait_for_state(run_id, "Submitted")
+    app_api.wait_for(lambda: agent.status.deployments == 1)
     metrics = get(f"{url}/metrics")[2]
     assert "baton_agent_claims_total 1" in metrics
     assert "baton_agent_deployments_total 1" in metrics
     assert "baton_agent_active_runs 1" in metrics
 
     agent.stop()  # warm stop: no longer claiming, so no longer healthy
-    api.wait_for(lambda: get(f"{url}/api/health")[0] == 503, timeout=5)
+    app_api.wait_for(lambda: get(f"{url}/api/health")[0] == 503, timeout=5)
     assert "stopping" in json.loads(get(f"{url}/api/health")[2])["reason"]
     agent.finish(run_id)
     running.join()
 
 
 def test_poke_wakes_an_agent_waiting_out_a_backoff(
-    api: FakeApi, make_agent: Callable[..., InMemoryAgent], run_in_thread: Callable[[Any], AgentThread]
+    app_api: AppApi, make_app_agent: Callable[..., InMemoryAgent], run_in_thread: Callable[[Any], AgentThread]
 ) -> None:
-    api.fail_next("claim", ServerUnavailableError("HTTP 503"))
-    agent = make_agent(agent_address="http://127.0.0.1:0")
+    app_api.fail_next("claim", ServerUnavailableError("HTTP 503"))
+    agent = make_app_agent(agent_address="http://127.0.0.1:0")
     agent.policy.backoff.base_seconds = agent.policy.backoff.max_seconds = 60.0
-    run_id = api.add_run()
+    run_id = app_api.add_run()
     running = run_in_thread(agent)
-    api.wait_for(lambda: agent.health_server is not None and agent.status.api_errors == 1)
+    app_api.wait_for(lambda: agent.health_server is not None and agent.status.api_errors == 1)
     assert agent.health_server is not None
     code, _, body = get(f"{agent.health_server.url}/api/health")
     assert code == 503 and "HTTP 503" in json.loads(body)["reason"]
 
     get(f"{agent.health_server.url}/api/poke")
 
-    api.wait_for_state(run_id, "Submitted", timeout=5)
+    app_api.wait_for_state(run_id, "Submitted", timeout=5)
     agent.stop(cold=True)
     running.join()
 
 
 @pytest.mark.parametrize("address", ["https://127.0.0.1:8080", "http://localhost", "not an address"])
 def test_a_bad_agent_address_is_refused_when_the_agent_is_made(
-    settings: BatonSettings, api: FakeApi, address: str
+    app_settings: BatonSettings, app_api: AppApi, address: str
 ) -> None:
     with pytest.raises(ConfigurationError, match=r"--agent-address .*invalid agent address"):
-        InMemoryAgent(settings=settings, client=api, agent_address=address)
+        InMemoryAgent(settings=app_settings, client=app_api, agent_address=address)
 
 
 def test_health_answers_503_starting_while_the_agent_registers(
-    api: FakeApi, make_agent: Callable[..., InMemoryAgent], run_in_thread: Callable[[Any], AgentThread]
+    app_api: AppApi, make_app_agent: Callable[..., InMemoryAgent], run_in_thread: Callable[[Any], AgentThread]
 ) -> None:
     # Given an agent whose first API call (whoami) does not answer yet
-    whoami = api.hold("whoami")
-    agent = make_agent(agent_address="http://127.0.0.1:0")
+    whoami = app_api.hold("whoami")
+    agent = make_app_agent(agent_address="http://127.0.0.1:0")
     running = run_in_thread(agent)
-    api.wait_for(lambda: agent.health_server is not None and any(name == "whoami" for name, _ in api.calls))
+    app_api.wait_for(lambda: agent.health_server is not None and any(name == "whoami" for name, _ in app_api.calls))
     assert agent.health_server is not None
     url = agent.health_server.url
 
@@ -250,30 +251,31 @@ def test_health_answers_503_starting_while_the_agent_registers(
     assert code == 503 and "starting" in json.loads(body)["reason"]
 
     whoami.set()
-    api.wait_for(lambda: get(f"{url}/api/health")[0] == 200)
+    app_api.wait_for(lambda: get(f"{url}/api/health")[0] == 200)
     agent.stop()
     running.join()
 
 
 def test_health_recovers_at_the_first_poll_after_an_outage_not_a_long_poll_later(
-    api: FakeApi,
+    app_api: AppApi,
     settings: BatonSettings,
-    make_agent: Callable[..., InMemoryAgent],
+    make_app_agent: Callable[..., InMemoryAgent],
     run_in_thread: Callable[[Any], AgentThread],
 ) -> None:
     # Given an agent whose long polls wait 30 s, and whose claim call fails once (the API was away)
     settings.agent.poll_wait_seconds = 30
-    api.fail_next("claim", ServerUnavailableError("connection refused"))
-    agent = make_agent(agent_address="http://127.0.0.1:0")
+    app_api.fail_next("claim", ServerUnavailableError("connection refused"))
+    agent = make_app_agent(agent_address="http://127.0.0.1:0")
     running = run_in_thread(agent)
-    api.wait_for(lambda: agent.health_server is not None and agent.status.api_errors == 1)
+    app_api.wait_for(lambda: agent.health_server is not None and agent.status.api_errors == 1)
     assert agent.health_server is not None
+    url = agent.health_server.url
 
     # Then, with the API back, the next claim does not wait on the server and health is 200 within moments
-    api.wait_for(lambda: get(f"{agent.health_server.url}/api/health")[0] == 200, timeout=5)
-    assert api.claims[0]["wait_seconds"] == 0  # the failed call never reached the (fake) server's list
+    app_api.wait_for(lambda: get(f"{url}/api/health")[0] == 200, timeout=5)
+    assert app_api.claims[0]["wait_seconds"] == 0  # the failed call was never sent: claims lists those sent
     # And once recovered, polls are long again
-    api.wait_for(lambda: len(api.claims) >= 2, timeout=5)
-    assert api.claims[1]["wait_seconds"] == 30
+    app_api.wait_for(lambda: len(app_api.claims) >= 2, timeout=5)
+    assert app_api.claims[1]["wait_seconds"] == 30
     agent.stop(cold=True)
     running.join()

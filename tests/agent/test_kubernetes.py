@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 
 from baton.client import Client
+from baton.schemas.responses import FlowRunRead
 from baton.schemas.states import FINAL_STATES
 from baton.settings import BatonSettings, load_settings
 from docker_support import paused_test_timeout, skip_or_fail
 from support import ServerProcess, register_source_flow, wait_for
 
 from .conftest import AgentThread
-from .docker_helpers import HOG_FLOW, SLEEPY_FLOW, wait_state
+from .docker_helpers import HOG_FLOW, SLEEPY_FLOW, register_flow, wait_state
 
 kubernetes = pytest.importorskip("kubernetes", reason="the kubernetes extra is not installed")
 
@@ -141,15 +142,19 @@ def k8s_agent(
 
 
 def register(admin: Client, name: str, source: str, entrypoint: str, **run_config: Any) -> None:
-    register_source_flow(
-        admin,
-        name=name,
-        entrypoint=entrypoint,
-        source=source,
-        tasks=[],
-        parameters_schema={},
-        run_config={"type": "kubernetes", **run_config},
-    )
+    register_flow(admin, name, source, entrypoint, type="kubernetes", **run_config)
+
+
+def running_sleepy_run(admin: Client, start_agent: Callable[[], Any]) -> tuple[str, FlowRunRead, str, Any]:
+    """A sleepy run Running in a pod of the agent ``start_agent`` starts: its id, the run, its Job's name, and what
+    ``start_agent`` returned."""
+    register(admin, "sleepy-k8s", SLEEPY_FLOW, "sleepy")
+    run_id = admin.create_flow_run(flow_name="sleepy-k8s").id
+    started = start_agent()
+    run = wait_state(admin, run_id, {"Running", *FINAL_STATES}, timeout=90)
+    assert run.state == "Running", run.state_message
+    job_name = next(state for state in run.states if state.name == "Submitted").data["job_name"]
+    return run_id, run, job_name, started
 
 
 def stop(agent: KubernetesAgent, running: AgentThread) -> None:
@@ -227,13 +232,8 @@ def test_the_job_carries_the_runs_labels_and_its_token_only_by_reference_and_can
 ) -> None:
     import json
 
-    register(admin, "sleepy-k8s", SLEEPY_FLOW, "sleepy")
-    run_id = admin.create_flow_run(flow_name="sleepy-k8s").id
     agent = k8s_agent()
-    running = run_in_thread(agent)
-    run = wait_state(admin, run_id, {"Running", *FINAL_STATES}, timeout=90)
-    assert run.state == "Running", run.state_message
-    job_name = next(state for state in run.states if state.name == "Submitted").data["job_name"]
+    run_id, run, job_name, running = running_sleepy_run(admin, lambda: run_in_thread(agent))
 
     # The Job and its pod are labelled with the run, the flow and the agent; the token is in the owned Secret
     job = json.loads(cluster.kubectl("get", "job", job_name, "-o", "json").stdout)
@@ -263,12 +263,8 @@ def test_the_job_carries_the_runs_labels_and_its_token_only_by_reference_and_can
 def test_a_job_deleted_from_outside_fails_its_run(
     cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
 ) -> None:
-    register(admin, "sleepy-k8s", SLEEPY_FLOW, "sleepy")
-    run_id = admin.create_flow_run(flow_name="sleepy-k8s").id
     agent = k8s_agent()
-    running = run_in_thread(agent)
-    run = wait_state(admin, run_id, {"Running", *FINAL_STATES}, timeout=90)
-    job_name = next(state for state in run.states if state.name == "Submitted").data["job_name"]
+    run_id, run, job_name, running = running_sleepy_run(admin, lambda: run_in_thread(agent))
 
     cluster.kubectl("delete", "job", job_name, "--wait=false")
 
@@ -280,14 +276,9 @@ def test_a_job_deleted_from_outside_fails_its_run(
 def test_an_agent_restarted_under_the_same_name_still_cancels_the_jobs_it_deployed(
     cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
 ) -> None:
-    register(admin, "sleepy-k8s", SLEEPY_FLOW, "sleepy")
-    run_id = admin.create_flow_run(flow_name="sleepy-k8s").id
     # Given an agent that deployed the run and left (--max-polls: its Job runs on, as after a crash)
     first = k8s_agent(max_polls=2)
-    run_in_thread(first).join(60)
-    run = wait_state(admin, run_id, {"Running", *FINAL_STATES}, timeout=90)
-    assert run.state == "Running", run.state_message
-    job_name = next(state for state in run.states if state.name == "Submitted").data["job_name"]
+    run_id, run, job_name, _ = running_sleepy_run(admin, lambda: run_in_thread(first).join(60))
 
     # And a new agent process with the same identity
     second = k8s_agent()

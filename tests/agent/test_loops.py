@@ -19,7 +19,7 @@ from baton.backoff import Backoff
 from baton.exceptions import NotFoundError, ServerUnavailableError
 from baton.settings import AgentSettings, BatonSettings
 
-from .fake_api import FakeApi
+from .app_api import AppApi
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
@@ -162,13 +162,13 @@ def test_ticker_never_ticks_early_keeps_its_grid_and_wakes_early() -> None:
 
 
 def test_an_agent_with_default_settings_rides_out_six_minutes_of_outage(
-    api: FakeApi, settings: BatonSettings, monkeypatch: pytest.MonkeyPatch
+    app_api: AppApi, settings: BatonSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The figure documented for operators. Each pause is at least half its step (equal jitter): with the jitter at
     # its lowest, the 29 pauses before the 30th failure in a row add up to 0.5 + 1 + 2 + 4 + 8 + 24 x 15 s.
     monkeypatch.setattr(random, "uniform", lambda low, high: low)
     defaults = settings.model_copy(update={"agent": AgentSettings()})
-    policy = InMemoryAgent(settings=defaults, client=api).policy
+    policy = InMemoryAgent(settings=defaults, client=app_api).policy
     pauses: list[float] = []
     with pytest.raises(ServerUnavailableError, match="30 API calls"):
         while True:

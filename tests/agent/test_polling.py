@@ -1,4 +1,5 @@
-"""Claim calls in a daemon thread: awaited, given up on, handed over so that nothing they claim is dropped."""
+"""Claim calls in a daemon thread: awaited, given up on, handed over so that nothing they claim is dropped. Against the
+real API server in process, whose claims are real long polls."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from baton.client.http import is_unreachable, may_have_reached_the_server
 from baton.exceptions import NotFoundError, ServerUnavailableError
 from baton.schemas.responses import ClaimResponse
 
+from .app_api import AppApi
 from .conftest import AgentThread
-from .fake_api import FakeApi
 
 MakeAgent = Callable[..., InMemoryAgent]
 RunInThread = Callable[[InMemoryAgent], AgentThread]
@@ -44,15 +45,15 @@ def test_a_claim_call_returns_its_result_or_raises_its_error_from_a_daemon_threa
         asyncio.run(scenario(broken))
 
 
-def test_giving_up_on_a_claim_call_hands_what_it_returns_to_its_handler() -> None:
+def test_giving_up_on_a_claim_call_hands_what_it_returns_to_its_handler(app_api: AppApi) -> None:
     # Given a claim call still waiting on the server when the agent gives up on it
-    api = FakeApi()
-    agent_id = api.register_agent("a", "memory", []).id
+    agent_id = app_api.register_agent("a", "memory", []).id
     handed: list[ClaimResponse] = []
 
     async def scenario() -> tuple[ClaimResponse | None, bool]:
-        claim = ClaimCall(lambda: api.claim(agent_id, limit=5, wait_seconds=10), asyncio.get_running_loop()).start()
-        api.wait_for(lambda: api.claims_waiting == 1)
+        claim = ClaimCall(lambda: app_api.claim(agent_id, limit=5, wait_seconds=10), asyncio.get_running_loop())
+        claim.start()
+        app_api.wait_for(lambda: app_api.claims_waiting == 1)
         give_up = asyncio.Event()
         give_up.set()
         result = await claim.result(give_up)
@@ -62,21 +63,22 @@ def test_giving_up_on_a_claim_call_hands_what_it_returns_to_its_handler() -> Non
     assert result is None and handed_over
 
     # When a run arrives: the call returns it to the handler, in its own thread
-    run_id = api.add_run()
-    api.wait_for(lambda: bool(handed))
+    run_id = app_api.add_run()
+    app_api.wait_for(lambda: bool(handed))
     assert [claimed.flow_run.id for claimed in handed[0].runs] == [run_id]
+    assert app_api.state(run_id) == "Pending"
 
 
-def test_release_in_thread_retries_transient_errors_and_releases_each_run() -> None:
-    api = FakeApi()
-    agent_id = api.register_agent("a", "memory", []).id
-    run_ids = [api.add_run(), api.add_run()]
-    response = api.claim(agent_id, limit=5)
-    api.fail_next("set_flow_run_state", ServerUnavailableError("HTTP 503"))
+def test_release_in_thread_retries_transient_errors_and_releases_each_run(app_api: AppApi) -> None:
+    agent_id = app_api.register_agent("a", "memory", []).id
+    run_ids = [app_api.add_run(), app_api.add_run()]
+    response = app_api.claim(agent_id, limit=5)
+    app_api.fail_next("set_flow_run_state", ServerUnavailableError("HTTP 503"))
 
-    release_in_thread(api, "a", response)
+    release_in_thread(app_api, "a", response)
 
-    assert [api.last_state(run_id)[:2] for run_id in run_ids] == [("Scheduled", "released by agent a on shutdown")] * 2
+    released = ("Scheduled", "released by agent a on shutdown")
+    assert [app_api.last_state(run_id)[:2] for run_id in run_ids] == [released] * 2
 
 
 # --- claims named in heartbeats, and the API coming back (the poll loop of a running agent) -----------
@@ -88,45 +90,41 @@ def _unreachable() -> ServerUnavailableError:
     return error
 
 
-def _states(api: FakeApi, run_id: str) -> list[str]:
-    return [state for state, _, _ in api.runs[run_id].history]
-
-
 def test_heartbeats_name_the_claims_held_and_not_yet_submitted(
-    api: FakeApi, make_agent: MakeAgent, run_in_thread: RunInThread
+    app_api: AppApi, make_app_agent: MakeAgent, run_in_thread: RunInThread
 ) -> None:
     # Given an agent whose deploys take a while: each claimed run is held, not yet Submitted, meanwhile
-    run_id = api.add_run()
-    agent = make_agent(deploy_seconds=1.0)  # heartbeats every 0.1 s (the fixture's settings)
+    run_id = app_api.add_run()
+    agent = make_app_agent(deploy_seconds=1.0)  # heartbeats every 0.1 s (the fixture's settings)
     running = run_in_thread(agent)
 
     # Then a heartbeat sent during the deploy names the claim (only named claims keep their lease on the server)
-    api.wait_for_state(run_id, "Submitted", timeout=10)
-    named = [claims for claims in api.heartbeat_claims if claims]
+    app_api.wait_for_state(run_id, "Submitted", timeout=10)
+    named = [claims for claims in app_api.heartbeat_claims if claims]
     assert named and all(claims == [run_id] for claims in named)
     # And once the run is Submitted, heartbeats name no claim: the run is reported as a deployment instead
-    heartbeats_before = len(api.heartbeat_claims)
-    api.wait_for(lambda: len(api.heartbeat_claims) > heartbeats_before + 1)
-    assert api.heartbeat_claims[-1] == []
+    heartbeats_before = len(app_api.heartbeat_claims)
+    app_api.wait_for(lambda: len(app_api.heartbeat_claims) > heartbeats_before + 1)
+    assert app_api.heartbeat_claims[-1] == []
     agent.stop()
     agent.finish(run_id)
     running.join()
 
 
 def test_the_api_answering_again_cuts_the_poll_loops_backoff_short(
-    api: FakeApi, make_agent: MakeAgent, run_in_thread: RunInThread
+    app_api: AppApi, make_app_agent: MakeAgent, run_in_thread: RunInThread
 ) -> None:
     # Given an agent whose claim found the API unreachable, and whose backoff would now wait 15-30 s
-    run_id = api.add_run()
-    api.fail_next("claim", _unreachable())
-    agent = make_agent()
+    run_id = app_api.add_run()
+    app_api.fail_next("claim", _unreachable())
+    agent = make_app_agent()
     agent.policy.backoff = Backoff(base_seconds=30.0, max_seconds=30.0)
     started = time.monotonic()
     running = run_in_thread(agent)
 
     # When another of its calls (a heartbeat) is answered: the API is back
     # Then the poll loop claims at once, not after its backoff
-    api.wait_for_state(run_id, "Submitted", timeout=10)
+    app_api.wait_for_state(run_id, "Submitted", timeout=10)
     assert time.monotonic() - started < 10
     agent.stop()
     agent.finish(run_id)

@@ -1,5 +1,6 @@
 """Flow-run timeouts: the rule (the shorter limit, counted from the deployment's start) and the agent enforcing it
-through its driver's kill, on an injected clock: no test waits out a timeout."""
+through its driver's kill, on an injected clock: no test waits out a timeout. Against the real API server in
+process: the flow's ``timeout_seconds`` comes from its registration, through the claim."""
 
 from __future__ import annotations
 
@@ -8,27 +9,16 @@ from typing import Any
 
 import pytest
 
+from baton.agent.driver import Deployment
 from baton.agent.runs import ActiveRun, Phase
 from baton.agent.testing import InMemoryAgent
 from baton.agent.timeouts import effective_timeout, overdue
-from baton.schemas.responses import ClaimedRun
 
+from .app_api import AppApi
 from .conftest import AgentThread
-from .fake_api import FakeApi, FakeRun
 
 MakeAgent = Callable[..., InMemoryAgent]
 RunInThread = Callable[[InMemoryAgent], AgentThread]
-
-
-class TimeoutApi(FakeApi):
-    """The in-memory API whose flow has ``@flow(timeout_seconds=flow_timeout)``."""
-
-    flow_timeout: int | None = None
-
-    def claimed_run(self, run: FakeRun) -> ClaimedRun:
-        claimed = super().claimed_run(run)
-        flow = claimed.flow.model_copy(update={"timeout_seconds": self.flow_timeout})
-        return claimed.model_copy(update={"flow": flow})
 
 
 class FakeClock:
@@ -37,11 +27,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def api() -> TimeoutApi:
-    return TimeoutApi()
 
 
 @pytest.mark.parametrize(
@@ -54,15 +39,25 @@ def test_the_limit_is_the_shorter_of_the_flows_and_the_agents(
     assert effective_timeout(flow_timeout, agent_timeout) == limit
 
 
-def _deployed_run(api: TimeoutApi, **fields: Any) -> ActiveRun:
-    run = ActiveRun(api.claimed_run(api.runs[api.add_run()]), phase=Phase.DEPLOYED, submitted=True)
-    for name, value in {"timeout_seconds": 5, "deployed_at": 100.0, **fields}.items():
+def add_run(app_api: AppApi, flow_timeout: int | None) -> str:
+    """A run of a flow registered with ``@flow(timeout_seconds=flow_timeout)``."""
+    return app_api.add_run(flow={"timeout_seconds": flow_timeout})
+
+
+def _deployed_run(app_api: AppApi, **fields: Any) -> ActiveRun:
+    add_run(app_api, flow_timeout=None)
+    agent_id = app_api.register_agent("timeouts", "memory", []).id
+    [claimed] = app_api.claim(agent_id).runs
+    run = ActiveRun(claimed)
+    run.deployed(Deployment("PID: 1"), at=100.0)
+    run.confirm_submitted()
+    for name, value in {"timeout_seconds": 5, **fields}.items():
         setattr(run, name, value)
     return run
 
 
-def test_a_run_is_overdue_once_it_has_run_its_limit_from_its_deployment(api: TimeoutApi) -> None:
-    run = _deployed_run(api)
+def test_a_run_is_overdue_once_it_has_run_its_limit_from_its_deployment(app_api: AppApi) -> None:
+    run = _deployed_run(app_api)
     assert overdue(run, now=104.9) is None
     assert overdue(run, now=105.0) == 5
 
@@ -77,22 +72,21 @@ def test_a_run_is_overdue_once_it_has_run_its_limit_from_its_deployment(api: Tim
     ],
 )
 def test_a_run_without_limit_or_not_running_under_the_agent_is_never_overdue(
-    api: TimeoutApi, fields: dict[str, Any]
+    app_api: AppApi, fields: dict[str, Any]
 ) -> None:
-    assert overdue(_deployed_run(api, **fields), now=10_000.0) is None
+    assert overdue(_deployed_run(app_api, **fields), now=10_000.0) is None
 
 
 def test_the_agent_kills_a_run_past_its_flows_timeout_and_fails_it(
-    api: TimeoutApi, make_agent: MakeAgent, run_in_thread: RunInThread
+    app_api: AppApi, make_app_agent: MakeAgent, run_in_thread: RunInThread
 ) -> None:
     # Given a flow with timeout_seconds=30 and an agent with a longer --run-timeout, on a clock the test moves
-    api.flow_timeout = 30
     clock = FakeClock()
-    run_id = api.add_run()
-    agent = make_agent(run_timeout_seconds=3600)
+    run_id = add_run(app_api, flow_timeout=30)
+    agent = make_app_agent(run_timeout_seconds=3600)
     agent.clock = clock
     running = run_in_thread(agent)
-    api.wait_for_state(run_id, "Submitted")
+    app_api.wait_for_state(run_id, "Submitted")
     [deployment] = agent.wait_for_deployments(1)
 
     # When just under the limit has passed, nothing happens; when the limit has, the run is killed
@@ -102,43 +96,41 @@ def test_the_agent_kills_a_run_past_its_flows_timeout_and_fails_it(
     agent.deployments_changed()
 
     # Then the driver's kill stopped the deployment and the run is Failed "timed out after 30 s"
-    api.wait_for_state(run_id, "Failed")
-    assert api.last_state(run_id)[1] == "timed out after 30 s"
+    app_api.wait_for_state(run_id, "Failed")
+    assert app_api.last_state(run_id)[1] == "timed out after 30 s"
     agent.wait_for(lambda: deployment.killed)
     agent.stop()
     running.join()
 
 
 def test_the_agents_run_timeout_applies_when_shorter(
-    api: TimeoutApi, make_agent: MakeAgent, run_in_thread: RunInThread
+    app_api: AppApi, make_app_agent: MakeAgent, run_in_thread: RunInThread
 ) -> None:
-    api.flow_timeout = 3600
     clock = FakeClock()
-    run_id = api.add_run()
-    agent = make_agent(run_timeout_seconds=7)
+    run_id = add_run(app_api, flow_timeout=3600)
+    agent = make_app_agent(run_timeout_seconds=7)
     agent.clock = clock
     running = run_in_thread(agent)
-    api.wait_for_state(run_id, "Submitted")
+    app_api.wait_for_state(run_id, "Submitted")
 
     clock.now += 7
     agent.deployments_changed()
 
-    api.wait_for_state(run_id, "Failed")
-    assert api.last_state(run_id)[1] == "timed out after 7 s"
+    app_api.wait_for_state(run_id, "Failed")
+    assert app_api.last_state(run_id)[1] == "timed out after 7 s"
     agent.stop()
     running.join()
 
 
 def test_a_run_that_ends_within_its_limit_is_left_alone(
-    api: TimeoutApi, make_agent: MakeAgent, run_in_thread: RunInThread
+    app_api: AppApi, make_app_agent: MakeAgent, run_in_thread: RunInThread
 ) -> None:
-    api.flow_timeout = 30
     clock = FakeClock()
-    run_id = api.add_run()
-    agent = make_agent()
+    run_id = add_run(app_api, flow_timeout=30)
+    agent = make_app_agent()
     agent.clock = clock
     running = run_in_thread(agent)
-    api.wait_for_state(run_id, "Submitted")
+    app_api.wait_for_state(run_id, "Submitted")
     [deployment] = agent.wait_for_deployments(1)
 
     # It ends after 10 s; later the clock passes the limit
@@ -151,4 +143,4 @@ def test_a_run_that_ends_within_its_limit_is_left_alone(
     running.join()
 
     assert not deployment.killed
-    assert "timed out" not in (api.last_state(run_id)[1] or "")
+    assert "timed out" not in (app_api.last_state(run_id)[1] or "")

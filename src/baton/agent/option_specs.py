@@ -377,5 +377,23 @@ def _argument(spec: OptionSpec, value: Any) -> str:
     return str(value)
 
 
+def check_installable(specs: Sequence[OptionSpec], values: Mapping[str, Any], command: str, restarter: str) -> None:
+    """Refuse ``values`` an installed ``command`` cannot take.
+
+    Raises:
+        TypeError: a value names no option of ``command``.
+        ConfigurationError: an option a service cannot have (``--max-polls``: ``restarter`` would restart it).
+    """
+    from baton.exceptions import ConfigurationError
+
+    known = {spec.name: spec for spec in specs}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise TypeError(f"not options of {command}: {', '.join(unknown)}")
+    refused = [spec.flag for spec in specs if spec.install is Install.NO and given(spec, values.get(spec.name))]
+    if refused:
+        raise ConfigurationError(f"{', '.join(refused)} does not fit an installed agent: {restarter} would restart it")
+
+
 def names(specs: Sequence[OptionSpec]) -> list[str]:
     return [spec.name for spec in specs]

@@ -157,6 +157,7 @@ class Supervisor:
         if tasks.fatal_error is not None:
             raise tasks.fatal_error
         if wakeups.level == 1:
+            await self._watch.settle(self._timings.stop_claim_wait_seconds + 5)
             await self._deregister()
 
     async def _deregister(self) -> None:

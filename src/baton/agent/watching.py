@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from baton.agent.driver import Driver, Ended
 from baton.agent.lifecycle import RunLifecycle
@@ -53,6 +54,15 @@ class DeploymentWatch:
         self._wakeups = wakeups
         self._tasks = tasks
         self._clock = clock
+        # The heartbeat request under way: cancelling the loop does not stop its thread (see settle).
+        self._request: asyncio.Future[Any] | None = None
+
+    async def settle(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a heartbeat request still under way after its loop was cancelled: one
+        that reached the server after the agent deregistered would make it look alive again."""
+        request = self._request
+        if request is not None and not request.done():
+            await asyncio.wait({request}, timeout=timeout)
 
     async def heartbeat_once(self) -> None:
         """Report deployments; stop the ones the server wants cancelled."""
@@ -61,7 +71,9 @@ class DeploymentWatch:
         report = self._registry.heartbeat_report()
         # Only the claims named here keep their lease: one this agent does not know of expires (polling.py).
         claims = [run.id for run in self._registry.all() if not run.submitted]
-        response = await asyncio.to_thread(client.agent_heartbeat, agent_id, report, claims)
+        loop = asyncio.get_running_loop()
+        self._request = request = loop.run_in_executor(None, client.agent_heartbeat, agent_id, report, claims)
+        response = await request
         self._api.succeeded("heartbeat")
         for item in report:
             run = self._registry.get(item["flow_run_id"])

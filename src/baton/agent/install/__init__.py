@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from baton.agent.option_specs import COMMON_OPTIONS, LOCAL_OPTIONS, Install, command_line, given
+from baton.agent.option_specs import COMMON_OPTIONS, LOCAL_OPTIONS, check_installable, command_line
 from baton.exceptions import ConfigurationError
 
 _COMMENT_AFTER_SPACE = re.compile(r"(?<=\s)([;#])")
@@ -99,15 +99,7 @@ def local_agent_command(executable: str | None = None, **values: Any) -> list[st
         TypeError: a value names no option of ``baton agent local start``.
         ConfigurationError: ``--max-polls``, which a service manager would defeat by restarting the agent.
     """
-    known = {spec.name: spec for spec in LOCAL_AGENT_SPECS}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise TypeError(f"not options of baton agent local start: {', '.join(unknown)}")
-    refused = [
-        spec.flag for name, spec in known.items() if spec.install is Install.NO and given(spec, values.get(name))
-    ]
-    if refused:
-        raise ConfigurationError(f"{', '.join(refused)} does not fit an installed agent: supervisord would restart it")
+    check_installable(LOCAL_AGENT_SPECS, values, "baton agent local start", "supervisord")
     return [executable or default_executable(), "agent", "local", "start", *command_line(LOCAL_AGENT_SPECS, values)]
 
 

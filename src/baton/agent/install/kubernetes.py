@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from baton import __version__
-from baton.agent.option_specs import COMMON_OPTIONS, KUBERNETES_OPTIONS, Install, command_line, given
+from baton.agent.option_specs import COMMON_OPTIONS, KUBERNETES_OPTIONS, check_installable, command_line
 from baton.exceptions import ConfigurationError
 
 NAME = "baton-agent"
@@ -72,15 +72,7 @@ def render_kubernetes_install(
     if not key:
         raise ConfigurationError("the installed agent needs its API key: give -k/--key or --key-file")
     options = dict(values or {})
-    known = {spec.name: spec for spec in SPECS}
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise TypeError(f"not options of baton agent kubernetes start: {', '.join(unknown)}")
-    refused = [
-        spec.flag for name, spec in known.items() if spec.install is Install.NO and given(spec, options.get(name))
-    ]
-    if refused:
-        raise ConfigurationError(f"{', '.join(refused)} does not fit an installed agent: Kubernetes would restart it")
+    check_installable(SPECS, options, "baton agent kubernetes start", "Kubernetes")
     for name in ("kubeconfig", "context"):  # in the cluster the agent uses its ServiceAccount
         options.pop(name, None)
     options["namespace"] = namespace
