@@ -329,7 +329,7 @@ def test_a_pod_that_cannot_be_scheduled_fails_its_run_after_the_pending_timeout(
     run = wait_state(admin, run_id, FINAL_STATES, timeout=90)
 
     assert run.state == "Failed"
-    assert "its pod could not be scheduled for" in (run.state_message or ""), run.state_message
+    assert "its pod did not start within" in (run.state_message or ""), run.state_message
     assert "0/1 nodes are available" in (run.state_message or "")
     wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what="the Job to be deleted")
     stop(agent, running)

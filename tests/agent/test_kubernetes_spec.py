@@ -112,7 +112,13 @@ def test_the_run_configs_template_wins_over_the_agents_and_the_runs_env_wins_ove
 
 
 def test_service_account_and_pull_secrets_come_from_the_run_config_then_the_template_then_the_agent() -> None:
-    options = KubernetesOptions(default_image=IMAGE, service_account_name="agents-sa", image_pull_secrets=["a-pull"])
+    # (a run config choosing a service account needs the operator's --allow-pod-option serviceAccount)
+    options = KubernetesOptions(
+        default_image=IMAGE,
+        service_account_name="agents-sa",
+        image_pull_secrets=["a-pull"],
+        allow_pod_option=["serviceAccount"],
+    )
     template = default_job_template()
     template["spec"]["template"]["spec"].update(serviceAccountName="template-sa", imagePullSecrets=[{"name": "t"}])
     cases = [
@@ -127,6 +133,18 @@ def test_service_account_and_pull_secrets_come_from_the_run_config_then_the_temp
     for run, account, secrets in cases:
         pod = pod_of(plan_job(run, env_of(run), options, "a").job)
         assert (pod["serviceAccountName"], pod["imagePullSecrets"]) == (account, secrets)
+
+
+def test_a_run_config_may_not_pick_a_service_account_unless_allowed_and_pods_get_no_token_by_default() -> None:
+    options = KubernetesOptions(default_image=IMAGE)
+    with pytest.raises(JobTemplateError, match="--allow-pod-option serviceAccount"):
+        plan_job(claimed(service_account_name="baton-agent"), {}, options, "a")
+    template = default_job_template()
+    template["spec"]["template"]["spec"]["serviceAccountName"] = "baton-agent"
+    with pytest.raises(JobTemplateError, match=r"serviceAccountName \(allow with --allow-pod-option serviceAccount"):
+        plan_job(claimed(job_template=template), {}, options, "a")
+    run = claimed()
+    assert pod_of(plan_job(run, env_of(run), options, "a").job)["automountServiceAccountToken"] is False
 
 
 def test_resources_and_pull_policy_of_the_run_config_reach_the_container() -> None:
@@ -209,6 +227,9 @@ def test_job_names_are_dns_labels_unique_per_run() -> None:
     run = claimed()
     run.flow_run.name = "Très Long_Name!" * 10
     name = job_name(run)
-    assert len(name) <= 52 and name == name.lower()
-    assert name.startswith("baton-tr-s-long-name") and name.endswith(run.flow_run.id.replace("-", "")[:8])
-    assert all(c.isalnum() or c == "-" for c in name)
+    assert len(name) <= 50 and name == name.lower()
+    assert name.startswith("baton-tr-s-long-name") and run.flow_run.id.replace("-", "")[:8] in name
+    assert all(c.isalnum() or c == "-" for c in name) and not name.endswith("-")
+    # Another claim of the same run (a retry, an expired lease) is another Job; the same claim the same Job
+    again = run.model_copy(update={"run_token": run.run_token + "x"})
+    assert job_name(again) != name and job_name(run.model_copy()) == name

@@ -200,3 +200,11 @@ def test_each_start_command_offers_exactly_the_flags_of_its_specs() -> None:
     kubernetes = declared(*COMMON_OPTIONS, *KUBERNETES_OPTIONS)
     assert flags(start_kubernetes) == kubernetes
     assert flags(install_kubernetes) == kubernetes | {"--rbac", "--agent-image"}
+
+
+def test_an_explicit_empty_list_overrides_the_settings_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON__AGENT__LABELS", "dev")
+    monkeypatch.setenv("BATON__AGENT__IMPORT_PATHS", '["/srv/flows"]')
+    assert LocalAgent(key="bat_k", hostname_label=False).labels == ["dev"]
+    agent = LocalAgent(key="bat_k", hostname_label=False, labels=[], import_paths=[])
+    assert (agent.labels, agent.driver.options.import_paths) == ([], [])

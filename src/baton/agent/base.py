@@ -291,17 +291,19 @@ class Agent:
         """Ask for a warm stop (a second call, or ``cold=True``: a cold stop). Thread-safe, like a signal."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            self._request_stop(cold)  # before start: start() will not claim
+            self._request_stop(cold, escalate=False)  # before start: start() will not claim
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing left to stop
-            loop.call_soon_threadsafe(self._request_stop, cold)
+            loop.call_soon_threadsafe(self._request_stop, cold, True)
 
-    def _request_stop(self, cold: bool) -> None:
+    def _request_stop(self, cold: bool, escalate: bool) -> None:
         if self._supervisor is not None:
             self._supervisor.request(cold)
             return
-        wakeups = self.wakeups  # supervision has not started: it finds the stop already asked for
-        wakeups.level = 2 if cold else max(wakeups.level, 1)
+        # Supervision has not started: it finds the stop already asked for. While running (starting up), a second
+        # stop is a cold one, as a second signal is.
+        wakeups = self.wakeups
+        wakeups.level = 2 if cold else min(2, wakeups.level + 1) if escalate else max(wakeups.level, 1)
         self.status.stopping = True
 
     def poke(self) -> None:

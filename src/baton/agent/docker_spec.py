@@ -21,7 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -32,6 +31,7 @@ from docker.auth import resolve_index_name, resolve_repository_name
 from docker.errors import InvalidRepository
 from docker.utils import parse_repository_tag
 
+from baton.agent.env import is_loopback_host
 from baton.exceptions import ConfigurationError, DeploymentError
 from baton.schemas.core import StorageType
 from baton.schemas.responses import ClaimedRun
@@ -187,22 +187,13 @@ def container_api_url(url: str, host_network: bool) -> tuple[str, bool]:
         return url, False
     parts = urlsplit(url)
     host = parts.hostname
-    if host is None or not _is_loopback(host):
+    if host is None or not is_loopback_host(host):
         return url, False
     netloc = HOST_GATEWAY_NAME if parts.port is None else f"{HOST_GATEWAY_NAME}:{parts.port}"
     if parts.username is not None:
         credentials = parts.username if parts.password is None else f"{parts.username}:{parts.password}"
         netloc = f"{credentials}@{netloc}"
     return urlunsplit(parts._replace(netloc=netloc)), True
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def container_name(claimed: ClaimedRun) -> str:

@@ -23,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Mapping
@@ -146,3 +147,13 @@ def build_run_env(
         }
     )
     return env
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (of an API URL) is this machine's loopback: unreachable as such from a container or pod."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -4,20 +4,20 @@ Deploy: the run token's Secret first, then the Job, then the Secret is given the
 starts before its token exists and deleting the Job (cancel, clean-up, by hand) deletes the token too. A 409 on
 the Job (a retried deploy whose first answer was lost) counts as deployed when the Job there is this run's.
 
-Watch: one thread per kind (Jobs, pods) lists the agent's own objects (label ``baton.io/agent``) and then follows
-the watch API from that list's resourceVersion; a watch that times out resumes where it was, one that expired
-(410 Gone) lists again. Nothing lists every Job on every tick. From what it sees, :meth:`KubernetesDriver.inspect`
-ends a run:
+Watch (``kubernetes_watch.py``): two threads follow the agent's Jobs and pods through the watch API. From what they
+see, :meth:`KubernetesDriver.inspect` ends a run:
 
-- the Job Complete: exit 0; the Job Failed: the flow container's exit code and reason (``OOMKilled``), else the
-  Job's reason (``DeadlineExceeded``, ``BackoffLimitExceeded``);
+- the Job Complete: exit 0; the flow container terminated non-zero (when Kubernetes will not retry it), or the Job
+  Failed: the container's exit code and reason (``OOMKilled``), else the Job's (``DeadlineExceeded``);
 - the flow container cannot start: an image that cannot be pulled (``ErrImageNeverPull``, ``ImagePullBackOff``,
   ``InvalidImageName``) or a broken container config: exit code unknown, Kubernetes' reason and message;
-- the pod unschedulable for longer than ``pending_timeout_seconds``: Kubernetes' message;
+- no pod started within ``pending_timeout_seconds`` (unschedulable, a quota, an admission refusal...);
 - the Job gone while the run was not over (deleted from outside): exit code unknown, said so.
 
-Finished Jobs are deleted (background propagation) unless ``disable_job_deletion``. Cancel and cold stop delete
-the Job with foreground propagation and wait (up to the grace period and some) for it to be gone.
+A Job Kubernetes finished (Complete, Failed) is deleted unless ``disable_job_deletion``; one whose end the agent
+decided (its pod may still start) is always deleted. Cancel and cold stop delete the Job's pods with the grace
+period, then the Job, and wait (without holding a thread) for the watch to see it gone. A delete the API server
+did not take is retried once it answers again.
 
 While the API server does not answer, :meth:`KubernetesDriver.problem` says why (health 503, no claims); the
 watch threads retry with backoff and the agent resumes by itself.
@@ -33,15 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Unpack
+from urllib.parse import urlsplit
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
@@ -49,8 +49,8 @@ from urllib3.exceptions import HTTPError
 
 from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_options
 from baton.agent.driver import Deployment, DriverEvents, Ended
+from baton.agent.env import is_loopback_host
 from baton.agent.kubernetes_spec import (
-    LABEL_AGENT,
     LABEL_FLOW_RUN_ID,
     JobTemplateError,
     KubernetesOptions,
@@ -58,6 +58,7 @@ from baton.agent.kubernetes_spec import (
     owner_reference,
     plan_job,
 )
+from baton.agent.kubernetes_watch import API_TIMEOUT_SECONDS, WATCH_SECONDS, JobWatch
 from baton.exceptions import ConfigurationError, DeploymentError, PlatformUnavailableError
 from baton.schemas.core import RunConfigType
 from baton.schemas.responses import ClaimedRun
@@ -65,30 +66,7 @@ from baton.schemas.responses import ClaimedRun
 logger = logging.getLogger("baton.agent")
 
 _RUN_CONFIG_TYPES = {RunConfigType.KUBERNETES, RunConfigType.UNIVERSAL}
-# Waiting reasons of the flow container that no wait will cure.
-_CANNOT_START = frozenset(
-    {
-        "ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
-        "CreateContainerError", "RunContainerError",
-    }
-)  # fmt: skip
 _TRANSIENT = frozenset({429, 500, 502, 503, 504})
-# Watches end server-side after this long and resume from their resourceVersion (below the API server's limits).
-WATCH_SECONDS = 60
-API_TIMEOUT_SECONDS = 30
-
-
-@dataclass
-class _JobView:
-    """What the watches know of one of the agent's Jobs."""
-
-    name: str
-    run_id: str
-    complete: bool = False
-    failed_reason: str | None = None
-    gone: bool = False
-    pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # pod name -> its status (a dict)
-    unschedulable_since: float | None = None
 
 
 class KubernetesAgent(Agent):
@@ -174,7 +152,7 @@ class KubernetesDriver:
         kubeconfig: a kubeconfig file (default: in-cluster, else ``$KUBECONFIG`` / ``~/.kube/config``).
         context: the kubeconfig context (default: its current one).
         api_client: a ready ``kubernetes.client.ApiClient`` (tests, embedding): no configuration is loaded.
-        clock: measures how long pods stay unschedulable.
+        clock: measures how long Jobs wait for a pod.
     """
 
     agent_type = "kubernetes"
@@ -196,14 +174,13 @@ class KubernetesDriver:
         self._clock = clock
         self._agent_label = ""
         self._events: DriverEvents | None = None
-        self._jobs: dict[str, _JobView] = {}  # job name -> view
-        self._lock = threading.Lock()
-        self._problem: str | None = None
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._health: dict[str, str | None] = {}  # per kind of API call: why it fails, or None
+        self._health_lock = threading.Lock()
+        self._leftovers: set[str] = set()  # Jobs to delete once the API server answers again
         self._batch: Any = None
         self._core: Any = None
-        # How long each watch request lasts before it is resumed from its resourceVersion (tests shorten it).
+        self.watch: JobWatch | None = None
+        # How long each watch request lasts before it resumes from its resourceVersion (tests shorten it).
         self.watch_seconds = WATCH_SECONDS
 
     # --- the platform ----------------------------------------------------------------------------
@@ -212,8 +189,8 @@ class KubernetesDriver:
         return []
 
     def check_api_url(self, api_url: str) -> str | None:
-        host = api_url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-        if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+        host = urlsplit(api_url).hostname or ""
+        if is_loopback_host(host):
             return (
                 f"the API URL {api_url} is on loopback: flow-run pods reach it only with hostNetwork: true in their "
                 "job template; give the agent an address pods can reach (--api)"
@@ -222,8 +199,7 @@ class KubernetesDriver:
 
     async def open(self, events: DriverEvents) -> None:
         self._events = events
-        # The agent's name labels its Jobs (baton.io/agent): the watches follow those only, and an agent restarted
-        # under the same name finds its Jobs again.
+        # The agent's name labels its Jobs (baton.io/agent): the watches follow those only.
         self._agent_label = label_value(events.name)
         api_client = await asyncio.to_thread(self._connect)
         self._batch, self._core = k8s.BatchV1Api(api_client), k8s.CoreV1Api(api_client)
@@ -237,10 +213,17 @@ class KubernetesDriver:
             ) from exc
         except HTTPError as exc:
             raise ConfigurationError(f"cannot reach the Kubernetes API server: {exc}") from exc
-        for kind in ("jobs", "pods"):
-            thread = threading.Thread(target=self._follow, args=(kind,), name=f"baton-k8s-{kind}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self.watch = JobWatch(
+            self._batch,
+            self._core,
+            self.options.namespace,
+            api_client.sanitize_for_serialization,
+            on_change=events.deployments_changed,
+            on_health=self._set_health,
+            clock=self._clock,
+        )
+        self.watch.watch_seconds = self.watch_seconds
+        self.watch.start(self._agent_label)
 
     def _connect(self) -> Any:
         if self._api_client is not None:
@@ -259,14 +242,31 @@ class KubernetesDriver:
         return self._api_client
 
     async def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, 2.0)
+        if self.watch is not None:
+            await asyncio.to_thread(self.watch.stop, 2.0)
         if self._api_client is not None:
             await asyncio.to_thread(self._api_client.close)
 
     def problem(self) -> str | None:
-        return self._problem
+        with self._health_lock:
+            return next((problem for problem in self._health.values() if problem is not None), None)
+
+    def _set_health(self, kind: str, problem: str | None) -> None:
+        """One kind of call (``jobs``, ``pods``, ``deploy``, ``delete``) works again (None) or fails (why)."""
+        with self._health_lock:
+            before = next((p for p in self._health.values() if p is not None), None)
+            if self._health.get(kind) == problem:
+                return
+            self._health[kind] = problem
+            after = next((p for p in self._health.values() if p is not None), None)
+        if after is not None and before is None:
+            logger.error("the Kubernetes API server fails (%s): %s; claiming no runs until it is back", kind, after)
+        elif after is None and before is not None:
+            logger.warning("the Kubernetes API server answers again: claiming runs")
+            if self._events is not None:
+                self._events.platform_back()
+        if problem is None and kind in ("jobs", "pods") and self._leftovers:
+            threading.Thread(target=self._delete_leftovers, name="baton-k8s-leftovers", daemon=True).start()
 
     # --- deploy ----------------------------------------------------------------------------------
 
@@ -281,14 +281,22 @@ class KubernetesDriver:
             plan = plan_job(claimed, env, self.options, agent_name=self._agent_label)
         except JobTemplateError as exc:
             raise DeploymentError(str(exc)) from exc
-        with self._lock:
-            self._jobs[plan.name] = _JobView(plan.name, claimed.flow_run.id)
+        assert self.watch is not None, "deploy before open"
+        spec = plan.job["spec"]
+        pod = spec["template"]["spec"]
+        retries = int(spec.get("backoffLimit") or 0) > 0 or pod.get("restartPolicy") == "OnFailure"
+        self.watch.track(plan.name, claimed.flow_run.id, retries_possible=retries)
         try:
             uid = await asyncio.to_thread(self._create, plan.name, plan.job, plan.secret, claimed.flow_run.id)
-        except BaseException:
-            with self._lock:
-                self._jobs.pop(plan.name, None)
+        except PlatformUnavailableError as exc:
+            self.watch.forget(plan.name)
+            self._set_health("deploy", str(exc))  # the run goes back to the queue (lifecycle.py), not Failed
             raise
+        except BaseException:
+            self.watch.forget(plan.name)
+            raise
+        self._set_health("deploy", None)
+        self.watch.created(plan.name)
         data = {"job_name": plan.name, "namespace": self.options.namespace, "job_uid": uid}
         return Deployment(message=f"Job: {plan.name}", data=data, handle=plan.name)
 
@@ -297,7 +305,8 @@ class KubernetesDriver:
         try:
             _retrying(self._core.create_namespaced_secret, namespace, secret)
         except ApiException as exc:
-            if exc.status != 409:  # 409: a retried deploy made it already; its token is the old claim's
+            # The name is this claim's own (kubernetes_spec.job_name): a 409 is an earlier attempt of this deploy
+            if exc.status != 409:
                 raise DeploymentError(f"cannot create the Secret of Job {name}: {_reason(exc)}") from exc
             _retrying(self._core.patch_namespaced_secret, name, namespace, {"stringData": secret["stringData"]})
         try:
@@ -306,92 +315,89 @@ class KubernetesDriver:
             if exc.status != 409:
                 self._delete_quietly("secret", name)
                 raise DeploymentError(f"cannot create Job {name}: {_reason(exc)}") from exc
-            # A Job of that name: this run's, made by an attempt whose answer was lost, counts as deployed
             created = _retrying(self._batch.read_namespaced_job, name, namespace)
             if (created.metadata.labels or {}).get(LABEL_FLOW_RUN_ID) != run_id:
                 raise DeploymentError(f"a Job named {name} exists already and is not this run's") from exc
+        except PlatformUnavailableError:
+            self._delete_quietly("secret", name)  # may fail too: then the token outlives its claim, revoked
+            raise
         uid = str(created.metadata.uid)
         patch = {"metadata": {"ownerReferences": [owner_reference(name, uid)]}}
         try:
             _retrying(self._core.patch_namespaced_secret, name, namespace, patch)
-        except ApiException as exc:  # the run goes on; only the clean-up of its token depends on this
-            logger.warning("Job %s: could not make it own its Secret (%s): delete it by hand", name, _reason(exc))
+        except (ApiException, PlatformUnavailableError) as exc:  # the run goes on; only its token's clean-up suffers
+            logger.warning("Job %s: could not make it own its Secret (%s): delete the Secret by hand", name, exc)
         return uid
 
     # --- inspect ---------------------------------------------------------------------------------
 
     async def inspect(self, deployment: Deployment) -> int | Ended | None:
         name: str = deployment.handle
-        with self._lock:
-            view = self._jobs.get(name)
-            ended = None if view is None else self._ended(view)
-        if ended is not None and not self.options.disable_job_deletion:
-            await asyncio.to_thread(self._delete_quietly, "job", name)
-        if ended is not None:
-            with self._lock:
-                self._jobs.pop(name, None)
+        assert self.watch is not None
+        found = self.watch.ended(name, self.options.pending_timeout_seconds)
+        if found is None:
+            return None
+        ended, finished_by_kubernetes = found
+        # A Job whose end the agent decided (its pod may still start and run the flow) goes whatever the option
+        if not finished_by_kubernetes or not self.options.disable_job_deletion:
+            await asyncio.to_thread(self._delete_job, name, None)
+        self.watch.forget(name)
         return ended
-
-    def _ended(self, view: _JobView) -> Ended | None:
-        """How the Job's run ended, from what the watches saw; None while it runs (call under the lock)."""
-        if view.complete:
-            return Ended(0)
-        flow = _flow_container_status(view)
-        state = flow.get("state", {}) if flow is not None else {}
-        if state.get("terminated"):
-            return _terminated(view, state["terminated"])
-        if view.failed_reason is not None:
-            return Ended(None, f"Job {view.name} failed: {view.failed_reason}")
-        waiting = state.get("waiting") or {}
-        if waiting.get("reason") in _CANNOT_START:
-            message = f"{waiting['reason']} {waiting.get('message') or ''}".strip()
-            return Ended(None, f"Job {view.name}: the flow container cannot start: {message}")
-        if view.gone:
-            return Ended(None, f"Job {view.name} was deleted before its run ended")
-        return self._unschedulable_too_long(view)
-
-    def _unschedulable_too_long(self, view: _JobView) -> Ended | None:
-        if view.unschedulable_since is None:
-            return None
-        pending = self._clock() - view.unschedulable_since
-        if pending < self.options.pending_timeout_seconds:
-            return None
-        message = _unschedulable_message(view) or "Unschedulable"
-        return Ended(None, f"Job {view.name}: its pod could not be scheduled for {pending:.0f} s: {message}")
 
     # --- kill ------------------------------------------------------------------------------------
 
     async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
         name: str = deployment.handle
-        await asyncio.to_thread(self._delete_job_and_wait, name, grace_seconds)
-        with self._lock:
-            self._jobs.pop(name, None)
+        await self._kill(name, grace_seconds)
 
-    def _delete_job_and_wait(self, name: str, grace_seconds: float) -> None:
+    async def _kill(self, name: str, grace_seconds: float) -> None:
+        assert self.watch is not None
+        deleted = await asyncio.to_thread(self._delete_job, name, grace_seconds)
+        # Wait for the watch to see it go, without holding a thread (a cold stop kills many runs at once)
+        deadline = time.monotonic() + grace_seconds + 30
+        while deleted and not self.watch.gone(name) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if deleted and not self.watch.gone(name):
+            logger.warning("Job %s is still there %.0f s after its deletion", name, grace_seconds + 30)
+        self.watch.forget(name)
+
+    def _delete_job(self, name: str, grace_seconds: float | None) -> bool:
+        """Delete the Job (its pods first, with ``grace_seconds``, when given); False when it was not there.
+
+        A delete the API server does not take now is kept and made when it answers again.
+        """
         namespace = self.options.namespace
-        body = k8s.V1DeleteOptions(propagation_policy="Foreground", grace_period_seconds=max(0, int(grace_seconds)))
         try:
-            # The pods first, with the grace period (a Job's deletion gives its pods their own default grace).
-            self._core.delete_collection_namespaced_pod(
-                namespace,
-                label_selector=f"job-name={name}",
-                grace_period_seconds=max(0, int(grace_seconds)),
-                _request_timeout=API_TIMEOUT_SECONDS,
-            )
+            if grace_seconds is not None:
+                # A Job's deletion gives its pods their own default grace: the pods first, with ours (at least 1 s:
+                # 0 would be a force deletion).
+                self._core.delete_collection_namespaced_pod(
+                    namespace,
+                    label_selector=f"job-name={name}",
+                    grace_period_seconds=max(1, math.ceil(grace_seconds)),
+                    _request_timeout=API_TIMEOUT_SECONDS,
+                )
+            body = k8s.V1DeleteOptions(propagation_policy="Foreground" if grace_seconds is not None else "Background")
             self._batch.delete_namespaced_job(name, namespace, body=body, _request_timeout=API_TIMEOUT_SECONDS)
         except ApiException as exc:
-            if exc.status != 404:
-                logger.warning("could not delete Job %s: %s", name, _reason(exc))
-            return
-        deadline = time.monotonic() + grace_seconds + 30
-        while time.monotonic() < deadline and not self._stop.is_set():
-            try:
-                self._batch.read_namespaced_job(name, namespace, _request_timeout=API_TIMEOUT_SECONDS)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return
-            time.sleep(0.2)
-        logger.warning("Job %s is still there %.0f s after its deletion", name, grace_seconds + 30)
+            if exc.status == 404:
+                return False
+            logger.warning("could not delete Job %s: %s", name, _reason(exc))
+            if exc.status in _TRANSIENT:
+                self._leftovers.add(name)
+            return False
+        except (HTTPError, OSError) as exc:
+            logger.warning("could not delete Job %s (%s): deleting it once the API server answers", name, exc)
+            self._leftovers.add(name)
+            self._set_health("delete", f"cannot delete Jobs: {exc}")
+            return False
+        self._set_health("delete", None)
+        return True
+
+    def _delete_leftovers(self) -> None:
+        for name in list(self._leftovers):
+            self._leftovers.discard(name)
+            self._delete_job(name, None)
 
     async def kill_stored(self, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
         """A Job this agent created before it restarted: there still, in this namespace, labelled with this run."""
@@ -402,164 +408,29 @@ class KubernetesDriver:
             job = await asyncio.to_thread(
                 self._batch.read_namespaced_job, name, self.options.namespace, _request_timeout=API_TIMEOUT_SECONDS
             )
-        except ApiException:
+        except (ApiException, HTTPError) as exc:
+            logger.info("run %s: its Job %s cannot be read (%s): nothing stopped", run_id, name, exc)
             return None
-        if (job.metadata.labels or {}).get(LABEL_FLOW_RUN_ID) != run_id:
+        labels = job.metadata.labels or {}
+        if labels.get(LABEL_FLOW_RUN_ID) != run_id or data.get("job_uid") not in (None, job.metadata.uid):
             return None
-        await asyncio.to_thread(self._delete_job_and_wait, name, grace_seconds)
+        assert self.watch is not None
+        self.watch.track(name, run_id, retries_possible=False)
+        self.watch.created(name)
+        await self._kill(name, grace_seconds)
         return f"its Job {name}"
 
     def detach(self, deployment: Deployment) -> None:
-        return None  # the Job runs on in the cluster; finished Jobs are cleaned up by the next agent or by hand
+        return None  # the Job runs on in the cluster; a cancel after a restart still finds it (kill_stored)
 
     def _delete_quietly(self, kind: str, name: str) -> None:
-        namespace = self.options.namespace
         try:
-            if kind == "job":
-                body = k8s.V1DeleteOptions(propagation_policy="Background")
-                self._batch.delete_namespaced_job(name, namespace, body=body, _request_timeout=API_TIMEOUT_SECONDS)
-            else:
-                self._core.delete_namespaced_secret(name, namespace, _request_timeout=API_TIMEOUT_SECONDS)
+            self._core.delete_namespaced_secret(name, self.options.namespace, _request_timeout=API_TIMEOUT_SECONDS)
         except ApiException as exc:
             if exc.status != 404:
                 logger.warning("could not delete %s %s: %s", kind, name, _reason(exc))
         except HTTPError as exc:
             logger.warning("could not delete %s %s: %s", kind, name, exc)
-
-    # --- the watches -----------------------------------------------------------------------------
-
-    def _follow(self, kind: str) -> None:
-        """List the agent's objects of ``kind``, then follow their changes; resume after time-outs, list again after
-        an expiry (410), retry with backoff while the API server does not answer."""
-        selector = f"{LABEL_AGENT}={self._agent_label}"
-        list_call = self._batch.list_namespaced_job if kind == "jobs" else self._core.list_namespaced_pod
-        pause = 0.5
-        version: str | None = None
-        while not self._stop.is_set():
-            try:
-                if version is None:
-                    listed = list_call(
-                        self.options.namespace, label_selector=selector, _request_timeout=API_TIMEOUT_SECONDS
-                    )
-                    self._seen_list(kind, listed.items)
-                    version = listed.metadata.resource_version
-                version = self._watch(kind, list_call, selector, version)
-                self._answered()
-                pause = 0.5
-            except ApiException as exc:
-                if exc.status == 410:  # the resourceVersion expired: list again
-                    version = None
-                    continue
-                if self._stop.is_set():
-                    return
-                self._lost(f"{exc.status} {exc.reason}")
-                self._stop.wait(pause)
-                pause = min(pause * 2, 10.0)
-            except (HTTPError, OSError) as exc:
-                if self._stop.is_set():  # close() shut the connections under the watch
-                    return
-                self._lost(str(exc))
-                version = None
-                self._stop.wait(pause)
-                pause = min(pause * 2, 10.0)
-
-    def _watch(self, kind: str, list_call: Any, selector: str, version: str) -> str | None:
-        watcher = k8s_watch.Watch()
-        stream = watcher.stream(
-            list_call,
-            self.options.namespace,
-            label_selector=selector,
-            resource_version=version,
-            timeout_seconds=self.watch_seconds,
-            allow_watch_bookmarks=True,
-            _request_timeout=self.watch_seconds + 10,
-        )
-        try:
-            for event in stream:
-                self._answered()
-                if self._stop.is_set():
-                    break
-                kind_of_event, obj = event["type"], event["object"]
-                if kind_of_event == "ERROR":
-                    status = getattr(obj, "code", None) or (obj.get("code") if isinstance(obj, dict) else None)
-                    if status == 410:
-                        return None
-                    continue
-                if kind_of_event != "BOOKMARK":
-                    self._seen(kind, obj, deleted=kind_of_event == "DELETED")
-                version = obj.metadata.resource_version or version
-        finally:
-            watcher.stop()
-        return watcher.resource_version or version
-
-    def _seen_list(self, kind: str, items: list[Any]) -> None:
-        present = {item.metadata.name for item in items}
-        for item in items:
-            self._seen(kind, item, deleted=False)
-        if kind == "jobs":  # a Job deleted while no watch ran
-            with self._lock:
-                for view in self._jobs.values():
-                    if view.name not in present and view.pods:
-                        view.gone = True
-        self._changed()
-
-    def _seen(self, kind: str, obj: Any, deleted: bool) -> None:
-        with self._lock:
-            if kind == "jobs":
-                self._seen_job(obj, deleted)
-            else:
-                self._seen_pod(obj, deleted)
-        self._changed()
-
-    def _seen_job(self, job: Any, deleted: bool) -> None:
-        view = self._jobs.get(job.metadata.name)
-        if view is None:
-            return
-        view.gone = view.gone or deleted
-        for condition in (job.status.conditions or []) if job.status else []:
-            if condition.status != "True":
-                continue
-            if condition.type == "Complete":
-                view.complete = True
-            elif condition.type == "Failed":
-                reason = condition.reason or "Failed"
-                view.failed_reason = f"{reason}: {condition.message}" if condition.message else reason
-
-    def _seen_pod(self, pod: Any, deleted: bool) -> None:
-        job_name = (pod.metadata.labels or {}).get("job-name")
-        view = self._jobs.get(job_name) if job_name else None
-        if view is None:
-            return
-        status: dict[str, Any] = self._api_client.sanitize_for_serialization(pod.status) if pod.status else {}
-        if deleted:
-            view.pods.pop(pod.metadata.name, None)
-            return
-        view.pods[pod.metadata.name] = status
-        unschedulable = any(
-            cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable"
-            for cond in status.get("conditions") or []
-        )
-        if not unschedulable:
-            view.unschedulable_since = None
-        elif view.unschedulable_since is None:
-            view.unschedulable_since = self._clock()
-
-    def _changed(self) -> None:
-        if self._events is not None:
-            self._events.deployments_changed()
-
-    def _answered(self) -> None:
-        if self._problem is not None:
-            logger.warning("the Kubernetes API server answers again: claiming runs")
-            self._problem = None
-            if self._events is not None:
-                self._events.platform_back()
-
-    def _lost(self, reason: str) -> None:
-        problem = f"the Kubernetes API server does not answer: {reason}"
-        if self._problem is None:
-            logger.error("%s; claiming no runs until it is back", problem)
-        self._problem = problem
 
 
 def _retrying(call: Callable[..., Any], *args: Any, attempts: int = 4) -> Any:
@@ -582,35 +453,6 @@ def _retrying(call: Callable[..., Any], *args: Any, attempts: int = 4) -> Any:
         time.sleep(pause)
         pause *= 2
     raise AssertionError("unreachable")
-
-
-def _flow_container_status(view: _JobView) -> dict[str, Any] | None:
-    """The status of the container ``flow`` (else the first) of the Job's newest pod."""
-    if not view.pods:
-        return None
-    pod = list(view.pods.values())[-1]
-    statuses = pod.get("containerStatuses") or []
-    return next((s for s in statuses if s.get("name") == "flow"), statuses[0] if statuses else None)
-
-
-def _unschedulable_message(view: _JobView) -> str | None:
-    for pod in view.pods.values():
-        for condition in pod.get("conditions") or []:
-            if condition.get("reason") == "Unschedulable":
-                return str(condition.get("message") or "")
-    return None
-
-
-def _terminated(view: _JobView, terminated: dict[str, Any]) -> Ended | None:
-    code = terminated.get("exitCode")
-    if view.failed_reason is None and code == 0:
-        return None  # the Job will say Complete
-    reason = terminated.get("reason") or "Error"
-    return Ended(code, f"Job {view.name}: container flow {_explained(reason)} (exit code {code})")
-
-
-def _explained(reason: str) -> str:
-    return "was OOM-killed (OOMKilled)" if reason == "OOMKilled" else f"ended: {reason}"
 
 
 def _reason(exc: ApiException) -> str:

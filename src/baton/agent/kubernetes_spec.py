@@ -20,6 +20,7 @@ namespace (a pod may mount every one: the agent's key, other runs' tokens), unle
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ _SAFE_SYSCTLS = frozenset(
 # What the operator may allow a run config's template (--allow-pod-option NAME), each a baseline rule.
 POD_RULES = (
     "hostNetwork", "hostPID", "hostIPC", "hostPath", "hostPort", "privileged", "capabilities", "procMount",
-    "seccompProfile", "seLinuxOptions", "sysctls", "hostProcess", "secrets",
+    "seccompProfile", "seLinuxOptions", "sysctls", "hostProcess", "secrets", "serviceAccount",
 )  # fmt: skip
 
 
@@ -105,10 +106,15 @@ class JobTemplateError(ValueError):
 
 
 def job_name(claimed: ClaimedRun) -> str:
-    """``baton-<run name>-<first 8 characters of the run id>``, a DNS-1123 label of at most 52 characters."""
+    """``baton-<run name>-<8 hex of the run id>-<6 hex of the claim>``, a DNS-1123 label of at most 50 characters.
+
+    One name per claim, not per run: a flow-level retry or a claim after an expired lease is a new Job, never the
+    old attempt's; a retried deploy of the same claim finds its own Job again (same name, same run).
+    """
     run = claimed.flow_run
-    slug = _UNSAFE.sub("-", run.name.lower()).strip("-")[:34] or "run"
-    return f"baton-{slug}-{run.id.replace('-', '')[:8]}"
+    slug = _UNSAFE.sub("-", run.name.lower()).strip("-")[:28].strip("-") or "run"
+    claim = hashlib.sha256(claimed.run_token.encode()).hexdigest()[:6]
+    return f"baton-{slug}-{run.id.replace('-', '')[:8]}-{claim}"
 
 
 def label_value(value: str) -> str:
@@ -141,6 +147,7 @@ def template_problems(template: dict[str, Any], allowed: list[str] | tuple[str, 
             problems.append(f"{what} (allow with --allow-pod-option {rule})")
 
     pod = _pod_spec(template)
+    _check_service_account(pod, refuse)
     for rule in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(rule):
             refuse(rule, f"spec.template.spec.{rule}")
@@ -160,6 +167,14 @@ def template_problems(template: dict[str, Any], allowed: list[str] | tuple[str, 
         for container in _dicts(pod.get(kind)):
             _check_container(container, f"{kind[:-1]} {container.get('name')!r}", refuse)
     return problems
+
+
+def _check_service_account(pod: dict[str, Any], refuse: Callable[[str, str], None]) -> None:
+    # A service account is a set of rights in the cluster (the agent's own can create Jobs and patch Secrets)
+    if pod.get("serviceAccountName") or pod.get("serviceAccount"):
+        refuse("serviceAccount", "spec.template.spec.serviceAccountName")
+    if pod.get("automountServiceAccountToken"):
+        refuse("serviceAccount", "spec.template.spec.automountServiceAccountToken")
 
 
 def _check_container(container: dict[str, Any], where: str, refuse: Callable[[str, str], None]) -> None:
@@ -198,6 +213,11 @@ def plan_job(claimed: ClaimedRun, env: dict[str, str], options: KubernetesOption
         JobTemplateError: the run config's template is malformed, or asks for what the agent does not allow.
     """
     run_config: RunConfig = claimed.flow_run.run_config
+    if run_config.service_account_name and "serviceAccount" not in options.allow_pod_option:
+        raise JobTemplateError(
+            f"the run config asks for service account {run_config.service_account_name!r}, a set of rights in the "
+            "cluster that is not a run config's to choose (allow with --allow-pod-option serviceAccount)"
+        )
     if run_config.job_template is not None:
         problems = template_problems(run_config.job_template, options.allow_pod_option)
         if problems:
@@ -231,12 +251,7 @@ def plan_job(claimed: ClaimedRun, env: dict[str, str], options: KubernetesOption
     pod.setdefault("restartPolicy", "Never")
     if pod["restartPolicy"] not in ("Never", "OnFailure"):
         raise JobTemplateError(f"a Job's pods restart Never or OnFailure, not {pod['restartPolicy']!r}")
-    service_account = run_config.service_account_name or pod.get("serviceAccountName") or options.service_account_name
-    if service_account:
-        pod["serviceAccountName"] = service_account
-    pull_secrets = run_config.image_pull_secrets or pod.get("imagePullSecrets") or options.image_pull_secrets
-    if pull_secrets:
-        pod["imagePullSecrets"] = [s if isinstance(s, dict) else {"name": s} for s in pull_secrets]
+    _set_accounts(pod, run_config, options)
     container = _flow_container(pod)
     image = run_config.image or container.get("image") or options.default_image
     if not image:
@@ -255,6 +270,19 @@ def plan_job(claimed: ClaimedRun, env: dict[str, str], options: KubernetesOption
         "stringData": {TOKEN_KEY: env.get(TOKEN_ENV, "")},
     }
     return JobPlan(name, job, secret)
+
+
+def _set_accounts(pod: dict[str, Any], run_config: RunConfig, options: KubernetesOptions) -> None:
+    """Service account and pull secrets: the run config's, else the template's, else the agent's."""
+    service_account = run_config.service_account_name or pod.get("serviceAccountName") or options.service_account_name
+    if service_account:
+        pod["serviceAccountName"] = service_account
+    else:
+        # A flow needs no rights in the cluster unless someone gave its pods an account on purpose
+        pod.setdefault("automountServiceAccountToken", False)
+    pull_secrets = run_config.image_pull_secrets or pod.get("imagePullSecrets") or options.image_pull_secrets
+    if pull_secrets:
+        pod["imagePullSecrets"] = [s if isinstance(s, dict) else {"name": s} for s in pull_secrets]
 
 
 def owner_reference(job_name_: str, job_uid: str) -> dict[str, Any]:

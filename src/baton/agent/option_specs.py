@@ -342,8 +342,8 @@ def settings_overrides(specs: Iterable[OptionSpec], values: Mapping[str, Any]) -
         value = values.get(spec.name)
         if spec.to_setting is not None:
             value = spec.to_setting(value)
-        elif not given(spec, value):
-            value = None
+        # Only None is "left out": an explicit empty list (LocalAgent(labels=[])) overrides the settings' list. The
+        # CLI maps a repeatable option given no times to None.
         section, field = spec.setting.split(".", 1)
         sections[section][field] = list(value) if isinstance(value, tuple) else value
     return sections

@@ -1,0 +1,299 @@
+"""What the Kubernetes agent knows of its Jobs, and how a run ends: two watch threads (Jobs, pods) and the rules
+that read their state (``kubernetes.py`` deploys and deletes).
+
+Each thread lists the agent's own objects (label ``baton.io/agent``), then follows the watch API from that list's
+resourceVersion; a watch that times out resumes where it was (its bookmarks keep the version fresh), one that
+expired (410 Gone) lists again, any other failure marks that kind unusable (the agent claims nothing) and is
+retried with backoff. Nothing lists every Job on every tick.
+
+Usage::
+
+    watch = JobWatch(batch_api, core_api, namespace, sanitize, on_change, on_health)
+    watch.start(agent_label)
+    watch.track(name, run_id, retries_possible=False)
+    ended = watch.ended(name, pending_timeout_seconds=300)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+
+from baton.agent.driver import Ended
+from baton.agent.kubernetes_spec import CONTAINER_NAME, LABEL_AGENT
+
+logger = logging.getLogger("baton.agent")
+
+# Waiting reasons of the flow container that no wait will cure. ErrImagePull (a registry's rate limit, say) and
+# CreateContainerError may pass: a pod stuck on them ends at the pending timeout; ImagePullBackOff follows a
+# repeated ErrImagePull.
+CANNOT_START = frozenset(
+    {"ErrImageNeverPull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "RunContainerError"}
+)
+_STARTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
+# Watches end server-side after this long and resume from their resourceVersion (below the API server's limits).
+WATCH_SECONDS = 60
+API_TIMEOUT_SECONDS = 30
+
+
+@dataclass
+class JobView:
+    """What the watches know of one of the agent's Jobs."""
+
+    name: str
+    run_id: str
+    since: float  # when the agent created it, on its clock
+    retries_possible: bool = False  # backoffLimit > 0 or restartPolicy OnFailure: only the Job's verdict counts
+    created: bool = False  # its create call returned: from now on, missing from a list means deleted
+    complete: bool = False
+    failed_reason: str | None = None
+    gone: bool = False
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # pod name -> its status (a dict)
+
+
+class JobWatch:
+    """The agent's Jobs and their pods, as two watch threads see them. Thread-safe.
+
+    Args:
+        batch: a ``BatchV1Api``. core: a ``CoreV1Api``. namespace: the agent's.
+        sanitize: turns a client object into plain dicts (``ApiClient.sanitize_for_serialization``).
+        on_change: called (from a watch thread) after each change, so the agent inspects its runs now.
+        on_health: called with None when the API server answers, with the reason when it does not.
+        clock: measures how long Jobs wait for a pod.
+    """
+
+    def __init__(
+        self,
+        batch: Any,
+        core: Any,
+        namespace: str,
+        sanitize: Callable[[Any], Any],
+        on_change: Callable[[], None],
+        on_health: Callable[[str, str | None], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._batch, self._core, self._namespace = batch, core, namespace
+        self._sanitize = sanitize
+        self._on_change, self._on_health = on_change, on_health
+        self._clock = clock
+        self._views: dict[str, JobView] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.watch_seconds = WATCH_SECONDS  # tests shorten it
+
+    # --- the views -------------------------------------------------------------------------------
+
+    def track(self, name: str, run_id: str, retries_possible: bool) -> None:
+        with self._lock:
+            self._views[name] = JobView(name, run_id, self._clock(), retries_possible)
+
+    def created(self, name: str) -> None:
+        with self._lock:
+            view = self._views.get(name)
+            if view is not None:
+                view.created = True
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._views.pop(name, None)
+
+    def gone(self, name: str) -> bool:
+        """Whether the Job is known to be deleted (or not tracked at all)."""
+        with self._lock:
+            view = self._views.get(name)
+            return view is None or view.gone
+
+    def ended(self, name: str, pending_timeout_seconds: float) -> tuple[Ended, bool] | None:
+        """How the Job's run ended, and whether Kubernetes itself finished the Job (Complete or Failed: its pods
+        are done); None while it runs, or when the Job is not tracked."""
+        with self._lock:
+            view = self._views.get(name)
+            return None if view is None else _ended(view, self._clock() - view.since, pending_timeout_seconds)
+
+    # --- the threads -----------------------------------------------------------------------------
+
+    def start(self, agent_label: str) -> None:
+        for kind in ("jobs", "pods"):
+            thread = threading.Thread(
+                target=self._follow, args=(kind, agent_label), name=f"baton-k8s-{kind}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _follow(self, kind: str, agent_label: str) -> None:
+        selector = f"{LABEL_AGENT}={agent_label}"
+        list_call = self._batch.list_namespaced_job if kind == "jobs" else self._core.list_namespaced_pod
+        pause = 0.5
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    listed = list_call(self._namespace, label_selector=selector, _request_timeout=API_TIMEOUT_SECONDS)
+                    self._seen_list(kind, listed.items)
+                    version = listed.metadata.resource_version
+                    self._on_health(kind, None)
+                version = self._watch(kind, list_call, selector, version)
+                pause = 0.5
+                continue
+            except ApiException as exc:
+                if exc.status == 410:  # the resourceVersion expired: list again
+                    version = None
+                    continue
+                problem = f"{exc.status} {exc.reason}"
+            except Exception as exc:  # a watch thread must never die: the agent would stop seeing its runs end
+                problem = f"{type(exc).__name__}: {exc}"
+                version = None
+            if self._stop.is_set():  # the agent is leaving: its connections are being closed under the watch
+                return
+            self._on_health(kind, problem)
+            self._stop.wait(pause)
+            pause = min(pause * 2, 10.0)
+
+    def _watch(self, kind: str, list_call: Any, selector: str, version: str) -> str | None:
+        watcher = k8s_watch.Watch()
+        stream = watcher.stream(
+            list_call,
+            self._namespace,
+            label_selector=selector,
+            resource_version=version,
+            timeout_seconds=self.watch_seconds,
+            allow_watch_bookmarks=True,
+            _request_timeout=self.watch_seconds + 10,
+        )
+        try:
+            for event in stream:
+                self._on_health(kind, None)
+                if self._stop.is_set():
+                    break
+                # A BOOKMARK's object comes as a plain dict: only its resourceVersion matters
+                if event["type"] != "BOOKMARK":
+                    self._seen(kind, event["object"], deleted=event["type"] == "DELETED")
+        finally:
+            watcher.stop()
+        return watcher.resource_version or version
+
+    def _seen_list(self, kind: str, items: list[Any]) -> None:
+        present = {item.metadata.name for item in items}
+        with self._lock:
+            for item in items:
+                self._seen_one(kind, item, deleted=False)
+            if kind == "jobs":  # a Job deleted while no watch ran
+                for view in self._views.values():
+                    if view.created and view.name not in present:
+                        view.gone = True
+            else:
+                for view in self._views.values():
+                    for pod in [pod for pod in view.pods if pod not in present]:
+                        del view.pods[pod]
+        self._on_change()
+
+    def _seen(self, kind: str, obj: Any, deleted: bool) -> None:
+        with self._lock:
+            self._seen_one(kind, obj, deleted)
+        self._on_change()
+
+    def _seen_one(self, kind: str, obj: Any, deleted: bool) -> None:
+        if kind == "jobs":
+            view = self._views.get(obj.metadata.name)
+            if view is not None:
+                _record_job(view, obj, deleted)
+            return
+        job_name = (obj.metadata.labels or {}).get("job-name")
+        view = self._views.get(job_name) if job_name else None
+        if view is None:
+            return
+        if deleted:
+            view.pods.pop(obj.metadata.name, None)
+            return
+        status = self._sanitize(obj.status) if obj.status else {}
+        status["creationTimestamp"] = str(obj.metadata.creation_timestamp or "")
+        view.pods[obj.metadata.name] = status
+
+
+def _record_job(view: JobView, job: Any, deleted: bool) -> None:
+    view.gone = view.gone or deleted
+    for condition in (job.status.conditions or []) if job.status else []:
+        if condition.status != "True":
+            continue
+        if condition.type == "Complete":
+            view.complete = True
+        elif condition.type == "Failed":
+            reason = condition.reason or "Failed"
+            view.failed_reason = f"{reason}: {condition.message}" if condition.message else reason
+
+
+def _ended(view: JobView, age: float, pending_timeout: float) -> tuple[Ended, bool] | None:
+    if view.complete:
+        return Ended(0), True
+    flow = _flow_container_status(view)
+    state = flow.get("state", {}) if flow is not None else {}
+    return _verdict(view, state) or _stuck(view, state, age, pending_timeout)
+
+
+def _verdict(view: JobView, state: dict[str, Any]) -> tuple[Ended, bool] | None:
+    """The end the Job or its flow container tells."""
+    terminated = state.get("terminated")
+    if view.failed_reason is not None:
+        if terminated:  # the container's own account says more (OOMKilled, the exit code)
+            return _terminated(view, terminated), True
+        return Ended(None, f"Job {view.name} failed: {view.failed_reason}"), True
+    if terminated and not view.retries_possible:
+        code = terminated.get("exitCode")
+        if code != 0:
+            return _terminated(view, terminated), False
+        if view.gone:  # the run finished, and the Job went before it said Complete
+            return Ended(0), True
+    return None
+
+
+def _stuck(view: JobView, state: dict[str, Any], age: float, pending_timeout: float) -> tuple[Ended, bool] | None:
+    """The end of a Job that will never run its flow: a container that cannot start, a Job gone, no pod."""
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") in CANNOT_START:
+        message = f"{waiting['reason']} {waiting.get('message') or ''}".strip()
+        return Ended(None, f"Job {view.name}: the flow container cannot start: {message}"), False
+    if view.gone:
+        return Ended(None, f"Job {view.name} was deleted before its run ended"), True
+    started = any(pod.get("phase") in _STARTED_PHASES for pod in view.pods.values())
+    if not started and age >= pending_timeout:
+        why = _pending_reason(view) or "no pod of it started"
+        return Ended(None, f"Job {view.name}: its pod did not start within {age:.0f} s: {why}"), False
+    return None
+
+
+def _flow_container_status(view: JobView) -> dict[str, Any] | None:
+    """The status of the container ``flow`` (else the first) of the Job's newest pod."""
+    if not view.pods:
+        return None
+    pod = max(view.pods.values(), key=lambda status: status.get("creationTimestamp") or "")
+    statuses = pod.get("containerStatuses") or []
+    return next((s for s in statuses if s.get("name") == CONTAINER_NAME), statuses[0] if statuses else None)
+
+
+def _pending_reason(view: JobView) -> str | None:
+    for pod in view.pods.values():
+        for condition in pod.get("conditions") or []:
+            if condition.get("status") == "False" and condition.get("message"):
+                return f"{condition.get('reason') or condition.get('type')}: {condition['message']}"
+    return None
+
+
+def _terminated(view: JobView, terminated: dict[str, Any]) -> Ended:
+    code = terminated.get("exitCode")
+    reason = terminated.get("reason") or "Error"
+    explained = "was OOM-killed (OOMKilled)" if reason == "OOMKilled" else f"ended: {reason}"
+    suffix = f"; the Job failed: {view.failed_reason}" if view.failed_reason else ""
+    return Ended(code, f"Job {view.name}: container flow {explained} (exit code {code}){suffix}")
