@@ -392,7 +392,8 @@ def test_install_rbac_yaml_is_accepted_and_its_service_account_can_run_flows_and
     [deployment] = [document for document in documents if document["kind"] == "Deployment"]
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert runner_key not in " ".join(container["command"])  # the key is in the Secret only
-    assert container["livenessProbe"]["httpGet"]["path"] == "/api/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/api/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/metrics"  # an API outage must not restart it
 
     # Given the ServiceAccount, its Role and binding applied (not the Deployment: no pod network here)
     rbac = yaml.safe_dump_all([document for document in documents if document["kind"] != "Deployment"])

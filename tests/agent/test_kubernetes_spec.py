@@ -75,8 +75,15 @@ def test_the_run_token_is_only_in_the_secret_and_referenced_by_the_container() -
     assert run.run_token not in json.dumps(plan.job)
     env = {e["name"]: e for e in flow_container(plan.job)["env"]}
     assert env[TOKEN_ENV] == {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": plan.name, "key": "token"}}}
-    assert env["FROM_RUN"] == {"name": "FROM_RUN", "value": "1"}
-    assert plan.secret["stringData"] == {"token": run.run_token}
+    # Values other than Baton's own ids are references to the Secret too (the agent's --env are credentials, often)
+    assert env["FROM_RUN"] == {
+        "name": "FROM_RUN",
+        "valueFrom": {"secretKeyRef": {"name": plan.name, "key": "env.FROM_RUN"}},
+    }
+    assert env["BATON_FLOW_RUN_ID"] == {"name": "BATON_FLOW_RUN_ID", "value": run.flow_run.id}
+    assert plan.secret["stringData"]["env.FROM_RUN"] == "1"
+    assert "1" not in [item.get("value") for item in env.values()]
+    assert plan.secret["stringData"] == {"token": run.run_token, "env.FROM_RUN": "1"}
     assert plan.secret["metadata"]["name"] == plan.name
     assert owner_reference(plan.name, "uid-1") == {
         "apiVersion": "batch/v1",
@@ -102,7 +109,8 @@ def test_the_run_configs_template_wins_over_the_agents_and_the_runs_env_wins_ove
     assert [c["name"] for c in pod_of(plan.job)["containers"]] == ["sidecar", CONTAINER_NAME]
     container = flow_container(plan.job)
     assert container["image"] == "from-template"
-    assert [e.get("value") for e in container["env"] if e["name"] == "FROM_RUN"] == ["1"]
+    [from_run] = [e for e in container["env"] if e["name"] == "FROM_RUN"]
+    assert from_run["valueFrom"]["secretKeyRef"]["key"] == "env.FROM_RUN"
     assert mine["spec"]["template"]["spec"]["containers"][1]["image"] == "from-template"  # not changed in place
     without = claimed()
     assert (

@@ -340,7 +340,7 @@ def test_kubernetes_install_puts_secrets_in_the_secret_and_the_template_in_a_con
     template.write_text("apiVersion: batch/v1\nkind: Job\nspec: {}\n")
     result = invoke(
         "agent", "install", "kubernetes", "-k", "bat_secret_key", "-e", "TOKEN=s3cret", "--job-template", str(template),
-        "--namespace", "flows", "-l", "k8s",
+        "--namespace", "flows", "-l", "k8s", "-a", "http://baton.flows.svc:4200",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     documents = {document["kind"]: document for document in yaml.safe_load_all(result.stdout)}
@@ -358,3 +358,18 @@ def test_kubernetes_install_puts_secrets_in_the_secret_and_the_template_in_a_con
     assert command[command.index("--job-template") + 1] == "/etc/baton/job.yaml"
     assert command[command.index("--namespace") + 1] == "flows"
     assert command[command.index("--agent-address") + 1] == "http://0.0.0.0:8080"
+    assert command[command.index("--name") + 1] == "baton-agent"  # a stable identity across pod restarts
+    assert "&id" not in result.stdout  # no YAML anchors: each probe is its own mapping
+
+
+def test_kubernetes_install_refuses_what_could_never_work(invoke: Any) -> None:
+    cases = [
+        (["-k", "bat_k"], "give -a/--api"),
+        (["-k", "bat_k", "-a", "http://h:4200", "--namespace", "Bad NS"], "is not a Kubernetes namespace name"),
+        (["-k", "bat_k", "-a", "http://h:4200", "--agent-address", "http://127.0.0.1:8080"], "cannot probe a loopback"),
+        (["-k", "bat_k", "-a", "http://h:4200", "--agent-address", "nonsense"], "invalid agent address"),
+    ]
+    for args, message in cases:
+        result = invoke("agent", "install", "kubernetes", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr, result.stderr

@@ -43,6 +43,7 @@ DEFAULT_TTL_SECONDS = 600
 # Kubernetes names: a DNS-1123 label (Job names end up in pod names, with a 5-character suffix, within 63).
 _UNSAFE = re.compile(r"[^a-z0-9-]+")
 _LABEL_VALUE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
 # The capabilities a baseline pod may add (Pod Security Standards, baseline profile).
 _BASELINE_CAPABILITIES = frozenset(
     {
@@ -261,13 +262,13 @@ def plan_job(claimed: ClaimedRun, env: dict[str, str], options: KubernetesOption
     if run_config.image_pull_policy:
         container["imagePullPolicy"] = run_config.image_pull_policy
     _set_resources(container, run_config)
-    _set_env(container, env, secret_name=name)
+    secret_values = _set_env(container, env, secret_name=name)
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": {"name": name, "namespace": options.namespace, "labels": dict(labels)},
-        "stringData": {TOKEN_KEY: env.get(TOKEN_ENV, "")},
+        "stringData": {TOKEN_KEY: env.get(TOKEN_ENV, ""), **secret_values},
     }
     return JobPlan(name, job, secret)
 
@@ -311,12 +312,28 @@ def _set_resources(container: dict[str, Any], run_config: RunConfig) -> None:
             _put(_put(container, "resources"), kind)[resource] = value
 
 
-def _set_env(container: dict[str, Any], env: dict[str, str], secret_name: str) -> None:
-    """The run's environment over the template's; the token by reference to the Secret, never by value."""
+def _set_env(container: dict[str, Any], env: dict[str, str], secret_name: str) -> dict[str, str]:
+    """The run's environment over the template's. Baton's own variables (ids, the API URL) are plain values; the
+    token and every other value (the agent's ``--env``, the run config's: credentials, often) are references to
+    the run's Secret, so whoever may read Jobs and pods does not read them.
+
+    Returns:
+        The Secret's entries for those values (``env.<NAME>``).
+    """
     given = [e for e in _dicts(container.get("env")) if e.get("name") not in env and e.get("name") != TOKEN_ENV]
-    ours = [{"name": key, "value": value} for key, value in env.items() if key != TOKEN_ENV]
+    ours: list[dict[str, Any]] = []
+    secret_values: dict[str, str] = {}
+    for key, value in env.items():
+        if key == TOKEN_ENV:
+            continue
+        if key.upper().startswith("BATON") or not _SECRET_KEY.fullmatch(f"env.{key}"):
+            ours.append({"name": key, "value": value})
+            continue
+        secret_values[f"env.{key}"] = value
+        ours.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": f"env.{key}"}}})
     token = {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": TOKEN_KEY}}}
     container["env"] = [*given, *ours, token]
+    return secret_values
 
 
 def _pod_spec(template: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,12 @@ What it holds:
   Deployment reads them as environment variables, never from its command line;
 - a ConfigMap with the ``--job-template`` file when one is given, mounted where the agent's command line says;
 - a Deployment of one replica running ``baton agent kubernetes start`` with the options given (derived from the
-  option specs), its health check on ``--agent-address`` (default ``http://0.0.0.0:8080``) as liveness and readiness
-  probes, requests and limits, and the labels ``app.kubernetes.io/name: baton-agent``;
-- with ``rbac``: a ServiceAccount, a Role with the least the agent needs in its namespace (Jobs; pods to read and
-  delete; pods/log and events to read; Secrets for the runs' tokens) and the RoleBinding.
+  option specs) under a stable name (default ``baton-agent``: its Jobs' label, and its identity across restarts);
+  on ``--agent-address`` (default ``http://0.0.0.0:8080``) ``/api/health`` is the readiness probe and
+  ``/metrics`` the liveness probe (health is 503 during an API outage, which a restart would not cure); requests and
+  limits; the labels ``app.kubernetes.io/name: baton-agent``;
+- with ``rbac``: a ServiceAccount, a Role with the least the agent uses in its namespace (Jobs; pods to follow and
+  delete; Secrets for the runs' tokens) and the RoleBinding.
 
 Usage::
 
@@ -25,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from baton import __version__
+from baton.agent.env import is_loopback_host
+from baton.agent.health import parse_address
+from baton.agent.kubernetes_spec import KubernetesOptions
 from baton.agent.option_specs import COMMON_OPTIONS, KUBERNETES_OPTIONS, check_installable, command_line
 from baton.exceptions import ConfigurationError
 
@@ -34,8 +39,9 @@ DEFAULT_ADDRESS = "http://0.0.0.0:8080"
 TEMPLATE_DIR = "/etc/baton"
 # What the agent does in its namespace, and nothing more (kubernetes.py): create, follow and delete its Jobs; follow
 # and delete their pods (a cancel deletes them with the grace period); create, patch (its owner, or a retried
-# deploy's token) and delete the Secret of each run's token. Secrets are never read: RBAC cannot limit a verb to
-# names made at run time, so the agent gets no verb that would show it another Secret of the namespace.
+# deploy's token) and delete the Secret of each run's token. RBAC cannot limit a verb to names made at run time, so
+# these verbs reach every Secret of the namespace (a PATCH answers with the object; a Job can mount any Secret):
+# the namespace is the boundary. Give flows a namespace of their own, holding no other Secret.
 ROLE_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "deletecollection"]},
@@ -73,11 +79,18 @@ def render_kubernetes_install(
         raise ConfigurationError("the installed agent needs its API key: give -k/--key or --key-file")
     options = dict(values or {})
     check_installable(SPECS, options, "baton agent kubernetes start", "Kubernetes")
+    if not (values or {}).get("api"):
+        raise ConfigurationError("give -a/--api: the address of the Baton server as the agent's pod reaches it")
+    try:
+        KubernetesOptions(namespace=namespace)
+    except ValueError as exc:
+        raise ConfigurationError(f"--namespace {namespace!r} is not a Kubernetes namespace name") from exc
     for name in ("kubeconfig", "context"):  # in the cluster the agent uses its ServiceAccount
         options.pop(name, None)
     options["namespace"] = namespace
     options.setdefault("agent_address", None)
     options["agent_address"] = options["agent_address"] or DEFAULT_ADDRESS
+    options["name"] = options.get("name") or NAME
     documents: list[dict[str, Any]] = []
     if rbac:
         documents += _rbac(namespace)
@@ -138,8 +151,13 @@ def _deployment(
     volumes: list[dict[str, Any]],
     mounts: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    port = int(address.rsplit(":", 1)[-1].split("/", 1)[0]) if address.count(":") >= 2 else 8080
-    probe = {"httpGet": {"path": "/api/health", "port": port}, "periodSeconds": 10, "failureThreshold": 6}
+    host, port = parse_address(address)
+    if is_loopback_host(host):
+        raise ConfigurationError(f"--agent-address {address}: the kubelet cannot probe a loopback address (0.0.0.0)")
+
+    def probe(path: str, **extra: Any) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": port}, "periodSeconds": 10, "failureThreshold": 6, **extra}
+
     env = [
         {
             "name": name,
@@ -153,8 +171,8 @@ def _deployment(
         "command": argv,
         "env": env,
         "ports": [{"name": "health", "containerPort": port}],
-        "livenessProbe": {**probe, "initialDelaySeconds": 30},
-        "readinessProbe": probe,
+        "livenessProbe": probe("/metrics", initialDelaySeconds=30),
+        "readinessProbe": probe("/api/health"),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False},
     }
