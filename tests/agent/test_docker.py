@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from baton.agent.base import Agent
-from baton.agent.docker import DockerAgent, DockerDriver, DockerOptions
+from baton.agent.docker import DockerAgent, DockerDriver
+from baton.agent.docker_spec import DockerOptions
 from baton.agent.driver import Deployment, Ended
 from baton.client import Client
 from baton.exceptions import PlatformUnavailableError

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from baton.agent.base import Agent
-    from baton.agent.docker import DockerAgent, DockerDriver, DockerOptions
+    from baton.agent.docker import DockerAgent, DockerDriver
     from baton.agent.docker_policy import DockerPolicy
+    from baton.agent.docker_spec import DockerOptions
     from baton.agent.driver import Deployment, Driver, DriverEvents, Ended
     from baton.agent.kubernetes import KubernetesAgent, KubernetesDriver
     from baton.agent.kubernetes_spec import KubernetesOptions
@@ -63,7 +64,7 @@ _MODULES = {
 _EXTRAS = {
     "DockerAgent": ("baton.agent.docker", "docker", ("docker", "requests")),
     "DockerDriver": ("baton.agent.docker", "docker", ("docker", "requests")),
-    "DockerOptions": ("baton.agent.docker", "docker", ("docker", "requests")),
+    "DockerOptions": ("baton.agent.docker_spec", "docker", ("docker", "requests")),
     "KubernetesAgent": ("baton.agent.kubernetes", "kubernetes", ("kubernetes", "yaml", "urllib3")),
     "KubernetesDriver": ("baton.agent.kubernetes", "kubernetes", ("kubernetes", "yaml", "urllib3")),
 }

@@ -31,17 +31,14 @@ import logging
 import math
 import os
 import secrets
-import sys
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Unpack, cast
 
 import requests
 from docker import APIClient
 from docker.errors import APIError, DockerException, NotFound
 from docker.utils import convert_volume_binds, kwargs_from_env
-from pydantic import BaseModel, ConfigDict
 
 from baton import __version__
 from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_options
@@ -50,17 +47,21 @@ from baton.agent.docker_spec import (
     EXCLUSIVE_NETWORKS,
     HOST_GATEWAY_NAME,
     LABEL_FLOW_RUN_ID,
+    Container,
+    DockerOptions,
     NetworkPlan,
     VolumeSpec,
     container_api_url,
     container_labels,
     container_name,
+    explain_api_error,
     image_of,
     loopback_api_warning,
     normalize_registries,
     parse_volumes,
     plan_networks,
     registry_of,
+    stream_logs,
     unix_socket_problem,
     without_env_values,
 )
@@ -84,72 +85,6 @@ _RUN_CONFIG_TYPES = {RunConfigType.DOCKER, RunConfigType.UNIVERSAL}
 _ENDED_STATUSES = {"exited", "dead"}
 # A daemon that does not answer (stopped, socket gone, hung), as opposed to one that answers with an error.
 _UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
-
-
-@dataclass
-class Container:
-    """A deployment's handle: the container of one flow run."""
-
-    id: str
-    name: str
-    image: str
-    log_thread: threading.Thread | None = None
-
-
-def _explain(exc: BaseException) -> str:
-    """The daemon's own words for an API error (``network x not found``), else the exception's text."""
-    if isinstance(exc, APIError) and exc.explanation:
-        return str(exc.explanation)
-    return str(exc) or type(exc).__name__
-
-
-def _stream_logs(client: APIClient, container: Container, prefix: str) -> None:
-    """Copy a container's output to the agent's stdout, each line prefixed by the run's name, until it ends."""
-    pending = b""
-    try:
-        for chunk in client.logs(container.id, stream=True, follow=True):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                sys.stdout.write(prefix + line.decode(errors="replace") + "\n")
-            sys.stdout.flush()
-    except (DockerException, requests.RequestException) as exc:  # the daemon went away, or the container
-        logger.debug("stopped streaming the logs of %s: %s", container.name, exc)
-    if pending:
-        sys.stdout.write(prefix + pending.decode(errors="replace") + "\n")
-        sys.stdout.flush()
-
-
-class DockerOptions(BaseModel):
-    """The Docker driver's options (``baton agent docker start``).
-
-    Args:
-        base_url: the daemon's address (``-b/--base-url``); default ``DOCKER_HOST``, else the local socket.
-        no_pull: never pull: a run whose image is not present locally fails (``--no-pull``).
-        show_flow_logs: stream the containers' output to the agent's stdout, prefixed by the run name.
-        volumes: ``HOST:CONTAINER[:ro|rw]`` mounts for every container, a host path or a named volume (created if
-            missing); or a bare ``/container/path``, an anonymous volume (one per container, removed with it).
-        networks: the first is given at creation (``host``/``none``: the network mode), the others connected
-            before the container starts.
-        docker_client_timeout: seconds before a Docker API call times out (default 60).
-        registry_allow_list: registries images may come from (``docker.io``, ``registry.example.com:5000``);
-            None allows any. Local-only images are always allowed.
-        default_image: the image of runs that name none (default ``baton:<version>``).
-        policy: what run configs may ask of the host (``--allow-host-config``, ``--allow-bind``, ...); default:
-            resource limits only. A run config asking for more fails its run before any container is created.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-    base_url: str | None = None
-    no_pull: bool = False
-    show_flow_logs: bool = False
-    volumes: list[str] = []
-    networks: list[str] = []
-    docker_client_timeout: float | None = None
-    registry_allow_list: list[str] | None = None
-    default_image: str | None = None
-    policy: DockerPolicy = DockerPolicy()
 
 
 class DockerAgent(Agent):
@@ -388,7 +323,7 @@ class DockerDriver:
             prefix = f"[{claimed.flow_run.name}] "
             streams = self._stream_client()
             container.log_thread = threading.Thread(
-                target=_stream_logs, args=(streams, container, prefix), name=f"baton-logs-{container.name}", daemon=True
+                target=stream_logs, args=(streams, container, prefix), name=f"baton-logs-{container.name}", daemon=True
             )
             container.log_thread.start()
         logger.info("started container %s (%s) of image %s", container.name, container.id[:12], image)
@@ -405,7 +340,7 @@ class DockerDriver:
         except NotFound:
             local = None
         except APIError as exc:
-            raise DeploymentError(f"cannot inspect image {image}: {_explain(exc)}") from exc
+            raise DeploymentError(f"cannot inspect image {image}: {explain_api_error(exc)}") from exc
         if local is not None and not local.get("RepoDigests"):
             return  # built here: no registry to pull from or to allow
         self._check_registry(image)
@@ -420,7 +355,7 @@ class DockerDriver:
                 if error:
                     raise DeploymentError(f"cannot pull image {image}: {error}")
         except APIError as exc:
-            raise DeploymentError(f"cannot pull image {image}: {_explain(exc)}") from exc
+            raise DeploymentError(f"cannot pull image {image}: {explain_api_error(exc)}") from exc
 
     def _check_registry(self, image: str) -> None:
         allowed = self.registry_allow_list
@@ -444,7 +379,7 @@ class DockerDriver:
                 try:
                     client.create_volume(volume.source, labels={"io.baton.created-by": "docker-agent"})
                 except APIError as exc:
-                    raise DeploymentError(f"cannot create volume {volume.source}: {_explain(exc)}") from exc
+                    raise DeploymentError(f"cannot create volume {volume.source}: {explain_api_error(exc)}") from exc
 
     def _network_mode(self, run_config: RunConfig) -> str | None:
         """The run config's ``host_config.network_mode`` if it sets one, else the agent's first network."""
@@ -502,7 +437,7 @@ class DockerDriver:
                 name = f"{name}-{secrets.token_hex(3)}"
                 created = client.create_container(name=name, **params)
         except APIError as exc:
-            detail = without_env_values(_explain(exc), environment)
+            detail = without_env_values(explain_api_error(exc), environment)
             raise DeploymentError(f"cannot create a container of image {image}: {detail}") from None
         return Container(id=str(created["Id"]), name=name, image=image)
 
@@ -519,7 +454,9 @@ class DockerDriver:
             client.start(container.id)
         except APIError as exc:
             self._remove(client, container)
-            raise DeploymentError(f"created container {container.name} but could not {step}: {_explain(exc)}") from exc
+            raise DeploymentError(
+                f"created container {container.name} but could not {step}: {explain_api_error(exc)}"
+            ) from exc
         except _UNREACHABLE:
             self._leftovers.add(container.id)
             raise
@@ -635,7 +572,7 @@ class DockerDriver:
             if exc.status_code == 409:  # "removal already in progress": a kill and the watch both remove it
                 logger.debug("container %s is being removed already", container.name)
             else:
-                logger.warning("cannot remove container %s: %s", container.name, _explain(exc))
+                logger.warning("cannot remove container %s: %s", container.name, explain_api_error(exc))
         except DockerException as exc:
             logger.warning("cannot remove container %s: %s", container.name, exc)
         else:

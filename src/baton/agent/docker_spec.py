@@ -21,20 +21,29 @@ Usage::
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
+import sys
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+import requests
+from docker import APIClient
 from docker.auth import resolve_index_name, resolve_repository_name
-from docker.errors import InvalidRepository
+from docker.errors import APIError, DockerException, InvalidRepository
 from docker.utils import parse_repository_tag
+from pydantic import BaseModel, ConfigDict
 
+from baton.agent.docker_policy import DockerPolicy
 from baton.agent.env import is_loopback_host
 from baton.exceptions import ConfigurationError, DeploymentError
 from baton.schemas.core import StorageType
 from baton.schemas.responses import ClaimedRun
+
+logger = logging.getLogger("baton.agent")
 
 HOST_GATEWAY_NAME = "host.docker.internal"
 # Network modes that replace the container's network stack: no other network can be connected.
@@ -253,3 +262,69 @@ def loopback_api_warning(api_url: str, network_mode: str | None) -> str | None:
         f"the {network_mode or 'default bridge'} network), so the server must listen on an address they reach, not "
         "only 127.0.0.1; else use --network host"
     )
+
+
+class DockerOptions(BaseModel):
+    """The Docker driver's options (``baton agent docker start``).
+
+    Args:
+        base_url: the daemon's address (``-b/--base-url``); default ``DOCKER_HOST``, else the local socket.
+        no_pull: never pull: a run whose image is not present locally fails (``--no-pull``).
+        show_flow_logs: stream the containers' output to the agent's stdout, prefixed by the run name.
+        volumes: ``HOST:CONTAINER[:ro|rw]`` mounts for every container, a host path or a named volume (created if
+            missing); or a bare ``/container/path``, an anonymous volume (one per container, removed with it).
+        networks: the first is given at creation (``host``/``none``: the network mode), the others connected
+            before the container starts.
+        docker_client_timeout: seconds before a Docker API call times out (default 60).
+        registry_allow_list: registries images may come from (``docker.io``, ``registry.example.com:5000``);
+            None allows any. Local-only images are always allowed.
+        default_image: the image of runs that name none (default ``baton:<version>``).
+        policy: what run configs may ask of the host (``--allow-host-config``, ``--allow-bind``, ...); default:
+            resource limits only. A run config asking for more fails its run before any container is created.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    base_url: str | None = None
+    no_pull: bool = False
+    show_flow_logs: bool = False
+    volumes: list[str] = []
+    networks: list[str] = []
+    docker_client_timeout: float | None = None
+    registry_allow_list: list[str] | None = None
+    default_image: str | None = None
+    policy: DockerPolicy = DockerPolicy()
+
+
+@dataclass
+class Container:
+    """A deployment's handle: the container of one flow run."""
+
+    id: str
+    name: str
+    image: str
+    log_thread: threading.Thread | None = None
+
+
+def explain_api_error(exc: BaseException) -> str:
+    """The daemon's own words for an API error (``network x not found``), else the exception's text."""
+    if isinstance(exc, APIError) and exc.explanation:
+        return str(exc.explanation)
+    return str(exc) or type(exc).__name__
+
+
+def stream_logs(client: APIClient, container: Container, prefix: str) -> None:
+    """Copy a container's output to the agent's stdout, each line prefixed by the run's name, until it ends."""
+    pending = b""
+    try:
+        for chunk in client.logs(container.id, stream=True, follow=True):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                sys.stdout.write(prefix + line.decode(errors="replace") + "\n")
+            sys.stdout.flush()
+    except (DockerException, requests.RequestException) as exc:  # the daemon went away, or the container
+        logger.debug("stopped streaming the logs of %s: %s", container.name, exc)
+    if pending:
+        sys.stdout.write(prefix + pending.decode(errors="replace") + "\n")
+        sys.stdout.flush()

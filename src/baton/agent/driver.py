@@ -11,11 +11,11 @@ Usage::
         agent_type = "mine"
         watch_interval_seconds = 0.5
 
-        async def open(self, events: DriverEvents, api_url: str) -> None: ...
+        async def open(self, events: DriverEvents) -> None: ...  # events.name: the agent's, to label things
         async def deploy(self, claimed: ClaimedRun, env: dict[str, str]) -> Deployment: ...
         ...
 
-    Agent(driver=MyDriver(...), labels=["dev"]).start()
+    Agent(MyDriver(...), labels=["dev"]).start()
 """
 
 from __future__ import annotations
