@@ -57,6 +57,8 @@ from baton.server.models.claims import expire_leases
 from baton.settings import BatonSettings, load_settings
 from support import register_source_flow
 
+from .faults import Faults
+
 T = TypeVar("T")
 State = tuple[str, str | None, dict[str, Any] | None]
 
@@ -143,7 +145,7 @@ class Tenant:
             return cls(tenant.id, admin_key, runner_key)
 
 
-class AppApi(Client):
+class AppApi(Faults, Client):
     """A real client of a new tenant of ``server`` with its runner key (what an agent is given), with the test
     controls of ``tests/agent/fake_api.py``'s ``FakeApi`` on the real server.
 
@@ -167,20 +169,17 @@ class AppApi(Client):
         self._owns_admin = admin is None
         self.admin = admin or Client(server.url, self.tenant.admin_key)  # the test controls' client
         super().__init__(server.url, key or self.runner_key)
-        self.calls: list[tuple[str, Any]] = []  # every call of the agent's API, in order
         self.claims: list[dict[str, Any]] = []  # the claim calls sent to the server
         self.heartbeats: list[list[dict[str, Any]]] = []  # the deployments of each heartbeat sent
         self.heartbeat_claims: list[list[str] | None] = []  # the claims each heartbeat named
         self.claims_waiting = 0  # claim calls sent and not answered yet
         self.closed = False
         self._lock = threading.Lock()
+        self._init_faults(self._lock)  # every call of the agent's API, in order, in self.calls
         # Notified whenever a call of the agent's API ends: only those (and the test's own controls) change runs,
         # so wait_for looks again then, rather than asking the server every few milliseconds meanwhile.
         self._ended = threading.Condition()
         self._calls_ended = 0
-        self._failures: dict[str, list[BaseException | None]] = {}
-        self._failures_after: dict[str, list[BaseException]] = {}
-        self._holds: dict[str, threading.Event] = {}
         self._flows: dict[str, str] = {}  # a flow's registration, as JSON -> its id
         self._others: list[AppApi] = []
 
@@ -284,24 +283,6 @@ class AppApi(Client):
         except TimeoutError:
             raise TimeoutError(f"run {run_id} is {self.history(run_id)}, not {state}") from None
 
-    def fail_next(self, method: str, *errors: BaseException | None) -> None:
-        """Make the next calls of ``method`` raise ``errors`` before they are sent, one each (None: that call is
-        sent)."""
-        with self._lock:
-            self._failures.setdefault(method, []).extend(errors)
-
-    def fail_after(self, method: str, *errors: BaseException) -> None:
-        """Make the next calls of ``method`` reach the server, then raise ``errors`` (the answer was lost)."""
-        with self._lock:
-            self._failures_after.setdefault(method, []).extend(errors)
-
-    def hold(self, method: str) -> threading.Event:
-        """Make calls of ``method`` wait, before they are sent, until the returned event is set."""
-        gate = threading.Event()
-        with self._lock:
-            self._holds[method] = gate
-        return gate
-
     def close_all(self) -> None:
         """Close this client, the admin client and the clients of :meth:`with_key`."""
         for other in self._others:
@@ -311,24 +292,6 @@ class AppApi(Client):
             self.admin.close()
 
     # --- the agent's API: recorded, with injected failures around the real call ---------------------------------
-
-    def _enter(self, method: str, args: Any) -> None:
-        with self._lock:
-            self.calls.append((method, args))
-            queue = self._failures.get(method)
-            error = queue.pop(0) if queue else None
-            gate = self._holds.get(method)
-        if gate is not None:
-            gate.wait(10)
-        if error is not None:
-            raise error
-
-    def _leave(self, method: str) -> None:
-        with self._lock:
-            queue = self._failures_after.get(method)
-            error = queue.pop(0) if queue else None
-        if error is not None:
-            raise error
 
     def _through(self, method: str, args: Any, call: Callable[[], T]) -> T:
         try:

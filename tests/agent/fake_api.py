@@ -22,6 +22,8 @@ from baton.schemas import responses as r
 from baton.schemas.core import Role, RunConfig, Storage
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, check_transition
 
+from .faults import Faults
+
 
 @dataclass
 class FakeRun:
@@ -36,22 +38,19 @@ class FakeRun:
     history: list[tuple[str, str | None, dict[str, Any] | None]] = field(default_factory=list)
 
 
-class FakeApi:
+class FakeApi(Faults):
     def __init__(self, tenant_id: str = "tenant-1", role: Role | None = Role.RUNNER) -> None:
         self.tenant_id = tenant_id
         self.role = role
         self.runs: dict[str, FakeRun] = {}
-        self.calls: list[tuple[str, Any]] = []
         self.claims: list[dict[str, Any]] = []
         self.heartbeats: list[list[dict[str, Any]]] = []
         self.heartbeat_claims: list[list[str] | None] = []
         self.agents: dict[str, dict[str, Any]] = {}
         self.closed = False
         self.claims_waiting = 0  # claim calls under way
-        self._failures: dict[str, list[BaseException | None]] = {}
-        self._failures_after: dict[str, list[BaseException]] = {}
-        self._holds: dict[str, threading.Event] = {}
         self._cond = threading.Condition()
+        self._init_faults(self._cond)
         self._ids = itertools.count(1)
         self._now = datetime.now(UTC)
 
@@ -70,23 +69,6 @@ class FakeApi:
             self.runs[run.id] = run
             self._cond.notify_all()
             return run.id
-
-    def fail_next(self, method: str, *errors: BaseException | None) -> None:
-        """Make the next calls of ``method`` raise ``errors``, one each (None: that call succeeds)."""
-        with self._cond:
-            self._failures.setdefault(method, []).extend(errors)
-
-    def fail_after(self, method: str, *errors: BaseException) -> None:
-        """Make the next calls of ``method`` do their work, then raise ``errors`` (the answer was lost)."""
-        with self._cond:
-            self._failures_after.setdefault(method, []).extend(errors)
-
-    def hold(self, method: str) -> threading.Event:
-        """Make calls of ``method`` wait until the returned event is set."""
-        gate = threading.Event()
-        with self._cond:
-            self._holds[method] = gate
-        return gate
 
     def expire_lease(self, run_id: str) -> None:
         """Like the lease service: a Pending run whose lease expired goes back to Scheduled."""
@@ -126,24 +108,6 @@ class FakeApi:
             raise TimeoutError(f"run {run_id} is {self.runs[run_id].state}, not {state}") from None
 
     # --- the client methods the agent calls --------------------------------------------------------
-
-    def _enter(self, method: str, args: Any) -> None:
-        with self._cond:
-            self.calls.append((method, args))
-            queue = self._failures.get(method)
-            error = queue.pop(0) if queue else None
-            gate = self._holds.get(method)
-        if gate is not None:
-            gate.wait(10)
-        if error is not None:
-            raise error
-
-    def _leave(self, method: str) -> None:
-        with self._cond:
-            queue = self._failures_after.get(method)
-            error = queue.pop(0) if queue else None
-        if error is not None:
-            raise error
 
     def whoami(self) -> r.WhoAmI:
         self._enter("whoami", None)
