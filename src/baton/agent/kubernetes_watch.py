@@ -31,12 +31,10 @@ from baton.agent.kubernetes_spec import CONTAINER_NAME, LABEL_AGENT
 
 logger = logging.getLogger("baton.agent")
 
-# Waiting reasons of the flow container that no wait will cure. ErrImagePull (a registry's rate limit, say) and
-# CreateContainerError may pass: a pod stuck on them ends at the pending timeout; ImagePullBackOff follows a
-# repeated ErrImagePull.
-CANNOT_START = frozenset(
-    {"ErrImageNeverPull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "RunContainerError"}
-)
+# Waiting reasons of the flow container that no wait will cure. ErrImagePull (a registry's rate limit, say),
+# CreateContainerError and CreateContainerConfigError (a busy kubelet's "failed to sync secret cache") may pass: a
+# pod stuck on them ends at the pending timeout; ImagePullBackOff follows a repeated ErrImagePull.
+CANNOT_START = frozenset({"ErrImageNeverPull", "ImagePullBackOff", "InvalidImageName", "RunContainerError"})
 _STARTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
 # Watches end server-side after this long and resume from their resourceVersion (below the API server's limits).
 WATCH_SECONDS = 60
