@@ -363,6 +363,13 @@ class AppApi(Faults, Client):
     def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
         return self._through("get_flow_run", flow_run_id, lambda: super(AppApi, self).get_flow_run(flow_run_id))
 
+    def get_flow(self, flow_id: str, include_source: bool = False) -> r.FlowRead:
+        return self._through("get_flow", flow_id, lambda: super(AppApi, self).get_flow(flow_id, include_source))
+
+    def write_logs(self, flow_run_id: str, logs: list[dict[str, Any]]) -> r.LogsWritten:
+        args = (flow_run_id, logs)
+        return self._through("write_logs", args, lambda: super(AppApi, self).write_logs(flow_run_id, logs))
+
     def list_flow_runs(
         self,
         state: str | None = None,

@@ -74,6 +74,17 @@ def hog(megabytes: int = 1024):
         print(f"allocated {16 * (n + 1)} MB", flush=True)
 """
 
+DYING_FLOW = """
+import os, sys
+from baton import flow
+
+@flow
+def dies():
+    # Gone before the engine can report anything: only the platform knows how it ended
+    print("the disk is on fire", file=sys.stderr, flush=True)
+    os._exit(3)
+"""
+
 
 def register_flow(admin: Client, name: str, source: str, entrypoint: str, **run_config: Any) -> None:
     """Register ``source`` (api storage) with a run config of ``run_config`` (type docker unless given)."""

@@ -238,6 +238,10 @@ class FakeApi(Faults):
             deregistered_at=self._now,
         )
 
+    def write_logs(self, flow_run_id: str, logs: list[dict[str, Any]]) -> r.LogsWritten:
+        self._enter("write_logs", (flow_run_id, logs))
+        return r.LogsWritten(written=len(logs))
+
     def close(self) -> None:
         self.closed = True
 
@@ -269,8 +273,18 @@ class FakeApi(Faults):
             run_config=run.run_config,
         )
 
+    def get_flow(self, flow_id: str, include_source: bool = False) -> r.FlowRead:
+        self._enter("get_flow", flow_id)
+        if flow_id != "flow-1":
+            raise NotFoundError(404, f"no flow {flow_id}")
+        return self._flow()
+
     def claimed_run(self, run: FakeRun) -> r.ClaimedRun:
-        flow = r.FlowRead(
+        token = f"run-token-{run.id}" if run.claims <= 1 else f"run-token-{run.id}-{run.claims}"
+        return r.ClaimedRun(flow_run=self._read(run), flow=self._flow(), run_token=token)
+
+    def _flow(self) -> r.FlowRead:
+        return r.FlowRead(
             id="flow-1",
             name="fake-flow",
             version=1,
@@ -285,5 +299,3 @@ class FakeApi(Faults):
             source_filename=None,
             created=self._now,
         )
-        token = f"run-token-{run.id}" if run.claims <= 1 else f"run-token-{run.id}-{run.claims}"
-        return r.ClaimedRun(flow_run=self._read(run), flow=flow, run_token=token)

@@ -337,6 +337,41 @@ def test_cancel_stops_the_container_ends_cancelled_and_removes_it(
     stop_agent(agent, running)
 
 
+def test_a_restarted_agent_adopts_its_containers_and_removes_those_of_ended_runs(
+    admin: Client,
+    baton_image: str,
+    docker_client: docker.DockerClient,
+    docker_agent: MakeAgent,
+    new_run: Callable[..., str],
+    run_in_thread: RunInThread,
+) -> None:
+    # Given an agent that deployed two runs and left (--max-polls: their containers run on, as after a crash)
+    register_flow(admin, "sleepy-docker", SLEEPY_FLOW, "sleepy", image=baton_image)
+    kept, ended = new_run("sleepy-docker"), new_run("sleepy-docker")
+    run_in_thread(docker_agent(max_polls=1, limit=2, name="restarting")).join(60)
+    for run_id in (kept, ended):
+        assert wait_state(admin, run_id, {"Running", *FINAL_STATES}, timeout=90).state == "Running"
+    [container] = run_containers(docker_client, kept)
+    container.reload()
+    labels = container.labels
+    assert (labels["io.baton.agent"], labels["io.baton.tenant-id"]) == ("restarting", admin.whoami().tenant_id)
+    # And one of the runs ended meanwhile (an operator failed it)
+    admin.set_flow_run_state(ended, "Failed", "failed by hand")
+
+    # When an agent process of the same name starts
+    second = docker_agent(name="restarting")
+    running = run_in_thread(second)
+
+    # Then it adopts the other run's container and removes the ended run's
+    wait_for(lambda: kept in second.registry, timeout=30, what="the second agent to adopt the running run")
+    wait_for(lambda: not run_containers(docker_client, ended), timeout=30, what="the ended run's container to go")
+    # And a cancel of the adopted run stops and removes its container
+    admin.cancel_flow_run(kept)
+    assert wait_state(admin, kept, FINAL_STATES, timeout=60).state == "Cancelled"
+    wait_for(lambda: not run_containers(docker_client, kept), timeout=30, what="the adopted run's container to go")
+    stop_agent(second, running)
+
+
 # --- the driver alone (a fake API; containers that run a script, not a flow) ---------------------
 
 

@@ -154,12 +154,14 @@ def test_container_names_are_readable_and_unique_per_run() -> None:
     assert container_name(claimed) == "baton-run-0f1e2d3c"
 
 
-def test_containers_are_labelled_with_their_run_flow_and_flow_name() -> None:
+def test_containers_are_labelled_with_their_run_flow_flow_name_agent_and_tenant() -> None:
     claimed = claimed_run(FakeApi())
-    assert container_labels(claimed) == {
+    assert container_labels(claimed, "agent-7", "tenant-1") == {
         "io.baton.flow-run-id": claimed.flow_run.id,
         "io.baton.flow-id": claimed.flow.id,
         "io.baton.flow-name": claimed.flow.name,
+        "io.baton.agent": "agent-7",
+        "io.baton.tenant-id": "tenant-1",
     }
 
 

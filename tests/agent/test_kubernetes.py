@@ -27,7 +27,7 @@ from docker_support import paused_test_timeout, skip_or_fail
 from support import ServerProcess, register_source_flow, wait_for
 
 from .conftest import AgentThread
-from .docker_helpers import HOG_FLOW, SLEEPY_FLOW, register_flow, wait_state
+from .docker_helpers import DYING_FLOW, HOG_FLOW, SLEEPY_FLOW, register_flow, wait_state
 
 kubernetes = pytest.importorskip("kubernetes", reason="the kubernetes extra is not installed")
 
@@ -167,6 +167,11 @@ def jobs_of(cluster: Cluster, run_id: str) -> list[str]:
     return [line for line in found.stdout.split() if line]
 
 
+def event_lines(admin: Client, run_id: str, text: str) -> list[Any]:
+    """The run's log lines made of its pod's events that contain ``text``."""
+    return [line for line in admin.get_logs(run_id).logs if line.name == "kubernetes" and text in line.message]
+
+
 def test_a_flow_runs_in_a_pod_to_success_with_its_logs_and_its_job_is_cleaned_up(
     cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
 ) -> None:
@@ -185,6 +190,8 @@ def test_a_flow_runs_in_a_pod_to_success_with_its_logs_and_its_job_is_cleaned_up
     assert submitted.message == f"Job: {job_name}" and submitted.data["namespace"] == NAMESPACE
     logs = [line.message for line in admin.get_logs(run_id).logs]
     assert any("hello kubernetes" in message for message in logs), logs
+    # The pod's events reach the run's logs too (shipped by the agent as they come)
+    wait_for(lambda: event_lines(admin, run_id, ": Started:"), timeout=30, what="the pod's Started event in its logs")
     # The finished Job is deleted, and its token's Secret with it (the Job owns it)
     wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what="the Job to be deleted")
     wait_for(
@@ -208,6 +215,12 @@ def test_an_image_that_cannot_be_pulled_fails_the_run_with_kubernetes_reason(
 
     assert run.state == "Failed"
     assert "the flow container cannot start: ErrImageNeverPull" in (run.state_message or ""), run.state_message
+    # Kubernetes' own warning is in the run's logs, at WARNING
+    wait_for(
+        lambda: [line for line in event_lines(admin, run_id, "ErrImageNeverPull") if line.level == 30],
+        timeout=30,
+        what="the pod's ErrImageNeverPull warning in the run's logs",
+    )
     wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what="the failed run's Job to be deleted")
     stop(agent, running)
 
@@ -224,6 +237,23 @@ def test_an_oom_killed_pod_fails_the_run_saying_so(
 
     assert run.state == "Failed"
     assert "container flow was OOM-killed (OOMKilled) (exit code 137)" in (run.state_message or ""), run.state_message
+    stop(agent, running)
+
+
+def test_a_flow_process_that_dies_fails_the_run_with_its_exit_code_and_last_lines(
+    cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
+) -> None:
+    register(admin, "dies-k8s", DYING_FLOW, "dies")
+    run_id = admin.create_flow_run(flow_name="dies-k8s").id
+    agent = k8s_agent()
+    running = run_in_thread(agent)
+
+    run = wait_state(admin, run_id, FINAL_STATES, timeout=120)
+
+    assert run.state == "Failed"
+    message = run.state_message or ""
+    assert "(exit code 3)" in message and "last log lines:" in message, message
+    assert message.rstrip().endswith("the disk is on fire"), message
     stop(agent, running)
 
 
@@ -273,25 +303,34 @@ def test_a_job_deleted_from_outside_fails_its_run(
     stop(agent, running)
 
 
-def test_an_agent_restarted_under_the_same_name_still_cancels_the_jobs_it_deployed(
+def test_an_agent_restarted_under_the_same_name_adopts_its_jobs_and_deletes_those_of_ended_runs(
     cluster: Cluster, admin: Client, k8s_agent: Callable[..., KubernetesAgent], run_in_thread: RunInThread
 ) -> None:
-    # Given an agent that deployed the run and left (--max-polls: its Job runs on, as after a crash)
-    first = k8s_agent(max_polls=2)
-    run_id, run, job_name, _ = running_sleepy_run(admin, lambda: run_in_thread(first).join(60))
+    # Given an agent that deployed two runs and left (--max-polls: their Jobs run on, as after a crash)
+    register(admin, "sleepy-k8s", SLEEPY_FLOW, "sleepy")
+    kept, ended = (admin.create_flow_run(flow_name="sleepy-k8s").id for _ in range(2))
+    run_in_thread(k8s_agent(max_polls=1, limit=2)).join(60)
+    for run_id in (kept, ended):
+        run = wait_state(admin, run_id, {"Running", *FINAL_STATES}, timeout=90)
+        assert run.state == "Running", run.state_message
+    [kept_job] = jobs_of(cluster, kept)
+    # And one of the runs ended meanwhile (an operator failed it)
+    admin.set_flow_run_state(ended, "Failed", "failed by hand")
 
-    # And a new agent process with the same identity
+    # When an agent process of the same name starts
     second = k8s_agent()
     restarted = run_in_thread(second)
-    wait_for(lambda: second.agent_id is not None, timeout=30, what="the second agent to register")
 
-    admin.cancel_flow_run(run_id)
-
-    # Then the new agent finds the Job from what Submitted stored and deletes it (nothing else would: it holds
-    # no entry for the run); the pod's engine, stopped while the run is Cancelling, may report Cancelled first
-    run = wait_state(admin, run_id, FINAL_STATES, timeout=90)
+    # Then it adopts the other run's Job (it holds the run and vouches for it) and deletes the ended run's
+    wait_for(lambda: kept in second.registry, timeout=30, what="the second agent to adopt the running run")
+    wait_for(lambda: not jobs_of(cluster, ended), timeout=60, what="the ended run's Job to be deleted")
+    assert admin.get_flow_run(kept).state == "Running"
+    # And a cancel of the adopted run deletes its Job (the pod's engine, stopped while the run is Cancelling,
+    # may report Cancelled first: the Job then finishes, and goes all the same)
+    admin.cancel_flow_run(kept)
+    run = wait_state(admin, kept, FINAL_STATES, timeout=90)
     assert run.state == "Cancelled", run.state_message
-    wait_for(lambda: not jobs_of(cluster, run_id), timeout=60, what=f"Job {job_name} to be deleted")
+    wait_for(lambda: not jobs_of(cluster, kept), timeout=60, what=f"{kept_job} to be deleted")
     stop(second, restarted)
 
 

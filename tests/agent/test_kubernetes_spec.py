@@ -13,6 +13,7 @@ from baton.agent.kubernetes_spec import (
     LABEL_AGENT,
     LABEL_FLOW_ID,
     LABEL_FLOW_RUN_ID,
+    LABEL_TENANT_ID,
     TOKEN_ENV,
     JobTemplateError,
     KubernetesOptions,
@@ -36,7 +37,7 @@ def claimed(**run_config: Any) -> ClaimedRun:
 
 
 def env_of(run: ClaimedRun) -> dict[str, str]:
-    return {TOKEN_ENV: run.run_token, "BATON_FLOW_RUN_ID": run.flow_run.id, "FROM_RUN": "1"}
+    return {TOKEN_ENV: run.run_token, "BATON_FLOW_RUN_ID": run.flow_run.id, "BATON_TENANT_ID": "t-1", "FROM_RUN": "1"}
 
 
 def pod_of(job: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +59,12 @@ def test_the_default_job_runs_the_engine_once_in_the_agents_namespace_with_the_r
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     assert job["metadata"]["name"] == plan.name == job_name(run)
     assert job["metadata"]["namespace"] == "flows"
-    labels = {LABEL_FLOW_RUN_ID: run.flow_run.id, LABEL_FLOW_ID: run.flow.id, LABEL_AGENT: "k8s-agent-1"}
+    labels = {
+        LABEL_FLOW_RUN_ID: run.flow_run.id,
+        LABEL_FLOW_ID: run.flow.id,
+        LABEL_AGENT: "k8s-agent-1",
+        LABEL_TENANT_ID: "t-1",
+    }
     assert job["metadata"]["labels"] == labels
     assert job["spec"]["template"]["metadata"]["labels"] == labels
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["ttlSecondsAfterFinished"] == 600

@@ -83,3 +83,63 @@ def test_bookmarks_expiry_and_errors_never_kill_the_watch_and_a_run_still_ends(m
     assert FakeWatch.calls[:2] == ["5", "7"]  # resumed from the bookmark's version
     assert ("jobs", "RuntimeError: something unexpected") in health
     assert health[-1] == ("jobs", None)
+
+
+def pod_event(pod: str, reason: str, uid: str = "u-1", count: int = 1, kind: str = "Normal") -> Any:
+    return SimpleNamespace(
+        involved_object=SimpleNamespace(kind="Pod", name=pod),
+        reason=reason,
+        message=f"{reason} happened",
+        type=kind,
+        count=count,
+        last_timestamp=None,
+        event_time=None,
+        first_timestamp=None,
+        metadata=SimpleNamespace(uid=uid, creation_timestamp=None, resource_version="3"),
+    )
+
+
+def test_events_of_the_agents_pods_become_lines_of_their_runs_logs_and_others_are_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import baton.agent.kubernetes_watch as module
+
+    monkeypatch.setattr(module.k8s_watch, "Watch", FakeWatch)
+    FakeWatch.calls = []
+    FakeWatch.scripts = [
+        [
+            {"type": "ADDED", "object": pod_event("baton-a-x1y2z", "Pulling", uid="u-2")},
+            {"type": "ADDED", "object": pod_event("someone-else-abcde", "Pulling", uid="u-3")},  # not the agent's
+            {"type": "ADDED", "object": pod_event("baton-a-x1y2z-extra", "Pulling", uid="u-4")},  # another Job's
+            {"type": "MODIFIED", "object": pod_event("baton-a-x1y2z", "BackOff", uid="u-5", count=2, kind="Warning")},
+            {"type": "DELETED", "object": pod_event("baton-a-x1y2z", "Gone", uid="u-6")},  # expiry: not news
+        ]
+    ]
+    listed = SimpleNamespace(
+        items=[pod_event("baton-a-x1y2z", "Scheduled")], metadata=SimpleNamespace(resource_version="2")
+    )
+    api = SimpleNamespace(list_namespaced_event=lambda *a, **k: listed)
+    lines: list[tuple[str, dict[str, Any]]] = []
+    got = threading.Event()
+
+    def on_log(run_id: str, entries: list[dict[str, Any]]) -> None:
+        lines.extend((run_id, entry) for entry in entries)
+        if len(lines) >= 3:
+            got.set()
+
+    watch = JobWatch(api, api, "ns", lambda s: {}, lambda: None, lambda kind, why: None, on_log=on_log)
+    watch.track("baton-a", "run-a", retries_possible=False)
+    original = watch._follow
+    monkeypatch.setattr(watch, "_follow", lambda kind, label: original(kind, label) if kind == "events" else None)
+    watch.start("agent")
+    assert got.wait(10)
+    watch.stop(2.0)
+
+    assert [(run_id, entry["message"]) for run_id, entry in lines] == [
+        ("run-a", "pod baton-a-x1y2z: Scheduled: Scheduled happened"),
+        ("run-a", "pod baton-a-x1y2z: Pulling: Pulling happened"),
+        ("run-a", "pod baton-a-x1y2z: BackOff: BackOff happened"),
+    ]
+    assert [entry["level"] for _, entry in lines] == [20, 20, 30]
+    assert [entry["key"] for _, entry in lines] == ["k8s-u-1-1", "k8s-u-2-1", "k8s-u-5-2"]
+    assert all(entry["name"] == "kubernetes" for _, entry in lines)

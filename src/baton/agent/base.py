@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict, Unpack
 
 from baton import __version__
+from baton.agent.adoption import Adoption
 from baton.agent.driver import Driver
 from baton.agent.env import build_run_env
 from baton.agent.hardening import harden_agent_process
@@ -38,6 +39,7 @@ from baton.agent.lifecycle import RunLifecycle
 from baton.agent.loops import ErrorPolicy
 from baton.agent.option_specs import COMMON_OPTIONS, OptionSpec, settings_overrides
 from baton.agent.options import check_identity, configure_agent_logging, default_agent_name, resolve_settings
+from baton.agent.platform_logs import PlatformLogs
 from baton.agent.polling import Poller
 from baton.agent.protocol import AgentApi, ApiCalls
 from baton.agent.runs import RunRegistry
@@ -149,6 +151,8 @@ class Agent:
             agent_settings_.name or default_agent_name(self.agent_type), self.agent_type, labels
         )
         self.send_logs_to_api = self.settings.logging.send_to_api
+        # A platform's lines for its runs' logs (Kubernetes events), shipped by a task while the agent runs
+        self.platform_logs = PlatformLogs(enabled=self.send_logs_to_api)
         self.log_level = self.settings.logging.level.upper()
         self.status = AgentStatus(name=self.name, deadline_seconds=agent_settings_.health_deadline_seconds)
         self.status.platform_check = driver.problem
@@ -217,7 +221,10 @@ class Agent:
             if self.settings.agent.max_polls == 0:
                 logger.info("--max-polls 0: registered, making no claim calls")
                 return
-            await self._compose().supervise()
+            adoption, supervisor = self._compose()
+            await adoption.adopt_all()  # before the first claim: adopted runs hold their slots
+            self.tasks.spawn(self.platform_logs.ship(self.api), "platform logs")
+            await supervisor.supervise()
         finally:
             if self.health_server is not None:
                 self.health_server.stop()
@@ -226,7 +233,7 @@ class Agent:
             finally:
                 self._close_client()
 
-    def _compose(self) -> Supervisor:
+    def _compose(self) -> tuple[Adoption, Supervisor]:
         """Wire the agent's parts together, each with only what it uses."""
         settings = self.settings.agent
         timings = Timings(
@@ -277,7 +284,17 @@ class Agent:
             tasks=tasks,
             timings=timings,
         )
-        return self._supervisor
+        adoption = Adoption(
+            driver,
+            api,
+            registry,
+            identity,
+            kill_grace_seconds=timings.kill_grace_seconds,
+            on_change=lifecycle.update_active,
+            run_timeout_seconds=settings.run_timeout_seconds,
+            clock=self.clock,
+        )
+        return adoption, self._supervisor
 
     def _close_client(self) -> None:
         client = self._client
@@ -313,6 +330,10 @@ class Agent:
     def deployments_changed(self) -> None:
         """Tell the watch loop to inspect deployments now, not at its next tick. Thread-safe."""
         self._call_soon(self.wakeups.wake_watch)
+
+    def run_logs(self, run_id: str, entries: list[dict[str, Any]]) -> None:
+        """Lines from the platform for run ``run_id``'s logs (``LogEntry`` fields). Thread-safe."""
+        self.platform_logs.add(run_id, entries)
 
     def platform_back(self) -> None:
         """The driver's platform is usable again: claim now. Thread-safe."""

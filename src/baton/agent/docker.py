@@ -54,18 +54,21 @@ from baton.agent.docker_spec import (
     container_api_url,
     container_labels,
     container_name,
+    deployment_of,
+    end_message,
     explain_api_error,
     image_of,
     loopback_api_warning,
     normalize_registries,
     parse_volumes,
     plan_networks,
+    recovered_containers,
     registry_of,
     stream_logs,
     unix_socket_problem,
     without_env_values,
 )
-from baton.agent.driver import Deployment, DriverEvents, Ended
+from baton.agent.driver import Deployment, DriverEvents, Ended, Recovered
 from baton.agent.option_specs import DOCKER_OPTIONS
 from baton.exceptions import ConfigurationError, DeploymentError, PlatformUnavailableError
 from baton.schemas.core import RunConfig, RunConfigType
@@ -77,10 +80,6 @@ DEFAULT_CLIENT_TIMEOUT_SECONDS = 60.0
 COMMAND = ["python", "-m", "baton.engine"]
 # How often the daemon is pinged in the background (health, the claim gate, recovery).
 DAEMON_CHECK_SECONDS = 2.0
-# The end of a container's output that goes into its run's Failed message.
-LOG_TAIL_LINES = 20
-MAX_LOG_LINE_CHARS = 500
-MAX_END_MESSAGE_CHARS = 8000
 _RUN_CONFIG_TYPES = {RunConfigType.DOCKER, RunConfigType.UNIVERSAL}
 _ENDED_STATUSES = {"exited", "dead"}
 # A daemon that does not answer (stopped, socket gone, hung), as opposed to one that answers with an error.
@@ -166,6 +165,8 @@ class DockerDriver:
         self._stop_checking = threading.Event()
         self._checker: threading.Thread | None = None
         self._leftovers: set[str] = set()  # containers to remove once the daemon answers again
+        self._agent_name = ""  # labels its containers (open)
+        self._found: list[Recovered] = []  # containers made before a restart, for recover()
 
     def labels(self) -> list[str]:
         return []
@@ -184,7 +185,12 @@ class DockerDriver:
 
     async def open(self, events: DriverEvents) -> None:
         self._events = events
+        self._agent_name = events.name
         await asyncio.to_thread(self._stream_client)  # connects both clients: a deploy then needs no new one
+        try:
+            self._found = await asyncio.to_thread(recovered_containers, self._docker_client(), events.name)
+        except (DockerException, requests.RequestException) as exc:
+            logger.warning("cannot list the containers of an earlier run of this agent: %s", exc)
         self._checker = threading.Thread(target=self._check_daemon_loop, name="baton-docker-daemon", daemon=True)
         self._checker.start()
 
@@ -281,12 +287,7 @@ class DockerDriver:
                 f"the docker agent runs only docker and universal run configs; this run's is {run_config.type.value}"
             )
         self._check_policy(claimed)
-        container = await asyncio.to_thread(self._deploy, claimed, env)
-        return Deployment(
-            message=f"Container ID: {container.id}",
-            data={"container_id": container.id, "container_name": container.name, "image": container.image},
-            handle=container,
-        )
+        return deployment_of(await asyncio.to_thread(self._deploy, claimed, env))
 
     def _check_policy(self, claimed: ClaimedRun) -> None:
         """Refuse a run config that asks for more than the operator allows, before anything reaches the daemon.
@@ -421,7 +422,7 @@ class DockerDriver:
             "image": image,
             "command": self.command(claimed),
             "environment": environment,
-            "labels": container_labels(claimed),
+            "labels": container_labels(claimed, self._agent_name, env.get("BATON_TENANT_ID", "")),
             "host_config": self._host_config(client, run_config, gateway),
             "ports": list(run_config.ports) or None,
             "volumes": [volume.target for volume in self.volumes] or None,
@@ -485,32 +486,9 @@ class DockerDriver:
         if state.get("Status") not in _ENDED_STATUSES:
             return None
         exit_code = state.get("ExitCode")
-        message = self._end_message(client, container, info)
+        message = end_message(client, container, info)
         self._remove(client, container)
         return Ended(exit_code if isinstance(exit_code, int) else None, message)
-
-    def _end_message(self, client: APIClient, container: Container, info: dict[str, Any]) -> str | None:
-        """For a container that failed: OOM-killed or not, its error, its last log lines. None if it succeeded."""
-        state = info.get("State") or {}
-        oom = bool(state.get("OOMKilled"))
-        if state.get("ExitCode") == 0 and not oom:
-            return None
-        what = f"container {container.name} (image {container.image})"
-        if oom:
-            limit = (info.get("HostConfig") or {}).get("Memory") or 0
-            what += f" was OOM-killed: it ran out of memory (limit {limit} bytes)" if limit else " was OOM-killed"
-        if state.get("Error"):
-            what += f"; error: {state['Error']}"
-        if container.log_thread is not None:
-            container.log_thread.join(timeout=2)
-        try:
-            raw: bytes = client.logs(container.id, stdout=True, stderr=True, tail=LOG_TAIL_LINES)
-        except (DockerException, requests.RequestException) as exc:
-            return f"{what}; its logs cannot be read: {exc}"[:MAX_END_MESSAGE_CHARS]
-        lines = [line[:MAX_LOG_LINE_CHARS] for line in raw.decode(errors="replace").splitlines()]
-        if not lines:
-            return f"{what}; it wrote no output"
-        return f"{what}; last log lines:\n" + "\n".join(lines)[-MAX_END_MESSAGE_CHARS:]
 
     async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
         container: Container = deployment.handle
@@ -582,6 +560,10 @@ class DockerDriver:
         for container_id in list(self._leftovers):
             self._leftovers.discard(container_id)
             self._remove(self._docker_client(), Container(container_id, container_id[:12], ""))
+
+    async def recover(self) -> list[Recovered]:
+        found, self._found = self._found, []
+        return found
 
     def detach(self, deployment: Deployment) -> None:
         container: Container = deployment.handle

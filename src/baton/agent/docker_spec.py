@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -38,6 +39,7 @@ from docker.utils import parse_repository_tag
 from pydantic import BaseModel, ConfigDict
 
 from baton.agent.docker_policy import DockerPolicy
+from baton.agent.driver import LOG_TAIL_LINES, MAX_END_MESSAGE_CHARS, Deployment, Recovered, with_last_lines
 from baton.agent.env import is_loopback_host
 from baton.exceptions import ConfigurationError, DeploymentError
 from baton.schemas.core import StorageType
@@ -52,6 +54,8 @@ EXCLUSIVE_NETWORKS = frozenset({"host", "none"})
 LABEL_FLOW_RUN_ID = "io.baton.flow-run-id"
 LABEL_FLOW_ID = "io.baton.flow-id"
 LABEL_FLOW_NAME = "io.baton.flow-name"
+LABEL_AGENT = "io.baton.agent"  # the agent's name: a restart under it finds its containers (recover)
+LABEL_TENANT_ID = "io.baton.tenant-id"
 
 _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the daemon's rule for volume names
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -213,13 +217,39 @@ def container_name(claimed: ClaimedRun) -> str:
     return f"baton-{slug}-{short_id}"
 
 
-def container_labels(claimed: ClaimedRun) -> dict[str, str]:
-    """The labels that tie a container to its flow run (``docker ps --filter label=io.baton.flow-run-id=...``)."""
+def container_labels(claimed: ClaimedRun, agent_name: str, tenant_id: str) -> dict[str, str]:
+    """The labels that tie a container to its flow run (``docker ps --filter label=io.baton.flow-run-id=...``) and
+    to the agent that made it."""
     return {
         LABEL_FLOW_RUN_ID: claimed.flow_run.id,
         LABEL_FLOW_ID: claimed.flow.id,
         LABEL_FLOW_NAME: claimed.flow.name,
+        LABEL_AGENT: agent_name,
+        LABEL_TENANT_ID: tenant_id,
     }
+
+
+def deployment_of(container: Container) -> Deployment:
+    """A container as ``deploy`` returns it; Submitted stores its ``data``."""
+    return Deployment(
+        message=f"Container ID: {container.id}",
+        data={"container_id": container.id, "container_name": container.name, "image": container.image},
+        handle=container,
+    )
+
+
+def recovered_containers(client: APIClient, agent_name: str) -> list[Recovered]:
+    """The containers labelled with this agent's name that the daemon still holds (made before a restart)."""
+    found: list[Recovered] = []
+    for item in client.containers(all=True, filters={"label": f"{LABEL_AGENT}={agent_name}"}):
+        labels = item.get("Labels") or {}
+        run_id, names = labels.get(LABEL_FLOW_RUN_ID), item.get("Names") or []
+        if not run_id or labels.get(LABEL_AGENT) != agent_name:
+            continue
+        name = str(names[0] if names else item["Id"][:12]).lstrip("/")
+        container = Container(id=str(item["Id"]), name=name, image=str(item.get("Image") or ""))
+        found.append(Recovered(run_id, deployment_of(container), labels.get(LABEL_TENANT_ID)))
+    return found
 
 
 def without_env_values(text: str, env: dict[str, str]) -> str:
@@ -328,3 +358,24 @@ def stream_logs(client: APIClient, container: Container, prefix: str) -> None:
     if pending:
         sys.stdout.write(prefix + pending.decode(errors="replace") + "\n")
         sys.stdout.flush()
+
+
+def end_message(client: APIClient, container: Container, info: dict[str, Any]) -> str | None:
+    """For a container that failed: OOM-killed or not, its error, its last log lines. None if it succeeded."""
+    state = info.get("State") or {}
+    oom = bool(state.get("OOMKilled"))
+    if state.get("ExitCode") == 0 and not oom:
+        return None
+    what = f"container {container.name} (image {container.image})"
+    if oom:
+        limit = (info.get("HostConfig") or {}).get("Memory") or 0
+        what += f" was OOM-killed: it ran out of memory (limit {limit} bytes)" if limit else " was OOM-killed"
+    if state.get("Error"):
+        what += f"; error: {state['Error']}"
+    if container.log_thread is not None:
+        container.log_thread.join(timeout=2)
+    try:
+        raw: bytes = client.logs(container.id, stdout=True, stderr=True, tail=LOG_TAIL_LINES)
+    except (DockerException, requests.RequestException) as exc:
+        return f"{what}; its logs cannot be read: {exc}"[:MAX_END_MESSAGE_CHARS]
+    return with_last_lines(what, raw.decode(errors="replace"))

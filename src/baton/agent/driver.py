@@ -42,6 +42,20 @@ class Deployment:
     handle: Any = None
 
 
+# The end of a failed deployment's output that goes into its run's Failed message.
+LOG_TAIL_LINES = 20
+MAX_LOG_LINE_CHARS = 500
+MAX_END_MESSAGE_CHARS = 8000
+
+
+def with_last_lines(what: str, output: str) -> str:
+    """``what`` (why a deployment failed) followed by the last lines of its ``output``, each and all cut short."""
+    lines = [line[:MAX_LOG_LINE_CHARS] for line in output.splitlines()]
+    if not lines:
+        return f"{what}; it wrote no output"
+    return f"{what}; last log lines:\n" + "\n".join(lines)[-MAX_END_MESSAGE_CHARS:]
+
+
 @dataclass(frozen=True)
 class Ended:
     """What :meth:`Driver.inspect` may return for a deployment that has ended, when an exit code is not all.
@@ -56,6 +70,23 @@ class Ended:
     message: str | None = None
 
 
+@dataclass(frozen=True)
+class Recovered:
+    """A deployment the platform still holds from before the agent restarted (:meth:`Driver.recover`).
+
+    Args:
+        run_id: the run it was deployed for (from its labels).
+        deployment: as :meth:`Driver.deploy` returned it then: ``data`` equal to what Submitted stored, and a handle
+            :meth:`Driver.inspect` and :meth:`Driver.kill` accept.
+        tenant_id: the tenant it was deployed for (from its labels; None when it carries none): an agent of the
+            same name in another tenant leaves it alone.
+    """
+
+    run_id: str
+    deployment: Deployment
+    tenant_id: str | None = None
+
+
 class DriverEvents(Protocol):
     """What a driver may tell its agent, from any thread, and the agent's name (to label what it creates)."""
 
@@ -67,6 +98,10 @@ class DriverEvents(Protocol):
 
     def platform_back(self) -> None:
         """The platform is usable again: claim now, not after the current wait."""
+
+    def run_logs(self, run_id: str, entries: list[dict[str, Any]]) -> None:
+        """Lines from the platform for run ``run_id``'s logs (``LogEntry`` fields, each with a ``key`` derived from
+        its source so a line sent twice is stored once), e.g. its pod's events. Never blocks."""
 
 
 class Driver(Protocol):
@@ -128,6 +163,12 @@ class Driver(Protocol):
 
         Returns:
             What was stopped, for the Cancelled message; None when nothing of it is here to stop.
+        """
+
+    async def recover(self) -> list[Recovered]:
+        """The deployments this agent's name made before a restart that the platform still holds (found by
+        :meth:`open`). The agent adopts those whose run is still its own (inspects them to their end, cancels them)
+        and kills the rest. A platform whose deployments cannot be watched by a new process returns [].
         """
 
     def detach(self, deployment: Deployment) -> None:

@@ -48,15 +48,19 @@ from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
 from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_options
-from baton.agent.driver import Deployment, DriverEvents, Ended
+from baton.agent.driver import LOG_TAIL_LINES, Deployment, DriverEvents, Ended, Recovered, with_last_lines
 from baton.agent.env import is_loopback_host
 from baton.agent.kubernetes_spec import (
+    CONTAINER_NAME,
+    LABEL_AGENT,
     LABEL_FLOW_RUN_ID,
+    LABEL_TENANT_ID,
     JobTemplateError,
     KubernetesOptions,
     label_value,
     owner_reference,
     plan_job,
+    retries_possible,
 )
 from baton.agent.kubernetes_watch import API_TIMEOUT_SECONDS, WATCH_SECONDS, JobWatch
 from baton.exceptions import ConfigurationError, DeploymentError, PlatformUnavailableError
@@ -177,6 +181,7 @@ class KubernetesDriver:
         self._health: dict[str, str | None] = {}  # per kind of API call: why it fails, or None
         self._health_lock = threading.Lock()
         self._leftovers: set[str] = set()  # Jobs to delete once the API server answers again
+        self._found: list[Recovered] = []  # Jobs made before a restart, for recover()
         self._batch: Any = None
         self._core: Any = None
         self.watch: JobWatch | None = None
@@ -221,9 +226,37 @@ class KubernetesDriver:
             on_change=events.deployments_changed,
             on_health=self._set_health,
             clock=self._clock,
+            on_log=events.run_logs,
         )
         self.watch.watch_seconds = self.watch_seconds
+        # Before the watches start: their first list then records what these Jobs are doing now
+        self._found = await asyncio.to_thread(self._track_own_jobs)
         self.watch.start(self._agent_label)
+
+    def _track_own_jobs(self) -> list[Recovered]:
+        """The Jobs labelled with this agent's name that are there now (made before a restart), tracked."""
+        assert self.watch is not None
+        listed = _retrying(
+            self._batch.list_namespaced_job, self.options.namespace, label_selector=f"{LABEL_AGENT}={self._agent_label}"
+        )
+        found: list[Recovered] = []
+        for job in listed.items:
+            name, run_id = job.metadata.name, (job.metadata.labels or {}).get(LABEL_FLOW_RUN_ID)
+            if not run_id or job.metadata.deletion_timestamp is not None:
+                continue
+            pod = job.spec.template.spec
+            self.watch.track(
+                name, run_id, retries_possible(job.spec.backoff_limit, pod.restart_policy if pod else None)
+            )
+            self.watch.created(name)
+            data = {"job_name": name, "namespace": self.options.namespace, "job_uid": str(job.metadata.uid)}
+            tenant_id = (job.metadata.labels or {}).get(LABEL_TENANT_ID)
+            found.append(Recovered(run_id, Deployment(message=f"Job: {name}", data=data, handle=name), tenant_id))
+        return found
+
+    async def recover(self) -> list[Recovered]:
+        found, self._found = self._found, []
+        return found
 
     def _connect(self) -> Any:
         if self._api_client is not None:
@@ -283,8 +316,7 @@ class KubernetesDriver:
             raise DeploymentError(str(exc)) from exc
         assert self.watch is not None, "deploy before open"
         spec = plan.job["spec"]
-        pod = spec["template"]["spec"]
-        retries = int(spec.get("backoffLimit") or 0) > 0 or pod.get("restartPolicy") == "OnFailure"
+        retries = retries_possible(spec.get("backoffLimit"), spec["template"]["spec"].get("restartPolicy"))
         self.watch.track(plan.name, claimed.flow_run.id, retries_possible=retries)
         try:
             uid = await asyncio.to_thread(self._create, plan.name, plan.job, plan.secret, claimed.flow_run.id)
@@ -313,13 +345,13 @@ class KubernetesDriver:
             created = _retrying(self._batch.create_namespaced_job, namespace, job)
         except ApiException as exc:
             if exc.status != 409:
-                self._delete_quietly("secret", name)
+                self._delete_secret_quietly(name)
                 raise DeploymentError(f"cannot create Job {name}: {_reason(exc)}") from exc
             created = _retrying(self._batch.read_namespaced_job, name, namespace)
             if (created.metadata.labels or {}).get(LABEL_FLOW_RUN_ID) != run_id:
                 raise DeploymentError(f"a Job named {name} exists already and is not this run's") from exc
         except PlatformUnavailableError:
-            self._delete_quietly("secret", name)  # may fail too: then the token outlives its claim, revoked
+            self._delete_secret_quietly(name)  # may fail too: then the token outlives its claim, revoked
             raise
         uid = str(created.metadata.uid)
         patch = {"metadata": {"ownerReferences": [owner_reference(name, uid)]}}
@@ -338,11 +370,33 @@ class KubernetesDriver:
         if found is None:
             return None
         ended, finished_by_kubernetes = found
+        if ended.exit_code != 0:
+            ended = await asyncio.to_thread(self._with_last_lines, name, ended)
         # A Job whose end the agent decided (its pod may still start and run the flow) goes whatever the option
         if not finished_by_kubernetes or not self.options.disable_job_deletion:
             await asyncio.to_thread(self._delete_job, name, None)
         self.watch.forget(name)
         return ended
+
+    def _with_last_lines(self, name: str, ended: Ended) -> Ended:
+        """``ended`` with the last lines its flow container wrote (what a crash before the engine's own logging
+        said, e.g. an import error), when its pod is still there to ask."""
+        assert self.watch is not None
+        pod = self.watch.newest_pod(name)
+        if pod is None:
+            return ended
+        try:
+            text = self._core.read_namespaced_pod_log(
+                pod,
+                self.options.namespace,
+                container=CONTAINER_NAME,
+                tail_lines=LOG_TAIL_LINES,
+                _request_timeout=API_TIMEOUT_SECONDS,
+            )
+        except (ApiException, HTTPError) as exc:  # no container started, or no pods/log right: say less
+            logger.debug("Job %s: cannot read the logs of pod %s: %s", name, pod, exc)
+            return ended
+        return Ended(ended.exit_code, with_last_lines(ended.message or f"Job {name} failed", str(text or "")))
 
     # --- kill ------------------------------------------------------------------------------------
 
@@ -352,6 +406,10 @@ class KubernetesDriver:
 
     async def _kill(self, name: str, grace_seconds: float) -> None:
         assert self.watch is not None
+        found = self.watch.ended(name, math.inf)
+        if found is not None and found[1] and self.options.disable_job_deletion:
+            self.watch.forget(name)  # Kubernetes finished it: nothing runs, and it is kept as asked
+            return
         deleted = await asyncio.to_thread(self._delete_job, name, grace_seconds)
         # Wait for the watch to see it go, without holding a thread (a cold stop kills many runs at once)
         deadline = time.monotonic() + grace_seconds + 30
@@ -423,17 +481,17 @@ class KubernetesDriver:
     def detach(self, deployment: Deployment) -> None:
         return None  # the Job runs on in the cluster; a cancel after a restart still finds it (kill_stored)
 
-    def _delete_quietly(self, kind: str, name: str) -> None:
+    def _delete_secret_quietly(self, name: str) -> None:
         try:
             self._core.delete_namespaced_secret(name, self.options.namespace, _request_timeout=API_TIMEOUT_SECONDS)
         except ApiException as exc:
             if exc.status != 404:
-                logger.warning("could not delete %s %s: %s", kind, name, _reason(exc))
+                logger.warning("could not delete Secret %s: %s", name, _reason(exc))
         except HTTPError as exc:
-            logger.warning("could not delete %s %s: %s", kind, name, exc)
+            logger.warning("could not delete Secret %s: %s", name, exc)
 
 
-def _retrying(call: Callable[..., Any], *args: Any, attempts: int = 4) -> Any:
+def _retrying(call: Callable[..., Any], *args: Any, attempts: int = 4, **kwargs: Any) -> Any:
     """``call(*args)``, retried on what passes (429, 5xx, a connection that failed) with a growing pause.
 
     Raises:
@@ -443,7 +501,7 @@ def _retrying(call: Callable[..., Any], *args: Any, attempts: int = 4) -> Any:
     pause = 0.2
     for attempt in range(1, attempts + 1):
         try:
-            return call(*args, _request_timeout=API_TIMEOUT_SECONDS)
+            return call(*args, _request_timeout=API_TIMEOUT_SECONDS, **kwargs)
         except ApiException as exc:
             if exc.status not in _TRANSIENT or attempt == attempts:
                 raise

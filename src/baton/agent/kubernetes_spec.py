@@ -34,6 +34,7 @@ from baton.schemas.responses import ClaimedRun
 LABEL_FLOW_RUN_ID = "baton.io/flow-run-id"
 LABEL_FLOW_ID = "baton.io/flow-id"
 LABEL_AGENT = "baton.io/agent"
+LABEL_TENANT_ID = "baton.io/tenant-id"  # with LABEL_AGENT: whose Jobs a restarted agent may adopt
 CONTAINER_NAME = "flow"
 TOKEN_ENV = "BATON__API__KEY"  # noqa: S105 - the variable's name, not a secret
 TOKEN_KEY = "token"  # noqa: S105 - the key in the Secret
@@ -234,6 +235,7 @@ def plan_job(claimed: ClaimedRun, env: dict[str, str], options: KubernetesOption
         LABEL_FLOW_RUN_ID: claimed.flow_run.id,
         LABEL_FLOW_ID: claimed.flow.id,
         LABEL_AGENT: label_value(agent_name),
+        LABEL_TENANT_ID: label_value(env.get("BATON_TENANT_ID", "")),
     }
     job["apiVersion"], job["kind"] = job.get("apiVersion", "batch/v1"), "Job"
     metadata = _put(job, "metadata")
@@ -284,6 +286,12 @@ def _set_accounts(pod: dict[str, Any], run_config: RunConfig, options: Kubernete
     pull_secrets = run_config.image_pull_secrets or pod.get("imagePullSecrets") or options.image_pull_secrets
     if pull_secrets:
         pod["imagePullSecrets"] = [s if isinstance(s, dict) else {"name": s} for s in pull_secrets]
+
+
+def retries_possible(backoff_limit: int | None, restart_policy: str | None) -> bool:
+    """Whether Kubernetes may run a Job's flow container again after it failed (then only the Job's verdict
+    counts). An unset ``backoffLimit`` is Kubernetes' default, 6."""
+    return (6 if backoff_limit is None else int(backoff_limit)) > 0 or restart_policy == "OnFailure"
 
 
 def owner_reference(job_name_: str, job_uid: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import watch as k8s_watch
@@ -28,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from baton.agent.driver import Ended
 from baton.agent.kubernetes_spec import CONTAINER_NAME, LABEL_AGENT
+from baton.schemas.actions import MAX_MESSAGE_LENGTH
 
 logger = logging.getLogger("baton.agent")
 
@@ -65,6 +67,8 @@ class JobWatch:
         on_change: called (from a watch thread) after each change, so the agent inspects its runs now.
         on_health: called with None when the API server answers, with the reason when it does not.
         clock: measures how long Jobs wait for a pod.
+        on_log: called (from the events thread) with a run's id and log lines made of its pod's events; None:
+            events are not watched.
     """
 
     def __init__(
@@ -76,15 +80,18 @@ class JobWatch:
         on_change: Callable[[], None],
         on_health: Callable[[str, str | None], None],
         clock: Callable[[], float] = time.monotonic,
+        on_log: Callable[[str, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self._batch, self._core, self._namespace = batch, core, namespace
         self._sanitize = sanitize
         self._on_change, self._on_health = on_change, on_health
+        self._on_log = on_log
         self._clock = clock
         self._views: dict[str, JobView] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._events_failing = False
         self.watch_seconds = WATCH_SECONDS  # tests shorten it
 
     # --- the views -------------------------------------------------------------------------------
@@ -116,10 +123,18 @@ class JobWatch:
             view = self._views.get(name)
             return None if view is None else _ended(view, self._clock() - view.since, pending_timeout_seconds)
 
+    def newest_pod(self, name: str) -> str | None:
+        """The name of the Job's newest pod, as the pods watch saw it; None if none."""
+        with self._lock:
+            view = self._views.get(name)
+            if view is None or not view.pods:
+                return None
+            return max(view.pods, key=lambda pod: view.pods[pod].get("creationTimestamp") or "")
+
     # --- the threads -----------------------------------------------------------------------------
 
     def start(self, agent_label: str) -> None:
-        for kind in ("jobs", "pods"):
+        for kind in ("jobs", "pods", "events") if self._on_log is not None else ("jobs", "pods"):
             thread = threading.Thread(
                 target=self._follow, args=(kind, agent_label), name=f"baton-k8s-{kind}", daemon=True
             )
@@ -132,17 +147,16 @@ class JobWatch:
             thread.join(timeout)
 
     def _follow(self, kind: str, agent_label: str) -> None:
-        selector = f"{LABEL_AGENT}={agent_label}"
-        list_call = self._batch.list_namespaced_job if kind == "jobs" else self._core.list_namespaced_pod
+        list_call, selector = self._source(kind, agent_label)
         pause = 0.5
         version: str | None = None
         while not self._stop.is_set():
             try:
                 if version is None:
-                    listed = list_call(self._namespace, label_selector=selector, _request_timeout=API_TIMEOUT_SECONDS)
+                    listed = list_call(self._namespace, **selector, _request_timeout=API_TIMEOUT_SECONDS)
                     self._seen_list(kind, listed.items)
                     version = listed.metadata.resource_version
-                    self._on_health(kind, None)
+                    self._healthy(kind, None)
                 version = self._watch(kind, list_call, selector, version)
                 pause = 0.5
                 continue
@@ -156,16 +170,33 @@ class JobWatch:
                 version = None
             if self._stop.is_set():  # the agent is leaving: its connections are being closed under the watch
                 return
-            self._on_health(kind, problem)
+            self._healthy(kind, problem)
             self._stop.wait(pause)
-            pause = min(pause * 2, 10.0)
+            pause = min(pause * 2, 10.0 if kind != "events" else 60.0)
 
-    def _watch(self, kind: str, list_call: Any, selector: str, version: str) -> str | None:
+    def _source(self, kind: str, agent_label: str) -> tuple[Any, dict[str, str]]:
+        """What a kind's thread lists and watches: the agent's Jobs and pods by label; the namespace's pod events
+        (events carry no labels: they are matched to Jobs by their pod's name)."""
+        if kind == "events":
+            return self._core.list_namespaced_event, {"field_selector": "involvedObject.kind=Pod"}
+        list_call = self._batch.list_namespaced_job if kind == "jobs" else self._core.list_namespaced_pod
+        return list_call, {"label_selector": f"{LABEL_AGENT}={agent_label}"}
+
+    def _healthy(self, kind: str, problem: str | None) -> None:
+        """Jobs and pods make the agent's health; events only reach logs: their failure is said once, not fatal."""
+        if kind != "events":
+            self._on_health(kind, problem)
+            return
+        if problem is not None and not self._events_failing:
+            logger.warning("cannot watch the namespace's events (%s): pod events do not reach the runs' logs", problem)
+        self._events_failing = problem is not None
+
+    def _watch(self, kind: str, list_call: Any, selector: dict[str, str], version: str) -> str | None:
         watcher = k8s_watch.Watch()
         stream = watcher.stream(
             list_call,
             self._namespace,
-            label_selector=selector,
+            **selector,
             resource_version=version,
             timeout_seconds=self.watch_seconds,
             allow_watch_bookmarks=True,
@@ -173,7 +204,7 @@ class JobWatch:
         )
         try:
             for event in stream:
-                self._on_health(kind, None)
+                self._healthy(kind, None)
                 if self._stop.is_set():
                     break
                 # A BOOKMARK's object comes as a plain dict: only its resourceVersion matters
@@ -184,6 +215,10 @@ class JobWatch:
         return watcher.resource_version or version
 
     def _seen_list(self, kind: str, items: list[Any]) -> None:
+        if kind == "events":
+            for item in items:
+                self._seen_event(item)
+            return
         present = {item.metadata.name for item in items}
         with self._lock:
             for item in items:
@@ -199,6 +234,10 @@ class JobWatch:
         self._on_change()
 
     def _seen(self, kind: str, obj: Any, deleted: bool) -> None:
+        if kind == "events":
+            if not deleted:  # an event's expiry is not news
+                self._seen_event(obj)
+            return
         with self._lock:
             self._seen_one(kind, obj, deleted)
         self._on_change()
@@ -219,6 +258,30 @@ class JobWatch:
         status = self._sanitize(obj.status) if obj.status else {}
         status["creationTimestamp"] = str(obj.metadata.creation_timestamp or "")
         view.pods[obj.metadata.name] = status
+
+    def _seen_event(self, event: Any) -> None:
+        involved = event.involved_object
+        pod = getattr(involved, "name", None) or ""
+        job_name, _, suffix = pod.rpartition("-")
+        with self._lock:  # a Job's pods are named <job>-<5 characters> (generateName)
+            view = self._views.get(job_name) if len(suffix) == 5 and suffix.isalnum() else None
+            run_id = view.run_id if view is not None else None
+        if run_id is not None and self._on_log is not None:
+            self._on_log(run_id, [event_line(event, pod)])
+
+
+def event_line(event: Any, pod: str) -> dict[str, Any]:
+    """A pod's event as a line of its run's logs (``LogEntry`` fields): a Warning at WARNING, others at INFO; its
+    key (uid and count) makes a repeat of the same event (a relist, a restarted agent) one line."""
+    when = event.last_timestamp or event.event_time or event.first_timestamp or event.metadata.creation_timestamp
+    text = f"pod {pod}: {event.reason or 'Event'}: {event.message or ''}".strip()
+    return {
+        "key": f"k8s-{event.metadata.uid}-{event.count or 1}"[:64],
+        "timestamp": (when or datetime.now(UTC)).isoformat(),
+        "level": 30 if event.type == "Warning" else 20,
+        "name": "kubernetes",
+        "message": text[:MAX_MESSAGE_LENGTH],
+    }
 
 
 def _record_job(view: JobView, job: Any, deleted: bool) -> None:

@@ -34,7 +34,7 @@ from typing import IO, Any, Unpack
 from pydantic import BaseModel, ConfigDict, Field
 
 from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_options
-from baton.agent.driver import Deployment, DriverEvents
+from baton.agent.driver import Deployment, DriverEvents, Recovered
 from baton.agent.env import inherited_environment
 from baton.agent.option_specs import LOCAL_OPTIONS
 from baton.agent.run_as import (
@@ -374,6 +374,11 @@ class LocalDriver:
             return f"its process {pid}"
         finally:
             os.close(pidfd)
+
+    async def recover(self) -> list[Recovered]:
+        # A process the agent did not start is not its child: its end and exit code cannot be awaited. Such a
+        # process vouches for its run itself and reports its own end; a cancel still reaches it (kill_stored).
+        return []
 
     def detach(self, deployment: Deployment) -> None:
         process: subprocess.Popen[str] = deployment.handle

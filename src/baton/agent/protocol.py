@@ -59,6 +59,10 @@ class AgentApi(Protocol):
 
     def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead: ...
 
+    def get_flow(self, flow_id: str, include_source: bool = False) -> r.FlowRead: ...
+
+    def write_logs(self, flow_run_id: str, logs: list[dict[str, Any]]) -> r.LogsWritten: ...
+
     def list_flow_runs(
         self, state: str | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[r.FlowRunRead]: ...
@@ -167,6 +171,15 @@ class ApiCalls:
         return await self.call(
             f"read run {flow_run_id}", self.client.get_flow_run, flow_run_id, duty=f"run {flow_run_id}"
         )
+
+    async def get_flow(self, flow_id: str, run_id: str) -> r.FlowRead:
+        """The flow (version) of run ``run_id``, retrying transient errors (counted in the run's duty).
+
+        Raises:
+            ServerUnavailableError: see :meth:`call`.
+            ClientError: the API refused.
+        """
+        return await self.call(f"read flow {flow_id}", self.client.get_flow, flow_id, duty=f"run {run_id}")
 
     async def set_state(
         self, flow_run_id: str, state: str, message: str, data: dict[str, Any] | None = None

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baton.agent.base import Agent
-from baton.agent.driver import Deployment, DriverEvents, Ended
+from baton.agent.driver import Deployment, DriverEvents, Ended, Recovered
 from baton.exceptions import DeploymentError
 from baton.schemas.responses import ClaimedRun
 
@@ -61,6 +61,8 @@ class InMemoryDriver:
         deploy_seconds: how long each deploy takes (simulated platform latency).
         deploy_in_thread: deploy in a worker thread, like the local driver's ``Popen``: the deployment happens
             even if the task awaiting it is cancelled.
+        survivors_of: the driver of an earlier agent process on the same "platform": :meth:`recover` finds its
+            deployments that it left running (detached), as a restarted Kubernetes agent finds its Jobs.
     """
 
     agent_type = "memory"
@@ -73,7 +75,9 @@ class InMemoryDriver:
         on_deploy: Callable[[FakeDeployment], None] | None = None,
         deploy_seconds: float = 0.0,
         deploy_in_thread: bool = False,
+        survivors_of: InMemoryDriver | None = None,
     ) -> None:
+        self.survivors_of = survivors_of
         self.deploy_error = deploy_error
         self.on_deploy = on_deploy
         self.deploy_seconds = deploy_seconds
@@ -102,6 +106,19 @@ class InMemoryDriver:
 
     async def kill_stored(self, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
         return None  # nothing outlives the agent's process here
+
+    async def recover(self) -> list[Recovered]:
+        if self.survivors_of is None:
+            return []
+        with self.survivors_of._changed:
+            left = [fake for fake in self.survivors_of.history if fake.detached and fake.alive]
+        found = []
+        with self._changed:
+            for fake in left:
+                self.deployments[fake.flow_run_id] = fake  # finish() and kill() reach it through this driver now
+                deployment = Deployment(message=f"Fake ID: {fake.fake_id}", data={"fake_id": fake.fake_id}, handle=fake)
+                found.append(Recovered(fake.flow_run_id, deployment, fake.env.get("BATON_TENANT_ID")))
+        return found
 
     # --- the driver ------------------------------------------------------------------------------
 
