@@ -28,6 +28,10 @@ _LAZY = {
     "CronSchedule": "baton.sdk.schedules",
     "IntervalSchedule": "baton.sdk.schedules",
     "RRuleSchedule": "baton.sdk.schedules",
+    "APIStorage": "baton.sdk.storage",
+    "LocalStorage": "baton.sdk.storage",
+    "DockerStorage": "baton.sdk.storage",
+    "GitStorage": "baton.sdk.storage",
 }
 
 if TYPE_CHECKING:
@@ -35,16 +39,21 @@ if TYPE_CHECKING:
     from baton.sdk.flows import Flow, flow
     from baton.sdk.run_configs import DockerRun, KubernetesRun, LocalRun, UniversalRun
     from baton.sdk.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
+    from baton.sdk.storage import APIStorage, DockerStorage, GitStorage, LocalStorage
     from baton.sdk.tasks import Task, task
 
 __all__ = [
+    "APIStorage",
     "Client",
     "CronSchedule",
     "DockerRun",
+    "DockerStorage",
     "Flow",
+    "GitStorage",
     "IntervalSchedule",
     "KubernetesRun",
     "LocalRun",
+    "LocalStorage",
     "RRuleSchedule",
     "Task",
     "UniversalRun",

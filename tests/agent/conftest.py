@@ -18,6 +18,11 @@ from .fake_api import FakeApi
 
 if TYPE_CHECKING:
     # Imported where used: the server's stack costs a second or so to import, which tests without it need not pay.
+    from baton.agent.docker import DockerAgent
+    from baton.client import Client
+    from docker_support import DockerCleanup
+    from support import ServerProcess
+
     from .app_api import AppApi, InProcessServer
 
 AGENT_KEY = "bat_agent_key_for_tests_0123456789abcdef"
@@ -149,3 +154,42 @@ def make_app_agent(app_settings: BatonSettings, app_api: AppApi) -> Callable[...
         return agent
 
     return _make
+
+
+# --- the Docker agent's tests (test_docker*.py) ---------------------------------------------------------------
+
+
+@pytest.fixture
+def runner_key(admin: Client) -> str:
+    return admin.create_api_key("runner", name="docker agent tests").key
+
+
+@pytest.fixture
+def fast_settings() -> BatonSettings:
+    return load_settings(agent={"poll_wait_seconds": 1.0, "heartbeat_interval_seconds": 0.5})
+
+
+@pytest.fixture
+def docker_agent(server: ServerProcess, runner_key: str, fast_settings: BatonSettings) -> Callable[..., DockerAgent]:
+    """Makes Docker agents of the test server (host network, a fast watch)."""
+    from baton.agent.docker import DockerAgent
+
+    def _make(**options: Any) -> DockerAgent:
+        options.setdefault("networks", ["host"])
+        agent = DockerAgent(settings=fast_settings, key=runner_key, api=server.url, **options)
+        agent.watch_interval_seconds = 0.2
+        return agent
+
+    return _make
+
+
+@pytest.fixture
+def new_run(admin: Client, docker_cleanup: DockerCleanup) -> Callable[..., str]:
+    """Create a run of a flow; its containers are removed after the test whatever happens."""
+
+    def _create(flow_name: str, **options: Any) -> str:
+        run_id = admin.create_flow_run(flow_name=flow_name, **options).id
+        docker_cleanup.containers_labelled(f"io.baton.flow-run-id={run_id}")
+        return run_id
+
+    return _create

@@ -6,8 +6,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+from sqlalchemy import update
+
 from baton.agent.testing import InMemoryAgent, InMemoryDriver
 from baton.exceptions import PermissionDeniedError
+from baton.server.database.connection import transaction
+from baton.server.database.orm import FlowRun
 
 from .app_api import AppApi
 from .conftest import AgentThread
@@ -72,23 +76,29 @@ def test_a_restarted_agent_cancels_an_adopted_run_by_stopping_its_deployment(
 def test_what_is_no_longer_the_agents_is_killed_and_what_it_cannot_judge_is_left_alone(
     app_api: AppApi, make_app_agent: MakeAgent, run_in_thread: RunInThread
 ) -> None:
-    first = left_running(app_api, make_app_agent, run_in_thread, 4)
-    ended, foreign, unknown, unreadable = first.history
+    first = left_running(app_api, make_app_agent, run_in_thread, 5)
+    ended, foreign, unknown, unreadable, others = first.history
     # One run ended meanwhile (an operator failed it); one deployment is another tenant's agent's of the same name;
-    # one names a run the server does not know; one run cannot be read (the API refuses)
+    # one names a run the server does not know; one run cannot be read (the API refuses); one run is held by
+    # another agent of the same name (other labels: another agent id) with this very deployment
     app_api.admin.set_flow_run_state(ended.flow_run_id, "Failed", "failed by hand")
     foreign.env["BATON_TENANT_ID"] = str(uuid.uuid4())
     unknown.claimed.flow_run.id = str(uuid.uuid4())
+    other_agent = app_api.register_agent(first.name, "memory", ["other-labels"])
+    with transaction(app_api.server.session_factory) as session:
+        session.execute(update(FlowRun).where(FlowRun.id == others.flow_run_id).values(agent_id=other_agent.id))
     second = make_app_agent(driver=InMemoryDriver(survivors_of=first.driver))
     # Runs are read in the order the platform lists them, the foreign one not at all: refuse the third read
     app_api.fail_next("get_flow_run", None, None, PermissionDeniedError(403, "not for you"))
     running = run_in_thread(second)
     second.wait_for(lambda: ended.killed)
+    app_api.wait_for(lambda: sum(method == "get_flow_run" for method, _ in app_api.calls) >= 4)
 
     assert ended.killed and app_api.state(ended.flow_run_id) == "Failed"
     assert not foreign.killed and foreign.alive
     assert not unknown.killed
     assert not unreadable.killed and unreadable.alive
+    assert not others.killed and others.alive
     assert len(second.registry) == 0  # nothing adopted: the slots are free for new claims
     second.stop()
     running.join()

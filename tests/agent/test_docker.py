@@ -27,7 +27,7 @@ from baton.client import Client
 from baton.exceptions import PlatformUnavailableError
 from baton.schemas.responses import ClaimedRun
 from baton.schemas.states import FINAL_STATES
-from baton.settings import BatonSettings, load_settings
+from baton.settings import BatonSettings
 from docker_support import DockerCleanup
 from support import HELLO_SOURCE, ServerProcess, free_port, wait_for
 
@@ -51,39 +51,6 @@ pytestmark = pytest.mark.integration
 
 MakeAgent = Callable[..., DockerAgent]
 RunInThread = Callable[[Any], AgentThread]
-
-
-@pytest.fixture
-def runner_key(admin: Client) -> str:
-    return admin.create_api_key("runner", name="docker agent tests").key
-
-
-@pytest.fixture
-def fast_settings() -> BatonSettings:
-    return load_settings(agent={"poll_wait_seconds": 1.0, "heartbeat_interval_seconds": 0.5})
-
-
-@pytest.fixture
-def docker_agent(server: ServerProcess, runner_key: str, fast_settings: BatonSettings) -> MakeAgent:
-    def _make(**options: Any) -> DockerAgent:
-        options.setdefault("networks", ["host"])
-        agent = DockerAgent(settings=fast_settings, key=runner_key, api=server.url, **options)
-        agent.watch_interval_seconds = 0.2
-        return agent
-
-    return _make
-
-
-@pytest.fixture
-def new_run(admin: Client, docker_cleanup: DockerCleanup) -> Callable[..., str]:
-    """Create a run of a flow; its containers are removed after the test whatever happens."""
-
-    def _create(flow_name: str, **options: Any) -> str:
-        run_id = admin.create_flow_run(flow_name=flow_name, **options).id
-        docker_cleanup.containers_labelled(f"io.baton.flow-run-id={run_id}")
-        return run_id
-
-    return _create
 
 
 def stop_agent(agent: DockerAgent, running: AgentThread) -> None:

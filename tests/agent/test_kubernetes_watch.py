@@ -23,7 +23,8 @@ def job(name: str, version: str, **conditions: str) -> Any:
             for kind, reason in conditions.items()
         ]
     )
-    return SimpleNamespace(metadata=SimpleNamespace(name=name, resource_version=version, labels={}), status=status)
+    metadata = SimpleNamespace(name=name, resource_version=version, labels={}, uid=f"uid-{name}")
+    return SimpleNamespace(metadata=metadata, status=status)
 
 
 class FakeWatch:
@@ -85,9 +86,9 @@ def test_bookmarks_expiry_and_errors_never_kill_the_watch_and_a_run_still_ends(m
     assert health[-1] == ("jobs", None)
 
 
-def pod_event(pod: str, reason: str, uid: str = "u-1", count: int = 1, kind: str = "Normal") -> Any:
+def pod_event(pod_uid: str, reason: str, uid: str = "u-1", count: int = 1, kind: str = "Normal") -> Any:
     return SimpleNamespace(
-        involved_object=SimpleNamespace(kind="Pod", name=pod),
+        involved_object=SimpleNamespace(kind="Pod", name=f"pod-{pod_uid}", uid=pod_uid),
         reason=reason,
         message=f"{reason} happened",
         type=kind,
@@ -99,47 +100,47 @@ def pod_event(pod: str, reason: str, uid: str = "u-1", count: int = 1, kind: str
     )
 
 
-def test_events_of_the_agents_pods_become_lines_of_their_runs_logs_and_others_are_ignored(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import baton.agent.kubernetes_watch as module
-
-    monkeypatch.setattr(module.k8s_watch, "Watch", FakeWatch)
-    FakeWatch.calls = []
-    FakeWatch.scripts = [
-        [
-            {"type": "ADDED", "object": pod_event("baton-a-x1y2z", "Pulling", uid="u-2")},
-            {"type": "ADDED", "object": pod_event("someone-else-abcde", "Pulling", uid="u-3")},  # not the agent's
-            {"type": "ADDED", "object": pod_event("baton-a-x1y2z-extra", "Pulling", uid="u-4")},  # another Job's
-            {"type": "MODIFIED", "object": pod_event("baton-a-x1y2z", "BackOff", uid="u-5", count=2, kind="Warning")},
-            {"type": "DELETED", "object": pod_event("baton-a-x1y2z", "Gone", uid="u-6")},  # expiry: not news
-        ]
-    ]
-    listed = SimpleNamespace(
-        items=[pod_event("baton-a-x1y2z", "Scheduled")], metadata=SimpleNamespace(resource_version="2")
+def pod(uid: str, job_name: str, controller_uid: str | None) -> Any:
+    owners = [SimpleNamespace(controller=True, kind="Job", uid=controller_uid)] if controller_uid else []
+    metadata = SimpleNamespace(
+        name=f"pod-{uid}", uid=uid, labels={"job-name": job_name}, owner_references=owners, creation_timestamp=None
     )
-    api = SimpleNamespace(list_namespaced_event=lambda *a, **k: listed)
+    return SimpleNamespace(metadata=metadata, status=None)
+
+
+def test_events_of_the_jobs_own_pods_become_lines_of_their_runs_logs_and_others_are_ignored() -> None:
     lines: list[tuple[str, dict[str, Any]]] = []
-    got = threading.Event()
+    api = SimpleNamespace()
+    watch = JobWatch(
+        api,
+        api,
+        "ns",
+        lambda s: {},
+        lambda: None,
+        lambda kind, why: None,
+        on_log=lambda r, e: lines.extend((r, x) for x in e),
+    )
+    watch.track("baton-a", "run-a", retries_possible=False, uid="job-a")
 
-    def on_log(run_id: str, entries: list[dict[str, Any]]) -> None:
-        lines.extend((run_id, entry) for entry in entries)
-        if len(lines) >= 3:
-            got.set()
-
-    watch = JobWatch(api, api, "ns", lambda s: {}, lambda: None, lambda kind, why: None, on_log=on_log)
-    watch.track("baton-a", "run-a", retries_possible=False)
-    original = watch._follow
-    monkeypatch.setattr(watch, "_follow", lambda kind, label: original(kind, label) if kind == "events" else None)
-    watch.start("agent")
-    assert got.wait(10)
-    watch.stop(2.0)
+    # An event that comes before its pod is kept until the pod is seen
+    watch._seen("events", pod_event("p1", "Scheduled", uid="e-1"), deleted=False)
+    assert lines == []
+    watch._seen("pods", pod("p1", "baton-a", "job-a"), deleted=False)
+    watch._seen("events", pod_event("p1", "Pulling", uid="e-2"), deleted=False)
+    watch._seen("events", pod_event("p1", "BackOff", uid="e-3", count=2, kind="Warning"), deleted=False)
+    watch._seen("events", pod_event("p1", "Gone", uid="e-4"), deleted=True)  # an event's expiry: not news
+    # A pod that only claims to be the Job's (its label), and one of another Job: their events go nowhere
+    watch._seen("pods", pod("forged", "baton-a", None), deleted=False)
+    watch._seen("pods", pod("other", "baton-a", "job-b"), deleted=False)
+    watch._seen("events", pod_event("forged", "Pulling", uid="e-5"), deleted=False)
+    watch._seen("events", pod_event("other", "Pulling", uid="e-6"), deleted=False)
 
     assert [(run_id, entry["message"]) for run_id, entry in lines] == [
-        ("run-a", "pod baton-a-x1y2z: Scheduled: Scheduled happened"),
-        ("run-a", "pod baton-a-x1y2z: Pulling: Pulling happened"),
-        ("run-a", "pod baton-a-x1y2z: BackOff: BackOff happened"),
+        ("run-a", "pod pod-p1: Scheduled: Scheduled happened"),
+        ("run-a", "pod pod-p1: Pulling: Pulling happened"),
+        ("run-a", "pod pod-p1: BackOff: BackOff happened"),
     ]
     assert [entry["level"] for _, entry in lines] == [20, 20, 30]
-    assert [entry["key"] for _, entry in lines] == ["k8s-u-1-1", "k8s-u-2-1", "k8s-u-5-2"]
+    assert [entry["key"] for _, entry in lines] == ["k8s-e-1-1", "k8s-e-2-1", "k8s-e-3-2"]
     assert all(entry["name"] == "kubernetes" for _, entry in lines)
+    assert watch.newest_pod("baton-a") == "pod-p1"  # nor does a forged pod's log end up in a Failed message

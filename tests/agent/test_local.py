@@ -22,6 +22,7 @@ from baton.agent.local import LocalAgent, LocalDriver, LocalOptions, exit_code_o
 from baton.backoff import Backoff
 from baton.exceptions import DeploymentError
 from baton.labels import hostname_label
+from baton.schemas.core import Storage
 from baton.schemas.responses import ClaimedRun
 from baton.settings import BatonSettings
 
@@ -175,6 +176,15 @@ def test_a_missing_working_dir_fails_the_deployment_naming_it(
 def test_a_run_config_of_another_platform_is_refused(make_local: Callable[..., ScriptAgent], api: FakeApi) -> None:
     with pytest.raises(DeploymentError, match="docker"):
         deploy(make_local(), claimed(api, type="docker", image="python:3.11"))
+
+
+def test_a_flow_whose_code_is_in_an_image_is_refused_naming_the_agents_that_run_it(
+    make_local: Callable[..., ScriptAgent], api: FakeApi
+) -> None:
+    run = claimed(api, type="universal")
+    run.flow.storage = Storage(type="docker", image="flows:1", path="/opt/flows/etl.py")
+    with pytest.raises(DeploymentError, match=r"storage docker.*a docker or kubernetes agent runs it"):
+        deploy(make_local(), run)
 
 
 def test_process_gets_working_dir_env_and_import_paths(

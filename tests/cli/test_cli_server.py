@@ -80,8 +80,9 @@ def test_register_prints_name_version_and_id(cli_server: CliServer, registered: 
     table = ok(cli_server.baton("register", HELLO, "--label", "extra"))
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["flow", "version", "id", "labels", "storage"]
-    name, version, flow_id, labels, storage = lines[2].split()
+    name, version, flow_id, labels, storage, *bundle = lines[2].split()
     assert (name, version, labels, storage) == ("hello", "2", "extra", "api")
+    assert bundle[0] == "(2" and bundle[1] == "files,", lines[2]  # examples/: hello.py and failing.py
     assert flow_id != hello["id"]
 
 
@@ -315,3 +316,53 @@ def test_watch_exits_1_when_the_run_fails(
     assert final["state"] == "Failed"
     assert "something went wrong with 41" in (final["state_message"] or "")
     assert result.stderr.splitlines()[0] == final["id"]
+
+
+BUNDLED_FLOW = """
+from pathlib import Path
+
+from baton import flow
+
+import local_mod
+from helpers.text import shout
+
+
+@flow
+def bundled() -> str:
+    here = Path(__file__).parent
+    # What .batonignore and the hidden-file rule left behind did not travel
+    assert not (here / "data").exists() and not (here / ".env").exists(), sorted(p.name for p in here.iterdir())
+    print(shout(local_mod.GREETING), flush=True)
+    return shout(local_mod.GREETING)
+"""
+
+
+def test_a_flow_runs_with_its_folders_modules_and_packages_and_unchanged_code_is_no_new_version(
+    cli_server: CliServer, local_agent: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    for name, text in {
+        "bundled_flow.py": BUNDLED_FLOW,
+        "local_mod.py": "GREETING = 'hello from a sibling'\n",
+        "helpers/__init__.py": "",
+        "helpers/text.py": "def shout(text):\n    return text.upper() + '!'\n",
+        "data/big.csv": "x,y\n" * 1000,
+        ".batonignore": "data/\n",
+        ".env": "SECRET=do-not-ship\n",
+    }.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+
+    [first] = as_json(cli_server.baton("register", str(project / "bundled_flow.py"), "--json"))
+    assert first["storage"]["path"] == "bundled_flow.py" and len(first["storage"]["bundle"]) == 64
+    watched = ok(cli_server.baton("run", "bundled", "-l", "e2e", "--watch")).stdout
+    assert "HELLO FROM A SIBLING!" in watched, watched
+
+    # Unchanged code: the same version; a changed helper alone: a new one, which the next run uses
+    [again] = as_json(cli_server.baton("register", str(project / "bundled_flow.py"), "--json"))
+    assert (again["version"], again["storage"]["bundle"]) == (first["version"], first["storage"]["bundle"])
+    (project / "helpers" / "text.py").write_text("def shout(text):\n    return text.upper() + '?!'\n")
+    table = ok(cli_server.baton("register", str(project / "bundled_flow.py"))).stdout
+    assert "api (4 files," in table, table
+    watched = ok(cli_server.baton("run", "bundled", "-l", "e2e", "--watch")).stdout
+    assert "HELLO FROM A SIBLING?!" in watched, watched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import signal
 import subprocess
 import sys
@@ -205,10 +206,21 @@ def test_local_storage_with_a_missing_file_is_a_flow_load_error(tmp_path: Path) 
         load_flow(flow_read("", "hello", storage))
 
 
-@pytest.mark.parametrize("kind", [StorageType.DOCKER, StorageType.GIT])
-def test_storage_kinds_not_supported_yet_are_flow_load_errors(kind: StorageType) -> None:
-    with pytest.raises(FlowLoadError, match=f"storage '{kind.value}' is not supported"):
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [(StorageType.DOCKER, "has docker storage but no path"), (StorageType.GIT, "git storage but no repository")],
+)
+def test_a_storage_lacking_what_it_needs_is_a_flow_load_error(kind: StorageType, why: str) -> None:
+    with pytest.raises(FlowLoadError, match=why):
         load_flow(flow_read("", "hello", Storage(type=kind)))
+
+
+def test_a_bundle_the_engine_cannot_download_is_a_flow_load_error() -> None:
+    storage = Storage(type=StorageType.API, bundle="0" * 64, path="flow.py")
+    with pytest.raises(FlowLoadError, match="has a bundle this engine cannot read"):
+        load_flow(flow_read("", "hello", storage))
+    with pytest.raises(FlowLoadError, match="does not match its digest"):
+        load_flow(flow_read("", "hello", storage), fetch_bundle=lambda digest: gzip.compress(b"", mtime=0))
 
 
 # --- heartbeat ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from baton.exceptions import ConfigurationError, FlowLoadError
 from baton.labels import hostname_label, normalize_labels
 from baton.schemas.actions import FlowCreate
 from baton.sdk.registration import build_flow_payload, load_flows
+from baton.sdk.run_configs import DockerRun
 from baton.sdk.storage import APIStorage, LocalStorage, resolve_storage
 
 WriteFlow = Callable[[str, str], Path]
@@ -212,15 +213,25 @@ def test_local_storage_with_an_explicit_path_uses_it(write_flow_file: WriteFlow,
     assert payload["storage"]["path"] == str((tmp_path / "deployed" / "etl.py").resolve())
 
 
-@pytest.mark.parametrize("name", ["docker", "git"])
-def test_docker_and_git_storage_are_accepted_names_but_refused_at_registration(
-    name: str, write_flow_file: WriteFlow
-) -> None:
+def test_storage_docker_by_name_needs_an_image_and_git_by_name_its_repository(write_flow_file: WriteFlow) -> None:
     path = write_flow_file("two_flows", TWO_FLOWS)
     etl, _ = load_flows(path)
 
-    with pytest.raises(ConfigurationError, match=f"storage '{name}' is not supported yet"):
-        build_flow_payload(etl, path, storage=name)
+    with pytest.raises(FlowLoadError, match="storage 'docker' needs an image"):
+        build_flow_payload(etl, path, storage="docker")
+    with pytest.raises(ConfigurationError, match="storage 'git' needs its repository"):
+        build_flow_payload(etl, path, storage="git")
+    etl.run_config = DockerRun(image="flows:1")
+    payload = build_flow_payload(etl, path, storage="docker")
+    assert payload["storage"] == {
+        "type": "docker",
+        "path": "/opt/flows/two_flows.py",
+        "image": None,
+        "repo": None,
+        "ref": None,
+        "bundle": None,
+    }
+    assert payload["source"] is None
 
 
 def test_storage_names_resolve_to_storage_objects() -> None:

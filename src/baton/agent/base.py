@@ -291,6 +291,7 @@ class Agent:
             identity,
             kill_grace_seconds=timings.kill_grace_seconds,
             on_change=lifecycle.update_active,
+            spawn=tasks.spawn,
             run_timeout_seconds=settings.run_timeout_seconds,
             clock=self.clock,
         )
@@ -330,6 +331,10 @@ class Agent:
     def deployments_changed(self) -> None:
         """Tell the watch loop to inspect deployments now, not at its next tick. Thread-safe."""
         self._call_soon(self.wakeups.wake_watch)
+
+    @property
+    def sends_run_logs(self) -> bool:
+        return self.platform_logs.enabled
 
     def run_logs(self, run_id: str, entries: list[dict[str, Any]]) -> None:
         """Lines from the platform for run ``run_id``'s logs (``LogEntry`` fields). Thread-safe."""

@@ -565,6 +565,9 @@ class DockerDriver:
         found, self._found = self._found, []
         return found
 
+    def forget(self, deployment: Deployment) -> None:
+        return None  # nothing is watched but what the agent holds
+
     def detach(self, deployment: Deployment) -> None:
         container: Container = deployment.handle
         # Remove it when it ends, if this process lives that long; else it stays, exited, until removed by hand

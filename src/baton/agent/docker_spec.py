@@ -39,7 +39,14 @@ from docker.utils import parse_repository_tag
 from pydantic import BaseModel, ConfigDict
 
 from baton.agent.docker_policy import DockerPolicy
-from baton.agent.driver import LOG_TAIL_LINES, MAX_END_MESSAGE_CHARS, Deployment, Recovered, with_last_lines
+from baton.agent.driver import (
+    LOG_TAIL_LINES,
+    MAX_END_MESSAGE_CHARS,
+    Deployment,
+    Recovered,
+    is_run_id,
+    with_last_lines,
+)
 from baton.agent.env import is_loopback_host
 from baton.exceptions import ConfigurationError, DeploymentError
 from baton.schemas.core import StorageType
@@ -244,11 +251,13 @@ def recovered_containers(client: APIClient, agent_name: str) -> list[Recovered]:
     for item in client.containers(all=True, filters={"label": f"{LABEL_AGENT}={agent_name}"}):
         labels = item.get("Labels") or {}
         run_id, names = labels.get(LABEL_FLOW_RUN_ID), item.get("Names") or []
-        if not run_id or labels.get(LABEL_AGENT) != agent_name:
+        if not is_run_id(run_id) or labels.get(LABEL_AGENT) != agent_name:
             continue
         name = str(names[0] if names else item["Id"][:12]).lstrip("/")
         container = Container(id=str(item["Id"]), name=name, image=str(item.get("Image") or ""))
-        found.append(Recovered(run_id, deployment_of(container), labels.get(LABEL_TENANT_ID)))
+        # Matched on its id alone: the image the daemon lists is a digest once its tag has moved on
+        deployment = Deployment(f"Container ID: {container.id}", {"container_id": container.id}, container)
+        found.append(Recovered(str(run_id), deployment, labels.get(LABEL_TENANT_ID)))
     return found
 
 

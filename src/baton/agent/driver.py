@@ -20,6 +20,7 @@ Usage::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,6 +71,14 @@ class Ended:
     message: str | None = None
 
 
+def is_run_id(value: object) -> bool:
+    """Whether ``value`` (read from a platform's labels, which anyone with access there may set) is a run id."""
+    return isinstance(value, str) and _RUN_ID.match(value) is not None
+
+
+_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
 @dataclass(frozen=True)
 class Recovered:
     """A deployment the platform still holds from before the agent restarted (:meth:`Driver.recover`).
@@ -98,6 +107,11 @@ class DriverEvents(Protocol):
 
     def platform_back(self) -> None:
         """The platform is usable again: claim now, not after the current wait."""
+
+    @property
+    def sends_run_logs(self) -> bool:
+        """Whether :meth:`run_logs` sends anything (not under ``--no-cloud-logs``): a driver need not collect
+        lines that would be dropped."""
 
     def run_logs(self, run_id: str, entries: list[dict[str, Any]]) -> None:
         """Lines from the platform for run ``run_id``'s logs (``LogEntry`` fields, each with a ``key`` derived from
@@ -173,3 +187,7 @@ class Driver(Protocol):
 
     def detach(self, deployment: Deployment) -> None:
         """The agent exits while ``deployment`` still runs (``--max-polls``, fatal error): let it go on alone."""
+
+    def forget(self, deployment: Deployment) -> None:
+        """Stop watching a recovered deployment this agent neither adopts nor kills (another agent's); touch
+        nothing of it."""

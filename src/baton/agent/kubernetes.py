@@ -48,9 +48,10 @@ from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
 from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_options
-from baton.agent.driver import LOG_TAIL_LINES, Deployment, DriverEvents, Ended, Recovered, with_last_lines
+from baton.agent.driver import LOG_TAIL_LINES, Deployment, DriverEvents, Ended, Recovered, is_run_id, with_last_lines
 from baton.agent.env import is_loopback_host
 from baton.agent.kubernetes_spec import (
+    ANNOTATION_AGENT_NAME,
     CONTAINER_NAME,
     LABEL_AGENT,
     LABEL_FLOW_RUN_ID,
@@ -177,6 +178,7 @@ class KubernetesDriver:
         self._api_client = api_client
         self._clock = clock
         self._agent_label = ""
+        self._agent_name = ""
         self._events: DriverEvents | None = None
         self._health: dict[str, str | None] = {}  # per kind of API call: why it fails, or None
         self._health_lock = threading.Lock()
@@ -205,7 +207,7 @@ class KubernetesDriver:
     async def open(self, events: DriverEvents) -> None:
         self._events = events
         # The agent's name labels its Jobs (baton.io/agent): the watches follow those only.
-        self._agent_label = label_value(events.name)
+        self._agent_name, self._agent_label = events.name, label_value(events.name)
         api_client = await asyncio.to_thread(self._connect)
         self._batch, self._core = k8s.BatchV1Api(api_client), k8s.CoreV1Api(api_client)
         try:  # the namespace is usable with these credentials: fail at start, not at the first run
@@ -226,7 +228,7 @@ class KubernetesDriver:
             on_change=events.deployments_changed,
             on_health=self._set_health,
             clock=self._clock,
-            on_log=events.run_logs,
+            on_log=events.run_logs if events.sends_run_logs else None,  # no events watch under --no-cloud-logs
         )
         self.watch.watch_seconds = self.watch_seconds
         # Before the watches start: their first list then records what these Jobs are doing now
@@ -234,24 +236,33 @@ class KubernetesDriver:
         self.watch.start(self._agent_label)
 
     def _track_own_jobs(self) -> list[Recovered]:
-        """The Jobs labelled with this agent's name that are there now (made before a restart), tracked."""
+        """The Jobs this agent's name made that are there now (before a restart), tracked; [] when they cannot be
+        listed (the agent starts all the same: a cancel still finds them through kill_stored)."""
         assert self.watch is not None
-        listed = _retrying(
-            self._batch.list_namespaced_job, self.options.namespace, label_selector=f"{LABEL_AGENT}={self._agent_label}"
-        )
+        try:
+            listed = _retrying(
+                self._batch.list_namespaced_job,
+                self.options.namespace,
+                label_selector=f"{LABEL_AGENT}={self._agent_label}",
+            )
+        except (ApiException, PlatformUnavailableError) as exc:
+            logger.warning("cannot list the Jobs of an earlier run of this agent: %s", exc)
+            return []
         found: list[Recovered] = []
         for job in listed.items:
-            name, run_id = job.metadata.name, (job.metadata.labels or {}).get(LABEL_FLOW_RUN_ID)
-            if not run_id or job.metadata.deletion_timestamp is not None:
+            metadata = job.metadata
+            run_id = (metadata.labels or {}).get(LABEL_FLOW_RUN_ID)
+            # The label is the name cut and cleaned: another agent's may share it; the annotation is the whole name
+            mine = (metadata.annotations or {}).get(ANNOTATION_AGENT_NAME) == self._agent_name
+            if not mine or not is_run_id(run_id) or metadata.deletion_timestamp is not None:
                 continue
             pod = job.spec.template.spec
-            self.watch.track(
-                name, run_id, retries_possible(job.spec.backoff_limit, pod.restart_policy if pod else None)
-            )
-            self.watch.created(name)
-            data = {"job_name": name, "namespace": self.options.namespace, "job_uid": str(job.metadata.uid)}
-            tenant_id = (job.metadata.labels or {}).get(LABEL_TENANT_ID)
-            found.append(Recovered(run_id, Deployment(message=f"Job: {name}", data=data, handle=name), tenant_id))
+            retries = retries_possible(job.spec.backoff_limit, pod.restart_policy if pod else None)
+            self.watch.track(metadata.name, str(run_id), retries, uid=str(metadata.uid))
+            self.watch.created(metadata.name)
+            data = {"job_name": metadata.name, "namespace": self.options.namespace, "job_uid": str(metadata.uid)}
+            deployment = Deployment(message=f"Job: {metadata.name}", data=data, handle=metadata.name)
+            found.append(Recovered(str(run_id), deployment, (metadata.labels or {}).get(LABEL_TENANT_ID)))
         return found
 
     async def recover(self) -> list[Recovered]:
@@ -311,7 +322,7 @@ class KubernetesDriver:
                 f"{run_config.type.value}"
             )
         try:
-            plan = plan_job(claimed, env, self.options, agent_name=self._agent_label)
+            plan = plan_job(claimed, env, self.options, agent_name=self._agent_name)
         except JobTemplateError as exc:
             raise DeploymentError(str(exc)) from exc
         assert self.watch is not None, "deploy before open"
@@ -328,7 +339,7 @@ class KubernetesDriver:
             self.watch.forget(plan.name)
             raise
         self._set_health("deploy", None)
-        self.watch.created(plan.name)
+        self.watch.created(plan.name, uid)
         data = {"job_name": plan.name, "namespace": self.options.namespace, "job_uid": uid}
         return Deployment(message=f"Job: {plan.name}", data=data, handle=plan.name)
 
@@ -393,7 +404,7 @@ class KubernetesDriver:
                 tail_lines=LOG_TAIL_LINES,
                 _request_timeout=API_TIMEOUT_SECONDS,
             )
-        except (ApiException, HTTPError) as exc:  # no container started, or no pods/log right: say less
+        except Exception as exc:  # no container started, no pods/log right, the API away: the message says less
             logger.debug("Job %s: cannot read the logs of pod %s: %s", name, pod, exc)
             return ended
         return Ended(ended.exit_code, with_last_lines(ended.message or f"Job {name} failed", str(text or "")))
@@ -473,13 +484,17 @@ class KubernetesDriver:
         if labels.get(LABEL_FLOW_RUN_ID) != run_id or data.get("job_uid") not in (None, job.metadata.uid):
             return None
         assert self.watch is not None
-        self.watch.track(name, run_id, retries_possible=False)
+        self.watch.track(name, run_id, retries_possible=False, uid=str(job.metadata.uid))
         self.watch.created(name)
         await self._kill(name, grace_seconds)
         return f"its Job {name}"
 
     def detach(self, deployment: Deployment) -> None:
-        return None  # the Job runs on in the cluster; a cancel after a restart still finds it (kill_stored)
+        return None  # the Job runs on in the cluster; a restarted agent adopts it (recover)
+
+    def forget(self, deployment: Deployment) -> None:
+        assert self.watch is not None
+        self.watch.forget(deployment.handle)
 
     def _delete_secret_quietly(self, name: str) -> None:
         try:

@@ -28,12 +28,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from baton.schemas.core import RunConfig
+from baton.schemas.core import RunConfig, StorageType
 from baton.schemas.responses import ClaimedRun
 
 LABEL_FLOW_RUN_ID = "baton.io/flow-run-id"
 LABEL_FLOW_ID = "baton.io/flow-id"
 LABEL_AGENT = "baton.io/agent"
+ANNOTATION_AGENT_NAME = "baton.io/agent-name"
 LABEL_TENANT_ID = "baton.io/tenant-id"  # with LABEL_AGENT: whose Jobs a restarted agent may adopt
 CONTAINER_NAME = "flow"
 TOKEN_ENV = "BATON__API__KEY"  # noqa: S105 - the variable's name, not a secret
@@ -244,6 +245,8 @@ def plan_job(claimed: ClaimedRun, env: dict[str, str], options: KubernetesOption
         raise JobTemplateError(f"the job template's namespace {given_namespace!r} is not the agent's")
     metadata.update(name=name, namespace=options.namespace)
     _put(metadata, "labels").update(labels)
+    # The agent's whole name (a label value is cut and cleaned): what a restart of this agent looks for
+    _put(metadata, "annotations")[ANNOTATION_AGENT_NAME] = agent_name
     spec = _put(job, "spec")
     spec.setdefault("backoffLimit", 0)
     if options.job_ttl_seconds and not options.disable_job_deletion:
@@ -256,7 +259,9 @@ def plan_job(claimed: ClaimedRun, env: dict[str, str], options: KubernetesOption
         raise JobTemplateError(f"a Job's pods restart Never or OnFailure, not {pod['restartPolicy']!r}")
     _set_accounts(pod, run_config, options)
     container = _flow_container(pod)
-    image = run_config.image or container.get("image") or options.default_image
+    storage = claimed.flow.storage
+    storage_image = storage.image if storage.type == StorageType.DOCKER else None
+    image = run_config.image or storage_image or container.get("image") or options.default_image
     if not image:
         raise JobTemplateError("no image: the run config names none, nor the template, nor the agent")
     container["image"] = image

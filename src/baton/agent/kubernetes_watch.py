@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ CANNOT_START = frozenset({"ErrImageNeverPull", "ImagePullBackOff", "InvalidImage
 _STARTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
 # Watches end server-side after this long and resume from their resourceVersion (below the API server's limits).
 WATCH_SECONDS = 60
+EARLY_EVENTS = 256  # pod events kept until their pod is seen (the events and pods watches are two threads)
 API_TIMEOUT_SECONDS = 30
 
 
@@ -55,7 +57,9 @@ class JobView:
     complete: bool = False
     failed_reason: str | None = None
     gone: bool = False
+    uid: str | None = None  # the Job's uid: its pods are those it controls (ownerReferences), not those named so
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # pod name -> its status (a dict)
+    pod_uids: set[str] = field(default_factory=set)
 
 
 class JobWatch:
@@ -92,23 +96,30 @@ class JobWatch:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._events_failing = False
+        self._pod_jobs: dict[str, str] = {}  # pod uid -> its Job's name, for events
+        # Events that came before their pod did (another thread watches pods): matched when it comes
+        self._early_events: deque[Any] = deque(maxlen=EARLY_EVENTS)
+        self._ready: list[tuple[str, dict[str, Any]]] = []  # lines of early events, to send outside the lock
         self.watch_seconds = WATCH_SECONDS  # tests shorten it
 
     # --- the views -------------------------------------------------------------------------------
 
-    def track(self, name: str, run_id: str, retries_possible: bool) -> None:
+    def track(self, name: str, run_id: str, retries_possible: bool, uid: str | None = None) -> None:
         with self._lock:
-            self._views[name] = JobView(name, run_id, self._clock(), retries_possible)
+            self._views[name] = JobView(name, run_id, self._clock(), retries_possible, uid=uid)
 
-    def created(self, name: str) -> None:
+    def created(self, name: str, uid: str | None = None) -> None:
         with self._lock:
             view = self._views.get(name)
             if view is not None:
                 view.created = True
+                view.uid = uid or view.uid
 
     def forget(self, name: str) -> None:
         with self._lock:
-            self._views.pop(name, None)
+            view = self._views.pop(name, None)
+            for pod_uid in view.pod_uids if view is not None else ():
+                self._pod_jobs.pop(pod_uid, None)
 
     def gone(self, name: str) -> bool:
         """Whether the Job is known to be deleted (or not tracked at all)."""
@@ -231,6 +242,8 @@ class JobWatch:
                 for view in self._views.values():
                     for pod in [pod for pod in view.pods if pod not in present]:
                         del view.pods[pod]
+            ready, self._ready = self._ready, []
+        self._emit(ready)
         self._on_change()
 
     def _seen(self, kind: str, obj: Any, deleted: bool) -> None:
@@ -240,17 +253,21 @@ class JobWatch:
             return
         with self._lock:
             self._seen_one(kind, obj, deleted)
+            ready, self._ready = self._ready, []
+        self._emit(ready)
         self._on_change()
 
     def _seen_one(self, kind: str, obj: Any, deleted: bool) -> None:
         if kind == "jobs":
             view = self._views.get(obj.metadata.name)
             if view is not None:
+                view.uid = view.uid or str(obj.metadata.uid)  # a Job's name is unique while it exists
                 _record_job(view, obj, deleted)
             return
         job_name = (obj.metadata.labels or {}).get("job-name")
         view = self._views.get(job_name) if job_name else None
-        if view is None:
+        # The Job's own pods only: anyone may label a pod job-name=<ours>, not make our Job its controller
+        if view is None or view.uid is None or _controller_uid(obj) != view.uid:
             return
         if deleted:
             view.pods.pop(obj.metadata.name, None)
@@ -258,16 +275,42 @@ class JobWatch:
         status = self._sanitize(obj.status) if obj.status else {}
         status["creationTimestamp"] = str(obj.metadata.creation_timestamp or "")
         view.pods[obj.metadata.name] = status
+        pod_uid = str(obj.metadata.uid)
+        if pod_uid not in view.pod_uids:
+            view.pod_uids.add(pod_uid)
+            self._pod_jobs[pod_uid] = view.name
+            self._release_early_events(pod_uid)
 
     def _seen_event(self, event: Any) -> None:
+        """Send a pod event to its run's logs, matched by the pod's uid (a name can be copied, a uid cannot)."""
+        with self._lock:
+            found = self._event_run(event)
+            if found is None:
+                self._early_events.append(event)
+                return
+        self._emit([found])
+
+    def _event_run(self, event: Any) -> tuple[str, dict[str, Any]] | None:
         involved = event.involved_object
-        pod = getattr(involved, "name", None) or ""
-        job_name, _, suffix = pod.rpartition("-")
-        with self._lock:  # a Job's pods are named <job>-<5 characters> (generateName)
-            view = self._views.get(job_name) if len(suffix) == 5 and suffix.isalnum() else None
-            run_id = view.run_id if view is not None else None
-        if run_id is not None and self._on_log is not None:
-            self._on_log(run_id, [event_line(event, pod)])
+        job_name = self._pod_jobs.get(str(getattr(involved, "uid", "") or ""))
+        view = self._views.get(job_name) if job_name else None
+        if view is None:
+            return None
+        return view.run_id, event_line(event, str(getattr(involved, "name", "") or ""))
+
+    def _release_early_events(self, pod_uid: str) -> None:
+        """Called under the lock when a pod of ours is first seen: send the events that came before it."""
+        waiting = [event for event in self._early_events if str(getattr(event.involved_object, "uid", "")) == pod_uid]
+        for event in waiting:
+            self._early_events.remove(event)
+        # Sent by the caller once it lets the lock go (_seen, _seen_list)
+        self._ready.extend(line for line in (self._event_run(event) for event in waiting) if line is not None)
+
+    def _emit(self, lines: list[tuple[str, dict[str, Any]]]) -> None:
+        if self._on_log is None:
+            return
+        for run_id, line in lines:
+            self._on_log(run_id, [line])
 
 
 def event_line(event: Any, pod: str) -> dict[str, Any]:
@@ -282,6 +325,13 @@ def event_line(event: Any, pod: str) -> dict[str, Any]:
         "name": "kubernetes",
         "message": text[:MAX_MESSAGE_LENGTH],
     }
+
+
+def _controller_uid(pod: Any) -> str | None:
+    for owner in pod.metadata.owner_references or []:
+        if owner.controller and owner.kind == "Job":
+            return str(owner.uid)
+    return None
 
 
 def _record_job(view: JobView, job: Any, deleted: bool) -> None:

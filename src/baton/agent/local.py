@@ -48,7 +48,7 @@ from baton.agent.run_as import (
 )
 from baton.exceptions import ConfigurationError, DeploymentError
 from baton.labels import hostname_label
-from baton.schemas.core import RunConfig, RunConfigType
+from baton.schemas.core import RunConfig, RunConfigType, StorageType
 from baton.schemas.responses import ClaimedRun
 from baton.settings import AgentSettings, config_path
 
@@ -265,6 +265,10 @@ class LocalDriver:
             raise DeploymentError(
                 f"the local agent runs only local and universal run configs; this run's is {run_config.type.value}"
             )
+        if claimed.flow.storage.type == StorageType.DOCKER:
+            raise DeploymentError(
+                "the flow's code is in a Docker image (storage docker): a docker or kubernetes agent runs it"
+            )
         cwd = run_config.working_dir
         if cwd and not os.path.isdir(cwd):
             raise DeploymentError(f"working directory {cwd!r} does not exist on {hostname_label()}")
@@ -379,6 +383,9 @@ class LocalDriver:
         # A process the agent did not start is not its child: its end and exit code cannot be awaited. Such a
         # process vouches for its run itself and reports its own end; a cancel still reaches it (kill_stored).
         return []
+
+    def forget(self, deployment: Deployment) -> None:
+        return None  # recover() finds nothing to forget
 
     def detach(self, deployment: Deployment) -> None:
         process: subprocess.Popen[str] = deployment.handle

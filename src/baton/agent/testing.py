@@ -159,6 +159,9 @@ class InMemoryDriver:
                 fake.exit_code = 143  # as if SIGTERM worked
             self._changed.notify_all()
 
+    def forget(self, deployment: Deployment) -> None:
+        return None
+
     def detach(self, deployment: Deployment) -> None:
         fake: FakeDeployment = deployment.handle
         with self._changed:

@@ -2,7 +2,8 @@
 
 A directory stands for the ``*.py`` files directly in it (not its subdirectories); one of them that defines no
 flow is skipped, while a file named on its own that defines none is an error. Every file is loaded, and every
-payload built, before anything is registered: one bad file registers nothing.
+payload and bundle built, before anything is sent: one bad file registers nothing. Each bundle is uploaded once,
+and only when the server does not have it yet (``baton.sdk.registration.register_prepared``).
 
 Usage::
 
@@ -22,6 +23,7 @@ from baton.cli.output import CliError, echo_json, parse_labels, print_table
 from baton.schemas.core import StorageType
 
 if TYPE_CHECKING:
+    from baton.bundles import Bundle
     from baton.sdk.flows import Flow
 
 
@@ -39,9 +41,10 @@ if TYPE_CHECKING:
     "--storage",
     type=click.Choice([storage.value for storage in StorageType]),
     default=None,
-    help="Overrides the flow's own storage (default: api). api: the server keeps the source, so any agent can "
-    "run it; local: this path on this host (adds the hostname label); docker: inside the run config's image; "
-    "git: from a repository.",
+    help="Overrides the flow's own storage (default: api). api: the server keeps the flow's folder as a bundle "
+    "(less hidden files, .gitignore and .batonignore), so any agent can run it; local: this path on this host "
+    "(adds the hostname label); docker: the file in an image (the flow's DockerStorage, else /opt/flows/FILE in "
+    "the run config's image); git: the repository of the flow's GitStorage.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the registered flows as JSON.")
 @api_options
@@ -51,21 +54,31 @@ def register(
 ) -> None:
     """Register the flows defined in the Python files PATH... (a directory: each *.py file directly in it).
 
-    A flow whose code changed since its last registration gets a new version. All files are loaded first: if one
-    fails, or a file named explicitly defines no flow, nothing is registered.
+    With api storage each flow's folder travels with it (its modules and packages import on the agent). A flow
+    whose code or folder changed since its last registration gets a new version. All files are loaded first: if
+    one fails, or a file named explicitly defines no flow, nothing is registered.
     """
     extra_labels = parse_labels(labels) or []
-    from baton.sdk.registration import build_flow_payload
+    from baton.sdk.registration import prepare_registrations, register_prepared
 
-    found = _flows_in(paths)
-    payloads = [build_flow_payload(flow, path, storage=storage, extra_labels=extra_labels) for path, flow in found]
+    registrations = prepare_registrations(_flows_in(paths), storage=storage, extra_labels=extra_labels)
     with state.client() as client:
-        registered = [client.register_flow(payload) for payload in payloads]
+        registered = register_prepared(client, registrations)
     if as_json:
         echo_json(registered)
         return
-    rows = [(flow.name, flow.version, flow.id, flow.labels, flow.storage.type.value) for flow in registered]
+    rows = [
+        (flow.name, flow.version, flow.id, flow.labels, _shipped(flow.storage.type.value, registration.bundle))
+        for flow, registration in zip(registered, registrations, strict=True)
+    ]
     print_table(["flow", "version", "id", "labels", "storage"], rows)
+
+
+def _shipped(storage: str, bundle: Bundle | None) -> str:
+    """The storage, and for a bundle what travelled: ``api (12 files, 34.5 KB)``."""
+    if bundle is None:
+        return storage
+    return f"{storage} ({len(bundle.files)} files, {bundle.size / 1024:.1f} KB)"
 
 
 def _flows_in(paths: tuple[Path, ...]) -> list[tuple[Path, Flow[..., Any]]]:

@@ -190,13 +190,17 @@ class Client:
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
-        """:meth:`request`, returning the whole 2xx response (its headers too)."""
+        """:meth:`request`, returning the whole 2xx response (its headers too); ``content``: a raw body instead of
+        ``json``."""
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = timeout
         if headers:
             kwargs["headers"] = headers
+        if content is not None:
+            kwargs["content"] = content
         if params:
             params = {k: v for k, v in params.items() if v is not None}
         try:
@@ -281,6 +285,36 @@ class Client:
     def get_flow(self, flow_id: str, include_source: bool = False) -> r.FlowRead:
         params = {"include_source": "true"} if include_source else None
         return self._model(r.FlowRead, "GET", f"/api/flows/{flow_id}", params=params)
+
+    # --- bundles (a flow's folder, ``baton.bundles``) ---------------------------------------------
+
+    def has_bundle(self, digest: str) -> bool:
+        """Whether the tenant has bundle ``digest`` already (then there is nothing to upload)."""
+        try:
+            self._send("HEAD", f"/api/bundles/{_segment(digest)}")
+        except NotFoundError:
+            return False
+        return True
+
+    def upload_bundle(self, digest: str, data: bytes) -> bool:
+        """Upload the compressed bundle ``data`` named ``digest``; True when the server stored it now, False when it
+        had it already.
+
+        Raises:
+            ClientError: 422 ``data`` is not the bundle ``digest`` names, or not a valid one; 413 over a cap.
+        """
+        headers = {"Content-Type": "application/gzip"}
+        response = self._send("PUT", f"/api/bundles/{_segment(digest)}", content=data, headers=headers)
+        return response.status_code == 201
+
+    def get_bundle(self, digest: str) -> bytes:
+        """The compressed bytes of bundle ``digest`` (check them with ``baton.bundles.read_bundle``: the digest
+        names the content, so nobody needs to trust the server for it).
+
+        Raises:
+            NotFoundError: the tenant has no such bundle, or (a run token) it is not its own flow's.
+        """
+        return self._send("GET", f"/api/bundles/{_segment(digest)}").content
 
     # --- schedules -------------------------------------------------------------------------------
 

@@ -201,7 +201,17 @@ class FlowRunner:
             what="read the flow",
             timeout_seconds=self._state_retry_seconds,
         )
-        return load_flow(flow)
+        return load_flow(flow, fetch_bundle=self._fetch_bundle)
+
+    def _fetch_bundle(self, digest: str) -> bytes:
+        try:
+            return call_with_retry(
+                lambda: self._client.get_bundle(digest),
+                what="read the flow's bundle",
+                timeout_seconds=self._state_retry_seconds,
+            )
+        except ClientError as exc:  # e.g. 404: not this run's flow's bundle
+            raise FlowLoadError(f"cannot download the flow's bundle {digest[:12]}: {exc}") from None
 
     def _start(self) -> Outcome | None:
         """Set the run Running; None when it is, else how to end instead."""

@@ -21,6 +21,7 @@ from baton.schemas.core import (
 from baton.schemas.json_schema import json_schema_problem
 from baton.schemas.schedules import Schedule, schedule_problem
 from baton.schemas.states import StateName, TaskRunState
+from baton.schemas.storage_rules import storage_problem
 
 NAME_FIELD = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
 MAX_SOURCE_BYTES = 5 * 1024 * 1024
@@ -133,6 +134,9 @@ class FlowCreate(StrictModel):
             raise ValueError("storage 'api' needs the flow's source")
         if self.storage.type == "local" and not self.storage.path:
             raise ValueError("storage 'local' needs a path")
+        problem = storage_problem(self.storage, self.run_config)
+        if problem is not None:
+            raise ValueError(problem)
         self.run_config.labels = normalize_labels(self.run_config.labels)
         return self
 

@@ -110,6 +110,9 @@ class Storage(StrictModel):
     image: str | None = Field(default=None, max_length=1024)
     repo: str | None = Field(default=None, max_length=4096)
     ref: str | None = Field(default=None, max_length=512)
+    # api: the SHA-256 digest of the flow's uploaded bundle (its folder, ``baton.bundles``; PUT /api/bundles/{digest}
+    # first); ``path`` is then the flow file's path inside it. None: the flow file travels alone, as ``source``.
+    bundle: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class RunConfig(StrictModel):

@@ -1,14 +1,24 @@
 """Where an agent finds a flow's code.
 
-- ``api`` (default): the server keeps the flow file's source, so any agent anywhere can run it.
+- ``api`` (default): the server keeps the flow's folder as a bundle (``baton.sdk.bundling``), so any agent anywhere
+  can run it, with its sibling modules and packages.
 - ``local``: a path on the agent's host; registration adds this host's name as a label, so that only an agent
   on this host takes the flow's runs.
-- ``docker`` and ``git`` are reserved names: registering a flow with them raises a clear error for now.
+- ``docker``: the code is inside an image (``DockerStorage(image, path)``): the Docker and Kubernetes agents run the
+  image, and the engine loads the file at ``path`` in it.
+- ``git``: the code is in a Git repository (``GitStorage(repo, ref, path)``): the flow-run process fetches ``ref``
+  and loads ``path`` from it (``git`` must be installed where the flow runs).
 
 Usage::
 
     @flow(storage=LocalStorage())        # or storage="local"
     def nightly() -> None: ...
+
+    @flow(storage=DockerStorage(image="registry.local/flows:3", path="/opt/flows/etl.py"))
+    def etl() -> None: ...
+
+    @flow(storage=GitStorage("https://git.example.org/data/flows.git", ref="main", path="flows/etl.py"))
+    def etl2() -> None: ...
 """
 
 from __future__ import annotations
@@ -71,17 +81,68 @@ class LocalStorage(BaseStorage):
         return True
 
 
-class NotYetSupportedStorage(BaseStorage):
-    """``docker`` and ``git``: accepted as names, refused at registration until they are implemented."""
+class DockerStorage(BaseStorage):
+    """The flow's code is inside an image.
+
+    Args:
+        image: the image (default: the run config's ``image``, which then must be set).
+        path: the flow file's absolute path inside the image (default: ``/opt/flows/<the flow file's name>``,
+            where ``baton:<version>``'s working directory is).
+    """
+
+    def __init__(self, image: str | None = None, path: str | None = None) -> None:
+        super().__init__(StorageType.DOCKER)
+        self.image = image
+        self.path = path
 
     def __repr__(self) -> str:
-        return f"NotYetSupportedStorage({self.type.value!r})"
+        return f"DockerStorage(image={self.image!r}, path={self.path!r})"
 
     def to_schema(self, flow_path: Path) -> Storage:
-        raise ConfigurationError(
-            f"storage {self.type.value!r} is not supported yet; use 'api' (the server keeps the source) "
-            "or 'local' (a path on the agent's host)"
-        )
+        path = self.path or f"{DEFAULT_IMAGE_FLOWS_DIR}/{flow_path.name}"
+        return Storage(type=self.type, image=self.image, path=path)
+
+
+class GitStorage(BaseStorage):
+    """The flow's code is in a Git repository, fetched by the flow-run process.
+
+    Args:
+        repo: the repository: ``https://``, ``ssh://``, ``git://``, ``file://`` or an absolute path (no credentials
+            in it: give them to ``git`` where the flow runs, e.g. a credential helper in the agent's environment).
+        ref: a branch, a tag or a commit (default: the remote's HEAD).
+        path: the flow file's path inside the repository (default: the file's path relative to the top of the
+            repository it was registered from).
+    """
+
+    def __init__(self, repo: str, ref: str | None = None, path: str | None = None) -> None:
+        super().__init__(StorageType.GIT)
+        self.repo = repo
+        self.ref = ref
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"GitStorage(repo={self.repo!r}, ref={self.ref!r}, path={self.path!r})"
+
+    def to_schema(self, flow_path: Path) -> Storage:
+        path = self.path or _path_in_repository(flow_path)
+        return Storage(type=self.type, repo=self.repo, ref=self.ref, path=path)
+
+
+# baton:<version>'s working directory (the Dockerfile's WORKDIR): where an image FROM it puts its flows.
+DEFAULT_IMAGE_FLOWS_DIR = "/opt/flows"
+
+
+def _path_in_repository(flow_path: Path) -> str:
+    """``flow_path`` relative to the top of the Git work tree it is in.
+
+    Raises:
+        ConfigurationError: it is not in a Git work tree (then give ``GitStorage(path=...)``).
+    """
+    folder = flow_path.resolve().parent
+    for top in (folder, *folder.parents):
+        if (top / ".git").exists():
+            return flow_path.resolve().relative_to(top).as_posix()
+    raise ConfigurationError(f"{flow_path} is not in a Git work tree: give GitStorage(repo, ref, path=...)")
 
 
 def resolve_storage(storage: str | BaseStorage | None) -> BaseStorage:
@@ -99,6 +160,10 @@ def resolve_storage(storage: str | BaseStorage | None) -> BaseStorage:
         return APIStorage()
     if name == StorageType.LOCAL:
         return LocalStorage()
-    if name in STORAGE_NAMES:
-        return NotYetSupportedStorage(StorageType(name))
+    if name == StorageType.DOCKER:
+        return DockerStorage()
+    if name == StorageType.GIT:
+        raise ConfigurationError(
+            "storage 'git' needs its repository: @flow(storage=GitStorage(repo, ref=..., path=...)) in the flow's code"
+        )
     raise ConfigurationError(f"unknown storage {storage!r}: choose one of {', '.join(STORAGE_NAMES)}")

@@ -12,6 +12,8 @@ The dependency answers 403 when the principal's kind may not perform the action 
   flow and its task runs; anything else is 404, as if it did not exist.
 * :attr:`Scope.RUN_WRITE` / :attr:`Scope.TASK_RUN_WRITE`: the same, and a runner key changes only runs that one of
   the agents it registered has claimed (403 otherwise).
+* :attr:`Scope.BUNDLE`: a run token reads only the bundle its run's flow was registered with (``storage.bundle``);
+  any other digest is 404.
 * :attr:`Scope.AGENT`: an agent is driven (claims, heartbeats) only by the key that registered it, whatever that
   key's role (403 otherwise): an agent's identity is bound to its key.
 
@@ -31,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton.exceptions import BatonError
 from baton.schemas.states import StateName
-from baton.server.database.orm import Agent, FlowRun, TaskRun
+from baton.server.database.orm import Agent, Flow, FlowRun, TaskRun
 from baton.server.models.errors import ObjectNotFound
 from baton.server.models.ids import checked_id
 from baton.server.models.tenants import Principal
@@ -89,6 +91,8 @@ class Action(StrEnum):
     SCHEDULE_READ = "schedule.read"
     SCHEDULE_PAUSE = "schedule.pause"
     SCHEDULE_BACKFILL = "schedule.backfill"
+    BUNDLE_UPLOAD = "bundle.upload"
+    BUNDLE_READ = "bundle.read"
 
 
 class Scope(StrEnum):
@@ -99,6 +103,7 @@ class Scope(StrEnum):
     RUN_WRITE = "run write"
     TASK_RUN_WRITE = "task run write"
     AGENT = "agent"
+    BUNDLE = "bundle"
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,10 @@ POLICY: dict[Action, Rule] = {
     Action.SCHEDULE_READ: _rule(_KEYS),
     Action.SCHEDULE_PAUSE: _rule("admin user"),
     Action.SCHEDULE_BACKFILL: _rule("admin user"),
+    # Bundles are flows' code: uploaded by whoever registers flows; read by every key of the tenant (as flow source
+    # is) and by a run token for its own flow's bundle only (the flow-run process downloads it).
+    Action.BUNDLE_UPLOAD: _rule("admin user"),
+    Action.BUNDLE_READ: _rule(_ALL, Scope.BUNDLE),
 }
 
 _S = StateName
@@ -269,6 +278,9 @@ def check_scope(session: Session, principal: Principal, scope: Scope, params: di
     if scope == Scope.FLOW:
         _check_flow(session, principal, params["flow_id"])
         return
+    if scope == Scope.BUNDLE:
+        _check_bundle(session, principal, params["digest"])
+        return
     if scope == Scope.TASK_RUN_WRITE:
         run_id = _task_run_flow_run(session, principal, params["task_run_id"])
     else:
@@ -285,6 +297,20 @@ def _check_flow(session: Session, principal: Principal, flow_id: str) -> None:
     own = session.scalar(select(FlowRun.flow_id).where(FlowRun.id == principal.flow_run_id))
     if own != flow_id:
         raise ObjectNotFound(f"flow {flow_id} not found")
+
+
+def _check_bundle(session: Session, principal: Principal, digest: str) -> None:
+    """A run token reads the bundle of its run's flow only; whether the tenant has it is the route's business."""
+    if not principal.is_run_token:
+        return
+    storage = session.scalar(
+        select(Flow.storage)
+        .join(FlowRun, FlowRun.flow_id == Flow.id)
+        .where(FlowRun.tenant_id == principal.tenant_id, FlowRun.id == principal.flow_run_id)
+    )
+    if not isinstance(storage, dict) or storage.get("bundle") != digest:
+        printable = "".join(char if char.isprintable() else "?" for char in digest[:64])
+        raise ObjectNotFound(f"bundle {printable} not found")
 
 
 def _task_run_flow_run(session: Session, principal: Principal, task_run_id: str) -> str:

@@ -21,7 +21,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton import __version__
 from baton.server.access import POLICY, Action, Scope, route_action
-from baton.server.api import agents, flow_runs, flows, limits, logs, meta, notifications, reruns, schedules
+from baton.server.api import (
+    agents,
+    bundles,
+    flow_runs,
+    flows,
+    limits,
+    logs,
+    meta,
+    notifications,
+    reruns,
+    schedules,
+)
 from baton.server.auth_limits import FailedAuthLimiter
 from baton.server.authentication import AuthenticateFirst
 from baton.server.database.connection import (
@@ -65,6 +76,7 @@ ROUTERS = (
     notifications.router,
     limits.router,
     schedules.router,
+    bundles.router,
 )
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import create_engine
 
+from baton.bundles import build_bundle
 from baton.schemas.actions import FlowRunCreate
 from baton.schemas.responses import ErrorDetail, FlowRead, FlowRunRead
 from baton.server.app import create_app
@@ -105,6 +108,8 @@ def _config(examples: int, mode: str) -> schemathesis.Config:
     )
 
 
+# Bundle uploads are raw bytes (PUT /api/bundles/{digest}): sent as they were generated, like octet streams.
+schemathesis.serializer.alias("application/gzip", "application/octet-stream")
 DOCUMENT = _app_document()
 SCHEMA = schemathesis.openapi.from_dict(_without_authorization(DOCUMENT), config=_config(EXAMPLES, "all"))
 UNAUTHENTICATED = schemathesis.openapi.from_dict(
@@ -192,9 +197,20 @@ def real_objects(fuzz_tenant: TenantContext) -> Iterator[dict[str, list[str]]]:
         task_run_id=[task_run.id],
         # A notification rule whose webhook never resolves (.invalid): a fuzzed test of it sends nothing.
         rule_id=[fuzz_tenant.admin.add_notification_rule(["Failed"], "https://hooks.example.invalid/fuzz").id],
+        digest=[_uploaded_bundle(fuzz_tenant)],
     )
     yield REAL_IDS
     REAL_IDS.clear()
+
+
+def _uploaded_bundle(tenant: TenantContext) -> str:
+    """A bundle of the tenant (its digest), so that the bundle routes are reached past their 404s."""
+    with tempfile.TemporaryDirectory() as folder:
+        flow_file = Path(folder) / "hello.py"
+        flow_file.write_text("print('fuzzed')\n")
+        bundle = build_bundle([("hello.py", flow_file)])
+    tenant.admin.upload_bundle(bundle.digest, bundle.data)
+    return bundle.digest
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,23 @@ through the action the route declares: a route that declares none fails
 Principals (columns of the table): ``admin``, ``user``, ``runner`` (whose agent claimed the target run),
 ``other_runner`` (another runner key of the same tenant), ``read``, ``token`` (the target run's run token) and
 ``other_token`` (the run token of another run, of another flow, in the same tenant).
+
+The target run's flow ``hello`` is registered with a bundle of the tenant's own (``digest``), so that its run token
+reads that bundle, and ``other_token`` (flow ``other``, no bundle) does not.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from baton.bundles import build_bundle
 from baton.server.access import POLICY, Kind, Scope
 from baton.server.app import api_routes, declared_action
 from server.harness import TenantContext, unique
@@ -42,6 +48,8 @@ class Target:
     rule_id: str  # a notification rule (its webhook never resolves: a test of it fails at once, sending nothing)
     label: str = "swept-limit"  # a label with a concurrency limit, for the limit routes
     flow_name: str = ""  # a scheduled flow of a name no other tenant has, for the schedule routes
+    digest: str = ""  # the tenant's bundle, which flow ``hello`` names (no other tenant has one of that digest)
+    bundle: bytes = b""  # its compressed bytes
 
     def params(self) -> dict[str, str]:
         return {
@@ -53,10 +61,11 @@ class Target:
             "agent_id": self.agent_id,
             "task_run_id": self.task_run_id,
             "label": self.label,
+            "digest": self.digest,
         }
 
     def ids(self) -> set[str]:
-        return {self.run_id, self.flow_id, self.agent_id, self.task_run_id, self.key_id, self.rule_id}
+        return {self.run_id, self.flow_id, self.agent_id, self.task_run_id, self.key_id, self.rule_id, self.digest}
 
 
 Body = Callable[[Target], dict[str, Any] | None]
@@ -74,6 +83,9 @@ class Route:
     body: Body = no_body
     fresh: bool = False  # the call changes the run for good: each principal gets a target of its own
     cross_body: Body | None = None  # the body another tenant sends (naming this tenant's objects)
+    # What another tenant's admin gets naming this tenant's objects, when it is not 404 (or < 300 without ids).
+    cross_status: int | None = None
+    raw: Callable[[Target], bytes] | None = None  # a body that is not JSON (sent as application/gzip)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -119,7 +131,8 @@ def expected_status(route: Route, principal: str) -> int:
     rule = POLICY[ACTIONS[route.key]]
     if KINDS[principal] not in rule.kinds:
         return 403
-    if rule.scope in (Scope.FLOW, Scope.RUN, Scope.RUN_WRITE, Scope.TASK_RUN_WRITE) and principal == "other_token":
+    scoped = (Scope.FLOW, Scope.RUN, Scope.RUN_WRITE, Scope.TASK_RUN_WRITE, Scope.BUNDLE)
+    if rule.scope in scoped and principal == "other_token":
         return 404
     if rule.scope in (Scope.RUN_WRITE, Scope.TASK_RUN_WRITE) and principal == "other_runner":
         return 403
@@ -137,7 +150,14 @@ FLOW_PAYLOAD = {
     "parameters_schema": {"type": "object", "properties": {"name": {"type": "string"}}},
     "tasks": ["greet"],
 }
+
+
+def flow_payload(digest: str) -> dict[str, Any]:
+    return {**FLOW_PAYLOAD, "storage": {"type": "api", "bundle": digest}}
+
+
 LOG_LINE = {"logs": [{"timestamp": "2030-01-01T00:00:00Z", "message": "swept"}]}
+GZIP = {"Content-Type": "application/gzip"}
 UNRESOLVABLE_WEBHOOK = "https://hooks.example.invalid/swept"  # .invalid never resolves (RFC 6761)
 
 ROUTES = [
@@ -146,7 +166,9 @@ ROUTES = [
     Route("POST", "/api/keys", 201, body=lambda t: {"role": "read", "name": unique("k")}),
     Route("GET", "/api/keys", 200),
     Route("DELETE", "/api/keys/{key_id}", 200, fresh=True),
-    Route("POST", "/api/flows", 200, body=lambda t: FLOW_PAYLOAD),
+    # The payload ``hello`` was registered with: the same version (200). Another tenant naming this tenant's bundle
+    # is told to upload it first (422).
+    Route("POST", "/api/flows", 200, body=lambda t: flow_payload(t.digest), cross_status=422),
     Route("GET", "/api/flows", 200),
     Route("GET", "/api/flows/{flow_id}", 200),
     Route(
@@ -228,6 +250,13 @@ ROUTES += [
         body=lambda t: {"start": "2020-01-01T00:00:00Z", "end": "2021-06-01T00:00:00Z"},
     ),
 ]
+ROUTES += [
+    # Reads before the upload: another tenant's upload of the same bytes stores a bundle of its own (201: it learns
+    # nothing of this tenant's), which it could read afterwards.
+    Route("GET", "/api/bundles/{digest}", 200),
+    Route("HEAD", "/api/bundles/{digest}", 200),
+    Route("PUT", "/api/bundles/{digest}", 200, raw=lambda t: t.bundle, cross_status=201),
+]
 ROUTES_BY_KEY = {route.key: route for route in ROUTES}
 
 
@@ -245,6 +274,8 @@ class World:
     tenant: TenantContext
     keys: dict[str, str] = field(default_factory=dict)
     scheduled_flow: str = ""
+    digest: str = ""
+    bundle: bytes = b""
     _http: dict[str | None, httpx.Client] = field(default_factory=dict)
 
     @classmethod
@@ -254,6 +285,7 @@ class World:
             world.keys[role] = tenant.key(role)
         world.keys["other_runner"] = tenant.new_key("runner")
         world.keys["other_token"] = world.token_of_another_flow()
+        world.upload_bundle_of_hello()
         world.scheduled_flow = unique("scheduled")
         tenant.register_flow(world.scheduled_flow, schedule="0 0 1 1 *")  # yearly: few runs, one to backfill
         return world
@@ -272,8 +304,28 @@ class World:
         rule_id = self.tenant.admin.add_notification_rule(["Failed"], UNRESOLVABLE_WEBHOOK).id
         label = self.tenant.admin.set_label_limit(unique("swept-limit"), 5).label
         return Target(
-            staged.id, flow_id, staged.agent_id, staged.token, task_run.id, key_id, rule_id, label, self.scheduled_flow
+            staged.id,
+            flow_id,
+            staged.agent_id,
+            staged.token,
+            task_run.id,
+            key_id,
+            rule_id,
+            label,
+            self.scheduled_flow,
+            self.digest,
+            self.bundle,
         )
+
+    def upload_bundle_of_hello(self) -> None:
+        """Flow ``hello``, registered before any target, names a bundle of this tenant's own (a unique one)."""
+        with tempfile.TemporaryDirectory() as folder:
+            flow_file = Path(folder) / "hello.py"
+            flow_file.write_text(f"{HELLO_SOURCE}\n# {unique('bundle')}\n")
+            built = build_bundle([("hello.py", flow_file)])
+        self.digest, self.bundle = built.digest, built.data
+        self.tenant.admin.upload_bundle(built.digest, built.data)
+        self.tenant.admin.register_flow(flow_payload(built.digest))
 
     def token_of_another_flow(self) -> str:
         """The run token of a claimed run of flow ``other``."""
@@ -296,6 +348,8 @@ class World:
 
     def call(self, route: Route, key: str | None, target: Target, body: Body | None = None) -> httpx.Response:
         url = route.path.format(**target.params())
+        if route.raw is not None:
+            return self.http(key).request(route.method, url, content=route.raw(target), headers=GZIP)
         payload = (body or route.body)(target)
         return self.http(key).request(route.method, url, json=payload)
 
@@ -344,7 +398,7 @@ def test_role_matrix(world: World) -> None:
             target = world.target() if route.fresh else shared
             response = world.call(route, world.key_of(principal, target), target)
             row[principal] = response.status_code
-            if response.status_code in (403, 404):
+            if response.status_code in (403, 404) and route.method != "HEAD":  # a HEAD answer has no body
                 assert isinstance(response.json()["detail"], str)
 
     problems = mismatches(outcomes, {route_id(route): route.expect for route in ROUTES})
@@ -391,7 +445,9 @@ def test_another_tenant_gets_404_for_ids_and_never_sees_them(world: World, other
     for route in ROUTES:
         # B's admin, naming A's objects: unknown ids (404), never 403, and nothing of A's in any answer.
         response = others.call(route, others.keys["admin"], target, route.cross_body)
-        if route.has_ids or route.cross_body is not None:
+        if route.cross_status is not None:
+            assert response.status_code == route.cross_status, (route_id(route), response.text)
+        elif route.has_ids or route.cross_body is not None:
             assert response.status_code == 404, (route_id(route), response.text)
         else:
             assert response.status_code < 300, (route_id(route), response.text)

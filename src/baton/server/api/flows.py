@@ -39,6 +39,8 @@ def register_flow(
     """Register a flow: a new version when its content changed, else the existing version (200).
 
     A new version takes over its name's not-yet-started scheduled runs and creates its schedule's runs at once.
+    A flow whose ``storage.bundle`` names a bundle the tenant has not uploaded (``PUT /api/bundles/{digest}``) is
+    refused (422).
     """
     schedules.check_clock_parameters(payload.parameters_schema, payload.schedule)
     with transaction(db) as session:

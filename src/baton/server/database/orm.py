@@ -9,7 +9,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -98,6 +110,23 @@ class Flow(Base):
     max_lateness_seconds: Mapped[int | None] = mapped_column(Integer)
     # @flow(max_concurrent_runs=N): the latest version's value limits the runs of every version (migration 0006).
     max_concurrent_runs: Mapped[int | None] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Bundle(Base):
+    """A flow's folder as uploaded (``baton.bundles``): the compressed bytes, named by the SHA-256 of the tar they
+    hold (migration 0011). Per tenant: another tenant's bundle of the same digest is another row, so that nobody
+    learns from an upload's answer what other tenants hold. Written once, never changed."""
+
+    __tablename__ = "bundles"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)  # uncompressed bytes of the files
+    compressed_size: Mapped[int] = mapped_column(Integer)
+    file_count: Mapped[int] = mapped_column(Integer)
+    # Up to baton.bundles.MAX_COMPRESSED_BYTES: loaded only by the read of the bundle itself.
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 

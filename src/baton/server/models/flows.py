@@ -18,8 +18,8 @@ from baton.schemas.actions import MAX_INT, FlowCreate
 from baton.schemas.core import RunConfig, Storage, json_value_problem
 from baton.schemas.responses import FlowRead
 from baton.server.database.orm import Flow, FlowRun
-from baton.server.models import cursors
-from baton.server.models.errors import ObjectNotFound, StaleState
+from baton.server.models import bundles, cursors
+from baton.server.models.errors import InvalidRequest, ObjectNotFound, StaleState
 from baton.server.models.ids import checked_id
 
 logger = logging.getLogger("baton.server")
@@ -36,7 +36,11 @@ def _content_hash(payload: FlowCreate) -> str:
     unset = {name for name in optional if getattr(payload, name) is None}
     # Run policies likewise (migration 0005): only when set do they change the content.
     unset |= {name for name in _RUN_POLICY_FIELDS if getattr(payload, name) in (None, 0)}
-    content = payload.model_dump(mode="json", exclude=unset)
+    exclude: dict[str, Any] = dict.fromkeys(unset, True)
+    # A bundle (migration 0011) likewise: a flow without one keeps the hash it had.
+    if payload.storage.bundle is None:
+        exclude["storage"] = {"bundle"}
+    content = payload.model_dump(mode="json", exclude=exclude)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -47,7 +51,15 @@ def latest_version(session: Session, tenant_id: str, name: str) -> Flow | None:
 
 
 def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tuple[Flow, bool]:
-    """Store a new version unless the latest one has the same content. Returns (flow, created)."""
+    """Store a new version unless the latest one has the same content. Returns (flow, created).
+
+    Raises:
+        InvalidRequest: the flow names a bundle the tenant has not uploaded (422).
+        StaleState: too many concurrent registrations of the name (409).
+    """
+    bundle = payload.storage.bundle
+    if bundle is not None and not bundles.exists(session, tenant_id, bundle):
+        raise InvalidRequest(f"bundle {bundle} was not uploaded: PUT /api/bundles/{bundle} first")
     digest = _content_hash(payload)
     for _attempt in range(3):
         latest = latest_version(session, tenant_id, payload.name)

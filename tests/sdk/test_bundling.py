@@ -1,0 +1,171 @@
+"""Which files travel with a flow (``baton.sdk.bundling``) and the bundle format (``baton.bundles``)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from baton.bundles import MAX_BUNDLE_BYTES, BundleError, BundleTooBigError, build_bundle, extract, read_bundle
+from baton.exceptions import FlowLoadError
+from baton.sdk.bundling import bundle_directory, bundle_root, bundled_files, flow_path_in_bundle
+from baton.sdk.registration import load_flows, prepare_registrations
+
+FLOW = """
+from baton import flow
+
+@flow
+def bundled() -> int:
+    return 1
+"""
+
+
+def tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def names(root: Path) -> list[str]:
+    return sorted(name for name, _ in bundled_files(root))
+
+
+def test_the_root_is_the_flow_files_folder_or_the_folder_above_its_outermost_package(tmp_path: Path) -> None:
+    tree(tmp_path, {"plain/flow.py": FLOW, "proj/pkg/__init__.py": "", "proj/pkg/sub/__init__.py": ""})
+    tree(tmp_path, {"proj/pkg/sub/flow.py": FLOW})
+    assert bundle_root(tmp_path / "plain" / "flow.py") == (tmp_path / "plain").resolve()
+    root = bundle_root(tmp_path / "proj" / "pkg" / "sub" / "flow.py")
+    assert root == (tmp_path / "proj").resolve()
+    assert flow_path_in_bundle(tmp_path / "proj" / "pkg" / "sub" / "flow.py", root) == "pkg/sub/flow.py"
+
+
+def test_a_flow_directly_in_the_home_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(BundleTooBigError, match="would ship that whole folder"):
+        bundle_root(tmp_path / "flow.py")
+
+
+def test_hidden_files_caches_and_ignored_patterns_stay_behind(tmp_path: Path) -> None:
+    tree(
+        tmp_path,
+        {
+            "flow.py": FLOW,
+            "helpers.py": "X = 1",
+            ".env": "SECRET=1",
+            ".git/config": "[core]",
+            "__pycache__/helpers.cpython-311.pyc": "",
+            "old.pyc": "",
+            "venv/lib/site.py": "",
+            "node_modules/x/index.js": "",
+            ".gitignore": "*.log\nbuild/\n",
+            "run.log": "log",
+            "build/out.py": "",
+            "data/a.csv": "1",
+            "data/keep.csv": "2",
+            "data/.gitignore": "*.csv\n",
+            "data/.batonignore": "!keep.csv\n",  # read after the .gitignore beside it: brings one file back
+            ".batonignore": "notes.txt\n",
+            "notes.txt": "private",
+            "pkg/__init__.py": "",
+            "pkg/mod.py": "",
+        },
+    )
+    assert names(tmp_path) == ["data/keep.csv", "flow.py", "helpers.py", "pkg/__init__.py", "pkg/mod.py"]
+
+
+def test_the_same_files_anywhere_make_the_same_digest_and_any_change_another(tmp_path: Path) -> None:
+    files = {"flow.py": FLOW, "lib/util.py": "def f():\n    return 2\n"}
+    first = bundle_directory(tree(tmp_path / "a", files))
+    second_root = tree(tmp_path / "b", files)
+    os.utime(second_root / "flow.py", (1, 1))  # another checkout, other times
+    assert bundle_directory(second_root).digest == first.digest
+    (second_root / "lib" / "util.py").write_text("def f():\n    return 3\n")
+    assert bundle_directory(second_root).digest != first.digest
+
+
+def test_a_bundle_reads_back_and_unpacks_to_the_same_files(tmp_path: Path) -> None:
+    root = tree(tmp_path / "src", {"flow.py": FLOW, "deep/er/x.txt": "x"})
+    (root / "flow.py").chmod(0o755)
+    bundle = bundle_directory(root)
+    files = read_bundle(bundle.data, bundle.digest)
+    assert sorted(files) == ["deep/er/x.txt", "flow.py"]
+    out = tmp_path / "out"
+    out.mkdir()
+    extract(files, out)
+    assert (out / "deep" / "er" / "x.txt").read_text() == "x"
+    assert (out / "flow.py").stat().st_mode & 0o777 == 0o755
+
+
+def test_too_big_names_the_biggest_files_and_folders(tmp_path: Path) -> None:
+    root = tree(tmp_path, {"flow.py": FLOW})
+    (root / "data").mkdir()
+    (root / "data" / "huge.bin").write_bytes(b"\0" * (MAX_BUNDLE_BYTES + 1))
+    with pytest.raises(BundleTooBigError) as caught:
+        bundle_directory(root)
+    message = str(caught.value)
+    assert "data/huge.bin 20.0 MB" in message and "folders: data/" in message and ".batonignore" in message
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> tuple[bytes, str]:
+    import hashlib
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, content in members:
+            archive.addfile(info, io.BytesIO(content) if info.isreg() else None)
+    return gzip.compress(raw.getvalue()), hashlib.sha256(raw.getvalue()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "/etc/passwd", "a/../../b", "a\\b.py", "bad\x01name"])
+def test_a_bundle_with_an_unsafe_path_is_refused(name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = 1
+    data, digest = _tar([(info, b"x")])
+    with pytest.raises(BundleError, match="not a plain relative path"):
+        read_bundle(data, digest)
+
+
+def test_a_bundle_with_a_link_or_device_is_refused() -> None:
+    link = tarfile.TarInfo("link")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    data, digest = _tar([(link, b"")])
+    with pytest.raises(BundleError, match="not a regular file"):
+        read_bundle(data, digest)
+
+
+def test_a_bundle_that_is_not_what_its_digest_names_or_not_gzip_is_refused(tmp_path: Path) -> None:
+    bundle = build_bundle([("flow.py", tree(tmp_path, {"flow.py": FLOW}) / "flow.py")])
+    with pytest.raises(BundleError, match="does not match its digest"):
+        read_bundle(bundle.data, "0" * 64)
+    with pytest.raises(BundleError, match="not gzip"):
+        read_bundle(b"plain text", bundle.digest)
+    with pytest.raises(BundleError, match="64 lowercase"):
+        read_bundle(bundle.data, "../x")
+    with pytest.raises(BundleTooBigError):
+        read_bundle(gzip.compress(b"\0" * (MAX_BUNDLE_BYTES * 2 + 10)), bundle.digest)
+
+
+def test_registration_shares_one_bundle_per_folder_and_refuses_an_ignored_flow_file(tmp_path: Path) -> None:
+    root = tree(tmp_path / "proj", {"one.py": FLOW, "two.py": FLOW.replace("bundled", "other"), "util.py": ""})
+    found = [(path, flow) for path in (root / "one.py", root / "two.py") for flow in load_flows(path)]
+    first, second = prepare_registrations(found)
+    assert first.bundle is not None and first.bundle is second.bundle
+    assert first.payload["storage"] == {
+        "type": "api",
+        "path": "one.py",
+        "image": None,
+        "repo": None,
+        "ref": None,
+        "bundle": first.bundle.digest,
+    }
+    assert sorted(first.bundle.files) == ["one.py", "two.py", "util.py"]
+
+    (root / ".batonignore").write_text("two.py\n")
+    with pytest.raises(FlowLoadError, match="the flow file itself is left out"):
+        prepare_registrations(found)
