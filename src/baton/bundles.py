@@ -34,6 +34,10 @@ from pathlib import Path, PurePosixPath
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
 MAX_BUNDLE_FILES = 10_000
 MAX_PATH_LENGTH = 1024
+MAX_PATH_DEPTH = 32  # folders a path may go down
+MAX_NAME_BYTES = 255  # one file or folder name (the usual file system limit)
+# An extended header (PAX, GNU long name) holds one member's long path: more is an attack on the parser.
+MAX_EXTENDED_HEADER_BYTES = 16 * 1024
 # The compressed bundle: the server's default request body limit (BATON__SERVER__MAX_BODY_BYTES), so an upload
 # within the cap is never refused by the body limit first.
 MAX_COMPRESSED_BYTES = 10 * 1024 * 1024
@@ -60,13 +64,22 @@ class Bundle:
 
 
 def check_path(name: str) -> str:
-    """``name`` if it is a safe relative POSIX path inside a bundle (no ``..``, no absolute path, no control
-    characters, no backslash); else BundleError."""
+    """``name`` if it is a safe relative POSIX path inside a bundle; else BundleError.
+
+    Plain string checks (cheap for 10,000 members): no absolute path, no empty, ``.`` or ``..`` part (so no two
+    spellings of one path), no control character or backslash, at most :data:`MAX_PATH_DEPTH` parts of at most
+    :data:`MAX_NAME_BYTES` bytes each.
+    """
     if not name or len(name) > MAX_PATH_LENGTH:
         raise BundleError(f"bundle path {name[:80]!r} is empty or longer than {MAX_PATH_LENGTH} characters")
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or any(part in ("", ".", "..") or not _PART.match(part) for part in parts):
-        raise BundleError(f"bundle path {name[:200]!r} is not a plain relative path")
+    parts = name.split("/")
+    if len(parts) > MAX_PATH_DEPTH:
+        raise BundleError(f"bundle path {name[:80]!r}... is more than {MAX_PATH_DEPTH} folders deep")
+    for part in parts:
+        if part in ("", ".", "..") or not _PART.match(part):
+            raise BundleError(f"bundle path {name[:200]!r} is not a plain relative path")
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise BundleError(f"bundle path {name[:200]!r} has a name longer than {MAX_NAME_BYTES} bytes")
     return name
 
 
@@ -89,10 +102,8 @@ def build_bundle(files: Iterable[tuple[str, Path]]) -> Bundle:
             check_path(name)
             if names and names[-1] == name:
                 raise BundleError(f"bundle path {name!r} given twice")
-            content = source.read_bytes()
+            content = _read_capped(source, MAX_BUNDLE_BYTES - total)
             total += len(content)
-            if total > MAX_BUNDLE_BYTES:
-                raise BundleTooBigError(f"over {_mb(MAX_BUNDLE_BYTES)} of files (the cap)")
             info = tarfile.TarInfo(name)
             info.size = len(content)
             info.mode = 0o755 if source.stat().st_mode & 0o100 else 0o644
@@ -109,6 +120,25 @@ def build_bundle(files: Iterable[tuple[str, Path]]) -> Bundle:
     if len(data) > MAX_COMPRESSED_BYTES:
         raise BundleTooBigError(f"{_mb(len(data))} compressed, over the cap of {_mb(MAX_COMPRESSED_BYTES)}")
     return Bundle(hashlib.sha256(tar_bytes).hexdigest(), data, total, tuple(names))
+
+
+def _read_capped(source: Path, room: int) -> bytes:
+    """The file's bytes, never more than ``room`` read (a huge or endless file fails at the cap, not the memory).
+
+    Raises:
+        BundleTooBigError: more than ``room`` bytes.
+        OSError: it cannot be read (the message names it).
+    """
+    try:
+        with source.open("rb") as handle:
+            if source.stat().st_size > room:
+                raise BundleTooBigError(f"over {_mb(MAX_BUNDLE_BYTES)} of files (the cap)")
+            content = handle.read(room + 1)
+    except OSError as exc:
+        raise OSError(f"{source}: cannot read it: {exc.strerror or exc}") from None
+    if len(content) > room:
+        raise BundleTooBigError(f"over {_mb(MAX_BUNDLE_BYTES)} of files (the cap)")
+    return content
 
 
 def read_bundle(data: bytes, expected_digest: str) -> dict[str, tuple[bytes, int]]:
@@ -130,6 +160,7 @@ def read_bundle(data: bytes, expected_digest: str) -> dict[str, tuple[bytes, int
     tar_bytes = _inflate(data)
     if hashlib.sha256(tar_bytes).hexdigest() != expected_digest:
         raise BundleError(f"the bundle's content does not match its digest {expected_digest}")
+    _check_headers(tar_bytes)
     files: dict[str, tuple[bytes, int]] = {}
     total = 0
     try:
@@ -150,7 +181,42 @@ def read_bundle(data: bytes, expected_digest: str) -> dict[str, tuple[bytes, int
                 files[name] = (content, 0o755 if member.mode & 0o100 else 0o644)
     except tarfile.TarError as exc:
         raise BundleError(f"the bundle is not a valid tar archive: {exc}") from None
+    folders = _all_folders(files)
+    clash = next((name for name in files if name in folders), None)
+    if clash is not None:  # ``a`` and ``a/b.py``: it could not be unpacked
+        raise BundleError(f"bundle member {clash!r} is both a file and a folder")
     return files
+
+
+def _all_folders(files: dict[str, tuple[bytes, int]]) -> set[str]:
+    folders: set[str] = set()
+    for name in files:
+        parts = name.split("/")[:-1]
+        folders.update("/".join(parts[: depth + 1]) for depth in range(len(parts)))
+    return folders
+
+
+def _check_headers(tar_bytes: bytes) -> None:
+    """Walk the tar's 512-byte headers before :mod:`tarfile` parses them: an extended header (PAX ``x``/``g``,
+    GNU ``L``/``K``) bigger than one long path would cost seconds of parsing for a few kilobytes uploaded."""
+    position, members = 0, 0
+    while position + 512 <= len(tar_bytes):
+        header = tar_bytes[position : position + 512]
+        if header == bytes(512):
+            return
+        size_field = header[124:136]
+        try:
+            size = int(size_field.rstrip(b"\0 ").decode("ascii") or "0", 8)
+        except (UnicodeDecodeError, ValueError):
+            raise BundleError("the bundle is not a valid tar archive: a header's size is not a number") from None
+        if header[156:157] in (b"x", b"g", b"L", b"K") and size > MAX_EXTENDED_HEADER_BYTES:
+            raise BundleError(
+                f"the bundle has an extended tar header of {size} bytes (at most {MAX_EXTENDED_HEADER_BYTES})"
+            )
+        members += 1
+        if members > 2 * MAX_BUNDLE_FILES + 2:  # each file may come with one extended header
+            raise BundleTooBigError(f"over {MAX_BUNDLE_FILES} files (the cap)")
+        position += 512 + (size + 511) // 512 * 512
 
 
 def extract(files: dict[str, tuple[bytes, int]], root: Path) -> None:

@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,45 @@ def test_the_root_is_the_flow_files_folder_or_the_folder_above_its_outermost_pac
     assert flow_path_in_bundle(tmp_path / "proj" / "pkg" / "sub" / "flow.py", root) == "pkg/sub/flow.py"
 
 
-def test_a_flow_directly_in_the_home_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_flow_directly_in_the_home_temporary_or_a_system_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(BundleTooBigError, match="would ship that whole folder"):
-        bundle_root(tmp_path / "flow.py")
+    for flow_file in (
+        tmp_path / "flow.py",
+        Path("/etc/flow.py"),
+        Path("/flow.py"),
+        Path(tempfile.gettempdir()) / "f.py",
+    ):
+        with pytest.raises(BundleTooBigError, match="would ship that whole folder"):
+            bundle_root(flow_file)
+
+
+def test_symlinks_travel_only_to_plain_files_inside_the_folder(tmp_path: Path) -> None:
+    root = tree(tmp_path / "proj", {"flow.py": FLOW, "lib/real.py": "X = 1", ".env": "SECRET=1"})
+    secret = tree(tmp_path / "elsewhere", {"id_rsa": "PRIVATE"}) / "id_rsa"
+    (root / "alias.py").symlink_to(root / "lib" / "real.py")
+    (root / "key").symlink_to(secret)
+    (root / "dotenv").symlink_to(root / ".env")
+    (root / "environ").symlink_to("/proc/self/environ")
+    (root / "dangling").symlink_to(root / "nowhere")
+    os.mkfifo(root / "pipe")
+    assert names(root) == ["alias.py", "flow.py", "lib/real.py"]
+
+
+def test_ignore_files_above_the_folder_count_up_to_the_top_of_the_work_tree(tmp_path: Path) -> None:
+    repo = tree(tmp_path / "repo", {".gitignore": "*.pem\ncredentials.json\n", "flows/flow.py": FLOW})
+    (repo / ".git").mkdir()
+    tree(repo / "flows", {"server.pem": "KEY", "credentials.json": "{}", "helper.py": ""})
+    assert names(repo / "flows") == ["flow.py", "helper.py"]
+
+
+def test_a_huge_file_fails_at_the_cap_without_being_read(tmp_path: Path) -> None:
+    root = tree(tmp_path / "proj", {"flow.py": FLOW})
+    with (root / "sparse.bin").open("wb") as handle:
+        handle.truncate(6 * 1024 * 1024 * 1024)  # 6 GB that take no disk, and would take memory if read
+    with pytest.raises(BundleTooBigError, match=r"sparse\.bin 6144\.0 MB"):
+        bundle_directory(root)
 
 
 def test_hidden_files_caches_and_ignored_patterns_stay_behind(tmp_path: Path) -> None:
@@ -122,7 +158,9 @@ def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> tuple[bytes, str]:
     return gzip.compress(raw.getvalue()), hashlib.sha256(raw.getvalue()).hexdigest()
 
 
-@pytest.mark.parametrize("name", ["../evil.py", "/etc/passwd", "a/../../b", "a\\b.py", "bad\x01name"])
+@pytest.mark.parametrize(
+    "name", ["../evil.py", "/etc/passwd", "a/../../b", "a\\b.py", "bad\x01name", ".", "./flow.py", "a//b", "a/./b"]
+)
 def test_a_bundle_with_an_unsafe_path_is_refused(name: str) -> None:
     info = tarfile.TarInfo(name)
     info.size = 1
@@ -169,3 +207,32 @@ def test_registration_shares_one_bundle_per_folder_and_refuses_an_ignored_flow_f
     (root / ".batonignore").write_text("two.py\n")
     with pytest.raises(FlowLoadError, match="the flow file itself is left out"):
         prepare_registrations(found)
+
+
+def test_a_bundle_whose_member_is_both_a_file_and_a_folder_or_too_deep_is_refused() -> None:
+    members = []
+    for name in ("a", "a/b.py"):
+        info = tarfile.TarInfo(name)
+        info.size = 1
+        members.append((info, b"x"))
+    data, digest = _tar(members)
+    with pytest.raises(BundleError, match="both a file and a folder"):
+        read_bundle(data, digest)
+    deep = tarfile.TarInfo("/".join(["d"] * 40) + "/x.py")
+    deep.size = 1
+    data, digest = _tar([(deep, b"x")])
+    with pytest.raises(BundleError, match="folders deep"):
+        read_bundle(data, digest)
+
+
+def test_a_huge_extended_header_is_refused_before_it_is_parsed() -> None:
+    import hashlib
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("x.py")
+        info.size = 1
+        info.pax_headers = {f"k{n}": "v" for n in range(5000)}
+        archive.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(BundleError, match="extended tar header"):
+        read_bundle(gzip.compress(raw.getvalue(), mtime=0), hashlib.sha256(raw.getvalue()).hexdigest())

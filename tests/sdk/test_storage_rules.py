@@ -16,6 +16,7 @@ from baton.schemas.storage_rules import git_ref_problem, git_repo_problem, image
         "git@git.example.org:data/flows.git",
         "file:///srv/git/flows.git",
         "/srv/git/flows",
+        "https://[::1]:8443/flows.git",
     ],
 )
 def test_usual_repositories_are_accepted(repo: str) -> None:
@@ -34,6 +35,9 @@ def test_usual_repositories_are_accepted(repo: str) -> None:
         ("relative/path", "must be an https://"),
         ("https://git.example.org/\nflows", "no control characters"),
         ("", "must be a URL"),
+        ("https://git.example.org/flows.git?access_token=SECRET", "no query"),
+        ("ssh://-oProxyCommand=touch%20x/flows", "ssh would read as an option"),
+        ("-oProxyCommand=x@host:flows", "would be read as an option"),
     ],
 )
 def test_hostile_repositories_are_refused_saying_why(repo: str, why: str) -> None:
@@ -69,6 +73,8 @@ def test_paths_in_a_repository_and_in_an_image() -> None:
         ({"type": "git", "path": "f.py"}, {}, "needs a repository"),
         ({"type": "docker", "path": "/opt/flows/f.py"}, {}, "needs an image"),
         ({"type": "docker", "image": "flows:1", "path": "f.py"}, {}, "must be absolute"),
+        ({"type": "docker", "image": "--privileged", "path": "/opt/flows/f.py"}, {}, "not an image reference"),
+        ({"type": "docker", "image": "flows:1\nx", "path": "/opt/flows/f.py"}, {}, "not an image reference"),
         ({"type": "api", "bundle": "0" * 64, "path": "/etc/passwd"}, {}, "relative"),
     ],
 )

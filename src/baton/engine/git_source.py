@@ -14,8 +14,10 @@ Usage::
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,6 +26,7 @@ from baton.exceptions import FlowLoadError
 from baton.schemas.storage_rules import git_ref_problem, git_repo_problem
 
 FETCH_TIMEOUT_SECONDS = 300
+_SSH = "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
 _ERROR_CHARS = 2000
 
 
@@ -42,7 +45,11 @@ def fetch(repo: str, ref: str | None, timeout: float = FETCH_TIMEOUT_SECONDS) ->
         )
     root = Path(tempfile.mkdtemp(prefix="baton-git-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    safe = ["-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never", "-c", "core.hooksPath=/dev/null"]
+    safe = [
+        *("-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never", "-c", "core.hooksPath=/dev/null"),
+        # A server that stops sending fails the fetch rather than holding it until the time limit
+        *("-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=60"),
+    ]
     _git(["git", "init", "-q", str(root)], timeout, repo)
     _git(["git", *safe, "-C", str(root), "fetch", "-q", "--depth", "1", "--", repo, ref or "HEAD"], timeout, repo)
     _git(
@@ -57,15 +64,23 @@ def _git(command: list[str], timeout: float, repo: str) -> None:
     env = {
         **os.environ,
         "GIT_TERMINAL_PROMPT": "0",  # never wait for a password nobody will type
-        "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+        "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", _SSH),
         "GIT_CONFIG_NOSYSTEM": "1",
     }
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise FlowLoadError(f"storage git: fetching {repo} took over {timeout:.0f} s") from None
+        # A session of its own: on time out, git and its helpers (git-remote-http, ssh) go with it, not on alone
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
     except OSError as exc:
         raise FlowLoadError(f"storage git: cannot run git: {exc}") from None
-    if done.returncode != 0:
-        said = (done.stderr or done.stdout).strip()[-_ERROR_CHARS:]
-        raise FlowLoadError(f"storage git: cannot fetch {repo}: {said or f'git exited {done.returncode}'}")
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise FlowLoadError(f"storage git: fetching {repo} took over {timeout:.0f} s") from None
+    if process.returncode != 0:
+        said = (err or out).strip()[-_ERROR_CHARS:]
+        raise FlowLoadError(f"storage git: cannot fetch {repo}: {said or f'git exited {process.returncode}'}")

@@ -37,7 +37,8 @@ def load_flow(flow: FlowRead, fetch_bundle: Callable[[str], bytes] | None = None
     if flow.storage.type == StorageType.API and flow.storage.bundle:
         if fetch_bundle is None or not flow.storage.path:
             raise FlowLoadError(f"flow {flow.name!r} version {flow.version} has a bundle this engine cannot read")
-        filename = str(unpack_bundle(flow.storage.bundle, fetch_bundle) / flow.storage.path)
+        root = unpack_bundle(flow.storage.bundle, fetch_bundle)
+        filename = str(_inside(root, flow.storage.path))
         module = load_module_from_path(Path(filename))
     elif flow.storage.type == StorageType.API:
         if not flow.source:
@@ -56,7 +57,7 @@ def load_flow(flow: FlowRead, fetch_bundle: Callable[[str], bytes] | None = None
 
         root = fetch(flow.storage.repo, flow.storage.ref)
         sys.path.insert(0, str(root))
-        filename = str(root / flow.storage.path)
+        filename = str(_inside(root, flow.storage.path))
         module = load_module_from_path(Path(filename))
     else:
         raise FlowLoadError(f"storage {flow.storage.type.value!r} is not supported by this engine yet")
@@ -80,9 +81,24 @@ def unpack_bundle(digest: str, fetch_bundle: Callable[[str], bytes]) -> Path:
         raise FlowLoadError(f"the flow's bundle {digest[:12]} cannot be used: {exc}") from None
     root = Path(tempfile.mkdtemp(prefix="baton-bundle-"))  # mode 0700: the code is this process's alone
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    extract(files, root)
+    try:
+        extract(files, root)
+    except OSError as exc:  # a disk full, a name this file system refuses
+        raise FlowLoadError(f"the flow's bundle {digest[:12]} cannot be unpacked here: {exc}") from None
     sys.path.insert(0, str(root))
     return root
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refused when it leads out of ``root`` (a symlink in a fetched repository, say).
+
+    Raises:
+        FlowLoadError: it does.
+    """
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise FlowLoadError(f"the flow file {relative!r} leads out of its code's folder (a symbolic link?)")
+    return path
 
 
 def find_flow(flows: list[Flow[..., Any]], entrypoint: str, filename: str) -> Flow[..., Any]:

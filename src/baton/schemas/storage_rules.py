@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 _GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
 # Branch, tag or commit names as git allows them, less what could be read as an option or a range.
 _REF = re.compile(r"^(?!-)(?!.*\.\.)[A-Za-z0-9._/+@-]{1,255}$")
-_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^:]")  # git@host:org/repo.git
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^:]")  # git@host:org/repo.git
+# An image reference as Docker writes them ([registry[:port]/]name[:tag][@digest]); never an option.
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,1023}$")
 
 
 def git_repo_problem(repo: str) -> str | None:
@@ -33,17 +35,48 @@ def git_repo_problem(repo: str) -> str | None:
         return f"the repository {repo[:100]!r} would be read as an option"
     if repo.startswith("/") or _SCP_LIKE.match(repo):
         return None
-    parts = urlsplit(repo)
-    if parts.scheme not in _GIT_SCHEMES or "::" in repo:
+    return _url_problem(repo)
+
+
+def _url_problem(repo: str) -> str | None:
+    try:
+        parts = urlsplit(repo)
+        hostname = parts.hostname or ""
+    except ValueError:
+        return f"the repository {repo[:200]!r} is not a valid URL"
+    # <transport>::<address> runs a remote helper (ext:: runs a command); an IPv6 host ([::1]) is fine
+    if parts.scheme not in _GIT_SCHEMES or "::" in repo.split("/", 1)[0]:
         return (
             f"the repository {repo[:200]!r} must be an https://, http://, ssh://, git:// or file:// URL, "
             "user@host:path, or an absolute path"
         )
-    if parts.password is not None or (parts.username is not None and parts.scheme in ("https", "http")):
-        return (
-            "the repository URL must not carry credentials (they would be stored and shown): give them to git "
-            "where the flow runs (a credential helper, GIT_ASKPASS)"
-        )
+    problems = [
+        (parts.password is not None or (parts.username is not None and parts.scheme in ("https", "http")), None),
+        (bool(parts.query or parts.fragment), "the repository URL must have no query (?...) or fragment (#...): "),
+        (
+            hostname.startswith("-") or (parts.username or "").startswith("-"),
+            f"the repository {repo[:100]!r} has a host or user that ssh would read as an option",
+        ),
+    ]
+    for failed, message in problems:
+        if failed:
+            return _NO_CREDENTIALS if message is None else message + ("" if message.endswith("option") else _WHY)
+    return None
+
+
+_WHY = "a credential there would be stored and shown"
+
+
+_NO_CREDENTIALS = (
+    "the repository URL must not carry credentials (they would be stored and shown): give them to git where the "
+    "flow runs (a credential helper, GIT_ASKPASS)"
+)
+
+
+def image_problem(image: str) -> str | None:
+    """Why ``image`` is not an image reference (``registry/name:tag``), or None."""
+    if not _IMAGE.match(image):
+        return f"the image {image[:200]!r} is not an image reference (registry/name:tag)"
     return None
 
 
@@ -79,7 +112,7 @@ def storage_problem(storage: Storage, run_config: RunConfig) -> str | None:
     if kind == "docker":
         if not (storage.image or run_config.image):
             return "storage 'docker' needs an image: DockerStorage(image=...) or the run config's image"
-        return image_path_problem(storage.path or "")
+        return (image_problem(storage.image) if storage.image else None) or image_path_problem(storage.path or "")
     if kind == "git":
         if not storage.repo:
             return "storage 'git' needs a repository"

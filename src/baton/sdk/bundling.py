@@ -2,12 +2,15 @@
 
 - **The root.** The flow file's folder; when that folder is a package (it has ``__init__.py``), the folder above the
   outermost package, so ``import mypackage.helpers`` works on the agent as it did here. A flow file directly in the
-  home directory or in ``/`` is refused: that would ship the whole of it.
+  home folder, the temporary folder, ``/`` or a folder of ``/`` (``/etc``, ``/tmp``) is refused: that would ship the
+  whole of it.
 - **What is left out.** Hidden files and folders (a leading ``.``: ``.git``, ``.env``, ``.venv``, ``.ssh``...),
   ``__pycache__``, compiled files (``*.pyc``, ``*.pyo``), ``venv``, ``node_modules``; then every pattern of each
   ``.gitignore`` and ``.batonignore`` (gitignore syntax, each applying to its folder and below; a ``.batonignore``
-  is read after the ``.gitignore`` beside it, so its ``!pattern`` can bring a file back). Symlinked folders are not
-  followed; a symlinked file travels as its content.
+  is read after the ``.gitignore`` beside it, so its ``!pattern`` can bring a file back), the ones of the folders
+  above up to the top of the Git work tree included. Symlinked folders are not followed; a symlinked file travels
+  as its content only when it leads to a regular, not hidden file inside the root (never ``~/.ssh/...``,
+  ``/proc/...`` or a ``.env``); special files (FIFOs, devices) never travel.
 - **The caps** (``baton.bundles``): over them, the error names the biggest files and folders, so the fix (a line
   in ``.batonignore``) is obvious.
 
@@ -21,6 +24,8 @@ Usage::
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +47,9 @@ def bundle_root(flow_file: Path) -> Path:
     folder = flow_file.expanduser().resolve().parent
     while (folder / "__init__.py").is_file() and folder.parent != folder:
         folder = folder.parent
-    if folder == Path.home().resolve() or folder.parent == folder:
+    # The home folder, /, a top-level folder (/etc, /tmp...) or the temporary folder: never a project of its own
+    shared = {Path.home().resolve(), Path(tempfile.gettempdir()).resolve()}
+    if folder in shared or len(folder.parts) <= 2:  # / is one part, /etc two
         raise BundleTooBigError(
             f"{flow_file} is directly in {folder}: registering it would ship that whole folder; "
             "move the flow into a project folder of its own"
@@ -73,8 +80,23 @@ def bundle_directory(root: Path) -> Bundle:
 
 
 def bundled_files(root: Path) -> Iterator[tuple[str, Path]]:
-    """Each file that travels: (its POSIX path inside the bundle, the file), in no particular order."""
-    yield from _walk(root, root, [])
+    """Each file that travels: (its POSIX path inside the bundle, the file), in no particular order.
+
+    The ignore files of the folders above ``root`` up to the top of its Git work tree count too (a monorepo's
+    ``.gitignore`` listing ``*.pem`` keeps them out of every flow folder below it).
+    """
+    specs = [(folder, spec) for folder in _folders_above(root) if (spec := _folder_spec(folder)) is not None]
+    yield from _walk(root, root, specs)
+
+
+def _folders_above(root: Path) -> list[Path]:
+    """The folders from the top of ``root``'s Git work tree down to ``root``'s parent ([] outside a work tree)."""
+    above: list[Path] = []
+    for folder in root.parents:
+        above.append(folder)
+        if (folder / ".git").exists():
+            return list(reversed(above))
+    return []
 
 
 def _walk(root: Path, folder: Path, specs: list[tuple[Path, pathspec.GitIgnoreSpec]]) -> Iterator[tuple[str, Path]]:
@@ -92,8 +114,20 @@ def _walk(root: Path, folder: Path, specs: list[tuple[Path, pathspec.GitIgnoreSp
             continue
         if is_dir:
             yield from _walk(root, path, specs)
-        elif entry.is_file():  # a regular file, or a symlink to one
+        elif entry.is_file(follow_symlinks=False) or (entry.is_symlink() and _link_inside(path, root)):
             yield path.relative_to(root).as_posix(), path
+
+
+def _link_inside(link: Path, root: Path) -> bool:
+    """Whether a symlinked file may travel as its content: it leads to a regular file inside ``root`` that is not
+    hidden. A link to ``~/.ssh/id_rsa``, ``/proc/self/environ`` or a ``.env`` beside it stays behind."""
+    try:
+        target = link.resolve(strict=True)
+        if not stat.S_ISREG(target.stat().st_mode) or not target.is_relative_to(root):
+            return False
+    except (OSError, RuntimeError):  # dangling, a loop, unreadable
+        return False
+    return not any(part.startswith(".") for part in target.relative_to(root).parts)
 
 
 def _left_out(name: str, is_dir: bool) -> bool:

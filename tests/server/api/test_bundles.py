@@ -269,6 +269,21 @@ def test_a_flow_names_an_uploaded_bundle_and_reregistering_it_is_the_same_versio
     assert (storage["type"], storage["bundle"], storage["path"]) == ("api", bundle.digest, "flow.py")
 
 
+def test_the_source_shown_must_be_the_bundles_file_that_runs(tenant: TenantContext, bundle: Bundle) -> None:
+    http = tenant.raw(tenant.key("user"))
+    http.put(f"/api/bundles/{bundle.digest}", content=bundle.data, headers=GZIP)
+
+    fake_source = http.post("/api/flows", json={**flow_payload("shown", bundle.digest), "source": "x = 1\n"})
+    no_such_file = flow_payload("shown", bundle.digest)
+    no_such_file["storage"]["path"] = "elsewhere.py"
+    missing_file = http.post("/api/flows", json=no_such_file)
+
+    assert fake_source.status_code == 422
+    assert fake_source.json()["detail"] == "the source sent is not the file 'flow.py' of the bundle"
+    assert missing_file.status_code == 422
+    assert missing_file.json()["detail"] == f"bundle {bundle.digest} has no file 'elsewhere.py'"
+
+
 def test_a_storage_bundle_that_is_no_digest_is_422(tenant: TenantContext) -> None:
     response = tenant.raw(tenant.admin_key).post("/api/flows", json=flow_payload("bundled", "0" * 63))
 

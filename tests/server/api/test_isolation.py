@@ -153,7 +153,19 @@ FLOW_PAYLOAD = {
 
 
 def flow_payload(digest: str) -> dict[str, Any]:
-    return {**FLOW_PAYLOAD, "storage": {"type": "api", "bundle": digest}}
+    """Flow ``hello`` of bundle ``digest`` (whose hello.py is :func:`hello_of` that digest's tenant's source)."""
+    return {
+        **FLOW_PAYLOAD,
+        "source": hello_of(digest),
+        "storage": {"type": "api", "bundle": digest, "path": "hello.py"},
+    }
+
+
+_HELLO_BY_DIGEST: dict[str, str] = {}
+
+
+def hello_of(digest: str) -> str:
+    return _HELLO_BY_DIGEST.get(digest, HELLO_SOURCE)
 
 
 LOG_LINE = {"logs": [{"timestamp": "2030-01-01T00:00:00Z", "message": "swept"}]}
@@ -321,8 +333,10 @@ class World:
         """Flow ``hello``, registered before any target, names a bundle of this tenant's own (a unique one)."""
         with tempfile.TemporaryDirectory() as folder:
             flow_file = Path(folder) / "hello.py"
-            flow_file.write_text(f"{HELLO_SOURCE}\n# {unique('bundle')}\n")
+            source = f"{HELLO_SOURCE}\n# {unique('bundle')}\n"
+            flow_file.write_text(source)
             built = build_bundle([("hello.py", flow_file)])
+        _HELLO_BY_DIGEST[built.digest] = source
         self.digest, self.bundle = built.digest, built.data
         self.tenant.admin.upload_bundle(built.digest, built.data)
         self.tenant.admin.register_flow(flow_payload(built.digest))

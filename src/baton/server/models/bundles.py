@@ -129,5 +129,14 @@ def get(session: Session, tenant_id: str, digest: str) -> bytes:
     return bytes(data)
 
 
+def files_of(session: Session, tenant_id: str, digest: str) -> dict[str, tuple[bytes, int]]:
+    """The files of the tenant's bundle ``digest`` (path -> (content, mode)), checked as on upload.
+
+    Raises:
+        ObjectNotFound: the tenant has no such bundle.
+    """
+    return read_bundle(get(session, tenant_id, digest), expected_digest=digest)
+
+
 def _info(row: Bundle) -> BundleInfo:
     return BundleInfo(row.digest, row.size, row.compressed_size, row.file_count, row.created)

@@ -61,6 +61,9 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
     if bundle is not None and not bundles.exists(session, tenant_id, bundle):
         raise InvalidRequest(f"bundle {bundle} was not uploaded: PUT /api/bundles/{bundle} first")
     digest = _content_hash(payload)
+    latest = latest_version(session, tenant_id, payload.name)
+    if bundle is not None and (latest is None or latest.content_hash != digest):
+        _check_source_in_bundle(session, tenant_id, payload)
     for _attempt in range(3):
         latest = latest_version(session, tenant_id, payload.name)
         if latest is not None and latest.content_hash == digest:
@@ -93,6 +96,21 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
             continue  # someone registered the same name at the same moment: take the next version
         return flow, True
     raise StaleState(f"could not register flow {payload.name!r}: too many concurrent registrations; retry")
+
+
+def _check_source_in_bundle(session: Session, tenant_id: str, payload: FlowCreate) -> None:
+    """The flow's ``source`` (what readers are shown) must be the bundle's file at ``storage.path`` (what runs).
+
+    Raises:
+        InvalidRequest: the bundle has no such file, or it is not the source sent (422).
+    """
+    assert payload.storage.bundle is not None and payload.storage.path is not None
+    files = bundles.files_of(session, tenant_id, payload.storage.bundle)
+    found = files.get(payload.storage.path)
+    if found is None:
+        raise InvalidRequest(f"bundle {payload.storage.bundle} has no file {payload.storage.path!r}")
+    if found[0] != (payload.source or "").encode("utf-8", "surrogatepass"):
+        raise InvalidRequest(f"the source sent is not the file {payload.storage.path!r} of the bundle")
 
 
 def get_flow(session: Session, tenant_id: str, flow_id: str) -> Flow:
