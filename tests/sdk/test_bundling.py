@@ -58,6 +58,7 @@ def test_a_flow_directly_in_the_home_temporary_or_a_system_folder_is_refused(
     ):
         with pytest.raises(BundleTooBigError, match="would ship that whole folder"):
             bundle_root(flow_file)
+    assert bundle_root(Path("/app/flow.py")) == Path("/app")  # a project folder in an image is fine
 
 
 def test_symlinks_travel_only_to_plain_files_inside_the_folder(tmp_path: Path) -> None:

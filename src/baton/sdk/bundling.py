@@ -2,8 +2,8 @@
 
 - **The root.** The flow file's folder; when that folder is a package (it has ``__init__.py``), the folder above the
   outermost package, so ``import mypackage.helpers`` works on the agent as it did here. A flow file directly in the
-  home folder, the temporary folder, ``/`` or a folder of ``/`` (``/etc``, ``/tmp``) is refused: that would ship the
-  whole of it.
+  home folder, the temporary folder, ``/`` or a system folder (``/etc``, ``/tmp``, ``/usr``...) is refused: that
+  would ship the whole of it (a project folder such as ``/app`` is fine).
 - **What is left out.** Hidden files and folders (a leading ``.``: ``.git``, ``.env``, ``.venv``, ``.ssh``...),
   ``__pycache__``, compiled files (``*.pyc``, ``*.pyo``), ``venv``, ``node_modules``; then every pattern of each
   ``.gitignore`` and ``.batonignore`` (gitignore syntax, each applying to its folder and below; a ``.batonignore``
@@ -34,6 +34,31 @@ import pathspec
 from baton.bundles import MAX_BUNDLE_BYTES, Bundle, BundleTooBigError, build_bundle
 
 IGNORE_FILES = (".gitignore", ".batonignore")
+_SYSTEM_FOLDERS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",  # noqa: S108 - a folder never to bundle, not one to write in
+    "/usr",
+    "/var",
+    "/var/tmp",  # noqa: S108 - likewise
+    "/usr/local",
+    "/usr/lib",
+)
 _ALWAYS_LEFT_OUT_DIRS = frozenset({"__pycache__", "venv", "node_modules"})
 _ALWAYS_LEFT_OUT_SUFFIXES = (".pyc", ".pyo")
 
@@ -47,9 +72,10 @@ def bundle_root(flow_file: Path) -> Path:
     folder = flow_file.expanduser().resolve().parent
     while (folder / "__init__.py").is_file() and folder.parent != folder:
         folder = folder.parent
-    # The home folder, /, a top-level folder (/etc, /tmp...) or the temporary folder: never a project of its own
-    shared = {Path.home().resolve(), Path(tempfile.gettempdir()).resolve()}
-    if folder in shared or len(folder.parts) <= 2:  # / is one part, /etc two
+    # The home folder, the temporary folder, / and the system's own folders: never a project of their own (a
+    # project folder directly under /, such as /app in an image, is one)
+    shared = {Path.home().resolve(), Path(tempfile.gettempdir()).resolve(), *(Path(f) for f in _SYSTEM_FOLDERS)}
+    if folder in shared or folder.parent == folder:
         raise BundleTooBigError(
             f"{flow_file} is directly in {folder}: registering it would ship that whole folder; "
             "move the flow into a project folder of its own"
