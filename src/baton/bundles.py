@@ -36,8 +36,8 @@ MAX_BUNDLE_FILES = 10_000
 MAX_PATH_LENGTH = 1024
 MAX_PATH_DEPTH = 32  # folders a path may go down
 MAX_NAME_BYTES = 255  # one file or folder name (the usual file system limit)
-# An extended header (PAX, GNU long name) holds one member's long path: more is an attack on the parser.
-MAX_EXTENDED_HEADER_BYTES = 16 * 1024
+# A PAX header holds one member's long path (at most MAX_PATH_LENGTH characters, 4 bytes each): more is an attack.
+MAX_EXTENDED_HEADER_BYTES = 4 * MAX_PATH_LENGTH + 64
 # The compressed bundle: the server's default request body limit (BATON__SERVER__MAX_BODY_BYTES), so an upload
 # within the cap is never refused by the body limit first.
 MAX_COMPRESSED_BYTES = 10 * 1024 * 1024
@@ -161,30 +161,39 @@ def read_bundle(data: bytes, expected_digest: str) -> dict[str, tuple[bytes, int
     if hashlib.sha256(tar_bytes).hexdigest() != expected_digest:
         raise BundleError(f"the bundle's content does not match its digest {expected_digest}")
     _check_headers(tar_bytes)
-    files: dict[str, tuple[bytes, int]] = {}
-    total = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as archive:
-            for member in archive:
-                if not member.isreg():
-                    raise BundleError(f"bundle member {member.name[:200]!r} is not a regular file")
-                name = check_path(member.name)
-                if name in files:
-                    raise BundleError(f"bundle member {name!r} is there twice")
-                if len(files) >= MAX_BUNDLE_FILES:
-                    raise BundleTooBigError(f"over {MAX_BUNDLE_FILES} files (the cap)")
-                total += member.size
-                if total > MAX_BUNDLE_BYTES:
-                    raise BundleTooBigError(f"over {_mb(MAX_BUNDLE_BYTES)} of files (the cap)")
-                handle = archive.extractfile(member)
-                content = handle.read() if handle is not None else b""
-                files[name] = (content, 0o755 if member.mode & 0o100 else 0o644)
-    except tarfile.TarError as exc:
+        files = _members(tar_bytes)
+    except (tarfile.TarError, ValueError, EOFError) as exc:
+        if isinstance(exc, BundleError):
+            raise
         raise BundleError(f"the bundle is not a valid tar archive: {exc}") from None
     folders = _all_folders(files)
     clash = next((name for name in files if name in folders), None)
     if clash is not None:  # ``a`` and ``a/b.py``: it could not be unpacked
         raise BundleError(f"bundle member {clash!r} is both a file and a folder")
+    return files
+
+
+def _members(tar_bytes: bytes) -> dict[str, tuple[bytes, int]]:
+    files: dict[str, tuple[bytes, int]] = {}
+    total = 0
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as archive:
+        for member in archive:
+            if not member.isreg():
+                raise BundleError(f"bundle member {member.name[:200]!r} is not a regular file")
+            name = check_path(member.name)
+            if name in files:
+                raise BundleError(f"bundle member {name!r} is there twice")
+            if len(files) >= MAX_BUNDLE_FILES:
+                raise BundleTooBigError(f"over {MAX_BUNDLE_FILES} files (the cap)")
+            if member.size < 0:
+                raise BundleError(f"bundle member {name!r} has a negative size")
+            total += member.size
+            if total > MAX_BUNDLE_BYTES:
+                raise BundleTooBigError(f"over {_mb(MAX_BUNDLE_BYTES)} of files (the cap)")
+            handle = archive.extractfile(member)
+            content = handle.read() if handle is not None else b""
+            files[name] = (content, 0o755 if member.mode & 0o100 else 0o644)
     return files
 
 
@@ -197,26 +206,53 @@ def _all_folders(files: dict[str, tuple[bytes, int]]) -> set[str]:
 
 
 def _check_headers(tar_bytes: bytes) -> None:
-    """Walk the tar's 512-byte headers before :mod:`tarfile` parses them: an extended header (PAX ``x``/``g``,
-    GNU ``L``/``K``) bigger than one long path would cost seconds of parsing for a few kilobytes uploaded."""
+    """Walk the tar's 512-byte headers before :mod:`tarfile` parses any: only what :func:`build_bundle` makes may
+    pass (regular files, each perhaps after a PAX header holding its long ``path``). Any other header type (GNU
+    long names, sparse files, global headers...) or PAX record is refused, so no upload reaches the slow paths of
+    ``tarfile``'s header parsing (quadratic on some inputs before Python 3.11.10), and no PAX ``size`` record can
+    make the parser see the archive differently from this walk.
+    """
     position, members = 0, 0
     while position + 512 <= len(tar_bytes):
         header = tar_bytes[position : position + 512]
         if header == bytes(512):
             return
-        size_field = header[124:136]
-        try:
-            size = int(size_field.rstrip(b"\0 ").decode("ascii") or "0", 8)
-        except (UnicodeDecodeError, ValueError):
-            raise BundleError("the bundle is not a valid tar archive: a header's size is not a number") from None
-        if header[156:157] in (b"x", b"g", b"L", b"K") and size > MAX_EXTENDED_HEADER_BYTES:
-            raise BundleError(
-                f"the bundle has an extended tar header of {size} bytes (at most {MAX_EXTENDED_HEADER_BYTES})"
-            )
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        if kind == b"x":
+            if size > MAX_EXTENDED_HEADER_BYTES:
+                raise BundleError(f"the bundle has a PAX header of {size} bytes (at most {MAX_EXTENDED_HEADER_BYTES})")
+            _check_pax(tar_bytes[position + 512 : position + 512 + size])
+        elif kind not in (b"0", b"\0"):
+            raise BundleError(f"bundle member of tar type {kind!r} is not a regular file")
         members += 1
-        if members > 2 * MAX_BUNDLE_FILES + 2:  # each file may come with one extended header
+        if members > 2 * MAX_BUNDLE_FILES + 2:  # each file may come with one PAX header
             raise BundleTooBigError(f"over {MAX_BUNDLE_FILES} files (the cap)")
         position += 512 + (size + 511) // 512 * 512
+
+
+def _octal(field: bytes) -> int:
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    if not text or not text.isdigit() or any(c not in b"01234567" for c in text):
+        raise BundleError("the bundle is not a valid tar archive: a header's size is not an octal number")
+    return int(text, 8)
+
+
+def _check_pax(body: bytes) -> None:
+    """A PAX header's records (``<length> <key>=<value>\\n``) must each be a ``path`` (or its ``hdrcharset``)."""
+    position = 0
+    while position < len(body):
+        space = body.find(b" ", position, position + 8)
+        if space < 0 or not body[position:space].isdigit():
+            raise BundleError("the bundle has a malformed PAX header")
+        end = position + int(body[position:space])
+        record = body[space + 1 : end]
+        if end > len(body) or end <= space + 1 or not record.endswith(b"\n") or b"=" not in record:
+            raise BundleError("the bundle has a malformed PAX header")
+        key = record.split(b"=", 1)[0]
+        if key not in (b"path", b"hdrcharset"):
+            raise BundleError(f"the bundle has a PAX record {key[:40]!r}: only 'path' is allowed")
+        position = end
 
 
 def extract(files: dict[str, tuple[bytes, int]], root: Path) -> None:

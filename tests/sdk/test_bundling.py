@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import tarfile
 import tempfile
 from pathlib import Path
@@ -78,6 +79,10 @@ def test_ignore_files_above_the_folder_count_up_to_the_top_of_the_work_tree(tmp_
     (repo / ".git").mkdir()
     tree(repo / "flows", {"server.pem": "KEY", "credentials.json": "{}", "helper.py": ""})
     assert names(repo / "flows") == ["flow.py", "helper.py"]
+    # A repository of its own inside it: the outer one's rules stop there, as git's do
+    (repo / ".gitignore").write_text("*\n")
+    (repo / "flows" / ".git").mkdir()
+    assert names(repo / "flows") == ["credentials.json", "flow.py", "helper.py", "server.pem"]
 
 
 def test_a_huge_file_fails_at_the_cap_without_being_read(tmp_path: Path) -> None:
@@ -235,5 +240,49 @@ def test_a_huge_extended_header_is_refused_before_it_is_parsed() -> None:
         info.size = 1
         info.pax_headers = {f"k{n}": "v" for n in range(5000)}
         archive.addfile(info, io.BytesIO(b"x"))
-    with pytest.raises(BundleError, match="extended tar header"):
+    with pytest.raises(BundleError, match="PAX header of"):
         read_bundle(gzip.compress(raw.getvalue(), mtime=0), hashlib.sha256(raw.getvalue()).hexdigest())
+
+
+def _raw_member(kind: bytes, body: bytes) -> bytes:
+    """A tar of one header of type ``kind`` with ``body``, then a regular file: written by hand, as an attacker."""
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.size = len(body)
+    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    header[156:157] = kind
+    header[148:156] = b"        "
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    file = tarfile.TarInfo("x.py")
+    file.size = 1
+    pad = lambda b: b + b"\0" * (-len(b) % 512)  # noqa: E731
+    return bytes(header) + pad(body) + file.tobuf(tarfile.USTAR_FORMAT) + pad(b"1") + b"\0" * 1024
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "why"),
+    [
+        (b"X", b"30 path=" + b"1" * 21 + b"\n", "tar type b'X'"),  # read as PAX by tarfile, outside the caps
+        (b"g", b"12 path=abc\n", "tar type b'g'"),
+        (b"L", b"long-name", "tar type b'L'"),
+        (b"x", b"10 size=0\n", "only 'path' is allowed"),  # would desynchronise the walk and the parser
+        (b"x", b"21 GNU.sparse.size=a\n", "only 'path' is allowed"),
+        (b"x", b"99999 path=a\n", "malformed PAX header"),
+        (b"x", b"1" * 500, "malformed PAX header"),
+    ],
+)
+def test_only_the_headers_a_bundle_is_made_of_reach_the_tar_parser(kind: bytes, body: bytes, why: str) -> None:
+    import hashlib
+
+    tar = _raw_member(kind, body)
+    with pytest.raises(BundleError, match=re.escape(why)):
+        read_bundle(gzip.compress(tar, mtime=0), hashlib.sha256(tar).hexdigest())
+
+
+def test_a_flow_file_with_crlf_line_ends_is_sent_as_its_bundle_holds_it(tmp_path: Path) -> None:
+    root = tmp_path / "windows"
+    root.mkdir()
+    (root / "flow.py").write_bytes(FLOW.replace("\n", "\r\n").encode())
+    [registration] = prepare_registrations([(root / "flow.py", flow) for flow in load_flows(root / "flow.py")])
+    assert registration.bundle is not None
+    files = read_bundle(registration.bundle.data, registration.bundle.digest)
+    assert registration.payload["source"].encode() == files["flow.py"][0] and "\r\n" in registration.payload["source"]

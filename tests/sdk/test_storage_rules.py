@@ -89,6 +89,13 @@ def test_registration_refuses_a_storage_that_could_not_work_or_could_hurt(
         FlowCreate(name="f", entrypoint="f", source="x", storage=storage, run_config=run_config)  # type: ignore[arg-type]
 
 
+def test_registration_accepts_an_image_tag_with_capitals() -> None:
+    from baton.schemas.actions import FlowCreate
+
+    storage = {"type": "docker", "image": "registry.local:5000/flows:V1.2", "path": "/opt/flows/f.py"}
+    assert FlowCreate(name="f", entrypoint="f", storage=storage).storage.image == "registry.local:5000/flows:V1.2"  # type: ignore[arg-type]
+
+
 def test_registration_accepts_docker_storage_with_the_run_configs_image() -> None:
     from baton.schemas.actions import FlowCreate
 

@@ -23,7 +23,7 @@ _GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
 _REF = re.compile(r"^(?!-)(?!.*\.\.)[A-Za-z0-9._/+@-]{1,255}$")
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^:]")  # git@host:org/repo.git
 # An image reference as Docker writes them ([registry[:port]/]name[:tag][@digest]); never an option.
-_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,1023}$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,1023}$")  # tags may have capitals; Docker judges the rest
 
 
 def git_repo_problem(repo: str) -> str | None:

@@ -116,7 +116,10 @@ def bundled_files(root: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _folders_above(root: Path) -> list[Path]:
-    """The folders from the top of ``root``'s Git work tree down to ``root``'s parent ([] outside a work tree)."""
+    """The folders from the top of ``root``'s Git work tree down to ``root``'s parent ([] outside a work tree, or
+    when ``root`` is itself the top of one: a repository's ignore files stop at a nested repository, as git's do)."""
+    if (root / ".git").exists():
+        return []
     above: list[Path] = []
     for folder in root.parents:
         above.append(folder)

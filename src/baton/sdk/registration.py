@@ -120,7 +120,8 @@ def build_flow_payload(
 
 def _read_source(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        # Bytes as they are (read_text would turn CRLF into LF): the source must be the bundle's file exactly
+        return path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise FlowLoadError(f"{path}: cannot read it: {exc}") from None
 

@@ -8,10 +8,11 @@ and the format's caps (``models.bundles.verify``) before anything is stored.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel
@@ -83,7 +84,7 @@ async def upload_bundle(
         response.status_code = 200
         return _read(known)
     try:
-        checked = await run_in_threadpool(_verify_one_at_a_time, data, digest)
+        checked = await anyio.to_thread.run_sync(bundles.verify, data, digest, limiter=_verifier(request))
     except BundleTooBigError as exc:
         raise HTTPException(413, str(exc)) from None
     except BundleError as exc:
@@ -157,11 +158,10 @@ def _find(factory: sessionmaker[Session], tenant_id: str, digest: str) -> bundle
         return bundles.find(session, tenant_id, digest)
 
 
-# Checking a bundle is CPU work (up to ~1 s for 10,000 members): one at a time per server process, so that a
-# burst of uploads queues behind itself rather than taking every worker thread and the CPU from other requests.
-_VERIFYING = threading.Lock()
-
-
-def _verify_one_at_a_time(data: bytes, digest: str) -> bundles.VerifiedBundle:
-    with _VERIFYING:
-        return bundles.verify(data, digest)
+def _verifier(request: Request) -> anyio.CapacityLimiter:
+    """One bundle check at a time per server process (up to ~1 s of CPU each for 10,000 members): a burst of uploads
+    waits for this limiter, not in the worker threads every other request needs."""
+    limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "bundle_verifier", None)
+    if limiter is None:
+        limiter = request.app.state.bundle_verifier = anyio.CapacityLimiter(1)
+    return limiter

@@ -125,6 +125,8 @@ class Bundle(Base):
     size: Mapped[int] = mapped_column(Integer)  # uncompressed bytes of the files
     compressed_size: Mapped[int] = mapped_column(Integer)
     file_count: Mapped[int] = mapped_column(Integer)
+    # {path: sha256 hex of the file}: registration checks a flow's source against it without inflating the bundle
+    manifest: Mapped[dict[str, str]] = mapped_column(JSON, deferred=True)
     # Up to baton.bundles.MAX_COMPRESSED_BYTES: loaded only by the read of the bundle itself.
     data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,7 +1,8 @@
 """Bundles: flows' folders, stored per tenant under their digest (``baton.bundles`` defines the format).
 
 An upload is checked before anything is stored (:func:`verify`: gzip, digest, caps, safe member names), outside any
-transaction, since inflating 20 MB takes a while and a SQLite transaction holds the write lock. Storing is
+transaction, since inflating 20 MB takes a while and a SQLite transaction holds the write lock. The check records a
+manifest (each file's SHA-256), so that registration compares a flow's source without inflating anything. Storing is
 idempotent: a bundle is immutable, so a second upload of one digest changes nothing, also when two race.
 
 Usage::
@@ -13,6 +14,7 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,6 +35,7 @@ class VerifiedBundle:
     data: bytes  # the compressed bytes, as uploaded
     size: int  # uncompressed bytes of the files
     file_count: int
+    manifest: dict[str, str]  # path -> sha256 hex of the file
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def verify(data: bytes, digest: str) -> VerifiedBundle:
         BundleError: not gzip, not tar, not that digest, or a member that is not a regular file with a safe path.
     """
     files = read_bundle(data, expected_digest=digest)
-    return VerifiedBundle(digest, data, sum(len(content) for content, _mode in files.values()), len(files))
+    manifest = {name: hashlib.sha256(content).hexdigest() for name, (content, _mode) in files.items()}
+    return VerifiedBundle(digest, data, sum(len(content) for content, _mode in files.values()), len(files), manifest)
 
 
 def store(session: Session, tenant_id: str, bundle: VerifiedBundle) -> tuple[BundleInfo, bool]:
@@ -74,6 +78,7 @@ def store(session: Session, tenant_id: str, bundle: VerifiedBundle) -> tuple[Bun
         size=bundle.size,
         compressed_size=len(bundle.data),
         file_count=bundle.file_count,
+        manifest=bundle.manifest,
         data=bundle.data,
     )
     try:
@@ -129,13 +134,17 @@ def get(session: Session, tenant_id: str, digest: str) -> bytes:
     return bytes(data)
 
 
-def files_of(session: Session, tenant_id: str, digest: str) -> dict[str, tuple[bytes, int]]:
-    """The files of the tenant's bundle ``digest`` (path -> (content, mode)), checked as on upload.
+def file_digest(session: Session, tenant_id: str, digest: str, path: str) -> str | None:
+    """The SHA-256 (hex) of the file at ``path`` in the tenant's bundle ``digest``; None when it has no such file.
 
     Raises:
         ObjectNotFound: the tenant has no such bundle.
     """
-    return read_bundle(get(session, tenant_id, digest), expected_digest=digest)
+    manifest = session.scalar(select(Bundle.manifest).where(Bundle.tenant_id == tenant_id, Bundle.digest == digest))
+    if manifest is None:
+        raise ObjectNotFound(f"bundle {digest} not found")
+    found = manifest.get(path)
+    return found if isinstance(found, str) else None
 
 
 def _info(row: Bundle) -> BundleInfo:

@@ -105,11 +105,11 @@ def _check_source_in_bundle(session: Session, tenant_id: str, payload: FlowCreat
         InvalidRequest: the bundle has no such file, or it is not the source sent (422).
     """
     assert payload.storage.bundle is not None and payload.storage.path is not None
-    files = bundles.files_of(session, tenant_id, payload.storage.bundle)
-    found = files.get(payload.storage.path)
+    found = bundles.file_digest(session, tenant_id, payload.storage.bundle, payload.storage.path)
     if found is None:
         raise InvalidRequest(f"bundle {payload.storage.bundle} has no file {payload.storage.path!r}")
-    if found[0] != (payload.source or "").encode("utf-8", "surrogatepass"):
+    sent = (payload.source or "").encode("utf-8", "surrogatepass")
+    if hashlib.sha256(sent).hexdigest() != found:
         raise InvalidRequest(f"the source sent is not the file {payload.storage.path!r} of the bundle")
 
 

@@ -25,6 +25,8 @@ def upgrade() -> None:
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("compressed_size", sa.Integer(), nullable=False),
         sa.Column("file_count", sa.Integer(), nullable=False),
+        # {path: sha256 of the file}: what registration compares a flow's source with, without inflating the bundle
+        sa.Column("manifest", sa.JSON(), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", "digest"),
