@@ -144,3 +144,18 @@ def test_events_of_the_jobs_own_pods_become_lines_of_their_runs_logs_and_others_
     assert [entry["key"] for _, entry in lines] == ["k8s-e-1-1", "k8s-e-2-1", "k8s-e-3-2"]
     assert all(entry["name"] == "kubernetes" for _, entry in lines)
     assert watch.newest_pod("baton-a") == "pod-p1"  # nor does a forged pod's log end up in a Failed message
+
+
+def test_pods_seen_before_the_jobs_uid_is_known_are_judged_once_it_is() -> None:
+    api = SimpleNamespace()
+    watch = JobWatch(api, api, "ns", lambda s: {"phase": "Pending"}, lambda: None, lambda kind, why: None)
+    watch.track("baton-a", "run-a", retries_possible=False)  # its create call has not returned yet
+
+    watch._seen("pods", pod("p1", "baton-a", "job-a"), deleted=False)
+    watch._seen("pods", pod("forged", "baton-a", None), deleted=False)
+    assert watch.newest_pod("baton-a") is None
+    watch.created("baton-a", "job-a")
+
+    assert watch.newest_pod("baton-a") == "pod-p1"
+    ended = watch.ended("baton-a", pending_timeout_seconds=0)
+    assert ended is not None and "did not start" in (ended[0].message or "")

@@ -60,6 +60,8 @@ class JobView:
     uid: str | None = None  # the Job's uid: its pods are those it controls (ownerReferences), not those named so
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # pod name -> its status (a dict)
     pod_uids: set[str] = field(default_factory=set)
+    # Pods seen before the Job's uid was known (its create call had not returned): judged once it is
+    unverified: dict[str, Any] = field(default_factory=dict)
 
 
 class JobWatch:
@@ -113,7 +115,10 @@ class JobWatch:
             view = self._views.get(name)
             if view is not None:
                 view.created = True
-                view.uid = uid or view.uid
+                if uid:
+                    self._set_uid(view, uid)
+            ready, self._ready = self._ready, []
+        self._emit(ready)
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -261,14 +266,34 @@ class JobWatch:
         if kind == "jobs":
             view = self._views.get(obj.metadata.name)
             if view is not None:
-                view.uid = view.uid or str(obj.metadata.uid)  # a Job's name is unique while it exists
+                self._set_uid(view, str(obj.metadata.uid))  # a Job's name is unique while it exists
                 _record_job(view, obj, deleted)
             return
         job_name = (obj.metadata.labels or {}).get("job-name")
         view = self._views.get(job_name) if job_name else None
-        # The Job's own pods only: anyone may label a pod job-name=<ours>, not make our Job its controller
-        if view is None or view.uid is None or _controller_uid(obj) != view.uid:
+        if view is None:
             return
+        if view.uid is None:
+            if deleted:
+                view.unverified.pop(obj.metadata.name, None)
+            else:
+                view.unverified[obj.metadata.name] = obj
+            return
+        # The Job's own pods only: anyone may label a pod job-name=<ours>, not make our Job its controller
+        if _controller_uid(obj) == view.uid:
+            self._record_pod(view, obj, deleted)
+
+    def _set_uid(self, view: JobView, uid: str) -> None:
+        """Under the lock: the Job's uid is known; the pods seen before are judged now."""
+        if view.uid is not None:
+            return
+        view.uid = uid
+        waiting, view.unverified = list(view.unverified.values()), {}
+        for pod in waiting:
+            if _controller_uid(pod) == uid:
+                self._record_pod(view, pod, deleted=False)
+
+    def _record_pod(self, view: JobView, obj: Any, deleted: bool) -> None:
         if deleted:
             view.pods.pop(obj.metadata.name, None)
             return
