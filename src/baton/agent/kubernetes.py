@@ -260,8 +260,7 @@ class KubernetesDriver:
             retries = retries_possible(job.spec.backoff_limit, pod.restart_policy if pod else None)
             self.watch.track(metadata.name, str(run_id), retries, uid=str(metadata.uid))
             self.watch.created(metadata.name)
-            data = {"job_name": metadata.name, "namespace": self.options.namespace, "job_uid": str(metadata.uid)}
-            deployment = Deployment(message=f"Job: {metadata.name}", data=data, handle=metadata.name)
+            deployment = self._deployment_of(metadata.name, str(metadata.uid))
             found.append(Recovered(str(run_id), deployment, (metadata.labels or {}).get(LABEL_TENANT_ID)))
         return found
 
@@ -340,8 +339,13 @@ class KubernetesDriver:
             raise
         self._set_health("deploy", None)
         self.watch.created(plan.name, uid)
-        data = {"job_name": plan.name, "namespace": self.options.namespace, "job_uid": uid}
-        return Deployment(message=f"Job: {plan.name}", data=data, handle=plan.name)
+        return self._deployment_of(plan.name, uid)
+
+    def _deployment_of(self, name: str, uid: str) -> Deployment:
+        """What deploy returns for Job ``name``, and what recover finds of it again: the same data, which adoption
+        compares with what Submitted stored."""
+        data = {"job_name": name, "namespace": self.options.namespace, "job_uid": uid}
+        return Deployment(message=f"Job: {name}", data=data, handle=name)
 
     def _create(self, name: str, job: dict[str, Any], secret: dict[str, Any], run_id: str) -> str:
         namespace = self.options.namespace

@@ -51,6 +51,11 @@ class FakeDeployment:
         return self.exit_code is None
 
 
+def _deployment_of(fake: FakeDeployment) -> Deployment:
+    """What deploy returns for ``fake``, and what recover finds of it again: the same data, as adoption compares."""
+    return Deployment(message=f"Fake ID: {fake.fake_id}", data={"fake_id": fake.fake_id}, handle=fake)
+
+
 class InMemoryDriver:
     """A driver whose deployments live in a dict.
 
@@ -116,7 +121,7 @@ class InMemoryDriver:
         with self._changed:
             for fake in left:
                 self.deployments[fake.flow_run_id] = fake  # finish() and kill() reach it through this driver now
-                deployment = Deployment(message=f"Fake ID: {fake.fake_id}", data={"fake_id": fake.fake_id}, handle=fake)
+                deployment = _deployment_of(fake)
                 found.append(Recovered(fake.flow_run_id, deployment, fake.env.get("BATON_TENANT_ID")))
         return found
 
@@ -144,7 +149,7 @@ class InMemoryDriver:
             self._changed.notify_all()
         if self.on_deploy is not None:
             self.on_deploy(fake)
-        return Deployment(message=f"Fake ID: {fake.fake_id}", data={"fake_id": fake.fake_id}, handle=fake)
+        return _deployment_of(fake)
 
     async def inspect(self, deployment: Deployment) -> int | Ended | None:
         fake: FakeDeployment = deployment.handle
