@@ -88,9 +88,10 @@ def test_a_clock_that_never_fires_again_is_refused_at_registration_only() -> Non
     never = parse_schedule({"cron": "0 0 31 2 *"})
     ended = parse_schedule({"cron": "0 9 * * *", "end_date": "2020-01-01T00:00:00Z"})
     assert never is not None and ended is not None  # valid schedules: a stored one still parses
-    assert "clocks.0 (cron '0 0 31 2 *' (UTC)): has no occurrence after" in (schedule_problem(never) or "")
-    assert "has no occurrence after" in (schedule_problem(ended) or "")
-    with pytest.raises(ValueError, match="has no occurrence after"):
+    expected = "clocks.0 (cron '0 0 31 2 *' (UTC)): has no occurrence in the 10 years after"
+    assert expected in (schedule_problem(never) or "")
+    assert "has no occurrence in the 10 years after" in (schedule_problem(ended) or "")
+    with pytest.raises(ValueError, match="has no occurrence in the 10 years after"):
         FlowCreate(name="f", entrypoint="f", source="x", schedule={"cron": "0 0 31 2 *"})
 
 
@@ -285,3 +286,8 @@ def test_clock_ids_are_stable_and_change_with_the_clock() -> None:
     other = parse_schedule({"cron": "0 9 * * *", "timezone": "Europe/Berlin"}).clocks[0]  # type: ignore[union-attr]
     assert one.clock_id() == again.clock_id() != other.clock_id()
     assert len(one.clock_id()) == 12
+
+
+def test_a_shorthand_interval_with_every_too_is_refused_not_resolved() -> None:
+    with pytest.raises(ValueError, match="give 'interval' or 'every', not both"):
+        parse_schedule({"interval": 30, "every": 10})

@@ -19,6 +19,8 @@ Intervals are exact elapsed seconds from their anchor, whatever the time zone do
 
 from __future__ import annotations
 
+import datetime as _datetime_module
+import types
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -102,7 +104,7 @@ def next_times(clock: Clock, after: datetime, until: datetime, limit: int = MAX_
         until = clock.end_date
     if until <= after:
         return
-    source = _interval_times(clock, after) if clock.type == "interval" else _wall_times(clock, after)
+    source = _interval_times(clock, after) if clock.type == "interval" else _wall_times(clock, after, until)
     count = 0
     last: datetime | None = None
     for when in source:
@@ -124,14 +126,14 @@ def _interval_times(clock: IntervalClock, after: datetime) -> Iterator[datetime]
         when += step
 
 
-def _wall_times(clock: Clock, after: datetime) -> Iterator[datetime]:
+def _wall_times(clock: Clock, after: datetime, until: datetime) -> Iterator[datetime]:
     """Wall-clock occurrences mapped to UTC; ascending (the mapping keeps order), possibly repeated in a gap."""
     if clock.type == "cron":
         where: tzinfo = zone(clock.timezone)
         walls: Iterator[datetime] = _cron_walls(clock.cron, _start_wall(after, where))
     elif clock.type == "rrule":
         rule, where = parse_rrule(clock.rrule, clock.timezone, clock.start_date)
-        walls = _rrule_walls(rule, where, _start_wall(after, where))
+        walls = rrule_walls(rule, where, _start_wall(after, where), last_year=until.year + 1)
     else:  # pragma: no cover - the models allow no other type
         raise ValueError(f"unknown clock type {clock.type!r}")
     for wall in walls:
@@ -148,21 +150,146 @@ def _cron_walls(expression: str, start: datetime) -> Iterator[datetime]:
             return
 
 
-def _rrule_walls(rule: dateutil_rrule.rruleset, where: tzinfo, start: datetime) -> Iterator[datetime]:
-    """``start`` is a naive wall time in ``where``."""
+def rrule_walls(rule: dateutil_rrule.rruleset, where: tzinfo, start: datetime, last_year: int) -> Iterator[datetime]:
+    """The rule's occurrences after the naive wall time ``start`` in ``where``, as naive wall times, found by work
+    bounded whatever the rule: no occurrence after ``last_year`` is looked for.
+
+    dateutil walks a rule period by period from its DTSTART, and only stops at an occurrence past UNTIL or at the
+    year 9999. Left to itself, a minutely rule from years ago walks every minute since (seconds per call), and one
+    that never fires again (FEBRUARY 30th) walks to 9999 (up to minutes). So each rule is first moved to a DTSTART
+    on its own grid just before ``start`` (``_rebased``: the same occurrences from there on), and walked by a copy
+    of dateutil's walk that ends after ``last_year`` (``_capped``).
+    """
     naive = _rule_is_naive(rule)
     begin: datetime = start if naive else start.replace(tzinfo=where)
-    for count, occurrence in enumerate(rule.xafter(begin, inc=False)):
-        if count > MAX_OCCURRENCES:
+    parts: Any = rule  # dateutil keeps a set's parts in private, untyped attributes
+    bounded = dateutil_rrule.rruleset()
+    for member in parts._rrule:
+        bounded.rrule(_capped(_rebased(member, begin), last_year))
+    for member in parts._exrule:
+        bounded.exrule(_capped(_rebased(member, begin), last_year))
+    for when in parts._rdate:
+        bounded.rdate(when)
+    for when in parts._exdate:
+        bounded.exdate(when)
+    for count, occurrence in enumerate(bounded.xafter(begin, inc=False)):
+        if count > MAX_OCCURRENCES or occurrence.year > last_year:
             return
         # dateutil builds each occurrence from DTSTART's wall time with DTSTART's zone attached: that wall time
         # is the one the rule means, even when it does not exist (wall_to_utc decides what happens then).
         yield occurrence.replace(tzinfo=None)
 
 
+# Periods of a fixed length (in wall time, as dateutil counts them); months and years are counted apart.
+_FIXED_PERIODS = {
+    dateutil_rrule.SECONDLY: timedelta(seconds=1),
+    dateutil_rrule.MINUTELY: timedelta(minutes=1),
+    dateutil_rrule.HOURLY: timedelta(hours=1),
+    dateutil_rrule.DAILY: timedelta(days=1),
+    dateutil_rrule.WEEKLY: timedelta(weeks=1),
+}
+
+
+def _rebased(rule: Any, begin: datetime) -> dateutil_rrule.rrule:
+    """``rule`` with a DTSTART moved forward to the start of its last period (of its INTERVAL's grid) at or before
+    ``begin``: from ``begin`` on it has the same occurrences.
+
+    What dateutil derives from DTSTART (the weekday of a weekly rule, the day of a monthly one, the time of day of
+    a daily one) is passed explicitly from the parsed rule, so moving DTSTART changes nothing but where the walk
+    starts. COUNT counts from the first DTSTART: such rules are refused at parse time (``parse_rrule``).
+    """
+    first: datetime = rule._dtstart
+    if begin <= first:
+        unmoved: dateutil_rrule.rrule = rule
+        return unmoved
+    interval: int = rule._interval
+    period = _FIXED_PERIODS.get(rule._freq)
+    if period is not None:
+        step = period * interval
+        moved = first + ((begin - first) // step) * step
+    else:  # monthly or yearly: whole months on the grid, from the first day of the period
+        per = interval * (12 if rule._freq == dateutil_rrule.YEARLY else 1)
+        months = (begin.year - first.year) * 12 + begin.month - first.month
+        index = first.year * 12 + first.month - 1 + (months // per) * per
+        year, month = divmod(index, 12)
+        month = 0 if rule._freq == dateutil_rrule.YEARLY else month
+        moved = first.replace(year=year, month=month + 1, day=1, hour=0, minute=0, second=0)
+    weekdays = [*(rule._byweekday or ()), *(dateutil_rrule.weekday(day, n) for day, n in rule._bynweekday or ())]
+    monthdays = [*(rule._bymonthday or ()), *(rule._bynmonthday or ())]
+    return dateutil_rrule.rrule(
+        rule._freq,
+        dtstart=moved,
+        interval=interval,
+        wkst=rule._wkst,
+        until=rule._until,
+        bysetpos=rule._bysetpos,
+        bymonth=rule._bymonth,
+        bymonthday=monthdays or None,
+        byyearday=rule._byyearday or None,
+        byeaster=rule._byeaster or None,
+        byweekno=rule._byweekno or None,
+        byweekday=weekdays or None,
+        byhour=rule._byhour,
+        byminute=rule._byminute,
+        bysecond=rule._bysecond,
+        cache=False,
+    )
+
+
+class _DatetimeUntil:
+    """The ``datetime`` module as a copy of dateutil's walk sees it: its last year is the caller's."""
+
+    def __init__(self, last_year: int) -> None:
+        self.MAXYEAR = last_year
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_datetime_module, name)
+
+
+def _capped(rule: Any, last_year: int) -> dateutil_rrule.rrule:
+    """``rule``, walked by dateutil's own ``rrule._iter`` run with ``datetime.MAXYEAR`` read as ``last_year``:
+    dateutil's one stop for a rule with no further occurrence, brought near (tests/test_schedules_bounded.py
+    shows it holds for the dateutil installed)."""
+    walk = types.FunctionType(
+        _RRULE_WALK.__code__,
+        {**vars(dateutil_rrule), "datetime": _DatetimeUntil(min(last_year, _datetime_module.MAXYEAR))},
+        _RRULE_WALK.__name__,
+        _RRULE_WALK.__defaults__,
+        _RRULE_WALK.__closure__,
+    )
+    rule._iter = types.MethodType(walk, rule)
+    capped: dateutil_rrule.rrule = rule
+    return capped
+
+
+_RRULE_WALK: Any = vars(dateutil_rrule.rrule)["_iter"]
+
+
+def _first_start(rule: Any) -> datetime | None:
+    """The DTSTART of the set's first rule, else its first RDATE; read, not walked to (see ``rrule_walls``)."""
+    if rule._rrule:
+        start: datetime = rule._rrule[0]._dtstart
+        return start
+    return min(rule._rdate, default=None)
+
+
 def _rule_is_naive(rule: dateutil_rrule.rruleset) -> bool:
-    first = next(iter(rule), None)
+    first = _first_start(rule)
     return first is None or first.tzinfo is None
+
+
+def rrule_sample(rule: dateutil_rrule.rruleset, where: tzinfo, now: datetime, count: int) -> list[datetime]:
+    """Up to ``count`` occurrences (naive wall times) from the later of the rule's start and ``now``, within two
+    years: enough to see how often it fires, found with bounded work."""
+    first = _first_start(rule)
+    wall = now.astimezone(where).replace(tzinfo=None)
+    start = wall if first is None else max(wall, first.replace(tzinfo=None) - timedelta(seconds=1))
+    sample: list[datetime] = []
+    for occurrence in rrule_walls(rule, where, start, last_year=start.year + 2):
+        if len(sample) >= count:
+            break
+        sample.append(occurrence)
+    return sample
 
 
 def _lookup_zone(name: str) -> ZoneInfo:
@@ -191,7 +318,15 @@ def parse_rrule(text: str, timezone: str, start_date: datetime | None) -> tuple[
     except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
         raise ValueError(f"not an RFC 5545 recurrence rule: {exc}") from exc
     rule: dateutil_rrule.rruleset = parsed
-    first = next(iter(rule), None)
+    for member in (*parsed._rrule, *parsed._exrule):
+        if member._count is not None:
+            raise ValueError(
+                "COUNT is not supported (it counts from DTSTART, which every evaluation would walk from): "
+                "end the rule with UNTIL, or give the clock an end_date"
+            )
+        if not 1970 <= member._dtstart.year < 9000:
+            raise ValueError("an rrule's DTSTART must be between 1970 and 9000")
+    first = _first_start(rule)
     if first is not None and first.tzinfo is not None:
         if isinstance(first.tzinfo, ZoneInfo):
             where = first.tzinfo

@@ -35,6 +35,15 @@ MAX_INTERVAL_SECONDS = 10 * 366 * 24 * 3600
 DEFAULT_ANCHOR = datetime(1970, 1, 1, tzinfo=UTC)
 # How many occurrences the rrule frequency check looks at.
 _FREQUENCY_SAMPLE = 200
+# A clock must fire within this long of its start (or of its registration): looking further costs (rrules walk
+# their empty periods) and a schedule that waits longer is more likely a mistake than a plan.
+_FIRES_WITHIN = timedelta(days=10 * 365 + 3)
+
+
+# The instants a schedule may name: far enough either way for any real schedule, and far from datetime's own ends
+# (year 1 with a +14:00 offset cannot even be converted to UTC).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -42,6 +51,8 @@ def _aware(value: datetime | None) -> datetime | None:
         return None
     if value.tzinfo is None:
         raise ValueError("needs a timezone (e.g. 2026-01-01T09:00:00Z or +01:00)")
+    if not EARLIEST.year <= value.year < LATEST.year:
+        raise ValueError(f"must be between {EARLIEST.date()} and {LATEST.date()}")
     return value.astimezone(UTC)
 
 
@@ -146,15 +157,13 @@ class RRuleClock(_ClockBase):
 
     @model_validator(mode="after")
     def _valid_rrule(self) -> RRuleClock:
-        from baton.schedules import parse_rrule, wall_to_utc
+        from baton.schedules import parse_rrule, rrule_sample, wall_to_utc
 
         rule, where = parse_rrule(self.rrule, self.timezone, self.start_date)
         previous: datetime | None = None
         try:
-            for count, occurrence in enumerate(rule):
-                if count >= _FREQUENCY_SAMPLE:
-                    break
-                when = wall_to_utc(occurrence.replace(tzinfo=None), where)
+            for occurrence in rrule_sample(rule, where, datetime.now(UTC), _FREQUENCY_SAMPLE):
+                when = wall_to_utc(occurrence, where)
                 if previous is not None and timedelta(0) < when - previous < timedelta(seconds=MIN_INTERVAL_SECONDS):
                     raise ValueError(
                         f"rrule fires more often than every {MIN_INTERVAL_SECONDS} s "
@@ -180,6 +189,8 @@ def _legacy_clock(value: Any) -> Any:
         if "cron" in value:
             return {"type": "cron", **value}
         if "interval" in value:
+            if "every" in value:
+                raise ValueError("give 'interval' or 'every', not both")
             rest = {k: v for k, v in value.items() if k != "interval"}
             return {"type": "interval", "every": value["interval"], **rest}
         if "rrule" in value:
@@ -231,8 +242,12 @@ def schedule_problem(schedule: Schedule, now: datetime | None = None) -> str | N
 
     now = now or datetime.now(UTC)
     for index, clock in enumerate(schedule.clocks):
-        if next(next_times(clock, now, datetime.max.replace(tzinfo=UTC) - timedelta(days=2), limit=1), None) is None:
-            return f"clocks.{index} ({clock.describe()}): has no occurrence after {now.isoformat(timespec='seconds')}"
+        start = max(now, clock.start_date or now)
+        if next(next_times(clock, now, start + _FIRES_WITHIN, limit=1), None) is None:
+            return (
+                f"clocks.{index} ({clock.describe()}): has no occurrence in the "
+                f"{_FIRES_WITHIN.days // 365} years after {start.isoformat(timespec='seconds')}"
+            )
     return None
 
 

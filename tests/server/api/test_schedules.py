@@ -25,8 +25,24 @@ def scheduled_runs(client: Client, flow_name: str) -> list[Any]:
         ("every tuesday-ish", "invalid cron 'every tuesday-ish': give five fields"),
         ({"cron": "0 9 * * *", "timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
         ({"interval": 1}, "greater than or equal to 10"),
-        ({"cron": "0 0 31 2 *"}, "clocks.0 (cron '0 0 31 2 *' (UTC)): has no occurrence after"),
+        ({"cron": "0 0 31 2 *"}, "clocks.0 (cron '0 0 31 2 *' (UTC)): has no occurrence in the 10 years after"),
         ([{"type": "rrule", "rrule": "RRULE:FREQ=DAILY"}], "an rrule needs a DTSTART"),
+        # Rules that once froze the server: each evaluation walked from DTSTART, or to the year 9999.
+        (
+            [{"type": "rrule", "rrule": "DTSTART:20260101T000000Z\nRRULE:FREQ=MINUTELY;COUNT=100000000"}],
+            "COUNT is not supported",
+        ),
+        ([{"type": "rrule", "rrule": "DTSTART:00010101T000000Z\nRRULE:FREQ=DAILY"}], "between 1970 and 9000"),
+        (
+            [
+                {
+                    "type": "rrule",
+                    "rrule": "DTSTART:20260101T000000\nRRULE:FREQ=MINUTELY;INTERVAL=7;BYMONTH=4;BYMONTHDAY=31;BYHOUR=3",
+                }
+            ],
+            "has no occurrence in the 10 years after",
+        ),
+        ({"cron": "0 9 * * *", "start_date": "0001-01-01T00:00:00+14:00"}, "between 1970-01-01 and 9000-01-01"),
         (
             {"cron": "* * * * *", "parameter_defaults": {"nope": 1}},
             "schedule.clocks.0 (cron '* * * * *' (UTC)): unknown",
@@ -136,6 +152,11 @@ def test_backfill_refuses_too_many_runs_future_ends_and_flows_without_schedule(
         user.backfill("minutely-bf", start, datetime.now(UTC) + timedelta(days=1))
     with pytest.raises(ConflictError, match="has no schedule"):
         user.backfill("plain", start, start + timedelta(hours=1))
+    # Year 1 with a +14:00 offset cannot even be converted to UTC: a 422, not a 500 (OverflowError)
+    with pytest.raises(ClientError, match="between 1970-01-01 and 9000-01-01") as caught:
+        body = {"start": "0001-01-01T00:00:00+14:00", "end": "2026-01-01T00:00:00Z"}
+        user.request("POST", "/api/schedules/minutely-bf/backfill", json=body)
+    assert caught.value.status_code == 422
     with pytest.raises(NotFoundError):
         user.backfill("nothing", start, start + timedelta(hours=1))
     response = tenant.raw(tenant.admin_key).post(

@@ -19,7 +19,8 @@ from baton.server.models.schedules import SchedulePolicy
 NEXT_TIMES = 5
 # Runs per INSERT of a backfill.
 BATCH = 500
-_FAR = timedelta(days=366 * 100)
+# How far ahead a flow's next times are looked for (registration refuses a clock that waits longer to fire).
+_FAR = timedelta(days=366 * 10)
 
 
 def _clocks(schedule: Schedule, now: datetime) -> list[ClockRead]:
