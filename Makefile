@@ -25,10 +25,12 @@ typecheck: install
 	$(BIN)/mypy
 
 # On pytest-xdist workers, one per core; tests/conftest.py's scheduler groups the tests (one unit per file, and
-# the load-like reliability tests together). PYTEST_ARGS="-n 0" runs them in one process.
+# the reliability tests together). PYTEST_ARGS="-n 0" runs them in one process. Load tests (marked `load`) run in
+# `make chaos`, not here: PYTEST_MARKS="" runs them too.
 PYTEST_ARGS ?= -n auto --dist loadfile
+PYTEST_MARKS ?= not load
 unit: install
-	$(BIN)/pytest -q --durations=25 $(PYTEST_ARGS)
+	$(BIN)/pytest -q --durations=25 -m "$(PYTEST_MARKS)" $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
@@ -42,6 +44,7 @@ bench: install
 # The load version of tests/reliability: agents x runs while the server is SIGKILLed twice (see bench/chaos.py).
 CHAOS_ARGS ?= --agents 8 --runs-per-agent 250
 chaos: install
+	$(BIN)/pytest -q -n 0 -m load tests
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS) --database postgresql --replicas 2
 

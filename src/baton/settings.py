@@ -204,6 +204,8 @@ class AgentSettings(BaseModel):
     # Local agent: the OS user flows run as (None: the agent's own), and the users a LocalRun(user=...) may ask for.
     run_as: str | None = None
     allow_run_as: list[str] = Field(default_factory=list)
+    # Local agent: fork runs from a warm process with the engine imported (agent/prefork.py), else spawn each.
+    prefork: bool = True
 
 
 class LoggingSettings(BaseModel):

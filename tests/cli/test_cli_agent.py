@@ -46,6 +46,7 @@ def test_every_local_option_reaches_the_agent(invoke: Any, fake_agent: type[Fake
         *("--max-polls", "3", "--agent-address", "http://127.0.0.1:8080", "--no-cloud-logs"),
         *("--log-level", "debug", "--limit", "2", "-p", "/srv/a", "-p", "/srv/b", "-f", "--no-hostname-label"),
         *("--run-timeout", "30", "--run-as", "flows", "--allow-run-as", "etl", "--allow-run-as", "ml"),
+        "--no-prefork",
     )
     assert result.exit_code == 0, result.output
     [kwargs] = fake_agent.built
@@ -70,6 +71,7 @@ def test_every_local_option_reaches_the_agent(invoke: Any, fake_agent: type[Fake
         "import_paths": ["/srv/a", "/srv/b"],
         "show_flow_logs": True,
         "hostname_label": False,
+        "prefork": False,
     }
     # the settings carry the same values, over env and config file
     assert settings.api.url == "http://127.0.0.1:9"
@@ -85,6 +87,7 @@ def test_every_local_option_reaches_the_agent(invoke: Any, fake_agent: type[Fake
     assert settings.agent.run_timeout_seconds == 30
     assert settings.agent.run_as == "flows"
     assert settings.agent.allow_run_as == ["etl", "ml"]
+    assert settings.agent.prefork is False
 
 
 def test_options_left_out_leave_settings_in_charge(
@@ -115,6 +118,7 @@ def test_options_left_out_leave_settings_in_charge(
         "import_paths": None,
         "show_flow_logs": None,
         "hostname_label": None,
+        "prefork": None,
     }
     assert kwargs["settings"].agent.labels == ["from-env"]
     assert kwargs["settings"].agent.hostname_label is False

@@ -119,6 +119,7 @@ def _deploy_everything(
     return created, read_deployments(*records), tenant
 
 
+@pytest.mark.load
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("database", "replica_count"),

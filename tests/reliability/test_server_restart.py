@@ -21,7 +21,9 @@ from support import ServerProcess, register_source_flow
 
 from .conftest import StartAgent, agent_health, wait_until_healthy
 
-pytestmark = pytest.mark.integration
+# A load test (`make chaos`); tests/reliability/test_agent_kill.py and test_replicas.py keep the restart and
+# replica behaviours in `make test`.
+pytestmark = [pytest.mark.integration, pytest.mark.load]
 
 RUNS = 40
 LINES = 20

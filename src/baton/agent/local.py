@@ -37,6 +37,7 @@ from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_option
 from baton.agent.driver import Deployment, DriverEvents, Recovered
 from baton.agent.env import inherited_environment
 from baton.agent.option_specs import LOCAL_OPTIONS
+from baton.agent.prefork import TOKEN_VARIABLE, ForkedProcess, ForkServer, needs_spawn, start_time
 from baton.agent.run_as import (
     OsUser,
     check_can_switch,
@@ -53,6 +54,9 @@ from baton.schemas.responses import ClaimedRun
 from baton.settings import AgentSettings, config_path
 
 logger = logging.getLogger("baton.agent")
+
+# A run's process: spawned, or forked from the warm engine process (``prefork.py``).
+RunProcess = subprocess.Popen[str] | ForkedProcess
 
 _RUN_CONFIG_TYPES = {RunConfigType.LOCAL, RunConfigType.UNIVERSAL}
 
@@ -71,10 +75,12 @@ def _stream_output(pipe: IO[str], prefix: str) -> None:
             sys.stdout.flush()
 
 
-def _has_exited(process: subprocess.Popen[str]) -> bool:
+def _has_exited(process: RunProcess) -> bool:
     """Whether the process has exited, without reaping it (its pid stays reserved for us as a zombie)."""
     if process.returncode is not None:
         return True
+    if isinstance(process, ForkedProcess):
+        return process.has_exited()
     try:
         return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:  # reaped meanwhile by something other than this Popen
@@ -88,9 +94,10 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
-def _runs_flow_run(pid: int, run_id: str) -> bool:
+def _runs_flow_run(pid: int, run_id: str, data: dict[str, Any]) -> bool:
     """Whether process ``pid`` is the flow-run process of ``run_id``: its environment says so (a pid alone may
-    have been given to another process since)."""
+    have been given to another process since). A forked run's ``/proc`` environment is its warm process's: it
+    must carry that process's token (``data["forkserver"]``) and the pid must have the start time recorded."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except PermissionError:
@@ -99,7 +106,12 @@ def _runs_flow_run(pid: int, run_id: str) -> bool:
         return False
     except OSError:  # gone: nothing to stop
         return False
-    return f"BATON_FLOW_RUN_ID={run_id}".encode() in environ.split(b"\0")
+    variables = environ.split(b"\0")
+    token = data.get("forkserver")
+    if isinstance(token, str) and token:
+        started = data.get("started")
+        return f"{TOKEN_VARIABLE}={token}".encode() in variables and started is not None and start_time(pid) == started
+    return f"BATON_FLOW_RUN_ID={run_id}".encode() in variables
 
 
 def _wait_pidfd(pidfd: int, timeout: float) -> bool:
@@ -124,6 +136,8 @@ class LocalOptions(BaseModel):
             fail the run.
         secret_files: files flows must not be able to read (the agent's key file, its config file); a run-as
             user who can read one is refused at start.
+        prefork: fork each run from a warm process that has imported the engine (``prefork.py``; default True),
+            instead of spawning ``python -m baton.engine``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -134,6 +148,7 @@ class LocalOptions(BaseModel):
     run_as: str | None = None
     allow_run_as: list[str] = Field(default_factory=list)
     secret_files: list[str] = Field(default_factory=list)
+    prefork: bool = True
 
     @classmethod
     def from_settings(cls, settings: AgentSettings, key_file: str | None = None) -> LocalOptions:
@@ -147,6 +162,7 @@ class LocalOptions(BaseModel):
             run_as=settings.run_as,
             allow_run_as=settings.allow_run_as,
             secret_files=secrets,
+            prefork=settings.prefork,
         )
 
 
@@ -170,6 +186,7 @@ class LocalAgent(Agent):
         hostname_label: bool | None = None,
         run_as: str | None = None,
         allow_run_as: list[str] | None = None,
+        prefork: bool | None = None,
         **options: Unpack[AgentOptions],
     ) -> None:
         overrides = {
@@ -178,6 +195,7 @@ class LocalAgent(Agent):
             "hostname_label": hostname_label,
             "run_as": run_as,
             "allow_run_as": allow_run_as,
+            "prefork": prefork,
         }
         settings = agent_settings(LOCAL_OPTIONS, overrides, **options)
         driver = LocalDriver(LocalOptions.from_settings(settings.agent, settings.api.key_file))
@@ -200,6 +218,7 @@ class LocalDriver:
         self.allowed_users = {name: lookup_user(name, "--allow-run-as") for name in self.options.allow_run_as}
         check_can_switch([user for user in (self.run_as, *self.allowed_users.values()) if user is not None])
         self._workdirs: dict[int, str] = {}  # pid -> the directory made for a run under another user
+        self._forkserver = ForkServer(self.process_env({})) if self.options.prefork else None
 
     def labels(self) -> list[str]:
         return [hostname_label()] if self.options.hostname_label else []
@@ -211,7 +230,8 @@ class LocalDriver:
         return None  # this host is always there while the agent is
 
     async def close(self) -> None:
-        return None
+        if self._forkserver is not None:
+            await asyncio.to_thread(self._forkserver.close)
 
     async def open(self, events: DriverEvents) -> None:
         """Before registering: every user flows may run as can run Baton, and cannot read the agent's secrets."""
@@ -274,13 +294,14 @@ class LocalDriver:
             raise DeploymentError(f"working directory {cwd!r} does not exist on {hostname_label()}")
         user = self.user_for(run_config)
         process = await asyncio.to_thread(self._start_process, claimed, env, cwd, user)
-        return Deployment(
-            message=f"PID: {process.pid}", data={"pid": process.pid, "host": hostname_label()}, handle=process
-        )
+        data: dict[str, Any] = {"pid": process.pid, "host": hostname_label()}
+        if isinstance(process, ForkedProcess) and self._forkserver is not None:
+            data.update(forkserver=self._forkserver.token, started=process.started)
+        return Deployment(message=f"PID: {process.pid}", data=data, handle=process)
 
     def _start_process(
         self, claimed: ClaimedRun, run_env: dict[str, str], cwd: str | None, user: OsUser | None
-    ) -> subprocess.Popen[str]:
+    ) -> RunProcess:
         if user is None:
             return self._popen(claimed, self.process_env(run_env), cwd, {})
         # A directory of its own: the flow must not work in (and write to) the agent's.
@@ -295,9 +316,10 @@ class LocalDriver:
         self._workdirs[process.pid] = workdir
         return process
 
-    def _popen(
-        self, claimed: ClaimedRun, env: dict[str, str], cwd: str | None, switch: dict[str, Any]
-    ) -> subprocess.Popen[str]:
+    def _popen(self, claimed: ClaimedRun, env: dict[str, str], cwd: str | None, switch: dict[str, Any]) -> RunProcess:
+        forked = self._fork(claimed, env, cwd, switch)
+        if forked is not None:
+            return forked
         show = self.options.show_flow_logs
         try:
             process = subprocess.Popen(
@@ -314,15 +336,53 @@ class LocalDriver:
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise DeploymentError(f"cannot start the flow-run process: {exc}") from exc
-        if show and process.stdout is not None:
+        self._stream(claimed, process)
+        return process
+
+    def _stream(self, claimed: ClaimedRun, process: RunProcess) -> None:
+        if self.options.show_flow_logs and process.stdout is not None:
             prefix = f"[{claimed.flow_run.name}] "
             threading.Thread(
                 target=_stream_output, args=(process.stdout, prefix), name=f"baton-output-{process.pid}", daemon=True
             ).start()
+
+    def _fork(
+        self, claimed: ClaimedRun, env: dict[str, str], cwd: str | None, switch: dict[str, Any]
+    ) -> ForkedProcess | None:
+        """The run forked from the warm process, or None when it must be spawned (see ``prefork.py``)."""
+        server = self._forkserver
+        if server is None or self.command(claimed) != LocalDriver.command(self, claimed):
+            return None  # off, or a driver that runs another command (tests' scripts)
+        reason = needs_spawn(env, server.env)
+        if reason is not None:
+            logger.info("spawning flow run %s: %s", claimed.flow_run.id, reason)
+            return None
+        spec = {
+            "env": env,
+            "cwd": cwd,
+            "uid": switch.get("user"),
+            "gid": switch.get("group"),
+            "groups": switch.get("extra_groups"),
+        }
+        if self.options.show_flow_logs:
+            read_end, write_end = os.pipe()
+            out_fd, reader = write_end, open(read_end, encoding="utf-8", errors="replace")  # noqa: SIM115
+        else:
+            out_fd, reader = os.open(os.devnull, os.O_WRONLY), None
+        try:
+            process = server.fork(spec, out_fd, out_fd, reader)
+        except OSError as exc:
+            logger.warning("spawning flow run %s: %s", claimed.flow_run.id, exc)
+            if reader is not None:
+                reader.close()
+            return None
+        finally:
+            os.close(out_fd)
+        self._stream(claimed, process)
         return process
 
     async def inspect(self, deployment: Deployment) -> int | None:
-        process: subprocess.Popen[str] = deployment.handle
+        process: RunProcess = deployment.handle
         returncode = process.poll()
         if returncode is None:
             return None
@@ -335,7 +395,7 @@ class LocalDriver:
             remove_workdir(workdir)
 
     async def kill(self, deployment: Deployment, grace_seconds: float) -> None:
-        process: subprocess.Popen[str] = deployment.handle
+        process: RunProcess = deployment.handle
         # Once reaped, the pid is free: the kernel may have given it (and so the group id) to another process.
         # Until then it is ours, even as a zombie, so the group signals below reach only the run's processes.
         if process.returncode is not None:
@@ -358,9 +418,9 @@ class LocalDriver:
         pid = data.get("pid")
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or data.get("host") != hostname_label():
             return None
-        return await asyncio.to_thread(self._kill_pid, pid, run_id, grace_seconds)
+        return await asyncio.to_thread(self._kill_pid, pid, run_id, data, grace_seconds)
 
-    def _kill_pid(self, pid: int, run_id: str, grace_seconds: float) -> str | None:
+    def _kill_pid(self, pid: int, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:  # ended already (or no pidfd support): nothing to stop
@@ -368,7 +428,7 @@ class LocalDriver:
         try:
             # The process the pidfd holds must still be running after the environment was read: else the pid
             # may be another process's by now.
-            if not _runs_flow_run(pid, run_id) or _wait_pidfd(pidfd, 0):
+            if not _runs_flow_run(pid, run_id, data) or _wait_pidfd(pidfd, 0):
                 return None
             _signal_group(pid, signal.SIGTERM)
             # By force only while the leader lives: not our child, it is reaped at once when it ends, and its pid
@@ -388,6 +448,6 @@ class LocalDriver:
         return None  # recover() finds nothing to forget
 
     def detach(self, deployment: Deployment) -> None:
-        process: subprocess.Popen[str] = deployment.handle
+        process: RunProcess = deployment.handle
         # Reap it when it ends, so it leaves no zombie behind in an agent process that lives on.
         threading.Thread(target=process.wait, name=f"baton-reap-{process.pid}", daemon=True).start()

@@ -225,6 +225,14 @@ LOCAL_OPTIONS: tuple[OptionSpec, ...] = (
         metavar="USER",
         setting="agent.allow_run_as",
     ),
+    OptionSpec(
+        "prefork",
+        ("--prefork",),
+        "Fork each flow run from a warm process that has imported the engine (fast), instead of spawning "
+        "python -m baton.engine. Default: from settings (yes).",
+        kind=Kind.TOGGLE,
+        setting="agent.prefork",
+    ),
 )
 
 DOCKER_OPTIONS: tuple[OptionSpec, ...] = (

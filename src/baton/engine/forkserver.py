@@ -1,0 +1,223 @@
+"""The local agent's warm process: the engine imported once, one forked child per flow run (``agent/prefork.py``).
+
+``python -m baton.engine.forkserver FD``: FD is one end of a ``SOCK_SEQPACKET`` socket pair whose other end the
+agent keeps. Messages are JSON; file descriptors travel beside them (``SCM_RIGHTS``).
+
+- agent → here: ``{"op": "fork", "id": N}`` with three descriptors: the read end of a pipe that carries the run's
+  spec (environment, working directory, user; read by the child only), and the child's stdout and stderr.
+  ``{"op": "release", "pid": P}``: the agent has read P's exit, its zombie may go (until then P stays reserved, so
+  the agent's signals to its process group can reach no other process).
+- here → agent: ``{"op": "forked", "id": N, "pid": P}`` or ``{"op": "error", "id": N, "message": ...}``, and
+  ``{"op": "exited", "pid": P, "returncode": R}`` (R as ``subprocess`` gives it: ``-signal`` when killed).
+
+This process never sees a run's token or environment: the child reads its spec from the pipe after the fork, so
+no run's secrets can linger in the memory that later children are copied from. It has one thread (forking a
+process with several is unsafe), waits on the socket and on one pidfd per child, and ends when the agent's end
+closes; children it leaves behind are reparented and reaped by the system, and go on as spawned ones would.
+
+The child becomes what ``subprocess.Popen([python, "-m", "baton.engine"], start_new_session=True, ...)`` makes:
+its own session and process group, the agent's rlimits and umask, the run's environment only (``os.environ``
+replaced; ``/proc/PID/environ`` still shows this process's, which carries ``BATON_FORKSERVER``), its working
+directory first on ``sys.path`` then the run's ``PYTHONPATH``, the run's user and groups, stdin from /dev/null, the
+default signal dispositions of a new interpreter, the interpreter's exit sequence (non-daemon threads joined,
+``atexit`` run) and exit code. Unlike a spawned process it shares this process's hash seed; interpreter start-up
+variables (``PYTHON*`` but PYTHONPATH, ``LC_*``, ``LANG``) cannot change in a fork, so the agent spawns a run whose
+environment changes one (``agent/prefork.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+_MESSAGE_BYTES = 4096
+# Descriptors of this process that a child must not keep (the socket, the pidfds); filled in by serve().
+_PRIVATE_FDS: set[int] = set()
+_BASE_PATH: list[str] = []
+
+
+def _preload() -> None:
+    """Import what every flow run imports, once, here."""
+    from baton.engine.__main__ import _import_httpx_without_its_cli
+
+    _import_httpx_without_its_cli()
+    import baton.client.http
+    import baton.engine.runner
+    import baton.sdk.flows
+    import baton.sdk.tasks
+    import baton.settings  # noqa: F401
+
+
+def _returncode(info: os.waitid_result) -> int:
+    """The child's exit as ``subprocess`` reports it: its exit status, or ``-N`` when signal N ended it."""
+    if info.si_code == os.CLD_EXITED:
+        return int(info.si_status)
+    return -int(info.si_status)
+
+
+def _read_spec(fd: int) -> dict[str, Any]:
+    chunks = []
+    with os.fdopen(fd, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    spec: dict[str, Any] = json.loads(b"".join(chunks))
+    return spec
+
+
+def _become_the_run(spec_fd: int, out_fd: int, err_fd: int) -> None:
+    """In the child: take the run's spec, descriptors, user, directory and environment."""
+    os.setsid()
+    _close_all(list(_PRIVATE_FDS))
+    spec = _read_spec(spec_fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for source, target in ((devnull, 0), (out_fd, 1), (err_fd, 2)):
+        os.dup2(source, target)
+    for fd in {devnull, out_fd, err_fd} - {0, 1, 2}:
+        os.close(fd)
+    if spec.get("uid") is not None:  # the order of subprocess: groups, then group, then user
+        os.setgroups(spec.get("groups") or [])
+        os.setgid(spec["gid"])
+        os.setuid(spec["uid"])
+    if spec.get("cwd"):
+        os.chdir(spec["cwd"])
+    environment: dict[str, str] = spec["env"]
+    os.environ.clear()
+    os.environ.update(environment)
+    extra = [path for path in environment.get("PYTHONPATH", "").split(os.pathsep) if path]
+    sys.path[:] = [os.getcwd(), *extra, *_BASE_PATH]
+    sys.argv[:] = [os.path.join(os.path.dirname(__file__), "__main__.py")]
+
+
+def _run_child(spec_fd: int, out_fd: int, err_fd: int) -> None:
+    """The forked child's whole life; never returns."""
+    code = 1
+    try:
+        import atexit
+
+        atexit._clear()  # this process's handlers are not the run's
+        _become_the_run(spec_fd, out_fd, err_fd)
+        import baton.engine.__main__ as engine
+        from baton.engine.__main__ import main
+
+        sys.modules["__main__"] = engine  # what ``python -m baton.engine`` runs as __main__
+
+        try:
+            code = main([])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        # What an interpreter does on its way out: wait for the flow's non-daemon threads, run its atexit handlers
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+    except BaseException:  # what a spawned interpreter prints and exits 1 for
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said
+                stream.flush()
+        os._exit(code & 0xFF)
+
+
+def _send(sock: socket.socket, message: dict[str, Any]) -> None:
+    sock.send(json.dumps(message).encode())
+
+
+class _Server:
+    """Forks on request and reports exits until the agent's end of the socket closes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.children: dict[int, int] = {}  # pidfd -> pid, while it runs
+        self.exited: dict[int, int] = {}  # pid -> pidfd of a child whose exit was reported, until released
+        self.poller = select.poll()
+        self.poller.register(sock.fileno(), select.POLLIN)
+        _PRIVATE_FDS.add(sock.fileno())
+
+    def serve(self) -> None:
+        while True:
+            for fd, _ in self.poller.poll():
+                if fd != self.sock.fileno():
+                    self._report_exit(fd)
+                elif not self._handle_message():
+                    return  # the agent is gone
+
+    def _report_exit(self, pidfd: int) -> None:
+        pid = self.children.pop(pidfd)
+        self.poller.unregister(pidfd)
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT)
+        self.exited[pid] = pidfd
+        if info is not None:
+            _send(self.sock, {"op": "exited", "pid": pid, "returncode": _returncode(info)})
+
+    def _handle_message(self) -> bool:
+        data, fds, _, _ = socket.recv_fds(self.sock, _MESSAGE_BYTES, 3)
+        if not data:
+            return False
+        message = json.loads(data)
+        if message.get("op") == "release":
+            self._release(int(message["pid"]))
+        elif message.get("op") == "fork" and len(fds) == 3:
+            self._fork(message["id"], fds)
+        else:
+            _close_all(fds)
+            _send(self.sock, {"op": "error", "id": message.get("id"), "message": "bad request"})
+        return True
+
+    def _release(self, pid: int) -> None:
+        pidfd = self.exited.pop(pid, None)
+        if pidfd is not None:
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            os.close(pidfd)
+            _PRIVATE_FDS.discard(pidfd)
+
+    def _fork(self, request_id: int, fds: list[int]) -> None:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _close_all(fds)
+            _send(self.sock, {"op": "error", "id": request_id, "message": f"fork failed: {exc}"})
+            return
+        if pid == 0:
+            _run_child(*fds)
+        _close_all(fds)
+        pidfd = os.pidfd_open(pid)
+        _PRIVATE_FDS.add(pidfd)
+        self.children[pidfd] = pid
+        self.poller.register(pidfd, select.POLLIN)
+        _send(self.sock, {"op": "forked", "id": request_id, "pid": pid})
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].isdigit():
+        print("usage: python -m baton.engine.forkserver FD (started by the local agent)", file=sys.stderr)
+        return 2
+    sock = socket.socket(fileno=int(args[0]))
+    python_path = {path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path}
+    _BASE_PATH[:] = [path for path in sys.path[1:] if path not in python_path]
+    _preload()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _send(sock, {"op": "ready"})
+    with sock:
+        _Server(sock).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The warm engine process (``agent/prefork.py``, ``engine/forkserver.py``) with real forks.
+
+tests/integration/test_prefork.py compares what a forked and a spawned run see; these check the protocol: exit
+codes as ``subprocess`` reports them, a zombie kept until its exit is read, output to the given descriptor, and a
+spawn when the warm process cannot start or the run's environment needs a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from baton.agent.env import inherited_environment
+from baton.agent.prefork import ForkServer, needs_spawn, start_time
+from support import free_port, wait_for
+
+
+@pytest.fixture
+def server() -> Iterator[ForkServer]:
+    forks = ForkServer(inherited_environment(os.environ, home=str(Path.home()), user="root"))
+    yield forks
+    forks.close()
+
+
+def test_a_forked_engine_exits_as_a_spawned_one_and_writes_to_the_given_descriptor(server: ForkServer) -> None:
+    # Given a run forked with no flow run in its environment
+    read_end, write_end = os.pipe()
+    child = server.fork({"env": {"PATH": os.environ["PATH"]}, "cwd": None}, write_end, write_end, None)
+    os.close(write_end)
+    # Then it exits 2 (misconfigured), saying why on its stderr, as `python -m baton.engine` does
+    assert child.wait(30) == 2
+    with os.fdopen(read_end) as output:
+        assert "no flow run: set BATON_FLOW_RUN_ID" in output.read()
+    # and it was a process of its own session, started after the warm process
+    assert child.started is not None
+
+
+def test_a_killed_run_reports_the_signal_and_its_pid_stays_reserved_until_read(server: ForkServer) -> None:
+    # Given a forked engine that retries an API on a closed port (it keeps running)
+    env = {
+        "PATH": os.environ["PATH"],
+        "BATON_FLOW_RUN_ID": "5b0b3b1e-6a7c-4a43-9a25-1d3c8e7f0a11",
+        "BATON__API__URL": f"http://127.0.0.1:{free_port()}",
+        "BATON__API__KEY": "batr_test",
+    }
+    read_end, write_end = os.pipe()
+    child = server.fork({"env": env, "cwd": None}, write_end, write_end, None)
+    os.close(write_end)
+    os.close(read_end)
+    assert os.getpgid(child.pid) == child.pid  # it leads its own process group
+    # When its group is killed
+    os.killpg(child.pid, signal.SIGKILL)
+    wait_for(child.has_exited, timeout=30, what="the exit to be reported")
+    # Then its zombie is kept (the pid is still its, so group signals cannot reach another process) until polled
+    assert Path(f"/proc/{child.pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    assert child.returncode is None
+    assert child.poll() == -signal.SIGKILL
+    wait_for(lambda: not Path(f"/proc/{child.pid}").exists(), timeout=10, what="the zombie to be reaped")
+
+
+def test_no_warm_process_means_fork_refuses_and_the_caller_spawns(monkeypatch: pytest.MonkeyPatch) -> None:
+    forks = ForkServer({"PATH": os.environ["PATH"]})
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits at once: never ready
+    with pytest.raises(OSError, match="no warm engine process"):
+        forks.fork({"env": {}, "cwd": None}, 1, 2, None)
+    # and it does not try again for every run
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        forks.fork({"env": {}, "cwd": None}, 1, 2, None)
+    assert forks._failed_at_start and time.monotonic() - started < 30
+    forks.close()
+
+
+@pytest.mark.parametrize(
+    ("run_env", "reason"),
+    [
+        ({"PYTHONPATH": "/srv/flows"}, None),
+        ({"PYTHONHASHSEED": "0"}, "sets PYTHONHASHSEED"),
+        ({"PYTHONDONTWRITEBYTECODE": "1"}, "sets PYTHONDONTWRITEBYTECODE"),
+        ({"LC_ALL": "C"}, "sets LC_ALL"),
+        ({"LANG": "C.UTF-8"}, None),
+        ({"OTHER": "x"}, None),
+    ],
+)
+def test_a_run_whose_environment_changes_interpreter_start_up_is_spawned(
+    run_env: dict[str, str], reason: str | None
+) -> None:
+    base = {"LANG": "C.UTF-8", "PATH": "/usr/bin"}
+    found = needs_spawn({**base, **run_env}, base)
+    assert (found is None) == (reason is None)
+    if reason is not None:
+        assert reason in (found or "")
+
+
+def test_start_time_names_a_process() -> None:
+    assert start_time(os.getpid()) == start_time(os.getpid()) is not None
+    assert start_time(2**22 + 12345) is None
