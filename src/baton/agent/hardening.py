@@ -39,16 +39,25 @@ def drop_secret_variables() -> list[str]:
 
 def make_non_dumpable() -> bool:
     """``prctl(PR_SET_DUMPABLE, 0)`` on Linux; False elsewhere or when it failed (logged)."""
+    return set_dumpable(False)
+
+
+def set_dumpable(dumpable: bool) -> bool:
+    """``prctl(PR_SET_DUMPABLE, dumpable)`` on Linux; False elsewhere or when it failed (logged).
+
+    The warm engine process (``engine/forkserver.py``) makes itself non-dumpable too, so that a flow cannot attach
+    to it and so reach the runs forked after it; each child makes itself dumpable again, as ``exec`` would have.
+    """
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        result = libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        result = libc.prctl(_PR_SET_DUMPABLE, int(dumpable), 0, 0, 0)
     except (OSError, AttributeError) as exc:
-        logger.warning("could not make the agent process non-dumpable: %s", exc)
+        logger.warning("could not set the process's dumpable flag to %s: %s", dumpable, exc)
         return False
     if result != 0:
-        logger.warning("could not make the agent process non-dumpable: %s", os.strerror(ctypes.get_errno()))
+        logger.warning("could not set the process's dumpable flag to %s: %s", dumpable, os.strerror(ctypes.get_errno()))
         return False
     return True
 

@@ -37,6 +37,8 @@ import threading
 import traceback
 from typing import Any
 
+from baton.agent.hardening import set_dumpable
+
 _MESSAGE_BYTES = 4096
 # Descriptors of this process that a child must not keep (the socket, the pidfds); filled in by serve().
 _PRIVATE_FDS: set[int] = set()
@@ -72,8 +74,8 @@ def _read_spec(fd: int) -> dict[str, Any]:
 
 
 def _become_the_run(spec_fd: int, out_fd: int, err_fd: int) -> None:
-    """In the child: take the run's spec, descriptors, user, directory and environment."""
-    os.setsid()
+    """In the child, in its own session already: take the run's spec, descriptors, user, directory and
+    environment."""
     _close_all(list(_PRIVATE_FDS))
     spec = _read_spec(spec_fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -85,6 +87,7 @@ def _become_the_run(spec_fd: int, out_fd: int, err_fd: int) -> None:
         os.setgroups(spec.get("groups") or [])
         os.setgid(spec["gid"])
         os.setuid(spec["uid"])
+    set_dumpable(True)  # as exec makes a process (the warm one is not: see main)
     if spec.get("cwd"):
         os.chdir(spec["cwd"])
     environment: dict[str, str] = spec["env"]
@@ -180,14 +183,23 @@ class _Server:
             _PRIVATE_FDS.discard(pidfd)
 
     def _fork(self, request_id: int, fds: list[int]) -> None:
+        # The answer waits until the child leads its own session (it closes ``in_session`` then), as Popen returns
+        # only after its child's setsid and exec: a cancel right after the answer must reach the run's group.
+        waiting, in_session = os.pipe()
         try:
             pid = os.fork()
         except OSError as exc:
-            _close_all(fds)
+            _close_all([*fds, waiting, in_session])
             _send(self.sock, {"op": "error", "id": request_id, "message": f"fork failed: {exc}"})
             return
         if pid == 0:
+            os.close(waiting)
+            os.setsid()
+            os.close(in_session)
             _run_child(*fds)
+        os.close(in_session)
+        os.read(waiting, 1)  # b"" once the child has closed its end (or died)
+        os.close(waiting)
         _close_all(fds)
         pidfd = os.pidfd_open(pid)
         _PRIVATE_FDS.add(pidfd)
@@ -211,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     python_path = {path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path}
     _BASE_PATH[:] = [path for path in sys.path[1:] if path not in python_path]
     _preload()
+    # A flow runs as this process's user unless --run-as: it must not attach to this process and so to every run
+    # forked after it (the agent does the same to itself, agent/hardening.py)
+    set_dumpable(False)
     sys.stdout.flush()
     sys.stderr.flush()
     _send(sock, {"op": "ready"})
