@@ -6,8 +6,8 @@ runs, then starts one real local agent and times it from its start until every r
 
 - runs/s from the agent's start to the last run's end, and how many ended Success;
 - CPU per run: the CPU time of the server, the agent and every flow-run process it started and reaped (read from
-  /proc: the agent's own time plus its reaped children's), divided by the runs; other load on the machine does
-  not count;
+  /proc: the agent's tree, with what it and its warm process reaped), divided by the runs; other load on the
+  machine does not count, nor the server's CPU for the bench's own polls (ten are timed afterwards and taken out);
 - peak memory: the highest sum of PSS over the server, the agent and its live children, above the level before
   the agent started (sampled every 100 ms; PSS shares a page among the processes that map it).
 
@@ -144,16 +144,17 @@ def _measure(server: ServerProcess, runs: int, limit: int, log: Path) -> None:
     try:
         deadline = started + max(120.0, runs * 2.0)
         counts: dict[str, int] = {}
-        unanswered = 0
+        unanswered = polls = 0
         while time.monotonic() < deadline:
             try:
+                polls += 1
                 counts = _all_ended(client, flow_name, runs)
             except ServerUnavailableError:  # a server swamped by the runs' start-up: part of the figure, said below
                 unanswered += 1
                 continue
             if sum(counts.values()) >= runs:
                 break
-            time.sleep(0.2)  # each poll lists every run: often enough to time the end, rarely enough to cost little
+            time.sleep(0.2)  # often enough to time the end; what the polls cost the server is taken out below
         elapsed = time.monotonic() - started
         # The runs have told the API they ended; wait until the agent has reaped their processes (their CPU is
         # its children's then), leaving at most its warm process
@@ -162,6 +163,11 @@ def _measure(server: ServerProcess, runs: int, limit: int, log: Path) -> None:
             time.sleep(0.1)
         agent_cpu = _tree_cpu_seconds(agent.pid)
         server_cpu = _cpu_seconds(server_pid, children=False) - server_cpu
+        # The bench's own polls are not the runs' cost: measure ten on the idle server and take them out
+        before = _cpu_seconds(server_pid, children=False)
+        for _ in range(10):
+            _all_ended(client, flow_name, runs)
+        server_cpu -= polls * (_cpu_seconds(server_pid, children=False) - before) / 10
     finally:
         peak = memory.stop()
         agent.terminate()
