@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from baton.agent.env import inherited_environment
-from baton.agent.prefork import ForkServer, needs_spawn, start_time
+from baton.agent.prefork import ForkServer, needs_spawn
 from support import free_port, wait_for
 
 
@@ -37,8 +37,8 @@ def test_a_forked_engine_exits_as_a_spawned_one_and_writes_to_the_given_descript
     assert child.wait(30) == 2
     with os.fdopen(read_end) as output:
         assert "no flow run: set BATON_FLOW_RUN_ID" in output.read()
-    # and it was a process of its own session, started after the warm process
-    assert child.started is not None
+    # and its /proc environment names no run but the placeholder's replacement (it had no run id to write)
+    assert "RUN_ID" not in str(child.pid)
 
 
 def test_a_killed_run_reports_the_signal_and_its_pid_stays_reserved_until_read(server: ForkServer) -> None:
@@ -73,7 +73,7 @@ def test_no_warm_process_means_fork_refuses_and_the_caller_spawns(monkeypatch: p
     started = time.monotonic()
     with pytest.raises(OSError):
         forks.fork({"env": {}, "cwd": None}, 1, 2, None)
-    assert forks._failed_at_start and time.monotonic() - started < 30
+    assert forks._gone and time.monotonic() - started < 30
     forks.close()
 
 
@@ -98,6 +98,41 @@ def test_a_run_whose_environment_changes_interpreter_start_up_is_spawned(
         assert reason in (found or "")
 
 
-def test_start_time_names_a_process() -> None:
-    assert start_time(os.getpid()) == start_time(os.getpid()) is not None
-    assert start_time(2**22 + 12345) is None
+def test_a_run_shows_its_id_in_proc_environ_and_close_is_prompt(server: ForkServer) -> None:
+    # Given a forked engine with a run id that keeps retrying an API on a closed port
+    run_id = "0f0e0d0c-0b0a-4909-8807-060504030201"
+    env = {
+        "PATH": os.environ["PATH"],
+        "BATON_FLOW_RUN_ID": run_id,
+        "BATON__API__URL": f"http://127.0.0.1:{free_port()}",
+        "BATON__API__KEY": "batr_test",
+    }
+    null = os.open(os.devnull, os.O_WRONLY)
+    child = server.fork({"env": env, "cwd": None}, null, null, None)
+    os.close(null)
+    # Then /proc/PID/environ carries its run id (what kill_stored checks after an agent restart), not the placeholder
+    shown = wait_for(
+        lambda: f"BATON_FLOW_RUN_ID={run_id}".encode() in Path(f"/proc/{child.pid}/environ").read_bytes(),
+        timeout=10,
+        what="the run id in /proc",
+    )
+    assert shown
+    # When the agent stops its warm process, it goes at once, and the run goes on in its own session
+    started = time.monotonic()
+    server.close()
+    assert time.monotonic() - started < 3
+    assert child.has_exited() is False and os.getpgid(child.pid) == child.pid
+    os.killpg(child.pid, signal.SIGKILL)
+    # and the run's end is still seen, through the pidfd taken at the fork (the exit code is lost with the server)
+    wait_for(child.has_exited, timeout=30, what="the orphan's end")
+    assert child.poll() == 1
+
+
+def test_a_run_that_ends_the_interpreter_exits_as_a_spawned_one(server: ForkServer, tmp_path: Path) -> None:
+    # A flow-run process killed by Ctrl-C, or exiting with a message, ends with the interpreter's codes
+    (tmp_path / "sitecustomize.py").write_text("")
+    null = os.open(os.devnull, os.O_WRONLY)
+    env = {"PATH": os.environ["PATH"], "BATON_FLOW_RUN_ID": "", "PYTHONPATH": str(tmp_path)}
+    child = server.fork({"env": env, "cwd": str(tmp_path)}, null, null, None)
+    os.close(null)
+    assert child.wait(30) == 2  # the engine's "no flow run" usage exit, from main() returning through the interpreter

@@ -37,7 +37,7 @@ from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_option
 from baton.agent.driver import Deployment, DriverEvents, Recovered
 from baton.agent.env import inherited_environment
 from baton.agent.option_specs import LOCAL_OPTIONS
-from baton.agent.prefork import TOKEN_VARIABLE, ForkedProcess, ForkServer, needs_spawn, start_time
+from baton.agent.prefork import ForkedProcess, ForkServer, needs_spawn
 from baton.agent.run_as import (
     OsUser,
     check_can_switch,
@@ -94,10 +94,10 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
-def _runs_flow_run(pid: int, run_id: str, data: dict[str, Any]) -> bool:
+def _runs_flow_run(pid: int, run_id: str) -> bool:
     """Whether process ``pid`` is the flow-run process of ``run_id``: its environment says so (a pid alone may
-    have been given to another process since). A forked run's ``/proc`` environment is its warm process's: it
-    must carry that process's token (``data["forkserver"]``) and the pid must have the start time recorded."""
+    have been given to another process since). A forked run shows its warm process's start-up environment, with
+    its own run id written in (``engine/forkserver.py``)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except PermissionError:
@@ -106,12 +106,7 @@ def _runs_flow_run(pid: int, run_id: str, data: dict[str, Any]) -> bool:
         return False
     except OSError:  # gone: nothing to stop
         return False
-    variables = environ.split(b"\0")
-    token = data.get("forkserver")
-    if isinstance(token, str) and token:
-        started = data.get("started")
-        return f"{TOKEN_VARIABLE}={token}".encode() in variables and started is not None and start_time(pid) == started
-    return f"BATON_FLOW_RUN_ID={run_id}".encode() in variables
+    return f"BATON_FLOW_RUN_ID={run_id}".encode() in environ.split(b"\0")
 
 
 def _wait_pidfd(pidfd: int, timeout: float) -> bool:
@@ -243,6 +238,8 @@ class LocalDriver:
             problem = await asyncio.to_thread(probe_user, user, sys.executable, secrets)
             if problem is not None:
                 raise ConfigurationError(f"flows cannot run as {user.name}: {problem}")
+        if self._forkserver is not None and type(self).command is LocalDriver.command:
+            await asyncio.to_thread(self._forkserver.start)  # now, not on the first run's path
 
     def user_for(self, run_config: RunConfig) -> OsUser | None:
         """The user a run's process runs as (None: the agent's own).
@@ -294,10 +291,9 @@ class LocalDriver:
             raise DeploymentError(f"working directory {cwd!r} does not exist on {hostname_label()}")
         user = self.user_for(run_config)
         process = await asyncio.to_thread(self._start_process, claimed, env, cwd, user)
-        data: dict[str, Any] = {"pid": process.pid, "host": hostname_label()}
-        if isinstance(process, ForkedProcess) and self._forkserver is not None:
-            data.update(forkserver=self._forkserver.token, started=process.started)
-        return Deployment(message=f"PID: {process.pid}", data=data, handle=process)
+        return Deployment(
+            message=f"PID: {process.pid}", data={"pid": process.pid, "host": hostname_label()}, handle=process
+        )
 
     def _start_process(
         self, claimed: ClaimedRun, run_env: dict[str, str], cwd: str | None, user: OsUser | None
@@ -351,8 +347,8 @@ class LocalDriver:
     ) -> ForkedProcess | None:
         """The run forked from the warm process, or None when it must be spawned (see ``prefork.py``)."""
         server = self._forkserver
-        if server is None or self.command(claimed) != LocalDriver.command(self, claimed):
-            return None  # off, or a driver that runs another command (tests' scripts)
+        if server is None or type(self).command is not LocalDriver.command:
+            return None  # off, or a driver that runs another command than the engine (tests' scripts)
         reason = needs_spawn(env, server.env)
         if reason is not None:
             logger.info("spawning flow run %s: %s", claimed.flow_run.id, reason)
@@ -418,9 +414,9 @@ class LocalDriver:
         pid = data.get("pid")
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or data.get("host") != hostname_label():
             return None
-        return await asyncio.to_thread(self._kill_pid, pid, run_id, data, grace_seconds)
+        return await asyncio.to_thread(self._kill_pid, pid, run_id, grace_seconds)
 
-    def _kill_pid(self, pid: int, run_id: str, data: dict[str, Any], grace_seconds: float) -> str | None:
+    def _kill_pid(self, pid: int, run_id: str, grace_seconds: float) -> str | None:
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:  # ended already (or no pidfd support): nothing to stop
@@ -428,7 +424,7 @@ class LocalDriver:
         try:
             # The process the pidfd holds must still be running after the environment was read: else the pid
             # may be another process's by now.
-            if not _runs_flow_run(pid, run_id, data) or _wait_pidfd(pidfd, 0):
+            if not _runs_flow_run(pid, run_id) or _wait_pidfd(pidfd, 0):
                 return None
             _signal_group(pid, signal.SIGTERM)
             # By force only while the leader lives: not our child, it is reaped at once when it ends, and its pid

@@ -9,9 +9,10 @@ the driver uses (``pid``, ``poll``, ``wait``, ``returncode``, ``stdout``), and s
 - the run's environment changes what an interpreter reads only when it starts (``PYTHON*`` but PYTHONPATH,
   ``LC_*``, ``LANG``), which a fork cannot change.
 
-The fork server's environment is the agent's allow-listed one (never its key) plus ``BATON_FORKSERVER``, a random
-token: a forked run's ``/proc/PID/environ`` shows it, which is how a restarted agent recognises its process
-(``local.py``, ``kill_stored``), together with the process's start time.
+The warm process's environment is the agent's allow-listed one (never its key) with a placeholder run id, which
+each child overwrites with its own (``forkserver._show_run_id``): a restarted agent recognises a forked run's
+process by its ``/proc/PID/environ`` as it does a spawned one's (``local.py``, ``kill_stored``). A warm process
+that dies is not replaced: the agent spawns every later run (and says so).
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ import itertools
 import json
 import logging
 import os
-import secrets
 import select
 import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import IO, Any
+
+from baton.engine.forkserver import RUN_ID_PLACEHOLDER, RUN_ID_VARIABLE
 
 logger = logging.getLogger("baton.agent")
 
-TOKEN_VARIABLE = "BATON_FORKSERVER"  # noqa: S105 - the name of a variable, not a secret
 _MESSAGE_BYTES = 4096
 # How long a fork request or the warm process's start may take before the run is spawned instead.
 _REPLY_SECONDS = 30.0
@@ -47,33 +47,34 @@ def needs_spawn(run_env: dict[str, str], base_env: dict[str, str]) -> str | None
     return None
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (with its pid, it names one process), or None."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 class ForkedProcess:
     """A run forked by the warm process: the part of ``subprocess.Popen`` the local driver uses.
 
-    Its exit is reported by the fork server, which keeps the zombie (so the pid and its process group stay this
-    run's) until :meth:`poll` has read it, as ``Popen.poll`` reaps only then.
+    Its exit is reported by the warm process, which keeps the zombie (so the pid and its process group stay this
+    run's) until :meth:`poll` has read it, as ``Popen.poll`` reaps only then. The agent holds a pidfd of it from the
+    fork on: should the warm process die, the run's end is still seen (its exit code is then lost: 1).
     """
 
-    def __init__(self, server: ForkServer, pid: int, stdout: IO[str] | None) -> None:
+    def __init__(self, server: ForkServer, stdout: IO[str] | None) -> None:
         self._server = server
-        self.pid = pid
+        self.pid = -1
         self.stdout = stdout
         self.returncode: int | None = None
-        self.started = start_time(pid)
+        self.pidfd = -1
         self._reported: int | None = None
         self._ended = threading.Event()
 
-    def _exited(self, returncode: int) -> None:
-        self._reported = returncode
-        self._ended.set()
+    def forked(self, pid: int) -> None:
+        """The warm process forked it as ``pid`` (its zombie keeps the pid ours until released)."""
+        self.pid = pid
+        with contextlib.suppress(OSError):
+            self.pidfd = os.pidfd_open(pid)
+
+    def exited(self, returncode: int) -> None:
+        """Its exit, as the warm process reports it (or 1 when that process died first)."""
+        if self._reported is None:
+            self._reported = returncode
+            self._ended.set()
 
     def has_exited(self) -> bool:
         """Whether it has ended, without releasing it (its pid stays reserved)."""
@@ -82,35 +83,43 @@ class ForkedProcess:
     def poll(self) -> int | None:
         if self.returncode is None and self._reported is not None:
             self.returncode = self._reported
+            if self.pidfd != -1:
+                os.close(self.pidfd)
+                self.pidfd = -1
             self._server.release(self.pid)
         return self.returncode
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        self._ended.wait(timeout)
-        return self.poll()
+    def wait(self, timeout: float | None = None) -> int:
+        """Like ``Popen.wait``: the exit code; raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(["python", "-m", "baton.engine"], timeout or 0)
+        code = self.poll()
+        assert code is not None
+        return code
 
 
 class ForkServer:
-    """One warm engine process for an agent; thread-safe. Started on first use, again after it died."""
+    """One warm engine process for an agent; thread-safe. Started by :meth:`start` (or the first fork); once it
+    has died or failed to start, :meth:`fork` refuses and the driver spawns."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.token = secrets.token_hex(16)
-        self.env = {**env, TOKEN_VARIABLE: self.token}
+        self.env = {**env, RUN_ID_VARIABLE: RUN_ID_PLACEHOLDER}
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
         self._ids = itertools.count(1)
-        self._replies: dict[int, tuple[threading.Event, dict[str, Any]]] = {}
+        self._replies: dict[int, tuple[threading.Event, dict[str, Any], ForkedProcess]] = {}
         self._children: dict[int, ForkedProcess] = {}
-        self._early_exits: dict[int, int] = {}  # exits reported before the fork's reply was handled
-        self._failed_at_start = False
+        self._gone = False  # failed to start, died, or closed: never started again
+
+    def start(self) -> bool:
+        """Start the warm process unless it is running or gone; whether it is running."""
+        with self._lock:
+            return self._start() is not None
 
     def _start(self) -> socket.socket | None:
-        """The socket of a running, ready warm process (started now if needed); None when it cannot start."""
-        if self._socket is not None and self._process is not None and self._process.poll() is None:
+        if self._socket is not None or self._gone:
             return self._socket
-        if self._failed_at_start:
-            return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._process = subprocess.Popen(
@@ -123,7 +132,7 @@ class ForkServer:
             )
         except OSError as exc:
             logger.warning("cannot start the warm engine process, spawning every run: %s", exc)
-            self._failed_at_start = True
+            self._gone = True
             ours.close()
             return None
         finally:
@@ -135,7 +144,7 @@ class ForkServer:
             ready = {}
         if ready.get("op") != "ready":
             logger.warning("the warm engine process did not start, spawning every run")
-            self._failed_at_start = True
+            self._gone = True
             self._process.kill()
             self._process.wait()
             ours.close()
@@ -146,7 +155,7 @@ class ForkServer:
         return ours
 
     def _read(self, sock: socket.socket) -> None:
-        """Dispatch the warm process's messages until it ends; then no exit of its children can be read."""
+        """Dispatch the warm process's messages until it ends; then see its children's ends through pidfds."""
         while True:
             try:
                 data = sock.recv(_MESSAGE_BYTES)
@@ -154,29 +163,48 @@ class ForkServer:
                 data = b""
             if not data:
                 break
-            message = json.loads(data)
-            with self._lock:
-                if message.get("op") == "exited":
-                    child = self._children.pop(int(message["pid"]), None)
-                    if child is None:
-                        self._early_exits[int(message["pid"])] = int(message["returncode"])
-                    else:
-                        child._exited(int(message["returncode"]))
-                elif message.get("id") in self._replies:
-                    event, reply = self._replies[message["id"]]
-                    reply.update(message)
-                    event.set()
+            try:
+                self._dispatch(json.loads(data))
+            except (ValueError, KeyError, TypeError) as exc:  # a bug on one side: say so, keep the others going
+                logger.error("bad message from the warm engine process: %s", exc)
         with self._lock:
+            self._gone = True
+            self._socket = None
             orphans = list(self._children.values())
             self._children.clear()
-            for event, reply in self._replies.values():
+            for event, reply, _ in self._replies.values():
                 reply.setdefault("op", "error")
                 reply.setdefault("message", "the warm engine process ended")
                 event.set()
         if orphans:
             logger.warning("the warm engine process ended: the exit codes of %s running runs are lost", len(orphans))
         for child in orphans:  # their processes go on; each run still reports its own end to the API
-            threading.Thread(target=_wait_unparented, args=(child,), daemon=True).start()
+            threading.Thread(target=_wait_orphan, args=(child,), daemon=True).start()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        with self._lock:
+            if op == "exited":
+                pid, code = int(message["pid"]), int(message["returncode"])
+                child = self._children.pop(pid, None)
+                if child is not None:
+                    child.exited(code)
+                    return
+            elif message.get("id") in self._replies:
+                event, reply, child = self._replies[message["id"]]
+                if op == "forked":  # registered here, before the next message: its exit cannot come first
+                    child.forked(int(message["pid"]))
+                    self._children[child.pid] = child
+                reply.update(message)
+                event.set()
+                return
+            elif op == "forked":
+                pid = int(message["pid"])  # a request given up on: its child exits at once (empty spec)
+                self._children[pid] = ForkedProcess(self, None)
+                self._children[pid].forked(pid)
+                return
+        if op == "exited":
+            self.release(int(message["pid"]))  # nobody waits for it
 
     def fork(self, spec: dict[str, Any], stdout_fd: int, stderr_fd: int, stdout: IO[str] | None) -> ForkedProcess:
         """Fork a run with ``spec`` (``env``, ``cwd``, ``uid``, ``gid``, ``groups``).
@@ -184,13 +212,14 @@ class ForkServer:
         Raises:
             OSError: no warm process, or it could not fork (the caller spawns instead).
         """
+        child = ForkedProcess(self, stdout)
         with self._lock:
             sock = self._start()
             if sock is None:
                 raise OSError("no warm engine process")
             request_id = next(self._ids)
             event, reply = threading.Event(), dict[str, Any]()
-            self._replies[request_id] = (event, reply)
+            self._replies[request_id] = (event, reply, child)
         spec_read, spec_write = os.pipe()
         try:
             try:
@@ -201,14 +230,6 @@ class ForkServer:
                 os.close(spec_read)
             if not event.wait(_REPLY_SECONDS) or reply.get("op") != "forked":
                 raise OSError(f"the warm engine process could not fork: {reply.get('message', 'no answer')}")
-            pid = int(reply["pid"])
-            with self._lock:
-                child = ForkedProcess(self, pid, stdout)
-                early = self._early_exits.pop(pid, None)
-                if early is None:
-                    self._children[pid] = child
-                else:
-                    child._exited(early)
             with os.fdopen(spec_write, "wb") as pipe:  # the child reads it (and waits for it) after the fork
                 spec_write = -1
                 pipe.write(json.dumps(spec).encode())
@@ -220,19 +241,21 @@ class ForkServer:
                 self._replies.pop(request_id, None)
 
     def release(self, pid: int) -> None:
-        with self._lock:
-            sock = self._socket
+        """Let the warm process reap ``pid``, whose exit has been read."""
+        sock = self._socket
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.send(json.dumps({"op": "release", "pid": pid}).encode())
+                sock.send(json.dumps({"op": "release", "pid": pid}).encode(), socket.MSG_DONTWAIT)
 
     def close(self) -> None:
         """Stop the warm process; runs it forked go on (each in its own session)."""
         with self._lock:
             sock, process = self._socket, self._process
-            self._socket = None
+            self._socket, self._gone = None, True
         if sock is not None:
-            sock.close()  # its end reads EOF and it exits
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader; the warm process reads EOF and exits
+            sock.close()
         if process is not None:
             try:
                 process.wait(5)
@@ -241,15 +264,8 @@ class ForkServer:
                 process.wait()
 
 
-def _wait_unparented(child: ForkedProcess) -> None:
-    """A child of a warm process that died: see its end through a pidfd (its exit code is not ours to read)."""
-    try:
-        pidfd = os.pidfd_open(child.pid)
-    except OSError:
-        child._exited(1)
-        return
-    try:
-        select.select([pidfd], [], [])
-    finally:
-        os.close(pidfd)
-    child._exited(1)
+def _wait_orphan(child: ForkedProcess) -> None:
+    """A run whose warm process died: its end, seen through the pidfd taken at the fork (its code is lost)."""
+    if child.pidfd != -1:
+        select.select([child.pidfd], [], [])
+    child.exited(1)

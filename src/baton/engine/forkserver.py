@@ -16,31 +16,39 @@ process with several is unsafe), waits on the socket and on one pidfd per child,
 closes; children it leaves behind are reparented and reaped by the system, and go on as spawned ones would.
 
 The child becomes what ``subprocess.Popen([python, "-m", "baton.engine"], start_new_session=True, ...)`` makes:
-its own session and process group, the agent's rlimits and umask, the run's environment only (``os.environ``
-replaced; ``/proc/PID/environ`` still shows this process's, which carries ``BATON_FORKSERVER``), its working
-directory first on ``sys.path`` then the run's ``PYTHONPATH``, the run's user and groups, stdin from /dev/null, the
-default signal dispositions of a new interpreter, the interpreter's exit sequence (non-daemon threads joined,
-``atexit`` run) and exit code. Unlike a spawned process it shares this process's hash seed; interpreter start-up
-variables (``PYTHON*`` but PYTHONPATH, ``LC_*``, ``LANG``) cannot change in a fork, so the agent spawns a run whose
-environment changes one (``agent/prefork.py``).
+its own session and process group (before the agent hears of it), the agent's rlimits and umask, its working
+directory then the run's user and groups (in subprocess's order), the run's environment only (``os.environ``
+replaced, ``TZ`` re-read), its directory first on ``sys.path`` then the run's ``PYTHONPATH`` made absolute, stdin
+from /dev/null, the signal dispositions of a new interpreter, ``__main__`` and ``sys.argv`` of ``python -m
+baton.engine``, and the interpreter's own ending: the child leaves the server's frames by an exception and returns
+the engine's exit code from ``main``, so non-daemon threads are joined, ``atexit`` handlers run, files are flushed
+and an uncaught exception or Ctrl-C ends it as it would a spawned one. ``/proc/PID/environ`` shows this process's
+start-up environment with the run's id written over a placeholder (``_show_run_id``), so a restarted agent
+recognises it as it does a spawned run. Unlike a spawned process it shares this process's hash seed, and
+``/proc/PID/cmdline`` names ``baton.engine.forkserver``; interpreter start-up variables (``PYTHON*`` but
+PYTHONPATH, ``LC_*``, ``LANG``) cannot change in a fork, so the agent spawns a run whose environment changes one
+(``agent/prefork.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import select
 import socket
 import sys
-import threading
-import traceback
+import time
 from typing import Any
 
 from baton.agent.hardening import set_dumpable
 
 _MESSAGE_BYTES = 4096
-# Descriptors of this process that a child must not keep (the socket, the pidfds); filled in by serve().
+# The warm process starts with this placeholder; a child writes its run's id over it (``_show_run_id``).
+RUN_ID_VARIABLE = "BATON_FLOW_RUN_ID"
+RUN_ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+# Descriptors of this process that a child must not keep (the socket, the pidfds), as _Server opens them.
 _PRIVATE_FDS: set[int] = set()
 _BASE_PATH: list[str] = []
 
@@ -73,61 +81,66 @@ def _read_spec(fd: int) -> dict[str, Any]:
     return spec
 
 
+def _show_run_id(run_id: str) -> None:
+    """Write ``run_id`` over the placeholder this process was started with, in the memory ``/proc/PID/environ``
+    reads: a restarted agent recognises a run's process by it (``agent/local.py``, ``kill_stored``) as it does a
+    spawned one's. Before ``os.environ`` changes anything: C's ``environ`` still points at the original strings."""
+    if len(run_id) != len(RUN_ID_PLACEHOLDER):
+        return
+    entry = f"{RUN_ID_VARIABLE}={RUN_ID_PLACEHOLDER}".encode()
+    environ = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+    index = 0
+    while (address := environ[index]) is not None:
+        if ctypes.string_at(address, len(entry) + 1) == entry + b"\0":
+            ctypes.memmove(address + len(RUN_ID_VARIABLE) + 1, run_id.encode(), len(run_id))
+            return
+        index += 1
+
+
 def _become_the_run(spec_fd: int, out_fd: int, err_fd: int) -> None:
-    """In the child, in its own session already: take the run's spec, descriptors, user, directory and
-    environment."""
-    _close_all(list(_PRIVATE_FDS))
+    """In the child, in its own session already: take the run's spec, descriptors, directory, user and
+    environment, in the order of ``subprocess``."""
     spec = _read_spec(spec_fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     for source, target in ((devnull, 0), (out_fd, 1), (err_fd, 2)):
         os.dup2(source, target)
     for fd in {devnull, out_fd, err_fd} - {0, 1, 2}:
         os.close(fd)
-    if spec.get("uid") is not None:  # the order of subprocess: groups, then group, then user
+    if spec.get("cwd"):
+        os.chdir(spec["cwd"])
+    if spec.get("uid") is not None:  # groups, then group, then user
         os.setgroups(spec.get("groups") or [])
         os.setgid(spec["gid"])
         os.setuid(spec["uid"])
     set_dumpable(True)  # as exec makes a process (the warm one is not: see main)
-    if spec.get("cwd"):
-        os.chdir(spec["cwd"])
     environment: dict[str, str] = spec["env"]
+    _show_run_id(environment.get(RUN_ID_VARIABLE, ""))
     os.environ.clear()
     os.environ.update(environment)
-    extra = [path for path in environment.get("PYTHONPATH", "").split(os.pathsep) if path]
-    sys.path[:] = [os.getcwd(), *extra, *_BASE_PATH]
+    time.tzset()  # the run's TZ, as a new interpreter reads it
+    # sys.path as a new interpreter builds it: its directory, then PYTHONPATH, then the installation's (site makes
+    # the entries absolute and drops duplicates)
+    extra = [os.path.abspath(path) for path in environment.get("PYTHONPATH", "").split(os.pathsep) if path]
+    sys.path[:] = list(dict.fromkeys([os.getcwd(), *extra, *_BASE_PATH]))
     sys.argv[:] = [os.path.join(os.path.dirname(__file__), "__main__.py")]
 
 
-def _run_child(spec_fd: int, out_fd: int, err_fd: int) -> None:
-    """The forked child's whole life; never returns."""
-    code = 1
-    try:
-        import atexit
+def _run_child(spec_fd: int, out_fd: int, err_fd: int) -> int:
+    """The forked child, once the server's frames are gone (see ``main``): the engine's exit code. Its exceptions
+    propagate, and the interpreter then ends as a spawned one would (threads joined, atexit run, files flushed)."""
+    _become_the_run(spec_fd, out_fd, err_fd)
+    import baton.engine.__main__ as engine
 
-        atexit._clear()  # this process's handlers are not the run's
-        _become_the_run(spec_fd, out_fd, err_fd)
-        import baton.engine.__main__ as engine
-        from baton.engine.__main__ import main
+    sys.modules["__main__"] = engine  # what ``python -m baton.engine`` runs as __main__
+    return engine.main([])
 
-        sys.modules["__main__"] = engine  # what ``python -m baton.engine`` runs as __main__
 
-        try:
-            code = main([])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        # What an interpreter does on its way out: wait for the flow's non-daemon threads, run its atexit handlers
-        for thread in threading.enumerate():
-            if thread is not threading.main_thread() and not thread.daemon:
-                thread.join()
-        atexit._run_exitfuncs()
-    except BaseException:  # what a spawned interpreter prints and exits 1 for
-        traceback.print_exc()
-        code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said
-                stream.flush()
-        os._exit(code & 0xFF)
+class _BecomeRun(Exception):  # not an error: how a child leaves the server's loop
+    """Raised in a forked child to unwind the server's frames; carries the run's three descriptors."""
+
+    def __init__(self, fds: list[int]) -> None:
+        super().__init__("forked")
+        self.fds = fds
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -196,7 +209,9 @@ class _Server:
             os.close(waiting)
             os.setsid()
             os.close(in_session)
-            _run_child(*fds)
+            self.sock.detach()  # the parent's: closed below without closing the socket object's descriptor twice
+            _close_all(list(_PRIVATE_FDS))
+            raise _BecomeRun(fds)
         os.close(in_session)
         os.read(waiting, 1)  # b"" once the child has closed its end (or died)
         os.close(waiting)
@@ -229,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     _send(sock, {"op": "ready"})
-    with sock:
-        _Server(sock).serve()
+    try:
+        with sock:
+            _Server(sock).serve()
+    except _BecomeRun as child:
+        return _run_child(*child.fds)
     return 0
 
 
