@@ -118,7 +118,7 @@ def _all_ended(client: Client, flow_name: str, runs: int) -> dict[str, int]:
     return counts
 
 
-def _measure(server: ServerProcess, runs: int, limit: int, log: Path) -> None:
+def _measure(server: ServerProcess, runs: int, limit: int, log: Path, extra_args: list[str]) -> None:
     client = server.client()
     flow_name = f"bench-throughput-{limit}"
     _register(client, flow_name, {"type": "local"})
@@ -131,6 +131,7 @@ def _measure(server: ServerProcess, runs: int, limit: int, log: Path) -> None:
     agent_args = ["agent", "local", "start", "--name", flow_name, "--no-hostname-label"]
     if limit:
         agent_args += ["--limit", str(limit)]
+    agent_args += extra_args
     with log.open("wb") as agent_log:
         started = time.monotonic()
         agent = subprocess.Popen(
@@ -174,7 +175,8 @@ def _measure(server: ServerProcess, runs: int, limit: int, log: Path) -> None:
         agent.wait(60)
     ended = sum(counts.values())
     cpu_per_run = (agent_cpu + server_cpu) / max(ended, 1)
-    print(f"{runs} runs waiting, one local agent, {'--limit ' + str(limit) if limit else 'no limit'}:")
+    options = " ".join([f"--limit {limit}" if limit else "no limit", *extra_args])
+    print(f"{runs} runs waiting, one local agent, {options}:")
     print(f"  ended {ended}/{runs} in {elapsed:.1f} s: {counts}")
     if unanswered:
         print(f"  the server did not answer the bench's list within 30 s {unanswered} times")
@@ -194,12 +196,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--limit", type=int, action="append", help="0 for no limit (repeatable; default 0 and 4)")
+    parser.add_argument("--no-prefork", action="store_true", help="the agent spawns each run (no warm process)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
         server = ServerProcess(Path(tmp) / "home").start()
         try:
             for limit in args.limit or [0, 4]:
-                _measure(server, args.runs, limit, Path(tmp) / f"agent-{limit}.log")
+                extra = ["--no-prefork"] if args.no_prefork else []
+                _measure(server, args.runs, limit, Path(tmp) / f"agent-{limit}.log", extra)
         finally:
             server.stop()
     return 0
