@@ -175,6 +175,8 @@ def test_watch_says_why_no_agent_takes_the_run(cli_server: CliServer) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        # A user's Ctrl-C: under nohup or a shell's background job (as CI may run) SIGINT starts ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads hold locks here
     ) as process:
         try:
             assert process.stdout is not None

@@ -87,9 +87,17 @@ def list_fds(pid):
     return "\\n".join(names).encode()
 
 
+def the_agent():
+    """The agent: the parent, or the parent of the warm process this run was forked from (agent/prefork.py)."""
+    parent = os.getppid()
+    if b"baton.engine.forkserver" in open(f"/proc/{parent}/cmdline", "rb").read():
+        return int(open(f"/proc/{parent}/stat").read().rsplit(")", 1)[1].split()[1]), parent
+    return parent, None
+
+
 @flow
 def probe(report: str, paths: list[str], hunt: bool = True) -> None:
-    agent = os.getppid()
+    agent, warm = the_agent()
     found = {
         "uid": os.getuid(),
         "cwd": os.getcwd(),
@@ -101,6 +109,9 @@ def probe(report: str, paths: list[str], hunt: bool = True) -> None:
         routes = found["routes"]
         routes["cmdline"] = attempt(lambda: read_file(f"/proc/{agent}/cmdline"))
         routes["environ"] = attempt(lambda: read_file(f"/proc/{agent}/environ"))
+        if warm is not None:  # the warm process a forked run comes from: it must hold no key either
+            routes["warm_environ"] = attempt(lambda: read_file(f"/proc/{warm}/environ"))
+            routes["warm_cmdline"] = attempt(lambda: read_file(f"/proc/{warm}/cmdline"))
         routes["memory"] = attempt(lambda: read_memory(agent))
         routes["fds"] = attempt(lambda: list_fds(agent))
         argv = routes["cmdline"].get("text", "").split("\\0")

@@ -37,7 +37,7 @@ from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_option
 from baton.agent.driver import Deployment, DriverEvents, Recovered
 from baton.agent.env import inherited_environment
 from baton.agent.option_specs import LOCAL_OPTIONS
-from baton.agent.prefork import ForkedProcess, ForkServer, needs_spawn
+from baton.agent.prefork import ForkedProcess, ForkServer, ignored_signals, needs_spawn
 from baton.agent.run_as import (
     OsUser,
     check_can_switch,
@@ -359,6 +359,7 @@ class LocalDriver:
             "uid": switch.get("user"),
             "gid": switch.get("group"),
             "groups": switch.get("extra_groups"),
+            "ignored_signals": ignored_signals(),
         }
         if self.options.show_flow_logs:
             read_end, write_end = os.pipe()

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +46,20 @@ def needs_spawn(run_env: dict[str, str], base_env: dict[str, str]) -> str | None
         if (python or name == "LANG" or name.startswith("LC_")) and run_env.get(name) != base_env.get(name):
             return f"its environment sets {name}, which Python reads only when it starts"
     return None
+
+
+def ignored_signals() -> list[int]:
+    """The signals this process ignores now, which a process it spawned would start with ignored too (exec keeps
+    them; ``subprocess`` restores SIGPIPE and SIGXFSZ to default first)."""
+    restored = {signal.SIGPIPE, signal.SIGXFSZ}
+    return [int(number) for number in signal.valid_signals() if number not in restored and _ignored(number)]
+
+
+def _ignored(number: int) -> bool:
+    try:
+        return signal.getsignal(number) == signal.SIG_IGN
+    except (OSError, ValueError):
+        return False
 
 
 class ForkedProcess:

@@ -37,6 +37,7 @@ import ctypes
 import json
 import os
 import select
+import signal
 import socket
 import sys
 import time
@@ -113,6 +114,7 @@ def _become_the_run(spec_fd: int, out_fd: int, err_fd: int) -> None:
         os.setgid(spec["gid"])
         os.setuid(spec["uid"])
     set_dumpable(True)  # as exec makes a process (the warm one is not: see main)
+    _signals_as_after_exec(set(spec.get("ignored_signals") or []))
     environment: dict[str, str] = spec["env"]
     _show_run_id(environment.get(RUN_ID_VARIABLE, ""))
     os.environ.clear()
@@ -123,6 +125,22 @@ def _become_the_run(spec_fd: int, out_fd: int, err_fd: int) -> None:
     extra = [os.path.abspath(path) for path in environment.get("PYTHONPATH", "").split(os.pathsep) if path]
     sys.path[:] = list(dict.fromkeys([os.getcwd(), *extra, *_BASE_PATH]))
     sys.argv[:] = [os.path.join(os.path.dirname(__file__), "__main__.py")]
+
+
+def _signals_as_after_exec(ignored: set[int]) -> None:
+    """The dispositions a spawned engine starts with: exec keeps what the agent ignores (subprocess restores
+    SIGPIPE and SIGXFSZ first) and resets the rest; then Python ignores SIGPIPE and SIGXFSZ, and turns a default
+    SIGINT into KeyboardInterrupt. The agent's at the fork, not the warm process's: it may have started before the
+    agent set its own handlers (under nohup or a shell's background job, SIGINT and SIGHUP start ignored)."""
+    for number in signal.valid_signals():
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError):  # a signal Python may not set (reserved by the C library)
+            signal.signal(number, signal.SIG_IGN if number in ignored else signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_DFL:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _run_child(spec_fd: int, out_fd: int, err_fd: int) -> int:
