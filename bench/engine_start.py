@@ -19,14 +19,8 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+from throughput import _cpu_seconds
 
 
 def _environment(port: int, extra: dict[str, str]) -> dict[str, str]:
@@ -55,7 +49,7 @@ def _one(listener: socket.socket, port: int, extra_env: dict[str, str]) -> tuple
         with connection:
             connection.recv(65536)
             elapsed = time.monotonic() - started
-            cpu = _cpu_seconds(process.pid)
+            cpu = _cpu_seconds(process.pid, children=False)
             connection.sendall(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
     finally:
         process.kill()

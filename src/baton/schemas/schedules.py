@@ -37,7 +37,7 @@ DEFAULT_ANCHOR = datetime(1970, 1, 1, tzinfo=UTC)
 _FREQUENCY_SAMPLE = 200
 # A clock must fire within this long of its start (or of its registration): looking further costs (rrules walk
 # their empty periods) and a schedule that waits longer is more likely a mistake than a plan.
-_FIRES_WITHIN = timedelta(days=10 * 365 + 3)
+FIRES_WITHIN = timedelta(days=10 * 365 + 3)
 
 
 # The instants a schedule may name: far enough either way for any real schedule, and far from datetime's own ends
@@ -243,10 +243,10 @@ def schedule_problem(schedule: Schedule, now: datetime | None = None) -> str | N
     now = now or datetime.now(UTC)
     for index, clock in enumerate(schedule.clocks):
         start = max(now, clock.start_date or now)
-        if next(next_times(clock, now, start + _FIRES_WITHIN, limit=1), None) is None:
+        if next(next_times(clock, now, start + FIRES_WITHIN, limit=1), None) is None:
             return (
                 f"clocks.{index} ({clock.describe()}): has no occurrence in the "
-                f"{_FIRES_WITHIN.days // 365} years after {start.isoformat(timespec='seconds')}"
+                f"{FIRES_WITHIN.days // 365} years after {start.isoformat(timespec='seconds')}"
             )
     return None
 

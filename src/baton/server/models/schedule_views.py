@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from baton.schedules import next_times
 from baton.schemas.responses import BackfillResult, ClockRead, ScheduleRead
-from baton.schemas.schedules import BackfillRequest, Clock, Schedule
+from baton.schemas.schedules import FIRES_WITHIN, BackfillRequest, Clock, Schedule
 from baton.server.database.orm import Flow
 from baton.server.models import schedules
 from baton.server.models.errors import Conflict, InvalidRequest
@@ -19,8 +19,6 @@ from baton.server.models.schedules import SchedulePolicy
 NEXT_TIMES = 5
 # Runs per INSERT of a backfill.
 BATCH = 500
-# How far ahead a flow's next times are looked for (registration refuses a clock that waits longer to fire).
-_FAR = timedelta(days=366 * 10)
 
 
 def _clocks(schedule: Schedule, now: datetime) -> list[ClockRead]:
@@ -30,7 +28,7 @@ def _clocks(schedule: Schedule, now: datetime) -> list[ClockRead]:
             type=clock.type,
             summary=clock.describe(),
             clock=clock.model_dump(mode="json"),
-            next_times=list(next_times(clock, now, now + _FAR, limit=NEXT_TIMES)),
+            next_times=list(next_times(clock, now, now + FIRES_WITHIN, limit=NEXT_TIMES)),
         )
         for clock_id, clock in schedule.by_id().items()
     ]
