@@ -188,7 +188,8 @@ class AgentSettings(BaseModel):
     agent_config_id: str | None = None
     agent_address: str | None = None
     max_polls: int | None = Field(default=None, ge=0)
-    limit: int | None = Field(default=None, ge=1)
+    # None: the agent's platform decides (agent/capacity.py); 0: no limit.
+    limit: int | None = Field(default=None, ge=0)
     poll_wait_seconds: float = Field(default=20.0, ge=0)
     heartbeat_interval_seconds: float = Field(default=5.0, gt=0)
     # Health turns 503 when the poll loop has not talked to the API for this long.

@@ -51,7 +51,7 @@ def test_default_name_names_the_type_and_host() -> None:
 
 def test_invalid_options_are_configuration_errors() -> None:
     with pytest.raises(ConfigurationError, match="limit"):
-        LocalAgent(limit=0)
+        LocalAgent(limit=-1)
     with pytest.raises(ConfigurationError, match="url"):
         LocalAgent(api="ftp://example")
     with pytest.raises(InvalidLabelError):

@@ -153,7 +153,7 @@ def test_at_must_be_iso_time(invoke: Any) -> None:
         ("key", "create", "--role", "owner"),
         ("register", "/no/such/file.py"),
         ("agent", "local", "start", "--log-level", "LOUD"),
-        ("agent", "local", "start", "--limit", "0"),
+        ("agent", "local", "start", "--limit", "-1"),
         ("server", "start", "--port", "70000"),
         ("nosuchcommand",),
     ],

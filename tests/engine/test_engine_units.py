@@ -286,7 +286,7 @@ def test_runner_runs_the_flow_and_reports_states_task_runs_and_logs(baton_home: 
     assert run_in_process(api) == 0
 
     assert [name for name, _ in api.states] == ["Submitted", "Running", "Success"]
-    assert [(t["name"], t["states"]) for t in api.task_runs.values()] == [("greet", ["Pending", "Running", "Success"])]
+    assert [(t["name"], t["states"]) for t in api.task_runs.values()] == [("greet", ["Running", "Success"])]
     shipped = [(entry["name"], entry["message"]) for entry in api.logs]
     assert ("hello", "greeting Ada") in shipped
     assert ("stdout", "hello Ada") in shipped
@@ -448,7 +448,7 @@ def test_sigterm_while_the_run_is_not_being_cancelled_ends_it_failed(baton_home:
     # Then that is no cancellation: the run ends Failed, saying why
     assert exit_code == 1
     assert api.states[-1] == ("Failed", TERMINATED)
-    assert [t["states"] for t in api.task_runs.values()] == [["Pending", "Running", "Cancelled"]]
+    assert [t["states"] for t in api.task_runs.values()] == [["Running", "Cancelled"]]
 
 
 def test_sigterm_while_the_run_is_cancelling_ends_it_cancelled(baton_home: Path, sigterm_guard: None) -> None:
@@ -524,7 +524,7 @@ def test_cancelling_seen_by_the_heartbeat_ends_the_run_cancelled(baton_home: Pat
 
     assert run_in_process(api) == 0
     assert api.states[-1] == ("Cancelled", "the run is Cancelling")
-    assert [t["states"] for t in api.task_runs.values()] == [["Pending", "Running", "Cancelled"]]
+    assert [t["states"] for t in api.task_runs.values()] == [["Running", "Cancelled"]]
 
 
 def test_cancel_during_a_tasks_retry_delay_ends_its_task_run_cancelled(baton_home: Path) -> None:
@@ -541,7 +541,7 @@ def test_cancel_during_a_tasks_retry_delay_ends_its_task_run_cancelled(baton_hom
 
     # Then the task run ends Cancelled, not Retrying for good
     assert api.states[-1] == ("Cancelled", "the run is Cancelling")
-    assert [t["states"] for t in api.task_runs.values()] == [["Pending", "Running", "Retrying", "Cancelled"]]
+    assert [t["states"] for t in api.task_runs.values()] == [["Running", "Retrying", "Cancelled"]]
 
 
 # --- python -m baton.engine ---------------------------------------------------------------------
@@ -626,8 +626,8 @@ def test_stop_requested_while_armed_interrupts_a_sleep_in_the_main_thread() -> N
 class SigtermDuring(FakeApi):
     """Sends SIGTERM to the main thread in the middle of one of its calls, as an agent's kill may land."""
 
-    def __init__(self, flow: Any, call: str) -> None:
-        super().__init__(flow)
+    def __init__(self, flow: Any, call: str, parameters: dict[str, Any] | None = None) -> None:
+        super().__init__(flow, parameters=parameters)
         self.call = call
         self.sent = False
 
@@ -641,15 +641,16 @@ class SigtermDuring(FakeApi):
 @pytest.mark.parametrize(
     ("call", "task_states"),
     [
-        ("create_task_run", ["Pending", "Cancelled"]),
-        ("set_task_run_state", ["Pending", "Running", "Cancelled"]),
+        ("create_task_run", ["Running", "Cancelled"]),
+        # A task's first state call is after its first attempt (its creation is its Running): one that fails
+        ("set_task_run_state", ["Running", "Retrying", "Cancelled"]),
     ],
 )
 def test_sigterm_during_a_task_run_report_finishes_the_call_then_ends_the_task_run_cancelled(
     baton_home: Path, sigterm_guard: None, call: str, task_states: list[str]
 ) -> None:
     # Given a SIGTERM that arrives while a task's report to the API is under way
-    api = SigtermDuring(flow_read(NAPPING, "napping"), call)
+    api = SigtermDuring(flow_read(NAPPING, "napping"), call, {"fail_first": call == "set_task_run_state"})
 
     # Then the report is not cut in half, the flow stops, and no task run is left open
     assert run_in_process(api, heartbeat=60) == 1
@@ -662,7 +663,7 @@ def test_a_task_run_whose_creation_answer_was_lost_is_adopted_not_created_twice(
     api.apply_then_fail["create_task_run"].append(ServerUnavailableError("connection reset"))
 
     assert run_in_process(api) == 0
-    assert [(t["name"], t["states"]) for t in api.task_runs.values()] == [("greet", ["Pending", "Running", "Success"])]
+    assert [(t["name"], t["states"]) for t in api.task_runs.values()] == [("greet", ["Running", "Success"])]
 
 
 def test_a_stop_inside_a_deferred_block_is_raised_when_the_block_ends(sigterm_guard: None) -> None:

@@ -20,9 +20,10 @@ class RecordingReporter:
     names: dict[str, str] = field(default_factory=dict)
     states: list[tuple[str, str, str | None, int]] = field(default_factory=list)
 
-    def task_run_created(self, task_name: str) -> str | None:
+    def task_run_created(self, task_name: str, state: TaskRunState = TaskRunState.RUNNING) -> str | None:
         task_run_id = f"tr-{len(self.names) + 1}"
         self.names[task_run_id] = task_name
+        self.states.append((task_run_id, str(state), None, 1))
         return task_run_id
 
     def task_run_state(

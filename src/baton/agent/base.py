@@ -157,7 +157,9 @@ class Agent:
         self.status = AgentStatus(name=self.name, deadline_seconds=agent_settings_.health_deadline_seconds)
         self.status.platform_check = driver.problem
         self.policy = ErrorPolicy(agent_settings_.max_consecutive_errors, Backoff())
-        self.registry = RunRegistry(agent_settings_.limit)
+        # No --limit: the platform's default (capacity.py); --limit 0: none at all.
+        limit = driver.default_limit if agent_settings_.limit is None else agent_settings_.limit
+        self.registry = RunRegistry(limit or None)
         self.wakeups = Wakeups()
         self.tasks = TaskSet()
         self._client = options.get("client")
@@ -380,13 +382,21 @@ class Agent:
         )
         self.identity.agent_id = agent.id
         logger.info(
-            "agent %s (%s) registered as %s in tenant %s with labels %s",
+            "agent %s (%s) registered as %s in tenant %s with labels %s; %s",
             self.name,
             self.agent_type,
             agent.id,
             who.tenant_name,
             self.labels or "(none: takes only unlabelled runs)",
+            self._limit_text(),
         )
+
+    def _limit_text(self) -> str:
+        limit = self.registry.limit
+        if limit is None:
+            return "no limit on runs at once"
+        given = self.settings.agent.limit is not None
+        return f"at most {limit} runs at once" + ("" if given else " (this machine's default; --limit to change)")
 
     def run_env(self, claimed: ClaimedRun) -> dict[str, str]:
         """The Baton part of ``claimed``'s environment (DESIGN.md §6); a driver adds its platform's base."""

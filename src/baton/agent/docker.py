@@ -42,6 +42,7 @@ from docker.utils import convert_volume_binds, kwargs_from_env
 
 from baton import __version__
 from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_options
+from baton.agent.capacity import host_run_limit
 from baton.agent.docker_policy import DockerPolicy, PolicyCheck, refusal_message
 from baton.agent.docker_spec import (
     EXCLUSIVE_NETWORKS,
@@ -157,6 +158,8 @@ class DockerDriver:
         self.registry_allow_list = None if allowed is None else normalize_registries(allowed)
         self.default_image = options.default_image or f"baton:{__version__}"
         self.run_policy = options.policy
+        # Containers share the daemon's host, most often this one (a remote daemon: give --limit)
+        self.default_limit: int | None = host_run_limit()
         self._events: DriverEvents | None = None
         self._docker: APIClient | None = None  # calls with docker_client_timeout
         self._streams: APIClient | None = None  # log streams and waits: no timeout

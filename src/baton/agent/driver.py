@@ -10,6 +10,7 @@ Usage::
     class MyDriver:
         agent_type = "mine"
         watch_interval_seconds = 0.5
+        default_limit = None
 
         async def open(self, events: DriverEvents) -> None: ...  # events.name: the agent's, to label things
         async def deploy(self, claimed: ClaimedRun, env: dict[str, str]) -> Deployment: ...
@@ -124,10 +125,13 @@ class Driver(Protocol):
     Attributes:
         agent_type: the agent's type as registered (``local``, ``docker``, ``kubernetes``).
         watch_interval_seconds: how often the agent calls :meth:`inspect` on each deployment.
+        default_limit: the most runs deployed at once when the agent is given no ``--limit``; None: no limit
+            (``capacity.py``).
     """
 
     agent_type: str
     watch_interval_seconds: float
+    default_limit: int | None
 
     def labels(self) -> list[str]:
         """Labels the driver adds to the agent's (the local agent's hostname)."""

@@ -162,6 +162,7 @@ class KubernetesDriver:
 
     agent_type = "kubernetes"
     watch_interval_seconds = 1.0  # a backstop: the watch threads wake the agent at each change
+    default_limit: int | None = None  # runs go to the cluster, whose scheduler queues what does not fit
 
     def __init__(
         self,

@@ -34,6 +34,7 @@ from typing import IO, Any, Unpack
 from pydantic import BaseModel, ConfigDict, Field
 
 from baton.agent.base import Agent, AgentOptions, agent_settings, runtime_options
+from baton.agent.capacity import host_run_limit
 from baton.agent.driver import Deployment, DriverEvents, Recovered
 from baton.agent.env import inherited_environment
 from baton.agent.option_specs import LOCAL_OPTIONS
@@ -213,6 +214,7 @@ class LocalDriver:
         self.allowed_users = {name: lookup_user(name, "--allow-run-as") for name in self.options.allow_run_as}
         check_can_switch([user for user in (self.run_as, *self.allowed_users.values()) if user is not None])
         self._workdirs: dict[int, str] = {}  # pid -> the directory made for a run under another user
+        self.default_limit: int | None = host_run_limit()  # runs share this host
         self._forkserver = ForkServer(self.process_env({})) if self.options.prefork else None
 
     def labels(self) -> list[str]:

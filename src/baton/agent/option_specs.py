@@ -167,9 +167,10 @@ COMMON_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "limit",
         ("--limit",),
-        "The most flow runs this agent deploys at once. Default: no limit.",
+        "The most flow runs this agent deploys at once; 0: no limit. Default for the local and Docker agents: "
+        "4 per CPU, and no more than one per 256 MiB of memory; for the Kubernetes agent: no limit.",
         type=int,
-        minimum=1,
+        minimum=0,
         setting="agent.limit",
     ),
     OptionSpec(

@@ -72,6 +72,7 @@ class InMemoryDriver:
 
     agent_type = "memory"
     watch_interval_seconds = 0.05
+    default_limit: int | None = None  # its deployments cost nothing: benches measure the control plane unbounded
 
     def __init__(
         self,

@@ -55,17 +55,17 @@ class ApiTaskRunReporter:
         self._known: set[str] = set()  # every task run this reporter created or adopted
         self._open: dict[str, int] = {}  # task run id -> attempt, until a final state is recorded
 
-    def task_run_created(self, task_name: str) -> str | None:
+    def task_run_created(self, task_name: str, state: TaskRunState = TaskRunState.RUNNING) -> str | None:
         maybe_created = False
 
         def create() -> TaskRunRead:
             nonlocal maybe_created
             # Recorded inside the shield: a stop raised as it ends must find the new task run open, to end it.
             with self._shield():
-                task_run = self._adopt(task_name) if maybe_created else None
+                task_run = self._adopt(task_name, state) if maybe_created else None
                 if task_run is None:
                     try:
-                        task_run = self._client.create_task_run(self._flow_run_id, task_name, TaskRunState.PENDING)
+                        task_run = self._client.create_task_run(self._flow_run_id, task_name, state)
                     except ServerUnavailableError as exc:
                         maybe_created = maybe_created or may_have_reached_the_server(exc)
                         raise
@@ -83,11 +83,12 @@ class ApiTaskRunReporter:
             return None
         return created.id
 
-    def _adopt(self, task_name: str) -> TaskRunRead | None:
-        """The newest Pending task run named ``task_name`` that this reporter does not know of, now known."""
+    def _adopt(self, task_name: str, state: TaskRunState) -> TaskRunRead | None:
+        """The newest task run named ``task_name`` in ``state`` (as created) that this reporter does not know of,
+        now known."""
         found = self._client.list_task_runs(self._flow_run_id)
         with self._lock:
-            lost = [t for t in found if t.task_name == task_name and t.state == "Pending" and t.id not in self._known]
+            lost = [t for t in found if t.task_name == task_name and t.state == state and t.id not in self._known]
             if not lost:
                 return None
             adopted = max(lost, key=lambda task_run: task_run.created)

@@ -25,8 +25,12 @@ class FlowRunCancelled(BaseException):
 class TaskRunReporter(Protocol):
     """Records task runs somewhere. Implementations must not raise: reporting never breaks a flow."""
 
-    def task_run_created(self, task_name: str) -> str | None:
-        """Record a new task run in state Pending; return its id (None when not recorded)."""
+    def task_run_created(self, task_name: str, state: TaskRunState = TaskRunState.RUNNING) -> str | None:
+        """Record a new task run in ``state`` (attempt 1); return its id (None when not recorded).
+
+        A task called directly starts at once: it is created Running, one request instead of a Pending and a
+        Running one (every request is CPU on the server and in the flow's process).
+        """
         ...
 
     def task_run_state(
@@ -39,7 +43,7 @@ class TaskRunReporter(Protocol):
 class NoopReporter:
     """The reporter of a flow run without a server: records nothing."""
 
-    def task_run_created(self, task_name: str) -> str | None:
+    def task_run_created(self, task_name: str, state: TaskRunState = TaskRunState.RUNNING) -> str | None:
         return None
 
     def task_run_state(

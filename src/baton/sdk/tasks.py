@@ -71,7 +71,8 @@ class Task(Generic[P, R]):
         with inside_task_run(task_run_id):
             attempt = 1
             while True:
-                reporter.task_run_state(task_run_id, TaskRunState.RUNNING, attempt=attempt)
+                if attempt > 1:  # the first attempt's Running is the task run's creation
+                    reporter.task_run_state(task_run_id, TaskRunState.RUNNING, attempt=attempt)
                 try:
                     result = self._run_once(args, kwargs)
                 except FlowRunCancelled:

@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -222,19 +223,32 @@ class Authorize:
         self.action = action
         self.rule = POLICY[action]
 
-    def __call__(self, request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    async def __call__(self, request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
         # ``authorization`` is declared so that the OpenAPI document shows it; the middleware has checked it.
+        # ``async``: FastAPI would run a plain function in a worker thread, and on most requests there is nothing
+        # here to wait for; the scope's database reads, when it has any, go to a worker thread.
         principal: Principal | None = getattr(request.state, "principal", None)
         if principal is None:  # the authentication middleware refuses such requests before they get here
             raise AccessDenied("not authenticated")
         kind = kind_of(principal)
         if kind not in self.rule.kinds:
             raise AccessDenied(denial(kind, self.action))
-        if self.rule.scope not in (Scope.TENANT, Scope.PUBLIC):
+        scope, params = self.rule.scope, dict(request.path_params)
+        if scope == Scope.RUN:
+            _check_run_reach(principal, params["flow_run_id"])
+        elif scope == Scope.RUN_WRITE and kind != Kind.RUNNER:
+            _check_run_reach(principal, params["flow_run_id"])  # what check_scope does, without a session
+        elif scope not in (Scope.TENANT, Scope.PUBLIC):
             factory: sessionmaker[Session] = request.app.state.read_session_factory
-            with factory() as session:
-                check_scope(session, principal, self.rule.scope, dict(request.path_params))
+            await run_in_threadpool(_check_scope_in_session, factory, principal, scope, params)
         return principal
+
+
+def _check_scope_in_session(
+    factory: sessionmaker[Session], principal: Principal, scope: Scope, params: dict[str, str]
+) -> None:
+    with factory() as session:
+        check_scope(session, principal, scope, params)
 
 
 class Public:
@@ -285,10 +299,15 @@ def check_scope(session: Session, principal: Principal, scope: Scope, params: di
         run_id = _task_run_flow_run(session, principal, params["task_run_id"])
     else:
         run_id = params["flow_run_id"]
-        if principal.is_run_token and run_id != principal.flow_run_id:
-            raise ObjectNotFound(f"flow run {run_id} not found")
+        _check_run_reach(principal, run_id)
     if scope in (Scope.RUN_WRITE, Scope.TASK_RUN_WRITE) and kind_of(principal) == Kind.RUNNER:
         _check_runner_holds(session, principal, run_id)
+
+
+def _check_run_reach(principal: Principal, run_id: str) -> None:
+    """A run token reaches its own run only: any other is 404, as if it did not exist."""
+    if principal.is_run_token and run_id != principal.flow_run_id:
+        raise ObjectNotFound(f"flow run {run_id} not found")
 
 
 def _check_flow(session: Session, principal: Principal, flow_id: str) -> None:

@@ -13,7 +13,7 @@ from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server import shaping
 from baton.server.access import Action, Kind, allow, check_state_allowed, kind_of, run_holder
-from baton.server.api.deps import CursorQuery, Db, NotifierDep, transaction
+from baton.server.api.deps import CursorQuery, Db, NotifierDep, ReadDb, transaction
 from baton.server.database.orm import utcnow
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
@@ -94,7 +94,7 @@ def _include(include: str | None) -> frozenset[str]:
 @router.get("", response_model=list[FlowRunRead])
 def list_flow_runs(
     principal: Annotated[Principal, allow(Action.FLOW_RUN_LIST)],
-    db: Db,
+    db: ReadDb,
     request: Request,
     response: Response,
     state: Annotated[StateName | None, Query()] = None,
@@ -139,7 +139,9 @@ def list_flow_runs(
 
 
 @router.get("/{flow_run_id}", response_model=FlowRunRead)
-def get_flow_run(flow_run_id: str, principal: Annotated[Principal, allow(Action.FLOW_RUN_READ)], db: Db) -> FlowRunRead:
+def get_flow_run(
+    flow_run_id: str, principal: Annotated[Principal, allow(Action.FLOW_RUN_READ)], db: ReadDb
+) -> FlowRunRead:
     with transaction(db) as session:
         return shaping.flow_run(session, principal, flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id))
 

@@ -10,7 +10,7 @@ from baton.schemas.actions import FlowCreate
 from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRead
 from baton.server import shaping
 from baton.server.access import Action, allow
-from baton.server.api.deps import CursorQuery, Db, transaction
+from baton.server.api.deps import CursorQuery, Db, ReadDb, transaction
 from baton.server.database.orm import utcnow
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
@@ -56,7 +56,7 @@ def register_flow(
 @router.get("", response_model=list[FlowRead])
 def list_flows(
     principal: Annotated[Principal, allow(Action.FLOW_LIST)],
-    db: Db,
+    db: ReadDb,
     request: Request,
     response: Response,
     name: Annotated[str | None, Query(max_length=200)] = None,
@@ -76,7 +76,7 @@ def list_flows(
 
 @router.get("/{flow_id}", response_model=FlowRead)
 def get_flow(
-    flow_id: str, principal: Annotated[Principal, allow(Action.FLOW_READ)], db: Db, include_source: bool = False
+    flow_id: str, principal: Annotated[Principal, allow(Action.FLOW_READ)], db: ReadDb, include_source: bool = False
 ) -> FlowRead:
     with transaction(db) as session:
         return shaping.flow(principal, flows.get_flow(session, principal.tenant_id, flow_id), include_source)

@@ -10,7 +10,7 @@ from baton.schemas.actions import MAX_INT, LogsCreate, TaskRunCreate, TaskRunSta
 from baton.schemas.responses import NEXT_CURSOR_HEADER, LogsPage, LogsWritten, TaskRunRead
 from baton.server import shaping
 from baton.server.access import Action, allow
-from baton.server.api.deps import CursorQuery, Db, transaction
+from baton.server.api.deps import CursorQuery, Db, ReadDb, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
 from baton.server.models import flow_runs, logs, pages, task_runs
@@ -24,7 +24,7 @@ router = APIRouter(tags=["logs and task runs"], route_class=JsonRoute)
 def read_logs(
     flow_run_id: str,
     principal: Annotated[Principal, allow(Action.LOGS_READ)],
-    db: Db,
+    db: ReadDb,
     request: Request,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
@@ -80,7 +80,7 @@ def create_task_run(
 def list_task_runs(
     flow_run_id: str,
     principal: Annotated[Principal, allow(Action.TASK_RUN_LIST)],
-    db: Db,
+    db: ReadDb,
     request: Request,
     response: Response,
     cursor: CursorQuery = None,
