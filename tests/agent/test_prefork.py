@@ -7,6 +7,7 @@ spawn when the warm process cannot start or the run's environment needs a fresh 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -136,3 +137,51 @@ def test_a_run_that_ends_the_interpreter_exits_as_a_spawned_one(server: ForkServ
     child = server.fork({"env": env, "cwd": str(tmp_path)}, null, null, None)
     os.close(null)
     assert child.wait(30) == 2  # the engine's "no flow run" usage exit, from main() returning through the interpreter
+
+
+def _descriptors(pid: int) -> dict[int, str]:
+    """What each open descriptor of ``pid`` is (``socket:[inode]``, ``anon_inode:[pidfd]``, a path...)."""
+    found = {}
+    for entry in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # one closed while listed
+            found[int(entry)] = os.readlink(f"/proc/{pid}/fd/{entry}")
+    return found
+
+
+def test_a_run_keeps_none_of_the_warm_processs_descriptors(server: ForkServer) -> None:
+    # Given a warm process that has forked runs before (it holds their pidfds) and a run that keeps retrying an API
+    # on a closed port
+    for _ in range(2):
+        null = os.open(os.devnull, os.O_WRONLY)
+        earlier = server.fork({"env": {"PATH": os.environ["PATH"]}, "cwd": None}, null, null, None)
+        os.close(null)
+        assert earlier.wait(30) == 2
+    env = {
+        "PATH": os.environ["PATH"],
+        "BATON_FLOW_RUN_ID": "1a2b3c4d-0000-4000-8000-000000000001",
+        "BATON__API__URL": f"http://127.0.0.1:{free_port()}",
+        "BATON__API__KEY": "batr_test",
+    }
+    null = os.open(os.devnull, os.O_WRONLY)
+    child = server.fork({"env": env, "cwd": None}, null, null, None)
+    os.close(null)
+    try:
+        # (once it has become the run: its id is in its environment then)
+        wait_for(
+            lambda: env["BATON_FLOW_RUN_ID"].encode() in Path(f"/proc/{child.pid}/environ").read_bytes(),
+            timeout=10,
+            what="the run to start",
+        )
+        warm = server._process
+        assert warm is not None
+        private = {target for target in _descriptors(warm.pid).values() if target.startswith(("socket:", "anon_inode"))}
+        assert any(target.startswith("socket:") for target in private)  # the agent's socket, at least
+        # Then the run holds none of them: not the socket that orders forks, not a pidfd of another run
+        held = _descriptors(child.pid)
+        assert not private & set(held.values()), held
+        assert not any("pidfd" in target for target in held.values()), held
+        # and its standard streams are the ones it was given
+        assert held[1] == held[2] == os.devnull
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(30)
