@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import select
@@ -264,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     python_path = {path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path}
     _BASE_PATH[:] = [path for path in sys.path[1:] if path not in python_path]
     _preload()
+    # Everything imported so far lives as long as any run: moved out of the collector's reach, no run's collection
+    # walks it (each walk would write to every object's header, copying every page the fork shared) and its
+    # interpreter's exit does not collect it object by object (the documented use of gc.freeze before fork).
+    gc.collect()
+    gc.freeze()
     # A flow runs as this process's user unless --run-as: it must not attach to this process and so to every run
     # forked after it (the agent does the same to itself, agent/hardening.py)
     set_dumpable(False)
