@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench chaos screenshots clean
+.PHONY: install demo test lint typecheck unit bench bench-peers chaos screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,21 @@ screenshots: install
 
 bench: install
 	$(BIN)/python bench/dispatch.py
+
+# Baton and Prefect 3 on the same workloads, one table of ratios (bench/peers.py). Prefect comes from PyPI into its
+# own virtual environment, made once and kept (pins in bench/peers/requirements.txt). Not part of `make test`.
+# BENCH_PEERS_ARGS="--runs 20 --latency-runs 5" for a quick check.
+PEERS_VENV := .cache/peers-venv
+PEERS_STAMP := $(PEERS_VENV)/.installed
+BENCH_PEERS_ARGS ?=
+$(PEERS_STAMP): bench/peers/requirements.txt
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/peers/requirements.txt
+	@touch $(PEERS_STAMP)
+
+bench-peers: install $(PEERS_STAMP)
+	$(BIN)/python bench/peers.py --prefect-python $(PEERS_VENV)/bin/python $(BENCH_PEERS_ARGS)
 
 # The load version of tests/reliability: agents x runs while the server is SIGKILLed twice (see bench/chaos.py).
 CHAOS_ARGS ?= --agents 8 --runs-per-agent 250

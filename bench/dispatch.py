@@ -75,7 +75,10 @@ def _report(label: str, values: list[float]) -> None:
     )
 
 
-def _measure(server: ServerProcess, agent_args: list[str], flow_name: str, runs: int, log: Path) -> None:
+def _latencies(
+    server: ServerProcess, agent_args: list[str], flow_name: str, runs: int, log: Path
+) -> tuple[list[float], list[float], list[str]]:
+    """Creation -> Submitted and creation -> Running of ``runs`` runs (seconds), and their final states."""
     with log.open("wb") as agent_log:
         agent = subprocess.Popen(
             [sys.executable, "-m", "baton.cli", "agent", *agent_args],
@@ -95,6 +98,11 @@ def _measure(server: ServerProcess, agent_args: list[str], flow_name: str, runs:
     finally:
         agent.terminate()
         agent.wait(60)
+    return submitted, running, outcomes
+
+
+def _measure(server: ServerProcess, agent_args: list[str], flow_name: str, runs: int, log: Path) -> None:
+    submitted, running, outcomes = _latencies(server, agent_args, flow_name, runs, log)
     print(f"dispatch latency, one idle {agent_args[0]} agent, {runs} runs (all {set(outcomes)}):")
     _report("creation -> Submitted", submitted)
     _report("creation -> Running", running)

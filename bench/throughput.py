@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -118,7 +119,27 @@ def _all_ended(client: Client, flow_name: str, runs: int) -> dict[str, int]:
     return counts
 
 
-def _measure(server: ServerProcess, runs: int, limit: int, log: Path, extra_args: list[str]) -> None:
+class Throughput(NamedTuple):
+    """What ``_throughput`` measured: times in seconds, memory in bytes."""
+
+    elapsed: float
+    counts: dict[str, int]  # final state -> runs
+    unanswered: int  # the bench's lists the server did not answer
+    agent_cpu: float  # the agent, its warm process and every flow-run process
+    server_cpu: float
+    peak: int  # highest PSS of the server, the agent and its children
+    baseline: int  # the server's PSS before the agent started
+
+    @property
+    def ended(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def cpu_per_run(self) -> float:
+        return (self.agent_cpu + self.server_cpu) / max(self.ended, 1)
+
+
+def _throughput(server: ServerProcess, runs: int, limit: int, log: Path, extra_args: list[str]) -> Throughput:
     client = server.client()
     flow_name = f"bench-throughput-{limit}"
     _register(client, flow_name, {"type": "local"})
@@ -128,9 +149,8 @@ def _measure(server: ServerProcess, runs: int, limit: int, log: Path, extra_args
     server_pid = server.process.pid
     baseline = _tree_pss_bytes(server_pid)
     server_cpu = _cpu_seconds(server_pid, children=False)
-    agent_args = ["agent", "local", "start", "--name", flow_name, "--no-hostname-label"]
-    if limit:
-        agent_args += ["--limit", str(limit)]
+    # --limit 0 is "no limit" (without --limit the agent takes its machine's default, agent/capacity.py)
+    agent_args = ["agent", "local", "start", "--name", flow_name, "--no-hostname-label", "--limit", str(limit)]
     agent_args += extra_args
     with log.open("wb") as agent_log:
         started = time.monotonic()
@@ -173,8 +193,13 @@ def _measure(server: ServerProcess, runs: int, limit: int, log: Path, extra_args
         peak = memory.stop()
         agent.terminate()
         agent.wait(60)
-    ended = sum(counts.values())
-    cpu_per_run = (agent_cpu + server_cpu) / max(ended, 1)
+    return Throughput(elapsed, counts, unanswered, agent_cpu, server_cpu, peak, baseline)
+
+
+def _measure(server: ServerProcess, runs: int, limit: int, log: Path, extra_args: list[str]) -> None:
+    measured = _throughput(server, runs, limit, log, extra_args)
+    elapsed, counts, unanswered, agent_cpu, server_cpu, peak, baseline = measured
+    ended, cpu_per_run = measured.ended, measured.cpu_per_run
     options = " ".join([f"--limit {limit}" if limit else "no limit", *extra_args])
     print(f"{runs} runs waiting, one local agent, {options}:")
     print(f"  ended {ended}/{runs} in {elapsed:.1f} s: {counts}")
