@@ -225,7 +225,7 @@ def test_malformed_json_env_value_is_a_configuration_error(
 
 def test_invalid_explicit_argument_is_a_configuration_error(baton_home: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"agent\.limit:"):
-        load_settings(agent={"limit": 0})
+        load_settings(agent={"limit": -1})
 
 
 # --- writing config.toml -------------------------------------------------------------------------

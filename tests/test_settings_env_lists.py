@@ -85,7 +85,7 @@ def test_an_invalid_explicit_argument_names_the_setting_only(baton_home: Path, m
     monkeypatch.setenv("BATON__AGENT__LIMIT", "3")  # valid, and overridden by the argument
 
     with pytest.raises(ConfigurationError) as excinfo:
-        load_settings(agent={"limit": 0})
+        load_settings(agent={"limit": -1})
 
     assert "invalid settings: agent.limit:" in str(excinfo.value)
 

@@ -119,7 +119,8 @@ class FakeApi:
     ) -> TaskRunRead:
         self._enter("create_task_run")
         task_run_id = uuid.uuid4().hex
-        self.task_runs[task_run_id] = {"name": task_name, "states": [str(state)], "attempt": 1}
+        created = datetime.now(UTC)  # the server's clock: a reporter adopts only task runs created since it started
+        self.task_runs[task_run_id] = {"name": task_name, "states": [str(state)], "attempt": 1, "created": created}
         if self.apply_then_fail["create_task_run"]:
             raise self.apply_then_fail["create_task_run"].pop(0)
         return self._task_run(flow_run_id, task_run_id)
@@ -147,7 +148,7 @@ class FakeApi:
             attempt=record["attempt"],
             start_time=None,
             end_time=None,
-            created=NOW,
+            created=record["created"],
         )
 
     def write_logs(self, flow_run_id: str, logs: list[dict[str, Any]]) -> LogsWritten:

@@ -10,6 +10,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -684,3 +685,19 @@ def test_a_stop_inside_a_deferred_block_is_raised_when_the_block_ends(sigterm_gu
     finally:
         cancel.uninstall()
     assert finished == ["the call"]
+
+
+def test_a_lost_creation_does_not_adopt_a_task_run_an_earlier_attempt_left_running(baton_home: Path) -> None:
+    # Given a task run of the same name left Running by an earlier attempt of the run (its process was killed)
+    api = FakeApi(flow_read(HELLO, "hello"))
+    stale = api.create_task_run("run-1", "greet", "Running")
+    api.task_runs[stale.id]["created"] -= timedelta(minutes=10)
+    api.calls.clear()
+    # When this attempt's creation of that task fails in a way that may have reached the server, but did not
+    api.fail["create_task_run"].append(ServerUnavailableError("connection reset"))
+
+    assert run_in_process(api) == 0
+    # Then the retry does not take the earlier attempt's task run for its own: it creates one, which ends Success
+    assert api.task_runs[stale.id]["states"] == ["Running"]
+    assert sorted(t["states"][-1] for t in api.task_runs.values()) == ["Running", "Success"]
+    assert len(api.task_runs) == 2

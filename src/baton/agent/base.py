@@ -121,7 +121,7 @@ class Agent:
         labels: the agent's labels (the label rule of DESIGN.md §4). env: variables set on every flow run.
         max_polls: leave after this many claim calls (0: none). agent_address: serve the health check here.
         no_cloud_logs: flow runs do not send their logs to the API. log_level: of the ``baton.agent`` logger.
-        limit: the most flow runs deployed at once.
+        limit: the most flow runs deployed at once; None: the driver's ``default_limit``; 0: no limit.
         run_timeout_seconds: kill a run still going after this long and fail it (a flow's shorter
             ``timeout_seconds`` wins). key_file: read the API key from this file (mode 0600), not from ``key``.
         client: replaces the HTTP client (tests, embedding).
@@ -158,7 +158,8 @@ class Agent:
         self.status.platform_check = driver.problem
         self.policy = ErrorPolicy(agent_settings_.max_consecutive_errors, Backoff())
         # No --limit: the platform's default (capacity.py); --limit 0: none at all.
-        limit = driver.default_limit if agent_settings_.limit is None else agent_settings_.limit
+        default = getattr(driver, "default_limit", None)  # optional for drivers written before it existed
+        limit = default if agent_settings_.limit is None else agent_settings_.limit
         self.registry = RunRegistry(limit or None)
         self.wakeups = Wakeups()
         self.tasks = TaskSet()

@@ -125,8 +125,8 @@ class Driver(Protocol):
     Attributes:
         agent_type: the agent's type as registered (``local``, ``docker``, ``kubernetes``).
         watch_interval_seconds: how often the agent calls :meth:`inspect` on each deployment.
-        default_limit: the most runs deployed at once when the agent is given no ``--limit``; None: no limit
-            (``capacity.py``).
+        default_limit: the most runs deployed at once when the agent is given no ``--limit``; None (or no such
+            attribute): no limit (``capacity.py``).
     """
 
     agent_type: str

@@ -21,7 +21,8 @@ from typing import Any
 from baton.agent.driver import Deployment, Ended
 from baton.schemas.responses import ClaimedRun
 
-# Without --limit, claim at most this many runs per call (the server accepts up to 100).
+# With no limit (--limit 0, or a platform without a default), claim at most this many runs per call (the server
+# accepts up to 100).
 DEFAULT_CLAIM_BATCH = 10
 MAX_CLAIM_BATCH = 100
 

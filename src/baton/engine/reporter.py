@@ -7,8 +7,10 @@ in half. A stop may still end a task between two of its calls (after its Running
 Cancelled): the runner then ends the task runs left open with :meth:`ApiTaskRunReporter.end_open`.
 
 A task run whose creation went through but whose answer was lost is not created twice: the retry first looks
-for a task run of that name that this process has not been told of (only this process, with its run token, can
-create task runs of its flow run), and adopts it.
+for a task run of that name, in the state it was created in, that this process has not been told of and that was
+created since this process started (:data:`ADOPT_SKEW` allows for the clocks of the server and this process
+differing), and adopts it. A run's task runs outlive its attempts: one that an earlier attempt left open (its
+process killed) is older than that, since a lost attempt is retried only after its heartbeat timeout.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
 
 from baton.client.http import Client, may_have_reached_the_server
 from baton.engine.retry import call_with_retry
 from baton.exceptions import ClientError, ServerUnavailableError
+from baton.schemas.core import utcnow
 from baton.schemas.responses import TaskRunRead
 from baton.schemas.states import TaskRunState
 
 logger = logging.getLogger("baton.engine")
 
 _FINAL = frozenset({TaskRunState.SUCCESS, TaskRunState.FAILED, TaskRunState.CANCELLED})
+ADOPT_SKEW = timedelta(seconds=60)
 
 
 class ApiTaskRunReporter:
@@ -46,8 +51,10 @@ class ApiTaskRunReporter:
         flow_run_id: str,
         retry_seconds: float = 30.0,
         shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._client = client
+        self._since = clock() - ADOPT_SKEW  # task runs created before are not this process's
         self._flow_run_id = flow_run_id
         self._retry_seconds = retry_seconds
         self._shield = shield
@@ -88,7 +95,11 @@ class ApiTaskRunReporter:
         now known."""
         found = self._client.list_task_runs(self._flow_run_id)
         with self._lock:
-            lost = [t for t in found if t.task_name == task_name and t.state == state and t.id not in self._known]
+            lost = [
+                t
+                for t in found
+                if (t.task_name, t.state) == (task_name, state) and t.id not in self._known and t.created >= self._since
+            ]
             if not lost:
                 return None
             adopted = max(lost, key=lambda task_run: task_run.created)

@@ -8,8 +8,8 @@ Usage::
     def fetch(url: str) -> bytes: ...
 
 Calling a task runs it at once and returns its result (or raises its last error). Inside a flow run that
-the engine executes, each call is recorded as a task run with its states: Pending, Running, Retrying, Success,
-Failed.
+the engine executes, each call is recorded as a task run with its states: Running (from its creation), Retrying,
+Success, Failed.
 """
 
 from __future__ import annotations

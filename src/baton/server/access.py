@@ -259,7 +259,7 @@ class Public:
             raise ValueError(f"{action} is not public")
         self.action = action
 
-    def __call__(self) -> None:
+    async def __call__(self) -> None:  # async: no worker-thread hop for nothing
         return None
 
 

@@ -103,8 +103,12 @@ def in_one_worker_thread(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     loop. ``functools.wraps`` keeps the signature, names and docstring FastAPI reads (it unwraps to resolve the
     annotations in the endpoint's own module).
     """
-    if inspect.iscoroutinefunction(endpoint):
-        return endpoint
+    if (
+        not inspect.isfunction(endpoint)
+        or inspect.iscoroutinefunction(endpoint)
+        or inspect.isgeneratorfunction(endpoint)
+    ):
+        return endpoint  # a coroutine already, a stream, or a callable object: FastAPI's own handling
 
     @functools.wraps(endpoint)
     async def run(*args: Any, **kwargs: Any) -> Any:

@@ -12,7 +12,7 @@ from baton.schemas.actions import ApiKeyCreate
 from baton.schemas.responses import ApiKeyCreated, ApiKeyRead, Health, WhoAmI
 from baton.server import shaping
 from baton.server.access import Action, Public, allow
-from baton.server.api.deps import Db, ReadDb, transaction
+from baton.server.api.deps import Db, transaction
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
 from baton.server.models import tenants
@@ -22,7 +22,7 @@ router = APIRouter(tags=["meta"], route_class=JsonRoute)
 
 
 @router.get("/health", response_model=Health, dependencies=[Depends(Public(Action.HEALTH))])
-def health(request: Request, db: ReadDb) -> Health:
+def health(request: Request, db: Db) -> Health:
     """The server itself; no authentication. 503 when the database does not answer."""
     from fastapi import HTTPException
     from sqlalchemy.exc import SQLAlchemyError

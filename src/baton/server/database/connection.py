@@ -92,7 +92,8 @@ def create_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def create_read_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for work that only reads (authentication, the web UI's pages): on SQLite they never wait for the
+    """Sessions for work that only reads (authentication, the access check, the web UI's pages, the API's read
+    routes: ``api.deps.ReadDb``): on SQLite they never wait for the
     write lock. A write in one may fail at once when another writer got in first: use the plain factory to write."""
     return sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
