@@ -45,7 +45,7 @@ def test_a_restarted_agent_adopts_the_run_it_left_and_reports_its_end(
     # Then it holds the run (a slot of its --limit) and vouches for it in its heartbeats
     second.wait_for(lambda: fake.flow_run_id in second.registry)
     assert second.registry.free_slots() == 0
-    alive = {"flow_run_id": fake.flow_run_id, "alive": True, "exit_code": None}
+    alive = {"flow_run_id": fake.flow_run_id, "alive": True, "exit_code": None, "attempt": 1}
     app_api.wait_for(lambda: any(alive in beat for beat in app_api.heartbeats))
     # And when the deployment ends, it reports the exit code: the server fails the run with it
     second.finish(fake.flow_run_id, exit_code=3)

@@ -177,7 +177,9 @@ def test_heartbeat_reports_live_deployments(
     running = run_in_thread(agent)
     app_api.wait_for_state(run_id, "Submitted")
     app_api.wait_for(
-        lambda: any(hb == [{"flow_run_id": run_id, "alive": True, "exit_code": None}] for hb in app_api.heartbeats)
+        lambda: any(
+            hb == [{"flow_run_id": run_id, "alive": True, "exit_code": None, "attempt": 1}] for hb in app_api.heartbeats
+        )
     )
     agent.stop(cold=True)
     running.join()
@@ -240,7 +242,9 @@ def test_warm_stop_claims_no_more_and_waits_for_running_deployments(
     running.join()
     # Its end was reported before the agent left.
     assert any(
-        item == {"flow_run_id": run_id, "alive": False, "exit_code": 0} for hb in app_api.heartbeats for item in hb
+        item == {"flow_run_id": run_id, "alive": False, "exit_code": 0, "attempt": 1}
+        for hb in app_api.heartbeats
+        for item in hb
     )
 
 
@@ -422,7 +426,7 @@ def test_a_submitted_whose_answer_was_lost_keeps_the_run_when_its_retry_is_refus
     assert not agent.deployments[run_id].killed
     active = agent.registry.get(run_id)
     assert active is not None and active.submitted
-    alive = {"flow_run_id": run_id, "alive": True, "exit_code": None}
+    alive = {"flow_run_id": run_id, "alive": True, "exit_code": None, "attempt": 1}
     app_api.wait_for(lambda: any(alive in heartbeat for heartbeat in app_api.heartbeats))
     agent.finish(run_id, exit_code=0)
     app_api.wait_for_state(run_id, "Failed")  # the server heard of its end: "exited with code 0 before a final state"
@@ -567,7 +571,7 @@ def test_a_run_claimed_again_during_a_slow_deploy_runs_once_with_the_new_claim(
     # The new claim replaced the run's token on the server: the old deployment's token no longer works
     with Client(app_api.api_url, old.claimed.run_token) as stale, pytest.raises(AuthenticationError):
         stale.get_flow_run(run_id)
-    alive = {"flow_run_id": run_id, "alive": True, "exit_code": None}
+    alive = {"flow_run_id": run_id, "alive": True, "exit_code": None, "attempt": 1}
     app_api.wait_for(lambda: any(alive in heartbeat for heartbeat in app_api.heartbeats))
     agent.stop(cold=True)
     running.join()

@@ -46,7 +46,8 @@ def test_a_warm_stop_deregisters_after_the_deployments_end(
     reported_end = max(
         index
         for index, (method, report) in enumerate(app_api.calls)
-        if method == "agent_heartbeat" and {"flow_run_id": run_id, "alive": False, "exit_code": 0} in report
+        if method == "agent_heartbeat"
+        and {"flow_run_id": run_id, "alive": False, "exit_code": 0, "attempt": 1} in report
     )
     assert app_api.calls.index(("deregister_agent", agent.agent_id)) > reported_end
     # The server took the deregistration (it refuses one, 409, while the agent holds runs): the run had ended there

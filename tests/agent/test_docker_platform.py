@@ -173,7 +173,7 @@ def test_the_message_of_an_ended_deployment_goes_into_the_heartbeat(
     agent.finish(run_id, exit_code=137)
 
     app_api.wait_for_state(run_id, "Failed")
-    ended = {"flow_run_id": run_id, "alive": False, "exit_code": 137, "message": agent.end_message}
+    ended = {"flow_run_id": run_id, "alive": False, "exit_code": 137, "message": agent.end_message, "attempt": 1}
     assert any(item == ended for heartbeat in app_api.heartbeats for item in heartbeat)
     agent.stop()
     running.join()
@@ -195,7 +195,13 @@ def test_an_unknown_exit_code_is_reported_as_none(
     agent.finish(run_id, exit_code=1)
 
     app_api.wait_for_state(run_id, "Failed")
-    ended = {"flow_run_id": run_id, "alive": False, "exit_code": None, "message": "the container was removed"}
+    ended = {
+        "flow_run_id": run_id,
+        "alive": False,
+        "exit_code": None,
+        "message": "the container was removed",
+        "attempt": 1,
+    }
     assert any(item == ended for heartbeat in app_api.heartbeats for item in heartbeat)
     agent.stop()
     running.join()

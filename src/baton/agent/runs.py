@@ -68,6 +68,10 @@ class ActiveRun:
     superseded: bool = field(default=False, init=False)
 
     @property
+    def attempt(self) -> int:
+        return self.claimed.flow_run.attempt
+
+    @property
     def id(self) -> str:
         return self.claimed.flow_run.id
 
@@ -166,9 +170,14 @@ class RunRegistry:
             if not run.submitted:
                 continue
             if run.phase is Phase.DEPLOYED:
-                report.append({"flow_run_id": run.id, "alive": True, "exit_code": None})
+                report.append({"flow_run_id": run.id, "alive": True, "exit_code": None, "attempt": run.attempt})
             elif run.phase is Phase.ENDED:
-                item: dict[str, Any] = {"flow_run_id": run.id, "alive": False, "exit_code": run.exit_code}
+                item: dict[str, Any] = {
+                    "flow_run_id": run.id,
+                    "alive": False,
+                    "exit_code": run.exit_code,
+                    "attempt": run.attempt,
+                }
                 if run.end_message:
                     item["message"] = run.end_message
                 report.append(item)

@@ -237,6 +237,9 @@ class DeploymentStatus(StrictModel):
     alive: bool = Field(strict=True)
     exit_code: int | None = Field(default=None, strict=True)
     message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
+    # The attempt this deployment ran: a report of an earlier attempt's end (a heartbeat sent as the run's retry was
+    # claimed) must not end the next attempt. None (agents before this field): the run's current attempt.
+    attempt: int | None = Field(default=None, ge=1, le=MAX_INT, strict=True)
 
 
 class AgentHeartbeat(StrictModel):

@@ -228,3 +228,23 @@ def test_bad_run_policies_are_refused(tenant: TenantContext, field: str, value: 
     response = tenant.raw(tenant.key("admin")).post("/api/flows", json=payload)
     assert response.status_code == 422, response.text
     assert field in response.text
+
+
+def test_an_earlier_attempts_end_reported_late_does_not_end_the_next_attempt(
+    tenant: TenantContext, user: Client, runner: Client
+) -> None:
+    # Given a run whose first attempt failed and whose second attempt is Running
+    attempt = start(tenant, user, runner, flow_with_retries(tenant, retries=1))
+    assert runner.set_flow_run_state(attempt.run_id, "Failed", "boom").state == "Retrying"
+    token = claim(runner, attempt.agent_id, attempt.run_id)
+    to_running(tenant, runner, attempt.run_id, token)
+    assert tenant.run(attempt.run_id).attempt == 2
+    dead = {"flow_run_id": attempt.run_id, "alive": False, "exit_code": 1}
+
+    # When the agent's heartbeat, sent as the retry was claimed, reports the first attempt's process as ended
+    answer = runner.agent_heartbeat(attempt.agent_id, [{**dead, "attempt": 1}])
+
+    # Then the second attempt goes on; a report naming the second attempt does end it
+    assert answer.failed == []
+    assert tenant.run(attempt.run_id).state == "Running"
+    assert runner.agent_heartbeat(attempt.agent_id, [{**dead, "attempt": 2}]).failed == [attempt.run_id]

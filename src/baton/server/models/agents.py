@@ -150,6 +150,8 @@ def process_heartbeat(
         run = session.scalar(select(FlowRun).where(FlowRun.id == status.flow_run_id, FlowRun.agent_id == agent.id))
         if run is None or run.state in FINAL_STATES or run.state in CLAIMABLE_STATES:
             continue
+        if status.attempt is not None and status.attempt != run.attempt:
+            continue  # an earlier attempt's end, reported as the run's retry was claimed: not this attempt's
         try:
             with session.begin_nested():
                 if _end_dead_deployment(session, run, status):
