@@ -21,6 +21,7 @@ from baton.cli.agent_options import CommonAgentOptions, common_agent_options, wi
 from baton.cli.context import CliState, pass_state
 from baton.cli.output import InputError
 from baton.exceptions import ConfigurationError
+from baton.exits import shut_down_cleanly
 
 # settings.agent.type -> the class in baton.agent that runs it
 AGENT_CLASSES = {"local": "LocalAgent", "docker": "DockerAgent", "kubernetes": "KubernetesAgent"}
@@ -63,6 +64,7 @@ def start_default(state: CliState, ctx: click.Context, /, **params: Any) -> None
     settings = common.settings(state)
     cls = agent_class(settings.agent.type)
     cls(settings=settings, **common.agent_kwargs()).start()
+    shut_down_cleanly()
 
 
 @agent.group()
@@ -95,6 +97,7 @@ def start_local(state: CliState, /, **params: Any) -> None:
     from baton.agent.local import LocalAgent
 
     LocalAgent(settings=settings, **common.agent_kwargs(), **own).start()
+    shut_down_cleanly()
 
 
 @local.command("install")
@@ -162,6 +165,7 @@ def start_docker(state: CliState, /, **params: Any) -> None:
     settings = common.settings(state, DOCKER_OPTIONS, **own)
     cls = agent_class("docker")
     cls(settings=settings, policy=policy, **common.agent_kwargs(), **own).start()
+    shut_down_cleanly()
 
 
 @agent.group()
@@ -197,6 +201,7 @@ def start_kubernetes(state: CliState, /, **params: Any) -> None:
     settings = common.settings(state)
     cls = agent_class("kubernetes")
     cls(settings=settings, **common.agent_kwargs(), **own).start()
+    shut_down_cleanly()
 
 
 @kubernetes.command("install")

@@ -30,6 +30,7 @@ from baton.cli.run import run
 from baton.cli.runs import runs
 from baton.cli.server import server
 from baton.exceptions import BatonError
+from baton.exits import exit_now, has_shut_down_cleanly
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -76,3 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         error = to_cli_error(exc)
         error.show()
         sys.exit(error.exit_code)
+    except SystemExit as exc:
+        if exc.code in (0, None) and has_shut_down_cleanly():
+            exit_now(0)  # a server or agent that stopped cleanly: skip the interpreter's teardown (exits.py)
+        raise

@@ -12,6 +12,7 @@ import click
 
 from baton.cli.context import CliState, pass_state
 from baton.cli.output import LOG_LEVELS, InputError, echo_json, print_fields
+from baton.exits import shut_down_cleanly
 
 _database_url_option = click.option(
     "--database-url",
@@ -73,6 +74,7 @@ def start(
     from baton.server.main import serve
 
     serve(settings, log_level=settings.logging.level)
+    shut_down_cleanly()
 
 
 @server.command("create-tenant")

@@ -5,8 +5,10 @@ The CLI's ``baton server start`` is the usual way; this entry point has no depen
 
 from __future__ import annotations
 
+from baton.exits import exit_now
 from baton.server.main import serve
 from baton.settings import load_settings
 
 if __name__ == "__main__":
     serve(load_settings())
+    exit_now(0)  # stopped cleanly: skip the interpreter's teardown (exits.py)
