@@ -15,6 +15,7 @@ from baton.schemas.responses import (
     FlowRead,
     FlowRunHeartbeatResponse,
     FlowRunRead,
+    FlowRunWithFlow,
     LogsWritten,
     StateRead,
     TaskRunRead,
@@ -93,6 +94,11 @@ class FakeApi:
     def get_flow(self, flow_id: str, include_source: bool = False) -> FlowRead:
         self._enter("get_flow")
         return self.flow
+
+    def get_flow_run_with_flow(self, flow_run_id: str) -> FlowRunWithFlow:
+        # The two reads it stands for, so that their scripted failures and subclasses' answers apply as before.
+        run = self.get_flow_run(flow_run_id)
+        return FlowRunWithFlow(flow_run=run, flow=self.get_flow(run.flow_id, include_source=True))
 
     def set_flow_run_state(
         self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None

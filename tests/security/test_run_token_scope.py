@@ -35,3 +35,22 @@ def test_keys_still_explain(tenant: TenantContext) -> None:
 
     for role in ("admin", "user", "runner", "read"):
         assert tenant.raw(tenant.key(role)).get(f"/api/flow_runs/{staged.id}/explain").status_code == 200
+
+
+def test_a_run_token_reads_its_run_with_its_flow_in_one_request_and_no_other_run(tenant: TenantContext) -> None:
+    staged, other = tenant.stage("Running"), tenant.stage("Running")
+    assert staged.token is not None
+    http = tenant.raw(staged.token)
+
+    both = http.get(f"/api/flow_runs/{staged.id}/with_flow")
+    refused = http.get(f"/api/flow_runs/{other.id}/with_flow")
+
+    assert both.status_code == 200, both.text
+    body = both.json()
+    assert body["flow_run"]["id"] == staged.id
+    assert body["flow"]["id"] == body["flow_run"]["flow_id"]
+    assert body["flow"]["source"]  # the code the flow-run process loads, as GET /api/flows/{id}?include_source=true
+    assert refused.status_code == 404, refused.text
+    assert other.id in refused.json()["detail"] and "source" not in refused.text
+    for role in ("admin", "user", "runner", "read"):  # every key reads the tenant's runs and flows
+        assert tenant.raw(tenant.key(role)).get(f"/api/flow_runs/{other.id}/with_flow").status_code == 200

@@ -386,6 +386,10 @@ class Client:
     def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
         return self._model(r.FlowRunRead, "GET", f"/api/flow_runs/{flow_run_id}")
 
+    def get_flow_run_with_flow(self, flow_run_id: str) -> r.FlowRunWithFlow:
+        """The run and its flow with the flow's source, in one request (404 from a server older than the route)."""
+        return self._model(r.FlowRunWithFlow, "GET", f"/api/flow_runs/{flow_run_id}/with_flow")
+
     def list_flow_runs(
         self,
         state: str | None = None,

@@ -30,8 +30,15 @@ from baton.engine.reporter import ApiTaskRunReporter
 from baton.engine.retry import call_with_retry, no_connection
 from baton.engine.threads import call_with_timeout
 from baton.engine.transitions import StateSetter
-from baton.exceptions import AuthenticationError, BatonError, ClientError, FlowLoadError, ServerUnavailableError
-from baton.schemas.responses import FlowRunRead
+from baton.exceptions import (
+    AuthenticationError,
+    BatonError,
+    ClientError,
+    FlowLoadError,
+    NotFoundError,
+    ServerUnavailableError,
+)
+from baton.schemas.responses import FlowRead, FlowRunRead
 from baton.schemas.states import FINAL_STATES, StateName, TaskRunState
 from baton.sdk.context import FlowRunCancelled
 from baton.sdk.flows import Flow
@@ -137,9 +144,10 @@ class FlowRunner:
         return replace(outcome, message=message)
 
     def _execute(self) -> Outcome:
-        run = self._read_run()
-        if isinstance(run, Outcome):
-            return run
+        read = self._read_run()
+        if isinstance(read, Outcome):
+            return read
+        run, flow_read = read
         if run.state in _CANCEL_STATES or run.state in FINAL_STATES:
             return self._not_to_run(run.state)
         logger.info(
@@ -153,7 +161,7 @@ class FlowRunner:
         if self._expected_flow_id and self._expected_flow_id != run.flow_id:
             logger.warning("BATON_FLOW_ID is %s but the run's flow is %s", self._expected_flow_id, run.flow_id)
         try:
-            flow = self._load(run)
+            flow = self._load(run, flow_read)
         except (FlowLoadError, ServerUnavailableError, ClientError) as exc:
             logger.error("Cannot load the flow: %s", exc)
             return Outcome(StateName.FAILED, describe_error(exc), EXIT_FAILED)
@@ -164,10 +172,11 @@ class FlowRunner:
             return stopped
         return self._run_flow(flow, run.parameters)
 
-    def _read_run(self) -> FlowRunRead | Outcome:
+    def _read_run(self) -> tuple[FlowRunRead, FlowRead | None] | Outcome:
+        """The run, and its flow when the server gives both in one request (None: read it next)."""
         try:
             return call_with_retry(
-                lambda: self._client.get_flow_run(self._id),
+                self._read_run_and_flow,
                 what="read the flow run",
                 timeout_seconds=self._state_retry_seconds,
                 # This process's first call: an API it cannot connect to at all is most likely an address it
@@ -195,12 +204,21 @@ class FlowRunner:
             logger.error("Cannot read flow run %s: %s", self._id, exc)
         return Outcome(None, None, EXIT_FAILED)
 
-    def _load(self, run: FlowRunRead) -> Flow[..., Any]:
-        flow = call_with_retry(
-            lambda: self._client.get_flow(run.flow_id, include_source=True),
-            what="read the flow",
-            timeout_seconds=self._state_retry_seconds,
-        )
+    def _read_run_and_flow(self) -> tuple[FlowRunRead, FlowRead | None]:
+        try:
+            both = self._client.get_flow_run_with_flow(self._id)
+        except NotFoundError:
+            # A server older than this engine has no such route (an unknown run is 404 again just below).
+            return self._client.get_flow_run(self._id), None
+        return both.flow_run, both.flow
+
+    def _load(self, run: FlowRunRead, flow: FlowRead | None) -> Flow[..., Any]:
+        if flow is None:
+            flow = call_with_retry(
+                lambda: self._client.get_flow(run.flow_id, include_source=True),
+                what="read the flow",
+                timeout_seconds=self._state_retry_seconds,
+            )
         return load_flow(flow, fetch_bundle=self._fetch_bundle)
 
     def _fetch_bundle(self, digest: str) -> bytes:

@@ -99,6 +99,13 @@ class FlowRunRead(BaseModel):
     )
 
 
+class FlowRunWithFlow(BaseModel):
+    """A run and its flow, with the flow's source: what a flow-run process reads to start, in one request."""
+
+    flow_run: FlowRunRead
+    flow: FlowRead
+
+
 class ClaimedRun(BaseModel):
     flow_run: FlowRunRead
     flow: FlowRead

@@ -9,7 +9,13 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 
 from baton.schemas.actions import IDEMPOTENCY_KEY_PATTERN, MAX_INT, FlowRunCreate, StateSet
-from baton.schemas.responses import NEXT_CURSOR_HEADER, FlowRunHeartbeatResponse, FlowRunRead, RunExplanation
+from baton.schemas.responses import (
+    NEXT_CURSOR_HEADER,
+    FlowRunHeartbeatResponse,
+    FlowRunRead,
+    FlowRunWithFlow,
+    RunExplanation,
+)
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server import shaping
 from baton.server.access import Action, Kind, allow, check_state_allowed, kind_of, run_holder
@@ -17,7 +23,7 @@ from baton.server.api.deps import CursorQuery, Db, NotifierDep, ReadDb, transact
 from baton.server.database.orm import utcnow
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
-from baton.server.models import agents, concurrency, flow_runs, state_changes
+from baton.server.models import agents, concurrency, flow_runs, flows, state_changes
 from baton.server.models.errors import InvalidRequest
 from baton.server.models.tenants import Principal
 
@@ -144,6 +150,22 @@ def get_flow_run(
 ) -> FlowRunRead:
     with transaction(db) as session:
         return shaping.flow_run(session, principal, flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id))
+
+
+@router.get("/{flow_run_id}/with_flow", response_model=FlowRunWithFlow)
+def get_flow_run_with_flow(
+    flow_run_id: str, principal: Annotated[Principal, allow(Action.FLOW_RUN_READ)], db: ReadDb
+) -> FlowRunWithFlow:
+    """The run and its flow with its source: the flow-run process's first read, one request instead of two.
+
+    Whoever may read a run may read its flow (a run token: its own run's flow only, as ``GET /api/flows/{id}``).
+    """
+    with transaction(db) as session:
+        run = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
+        flow = flows.get_flow(session, principal.tenant_id, run.flow_id)
+        return FlowRunWithFlow(
+            flow_run=shaping.flow_run(session, principal, run), flow=shaping.flow(principal, flow, include_source=True)
+        )
 
 
 @router.post("/{flow_run_id}/state", response_model=FlowRunRead, responses=error_responses(409))
