@@ -89,6 +89,7 @@ def claim_runs(
     skip_locked = session.get_bind().dialect.name == "postgresql"
     # Concurrency limits: runs whose flow or label limit is full are left out, or refused and passed over.
     gate = ClaimGate.open(session, agent.tenant_id)
+    flows: dict[str, Flow | None] = {}  # of the claimed runs, for the answer
     for _round in range(3):
         wanted = limit - len(result.runs)
         query = (
@@ -108,7 +109,10 @@ def claim_runs(
                 break
             # Past its flow's max_lateness: Cancelled, not run. Its flow's or a label's concurrency limit is full:
             # passed over, it waits for a slot.
-            if lateness.skip_if_too_late(session, run, now) or not gate.admit(run):
+            # Loaded once for every check and the answer (the session's identity map holds it only while it is
+            # referenced: asked for again later, it would be read again).
+            flow = session.get(Flow, run.flow_id, options=[defer(Flow.source)])  # not the code: never sent
+            if lateness.skip_if_too_late(session, run, flow, now) or not gate.admit(run):
                 continue
             token = new_secret(RUN_TOKEN_PREFIX)
             extra = {
@@ -116,7 +120,8 @@ def claim_runs(
                 "lease_expires_at": now + timedelta(seconds=lease_seconds),
                 "run_token_hash": hash_secret(token),
             }
-            problems = unservable_fields(session, run)
+            session.refresh(run, ["parameters", "run_config"])  # deferred above: one read of both, not two
+            problems = unservable_fields(run, flow)
             try:
                 with session.begin_nested():
                     transition(session, run, StateName.PENDING, f"claimed by agent {agent.name}", None, extra)
@@ -129,11 +134,12 @@ def claim_runs(
                 logger.warning("flow run %s failed instead of being claimed: %s", run.id, problems)
                 continue
             result.runs.append((run, token))
+            flows[run.flow_id] = flow
             total += int(size)
         if full or len(result.runs) >= limit or len(candidates) < (wanted if skip_locked else wanted * 2):
             break
     if result.runs:
-        result.flows = flow_queries.get_flows(session, agent.tenant_id, {run.flow_id for run, _token in result.runs})
+        result.flows = [flow for flow in flows.values() if flow is not None]
     else:
         result.next_due = session.scalar(
             select(func.min(FlowRun.scheduled_start_time)).where(
@@ -143,11 +149,10 @@ def claim_runs(
     return result
 
 
-def unservable_fields(session: Session, run: FlowRun) -> dict[str, str]:
-    """Stored JSON of ``run`` or its flow that cannot be served: such a run is never handed to an agent (running it
-    with those fields left out would be wrong), it fails, and the claim serves the others (issue 8, item 3)."""
+def unservable_fields(run: FlowRun, flow: Flow | None) -> dict[str, str]:
+    """Stored JSON of ``run`` or its ``flow`` that cannot be served: such a run is never handed to an agent (running
+    it with those fields left out would be wrong), it fails, and the claim serves the others (issue 8, item 3)."""
     problems = stored_json_problems(run)
-    flow = session.get(Flow, run.flow_id, options=[defer(Flow.source)])  # not the code: a claim never sends it
     if flow is not None:
         problems.update({f"flow.{name}": why for name, why in flow_queries.stored_json_problems(flow).items()})
     return problems

@@ -28,6 +28,7 @@ from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, FlowRu
 from baton.server.models import cursors, notifications, retries
 from baton.server.models import flows as flow_queries
 from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
+from baton.server.models.identity import already_loaded
 from baton.server.models.ids import checked_id
 from baton.server.models.logs import with_dropped_note
 from baton.server.models.names import random_run_name
@@ -310,18 +311,17 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
     if not runs:
         return []
     run_ids = [run.id for run in runs]
-    flows = {
-        f.id: f
-        for f in session.scalars(
-            select(Flow).where(Flow.id.in_({run.flow_id for run in runs})).options(load_only(Flow.name, Flow.version))
-        )
-    }
+    flow_ids = {run.flow_id for run in runs}
+    flows = already_loaded(session, Flow, flow_ids)  # a claim has them: no query
+    if flow_ids - flows.keys():
+        query = select(Flow).where(Flow.id.in_(flow_ids - flows.keys())).options(load_only(Flow.name, Flow.version))
+        flows.update((flow.id, flow) for flow in session.scalars(query))
     agent_ids = {run.agent_id for run in runs if run.agent_id}
-    # Lists show agents by name (issue 9): one query for all of them.
-    agent_names: dict[str, str] = {}
-    if agent_ids:
-        rows = session.execute(select(Agent.id, Agent.name).where(Agent.id.in_(agent_ids)))
-        agent_names = {agent_id: name for agent_id, name in rows}
+    # Lists show agents by name (issue 9): one query for all of them (none for a claiming agent's own).
+    agent_names = {agent_id: agent.name for agent_id, agent in already_loaded(session, Agent, agent_ids).items()}
+    if agent_ids - agent_names.keys():
+        rows = session.execute(select(Agent.id, Agent.name).where(Agent.id.in_(agent_ids - agent_names.keys())))
+        agent_names.update((agent_id, name) for agent_id, name in rows)
     history: dict[str, list[StateRead]] = defaultdict(list)
     if "states" not in omit:
         state_rows = session.scalars(

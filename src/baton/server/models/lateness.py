@@ -58,10 +58,9 @@ def skip_message(run: FlowRun, max_lateness_seconds: int | None, now: datetime) 
     )
 
 
-def skip_if_too_late(session: Session, run: FlowRun, now: datetime) -> bool:
-    """Cancel ``run`` if it is later than its flow's ``max_lateness``; True when it is skipped (or was just taken
+def skip_if_too_late(session: Session, run: FlowRun, flow: Flow | None, now: datetime) -> bool:
+    """Cancel ``run`` if it is later than its ``flow``'s ``max_lateness``; True when it is skipped (or was just taken
     by another writer): either way the caller must not hand it out."""
-    flow = session.get(Flow, run.flow_id, options=[defer(Flow.source)])
     message = skip_message(run, flow.max_lateness_seconds if flow else None, now)
     if message is None:
         return False
