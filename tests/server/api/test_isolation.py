@@ -342,14 +342,20 @@ class World:
         self.tenant.admin.register_flow(flow_payload(built.digest))
 
     def token_of_another_flow(self) -> str:
-        """The run token of a claimed run of flow ``other``."""
+        """The run token of a Running run of flow ``other``.
+
+        Running, as the targets' runs are: a run left Pending would go back to the queue when its claim lease (30 s)
+        ran out, revoking the token in the middle of a slow matrix (seen on a loaded machine: 401s, not 403s).
+        """
         self.tenant.register_flow("other")
         label = unique("other")
-        self.tenant.client(self.keys["user"]).create_flow_run(flow_name="other", labels=[label])
+        run = self.tenant.client(self.keys["user"]).create_flow_run(flow_name="other", labels=[label])
         runner = self.tenant.client(self.keys["runner"])
         agent = runner.register_agent(unique("other-agent"), "local", [label])
         claimed = runner.claim(agent.id).runs
         assert len(claimed) == 1
+        runner.set_flow_run_state(run.id, "Submitted", "PID: 1", {"pid": 1})
+        self.tenant.client(claimed[0].run_token).set_flow_run_state(run.id, "Running")
         return claimed[0].run_token
 
     def revoked_token(self) -> str:
