@@ -192,6 +192,7 @@ ROUTES = [
     ),
     Route("GET", "/api/flow_runs", 200),
     Route("GET", "/api/flow_runs/{flow_run_id}", 200),
+    Route("GET", "/api/flow_runs/{flow_run_id}/with_flow", 200),
     Route(
         "POST",
         "/api/flow_runs/{flow_run_id}/state",
