@@ -82,9 +82,13 @@ def read_routes(flow: FlowRead, run: FlowRunRead) -> list[str]:
 
 
 def run_configs(body: Any) -> list[dict[str, Any]]:
-    """Every ``run_config`` in an answer (one object or a list)."""
+    """Every ``run_config`` in an answer (one object, a list, or a run with its flow)."""
     items = body if isinstance(body, list) else [body]
-    return [item["run_config"] for item in items]
+    configs = []
+    for item in items:
+        parts = [item] if "run_config" in item else [item["flow_run"], item["flow"]]  # .../with_flow
+        configs += [part["run_config"] for part in parts]
+    return configs
 
 
 def test_read_keys_see_which_variables_are_set_but_not_their_values(
@@ -170,7 +174,13 @@ def test_every_route_answering_run_configs_masks_them_for_read_keys(
             assert configs and all(config["env"] == MASKED_ENV for config in configs), path
             swept.append(path)
 
-    assert sorted(swept) == ["/api/flow_runs", "/api/flow_runs/{flow_run_id}", "/api/flows", "/api/flows/{flow_id}"]
+    assert sorted(swept) == [
+        "/api/flow_runs",
+        "/api/flow_runs/{flow_run_id}",
+        "/api/flow_runs/{flow_run_id}/with_flow",
+        "/api/flows",
+        "/api/flows/{flow_id}",
+    ]
 
 
 def test_masking_keeps_everything_but_env_values() -> None:
