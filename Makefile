@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-peers chaos screenshots clean
+.PHONY: install demo test lint typecheck unit bench bench-peers bench-scale chaos screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ $(PEERS_STAMP): bench/peers/requirements.txt
 
 bench-peers: install $(PEERS_STAMP)
 	$(BIN)/python bench/peers.py --prefect-python $(PEERS_VENV)/bin/python $(BENCH_PEERS_ARGS)
+
+# Does history slow the API? Latencies of create, claim, logs, get and lists on an empty database, then with
+# 1,000,000 finished runs and 10,000,000 log lines seeded, on SQLite and PostgreSQL (bench/scale.py; ~45 min at full
+# size). SCALE_ARGS="--runs 20000 --log-lines 200000" for a quick check.
+SCALE_ARGS ?= --runs 1000000 --log-lines 10000000 --database both
+bench-scale: install
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 # The load version of tests/reliability: agents x runs while the server is SIGKILLed twice (see bench/chaos.py).
 CHAOS_ARGS ?= --agents 8 --runs-per-agent 250

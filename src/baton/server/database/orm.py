@@ -166,6 +166,9 @@ class FlowRun(Base):
         # list filtered by state walks its state's runs newest first (migration 0010).
         Index("ix_flow_runs_flow_created", "flow_id", "created"),
         Index("ix_flow_runs_tenant_state_created", "tenant_id", "state", "created"),
+        # The lease and recovery services' scans, across tenants, every second (migration 0012).
+        Index("ix_flow_runs_state_lease", "state", "lease_expires_at"),
+        Index("ix_flow_runs_state_heartbeat", "state", "heartbeat_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
