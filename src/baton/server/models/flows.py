@@ -121,15 +121,6 @@ def get_flow(session: Session, tenant_id: str, flow_id: str) -> Flow:
     return flow
 
 
-def get_flows(session: Session, tenant_id: str, flow_ids: set[str]) -> list[Flow]:
-    """Several flows in one query (e.g. the flows of the runs one claim returns)."""
-    if not flow_ids:
-        return []
-    # Without their source (up to 5 MB each): a claim's answer carries the flows, never their code.
-    stmt = select(Flow).where(Flow.tenant_id == tenant_id, Flow.id.in_(flow_ids)).options(defer(Flow.source))
-    return list(session.scalars(stmt))
-
-
 def find_flow(session: Session, tenant_id: str, name: str, version: int | None) -> Flow:
     if version is None:
         flow = latest_version(session, tenant_id, name)
