@@ -11,7 +11,8 @@
 
 Every way out also deals with the claim call in flight (see ``polling.py``): the runs it has returned are
 released; if it is still waiting on the server, it releases what it claims from its own thread, and the agent
-gives it ``stop_claim_wait_seconds`` to do so before it leaves.
+gives it ``stop_claim_wait_seconds`` to do so before it leaves. A warm stop deregisters first, which makes the
+server end that waiting call with nothing claimed, so an idle agent leaves within milliseconds.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from baton.agent.protocol import ApiCalls
 from baton.agent.runs import ActiveRun, Phase, RunRegistry
 from baton.agent.shared import AgentIdentity, TaskSet, Timings, Wakeups
 from baton.agent.watching import DeploymentWatch
-from baton.exceptions import BatonError
+from baton.exceptions import BatonError, ConflictError
 
 logger = logging.getLogger("baton.agent")
 
@@ -153,25 +154,42 @@ class Supervisor:
             await self._cold_stop()
         else:
             await self._leave()
+        warm = tasks.fatal_error is None and wakeups.level == 1
+        deregistered = False
+        if warm:
+            await self._watch.settle(self._timings.stop_claim_wait_seconds + 5)
+            # Before waiting for the claim in flight: the server ends a deregistered agent's waiting poll at once
+            # (claiming nothing), where it would otherwise wait out the whole long poll.
+            deregistered = await self._deregister(first_try=True)
         await self._poller.settle(self._timings.stop_claim_wait_seconds)
         if tasks.fatal_error is not None:
             raise tasks.fatal_error
-        if wakeups.level == 1:
-            await self._watch.settle(self._timings.stop_claim_wait_seconds + 5)
-            await self._deregister()
+        if warm and not deregistered:
+            await self._deregister()  # the poll had just claimed a run (409): released now, so try once more
 
-    async def _deregister(self) -> None:
+    async def _deregister(self, first_try: bool = False) -> bool:
         """A warm stop that ended well: tell the server this agent is gone (issue 9), so lists show it stopped and
-        ``explain`` stops counting on it. One attempt: a server that cannot be reached will see it stale soon."""
+        ``explain`` stops counting on it. One attempt: a server that cannot be reached will see it stale soon.
+
+        Returns:
+            True when deregistered, or when there is nothing more to try; False on the ``first_try`` refused
+            because the agent still holds runs (its claim in flight took one as it stopped, and releases it).
+        """
         agent_id = self._identity.agent_id
         if agent_id is None:
-            return
+            return True
         try:
             await asyncio.to_thread(self._api.client.deregister_agent, agent_id)
+        except ConflictError as exc:
+            if first_try:
+                return False
+            logger.warning("could not deregister agent %s (%s): it will show as stale", agent_id, exc)
+            return True
         except BatonError as exc:
             logger.warning("could not deregister agent %s (%s): it will show as stale", agent_id, exc)
-            return
+            return True
         logger.info("agent %s deregistered", agent_id)
+        return True
 
     async def _finish(self, poll: asyncio.Task[None]) -> None:
         await asyncio.wait({poll})

@@ -3,6 +3,7 @@ run lists, stale agents in ``explain``, and revoked keys locking their agents ou
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -11,11 +12,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton.client import Client
 from baton.exceptions import AuthenticationError, ClientError, ConflictError, NotFoundError, PermissionDeniedError
-from baton.schemas.responses import AgentRead
+from baton.schemas.responses import AgentRead, ClaimResponse
 from baton.server.database.connection import transaction
 from baton.server.database.orm import Agent, utcnow
 from security.access_support import key_id_of
 from server.harness import TenantContext, unique
+from support import wait_for
 
 STALE = 90.0  # the shared server's BATON__SERVER__AGENT_STALE_SECONDS (the default)
 
@@ -108,6 +110,34 @@ def test_a_heartbeat_revives_a_deregistered_agent(runner: Client) -> None:
     runner.agent_heartbeat(agent.id, [])
 
     assert listed(runner, agent.id).live is True
+
+
+def test_deregistering_ends_the_agents_waiting_poll_which_claims_nothing(
+    tenant: TenantContext, runner: Client, user: Client
+) -> None:
+    # Given an idle agent whose long poll (up to 60 s) is waiting on the server, as at the start of its warm stop
+    label = unique("quiet")
+    agent = runner.register_agent(unique("agent"), "local", [label])
+    registered_seen = listed(runner, agent.id).last_seen
+    answers: list[ClaimResponse] = []
+    with Client(tenant.server.url, tenant.key("runner"), timeout=90) as polling:
+        poll = threading.Thread(target=lambda: answers.append(polling.claim(agent.id, limit=1, wait_seconds=60)))
+        poll.start()
+        # (its first attempt has touched the agent: the call is past its start)
+        wait_for(lambda: listed(runner, agent.id).last_seen != registered_seen, what="the poll's first attempt")
+
+        # When the agent deregisters
+        runner.deregister_agent(agent.id)
+
+        # Then the poll answers long before its 60 s, with no run, and leaves the agent deregistered
+        poll.join(timeout=30)
+        assert not poll.is_alive(), "the waiting poll of a deregistered agent did not end"
+    assert [answer.runs for answer in answers] == [[]]
+    assert listed(runner, agent.id).deregistered_at is not None
+    # And a run it could take, created now, waits for another agent
+    tenant.register_flow(labels=[label])
+    run = user.create_flow_run(flow_name="hello")
+    assert user.get_flow_run(run.id).state == "Scheduled"
 
 
 def test_an_agent_holding_runs_cannot_deregister(tenant: TenantContext) -> None:

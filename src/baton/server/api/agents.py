@@ -53,11 +53,16 @@ def deregister_agent(
     agent_id: str, principal: Annotated[Principal, allow(Action.AGENT_DEREGISTER)], db: Db, request: Request
 ) -> AgentRead:
     """Deregister (a warm stop): the agent stays listed as stale, its runs keep naming it; registering again, or any
-    claim or heartbeat, makes it live. 409 while it still holds runs."""
+    claim or heartbeat, makes it live. 409 while it still holds runs.
+
+    Its long poll still waiting (on any replica) is woken, and ends without claiming (``services/claiming.py``).
+    """
     stale_seconds = request.app.state.settings.server.agent_stale_seconds
     with transaction(db) as session:
         agent = agent_fleet.deregister(session, agents.get_agent(session, principal.tenant_id, agent_id))
-        return shaping.fleet(session, [agent], stale_seconds)[0]
+        read = shaping.fleet(session, [agent], stale_seconds)[0]
+    request.app.state.notifier.notify_threadsafe(principal.tenant_id)  # after the commit: the poll must see it
+    return read
 
 
 @router.post("/prune", response_model=AgentsPruned)

@@ -4,6 +4,10 @@ Each attempt claims in one transaction (``models.claims.claim_runs``); between a
 tenant's notifier wakes it (a run was created or put back in the queue), the next known run becomes due, or the
 recheck interval passes. The handler only parses, authorises and delegates here.
 
+A call that began before its agent deregistered ends at its next attempt, claiming nothing: a warm stop deregisters
+while its last long poll is still waiting, and the deregistration wakes that poll (``api/agents.py``), so the agent
+leaves at once instead of waiting for its poll to end or giving up on it.
+
 Usage::
 
     response = await claim_with_wait(claimer, payload, is_disconnected)
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -42,10 +47,18 @@ class Claimer:
     shape: Shape  # turns claimed rows into the answer, for the caller (``server.shaping``)
 
 
-def claim_once(claimer: Claimer, payload: ClaimRequest) -> tuple[ClaimResponse, ClaimResult]:
-    """One attempt, in one transaction: the agent is seen, due runs are claimed and shaped."""
+def claim_once(
+    claimer: Claimer, payload: ClaimRequest, began: datetime | None = None
+) -> tuple[ClaimResponse, ClaimResult | None]:
+    """One attempt, in one transaction: the agent is seen, due runs are claimed and shaped.
+
+    Returns no result (and claims nothing) when the agent deregistered after ``began``, the call's start: the agent
+    that made the call has stopped, and a claim now would undo its deregistration and leave the runs Pending.
+    """
     with transaction(claimer.factory) as session:
         agent = agents.get_agent(session, claimer.tenant_id, claimer.agent_id)
+        if began is not None and agent.deregistered_at is not None and agent.deregistered_at >= began:
+            return ClaimResponse(runs=[]), None
         agents.touch(session, agent)
         settings = claimer.settings
         result = claims.claim_runs(
@@ -65,12 +78,13 @@ async def claim_with_wait(
     """Claim due runs; wait up to ``wait_seconds`` (capped by the server) for one to become ready."""
     loop_time, notifier = claimer.loop_time, claimer.notifier
     deadline = loop_time() + min(payload.wait_seconds, claimer.settings.max_claim_wait_seconds)
+    began = utcnow()
     while True:
         # Taken before the query: a run created while the query runs sets this event, so it is not missed.
         wake_up = notifier.event(claimer.tenant_id)
-        response, result = await run_in_threadpool(claim_once, claimer, payload)
+        response, result = await run_in_threadpool(claim_once, claimer, payload, began)
         remaining = deadline - loop_time()
-        if response.runs or remaining <= 0 or await is_disconnected():
+        if result is None or response.runs or remaining <= 0 or await is_disconnected():
             return response
         timeout = min(remaining, claimer.settings.claim_recheck_seconds)
         if result.next_due is not None:
