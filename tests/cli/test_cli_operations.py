@@ -74,7 +74,9 @@ def test_a_warm_stop_deregisters_the_agent_and_prune_deletes_it(cli_server: CliS
     name = unique_name("ops-agent")
     process = start_agent(cli_server, name, BATON__AGENT__LABELS="ops,gpu")
     try:
-        wait_for(lambda: agents_named(cli_server, name), what="the agent to register")
+        # Polled over HTTP: each `baton agents list` subprocess costs ~0.7 s of CPU, which the agent's start needs.
+        with Client(cli_server.url, cli_server.admin_key) as client:
+            wait_for(lambda: any(a.name == name for a in client.list_agents()), what="the agent to register")
         [listed] = agents_named(cli_server, name)
         assert (listed["labels"], listed["live"], listed["stale"], listed["current_runs"]) == (
             ["gpu", "ops"],

@@ -155,7 +155,7 @@ def _most_at_once(runs: list[FlowRunRead]) -> int:
 
 @pytest.mark.timeout(300)
 def test_two_replicas_and_many_agents_never_exceed_a_flow_limit(tmp_path: Path, postgres_cluster: Any) -> None:
-    # Given two replicas on one PostgreSQL, a flow limited to 2 and 40 runs, and 6 agent processes spread over both
+    # Given two replicas on one PostgreSQL, a flow limited to 2 and 16 runs, and 6 agent processes spread over both
     database_url = postgres_cluster.create_database()
     servers = [
         ServerProcess(tmp_path / f"replica-{i}", BATON__SERVER__DATABASE_URL=database_url).start() for i in range(2)
@@ -163,7 +163,7 @@ def test_two_replicas_and_many_agents_never_exceed_a_flow_limit(tmp_path: Path, 
     try:
         admin = servers[0].client()
         register_source_flow(admin, "etl", max_concurrent_runs=2)
-        created = [admin.create_flow_run(flow_name="etl").id for _ in range(40)]
+        created = [admin.create_flow_run(flow_name="etl").id for _ in range(16)]
         key = admin.create_api_key("runner").key
         records = [str(tmp_path / f"agent-{i}.jsonl") for i in range(6)]
         agents = [
@@ -175,7 +175,7 @@ def test_two_replicas_and_many_agents_never_exceed_a_flow_limit(tmp_path: Path, 
             def all_ended() -> bool:
                 return all(run.state in FINAL_STATES for run in admin.list_flow_runs(limit=100))
 
-            wait_for(all_ended, timeout=240, interval=0.5, what="all 40 runs to end")
+            wait_for(all_ended, timeout=240, interval=0.5, what="all 16 runs to end")
         finally:
             for process in agents:
                 process.send_signal(signal.SIGTERM)

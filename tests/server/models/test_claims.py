@@ -73,8 +73,9 @@ def test_run_labels_come_from_the_flow_when_not_given(tenant: TenantContext, run
 def test_each_run_is_claimed_exactly_once_by_four_agents_polling_at_once(
     tenant: TenantContext, user: Client, flow: FlowRead
 ) -> None:
-    # Given four agents, each registered with a runner key of its own, and 100 runs already waiting
-    total = 200
+    # Given four agents, each registered with a runner key of its own, and 40 runs already waiting (a larger
+    # count is `bench/chaos.py`'s work; 80 claims of up to 3 already interleave the four agents' transactions)
+    total = 80
     agents: list[tuple[Client, AgentRead]] = []
     for i in range(4):
         client = tenant.client(tenant.new_key("runner"))
@@ -100,7 +101,7 @@ def test_each_run_is_claimed_exactly_once_by_four_agents_polling_at_once(
             errors.append(exc)
             raise
 
-    # When they all long-poll at once while 100 more runs arrive
+    # When they all long-poll at once while 40 more runs arrive
     with ThreadPoolExecutor(len(agents)) as pool:
         futures = [pool.submit(poll, client, agent) for client, agent in agents]
         start.wait()
