@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -201,6 +202,9 @@ def test_a_flow_runs_in_a_pod_to_success_with_its_logs_and_its_job_is_cleaned_up
     )
     print(f"kubernetes: created -> Success in {time.monotonic() - started:.1f} s")
     stop(agent, running)
+    # The stopped agent's watch threads have ended: their watches were cut, not left open for up to a minute
+    # (an open watch also held the API server's graceful shutdown for 20 s at the end of this module)
+    assert [thread.name for thread in threading.enumerate() if thread.name.startswith("baton-k8s-")] == []
 
 
 def test_an_image_that_cannot_be_pulled_fails_the_run_with_kubernetes_reason(

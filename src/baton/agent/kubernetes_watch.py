@@ -16,7 +16,9 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -97,6 +99,7 @@ class JobWatch:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._streaming: dict[str, Any] = {}  # kind -> the ``Watch`` its thread reads now (cut by stop)
         self._events_failing = False
         self._pod_jobs: dict[str, str] = {}  # pod uid -> its Job's name, for events
         # Events that came before their pod did (another thread watches pods): matched when it comes
@@ -158,9 +161,20 @@ class JobWatch:
             self._threads.append(thread)
 
     def stop(self, timeout: float) -> None:
+        """Stop the threads, waiting up to ``timeout`` seconds in all.
+
+        A thread reading a watch is blocked in the socket for up to ``watch_seconds``: its connection is shut down
+        under it. Closing the API client would not do it (its pool closes idle connections only), and a watch left
+        open holds the thread, its connection, and an API server's graceful shutdown (which waits for it).
+        """
         self._stop.set()
+        with self._lock:
+            streaming = list(self._streaming.values())
+        for watcher in streaming:
+            _cut(watcher)
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
     def _follow(self, kind: str, agent_label: str) -> None:
         list_call, selector = self._source(kind, agent_label)
@@ -209,6 +223,10 @@ class JobWatch:
 
     def _watch(self, kind: str, list_call: Any, selector: dict[str, str], version: str) -> str | None:
         watcher = k8s_watch.Watch()
+        with self._lock:
+            self._streaming[kind] = watcher
+        if self._stop.is_set():  # stop() looked before this watch was listed: it would not cut it
+            return version
         stream = watcher.stream(
             list_call,
             self._namespace,
@@ -227,6 +245,8 @@ class JobWatch:
                 if event["type"] != "BOOKMARK":
                     self._seen(kind, event["object"], deleted=event["type"] == "DELETED")
         finally:
+            with self._lock:
+                self._streaming.pop(kind, None)
             watcher.stop()
         return watcher.resource_version or version
 
@@ -336,6 +356,17 @@ class JobWatch:
             return
         for run_id, line in lines:
             self._on_log(run_id, [line])
+
+
+def _cut(watcher: Any) -> None:
+    """Wake the thread reading ``watcher``'s response by shutting its socket down (closing a socket does not wake
+    a read blocked on it). ``_resp`` is where the client's ``Watch.stream`` keeps the response it reads; a watch
+    whose request is still being sent has none yet, and its thread sees the stop within ``watch_seconds``."""
+    response = getattr(watcher, "_resp", None)
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def event_line(event: Any, pod: str) -> dict[str, Any]:
