@@ -23,11 +23,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from baton.server.models.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_URL_LENGTH = 2048
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -113,6 +114,8 @@ def parse(url: str) -> httpx.URL:
     """
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeWebhook(f"webhook URL longer than {MAX_URL_LENGTH} characters")
+    import httpx  # at the first rule or delivery, not at every server's start
+
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:
@@ -193,6 +196,8 @@ def pinned_request(
 def redact(url: str) -> str:
     """What answers show of a webhook URL: ``scheme://host[:port]/…``. The path and query of a webhook URL are
     often its secret (a Slack webhook URL is a credential), so no principal is ever shown them again."""
+    import httpx
+
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError):
