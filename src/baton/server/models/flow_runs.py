@@ -47,6 +47,12 @@ def resolve_run_labels(explicit: list[str] | None, flow: Flow) -> list[str]:
     return sorted(set(run_config_labels)) if run_config_labels else list(flow.labels)
 
 
+def label_rows(run_id: str, tenant_id: str, created: datetime, labels: list[str]) -> list[dict[str, Any]]:
+    """The run's ``flow_run_labels`` rows, each with the copies of the run's tenant and creation time that the list
+    by label walks in order (migration 0013): every writer of labels makes them here."""
+    return [{"flow_run_id": run_id, "label": label, "tenant_id": tenant_id, "created": created} for label in labels]
+
+
 def request_hash(payload: FlowRunCreate, retried_from: str | None = None) -> str:
     """What a create asked for, canonically: a retry with the same idempotency key must ask the same."""
     asked = payload.model_dump(mode="json")
@@ -115,6 +121,7 @@ def create_flow_run(
     run = FlowRun(
         tenant_id=tenant_id,
         flow_id=flow.id,
+        flow_name=flow.name,
         name=payload.name or random_run_name(),
         parameters=payload.parameters,
         labels=labels,
@@ -132,7 +139,7 @@ def create_flow_run(
     )
     session.add(run)
     session.flush()
-    session.add_all(FlowRunLabel(flow_run_id=run.id, label=label) for label in labels)
+    session.add_all(FlowRunLabel(**row) for row in label_rows(run.id, tenant_id, now, labels))
     session.add(FlowRunState(flow_run_id=run.id, name=run.state, message=None, timestamp=now))
     return run
 
