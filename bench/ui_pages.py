@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from baton.server.database.connection import create_database_engine
 from baton.server.database.orm import FlowRun, FlowRunCountDelta, FlowRunLabel, FlowRunState
+from baton.server.models.flow_runs import label_rows
 from support import HELLO_SOURCE, ServerProcess, register_source_flow
 
 TARGET_MS = 50.0
@@ -84,7 +85,7 @@ def seed_runs(database_url: str, template_ids: list[str], count: int, now: datet
                     states.append(
                         {"flow_run_id": row["id"], "name": state, "timestamp": created, "message": None, "data": None}
                     )
-                    labels.append({"flow_run_id": row["id"], "label": label})
+                    labels.extend(label_rows(row["id"], row["tenant_id"], created, [label]))
                     made += 1
                 connection.execute(insert(FlowRun.__table__), runs)
                 connection.execute(insert(FlowRunState.__table__), states)

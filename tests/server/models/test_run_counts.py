@@ -10,14 +10,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.schemas.actions import FlowCreate, FlowRunCreate
 from baton.schemas.states import StateName
 from baton.server.database.connection import create_database_engine, create_session_factory, transaction
 from baton.server.database.migrate import upgrade
-from baton.server.database.orm import FlowRun, FlowRunCount, FlowRunCountDelta
+from baton.server.database.orm import FlowRun, FlowRunCount, FlowRunCountDelta, new_id
 from baton.server.models import flow_runs, flows, run_counts, tenants
 from baton.server.services.run_counts import RunCountService
 from server.harness import TenantContext, unique
@@ -46,6 +46,21 @@ def _runs(factory: sessionmaker[Session], tenant_id: str, name: str, count: int)
     with transaction(factory) as session:
         made = [flow_runs.create_flow_run(session, tenant_id, FlowRunCreate(flow_name=name)) for _ in range(count)]
         return [run.id for run in made]
+
+
+def _runs_as_of(factory: sessionmaker[Session], tenant_id: str, flow_id: str, count: int) -> list[str]:
+    """Runs written with only the columns an older revision has (``create_flow_run`` writes the ORM's newest ones,
+    such as 0013's ``flow_name``), for a database migrated to that revision."""
+    now = datetime.now(UTC)
+    rows = [
+        {"id": new_id(), "tenant_id": tenant_id, "flow_id": flow_id, "name": "old", "parameters": {}, "labels": []}
+        | {"label_count": 0, "run_config": {}, "scheduled_start_time": now, "state": "Scheduled", "state_version": 0}
+        | {"created": now, "updated": now}
+        for _ in range(count)
+    ]
+    with transaction(factory) as session:
+        session.execute(insert(FlowRun.__table__), rows)
+    return [row["id"] for row in rows]
 
 
 def _truth(session: Session, tenant_id: str) -> dict[tuple[int, str, str], int]:
@@ -186,7 +201,7 @@ def test_counts_start_from_the_runs_a_database_already_has(tmp_path: Path) -> No
         sessions = create_session_factory(engine)
         tenant_id = _tenant(sessions, "older")
         flow_id = _flow(sessions, tenant_id, "etl")
-        ids = _runs(sessions, tenant_id, "etl", 4)
+        ids = _runs_as_of(sessions, tenant_id, flow_id, 4)
         with transaction(sessions) as session:
             session.execute(update(FlowRun).where(FlowRun.id == ids[0]).values(state="Failed"))
         # When it is migrated

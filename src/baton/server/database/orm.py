@@ -169,11 +169,17 @@ class FlowRun(Base):
         # The lease and recovery services' scans, across tenants, every second (migration 0012).
         Index("ix_flow_runs_state_lease", "state", "lease_expires_at"),
         Index("ix_flow_runs_state_heartbeat", "state", "heartbeat_at"),
+        # The runs list filtered by flow name walks that flow's runs newest first (migration 0013).
+        Index("ix_flow_runs_tenant_flow_name_created", "tenant_id", "flow_name", "created"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     flow_id: Mapped[str] = mapped_column(ForeignKey("flows.id", ondelete="CASCADE"), index=True)
+    # The flow's name, copied so that a list by flow name needs no join to ``flows`` (migration 0013): names never
+    # change, and a scheduled run moved to a newer version keeps its name. Every writer sets it; nullable only
+    # because SQLite cannot add a NOT NULL column to a large table without rebuilding it (see the migration).
+    flow_name: Mapped[str | None] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(200))
     parameters: Mapped[dict[str, Any]] = mapped_column()
     labels: Mapped[list[str]] = mapped_column()
@@ -245,12 +251,20 @@ class ScheduleMark(Base):
 
 
 class FlowRunLabel(Base):
-    """One row per run label, so the label rule is a portable NOT EXISTS in the claim query."""
+    """One row per run label, so the label rule is a portable NOT EXISTS in the claim query.
+
+    ``tenant_id`` and ``created`` are copies of the run's (neither ever changes), so that the runs list filtered
+    by a label walks (tenant, label, created) newest first instead of testing every run of the tenant (migration
+    0013). Every writer sets them; nullable for the same reason as ``FlowRun.flow_name``.
+    """
 
     __tablename__ = "flow_run_labels"
+    __table_args__ = (Index("ix_flow_run_labels_tenant_label_created", "tenant_id", "label", "created"),)
 
     flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"), primary_key=True)
     label: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(36))
+    created: Mapped[datetime | None] = mapped_column()
 
 
 class FlowRunState(Base):

@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Text, and_, cast, func, or_, select, update
-from sqlalchemy.orm import Session, defer, load_only
+from sqlalchemy import Select, Text, and_, cast, func, or_, select, update
+from sqlalchemy.orm import QueryableAttribute, Session, defer, load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
 from baton.schemas.actions import FlowRunCreate
@@ -45,6 +45,12 @@ def resolve_run_labels(explicit: list[str] | None, flow: Flow) -> list[str]:
         return explicit
     run_config_labels = list(flow.run_config.get("labels") or [])
     return sorted(set(run_config_labels)) if run_config_labels else list(flow.labels)
+
+
+def label_rows(run_id: str, tenant_id: str, created: datetime, labels: list[str]) -> list[dict[str, Any]]:
+    """The run's ``flow_run_labels`` rows, each with the copies of the run's tenant and creation time that the list
+    by label walks in order (migration 0013): every writer of labels makes them here."""
+    return [{"flow_run_id": run_id, "label": label, "tenant_id": tenant_id, "created": created} for label in labels]
 
 
 def request_hash(payload: FlowRunCreate, retried_from: str | None = None) -> str:
@@ -115,6 +121,7 @@ def create_flow_run(
     run = FlowRun(
         tenant_id=tenant_id,
         flow_id=flow.id,
+        flow_name=flow.name,
         name=payload.name or random_run_name(),
         parameters=payload.parameters,
         labels=labels,
@@ -132,7 +139,7 @@ def create_flow_run(
     )
     session.add(run)
     session.flush()
-    session.add_all(FlowRunLabel(flow_run_id=run.id, label=label) for label in labels)
+    session.add_all(FlowRunLabel(**row) for row in label_rows(run.id, tenant_id, now, labels))
     session.add(FlowRunState(flow_run_id=run.id, name=run.state, message=None, timestamp=now))
     return run
 
@@ -195,6 +202,52 @@ def _item_size(include: frozenset[str]) -> Any:
     return size + _ITEM_OVERHEAD
 
 
+Walked = QueryableAttribute[Any]  # a column the list walks in order: the run's, or its label row's copy
+
+
+def _walk(tenant_id: str, where: RunFilter, include: frozenset[str]) -> tuple[Select[Any], Walked, Walked]:
+    """The list's query before its cursor and order, and the (created, run id) columns it walks newest first.
+
+    Each filter that grows with the history has an index that walks its runs newest first, so that a page reads
+    about a page of rows however many runs the tenant has (issue 12): (tenant_id, flow_name, created) on the run's
+    copy of its flow's name, (tenant_id, label, created) on the label rows' copies of their run's tenant and creation
+    time, (tenant_id, state, created). With several filters, the one walked is the one that surely narrows most,
+    as SQLite (never analyzed) cannot tell: a state not final (the runs in flight: few, however long the history),
+    else the flow (labels mostly come from their flow), else the label.
+    """
+    stmt = select(FlowRun.id, FlowRun.created, _item_size(include)).where(FlowRun.tenant_id == tenant_id)
+    created: Walked = FlowRun.created
+    run_id: Walked = FlowRun.id
+    in_flight = bool(where.state) and where.state not in FINAL_STATES
+    if where.state:
+        stmt = stmt.where(FlowRun.state == where.state)
+    if where.label is not None and not (in_flight or where.flow_name):
+        stmt = stmt.join(FlowRunLabel, FlowRunLabel.flow_run_id == FlowRun.id).where(
+            FlowRunLabel.tenant_id == tenant_id, FlowRunLabel.label == where.label
+        )
+        created, run_id = FlowRunLabel.created, FlowRunLabel.flow_run_id  # equal to the run's
+    elif where.label is not None:
+        # Per run, a lookup of the label row's key; the tenant lets PostgreSQL, which knows a label is rare, start
+        # from the label's index instead.
+        labelled = select(FlowRunLabel.flow_run_id).where(
+            FlowRunLabel.flow_run_id == FlowRun.id,
+            FlowRunLabel.tenant_id == tenant_id,
+            FlowRunLabel.label == where.label,
+        )
+        stmt = stmt.where(labelled.exists())
+    if where.flow_name:
+        # In flight, the flow's name is tested per run (``|| ''`` keeps SQLite off the flow's index, which it would
+        # otherwise prefer): walking the flow would read its whole history for the few runs in that state.
+        flow_name = FlowRun.flow_name.concat("") if in_flight else FlowRun.flow_name
+        stmt = stmt.where(flow_name == where.flow_name)
+    if where.late_before is not None:
+        claimable = [state.value for state in CLAIMABLE_STATES]
+        stmt = stmt.where(FlowRun.state.in_(claimable), FlowRun.scheduled_start_time < where.late_before)
+    if where.created_after is not None:
+        stmt = stmt.where(created >= where.created_after)
+    return stmt, created, run_id
+
+
 def list_flow_runs(
     session: Session,
     tenant_id: str,
@@ -211,43 +264,28 @@ def list_flow_runs(
     The sizes are read first (one query of lengths), then only the rows that fit, without the heavy columns not in
     ``include``: a page never loads more than its budget, whatever the rows hold.
     """
-    stmt = select(FlowRun.id, FlowRun.created, _item_size(include)).where(FlowRun.tenant_id == tenant_id)
-    if where.state:
-        stmt = stmt.where(FlowRun.state == where.state)
-    if where.late_before is not None:
-        claimable = [state.value for state in CLAIMABLE_STATES]
-        stmt = stmt.where(FlowRun.state.in_(claimable), FlowRun.scheduled_start_time < where.late_before)
-    if where.label is not None:
-        if "\x00" in where.label:
-            return RunPage([], None)
-        labelled = select(FlowRunLabel.flow_run_id).where(
-            FlowRunLabel.flow_run_id == FlowRun.id, FlowRunLabel.label == where.label
-        )
-        stmt = stmt.where(labelled.exists())
-    if where.created_after is not None:
-        stmt = stmt.where(FlowRun.created >= where.created_after)
-    if where.flow_name:
-        if "\x00" in where.flow_name:
-            return RunPage([], None)  # no flow name has NUL (NAME_FIELD), and PostgreSQL refuses to compare with one
-        stmt = stmt.join(Flow, Flow.id == FlowRun.flow_id).where(Flow.name == where.flow_name)
+    # No label or flow name holds NUL (NAME_FIELD), and PostgreSQL refuses to compare with one.
+    if "\x00" in (where.label or "") or "\x00" in (where.flow_name or ""):
+        return RunPage([], None)
+    stmt, created, run_id = _walk(tenant_id, where, include)
     if cursor is not None:
-        created, run_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(FlowRun.created < created, and_(FlowRun.created == created, FlowRun.id > run_id)))
+        after, after_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(created < after, and_(created == after, run_id > after_id)))
         offset = 0
-    stmt = stmt.order_by(FlowRun.created.desc(), FlowRun.id).limit(limit + 1).offset(offset)
+    stmt = stmt.order_by(created.desc(), run_id).limit(limit + 1).offset(offset)
     sizes = session.execute(stmt).all()
     chosen: list[str] = []
     total = 0
-    for run_id, _created, size in sizes[:limit]:
+    for chosen_id, _created, size in sizes[:limit]:
         if chosen and total + int(size) > max_bytes:
             break
-        chosen.append(run_id)
+        chosen.append(chosen_id)
         total += int(size)
     query = select(FlowRun).where(FlowRun.id.in_(chosen))
     if "parameters" not in include:
         query = query.options(defer(FlowRun.parameters))
     by_id = {run.id: run for run in session.scalars(query)}
-    runs = [by_id[run_id] for run_id in chosen if run_id in by_id]
+    runs = [by_id[chosen_id] for chosen_id in chosen if chosen_id in by_id]
     more = len(chosen) < len(sizes)
     return RunPage(runs, encode_cursor(runs[-1]) if more and runs else None)
 

@@ -40,7 +40,7 @@ from baton.server.database.orm import (
     new_id,
 )
 from baton.server.models.errors import InvalidRequest
-from baton.server.models.flow_runs import resolve_run_labels
+from baton.server.models.flow_runs import label_rows, resolve_run_labels
 from baton.server.models.parameters import check_parameters
 
 if TYPE_CHECKING:
@@ -172,6 +172,7 @@ def _run_row(flow: Flow, clock_id: str, clock: Clock, when: datetime, now: datet
         "id": new_id(),
         "tenant_id": flow.tenant_id,
         "flow_id": flow.id,
+        "flow_name": flow.name,
         "name": f"{flow.name} @ {when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"[:200],
         "parameters": dict(clock.parameter_defaults),
         "labels": labels,
@@ -205,11 +206,11 @@ def insert_runs_of_flows(session: Session, work: list[tuple[Flow, list[Occurrenc
     # The driver's rowcount is -1 for these on PostgreSQL (psycopg): RETURNING says which rows went in.
     inserted = set(session.execute(stmt.returning(table.c.id), rows).scalars())
     made = [row for row in rows if row["id"] in inserted]
-    label_rows = [{"flow_run_id": row["id"], "label": label} for row in made for label in row["labels"]]
+    labels = [label for row in made for label in label_rows(row["id"], row["tenant_id"], row["created"], row["labels"])]
     label_table: Any = FlowRunLabel.__table__
     state_table: Any = FlowRunState.__table__
-    if label_rows:
-        session.execute(insert(label_table), label_rows)
+    if labels:
+        session.execute(insert(label_table), labels)
     if made:
         states = [
             {"flow_run_id": row["id"], "name": StateName.SCHEDULED.value, "message": None, "timestamp": now}
@@ -345,14 +346,16 @@ def _move_run(session: Session, run: FlowRun, flow: Flow, clock: Clock) -> bool:
     result = session.execute(
         update(FlowRun)
         .where(FlowRun.id == run.id, FlowRun.state_version == run.state_version)
-        .values(flow_id=flow.id, run_config=flow.run_config, labels=labels, label_count=len(labels))
+        .values(
+            flow_id=flow.id, flow_name=flow.name, run_config=flow.run_config, labels=labels, label_count=len(labels)
+        )
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     if sorted(run.labels or []) != labels:
         session.execute(delete(FlowRunLabel).where(FlowRunLabel.flow_run_id == run.id))
-        session.add_all(FlowRunLabel(flow_run_id=run.id, label=label) for label in labels)
+        session.add_all(FlowRunLabel(**row) for row in label_rows(run.id, run.tenant_id, run.created, labels))
     return True
 
 
