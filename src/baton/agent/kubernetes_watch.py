@@ -168,13 +168,15 @@ class JobWatch:
         open holds the thread, its connection, and an API server's graceful shutdown (which waits for it).
         """
         self._stop.set()
-        with self._lock:
-            streaming = list(self._streaming.values())
-        for watcher in streaming:
-            _cut(watcher)
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(deadline - time.monotonic(), 0.0))
+        # Again until they have ended: a watch whose request was still on its way had no socket to cut yet.
+        while any(thread.is_alive() for thread in self._threads) and time.monotonic() < deadline:
+            with self._lock:
+                streaming = list(self._streaming.values())
+            for watcher in streaming:
+                _cut(watcher)
+            for thread in self._threads:
+                thread.join(min(0.05, max(deadline - time.monotonic(), 0.0)))
 
     def _follow(self, kind: str, agent_label: str) -> None:
         list_call, selector = self._source(kind, agent_label)
@@ -225,8 +227,6 @@ class JobWatch:
         watcher = k8s_watch.Watch()
         with self._lock:
             self._streaming[kind] = watcher
-        if self._stop.is_set():  # stop() looked before this watch was listed: it would not cut it
-            return version
         stream = watcher.stream(
             list_call,
             self._namespace,
@@ -237,6 +237,8 @@ class JobWatch:
             _request_timeout=self.watch_seconds + 10,
         )
         try:
+            if self._stop.is_set():  # the stop began before this watch was listed to be cut
+                return version
             for event in stream:
                 self._healthy(kind, None)
                 if self._stop.is_set():
@@ -361,7 +363,7 @@ class JobWatch:
 def _cut(watcher: Any) -> None:
     """Wake the thread reading ``watcher``'s response by shutting its socket down (closing a socket does not wake
     a read blocked on it). ``_resp`` is where the client's ``Watch.stream`` keeps the response it reads; a watch
-    whose request is still being sent has none yet, and its thread sees the stop within ``watch_seconds``."""
+    whose request is still being sent has none yet: ``stop`` cuts again until its thread has ended."""
     response = getattr(watcher, "_resp", None)
     sock = getattr(getattr(response, "connection", None), "sock", None)
     if sock is not None:

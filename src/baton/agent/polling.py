@@ -1,11 +1,11 @@
 """The poll loop: long-poll claims while ``--limit`` slots are free, and claims that outlive a stop.
 
 A claim is a long poll (``poll_wait_seconds``, 20 s by default) made in a daemon thread by :class:`ClaimCall`.
-A stop does not wait it out: the loop stops waiting at once (so an idle agent leaves within about a second of a
-warm stop) and hands the call over; whatever it claims after that is released back to ``Scheduled`` from the
-claim's own thread, as soon as the server answers (the client is thread-safe). The agent waits for that a short,
-bounded time before it leaves; if the process ends first, the runs of a claim still in flight stay Pending until
-their lease expires, which the agent then logs.
+A stop does not wait it out: the loop stops waiting at once (an idle agent's warm stop deregisters, which ends the
+call on the server: the agent leaves within ~0.1 s) and hands the call over; whatever it claims after that is
+released back to ``Scheduled`` from the claim's own thread, as soon as the server answers (the client is
+thread-safe). The agent waits for that a short, bounded time before it leaves; if the process ends first, the
+runs of a claim still in flight stay Pending until their lease expires, which the agent then logs.
 
 A claim whose answer never arrived (the server died, or the connection broke, after it committed) leaves runs
 Pending for this agent that it knows nothing of, as do the claims of an earlier process of this agent (same name,

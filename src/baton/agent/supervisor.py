@@ -169,7 +169,8 @@ class Supervisor:
 
     async def _deregister(self, first_try: bool = False) -> bool:
         """A warm stop that ended well: tell the server this agent is gone (issue 9), so lists show it stopped and
-        ``explain`` stops counting on it. One attempt: a server that cannot be reached will see it stale soon.
+        ``explain`` stops counting on it. One attempt (two when the first is refused because the agent's last poll
+        had just claimed a run): a server that cannot be reached will see it stale soon.
 
         Returns:
             True when deregistered, or when there is nothing more to try; False on the ``first_try`` refused

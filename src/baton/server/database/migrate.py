@@ -4,7 +4,7 @@ Every server start migrates, and almost always finds the database at head alread
 query and no Alembic: importing Alembic (and Mako, which it pulls in) and loading the migration scripts cost
 ~0.3 s of CPU, an eighth of a server's start (issue 12). The head is the newest script's revision, which the
 scripts' names carry (``NNNN_name.py`` holds ``revision = "NNNN"``, each revising the one before: one line of
-history; ``tests/server/test_migrations.py`` holds the scripts to it).
+history; ``tests/server/test_migration_head.py`` holds the scripts to it).
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 @cache
-def newest_script_revision() -> str:
-    """The head revision, from the scripts' names (see the module's docstring)."""
+def newest_script_revision() -> str | None:
+    """The head revision, from the scripts' names (see the module's docstring); None without such scripts (an
+    install of compiled files only), which leaves every check to Alembic."""
     numbers = [match[1] for path in (MIGRATIONS_DIR / "versions").iterdir() if (match := _SCRIPT_NAME.match(path.name))]
-    return max(numbers)
+    return max(numbers, default=None)
 
 
 def at_head(engine: Engine) -> bool:
@@ -58,7 +59,8 @@ def at_head(engine: Engine) -> bool:
             versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     except SQLAlchemyError:  # no alembic_version table: a new database
         return False
-    return versions == [newest_script_revision()]
+    newest = newest_script_revision()
+    return newest is not None and versions == [newest]
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -76,6 +76,9 @@ def deregister(session: Session, agent: Agent) -> Agent:
     Raises:
         Conflict: it still holds runs (a warm stop releases its claims and waits for its deployments first).
     """
+    # The row first, locked (PostgreSQL; SQLite's writers take turns anyway): a claim in progress, which holds it
+    # with the runs it is taking, commits first, and those runs are then seen here (409).
+    session.refresh(agent, with_for_update=True)
     held = current_runs(session, [agent.id]).get(agent.id, [])
     if held:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")

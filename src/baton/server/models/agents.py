@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -94,6 +94,22 @@ def _check_room(session: Session, tenant_id: str, max_agents: int) -> None:
 
 def list_agents(session: Session, tenant_id: str) -> list[Agent]:
     return list(session.scalars(select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.created, Agent.id)))
+
+
+def touch_unless_deregistered(session: Session, agent: Agent, since: datetime | None) -> bool:
+    """A claim attempt's sign of life, unless the agent deregistered (at or after ``since``; ever, when None): then
+    False, and the mark stays. One conditional UPDATE: on PostgreSQL it waits for a deregistration in progress
+    (which holds the row) and then sees it."""
+    not_deregistered: ColumnElement[bool] = Agent.deregistered_at.is_(None)
+    if since is not None:
+        not_deregistered = or_(not_deregistered, Agent.deregistered_at < since)
+    result = session.execute(
+        update(Agent)
+        .where(Agent.id == agent.id, not_deregistered)
+        .values(last_seen=utcnow(), deregistered_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def touch(session: Session, agent: Agent) -> None:
