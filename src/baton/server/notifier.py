@@ -1,26 +1,67 @@
 """Wakes long-polling claim requests the moment a run becomes claimable.
 
-Within one server process an asyncio event per tenant is enough. A waiter takes the tenant's event *before* it
-queries, so a run created during the query is not missed. Several replicas sharing one PostgreSQL also hear of
-each other's runs: :meth:`RunNotifier.notify_threadsafe` hands the tenant to a ``publish`` callable (PostgreSQL
-``NOTIFY``, see :mod:`baton.server.services.wakeups`), and the other replicas' listeners call
-:meth:`RunNotifier.wake_threadsafe`.
+Each waiting claim call is a :class:`Waiter` enrolled with its tenant, in the order they began waiting. Most news
+is "the tenant's queue changed" (a run put back, a slot freed, a deregistration): :meth:`RunNotifier.notify` wakes
+every waiter of the tenant, and each claims again. A new run due now wakes one waiter only
+(:meth:`RunNotifier.notify_run`): the longest waiting whose agent's labels can take it. Waking them all made every
+idle agent's claim query the database for one run that only one of them gets: with 8 agents long-polling, the claim
+was 39% of the server's CPU (``bench/chaos.py``, issue 12). A waiter woken for a run that claims nothing (another
+agent was quicker, a limit is full) passes the wake on to the next one that has not had it; one that ends its call
+without using the wake passes it on too. Whatever a wake misses, each waiter claims again at least every
+``claim_recheck_seconds``.
+
+Several replicas sharing one PostgreSQL also hear of each other's runs: the ``notify`` methods hand the tenant to a
+``publish`` callable (PostgreSQL ``NOTIFY``, see :mod:`baton.server.services.wakeups`), and the other replicas'
+listeners call :meth:`RunNotifier.wake_threadsafe`, which wakes all of their waiters of that tenant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from baton.labels import agent_can_take
+
+_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class RunWake:
+    """A wake given for one run: its labels, and the waiters that have had it."""
+
+    labels: frozenset[str]
+    tried: frozenset[int] = frozenset()
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One claim call waiting for runs of ``tenant_id``. Used on the event loop's thread only."""
+
+    tenant_id: str
+    labels: frozenset[str] | None = None  # its agent's, once a claim attempt has read them: until then it takes all
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: RunWake | None = None  # the run wake it was given and has not used yet
+    id: int = field(default_factory=lambda: next(_ids))
+
+    def take_wake(self) -> RunWake | None:
+        """Re-arm before a claim attempt: the run wake it holds (to pass on if the attempt claims nothing)."""
+        self.event.clear()
+        wake, self.wake = self.wake, None
+        return wake
 
 
 class RunNotifier:
     def __init__(self, loop: asyncio.AbstractEventLoop, publish: Callable[[str], None] | None = None) -> None:
         self._loop = loop
-        self._events: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, list[Waiter]] = {}  # per tenant, longest waiting first
         self._publish = publish
         # Set when the server begins to stop: waiters return at once, and new waits do not start.
         self.closing = False
+
+    # --- from any thread -------------------------------------------------------------------------
 
     def close_threadsafe(self) -> None:
         """The server is stopping: end every long poll now (each answers "no runs"), from any thread."""
@@ -28,7 +69,7 @@ class RunNotifier:
         self.wake_all_threadsafe()
 
     def notify_threadsafe(self, tenant_id: str) -> None:
-        """Runs of ``tenant_id`` became claimable: wake this process's waiters and tell the other replicas.
+        """The queue of ``tenant_id`` changed: wake all of this process's waiters and tell the other replicas.
 
         Call from a worker thread (sync handlers and services run there), after the commit.
         """
@@ -36,37 +77,71 @@ class RunNotifier:
         if self._publish is not None:
             self._publish(tenant_id)
 
+    def notify_run_threadsafe(self, tenant_id: str, labels: Iterable[str]) -> None:
+        """A run with ``labels`` became claimable now: wake one waiter that can take it (after the commit)."""
+        wake = RunWake(frozenset(labels))
+        with contextlib.suppress(RuntimeError):  # a closed loop: the server is shutting down
+            self._loop.call_soon_threadsafe(self.notify_run, tenant_id, wake)
+        if self._publish is not None:
+            self._publish(tenant_id)
+
     def wake_threadsafe(self, tenant_id: str) -> None:
-        """Wake this process's waiters only: for news that came from another replica."""
-        # A closed loop means the server is shutting down: there is nobody left to wake.
-        with contextlib.suppress(RuntimeError):
+        """Wake all of this process's waiters of ``tenant_id`` only: for news that came from another replica."""
+        with contextlib.suppress(RuntimeError):  # a closed loop: the server is shutting down
             self._loop.call_soon_threadsafe(self.notify, tenant_id)
 
     def wake_all_threadsafe(self) -> None:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self.notify_all)
 
-    def event(self, tenant_id: str) -> asyncio.Event:
-        """The event the next :meth:`notify` for this tenant sets (already set once closing). Call from the loop."""
-        event = self._events.setdefault(tenant_id, asyncio.Event())
+    # --- on the event loop -----------------------------------------------------------------------
+
+    def enroll(self, tenant_id: str) -> Waiter:
+        """A new waiter, woken by news from now on (already woken once closing). Leave with :meth:`leave`."""
+        waiter = Waiter(tenant_id)
+        self._waiters.setdefault(tenant_id, []).append(waiter)
         if self.closing:
-            event.set()
-        return event
+            waiter.event.set()
+        return waiter
+
+    def leave(self, waiter: Waiter) -> None:
+        """The call ends; a run wake it was given and did not use goes to another waiter."""
+        waiting = self._waiters.get(waiter.tenant_id, [])
+        with contextlib.suppress(ValueError):
+            waiting.remove(waiter)
+        if not waiting:
+            self._waiters.pop(waiter.tenant_id, None)
+        if waiter.wake is not None:
+            self.pass_on(waiter, waiter.wake)
+            waiter.wake = None
 
     def notify(self, tenant_id: str) -> None:
-        event = self._events.pop(tenant_id, None)
-        if event is not None:
-            event.set()
+        for waiter in self._waiters.get(tenant_id, []):
+            waiter.event.set()
 
     def notify_all(self) -> None:
-        for tenant_id in list(self._events):
+        for tenant_id in list(self._waiters):
             self.notify(tenant_id)
 
+    def notify_run(self, tenant_id: str, wake: RunWake) -> None:
+        """Give ``wake`` to the longest-waiting waiter not yet woken that can take the run and has not had it."""
+        for waiter in self._waiters.get(tenant_id, []):
+            if waiter.event.is_set() or waiter.id in wake.tried:
+                continue
+            if waiter.labels is None or agent_can_take(wake.labels, waiter.labels):
+                waiter.wake = RunWake(wake.labels, wake.tried | {waiter.id})
+                waiter.event.set()
+                return
+
+    def pass_on(self, waiter: Waiter, wake: RunWake) -> None:
+        """``waiter`` had ``wake`` and claimed nothing for it: the next waiter that can take the run has it."""
+        self.notify_run(waiter.tenant_id, RunWake(wake.labels, wake.tried | {waiter.id}))
+
     @staticmethod
-    async def wait(event: asyncio.Event, timeout: float) -> bool:
-        """Wait until ``event`` is set or ``timeout`` passes; True when it was set."""
+    async def wait(waiter: Waiter, timeout: float) -> bool:
+        """Wait until ``waiter`` is woken or ``timeout`` passes; True when it was woken."""
         if timeout <= 0:
-            return event.is_set()
+            return waiter.event.is_set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
-        return event.is_set()
+            await asyncio.wait_for(waiter.event.wait(), timeout)
+        return waiter.event.is_set()

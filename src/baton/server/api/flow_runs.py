@@ -69,8 +69,11 @@ def create_flow_run(
         with transaction(db) as session:
             run, created = flow_runs.create_flow_run_once(session, principal.tenant_id, payload, idempotency_key)
             result = shaping.flow_run(session, principal, run)
-    if created:
-        notifier.notify_threadsafe(principal.tenant_id)  # after the commit: the woken agent must see the run
+    if created and result.scheduled_start_time <= utcnow():
+        # After the commit (the woken agent must see the run): one waiting agent that can take it, not all of them.
+        notifier.notify_run_threadsafe(principal.tenant_id, result.labels)
+    elif created:
+        notifier.notify_threadsafe(principal.tenant_id)  # due later: every waiter learns when (its next_due)
     else:
         response.status_code = 200
     return result

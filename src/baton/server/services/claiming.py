@@ -1,8 +1,8 @@
 """Claims with a long poll: an agent's claim call waits up to ``wait_seconds`` for a run to become due.
 
 Each attempt claims in one transaction (``models.claims.claim_runs``); between attempts the call sleeps until the
-tenant's notifier wakes it (a run was created or put back in the queue), the next known run becomes due, or the
-recheck interval passes. The handler only parses, authorises and delegates here.
+notifier wakes it (a run it can take was created, or the tenant's queue changed: ``server/notifier.py``), the next
+known run becomes due, or the recheck interval passes. The handler only parses, authorises and delegates here.
 
 A call that began before its agent deregistered ends at its next attempt, claiming nothing: a warm stop deregisters
 while its last long poll is still waiting, and the deregistration wakes that poll (``api/agents.py``), so the agent
@@ -49,17 +49,20 @@ class Claimer:
 
 def claim_once(
     claimer: Claimer, payload: ClaimRequest, began: datetime | None = None
-) -> tuple[ClaimResponse, ClaimResult | None]:
-    """One attempt, in one transaction: the agent is seen, due runs are claimed and shaped.
+) -> tuple[ClaimResponse, ClaimResult | None, frozenset[str]]:
+    """One attempt, in one transaction: the agent is seen, due runs are claimed and shaped; and the agent's labels.
 
-    Returns no result (and claims nothing) when the agent deregistered after ``began``, the call's start: the agent
-    that made the call has stopped, and a claim now would undo its deregistration and leave the runs Pending.
+    Returns no result (and claims nothing) when the agent deregistered during the call: the agent that made it has
+    stopped, and a claim now would undo its deregistration and leave the runs Pending. The first attempt passes
+    ``began``, the call's start (a deregistration before it is an earlier stop of a restarted agent); the later ones
+    pass None: each attempt clears the mark, so a mark found then was set since the attempt before, whatever the
+    clocks of the replicas say.
     """
     with transaction(claimer.factory) as session:
         agent = agents.get_agent(session, claimer.tenant_id, claimer.agent_id)
-        if began is not None and agent.deregistered_at is not None and agent.deregistered_at >= began:
-            return ClaimResponse(runs=[]), None
-        agents.touch(session, agent)
+        labels = frozenset(agent.labels)
+        if not agents.touch_unless_deregistered(session, agent, since=began):
+            return ClaimResponse(runs=[]), None, labels
         settings = claimer.settings
         result = claims.claim_runs(
             session,
@@ -69,7 +72,7 @@ def claim_once(
             settings.claim_lease_seconds,
             settings.max_list_bytes,
         )
-        return claimer.shape(session, result), result
+        return claimer.shape(session, result), result, labels
 
 
 async def claim_with_wait(
@@ -79,22 +82,31 @@ async def claim_with_wait(
     loop_time, notifier = claimer.loop_time, claimer.notifier
     deadline = loop_time() + min(payload.wait_seconds, claimer.settings.max_claim_wait_seconds)
     began = utcnow()
-    while True:
-        # Taken before the query: a run created while the query runs sets this event, so it is not missed.
-        wake_up = notifier.event(claimer.tenant_id)
-        response, result = await run_in_threadpool(claim_once, claimer, payload, began)
-        remaining = deadline - loop_time()
-        if result is None or response.runs or remaining <= 0 or await is_disconnected():
-            return response
-        timeout = min(remaining, claimer.settings.claim_recheck_seconds)
-        if result.next_due is not None:
-            due_in = (result.next_due - utcnow()).total_seconds() - payload.prefetch_seconds
-            timeout = min(timeout, max(due_in, 0.005))
-        await notifier.wait(wake_up, timeout)
-        if notifier.closing:
-            # The server is stopping: answer "nothing yet" now rather than be cut off mid-poll; the agent polls
-            # again, on another replica or once this one is back.
-            return ClaimResponse(runs=[])
-        if await is_disconnected():
-            # Claiming now would leave the run Pending with nobody to read the answer until its lease expires.
-            return ClaimResponse(runs=[])
+    # Enrolled before the first query: a run created while a query runs wakes the wait after it, so it is not missed.
+    waiter = notifier.enroll(claimer.tenant_id)
+    try:
+        first = True
+        while True:
+            wake = waiter.take_wake()
+            since = began if first else None
+            response, result, waiter.labels = await run_in_threadpool(claim_once, claimer, payload, since)
+            first = False
+            if wake is not None and not response.runs:
+                notifier.pass_on(waiter, wake)  # the run it was woken for went elsewhere, or cannot go yet
+            remaining = deadline - loop_time()
+            if result is None or response.runs or remaining <= 0 or await is_disconnected():
+                return response
+            timeout = min(remaining, claimer.settings.claim_recheck_seconds)
+            if result.next_due is not None:
+                due_in = (result.next_due - utcnow()).total_seconds() - payload.prefetch_seconds
+                timeout = min(timeout, max(due_in, 0.005))
+            await notifier.wait(waiter, timeout)
+            if notifier.closing:
+                # The server is stopping: answer "nothing yet" now rather than be cut off mid-poll; the agent polls
+                # again, on another replica or once this one is back.
+                return ClaimResponse(runs=[])
+            if await is_disconnected():
+                # Claiming now would leave the run Pending with nobody to read the answer until its lease expires.
+                return ClaimResponse(runs=[])
+    finally:
+        notifier.leave(waiter)
