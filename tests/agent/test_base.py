@@ -248,21 +248,27 @@ def test_warm_stop_claims_no_more_and_waits_for_running_deployments(
     )
 
 
-def test_warm_stop_releases_runs_claimed_but_not_deployed(
+def test_warm_stop_releases_runs_claimed_but_not_deployed_then_deregisters(
     app_api: AppApi, settings_with_long_poll: None, make_app_agent: MakeAgent, run_in_thread: RunInThread
 ) -> None:
+    # Given an agent whose first deregistration is refused, as when its poll has just claimed a run (409)
+    app_api.fail_next("deregister_agent", ConflictError(409, "agent still holds 1 run(s)"))
     agent = make_app_agent()
     running = run_in_thread(agent)
     app_api.wait_for(lambda: len(app_api.claims) >= 1)  # a long poll is waiting on the server
 
+    # When it stops warmly and a run arrives for the poll still waiting
     agent.stop()
     time.sleep(0.1)
     run_id = app_api.add_run()  # the waiting claim returns it after the stop
 
+    # Then the run goes back to the queue, and the agent deregisters once it is released
     running.join()
     assert app_api.state(run_id) == "Scheduled"
     assert app_api.last_state(run_id)[1] == f"released by agent {agent.name} on shutdown"
     assert agent.deployments == {}
+    assert [method for method, _ in app_api.calls if method == "deregister_agent"] == ["deregister_agent"] * 2
+    assert app_api.admin.list_agents()[0].deregistered_at is not None
 
 
 @pytest.fixture
@@ -486,10 +492,12 @@ def test_warm_stop_of_an_idle_agent_does_not_wait_out_the_long_poll(
     agent.stop()
 
     running.join(timeout=5)  # far less than the 30 s long poll
-    assert app_api.claims_waiting == 1
+    # Its deregistration ended the poll on the server, which claims nothing after it: a run created now stays put
+    app_api.wait_for(lambda: app_api.claims_waiting == 0)
+    assert [method for method, _ in app_api.calls if method == "deregister_agent"] == ["deregister_agent"]
     run_id = app_api.add_run()
-    released = ("Scheduled", f"released by agent {agent.name} on shutdown", None)
-    app_api.wait_for(lambda: app_api.last_state(run_id) == released)
+    time.sleep(0.2)
+    assert app_api.last_state(run_id)[0] == "Scheduled" and app_api.state(run_id) == "Scheduled"
 
 
 class EngineLikeDriver(InMemoryDriver):
