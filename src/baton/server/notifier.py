@@ -4,8 +4,8 @@ Each waiting claim call is a :class:`Waiter` enrolled with its tenant, in the or
 is "the tenant's queue changed" (a run put back, a slot freed, a deregistration): :meth:`RunNotifier.notify` wakes
 every waiter of the tenant, and each claims again. A new run due now wakes one waiter only
 (:meth:`RunNotifier.notify_run`): the longest waiting whose agent's labels can take it. Waking them all made every
-idle agent's claim query the database for one run that only one of them gets: with 8 agents long-polling, the claim
-was 39% of the server's CPU (``bench/chaos.py``, issue 12). A waiter woken for a run that claims nothing (another
+idle agent's claim query the database (a write transaction) for one run that only one of them gets: N attempts per
+run for N waiting agents (issue 12). A waiter woken for a run that claims nothing (another
 agent was quicker, a limit is full) passes the wake on to the next one that has not had it; one that ends its call
 without using the wake passes it on too. Whatever a wake misses, each waiter claims again at least every
 ``claim_recheck_seconds``.
