@@ -62,6 +62,35 @@ def test_a_wake_that_claimed_nothing_goes_to_the_next_waiter_once_each() -> None
     run(check)
 
 
+def test_a_wake_that_claimed_nothing_ends_if_its_agent_could_take_the_run() -> None:
+    def check(notifier: RunNotifier) -> None:
+        able, other = enrolled(notifier, "t", ["a"], ["a"])
+        notifier.notify_run("t", RunWake(frozenset({"a"})))
+        wake = able.take_wake()
+        assert wake is not None
+
+        # Its agent could take the run and found nothing: the run is gone, or held for every agent alike.
+        notifier.claimed_nothing(able, wake)
+        assert woken(able, other) == [False, False]
+
+    run(check)
+
+
+def test_a_wake_that_claimed_nothing_goes_on_if_its_agent_could_not_take_the_run() -> None:
+    def check(notifier: RunNotifier) -> None:
+        unknown = notifier.enroll("t")  # woken before its first attempt read its agent's labels
+        able = enrolled(notifier, "t", ["gpu"])[0]
+        notifier.notify_run("t", RunWake(frozenset({"gpu"})))
+        wake = unknown.take_wake()
+        assert wake is not None and woken(able) == [False]
+
+        unknown.labels = frozenset()  # its attempt read its agent: no labels, so it could not take a "gpu" run
+        notifier.claimed_nothing(unknown, wake)
+        assert woken(unknown, able) == [False, True]
+
+    run(check)
+
+
 def test_a_waiter_leaving_with_an_unused_wake_passes_it_on() -> None:
     def check(notifier: RunNotifier) -> None:
         leaving, staying = enrolled(notifier, "t", [], [])

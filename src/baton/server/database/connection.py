@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.exceptions import ConfigurationError, DatabaseUnavailableError
@@ -30,34 +32,91 @@ def normalize_database_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+def _configure_sqlite(dbapi_connection: Any, busy_timeout: float) -> None:
     # The driver's own transaction handling is off: it would BEGIN a deferred transaction only before the first
-    # write, and savepoints and reads outside it would see other snapshots. ``_begin_immediate`` begins instead.
+    # write, and savepoints and reads outside it would see other snapshots. ``WriterQueue.begin`` begins instead.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
 # The execution option of read-only sessions (``create_read_session_factory``).
 READ_ONLY = "baton_read_only"
+# How long a writer waits for SQLite's write lock before the request fails (503).
+BUSY_TIMEOUT_SECONDS = 30
+# ``Connection.info`` key: this connection's transaction holds its engine's writer lock (``WriterQueue``).
+_HOLDS_WRITER_LOCK = "baton_holds_writer_lock"
 
 
-def _begin_immediate(connection: Any) -> None:
-    """Every SQLite transaction takes the write lock when it begins, waiting its turn (busy_timeout) there,
-    except a read-only session's, which begins deferred: in WAL mode it reads beside the writer, never queueing.
+class WriterQueue:
+    """One SQLite writer at a time within this process, queued on a lock rather than on SQLite's busy handler.
 
-    A deferred transaction that read and then writes fails at once with SQLITE_BUSY (no waiting) whenever another
-    writer committed since its read: under load that was a 503 for a plain request. Taking the lock first makes
-    transactions queue instead; SQLite has one writer at a time anyway, and transactions here are short. (The
-    choice of Rails and of Django's ``transaction_mode`` for SQLite web servers.)
+    Every SQLite transaction but a read-only session's takes the write lock when it begins (``BEGIN IMMEDIATE``):
+    a deferred transaction that read and then writes fails at once with SQLITE_BUSY (no waiting) whenever another
+    writer committed since its read, which under load was a 503 for a plain request. Taking the lock first makes
+    transactions queue instead; SQLite has one writer at a time anyway, and transactions here are short. (The choice
+    of Rails and of Django's ``transaction_mode`` for SQLite web servers.)
+
+    Left to SQLite, the queue is its busy handler: a waiting writer sleeps 1, 2, 5, 10, ... then 100 ms between
+    tries, so under load the lock sat free while the next writer slept (profiled under ``bench/chaos.py``: the
+    server's threads spent most of their time in ``BEGIN IMMEDIATE``). The server's own writers now wait on a
+    ``threading.Lock``, taken before ``BEGIN IMMEDIATE`` and released once ``COMMIT`` or ``ROLLBACK`` is done, so
+    the next one starts at once. Other processes on the same file (the CLI's admin commands) still meet the busy
+    handler. A thread never holds two write transactions at once: on SQLite the second would wait for the first
+    forever, so that already failed before this lock existed.
     """
-    read_only = connection.get_execution_options().get(READ_ONLY, False)
-    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    def __init__(self, timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+        self._lock = threading.Lock()
+        self._timeout = timeout
+
+    def begin(self, connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY, False):
+            connection.exec_driver_sql("BEGIN")  # in WAL mode it reads beside the writer, never queueing
+            return
+        if not self._lock.acquire(timeout=self._timeout):
+            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+        connection.info[_HOLDS_WRITER_LOCK] = True
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self._release(connection.info)
+            raise
+
+    def commit(self, connection: Any) -> None:
+        self._end(connection, "COMMIT")
+
+    def rollback(self, connection: Any) -> None:
+        self._end(connection, "ROLLBACK")
+
+    def checkin(self, _dbapi_connection: Any, record: Any) -> None:
+        # A connection returned to the pool holds no transaction: the pool rolled it back (never expected to be
+        # needed, as every transaction ends through ``commit`` or ``rollback``; a lock leaked here would stop every
+        # writer).
+        self._release(record.info)
+
+    def _end(self, connection: Any, statement: str) -> None:
+        """End the transaction here, then let the next writer in: SQLAlchemy's own COMMIT or ROLLBACK, which follows
+        this event, is then a no-op (the driver skips it outside a transaction)."""
+        if not connection.info.get(_HOLDS_WRITER_LOCK):
+            return
+        try:
+            dbapi_connection = connection.connection.dbapi_connection
+            if dbapi_connection is not None and dbapi_connection.in_transaction:
+                dbapi_connection.execute(statement)
+        except sqlite3.Error as exc:
+            raise OperationalError(statement, None, exc) from exc
+        finally:
+            self._release(connection.info)
+
+    def _release(self, info: dict[str, Any]) -> None:
+        if info.pop(_HOLDS_WRITER_LOCK, False):
+            self._lock.release()
 
 
 def _private_sqlite_file(path: Path) -> None:
@@ -73,16 +132,25 @@ def _private_sqlite_file(path: Path) -> None:
                 file.chmod(0o600)
 
 
-def create_database_engine(url: str, pool_size: int = 10) -> Engine:
+def create_database_engine(url: str, pool_size: int = 10, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Engine:
+    """``busy_timeout``: how long a SQLite writer waits for the write lock, in seconds."""
     # hide_parameters: database errors are logged, and their parameters may hold run-config env values (secrets).
     url = normalize_database_url(url)
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
             _private_sqlite_file(Path(parsed.database))
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
-        event.listen(engine, "connect", _configure_sqlite)
-        event.listen(engine, "begin", _begin_immediate)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": busy_timeout}, hide_parameters=True
+        )
+        writers = WriterQueue(busy_timeout)
+        event.listen(
+            engine, "connect", lambda dbapi_connection, _record: _configure_sqlite(dbapi_connection, busy_timeout)
+        )
+        event.listen(engine, "begin", writers.begin)
+        event.listen(engine, "commit", writers.commit)
+        event.listen(engine, "rollback", writers.rollback)
+        event.listen(engine.pool, "checkin", writers.checkin)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True)
 

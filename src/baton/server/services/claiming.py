@@ -92,7 +92,10 @@ async def claim_with_wait(
             response, result, waiter.labels = await run_in_threadpool(claim_once, claimer, payload, since)
             first = False
             if wake is not None and not response.runs:
-                notifier.pass_on(waiter, wake)  # the run it was woken for went elsewhere, or cannot go yet
+                if result is None:  # this call ends unused: its agent deregistered
+                    notifier.pass_on(waiter, wake)
+                else:  # the run went elsewhere or cannot go yet: passed on only if this agent could not take it
+                    notifier.claimed_nothing(waiter, wake)
             remaining = deadline - loop_time()
             if result is None or response.runs or remaining <= 0 or await is_disconnected():
                 return response
