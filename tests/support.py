@@ -145,6 +145,38 @@ class ServerProcess:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
 
+class TenantServer(ServerProcess):
+    """A tenant of its own on a server that a module's tests share, seen as a server of the test's own: its admin key
+    is the tenant's, and CLI and agent subprocesses get a ``BATON_HOME`` of their own. Flows, runs, agents and keys
+    of other tenants are invisible to it, so tests need no server each (a start costs ~1.5 s and ~1 s of CPU).
+
+    The process is the shared server's: ``stop`` only closes this view's client, and a test that stops, kills or
+    restarts its server needs one of its own (``start_server``).
+    """
+
+    def __init__(self, shared: ServerProcess, home: Path, admin_key: str) -> None:
+        super().__init__(home, shared.port, **shared.settings_env)
+        home.mkdir(parents=True, exist_ok=True)
+        self.process = shared.process
+        self.log_path = shared.log_path
+        self.database_url = shared.database_url
+        self._key = admin_key
+
+    @property
+    def admin_key(self) -> str:
+        return self._key
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        raise RuntimeError("a tenant of a shared server: start a server of the test's own instead")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self._admin_client is not None:
+            self._admin_client.close()
+
+    def kill(self) -> None:
+        raise RuntimeError("a tenant of a shared server: kill a server of the test's own instead")
+
+
 HELLO_SOURCE = """
 from baton import flow, task
 

@@ -62,7 +62,15 @@ class NotFoundError(ClientError):
 
 
 class ConflictError(ClientError):
-    """The request conflicts with the object's current state, e.g. an illegal transition (409)."""
+    """The request conflicts with the object's current state, e.g. an illegal transition (409).
+
+    ``current_state``: for a refused state change, the run's state when it was refused (servers since issue 12
+    send it; None from older ones, and for other conflicts).
+    """
+
+    def __init__(self, status_code: int, detail: str, current_state: str | None = None) -> None:
+        super().__init__(status_code, detail)
+        self.current_state = current_state
 
 
 class ServerUnavailableError(BatonError):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from baton.client import Client
-from baton.engine.transitions import POLL_SECONDS, StateSetter
+from baton.engine.transitions import FIRST_POLL_SECONDS, POLL_SECONDS, StateSetter
 from baton.exceptions import AuthenticationError, ConflictError, ServerUnavailableError
 from baton.schemas.states import StateName
 
@@ -43,7 +43,9 @@ class ScriptedApi:
     answers: list[Answer]
     call_seconds: float = 0.1
     tries: int = 0
+    reads: int = 0
     refused_by: str = ""
+    names_state: bool = True  # its 409 names the run's state, as servers since issue 12 do
 
     def set_flow_run_state(self, flow_run_id: str, name: str, message: str | None = None) -> None:
         self.tries += 1
@@ -53,9 +55,11 @@ class ScriptedApi:
             raise answer
         if answer is not None:
             self.refused_by = answer
-            raise ConflictError(409, f"cannot move a flow run from {answer} to {name}")
+            detail = f"cannot move a flow run from {answer} to {name}"
+            raise ConflictError(409, detail, answer if self.names_state else None)
 
     def get_flow_run(self, flow_run_id: str) -> ScriptedApi:
+        self.reads += 1
         self.clock.now += self.call_seconds
         return self
 
@@ -96,8 +100,19 @@ def test_a_run_pending_longer_than_the_wait_while_the_api_answers_is_given_up() 
 
     assert refused_by == "Pending"
     assert clock.now == pytest.approx(60)
-    assert set(clock.slept) == {POLL_SECONDS}
-    assert api.tries == 60 / POLL_SECONDS + 1
+    # Short pauses first (the agent's Submitted usually follows within milliseconds), doubling up to POLL_SECONDS
+    doubling = [FIRST_POLL_SECONDS * 2**n for n in range(5)]
+    assert clock.slept[:6] == pytest.approx([*doubling, POLL_SECONDS])
+    assert set(clock.slept[5:-1]) == {POLL_SECONDS}
+    assert api.tries == len(clock.slept) + 1
+    assert api.reads == 0  # each refusal named the state
+
+
+def test_a_refusal_without_the_state_from_an_older_server_reads_the_run() -> None:
+    api = ScriptedApi(Clock(), ["Pending", None], names_state=False)
+
+    assert setter(api).set(StateName.RUNNING) is None
+    assert (api.tries, api.reads) == (2, 1)
 
 
 def test_the_default_wait_for_submitted_outlasts_the_servers_claim_lease() -> None:

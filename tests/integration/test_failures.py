@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -48,8 +49,11 @@ def test_cancel_of_an_undeployed_run_is_immediate(cli: Cli) -> None:
     assert cli.server.client().get_flow_run(run.id).state == "Cancelled"
 
 
-def test_agent_health_is_200_while_serving_and_503_once_the_server_is_gone(server: ServerProcess, start_agent) -> None:
-    agent = start_agent(health=True)
+def test_agent_health_is_200_while_serving_and_503_once_the_server_is_gone(
+    start_server: Callable[..., ServerProcess], start_agent
+) -> None:
+    server = start_server()  # of its own: it is stopped below
+    agent = start_agent(health=True, against=server)
     assert agent.address is not None
     health_url = f"{agent.address}/api/health"
 

@@ -333,10 +333,15 @@ class SimulatedFlowRuns:
                 return True
             except AuthenticationError:
                 return False  # the token was revoked: the run was given to another agent, or ended
-            except ConflictError:
-                current = call_with_retry(
-                    lambda: client.get_flow_run(flow_run_id), what="read the run", timeout_seconds=self.retry_seconds
-                ).state
+            except ConflictError as exc:
+                current = (
+                    exc.current_state
+                    or call_with_retry(
+                        lambda: client.get_flow_run(flow_run_id),
+                        what="read the run",
+                        timeout_seconds=self.retry_seconds,
+                    ).state
+                )
                 if current == state:
                     return True
                 # Pending, or Submitted since the refusal: the agent's Submitted was late; try again.

@@ -89,6 +89,16 @@ def _detail(response: httpx.Response) -> str:
     return str(detail)
 
 
+def _current_state(response: httpx.Response) -> str | None:
+    """The run's state named by a refused state change's 409 (``ErrorDetail.current_state``), if any."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    state = body.get("current_state") if isinstance(body, dict) else None
+    return state if isinstance(state, str) else None
+
+
 def _wrong_base_hint(api_url: str, response: httpx.Response) -> str | None:
     """A clearer 404 when the API URL is not the server's root (``-a http://host:4200/api`` gave a bare "Not Found").
 
@@ -219,6 +229,8 @@ class Client:
             wait = response.headers.get("Retry-After")
             after = f"; retry after {wait} s" if wait else ""
             raise RateLimitedError(f"the API at {self.api_url} asks to slow down: HTTP 429 {_detail(response)}{after}")
+        if response.status_code == 409:
+            raise ConflictError(409, _detail(response), _current_state(response))
         if response.status_code >= 400:
             error_class = _ERRORS_BY_STATUS.get(response.status_code, ClientError)
             raise error_class(response.status_code, _wrong_base_hint(self.api_url, response) or _detail(response))

@@ -218,6 +218,9 @@ class ErrorDetail(BaseModel):
     """An error answer: what went wrong, in one message (request validation's 422 lists the invalid fields instead)."""
 
     detail: str
+    # A state change refused by the state machine (409): the run's state then, so that the caller need not read the
+    # run to learn it (e.g. the flow-run process's Running, refused while its agent's Submitted is on its way).
+    current_state: str | None = None
 
 
 class Health(BaseModel):

@@ -49,6 +49,11 @@ def _detail_handler(status: int):  # type: ignore[no-untyped-def]
     return handler
 
 
+async def _illegal_transition(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, IllegalTransitionError)
+    return JSONResponse({"detail": str(exc), "current_state": exc.current}, status_code=409)
+
+
 async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = []
@@ -82,6 +87,7 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     for exc_class, status in ERROR_STATUS.items():
         app.add_exception_handler(exc_class, _detail_handler(status))
+    app.add_exception_handler(IllegalTransitionError, _illegal_transition)  # with the run's state (ErrorDetail)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(OperationalError, _database_busy)
     app.add_exception_handler(DataError, _value_refused)

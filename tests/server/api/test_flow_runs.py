@@ -300,6 +300,7 @@ def test_every_illegal_transition_is_409_naming_both_states(tenant: TenantContex
             client.set_flow_run_state(staged.id, target, "should not happen")
         assert excinfo.value.status_code == 409
         assert f"cannot move a flow run from {source} to {target}" in excinfo.value.detail
+        assert excinfo.value.current_state == source  # the refusal names it: no read needed to learn it
 
     # And the run is as it was
     after = tenant.run(staged.id)

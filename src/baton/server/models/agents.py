@@ -96,29 +96,23 @@ def list_agents(session: Session, tenant_id: str) -> list[Agent]:
     return list(session.scalars(select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.created, Agent.id)))
 
 
-def touch_unless_deregistered(session: Session, agent: Agent, since: datetime | None) -> bool:
-    """A claim attempt's sign of life, unless the agent deregistered (at or after ``since``; ever, when None): then
-    False, and the mark stays. One conditional UPDATE: on PostgreSQL it waits for a deregistration in progress
-    (which holds the row) and then sees it."""
-    not_deregistered: ColumnElement[bool] = Agent.deregistered_at.is_(None)
-    if since is not None:
-        not_deregistered = or_(not_deregistered, Agent.deregistered_at < since)
+def touch(session: Session, agent: Agent, *, unless_deregistered: bool = False, since: datetime | None = None) -> bool:
+    """A sign of life of ``agent``, which undoes a deregistration. One UPDATE; True when it was made.
+
+    ``unless_deregistered``: a claim attempt's sign of life, made only if the agent did not deregister (at or after
+    ``since``; ever, when None): else False, and the mark stays. The condition is in the UPDATE, so on PostgreSQL it
+    waits for a deregistration in progress (which holds the row) and then sees it.
+    """
+    query = update(Agent).where(Agent.id == agent.id)
+    if unless_deregistered:
+        not_deregistered: ColumnElement[bool] = Agent.deregistered_at.is_(None)
+        if since is not None:
+            not_deregistered = or_(not_deregistered, Agent.deregistered_at < since)
+        query = query.where(not_deregistered)
     result = session.execute(
-        update(Agent)
-        .where(Agent.id == agent.id, not_deregistered)
-        .values(last_seen=utcnow(), deregistered_at=None)
-        .execution_options(synchronize_session=False)
+        query.values(last_seen=utcnow(), deregistered_at=None).execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-
-def touch(session: Session, agent: Agent) -> None:
-    session.execute(
-        update(Agent)
-        .where(Agent.id == agent.id)
-        .values(last_seen=utcnow(), deregistered_at=None)  # a sign of life undoes a deregistration
-        .execution_options(synchronize_session=False)
-    )
 
 
 def vouch_for(session: Session, agent: Agent, alive: list[str]) -> None:

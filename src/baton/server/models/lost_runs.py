@@ -64,8 +64,10 @@ def _silence(run: FlowRun, agent: Agent | None, now: datetime) -> str:
     )
 
 
-def find_lost_runs(session: Session, policy: RecoveryPolicy, batch: int) -> list[tuple[FlowRun, Agent | None]]:
-    cutoff = utcnow() - timedelta(seconds=policy.run_heartbeat_timeout_seconds)
+def find_lost_runs(
+    session: Session, policy: RecoveryPolicy, batch: int, now: datetime
+) -> list[tuple[FlowRun, Agent | None]]:
+    cutoff = now - timedelta(seconds=policy.run_heartbeat_timeout_seconds)
     query = (
         select(FlowRun, Agent)
         .outerjoin(Agent, Agent.id == FlowRun.agent_id)
@@ -102,11 +104,14 @@ def _recover(session: Session, run: FlowRun, why: str, policy: RecoveryPolicy, o
         (outcome.requeued if run.state in CLAIMABLE_STATES else outcome.failed).append(run)
 
 
-def recover_lost_runs(session: Session, policy: RecoveryPolicy, batch: int = 500) -> RecoveryOutcome:
-    """End or requeue up to ``batch`` lost runs in the caller's transaction."""
-    now = utcnow()
+def recover_lost_runs(
+    session: Session, policy: RecoveryPolicy, batch: int = 500, now: datetime | None = None
+) -> RecoveryOutcome:
+    """End or requeue up to ``batch`` lost runs in the caller's transaction; silence is measured up to ``now``
+    (the wall clock; tests pass a later one instead of waiting)."""
+    now = now or utcnow()
     outcome = RecoveryOutcome()
-    for run, agent in find_lost_runs(session, policy, batch):
+    for run, agent in find_lost_runs(session, policy, batch, now):
         try:
             with session.begin_nested():
                 _recover(session, run, _silence(run, agent, now), policy, outcome)

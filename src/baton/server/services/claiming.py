@@ -61,7 +61,7 @@ def claim_once(
     with transaction(claimer.factory) as session:
         agent = agents.get_agent(session, claimer.tenant_id, claimer.agent_id)
         labels = frozenset(agent.labels)
-        if not agents.touch_unless_deregistered(session, agent, since=began):
+        if not agents.touch(session, agent, unless_deregistered=True, since=began):
             return ClaimResponse(runs=[]), None, labels
         settings = claimer.settings
         result = claims.claim_runs(

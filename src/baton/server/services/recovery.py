@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from baton.server.database.orm import utcnow
 from baton.server.models.lost_runs import RecoveryPolicy, recover_lost_runs
 from baton.server.notifier import RunNotifier
 from baton.server.services.grace import OutageGrace
@@ -28,14 +30,19 @@ class RecoveryService:
         policy: RecoveryPolicy,
         grace_margin_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``clock`` times the grace after a start; ``wall_clock`` is what heartbeats are compared with."""
         self._factory = factory
         self._notifier = notifier
         self._policy = policy
         self._grace = OutageGrace(policy.run_heartbeat_timeout_seconds + grace_margin_seconds, clock)
+        self._wall_clock = wall_clock
 
     def run_once(self) -> None:
-        outcome = self._grace.attempt(self._factory, lambda session: recover_lost_runs(session, self._policy))
+        outcome = self._grace.attempt(
+            self._factory, lambda session: recover_lost_runs(session, self._policy, now=self._wall_clock())
+        )
         if outcome is None:
             return
         if outcome.count:
