@@ -17,6 +17,7 @@ from baton.schemas.responses import (
     FlowRunRead,
     FlowRunWithFlow,
     LogsWritten,
+    StateChanged,
     StateRead,
     TaskRunRead,
 )
@@ -109,12 +110,19 @@ class FakeApi:
         try:
             check_transition(self.state, name)
         except IllegalTransitionError as exc:
-            raise ConflictError(409, str(exc)) from None
+            raise ConflictError(409, str(exc), self.state) from None
         self.state = str(name)
         self.states.append((str(name), message))
         if self.apply_then_fail["set_flow_run_state"]:
             raise self.apply_then_fail["set_flow_run_state"].pop(0)
         return self.get_flow_run(flow_run_id)
+
+    def change_flow_run_state(
+        self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
+    ) -> StateChanged:
+        """The engine's state changes (``Prefer: return=minimal``): scripted and recorded as ``set_flow_run_state``."""
+        run = self.set_flow_run_state(flow_run_id, name, message, data)
+        return StateChanged(id=run.id, state=run.state, state_message=run.state_message)
 
     def flow_run_heartbeat(self, flow_run_id: str) -> FlowRunHeartbeatResponse:
         self._enter("flow_run_heartbeat")

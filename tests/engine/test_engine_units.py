@@ -25,7 +25,14 @@ from baton.engine.heartbeat import Heartbeat
 from baton.engine.loader import load_flow
 from baton.engine.retry import backoff_delay, call_with_retry
 from baton.engine.runner import FlowRunner
-from baton.exceptions import AuthenticationError, ClientError, FlowLoadError, NotFoundError, ServerUnavailableError
+from baton.exceptions import (
+    AuthenticationError,
+    ClientError,
+    ConflictError,
+    FlowLoadError,
+    NotFoundError,
+    ServerUnavailableError,
+)
 from baton.schemas import actions
 from baton.schemas.core import Storage, StorageType
 from baton.schemas.responses import FlowRunHeartbeatResponse, FlowRunRead
@@ -341,19 +348,42 @@ def test_runner_stops_waiting_for_submitted_after_the_start_timeout(baton_home: 
 
 
 class SubmittedAfterRefusedRunning(FakeApi):
-    """A run still Pending whose agent posts Submitted just after the API refused the engine's Running."""
+    """A run still Pending whose agent posts Submitted just after the API refused the engine's Running.
 
-    def __init__(self, flow: Any, *, report: str = "Pending") -> None:
+    The refusal names the run's state (Pending), and Submitted lands right after it; from an older server
+    (``names_state=False``) it names none, and Submitted lands while the engine reads the run to learn it.
+    """
+
+    def __init__(self, flow: Any, *, report: str = "Pending", names_state: bool = True) -> None:
         super().__init__(flow, state="Pending")
         self._report = report  # what the read after the refusal answers: Pending, or Submitted already
+        self._names_state = names_state
+        self.pending_reads = 0  # reads of the run while it was Pending
+
+    def _submitted(self) -> None:
+        self.state = "Submitted"
+        self.states.append(("Submitted", "PID: 1"))
+
+    def set_flow_run_state(
+        self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
+    ) -> FlowRunRead:
+        try:
+            return super().set_flow_run_state(flow_run_id, name, message, data)
+        except ConflictError as exc:
+            if not (self.state == "Pending" and name == "Running"):
+                raise
+            if not self._names_state:
+                raise ConflictError(409, exc.detail) from None
+            self._submitted()
+            raise ConflictError(409, exc.detail, "Pending") from None
 
     def get_flow_run(self, flow_run_id: str) -> FlowRunRead:
         run = super().get_flow_run(flow_run_id)
+        self.pending_reads += self.state == "Pending"
         # The engine's first read (of its run) sees Pending; its next one, after a refused Running, is the moment
         # the agent's Submitted lands (that read answers Pending, or Submitted if the agent was quicker).
         if self.state == "Pending" and self.calls.count("get_flow_run") > 1:
-            self.state = "Submitted"
-            self.states.append(("Submitted", "PID: 1"))
+            self._submitted()
             return run.model_copy(update={"state": self._report})
         return run
 
@@ -374,11 +404,22 @@ def test_runner_keeps_waiting_for_submitted_through_an_api_outage_longer_than_th
     assert [name for name, _ in api.states] == ["Pending", "Submitted", "Running", "Success"]
 
 
-def test_runner_starts_when_submitted_lands_between_its_refused_running_and_its_read(baton_home: Path) -> None:
-    api = SubmittedAfterRefusedRunning(flow_read(HELLO, "hello"), report="Submitted")
+@pytest.mark.parametrize("report", ["Pending", "Submitted"])
+def test_runner_of_an_older_server_reads_the_state_after_a_refused_running(baton_home: Path, report: str) -> None:
+    # An older server's 409 does not name the state: the engine reads the run, while the agent's Submitted lands
+    api = SubmittedAfterRefusedRunning(flow_read(HELLO, "hello"), report=report, names_state=False)
 
     assert run_in_process(api) == 0
     assert [name for name, _ in api.states] == ["Pending", "Submitted", "Running", "Success"]
+    assert api.pending_reads == 2  # its first read, and the one after the refusal
+
+
+def test_runner_asks_running_again_when_the_refusal_names_pending_without_reading_the_run(baton_home: Path) -> None:
+    api = SubmittedAfterRefusedRunning(flow_read(HELLO, "hello"))
+
+    assert run_in_process(api) == 0
+    assert [name for name, _ in api.states] == ["Pending", "Submitted", "Running", "Success"]
+    assert api.pending_reads == 1  # its first read only: the refusal said Pending
 
 
 # --- stops: cancellation and SIGTERM ------------------------------------------------------------

@@ -326,7 +326,7 @@ class SimulatedFlowRuns:
         while True:
             try:
                 call_with_retry(
-                    lambda: client.set_flow_run_state(flow_run_id, state),
+                    lambda: client.change_flow_run_state(flow_run_id, state),
                     what=f"set the run {state}",
                     timeout_seconds=self.retry_seconds,
                 )

@@ -158,7 +158,7 @@ class StateSetter:
 
     def _try(self, state: StateName, message: str | None) -> str | None:
         try:
-            self._client.set_flow_run_state(self._id, state, message)
+            self._client.change_flow_run_state(self._id, state, message)
         except ConflictError as exc:
             # The refusal names the run's state (an older server's does not: read it).
             return exc.current_state or self._client.get_flow_run(self._id).state

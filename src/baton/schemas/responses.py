@@ -147,6 +147,19 @@ class FlowRunHeartbeatResponse(BaseModel):
     state: str
 
 
+# A client that needs only the outcome of a state change sends this, and gets a StateChanged instead of the run.
+PREFER_MINIMAL = "return=minimal"
+
+
+class StateChanged(BaseModel):
+    """The answer to a state change sent with ``Prefer: return=minimal`` (RFC 7240): the run's state after it (a
+    Failed with retries left is Retrying). An older server answers the whole run, which reads as this too."""
+
+    id: str
+    state: str
+    state_message: str | None = None
+
+
 class LogRead(BaseModel):
     id: int
     flow_run_id: str

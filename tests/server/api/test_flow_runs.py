@@ -15,7 +15,7 @@ from baton.exceptions import (
     NotFoundError,
     PermissionDeniedError,
 )
-from baton.schemas.responses import AgentRead, ClaimedRun, FlowRead, FlowRunRead
+from baton.schemas.responses import AgentRead, ClaimedRun, FlowRead, FlowRunRead, StateChanged
 from baton.schemas.states import ALLOWED_TRANSITIONS, StateName
 from server.harness import TenantContext
 
@@ -241,6 +241,31 @@ def test_state_history_is_oldest_first_with_messages_and_data(
     assert got.deployment == {"pid": 4242}
     assert got.start_time is not None
     assert got.end_time is None
+
+
+def test_a_state_change_preferring_a_minimal_answer_gets_the_new_state_only(
+    tenant: TenantContext, runner: Client, claimed: ClaimedRun
+) -> None:
+    run_id = claimed.flow_run.id
+    runner.set_flow_run_state(run_id, "Submitted", "PID: 4242", {"pid": 4242})
+    path = f"/api/flow_runs/{run_id}/state"
+
+    # When the run's process asks for Running with Prefer: return=minimal (among other preferences)
+    answer = tenant.raw(claimed.run_token).post(
+        path, json={"name": "Running", "message": "started"}, headers={"Prefer": "respond-async, return=minimal"}
+    )
+
+    # Then the answer is the run's id and new state only, and says the preference was applied
+    assert answer.status_code == 200
+    assert answer.headers["Preference-Applied"] == "return=minimal"
+    assert answer.json() == {"id": run_id, "state": "Running", "state_message": "started"}
+    # And the change is made as by a plain request
+    got = tenant.run(run_id)
+    assert (got.state, [s.name for s in got.states][-1], got.start_time is not None) == ("Running", "Running", True)
+    # And the client's call reads it (the flow-run process's), as it reads an older server's whole run
+    ended = tenant.client(claimed.run_token).change_flow_run_state(run_id, "Success", "done")
+    assert (ended.id, ended.state, ended.state_message) == (run_id, "Success", "done")
+    assert StateChanged.model_validate(got.model_dump(mode="json")).state == "Running"
 
 
 def test_list_is_newest_first_and_filters_by_state_flow_and_limit(
