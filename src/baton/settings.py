@@ -87,6 +87,9 @@ class ServerSettings(BaseModel):
     # A waiting claim looks again this often even if nothing woke it: runs made due by the clock, and runs written
     # by another replica when its wake-up was lost (PostgreSQL NOTIFY usually wakes it at once).
     claim_recheck_seconds: float = Field(default=2.0, gt=0)
+    # Longest a flow-run process's Running, asked while its run is still Pending, waits for its agent's Submitted
+    # (``Prefer: wait=N``, RFC 7240), whatever it asks for; 0 refuses at once (409), as servers before issue 12 did.
+    max_state_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     # Requests handled at once (agents' waiting claims aside), and the bytes of the bodies among them (declared
     # sizes); more wait their turn. These bound the server's memory under many large requests (bench/memory.py).

@@ -118,7 +118,12 @@ class FakeApi:
         return self.get_flow_run(flow_run_id)
 
     def change_flow_run_state(
-        self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
+        self,
+        flow_run_id: str,
+        name: str,
+        message: str | None = None,
+        data: dict[str, Any] | None = None,
+        wait_seconds: float = 0.0,
     ) -> StateChanged:
         """The engine's state changes (``Prefer: return=minimal``): scripted and recorded as ``set_flow_run_state``."""
         run = self.set_flow_run_state(flow_run_id, name, message, data)

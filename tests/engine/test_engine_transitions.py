@@ -47,7 +47,9 @@ class ScriptedApi:
     refused_by: str = ""
     names_state: bool = True  # its 409 names the run's state, as servers since issue 12 do
 
-    def change_flow_run_state(self, flow_run_id: str, name: str, message: str | None = None) -> None:
+    def change_flow_run_state(
+        self, flow_run_id: str, name: str, message: str | None = None, wait_seconds: float = 0.0
+    ) -> None:
         self.tries += 1
         self.clock.now += self.call_seconds
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]

@@ -326,7 +326,9 @@ class SimulatedFlowRuns:
         while True:
             try:
                 call_with_retry(
-                    lambda: client.change_flow_run_state(flow_run_id, state),
+                    lambda: client.change_flow_run_state(
+                        flow_run_id, state, wait_seconds=5.0 if state == "Running" else 0.0
+                    ),
                     what=f"set the run {state}",
                     timeout_seconds=self.retry_seconds,
                 )

@@ -458,12 +458,23 @@ class Client:
         return self._model(r.FlowRunRead, "POST", f"/api/flow_runs/{flow_run_id}/state", json=body)
 
     def change_flow_run_state(
-        self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
+        self,
+        flow_run_id: str,
+        name: str,
+        message: str | None = None,
+        data: dict[str, Any] | None = None,
+        wait_seconds: float = 0.0,
     ) -> r.StateChanged:
         """:meth:`set_flow_run_state`, answered with the run's new state only (``Prefer: return=minimal``): cheaper
-        for the server, for callers that need no more (the flow-run process)."""
+        for the server, for callers that need no more (the flow-run process).
+
+        ``wait_seconds``: a run token's Running on a run still Pending waits that long (at most the server's
+        ``max_state_wait_seconds``) for its agent's Submitted before the 409 (``Prefer: wait``; an older server
+        refuses at once).
+        """
         body = {"name": name, "message": message, "data": data}
-        headers = {"Prefer": r.PREFER_MINIMAL}
+        prefer = r.PREFER_MINIMAL + (f", wait={wait_seconds:g}" if wait_seconds > 0 else "")
+        headers = {"Prefer": prefer}
         path = f"/api/flow_runs/{flow_run_id}/state"
         return self._model(r.StateChanged, "POST", path, json=body, headers=headers)
 

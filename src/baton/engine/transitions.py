@@ -41,6 +41,10 @@ logger = logging.getLogger("baton.engine")
 # run whose process outran its agent's Submitted (about one in six) start half a second late.
 FIRST_POLL_SECONDS = 0.02
 POLL_SECONDS = 0.5
+# Running is asked with ``Prefer: wait``: the server holds the request until the agent's Submitted lands (up to this
+# long, or its own ``max_state_wait_seconds``) rather than refusing it at once, so the polls above are for older
+# servers and for agents slower than this.
+SUBMITTED_WAIT_SECONDS = 5.0
 # A budget with less than this left is spent: pausing for a remainder of a remainder never ends.
 _SPENT = 0.001
 _WAIT_FOR_RUNNING = frozenset({StateName.PENDING, StateName.SUBMITTED})
@@ -158,7 +162,8 @@ class StateSetter:
 
     def _try(self, state: StateName, message: str | None) -> str | None:
         try:
-            self._client.change_flow_run_state(self._id, state, message)
+            wait = SUBMITTED_WAIT_SECONDS if state == StateName.RUNNING else 0.0
+            self._client.change_flow_run_state(self._id, state, message, wait_seconds=wait)
         except ConflictError as exc:
             # The refusal names the run's state (an older server's does not: read it).
             return exc.current_state or self._client.get_flow_run(self._id).state

@@ -126,6 +126,18 @@ class ByteBudget:
             granted.set_result(None)
 
 
+# The scope state's key of a request's way to give back its place among the admitted ones (``leave_admission``).
+_LEAVE = "baton.leave_admission"
+
+
+def leave_admission(scope: Scope) -> None:
+    """A request about to wait for something else (its body read, its answer small) gives back its place among the
+    requests in flight, so that waiting requests cannot keep out the ones they wait for. Idempotent."""
+    leave = scope.get("state", {}).get(_LEAVE)
+    if leave is not None:
+        leave()
+
+
 class Admission:
     """ASGI middleware that admits requests within server-wide bounds, so that memory stays bounded however many
     large requests arrive at once: the others wait their turn.
@@ -170,14 +182,19 @@ class Admission:
             return
         size = self._declared(scope)
         await self.slots.acquire(1)
+        held = {"slots": 1, "bytes": 0}
+
+        def leave() -> None:
+            self.slots.release(held["slots"])
+            self.budget.release(held["bytes"])
+            held.update(slots=0, bytes=0)
+
+        scope.setdefault("state", {})[_LEAVE] = leave
         try:
-            taken = await self.budget.acquire(size) if size else 0
-            try:
-                await self._within_body_deadline(scope, receive, send)
-            finally:
-                self.budget.release(taken)
+            held["bytes"] = await self.budget.acquire(size) if size else 0
+            await self._within_body_deadline(scope, receive, send)
         finally:
-            self.slots.release(1)
+            leave()
 
     async def _within_body_deadline(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app, given ``body_timeout_seconds`` to receive the whole body: past it, 408 and the slot is free."""

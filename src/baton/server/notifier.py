@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from baton.labels import agent_can_take
@@ -58,6 +58,8 @@ class RunNotifier:
     def __init__(self, loop: asyncio.AbstractEventLoop, publish: Callable[[str], None] | None = None) -> None:
         self._loop = loop
         self._waiters: dict[str, list[Waiter]] = {}  # per tenant, longest waiting first
+        # Requests waiting for one run's state to change (a Running waiting for its agent's Submitted), by run.
+        self._watches: dict[str, list[asyncio.Event]] = {}
         self._publish = publish
         # Set when the server begins to stop: waiters return at once, and new waits do not start.
         self.closing = False
@@ -149,6 +151,27 @@ class RunNotifier:
     def pass_on(self, waiter: Waiter, wake: RunWake) -> None:
         """``waiter`` had ``wake`` and claimed nothing for it: the next waiter that can take the run has it."""
         self.notify_run(waiter.tenant_id, RunWake(wake.labels, wake.tried | {waiter.id}))
+
+    @contextlib.contextmanager
+    def watch(self, run_id: str) -> Iterator[asyncio.Event]:
+        """An event set when a state change of ``run_id`` is committed in this process (:meth:`run_changed`).
+
+        Used on the event loop's thread; a change made on another replica does not set it (callers look again).
+        """
+        event = asyncio.Event()
+        self._watches.setdefault(run_id, []).append(event)
+        try:
+            yield event
+        finally:
+            watching = self._watches.get(run_id, [])
+            watching.remove(event)
+            if not watching:
+                self._watches.pop(run_id, None)
+
+    def run_changed(self, run_id: str) -> None:
+        """The state of ``run_id`` changed (after the commit): wake the requests watching it. On the event loop."""
+        for event in self._watches.get(run_id, ()):
+            event.set()
 
     @staticmethod
     async def wait(waiter: Waiter, timeout: float) -> bool:

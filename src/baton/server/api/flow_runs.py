@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
+from baton.exceptions import IllegalTransitionError
 from baton.schemas.actions import IDEMPOTENCY_KEY_PATTERN, MAX_INT, FlowRunCreate, StateSet
 from baton.schemas.responses import (
     NEXT_CURSOR_HEADER,
@@ -23,14 +31,21 @@ from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server import shaping
 from baton.server.access import Action, Kind, allow, check_state_allowed, kind_of, run_holder
 from baton.server.api.deps import CursorQuery, Db, NotifierDep, ReadDb, transaction
-from baton.server.database.orm import utcnow
+from baton.server.database.orm import FlowRun, utcnow
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
+from baton.server.limits import leave_admission
 from baton.server.models import agents, concurrency, flow_runs, flows, state_changes
 from baton.server.models.errors import InvalidRequest
 from baton.server.models.tenants import Principal
+from baton.server.notifier import RunNotifier
+from baton.server.prefer import parse_prefer
 
 router = APIRouter(prefix="/flow_runs", tags=["flow runs"], route_class=JsonRoute)
+
+# A Running waiting for its agent's Submitted looks at the run again this often even if nothing woke it (a Submitted
+# written by another replica wakes nobody here).
+_LOOK_AGAIN_SECONDS = 1.0
 
 
 IDEMPOTENCY_KEY = Header(
@@ -182,22 +197,48 @@ def get_flow_run_with_flow(
         200: {"description": f"The run; with `Prefer: {PREFER_MINIMAL}`, its id and state only (`StateChanged`)."},
     },
 )
-def set_state(
+async def set_state(
     flow_run_id: str,
     payload: StateSet,
     principal: Annotated[Principal, allow(Action.FLOW_RUN_SET_STATE)],
     db: Db,
     notifier: NotifierDep,
+    request: Request,
     prefer: Annotated[str | None, Header(alias="Prefer", max_length=200)] = None,
 ) -> FlowRunRead | JSONResponse:
     """Move the run to a new state; 409 with the reason when the state machine does not allow it.
 
-    With ``Prefer: return=minimal`` the answer is the run's id and new state only, without the history, flow and
-    agent that the whole run takes three more queries to read: the flow-run process sends it for Running and its
-    final state, three in four of a run's state changes.
+    ``Prefer`` (RFC 7240) takes two preferences:
+
+    - ``return=minimal``: the answer is the run's id and new state only, without the history, flow and agent that
+      the whole run takes three more queries to read. The flow-run process sends it for Running and its end.
+    - ``wait=N``: a run token's Running, asked while its run is still Pending, waits up to N seconds (at most the
+      server's ``max_state_wait_seconds``) for its agent's Submitted instead of a 409 at once: the process often
+      starts before its agent has reported it, and under load a 409 and a retry cost more than the wait.
     """
-    minimal = prefer is not None and PREFER_MINIMAL in prefer.replace(" ", "").lower().split(",")
+    preferences = parse_prefer(prefer)
+    minimal = preferences.get("return") == "minimal"
     check_state_allowed(principal, payload.name)
+    change = functools.partial(_change_state, db, principal, flow_run_id, payload, minimal)
+    wait = _submitted_wait(request, principal, payload.name, preferences)
+    if wait <= 0:
+        run, result, notify = await run_in_threadpool(change)
+    else:
+        run, result, notify = await _change_once_submitted(change, notifier, request, flow_run_id, wait)
+    if notify:
+        notifier.notify_threadsafe(principal.tenant_id)
+    notifier.run_changed(flow_run_id)
+    if result is None:
+        changed = StateChanged(id=run.id, state=run.state, state_message=run.state_message)
+        return JSONResponse(changed.model_dump(mode="json"), headers={"Preference-Applied": PREFER_MINIMAL})
+    return result
+
+
+def _change_state(
+    db: sessionmaker[Session], principal: Principal, flow_run_id: str, payload: StateSet, minimal: bool
+) -> tuple[FlowRun, FlowRunRead | None, bool]:
+    """The state change, in one transaction (a worker thread): the run, its answer unless minimal, and whether the
+    tenant's waiting agents should hear of it."""
     with transaction(db) as session:
         held_by = run_holder(session, principal, flow_run_id)
         # A user key marks a run Failed by hand: that ends it, whatever retries its flow has left.
@@ -214,14 +255,49 @@ def set_state(
         )
         result = None if minimal else shaping.flow_run(session, principal, run)
         freed = payload.name in FINAL_STATES and concurrency.is_limited(session, run)
-        state, message = run.state, run.state_message
     # Released, or a failed attempt now Retrying; freed: runs waiting for that slot may go now.
-    if state in CLAIMABLE_STATES or freed:
-        notifier.notify_threadsafe(principal.tenant_id)
-    if result is None:
-        changed = StateChanged(id=flow_run_id, state=state, state_message=message)
-        return JSONResponse(changed.model_dump(mode="json"), headers={"Preference-Applied": PREFER_MINIMAL})
-    return result
+    return run, result, run.state in CLAIMABLE_STATES or freed
+
+
+def _submitted_wait(request: Request, principal: Principal, name: StateName, preferences: dict[str, str]) -> float:
+    """How long this request may wait for the run's Submitted: only a run token's Running that asks to."""
+    if name != StateName.RUNNING or kind_of(principal) != Kind.RUN_TOKEN:
+        return 0.0
+    try:
+        asked = float(preferences.get("wait", "0"))
+    except ValueError:
+        return 0.0
+    most: float = request.app.state.settings.server.max_state_wait_seconds
+    return min(asked, most) if math.isfinite(asked) else 0.0
+
+
+async def _change_once_submitted(
+    change: Callable[[], tuple[FlowRun, FlowRunRead | None, bool]],
+    notifier: RunNotifier,
+    request: Request,
+    flow_run_id: str,
+    wait: float,
+) -> tuple[FlowRun, FlowRunRead | None, bool]:
+    """``change`` (a Running); while it is refused because the run is still Pending, wait for the run to change and
+    try again, until ``wait`` seconds have passed. Watched before the first try: a Submitted committed between the
+    refusal and the wait is not missed. A Submitted made on another replica is seen at the next look
+    (``_LOOK_AGAIN_SECONDS``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    with notifier.watch(flow_run_id) as changed:
+        while True:
+            changed.clear()
+            try:
+                return await run_in_threadpool(change)
+            except IllegalTransitionError as exc:
+                remaining = deadline - loop.time()
+                if exc.current != StateName.PENDING or remaining <= 0 or notifier.closing:
+                    raise
+            # Waiting for the agent, not for the server: the request gives back its place among those in flight
+            # (its body is read), so that waiting processes cannot keep out their agents' Submitted.
+            leave_admission(request.scope)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, _LOOK_AGAIN_SECONDS))
 
 
 @router.post("/{flow_run_id}/cancel", response_model=FlowRunRead, responses=error_responses(409))

@@ -1,0 +1,123 @@
+"""A flow-run process's Running asked while its run is still Pending waits for its agent's Submitted
+(``Prefer: wait=N``, RFC 7240) instead of a 409 at once: the process often starts before its agent has reported it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from baton.client import Client
+from baton.schemas.responses import ClaimedRun
+from server.harness import TenantContext
+from support import ServerProcess, register_source_flow
+
+
+def _running_in_the_background(
+    tenant: TenantContext, claimed: ClaimedRun, prefer: str
+) -> tuple[threading.Thread, list[httpx.Response]]:
+    answers: list[httpx.Response] = []
+    path = f"/api/flow_runs/{claimed.flow_run.id}/state"
+
+    def ask() -> None:
+        client = tenant.raw(claimed.run_token)
+        answers.append(client.post(path, json={"name": "Running"}, headers={"Prefer": prefer}, timeout=30))
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    return asking, answers
+
+
+def _refused_at_least_once(tenant: TenantContext, claimed: ClaimedRun) -> None:
+    """Until the waiting Running has met the Pending run (a plain Running asked meanwhile is refused)."""
+    # The background request's first try happens within milliseconds; this one's refusal shows the run is Pending.
+    with pytest.raises(Exception, match="Pending"):
+        tenant.client(claimed.run_token).set_flow_run_state(claimed.flow_run.id, "Running")
+
+
+def test_running_waits_for_the_agents_submitted_and_then_starts(
+    tenant: TenantContext, runner: Client, claimed: ClaimedRun
+) -> None:
+    # Given a Running asked with Prefer: wait=10 while the run is still Pending
+    asking, answers = _running_in_the_background(tenant, claimed, "return=minimal, wait=10")
+    _refused_at_least_once(tenant, claimed)
+
+    # When the agent reports the run Submitted
+    runner.set_flow_run_state(claimed.flow_run.id, "Submitted", "PID: 7", {"pid": 7})
+    asking.join(15)
+
+    # Then the waiting Running went through, after the Submitted
+    assert [answer.status_code for answer in answers] == [200]
+    assert answers[0].json()["state"] == "Running"
+    assert [s.name for s in tenant.run(claimed.flow_run.id).states] == ["Scheduled", "Pending", "Submitted", "Running"]
+
+
+def test_a_running_whose_wait_runs_out_is_refused_naming_pending(tenant: TenantContext, claimed: ClaimedRun) -> None:
+    answer = tenant.raw(claimed.run_token).post(
+        f"/api/flow_runs/{claimed.flow_run.id}/state", json={"name": "Running"}, headers={"Prefer": "wait=0.3"}
+    )
+
+    assert answer.status_code == 409
+    assert answer.json()["current_state"] == "Pending"
+    assert tenant.run(claimed.flow_run.id).state == "Pending"
+
+
+def test_a_deployment_failure_ends_the_wait_with_the_refusal(
+    tenant: TenantContext, runner: Client, claimed: ClaimedRun
+) -> None:
+    asking, answers = _running_in_the_background(tenant, claimed, "wait=10")
+    _refused_at_least_once(tenant, claimed)
+
+    runner.set_flow_run_state(claimed.flow_run.id, "Failed", "the image is missing")
+    asking.join(15)
+
+    assert [answer.status_code for answer in answers] == [409]
+    assert answers[0].json()["current_state"] in ("Failed", "Retrying")
+
+
+@pytest.mark.parametrize("prefer", ["wait=abc", "wait=nan", "wait=-3", "wait=inf"])
+def test_a_wait_that_is_not_a_number_of_seconds_is_no_wait(
+    tenant: TenantContext, claimed: ClaimedRun, prefer: str
+) -> None:
+    answer = tenant.raw(claimed.run_token).post(
+        f"/api/flow_runs/{claimed.flow_run.id}/state", json={"name": "Running"}, headers={"Prefer": prefer}
+    )
+
+    assert (answer.status_code, answer.json()["current_state"]) == (409, "Pending")
+
+
+def test_waiting_runnings_do_not_keep_their_agents_submitted_out(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    # Given a server that handles one request at a time (the others queue), and a Running waiting there
+    server = start_server(BATON__SERVER__MAX_REQUESTS_IN_FLIGHT="1")
+    admin = server.client()
+    register_source_flow(admin)
+    runner = server.client(admin.create_api_key("runner", name="runner").key)
+    try:
+        agent = runner.register_agent("a", "local", [])
+        run = admin.create_flow_run(flow_name="hello")
+        claimed = runner.claim(agent.id).runs[0]
+        answers: list[httpx.Response] = []
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {claimed.run_token}"}) as token:
+            path = f"/api/flow_runs/{run.id}/state"
+            asking = threading.Thread(
+                target=lambda: answers.append(token.post(path, json={"name": "Running"}, headers={"Prefer": "wait=20"}))
+            )
+            asking.start()
+            with Client(server.url, claimed.run_token) as plain, pytest.raises(Exception, match="Pending"):
+                plain.set_flow_run_state(run.id, "Running")  # the waiting Running has met the Pending run
+
+            # When the agent reports Submitted: had the waiting Running kept its place, this would queue behind it
+            # until its 20 s ran out, and the Running would be refused
+            runner.set_flow_run_state(run.id, "Submitted", "PID: 7", {"pid": 7})
+            asking.join(30)
+
+        # Then both went through
+        assert [answer.status_code for answer in answers] == [200]
+        assert admin.get_flow_run(run.id).state == "Running"
+    finally:
+        runner.close()
