@@ -476,7 +476,8 @@ class Client:
         prefer = r.PREFER_MINIMAL + (f", wait={wait_seconds:g}" if wait_seconds > 0 else "")
         headers = {"Prefer": prefer}
         path = f"/api/flow_runs/{flow_run_id}/state"
-        return self._model(r.StateChanged, "POST", path, json=body, headers=headers)
+        timeout = (self._http.timeout.read or 30.0) + max(wait_seconds, 0.0)  # the server may take the wait
+        return self._model(r.StateChanged, "POST", path, json=body, headers=headers, timeout=timeout)
 
     def retry_flow_run(self, flow_run_id: str, idempotency_key: str | None = None) -> r.FlowRunRead:
         """Run a Failed or Cancelled run again as a new run (same flow version, parameters and labels) whose

@@ -25,6 +25,7 @@ from baton.server.models.errors import (
     Conflict,
     InvalidRequest,
     ObjectNotFound,
+    RevokedToken,
     StaleState,
 )
 
@@ -39,6 +40,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     InvalidLabelError: 422,
     IllegalTransitionError: 409,
     StaleState: 409,
+    RevokedToken: 401,
 }
 
 

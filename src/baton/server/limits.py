@@ -131,8 +131,8 @@ _LEAVE = "baton.leave_admission"
 
 
 def leave_admission(scope: Scope) -> None:
-    """A request about to wait for something else (its body read, its answer small) gives back its place among the
-    requests in flight, so that waiting requests cannot keep out the ones they wait for. Idempotent."""
+    """A request about to wait for something else gives back its place among the requests in flight, so that waiting
+    requests cannot keep out the ones they wait for. Its body's bytes stay counted until it ends. Idempotent."""
     leave = scope.get("state", {}).get(_LEAVE)
     if leave is not None:
         leave()
@@ -186,8 +186,7 @@ class Admission:
 
         def leave() -> None:
             self.slots.release(held["slots"])
-            self.budget.release(held["bytes"])
-            held.update(slots=0, bytes=0)
+            held["slots"] = 0
 
         scope.setdefault("state", {})[_LEAVE] = leave
         try:
@@ -195,6 +194,7 @@ class Admission:
             await self._within_body_deadline(scope, receive, send)
         finally:
             leave()
+            self.budget.release(held["bytes"])
 
     async def _within_body_deadline(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app, given ``body_timeout_seconds`` to receive the whole body: past it, 408 and the slot is free."""

@@ -125,6 +125,8 @@ class RunNotifier:
     def notify_all(self) -> None:
         for tenant_id in list(self._waiters):
             self.notify(tenant_id)
+        for run_id in list(self._watches):
+            self.run_changed(run_id)
 
     def notify_run(self, tenant_id: str, wake: RunWake) -> None:
         """Give ``wake`` to the longest-waiting waiter not yet woken that can take the run and has not had it."""
@@ -167,6 +169,9 @@ class RunNotifier:
             watching.remove(event)
             if not watching:
                 self._watches.pop(run_id, None)
+
+    def watched(self, run_id: str) -> bool:
+        return run_id in self._watches
 
     def run_changed(self, run_id: str) -> None:
         """The state of ``run_id`` changed (after the commit): wake the requests watching it. On the event loop."""

@@ -7,15 +7,17 @@ Usage::
 
 from __future__ import annotations
 
-# More than a client of Baton sends: a header of many preferences is read no further (it is at most 200 characters).
+# More than a client of Baton sends: the rest of a longer header is ignored (RFC 7240: preferences a server cannot
+# use are ignored, not refused).
 MAX_PREFERENCES = 8
+MAX_HEADER_CHARS = 1000
 
 
 def parse_prefer(header: str | None) -> dict[str, str]:
     """The preferences of ``header`` by lowercased name, each with its value ("" for none). Parameters after ``;``
     are dropped, quotes around a value removed; the first of a repeated name wins (RFC 7240, section 2)."""
     preferences: dict[str, str] = {}
-    for item in (header or "").split(",")[:MAX_PREFERENCES]:
+    for item in (header or "")[:MAX_HEADER_CHARS].split(",")[:MAX_PREFERENCES]:
         token = item.split(";", 1)[0].strip()
         if not token:
             continue

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from baton.client import Client
-from baton.schemas.responses import ClaimedRun
+from baton.schemas.responses import AgentRead, ClaimedRun
 from server.harness import TenantContext
 from support import ServerProcess, register_source_flow
 
@@ -74,8 +74,29 @@ def test_a_deployment_failure_ends_the_wait_with_the_refusal(
     runner.set_flow_run_state(claimed.flow_run.id, "Failed", "the image is missing")
     asking.join(15)
 
-    assert [answer.status_code for answer in answers] == [409]
-    assert answers[0].json()["current_state"] in ("Failed", "Retrying")
+    # Then the wait ends with the refusal a new request would get: the failure revoked the run's token
+    assert [answer.status_code for answer in answers] == [401]
+    assert "no longer" in answers[0].json()["detail"]
+    assert tenant.run(claimed.flow_run.id).state == "Failed"
+
+
+def test_a_wait_outlived_by_its_token_does_not_start_the_runs_next_claim(
+    tenant: TenantContext, runner: Client, agent: AgentRead, claimed: ClaimedRun
+) -> None:
+    # Given a Running waiting with the token of a claim that the agent then gives back (the run is Scheduled again)
+    asking, answers = _running_in_the_background(tenant, claimed, "wait=10")
+    _refused_at_least_once(tenant, claimed)
+    runner.set_flow_run_state(claimed.flow_run.id, "Scheduled", "released")
+
+    # When the run is claimed again and submitted under the new claim
+    again = TenantContext.claim_one(runner, agent.id, claimed.flow_run.id)
+    runner.set_flow_run_state(claimed.flow_run.id, "Submitted", "PID: 8", {"pid": 8})
+    asking.join(15)
+
+    # Then the old claim's waiting Running is refused (its token is not the run's), and the new claim's process
+    # starts the run
+    assert [answer.status_code for answer in answers] == [401]
+    assert tenant.client(again.run_token).set_flow_run_state(claimed.flow_run.id, "Running").state == "Running"
 
 
 @pytest.mark.parametrize("prefer", ["wait=abc", "wait=nan", "wait=-3", "wait=inf"])

@@ -204,7 +204,7 @@ async def set_state(
     db: Db,
     notifier: NotifierDep,
     request: Request,
-    prefer: Annotated[str | None, Header(alias="Prefer", max_length=200)] = None,
+    prefer: Annotated[str | None, Header(alias="Prefer")] = None,
 ) -> FlowRunRead | JSONResponse:
     """Move the run to a new state; 409 with the reason when the state machine does not allow it.
 
@@ -219,14 +219,12 @@ async def set_state(
     preferences = parse_prefer(prefer)
     minimal = preferences.get("return") == "minimal"
     check_state_allowed(principal, payload.name)
-    change = functools.partial(_change_state, db, principal, flow_run_id, payload, minimal)
+    change = functools.partial(_change_state, db, notifier, principal, flow_run_id, payload, minimal)
     wait = _submitted_wait(request, principal, payload.name, preferences)
-    if wait <= 0:
-        run, result, notify = await run_in_threadpool(change)
+    if wait <= 0 or notifier.watched(flow_run_id):  # one waiting Running per run: another answers at once
+        run, result = await run_in_threadpool(change)
     else:
-        run, result, notify = await _change_once_submitted(change, notifier, request, flow_run_id, wait)
-    if notify:
-        notifier.notify_threadsafe(principal.tenant_id)
+        run, result = await _change_once_submitted(change, notifier, request, flow_run_id, wait)
     notifier.run_changed(flow_run_id)
     if result is None:
         changed = StateChanged(id=run.id, state=run.state, state_message=run.state_message)
@@ -235,10 +233,14 @@ async def set_state(
 
 
 def _change_state(
-    db: sessionmaker[Session], principal: Principal, flow_run_id: str, payload: StateSet, minimal: bool
-) -> tuple[FlowRun, FlowRunRead | None, bool]:
-    """The state change, in one transaction (a worker thread): the run, its answer unless minimal, and whether the
-    tenant's waiting agents should hear of it."""
+    db: sessionmaker[Session],
+    notifier: RunNotifier,
+    principal: Principal,
+    flow_run_id: str,
+    payload: StateSet,
+    minimal: bool,
+) -> tuple[FlowRun, FlowRunRead | None]:
+    """The state change, in one transaction (a worker thread): the run, and its answer unless minimal."""
     with transaction(db) as session:
         held_by = run_holder(session, principal, flow_run_id)
         # A user key marks a run Failed by hand: that ends it, whatever retries its flow has left.
@@ -252,11 +254,15 @@ def _change_state(
             payload.data,
             held_by,
             retry=not by_hand,
+            token_hash=principal.token_hash,
         )
         result = None if minimal else shaping.flow_run(session, principal, run)
         freed = payload.name in FINAL_STATES and concurrency.is_limited(session, run)
-    # Released, or a failed attempt now Retrying; freed: runs waiting for that slot may go now.
-    return run, result, run.state in CLAIMABLE_STATES or freed
+    # Released, or a failed attempt now Retrying; freed: runs waiting for that slot may go now. Here, in the worker
+    # thread: on PostgreSQL the news goes to the other replicas with a query.
+    if run.state in CLAIMABLE_STATES or freed:
+        notifier.notify_threadsafe(principal.tenant_id)
+    return run, result
 
 
 def _submitted_wait(request: Request, principal: Principal, name: StateName, preferences: dict[str, str]) -> float:
@@ -272,12 +278,12 @@ def _submitted_wait(request: Request, principal: Principal, name: StateName, pre
 
 
 async def _change_once_submitted(
-    change: Callable[[], tuple[FlowRun, FlowRunRead | None, bool]],
+    change: Callable[[], tuple[FlowRun, FlowRunRead | None]],
     notifier: RunNotifier,
     request: Request,
     flow_run_id: str,
     wait: float,
-) -> tuple[FlowRun, FlowRunRead | None, bool]:
+) -> tuple[FlowRun, FlowRunRead | None]:
     """``change`` (a Running); while it is refused because the run is still Pending, wait for the run to change and
     try again, until ``wait`` seconds have passed. Watched before the first try: a Submitted committed between the
     refusal and the wait is not missed. A Submitted made on another replica is seen at the next look
@@ -293,11 +299,13 @@ async def _change_once_submitted(
                 remaining = deadline - loop.time()
                 if exc.current != StateName.PENDING or remaining <= 0 or notifier.closing:
                     raise
-            # Waiting for the agent, not for the server: the request gives back its place among those in flight
-            # (its body is read), so that waiting processes cannot keep out their agents' Submitted.
+            # Waiting for the agent, not for the server: the request gives back its place among those in flight,
+            # so that waiting processes cannot keep out their agents' Submitted (its body's bytes stay counted).
             leave_admission(request.scope)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(remaining, _LOOK_AGAIN_SECONDS))
+            if await request.is_disconnected():  # the process is gone, or gave up: it must not be set Running now
+                raise IllegalTransitionError(StateName.PENDING, StateName.RUNNING, "the request was abandoned")
 
 
 @router.post("/{flow_run_id}/cancel", response_model=FlowRunRead, responses=error_responses(409))

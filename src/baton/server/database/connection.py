@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.exceptions import ConfigurationError, DatabaseUnavailableError
@@ -67,8 +67,8 @@ class WriterQueue:
     server's threads spent most of their time in ``BEGIN IMMEDIATE``). The server's own writers now wait on a
     ``threading.Lock``, taken before ``BEGIN IMMEDIATE`` and released once ``COMMIT`` or ``ROLLBACK`` is done, so
     the next one starts at once. Other processes on the same file (the CLI's admin commands) still meet the busy
-    handler. A thread never holds two write transactions at once: on SQLite the second would wait for the first
-    forever, so that already failed before this lock existed.
+    handler. A thread never holds two write transactions at once: the second would wait for the first until its
+    timeout and fail, as it did before this lock existed.
     """
 
     def __init__(self, timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
@@ -79,13 +79,14 @@ class WriterQueue:
         if connection.get_execution_options().get(READ_ONLY, False):
             connection.exec_driver_sql("BEGIN")  # in WAL mode it reads beside the writer, never queueing
             return
+        info = connection.info  # first: on a connection being re-established this may raise, and no lock is held yet
         if not self._lock.acquire(timeout=self._timeout):
             raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
-        connection.info[_HOLDS_WRITER_LOCK] = True
+        info[_HOLDS_WRITER_LOCK] = True
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
-            self._release(connection.info)
+            self._release(info)
             raise
 
     def commit(self, connection: Any) -> None:
@@ -103,16 +104,24 @@ class WriterQueue:
     def _end(self, connection: Any, statement: str) -> None:
         """End the transaction here, then let the next writer in: SQLAlchemy's own COMMIT or ROLLBACK, which follows
         this event, is then a no-op (the driver skips it outside a transaction)."""
-        if not connection.info.get(_HOLDS_WRITER_LOCK):
+        if connection.invalidated:
+            return  # the pool took the connection back (its check-in released the lock); its rollback is moot
+        info = connection.info
+        if not info.get(_HOLDS_WRITER_LOCK):
             return
+        dbapi_connection = connection.connection.dbapi_connection
         try:
-            dbapi_connection = connection.connection.dbapi_connection
             if dbapi_connection is not None and dbapi_connection.in_transaction:
                 dbapi_connection.execute(statement)
         except sqlite3.Error as exc:
-            raise OperationalError(statement, None, exc) from exc
+            # A failed COMMIT (disk full, I/O error) leaves the transaction open: end it before the next writer
+            # comes in, and keep the driver's error class (an integrity error is not "database busy").
+            with contextlib.suppress(sqlite3.Error):
+                if dbapi_connection is not None and dbapi_connection.in_transaction:
+                    dbapi_connection.execute("ROLLBACK")
+            raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
         finally:
-            self._release(connection.info)
+            self._release(info)
 
     def _release(self, info: dict[str, Any]) -> None:
         if info.pop(_HOLDS_WRITER_LOCK, False):

@@ -17,6 +17,11 @@ class Conflict(BatonError):
     """The request clashes with what exists (409), e.g. an agent identity bound to another, active key."""
 
 
+class RevokedToken(BatonError):
+    """The run token stopped being its run's while the request was handled (401): the run ended, or went back to the
+    queue and is another claim's now."""
+
+
 class StaleState(BatonError):
     """Another writer changed the run first; the caller may retry with the fresh state (409)."""
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from baton.exceptions import IllegalTransitionError
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import FlowRun
-from baton.server.models.errors import InvalidRequest, StaleState
+from baton.server.models.errors import InvalidRequest, RevokedToken, StaleState
 from baton.server.models.flow_runs import MAX_TRANSITION_ATTEMPTS, get_flow_run, transition
 
 _S = StateName
@@ -31,8 +31,10 @@ def set_state(
     held_by: str | None = None,
     *,
     retry: bool = True,
+    token_hash: str | None = None,
 ) -> FlowRun:
-    """Move the run to ``name``; with ``held_by``, only while that agent holds it (else StaleState, 409).
+    """Move the run to ``name``; with ``held_by``, only while that agent holds it (else StaleState, 409); with
+    ``token_hash``, only while that run token is the run's (else RevokedToken, 401).
 
     ``retry=False``: a Failed asked for is final even when the flow has retries left (marked by hand).
     """
@@ -42,6 +44,8 @@ def set_state(
         run = get_flow_run(session, tenant_id, flow_run_id)
         if held_by is not None and run.agent_id != held_by:
             raise StaleState(f"flow run {flow_run_id} was released and claimed again while this request was handled")
+        if token_hash is not None and run.run_token_hash != token_hash:
+            raise RevokedToken(f"this run token is no longer flow run {flow_run_id}'s: the run ended or was released")
         if name == _S.SCHEDULED and run.state != _S.PENDING:
             raise IllegalTransitionError(run.state, name, "only a claimed, undeployed run can be released")
         try:

@@ -37,6 +37,9 @@ class Principal:
     key_id: str | None = None
     key_name: str | None = None
     flow_run_id: str | None = None
+    # A run token's hash: a state change checks it against the run's in its own transaction (``set_state``), since
+    # a request may wait after authentication while the run is released and given to another agent's token.
+    token_hash: str | None = None
 
     @property
     def is_run_token(self) -> bool:
@@ -86,7 +89,7 @@ def authenticate(session: Session, secret: str) -> Principal | None:
         ).first()
         if row is None:
             return None
-        return Principal(tenant_id=row[1], tenant_name=row[2], role=None, flow_run_id=row[0])
+        return Principal(tenant_id=row[1], tenant_name=row[2], role=None, flow_run_id=row[0], token_hash=digest)
     key_row = session.execute(
         select(ApiKey, Tenant.name)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
