@@ -142,3 +142,12 @@ def test_waiting_runnings_do_not_keep_their_agents_submitted_out(
         assert admin.get_flow_run(run.id).state == "Running"
     finally:
         runner.close()
+
+
+def test_the_api_document_names_both_answers_of_a_state_change(tenant: TenantContext) -> None:
+    document = tenant.raw().get("/api/openapi.json").json()
+    answer = document["paths"]["/api/flow_runs/{flow_run_id}/state"]["post"]["responses"]["200"]
+    schemas = answer["content"]["application/json"]["schema"]["anyOf"]
+    assert sorted(schema["$ref"].rsplit("/", 1)[1] for schema in schemas) == ["FlowRunRead", "StateChanged"]
+    assert set(document["components"]["schemas"]["StateChanged"]["properties"]) == {"id", "state", "state_message"}
+    assert "current_state" in document["components"]["schemas"]["ErrorDetail"]["properties"]

@@ -191,10 +191,14 @@ def get_flow_run_with_flow(
 
 @router.post(
     "/{flow_run_id}/state",
-    response_model=FlowRunRead,
+    # Two answers, by the request's Prefer header: documented as either (the handler builds each as its model).
+    response_model=None,
     responses={
         **error_responses(409),
-        200: {"description": f"The run; with `Prefer: {PREFER_MINIMAL}`, its id and state only (`StateChanged`)."},
+        200: {
+            "model": FlowRunRead | StateChanged,
+            "description": f"The run; with `Prefer: {PREFER_MINIMAL}`, its id and state only (`StateChanged`).",
+        },
     },
 )
 async def set_state(
