@@ -360,6 +360,21 @@ class AppApi(Faults, Client):
             lambda: super(AppApi, self).set_flow_run_state(flow_run_id, name, message, data),
         )
 
+    def change_flow_run_state(
+        self,
+        flow_run_id: str,
+        name: str,
+        message: str | None = None,
+        data: dict[str, Any] | None = None,
+        wait_seconds: float = 0.0,
+    ) -> r.StateChanged:
+        """The agent's state changes (``Prefer: return=minimal``): scripted and recorded as ``set_flow_run_state``."""
+        return self._through(
+            "set_flow_run_state",
+            (flow_run_id, name, message, data),
+            lambda: super(AppApi, self).change_flow_run_state(flow_run_id, name, message, data, wait_seconds),
+        )
+
     def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
         return self._through("get_flow_run", flow_run_id, lambda: super(AppApi, self).get_flow_run(flow_run_id))
 

@@ -204,6 +204,13 @@ class FakeApi(Faults):
         self._leave("set_flow_run_state")
         return read
 
+    def change_flow_run_state(
+        self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
+    ) -> r.StateChanged:
+        """The agent's state changes (``Prefer: return=minimal``): scripted and recorded as ``set_flow_run_state``."""
+        read = self.set_flow_run_state(flow_run_id, name, message, data)
+        return r.StateChanged(id=read.id, state=read.state, state_message=read.state_message)
+
     def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
         self._enter("get_flow_run", flow_run_id)
         with self._cond:

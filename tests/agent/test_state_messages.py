@@ -16,7 +16,7 @@ class _RecordingClient:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, str]] = []
 
-    def set_flow_run_state(self, run_id: str, state: str, message: str, data: Any = None) -> Any:
+    def change_flow_run_state(self, run_id: str, state: str, message: str, data: Any = None) -> Any:
         StateSet.model_validate({"name": state, "message": message})  # what the server would check
         self.sent.append((run_id, state, message))
         return None

@@ -178,7 +178,7 @@ def release_in_thread(client: AgentApi, agent_name: str, response: ClaimResponse
         run_id = claimed.flow_run.id
         for attempt in range(1, attempts + 1):
             try:
-                client.set_flow_run_state(run_id, "Scheduled", message)
+                client.change_flow_run_state(run_id, "Scheduled", message)
             except ServerUnavailableError as exc:
                 if attempt < attempts:
                     time.sleep(0.5 * attempt)

@@ -53,9 +53,9 @@ class AgentApi(Protocol):
         self, agent_id: str, deployments: list[dict[str, Any]], claims: list[str] | None = None
     ) -> r.HeartbeatResponse: ...
 
-    def set_flow_run_state(
+    def change_flow_run_state(
         self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
-    ) -> r.FlowRunRead: ...
+    ) -> r.StateChanged: ...
 
     def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead: ...
 
@@ -183,8 +183,9 @@ class ApiCalls:
 
     async def set_state(
         self, flow_run_id: str, state: str, message: str, data: dict[str, Any] | None = None
-    ) -> r.FlowRunRead:
-        """Set a run's state, retrying transient errors; returns the run as the server then has it.
+    ) -> r.StateChanged:
+        """Set a run's state, retrying transient errors; returns the run's state as the server then has it (a
+        Failed with retries left is Retrying), answered without the rest of the run (``Prefer: return=minimal``).
 
         Each run counts its own failures in a row: a burst of runs meeting a short outage together must not add
         up to one long streak. A retry may meet a 409 because the attempt before it went through although its
@@ -195,7 +196,7 @@ class ApiCalls:
             ClientError: the API refused, e.g. ConflictError (409) for a transition no longer allowed.
         """
         what = f"{state} for run {flow_run_id}"
-        set_state = self.client.set_flow_run_state
+        set_state = self.client.change_flow_run_state  # the new state is all the agent reads of the answer
         if len(message) > MAX_MESSAGE_LENGTH:
             # A platform's error (e.g. a daemon quoting a huge run config) must not make the state itself refused.
             message = message[: MAX_MESSAGE_LENGTH - len(_CUT_SHORT)] + _CUT_SHORT

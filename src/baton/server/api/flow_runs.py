@@ -215,7 +215,7 @@ async def set_state(
     ``Prefer`` (RFC 7240) takes two preferences:
 
     - ``return=minimal``: the answer is the run's id and new state only, without the history, flow and agent that
-      the whole run takes three more queries to read. The flow-run process sends it for Running and its end.
+      the whole run takes three more queries to read. The flow-run process and the agents send it.
     - ``wait=N``: a run token's Running, asked while its run is still Pending, waits up to N seconds (at most the
       server's ``max_state_wait_seconds``) for its agent's Submitted instead of a 409 at once: the process often
       starts before its agent has reported it, and under load a 409 and a retry cost more than the wait.
