@@ -361,19 +361,11 @@ class AppApi(Faults, Client):
         )
 
     def change_flow_run_state(
-        self,
-        flow_run_id: str,
-        name: str,
-        message: str | None = None,
-        data: dict[str, Any] | None = None,
-        wait_seconds: float = 0.0,
+        self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
     ) -> r.StateChanged:
-        """The agent's state changes (``Prefer: return=minimal``): scripted and recorded as ``set_flow_run_state``."""
-        return self._through(
-            "set_flow_run_state",
-            (flow_run_id, name, message, data),
-            lambda: super(AppApi, self).change_flow_run_state(flow_run_id, name, message, data, wait_seconds),
-        )
+        """How the agent sets states (the answer is the new state only): scripted like ``set_flow_run_state``."""
+        args = (flow_run_id, name, message, data)
+        return self._through("set_flow_run_state", args, lambda: super(AppApi, self).change_flow_run_state(*args))
 
     def get_flow_run(self, flow_run_id: str) -> r.FlowRunRead:
         return self._through("get_flow_run", flow_run_id, lambda: super(AppApi, self).get_flow_run(flow_run_id))

@@ -117,16 +117,9 @@ class FakeApi:
             raise self.apply_then_fail["set_flow_run_state"].pop(0)
         return self.get_flow_run(flow_run_id)
 
-    def change_flow_run_state(
-        self,
-        flow_run_id: str,
-        name: str,
-        message: str | None = None,
-        data: dict[str, Any] | None = None,
-        wait_seconds: float = 0.0,
-    ) -> StateChanged:
-        """The engine's state changes (``Prefer: return=minimal``): scripted and recorded as ``set_flow_run_state``."""
-        run = self.set_flow_run_state(flow_run_id, name, message, data)
+    def change_flow_run_state(self, flow_run_id: str, name: str, message: str | None = None, **_: Any) -> StateChanged:
+        """The engine's state changes, scripted as ``set_flow_run_state`` (the server's wait is not modelled)."""
+        run = self.set_flow_run_state(flow_run_id, name, message)
         return StateChanged(id=run.id, state=run.state, state_message=run.state_message)
 
     def flow_run_heartbeat(self, flow_run_id: str) -> FlowRunHeartbeatResponse:
