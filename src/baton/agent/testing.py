@@ -319,6 +319,7 @@ class SimulatedFlowRuns:
     def _set_state(self, client: Any, flow_run_id: str, state: str) -> bool:
         """Set ``state``; True when the run is in it (set now, or by an earlier attempt whose answer was lost)."""
         from baton.engine.retry import call_with_retry
+        from baton.engine.transitions import SUBMITTED_WAIT_SECONDS
         from baton.exceptions import AuthenticationError, ConflictError
 
         deadline = time.monotonic() + self._SUBMITTED_WAIT_SECONDS
@@ -327,7 +328,7 @@ class SimulatedFlowRuns:
             try:
                 call_with_retry(
                     lambda: client.change_flow_run_state(
-                        flow_run_id, state, wait_seconds=5.0 if state == "Running" else 0.0
+                        flow_run_id, state, wait_seconds=SUBMITTED_WAIT_SECONDS if state == "Running" else 0.0
                     ),
                     what=f"set the run {state}",
                     timeout_seconds=self.retry_seconds,
