@@ -325,7 +325,12 @@ class AppApi(Faults, Client):
         )
 
     def claim(
-        self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0
+        self,
+        agent_id: str,
+        limit: int = 1,
+        wait_seconds: float = 0.0,
+        prefetch_seconds: float = 0.0,
+        instance: str | None = None,
     ) -> r.ClaimResponse:
         def sent() -> r.ClaimResponse:
             with self._lock:
@@ -333,7 +338,7 @@ class AppApi(Faults, Client):
                 self.claims_waiting += 1
             self._call_ended()  # not ended, but a test may wait for it to be under way
             try:
-                return super(AppApi, self).claim(agent_id, limit, wait_seconds, prefetch_seconds)
+                return super(AppApi, self).claim(agent_id, limit, wait_seconds, prefetch_seconds, instance)
             finally:
                 with self._lock:
                     self.claims_waiting -= 1
@@ -392,8 +397,10 @@ class AppApi(Faults, Client):
             lambda: super(AppApi, self).list_flow_runs(state, flow_name, limit, offset, include, late),
         )
 
-    def deregister_agent(self, agent_id: str) -> r.AgentRead:
-        return self._through("deregister_agent", agent_id, lambda: super(AppApi, self).deregister_agent(agent_id))
+    def deregister_agent(self, agent_id: str, instance: str | None = None) -> r.AgentRead:
+        return self._through(
+            "deregister_agent", agent_id, lambda: super(AppApi, self).deregister_agent(agent_id, instance)
+        )
 
     def close(self) -> None:
         """What an agent that owns its client calls when it leaves (as ``FakeApi``, not among :attr:`calls`): the

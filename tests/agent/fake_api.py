@@ -136,7 +136,12 @@ class FakeApi(Faults):
         )
 
     def claim(
-        self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0
+        self,
+        agent_id: str,
+        limit: int = 1,
+        wait_seconds: float = 0.0,
+        prefetch_seconds: float = 0.0,
+        instance: str | None = None,
     ) -> r.ClaimResponse:
         self._enter("claim", (agent_id, limit, wait_seconds))
         deadline = time.monotonic() + wait_seconds
@@ -227,7 +232,7 @@ class FakeApi(Faults):
             runs = [run for run in self.runs.values() if state is None or run.state == state]
             return [self._read(run) for run in runs[offset : offset + limit]]
 
-    def deregister_agent(self, agent_id: str) -> r.AgentRead:
+    def deregister_agent(self, agent_id: str, instance: str | None = None) -> r.AgentRead:
         self._enter("deregister_agent", agent_id)
         with self._cond:
             agent = self.agents[agent_id]

@@ -7,7 +7,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 import pytest
 
@@ -488,11 +487,9 @@ def test_warm_stop_of_an_idle_agent_does_not_wait_out_the_long_poll(
     settings.agent.poll_wait_seconds = 30.0
     agent = make_app_agent()
     running = run_in_thread(agent)
+    # (its claim is sent: the server may not have begun it yet, and must still see it as this process's, which
+    # deregisters, rather than a restarted agent's)
     app_api.wait_for(lambda: app_api.claims_waiting == 1)
-    # ... and the server has begun it (its first attempt touched the agent): a deregistration that the server commits
-    # before the claim begins reads as the earlier stop of a restarted agent, which that claim undoes
-    registered = _last_seen(app_api)
-    app_api.wait_for(lambda: _last_seen(app_api) > registered)
 
     agent.stop()
 
@@ -503,12 +500,6 @@ def test_warm_stop_of_an_idle_agent_does_not_wait_out_the_long_poll(
     run_id = app_api.add_run()
     time.sleep(0.2)
     assert app_api.last_state(run_id)[0] == "Scheduled" and app_api.state(run_id) == "Scheduled"
-
-
-def _last_seen(app_api: AppApi) -> datetime:
-    (agent,) = app_api.admin.list_agents()
-    assert agent.last_seen is not None
-    return agent.last_seen
 
 
 class EngineLikeDriver(InMemoryDriver):

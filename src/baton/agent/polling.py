@@ -268,10 +268,13 @@ class Poller:
         return problem is not None
 
     async def _claim(self, free: int, wait_seconds: float) -> None:
-        client, agent_id = self._api.client, self._identity.agent_id
+        client, agent_id, instance = self._api.client, self._identity.agent_id, self._identity.instance
         assert agent_id is not None
         wait = 0.0 if self._recovering else wait_seconds
-        claim = ClaimCall(lambda: client.claim(agent_id, limit=free, wait_seconds=wait), asyncio.get_running_loop())
+        claim = ClaimCall(
+            lambda: client.claim(agent_id, limit=free, wait_seconds=wait, instance=instance),
+            asyncio.get_running_loop(),
+        )
         self.in_flight = claim.start()
         try:
             response = await claim.result(give_up=self._wakeups.stop_requested)

@@ -46,7 +46,12 @@ class AgentApi(Protocol):
     ) -> r.AgentRead: ...
 
     def claim(
-        self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0
+        self,
+        agent_id: str,
+        limit: int = 1,
+        wait_seconds: float = 0.0,
+        prefetch_seconds: float = 0.0,
+        instance: str | None = None,
     ) -> r.ClaimResponse: ...
 
     def agent_heartbeat(
@@ -67,7 +72,7 @@ class AgentApi(Protocol):
         self, state: str | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[r.FlowRunRead]: ...
 
-    def deregister_agent(self, agent_id: str) -> r.AgentRead: ...
+    def deregister_agent(self, agent_id: str, instance: str | None = None) -> r.AgentRead: ...
 
     def close(self) -> None: ...
 

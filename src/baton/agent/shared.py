@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from baton.agent.loops import IntervalTicker, sleep_or_wake
@@ -26,13 +27,18 @@ logger = logging.getLogger("baton.agent")
 
 @dataclass
 class AgentIdentity:
-    """The agent as the server knows it; ``agent_id`` and ``tenant_id`` are set at start-up."""
+    """The agent as the server knows it; ``agent_id`` and ``tenant_id`` are set at start-up.
+
+    ``instance`` names this process of the agent (a new random id each start): its claims and its deregistration
+    carry it, so the server tells this process's warm stop from an earlier process's under the same identity.
+    """
 
     name: str
     agent_type: str
     labels: list[str]
     agent_id: str | None = None
     tenant_id: str | None = None
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)

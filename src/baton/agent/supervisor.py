@@ -180,7 +180,7 @@ class Supervisor:
         if agent_id is None:
             return True
         try:
-            await asyncio.to_thread(self._api.client.deregister_agent, agent_id)
+            await asyncio.to_thread(self._api.client.deregister_agent, agent_id, self._identity.instance)
         except ConflictError as exc:
             if first_try:
                 return False

@@ -547,9 +547,11 @@ class Client:
         """Every agent of the tenant, oldest first, with its liveness and the runs it holds."""
         return self._all_pages(r.AgentRead, "/api/agents")
 
-    def deregister_agent(self, agent_id: str) -> r.AgentRead:
-        """Deregister an agent (its warm stop): only the key that registered it may."""
-        return self._model(r.AgentRead, "DELETE", f"/api/agents/{agent_id}")
+    def deregister_agent(self, agent_id: str, instance: str | None = None) -> r.AgentRead:
+        """Deregister an agent (its warm stop): only the key that registered it may. ``instance``: the stopping
+        agent process, as on its claims (a later claim of that process then claims nothing)."""
+        params = {} if instance is None else {"instance": instance}
+        return self._model(r.AgentRead, "DELETE", f"/api/agents/{agent_id}", params=params)
 
     def prune_agents(
         self, older_than_seconds: float | None = None, dry_run: bool = False, agent_ids: Sequence[str] | None = None
@@ -563,9 +565,18 @@ class Client:
         return self._model(r.AgentsPruned, "POST", "/api/agents/prune", json=body)
 
     def claim(
-        self, agent_id: str, limit: int = 1, wait_seconds: float = 0.0, prefetch_seconds: float = 0.0
+        self,
+        agent_id: str,
+        limit: int = 1,
+        wait_seconds: float = 0.0,
+        prefetch_seconds: float = 0.0,
+        instance: str | None = None,
     ) -> r.ClaimResponse:
-        body = {"limit": limit, "wait_seconds": wait_seconds, "prefetch_seconds": prefetch_seconds}
+        """Claim due runs, waiting up to ``wait_seconds``. ``instance``: the agent process asking (a random id per
+        start), so that a call still on its way when that process deregistered claims nothing."""
+        body: dict[str, Any] = {"limit": limit, "wait_seconds": wait_seconds, "prefetch_seconds": prefetch_seconds}
+        if instance is not None:
+            body["instance"] = instance
         # The long poll may legitimately take wait_seconds: give the read timeout that much more.
         timeout = self._http.timeout.read or 30.0
         return self._model(

@@ -24,6 +24,10 @@ from baton.schemas.states import StateName, TaskRunState
 from baton.schemas.storage_rules import storage_problem
 
 NAME_FIELD = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
+# An agent process: a random id the agent makes at each start and sends with its claims and its deregistration, so the
+# server can tell this process's stop from the stop of an earlier process under the same identity (migration 0014).
+INSTANCE_MAX_LENGTH = 64
+INSTANCE_PATTERN = r"^[A-Za-z0-9_-]+$"
 MAX_SOURCE_BYTES = 5 * 1024 * 1024
 MAX_LOGS_PER_BATCH = 1000
 MAX_MESSAGE_LENGTH = 100_000
@@ -230,6 +234,8 @@ class ClaimRequest(StrictModel):
     limit: int = Field(default=1, ge=1, le=100, strict=True)
     wait_seconds: float = Field(default=0.0, ge=0, le=120, strict=True)
     prefetch_seconds: float = Field(default=0.0, ge=0, le=3600, strict=True)
+    # The agent process asking; None (agents before this field): the server judges by the call's start time.
+    instance: str | None = Field(default=None, min_length=1, max_length=INSTANCE_MAX_LENGTH, pattern=INSTANCE_PATTERN)
 
 
 class DeploymentStatus(StrictModel):

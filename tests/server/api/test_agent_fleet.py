@@ -134,6 +134,72 @@ def test_deregistering_ends_the_agents_waiting_poll_which_claims_nothing(tenant:
     assert listed(runner, agent.id).deregistered_at is not None
 
 
+def test_a_claim_still_on_its_way_when_its_process_deregistered_claims_nothing(
+    tenant: TenantContext, user: Client, runner: Client
+) -> None:
+    # Given an agent process whose warm stop deregistered it while its next claim was still on its way (the claim
+    # reaches the server after the deregistration committed), and a run it could take
+    label = unique("etl")
+    tenant.register_flow("hello")
+    agent = runner.register_agent(unique("agent"), "local", [label])
+    runner.deregister_agent(agent.id, instance="process-1")
+    run = user.create_flow_run(flow_name="hello", labels=[label])
+
+    # When that claim arrives, naming the process
+    answer = runner.claim(agent.id, limit=1, instance="process-1")
+
+    # Then it claims nothing and the agent stays deregistered: the run waits for a live agent
+    assert answer.runs == []
+    assert listed(runner, agent.id).deregistered_at is not None
+    assert user.get_flow_run(run.id).state == "Scheduled"
+
+    # And the next process of the same identity (a restart) claims it, and makes the agent live again
+    [claimed] = runner.claim(agent.id, limit=1, instance="process-2").runs
+    assert claimed.flow_run.id == run.id
+    assert (listed(runner, agent.id).live, listed(runner, agent.id).deregistered_at) == (True, None)
+
+
+def test_an_earlier_process_stopping_does_not_stop_its_successors_polls(
+    tenant: TenantContext, user: Client, runner: Client
+) -> None:
+    # Given a rolling restart: the new process of an agent polls while the old one, under the same identity, ends
+    # its warm stop by deregistering
+    label = unique("etl")
+    tenant.register_flow("hello")
+    agent = runner.register_agent(unique("agent"), "local", [label])
+    registered_seen = listed(runner, agent.id).last_seen
+    answers: list[ClaimResponse] = []
+    with Client(tenant.server.url, tenant.key("runner"), timeout=90) as polling:
+        poll = threading.Thread(
+            target=lambda: answers.append(polling.claim(agent.id, limit=1, wait_seconds=20, instance="new"))
+        )
+        poll.start()
+        wait_for(lambda: listed(runner, agent.id).last_seen != registered_seen, what="the poll's first attempt")
+        runner.deregister_agent(agent.id, instance="old")
+        # (the deregistration wakes the poll, whose next attempt is a sign of life of the new process)
+        wait_for(lambda: listed(runner, agent.id).deregistered_at is None, what="the poll undoing the old stop")
+
+        # When a run arrives
+        run = user.create_flow_run(flow_name="hello", labels=[label])
+
+        # Then the new process's poll, woken by the deregistration, carries on and takes it; the agent is live
+        poll.join(timeout=30)
+        assert not poll.is_alive()
+    assert [[claimed.flow_run.id for claimed in answer.runs] for answer in answers] == [[run.id]]
+    assert listed(runner, agent.id).deregistered_at is None
+
+
+@pytest.mark.parametrize("instance", ["", "a" * 65, "no spaces", "../x", "é"])
+def test_a_malformed_process_id_is_refused(runner: Client, instance: str) -> None:
+    agent = runner.register_agent(unique("agent"), "local", [])
+    with pytest.raises(ClientError) as claimed:
+        runner.claim(agent.id, instance=instance)
+    with pytest.raises(ClientError) as deregistered:
+        runner.deregister_agent(agent.id, instance=instance)
+    assert (claimed.value.status_code, deregistered.value.status_code) == (422, 422)
+    assert listed(runner, agent.id).deregistered_at is None
+
+
 def test_an_agent_holding_runs_cannot_deregister(tenant: TenantContext) -> None:
     runner = tenant.client(tenant.key("runner"))
     staged = tenant.stage("Pending", runner=runner)

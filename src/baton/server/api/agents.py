@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from baton.schemas.actions import AgentHeartbeat, AgentPrune, AgentRegister, ClaimRequest
+from baton.schemas.actions import (
+    INSTANCE_MAX_LENGTH,
+    INSTANCE_PATTERN,
+    AgentHeartbeat,
+    AgentPrune,
+    AgentRegister,
+    ClaimRequest,
+)
 from baton.schemas.responses import NEXT_CURSOR_HEADER, AgentRead, AgentsPruned, ClaimResponse, HeartbeatResponse
 from baton.server import shaping
 from baton.server.access import Action, allow
@@ -50,16 +57,29 @@ def list_agents(
 
 @router.delete("/{agent_id}", response_model=AgentRead, responses=error_responses(409))
 def deregister_agent(
-    agent_id: str, principal: Annotated[Principal, allow(Action.AGENT_DEREGISTER)], db: Db, request: Request
+    agent_id: str,
+    principal: Annotated[Principal, allow(Action.AGENT_DEREGISTER)],
+    db: Db,
+    request: Request,
+    instance: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=INSTANCE_MAX_LENGTH,
+            pattern=INSTANCE_PATTERN,
+            description="the stopping agent process (the `instance` of its claims)",
+        ),
+    ] = None,
 ) -> AgentRead:
     """Deregister (a warm stop): the agent stays listed as stale, its runs keep naming it; registering again, or any
     claim or heartbeat, makes it live. 409 while it still holds runs.
 
-    Its long poll still waiting (on any replica) is woken, and ends without claiming (``services/claiming.py``).
+    Its long poll still waiting (on any replica) is woken, and ends without claiming (``services/claiming.py``); so
+    does any later claim naming the same ``instance``.
     """
     stale_seconds = request.app.state.settings.server.agent_stale_seconds
     with transaction(db) as session:
-        agent = agent_fleet.deregister(session, agents.get_agent(session, principal.tenant_id, agent_id))
+        agent = agent_fleet.deregister(session, agents.get_agent(session, principal.tenant_id, agent_id), instance)
         read = shaping.fleet(session, [agent], stale_seconds)[0]
     request.app.state.notifier.notify_threadsafe(principal.tenant_id)  # after the commit: the poll must see it
     return read

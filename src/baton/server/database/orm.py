@@ -150,6 +150,9 @@ class Agent(Base):
     last_seen: Mapped[datetime | None] = mapped_column()
     # Set by a warm stop (DELETE /api/agents/{id}); cleared by any later sign of life (migration 0008).
     deregistered_at: Mapped[datetime | None] = mapped_column()
+    # The agent process that deregistered it (its ``instance``; None from an agent that does not name it): a claim
+    # from that process after its stop claims nothing, a claim from any other undoes the mark (migration 0014).
+    deregistered_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class FlowRun(Base):

@@ -70,8 +70,8 @@ def fleet_reads(session: Session, agents: Sequence[Agent], stale_seconds: float)
     return reads
 
 
-def deregister(session: Session, agent: Agent) -> Agent:
-    """Mark ``agent`` deregistered (its warm stop ended).
+def deregister(session: Session, agent: Agent, instance: str | None = None) -> Agent:
+    """Mark ``agent`` deregistered (its warm stop ended), by its process ``instance`` (None: not named).
 
     Raises:
         Conflict: it still holds runs (a warm stop releases its claims and waits for its deployments first).
@@ -86,6 +86,7 @@ def deregister(session: Session, agent: Agent) -> Agent:
             f"agent {agent.name!r} still holds {len(held)} run(s) ({shown}): release them or let them end first"
         )
     agent.deregistered_at = utcnow()
+    agent.deregistered_by = instance
     session.flush()
     return agent
 

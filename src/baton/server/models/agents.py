@@ -61,6 +61,7 @@ def register_agent(
     agent.api_key_id = api_key_id
     agent.last_seen = utcnow()
     agent.deregistered_at = None
+    agent.deregistered_by = None
     session.flush()
     return agent
 
@@ -96,21 +97,35 @@ def list_agents(session: Session, tenant_id: str) -> list[Agent]:
     return list(session.scalars(select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.created, Agent.id)))
 
 
-def touch(session: Session, agent: Agent, *, unless_deregistered: bool = False, since: datetime | None = None) -> bool:
+def touch(
+    session: Session,
+    agent: Agent,
+    *,
+    unless_deregistered: bool = False,
+    since: datetime | None = None,
+    instance: str | None = None,
+) -> bool:
     """A sign of life of ``agent``, which undoes a deregistration. One UPDATE; True when it was made.
 
-    ``unless_deregistered``: a claim attempt's sign of life, made only if the agent did not deregister (at or after
-    ``since``; ever, when None): else False, and the mark stays. The condition is in the UPDATE, so on PostgreSQL it
-    waits for a deregistration in progress (which holds the row) and then sees it.
+    ``unless_deregistered``: a claim attempt's sign of life, made unless the agent process making it has stopped;
+    else False, and the mark stays. That process is ``instance`` when the claim names it: a deregistration by the
+    same instance is its stop, one by another (or unnamed) is an earlier process's under the same identity. Claims
+    that do not name it fall back to time: a deregistration at or after ``since`` (ever, when None) is theirs. The
+    condition is in the UPDATE, so on PostgreSQL it waits for a deregistration in progress (which holds the row) and
+    then sees it.
     """
     query = update(Agent).where(Agent.id == agent.id)
     if unless_deregistered:
         not_deregistered: ColumnElement[bool] = Agent.deregistered_at.is_(None)
-        if since is not None:
+        if instance is not None:
+            not_deregistered = or_(not_deregistered, Agent.deregistered_by.is_(None), Agent.deregistered_by != instance)
+        elif since is not None:
             not_deregistered = or_(not_deregistered, Agent.deregistered_at < since)
         query = query.where(not_deregistered)
     result = session.execute(
-        query.values(last_seen=utcnow(), deregistered_at=None).execution_options(synchronize_session=False)
+        query.values(last_seen=utcnow(), deregistered_at=None, deregistered_by=None).execution_options(
+            synchronize_session=False
+        )
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 

@@ -4,9 +4,9 @@ Each attempt claims in one transaction (``models.claims.claim_runs``); between a
 notifier wakes it (a run it can take was created, or the tenant's queue changed: ``server/notifier.py``), the next
 known run becomes due, or the recheck interval passes. The handler only parses, authorises and delegates here.
 
-A call that began before its agent deregistered ends at its next attempt, claiming nothing: a warm stop deregisters
-while its last long poll is still waiting, and the deregistration wakes that poll (``api/agents.py``), so the agent
-leaves at once instead of waiting for its poll to end or giving up on it.
+A call of an agent process that has deregistered ends at its next attempt, claiming nothing: a warm stop deregisters
+while its last long poll is still waiting (or still on its way), and the deregistration wakes that poll
+(``api/agents.py``), so the agent leaves at once instead of waiting for its poll to end or giving up on it.
 
 Usage::
 
@@ -52,16 +52,17 @@ def claim_once(
 ) -> tuple[ClaimResponse, ClaimResult | None, frozenset[str]]:
     """One attempt, in one transaction: the agent is seen, due runs are claimed and shaped; and the agent's labels.
 
-    Returns no result (and claims nothing) when the agent deregistered during the call: the agent that made it has
-    stopped, and a claim now would undo its deregistration and leave the runs Pending. The first attempt passes
-    ``began``, the call's start (a deregistration before it is an earlier stop of a restarted agent); the later ones
-    pass None: each attempt clears the mark, so a mark found then was set since the attempt before, whatever the
-    clocks of the replicas say.
+    Returns no result (and claims nothing) when the agent process that made the call has deregistered: it has
+    stopped, and a claim now would undo its deregistration and leave the runs Pending. A call naming its process
+    (``payload.instance``) is judged by who deregistered. One that does not is judged by time: the first attempt
+    passes ``began``, the call's start (a deregistration before it is an earlier stop of a restarted agent), and the
+    later ones pass None: each attempt clears the mark, so a mark found then was set since the attempt before,
+    whatever the clocks of the replicas say. Time misjudges a call still on its way as its agent deregistered.
     """
     with transaction(claimer.factory) as session:
         agent = agents.get_agent(session, claimer.tenant_id, claimer.agent_id)
         labels = frozenset(agent.labels)
-        if not agents.touch(session, agent, unless_deregistered=True, since=began):
+        if not agents.touch(session, agent, unless_deregistered=True, since=began, instance=payload.instance):
             return ClaimResponse(runs=[]), None, labels
         settings = claimer.settings
         result = claims.claim_runs(
