@@ -159,3 +159,64 @@ def test_pods_seen_before_the_jobs_uid_is_known_are_judged_once_it_is() -> None:
     assert watch.newest_pod("baton-a") == "pod-p1"
     ended = watch.ended("baton-a", pending_timeout_seconds=0)
     assert ended is not None and "did not start" in (ended[0].message or "")
+
+
+def flow_pod(uid: str, job_name: str, controller_uid: str, state: dict[str, Any]) -> Any:
+    """A pod of the Job whose flow container is in ``state`` (its status as the sanitizer gives it)."""
+    seen = pod(uid, job_name, controller_uid)
+    seen.status = {"phase": "Running", "containerStatuses": [{"name": "flow", "state": state}]}
+    return seen
+
+
+def test_a_failed_job_waits_a_moment_for_its_pods_account_of_the_end() -> None:
+    # Given a Job whose pod runs its flow, on an agent whose clock the test moves
+    now = [100.0]
+    api = SimpleNamespace()
+    watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: now[0])
+    watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
+    watch.created("baton-a")
+    watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", {"running": {}}), deleted=False)
+
+    # When the Jobs watch reports it Failed before the pods watch reports the container's end
+    watch._seen("jobs", job("baton-a", "8", Failed="BackoffLimitExceeded"), deleted=False)
+
+    # Then it is not judged yet, within the grace
+    now[0] += 1.0
+    assert watch.ended("baton-a", 300) is None
+    # And when the pod's account comes, the end says what it was
+    oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", oom), deleted=False)
+    ended = watch.ended("baton-a", 300)
+    assert ended is not None
+    assert (ended[0].exit_code, ended[1]) == (137, True)
+    assert "container flow was OOM-killed (OOMKilled) (exit code 137)" in (ended[0].message or "")
+
+
+def test_a_failed_job_whose_pod_says_nothing_is_judged_on_the_jobs_word_after_the_grace() -> None:
+    now = [100.0]
+    api = SimpleNamespace()
+    watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: now[0])
+    watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
+    watch.created("baton-a")
+    watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", {"running": {}}), deleted=False)
+    watch._seen("jobs", job("baton-a", "8", Failed="DeadlineExceeded"), deleted=False)
+
+    now[0] += 4.9
+    assert watch.ended("baton-a", 300) is None
+    now[0] += 0.2
+    ended = watch.ended("baton-a", 300)
+
+    assert ended is not None
+    assert (ended[0].exit_code, ended[0].message, ended[1]) == (None, "Job baton-a failed: DeadlineExceeded", True)
+
+
+def test_a_failed_job_without_pods_is_judged_at_once() -> None:
+    api = SimpleNamespace()
+    watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: 100.0)
+    watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
+    watch.created("baton-a")
+
+    watch._seen("jobs", job("baton-a", "8", Failed="DeadlineExceeded"), deleted=False)
+
+    ended = watch.ended("baton-a", 300)
+    assert ended is not None and ended[0].message == "Job baton-a failed: DeadlineExceeded"

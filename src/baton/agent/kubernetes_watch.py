@@ -43,6 +43,9 @@ CANNOT_START = frozenset({"ErrImageNeverPull", "ImagePullBackOff", "InvalidImage
 _STARTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
 # Watches end server-side after this long and resume from their resourceVersion (below the API server's limits).
 WATCH_SECONDS = 60
+# A Job's Failed condition and its pod's account of the end (OOMKilled, the exit code) come on two watches: a Job
+# failed while its pod's termination is not seen yet waits this long for it before it is judged on the Job's word.
+ACCOUNT_GRACE_SECONDS = 5.0
 EARLY_EVENTS = 256  # pod events kept until their pod is seen (the events and pods watches are two threads)
 API_TIMEOUT_SECONDS = 30
 
@@ -58,6 +61,7 @@ class JobView:
     created: bool = False  # its create call returned: from now on, missing from a list means deleted
     complete: bool = False
     failed_reason: str | None = None
+    failed_seen: float | None = None  # when the watch first saw the Job Failed, on the agent's clock
     gone: bool = False
     uid: str | None = None  # the Job's uid: its pods are those it controls (ownerReferences), not those named so
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # pod name -> its status (a dict)
@@ -140,7 +144,7 @@ class JobWatch:
         are done); None while it runs, or when the Job is not tracked."""
         with self._lock:
             view = self._views.get(name)
-            return None if view is None else _ended(view, self._clock() - view.since, pending_timeout_seconds)
+            return None if view is None else _ended(view, self._clock(), pending_timeout_seconds)
 
     def newest_pod(self, name: str) -> str | None:
         """The name of the Job's newest pod, as the pods watch saw it; None if none."""
@@ -289,7 +293,7 @@ class JobWatch:
             view = self._views.get(obj.metadata.name)
             if view is not None:
                 self._set_uid(view, str(obj.metadata.uid))  # a Job's name is unique while it exists
-                _record_job(view, obj, deleted)
+                _record_job(view, obj, deleted, self._clock())
             return
         job_name = (obj.metadata.labels or {}).get("job-name")
         view = self._views.get(job_name) if job_name else None
@@ -392,7 +396,7 @@ def _controller_uid(pod: Any) -> str | None:
     return None
 
 
-def _record_job(view: JobView, job: Any, deleted: bool) -> None:
+def _record_job(view: JobView, job: Any, deleted: bool, now: float) -> None:
     view.gone = view.gone or deleted
     for condition in (job.status.conditions or []) if job.status else []:
         if condition.status != "True":
@@ -402,22 +406,26 @@ def _record_job(view: JobView, job: Any, deleted: bool) -> None:
         elif condition.type == "Failed":
             reason = condition.reason or "Failed"
             view.failed_reason = f"{reason}: {condition.message}" if condition.message else reason
+            if view.failed_seen is None:
+                view.failed_seen = now
 
 
-def _ended(view: JobView, age: float, pending_timeout: float) -> tuple[Ended, bool] | None:
+def _ended(view: JobView, now: float, pending_timeout: float) -> tuple[Ended, bool] | None:
     if view.complete:
         return Ended(0), True
     flow = _flow_container_status(view)
     state = flow.get("state", {}) if flow is not None else {}
-    return _verdict(view, state) or _stuck(view, state, age, pending_timeout)
+    return _verdict(view, state, now) or _stuck(view, state, now - view.since, pending_timeout)
 
 
-def _verdict(view: JobView, state: dict[str, Any]) -> tuple[Ended, bool] | None:
+def _verdict(view: JobView, state: dict[str, Any], now: float) -> tuple[Ended, bool] | None:
     """The end the Job or its flow container tells."""
     terminated = state.get("terminated")
     if view.failed_reason is not None:
         if terminated:  # the container's own account says more (OOMKilled, the exit code)
             return _terminated(view, terminated), True
+        if view.pods and view.failed_seen is not None and now - view.failed_seen < ACCOUNT_GRACE_SECONDS:
+            return None  # its pod's account is likely on its way (the pods watch lags the Jobs watch)
         return Ended(None, f"Job {view.name} failed: {view.failed_reason}"), True
     if terminated and not view.retries_possible:
         code = terminated.get("exitCode")
