@@ -369,3 +369,43 @@ def test_a_stored_deployment_is_stopped_only_when_it_is_provably_the_runs(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+class RecordedEvents:
+    """A driver's events: records when a deployment's end was told (``asyncio.Event`` set from any thread)."""
+
+    name = "agent"
+    sends_run_logs = False
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.changed = asyncio.Event()
+
+    def deployments_changed(self) -> None:
+        self.loop.call_soon_threadsafe(self.changed.set)
+
+    def platform_back(self) -> None:
+        return None
+
+    def run_logs(self, run_id: str, entries: list[dict[str, Any]]) -> None:
+        return None
+
+
+def test_a_spawned_runs_end_is_told_to_the_agent_at_once(make_local: Callable[..., ScriptAgent], api: FakeApi) -> None:
+    # Given a spawned run (no warm process) whose process sleeps a moment, with the driver opened on events
+    agent = make_local("import time; time.sleep(0.3)", prefork=False)
+
+    async def scenario() -> tuple[bool, int | None]:
+        events = RecordedEvents(asyncio.get_running_loop())
+        await agent.driver.open(events)
+        try:
+            deployment = await agent.driver.deploy(claimed(api), {})
+            assert not events.changed.is_set()
+            # When it ends, the driver says so without being asked (its pidfd turned readable)
+            await asyncio.wait_for(events.changed.wait(), timeout=20)
+            return events.changed.is_set(), await agent.driver.inspect(deployment)
+        finally:
+            await agent.driver.close()
+
+    assert asyncio.run(scenario()) == (True, 0)
+    assert agent.driver._exit_fds == set()  # its pidfd was closed

@@ -185,3 +185,14 @@ def test_a_run_keeps_none_of_the_warm_processs_descriptors(server: ForkServer) -
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(30)
+
+
+def test_the_warm_process_tells_of_each_childs_end_as_it_comes(server: ForkServer) -> None:
+    ends: list[int] = []
+    server.on_exit = lambda: ends.append(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    child = server.fork({"env": {"PATH": os.environ["PATH"]}, "cwd": None}, null, null, None)
+    os.close(null)
+
+    assert child.wait(30) == 2
+    assert ends == [1]

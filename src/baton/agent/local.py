@@ -216,6 +216,8 @@ class LocalDriver:
         self._workdirs: dict[int, str] = {}  # pid -> the directory made for a run under another user
         self.default_limit: int | None = host_run_limit()  # runs share this host
         self._forkserver = ForkServer(self.process_env({})) if self.options.prefork else None
+        self._events: DriverEvents | None = None
+        self._exit_fds: set[int] = set()  # pidfds of spawned runs, read by the event loop: an end is seen at once
 
     def labels(self) -> list[str]:
         return [hostname_label()] if self.options.hostname_label else []
@@ -227,11 +229,19 @@ class LocalDriver:
         return None  # this host is always there while the agent is
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for pidfd in self._exit_fds:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self._exit_fds.clear()
         if self._forkserver is not None:
             await asyncio.to_thread(self._forkserver.close)
 
     async def open(self, events: DriverEvents) -> None:
         """Before registering: every user flows may run as can run Baton, and cannot read the agent's secrets."""
+        self._events = events
+        if self._forkserver is not None:
+            self._forkserver.on_exit = events.deployments_changed
         users = {user.name: user for user in (self.run_as, *self.allowed_users.values()) if user is not None}
         secrets = [Path(path) for path in self.options.secret_files]
         for user in users.values():
@@ -293,9 +303,32 @@ class LocalDriver:
             raise DeploymentError(f"working directory {cwd!r} does not exist on {hostname_label()}")
         user = self.user_for(run_config)
         process = await asyncio.to_thread(self._start_process, claimed, env, cwd, user)
+        if not isinstance(process, ForkedProcess):  # the warm process reports its children's ends itself
+            self._watch_exit(process.pid)
         return Deployment(
             message=f"PID: {process.pid}", data={"pid": process.pid, "host": hostname_label()}, handle=process
         )
+
+    def _watch_exit(self, pid: int) -> None:
+        """Tell the agent when spawned process ``pid`` ends (its pidfd turns readable), so that its run's slot frees
+        then and not at the next inspection, up to ``watch_interval_seconds`` later."""
+        events = self._events
+        if events is None:
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # no pidfd (an old kernel): the inspections see the end
+            return
+        loop = asyncio.get_running_loop()
+
+        def ended() -> None:
+            loop.remove_reader(pidfd)
+            self._exit_fds.discard(pidfd)
+            os.close(pidfd)
+            events.deployments_changed()
+
+        self._exit_fds.add(pidfd)
+        loop.add_reader(pidfd, ended)
 
     def _start_process(
         self, claimed: ClaimedRun, run_env: dict[str, str], cwd: str | None, user: OsUser | None

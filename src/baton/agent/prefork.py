@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import IO, Any
 
 from baton.engine.forkserver import RUN_ID_PLACEHOLDER, RUN_ID_VARIABLE
@@ -89,6 +90,9 @@ class ForkedProcess:
         """Its exit, as the warm process reports it (or 1 when that process died first)."""
         if self._reported is None:
             self._reported = returncode
+            on_exit = self._server.on_exit
+            if on_exit is not None:
+                on_exit()  # its end is readable (poll) already
             self._ended.set()
 
     def has_exited(self) -> bool:
@@ -126,6 +130,9 @@ class ForkServer:
         self._replies: dict[int, tuple[threading.Event, dict[str, Any], ForkedProcess]] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._gone = False  # failed to start, died, or closed: never started again
+        # Called (from a reader thread, under this server's lock: it must not block) when a child has exited, so
+        # the agent sees the end now rather than at its next inspection.
+        self.on_exit: Callable[[], None] | None = None
 
     def start(self) -> bool:
         """Start the warm process unless it is running or gone; whether it is running."""
