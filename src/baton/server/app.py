@@ -39,6 +39,7 @@ from baton.server.database.connection import (
     create_database_engine,
     create_read_session_factory,
     create_session_factory,
+    read_only_engine,
 )
 from baton.server.database.migrate import upgrade
 from baton.server.errors import install_error_handlers
@@ -163,6 +164,7 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     app.state.settings = settings
     app.state.session_factory = factory
     app.state.read_session_factory = create_read_session_factory(engine)
+    app.state.read_engine = read_only_engine(engine)  # authentication's: one Core query per request
     app.state.database_kind = engine.dialect.name
     app.state.auth_limiter = FailedAuthLimiter(
         settings.server.failed_auth_limit, settings.server.failed_auth_window_seconds

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from fastapi import FastAPI
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -61,15 +61,17 @@ def _secret(authorization: str | None) -> str | Refusal:
 
 
 def authenticate_request(
-    factory: sessionmaker[Session], limiter: FailedAuthLimiter, address: str, authorization: str | None
+    engine: Engine, limiter: FailedAuthLimiter, address: str, authorization: str | None
 ) -> Principal | Refusal:
-    """The principal of ``authorization`` sent from ``address``, or why it is refused (401, or 429 when blocked)."""
+    """The principal of ``authorization`` sent from ``address``, or why it is refused (401, or 429 when blocked).
+    ``engine``: one whose connections only read (``read_only_engine``: on SQLite they never wait for the write lock).
+    """
     wait = limiter.retry_after(address)
     secret = _secret(authorization)
     principal: Principal | None = None
     if isinstance(secret, str) and (wait is None or _WELL_FORMED.match(secret)):
-        with factory() as session:
-            principal = authenticate(session, secret)
+        with engine.connect() as connection:
+            principal = authenticate(connection, secret)
     if principal is not None:
         return principal
     limiter.record_failure(address)
@@ -98,7 +100,7 @@ class AuthenticateFirst:
         address = client[0] if client and client[0] else UNKNOWN_ADDRESS
         outcome = await run_in_threadpool(
             authenticate_request,
-            fastapi_app.state.read_session_factory,  # it only reads: it never waits for SQLite's write lock
+            fastapi_app.state.read_engine,
             fastapi_app.state.auth_limiter,
             address,
             Headers(scope=scope).get("authorization"),

@@ -168,11 +168,16 @@ def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def read_only_engine(engine: Engine) -> Engine:
+    """``engine`` for work that only reads: on SQLite its transactions never wait for the write lock. A write in one
+    may fail at once when another writer got in first: use ``engine`` itself to write."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def create_read_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for work that only reads (authentication, the access check, the web UI's pages, the API's read
-    routes: ``api.deps.ReadDb``): on SQLite they never wait for the
-    write lock. A write in one may fail at once when another writer got in first: use the plain factory to write."""
-    return sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+    """Sessions for work that only reads (the access check, the web UI's pages, the API's read routes:
+    ``api.deps.ReadDb``), on :func:`read_only_engine`."""
+    return sessionmaker(read_only_engine(engine), expire_on_commit=False)
 
 
 @contextmanager

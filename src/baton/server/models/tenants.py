@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.orm import Session
 
 from baton.schemas.core import Role
@@ -77,12 +77,16 @@ def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
     return list(session.scalars(stmt))
 
 
-def authenticate(session: Session, secret: str) -> Principal | None:
-    """Resolve a bearer secret to a principal, or None when it is unknown, revoked or its run is over."""
+def authenticate(connection: Connection, secret: str) -> Principal | None:
+    """Resolve a bearer secret to a principal, or None when it is unknown, revoked or its run is over.
+
+    Every request runs it: one Core query of the columns it needs on a plain connection, without an ORM session
+    (~150 us here where the session and its entity loading took ~520 us, issue 12).
+    """
     digest = hash_secret(secret)
     if secret.startswith(RUN_TOKEN_PREFIX):
         # The hash is cleared when the run reaches a final state: that is what revokes the token.
-        row = session.execute(
+        row = connection.execute(
             select(FlowRun.id, Tenant.id, Tenant.name)
             .join(Tenant, Tenant.id == FlowRun.tenant_id)
             .where(FlowRun.run_token_hash == digest)
@@ -90,21 +94,15 @@ def authenticate(session: Session, secret: str) -> Principal | None:
         if row is None:
             return None
         return Principal(tenant_id=row[1], tenant_name=row[2], role=None, flow_run_id=row[0], token_hash=digest)
-    key_row = session.execute(
-        select(ApiKey, Tenant.name)
+    key_row = connection.execute(
+        select(ApiKey.id, ApiKey.tenant_id, ApiKey.role, ApiKey.name, Tenant.name)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
         .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     ).first()
     if key_row is None:
         return None
-    key, tenant_name = key_row
-    return Principal(
-        tenant_id=key.tenant_id,
-        tenant_name=tenant_name,
-        role=Role(key.role),
-        key_id=key.id,
-        key_name=key.name,
-    )
+    key_id, tenant_id, role, key_name, tenant_name = key_row
+    return Principal(tenant_id=tenant_id, tenant_name=tenant_name, role=Role(role), key_id=key_id, key_name=key_name)
 
 
 def key_is_active(session: Session, key_id: str) -> bool:

@@ -87,7 +87,9 @@ def login(request: Request, form: SignInForm) -> Response:
     client = request.client
     address = client.host if client and client.host else UNKNOWN_ADDRESS
     factory = factory_of(request)
-    outcome = authenticate_request(factory, request.app.state.auth_limiter, address, f"Bearer {key}")
+    outcome = authenticate_request(
+        request.app.state.read_engine, request.app.state.auth_limiter, address, f"Bearer {key}"
+    )
     if isinstance(outcome, Refusal):
         refused = _login_page(request, f"Not signed in: {outcome.detail}.", outcome.status)
         if outcome.retry_after is not None:
