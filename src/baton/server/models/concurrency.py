@@ -125,7 +125,8 @@ def is_limited(session: Session, run: FlowRun) -> bool:
         )
         if session.scalar(limited.limit(1)) is not None:
             return True
-    flow_name = session.scalar(select(Flow.name).where(Flow.id == run.flow_id))
+    # The run's copy of its flow's name (migration 0013) saves a query at every run's end; older rows may lack it
+    flow_name = run.flow_name or session.scalar(select(Flow.name).where(Flow.id == run.flow_id))
     return flow_name is not None and flow_limit(session, run.tenant_id, flow_name) is not None
 
 
