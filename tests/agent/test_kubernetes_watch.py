@@ -168,14 +168,20 @@ def flow_pod(uid: str, job_name: str, controller_uid: str, state: dict[str, Any]
     return seen
 
 
-def test_a_failed_job_waits_a_moment_for_its_pods_account_of_the_end() -> None:
-    # Given a Job whose pod runs its flow, on an agent whose clock the test moves
-    now = [100.0]
+def running_job(now: list[float]) -> JobWatch:
+    """A watch, on a clock the test moves (``now[0]``), of Job baton-a whose pod p1 runs its flow."""
     api = SimpleNamespace()
     watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: now[0])
     watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
     watch.created("baton-a")
     watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", {"running": {}}), deleted=False)
+    return watch
+
+
+def test_a_failed_job_waits_a_moment_for_its_pods_account_of_the_end() -> None:
+    # Given a Job whose pod runs its flow, on an agent whose clock the test moves
+    now = [100.0]
+    watch = running_job(now)
 
     # When the Jobs watch reports it Failed before the pods watch reports the container's end
     watch._seen("jobs", job("baton-a", "8", Failed="BackoffLimitExceeded"), deleted=False)
@@ -194,11 +200,7 @@ def test_a_failed_job_waits_a_moment_for_its_pods_account_of_the_end() -> None:
 
 def test_a_failed_job_whose_pod_says_nothing_is_judged_on_the_jobs_word_after_the_grace() -> None:
     now = [100.0]
-    api = SimpleNamespace()
-    watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: now[0])
-    watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
-    watch.created("baton-a")
-    watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", {"running": {}}), deleted=False)
+    watch = running_job(now)
     watch._seen("jobs", job("baton-a", "8", Failed="DeadlineExceeded"), deleted=False)
 
     now[0] += 4.9
