@@ -415,17 +415,28 @@ def _ended(view: JobView, now: float, pending_timeout: float) -> tuple[Ended, bo
         return Ended(0), True
     flow = _flow_container_status(view)
     state = flow.get("state", {}) if flow is not None else {}
-    return _verdict(view, state, now) or _stuck(view, state, now - view.since, pending_timeout)
+    if _awaiting_account(view, state, now):
+        return None  # not judged yet, on no rule: the container's own account of its end is on its way
+    return _verdict(view, state) or _stuck(view, state, now - view.since, pending_timeout)
 
 
-def _verdict(view: JobView, state: dict[str, Any], now: float) -> tuple[Ended, bool] | None:
+def _awaiting_account(view: JobView, state: dict[str, Any], now: float) -> bool:
+    """Whether the Job failed moments ago while its flow container was last seen running: the pods watch, which
+    lags the Jobs watch, will tell how it ended (OOMKilled, the exit code) within ``ACCOUNT_GRACE_SECONDS``."""
+    return (
+        view.failed_seen is not None
+        and now - view.failed_seen < ACCOUNT_GRACE_SECONDS
+        and state.get("running") is not None
+        and not view.gone
+    )
+
+
+def _verdict(view: JobView, state: dict[str, Any]) -> tuple[Ended, bool] | None:
     """The end the Job or its flow container tells."""
     terminated = state.get("terminated")
     if view.failed_reason is not None:
         if terminated:  # the container's own account says more (OOMKilled, the exit code)
             return _terminated(view, terminated), True
-        if view.pods and view.failed_seen is not None and now - view.failed_seen < ACCOUNT_GRACE_SECONDS:
-            return None  # its pod's account is likely on its way (the pods watch lags the Jobs watch)
         return Ended(None, f"Job {view.name} failed: {view.failed_reason}"), True
     if terminated and not view.retries_possible:
         code = terminated.get("exitCode")

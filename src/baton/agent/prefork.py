@@ -92,7 +92,10 @@ class ForkedProcess:
             self._reported = returncode
             on_exit = self._server.on_exit
             if on_exit is not None:
-                on_exit()  # its end is readable (poll) already
+                try:
+                    on_exit()  # its end is readable (poll) already
+                except Exception:  # the agent's wake-up failed: its next inspection sees the end anyway
+                    logger.exception("could not tell the agent of run process %s's end", self.pid)
             self._ended.set()
 
     def has_exited(self) -> bool:
@@ -130,8 +133,8 @@ class ForkServer:
         self._replies: dict[int, tuple[threading.Event, dict[str, Any], ForkedProcess]] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._gone = False  # failed to start, died, or closed: never started again
-        # Called (from a reader thread, under this server's lock: it must not block) when a child has exited, so
-        # the agent sees the end now rather than at its next inspection.
+        # Called (from a reader thread, possibly under this server's lock: it must not block) when a child has
+        # exited, so the agent sees the end now rather than at its next inspection.
         self.on_exit: Callable[[], None] | None = None
 
     def start(self) -> bool:

@@ -96,9 +96,10 @@ class DeploymentWatch:
             code = "unknown" if ended.exit_code is None else ended.exit_code
             logger.info("run %s (%s) ended with exit code %s", run.id, run.name, code)
             self._lifecycle.run_left()
-            if ended.exit_code != 0:
-                # The run may have no final state (a crash): the server marks it now. An exit 0 is the engine's
-                # after its final state, so the next heartbeat reports it (a request per run saved, issue 12).
+            if ended.exit_code != 0 or self._wakeups.stopping:
+                # The run may have no final state (a crash): the server marks it now; and a stop waits for its
+                # ended runs to be reported. An exit 0 is the engine's after its final state, so otherwise the next
+                # heartbeat reports it (a request per run saved, issue 12).
                 self._wakeups.wake_heartbeat()
         self._lifecycle.time_out(self._clock())
 

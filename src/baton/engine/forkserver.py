@@ -24,7 +24,8 @@ baton.engine``, and the interpreter's own ending: the child leaves the server's 
 engine, and ends as the interpreter would: non-daemon threads are joined, ``atexit`` handlers run, what the run
 imported is released (its objects' finalizers run) and the standard streams are flushed, and an uncaught exception
 or Ctrl-C ends it as it would a spawned one. Only the tear-down of the modules every run shares is skipped
-(``_end_run``: it was half a run's CPU). ``/proc/PID/environ`` shows this process's
+(``_end_run``: it was half a run's CPU), so what a run left in their globals is not finalized, and C-level
+``atexit(3)`` handlers do not run. ``/proc/PID/environ`` shows this process's
 start-up environment with the run's id written over a placeholder (``_show_run_id``), so a restarted agent
 recognises it as it does a spawned run. Unlike a spawned process it shares this process's hash seed, and
 ``/proc/PID/cmdline`` names ``baton.engine.forkserver``; interpreter start-up variables (``PYTHON*`` but
@@ -46,6 +47,10 @@ import socket
 import sys
 import threading
 import time
+import traceback
+import types
+import weakref
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from baton.agent.hardening import set_dumpable
@@ -175,25 +180,57 @@ def _end_run(code: int) -> NoReturn:
 
     That tear-down, object by object, was half a forked run's CPU (~34 of ~70 ms on 2 cores, ``bench/throughput.py``):
     each decrement writes to an object's page, so it copies nearly every page the fork shared. It frees nothing the
-    system would not free at ``_exit``. What the run itself imported (its flow's modules) does go, so the finalizers
-    of what they hold run as at an interpreter's exit (a file left open is flushed).
+    system would not free at ``_exit``. What the run itself imported (its flow's modules) does go, as the interpreter
+    lets modules go: out of ``sys.modules``, a collection while their globals still stand (so finalizers in cycles
+    can use them), then the globals of those still alive cleared, newest first, and another collection (a file a
+    flow module still holds is flushed). An error in a step is printed and the next step runs, as at exit.
     """
     shutdown = getattr(threading, "_shutdown", None)  # the interpreter's first step; private, so guarded
     if shutdown is not None:
-        shutdown()  # waits for non-daemon threads; runs threading's exit hooks (concurrent.futures' pools)
-    atexit._run_exitfuncs()  # exceptions are printed and the others still run, as at exit
-    # Newest first, as the interpreter clears modules: the globals of each go, and what only they held is finalized
-    for name in reversed([name for name in sys.modules if name not in _PRELOADED]):
-        module = sys.modules.pop(name)
-        with contextlib.suppress(AttributeError, TypeError):  # not a module (anything may sit in sys.modules)
-            module.__dict__.clear()
-    gc.collect()  # only the run's own objects: the warm process's are frozen
+        _step(shutdown)  # waits for non-daemon threads; runs threading's exit hooks (concurrent.futures' pools)
+    _step(atexit._run_exitfuncs)  # an exception of a handler is printed and the others still run
+    _step(_release_run_modules)
     for stream in (sys.stdout, sys.stderr):
+        if stream is None or getattr(stream, "closed", False):
+            continue  # as the interpreter: nothing to flush
         try:
             stream.flush()
-        except (OSError, ValueError, AttributeError):
+        except Exception:
             code = 120  # the interpreter's exit code when flushing its standard streams fails
+    # What C code buffered in stdio (a C extension's printf): exit(3) would flush it, _exit does not
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)
     os._exit(code)
+
+
+def _step(step: Callable[[], object]) -> None:
+    """One step of the exit: an exception (Ctrl-C included) is printed, as the interpreter prints one it ignores."""
+    try:
+        step()
+    except BaseException:  # the exit goes on whatever a step raised, as the interpreter's does
+        traceback.print_exc()
+
+
+def _release_run_modules() -> None:
+    """Let go of the modules the run imported, as ``finalize_modules`` does (see :func:`_end_run`)."""
+    released: list[weakref.ref[types.ModuleType]] = []
+    module: object = None
+    for name in reversed(list(sys.modules)):  # a copy: a daemon thread may import meanwhile
+        if name in _PRELOADED:
+            continue
+        module = sys.modules.pop(name, None)  # a finalizer may have taken it out already
+        if isinstance(module, types.ModuleType):
+            released.append(weakref.ref(module))
+    module = None  # no reference left here
+    gc.collect()  # only the run's own objects: the warm process's are frozen
+    alive: types.ModuleType | None = None
+    for ref in released:
+        alive = ref()
+        if alive is not None:  # held by something the warm process imported: its globals go now
+            with contextlib.suppress(Exception):
+                object.__getattribute__(alive, "__dict__").clear()  # not a lazy module's __getattr__
+    alive = None
+    gc.collect()
 
 
 class _BecomeRun(Exception):  # not an error: how a child leaves the server's loop
