@@ -49,7 +49,6 @@ import threading
 import time
 import traceback
 import types
-import weakref
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -182,8 +181,8 @@ def _end_run(code: int) -> NoReturn:
     each decrement writes to an object's page, so it copies nearly every page the fork shared. It frees nothing the
     system would not free at ``_exit``. What the run itself imported (its flow's modules) does go, as the interpreter
     lets modules go: out of ``sys.modules``, a collection while their globals still stand (so finalizers in cycles
-    can use them), then the globals of those still alive cleared, newest first, and another collection (a file a
-    flow module still holds is flushed). An error in a step is printed and the next step runs, as at exit.
+    can use them), then their globals cleared, newest first, and another collection (a file a flow module still
+    holds is flushed). An error in a step is printed and the next step runs, as at exit.
     """
     shutdown = getattr(threading, "_shutdown", None)  # the interpreter's first step; private, so guarded
     if shutdown is not None:
@@ -212,24 +211,22 @@ def _step(step: Callable[[], object]) -> None:
 
 
 def _release_run_modules() -> None:
-    """Let go of the modules the run imported, as ``finalize_modules`` does (see :func:`_end_run`)."""
-    released: list[weakref.ref[types.ModuleType]] = []
-    module: object = None
-    for name in reversed(list(sys.modules)):  # a copy: a daemon thread may import meanwhile
+    """Let go of the modules the run imported, as the interpreter's exit does (see :func:`_end_run`)."""
+    modules: list[types.ModuleType] = []
+    for name in reversed(list(sys.modules)):  # newest first; a copy: a daemon thread may import meanwhile
         if name in _PRELOADED:
             continue
         module = sys.modules.pop(name, None)  # a finalizer may have taken it out already
         if isinstance(module, types.ModuleType):
-            released.append(weakref.ref(module))
-    module = None  # no reference left here
-    gc.collect()  # only the run's own objects: the warm process's are frozen
-    alive: types.ModuleType | None = None
-    for ref in released:
-        alive = ref()
-        if alive is not None:  # held by something the warm process imported: its globals go now
-            with contextlib.suppress(Exception):
-                object.__getattribute__(alive, "__dict__").clear()  # not a lazy module's __getattr__
-    alive = None
+            modules.append(module)
+    gc.collect()  # the run's garbage, its modules' globals still standing; the warm process's objects are frozen
+    # The interpreter clears every module's globals in the end, the warm process's too: what a run module still
+    # holds (a file in its globals, while a shared registry holds its functions) is finalized only then. Here
+    # the run's modules are cleared, which releases the same objects unless a shared module holds them directly.
+    for module in modules:
+        with contextlib.suppress(Exception):
+            object.__getattribute__(module, "__dict__").clear()  # not a lazy module's __getattr__
+    modules.clear()
     gc.collect()
 
 
