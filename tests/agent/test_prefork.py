@@ -196,3 +196,27 @@ def test_the_warm_process_tells_of_each_childs_end_as_it_comes(server: ForkServe
 
     assert child.wait(30) == 2
     assert ends == [1]
+
+
+def test_a_runs_exit_keeps_its_code_and_runs_every_step_whatever_one_raises(tmp_path: Path) -> None:
+    import atexit
+
+    from baton.engine import forkserver
+
+    marker = tmp_path / "marker"
+    pid = os.fork()
+    if pid == 0:  # the run's process: its exit only
+        try:
+            forkserver._PRELOADED.update(sys.modules)  # what a warm process would have imported
+            atexit.register(lambda: marker.write_text("the next handler ran"))
+            atexit.register(lambda: 1 / 0)  # runs first (handlers run last in, first out) and raises
+            sys.stdout = None  # type: ignore[assignment]  # a flow may drop its standard streams
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)  # the handler's traceback goes nowhere
+            forkserver._end_run(3)
+        finally:
+            os._exit(99)  # _end_run did not end the process
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 3
+    assert marker.read_text() == "the next handler ran"
