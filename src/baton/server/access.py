@@ -29,7 +29,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.exceptions import BatonError
@@ -327,10 +327,17 @@ def _check_run_reach(principal: Principal, run_id: str) -> None:
         raise ObjectNotFound(f"flow run {run_id} not found")
 
 
+# The engine's requests run these (its flow, each task run's state): built once.
+_FLOW_OF_RUN = select(FlowRun.flow_id).where(FlowRun.id == bindparam("id"))
+_RUN_OF_TASK_RUN = select(TaskRun.flow_run_id).where(
+    TaskRun.tenant_id == bindparam("tenant_id"), TaskRun.id == bindparam("id")
+)
+
+
 def _check_flow(session: Session, principal: Principal, flow_id: str) -> None:
     if not principal.is_run_token:
         return
-    own = session.scalar(select(FlowRun.flow_id).where(FlowRun.id == principal.flow_run_id))
+    own = session.scalar(_FLOW_OF_RUN, {"id": principal.flow_run_id})
     if own != flow_id:
         raise ObjectNotFound(f"flow {flow_id} not found")
 
@@ -351,9 +358,7 @@ def _check_bundle(session: Session, principal: Principal, digest: str) -> None:
 
 def _task_run_flow_run(session: Session, principal: Principal, task_run_id: str) -> str:
     task_run_id = checked_id("task run", task_run_id)
-    run_id = session.scalar(
-        select(TaskRun.flow_run_id).where(TaskRun.tenant_id == principal.tenant_id, TaskRun.id == task_run_id)
-    )
+    run_id = session.scalar(_RUN_OF_TASK_RUN, {"tenant_id": principal.tenant_id, "id": task_run_id})
     if run_id is None or (principal.is_run_token and run_id != principal.flow_run_id):
         raise ObjectNotFound(f"task run {task_run_id} not found")
     return run_id
@@ -370,14 +375,19 @@ def run_holder(session: Session, principal: Principal, flow_run_id: str) -> str 
     return _check_runner_holds(session, principal, flow_run_id)
 
 
+# Runner keys' requests run these (agents' claims, heartbeats and state changes): built once.
+_RUN_HOLDER = (
+    select(FlowRun.agent_id, Agent.api_key_id)
+    .outerjoin(Agent, Agent.id == FlowRun.agent_id)
+    .where(FlowRun.tenant_id == bindparam("tenant_id"), FlowRun.id == bindparam("id"))
+)
+_AGENT_OWNER = select(Agent.api_key_id).where(Agent.tenant_id == bindparam("tenant_id"), Agent.id == bindparam("id"))
+
+
 def _check_runner_holds(session: Session, principal: Principal, flow_run_id: str) -> str:
     """A runner key changes only runs claimed by one of the agents it registered. Returns that agent's id."""
     flow_run_id = checked_id("flow run", flow_run_id)
-    row = session.execute(
-        select(FlowRun.agent_id, Agent.api_key_id)
-        .outerjoin(Agent, Agent.id == FlowRun.agent_id)
-        .where(FlowRun.tenant_id == principal.tenant_id, FlowRun.id == flow_run_id)
-    ).first()
+    row = session.execute(_RUN_HOLDER, {"tenant_id": principal.tenant_id, "id": flow_run_id}).first()
     if row is None:
         raise ObjectNotFound(f"flow run {flow_run_id} not found")
     if row[0] is None or row[1] is None or row[1] != principal.key_id:
@@ -387,9 +397,7 @@ def _check_runner_holds(session: Session, principal: Principal, flow_run_id: str
 
 def _check_agent_owner(session: Session, principal: Principal, agent_id: str) -> None:
     agent_id = checked_id("agent", agent_id)
-    owner = session.execute(
-        select(Agent.api_key_id).where(Agent.tenant_id == principal.tenant_id, Agent.id == agent_id)
-    ).first()
+    owner = session.execute(_AGENT_OWNER, {"tenant_id": principal.tenant_id, "id": agent_id}).first()
     if owner is None:
         raise ObjectNotFound(f"agent {agent_id} not found")
     if owner[0] is None or owner[0] != principal.key_id:

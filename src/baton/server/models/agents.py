@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -75,9 +75,12 @@ def _check_bound_key(session: Session, agent: Agent, api_key_id: str | None) -> 
     )
 
 
+_AGENT_OF_TENANT = select(Agent).where(Agent.tenant_id == bindparam("tenant_id"), Agent.id == bindparam("id"))
+
+
 def get_agent(session: Session, tenant_id: str, agent_id: str) -> Agent:
     agent_id = checked_id("agent", agent_id)
-    agent = session.scalar(select(Agent).where(Agent.tenant_id == tenant_id, Agent.id == agent_id))
+    agent = session.scalar(_AGENT_OF_TENANT, {"tenant_id": tenant_id, "id": agent_id})
     if agent is None:
         raise ObjectNotFound(f"agent {agent_id} not found")
     return agent

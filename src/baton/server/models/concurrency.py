@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, select, true
+from sqlalchemy import ColumnElement, and_, bindparam, exists, func, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -88,15 +88,23 @@ def active_runs(session: Session, tenant_id: str, key: LimitKey) -> list[str]:
     return list(session.scalars(query))
 
 
+# Every run's end asks for them (is_limited): built once.
+_FLOW_LIMIT = (
+    select(Flow.max_concurrent_runs)
+    .where(Flow.tenant_id == bindparam("tenant_id"), Flow.name == bindparam("name"))
+    .order_by(Flow.version.desc())
+    .limit(1)
+)
+_LABEL_LIMITED = (
+    select(LabelLimit.label)
+    .where(LabelLimit.tenant_id == bindparam("tenant_id"), LabelLimit.label.in_(bindparam("labels", expanding=True)))
+    .limit(1)
+)
+
+
 def flow_limit(session: Session, tenant_id: str, flow_name: str) -> int | None:
     """The limit of a flow name: its latest version's ``max_concurrent_runs``."""
-    query = (
-        select(Flow.max_concurrent_runs)
-        .where(Flow.tenant_id == tenant_id, Flow.name == flow_name)
-        .order_by(Flow.version.desc())
-        .limit(1)
-    )
-    return session.scalar(query)
+    return session.scalar(_FLOW_LIMIT, {"tenant_id": tenant_id, "name": flow_name})
 
 
 def label_limits(session: Session, tenant_id: str) -> dict[str, int]:
@@ -120,10 +128,8 @@ def run_limits(
 def is_limited(session: Session, run: FlowRun) -> bool:
     """Whether ``run`` counts against any limit (its end frees a slot that other runs may be waiting for)."""
     if run.labels:
-        limited = select(LabelLimit.label).where(
-            LabelLimit.tenant_id == run.tenant_id, LabelLimit.label.in_(run.labels)
-        )
-        if session.scalar(limited.limit(1)) is not None:
+        limited = session.scalar(_LABEL_LIMITED, {"tenant_id": run.tenant_id, "labels": list(run.labels)})
+        if limited is not None:
             return True
     # The run's copy of its flow's name (migration 0013) saves a query at every run's end; older rows may lack it
     flow_name = run.flow_name or session.scalar(select(Flow.name).where(Flow.id == run.flow_id))

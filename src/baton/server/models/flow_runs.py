@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, Text, and_, cast, func, or_, select, update
+from sqlalchemy import Select, Text, and_, bindparam, cast, func, or_, select, update
 from sqlalchemy.orm import QueryableAttribute, Session, defer, load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -144,9 +144,14 @@ def create_flow_run(
     return run
 
 
+# Built once, with bind parameters, like the other statements every request runs: building a statement and its
+# cache key cost more than running it (~60-80 us of ~120-150 us per query here, issue 12).
+_RUN_OF_TENANT = select(FlowRun).where(FlowRun.tenant_id == bindparam("tenant_id"), FlowRun.id == bindparam("id"))
+
+
 def get_flow_run(session: Session, tenant_id: str, flow_run_id: str) -> FlowRun:
     flow_run_id = checked_id("flow run", flow_run_id)
-    run = session.scalar(select(FlowRun).where(FlowRun.tenant_id == tenant_id, FlowRun.id == flow_run_id))
+    run = session.scalar(_RUN_OF_TENANT, {"tenant_id": tenant_id, "id": flow_run_id})
     if run is None:
         raise ObjectNotFound(f"flow run {flow_run_id} not found")
     return run

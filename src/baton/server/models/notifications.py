@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from baton.schemas.notifications import (
@@ -155,6 +155,10 @@ def _tenant_name(session: Session, tenant_id: str) -> str:
     return session.scalar(select(Tenant.name).where(Tenant.id == tenant_id)) or tenant_id
 
 
+# Every state change runs it: built once.
+_RULES_OF_TENANT = select(NotificationRule).where(NotificationRule.tenant_id == bindparam("tenant_id"))
+
+
 def enqueue_for_transition(session: Session, run: FlowRun, new_state: StateName, message: str | None) -> None:
     """Write the outbox rows of ``run`` having just moved to ``new_state``, in the caller's transaction.
 
@@ -162,7 +166,7 @@ def enqueue_for_transition(session: Session, run: FlowRun, new_state: StateName,
     matching rule. Called by ``flow_runs.transition`` after its compare-and-set, so ``run.state_version`` is the new
     one: it keys the event, and a state change that rolls back takes its rows with it.
     """
-    rules = session.scalars(select(NotificationRule).where(NotificationRule.tenant_id == run.tenant_id)).all()
+    rules = session.scalars(_RULES_OF_TENANT, {"tenant_id": run.tenant_id}).all()
     matching = [rule for rule in rules if new_state.value in rule.events]
     if not matching:
         return
