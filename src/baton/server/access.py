@@ -375,7 +375,7 @@ def run_holder(session: Session, principal: Principal, flow_run_id: str) -> str 
     return _check_runner_holds(session, principal, flow_run_id)
 
 
-# Runner keys' requests run these (agents' claims, heartbeats and state changes): built once.
+# The agent routes (any key) and a runner key's run writes run these: built once.
 _RUN_HOLDER = (
     select(FlowRun.agent_id, Agent.api_key_id)
     .outerjoin(Agent, Agent.id == FlowRun.agent_id)

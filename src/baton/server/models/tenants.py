@@ -77,8 +77,8 @@ def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
     return list(session.scalars(stmt))
 
 
-# Built once: building a statement costs more than running it (~200 us of CPU per request here). Every request runs
-# one of these.
+# Built once: every request runs one of these, and building the statement per call cost more than running it (~300
+# us a call built, ~95 us prebuilt, in-process here).
 _RUN_TOKEN = (
     select(FlowRun.id, Tenant.id, Tenant.name)
     .join(Tenant, Tenant.id == FlowRun.tenant_id)
