@@ -32,6 +32,7 @@ from baton.schemas.actions import LabelLimitSet
 from baton.schemas.responses import LabelLimitRead
 from baton.schemas.states import StateName
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, LabelLimit, utcnow
+from baton.server.models import flows
 from baton.server.models.errors import Conflict, ObjectNotFound
 
 # The states in which a run holds a slot of its flow's and its labels' limits.
@@ -131,14 +132,13 @@ def is_limited(session: Session, run: FlowRun) -> bool:
         limited = session.scalar(_LABEL_LIMITED, {"tenant_id": run.tenant_id, "labels": list(run.labels)})
         if limited is not None:
             return True
-    # The run's copy of its flow's name (migration 0013) saves a query at every run's end; older rows may lack it
-    flow_name = run.flow_name or session.scalar(select(Flow.name).where(Flow.id == run.flow_id))
+    flow_name = flows.name_of_run_flow(session, run)  # at every run's end: the run's copy, no query
     return flow_name is not None and flow_limit(session, run.tenant_id, flow_name) is not None
 
 
 def waiting_for_slot(session: Session, run: FlowRun) -> str | None:
     """Why a claimable run waits for a slot (``explain``), or None when every limit it counts against has room."""
-    flow_name = session.scalar(select(Flow.name).where(Flow.id == run.flow_id))
+    flow_name = flows.name_of_run_flow(session, run)
     limit_of_flow = flow_limit(session, run.tenant_id, flow_name) if flow_name is not None else None
     full = []
     for key, limit in run_limits(run, flow_name, limit_of_flow, label_limits(session, run.tenant_id)):
@@ -215,9 +215,9 @@ class ClaimGate:
         conditions: list[ColumnElement[bool]] = []
         if self.skipped:
             conditions.append(FlowRun.id.not_in(sorted(self.skipped)))
-        flows = sorted(key.name for key in self.full if key.kind == FLOW)
-        if flows:
-            names = select(Flow.id).where(Flow.tenant_id == self.tenant_id, Flow.name.in_(flows))
+        full_flows = sorted(key.name for key in self.full if key.kind == FLOW)
+        if full_flows:
+            names = select(Flow.id).where(Flow.tenant_id == self.tenant_id, Flow.name.in_(full_flows))
             conditions.append(FlowRun.flow_id.not_in(names))
         labels = sorted(key.name for key in self.full if key.kind == LABEL)
         if labels:

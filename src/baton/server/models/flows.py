@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Text, and_, cast, func, or_, select
+from sqlalchemy import Text, and_, bindparam, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -26,6 +26,13 @@ logger = logging.getLogger("baton.server")
 
 
 _RUN_POLICY_FIELDS = ("retries", "retry_delay_seconds", "max_lateness_seconds")
+_NAME_OF_FLOW = select(Flow.name).where(Flow.id == bindparam("id"))
+
+
+def name_of_run_flow(session: Session, run: FlowRun) -> str | None:
+    """The name of ``run``'s flow: the run's own copy (migration 0013; no query), else read from its flow (runs
+    written before that copy existed). Flows are never renamed, so both agree."""
+    return run.flow_name or session.scalar(_NAME_OF_FLOW, {"id": run.flow_id})
 
 
 def _content_hash(payload: FlowCreate) -> str:

@@ -28,7 +28,6 @@ from baton.schemas.notifications import (
 )
 from baton.schemas.states import StateName
 from baton.server.database.orm import (
-    Flow,
     FlowRun,
     NotificationAttempt,
     NotificationDelivery,
@@ -36,6 +35,7 @@ from baton.server.database.orm import (
     Tenant,
     utcnow,
 )
+from baton.server.models import flows
 from baton.server.models.errors import Conflict, ObjectNotFound
 from baton.server.models.ids import checked_id
 from baton.server.webhook_targets import AllowList, check_url, redact
@@ -170,7 +170,7 @@ def enqueue_for_transition(session: Session, run: FlowRun, new_state: StateName,
     matching = [rule for rule in rules if new_state.value in rule.events]
     if not matching:
         return
-    flow = session.scalar(select(Flow.name).where(Flow.id == run.flow_id)) or "?"
+    flow = flows.name_of_run_flow(session, run) or "?"
     matching = [rule for rule in matching if rule.flow_name in (None, flow)]
     if not matching:
         return
