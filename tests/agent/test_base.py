@@ -502,6 +502,31 @@ def test_warm_stop_of_an_idle_agent_does_not_wait_out_the_long_poll(
     assert app_api.last_state(run_id)[0] == "Scheduled" and app_api.state(run_id) == "Scheduled"
 
 
+def test_a_heartbeat_under_way_at_a_warm_stop_ends_before_the_deregistration(
+    app_api: AppApi, settings: BatonSettings, make_app_agent: MakeAgent, run_in_thread: RunInThread
+) -> None:
+    # A heartbeat is a sign of life: one that reached the server after the deregistration made the agent live again,
+    # and its waiting poll then waited out its 30 s (cancelling the heartbeat loop had cancelled the future that the
+    # stop waited on, while its thread still sent the request).
+    settings.agent.poll_wait_seconds = 30.0
+    settings.agent.heartbeat_interval_seconds = 0.05
+    gate = app_api.hold("agent_heartbeat")
+    agent = make_app_agent()
+    running = run_in_thread(agent)
+    app_api.wait_for(lambda: app_api.claims_waiting == 1 and ("agent_heartbeat" in dict(app_api.calls)))
+
+    agent.stop()
+    release = threading.Timer(0.3, gate.set)  # the heartbeat reaches the server well after the stop began
+    release.start()
+    running.join(timeout=5)
+    release.join()
+
+    methods = [method for method, _ in app_api.calls if method in ("agent_heartbeat", "deregister_agent")]
+    assert methods[-1] == "deregister_agent", methods
+    app_api.wait_for(lambda: app_api.claims_waiting == 0, timeout=5)  # its poll ended at the deregistration
+    assert app_api.admin.list_agents()[0].deregistered_at is not None
+
+
 class EngineLikeDriver(InMemoryDriver):
     """Its flow runs act like the engine: on SIGTERM they report Cancelled themselves, with their run token."""
 

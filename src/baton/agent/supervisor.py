@@ -198,6 +198,8 @@ class Supervisor:
             await asyncio.wait(set(self._tasks.launches))
         if not self._wakeups.stopping:
             return  # --max-polls: the deployments run on without us
+        if not len(self._registry):
+            return
         # Runs that ended with exit 0 wait for a heartbeat to be reported and forgotten (watching.py): now, not at
         # the next tick
         self._wakeups.wake_heartbeat()

@@ -32,6 +32,12 @@ from baton.exceptions import ServerUnavailableError
 logger = logging.getLogger("baton.agent")
 
 
+def _retrieve(request: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a heartbeat nobody awaits any more (its loop was cancelled) as seen: not worth a warning."""
+    if not request.cancelled():
+        request.exception()
+
+
 class DeploymentWatch:
     """Heartbeats and inspections of an agent's deployments. One per agent."""
 
@@ -73,7 +79,10 @@ class DeploymentWatch:
         claims = [run.id for run in self._registry.all() if not run.submitted]
         loop = asyncio.get_running_loop()
         self._request = request = loop.run_in_executor(None, client.agent_heartbeat, agent_id, report, claims)
-        response = await request
+        # Shielded: cancelling the loop must not cancel this future, or it would count as done while its thread still
+        # sends the heartbeat, and settle() would let a deregistration go first (the heartbeat then undid it).
+        request.add_done_callback(_retrieve)
+        response = await asyncio.shield(request)
         self._api.succeeded("heartbeat")
         for item in report:
             run = self._registry.get(item["flow_run_id"])
