@@ -212,13 +212,36 @@ def test_a_failed_job_whose_pod_says_nothing_is_judged_on_the_jobs_word_after_th
     assert (ended[0].exit_code, ended[0].message, ended[1]) == (None, "Job baton-a failed: DeadlineExceeded", True)
 
 
-def test_a_failed_job_without_pods_is_judged_at_once() -> None:
+def test_a_failed_job_without_pods_seen_waits_for_them_then_is_judged_on_its_word() -> None:
+    # The pods watch may not have told of a pod that ran and died (seen under load): its account is awaited too
+    now = [100.0]
     api = SimpleNamespace()
-    watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: 100.0)
+    watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: now[0])
     watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
     watch.created("baton-a")
 
-    watch._seen("jobs", job("baton-a", "8", Failed="DeadlineExceeded"), deleted=False)
-
+    watch._seen("jobs", job("baton-a", "8", Failed="BackoffLimitExceeded"), deleted=False)
+    now[0] += 1.0
+    assert watch.ended("baton-a", 300) is None
+    now[0] += 4.1
     ended = watch.ended("baton-a", 300)
-    assert ended is not None and ended[0].message == "Job baton-a failed: DeadlineExceeded"
+
+    assert ended is not None and ended[0].message == "Job baton-a failed: BackoffLimitExceeded"
+
+
+def test_a_failed_job_whose_pod_is_first_seen_ended_is_judged_by_the_pod() -> None:
+    now = [100.0]
+    api = SimpleNamespace()
+    watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: now[0])
+    watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
+    watch.created("baton-a")
+    watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", {"waiting": {"reason": "ContainerCreating"}}), False)
+
+    watch._seen("jobs", job("baton-a", "8", Failed="BackoffLimitExceeded"), deleted=False)
+    now[0] += 0.5
+    assert watch.ended("baton-a", 300) is None
+    died = {"terminated": {"exitCode": 3, "reason": "Error"}}
+    watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", died), deleted=False)
+    ended = watch.ended("baton-a", 300)
+
+    assert ended is not None and ended[0].exit_code == 3 and "(exit code 3)" in (ended[0].message or "")

@@ -421,12 +421,17 @@ def _ended(view: JobView, now: float, pending_timeout: float) -> tuple[Ended, bo
 
 
 def _awaiting_account(view: JobView, state: dict[str, Any], now: float) -> bool:
-    """Whether the Job failed moments ago while its flow container was last seen running: the pods watch, which
-    lags the Jobs watch, will tell how it ended (OOMKilled, the exit code) within ``ACCOUNT_GRACE_SECONDS``."""
+    """Whether the Job failed moments ago and its flow container's end is not seen yet: the pods watch, which lags
+    the Jobs watch, will tell how it ended (OOMKilled, the exit code) within ``ACCOUNT_GRACE_SECONDS``.
+
+    Whatever the container was last seen doing: under load the pods watch was seen to report nothing of a pod that
+    started, ran and died (exit code 3) before the Jobs watch reported its Job Failed. A Job that failed with no pod
+    ever running (a deadline, a quota) is judged on its word after the grace, a few seconds late.
+    """
     return (
         view.failed_seen is not None
         and now - view.failed_seen < ACCOUNT_GRACE_SECONDS
-        and state.get("running") is not None
+        and not state.get("terminated")
         and not view.gone
     )
 
