@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from baton.client import Client
+from shared_servers import SharedServers
 from support import ServerProcess
 
 if TYPE_CHECKING:
@@ -123,9 +124,23 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def shared_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServers]:
+    """This worker's shared servers, one per database (``tests/shared_servers.py``); tests take a tenant of their
+    own on them (``tests/server/conftest.py``)."""
+    servers = SharedServers(tmp_path_factory)
+    yield servers
+    servers.stop()
+
+
 @pytest.fixture
-def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    return start_server()
+def server(shared_servers: SharedServers, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A tenant of its own on this worker's shared SQLite server (``support.TenantServer``), seen as a server of the
+    test's own. A test that stops, kills or restarts its server, reads its log or needs settings of its own starts
+    one with ``start_server``."""
+    view = shared_servers.tenant(request, tmp_path / "tenant-home")
+    yield view
+    view.stop()
 
 
 @pytest.fixture

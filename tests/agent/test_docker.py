@@ -29,7 +29,7 @@ from baton.schemas.responses import ClaimedRun
 from baton.schemas.states import FINAL_STATES
 from baton.settings import BatonSettings
 from docker_support import DockerCleanup
-from support import HELLO_SOURCE, ServerProcess, free_port, wait_for
+from support import HELLO_SOURCE, ServerProcess, free_port, local_get, wait_for
 
 from .conftest import AgentThread
 from .docker_helpers import (
@@ -472,7 +472,7 @@ def own_dockerd(docker_client: docker.DockerClient, baton_image: str) -> Iterato
 
 def health(url: str) -> tuple[int, dict[str, Any]]:
     try:
-        response = httpx.get(f"{url}/api/health", timeout=2)
+        response = local_get(f"{url}/api/health", timeout=2)
     except httpx.HTTPError as exc:
         return 0, {"reason": str(exc)}
     return response.status_code, response.json()

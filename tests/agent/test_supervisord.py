@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from baton.schemas.states import FINAL_STATES
-from support import ServerProcess, free_port, register_source_flow, wait_for
+from support import ServerProcess, free_port, local_get, register_source_flow, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def supervisor_available() -> None:
 
 def _health(address: str) -> int | None:
     try:
-        return httpx.get(f"{address}/api/health", timeout=2).status_code
+        return local_get(f"{address}/api/health", timeout=2).status_code
     except httpx.HTTPError:
         return None
 

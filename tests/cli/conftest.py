@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from baton.cli.context import CliState
 from baton.cli.main import cli
-from support import clean_env, free_port
+from support import clean_env, free_port, local_get
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +69,7 @@ def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
         if process.poll() is not None:
             raise RuntimeError(f"baton server start exited {process.returncode}:\n{log_path.read_text()}")
         try:
-            if httpx.get(f"{server.url}/api/health", timeout=1).status_code == 200:
+            if local_get(f"{server.url}/api/health", timeout=1).status_code == 200:
                 break
         except httpx.HTTPError:
             pass

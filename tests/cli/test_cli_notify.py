@@ -14,7 +14,7 @@ import httpx
 import pytest
 from cli_support import CliServer
 
-from support import clean_env, free_port
+from support import clean_env, free_port, local_get
 from webhook_receiver import WebhookReceiver
 
 
@@ -36,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
     while True:
         assert process.poll() is None, log_path.read_text()
         try:
-            if httpx.get(f"{started.url}/api/health", timeout=1).status_code == 200:
+            if local_get(f"{started.url}/api/health", timeout=1).status_code == 200:
                 break
         except httpx.HTTPError:
             pass

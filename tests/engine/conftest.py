@@ -20,7 +20,7 @@ import pytest
 from baton.client import Client
 from baton.schemas.responses import ClaimedRun, FlowRunRead, LogRead, TaskRunRead
 from baton.sdk.registration import build_flow_payload, load_flows
-from support import ServerProcess, clean_env, wait_for
+from support import ServerProcess, clean_env, local_get, wait_for
 
 # Fast loops, so that cancellation and log shipping are seen within a fraction of a second.
 FAST_ENGINE_ENV = {
@@ -48,7 +48,7 @@ class _ServerProcess(ServerProcess):
         if self.process.poll() is not None:
             raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
         try:
-            return httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200
+            return local_get(f"{self.url}/api/health", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 
-from baton.server.bootstrap import create_tenant
-from server.harness import database_settings, unique
-from support import ServerProcess, TenantServer, free_port, wait_for
+from support import ServerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,23 +60,6 @@ class AgentProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
-
-
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("shared-server")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def server(shared_server: ServerProcess, tmp_path: Path) -> Iterator[ServerProcess]:
-    """A tenant of its own on the module's server (``support.TenantServer``); a module whose tests stop their server
-    overrides this with ``start_server``."""
-    created = create_tenant(database_settings(shared_server), unique("tenant"))
-    view = TenantServer(shared_server, tmp_path / "tenant-home", created.admin_key)
-    yield view
-    view.stop()
 
 
 @pytest.fixture

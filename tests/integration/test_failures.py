@@ -13,7 +13,7 @@ import httpx
 
 from baton.schemas.states import FINAL_STATES
 from integration.conftest import BATON, Cli, wait_for_state
-from support import ServerProcess, register_source_flow, wait_for
+from support import ServerProcess, local_get, register_source_flow, wait_for
 
 SLEEPY_FLOW = """
 import time
@@ -59,18 +59,18 @@ def test_agent_health_is_200_while_serving_and_503_once_the_server_is_gone(
 
     def status() -> int | None:
         try:
-            return httpx.get(health_url, timeout=2).status_code
+            return local_get(health_url, timeout=2).status_code
         except httpx.HTTPError:
             return None
 
     wait_for(lambda: status() == 200, timeout=20, what="agent health 200")
-    metrics = httpx.get(f"{agent.address}/metrics", timeout=2).text
+    metrics = local_get(f"{agent.address}/metrics", timeout=2).text
     assert "# TYPE" in metrics and "baton_agent" in metrics
 
     server.stop()
 
     wait_for(lambda: status() == 503, timeout=60, what="agent health 503 after the server stopped")
-    body = httpx.get(health_url, timeout=2).json()
+    body = local_get(health_url, timeout=2).json()
     assert body["status"] != "healthy" and body.get("reason")
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from baton.client import Client
 from integration.conftest import AgentProcess, launch_local_agent
-from support import ServerProcess, free_port, wait_for
+from support import ServerProcess, free_port, local_get, wait_for
 
 StartAgent = Callable[..., AgentProcess]
 
@@ -74,7 +74,7 @@ def agent_health(agent: AgentProcess) -> int | None:
     """The status of the agent's ``/api/health``, or None when it does not answer."""
     assert agent.address is not None
     try:
-        return httpx.get(f"{agent.address}/api/health", timeout=2).status_code
+        return local_get(f"{agent.address}/api/health", timeout=2).status_code
     except httpx.HTTPError:
         return None
 

@@ -1,4 +1,4 @@
-"""Fixtures of the API server tests: one real server for the package, a fresh tenant per test.
+"""Fixtures of the API server tests: the worker's shared servers (one per database), a fresh tenant per test.
 
 The chain: ``api_server`` → ``tenant`` → role keys (``admin``, ``user``, ``runner``, ``reader``) → ``flow`` →
 ``run`` → ``agent`` → ``claimed``. Tests that need server settings of their own start their own server.
@@ -15,22 +15,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton.client import Client
 from baton.schemas.responses import AgentRead, ClaimedRun, FlowRead, FlowRunRead
-from baton.server.database.connection import create_database_engine, create_session_factory
+from baton.server.database.connection import create_database_engine
 from baton.server.database.migrate import upgrade
 from server.harness import TenantContext
+from shared_servers import SharedServers
 from support import ServerProcess
 
 
 @pytest.fixture(scope="package", params=["sqlite", "postgresql"])
-def api_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The package's server, once on SQLite and once on PostgreSQL: every server test runs on both."""
-    settings_env = {}
-    if request.param == "postgresql":
-        cluster = request.getfixturevalue("postgres_cluster")
-        settings_env["BATON__SERVER__DATABASE_URL"] = cluster.create_database()
-    server = ServerProcess(tmp_path_factory.mktemp(f"api-server-{request.param}"), **settings_env).start()
-    yield server
-    server.stop()
+def api_server(request: pytest.FixtureRequest, shared_servers: SharedServers) -> ServerProcess:
+    """The shared server on SQLite, then on PostgreSQL: every server test runs on both."""
+    return shared_servers.get(request.param, request)[0]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,11 +43,12 @@ def migrated_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
 
 @pytest.fixture(scope="package")
-def api_database(api_server: ServerProcess) -> Iterator[sessionmaker[Session]]:
+def api_database(
+    api_server: ServerProcess, shared_servers: SharedServers, request: pytest.FixtureRequest
+) -> sessionmaker[Session]:
     """Sessions on ``api_server``'s database, for setting up tenants without a round trip."""
-    engine = create_database_engine(api_server.database_url, 2)
-    yield create_session_factory(engine)
-    engine.dispose()
+    database = "postgresql" if api_server.database_url.startswith("postgresql") else "sqlite"
+    return shared_servers.get(database, request)[1]
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from baton import __version__
@@ -11,11 +10,11 @@ from baton.exceptions import AuthenticationError, ClientError, PermissionDeniedE
 from baton.schemas.core import Role
 from baton.schemas.responses import ClaimedRun
 from server.harness import TenantContext
-from support import ServerProcess
+from support import ServerProcess, local_get
 
 
 def test_health_needs_no_key(api_server: ServerProcess) -> None:
-    response = httpx.get(f"{api_server.url}/api/health")
+    response = local_get(f"{api_server.url}/api/health")
 
     assert response.status_code == 200
     backend = "postgresql" if api_server.database_url.startswith("postgresql") else "sqlite"

@@ -1,0 +1,54 @@
+"""The API servers that a pytest worker's tests share (``shared_servers`` in ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from baton.server.bootstrap import create_tenant
+from baton.server.database.connection import create_database_engine, create_session_factory
+from server.harness import database_settings, unique
+from support import ServerProcess, TenantServer
+
+
+class SharedServers:
+    """The servers this worker's tests share, one per database, each started when first asked for and stopped when
+    the session ends.
+
+    A package-scoped server was stopped and started again each time a worker moved to a file of another package, and
+    each time the tests switched databases: about 85 starts of ~1.7 s of CPU in each ``make test`` (issue 12). Each
+    test has a tenant of its own (``tenant``), so sharing across files is what running one package already did.
+    """
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp = tmp_path_factory
+        self._servers: dict[str, tuple[ServerProcess, sessionmaker[Session]]] = {}
+        self._engines: list[Engine] = []
+
+    def get(self, database: str, request: pytest.FixtureRequest) -> tuple[ServerProcess, sessionmaker[Session]]:
+        """The server on ``database`` ("sqlite" or "postgresql") and sessions on its database."""
+        if database not in self._servers:
+            settings_env = {}
+            if database == "postgresql":
+                cluster = request.getfixturevalue("postgres_cluster")
+                settings_env["BATON__SERVER__DATABASE_URL"] = cluster.create_database()
+            server = ServerProcess(self._tmp.mktemp(f"api-server-{database}"), **settings_env).start()
+            engine = create_database_engine(server.database_url, 2)
+            self._engines.append(engine)
+            self._servers[database] = (server, create_session_factory(engine))
+        return self._servers[database]
+
+    def stop(self) -> None:
+        for engine in self._engines:
+            engine.dispose()
+        for server, _ in self._servers.values():
+            server.stop()
+
+    def tenant(self, request: pytest.FixtureRequest, home: Path, database: str = "sqlite") -> TenantServer:
+        """A new tenant on the server on ``database``, seen as a server of its own with ``home`` as its home."""
+        shared = self.get(database, request)[0]
+        created = create_tenant(database_settings(shared), unique("tenant"))
+        return TenantServer(shared, home, created.admin_key)
