@@ -31,20 +31,20 @@ LOAD_GROUP = "tests/reliability"
 KUBERNETES = "tests/agent/test_kubernetes.py"
 # The longest units go first, so that the last ones handed out are short and the workers finish together (with
 # xdist's own order, by number of tests, the Kubernetes file and the reliability group ran last, alone, for ~7 min).
-# Seconds measured with --junitxml on 2 cores (2026-12-03); the other units follow in xdist's order.
+# Seconds measured with BATON_TEST_TIMELINE on 2 workers, 2 cores (2026-12-04); the other units follow in xdist's order.
 LONGEST_FIRST = {
-    KUBERNETES: 215,
-    LOAD_GROUP: 214,
-    "tests/server/api/test_fuzz.py": 163,
-    "tests/agent/test_docker.py": 116,
-    "tests/integration/test_end_to_end.py": 108,
-    "tests/agent/test_against_server.py": 102,
-    "tests/security/test_agent_key_exposure.py": 96,
-    "tests/security/test_log_loss.py": 95,
-    "tests/server/services/test_recovery.py": 94,
-    "tests/integration/test_run_policies.py": 81,
-    "tests/cli/test_cli_server.py": 74,
-    "tests/integration/test_routing.py": 73,
+    KUBERNETES: 103,
+    LOAD_GROUP: 58,
+    "tests/server/api/test_fuzz.py": 44,
+    "tests/agent/test_docker.py": 34,
+    "tests/server/api/test_notifications.py": 28,
+    "tests/cli/test_cli_server.py": 27,
+    "tests/ui/test_browser.py": 21,
+    "tests/security/test_log_loss.py": 21,
+    "tests/cli/test_cli_operations.py": 19,
+    "tests/server/services/test_leases.py": 16,
+    "tests/server/api/test_isolation.py": 15,
+    "tests/server/models/test_claims.py": 14,
 }
 K8S_CACHE = Path(os.environ.get("BATON_K8S_CACHE", "/var/cache/baton-kubernetes"))
 
