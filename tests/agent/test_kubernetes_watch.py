@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -168,12 +169,18 @@ def flow_pod(uid: str, job_name: str, controller_uid: str, state: dict[str, Any]
     return seen
 
 
-def running_job(now: list[float]) -> JobWatch:
-    """A watch, on a clock the test moves (``now[0]``), of Job baton-a whose pod p1 runs its flow."""
+def created_job(now: list[float]) -> JobWatch:
+    """A watch, on a clock the test moves (``now[0]``), of Job baton-a, created and with no pod seen yet."""
     api = SimpleNamespace()
     watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: now[0])
     watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
     watch.created("baton-a")
+    return watch
+
+
+def running_job(now: list[float]) -> JobWatch:
+    """:func:`created_job`, whose pod p1 runs its flow."""
+    watch = created_job(now)
     watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", {"running": {}}), deleted=False)
     return watch
 
@@ -198,9 +205,13 @@ def test_a_failed_job_waits_a_moment_for_its_pods_account_of_the_end() -> None:
     assert "container flow was OOM-killed (OOMKilled) (exit code 137)" in (ended[0].message or "")
 
 
-def test_a_failed_job_whose_pod_says_nothing_is_judged_on_the_jobs_word_after_the_grace() -> None:
+# Whether or not its pod was seen: under load the pods watch was seen to tell nothing of a pod that ran and died
+@pytest.mark.parametrize("make_watch", [running_job, created_job], ids=["pod-running", "no-pod-seen"])
+def test_a_failed_job_whose_pod_says_nothing_is_judged_on_the_jobs_word_after_the_grace(
+    make_watch: Callable[[list[float]], JobWatch],
+) -> None:
     now = [100.0]
-    watch = running_job(now)
+    watch = make_watch(now)
     watch._seen("jobs", job("baton-a", "8", Failed="DeadlineExceeded"), deleted=False)
 
     now[0] += 4.9
@@ -212,29 +223,9 @@ def test_a_failed_job_whose_pod_says_nothing_is_judged_on_the_jobs_word_after_th
     assert (ended[0].exit_code, ended[0].message, ended[1]) == (None, "Job baton-a failed: DeadlineExceeded", True)
 
 
-def test_a_failed_job_without_pods_seen_waits_for_them_then_is_judged_on_its_word() -> None:
-    # The pods watch may not have told of a pod that ran and died (seen under load): its account is awaited too
-    now = [100.0]
-    api = SimpleNamespace()
-    watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: now[0])
-    watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
-    watch.created("baton-a")
-
-    watch._seen("jobs", job("baton-a", "8", Failed="BackoffLimitExceeded"), deleted=False)
-    now[0] += 1.0
-    assert watch.ended("baton-a", 300) is None
-    now[0] += 4.1
-    ended = watch.ended("baton-a", 300)
-
-    assert ended is not None and ended[0].message == "Job baton-a failed: BackoffLimitExceeded"
-
-
 def test_a_failed_job_whose_pod_is_first_seen_ended_is_judged_by_the_pod() -> None:
     now = [100.0]
-    api = SimpleNamespace()
-    watch = JobWatch(api, api, "ns", dict, lambda: None, lambda kind, why: None, clock=lambda: now[0])
-    watch.track("baton-a", "run-a", retries_possible=False, uid="uid-baton-a")
-    watch.created("baton-a")
+    watch = created_job(now)
     watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", {"waiting": {"reason": "ContainerCreating"}}), False)
 
     watch._seen("jobs", job("baton-a", "8", Failed="BackoffLimitExceeded"), deleted=False)
