@@ -28,7 +28,7 @@ typecheck: install
 # their time, so one per core left the cores idle (2 cores: 398 s with 2 workers, 310 s with 4). tests/conftest.py's
 # scheduler groups the tests (one unit per file, and the reliability tests together). PYTEST_ARGS="-n 0" runs them
 # in one process. Load tests (marked `load`) run in `make chaos`, not here: PYTEST_MARKS="" runs them too.
-TEST_WORKERS ?= $(shell n=$$(nproc); w=$$((n * 2)); [ $$w -gt 8 ] && w=8; echo $$w)
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(8, 2 * (os.cpu_count() or 1)))')
 PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile
 PYTEST_MARKS ?= not load
 unit: install

@@ -133,6 +133,13 @@ def shared_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedS
     servers.stop()
 
 
+@pytest.fixture(scope="session")
+def shared_postgres_server(postgres_cluster: object, shared_servers: SharedServers) -> Iterator[None]:
+    """Stops the shared PostgreSQL server before its cluster (``SharedServers.get`` asks for this fixture first)."""
+    yield
+    shared_servers.stop("postgresql")
+
+
 @pytest.fixture
 def server(shared_servers: SharedServers, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
     """A tenant of its own on this worker's shared SQLite server (``support.TenantServer``), seen as a server of the
@@ -140,7 +147,7 @@ def server(shared_servers: SharedServers, request: pytest.FixtureRequest, tmp_pa
     one with ``start_server``."""
     view = shared_servers.tenant(request, tmp_path / "tenant-home")
     yield view
-    view.stop()
+    view.close()
 
 
 @pytest.fixture

@@ -25,27 +25,32 @@ class SharedServers:
 
     def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
         self._tmp = tmp_path_factory
-        self._servers: dict[str, tuple[ServerProcess, sessionmaker[Session]]] = {}
-        self._engines: list[Engine] = []
+        self._servers: dict[str, tuple[ServerProcess, sessionmaker[Session], Engine]] = {}
 
     def get(self, database: str, request: pytest.FixtureRequest) -> tuple[ServerProcess, sessionmaker[Session]]:
         """The server on ``database`` ("sqlite" or "postgresql") and sessions on its database."""
         if database not in self._servers:
             settings_env = {}
             if database == "postgresql":
+                # Through a fixture that needs the cluster: torn down (stopping this server) before the cluster is
+                # (a server whose database vanished first logs connection errors until it is stopped).
+                request.getfixturevalue("shared_postgres_server")
                 cluster = request.getfixturevalue("postgres_cluster")
                 settings_env["BATON__SERVER__DATABASE_URL"] = cluster.create_database()
             server = ServerProcess(self._tmp.mktemp(f"api-server-{database}"), **settings_env).start()
             engine = create_database_engine(server.database_url, 2)
-            self._engines.append(engine)
-            self._servers[database] = (server, create_session_factory(engine))
-        return self._servers[database]
+            self._servers[database] = (server, create_session_factory(engine), engine)
+        server, sessions, _ = self._servers[database]
+        return server, sessions
 
-    def stop(self) -> None:
-        for engine in self._engines:
-            engine.dispose()
-        for server, _ in self._servers.values():
-            server.stop()
+    def stop(self, database: str | None = None) -> None:
+        """Stop the server on ``database``, or all of them."""
+        for name in [database] if database is not None else list(self._servers):
+            started = self._servers.pop(name, None)
+            if started is not None:
+                server, _, engine = started
+                engine.dispose()
+                server.stop()
 
     def tenant(self, request: pytest.FixtureRequest, home: Path, database: str = "sqlite") -> TenantServer:
         """A new tenant on the server on ``database``, seen as a server of its own with ``home`` as its home."""

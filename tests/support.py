@@ -22,8 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def local_get(url: str, timeout: float = 2.0, **kwargs: Any) -> httpx.Response:
-    """``httpx.get`` for http://127.0.0.1 URLs, without the TLS context ``httpx.get`` builds each call (~25 ms of CPU
-    loading the CA bundle): server starts poll their health ~30 times each, and that was ~0.75 s of CPU per start."""
+    """``httpx.get`` for the plain-http addresses of the tests' servers and agents, without the TLS context
+    ``httpx.get`` builds each call (~25 ms of CPU loading the CA bundle): server starts poll their health ~30 times
+    each, and that was ~0.75 s of CPU per start."""
     with httpx.Client(verify=False, trust_env=False, timeout=timeout) as http:
         return http.get(url, **kwargs)
 
@@ -176,12 +177,19 @@ class TenantServer(ServerProcess):
     def start(self, timeout: float = 30.0) -> ServerProcess:
         raise RuntimeError("a tenant of a shared server: start a server of the test's own instead")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    def close(self) -> None:
+        """Close this view's client (the shared process runs on)."""
         if self._admin_client is not None:
             self._admin_client.close()
 
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        raise RuntimeError("a tenant of a shared server: stop a server of the test's own instead")
+
     def kill(self) -> None:
         raise RuntimeError("a tenant of a shared server: kill a server of the test's own instead")
+
+    def log(self) -> str:
+        raise RuntimeError("a tenant of a shared server: its log is every tenant's; read a server of the test's own")
 
 
 HELLO_SOURCE = """
