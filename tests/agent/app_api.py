@@ -346,13 +346,17 @@ class AppApi(Faults, Client):
         return self._through("claim", (agent_id, limit, wait_seconds), sent)
 
     def agent_heartbeat(
-        self, agent_id: str, deployments: list[dict[str, Any]], claims: list[str] | None = None
+        self,
+        agent_id: str,
+        deployments: list[dict[str, Any]],
+        claims: list[str] | None = None,
+        instance: str | None = None,
     ) -> r.HeartbeatResponse:
         def sent() -> r.HeartbeatResponse:
             with self._lock:
                 self.heartbeats.append(deployments)
                 self.heartbeat_claims.append(claims)
-            return super(AppApi, self).agent_heartbeat(agent_id, deployments, claims)
+            return super(AppApi, self).agent_heartbeat(agent_id, deployments, claims, instance)
 
         return self._through("agent_heartbeat", deployments, sent)
 

@@ -172,7 +172,11 @@ class FakeApi(Faults):
         return response
 
     def agent_heartbeat(
-        self, agent_id: str, deployments: list[dict[str, Any]], claims: list[str] | None = None
+        self,
+        agent_id: str,
+        deployments: list[dict[str, Any]],
+        claims: list[str] | None = None,
+        instance: str | None = None,
     ) -> r.HeartbeatResponse:
         self._enter("agent_heartbeat", deployments)
         self.heartbeat_claims.append(claims)

@@ -55,7 +55,11 @@ class AgentApi(Protocol):
     ) -> r.ClaimResponse: ...
 
     def agent_heartbeat(
-        self, agent_id: str, deployments: list[dict[str, Any]], claims: list[str] | None = None
+        self,
+        agent_id: str,
+        deployments: list[dict[str, Any]],
+        claims: list[str] | None = None,
+        instance: str | None = None,
     ) -> r.HeartbeatResponse: ...
 
     def change_flow_run_state(

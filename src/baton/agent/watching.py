@@ -72,13 +72,13 @@ class DeploymentWatch:
 
     async def heartbeat_once(self) -> None:
         """Report deployments; stop the ones the server wants cancelled."""
-        client, agent_id = self._api.client, self._identity.agent_id
+        client, agent_id, instance = self._api.client, self._identity.agent_id, self._identity.instance
         assert agent_id is not None
         report = self._registry.heartbeat_report()
         # Only the claims named here keep their lease: one this agent does not know of expires (polling.py).
         claims = [run.id for run in self._registry.all() if not run.submitted]
         loop = asyncio.get_running_loop()
-        self._request = request = loop.run_in_executor(None, client.agent_heartbeat, agent_id, report, claims)
+        self._request = request = loop.run_in_executor(None, client.agent_heartbeat, agent_id, report, claims, instance)
         # Shielded: cancelling the loop must not cancel this future, or it would count as done while its thread still
         # sends the heartbeat, and settle() would let a deregistration go first (the heartbeat then undid it).
         request.add_done_callback(_retrieve)

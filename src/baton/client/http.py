@@ -588,13 +588,20 @@ class Client:
         )
 
     def agent_heartbeat(
-        self, agent_id: str, deployments: list[dict[str, Any]], claims: list[str] | None = None
+        self,
+        agent_id: str,
+        deployments: list[dict[str, Any]],
+        claims: list[str] | None = None,
+        instance: str | None = None,
     ) -> r.HeartbeatResponse:
         """Report deployments; ``claims`` names the runs held claimed and not yet Submitted (their leases are
-        extended; None extends every claim of the agent)."""
+        extended; None extends every claim of the agent). ``instance``: the agent process, as on its claims (a
+        heartbeat of a process that has deregistered then leaves the agent deregistered)."""
         body: dict[str, Any] = {"deployments": deployments}
         if claims is not None:
             body["claims"] = claims
+        if instance is not None:
+            body["instance"] = instance
         return self._model(r.HeartbeatResponse, "POST", f"/api/agents/{agent_id}/heartbeat", json=body)
 
     # --- notifications ---------------------------------------------------------------------------

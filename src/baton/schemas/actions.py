@@ -254,6 +254,9 @@ class AgentHeartbeat(StrictModel):
     # does not know of (its answer was lost, or an earlier process of the same agent made it) expires and goes
     # back to the queue. None (agents before this field): every Pending run of the agent is extended.
     claims: list[str] | None = Field(default=None, max_length=10_000)
+    # The agent process reporting, as on its claims: a heartbeat of the process that deregistered (one still under way
+    # at its warm stop) does not make the agent live again. None (agents before this field): any heartbeat does.
+    instance: str | None = Field(default=None, min_length=1, max_length=INSTANCE_MAX_LENGTH, pattern=INSTANCE_PATTERN)
 
 
 class TaskRunCreate(StrictModel):

@@ -189,14 +189,33 @@ def test_an_earlier_process_stopping_does_not_stop_its_successors_polls(
     assert listed(runner, agent.id).deregistered_at is None
 
 
+def test_a_heartbeat_of_the_process_that_deregistered_leaves_it_deregistered(runner: Client) -> None:
+    # Given an agent whose process deregistered while a heartbeat of it was still on its way
+    agent = runner.register_agent(unique("agent"), "local", [])
+    runner.deregister_agent(agent.id, instance="process-1")
+
+    # When that heartbeat arrives, naming the process, the agent stays deregistered
+    assert runner.agent_heartbeat(agent.id, [], instance="process-1").cancel == []
+    assert listed(runner, agent.id).deregistered_at is not None
+
+    # And a heartbeat of the next process (a restart), or of an agent that names none, is a sign of life
+    runner.agent_heartbeat(agent.id, [], instance="process-2")
+    assert (listed(runner, agent.id).live, listed(runner, agent.id).deregistered_at) == (True, None)
+    runner.deregister_agent(agent.id, instance="process-2")
+    runner.agent_heartbeat(agent.id, [])
+    assert listed(runner, agent.id).deregistered_at is None
+
+
 @pytest.mark.parametrize("instance", ["", "a" * 65, "no spaces", "../x", "é"])
 def test_a_malformed_process_id_is_refused(runner: Client, instance: str) -> None:
     agent = runner.register_agent(unique("agent"), "local", [])
     with pytest.raises(ClientError) as claimed:
         runner.claim(agent.id, instance=instance)
+    with pytest.raises(ClientError) as beat:
+        runner.agent_heartbeat(agent.id, [], instance=instance)
     with pytest.raises(ClientError) as deregistered:
         runner.deregister_agent(agent.id, instance=instance)
-    assert (claimed.value.status_code, deregistered.value.status_code) == (422, 422)
+    assert (claimed.value.status_code, beat.value.status_code, deregistered.value.status_code) == (422, 422, 422)
     assert listed(runner, agent.id).deregistered_at is None
 
 

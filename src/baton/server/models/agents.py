@@ -110,12 +110,12 @@ def touch(
 ) -> bool:
     """A sign of life of ``agent``, which undoes a deregistration. One UPDATE; True when it was made.
 
-    ``unless_deregistered``: a claim attempt's sign of life, made unless the agent process making it has stopped;
-    else False, and the mark stays. That process is ``instance`` when the claim names it: a deregistration by the
-    same instance is its stop, one by another (or unnamed) is an earlier process's under the same identity. Claims
-    that do not name it fall back to time: a deregistration at or after ``since`` (ever, when None) is theirs. The
-    condition is in the UPDATE, so on PostgreSQL it waits for a deregistration in progress (which holds the row) and
-    then sees it.
+    ``unless_deregistered``: a claim attempt's sign of life (or a heartbeat's that names its process), made unless
+    the agent process making it has stopped; else False, and the mark stays. That process is ``instance`` when the
+    call names it: a deregistration by the same instance is its stop, one by another (or unnamed) is an earlier
+    process's under the same identity. Claims that do not name it fall back to time: a deregistration at or after
+    ``since`` (ever, when None) is theirs. The condition is in the UPDATE, so on PostgreSQL it waits for a
+    deregistration in progress (which holds the row) and then sees it.
     """
     query = update(Agent).where(Agent.id == agent.id)
     if unless_deregistered:
@@ -167,7 +167,8 @@ def _end_dead_deployment(session: Session, run: FlowRun, status: DeploymentStatu
 def process_heartbeat(
     session: Session, agent: Agent, payload: AgentHeartbeat, lease_seconds: float
 ) -> HeartbeatOutcome:
-    touch(session, agent)
+    # A heartbeat of the process that deregistered (under way at its warm stop) leaves the mark; see touch.
+    touch(session, agent, unless_deregistered=payload.instance is not None, instance=payload.instance)
     extend_leases(session, agent, lease_seconds, payload.claims)
     deployments = payload.deployments
     vouch_for(session, agent, [status.flow_run_id for status in deployments if status.alive])
