@@ -134,9 +134,9 @@ def shared_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedS
 
 
 @pytest.fixture(scope="session")
-def shared_postgres_server(postgres_cluster: object, shared_servers: SharedServers) -> Iterator[None]:
-    """Stops the shared PostgreSQL server before its cluster (``SharedServers.get`` asks for this fixture first)."""
-    yield
+def shared_postgres_server(postgres_cluster: Any, shared_servers: SharedServers) -> Iterator[Any]:
+    """The cluster of the shared PostgreSQL server (``SharedServers.get``), which it stops before the cluster."""
+    yield postgres_cluster
     shared_servers.stop("postgresql")
 
 

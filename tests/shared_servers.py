@@ -27,21 +27,23 @@ class SharedServers:
         self._tmp = tmp_path_factory
         self._servers: dict[str, tuple[ServerProcess, sessionmaker[Session], Engine]] = {}
 
-    def get(self, database: str, request: pytest.FixtureRequest) -> tuple[ServerProcess, sessionmaker[Session]]:
-        """The server on ``database`` ("sqlite" or "postgresql") and sessions on its database."""
+    def get(self, database: str, request: pytest.FixtureRequest) -> ServerProcess:
+        """The server on ``database`` ("sqlite" or "postgresql")."""
         if database not in self._servers:
             settings_env = {}
             if database == "postgresql":
-                # Through a fixture that needs the cluster: torn down (stopping this server) before the cluster is
-                # (a server whose database vanished first logs connection errors until it is stopped).
-                request.getfixturevalue("shared_postgres_server")
-                cluster = request.getfixturevalue("postgres_cluster")
+                # The cluster through a fixture that stops this server before the cluster stops (a server whose
+                # database vanished first logs connection errors until it is stopped).
+                cluster = request.getfixturevalue("shared_postgres_server")
                 settings_env["BATON__SERVER__DATABASE_URL"] = cluster.create_database()
             server = ServerProcess(self._tmp.mktemp(f"api-server-{database}"), **settings_env).start()
             engine = create_database_engine(server.database_url, 2)
             self._servers[database] = (server, create_session_factory(engine), engine)
-        server, sessions, _ = self._servers[database]
-        return server, sessions
+        return self._servers[database][0]
+
+    def sessions(self, server: ServerProcess) -> sessionmaker[Session]:
+        """Sessions on the database of ``server``, one of these shared servers."""
+        return next(sessions for shared, sessions, _ in self._servers.values() if shared is server)
 
     def stop(self, database: str | None = None) -> None:
         """Stop the server on ``database``, or all of them."""
@@ -54,6 +56,6 @@ class SharedServers:
 
     def tenant(self, request: pytest.FixtureRequest, home: Path, database: str = "sqlite") -> TenantServer:
         """A new tenant on the server on ``database``, seen as a server of its own with ``home`` as its home."""
-        shared = self.get(database, request)[0]
+        shared = self.get(database, request)
         created = create_tenant(database_settings(shared), unique("tenant"))
         return TenantServer(shared, home, created.admin_key)

@@ -25,7 +25,7 @@ from support import ServerProcess
 @pytest.fixture(scope="package", params=["sqlite", "postgresql"])
 def api_server(request: pytest.FixtureRequest, shared_servers: SharedServers) -> ServerProcess:
     """The shared server on SQLite, then on PostgreSQL: every server test runs on both."""
-    return shared_servers.get(request.param, request)[0]
+    return shared_servers.get(request.param, request)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -43,12 +43,9 @@ def migrated_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
 
 @pytest.fixture(scope="package")
-def api_database(
-    api_server: ServerProcess, shared_servers: SharedServers, request: pytest.FixtureRequest
-) -> sessionmaker[Session]:
+def api_database(api_server: ServerProcess, shared_servers: SharedServers) -> sessionmaker[Session]:
     """Sessions on ``api_server``'s database, for setting up tenants without a round trip."""
-    database = "postgresql" if api_server.database_url.startswith("postgresql") else "sqlite"
-    return shared_servers.get(database, request)[1]
+    return shared_servers.sessions(api_server)
 
 
 @pytest.fixture
