@@ -162,10 +162,12 @@ def test_pods_seen_before_the_jobs_uid_is_known_are_judged_once_it_is() -> None:
     assert ended is not None and "did not start" in (ended[0].message or "")
 
 
-def flow_pod(uid: str, job_name: str, controller_uid: str, state: dict[str, Any]) -> Any:
+def flow_pod(uid: str, job_name: str, controller_uid: str, state: dict[str, Any], memory: str | None = None) -> Any:
     """A pod of the Job whose flow container is in ``state`` (its status as the sanitizer gives it)."""
     seen = pod(uid, job_name, controller_uid)
     seen.status = {"phase": "Running", "containerStatuses": [{"name": "flow", "state": state}]}
+    limits = {"memory": memory} if memory else None
+    seen.spec = SimpleNamespace(containers=[SimpleNamespace(name="flow", resources=SimpleNamespace(limits=limits))])
     return seen
 
 
@@ -236,3 +238,25 @@ def test_a_failed_job_whose_pod_is_first_seen_ended_is_judged_by_the_pod() -> No
     ended = watch.ended("baton-a", 300)
 
     assert ended is not None and ended[0].exit_code == 3 and "(exit code 3)" in (ended[0].message or "")
+
+
+# The runtime can miss the cgroup's OOM event when the task exits first: "Error", 137, on a memory-limited container
+@pytest.mark.parametrize(
+    ("memory", "said"),
+    [
+        ("96Mi", "container flow was killed (SIGKILL), most likely for memory over its limit of 96Mi (exit code 137)"),
+        (None, "container flow ended: Error (exit code 137)"),
+    ],
+    ids=["memory-limited", "no-limit"],
+)
+def test_a_container_killed_with_no_reason_given_names_its_memory_limit(memory: str | None, said: str) -> None:
+    now = [100.0]
+    watch = created_job(now)
+    killed = {"terminated": {"exitCode": 137, "reason": "Error"}}
+    watch._seen("pods", flow_pod("p1", "baton-a", "uid-baton-a", killed, memory=memory), deleted=False)
+    watch._seen("jobs", job("baton-a", "8", Failed="BackoffLimitExceeded"), deleted=False)
+
+    ended = watch.ended("baton-a", 300)
+
+    assert ended is not None and ended[0].exit_code == 137
+    assert said in (ended[0].message or ""), ended[0].message

@@ -41,6 +41,8 @@ logger = logging.getLogger("baton.agent")
 # pod stuck on them ends at the pending timeout; ImagePullBackOff follows a repeated ErrImagePull.
 CANNOT_START = frozenset({"ErrImageNeverPull", "ImagePullBackOff", "InvalidImageName", "RunContainerError"})
 _STARTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
+_SIGKILL_EXIT = 128 + 9
+_MEMORY_LIMIT = "batonFlowMemoryLimit"  # kept beside a pod's status: its flow container's memory limit
 # Watches end server-side after this long and resume from their resourceVersion (below the API server's limits).
 WATCH_SECONDS = 60
 # A Job's Failed condition and its pod's account of the end (OOMKilled, the exit code) come on two watches: a Job
@@ -325,6 +327,7 @@ class JobWatch:
             return
         status = self._sanitize(obj.status) if obj.status else {}
         status["creationTimestamp"] = str(obj.metadata.creation_timestamp or "")
+        status[_MEMORY_LIMIT] = _flow_memory_limit(obj)
         view.pods[obj.metadata.name] = status
         pod_uid = str(obj.metadata.uid)
         if pod_uid not in view.pod_uids:
@@ -467,13 +470,27 @@ def _stuck(view: JobView, state: dict[str, Any], age: float, pending_timeout: fl
     return None
 
 
+def _newest_pod(view: JobView) -> dict[str, Any]:
+    """The status of the Job's newest pod (``view.pods`` must not be empty)."""
+    return max(view.pods.values(), key=lambda status: status.get("creationTimestamp") or "")
+
+
 def _flow_container_status(view: JobView) -> dict[str, Any] | None:
     """The status of the container ``flow`` (else the first) of the Job's newest pod."""
     if not view.pods:
         return None
-    pod = max(view.pods.values(), key=lambda status: status.get("creationTimestamp") or "")
-    statuses = pod.get("containerStatuses") or []
+    statuses = _newest_pod(view).get("containerStatuses") or []
     return next((s for s in statuses if s.get("name") == CONTAINER_NAME), statuses[0] if statuses else None)
+
+
+def _flow_memory_limit(pod: Any) -> str | None:
+    """The memory limit of the pod's flow container (``"96Mi"``), None without one."""
+    containers = getattr(getattr(pod, "spec", None), "containers", None) or []
+    for container in containers:
+        if getattr(container, "name", None) == CONTAINER_NAME:
+            limits = getattr(getattr(container, "resources", None), "limits", None) or {}
+            return str(limits["memory"]) if limits.get("memory") else None
+    return None
 
 
 def _pending_reason(view: JobView) -> str | None:
@@ -487,6 +504,14 @@ def _pending_reason(view: JobView) -> str | None:
 def _terminated(view: JobView, terminated: dict[str, Any]) -> Ended:
     code = terminated.get("exitCode")
     reason = terminated.get("reason") or "Error"
-    explained = "was OOM-killed (OOMKilled)" if reason == "OOMKilled" else f"ended: {reason}"
+    limit = _newest_pod(view).get(_MEMORY_LIMIT) if view.pods else None
+    if reason == "OOMKilled":
+        explained = "was OOM-killed (OOMKilled)"
+    elif code == _SIGKILL_EXIT and limit:
+        # The runtime can miss the cgroup's OOM event when the task exits first (a race in containerd and Docker
+        # under load): the container then ends "Error" with 137, and its memory limit is the likely cause.
+        explained = f"was killed (SIGKILL), most likely for memory over its limit of {limit}"
+    else:
+        explained = f"ended: {reason}"
     suffix = f"; the Job failed: {view.failed_reason}" if view.failed_reason else ""
     return Ended(code, f"Job {view.name}: container flow {explained} (exit code {code}){suffix}")
