@@ -123,14 +123,18 @@ def flow_run(session: Session, principal: Principal, row: FlowRun) -> FlowRunRea
     return flow_runs(session, principal, [row])[0]
 
 
+# A claimed run's state history is its creation and the claim: agents never read it there (one query less per claim).
+_CLAIM_OMITS = frozenset({"states"})
+
+
 def claimed(session: Session, principal: Principal, result: ClaimResult) -> ClaimResponse:
-    """The runs an agent claimed, each with its flow and run token."""
+    """The runs an agent claimed, each with its flow and run token (without their state history: ``omitted``)."""
     runs = [run for run, _token in result.runs]
     flow_reads = {row.id: flow(principal, row) for row in result.flows}
     return ClaimResponse(
         runs=[
             ClaimedRun(flow_run=read, flow=flow_reads[read.flow_id], run_token=token)
-            for read, (_run, token) in zip(flow_runs(session, principal, runs), result.runs, strict=True)
+            for read, (_run, token) in zip(flow_runs(session, principal, runs, _CLAIM_OMITS), result.runs, strict=True)
         ]
     )
 

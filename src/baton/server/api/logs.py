@@ -69,11 +69,10 @@ def create_task_run(
 ) -> TaskRunRead:
     limit = request.app.state.settings.server.max_task_runs_per_run
     with transaction(db) as session:
-        flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
-        task_run = task_runs.create_task_run(
+        flow_runs.require_flow_run(session, principal.tenant_id, flow_run_id)
+        return task_runs.create_task_run(
             session, principal.tenant_id, flow_run_id, payload.task_name, payload.state, payload.message, limit
         )
-        return shaping.task_run(task_run)
 
 
 @router.get("/flow_runs/{flow_run_id}/task_runs", response_model=list[TaskRunRead])
@@ -103,6 +102,6 @@ def set_task_run_state(
     db: Db,
 ) -> TaskRunRead:
     with transaction(db) as session:
-        task_run = task_runs.get_task_run(session, principal.tenant_id, task_run_id)
-        task_run = task_runs.set_task_run_state(session, task_run, payload.state, payload.message, payload.attempt)
-        return shaping.task_run(task_run)
+        return task_runs.set_task_run_state(
+            session, principal.tenant_id, task_run_id, payload.state, payload.message, payload.attempt
+        )

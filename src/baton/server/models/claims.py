@@ -122,15 +122,14 @@ def claim_runs(
             }
             session.refresh(run, ["parameters", "run_config"])  # deferred above: one read of both, not two
             problems = unservable_fields(run, flow)
-            try:
-                with session.begin_nested():
-                    transition(session, run, StateName.PENDING, f"claimed by agent {agent.name}", None, extra)
-                    if problems:
-                        # Not retried: a retry would find the same stored data.
-                        transition(session, run, StateName.FAILED, _unservable_message(problems), retry=False)
+            try:  # a transition that raises StaleState wrote nothing: no savepoint to roll back
+                transition(session, run, StateName.PENDING, f"claimed by agent {agent.name}", None, extra)
             except StaleState:
                 continue
             if problems:
+                # Not retried: a retry would find the same stored data. The run is ours now (a compare-and-set
+                # won under the claim's write lock on SQLite, its row locked on PostgreSQL): this cannot be stale.
+                transition(session, run, StateName.FAILED, _unservable_message(problems), retry=False)
                 logger.warning("flow run %s failed instead of being claimed: %s", run.id, problems)
                 continue
             result.runs.append((run, token))

@@ -155,8 +155,10 @@ def _tenant_name(session: Session, tenant_id: str) -> str:
     return session.scalar(select(Tenant.name).where(Tenant.id == tenant_id)) or tenant_id
 
 
-# Every state change runs it: built once.
-_RULES_OF_TENANT = select(NotificationRule).where(NotificationRule.tenant_id == bindparam("tenant_id"))
+# Every state change runs it, on the session's connection (no ORM objects unless a rule matches): built once.
+_RULE_EVENTS_OF_TENANT = select(NotificationRule.id, NotificationRule.events).where(
+    NotificationRule.tenant_id == bindparam("tenant_id")
+)
 
 
 def enqueue_for_transition(session: Session, run: FlowRun, new_state: StateName, message: str | None) -> None:
@@ -166,10 +168,11 @@ def enqueue_for_transition(session: Session, run: FlowRun, new_state: StateName,
     matching rule. Called by ``flow_runs.transition`` after its compare-and-set, so ``run.state_version`` is the new
     one: it keys the event, and a state change that rolls back takes its rows with it.
     """
-    rules = session.scalars(_RULES_OF_TENANT, {"tenant_id": run.tenant_id}).all()
-    matching = [rule for rule in rules if new_state.value in rule.events]
-    if not matching:
+    rows = session.connection().execute(_RULE_EVENTS_OF_TENANT, {"tenant_id": run.tenant_id}).all()
+    wanted = [rule_id for rule_id, events in rows if new_state.value in events]
+    if not wanted:
         return
+    matching = list(session.scalars(select(NotificationRule).where(NotificationRule.id.in_(wanted))))
     flow = flows.name_of_run_flow(session, run) or "?"
     matching = [rule for rule in matching if rule.flow_name in (None, flow)]
     if not matching:

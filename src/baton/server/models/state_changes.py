@@ -48,9 +48,8 @@ def set_state(
             raise RevokedToken(f"this run token is no longer flow run {flow_run_id}'s: the run ended or was released")
         if name == _S.SCHEDULED and run.state != _S.PENDING:
             raise IllegalTransitionError(run.state, name, "only a claimed, undeployed run can be released")
-        try:
-            with session.begin_nested():
-                return transition(session, run, name, message, data, retry=retry)
+        try:  # a transition that raises StaleState wrote nothing: no savepoint to roll back
+            return transition(session, run, name, message, data, retry=retry)
         except StaleState:
             session.expire(run)
     raise StaleState(f"flow run {flow_run_id} kept changing; try again")
@@ -64,11 +63,10 @@ def cancel(session: Session, tenant_id: str, flow_run_id: str) -> FlowRun:
             raise IllegalTransitionError(run.state, _S.CANCELLED, f"the run already ended ({run.state})")
         if run.state == _S.CANCELLING:
             return run
-        try:
-            with session.begin_nested():
-                if run.state in CLAIMABLE_STATES or run.state == _S.PENDING:
-                    return transition(session, run, _S.CANCELLED, "cancelled before it was deployed")
-                return transition(session, run, _S.CANCELLING, "cancellation requested")
+        try:  # a transition that raises StaleState wrote nothing: no savepoint to roll back
+            if run.state in CLAIMABLE_STATES or run.state == _S.PENDING:
+                return transition(session, run, _S.CANCELLED, "cancelled before it was deployed")
+            return transition(session, run, _S.CANCELLING, "cancellation requested")
         except StaleState:
             session.expire(run)
     raise StaleState(f"flow run {flow_run_id} kept changing; try again")

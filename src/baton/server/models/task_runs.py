@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from baton.schemas.responses import TaskRunRead
 from baton.schemas.states import TaskRunState
-from baton.server.database.orm import TaskRun, utcnow
+from baton.server.database.orm import TaskRun, new_id, table_of, utcnow
 from baton.server.models.errors import Conflict, ObjectNotFound
 from baton.server.models.ids import checked_id
 
 _TASK_FINAL = {TaskRunState.SUCCESS, TaskRunState.FAILED, TaskRunState.CANCELLED}
+
+
+# Every task of every run goes through these: prebuilt Core statements on the session's connection (no ORM objects
+# nor unit-of-work flushes: ~1 ms less per task-run request than ORM rows).
+_TABLE = table_of(TaskRun)
+_COUNT_OF_RUN = select(func.count()).select_from(_TABLE).where(_TABLE.c.flow_run_id == bindparam("flow_run_id"))
+_INSERT = _TABLE.insert()
+_READ_COLUMNS = [getattr(_TABLE.c, name) for name in TaskRunRead.model_fields]
 
 
 def create_task_run(
@@ -22,56 +32,63 @@ def create_task_run(
     state: TaskRunState,
     message: str | None,
     max_task_runs: int = 10_000,
-) -> TaskRun:
-    """Record a task run of ``flow_run_id``.
+) -> TaskRunRead:
+    """Record a task run of ``flow_run_id`` (the caller checked that the run is the tenant's).
 
     Raises:
         Conflict: the run has ``max_task_runs`` task runs already (409): a flow looping over tasks is bounded too.
     """
-    count = session.scalar(select(func.count()).select_from(TaskRun).where(TaskRun.flow_run_id == flow_run_id)) or 0
+    connection = session.connection()
+    count = connection.execute(_COUNT_OF_RUN, {"flow_run_id": flow_run_id}).scalar() or 0
     if count >= max_task_runs:
         raise Conflict(
             f"flow run {flow_run_id} has {count} task runs, the server's limit per run "
             "(BATON__SERVER__MAX_TASK_RUNS_PER_RUN)"
         )
     now = utcnow()
-    task_run = TaskRun(
-        tenant_id=tenant_id,
+    read = TaskRunRead(
+        id=new_id(),
         flow_run_id=flow_run_id,
         task_name=task_name,
         state=state.value,
         message=message,
         attempt=1,
         start_time=now if state == TaskRunState.RUNNING else None,
+        end_time=None,
         created=now,
     )
-    session.add(task_run)
-    session.flush()
-    return task_run
-
-
-def get_task_run(session: Session, tenant_id: str, task_run_id: str) -> TaskRun:
-    task_run_id = checked_id("task run", task_run_id)
-    task_run = session.scalar(select(TaskRun).where(TaskRun.tenant_id == tenant_id, TaskRun.id == task_run_id))
-    if task_run is None:
-        raise ObjectNotFound(f"task run {task_run_id} not found")
-    return task_run
+    connection.execute(_INSERT, {**read.model_dump(), "tenant_id": tenant_id})
+    return read
 
 
 def set_task_run_state(
-    session: Session, task_run: TaskRun, state: TaskRunState, message: str | None, attempt: int | None
-) -> TaskRun:
+    session: Session,
+    tenant_id: str,
+    task_run_id: str,
+    state: TaskRunState,
+    message: str | None,
+    attempt: int | None,
+) -> TaskRunRead:
+    """Move a task run of the tenant to ``state``, in one statement; its answer is the row as written."""
+    task_run_id = checked_id("task run", task_run_id)
     now = utcnow()
-    task_run.state = state.value
-    task_run.message = message
+    values: dict[str, Any] = {"state": state.value, "message": message}
     if attempt is not None:
-        task_run.attempt = attempt
-    if state == TaskRunState.RUNNING and task_run.start_time is None:
-        task_run.start_time = now
+        values["attempt"] = attempt
+    if state == TaskRunState.RUNNING:
+        values["start_time"] = func.coalesce(_TABLE.c.start_time, now)
     if state in _TASK_FINAL:
-        task_run.end_time = now
-    session.flush()
-    return task_run
+        values["end_time"] = now
+    statement = (
+        update(_TABLE)
+        .where(_TABLE.c.tenant_id == tenant_id, _TABLE.c.id == task_run_id)
+        .values(values)
+        .returning(*_READ_COLUMNS)
+    )
+    row = session.connection().execute(statement).mappings().first()
+    if row is None:
+        raise ObjectNotFound(f"task run {task_run_id} not found")
+    return TaskRunRead.model_validate(dict(row))
 
 
 def to_read(task_run: TaskRun) -> TaskRunRead:
