@@ -184,9 +184,9 @@ def get_flow_run_with_flow(
     with transaction(db) as session:
         run = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
         flow = flows.get_flow(session, principal.tenant_id, run.flow_id)
-        return FlowRunWithFlow(
-            flow_run=shaping.flow_run(session, principal, run), flow=shaping.flow(principal, flow, include_source=True)
-        )
+        # Without the run's state history (``omitted``): the process reads its state, never its history.
+        read = shaping.flow_runs(session, principal, [run], omit=frozenset({"states"}))[0]
+        return FlowRunWithFlow(flow_run=read, flow=shaping.flow(principal, flow, include_source=True))
 
 
 @router.post(

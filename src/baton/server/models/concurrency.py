@@ -23,7 +23,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, exists, func, select, true
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    null,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -151,6 +163,15 @@ def waiting_for_slot(session: Session, run: FlowRun) -> str | None:
 # --- claims ----------------------------------------------------------------------------------------------------
 
 
+# Every claim asks: the tenant's label limits, and a row (NULL, 0) when any of its flows has a limit. One statement.
+_LIMITS_OF_TENANT: CompoundSelect[Any] = union_all(
+    select(LabelLimit.label, LabelLimit.max_concurrent_runs).where(LabelLimit.tenant_id == bindparam("tenant_id")),
+    select(null(), literal(0)).where(
+        exists().where(Flow.tenant_id == bindparam("tenant_id"), Flow.max_concurrent_runs.is_not(None))
+    ),
+)
+
+
 @dataclass
 class ClaimGate:
     """Decides, within one claim's transaction, which candidate runs may take a slot.
@@ -176,10 +197,13 @@ class ClaimGate:
 
     @classmethod
     def open(cls, session: Session, tenant_id: str) -> ClaimGate:
-        labels = label_limits(session, tenant_id)
-        flows_limited = session.scalar(
-            select(exists().where(Flow.tenant_id == tenant_id, Flow.max_concurrent_runs.is_not(None)))
-        )
+        labels: dict[str, int] = {}
+        flows_limited = False
+        for label, limit in session.connection().execute(_LIMITS_OF_TENANT, {"tenant_id": tenant_id}):
+            if label is None:
+                flows_limited = True
+            else:
+                labels[label] = limit
         locking = session.get_bind().dialect.name == "postgresql"
         gate = cls(session, tenant_id, labels, bool(labels) or bool(flows_limited), locking)
         if gate.active:

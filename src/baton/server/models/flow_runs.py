@@ -111,10 +111,10 @@ def create_flow_run(
     retried_from: str | None = None,
 ) -> FlowRun:
     if payload.flow_id:
-        flow = flow_queries.get_flow(session, tenant_id, payload.flow_id)
+        flow = flow_queries.get_flow(session, tenant_id, payload.flow_id, source=False)
     else:
         assert payload.flow_name is not None  # guaranteed by FlowRunCreate's validator
-        flow = flow_queries.find_flow(session, tenant_id, payload.flow_name, payload.flow_version)
+        flow = flow_queries.find_flow(session, tenant_id, payload.flow_name, payload.flow_version, source=False)
     check_parameters(flow.parameters_schema, payload.parameters)
     labels = resolve_run_labels(payload.labels, flow)
     now = utcnow()

@@ -120,21 +120,21 @@ def _check_source_in_bundle(session: Session, tenant_id: str, payload: FlowCreat
         raise InvalidRequest(f"the source sent is not the file {payload.storage.path!r} of the bundle")
 
 
-def get_flow(session: Session, tenant_id: str, flow_id: str) -> Flow:
+def get_flow(session: Session, tenant_id: str, flow_id: str, *, source: bool = True) -> Flow:
+    """The tenant's flow; ``source=False`` leaves its code unread (a run's creation never needs it)."""
     flow_id = checked_id("flow", flow_id)
-    flow = session.scalar(select(Flow).where(Flow.tenant_id == tenant_id, Flow.id == flow_id))
+    query = select(Flow).where(Flow.tenant_id == tenant_id, Flow.id == flow_id)
+    flow = session.scalar(query if source else query.options(defer(Flow.source)))
     if flow is None:
         raise ObjectNotFound(f"flow {flow_id} not found")
     return flow
 
 
-def find_flow(session: Session, tenant_id: str, name: str, version: int | None) -> Flow:
-    if version is None:
-        flow = latest_version(session, tenant_id, name)
-    else:
-        flow = session.scalar(
-            select(Flow).where(Flow.tenant_id == tenant_id, Flow.name == name, Flow.version == version)
-        )
+def find_flow(session: Session, tenant_id: str, name: str, version: int | None, *, source: bool = True) -> Flow:
+    """The flow of that name, at ``version`` or its latest; ``source`` as in :func:`get_flow`."""
+    named = select(Flow).where(Flow.tenant_id == tenant_id, Flow.name == name)
+    query = named.order_by(Flow.version.desc()).limit(1) if version is None else named.where(Flow.version == version)
+    flow = session.scalar(query if source else query.options(defer(Flow.source)))
     if flow is None:
         suffix = f" version {version}" if version is not None else ""
         raise ObjectNotFound(f"flow {name!r}{suffix} not found: register it first with `baton register`")
