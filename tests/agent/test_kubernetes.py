@@ -243,7 +243,7 @@ def test_an_oom_killed_pod_fails_the_run_saying_so(
     # OOMKilled, or (when the runtime missed the cgroup's OOM event, seen under load) SIGKILL beside the limit
     said = (
         "was OOM-killed (OOMKilled) (exit code 137)",
-        "most likely for memory over its limit of 96Mi (exit code 137)",
+        "out of memory (its limit is 96Mi) unless evicted (exit code 137)",
     )
     assert any(words in (run.state_message or "") for words in said), run.state_message
     stop(agent, running)

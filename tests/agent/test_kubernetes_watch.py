@@ -244,7 +244,7 @@ def test_a_failed_job_whose_pod_is_first_seen_ended_is_judged_by_the_pod() -> No
 @pytest.mark.parametrize(
     ("memory", "said"),
     [
-        ("96Mi", "container flow was killed (SIGKILL), most likely for memory over its limit of 96Mi (exit code 137)"),
+        ("96Mi", "flow was killed (SIGKILL) with no reason given: out of memory (its limit is 96Mi) unless evicted"),
         (None, "container flow ended: Error (exit code 137)"),
     ],
     ids=["memory-limited", "no-limit"],

@@ -510,7 +510,7 @@ def _terminated(view: JobView, terminated: dict[str, Any]) -> Ended:
     elif code == _SIGKILL_EXIT and limit:
         # The runtime can miss the cgroup's OOM event when the task exits first (a race in containerd and Docker
         # under load): the container then ends "Error" with 137, and its memory limit is the likely cause.
-        explained = f"was killed (SIGKILL), most likely for memory over its limit of {limit}"
+        explained = f"was killed (SIGKILL) with no reason given: out of memory (its limit is {limit}) unless evicted"
     else:
         explained = f"ended: {reason}"
     suffix = f"; the Job failed: {view.failed_reason}" if view.failed_reason else ""

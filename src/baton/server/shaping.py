@@ -123,7 +123,7 @@ def flow_run(session: Session, principal: Principal, row: FlowRun) -> FlowRunRea
     return flow_runs(session, principal, [row])[0]
 
 
-# A claimed run's state history is its creation and the claim: agents never read it there (one query less per claim).
+# Agents read a claimed run's state, never its history, from the claim (one query less per claim).
 _CLAIM_OMITS = frozenset({"states"})
 
 

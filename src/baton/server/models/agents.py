@@ -13,7 +13,7 @@ from baton.labels import agent_can_take, missing_labels
 from baton.schemas.actions import AgentHeartbeat, AgentRegister, DeploymentStatus
 from baton.schemas.responses import AgentExplanation, AgentRead, RunExplanation
 from baton.schemas.states import CLAIMABLE_STATES, DEPLOYED_STATES, FINAL_STATES, StateName
-from baton.server.database.orm import Agent, FlowRun, utcnow
+from baton.server.database.orm import Agent, FlowRun, table_of, utcnow
 from baton.server.models import lateness
 from baton.server.models.claims import extend_leases
 from baton.server.models.concurrency import waiting_for_slot
@@ -100,6 +100,9 @@ def list_agents(session: Session, tenant_id: str) -> list[Agent]:
     return list(session.scalars(select(Agent).where(Agent.tenant_id == tenant_id).order_by(Agent.created, Agent.id)))
 
 
+_AGENTS = table_of(Agent)
+
+
 def touch(
     session: Session,
     agent: Agent,
@@ -117,20 +120,19 @@ def touch(
     ``since`` (ever, when None) is theirs. The condition is in the UPDATE, so on PostgreSQL it waits for a
     deregistration in progress (which holds the row) and then sees it.
     """
-    query = update(Agent).where(Agent.id == agent.id)
+    # Every claim attempt and heartbeat: a Core statement on the session's connection (the ORM's bulk-update path
+    # costs more than the statement). The session's ``agent`` keeps its old ``last_seen``, as it did before.
+    table = _AGENTS.c
+    query = update(_AGENTS).where(table.id == agent.id)
     if unless_deregistered:
-        not_deregistered: ColumnElement[bool] = Agent.deregistered_at.is_(None)
+        not_deregistered: ColumnElement[bool] = table.deregistered_at.is_(None)
         if instance is not None:
-            not_deregistered = or_(not_deregistered, Agent.deregistered_by.is_(None), Agent.deregistered_by != instance)
+            not_deregistered = or_(not_deregistered, table.deregistered_by.is_(None), table.deregistered_by != instance)
         elif since is not None:
-            not_deregistered = or_(not_deregistered, Agent.deregistered_at < since)
+            not_deregistered = or_(not_deregistered, table.deregistered_at < since)
         query = query.where(not_deregistered)
-    result = session.execute(
-        query.values(last_seen=utcnow(), deregistered_at=None, deregistered_by=None).execution_options(
-            synchronize_session=False
-        )
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    values = {"last_seen": utcnow(), "deregistered_at": None, "deregistered_by": None}
+    return session.connection().execute(query.values(values)).rowcount == 1
 
 
 def vouch_for(session: Session, agent: Agent, alive: list[str]) -> None:

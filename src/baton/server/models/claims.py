@@ -6,12 +6,14 @@ any number of agents (and server replicas sharing one database) each run is clai
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Text, and_, cast, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, Text, and_, bindparam, cast, exists, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from baton.schemas.states import CLAIMABLE_STATES, StateName
@@ -35,19 +37,23 @@ class ClaimResult:
     next_due: datetime | None = None  # earliest matching run not yet due, when nothing was claimed
 
 
-def label_filter(agent_labels: list[str]) -> ColumnElement[bool]:
-    """The label rule as SQL: run labels ⊆ agent labels; unlabelled runs only to unlabelled agents."""
-    if not agent_labels:
+def label_filter(labelled: bool) -> ColumnElement[bool]:
+    """The label rule as SQL: run labels ⊆ agent labels (bind parameter ``labels``, a list, when ``labelled``);
+    unlabelled runs only to unlabelled agents."""
+    if not labelled:
         return FlowRun.label_count == 0
-    foreign_label = exists().where(FlowRunLabel.flow_run_id == FlowRun.id, FlowRunLabel.label.not_in(agent_labels))
+    foreign_label = exists().where(
+        FlowRunLabel.flow_run_id == FlowRun.id, FlowRunLabel.label.not_in(bindparam("labels", expanding=True))
+    )
     return and_(FlowRun.label_count > 0, ~foreign_label)
 
 
-def _matching(agent: Agent) -> ColumnElement[bool]:
+def _matching(labelled: bool) -> ColumnElement[bool]:
+    """The runs an agent may claim: its tenant's (bind parameter ``tenant_id``), claimable, labels it covers."""
     return and_(
-        FlowRun.tenant_id == agent.tenant_id,
+        FlowRun.tenant_id == bindparam("tenant_id"),
         FlowRun.state.in_(_CLAIMABLE),
-        label_filter(agent.labels),
+        label_filter(labelled),
     )
 
 
@@ -62,6 +68,29 @@ def _run_size() -> ColumnElement[int]:
         2 * func.coalesce(func.length(cast(FlowRun.run_config, Text)), 0)
         + func.coalesce(func.length(cast(FlowRun.parameters, Text)), 0)
         + _RUN_OVERHEAD_BYTES
+    )
+
+
+# Every claim attempt runs one of these (an idle agent's long poll asks for the next due time): built once per
+# shape, so that neither the statements nor their cache keys are rebuilt per attempt.
+@functools.cache
+def _candidates(labelled: bool, skip_locked: bool) -> Select[FlowRun, int]:
+    query = (
+        select(FlowRun, _run_size())
+        .where(_matching(labelled), FlowRun.scheduled_start_time <= bindparam("horizon"))
+        .order_by(FlowRun.scheduled_start_time, FlowRun.created)
+        .options(defer(FlowRun.parameters), defer(FlowRun.run_config))
+        .limit(bindparam("limit"))
+    )
+    # PostgreSQL: FOR UPDATE SKIP LOCKED hands concurrent claimers disjoint rows, so they neither wait on each
+    # other nor lose compare-and-set races.
+    return query.with_for_update(skip_locked=True, of=FlowRun) if skip_locked else query
+
+
+@functools.cache
+def _next_due(labelled: bool) -> Select[datetime]:
+    return select(func.min(FlowRun.scheduled_start_time)).where(
+        _matching(labelled), FlowRun.scheduled_start_time > bindparam("horizon")
     )
 
 
@@ -83,26 +112,23 @@ def claim_runs(
     result = ClaimResult()
     total = 0
     full = False
-    # PostgreSQL: FOR UPDATE SKIP LOCKED hands concurrent claimers disjoint rows, so they neither wait on each
-    # other nor lose compare-and-set races. SQLite has one writer at a time; there the compare-and-set in
-    # ``transition`` is the guard, and a lost race just means trying the next candidates.
+    # SQLite has one writer at a time; there the compare-and-set in ``transition`` is the guard, and a lost race just
+    # means trying the next candidates. PostgreSQL skips rows other claims hold (``_candidates``).
     skip_locked = session.get_bind().dialect.name == "postgresql"
+    labelled = bool(agent.labels)
+    params: dict[str, Any] = {"tenant_id": agent.tenant_id, "horizon": horizon}
+    if labelled:
+        params["labels"] = list(agent.labels)
     # Concurrency limits: runs whose flow or label limit is full are left out, or refused and passed over.
     gate = ClaimGate.open(session, agent.tenant_id)
     flows: dict[str, Flow | None] = {}  # of the claimed runs, for the answer
     for _round in range(3):
         wanted = limit - len(result.runs)
-        query = (
-            select(FlowRun, _run_size())
-            .where(_matching(agent), FlowRun.scheduled_start_time <= horizon, gate.excluded())
-            .order_by(FlowRun.scheduled_start_time, FlowRun.created)
-            .options(defer(FlowRun.parameters), defer(FlowRun.run_config))
-        )
-        if skip_locked:
-            query = query.limit(wanted).with_for_update(skip_locked=True, of=FlowRun)
-        else:
-            query = query.limit(wanted * 2)
-        candidates = session.execute(query).all()
+        query = _candidates(labelled, skip_locked)
+        excluded = gate.excluded()
+        if excluded:
+            query = query.where(*excluded)
+        candidates = session.execute(query, {**params, "limit": wanted if skip_locked else wanted * 2}).all()
         for run, size in candidates:
             if len(result.runs) >= limit or (result.runs and total + int(size) > max_bytes):
                 full = True
@@ -140,11 +166,7 @@ def claim_runs(
     if result.runs:
         result.flows = [flow for flow in flows.values() if flow is not None]
     else:
-        result.next_due = session.scalar(
-            select(func.min(FlowRun.scheduled_start_time)).where(
-                _matching(agent), FlowRun.scheduled_start_time > horizon
-            )
-        )
+        result.next_due = session.scalar(_next_due(labelled), params)
     return result
 
 

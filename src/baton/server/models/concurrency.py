@@ -33,7 +33,6 @@ from sqlalchemy import (
     literal,
     null,
     select,
-    true,
     union_all,
 )
 from sqlalchemy.exc import IntegrityError
@@ -179,7 +178,7 @@ class ClaimGate:
     Usage (``claims.claim_runs``)::
 
         gate = ClaimGate.open(session, tenant_id)
-        query = query.where(gate.excluded())     # runs whose limit is known to be full are not even read
+        query = query.where(*gate.excluded())    # runs whose limit is known to be full are not even read
         if gate.admit(run):                      # locks and re-counts its limits
             ...move it to Pending...
     """
@@ -234,8 +233,9 @@ class ClaimGate:
                 full.add(LimitKey(FLOW, name))
         return full
 
-    def excluded(self) -> ColumnElement[bool]:
-        """SQL for the claim query: leave out runs this claim refused and runs of limits known to be full."""
+    def excluded(self) -> list[ColumnElement[bool]]:
+        """SQL for the claim query: leave out runs this claim refused and runs of limits known to be full. Usually
+        none: the claim then runs its prebuilt statement as it is."""
         conditions: list[ColumnElement[bool]] = []
         if self.skipped:
             conditions.append(FlowRun.id.not_in(sorted(self.skipped)))
@@ -246,7 +246,7 @@ class ClaimGate:
         labels = sorted(key.name for key in self.full if key.kind == LABEL)
         if labels:
             conditions.append(~exists().where(FlowRunLabel.flow_run_id == FlowRun.id, FlowRunLabel.label.in_(labels)))
-        return and_(true(), *conditions)
+        return conditions
 
     def admit(self, run: FlowRun) -> bool:
         """Whether ``run`` may take a slot of each limit it counts against, counted under those limits' locks.

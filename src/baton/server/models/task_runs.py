@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from baton.schemas.responses import TaskRunRead
 from baton.schemas.states import TaskRunState
-from baton.server.database.orm import TaskRun, new_id, table_of, utcnow
+from baton.server.database.orm import TaskRun, UTCDateTime, new_id, table_of, utcnow
 from baton.server.models.errors import Conflict, ObjectNotFound
 from baton.server.models.ids import checked_id
 
@@ -76,7 +76,7 @@ def set_task_run_state(
     if attempt is not None:
         values["attempt"] = attempt
     if state == TaskRunState.RUNNING:
-        values["start_time"] = func.coalesce(_TABLE.c.start_time, now)
+        values["start_time"] = func.coalesce(_TABLE.c.start_time, literal(now, UTCDateTime()))
     if state in _TASK_FINAL:
         values["end_time"] = now
     statement = (
