@@ -98,6 +98,23 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
             timeline.write(line + "\n")
 
 
+@pytest.fixture(scope="session")
+def _empty_baton_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("no-baton-home")
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_shell(_empty_baton_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's ~/.baton or BATON__ settings: settings loaded in the test process (an agent a
+    test builds, a client) took their tenant, key or URL from there (a ~/.baton/config.toml left by a server started
+    by hand failed the Docker policy tests with a tenant mismatch). Tests that need a home of their own take
+    ``baton_home``; other BATON_ variables (the test knobs) are left alone."""
+    for name in list(os.environ):
+        if name.startswith("BATON__"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("BATON_HOME", str(_empty_baton_home))
+
+
 @pytest.fixture
 def baton_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "baton-home"
