@@ -119,10 +119,13 @@ def flow_limit(session: Session, tenant_id: str, flow_name: str) -> int | None:
     return session.scalar(_FLOW_LIMIT, {"tenant_id": tenant_id, "name": flow_name})
 
 
+_LABEL_LIMITS_OF_TENANT = select(LabelLimit.label, LabelLimit.max_concurrent_runs).where(
+    LabelLimit.tenant_id == bindparam("tenant_id")
+)
+
+
 def label_limits(session: Session, tenant_id: str) -> dict[str, int]:
-    rows = session.execute(
-        select(LabelLimit.label, LabelLimit.max_concurrent_runs).where(LabelLimit.tenant_id == tenant_id)
-    )
+    rows = session.execute(_LABEL_LIMITS_OF_TENANT, {"tenant_id": tenant_id})
     return {label: limit for label, limit in rows}
 
 
@@ -164,7 +167,7 @@ def waiting_for_slot(session: Session, run: FlowRun) -> str | None:
 
 # Every claim asks: the tenant's label limits, and a row (NULL, 0) when any of its flows has a limit. One statement.
 _LIMITS_OF_TENANT: CompoundSelect[Any] = union_all(
-    select(LabelLimit.label, LabelLimit.max_concurrent_runs).where(LabelLimit.tenant_id == bindparam("tenant_id")),
+    _LABEL_LIMITS_OF_TENANT,
     select(null(), literal(0)).where(
         exists().where(Flow.tenant_id == bindparam("tenant_id"), Flow.max_concurrent_runs.is_not(None))
     ),

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Text, and_, bindparam, cast, func, or_, select
+from sqlalchemy import Select, Text, and_, bindparam, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -52,9 +52,16 @@ def _content_hash(payload: FlowCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _versions(tenant_id: str, name: str) -> Select[Flow]:
+    return select(Flow).where(Flow.tenant_id == tenant_id, Flow.name == name)
+
+
+def _latest(tenant_id: str, name: str) -> Select[Flow]:
+    return _versions(tenant_id, name).order_by(Flow.version.desc()).limit(1)
+
+
 def latest_version(session: Session, tenant_id: str, name: str) -> Flow | None:
-    stmt = select(Flow).where(Flow.tenant_id == tenant_id, Flow.name == name).order_by(Flow.version.desc()).limit(1)
-    return session.scalar(stmt)
+    return session.scalar(_latest(tenant_id, name))
 
 
 def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tuple[Flow, bool]:
@@ -132,8 +139,7 @@ def get_flow(session: Session, tenant_id: str, flow_id: str, *, source: bool = T
 
 def find_flow(session: Session, tenant_id: str, name: str, version: int | None, *, source: bool = True) -> Flow:
     """The flow of that name, at ``version`` or its latest; ``source`` as in :func:`get_flow`."""
-    named = select(Flow).where(Flow.tenant_id == tenant_id, Flow.name == name)
-    query = named.order_by(Flow.version.desc()).limit(1) if version is None else named.where(Flow.version == version)
+    query = _latest(tenant_id, name) if version is None else _versions(tenant_id, name).where(Flow.version == version)
     flow = session.scalar(query if source else query.options(defer(Flow.source)))
     if flow is None:
         suffix = f" version {version}" if version is not None else ""
