@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from baton.client import Client
+from server_zygote import Zygote
 from shared_servers import SharedServers
 from support import ServerProcess
 
@@ -98,6 +99,17 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
             timeline.write(line + "\n")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _server_zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """This worker's servers are forked from a process that has imported the server (``tests/server_zygote.py``):
+    ~0.8 s of CPU less per server. Set up first and torn down last, after the servers it forked."""
+    zygote = Zygote(tmp_path_factory.mktemp("server-zygote"))
+    ServerProcess.zygote = zygote
+    yield
+    ServerProcess.zygote = None
+    zygote.close()
+
+
 @pytest.fixture(scope="session")
 def _empty_baton_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("no-baton-home")
@@ -119,10 +131,7 @@ def _no_settings_from_the_shell(_empty_baton_home: Path, monkeypatch: pytest.Mon
 def baton_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "baton-home"
     home.mkdir()
-    monkeypatch.setenv("BATON_HOME", str(home))
-    for name in list(__import__("os").environ):
-        if name.startswith("BATON__"):
-            monkeypatch.delenv(name)
+    monkeypatch.setenv("BATON_HOME", str(home))  # and no BATON__ variables: _no_settings_from_the_shell
     return home
 
 

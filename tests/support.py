@@ -11,11 +11,12 @@ import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
 from baton.client import Client
+from server_zygote import ForkedServer, Zygote
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,13 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 class ServerProcess:
-    """``python -m baton.server`` as a real subprocess with its own $BATON_HOME and port."""
+    """``python -m baton.server`` as a real subprocess with its own $BATON_HOME and port.
+
+    In the tests, forked from a process that has imported the server (``zygote``, set by ``tests/conftest.py``:
+    ``tests/server_zygote.py``); elsewhere (the benchmarks) spawned.
+    """
+
+    zygote: ClassVar[Zygote | None] = None
 
     def __init__(self, home: Path, port: int | None = None, **settings_env: str) -> None:
         self.home = home
@@ -83,7 +90,7 @@ class ServerProcess:
             "BATON__SERVER__OUTAGE_GRACE_MARGIN_SECONDS": "0",
             **settings_env,
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | ForkedServer | None = None
         self.log_path = home / f"server-{self.port}.log"
         self._admin_client: Client | None = None
         self.database_url = settings_env.get("BATON__SERVER__DATABASE_URL") or f"sqlite:///{home}/baton.db"
@@ -91,10 +98,13 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         env = clean_env(self.home, BATON__SERVER__PORT=str(self.port), **self.settings_env)
-        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "baton.server"], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
+        if self.zygote is not None:
+            self.process = self.zygote.fork(env, Path.cwd(), self.log_path)
+        else:
+            with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "baton.server"], env=env, stdout=log, stderr=subprocess.STDOUT
+                )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -12,6 +11,7 @@ from typing import Any
 
 from baton.schemas.core import RunConfig
 from baton.schemas.responses import FlowRunRead, LogRead, LogsPage, StateRead
+from cli_runner import run_cli
 from support import clean_env
 
 T0 = datetime(2026, 1, 1, 9, 0, 0, tzinfo=UTC)
@@ -113,19 +113,13 @@ class CliServer:
         return str(tomllib.loads((self.home / "config.toml").read_text())["api"]["key"])
 
     def baton(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        """Run ``baton ARGS`` in a subprocess that finds the server and key in $BATON_HOME/config.toml."""
-        return baton_subprocess(self.home, *args, **env)
+        """Run ``baton ARGS`` (``baton_cli``) that finds the server and key in $BATON_HOME/config.toml."""
+        return baton_cli(self.home, *args, **env)
 
 
-def baton_subprocess(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m baton.cli ARGS`` with $BATON_HOME ``home`` and no BATON settings from the outer shell."""
+def baton_cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``baton ARGS`` with $BATON_HOME ``home`` and no BATON settings from the outer shell (in-process where that is
+    the same: ``cli_runner``)."""
     environment = clean_env(home, **env)
     environment.pop("COLUMNS", None)  # tables in pipes are wide by default: keep rows on one line
-    return subprocess.run(
-        [sys.executable, "-m", "baton.cli", *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(args, environment)

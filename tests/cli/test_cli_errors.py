@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cli_support import baton_subprocess
+from cli_support import baton_cli
 
 from support import free_port
 
@@ -17,7 +17,7 @@ def _one_error_line(stderr: str) -> str:
 
 
 def test_malformed_api_url_is_a_configuration_error(tmp_path: Path) -> None:
-    result = baton_subprocess(tmp_path, "-a", "http://[::1", "runs", "list")
+    result = baton_cli(tmp_path, "-a", "http://[::1", "runs", "list")
     assert result.returncode == 2
     line = _one_error_line(result.stderr)
     assert "invalid API URL" in line and "http://[::1" in line
@@ -25,7 +25,7 @@ def test_malformed_api_url_is_a_configuration_error(tmp_path: Path) -> None:
 
 def test_create_tenant_with_an_unreachable_database_names_it_without_the_password(tmp_path: Path) -> None:
     url = f"postgresql://someone:hunter2@127.0.0.1:{free_port()}/baton"
-    result = baton_subprocess(tmp_path, "server", "create-tenant", "acme", "--database-url", url)
+    result = baton_cli(tmp_path, "server", "create-tenant", "acme", "--database-url", url)
     assert result.returncode == 3
     line = _one_error_line(result.stderr)
     assert "cannot use the database" in line and "127.0.0.1" in line
@@ -34,7 +34,7 @@ def test_create_tenant_with_an_unreachable_database_names_it_without_the_passwor
 
 
 def test_unsupported_database_is_a_configuration_error(tmp_path: Path) -> None:
-    result = baton_subprocess(tmp_path, "server", "migrate", "--database-url", "mysql://u@127.0.0.1/x")
+    result = baton_cli(tmp_path, "server", "migrate", "--database-url", "mysql://u@127.0.0.1/x")
     assert result.returncode == 2
     assert "unsupported database 'mysql'" in _one_error_line(result.stderr)
 

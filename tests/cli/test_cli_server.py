@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import CliServer, baton_subprocess
+from cli_support import CliServer, baton_cli
 
 from baton.client import Client
 from support import REPO_ROOT, clean_env, free_port, wait_for
@@ -211,7 +211,7 @@ def test_bad_key_is_one_line_exit_4(cli_server: CliServer) -> None:
 
 def test_unreachable_server_is_one_line_exit_3(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    result = baton_subprocess(tmp_path, "runs", "list", "--api", url, "--key", "bat_x")
+    result = baton_cli(tmp_path, "runs", "list", "--api", url, "--key", "bat_x")
     assert result.returncode == 3
     line = one_error_line(result)
     assert f"cannot reach the API at {url}" in line

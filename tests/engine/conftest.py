@@ -1,5 +1,6 @@
-"""Fixtures for the engine tests: one real API server per module, and a launcher that does what an agent does
-(claim a run with a runner key, start ``python -m baton.engine`` with the run's environment, post Submitted)."""
+"""Fixtures for the engine tests: a tenant of the shared API server per module, and a launcher that does what an
+agent does (claim a run with a runner key, start ``python -m baton.engine`` with the run's environment, post
+Submitted)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from baton.client import Client
 from baton.schemas.responses import ClaimedRun, FlowRunRead, LogRead, TaskRunRead
 from baton.sdk.registration import build_flow_payload, load_flows
-from support import ServerProcess, clean_env, local_get, wait_for
+from shared_servers import SharedServers
+from support import ServerProcess, clean_env, wait_for
 
 # Fast loops, so that cancellation and log shipping are seen within a fraction of a second.
 FAST_ENGINE_ENV = {
@@ -29,35 +30,14 @@ FAST_ENGINE_ENV = {
 }
 
 
-class _ServerProcess(ServerProcess):
-    """``ServerProcess`` whose start closes its copy of the log file (the child keeps its own descriptor);
-    ``support.ServerProcess.start`` leaves it to the garbage collector, a ResourceWarning under ``-W error``."""
-
-    def start(self, timeout: float = 30.0) -> ServerProcess:
-        self.home.mkdir(parents=True, exist_ok=True)
-        env = clean_env(self.home, BATON__SERVER__PORT=str(self.port), **self.settings_env)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "baton.server"], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_for(self._healthy, timeout=timeout, what=f"the server to answer; its log:\n{self.log()}")
-        return self
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-        try:
-            return local_get(f"{self.url}/api/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
 @pytest.fixture(scope="module")
-def engine_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = _ServerProcess(tmp_path_factory.mktemp("engine-server-home")).start()
+def engine_server(
+    shared_servers: SharedServers, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A tenant of its own on this worker's shared SQLite server, for the module's tests."""
+    server = shared_servers.tenant(request, tmp_path_factory.mktemp("engine-server-home"))
     yield server
-    server.stop()
+    server.close()
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from cli_runner import run_cli
 from support import ServerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ BATON = [sys.executable, "-m", "baton.cli"]
 
 
 class Cli:
-    """Runs ``baton ...`` as a subprocess against one server."""
+    """Runs ``baton ...`` against one server (in-process where that is the same as a subprocess: ``cli_runner``)."""
 
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
@@ -29,9 +30,7 @@ class Cli:
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 60, **env: str
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [*BATON, *args], env=self.server.env(**env), capture_output=True, text=True, timeout=timeout
-        )
+        result = run_cli(args, self.server.env(**env), timeout)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"baton {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
