@@ -7,24 +7,28 @@ environment (replaced, not merged, for the call), and stdout and stderr captured
 the CLI prints its traceback on the captured stderr with exit code 1, as a real process would, so the tests'
 "never a traceback" assertions still bite.
 
+``register`` imports the user's flow files: what they add to ``sys.path``, and the modules imported from there (the
+flow files and their sibling modules), are taken out again after the call, so that the next project's ``helpers``
+is its own.
+
 Commands that stay in a process of their own:
 - ``server`` and ``agent``: they start long-lived servers and agents, install signal handlers, or end the process;
-- ``register``: it imports the user's flow files, which would stay in this process's ``sys.modules``;
 - ``docker``: it builds images, and is slow anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from unittest import mock
 
 from click.testing import CliRunner
 
-OWN_PROCESS = frozenset({"server", "agent", "register", "docker"})
+OWN_PROCESS = frozenset({"server", "agent", "docker"})
 _VALUE_OPTIONS = frozenset({"-a", "--api", "-k", "--key"})  # the root group's options that take a value
 
 
@@ -65,6 +69,7 @@ def _in_process(args: list[str], env: Mapping[str, str]) -> subprocess.Completed
     # ``main`` ends a process whose server or agent shut down cleanly at once (baton.exits); an in-process server
     # or agent of an earlier test may have set that flag, and this process is pytest's.
     with (
+        _flow_imports_undone(),
         CliRunner().isolation(env=overrides) as (stdout, stderr, _),
         mock.patch("baton.cli.main.has_shut_down_cleanly", return_value=False),
     ):
@@ -77,6 +82,22 @@ def _in_process(args: list[str], env: Mapping[str, str]) -> subprocess.Completed
         stdout.getvalue().decode("utf-8", "replace"),
         stderr.getvalue().decode("utf-8", "replace"),
     )
+
+
+@contextlib.contextmanager
+def _flow_imports_undone() -> Iterator[None]:
+    """Restore ``sys.path``, and forget the modules imported from the folders it gained (flow files loaded by
+    ``register``); modules imported from elsewhere (Baton's own, on first use) stay, as their classes are shared."""
+    path = list(sys.path)
+    try:
+        yield
+    finally:
+        added = [folder for folder in sys.path if folder not in path]
+        sys.path[:] = path
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None) or ""
+            if name.startswith("baton_flow_") or any(file.startswith(folder + os.sep) for folder in added):
+                del sys.modules[name]
 
 
 def _exit_code_of_main(main: Callable[[Sequence[str] | None], None], args: list[str]) -> int:
