@@ -40,6 +40,7 @@ class PostgresCluster:
         self.data = self.root / "data"
         self.user = "baton"
         self._databases = 0
+        self._migrated: str | None = None  # the database that create_migrated_database copies
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         command = [str(self.bin_dir / argv[0]), *argv[1:]]
@@ -58,8 +59,8 @@ class PostgresCluster:
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "postgres.log"), "-w", "start")
         return self
 
-    def create_database(self) -> str:
-        """A new empty database; its SQLAlchemy URL."""
+    def create_database(self, template: str = "template1") -> str:
+        """A new database, a copy of ``template`` (by default empty); its SQLAlchemy URL."""
         import psycopg
 
         self._databases += 1
@@ -67,8 +68,22 @@ class PostgresCluster:
         with psycopg.connect(
             f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres", autocommit=True
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    def create_migrated_database(self) -> str:
+        """A new database already migrated to head: a copy of one migrated once per cluster (~70 ms, where a
+        database created and migrated took ~200 ms)."""
+        if self._migrated is None:
+            from baton.server.database.connection import create_database_engine
+            from baton.server.database.migrate import upgrade
+
+            url = self.create_database()
+            engine = create_database_engine(url, 1)
+            upgrade(engine)
+            engine.dispose()  # a template has no other connection while it is copied
+            self._migrated = url.rsplit("/", 1)[1]
+        return self.create_database(self._migrated)
 
     def stop(self) -> None:
         try:

@@ -17,7 +17,7 @@ from baton.client import Client
 from baton.schemas.responses import AgentRead, ClaimedRun, FlowRead, FlowRunRead
 from baton.server.database.connection import create_database_engine
 from baton.server.database.migrate import upgrade
-from server.harness import TenantContext
+from server.harness import TenantContext, migrated_database_url
 from shared_servers import SharedServers
 from support import ServerProcess
 
@@ -28,16 +28,21 @@ def api_server(request: pytest.FixtureRequest, shared_servers: SharedServers) ->
     return shared_servers.get(request.param, request)
 
 
+@pytest.fixture(scope="session")
+def _migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated to head once per worker, which each ``migrated_engine`` copies."""
+    path = tmp_path_factory.mktemp("migrated-sqlite") / "head.db"
+    engine = create_database_engine(f"sqlite:///{path}", 1)
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def migrated_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A database of the test's own, migrated to head, with no server on it (the test drives the models and
-    services itself): a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("postgres_cluster").create_database())
-    else:
-        url = f"sqlite:///{tmp_path / 'own.db'}"
-    engine = create_database_engine(url, 6)
-    upgrade(engine)
+    services itself): a SQLite file, or a fresh PostgreSQL database (each a copy of one migrated once)."""
+    engine = create_database_engine(migrated_database_url(request, tmp_path, request.param), 6)
     yield engine
     engine.dispose()
 

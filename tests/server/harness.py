@@ -7,8 +7,10 @@ so tests cannot steal each other's runs, and the unlabelled-run cases of the lab
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -174,3 +176,12 @@ class TenantContext:
 
     def run(self, run_id: str) -> FlowRunRead:
         return self.admin.get_flow_run(run_id)
+
+
+def migrated_database_url(request: pytest.FixtureRequest, directory: Path, database: str) -> str:
+    """The URL of a new database migrated to head: a SQLite file in ``directory``, or a PostgreSQL database."""
+    if database == "postgresql":
+        return str(request.getfixturevalue("postgres_cluster").create_migrated_database())
+    path = directory / "own.db"
+    shutil.copyfile(request.getfixturevalue("_migrated_sqlite_file"), path)
+    return f"sqlite:///{path}"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,10 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from baton.schemas.actions import FlowCreate, FlowRunCreate
 from baton.server.database.connection import create_database_engine, create_session_factory, transaction
-from baton.server.database.migrate import upgrade
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel
 from baton.server.models import flow_runs, flows, tenants
 from baton.server.models.flow_runs import RunFilter
+from server.harness import migrated_database_url
 
 T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 RUNS = 30
@@ -59,16 +58,35 @@ def _seed(factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, name:
     return tenant_id
 
 
-@pytest.fixture
-def factory(migrated_engine: Engine) -> sessionmaker[Session]:
-    return create_session_factory(migrated_engine)
+def _seeded_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, database: str, *names: str
+) -> tuple[Engine, sessionmaker[Session], list[str]]:
+    engine = create_database_engine(migrated_database_url(request, tmp_path_factory.mktemp("walks"), database), 6)
+    factory = create_session_factory(engine)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        tenant_ids = [_seed(factory, monkeypatch, name) for name in names]
+    return engine, factory, tenant_ids
+
+
+# Seeded once per module (and database): every test here only reads.
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def seeded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[sessionmaker[Session], str]]:
+    # "neighbour": the same names, labels and times: none of its runs may show
+    engine, factory, (tenant_id, _) = _seeded_database(request, tmp_path_factory, request.param, "listed", "neighbour")
+    yield factory, tenant_id
+    engine.dispose()
 
 
 @pytest.fixture
-def tenant_id(factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> str:
-    tenant_id = _seed(factory, monkeypatch, "listed")
-    _seed(factory, monkeypatch, "neighbour")  # the same names, labels and times: none of its runs may show
-    return tenant_id
+def factory(seeded: tuple[sessionmaker[Session], str]) -> sessionmaker[Session]:
+    return seeded[0]
+
+
+@pytest.fixture
+def tenant_id(seeded: tuple[sessionmaker[Session], str]) -> str:
+    return seeded[1]
 
 
 def _as_before(session: Session, tenant_id: str, where: RunFilter) -> list[str]:
@@ -160,12 +178,11 @@ PLANS = {
 }
 
 
-@pytest.fixture
-def sqlite_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sessionmaker[Session]]:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'plans.db'}", 2)
-    upgrade(engine)
-    factory = create_session_factory(engine)
-    _seed(factory, monkeypatch, "planned")
+@pytest.fixture(scope="module")
+def sqlite_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[sessionmaker[Session]]:
+    engine, factory, _ = _seeded_database(request, tmp_path_factory, "sqlite", "planned")
     yield factory
     engine.dispose()
 
