@@ -86,15 +86,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return LongestFirst(config, log)
 
 
-# BATON_TEST_TIMELINE=FILE: each test's start, end and worker, one JSON line each (where the suite's time goes).
+# BATON_TEST_TIMELINE=FILE: each test's start, end, worker and the worker's CPU, one JSON line each (where the suite's
+# time goes).
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     path = os.environ.get("BATON_TEST_TIMELINE")
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     yield
     if path:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        line = json.dumps({"test": item.nodeid, "worker": worker, "start": started, "end": time.time()})
+        cpu = time.process_time() - cpu  # the worker's own CPU (not its servers' or other children's)
+        line = json.dumps({"test": item.nodeid, "worker": worker, "start": started, "end": time.time(), "cpu": cpu})
         with open(path, "a") as timeline:
             timeline.write(line + "\n")
 
