@@ -17,10 +17,10 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, select, text, update
 from sqlalchemy.orm import Session
 
 from baton.schemas.actions import RESERVED_LOG_KEY_PREFIX, LogEntry
@@ -114,9 +114,34 @@ def _within_quota(run: FlowRun, entries: list[LogEntry], quota: LogQuota) -> tup
     return entries, size
 
 
+# On PostgreSQL, a batch is one INSERT of arrays. The generic path below sends one VALUES clause of 1000 rows (9,000
+# placeholders) that psycopg rewrites from %(name)s to $n on every batch, uncached at that length, and that PostgreSQL
+# parses: ~76 against ~40 ms of the server's CPU per 1000 lines. Ordered by position: ids follow the batch's order.
+_POSTGRESQL_INSERT = text(
+    """
+    INSERT INTO logs (tenant_id, flow_run_id, task_run_id, key, timestamp, level, name, message)
+    SELECT line.tenant_id, line.flow_run_id, line.task_run_id, line.key, line.timestamp, line.level, line.name,
+           line.message
+    FROM unnest(
+        CAST(:tenant_ids AS varchar[]), CAST(:flow_run_ids AS varchar[]), CAST(:task_run_ids AS varchar[]),
+        CAST(:keys AS varchar[]), CAST(:timestamps AS timestamptz[]), CAST(:levels AS integer[]),
+        CAST(:names AS varchar[]), CAST(:messages AS text[])
+    ) WITH ORDINALITY AS line(tenant_id, flow_run_id, task_run_id, key, timestamp, level, name, message, position)
+    ORDER BY line.position
+    ON CONFLICT (flow_run_id, key) DO NOTHING
+    RETURNING id
+    """
+)
+_COLUMNS = ("tenant_id", "flow_run_id", "task_run_id", "key", "timestamp", "level", "name", "message")
+
+
 def _insert(session: Session, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
+    if session.get_bind().dialect.name == "postgresql":
+        arrays = {f"{column}s": [row[column] for row in rows] for column in _COLUMNS}
+        arrays["timestamps"] = [stamp.astimezone(UTC) for stamp in arrays["timestamps"]]  # as UTCDateTime stores
+        return len(session.execute(_POSTGRESQL_INSERT, arrays).all())
     table = cast(Table, Log.__table__)
     stmt = (
         upsert_insert(session, table)
