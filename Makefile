@@ -31,9 +31,9 @@ typecheck: install
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(8, 2 * (os.cpu_count() or 1)))')
 PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile
 PYTEST_MARKS ?= not load
-# Byte-code caching on, whatever the shell says (PYTHONDONTWRITEBYTECODE): the suite starts hundreds of interpreters
-# (servers, agents, flow runs, CLI calls) that import the same sources, and pytest rewrites the asserts of ~500
-# modules (its plugins' packages too) in each worker. Without the cache: ~10 s of CPU per worker to collect instead
+# Byte-code caching on (here, in chaos and in screenshots), whatever the shell says (PYTHONDONTWRITEBYTECODE): the
+# suite starts hundreds of interpreters (servers, agents, flow runs, CLI calls) that import the same sources, and
+# pytest rewrites the asserts of ~500 modules (its plugins' packages too) in each worker. Without the cache: ~10 s of CPU per worker to collect instead
 # of ~5.5, and ~0.1 s more per process. The files go to __pycache__ (ignored by git), as Python's default.
 unit: install
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q --durations=25 -m "$(PYTEST_MARKS)" $(PYTEST_ARGS)
@@ -42,7 +42,7 @@ test: lint typecheck unit
 
 # The README's pictures of the web UI, taken by its browser tests (Debian's chromium).
 screenshots: install
-	BATON_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -n 0 tests/ui/test_browser.py
+	BATON_SCREENSHOTS=docs/screenshots env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n 0 tests/ui/test_browser.py
 
 bench: install
 	$(BIN)/python bench/dispatch.py
@@ -72,7 +72,7 @@ bench-scale: install
 # The load version of tests/reliability: agents x runs while the server is SIGKILLed twice (see bench/chaos.py).
 CHAOS_ARGS ?= --agents 8 --runs-per-agent 250
 chaos: install
-	$(BIN)/pytest -q -n 0 -m load tests
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n 0 -m load tests
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS) --database postgresql --replicas 2
 

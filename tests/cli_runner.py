@@ -7,9 +7,11 @@ environment (replaced, not merged, for the call), and stdout and stderr captured
 the CLI prints its traceback on the captured stderr with exit code 1, as a real process would, so the tests'
 "never a traceback" assertions still bite.
 
-``register`` imports the user's flow files: what they add to ``sys.path``, and the modules imported from there (the
-flow files and their sibling modules), are taken out again after the call, so that the next project's ``helpers``
-is its own.
+``register`` imports the user's flow files: what they add to ``sys.path``, and the modules the call imported from
+outside the environment and Baton's source (the flow files and their sibling modules), are taken out again after
+the call, so that the next project's ``helpers`` is its own. A flow file's top-level code runs in the test's process
+(the tests' flow files have no side effects there). Error tests whose point is the one line a process prints pass
+``subprocess_=True``: a process also shows what it prints as it exits.
 
 Commands that stay in a process of their own:
 - ``server`` and ``agent``: they start long-lived servers and agents, install signal handlers, or end the process;
@@ -24,12 +26,14 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from unittest import mock
 
 from click.testing import CliRunner
 
 OWN_PROCESS = frozenset({"server", "agent", "docker"})
 _VALUE_OPTIONS = frozenset({"-a", "--api", "-k", "--key"})  # the root group's options that take a value
+_BATON_SOURCE = str(Path(__file__).resolve().parent.parent / "src" / "baton")
 
 
 def command_of(args: Sequence[str]) -> str | None:
@@ -46,9 +50,15 @@ def command_of(args: Sequence[str]) -> str | None:
     return None
 
 
-def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``baton ARGS`` with exactly the environment ``env``; in-process unless the command is in ``OWN_PROCESS``."""
-    if command_of(args) in OWN_PROCESS or os.environ.get("BATON_TESTS_CLI_SUBPROCESS"):
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], timeout: float = 60, *, subprocess_: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``baton ARGS`` with exactly the environment ``env``; in-process unless the command is in ``OWN_PROCESS`` or
+    ``subprocess_`` asks for a process (a test of what only a process shows: what it prints as it exits).
+
+    ``timeout`` bounds a subprocess; an in-process call is bounded by pytest's own timeout (``pyproject.toml``).
+    """
+    if subprocess_ or command_of(args) in OWN_PROCESS or os.environ.get("BATON_TESTS_CLI_SUBPROCESS"):
         return subprocess.run(
             [sys.executable, "-m", "baton.cli", *args],
             env=dict(env),
@@ -86,17 +96,19 @@ def _in_process(args: list[str], env: Mapping[str, str]) -> subprocess.Completed
 
 @contextlib.contextmanager
 def _flow_imports_undone() -> Iterator[None]:
-    """Restore ``sys.path``, and forget the modules imported from the folders it gained (flow files loaded by
-    ``register``); modules imported from elsewhere (Baton's own, on first use) stay, as their classes are shared."""
+    """Restore ``sys.path``, and forget the modules the call imported from outside the environment and Baton (flow
+    files loaded by ``register`` and their sibling modules, wherever they are); Baton's own modules and libraries
+    imported on first use stay, as their classes are shared."""
     path = list(sys.path)
+    before = set(sys.modules)
     try:
         yield
     finally:
-        added = [folder for folder in sys.path if folder not in path]
         sys.path[:] = path
-        for name, module in list(sys.modules.items()):
-            file = getattr(module, "__file__", None) or ""
-            if name.startswith("baton_flow_") or any(file.startswith(folder + os.sep) for folder in added):
+        kept = (sys.prefix, sys.base_prefix, _BATON_SOURCE)
+        for name in set(sys.modules) - before:
+            file = getattr(sys.modules[name], "__file__", None)
+            if name.startswith("baton_flow_") or (file and not file.startswith(kept)):
                 del sys.modules[name]
 
 

@@ -112,14 +112,14 @@ class CliServer:
     def admin_key(self) -> str:
         return str(tomllib.loads((self.home / "config.toml").read_text())["api"]["key"])
 
-    def baton(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    def baton(self, *args: str, subprocess_: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
         """Run ``baton ARGS`` (``baton_cli``) that finds the server and key in $BATON_HOME/config.toml."""
-        return baton_cli(self.home, *args, **env)
+        return baton_cli(self.home, *args, subprocess_=subprocess_, **env)
 
 
-def baton_cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def baton_cli(home: Path, *args: str, subprocess_: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
     """``baton ARGS`` with $BATON_HOME ``home`` and no BATON settings from the outer shell (in-process where that is
-    the same: ``cli_runner``)."""
+    the same, unless ``subprocess_``: ``cli_runner``)."""
     environment = clean_env(home, **env)
     environment.pop("COLUMNS", None)  # tables in pipes are wide by default: keep rows on one line
-    return run_cli(args, environment)
+    return run_cli(args, environment, subprocess_=subprocess_)

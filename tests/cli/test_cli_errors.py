@@ -17,7 +17,7 @@ def _one_error_line(stderr: str) -> str:
 
 
 def test_malformed_api_url_is_a_configuration_error(tmp_path: Path) -> None:
-    result = baton_cli(tmp_path, "-a", "http://[::1", "runs", "list")
+    result = baton_cli(tmp_path, "-a", "http://[::1", "runs", "list", subprocess_=True)
     assert result.returncode == 2
     line = _one_error_line(result.stderr)
     assert "invalid API URL" in line and "http://[::1" in line

@@ -182,7 +182,7 @@ def test_runs_explain_names_the_missing_labels(cli_server: CliServer, registered
 
 
 def test_unknown_flow_and_unknown_run_are_one_line_exit_1(cli_server: CliServer) -> None:
-    result = cli_server.baton("run", "no-such-flow")
+    result = cli_server.baton("run", "no-such-flow", subprocess_=True)  # all a process prints, as it exits too
     assert result.returncode == 1
     assert "no-such-flow" in one_error_line(result)
     assert result.stdout == ""
@@ -201,7 +201,7 @@ def test_parameters_the_flow_does_not_take_are_one_line_exit_2(
 
 
 def test_bad_key_is_one_line_exit_4(cli_server: CliServer) -> None:
-    result = cli_server.baton("runs", "list", "-k", "bat_not-a-real-key-000000000000000000")
+    result = cli_server.baton("runs", "list", "-k", "bat_not-a-real-key-000000000000000000", subprocess_=True)
     assert result.returncode == 4
     assert one_error_line(result).startswith("Error: the API refused the key")
 
@@ -211,7 +211,7 @@ def test_bad_key_is_one_line_exit_4(cli_server: CliServer) -> None:
 
 def test_unreachable_server_is_one_line_exit_3(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    result = baton_cli(tmp_path, "runs", "list", "--api", url, "--key", "bat_x")
+    result = baton_cli(tmp_path, "runs", "list", "--api", url, "--key", "bat_x", subprocess_=True)
     assert result.returncode == 3
     line = one_error_line(result)
     assert f"cannot reach the API at {url}" in line

@@ -8,12 +8,16 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from baton.client import Client
 from baton.schemas.responses import ClaimResponse
 from support import ServerProcess, wait_for
 
 
-def test_sigterm_ends_long_polls_and_the_server_exits_cleanly(tmp_path: Path) -> None:
+def test_sigterm_ends_long_polls_and_the_server_exits_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Spawned, not forked from the tests' zygote: the whole life of `python -m baton.server`, exit code included
+    monkeypatch.setattr(ServerProcess, "zygote", None)
     server = ServerProcess(tmp_path).start()
     try:
         admin = server.client()

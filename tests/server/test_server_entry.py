@@ -1,5 +1,6 @@
 """``python -m baton.server`` takes no arguments: ``--help`` explains, anything else is refused, and neither starts a
-server (one started by a mistyped option wrote a home and a tenant of its own)."""
+server (one started by a mistyped option wrote a home and a tenant of its own). Bad settings are one line, with the
+CLI's exit codes."""
 
 from __future__ import annotations
 
@@ -32,3 +33,32 @@ def test_the_module_entry_point_explains_or_refuses_its_arguments_without_starti
     assert done.returncode == code, done.stderr
     assert said in done.stdout + done.stderr
     assert not home.exists()  # no server started: no home, no database, no key written
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "said"),
+    [
+        ({"BATON__SERVER__DATABASE_POOL_SIZE": "-5"}, 2, "BATON__SERVER__DATABASE_POOL_SIZE"),
+        ({"BATON__SERVER__DATABASE_URL": "mysql://u@127.0.0.1/x"}, 2, "unsupported database 'mysql'"),
+        ({"BATON__SERVER__DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/x"}, 3, "cannot use the database"),
+    ],
+    ids=["bad setting", "unsupported database", "unreachable database"],
+)
+def test_bad_settings_and_an_unusable_database_are_one_line_with_the_clis_exit_code(
+    tmp_path: Path, env: dict[str, str], code: int, said: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "baton.server"],
+        env=clean_env(tmp_path / "home", **env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert done.returncode == code, done.stderr
+    # Log lines of the start may come first; the error is one line at the end, and no traceback
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], done.stderr
+    assert said in lines[-1]
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr

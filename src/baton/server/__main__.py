@@ -1,13 +1,15 @@
 """``python -m baton.server``: the API server with settings from the environment and config file only.
 
-The CLI's ``baton server start`` is the usual way; this entry point has no dependency on the CLI. It takes no
-arguments: ``--help`` says so, and anything else is refused (exit 2) rather than starting a server unasked.
+The CLI's ``baton server start`` is the usual way; this entry point imports nothing of the CLI to serve. It takes
+no arguments: ``--help`` says so, and anything else is refused (exit 2) rather than starting a server unasked. Bad
+settings and an unusable database are one line on stderr with the CLI's exit codes (2 and 3), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from baton.exceptions import BatonError
 from baton.exits import exit_now
 from baton.server.main import serve
 from baton.settings import load_settings
@@ -21,7 +23,20 @@ def _parser() -> argparse.ArgumentParser:
     )
 
 
+def _fail(exc: BatonError) -> None:
+    """One line and the exit code ``baton server start`` gives for the same error (the CLI's table, imported only
+    here)."""
+    from baton.cli.errors import to_cli_error
+
+    error = to_cli_error(exc)
+    error.show()
+    raise SystemExit(error.exit_code)
+
+
 if __name__ == "__main__":
     _parser().parse_args()  # --help prints and exits 0; an argument is an error (exit 2)
-    serve(load_settings())
+    try:
+        serve(load_settings())
+    except BatonError as exc:
+        _fail(exc)
     exit_now(0)  # stopped cleanly: skip the interpreter's teardown (exits.py)

@@ -41,6 +41,8 @@ def serve(settings: BatonSettings, log_level: str = "info") -> None:
     from baton.server.database.migrate import upgrade
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic announces each of its plugins at INFO whenever it loads: seven lines of noise per start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     ensure_private_home(baton_home())
     engine = create_database_engine(settings.database_url(), settings.server.database_pool_size)
     with database_errors(settings.database_url()):
