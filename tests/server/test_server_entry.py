@@ -1,6 +1,6 @@
 """``python -m baton.server`` takes no arguments: ``--help`` explains, anything else is refused, and neither starts a
 server (one started by a mistyped option wrote a home and a tenant of its own). Bad settings are one line, with the
-CLI's exit codes."""
+CLI's exit codes, and never show a database password."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from baton.server.database.connection import masked_url
+from baton.server.database.orm import Log
+from baton.server.models import logs
 from support import clean_env
 
 
@@ -41,8 +44,10 @@ def test_the_module_entry_point_explains_or_refuses_its_arguments_without_starti
         ({"BATON__SERVER__DATABASE_POOL_SIZE": "-5"}, 2, "BATON__SERVER__DATABASE_POOL_SIZE"),
         ({"BATON__SERVER__DATABASE_URL": "mysql://u@127.0.0.1/x"}, 2, "unsupported database 'mysql'"),
         ({"BATON__SERVER__DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/x"}, 3, "cannot use the database"),
+        ({"BATON__SERVER__DATABASE_URL": "postgres ql://u:hunter2@127.0.0.1/x"}, 2, "invalid database URL"),
+        ({"BATON__SERVER__DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:abc/x"}, 2, "invalid database URL"),
     ],
-    ids=["bad setting", "unsupported database", "unreachable database"],
+    ids=["bad setting", "unsupported database", "unreachable database", "unparsable URL", "port not a number"],
 )
 def test_bad_settings_and_an_unusable_database_are_one_line_with_the_clis_exit_code(
     tmp_path: Path, env: dict[str, str], code: int, said: str
@@ -62,3 +67,23 @@ def test_bad_settings_and_an_unusable_database_are_one_line_with_the_clis_exit_c
     assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], done.stderr
     assert said in lines[-1]
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgres ql://u:s3cret@h/db", "postgres ql://u:***@h/db"),
+        ("postgresql://u:p:w/@d@h:abc/db", "postgresql://u:***@h:abc/db"),
+        ("u:s3cret@h/db", "u:***@h/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_a_url_in_an_error_message_has_its_password_masked(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
+
+
+def test_the_postgresql_log_insert_names_every_column_of_the_logs_table_but_its_id() -> None:
+    # The array insert is raw SQL: a column added to the model must be added there too
+    assert set(logs._COLUMNS) == {column.name for column in Log.__table__.columns} - {"id"}
+    assert all(f":{column}s" in str(logs._POSTGRESQL_INSERT) for column in logs._COLUMNS)

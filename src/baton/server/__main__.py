@@ -36,7 +36,8 @@ def _fail(exc: BatonError) -> None:
 if __name__ == "__main__":
     _parser().parse_args()  # --help prints and exits 0; an argument is an error (exit 2)
     try:
-        serve(load_settings())
+        settings = load_settings()
+        serve(settings, log_level=settings.logging.level)  # as `baton server start` does
     except BatonError as exc:
         _fail(exc)
     exit_now(0)  # stopped cleanly: skip the interpreter's teardown (exits.py)

@@ -20,16 +20,31 @@ from baton.exceptions import ConfigurationError, DatabaseUnavailableError
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept ``postgresql://`` and ``postgres://`` and use psycopg 3 for them."""
+    """Accept ``postgresql://`` and ``postgres://`` and use psycopg 3 for them.
+
+    Raises:
+        ConfigurationError: the URL does not parse (its password masked in the message), or names another database.
+    """
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from exc
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise ConfigurationError(f"invalid database URL {masked_url(url)!r}: {exc}") from exc
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if not parsed.drivername.startswith(("sqlite", "postgresql")):
         raise ConfigurationError(f"unsupported database {parsed.drivername!r}: use sqlite:/// or postgresql://")
     return parsed.render_as_string(hide_password=False)
+
+
+def masked_url(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***``, for a URL that may not parse at all."""
+    at = url.rfind("@")
+    if at < 0:
+        return url
+    start = url.find("://")
+    start = start + 3 if 0 <= start < at else 0
+    colon = url.find(":", start, at)
+    return url if colon < 0 else f"{url[: colon + 1]}***{url[at:]}"
 
 
 def _configure_sqlite(dbapi_connection: Any, busy_timeout: float) -> None:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from sqlalchemy import Select, Text, and_, bindparam, cast, func, or_, select, update
@@ -342,8 +342,18 @@ def _checked(run: FlowRun, omit: frozenset[str]) -> tuple[dict[str, str], RunCon
     return problems, run_config
 
 
-def _state_read(row: Any) -> StateRead:
-    """A state-history row (``_STATE_HISTORIES``'s, or a ``FlowRunState``) as served."""
+class _StateRow(Protocol):
+    """What ``_state_read`` reads of a state-history row (``_STATE_HISTORIES``'s, or a ``FlowRunState``)."""
+
+    flow_run_id: str
+    name: str
+    message: str | None
+    timestamp: datetime
+    data: Any
+
+
+def _state_read(row: _StateRow) -> StateRead:
+    """A state-history row as served."""
     data = row.data
     problem = json_value_problem(data)
     if problem is not None or not isinstance(data, dict | None):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, select, text, update
@@ -135,12 +135,19 @@ _POSTGRESQL_INSERT = text(
 _COLUMNS = ("tenant_id", "flow_run_id", "task_run_id", "key", "timestamp", "level", "name", "message")
 
 
+def _utc(stamp: datetime) -> datetime:
+    """``stamp`` in UTC; a naive one is refused, as ``UTCDateTime`` refuses it on the generic path."""
+    if stamp.tzinfo is None:
+        raise ValueError("naive datetimes are not stored: give a timezone")
+    return stamp.astimezone(UTC)
+
+
 def _insert(session: Session, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     if session.get_bind().dialect.name == "postgresql":
         arrays = {f"{column}s": [row[column] for row in rows] for column in _COLUMNS}
-        arrays["timestamps"] = [stamp.astimezone(UTC) for stamp in arrays["timestamps"]]  # as UTCDateTime stores
+        arrays["timestamps"] = [_utc(stamp) for stamp in arrays["timestamps"]]
         return len(session.execute(_POSTGRESQL_INSERT, arrays).all())
     table = cast(Table, Log.__table__)
     stmt = (
