@@ -32,20 +32,20 @@ LOAD_GROUP = "tests/reliability"
 KUBERNETES = "tests/agent/test_kubernetes.py"
 # The longest units go first, so that the last ones handed out are short and the workers finish together (with
 # xdist's own order, by number of tests, the Kubernetes file and the reliability group ran last, alone, for ~7 min).
-# Seconds measured with BATON_TEST_TIMELINE on 2 workers, 2 cores (2026-12-04); the other units follow in xdist's order.
+# Seconds measured with BATON_TEST_TIMELINE on 4 workers, 2 cores (2026-12-05); the other units follow in xdist's order.
 LONGEST_FIRST = {
-    KUBERNETES: 103,
-    LOAD_GROUP: 58,
-    "tests/server/api/test_fuzz.py": 44,
-    "tests/agent/test_docker.py": 34,
-    "tests/server/api/test_notifications.py": 28,
-    "tests/cli/test_cli_server.py": 27,
-    "tests/ui/test_browser.py": 21,
-    "tests/security/test_log_loss.py": 21,
-    "tests/cli/test_cli_operations.py": 19,
-    "tests/server/services/test_leases.py": 16,
-    "tests/server/api/test_isolation.py": 15,
-    "tests/server/models/test_claims.py": 14,
+    KUBERNETES: 104,
+    "tests/server/api/test_fuzz.py": 68,
+    LOAD_GROUP: 56,
+    "tests/agent/test_docker.py": 53,
+    "tests/server/api/test_notifications.py": 31,
+    "tests/ui/test_browser.py": 24,
+    "tests/security/test_log_loss.py": 23,
+    "tests/server/api/test_isolation.py": 22,
+    "tests/server/models/test_claims.py": 19,
+    "tests/server/services/test_leases.py": 17,
+    "tests/integration/test_failures.py": 17,
+    "tests/server/services/test_recovery.py": 15,
 }
 K8S_CACHE = Path(os.environ.get("BATON_K8S_CACHE", "/var/cache/baton-kubernetes"))
 
