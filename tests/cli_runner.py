@@ -31,6 +31,8 @@ from unittest import mock
 
 from click.testing import CliRunner
 
+from server_zygote import exit_code_of
+
 OWN_PROCESS = frozenset({"server", "agent", "docker"})
 _VALUE_OPTIONS = frozenset({"-a", "--api", "-k", "--key"})  # the root group's options that take a value
 _BATON_SOURCE = str(Path(__file__).resolve().parent.parent / "src" / "baton")
@@ -117,12 +119,7 @@ def _exit_code_of_main(main: Callable[[Sequence[str] | None], None], args: list[
     try:
         main(args)
     except SystemExit as exit_:
-        if exit_.code is None:
-            return 0
-        if isinstance(exit_.code, int):
-            return exit_.code
-        print(exit_.code, file=sys.stderr)  # the interpreter prints a non-integer exit code and exits 1
-        return 1
+        return exit_code_of(exit_)
     except Exception:  # what a process would print before exiting 1
         traceback.print_exc()
         return 1

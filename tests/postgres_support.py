@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from support import free_port
+from support import free_port, migrate_to_head
 
 BINARIES = ("initdb", "pg_ctl", "postgres")
 
@@ -81,13 +81,8 @@ class PostgresCluster:
         """A new database already migrated to head: a copy of one migrated once per cluster (~70 ms, where a
         database created and migrated took ~200 ms)."""
         if self._migrated is None:
-            from baton.server.database.connection import create_database_engine
-            from baton.server.database.migrate import upgrade
-
             url = self.create_database()
-            engine = create_database_engine(url, 1)
-            upgrade(engine)
-            engine.dispose()  # a template has no other connection while it is copied
+            migrate_to_head(url)  # and closed: a template has no other connection while it is copied
             self._migrated = url.rsplit("/", 1)[1]
         return self.create_database(self._migrated)
 

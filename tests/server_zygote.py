@@ -51,6 +51,17 @@ PRELOAD = (
 )
 
 
+def exit_code_of(exit_: SystemExit) -> int:
+    """The code a process ends with when ``exit_`` escapes: as the interpreter does, None is 0 and any other
+    non-integer is printed on stderr and is 1 (the tests' in-process CLI calls share this)."""
+    if exit_.code is None:
+        return 0
+    if isinstance(exit_.code, int):
+        return exit_.code
+    print(exit_.code, file=sys.stderr)
+    return 1
+
+
 class ForkedServer:
     """A server forked by the zygote, with what the tests use of ``subprocess.Popen``."""
 
@@ -227,12 +238,7 @@ def _fork(request: dict[str, Any], inherited: list[int]) -> int:
         _become_server(request, inherited, zygote)
         code = 0
     except SystemExit as exit_:
-        if exit_.code is None:
-            code = 0
-        elif isinstance(exit_.code, int):
-            code = exit_.code
-        else:
-            print(exit_.code, file=sys.stderr)  # as the interpreter does with a non-integer exit code
+        code = exit_code_of(exit_)
     except KeyboardInterrupt:
         code = -signal.SIGINT
     except BaseException:

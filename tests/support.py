@@ -59,6 +59,17 @@ def wait_for(predicate: Callable[[], T], timeout: float = 15.0, interval: float 
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
 
 
+def migrate_to_head(url: str) -> None:
+    """Migrate the database at ``url`` to head and close every connection to it (a template copied by the tests'
+    databases: ``migrated_engine``, ``PostgresCluster.create_migrated_database``)."""
+    from baton.server.database.connection import create_database_engine
+    from baton.server.database.migrate import upgrade
+
+    engine = create_database_engine(url, 1)
+    upgrade(engine)
+    engine.dispose()
+
+
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment for a child process: no BATON settings inherited from the developer's shell."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON")}

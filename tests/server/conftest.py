@@ -16,10 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from baton.client import Client
 from baton.schemas.responses import AgentRead, ClaimedRun, FlowRead, FlowRunRead
 from baton.server.database.connection import create_database_engine
-from baton.server.database.migrate import upgrade
 from server.harness import TenantContext, migrated_database_url
 from shared_servers import SharedServers
-from support import ServerProcess
+from support import ServerProcess, migrate_to_head
 
 
 @pytest.fixture(scope="package", params=["sqlite", "postgresql"])
@@ -32,9 +31,7 @@ def api_server(request: pytest.FixtureRequest, shared_servers: SharedServers) ->
 def _migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite database migrated to head once per worker, which each ``migrated_engine`` copies."""
     path = tmp_path_factory.mktemp("migrated-sqlite") / "head.db"
-    engine = create_database_engine(f"sqlite:///{path}", 1)
-    upgrade(engine)
-    engine.dispose()
+    migrate_to_head(f"sqlite:///{path}")
     return path
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, select, text, update
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from baton.schemas.actions import RESERVED_LOG_KEY_PREFIX, LogEntry
 from baton.schemas.states import FINAL_STATES
 from baton.server.database.connection import upsert_insert
-from baton.server.database.orm import FlowRun, Log, utcnow
+from baton.server.database.orm import FlowRun, Log, UTCDateTime, utcnow
 from baton.server.models.errors import LogsClosed
 
 MARKER_KEY = f"{RESERVED_LOG_KEY_PREFIX}log-quota"
@@ -132,22 +132,18 @@ _POSTGRESQL_INSERT = text(
     RETURNING id
     """
 )
+# Bound as ``:<column>s`` (tests/server/test_server_entry.py ties this list to the model's columns).
 _COLUMNS = ("tenant_id", "flow_run_id", "task_run_id", "key", "timestamp", "level", "name", "message")
-
-
-def _utc(stamp: datetime) -> datetime:
-    """``stamp`` in UTC; a naive one is refused, as ``UTCDateTime`` refuses it on the generic path."""
-    if stamp.tzinfo is None:
-        raise ValueError("naive datetimes are not stored: give a timezone")
-    return stamp.astimezone(UTC)
+_TIMESTAMP = UTCDateTime()  # the arrays' times as the generic path binds them (UTC; a naive one refused)
 
 
 def _insert(session: Session, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect
+    if dialect.name == "postgresql":
         arrays = {f"{column}s": [row[column] for row in rows] for column in _COLUMNS}
-        arrays["timestamps"] = [_utc(stamp) for stamp in arrays["timestamps"]]
+        arrays["timestamps"] = [_TIMESTAMP.process_bind_param(stamp, dialect) for stamp in arrays["timestamps"]]
         return len(session.execute(_POSTGRESQL_INSERT, arrays).all())
     table = cast(Table, Log.__table__)
     stmt = (
