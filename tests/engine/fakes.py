@@ -101,6 +101,13 @@ class FakeApi:
         run = self.get_flow_run(flow_run_id)
         return FlowRunWithFlow(flow_run=run, flow=self.get_flow(run.flow_id, include_source=True))
 
+    def start_flow_run(self, flow_run_id: str, wait_seconds: float = 0.0) -> FlowRunWithFlow:
+        """The server's ``/start``: Running, then the run with its flow (the wait for Submitted is not modelled).
+        Scripted failures and refusals of ``set_flow_run_state`` and of the reads apply, as their calls."""
+        self._enter("start_flow_run")
+        self.change_flow_run_state(flow_run_id, "Running")
+        return self.get_flow_run_with_flow(flow_run_id)
+
     def set_flow_run_state(
         self, flow_run_id: str, name: str, message: str | None = None, data: dict[str, Any] | None = None
     ) -> FlowRunRead:

@@ -129,7 +129,9 @@ def test_flow_that_cannot_be_loaded_ends_failed_with_a_clear_message(launcher: L
     assert run.state_message is not None
     assert run.state_message.startswith("FlowLoadError: ")
     assert "line 3: ModuleNotFoundError: No module named 'baton_module_that_does_not_exist'" in run.state_message
-    assert "Running" not in [state.name for state in run.states]
+    # The process starts the run (Running, and its flow's source, in one request), then loads it.
+    assert [state.name for state in run.states][-2:] == ["Running", "Failed"]
+    assert launcher.admin.list_task_runs(run.id) == []
 
 
 def test_local_storage_loads_the_file_from_its_path(launcher: Launcher) -> None:

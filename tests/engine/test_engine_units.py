@@ -193,11 +193,12 @@ def test_a_flow_with_a_hint_that_cannot_be_resolved_does_not_load() -> None:
         load_flow(flow_read(BAD_HINT, "typo"))
 
 
-def test_runner_fails_a_flow_with_a_bad_hint_before_setting_it_running(baton_home: Path) -> None:
+def test_runner_fails_a_flow_with_a_bad_hint_before_calling_it(baton_home: Path) -> None:
     api = FakeApi(flow_read(BAD_HINT, "typo"), parameters={"count": "not a number"})
 
     assert run_in_process(api) == 1
-    assert [name for name, _ in api.states] == ["Submitted", "Failed"]
+    assert [name for name, _ in api.states] == ["Submitted", "Running", "Failed"]
+    assert api.task_runs == {}
     assert (api.states[-1][1] or "").startswith("FlowLoadError: flow 'typo': the type hint 'itn' of parameter 'count'")
 
 
@@ -336,7 +337,7 @@ def test_runner_does_not_run_a_run_that_is_already_final(baton_home: Path) -> No
 
     assert run_in_process(api) == 1
     assert api.task_runs == {}
-    assert "set_flow_run_state" not in api.calls
+    assert api.states == [("Failed", None)]  # its start was refused (409), and nothing else was tried
 
 
 def test_runner_stops_waiting_for_submitted_after_the_start_timeout(baton_home: Path) -> None:
@@ -419,7 +420,9 @@ def test_runner_asks_running_again_when_the_refusal_names_pending_without_readin
 
     assert run_in_process(api) == 0
     assert [name for name, _ in api.states] == ["Pending", "Submitted", "Running", "Success"]
-    assert api.pending_reads == 1  # its first read only: the refusal said Pending
+    # One read, after the refused start (its flow is needed), and none after the refused Running: it said Pending.
+    calls = api.calls[: api.calls.index("set_flow_run_state", api.calls.index("get_flow_run")) + 1]
+    assert calls == ["start_flow_run", "set_flow_run_state", "get_flow_run", "get_flow", "set_flow_run_state"]
 
 
 # --- stops: cancellation and SIGTERM ------------------------------------------------------------

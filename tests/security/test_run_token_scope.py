@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from server.harness import TenantContext
 
+ROLES = ("admin", "user", "runner", "read")
+
 
 def test_a_run_token_cannot_explain_its_run_or_list_agents(tenant: TenantContext) -> None:
     staged = tenant.stage("Running")
@@ -54,3 +56,27 @@ def test_a_run_token_reads_its_run_with_its_flow_in_one_request_and_no_other_run
     assert other.id in refused.json()["detail"] and "source" not in refused.text
     for role in ("admin", "user", "runner", "read"):  # every key reads the tenant's runs and flows
         assert tenant.raw(tenant.key(role)).get(f"/api/flow_runs/{other.id}/with_flow").status_code == 200
+
+
+def test_a_run_token_starts_its_own_run_only_and_no_key_starts_a_run(tenant: TenantContext) -> None:
+    staged, other = tenant.stage("Submitted"), tenant.stage("Submitted")
+    assert staged.token is not None
+    http = tenant.raw(staged.token)
+
+    refused = http.post(f"/api/flow_runs/{other.id}/start")
+    keys = {role: tenant.raw(tenant.key(role)).post(f"/api/flow_runs/{other.id}/start") for role in ROLES}
+    started = http.post(f"/api/flow_runs/{staged.id}/start")
+    again = http.post(f"/api/flow_runs/{staged.id}/start")
+
+    assert refused.status_code == 404, refused.text
+    assert "source" not in refused.text
+    assert {role: response.status_code for role, response in keys.items()} == dict.fromkeys(ROLES, 403)
+    assert "only a run's own run token" in keys["admin"].json()["detail"]
+    assert tenant.run(other.id).state == "Submitted"
+    assert started.status_code == 200, started.text
+    body = started.json()
+    assert body["flow_run"]["id"] == staged.id and body["flow_run"]["state"] == "Running"
+    assert body["flow"]["id"] == body["flow_run"]["flow_id"] and body["flow"]["source"]
+    assert tenant.run(staged.id).state == "Running"
+    assert again.status_code == 409, again.text  # already Running: the refusal names the state
+    assert "Running" in again.text

@@ -402,6 +402,20 @@ class Client:
         """The run and its flow with the flow's source, in one request (404 from a server older than the route)."""
         return self._model(r.FlowRunWithFlow, "GET", f"/api/flow_runs/{flow_run_id}/with_flow")
 
+    def start_flow_run(self, flow_run_id: str, wait_seconds: float = 0.0) -> r.FlowRunWithFlow:
+        """Set the run Running (a run token's call) and read it with its flow and the flow's source, in one request.
+
+        ``wait_seconds``: as :meth:`change_flow_run_state`'s, the wait for the agent's Submitted.
+
+        Raises:
+            ConflictError: the run cannot start (its ``current_state``: Pending still, Cancelling, final, Running).
+            NotFoundError: no such run, or a server older than the route.
+        """
+        headers = {"Prefer": f"wait={wait_seconds:g}"} if wait_seconds > 0 else None
+        timeout = (self._http.timeout.read or 30.0) + max(wait_seconds, 0.0)  # the server may take the wait
+        path = f"/api/flow_runs/{flow_run_id}/start"
+        return self._model(r.FlowRunWithFlow, "POST", path, headers=headers, timeout=timeout)
+
     def list_flow_runs(
         self,
         state: str | None = None,

@@ -29,11 +29,12 @@ from baton.engine.logs import LogShipper, console_logging, ship_output
 from baton.engine.reporter import ApiTaskRunReporter
 from baton.engine.retry import call_with_retry, no_connection
 from baton.engine.threads import call_with_timeout
-from baton.engine.transitions import StateSetter
+from baton.engine.transitions import SUBMITTED_WAIT_SECONDS, StateSetter
 from baton.exceptions import (
     AuthenticationError,
     BatonError,
     ClientError,
+    ConflictError,
     FlowLoadError,
     NotFoundError,
     ServerUnavailableError,
@@ -147,8 +148,8 @@ class FlowRunner:
         read = self._read_run()
         if isinstance(read, Outcome):
             return read
-        run, flow_read = read
-        if run.state in _CANCEL_STATES or run.state in FINAL_STATES:
+        run, flow_read, started = read
+        if not started and (run.state in _CANCEL_STATES or run.state in FINAL_STATES):
             return self._not_to_run(run.state)
         logger.info(
             "Flow run %r (%s) of flow %r version %d starting%s",
@@ -165,15 +166,17 @@ class FlowRunner:
         except (FlowLoadError, ServerUnavailableError, ClientError) as exc:
             logger.error("Cannot load the flow: %s", exc)
             return Outcome(StateName.FAILED, describe_error(exc), EXIT_FAILED)
-        if self._cancel.reason is not None:  # stopped while the run was read and loaded
+        if self._cancel.reason is not None:  # stopped while the run was started or read, and loaded
             return self._stopped(self._cancel.reason)
-        stopped = self._start()
-        if stopped is not None:
-            return stopped
+        if not started:
+            stopped = self._start()
+            if stopped is not None:
+                return stopped
         return self._run_flow(flow, run.parameters)
 
-    def _read_run(self) -> tuple[FlowRunRead, FlowRead | None] | Outcome:
-        """The run, and its flow when the server gives both in one request (None: read it next)."""
+    def _read_run(self) -> tuple[FlowRunRead, FlowRead | None, bool] | Outcome:
+        """The run; its flow when the server gives both in one request (None: read it next); whether this call
+        set it Running."""
         try:
             return call_with_retry(
                 self._read_run_and_flow,
@@ -204,13 +207,25 @@ class FlowRunner:
             logger.error("Cannot read flow run %s: %s", self._id, exc)
         return Outcome(None, None, EXIT_FAILED)
 
-    def _read_run_and_flow(self) -> tuple[FlowRunRead, FlowRead | None]:
+    def _read_run_and_flow(self) -> tuple[FlowRunRead, FlowRead | None, bool]:
+        # Running and the run with its flow in one request: the usual start. The server waits for the agent's
+        # Submitted as it would for a Running through /state.
+        try:
+            started = self._client.start_flow_run(self._id, wait_seconds=SUBMITTED_WAIT_SECONDS)
+        except ConflictError:
+            # Not startable now: still Pending after the wait, Cancelling, final, or Running already because an
+            # earlier try's answer was lost. Read it and decide as before (``_start`` then sets Running, waiting).
+            pass
+        except NotFoundError:
+            pass  # a server older than this route, or no such run (the reads below say which)
+        else:
+            return started.flow_run, started.flow, True
         try:
             both = self._client.get_flow_run_with_flow(self._id)
         except NotFoundError:
             # A server older than this engine has no such route (an unknown run is 404 again just below).
-            return self._client.get_flow_run(self._id), None
-        return both.flow_run, both.flow
+            return self._client.get_flow_run(self._id), None, False
+        return both.flow_run, both.flow, False
 
     def _load(self, run: FlowRunRead, flow: FlowRead | None) -> Flow[..., Any]:
         if flow is None:

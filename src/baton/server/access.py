@@ -70,6 +70,7 @@ class Action(StrEnum):
     FLOW_RUN_LIST = "flow_run.list"
     FLOW_RUN_READ = "flow_run.read"
     FLOW_RUN_SET_STATE = "flow_run.set_state"
+    FLOW_RUN_START = "flow_run.start"
     FLOW_RUN_CANCEL = "flow_run.cancel"
     FLOW_RUN_RETRY = "flow_run.retry"
     FLOW_RUN_EXPLAIN = "flow_run.explain"
@@ -139,6 +140,8 @@ POLICY: dict[Action, Rule] = {
     Action.FLOW_RUN_LIST: _rule(_KEYS),
     Action.FLOW_RUN_READ: _rule(_ALL, Scope.RUN),
     Action.FLOW_RUN_SET_STATE: _rule(_RUN_WRITERS, Scope.RUN_WRITE),
+    # Running and the run's flow with its source at once: only a run sets itself Running (SETTABLE_STATES).
+    Action.FLOW_RUN_START: _rule("run_token", Scope.RUN_WRITE),
     Action.FLOW_RUN_CANCEL: _rule("admin user", Scope.RUN),
     Action.FLOW_RUN_RETRY: _rule("admin user", Scope.RUN),  # creates a run, as FLOW_RUN_CREATE
     Action.FLOW_RUN_EXPLAIN: _rule(_KEYS, Scope.RUN),
@@ -213,6 +216,8 @@ def denial(kind: Kind, action: Action) -> str:
     if kind == Kind.RUN_TOKEN:
         return f"a run token may only act on its own flow run; it may not do {action.value}"
     allowed = ", ".join(sorted(k.value for k in POLICY[action].kinds if k != Kind.RUN_TOKEN))
+    if not allowed:  # e.g. starting a run: its flow-run process's, with the run's token
+        return f"no key may do this ({action.value}): only a run's own run token"
     return f"this key's role ({kind.value}) may not do this ({action.value}); needs one of: {allowed}"
 
 

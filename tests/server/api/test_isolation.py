@@ -193,6 +193,9 @@ ROUTES = [
     Route("GET", "/api/flow_runs", 200),
     Route("GET", "/api/flow_runs/{flow_run_id}", 200),
     Route("GET", "/api/flow_runs/{flow_run_id}/with_flow", 200),
+    # The target run is Running: its own token gets past access and meets the state rule (409). Another tenant's
+    # admin is refused by its kind (403) before any id is looked at.
+    Route("POST", "/api/flow_runs/{flow_run_id}/start", 409, cross_status=403),
     Route(
         "POST",
         "/api/flow_runs/{flow_run_id}/state",

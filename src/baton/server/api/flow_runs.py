@@ -8,7 +8,7 @@ import functools
 import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -46,6 +46,8 @@ router = APIRouter(prefix="/flow_runs", tags=["flow runs"], route_class=JsonRout
 # A Running waiting for its agent's Submitted looks at the run again this often even if nothing woke it (a Submitted
 # written by another replica wakes nobody here).
 _LOOK_AGAIN_SECONDS = 1.0
+# What a state change answers: the run (``/state``), the run with its flow (``/start``).
+_Answer = TypeVar("_Answer", FlowRunRead, FlowRunWithFlow)
 
 
 IDEMPOTENCY_KEY = Header(
@@ -182,11 +184,14 @@ def get_flow_run_with_flow(
     Whoever may read a run may read its flow (a run token: its own run's flow only, as ``GET /api/flows/{id}``).
     """
     with transaction(db) as session:
-        run = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
-        flow = flows.get_flow(session, principal.tenant_id, run.flow_id)
-        # Without the run's state history (``omitted``): the process reads its state, never its history.
-        read = shaping.flow_runs(session, principal, [run], omit=frozenset({"states"}))[0]
-        return FlowRunWithFlow(flow_run=read, flow=shaping.flow(principal, flow, include_source=True))
+        return _with_flow(session, principal, flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id))
+
+
+def _with_flow(session: Session, principal: Principal, run: FlowRun) -> FlowRunWithFlow:
+    flow = flows.get_flow(session, principal.tenant_id, run.flow_id)
+    # Without the run's state history (``omitted``): the process reads its state, never its history.
+    read = shaping.flow_runs(session, principal, [run], omit=frozenset({"states"}))[0]
+    return FlowRunWithFlow(flow_run=read, flow=shaping.flow(principal, flow, include_source=True))
 
 
 @router.post(
@@ -221,19 +226,57 @@ async def set_state(
       starts before its agent has reported it, and under load a 409 and a retry cost more than the wait.
     """
     preferences = parse_prefer(prefer)
-    minimal = preferences.get("return") == "minimal"
+    answer = None if preferences.get("return") == "minimal" else shaping.flow_run
+    run, result = await _set_state_waiting(db, notifier, request, principal, flow_run_id, payload, answer, preferences)
+    if result is None:
+        changed = StateChanged(id=run.id, state=run.state, state_message=run.state_message)
+        return JSONResponse(changed.model_dump(mode="json"), headers={"Preference-Applied": PREFER_MINIMAL})
+    return result
+
+
+@router.post("/{flow_run_id}/start", response_model=FlowRunWithFlow, responses=error_responses(409))
+async def start_flow_run(
+    flow_run_id: str,
+    principal: Annotated[Principal, allow(Action.FLOW_RUN_START)],
+    db: Db,
+    notifier: NotifierDep,
+    request: Request,
+    prefer: Annotated[str | None, Header(alias="Prefer")] = None,
+) -> FlowRunWithFlow:
+    """Set the run Running and answer it with its flow and the flow's source: the flow-run process's first call,
+    one request where a read (``with_flow``) and a state change were two.
+
+    As a Running through ``/state``: 409 naming the run's state when the state machine refuses (a run still Pending,
+    Cancelling, already final or already Running), and ``Prefer: wait=N`` waits for the agent's Submitted first.
+    The answer is read in the state change's transaction, so it shows the run Running.
+    """
+    running = StateSet(name=StateName.RUNNING)
+    wanted = parse_prefer(prefer)
+    _, result = await _set_state_waiting(db, notifier, request, principal, flow_run_id, running, _with_flow, wanted)
+    assert result is not None  # an answer was asked for
+    return result
+
+
+async def _set_state_waiting(
+    db: sessionmaker[Session],
+    notifier: RunNotifier,
+    request: Request,
+    principal: Principal,
+    flow_run_id: str,
+    payload: StateSet,
+    answer: Callable[[Session, Principal, FlowRun], _Answer] | None,
+    preferences: dict[str, str],
+) -> tuple[FlowRun, _Answer | None]:
+    """The state change, waiting for the agent's Submitted first when the request may (``_submitted_wait``)."""
     check_state_allowed(principal, payload.name)
-    change = functools.partial(_change_state, db, notifier, principal, flow_run_id, payload, minimal)
+    change = functools.partial(_change_state, db, notifier, principal, flow_run_id, payload, answer)
     wait = _submitted_wait(request, principal, payload.name, preferences)
     if wait <= 0 or notifier.watched(flow_run_id):  # one waiting Running per run: another answers at once
         run, result = await run_in_threadpool(change)
     else:
         run, result = await _change_once_submitted(change, notifier, request, flow_run_id, wait)
     notifier.run_changed(flow_run_id)
-    if result is None:
-        changed = StateChanged(id=run.id, state=run.state, state_message=run.state_message)
-        return JSONResponse(changed.model_dump(mode="json"), headers={"Preference-Applied": PREFER_MINIMAL})
-    return result
+    return run, result
 
 
 def _change_state(
@@ -242,9 +285,9 @@ def _change_state(
     principal: Principal,
     flow_run_id: str,
     payload: StateSet,
-    minimal: bool,
-) -> tuple[FlowRun, FlowRunRead | None]:
-    """The state change, in one transaction (a worker thread): the run, and its answer unless minimal."""
+    answer: Callable[[Session, Principal, FlowRun], _Answer] | None,
+) -> tuple[FlowRun, _Answer | None]:
+    """The state change, in one transaction (a worker thread): the run, and ``answer`` of it (None: no answer)."""
     with transaction(db) as session:
         held_by = run_holder(session, principal, flow_run_id)
         # A user key marks a run Failed by hand: that ends it, whatever retries its flow has left.
@@ -260,7 +303,7 @@ def _change_state(
             retry=not by_hand,
             token_hash=principal.token_hash,
         )
-        result = None if minimal else shaping.flow_run(session, principal, run)
+        result = None if answer is None else answer(session, principal, run)
         freed = payload.name in FINAL_STATES and concurrency.is_limited(session, run)
     # Released, or a failed attempt now Retrying; freed: runs waiting for that slot may go now. Here, in the worker
     # thread: on PostgreSQL the news goes to the other replicas with a query.
@@ -282,12 +325,12 @@ def _submitted_wait(request: Request, principal: Principal, name: StateName, pre
 
 
 async def _change_once_submitted(
-    change: Callable[[], tuple[FlowRun, FlowRunRead | None]],
+    change: Callable[[], tuple[FlowRun, _Answer | None]],
     notifier: RunNotifier,
     request: Request,
     flow_run_id: str,
     wait: float,
-) -> tuple[FlowRun, FlowRunRead | None]:
+) -> tuple[FlowRun, _Answer | None]:
     """``change`` (a Running); while it is refused because the run is still Pending, wait for the run to change and
     try again, until ``wait`` seconds have passed. Watched before the first try: a Submitted committed between the
     refusal and the wait is not missed. A Submitted made on another replica is seen at the next look
