@@ -56,6 +56,7 @@ class FakeApi:
         self.task_runs: dict[str, dict[str, Any]] = {}
         self.logs: list[dict[str, Any]] = []
         self.batch_sizes: list[int] = []
+        self.lines_with_states: list[int] = []  # lines stored with a state change, per change
         self.calls: list[str] = []
         self.fail: dict[str, list[BaseException]] = defaultdict(list)
         # Applied although the call then fails: the answer is lost on the way back.
@@ -124,9 +125,26 @@ class FakeApi:
             raise self.apply_then_fail["set_flow_run_state"].pop(0)
         return self.get_flow_run(flow_run_id)
 
-    def change_flow_run_state(self, flow_run_id: str, name: str, message: str | None = None, **_: Any) -> StateChanged:
-        """The engine's state changes, scripted as ``set_flow_run_state`` (the server's wait is not modelled)."""
-        run = self.set_flow_run_state(flow_run_id, name, message)
+    def change_flow_run_state(
+        self,
+        flow_run_id: str,
+        name: str,
+        message: str | None = None,
+        *,
+        logs: list[dict[str, Any]] | None = None,
+        **_: Any,
+    ) -> StateChanged:
+        """The engine's state changes, scripted as ``set_flow_run_state`` (the server's wait is not modelled). The
+        lines sent with a change are stored when it is (``logs``; ``lines_with_states`` counts them), as the server
+        stores both in one transaction."""
+        states_before = len(self.states)
+        try:
+            run = self.set_flow_run_state(flow_run_id, name, message)
+        finally:
+            if logs and len(self.states) > states_before:
+                with self._lock:
+                    self.logs.extend(logs)
+                    self.lines_with_states.append(len(logs))
         return StateChanged(id=run.id, state=run.state, state_message=run.state_message)
 
     def flow_run_heartbeat(self, flow_run_id: str) -> FlowRunHeartbeatResponse:

@@ -237,3 +237,30 @@ def test_text_the_api_refuses_is_replaced_not_sent_to_fail_its_batch() -> None:
     assert storable("file-\udcff.csv") == "file-\\udcff.csv"
     assert storable("a\x00b") == "a\ufffdb"
     assert storable("plain ✓") == "plain ✓"
+
+
+def test_closing_with_keep_returns_the_last_lines_unsent_after_every_line_sent(api: FakeApi) -> None:
+    # Given a shipper whose buffer holds 7 lines, batches of 3, none sent yet
+    shipper = shipper_for(api, batch_interval=30, batch_size=3)
+    for number in range(7):
+        shipper.emit(20, "test", f"line {number}")
+
+    # When it starts and closes at once, keeping up to 5 lines (never more than a batch: 3)
+    shipper.start()
+    kept = shipper.close(keep=5)
+
+    # Then the first lines were sent, in batches, and the last 3 or fewer come back, in order, after them
+    sent = messages(api)
+    assert [entry["message"] for entry in kept] == [f"line {n}" for n in range(len(sent), 7)]
+    assert 0 < len(kept) <= 3
+    assert api.batch_sizes == [3] * (len(sent) // 3)
+    assert shipper.dropped == 0
+
+
+def test_closing_without_keep_sends_every_line(api: FakeApi) -> None:
+    shipper = shipper_for(api, batch_interval=30, batch_size=3)
+    shipper.start()
+    shipper.emit(20, "test", "only")
+
+    assert shipper.close() == []
+    assert messages(api) == ["only"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -48,7 +48,12 @@ class ScriptedApi:
     names_state: bool = True  # its 409 names the run's state, as servers since issue 12 do
 
     def change_flow_run_state(
-        self, flow_run_id: str, name: str, message: str | None = None, wait_seconds: float = 0.0
+        self,
+        flow_run_id: str,
+        name: str,
+        message: str | None = None,
+        wait_seconds: float = 0.0,
+        logs: list[dict[str, Any]] | None = None,
     ) -> None:
         self.tries += 1
         self.clock.now += self.call_seconds

@@ -35,7 +35,7 @@ from baton.exceptions import (
 )
 from baton.schemas import actions
 from baton.schemas.core import Storage, StorageType
-from baton.schemas.responses import FlowRunHeartbeatResponse, FlowRunRead
+from baton.schemas.responses import FlowRunHeartbeatResponse, FlowRunRead, StateChanged
 from baton.settings import load_settings
 from engine.fakes import FakeApi, flow_read
 from support import wait_for
@@ -299,11 +299,47 @@ def test_runner_runs_the_flow_and_reports_states_task_runs_and_logs(baton_home: 
     shipped = [(entry["name"], entry["message"]) for entry in api.logs]
     assert ("hello", "greeting Ada") in shipped
     assert ("stdout", "hello Ada") in shipped
-    # Logs go before the final state: the run token is revoked once the run is final.
-    calls = list(enumerate(api.calls))
-    last_logs = max(index for index, call in calls if call == "write_logs")
-    final_state = max(index for index, call in calls if call == "set_flow_run_state")
-    assert last_logs < final_state
+    # A short run's lines all go with its final state (the run token is revoked once the run is final): no
+    # request of their own, and the last line, the engine's own, is among them.
+    assert "write_logs" not in api.calls
+    assert api.lines_with_states == [len(api.logs)]
+    assert api.logs[-1]["message"] == "Flow run finished: Success"
+
+
+def test_runner_sends_its_last_lines_apart_when_the_final_state_is_refused(baton_home: Path) -> None:
+    # Given a run that someone cancels for good while its flow runs
+    api = FakeApi(flow_read(HELLO, "hello"), parameters={"name": "Ada"})
+    api.refuse_states["Success"] = ConflictError(409, "the run is Cancelled", "Cancelled")
+
+    # When the flow ends: its Success, and the lines sent with it, are refused
+    exit_code = run_in_process(api)
+
+    # Then the lines still reach the API, in a request of their own
+    assert exit_code == 0  # the run is final: nothing is left to do
+    assert api.lines_with_states == []
+    assert "write_logs" in api.calls
+    assert ("stdout", "hello Ada") in [(entry["name"], entry["message"]) for entry in api.logs]
+
+
+def test_runner_sends_its_last_lines_first_to_a_server_that_refuses_them_with_a_state(baton_home: Path) -> None:
+    # Given a server older than lines sent with a state: the field is unknown to it (422)
+    api = FakeApi(flow_read(HELLO, "hello"), parameters={"name": "Ada"})
+    refused = ClientError(422, "logs: extra inputs are not permitted")
+    original = api.change_flow_run_state
+
+    def older(flow_run_id: str, name: str, message: str | None = None, **kwargs: Any) -> StateChanged:
+        if kwargs.get("logs"):
+            raise refused
+        return original(flow_run_id, name, message, **kwargs)
+
+    api.change_flow_run_state = older  # type: ignore[method-assign]
+
+    assert run_in_process(api) == 0
+
+    assert api.state == "Success"
+    last_state = len(api.calls) - 1 - api.calls[::-1].index("set_flow_run_state")
+    assert api.calls.index("write_logs") < last_state  # the lines, then the state
+    assert ("stdout", "hello Ada") in [(entry["name"], entry["message"]) for entry in api.logs]
 
 
 def test_runner_goes_on_when_a_lost_answer_makes_running_conflict(baton_home: Path) -> None:

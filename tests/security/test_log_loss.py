@@ -83,7 +83,8 @@ def test_lines_the_api_refused_are_named_in_the_final_state_message(baton_home: 
     # Given an API that refuses every log batch (e.g. 409: the run ended long ago)
     api = FakeApi(flow_read(CHATTY_SOURCE, "chatty"), parameters={"lines": 5})
     api.fail["write_logs"] = [ClientError(409, "logs are taken until 60 s after a run ends")] * 100
-    settings = load_settings(logging={"batch_interval_seconds": 0.05})
+    # (one line a batch: all but the last are sent while the flow runs; the last goes with the final state)
+    settings = load_settings(logging={"batch_interval_seconds": 0.05, "batch_size": 1})
 
     # When the flow runs and prints
     exit_code = FlowRunner(cast(Client, api), "run-1", settings, start_timeout=2).run()

@@ -161,3 +161,39 @@ def test_a_sender_cannot_take_the_servers_marker_key(tenant: TenantContext) -> N
     response = raw.post(f"/api/flow_runs/{staged.id}/logs", json={"logs": [line]})
     assert response.status_code == 422, response.text
     assert tenant.admin.get_logs(staged.id).logs == []
+
+
+def test_lines_sent_with_the_final_state_count_against_the_quota_and_the_message_says_so(
+    tenant: TenantContext, user: Client, quota_database: sessionmaker[Session]
+) -> None:
+    # Given a running run with 90 of its 100 lines stored
+    run = tenant.stage("Running")
+    user.write_logs(run.id, lines(90))
+    raw = tenant.raw(run.token)
+
+    # When its process sends its last 30 lines with its final state
+    ended = raw.post(f"/api/flow_runs/{run.id}/state", json={"name": "Success", "logs": lines(30, start=90)})
+
+    # Then 10 are stored and 20 counted, and the final message (set in the same transaction) says so
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["state_message"] == "[20 log lines dropped: over the run's log quota]"
+    assert run_counts(quota_database, run.id)[:2] == (MAX_LINES, 20)
+    stored = all_logs(tenant.admin, run.id)
+    assert [log.message for log in stored[:MAX_LINES]] == [f"line {n}" for n in range(MAX_LINES)]
+    assert stored[MAX_LINES].message.startswith("20 log lines of this run dropped")
+
+
+def test_a_final_state_carrying_lines_into_a_run_closed_to_logs_stores_neither(
+    tenant: TenantContext, quota_database: sessionmaker[Session]
+) -> None:
+    # Given a run that ended two minutes ago, and a user key marking it Failed by hand with lines
+    run = tenant.stage("Success")
+    with transaction(quota_database) as session:
+        session.execute(update(FlowRun).where(FlowRun.id == run.id).values(end_time=utcnow() - timedelta(minutes=2)))
+    raw = tenant.raw(tenant.key("user"))
+
+    response = raw.post(f"/api/flow_runs/{run.id}/state", json={"name": "Failed", "logs": lines(1)})
+
+    assert response.status_code == 409, response.text
+    assert tenant.run(run.id).state == "Success"
+    assert all_logs(tenant.admin, run.id) == []

@@ -478,6 +478,7 @@ class Client:
         message: str | None = None,
         data: dict[str, Any] | None = None,
         wait_seconds: float = 0.0,
+        logs: list[dict[str, Any]] | None = None,
     ) -> r.StateChanged:
         """:meth:`set_flow_run_state`, answered with the run's new state only (``Prefer: return=minimal``): cheaper
         for the server, for callers that need no more (the flow-run process).
@@ -485,8 +486,13 @@ class Client:
         ``wait_seconds``: a run token's Running on a run still Pending waits that long (at most the server's
         ``max_state_wait_seconds``) for its agent's Submitted before the 409 (``Prefer: wait``; an older server
         refuses at once).
+
+        ``logs``: log lines (as :meth:`write_logs` sends them) stored with the change, in its transaction; refused
+        with it. A server older than that field answers 422.
         """
-        body = {"name": name, "message": message, "data": data}
+        body: dict[str, Any] = {"name": name, "message": message, "data": data}
+        if logs:
+            body["logs"] = logs
         prefer = r.PREFER_MINIMAL + (f", wait={wait_seconds:g}" if wait_seconds > 0 else "")
         headers = {"Prefer": prefer}
         path = f"/api/flow_runs/{flow_run_id}/state"

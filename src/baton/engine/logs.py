@@ -46,7 +46,7 @@ def _real_stderr() -> IO[str]:
     return sys.__stderr__ or sys.stderr
 
 
-def _note(message: str) -> None:
+def note(message: str) -> None:
     """A problem of the shipper itself: straight to the real stderr, never through logging (it would loop)."""
     # The reader of stderr may be gone (an agent showing flow logs exited): the shipper thread must live on.
     with contextlib.suppress(OSError, ValueError):
@@ -101,6 +101,7 @@ class LogShipper:
         self._condition = threading.Condition(lock)  # lines to send, or closing
         self._room = threading.Condition(lock)  # room in the buffer
         self._closing = False
+        self._keep = 0  # when closing, this many last lines (or fewer) stay unsent, for close() to return
         self._deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="baton-log-shipper", daemon=True)
         self.sent = 0
@@ -156,12 +157,17 @@ class LogShipper:
         shipper = self._thread
         return not self._closing and shipper.is_alive() and threading.current_thread() is not shipper
 
-    def close(self) -> None:
-        """Send what is left (for at most ``flush_timeout`` seconds) and stop the thread."""
+    def close(self, keep: int = 0) -> list[dict[str, Any]]:
+        """Send what is left (for at most ``flush_timeout`` seconds) and stop the thread.
+
+        With ``keep``, the last lines, up to ``keep`` and never more than a batch, are not sent but returned, in
+        order and after every line sent: the runner sends them with the run's final state, one request less.
+        """
         with self._condition:
             if self._closing:
-                return
+                return []
             self._closing = True
+            self._keep = max(0, min(keep, self._batch_size))
             self._deadline = time.monotonic() + self._flush_timeout
             self._condition.notify()
         if self._thread.is_alive():
@@ -173,10 +179,15 @@ class LogShipper:
                 if unsent:
                     self._count_dropped_locked(unsent, "left when the flush deadline passed")
                 self._buffer.clear()
+            kept = list(self._buffer)[-self._keep :] if self._keep else []
+            if len(self._buffer) > len(kept):  # the thread never ran, or died
+                self._count_dropped_locked(len(self._buffer) - len(kept), "left unsent when the shipper stopped")
+            self._buffer.clear()
             self._room.notify_all()
         summary = self.drop_summary()
         if summary:
-            _note(f"{summary}; in all")
+            note(f"{summary}; in all")
+        return kept
 
     def _run(self) -> None:
         block_stop_signals()
@@ -199,7 +210,7 @@ class LogShipper:
             if self._closing and self._buffer and self._deadline is not None and time.monotonic() > self._deadline:
                 self._count_dropped_locked(len(self._buffer), "left when the flush deadline passed")
                 self._buffer.clear()
-            if self._closing and not self._buffer:
+            if self._closing and len(self._buffer) <= self._keep:
                 return None
             count = min(len(self._buffer), self._batch_size)
             batch = [self._buffer.popleft() for _ in range(count)]
@@ -215,11 +226,11 @@ class LogShipper:
                 attempt += 1
                 if not self._wait_before_retry(attempt):
                     self._count_dropped(len(batch), f"unsent: the API was unavailable ({exc})")
-                    _note(f"could not send {len(batch)} log lines: {exc}")
+                    note(f"could not send {len(batch)} log lines: {exc}")
                     return
             except ClientError as exc:  # refused: sending the same lines again would be refused again
                 self._count_dropped(len(batch), f"refused by the API ({exc})")
-                _note(f"the API refused {len(batch)} log lines: {exc}")
+                note(f"the API refused {len(batch)} log lines: {exc}")
                 return
             else:
                 self.sent += len(batch) - written.dropped

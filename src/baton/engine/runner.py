@@ -23,9 +23,9 @@ from typing import Any
 from baton.client.http import Client
 from baton.engine.cancel import TERMINATED, CancelSignal
 from baton.engine.heartbeat import Heartbeat
-from baton.engine.limits import MAX_MESSAGE_LENGTH
+from baton.engine.limits import MAX_LOGS_PER_BATCH, MAX_MESSAGE_LENGTH
 from baton.engine.loader import load_flow
-from baton.engine.logs import LogShipper, console_logging, ship_output
+from baton.engine.logs import LogShipper, console_logging, note, ship_output
 from baton.engine.reporter import ApiTaskRunReporter
 from baton.engine.retry import call_with_retry, no_connection
 from baton.engine.threads import call_with_timeout
@@ -119,14 +119,15 @@ class FlowRunner:
         self._cancel.install()
         try:
             with console_logging(self._settings.logging.level):
-                outcome = self._run_with_logs()
-                return self._finish(outcome)
+                outcome, last_lines = self._run_with_logs()
+                return self._finish(outcome, last_lines)
         finally:
             self._cancel.uninstall()
 
-    def _run_with_logs(self) -> Outcome:
+    def _run_with_logs(self) -> tuple[Outcome, list[dict[str, Any]]]:
+        """How the run ended, and the last log lines, unsent: they go with the final state (one request less)."""
         if not self._send_logs:
-            return self._execute()
+            return self._execute(), []
         shipper = LogShipper(
             self._client,
             self._id,
@@ -135,14 +136,21 @@ class FlowRunner:
             # The last lines wait for the API as long as the final state will: dropping them sooner gains nothing.
             flush_timeout=self._state_retry_seconds,
         )
-        with shipper, ship_output(shipper):
-            outcome = self._execute()
+        outcome: Outcome | None = None
+        shipper.start()
+        try:
+            with ship_output(shipper):
+                outcome = self._execute()
+        finally:
+            # Without a final state to set (or when leaving by an exception), every line is sent here.
+            keep = MAX_LOGS_PER_BATCH if outcome is not None and outcome.state is not None else 0
+            last_lines = shipper.close(keep=keep)
         summary = shipper.drop_summary()
         if summary is None or outcome.state is None:
-            return outcome
+            return outcome, last_lines
         # Never silently (issue 8, item 8): lines the API did not get are named in the final state message.
         message = f"{outcome.message}; {summary}" if outcome.message else summary
-        return replace(outcome, message=message)
+        return replace(outcome, message=message), last_lines
 
     def _execute(self) -> Outcome:
         read = self._read_run()
@@ -306,6 +314,36 @@ class FlowRunner:
         logger.error("%s while the run is %s, not Cancelling: it ends Failed", TERMINATED, state or "unknown")
         return Outcome(StateName.FAILED, TERMINATED, EXIT_FAILED)
 
+    def _set_final(self, state: StateName, message: str | None, lines: list[dict[str, Any]]) -> str | None:
+        """The final state with the last lines (``StateSetter.set``). A server older than lines sent with a state
+        refuses the field (422): then the lines go first, and ``lines`` is emptied (they are sent, or noted lost)."""
+        try:
+            return self._states.set(state, message, logs=lines)
+        except ClientError as exc:
+            if not lines or exc.status_code != 422:
+                raise
+        self._send_lines_apart(lines)
+        lines.clear()
+        return self._states.set(state, message)
+
+    def _send_lines_apart(self, lines: list[dict[str, Any]]) -> None:
+        if not lines:
+            return
+        try:
+            call_with_retry(
+                lambda: self._client.write_logs(self._id, lines),
+                what="send the last log lines",
+                timeout_seconds=self._state_retry_seconds,
+            )
+        except (ServerUnavailableError, ClientError) as exc:
+            self._lost(lines, exc)
+
+    @staticmethod
+    def _lost(lines: list[dict[str, Any]], reason: BaseException | None = None) -> None:
+        if lines:
+            cause = f": {reason}" if reason else " with the final state"
+            note(f"{len(lines)} last log lines could not be sent to the API{cause}")
+
     def _state_after_sigterm(self) -> str | None:
         """The run's state by one quick heartbeat; None when the API does not tell in time (then: Failed)."""
         try:
@@ -318,19 +356,21 @@ class FlowRunner:
             logger.warning("Cannot tell whether the run is being cancelled: %s", exc)
             return None
 
-    def _finish(self, outcome: Outcome) -> int:
+    def _finish(self, outcome: Outcome, last_lines: list[dict[str, Any]]) -> int:
         if outcome.state is None:
             return outcome.exit_code
         message = outcome.message[:MAX_MESSAGE_LENGTH] if outcome.message else None
         try:
-            refused_by = self._states.set(outcome.state, message)
+            refused_by = self._set_final(outcome.state, message, last_lines)
         except (ServerUnavailableError, ClientError) as exc:
             logger.error("Could not set the run %s: %s", outcome.state, exc)
+            self._lost(last_lines)
             return EXIT_FAILED
-        if refused_by == outcome.state:  # a retry after a lost answer: it was set the first time
+        if refused_by == outcome.state:  # a retry after a lost answer: it was set the first time, with the lines
             return outcome.exit_code
         if refused_by is not None:
             logger.warning("Could not set the run %s: it is already %s", outcome.state, refused_by)
+            self._send_lines_apart(last_lines)  # refused with the state, they were not stored
             if refused_by not in FINAL_STATES:
                 return EXIT_FAILED
         return outcome.exit_code

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from baton.client.http import Client, may_have_reached_the_server
 from baton.engine.retry import backoff_delay
@@ -123,8 +124,9 @@ class StateSetter:
         self._clock = clock
         self._sleep = sleep
 
-    def set(self, state: StateName, message: str | None = None) -> str | None:
-        """Set the run's state; None when set, else the state that refused it (409).
+    def set(self, state: StateName, message: str | None = None, logs: list[dict[str, Any]] | None = None) -> str | None:
+        """Set the run's state (with ``logs``, log lines stored in the same transaction: see
+        ``Client.change_flow_run_state``); None when set, else the state that refused it (409).
 
         ``state`` itself is returned when an earlier attempt, whose answer was lost, had set it: the retry met a
         409 from that very state, or, for a final state, a 401 (the final state revoked the token).
@@ -137,7 +139,7 @@ class StateSetter:
         maybe_set = False  # an attempt failed after the request may have reached the server
         while True:
             try:
-                refused_by = self._try(state, message)
+                refused_by = self._try(state, message, logs)
             except AuthenticationError:
                 if not (maybe_set and state in FINAL_STATES):
                     raise
@@ -160,10 +162,10 @@ class StateSetter:
             logger.debug("The run is still %s; asking for Running again in %.1fs", refused_by, delay)
             self._sleep(delay)
 
-    def _try(self, state: StateName, message: str | None) -> str | None:
+    def _try(self, state: StateName, message: str | None, logs: list[dict[str, Any]] | None) -> str | None:
         try:
             wait = SUBMITTED_WAIT_SECONDS if state == StateName.RUNNING else 0.0
-            self._client.change_flow_run_state(self._id, state, message, wait_seconds=wait)
+            self._client.change_flow_run_state(self._id, state, message, wait_seconds=wait, logs=logs)
         except ConflictError as exc:
             # The refusal names the run's state (an older server's does not: read it).
             return exc.current_state or self._client.get_flow_run(self._id).state

@@ -178,12 +178,6 @@ class FlowRunCreate(StrictModel):
         return self
 
 
-class StateSet(StrictModel):
-    name: StateName
-    message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
-    data: dict[str, Any] | None = None
-
-
 class LogEntry(StrictModel):
     # Chosen by the sender so a retried batch does not store its lines twice.
     key: str | None = Field(default=None, max_length=64)
@@ -208,6 +202,19 @@ class LogEntry(StrictModel):
 
 class LogsCreate(StrictModel):
     logs: list[LogEntry] = Field(max_length=MAX_LOGS_PER_BATCH)
+
+
+class StateSet(StrictModel):
+    name: StateName
+    message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
+    data: dict[str, Any] | None = None
+    logs: list[LogEntry] = Field(
+        default_factory=list,
+        max_length=MAX_LOGS_PER_BATCH,
+        description="log lines of the run stored with the state change, in its transaction, as POST "
+        ".../logs would store them (keys, quota, grace): a flow-run process sends its last lines with its final "
+        "state. Refused with it (409), they are not stored.",
+    )
 
 
 class AgentRegister(StrictModel):

@@ -168,3 +168,51 @@ def test_read_key_lists_but_does_not_create_task_runs(reader: Client, run: FlowR
     assert reader.list_task_runs(run.id) == []
     with pytest.raises(PermissionDeniedError):
         reader.create_task_run(run.id, "greet")
+
+
+def test_a_final_state_stores_the_lines_it_carries_after_the_runs_others(
+    token: Client, claimed: ClaimedRun, user: Client, runner: Client
+) -> None:
+    run_id = claimed.flow_run.id
+    runner.set_flow_run_state(run_id, "Submitted")
+    token.set_flow_run_state(run_id, "Running")
+    token.write_logs(run_id, lines("one", key_prefix="early"))
+
+    ended = token.change_flow_run_state(run_id, "Success", logs=lines("two", "three", key_prefix="last"))
+
+    assert ended.state == "Success"
+    assert [log.message for log in user.get_logs(run_id).logs] == ["one", "two", "three"]
+
+
+def test_a_refused_state_stores_none_of_its_lines(token: Client, claimed: ClaimedRun, user: Client) -> None:
+    run_id = claimed.flow_run.id  # Pending: not yet Submitted, so it cannot succeed
+
+    with pytest.raises(ClientError) as refused:
+        token.change_flow_run_state(run_id, "Success", logs=lines("lost with it"))
+
+    assert refused.value.status_code == 409
+    assert user.get_logs(run_id).logs == []
+    assert user.get_flow_run(run_id).state == "Pending"
+
+
+def test_a_state_with_too_many_lines_is_refused_whole(
+    token: Client, claimed: ClaimedRun, user: Client, runner: Client
+) -> None:
+    run_id = claimed.flow_run.id
+    runner.set_flow_run_state(run_id, "Submitted")
+    token.set_flow_run_state(run_id, "Running")
+
+    with pytest.raises(ClientError) as refused:
+        token.change_flow_run_state(run_id, "Success", logs=lines(*["x"] * 1001))
+
+    assert refused.value.status_code == 422
+    assert user.get_flow_run(run_id).state == "Running"
+    assert user.get_logs(run_id).logs == []
+
+
+def test_a_read_key_cannot_send_lines_with_a_state(tenant: TenantContext, claimed: ClaimedRun) -> None:
+    response = tenant.raw(tenant.key("read")).post(
+        f"/api/flow_runs/{claimed.flow_run.id}/state", json={"name": "Failed", "logs": lines("no")}
+    )
+
+    assert response.status_code == 403, response.text

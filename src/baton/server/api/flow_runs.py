@@ -29,17 +29,28 @@ from baton.schemas.responses import (
 )
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server import shaping
-from baton.server.access import Action, Kind, allow, check_state_allowed, kind_of, run_holder
+from baton.server.access import (
+    AccessDenied,
+    Action,
+    Kind,
+    allow,
+    allows,
+    check_state_allowed,
+    denial,
+    kind_of,
+    run_holder,
+)
 from baton.server.api.deps import CursorQuery, Db, NotifierDep, ReadDb, transaction
 from baton.server.database.orm import FlowRun, utcnow
 from baton.server.errors import error_responses
 from baton.server.json_body import JsonRoute
 from baton.server.limits import leave_admission
-from baton.server.models import agents, concurrency, flow_runs, flows, state_changes
+from baton.server.models import agents, concurrency, flow_runs, flows, logs, state_changes
 from baton.server.models.errors import InvalidRequest
 from baton.server.models.tenants import Principal
 from baton.server.notifier import RunNotifier
 from baton.server.prefer import parse_prefer
+from baton.settings import ServerSettings
 
 router = APIRouter(prefix="/flow_runs", tags=["flow runs"], route_class=JsonRoute)
 
@@ -227,6 +238,8 @@ async def set_state(
     """
     preferences = parse_prefer(prefer)
     answer = None if preferences.get("return") == "minimal" else shaping.flow_run
+    if payload.logs and not allows(principal, Action.LOGS_WRITE):  # the same kinds and scope today: kept in step
+        raise AccessDenied(denial(kind_of(principal), Action.LOGS_WRITE))
     run, result = await _set_state_waiting(db, notifier, request, principal, flow_run_id, payload, answer, preferences)
     if result is None:
         changed = StateChanged(id=run.id, state=run.state, state_message=run.state_message)
@@ -269,7 +282,9 @@ async def _set_state_waiting(
 ) -> tuple[FlowRun, _Answer | None]:
     """The state change, waiting for the agent's Submitted first when the request may (``_submitted_wait``)."""
     check_state_allowed(principal, payload.name)
-    change = functools.partial(_change_state, db, notifier, principal, flow_run_id, payload, answer)
+    server: ServerSettings = request.app.state.settings.server
+    quota = logs.LogQuota(server.max_log_lines_per_run, server.max_log_bytes_per_run, server.log_grace_seconds)
+    change = functools.partial(_change_state, db, notifier, principal, flow_run_id, payload, answer, quota)
     wait = _submitted_wait(request, principal, payload.name, preferences)
     if wait <= 0 or notifier.watched(flow_run_id):  # one waiting Running per run: another answers at once
         run, result = await run_in_threadpool(change)
@@ -286,9 +301,16 @@ def _change_state(
     flow_run_id: str,
     payload: StateSet,
     answer: Callable[[Session, Principal, FlowRun], _Answer] | None,
+    quota: logs.LogQuota,
 ) -> tuple[FlowRun, _Answer | None]:
-    """The state change, in one transaction (a worker thread): the run, and ``answer`` of it (None: no answer)."""
+    """The state change and the log lines it carries, in one transaction (a worker thread): the run, and
+    ``answer`` of it (None: no answer)."""
     with transaction(db) as session:
+        if payload.logs:
+            # Before the change: a final state revokes the token and closes the run to lines (after the grace).
+            target = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
+            logs.write_logs(session, target, payload.logs, quota)
+            session.expire(target)  # its counters changed under the ORM (the final message names dropped lines)
         held_by = run_holder(session, principal, flow_run_id)
         # A user key marks a run Failed by hand: that ends it, whatever retries its flow has left.
         by_hand = kind_of(principal) == Kind.USER
