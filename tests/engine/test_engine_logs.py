@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 
 from baton.client import Client
+from baton.engine import logs as logs_module
 from baton.engine.logs import ApiLogHandler, LogShipper, StreamTee, console_logging, ship_output
 from baton.exceptions import ClientError, ServerUnavailableError
 from baton.sdk.context import inside_task_run
@@ -249,9 +250,10 @@ def test_closing_with_keep_returns_the_last_lines_unsent_after_every_line_sent(a
     shipper.start()
     kept = shipper.close(keep=5)
 
-    # Then the first lines were sent, in batches, and the last 3 or fewer come back, in order, after them
+    # Then the first lines were sent, in batches, and the last 3 or fewer come back, in order, after them: each
+    # line once, in either
     sent = messages(api)
-    assert [entry["message"] for entry in kept] == [f"line {n}" for n in range(len(sent), 7)]
+    assert sent + [entry["message"] for entry in kept] == [f"line {n}" for n in range(7)]
     assert 0 < len(kept) <= 3
     assert api.batch_sizes == [3] * (len(sent) // 3)
     assert shipper.dropped == 0
@@ -264,3 +266,19 @@ def test_closing_without_keep_sends_every_line(api: FakeApi) -> None:
 
     assert shipper.close() == []
     assert messages(api) == ["only"]
+
+
+def test_closing_keeps_no_more_than_its_character_budget(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given lines that together pass the budget of what may go with the final state
+    monkeypatch.setattr(logs_module, "KEEP_CHARACTERS", 1000)
+    shipper = shipper_for(api, batch_interval=30, batch_size=100)
+    for number in range(5):
+        shipper.emit(20, "test", f"{number}" * 400)
+
+    # When it closes, keeping up to 100 lines
+    shipper.start()
+    kept = shipper.close(keep=100)
+
+    # Then they were sent rather than kept
+    assert kept == []
+    assert len(api.logs) == 5

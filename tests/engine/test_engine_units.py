@@ -19,6 +19,7 @@ import pytest
 
 from baton.client import Client
 from baton.engine import limits
+from baton.engine import runner as runner_module
 from baton.engine.__main__ import main
 from baton.engine.cancel import TERMINATED
 from baton.engine.heartbeat import Heartbeat
@@ -277,8 +278,11 @@ def run_in_process(
     start_timeout: float = 2,
     state_retry_seconds: float = 120,
     stop_check_timeout: float = 1,
+    batch_interval: float = 0.05,
 ) -> int:
-    settings = load_settings(logging={"batch_interval_seconds": 0.05}, agent={"heartbeat_interval_seconds": heartbeat})
+    settings = load_settings(
+        logging={"batch_interval_seconds": batch_interval}, agent={"heartbeat_interval_seconds": heartbeat}
+    )
     return FlowRunner(
         cast(Client, api),
         "run-1",
@@ -292,7 +296,7 @@ def run_in_process(
 def test_runner_runs_the_flow_and_reports_states_task_runs_and_logs(baton_home: Path) -> None:
     api = FakeApi(flow_read(HELLO, "hello"), parameters={"name": "Ada"})
 
-    assert run_in_process(api) == 0
+    assert run_in_process(api, batch_interval=30) == 0
 
     assert [name for name, _ in api.states] == ["Submitted", "Running", "Success"]
     assert [(t["name"], t["states"]) for t in api.task_runs.values()] == [("greet", ["Running", "Success"])]
@@ -307,24 +311,33 @@ def test_runner_runs_the_flow_and_reports_states_task_runs_and_logs(baton_home: 
 
 
 def test_runner_sends_its_last_lines_apart_when_the_final_state_is_refused(baton_home: Path) -> None:
-    # Given a run that someone cancels for good while its flow runs
+    # Given a run being cancelled while its flow ends (Cancelling: its token still works)
     api = FakeApi(flow_read(HELLO, "hello"), parameters={"name": "Ada"})
-    api.refuse_states["Success"] = ConflictError(409, "the run is Cancelled", "Cancelled")
+    api.refuse_states["Success"] = ConflictError(409, "Cancelling -> Success is not allowed", "Cancelling")
 
     # When the flow ends: its Success, and the lines sent with it, are refused
-    exit_code = run_in_process(api)
+    exit_code = run_in_process(api, batch_interval=30)
 
     # Then the lines still reach the API, in a request of their own
-    assert exit_code == 0  # the run is final: nothing is left to do
+    assert exit_code == 1  # not Success, and not final yet: the agent ends the cancellation
     assert api.lines_with_states == []
     assert "write_logs" in api.calls
     assert ("stdout", "hello Ada") in [(entry["name"], entry["message"]) for entry in api.logs]
 
 
-def test_runner_sends_its_last_lines_first_to_a_server_that_refuses_them_with_a_state(baton_home: Path) -> None:
-    # Given a server older than lines sent with a state: the field is unknown to it (422)
+@pytest.mark.parametrize(
+    ("status", "detail"),
+    [
+        (422, "logs: extra inputs are not permitted"),  # a server older than lines sent with a state
+        (413, "request body too large"),  # lines that pass the server's body limit together
+    ],
+)
+def test_runner_sends_its_last_lines_first_when_a_state_with_them_is_refused(
+    baton_home: Path, status: int, detail: str
+) -> None:
+    # Given a server that refuses a state with lines, but not the lines alone nor the state alone
     api = FakeApi(flow_read(HELLO, "hello"), parameters={"name": "Ada"})
-    refused = ClientError(422, "logs: extra inputs are not permitted")
+    refused = ClientError(status, detail)
     original = api.change_flow_run_state
 
     def older(flow_run_id: str, name: str, message: str | None = None, **kwargs: Any) -> StateChanged:
@@ -334,8 +347,9 @@ def test_runner_sends_its_last_lines_first_to_a_server_that_refuses_them_with_a_
 
     api.change_flow_run_state = older  # type: ignore[method-assign]
 
-    assert run_in_process(api) == 0
+    assert run_in_process(api, batch_interval=30) == 0
 
+    # Then the run still ends as its flow did, and no line is lost
     assert api.state == "Success"
     last_state = len(api.calls) - 1 - api.calls[::-1].index("set_flow_run_state")
     assert api.calls.index("write_logs") < last_state  # the lines, then the state
@@ -781,3 +795,36 @@ def test_a_lost_creation_does_not_adopt_a_task_run_an_earlier_attempt_left_runni
     assert api.task_runs[stale.id]["states"] == ["Running"]
     assert sorted(t["states"][-1] for t in api.task_runs.values()) == ["Running", "Success"]
     assert len(api.task_runs) == 2
+
+
+def test_a_run_cancelled_while_its_flow_loads_slowly_ends_before_its_flow_is_called(
+    baton_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run started (Running) whose flow takes a while to load, and a user who cancels it meanwhile
+    api = FakeApi(flow_read(HELLO, "hello"), parameters={"name": "Ada"})
+    real_load = runner_module.load_flow
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        api.state = "Cancelling"
+        api.states.append(("Cancelling", "cancelled by a user"))
+        time.sleep(runner_module.RECHECK_AFTER_LOAD_SECONDS + 0.1)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "load_flow", slow_load)
+
+    # When the engine runs it (heartbeats far apart: only the check after the load can see the cancel in time)
+    exit_code = run_in_process(api, heartbeat=30)
+
+    # Then the flow is never called, and the run ends Cancelled
+    assert exit_code == 0
+    assert [name for name, _ in api.states] == ["Submitted", "Running", "Cancelling", "Cancelled"]
+    assert api.states[-1][1] == "cancelled before it started"
+    assert api.task_runs == {}
+
+
+def test_a_quick_load_asks_nothing_more_before_the_flow_runs(baton_home: Path) -> None:
+    api = FakeApi(flow_read(HELLO, "hello"), parameters={"name": "Ada"})
+
+    assert run_in_process(api, heartbeat=30) == 0
+
+    assert "flow_run_heartbeat" not in api.calls

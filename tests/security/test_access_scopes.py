@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from baton.schemas.core import Role
-from baton.server.access import Kind, Scope, check_scope, check_scope_inline, needs_session
+from baton.server.access import POLICY, Action, Kind, Scope, check_scope, check_scope_inline, needs_session
 from baton.server.models.tenants import Principal
 
 OWN_RUN = str(uuid.UUID(int=1))
@@ -86,3 +86,9 @@ def test_tenant_and_public_scopes_never_read_the_database(kind: Kind) -> None:
     for scope in (Scope.TENANT, Scope.PUBLIC):
         assert not needs_session(scope, kind)
         assert outcome(check_scope_inline, principal_of(kind), scope, {}) == "allowed"
+
+
+def test_whoever_may_set_a_runs_state_may_write_its_logs() -> None:
+    # A state change stores the log lines it carries (the flow-run process's last ones) under the state's rule:
+    # the two rules must stay one, or lines would reach a run through /state that /logs would refuse.
+    assert POLICY[Action.FLOW_RUN_SET_STATE] == POLICY[Action.LOGS_WRITE]

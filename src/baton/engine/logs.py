@@ -65,6 +65,15 @@ def storable(text: str) -> str:
     return text
 
 
+# At most this many characters (messages and names) of kept lines go with the final state: the request stays far
+# below the server's body limit (10 MB by default), whatever the lines.
+KEEP_CHARACTERS = 256 * 1024
+
+
+def _size(entries: deque[dict[str, Any]]) -> int:
+    return sum(len(entry["message"]) + len(entry["name"]) for entry in entries)
+
+
 class LogShipper:
     """Buffers log entries and sends them with ``Client.write_logs`` from its own thread.
 
@@ -160,8 +169,9 @@ class LogShipper:
     def close(self, keep: int = 0) -> list[dict[str, Any]]:
         """Send what is left (for at most ``flush_timeout`` seconds) and stop the thread.
 
-        With ``keep``, the last lines, up to ``keep`` and never more than a batch, are not sent but returned, in
-        order and after every line sent: the runner sends them with the run's final state, one request less.
+        With ``keep``, the last lines, up to ``keep``, never more than a batch nor :data:`KEEP_CHARACTERS`, are not
+        sent but returned, in order and after every line sent: the runner sends them with the run's final state,
+        one request less.
         """
         with self._condition:
             if self._closing:
@@ -210,7 +220,7 @@ class LogShipper:
             if self._closing and self._buffer and self._deadline is not None and time.monotonic() > self._deadline:
                 self._count_dropped_locked(len(self._buffer), "left when the flush deadline passed")
                 self._buffer.clear()
-            if self._closing and len(self._buffer) <= self._keep:
+            if self._closing and len(self._buffer) <= self._keep and _size(self._buffer) <= KEEP_CHARACTERS:
                 return None
             count = min(len(self._buffer), self._batch_size)
             batch = [self._buffer.popleft() for _ in range(count)]

@@ -17,6 +17,7 @@ while the API says ``Cancelling``); any other SIGTERM (an agent's cold stop, an 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,6 +53,8 @@ EXIT_SUCCESS = 0
 EXIT_FAILED = 1
 # How long the first call keeps trying an API that never answers at all (see ``_read_run``).
 FIRST_CONTACT_SECONDS = 60.0
+# A run started before its flow loaded asks again whether it was cancelled when the load took this long.
+RECHECK_AFTER_LOAD_SECONDS = 0.5
 _CANCEL_STATES = frozenset({StateName.CANCELLING, StateName.CANCELLED})
 
 
@@ -169,6 +172,7 @@ class FlowRunner:
         )
         if self._expected_flow_id and self._expected_flow_id != run.flow_id:
             logger.warning("BATON_FLOW_ID is %s but the run's flow is %s", self._expected_flow_id, run.flow_id)
+        loading = time.monotonic()
         try:
             flow = self._load(run, flow_read)
         except (FlowLoadError, ServerUnavailableError, ClientError) as exc:
@@ -176,10 +180,9 @@ class FlowRunner:
             return Outcome(StateName.FAILED, describe_error(exc), EXIT_FAILED)
         if self._cancel.reason is not None:  # stopped while the run was started or read, and loaded
             return self._stopped(self._cancel.reason)
-        if not started:
-            stopped = self._start()
-            if stopped is not None:
-                return stopped
+        stopped = self._cancelled_while_loading(time.monotonic() - loading) if started else self._start()
+        if stopped is not None:
+            return stopped
         return self._run_flow(flow, run.parameters)
 
     def _read_run(self) -> tuple[FlowRunRead, FlowRead | None, bool] | Outcome:
@@ -271,6 +274,19 @@ class FlowRunner:
         logger.error("Cannot start the flow run: it is %s", refused_by)
         return Outcome(None, None, EXIT_FAILED)
 
+    def _cancelled_while_loading(self, seconds: float) -> Outcome | None:
+        """After a load that took a while (a bundle downloaded, heavy imports), whether the run was cancelled
+        meanwhile: it then ends before its flow is called, as a cancel before the start does. A quick load asks
+        nothing (the heartbeat sees a cancel within its interval); an answer that does not come lets the flow run."""
+        if seconds < RECHECK_AFTER_LOAD_SECONDS:
+            return None
+        try:
+            state = self._client.flow_run_heartbeat(self._id).state
+        except BatonError as exc:
+            logger.warning("Cannot tell whether the run was cancelled while its flow loaded: %s", exc)
+            return None
+        return self._cancelled_before_start(state) if state in _CANCEL_STATES else None
+
     def _not_to_run(self, state: str) -> Outcome:
         if state in _CANCEL_STATES:
             return self._cancelled_before_start(state)
@@ -315,13 +331,16 @@ class FlowRunner:
         return Outcome(StateName.FAILED, TERMINATED, EXIT_FAILED)
 
     def _set_final(self, state: StateName, message: str | None, lines: list[dict[str, Any]]) -> str | None:
-        """The final state with the last lines (``StateSetter.set``). A server older than lines sent with a state
-        refuses the field (422): then the lines go first, and ``lines`` is emptied (they are sent, or noted lost)."""
+        """The final state with the last lines (``StateSetter.set``). Refused for another reason than the token
+        (422 from a server older than lines sent with a state, 413 from one whose body limit they pass, ...): the
+        lines go first on their own, then the state alone, and ``lines`` is emptied (sent, or noted lost). The run
+        must end whatever its lines do."""
         try:
             return self._states.set(state, message, logs=lines)
         except ClientError as exc:
-            if not lines or exc.status_code != 422:
+            if not lines or isinstance(exc, AuthenticationError):
                 raise
+            logger.info("The final state with its last log lines was refused (%s): sending them apart", exc)
         self._send_lines_apart(lines)
         lines.clear()
         return self._states.set(state, message)
