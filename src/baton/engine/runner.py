@@ -6,8 +6,10 @@ Usage (what ``python -m baton.engine`` does)::
         exit_code = FlowRunner(client, flow_run_id, settings).run()
 
 The run never stays Running when the flow raises, whatever it raises: the outcome is Success, Failed with
-``"<ExceptionType>: <message>"`` (the traceback goes to the logs) or Cancelled. Logs are flushed before the final
-state is set, because the API revokes the run token once the run is final.
+``"<ExceptionType>: <message>"`` (the traceback goes to the logs) or Cancelled. The last log lines go with the final
+state, in its request and its transaction (the lines before are flushed first): the API revokes the run token once
+the run is final. The run starts with one request (``POST .../start``: Running, and the run with its flow), before
+its flow is loaded.
 
 A stop ends the run Cancelled when the run is being cancelled (``Cancelling`` seen by the heartbeat, or SIGTERM
 while the API says ``Cancelling``); any other SIGTERM (an agent's cold stop, an operator) ends it Failed with
