@@ -14,6 +14,7 @@ from baton.agent.loops import (
     retry_call,
     sleep_or_wake,
 )
+from baton.agent.shared import HEARTBEAT_SOON_SECONDS, Wakeups
 from baton.agent.testing import InMemoryAgent
 from baton.backoff import Backoff
 from baton.exceptions import NotFoundError, ServerUnavailableError
@@ -174,3 +175,22 @@ def test_an_agent_with_default_settings_rides_out_six_minutes_of_outage(
         while True:
             pauses.append(policy.failed(ServerUnavailableError("connection refused"), "poll"))
     assert (len(pauses), sum(pauses)) == (29, 375.5)
+
+
+def test_heartbeats_asked_soon_share_one_wake_that_comes_after_the_delay() -> None:
+    async def scenario() -> float:
+        wakeups = Wakeups()
+        ticker = wakeups.heartbeat = IntervalTicker(3600)
+        await ticker.wait()  # its first tick returns at once; the next is an hour away
+        started = time.monotonic()
+        for _ in range(5):  # the Submitted of a burst of runs
+            wakeups.wake_heartbeat_soon()
+        await asyncio.wait_for(ticker.wait(), 10)
+        waited = time.monotonic() - started
+        with pytest.raises(TimeoutError):  # one wake for the five: none is left pending
+            await asyncio.wait_for(ticker.wait(), HEARTBEAT_SOON_SECONDS * 3)
+        wakeups.wake_heartbeat_soon()  # and the next ask schedules a wake of its own
+        await asyncio.wait_for(ticker.wait(), 10)
+        return waited
+
+    assert asyncio.run(scenario()) >= HEARTBEAT_SOON_SECONDS * 0.9

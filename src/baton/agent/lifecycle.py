@@ -151,7 +151,9 @@ class RunLifecycle:
         run.confirm_submitted()
         self._status.deployments += 1
         logger.info("submitted run %s (%s): %s", run.id, run.name, deployment.message)
-        self._wakeups.wake_heartbeat()  # an early end must be reported, and cancels noticed, soon
+        # Cancels asked meanwhile are noticed soon (the heartbeat's answer names them), and the Submitted of a burst
+        # of runs share that heartbeat.
+        self._wakeups.wake_heartbeat_soon()
 
     async def _submitted_after_all(self, run: ActiveRun, refusal: ConflictError) -> bool:
         """Whether a refused Submitted went through anyway; if not, stop what was deployed.
