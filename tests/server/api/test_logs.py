@@ -170,12 +170,19 @@ def test_read_key_lists_but_does_not_create_task_runs(reader: Client, run: FlowR
         reader.create_task_run(run.id, "greet")
 
 
-def test_a_final_state_stores_the_lines_it_carries_after_the_runs_others(
-    token: Client, claimed: ClaimedRun, user: Client, runner: Client
-) -> None:
+@pytest.fixture
+def running(token: Client, claimed: ClaimedRun, runner: Client) -> str:
+    """The claimed run, Submitted by its agent and set Running by its token: its id."""
     run_id = claimed.flow_run.id
     runner.set_flow_run_state(run_id, "Submitted")
     token.set_flow_run_state(run_id, "Running")
+    return run_id
+
+
+def test_a_final_state_stores_the_lines_it_carries_after_the_runs_others(
+    token: Client, running: str, user: Client
+) -> None:
+    run_id = running
     token.write_logs(run_id, lines("one", key_prefix="early"))
 
     ended = token.change_flow_run_state(run_id, "Success", logs=lines("two", "three", key_prefix="last"))
@@ -195,12 +202,8 @@ def test_a_refused_state_stores_none_of_its_lines(token: Client, claimed: Claime
     assert user.get_flow_run(run_id).state == "Pending"
 
 
-def test_a_state_with_too_many_lines_is_refused_whole(
-    token: Client, claimed: ClaimedRun, user: Client, runner: Client
-) -> None:
-    run_id = claimed.flow_run.id
-    runner.set_flow_run_state(run_id, "Submitted")
-    token.set_flow_run_state(run_id, "Running")
+def test_a_state_with_too_many_lines_is_refused_whole(token: Client, running: str, user: Client) -> None:
+    run_id = running
 
     with pytest.raises(ClientError) as refused:
         token.change_flow_run_state(run_id, "Success", logs=lines(*["x"] * 1001))
@@ -216,3 +219,20 @@ def test_a_read_key_cannot_send_lines_with_a_state(tenant: TenantContext, claime
     )
 
     assert response.status_code == 403, response.text
+
+
+def test_lines_with_a_state_reach_no_run_their_sender_may_not_change(
+    tenant: TenantContext, running: str, user: Client
+) -> None:
+    # Another runner key of the tenant (its agents hold no claim on the run), and another run's token
+    other_runner = tenant.admin.create_api_key("runner", name="other").key
+    other_run = tenant.stage("Running")
+    body = {"name": "Failed", "logs": lines("smuggled")}
+
+    by_runner = tenant.raw(other_runner).post(f"/api/flow_runs/{running}/state", json=body)
+    by_token = tenant.raw(other_run.token).post(f"/api/flow_runs/{running}/state", json=body)
+
+    assert by_runner.status_code == 403, by_runner.text
+    assert by_token.status_code == 404, by_token.text
+    assert user.get_logs(running).logs == []
+    assert user.get_flow_run(running).state == "Running"

@@ -271,7 +271,7 @@ async def _set_state_waiting(
     """The state change, waiting for the agent's Submitted first when the request may (``_submitted_wait``)."""
     check_state_allowed(principal, payload.name)
     server: ServerSettings = request.app.state.settings.server
-    quota = logs.LogQuota(server.max_log_lines_per_run, server.max_log_bytes_per_run, server.log_grace_seconds)
+    quota = logs.LogQuota.of(server)
     change = functools.partial(_change_state, db, notifier, principal, flow_run_id, payload, answer, quota)
     wait = _submitted_wait(request, principal, payload.name, preferences)
     if wait <= 0 or notifier.watched(flow_run_id):  # one waiting Running per run: another answers at once

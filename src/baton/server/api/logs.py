@@ -50,7 +50,7 @@ def write_logs(
     """Store log lines (a retried batch is stored once); past the run's quota they are counted as dropped, and a
     run that ended more than the server's log grace ago answers 409."""
     server: ServerSettings = request.app.state.settings.server
-    quota = logs.LogQuota(server.max_log_lines_per_run, server.max_log_bytes_per_run, server.log_grace_seconds)
+    quota = logs.LogQuota.of(server)
     with transaction(db) as session:
         run = flow_runs.get_flow_run(session, principal.tenant_id, flow_run_id)
         result = logs.write_logs(session, run, payload.logs, quota)

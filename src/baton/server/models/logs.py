@@ -28,6 +28,7 @@ from baton.schemas.states import FINAL_STATES
 from baton.server.database.connection import upsert_insert
 from baton.server.database.orm import FlowRun, Log, UTCDateTime, utcnow
 from baton.server.models.errors import LogsClosed
+from baton.settings import ServerSettings
 
 MARKER_KEY = f"{RESERVED_LOG_KEY_PREFIX}log-quota"
 MARKER_LEVEL = 30  # logging.WARNING
@@ -41,6 +42,10 @@ class LogQuota:
     max_lines: int
     max_bytes: int
     grace_seconds: float
+
+    @classmethod
+    def of(cls, server: ServerSettings) -> LogQuota:
+        return cls(server.max_log_lines_per_run, server.max_log_bytes_per_run, server.log_grace_seconds)
 
 
 @dataclass(frozen=True)
