@@ -57,17 +57,20 @@ class ApiSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        import httpx
+        from urllib.parse import urlsplit
 
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"API URL must start with http:// or https://, got {value!r}")
         try:
-            host = httpx.URL(value).host
-        except httpx.InvalidURL as exc:
+            parts = urlsplit(value)
+            host, _port = parts.hostname, parts.port  # .port raises on a port that is not one
+        except ValueError as exc:
             raise ValueError(f"invalid API URL {value!r}: {exc}") from exc
         if not host:
             raise ValueError(f"API URL {value!r} has no host")
+        if any(char.isspace() or not char.isprintable() for char in parts.netloc):
+            raise ValueError(f"invalid API URL {value!r}: its host holds a space or a control character")
         return value
 
 

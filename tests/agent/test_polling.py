@@ -4,11 +4,13 @@ real API server in process, whose claims are real long polls."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
+from email.message import Message
+from typing import Any
 
-import httpx
 import pytest
 
 from baton.agent.polling import ClaimCall, release_in_thread
@@ -16,6 +18,14 @@ from baton.agent.testing import InMemoryAgent
 from baton.backoff import Backoff
 from baton.client import Client
 from baton.client.http import is_unreachable, may_have_reached_the_server
+from baton.client.transport import (
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimedOut,
+    HttpTransport,
+    Response,
+    TimedOut,
+)
 from baton.exceptions import NotFoundError, ServerUnavailableError
 from baton.schemas.responses import ClaimResponse
 
@@ -86,7 +96,7 @@ def test_release_in_thread_retries_transient_errors_and_releases_each_run(app_ap
 
 def _unreachable() -> ServerUnavailableError:
     error = ServerUnavailableError("cannot reach the API at http://127.0.0.1:9: [Errno 111] Connection refused")
-    error.__cause__ = httpx.ConnectError("[Errno 111] Connection refused")
+    error.__cause__ = ConnectFailed("[Errno 111] Connection refused")
     return error
 
 
@@ -131,18 +141,31 @@ def test_the_api_answering_again_cuts_the_poll_loops_backoff_short(
     running.join()
 
 
-def _client_answering(handler: Callable[[httpx.Request], httpx.Response]) -> Client:
-    client = Client("http://api.test", "bat_test")
-    client.close()
-    client._http = httpx.Client(base_url="http://api.test", transport=httpx.MockTransport(handler))
-    return client
+class _Answering(HttpTransport):
+    """A transport whose every request is answered (or failed) by ``handler``, without a network."""
+
+    def __init__(self, handler: Callable[[str, str], Response]) -> None:
+        super().__init__("http://127.0.0.1:9")
+        self.handler = handler
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        return self.handler(method, path)
+
+
+def _client_answering(handler: Callable[[str, str], Response]) -> Client:
+    return Client("http://127.0.0.1:9", "bat_test", transport=_Answering(handler))
+
+
+def _answer(status: int, body: dict[str, Any], **headers: str) -> Response:
+    message = Message()
+    for name, value in headers.items():
+        message[name] = value
+    return Response(status, "", message, json.dumps(body).encode())
 
 
 def test_a_429_is_transient_for_the_client_so_an_agent_backs_off_instead_of_dying() -> None:
     client = _client_answering(
-        lambda request: httpx.Response(
-            429, json={"detail": "too many failed authentications"}, headers={"Retry-After": "7"}
-        )
+        lambda method, path: _answer(429, {"detail": "too many failed authentications"}, **{"Retry-After": "7"})
     )
     with pytest.raises(ServerUnavailableError, match="HTTP 429 too many failed authentications; retry after 7 s"):
         client.whoami()
@@ -151,14 +174,14 @@ def test_a_429_is_transient_for_the_client_so_an_agent_backs_off_instead_of_dyin
 @pytest.mark.parametrize(
     ("error", "reached"),
     [
-        (httpx.ConnectError("[Errno 111] Connection refused"), False),
-        (httpx.ConnectTimeout("timed out"), False),
-        (httpx.ReadTimeout("timed out"), True),
-        (httpx.RemoteProtocolError("Server disconnected without sending a response."), True),
+        (ConnectFailed("[Errno 111] Connection refused"), False),
+        (ConnectTimedOut("no connection in 30 s"), False),
+        (TimedOut("no answer in 30 s"), True),
+        (ConnectionLost("Remote end closed connection without response"), True),
     ],
 )
 def test_only_a_failure_to_connect_proves_a_request_never_reached_the_server(error: Exception, reached: bool) -> None:
-    def fail(request: httpx.Request) -> httpx.Response:
+    def fail(method: str, path: str) -> Response:
         raise error
 
     with pytest.raises(ServerUnavailableError) as caught:

@@ -190,7 +190,9 @@ def test_stream_tee_keeps_partial_lines_of_threads_apart(api: FakeApi) -> None:
     assert messages(api) == ["thread line", "main line"]
 
 
-def test_log_handler_ships_records_with_tracebacks_but_not_httpx_records(api: FakeApi) -> None:
+def test_log_handler_ships_records_with_tracebacks_and_a_librarys_but_not_the_api_clients(api: FakeApi) -> None:
+    # The engine's requests are logged by baton.client (shipping them would feed itself); httpx's records can only
+    # be the flow's own.
     with shipper_for(api) as shipper:
         handler = ApiLogHandler(shipper)
         flow_logger = logging.getLogger("baton.tests.flow")
@@ -200,12 +202,15 @@ def test_log_handler_ships_records_with_tracebacks_but_not_httpx_records(api: Fa
                 raise ValueError("inner problem")
             except ValueError:
                 flow_logger.exception("it failed")
-            logging.getLogger("httpx").addHandler(handler)
-            logging.getLogger("httpx").warning("HTTP Request: POST ...")
+            for name in ("httpx", "baton.client"):
+                logging.getLogger(name).addHandler(handler)
+                logging.getLogger(name).warning("HTTP Request: POST ...")
         finally:
             flow_logger.removeHandler(handler)
-            logging.getLogger("httpx").removeHandler(handler)
-    (entry,) = api.logs
+            for name in ("httpx", "baton.client"):
+                logging.getLogger(name).removeHandler(handler)
+    entry, library = api.logs
+    assert (library["name"], library["message"]) == ("httpx", "HTTP Request: POST ...")
     assert entry["level"] == logging.ERROR
     assert entry["name"] == "baton.tests.flow"
     assert entry["message"].startswith("it failed\nTraceback (most recent call last):")

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import httpx
 import pytest
 
 from baton.client import Client
+from baton.client.transport import ConnectFailed, ConnectionLost
 from baton.engine.transitions import FIRST_POLL_SECONDS, POLL_SECONDS, StateSetter
 from baton.exceptions import AuthenticationError, ConflictError, ServerUnavailableError
 from baton.schemas.states import StateName
@@ -186,7 +186,7 @@ def test_final_states_are_not_waited_for() -> None:
 def test_a_final_state_whose_answer_was_lost_counts_as_set_when_the_retry_finds_the_token_revoked() -> None:
     # Given a Success the server committed (revoking the run token) before its answer was lost
     lost = ServerUnavailableError("the API at http://api failed: connection reset")
-    lost.__cause__ = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    lost.__cause__ = ConnectionLost("Server disconnected without sending a response.")
     api = ScriptedApi(Clock(), [lost, AuthenticationError(401, "unknown or revoked key")])
 
     # Then the retry's 401 says the run is final: the Success went through
@@ -198,7 +198,7 @@ def test_a_final_state_whose_answer_was_lost_counts_as_set_when_the_retry_finds_
 def test_a_refused_token_after_a_request_that_never_left_is_no_success(state: StateName) -> None:
     # A connection that was never made cannot have set anything; nor does Running revoke the token.
     never_sent = ServerUnavailableError("cannot reach the API at http://api: connection refused")
-    never_sent.__cause__ = httpx.ConnectError("[Errno 111] Connection refused")
+    never_sent.__cause__ = ConnectFailed("[Errno 111] Connection refused")
     lost = ServerUnavailableError("read timeout")
     first = never_sent if state == StateName.SUCCESS else lost
     api = ScriptedApi(Clock(), [first, AuthenticationError(401, "unknown or revoked key")])

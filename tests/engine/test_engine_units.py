@@ -14,10 +14,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import pytest
 
 from baton.client import Client
+from baton.client.transport import ConnectFailed, TimedOut
 from baton.engine import limits
 from baton.engine import runner as runner_module
 from baton.engine.__main__ import main
@@ -101,7 +101,7 @@ def test_call_with_retry_raises_when_the_time_is_up() -> None:
 
 def _unreachable() -> ServerUnavailableError:
     error = ServerUnavailableError("cannot connect to http://127.0.0.1:1: connection refused")
-    error.__cause__ = httpx.ConnectError("connection refused")  # what the client raises it from
+    error.__cause__ = ConnectFailed("connection refused")  # what the client raises it from
     return error
 
 
@@ -132,7 +132,7 @@ def test_call_with_retry_keeps_the_long_budget_once_the_api_answered() -> None:
 def test_call_with_retry_counts_a_slow_answer_as_an_answer() -> None:
     # A read timeout reached the server: not the short budget of an address nothing listens on
     slow = ServerUnavailableError("timed out reading the answer")
-    slow.__cause__ = httpx.ReadTimeout("timed out")
+    slow.__cause__ = TimedOut("timed out")
     call = _answers(slow, "ok")
 
     assert call_with_retry(call, what="test", timeout_seconds=60, unreachable_seconds=0, sleep=lambda _: None) == "ok"
@@ -663,9 +663,9 @@ def test_engine_help_works_and_the_engine_imports_no_heavy_modules() -> None:
         [sys.executable, "-m", "baton.engine", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--no-cloud-logs" in help_text
-    heavy = {"rich", "click", "fastapi", "sqlalchemy", "baton.schemas.actions"}
+    heavy = {"rich", "click", "fastapi", "sqlalchemy", "httpx", "httpcore", "anyio", "baton.schemas.actions"}
     probe = (
-        "import sys, baton.engine.__main__ as m; m._import_httpx_without_its_cli(); import baton.engine.runner; "
+        "import sys, baton.engine.__main__, baton.client.http, baton.engine.runner; "
         f"print(sorted({{n if n.startswith('baton') else n.split('.')[0] for n in sys.modules}} & {heavy!r}))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout

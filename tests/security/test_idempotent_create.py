@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from baton.client import Client
+from baton.client.transport import ConnectionLost, HttpTransport, Response
 from baton.exceptions import ConflictError
 from baton.schemas.responses import FlowRead
-from server.harness import FastClient, TenantContext
+from server.harness import TenantContext
 from support import ServerProcess, register_source_flow
 
 
@@ -68,7 +69,7 @@ def test_racing_retries_make_one_run(tenant: TenantContext, flow: FlowRead) -> N
     lock = threading.Lock()
 
     def create() -> None:
-        with FastClient(tenant.server.url, user_key) as client:
+        with Client(tenant.server.url, user_key) as client:
             run_id = client.create_flow_run(flow_name="hello", idempotency_key=key, retries=10).id
         with lock:
             made.append(run_id)
@@ -83,40 +84,32 @@ def test_racing_retries_make_one_run(tenant: TenantContext, flow: FlowRead) -> N
     assert _runs_of(tenant.admin) == made[:1]
 
 
-class _LosesTheFirstAnswer(httpx.BaseTransport):
-    """Forwards every request, then drops the first answer on the floor, as a server killed after its commit would."""
+class _LosesTheFirstAnswer(HttpTransport):
+    """Sends every request, then drops the first answer on the floor, as a server killed after its commit would."""
 
-    def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
+    def __init__(self, base_url: str, key: str) -> None:
+        super().__init__(base_url, {"Authorization": f"Bearer {key}"})
         self.keys: list[str | None] = []
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.inner.handle_request(request)
-        self.keys.append(request.headers.get("Idempotency-Key"))
+    def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        answer = super().request(method, path, **kwargs)
+        self.keys.append((kwargs.get("headers") or {}).get("Idempotency-Key"))
         if len(self.keys) == 1:
-            response.read()
-            response.close()
-            raise httpx.ReadError("connection lost before the answer", request=request)
-        return response
-
-    def close(self) -> None:
-        self.inner.close()
+            raise ConnectionLost("connection lost before the answer")
+        return answer
 
 
 def test_the_client_retries_a_lost_answer_with_the_same_key(tenant: TenantContext, flow: FlowRead) -> None:
-    transport = _LosesTheFirstAnswer()
-    client = FastClient(tenant.server.url, tenant.key("user"))
-    client._http = httpx.Client(base_url=client.api_url, headers=client._http.headers, transport=transport)
-    with client:
+    transport = _LosesTheFirstAnswer(tenant.server.url, tenant.key("user"))
+    with Client(tenant.server.url, transport=transport) as client:
         created = client.create_flow_run(flow_name="hello", retries=2)
     assert len(transport.keys) == 2 and transport.keys[0] == transport.keys[1] is not None
     assert _runs_of(tenant.admin) == [created.id]
 
 
 def test_the_client_does_not_retry_unless_asked(tenant: TenantContext, flow: FlowRead) -> None:
-    client = FastClient(tenant.server.url, tenant.key("user"))
-    client._http = httpx.Client(base_url=client.api_url, headers=client._http.headers, transport=_LosesTheFirstAnswer())
-    with client, pytest.raises(Exception, match="connection lost"):
+    transport = _LosesTheFirstAnswer(tenant.server.url, tenant.key("user"))
+    with Client(tenant.server.url, transport=transport) as client, pytest.raises(Exception, match="connection lost"):
         client.create_flow_run(flow_name="hello")
 
 

@@ -27,20 +27,6 @@ from baton.settings import BatonSettings, load_settings
 from support import ServerProcess, register_source_flow
 
 
-class FastClient(Client):
-    """The real client, on a plain-HTTP transport.
-
-    ``httpx.Client()`` builds a certifi SSL context (~40 ms) that these http://127.0.0.1 servers never use; with
-    several clients per test that alone would dominate the suite's run time.
-    """
-
-    def __init__(self, api_url: str, api_key: str | None, timeout: float = 30.0) -> None:
-        # Client.__init__ would build the SSL context; this mirrors it with verify=False.
-        self.api_url = api_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout, verify=False)
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -104,7 +90,7 @@ class TenantContext:
     def client(self, key: str) -> Client:
         """A client with ``key`` (an API key or a run token); one per key, closed with the tenant."""
         if key not in self._clients:
-            self._clients[key] = FastClient(self.server.url, key)
+            self._clients[key] = Client(self.server.url, key)
         return self._clients[key]
 
     def new_key(self, role: str) -> str:

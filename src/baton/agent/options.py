@@ -101,14 +101,17 @@ def default_agent_name(agent_type: str) -> str:
 
 
 def configure_agent_logging(level: str) -> None:
-    """Set the agent logger's level; give it a handler when nothing else configured logging."""
-    agent_logger = logging.getLogger("baton.agent")
-    agent_logger.setLevel(level.upper())
-    # Programmatic use (`LocalAgent().start()`) with logging unconfigured should still say what it does.
-    if not agent_logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s | %(message)s"))
-        agent_logger.addHandler(handler)
+    """Set the level of the agent's logger and of its API client's (which logs each request at DEBUG); give each a
+    handler when nothing else configured logging."""
+    unconfigured = not logging.getLogger().handlers
+    for name in ("baton.agent", "baton.client"):
+        named = logging.getLogger(name)
+        named.setLevel(level.upper())
+        # Programmatic use (`LocalAgent().start()`) with logging unconfigured should still say what it does.
+        if unconfigured and not named.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s | %(message)s"))
+            named.addHandler(handler)
 
 
 def check_identity(who: WhoAmI, wanted_tenant_id: str | None) -> None:

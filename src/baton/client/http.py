@@ -1,6 +1,7 @@
-"""A small synchronous httpx client: one method per route, errors mapped to Baton's specific exceptions.
+"""A small synchronous API client: one method per route, errors mapped to Baton's specific exceptions.
 
-It is thread-safe (httpx.Client is), which the agent relies on: its loops call it through ``asyncio.to_thread``.
+It is thread-safe (its transport, :mod:`baton.client.transport`, pools connections under a lock), which the agent
+relies on: its loops call it through ``asyncio.to_thread``.
 
 Transient failures (no connection, a timeout, a 5xx, a 429) raise :class:`ServerUnavailableError`; callers retry
 them. Whether the failed request may still have been carried out matters to a retry (a claim, a state change whose
@@ -14,12 +15,13 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import httpx
 from pydantic import BaseModel
 
+from baton import __version__
 from baton.backoff import Backoff
+from baton.client.transport import ConnectFailed, HttpTransport, Response, TimedOut, TransportError
 from baton.exceptions import (
     AuthenticationError,
     ClientError,
@@ -49,10 +51,6 @@ _ERRORS_BY_STATUS: dict[int, type[ClientError]] = {
 }
 
 
-# Failures before the request was sent: the server cannot have acted on it.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
 def may_have_reached_the_server(exc: BaseException) -> bool:
     """Whether a request that failed with ``exc`` may have been carried out although its answer never arrived.
 
@@ -60,12 +58,12 @@ def may_have_reached_the_server(exc: BaseException) -> bool:
     while waiting for the answer, a read timeout or a 5xx may follow a change the server made (it committed, then
     died or answered late): a retry may then meet the consequences (a 409, a revoked run token).
     """
-    return not isinstance(exc.__cause__, _NOT_SENT)
+    return not isinstance(exc.__cause__, ConnectFailed)
 
 
 def is_unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` says the API did not answer at all (no connection, a timeout), rather than answered 5xx."""
-    return isinstance(exc.__cause__, httpx.TransportError)
+    return isinstance(exc.__cause__, TransportError)
 
 
 def _segment(value: str) -> str:
@@ -73,7 +71,7 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: Response) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -89,7 +87,7 @@ def _detail(response: httpx.Response) -> str:
     return str(detail)
 
 
-def _current_state(response: httpx.Response) -> str | None:
+def _current_state(response: Response) -> str | None:
     """The run's state named by a refused state change's 409 (``ErrorDetail.current_state``), if any."""
     try:
         body = response.json()
@@ -99,14 +97,14 @@ def _current_state(response: httpx.Response) -> str | None:
     return state if isinstance(state, str) else None
 
 
-def _wrong_base_hint(api_url: str, response: httpx.Response) -> str | None:
+def _wrong_base_hint(api_url: str, response: Response) -> str | None:
     """A clearer 404 when the API URL is not the server's root (``-a http://host:4200/api`` gave a bare "Not Found").
 
     Routes answer 404 with a detail naming what was not found; an unknown path answers FastAPI's bare "Not Found".
     """
     if response.status_code != 404 or _detail(response) != "Not Found":
         return None
-    path = httpx.URL(api_url).path.rstrip("/")
+    path = urlsplit(api_url).path.rstrip("/")
     if not path:
         return None
     root = api_url[: len(api_url) - len(path)] if api_url.endswith(path) else api_url
@@ -127,11 +125,20 @@ class Client:
         with Client() as client:
             client.create_flow_run(flow_name="hello", parameters={"name": "Ada"})
 
+    ``transport`` replaces the HTTP transport (tests put faults in it); ``api_key`` and ``timeout`` are then its own.
+
     Raises:
-        ConfigurationError: (``Client()`` only) the settings are malformed.
+        ConfigurationError: the settings (``Client()``) or the URL are malformed.
     """
 
-    def __init__(self, api_url: str | None = None, api_key: str | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        *,
+        transport: HttpTransport | None = None,
+    ) -> None:
         if api_url is None:
             from baton.settings import load_settings
 
@@ -142,12 +149,14 @@ class Client:
             timeout = settings.api.timeout_seconds if timeout is None else timeout
         timeout = 30.0 if timeout is None else timeout
         self.api_url = api_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # Building the TLS context (loading the CA bundle) costs ~60 ms, paid by every flow-run process and CLI
-        # call. A plain-http API never needs it: the client sends only relative paths to that base URL and never
-        # follows redirects, so no TLS connection can be made. For https the default verification stands.
-        verify = not self.api_url.startswith("http://")
-        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout, verify=verify)
+        self.timeout = timeout
+        headers = {"User-Agent": f"baton/{__version__}"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        try:
+            self._http = transport or HttpTransport(self.api_url, headers, timeout)
+        except ValueError as exc:  # the URL, or the environment's proxy for it
+            raise ConfigurationError(str(exc)) from exc
 
     @classmethod
     def from_settings(cls, settings: BatonSettings, require_key: bool = True) -> Client:
@@ -201,7 +210,7 @@ class Client:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
-    ) -> httpx.Response:
+    ) -> Response:
         """:meth:`request`, returning the whole 2xx response (its headers too); ``content``: a raw body instead of
         ``json``."""
         kwargs: dict[str, Any] = {}
@@ -215,9 +224,9 @@ class Client:
             params = {k: v for k, v in params.items() if v is not None}
         try:
             response = self._http.request(method, path, json=json, params=params, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise ServerUnavailableError(f"the API at {self.api_url} did not answer in time ({exc!r})") from exc
-        except httpx.TransportError as exc:
+        except TimedOut as exc:
+            raise ServerUnavailableError(f"the API at {self.api_url} did not answer in time ({exc})") from exc
+        except TransportError as exc:
             raise ServerUnavailableError(f"cannot reach the API at {self.api_url}: {exc}") from exc
         if response.status_code >= 500:
             raise ServerUnavailableError(
@@ -412,7 +421,7 @@ class Client:
             NotFoundError: no such run, or a server older than the route.
         """
         headers = {"Prefer": f"wait={wait_seconds:g}"} if wait_seconds > 0 else None
-        timeout = (self._http.timeout.read or 30.0) + max(wait_seconds, 0.0)  # the server may take the wait
+        timeout = self.timeout + max(wait_seconds, 0.0)  # the server may take the wait
         path = f"/api/flow_runs/{flow_run_id}/start"
         return self._model(r.FlowRunWithFlow, "POST", path, headers=headers, timeout=timeout)
 
@@ -496,7 +505,7 @@ class Client:
         prefer = r.PREFER_MINIMAL + (f", wait={wait_seconds:g}" if wait_seconds > 0 else "")
         headers = {"Prefer": prefer}
         path = f"/api/flow_runs/{flow_run_id}/state"
-        timeout = (self._http.timeout.read or 30.0) + max(wait_seconds, 0.0)  # the server may take the wait
+        timeout = self.timeout + max(wait_seconds, 0.0)  # the server may take the wait
         return self._model(r.StateChanged, "POST", path, json=body, headers=headers, timeout=timeout)
 
     def retry_flow_run(self, flow_run_id: str, idempotency_key: str | None = None) -> r.FlowRunRead:
@@ -598,7 +607,7 @@ class Client:
         if instance is not None:
             body["instance"] = instance
         # The long poll may legitimately take wait_seconds: give the read timeout that much more.
-        timeout = self._http.timeout.read or 30.0
+        timeout = self.timeout
         return self._model(
             r.ClaimResponse,
             "POST",

@@ -34,27 +34,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _import_httpx_without_its_cli() -> None:
-    """Import httpx without ``httpx._main``, its command-line tool, which pulls in click and rich (~50 ms).
-
-    httpx imports it inside ``try/except ImportError``; a ``None`` entry in ``sys.modules`` makes that import fail
-    cleanly. Every flow run pays the engine's start-up, so the saving is worth this. Should a future httpx
-    import it unguarded, the fallback imports httpx the ordinary way.
-    """
-    if "httpx" in sys.modules:
-        return
-    sys.modules["httpx._main"] = None  # type: ignore[assignment]
-    try:
-        import httpx
-    except ImportError:
-        del sys.modules["httpx._main"]
-        import httpx  # noqa: F401
-    finally:
-        entry: object = sys.modules.get("httpx._main", sys)
-        if entry is None:  # ours: let a later ``import httpx._main`` work normally
-            del sys.modules["httpx._main"]
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the flow run named by the arguments and environment; return the exit code."""
     args = _parse_args(argv)
@@ -62,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         print("baton.engine: no flow run: set BATON_FLOW_RUN_ID or pass --flow-run-id", file=sys.stderr)
         return EXIT_USAGE
 
-    _import_httpx_without_its_cli()
     from baton.client.http import Client
     from baton.engine.runner import FlowRunner
     from baton.exceptions import ConfigurationError

@@ -67,22 +67,11 @@ _PRELOADED: set[str] = set()
 
 def _preload() -> None:
     """Import what every flow run imports, once, here."""
-    from baton.engine.__main__ import _import_httpx_without_its_cli
-
-    _import_httpx_without_its_cli()
-    # httpx imports its transport (httpcore, h11, anyio, certifi: ~125 ms of CPU) only when a client is made, and
-    # the idna codec when a URL is: a run would pay both. Making one here imports them once, for every run.
-    import encodings.idna  # noqa: F401
-
-    import httpx
-
     import baton.client.http
     import baton.engine.runner
     import baton.sdk.flows
     import baton.sdk.tasks
     import baton.settings  # noqa: F401
-
-    httpx.Client(base_url="http://127.0.0.1").close()
 
 
 def _returncode(info: os.waitid_result) -> int:

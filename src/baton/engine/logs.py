@@ -38,8 +38,9 @@ from baton.engine.threads import block_stop_signals
 from baton.exceptions import ClientError, ServerUnavailableError
 from baton.sdk.context import current_task_run_id
 
-# Loggers whose records are never shipped: httpx logs every request, so shipping them would feed itself.
-_NOT_SHIPPED = ("httpx", "httpcore")
+# Loggers whose records are never shipped: the API client logs each request at DEBUG, shipping included, so
+# shipping its records would feed itself.
+_NOT_SHIPPED = "baton.client"
 
 
 def _real_stderr() -> IO[str]:
@@ -344,7 +345,7 @@ class ApiLogHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(message)s"))  # the API stores level, name and time apart
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.split(".", 1)[0] in _NOT_SHIPPED:
+        if record.name == _NOT_SHIPPED or record.name.startswith(_NOT_SHIPPED + "."):
             return False
         return bool(super().filter(record))
 
@@ -366,19 +367,11 @@ def console_logging(level: str = "INFO") -> Iterator[None]:
     console.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s | %(message)s"))
     root.addHandler(console)
     root.setLevel(level)
-    # httpx logs every request at INFO: noise next to the flow's own lines, unless one asks for DEBUG.
-    quiet = [logging.getLogger(name) for name in _NOT_SHIPPED]
-    saved_quiet = [logger.level for logger in quiet]
-    if level != "DEBUG":
-        for logger in quiet:
-            logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
         root.removeHandler(console)
         root.setLevel(saved_level)
-        for logger, saved in zip(quiet, saved_quiet, strict=True):
-            logger.setLevel(saved)
 
 
 @contextmanager

@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import httpx
-
 from baton.backoff import Backoff
+from baton.client.transport import ConnectFailed
 from baton.exceptions import ServerUnavailableError
 
 T = TypeVar("T")
@@ -73,4 +72,4 @@ def call_with_retry(
 
 def no_connection(exc: ServerUnavailableError) -> bool:
     """Whether the call could not connect at all (refused, no route, connect timeout): the address may be wrong."""
-    return isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout)
+    return isinstance(exc.__cause__, ConnectFailed)

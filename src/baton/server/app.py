@@ -67,13 +67,17 @@ DOCS_PATH = f"{API_PREFIX}/docs"
 # Agents' claims wait for runs (long polls), and the web UI's log streams stay open while a run goes on: neither
 # is counted among the requests in flight.
 LONG_POLL = re.compile(rf"^(?:{API_PREFIX}/agents/[^/]+/claim|/runs/[^/]+/logs/stream)$")
+# In the order a request is matched: FastAPI tries each router's routes in turn (with a regex and a scope copy
+# each), and then the chosen router's again, so the routes of a run's life come first. A claim was matched after
+# 23 routes, ~75 us of the server's CPU; first, ~15 us. No path of one router is matched by another's routes, so
+# the order changes nothing else (the OpenAPI document lists them in this order).
 ROUTERS = (
-    meta.router,
-    flows.router,
     flow_runs.router,
-    reruns.router,
     logs.router,
     agents.router,
+    meta.router,
+    flows.router,
+    reruns.router,
     notifications.router,
     limits.router,
     schedules.router,
@@ -158,6 +162,9 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
         version=__version__,
         lifespan=lifespan,
         openapi_url="/api/openapi.json",
+        # FastAPI's native OpenTelemetry: Baton configures none, and with it on, every request asked the global
+        # OpenTelemetry providers whether one had been set since (~4% of the CPU of a cheap request).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url=None,  # served below from this server's own files: FastAPI's page loads them from a CDN
         redoc_url=None,
     )

@@ -285,7 +285,7 @@ def test_secret_values_are_in_neither_agent_output_nor_run_logs(
     assert any(DIGEST in message for message in messages), messages
     # ...yet it is nowhere in the agent's output (its DEBUG lines and the flow's), the stored logs or the states.
     agent_output = agent.output()
-    assert DIGEST in agent_output and "DEBUG" in agent_output
+    assert DIGEST in agent_output and "DEBUG baton.client | POST /api/agents/" in agent_output
     assert SECRET not in agent_output
     assert not [message for message in messages if SECRET in message]
     assert SECRET not in json.dumps([state.model_dump(mode="json") for state in run.states])
