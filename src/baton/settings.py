@@ -62,6 +62,9 @@ class ApiSettings(BaseModel):
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"API URL must start with http:// or https://, got {value!r}")
+        if any(char.isspace() or not char.isprintable() for char in value):
+            # urlsplit drops tabs and newlines: "http://h:42\n00" would reach port 4200
+            raise ValueError(f"invalid API URL {value!r}: it holds a space or a control character")
         try:
             parts = urlsplit(value)
             host, _port = parts.hostname, parts.port  # .port raises on a port that is not one
@@ -69,8 +72,10 @@ class ApiSettings(BaseModel):
             raise ValueError(f"invalid API URL {value!r}: {exc}") from exc
         if not host:
             raise ValueError(f"API URL {value!r} has no host")
-        if any(char.isspace() or not char.isprintable() for char in parts.netloc):
-            raise ValueError(f"invalid API URL {value!r}: its host holds a space or a control character")
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            # A user and password would be ignored (the key goes in its own header) yet shown in every error.
+            shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}..."
+            raise ValueError(f"invalid API URL {shown}: the server's root, with no user, password, query or fragment")
         return value
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import shutil
 import socket
@@ -31,7 +32,8 @@ from baton.client.transport import (
     TimedOut,
     _tls_context,
 )
-from baton.exceptions import ConfigurationError, ServerUnavailableError
+from baton.exceptions import ClientError, ConfigurationError, ServerUnavailableError
+from baton.settings import load_settings
 from support import free_port
 
 PROXY_VARIABLES = [f"{name}{suffix}" for name in ("http", "https", "all", "no") for suffix in ("_proxy", "_PROXY")]
@@ -50,6 +52,7 @@ class Seen:
     headers: dict[str, str]
     body: bytes
     connection: int  # which TCP connection carried it (1, 2, ...)
+    authorizations: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,7 +86,8 @@ class EchoServer:
 
             def _answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, self.number)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                seen = Seen(self.command, self.path, headers, body, self.number, self.headers.get_all("Authorization"))
                 with echo._lock:
                     echo.seen.append(seen)
                 answer = json.dumps({"target": self.path, "connection": self.number}).encode()
@@ -126,15 +130,17 @@ def test_requests_share_one_keep_alive_connection_and_carry_the_clients_headers(
     with Client(f"http://127.0.0.1:{echo.port}/prefix/", "bat_key") as client:
         first = client.request("POST", "/api/x", json={"name": "Ada ✓", "n": 1})
         client.request("GET", "/api/y", params={"flag": True, "off": False, "tags": ["a b", "c/d"], "none": None})
-        client.request("GET", "/api/z", headers={"Authorization": "Bearer other"})
+        client.request("GET", "/api/z", headers={"authorization": "Bearer other"})
+        client.request("GET", "/api/flow_runs/a b\n")  # an id from outside: encoded, as httpx did, not refused
     assert first == {"target": "/prefix/api/x", "connection": 1}
-    post, get, own = echo.seen
-    assert [seen.connection for seen in echo.seen] == [1, 1, 1]
+    post, get, own, spaced = echo.seen
+    assert [seen.connection for seen in echo.seen] == [1, 1, 1, 1]
     assert json.loads(post.body) == {"name": "Ada ✓", "n": 1}
     assert post.headers["content-type"] == "application/json"
     assert post.headers["authorization"] == "Bearer bat_key" and post.headers["user-agent"].startswith("baton/")
     assert get.target == "/prefix/api/y?flag=true&off=false&tags=a%20b&tags=c%2Fd"
-    assert own.headers["authorization"] == "Bearer other"
+    assert own.authorizations == ["Bearer other"]  # replaced, whatever the case, not sent twice
+    assert spaced.target == "/prefix/api/flow_runs/a%20b%0A"
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_sent_once() -> None:
@@ -241,10 +247,65 @@ def test_no_answer_within_the_timeout_is_a_timeout_that_may_have_reached_the_ser
     assert time.monotonic() - started < 4
 
 
-@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1", "http://", "127.0.0.1:4200", "http://[::1"])
-def test_a_malformed_url_is_a_configuration_error(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="invalid API URL"):
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://127.0.0.1:1",
+        "http://",
+        "127.0.0.1:4200",
+        "http://[::1",
+        "http://127.0.0.1:42\n00",  # urlsplit drops the newline: it would reach port 4200
+        "http://agent:s3cret@127.0.0.1:4200",
+        "http://127.0.0.1:4200?x=1",
+    ],
+)
+def test_a_malformed_url_is_a_configuration_error_that_shows_no_password(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="invalid API URL") as caught:
         Client(url, "k")
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match=r"invalid API URL|must start with") as caught:
+        load_settings(api={"url": url})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_key_no_header_can_carry_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="character an HTTP header cannot carry"):
+        Client("http://127.0.0.1:4200", "bat_abc\nInjected: 1")
+
+
+def test_an_internationalised_host_goes_on_the_wire_in_its_idna_form() -> None:
+    assert HttpTransport("https://bücher.example:4200")._host == "xn--bcher-kva.example"
+
+
+def test_an_answer_sent_before_the_whole_body_was_read_is_the_answer() -> None:
+    # A server (or a proxy with a body limit) that answers 413 after the headers and closes without reading on
+    def behaviour(connection: socket.socket) -> None:
+        _read_request(connection)
+        connection.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+        connection.close()
+
+    for port in _listener(behaviour):
+        with Client(f"http://127.0.0.1:{port}", "k") as client, pytest.raises(ClientError) as caught:
+            client.upload_bundle("a" * 64, b"x" * (16 * 1024 * 1024))
+        assert caught.value.status_code == 413
+
+
+def test_keep_alive_holds_in_a_process_with_more_than_1024_descriptors(echo: EchoServer) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this process may open only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    pipes = [os.pipe() for _ in range(550)]  # the client's sockets get descriptors past 1023
+    try:
+        with Client(f"http://127.0.0.1:{echo.port}", "k") as client:
+            for _ in range(5):
+                client.request("GET", "/api/health")
+        assert {seen.connection for seen in echo.seen} == {1}
+    finally:
+        for read, write in pipes:
+            os.close(read)
+            os.close(write)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # --- many threads on one client (the agent's loops) ---------------------------------------------
@@ -377,9 +438,24 @@ def test_no_proxy_sends_straight_to_the_api(echo: EchoServer, proxy: Proxy, monk
 
 
 def test_a_proxy_of_another_scheme_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+    monkeypatch.setenv("ALL_PROXY", "socks5://agent:s3cret@127.0.0.1:1080")
     with pytest.raises(ConfigurationError, match=r"unsupported proxy 'socks5://127\.0\.0\.1:1080'.*only http://"):
         Client("http://127.0.0.1:4200", "k")
+
+
+def test_a_proxy_that_does_not_answer_connect_in_http_proves_the_request_never_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def behaviour(connection: socket.socket) -> None:
+        _read_request(connection)
+        connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        connection.close()
+
+    for port in _listener(behaviour):
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        with Client("https://127.0.0.1:4200", "k") as client, pytest.raises(ServerUnavailableError) as caught:
+            client.request("GET", "/api/health")
+        assert isinstance(caught.value.__cause__, ConnectFailed)
 
 
 @pytest.fixture

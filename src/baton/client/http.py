@@ -152,6 +152,12 @@ class Client:
         self.timeout = timeout
         headers = {"User-Agent": f"baton/{__version__}"}
         if api_key:
+            if not (api_key.isascii() and api_key.isprintable()):
+                # It would fail every request (HTTP headers cannot carry it), where the cause is the configuration.
+                raise ConfigurationError(
+                    "the API key holds a character an HTTP header cannot carry (a newline, a control or non-ASCII "
+                    "character): check the key you passed, BATON__API__KEY or $BATON_HOME/config.toml"
+                )
             headers["Authorization"] = f"Bearer {api_key}"
         try:
             self._http = transport or HttpTransport(self.api_url, headers, timeout)

@@ -15,6 +15,8 @@ What the transport promises its caller (``baton.client.http``):
   and time. The flow-run process does not ship these records (they would feed themselves).
 - An idle connection the server has closed (its keep-alive timeout) is noticed before it is used, and a new one is
   made; a request is never sent twice by the transport itself.
+- A path is sent percent-encoded where it must be (a space, a control character); the client's own path segments
+  are encoded already (``quote``).
 - Proxies come from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (either case), as the standard
   library reads them; only ``http://`` proxies are supported (https through them with ``CONNECT``). The CA
   certificates of an https API are ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set, else certifi's bundle when
@@ -106,7 +108,8 @@ def _environment_proxy(scheme: str, host: str, port: int) -> _Proxy | None:
         return None
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"unsupported proxy {url!r} (from the environment): only http:// proxies are supported")
+        shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"  # never its password
+        raise ValueError(f"unsupported proxy {shown!r} (from the environment): only http:// proxies are supported")
     authorization = None
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
@@ -148,10 +151,31 @@ def _is_dead(connection: http.client.HTTPConnection) -> bool:
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
     try:
+        if hasattr(select, "poll"):  # select() refuses descriptors past 1023, which a busy agent reaches
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True
     return bool(readable)
+
+
+def _ascii_host(host: str) -> str:
+    """``host`` as it goes on the wire: an internationalised name in its IDNA (punycode) form."""
+    try:
+        host.encode("ascii")
+    except UnicodeEncodeError:
+        try:
+            return host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"host {host!r} is not a valid internationalised domain name: {exc}") from exc
+    return host
+
+
+# What a path may hold as it is (RFC 3986 pchar and "/"; "%" keeps escapes the caller made): anything else, a space
+# or a control character say, is percent-encoded, as httpx did, rather than refused by http.client.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
 
 class HttpTransport:
@@ -168,6 +192,9 @@ class HttpTransport:
     """
 
     def __init__(self, base_url: str, headers: Mapping[str, str] | None = None, timeout: float = 30.0) -> None:
+        if any(char.isspace() or not char.isprintable() for char in base_url):
+            # urlsplit drops tabs and newlines: "http://h:42\n00" would go to port 4200
+            raise ValueError(f"invalid API URL {base_url!r}: it holds a space or a control character")
         try:
             parts = urlsplit(base_url)
             port = parts.port
@@ -175,10 +202,14 @@ class HttpTransport:
             raise ValueError(f"invalid API URL {base_url!r}: {exc}") from exc
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"invalid API URL {base_url!r}: it must be http(s)://host[:port]")
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            # A user and password would be ignored (the key goes in its own header) yet shown in every error.
+            shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}..."
+            raise ValueError(f"invalid API URL {shown}: the server's root, with no user, password, query or fragment")
         self._https = parts.scheme == "https"
-        self._host = parts.hostname
+        self._host = _ascii_host(parts.hostname)
         self._port = port or (443 if self._https else 80)
-        self._prefix = parts.path.rstrip("/")
+        self._prefix = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
         self._origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         self._headers = {"Accept": "application/json", **(headers or {})}
         self.timeout = timeout
@@ -217,26 +248,17 @@ class HttpTransport:
             ConnectionLost, TimedOut: no (whole) answer; the server may have carried the request out.
             RuntimeError: the transport is closed.
         """
-        target = self._prefix + path
-        if params:
-            query = _query(params)
-            target += f"?{query}" if query else ""
-        send_headers = dict(self._headers)
-        body = content
-        if json is not None:
-            body = jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-            send_headers["Content-Type"] = "application/json"
-        if headers:
-            send_headers.update(headers)
-        if self._proxy is not None and not self._https:  # a forward proxy takes the whole URL
-            target = self._origin + target
-            if self._proxy.authorization:
-                send_headers["Proxy-Authorization"] = self._proxy.authorization
+        target, send_headers, body = self._prepare(path, params, json, content, headers)
         seconds = self.timeout if timeout is None else timeout
         started = time.monotonic()
         connection = self._checkout(seconds)
+        sending: OSError | None = None
         try:
-            connection.request(method, target, body=body, headers=send_headers)
+            try:
+                connection.request(method, target, body=body, headers=send_headers)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # A server may answer before it has read the whole body (a 413) and close: read that answer.
+                sending = exc
             answer = connection.getresponse()
             data = answer.read()
         except TimeoutError as exc:
@@ -244,7 +266,8 @@ class HttpTransport:
             raise TimedOut(f"no answer in {seconds:g} s") from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+            cause = sending or exc
+            raise ConnectionLost(str(cause) or type(cause).__name__) from cause
         except BaseException:
             connection.close()
             raise
@@ -256,6 +279,34 @@ class HttpTransport:
             elapsed = 1000 * (time.monotonic() - started)
             logger.debug("%s %s -> %d in %.1f ms", method, path, answer.status, elapsed)
         return Response(answer.status, answer.reason, answer.msg, data)
+
+    def _prepare(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[str, dict[str, str], bytes | None]:
+        """The request's target, headers and body."""
+        target = self._prefix + quote(path, safe=_PATH_SAFE)
+        query = _query(params) if params else ""
+        if query:
+            target += f"?{query}"
+        send_headers = dict(self._headers)
+        body = content
+        if json is not None:
+            body = jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            send_headers["Content-Type"] = "application/json"
+        for name, value in (headers or {}).items():  # a caller's header replaces the client's, whatever its case
+            for same in [other for other in send_headers if other.lower() == name.lower()]:
+                del send_headers[same]
+            send_headers[name] = value
+        if self._proxy is not None and not self._https:  # a forward proxy takes the whole URL
+            target = self._origin + target
+            if self._proxy.authorization:
+                send_headers["Proxy-Authorization"] = self._proxy.authorization
+        return target, send_headers, body
 
     def _checkout(self, timeout: float) -> http.client.HTTPConnection:
         while True:
@@ -297,8 +348,8 @@ class HttpTransport:
                 connection.close()
             raise ConnectTimedOut(f"no connection to {host}:{port} in {timeout:g} s") from exc
         # Refused, no route, a name that does not resolve, TLS (SSL_CERT_FILE unreadable, the certificate refused),
-        # a proxy's refusal of the tunnel.
-        except OSError as exc:
+        # a proxy's refusal of the tunnel or an answer to CONNECT that is not HTTP: no byte of the request was sent.
+        except (OSError, http.client.HTTPException) as exc:
             if connection is not None:
                 connection.close()
             raise ConnectFailed(str(exc) or type(exc).__name__) from exc
