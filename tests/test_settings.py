@@ -271,3 +271,35 @@ def test_write_config_values_creates_baton_home(tmp_path: Path, monkeypatch: pyt
     assert path.parent == home
     assert mode_of(path) == 0o600
     assert tomllib.loads(path.read_text()) == {"server": {"port": 4300}}
+
+
+# --- the sources as settings.py merges them (pydantic-settings' rules, without its import cost) -------------
+
+
+def test_a_section_may_be_one_json_variable_under_its_keys(baton_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON__AGENT", '{"labels": ["a"], "limit": 3}')
+    monkeypatch.setenv("BATON__AGENT__LIMIT", "5")
+
+    settings = load_settings()
+
+    assert (settings.agent.labels, settings.agent.limit) == (["a"], 5)
+
+
+def test_a_deeper_name_sets_a_key_of_a_dict_setting(baton_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON__AGENT__ENV__region", "eu-west-1")
+
+    assert load_settings().agent.env == {"region": "eu-west-1"}
+
+
+def test_unknown_and_empty_names_are_ignored(baton_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BATON__NOPE__X", "BATON__API__NOPE", "BATON__", "BATON__API____URL", "BATONX__API__URL"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+
+    assert load_settings().api.url == DEFAULT_API_URL
+
+
+def test_an_unreadable_config_file_is_a_configuration_error(baton_home: Path) -> None:
+    config_path().mkdir()  # a directory where the file should be: reading it fails whoever we are
+
+    with pytest.raises(ConfigurationError, match=r"cannot read .*config\.toml"):
+        load_settings()

@@ -17,15 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from baton.exceptions import ConfigurationError
 from baton.schemas.core import MAX_TIMEOUT_SECONDS
@@ -233,83 +225,140 @@ class EnvValueError(ValueError):
     """An environment variable's value cannot be decoded; the message starts with the variable's name."""
 
 
-class _EnvSource(EnvSettingsSource):
-    """``BATON__SECTION__KEY`` variables, where a list may also be written comma-separated (issue 9):
-    ``BATON__AGENT__LABELS=dev,gpu`` as well as ``'["dev", "gpu"]'``. A malformed value names its variable."""
-
-    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
-        try:
-            return super().decode_complex_value(field_name, field, value)
-        except ValueError as exc:
-            if field is not None and _is_list(field) and not str(value).lstrip().startswith("["):
-                return [item.strip() for item in str(value).split(",") if item.strip()]
-            expected = "a JSON list or a comma-separated list" if field and _is_list(field) else "valid JSON"
-            raise ValueError(f"not {expected} ({exc})") from exc
-
-    def explode_env_vars(self, field_name: str, field: FieldInfo, env_vars: Any) -> dict[str, Any]:
-        try:
-            exploded = super().explode_env_vars(field_name, field, env_vars)
-        except ValueError:
-            # Find the one variable at fault, to name it (pydantic-settings names only the section).
-            for name, value in env_vars.items():
-                try:
-                    super().explode_env_vars(field_name, field, {name: value})
-                except ValueError as exc:
-                    where = name.lower().removeprefix("baton__").replace("__", ".")
-                    raise EnvValueError(f"{name.upper()}: {where}: {exc}") from exc
-            raise
-        self._empty_lists(field, exploded)
-        return exploded
-
-    def _empty_lists(self, field: FieldInfo | None, values: dict[str, Any]) -> None:
-        """A list variable set to nothing (``BATON__AGENT__LABELS=``) is the empty list: pydantic-settings passes
-        an empty value on undecoded, and "" is no list."""
-        for key, value in values.items():
-            target = self.next_field(field, key, self.case_sensitive)
-            if isinstance(value, dict):
-                self._empty_lists(target if isinstance(target, FieldInfo) else None, value)
-            elif isinstance(value, str) and not value.strip() and isinstance(target, FieldInfo) and _is_list(target):
-                values[key] = []
+# The sources are merged here rather than by pydantic-settings, whose import cost ~90 ms of CPU (it imports asyncio,
+# pydantic's dataclasses and its cloud providers' sources): every CLI call, agent, server and spawned flow run paid
+# it (issue 12). The rules are those it applied, tested in tests/test_settings*.py:
+# - ``BATON__SECTION__KEY`` (any case) sets ``section.key``; ``BATON__SECTION`` may hold the section as a JSON
+#   object, under its own keys' variables; deeper names (``BATON__AGENT__ENV__NAME``) set keys of a dict field.
+# - A list, dict or model field takes JSON; a list also takes a comma-separated value, and nothing (``=``) is the
+#   empty list. Other fields take the text as it is, for pydantic to convert.
+# - Unknown sections and keys are ignored, as in the config file.
+_ENV_PREFIX = "baton__"
 
 
-def _is_list(field: FieldInfo) -> bool:
+_CONTAINERS = (list, dict, set, tuple, frozenset)
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types ``annotation`` admits but None: its members when it is a union."""
+    import types
+    from typing import Union, get_args, get_origin
+
+    if get_origin(annotation) is Union or isinstance(annotation, types.UnionType):
+        return tuple(member for member in get_args(annotation) if member is not type(None))
+    return (annotation,)
+
+
+def _is_complex(annotation: Any) -> bool:
+    """Whether a field of type ``annotation`` is written as JSON in the environment."""
     from typing import get_origin
 
-    return get_origin(field.annotation) is list
+    return any(
+        get_origin(member) in _CONTAINERS
+        or member in _CONTAINERS
+        or (isinstance(member, type) and issubclass(member, BaseModel))
+        for member in _members(annotation)
+    )
 
 
-class BatonSettings(BaseSettings):
+def _is_list(annotation: Any) -> bool:
+    from typing import get_origin
+
+    return any(get_origin(member) is list or member is list for member in _members(annotation))
+
+
+def _decode(annotation: Any, raw: str) -> Any:
+    """The value of a variable for a field of type ``annotation``.
+
+    Raises:
+        ValueError: JSON was needed and the value is not (for a list, nor a comma-separated list).
+    """
+    import json
+
+    if not _is_complex(annotation):
+        return raw
+    listed = _is_list(annotation)
+    if listed and not raw.strip():
+        return []
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        if listed and not raw.lstrip().startswith("["):
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        raise ValueError(f"not {'a JSON list or a comma-separated list' if listed else 'valid JSON'} ({exc})") from exc
+
+
+def _from_environment() -> dict[str, Any]:
+    """The settings given by ``BATON__`` variables, as nested dicts.
+
+    Raises:
+        EnvValueError: a value cannot be decoded (the message names its variable).
+    """
+    sections: dict[str, Any] = {}
+    nested: dict[str, Any] = {}
+    for name, raw in sorted(os.environ.items()):  # sorted: the same result whatever the environment's order
+        path = name.lower().removeprefix(_ENV_PREFIX).split("__") if name.lower().startswith(_ENV_PREFIX) else []
+        if not path or not all(path) or path[0] not in BatonSettings.model_fields:
+            continue
+        section = BatonSettings.model_fields[path[0]].annotation
+        try:
+            if len(path) == 1:
+                sections[path[0]] = _decode(section, raw)
+                continue
+            fields = section.model_fields if isinstance(section, type) and issubclass(section, BaseModel) else {}
+            if path[1] not in fields:
+                continue
+            value = _decode(fields[path[1]].annotation, raw) if len(path) == 2 else raw
+        except ValueError as exc:
+            raise EnvValueError(f"{name.upper()}: {'.'.join(path)}: {exc}") from exc
+        node = nested
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return _deep_update(sections, nested)
+
+
+def _from_config_file() -> dict[str, Any]:
+    """``$BATON_HOME/config.toml``, or nothing when there is none.
+
+    Raises:
+        ConfigurationError: the file cannot be read, or is not TOML.
+    """
+    path = config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` over it, dicts merged key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class BatonSettings(BaseModel):
     """All of Baton's settings. Build with :func:`load_settings`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="BATON__",
-        env_nested_delimiter="__",
-        extra="ignore",
-        case_sensitive=False,
-    )
+    model_config = ConfigDict(extra="ignore")
 
     api: ApiSettings = Field(default_factory=ApiSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Called when settings are built, never at import: the config file's place follows $BATON_HOME then.
-        env = _EnvSource(
-            settings_cls,
-            case_sensitive=False,
-            env_prefix="BATON__",
-            env_nested_delimiter="__",
-        )
-        return (init_settings, env, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
 
     def database_url(self) -> str:
         """The configured database URL, or the default SQLite file in $BATON_HOME."""
@@ -338,18 +387,15 @@ def load_settings(**overrides: Any) -> BatonSettings:
         ConfigurationError: the config file or an environment variable is malformed.
     """
     from pydantic import ValidationError
-    from pydantic_settings import SettingsError
 
     explicit = _drop_none(overrides)
     try:
-        return BatonSettings(**explicit)
-    except SettingsError as exc:  # e.g. BATON__AGENT__ENV that is not JSON
-        cause = exc.__cause__
-        if isinstance(cause, EnvValueError):
-            raise ConfigurationError(f"invalid settings: {cause}") from exc
-        raise ConfigurationError(f"invalid settings: {exc}{f': {cause}' if cause else ''}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"{config_path()} is not valid TOML: {exc}") from exc
+        environment = _from_environment()
+    except EnvValueError as exc:  # e.g. BATON__AGENT__ENV that is not JSON
+        raise ConfigurationError(f"invalid settings: {exc}") from exc
+    merged = _deep_update(_deep_update(_from_config_file(), environment), explicit)
+    try:
+        return BatonSettings.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
             f"{_origin(err['loc'], explicit)}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
