@@ -4,8 +4,13 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -16,18 +21,40 @@ from server.harness import TenantContext
 from support import ServerProcess, register_source_flow
 
 
+@dataclass
+class _Answer:
+    status_code: int
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
 def _running_in_the_background(
     tenant: TenantContext, claimed: ClaimedRun, prefer: str
-) -> tuple[threading.Thread, list[httpx.Response]]:
-    answers: list[httpx.Response] = []
-    path = f"/api/flow_runs/{claimed.flow_run.id}/state"
+) -> tuple[threading.Thread, list[_Answer]]:
+    """Ask for Running with ``Prefer`` from another thread; return once the request is written whole, so that what
+    the test sends next reaches the server after it (a thread that had not yet sent it let a test's Failed revoke
+    the token first: a 401 from authentication, not the wait's)."""
+    answers: list[_Answer] = []
+    sent = threading.Event()
+    address = urlsplit(tenant.server.url)
+    headers = {"Authorization": f"Bearer {claimed.run_token}", "Content-Type": "application/json", "Prefer": prefer}
 
     def ask() -> None:
-        client = tenant.raw(claimed.run_token)
-        answers.append(client.post(path, json={"name": "Running"}, headers={"Prefer": prefer}, timeout=30))
+        connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=30)
+        try:
+            connection.request("POST", f"/api/flow_runs/{claimed.flow_run.id}/state", '{"name": "Running"}', headers)
+            sent.set()
+            answer = connection.getresponse()
+            answers.append(_Answer(answer.status, answer.read()))
+        finally:
+            sent.set()
+            connection.close()
 
     asking = threading.Thread(target=ask)
     asking.start()
+    assert sent.wait(30), "the background Running was never sent"
     return asking, answers
 
 
