@@ -5,7 +5,7 @@ relies on: its loops call it through ``asyncio.to_thread``.
 
 Transient failures (no connection, a timeout, a 5xx, a 429) raise :class:`ServerUnavailableError`; callers retry
 them. Whether the failed request may still have been carried out matters to a retry (a claim, a state change whose
-answer was lost): :func:`may_have_reached_the_server` tells.
+answer was lost): :func:`may_have_reached_the_server` tells (``answers.py``: how answers become exceptions).
 """
 
 from __future__ import annotations
@@ -15,21 +15,17 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from pydantic import BaseModel
 
 from baton import __version__
 from baton.backoff import Backoff
-from baton.client.transport import ConnectFailed, HttpTransport, Response, TimedOut, TransportError
+from baton.client.answers import checked, is_unreachable, may_have_reached_the_server, unavailable
+from baton.client.transport import HttpTransport, Response, TransportError
 from baton.exceptions import (
-    AuthenticationError,
-    ClientError,
     ConfigurationError,
-    ConflictError,
     NotFoundError,
-    PermissionDeniedError,
-    RateLimitedError,
     ServerUnavailableError,
 )
 from baton.schemas import responses as r
@@ -38,80 +34,17 @@ if TYPE_CHECKING:
     from baton.schemas.notifications import NotificationDeliveryRead, NotificationRuleRead
     from baton.settings import BatonSettings
 
+__all__ = ["Client", "is_unreachable", "may_have_reached_the_server"]
+
 M = TypeVar("M", bound=BaseModel)
 
 # Retries of a create: short, since a person (or a script) is waiting on the answer.
 _CREATE_BACKOFF = Backoff(base_seconds=0.5, max_seconds=4.0)
 
-_ERRORS_BY_STATUS: dict[int, type[ClientError]] = {
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: ConflictError,
-}
-
-
-def may_have_reached_the_server(exc: BaseException) -> bool:
-    """Whether a request that failed with ``exc`` may have been carried out although its answer never arrived.
-
-    False only when the connection was never made: the server cannot have seen the request. A connection lost
-    while waiting for the answer, a read timeout or a 5xx may follow a change the server made (it committed, then
-    died or answered late): a retry may then meet the consequences (a 409, a revoked run token).
-    """
-    return not isinstance(exc.__cause__, ConnectFailed)
-
-
-def is_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the API did not answer at all (no connection, a timeout), rather than answered 5xx."""
-    return isinstance(exc.__cause__, TransportError)
-
 
 def _segment(value: str) -> str:
     """``value`` as one path segment: a flow name may hold spaces and dots, never a slash that changes the route."""
     return quote(value, safe="")
-
-
-def _detail(response: Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason_phrase
-    detail = body.get("detail") if isinstance(body, dict) else body
-    if isinstance(detail, list):  # FastAPI validation errors: keep them short and readable
-        parts = []
-        for err in detail:
-            if isinstance(err, dict):
-                loc = ".".join(str(p) for p in err.get("loc", []) if p != "body")
-                parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-        return "; ".join(parts) or str(detail)
-    return str(detail)
-
-
-def _current_state(response: Response) -> str | None:
-    """The run's state named by a refused state change's 409 (``ErrorDetail.current_state``), if any."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    state = body.get("current_state") if isinstance(body, dict) else None
-    return state if isinstance(state, str) else None
-
-
-def _wrong_base_hint(api_url: str, response: Response) -> str | None:
-    """A clearer 404 when the API URL is not the server's root (``-a http://host:4200/api`` gave a bare "Not Found").
-
-    Routes answer 404 with a detail naming what was not found; an unknown path answers FastAPI's bare "Not Found".
-    """
-    if response.status_code != 404 or _detail(response) != "Not Found":
-        return None
-    path = urlsplit(api_url).path.rstrip("/")
-    if not path:
-        return None
-    root = api_url[: len(api_url) - len(path)] if api_url.endswith(path) else api_url
-    return (
-        f"Not Found: no such route under {api_url}; the API URL must be the server's root "
-        f"(e.g. {root}), not .../{path.lstrip('/')}"
-    )
 
 
 class Client:
@@ -230,26 +163,9 @@ class Client:
             params = {k: v for k, v in params.items() if v is not None}
         try:
             response = self._http.request(method, path, json=json, params=params, **kwargs)
-        except TimedOut as exc:
-            raise ServerUnavailableError(f"the API at {self.api_url} did not answer in time ({exc})") from exc
         except TransportError as exc:
-            raise ServerUnavailableError(f"cannot reach the API at {self.api_url}: {exc}") from exc
-        if response.status_code >= 500:
-            raise ServerUnavailableError(
-                f"the API at {self.api_url} failed: HTTP {response.status_code} {_detail(response)}"
-            )
-        if response.status_code == 429:
-            # Too many requests (the server limits failed authentications per address): "later", not "never".
-            # An agent that shares an address with misbehaving clients must back off, not die of a 4xx.
-            wait = response.headers.get("Retry-After")
-            after = f"; retry after {wait} s" if wait else ""
-            raise RateLimitedError(f"the API at {self.api_url} asks to slow down: HTTP 429 {_detail(response)}{after}")
-        if response.status_code == 409:
-            raise ConflictError(409, _detail(response), _current_state(response))
-        if response.status_code >= 400:
-            error_class = _ERRORS_BY_STATUS.get(response.status_code, ClientError)
-            raise error_class(response.status_code, _wrong_base_hint(self.api_url, response) or _detail(response))
-        return response
+            raise unavailable(self.api_url, exc) from exc
+        return checked(self.api_url, response)
 
     def _all_pages(self, model: type[M], path: str, params: dict[str, Any] | None = None) -> list[M]:
         """Every item of a paged list: the server stops a page at its byte budget and names the next one in the
