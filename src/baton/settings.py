@@ -98,6 +98,10 @@ class ServerSettings(BaseModel):
     # A request holding one of the slots above must have sent its whole body within this long (408 after): slow
     # uploads from a valid credential (a flow's run token, say) cannot hold every slot.
     body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # How long an idle keep-alive connection stays open. Agents and flow runs use theirs every 5 s (heartbeats):
+    # uvicorn's own 5 s made their requests race the server's close (a request sent as the close crossed it was
+    # lost, a ConnectionLost); their client drops connections idle for 15 s (baton.client.transport) before this.
+    keep_alive_seconds: int = Field(default=20, ge=1, le=300)
     # Recovery (docs/design.md §7): a deployed run is lost when neither its flow-run process nor its agent has
     # vouched for it (heartbeats) for this long.
     run_heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -156,6 +156,17 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_s
         server.stop()
 
 
+def test_a_connection_idle_past_the_limit_is_not_used(echo: EchoServer) -> None:
+    # The server could be closing it as the request goes out: a crossing close loses the request
+    transport = HttpTransport(f"http://127.0.0.1:{echo.port}", max_idle_seconds=0.2)
+    transport.request("GET", "/a")
+    transport.request("GET", "/b")  # at once: the same connection
+    time.sleep(0.3)
+    transport.request("GET", "/c")
+    transport.close()
+    assert [seen.connection for seen in echo.seen] == [1, 1, 2]
+
+
 def test_headers_of_the_answer_are_read_whatever_their_case(echo: EchoServer) -> None:
     transport = HttpTransport(f"http://127.0.0.1:{echo.port}")
     answer = transport.request("GET", "/")

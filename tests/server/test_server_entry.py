@@ -4,8 +4,11 @@ CLI's exit codes, and never show a database password."""
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 from baton.server.database.connection import masked_url
 from baton.server.database.orm import Log
 from baton.server.models import logs
-from support import clean_env
+from support import ServerProcess, clean_env
 
 
 @pytest.mark.parametrize(
@@ -87,3 +90,30 @@ def test_the_postgresql_log_insert_names_every_column_of_the_logs_table_but_its_
     # The array insert is raw SQL: a column added to the model must be added there too
     assert set(logs._COLUMNS) == {column.name for column in Log.__table__.columns} - {"id"}
     assert all(f":{column}s" in str(logs._POSTGRESQL_INSERT) for column in logs._COLUMNS)
+
+
+def test_an_idle_connection_stays_open_for_the_keep_alive_setting_and_no_longer(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    # The default (20 s) outlasts the 5 s between agents' and flow runs' heartbeats; here 1 s, to see both sides.
+    server = start_server(BATON__SERVER__KEEP_ALIVE_SECONDS="1")
+    port = int(server.url.rsplit(":", 1)[1])
+
+    def idle_then_closed(seconds: float) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("GET", "/api/health")
+            answer = connection.getresponse()
+            assert (answer.status, answer.read()[:1]) == (200, b"{")  # read whole: the connection is idle now
+            time.sleep(seconds)
+            assert connection.sock is not None
+            connection.sock.settimeout(0.3)
+            try:
+                return connection.sock.recv(1) == b""  # the server closed it
+            except TimeoutError:
+                return False  # still open
+        finally:
+            connection.close()
+
+    assert not idle_then_closed(0.5)
+    assert idle_then_closed(1.5)

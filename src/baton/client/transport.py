@@ -13,8 +13,9 @@ What the transport promises its caller (``baton.client.http``):
   failure may follow a request the server carried out (:class:`ConnectionLost`, :class:`TimedOut`).
 - Each answer is logged at DEBUG by the ``baton.client`` logger: method, path (no query, headers or body), status
   and time. The flow-run process does not ship these records (they would feed themselves).
-- An idle connection the server has closed (its keep-alive timeout) is noticed before it is used, and a new one is
-  made; a request is never sent twice by the transport itself.
+- An idle connection the server has closed (its keep-alive timeout) is noticed before it is used, and one idle for
+  longer than ``MAX_IDLE_SECONDS`` is not used at all (the server could be closing it as the request goes out);
+  a new one is made. A request is never sent twice by the transport itself.
 - A path is sent percent-encoded where it must be (a space, a control character); the client's own path segments
   are encoded already (``quote``).
 - Proxies come from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (either case), as the standard
@@ -45,6 +46,10 @@ logger = logging.getLogger("baton.client")
 
 # Idle connections kept per client: an agent's loops (claims, heartbeats, state changes) use a few at once.
 MAX_IDLE_CONNECTIONS = 8
+# An idle connection older than this is closed rather than used: under the server's own keep-alive (20 s,
+# ``server.keep_alive_seconds``) and most proxies', so that a request does not race their close of it. A close
+# that crosses a request on its way loses that request (ConnectionLost), which a check before sending cannot see.
+MAX_IDLE_SECONDS = 15.0
 
 
 class TransportError(Exception):
@@ -185,13 +190,20 @@ class HttpTransport:
         base_url: ``http://`` or ``https://`` host, port and an optional path prefix (paths are appended to it).
         headers: sent with every request (a request's own headers win).
         timeout: seconds for connecting and for each read of the answer; a request may give its own.
+        max_idle_seconds: an idle connection older than this is closed instead of used.
 
     Raises:
         ValueError: ``base_url`` is not an http(s) URL with a host, or the environment's proxy for it is not an
             ``http://`` one.
     """
 
-    def __init__(self, base_url: str, headers: Mapping[str, str] | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        max_idle_seconds: float = MAX_IDLE_SECONDS,
+    ) -> None:
         if any(char.isspace() or not char.isprintable() for char in base_url):
             # urlsplit drops tabs and newlines: "http://h:42\n00" would go to port 4200
             raise ValueError(f"invalid API URL {base_url!r}: it holds a space or a control character")
@@ -214,7 +226,8 @@ class HttpTransport:
         self._headers = {"Accept": "application/json", **(headers or {})}
         self.timeout = timeout
         self._proxy = _environment_proxy(parts.scheme, self._host, self._port)
-        self._idle: list[http.client.HTTPConnection] = []
+        self._max_idle_seconds = max_idle_seconds
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # each with the time it became idle
         self._lock = threading.Lock()
         self._closed = False
 
@@ -227,7 +240,7 @@ class HttpTransport:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for connection in idle:
+        for connection, _ in idle:
             connection.close()
 
     def request(
@@ -313,10 +326,10 @@ class HttpTransport:
             with self._lock:
                 if self._closed:
                     raise RuntimeError("the client is closed: no request can be sent with it")
-                connection = self._idle.pop() if self._idle else None
+                connection, since = self._idle.pop() if self._idle else (None, 0.0)
             if connection is None:
                 return self._connect(timeout)
-            if _is_dead(connection):
+            if time.monotonic() - since > self._max_idle_seconds or _is_dead(connection):
                 connection.close()
                 continue
             assert connection.sock is not None  # not dead
@@ -326,7 +339,7 @@ class HttpTransport:
     def _checkin(self, connection: http.client.HTTPConnection) -> None:
         with self._lock:
             if not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS:
-                self._idle.append(connection)
+                self._idle.append((connection, time.monotonic()))
                 return
         connection.close()
 

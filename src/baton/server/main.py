@@ -69,6 +69,7 @@ def serve(settings: BatonSettings, log_level: str = "info") -> None:
         log_level=log_level.lower(),
         # Long polls end at once when the stop begins (DrainingServer); this only bounds other slow requests.
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.server.keep_alive_seconds,
         access_log=False,
     )
     DrainingServer(config).run()
