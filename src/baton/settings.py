@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from baton.api_urls import split_api_url
 from baton.exceptions import ConfigurationError
 from baton.schemas.core import MAX_TIMEOUT_SECONDS
 
@@ -49,25 +50,8 @@ class ApiSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        from urllib.parse import urlsplit
-
         value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"API URL must start with http:// or https://, got {value!r}")
-        if any(char.isspace() or not char.isprintable() for char in value):
-            # urlsplit drops tabs and newlines: "http://h:42\n00" would reach port 4200
-            raise ValueError(f"invalid API URL {value!r}: it holds a space or a control character")
-        try:
-            parts = urlsplit(value)
-            host, _port = parts.hostname, parts.port  # .port raises on a port that is not one
-        except ValueError as exc:
-            raise ValueError(f"invalid API URL {value!r}: {exc}") from exc
-        if not host:
-            raise ValueError(f"API URL {value!r} has no host")
-        if "@" in parts.netloc or parts.query or parts.fragment:
-            # A user and password would be ignored (the key goes in its own header) yet shown in every error.
-            shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}..."
-            raise ValueError(f"invalid API URL {shown}: the server's root, with no user, password, query or fragment")
+        split_api_url(value)
         return value
 
 

@@ -55,8 +55,39 @@ class Seen:
     authorizations: list[str] = field(default_factory=list)
 
 
+class _Quiet(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @dataclass
-class EchoServer:
+class _Served:
+    """An HTTP server on 127.0.0.1, serving from a daemon thread until :meth:`stop`."""
+
+    _server: ThreadingHTTPServer | None = field(default=None, init=False)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.server_address[1]
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@dataclass
+class EchoServer(_Served):
     """Answers every request with 200 and a JSON echo of it; ``close_after_each`` closes every connection after its
     answer without saying so (as a server whose keep-alive timeout passed); ``tls`` serves https."""
 
@@ -65,19 +96,11 @@ class EchoServer:
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: ThreadingHTTPServer | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return self._server.server_address[1]
 
     def start(self) -> EchoServer:
         echo = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(_Quiet):
             def setup(self) -> None:
                 super().setup()
                 with echo._lock:
@@ -103,20 +126,8 @@ class EchoServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = _answer
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        if self.tls is not None:
-            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler, self.tls)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
 
 @pytest.fixture
@@ -344,23 +355,15 @@ def test_threads_sharing_a_client_each_get_their_own_answer_on_a_bounded_pool(ec
 
 
 @dataclass
-class Proxy:
+class Proxy(_Served):
     """A forward proxy (absolute-URI requests) and CONNECT tunnel, recording what it was asked."""
 
     asked: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, target, Proxy-Authorization
-    _server: ThreadingHTTPServer | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return self._server.server_address[1]
 
     def start(self) -> Proxy:
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(_Quiet):
             def _forward(self) -> None:
                 proxy.asked.append((self.command, self.path, self.headers.get("Proxy-Authorization")))
                 from urllib.parse import urlsplit
@@ -409,18 +412,8 @@ class Proxy:
 
             do_GET = do_POST = _forward
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
 
 @pytest.fixture

@@ -82,7 +82,6 @@ class Client:
             timeout = settings.api.timeout_seconds if timeout is None else timeout
         timeout = 30.0 if timeout is None else timeout
         self.api_url = api_url.rstrip("/")
-        self.timeout = timeout
         headers = {"User-Agent": f"baton/{__version__}"}
         if api_key:
             if not (api_key.isascii() and api_key.isprintable()):
@@ -343,7 +342,7 @@ class Client:
             NotFoundError: no such run, or a server older than the route.
         """
         headers = {"Prefer": f"wait={wait_seconds:g}"} if wait_seconds > 0 else None
-        timeout = self.timeout + max(wait_seconds, 0.0)  # the server may take the wait
+        timeout = self._http.timeout + max(wait_seconds, 0.0)  # the server may take the wait
         path = f"/api/flow_runs/{flow_run_id}/start"
         return self._model(r.FlowRunWithFlow, "POST", path, headers=headers, timeout=timeout)
 
@@ -427,7 +426,7 @@ class Client:
         prefer = r.PREFER_MINIMAL + (f", wait={wait_seconds:g}" if wait_seconds > 0 else "")
         headers = {"Prefer": prefer}
         path = f"/api/flow_runs/{flow_run_id}/state"
-        timeout = self.timeout + max(wait_seconds, 0.0)  # the server may take the wait
+        timeout = self._http.timeout + max(wait_seconds, 0.0)  # the server may take the wait
         return self._model(r.StateChanged, "POST", path, json=body, headers=headers, timeout=timeout)
 
     def retry_flow_run(self, flow_run_id: str, idempotency_key: str | None = None) -> r.FlowRunRead:
@@ -529,7 +528,7 @@ class Client:
         if instance is not None:
             body["instance"] = instance
         # The long poll may legitimately take wait_seconds: give the read timeout that much more.
-        timeout = self.timeout
+        timeout = self._http.timeout
         return self._model(
             r.ClaimResponse,
             "POST",

@@ -42,6 +42,8 @@ from email.message import Message
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
+from baton.api_urls import split_api_url
+
 logger = logging.getLogger("baton.client")
 
 # Idle connections kept per client: an agent's loops (claims, heartbeats, state changes) use a few at once.
@@ -193,8 +195,8 @@ class HttpTransport:
         max_idle_seconds: an idle connection older than this is closed instead of used.
 
     Raises:
-        ValueError: ``base_url`` is not an http(s) URL with a host, or the environment's proxy for it is not an
-            ``http://`` one.
+        ValueError: ``base_url`` is not an API URL (``baton.api_urls``), or the environment's proxy for it is not
+            an ``http://`` one.
     """
 
     def __init__(
@@ -204,25 +206,12 @@ class HttpTransport:
         timeout: float = 30.0,
         max_idle_seconds: float = MAX_IDLE_SECONDS,
     ) -> None:
-        if any(char.isspace() or not char.isprintable() for char in base_url):
-            # urlsplit drops tabs and newlines: "http://h:42\n00" would go to port 4200
-            raise ValueError(f"invalid API URL {base_url!r}: it holds a space or a control character")
-        try:
-            parts = urlsplit(base_url)
-            port = parts.port
-        except ValueError as exc:  # a bracket not closed, a port that is not a number
-            raise ValueError(f"invalid API URL {base_url!r}: {exc}") from exc
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"invalid API URL {base_url!r}: it must be http(s)://host[:port]")
-        if "@" in parts.netloc or parts.query or parts.fragment:
-            # A user and password would be ignored (the key goes in its own header) yet shown in every error.
-            shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}..."
-            raise ValueError(f"invalid API URL {shown}: the server's root, with no user, password, query or fragment")
+        parts = split_api_url(base_url)  # so it has a host, a valid port, and no user or password
         self._https = parts.scheme == "https"
-        self._host = _ascii_host(parts.hostname)
-        self._port = port or (443 if self._https else 80)
+        self._host = _ascii_host(parts.hostname or "")
+        self._port = parts.port or (443 if self._https else 80)
         self._prefix = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
-        self._origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        self._origin = f"{parts.scheme}://{parts.netloc}"
         self._headers = {"Accept": "application/json", **(headers or {})}
         self.timeout = timeout
         self._proxy = _environment_proxy(parts.scheme, self._host, self._port)
