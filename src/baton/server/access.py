@@ -28,7 +28,6 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, Engine, bindparam, select
 from sqlalchemy.orm import Session
 
@@ -38,6 +37,7 @@ from baton.server.database.orm import Agent, Flow, FlowRun, TaskRun
 from baton.server.models.errors import ObjectNotFound
 from baton.server.models.ids import checked_id
 from baton.server.models.tenants import Principal
+from baton.server.worker_threads import run_in_worker
 
 # What the scope checks read with: a request's session, or a connection of the read-only engine (Authorize).
 Reader = Session | Connection
@@ -244,7 +244,7 @@ class Authorize:
         scope, params = self.rule.scope, dict(request.path_params)
         if needs_session(scope, kind):
             engine: Engine = request.app.state.read_engine
-            await run_in_threadpool(_check_scope_reading, engine, principal, scope, params)
+            await run_in_worker(_check_scope_reading, engine, principal, scope, params)
         else:
             check_scope_inline(principal, scope, params)
         return principal

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from baton.server.auth_limits import FailedAuthLimiter, retry_after_header
 from baton.server.models.tenants import API_KEY_PREFIX, RUN_TOKEN_PREFIX, Principal, authenticate
+from baton.server.worker_threads import run_in_worker
 
 # The limiter's key when the ASGI server gives no peer address (e.g. a Unix socket).
 UNKNOWN_ADDRESS = "unknown"
@@ -98,7 +98,7 @@ class AuthenticateFirst:
         fastapi_app: FastAPI = scope["app"]
         client = scope.get("client")
         address = client[0] if client and client[0] else UNKNOWN_ADDRESS
-        outcome = await run_in_threadpool(
+        outcome = await run_in_worker(
             authenticate_request,
             fastapi_app.state.read_engine,
             fastapi_app.state.auth_limiter,

@@ -21,10 +21,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 
 from baton.schemas.core import MAX_JSON_DEPTH
+from baton.server.worker_threads import run_in_worker
 
 # A body is an envelope around its JSON fields (e.g. a flow's body > run_config > job_template > the value): the
 # fields' own limit is checked by the models, with the field named; this bounds the whole body before they run.
@@ -112,7 +112,7 @@ def in_one_worker_thread(endpoint: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(endpoint)
     async def run(*args: Any, **kwargs: Any) -> Any:
-        return await run_in_threadpool(endpoint, *args, **kwargs)
+        return await run_in_worker(endpoint, *args, **kwargs)
 
     return run
 

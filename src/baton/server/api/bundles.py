@@ -17,7 +17,6 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from baton.bundles import DIGEST_PATTERN, MAX_COMPRESSED_BYTES, BundleError, BundleTooBigError
 from baton.server.access import Action, allow
@@ -25,6 +24,7 @@ from baton.server.api.deps import Db, transaction
 from baton.server.json_body import JsonRoute
 from baton.server.models import bundles
 from baton.server.models.tenants import Principal
+from baton.server.worker_threads import run_in_worker
 
 # JsonRoute only changes how JSON bodies parse; these routes read none, so the raw body is untouched.
 router = APIRouter(prefix="/bundles", tags=["bundles"], route_class=JsonRoute)
@@ -79,7 +79,7 @@ async def upload_bundle(
     data = await _read_body(request)
     # Content-addressed: a digest the tenant has names its bytes already. Not checking the body again keeps a
     # re-upload from costing the check's CPU over and over.
-    known = await run_in_threadpool(_find, db, principal.tenant_id, digest)
+    known = await run_in_worker(_find, db, principal.tenant_id, digest)
     if known is not None:
         response.status_code = 200
         return _read(known)
@@ -90,7 +90,7 @@ async def upload_bundle(
     except BundleError as exc:
         raise HTTPException(422, str(exc)) from None
     del data  # ``checked`` holds the bytes now
-    info, created = await run_in_threadpool(_store, db, principal.tenant_id, checked)
+    info, created = await run_in_worker(_store, db, principal.tenant_id, checked)
     if not created:
         response.status_code = 200
     return _read(info)

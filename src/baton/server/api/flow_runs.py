@@ -14,7 +14,6 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from baton.exceptions import IllegalTransitionError
 from baton.schemas.actions import IDEMPOTENCY_KEY_PATTERN, MAX_INT, FlowRunCreate, StateSet
@@ -40,6 +39,7 @@ from baton.server.models.errors import InvalidRequest
 from baton.server.models.tenants import Principal
 from baton.server.notifier import RunNotifier
 from baton.server.prefer import parse_prefer
+from baton.server.worker_threads import run_in_worker
 from baton.settings import ServerSettings
 
 router = APIRouter(prefix="/flow_runs", tags=["flow runs"], route_class=JsonRoute)
@@ -275,7 +275,7 @@ async def _set_state_waiting(
     change = functools.partial(_change_state, db, notifier, principal, flow_run_id, payload, answer, quota)
     wait = _submitted_wait(request, principal, payload.name, preferences)
     if wait <= 0 or notifier.watched(flow_run_id):  # one waiting Running per run: another answers at once
-        run, result = await run_in_threadpool(change)
+        run, result = await run_in_worker(change)
     else:
         run, result = await _change_once_submitted(change, notifier, request, flow_run_id, wait)
     notifier.run_changed(flow_run_id)
@@ -351,7 +351,7 @@ async def _change_once_submitted(
         while True:
             changed.clear()
             try:
-                return await run_in_threadpool(change)
+                return await run_in_worker(change)
             except IllegalTransitionError as exc:
                 remaining = deadline - loop.time()
                 if exc.current != StateName.PENDING or remaining <= 0 or notifier.closing:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from baton.schemas.actions import ClaimRequest
 from baton.schemas.responses import ClaimResponse
@@ -29,6 +28,7 @@ from baton.server.database.orm import utcnow
 from baton.server.models import agents, claims
 from baton.server.models.claims import ClaimResult
 from baton.server.notifier import RunNotifier
+from baton.server.worker_threads import run_in_worker
 from baton.settings import ServerSettings
 
 Shape = Callable[[Session, ClaimResult], ClaimResponse]
@@ -90,7 +90,7 @@ async def claim_with_wait(
         while True:
             wake = waiter.take_wake()
             since = began if first else None
-            response, result, waiter.labels = await run_in_threadpool(claim_once, claimer, payload, since)
+            response, result, waiter.labels = await run_in_worker(claim_once, claimer, payload, since)
             first = False
             if wake is not None and not response.runs:
                 if result is None:  # this call ends unused: its agent deregistered

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from baton.schemas.states import FINAL_STATES
 from baton.server.access import Action
@@ -38,6 +37,7 @@ from baton.server.ui.web import (
     reader_of,
     require,
 )
+from baton.server.worker_threads import run_in_worker
 
 router = APIRouter(route_class=UiRoute)
 PATH = "/runs/{run_id}/logs/stream"
@@ -107,12 +107,12 @@ async def _events(request: Request, viewer: Viewer, run_id: str, after: int) -> 
                 return
             if loop.time() >= recheck:
                 try:
-                    await run_in_threadpool(current_viewer, request)
+                    await run_in_worker(current_viewer, request)
                 except NotSignedIn:
                     yield _event("end", json.dumps({"reason": "signed out"}))
                     return
                 recheck = loop.time() + RECHECK_SECONDS
-            lines, final = await run_in_threadpool(_read, request, viewer, run_id, after)
+            lines, final = await run_in_worker(_read, request, viewer, run_id, after)
             for line in lines:
                 after = int(str(line["id"]))
                 yield _event("log", json.dumps(line, separators=(",", ":")), after)
