@@ -98,6 +98,10 @@ class Action(StrEnum):
     SCHEDULE_BACKFILL = "schedule.backfill"
     BUNDLE_UPLOAD = "bundle.upload"
     BUNDLE_READ = "bundle.read"
+    PROJECT_CREATE = "project.create"
+    PROJECT_LIST = "project.list"
+    PROJECT_UPDATE = "project.update"
+    PROJECT_DELETE = "project.delete"
 
 
 class Scope(StrEnum):
@@ -178,6 +182,11 @@ POLICY: dict[Action, Rule] = {
     # is) and by a run token for its own flow's bundle only (the flow-run process downloads it).
     Action.BUNDLE_UPLOAD: _rule("admin user"),
     Action.BUNDLE_READ: _rule(_ALL, Scope.BUNDLE),
+    # Projects (Prefect 1's GraphQL API): managed by whoever registers flows, read by every key of the tenant.
+    Action.PROJECT_CREATE: _rule("admin user"),
+    Action.PROJECT_LIST: _rule(_KEYS),
+    Action.PROJECT_UPDATE: _rule("admin user"),
+    Action.PROJECT_DELETE: _rule("admin user"),
 }
 
 _S = StateName

@@ -43,6 +43,8 @@ from baton.server.database.connection import (
 )
 from baton.server.database.migrate import upgrade
 from baton.server.errors import install_error_handlers
+from baton.server.graphql import PATH as GRAPHQL_PATH
+from baton.server.graphql import graphql_endpoint
 from baton.server.json_body import JsonRoute
 from baton.server.limits import Admission, BodySizeLimit
 from baton.server.models.lost_runs import RecoveryPolicy
@@ -180,6 +182,9 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     for router in ROUTERS:
         check_json_routes(router)
         app.include_router(router, prefix=API_PREFIX)
+    # Prefect 1's GraphQL API (issue 13): not in the OpenAPI document; it authenticates its requests itself, with
+    # the same function and limiter, answering a refused credential as Prefect 1's client expects.
+    app.add_api_route(GRAPHQL_PATH, graphql_endpoint, methods=["POST"], include_in_schema=False)
     # The web UI: its pages sign in with a session cookie (``ui.web``), not the Authorization header.
     for router in ui_routers():
         app.include_router(router)

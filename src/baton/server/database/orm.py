@@ -141,6 +141,19 @@ class Bundle(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Project(Base):
+    """Prefect 1's grouping of flows (issue 13, migration 0015): its GraphQL API creates and finds them by name."""
+
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_projects_tenant_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Agent(Base):
     __tablename__ = "agents"
     __table_args__ = (UniqueConstraint("tenant_id", "name", "type", "labels_key", name="uq_agents_identity"),)

@@ -1,0 +1,115 @@
+"""``POST /graphql``: the Prefect-1-compatible GraphQL API (docs/design.md, "GraphQL: Prefect 1").
+
+Prefect 1's client expects Prefect Cloud's conventions, which differ from the REST API's:
+
+* a refused credential is an answer of HTTP 200 whose ``errors`` say ``UNAUTHENTICATED`` (the client turns that text
+  into its ``AuthorizationError``); too many failed attempts from one address is still a 429 with Retry-After, which
+  the client waits out. The credential is checked from the headers, with the REST API's own function and limiter
+  (``authentication.authenticate_request``), before any of the body is read;
+* ``variables`` may be an object or a JSON string (the client sends ``json.dumps(variables)``, ``"null"`` included);
+* errors of the operation come back with HTTP 200 and an ``extensions.code`` (``schema.format_error``); a request that
+  is not a GraphQL request at all (not JSON, no query) is a 400 with an ``errors`` list.
+
+The whole operation runs in one worker thread: its resolvers are plain functions that read and write the database.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+from ariadne import graphql_sync
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from graphql import DocumentNode, GraphQLSchema, parse
+
+from baton.server.authentication import UNKNOWN_ADDRESS, Refusal, authenticate_request
+from baton.server.graphql.core import Context, format_error
+from baton.server.graphql.schema import build_schema
+from baton.server.json_body import parse_json_body
+from baton.server.models.tenants import Principal
+from baton.server.worker_threads import run_in_worker
+
+PATH = "/graphql"
+# Prefect 1's largest operations are a few hundred tokens: this bounds the parser's work on a hostile query.
+MAX_TOKENS = 5000
+
+
+@cache
+def schema() -> GraphQLSchema:
+    return build_schema()
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    return {"message": message, "extensions": {"code": code}}
+
+
+def _bad_request(message: str) -> JSONResponse:
+    return JSONResponse({"errors": [_error(message, "BAD_REQUEST")]}, status_code=400)
+
+
+def _refused(refusal: Refusal) -> Response:
+    # The body was not read: the connection closes after this answer.
+    headers = {"Connection": "close"}
+    if refusal.status == 429:
+        headers["Retry-After"] = refusal.retry_after or "1"
+        return JSONResponse({"errors": [_error(refusal.detail, "RATE_LIMITED")]}, status_code=429, headers=headers)
+    # Prefect 1's client recognises the word UNAUTHENTICATED in the message.
+    body = {"data": None, "errors": [_error(f"UNAUTHENTICATED: {refusal.detail}", "UNAUTHENTICATED")]}
+    return JSONResponse(body, status_code=200, headers=headers)
+
+
+def _operation(payload: Any) -> dict[str, Any] | str:
+    """The request's query, variables and operation name, or why they are not a GraphQL request."""
+    if not isinstance(payload, dict):
+        return "the body must be a JSON object with a 'query'"
+    query, variables, name = payload.get("query"), payload.get("variables"), payload.get("operationName")
+    if not isinstance(query, str) or not query.strip():
+        return "'query' must be a non-empty string"
+    if isinstance(variables, str):
+        try:
+            variables = parse_json_body(variables.encode())
+        except (HTTPException, ValueError):
+            return "'variables' is a string that is not a JSON object"
+    if variables is not None and not isinstance(variables, dict):
+        return "'variables' must be an object (or a JSON string of one)"
+    if name is not None and not isinstance(name, str):
+        return "'operationName' must be a string"
+    return {"query": query, "variables": variables, "operationName": name}
+
+
+def _parse(_: Any, data: dict[str, Any]) -> DocumentNode:
+    return parse(data["query"], max_tokens=MAX_TOKENS)
+
+
+def _execute(operation: dict[str, Any], context: Context) -> dict[str, Any]:
+    try:
+        _, result = graphql_sync(
+            schema(), operation, context_value=context, query_parser=_parse, error_formatter=format_error
+        )
+    except RecursionError:  # a selection nested thousands deep, within the token bound
+        return {"data": None, "errors": [_error("the query is nested too deeply", "BAD_USER_INPUT")]}
+    answer: dict[str, Any] = result
+    return answer
+
+
+async def graphql_endpoint(request: Request) -> Response:
+    state = request.app.state
+    address = request.client.host if request.client and request.client.host else UNKNOWN_ADDRESS
+    outcome: Principal | Refusal = await run_in_worker(
+        authenticate_request, state.read_engine, state.auth_limiter, address, request.headers.get("authorization")
+    )
+    if isinstance(outcome, Refusal):
+        return _refused(outcome)
+    try:
+        payload = parse_json_body(await request.body())
+    except json.JSONDecodeError as exc:
+        return _bad_request(f"the body is not JSON: {exc.msg} at position {exc.pos}")
+    except HTTPException as exc:
+        return _bad_request(str(exc.detail))
+    operation = _operation(payload)
+    if isinstance(operation, str):
+        return _bad_request(operation)
+    context = Context(outcome, read_sessions=state.read_session_factory, sessions=state.session_factory)
+    return JSONResponse(await run_in_worker(_execute, operation, context))

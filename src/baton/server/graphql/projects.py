@@ -1,0 +1,109 @@
+"""Projects over GraphQL: ``project`` and ``project_by_pk``, and Prefect Server 1's four project mutations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ariadne import MutationType, ObjectType, QueryType
+from sqlalchemy import select
+
+from baton.server.access import Action
+from baton.server.database.connection import transaction
+from baton.server.database.orm import Project
+from baton.server.graphql.core import Info, context_of, page, require
+from baton.server.graphql.where import order_clauses, where_clause
+from baton.server.models import projects
+from baton.server.models.errors import ObjectNotFound
+
+query = QueryType()
+mutation = MutationType()
+project_type = ObjectType("project")
+
+_COLUMNS = {"id": Project.id, "name": Project.name, "created": Project.created}
+
+
+def _row(project: Project) -> dict[str, Any]:
+    return {
+        "id": project.id,
+        "tenant_id": project.tenant_id,
+        "name": project.name,
+        "description": project.description,
+        "created": project.created,
+    }
+
+
+@query.field("project")
+def _projects(
+    _: None,
+    info: Info,
+    where: dict[str, Any] | None = None,
+    order_by: list[dict[str, str | None]] | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> list[dict[str, Any]]:
+    principal = require(info, Action.PROJECT_LIST)
+    rows, skip = page(limit, offset)
+    statement = (
+        select(Project)
+        .where(Project.tenant_id == principal.tenant_id, where_clause(where, _COLUMNS))
+        .order_by(*order_clauses(order_by, _COLUMNS), Project.id)
+        .limit(rows)
+        .offset(skip)
+    )
+    with context_of(info).read_sessions() as session:
+        return [_row(project) for project in session.scalars(statement)]
+
+
+@query.field("project_by_pk")
+def _project_by_pk(_: None, info: Info, id: str) -> dict[str, Any] | None:
+    principal = require(info, Action.PROJECT_LIST)
+    with context_of(info).read_sessions() as session:
+        found = session.scalar(select(Project).where(Project.tenant_id == principal.tenant_id, Project.id == id))
+        return None if found is None else _row(found)
+
+
+@project_type.field("flows_aggregate")
+def _flows_aggregate(project: dict[str, Any], info: Info, distinct_on: list[str] | None = None) -> dict[str, Any]:
+    # No flow belongs to a project until Prefect 1's flow registration is served (issue 13, next step): the count
+    # is then the project's flows (distinct by the asked column).
+    return {"aggregate": {"count": 0}}
+
+
+def _own_tenant(info: Info, tenant_id: str | None) -> str:
+    principal = context_of(info).principal
+    if tenant_id is not None and tenant_id != principal.tenant_id:
+        raise ObjectNotFound(f"tenant {tenant_id} not found")
+    return principal.tenant_id
+
+
+@mutation.field("create_project")
+def _create_project(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    require(info, Action.PROJECT_CREATE)
+    tenant_id = _own_tenant(info, input.get("tenant_id"))
+    with transaction(context_of(info).sessions) as session:
+        project = projects.create_project(session, tenant_id, input["name"], input.get("description"))
+        return {"id": project.id}
+
+
+@mutation.field("delete_project")
+def _delete_project(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.PROJECT_DELETE)
+    with transaction(context_of(info).sessions) as session:
+        projects.delete_project(session, principal.tenant_id, input["project_id"])
+    return {"success": True, "error": None}
+
+
+@mutation.field("set_project_name")
+def _set_project_name(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.PROJECT_UPDATE)
+    with transaction(context_of(info).sessions) as session:
+        projects.rename_project(session, principal.tenant_id, input["project_id"], input["name"])
+    return {"id": input["project_id"]}
+
+
+@mutation.field("set_project_description")
+def _set_project_description(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.PROJECT_UPDATE)
+    with transaction(context_of(info).sessions) as session:
+        projects.describe_project(session, principal.tenant_id, input["project_id"], input.get("description"))
+    return {"id": input["project_id"]}

@@ -1,0 +1,24 @@
+"""The executable schema: ``schema.graphql`` bound to the scalars and the resolvers of each module."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from ariadne import make_executable_schema
+from graphql import GraphQLSchema
+
+from baton.server.graphql import core, projects, tenants
+
+
+def build_schema() -> GraphQLSchema:
+    text = resources.files("baton.server.graphql").joinpath("schema.graphql").read_text(encoding="utf-8")
+    return make_executable_schema(
+        text,
+        tenants.query,
+        projects.query,
+        projects.mutation,
+        projects.project_type,
+        core.uuid_scalar,
+        core.uuid_upper_scalar,
+        core.timestamptz,
+    )

@@ -1,0 +1,55 @@
+"""The caller and its tenant: ``auth_info`` (what ``prefect auth login`` asks first), ``tenant``, ``hello``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ariadne import QueryType
+from sqlalchemy import select
+
+from baton.server.access import Action
+from baton.server.database.orm import Tenant
+from baton.server.graphql.core import Info, context_of, page, require
+from baton.server.graphql.where import order_clauses, where_clause
+
+query = QueryType()
+
+
+@query.field("hello")
+def _hello(_: None, info: Info) -> str:
+    return "👋"
+
+
+@query.field("auth_info")
+def _auth_info(_: None, info: Info) -> dict[str, Any]:
+    principal = require(info, Action.WHOAMI)
+    scope = "RUN" if principal.is_run_token else str(principal.role)
+    return {"tenant_id": principal.tenant_id, "user_id": None, "api_token_scope": scope}
+
+
+_TENANT = {"id": Tenant.id, "name": Tenant.name, "slug": Tenant.name, "created": Tenant.created}
+
+
+@query.field("tenant")
+def _tenants(
+    _: None,
+    info: Info,
+    where: dict[str, Any] | None = None,
+    order_by: list[dict[str, str | None]] | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> list[dict[str, Any]]:
+    principal = require(info, Action.WHOAMI)
+    rows, skip = page(limit, offset)
+    statement = (
+        select(Tenant.id, Tenant.name, Tenant.created)
+        .where(Tenant.id == principal.tenant_id, where_clause(where, _TENANT))
+        .order_by(*order_clauses(order_by, _TENANT))
+        .limit(rows)
+        .offset(skip)
+    )
+    with context_of(info).read_sessions() as session:
+        return [
+            {"id": id_, "name": name, "slug": name, "created": created}
+            for id_, name, created in session.execute(statement)
+        ]

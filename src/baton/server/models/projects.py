@@ -1,0 +1,75 @@
+"""Projects: Prefect 1's grouping of flows, created and found by name within a tenant (issue 13)."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from baton.server.database.orm import Project
+from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound
+
+MAX_NAME_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 10_000
+
+
+class DuplicateProject(Conflict):
+    """The tenant has a project of that name already."""
+
+
+def _checked_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
+        raise InvalidRequest(f"a project's name is 1 to {MAX_NAME_LENGTH} printable characters")
+    return name
+
+
+def _checked_description(description: str | None) -> str | None:
+    if description is not None and len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidRequest(f"a project's description is at most {MAX_DESCRIPTION_LENGTH} characters")
+    return description
+
+
+def create_project(session: Session, tenant_id: str, name: str, description: str | None = None) -> Project:
+    """A new project of the tenant. Raises DuplicateProject when the name is taken (checked by the database)."""
+    project = Project(tenant_id=tenant_id, name=_checked_name(name), description=_checked_description(description))
+    try:
+        with session.begin_nested():
+            session.add(project)
+    except IntegrityError as exc:
+        raise DuplicateProject(f"the tenant has a project named {project.name!r} already") from exc
+    return project
+
+
+def get_project(session: Session, tenant_id: str, project_id: str) -> Project:
+    project = session.scalar(select(Project).where(Project.tenant_id == tenant_id, Project.id == project_id))
+    if project is None:
+        raise ObjectNotFound(f"project {project_id} not found")
+    return project
+
+
+def rename_project(session: Session, tenant_id: str, project_id: str, name: str) -> None:
+    get_project(session, tenant_id, project_id)
+    try:
+        with session.begin_nested():
+            session.execute(
+                update(Project)
+                .where(Project.tenant_id == tenant_id, Project.id == project_id)
+                .values(name=_checked_name(name))
+            )
+    except IntegrityError as exc:
+        raise DuplicateProject(f"the tenant has a project named {name.strip()!r} already") from exc
+
+
+def describe_project(session: Session, tenant_id: str, project_id: str, description: str | None) -> None:
+    get_project(session, tenant_id, project_id)
+    session.execute(
+        update(Project)
+        .where(Project.tenant_id == tenant_id, Project.id == project_id)
+        .values(description=_checked_description(description))
+    )
+
+
+def delete_project(session: Session, tenant_id: str, project_id: str) -> None:
+    get_project(session, tenant_id, project_id)
+    session.execute(delete(Project).where(Project.tenant_id == tenant_id, Project.id == project_id))

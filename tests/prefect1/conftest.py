@@ -1,0 +1,76 @@
+"""Prefect 1's real CLI and client (``prefect==1.4.1``, from scripts/prefect1/venv.sh) against a Baton server.
+
+The environment is made by ``.ci/run`` (or by hand: ``scripts/prefect1/venv.sh``); without it these tests skip with
+the reason, and fail under ``CI=true``. Each test's Prefect gets a home of its own (``~/.prefect`` holds the key
+that ``prefect auth login`` saves) and only the settings a user moving to Baton sets: the backend, the API URL, and
+a Baton key.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from support import REPO_ROOT, ServerProcess
+
+VENV = Path(os.environ.get("BATON_PREFECT1_VENV", REPO_ROOT / ".cache" / "prefect1-venv"))
+
+
+@dataclass
+class Prefect1:
+    """Runs Prefect 1's CLI and Python against ``server``, as a user of Prefect Cloud 1 would."""
+
+    server: ServerProcess
+    home: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{VENV / 'bin'}:/usr/bin:/bin",
+            "HOME": str(self.home),
+            "LANG": "C.UTF-8",
+            "PREFECT__BACKEND": "cloud",
+            "PREFECT__CLOUD__API": f"{self.server.url}/graphql",
+        }
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(VENV / "bin" / "prefect"), *args],
+            env=self.env,
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def python(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``script`` run by Prefect 1's Python, in this home and environment."""
+        return subprocess.run(
+            [str(VENV / "bin" / "python"), "-c", script],
+            env=self.env,
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+def skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: the Prefect 1 tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def prefect1(server: ServerProcess, tmp_path: Path) -> Prefect1:
+    if not (VENV / "bin" / "prefect").exists():
+        skip_or_fail(f"no Prefect 1 environment at {VENV}: make it with scripts/prefect1/venv.sh")
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    return Prefect1(server, home)
