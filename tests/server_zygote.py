@@ -39,6 +39,7 @@ PRELOAD = (
     "baton.server.bootstrap",
     "baton.server.database.connection",
     "baton.server.database.migrate",
+    "baton.server.graphql.endpoint",  # imported at the first GraphQL request
     "baton.settings",
     "uvicorn.loops.auto",
     "uvicorn.loops.uvloop",

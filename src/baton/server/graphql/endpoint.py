@@ -31,7 +31,6 @@ from baton.server.json_body import parse_json_body
 from baton.server.models.tenants import Principal
 from baton.server.worker_threads import run_in_worker
 
-PATH = "/graphql"
 # Prefect 1's largest operations are a few hundred tokens: this bounds the parser's work on a hostile query.
 MAX_TOKENS = 5000
 
@@ -94,7 +93,7 @@ def _execute(operation: dict[str, Any], context: Context) -> dict[str, Any]:
     return answer
 
 
-async def graphql_endpoint(request: Request) -> Response:
+async def serve(request: Request) -> Response:
     state = request.app.state
     address = request.client.host if request.client and request.client.host else UNKNOWN_ADDRESS
     outcome: Principal | Refusal = await run_in_worker(
