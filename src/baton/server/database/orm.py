@@ -119,6 +119,8 @@ class Flow(Base):
     max_lateness_seconds: Mapped[int | None] = mapped_column(Integer)
     # @flow(max_concurrent_runs=N): the latest version's value limits the runs of every version (migration 0006).
     max_concurrent_runs: Mapped[int | None] = mapped_column(Integer)
+    # "baton", or "prefect1": registered by Prefect 1's client, run by its agents (migration 0016, Prefect1Flow).
+    kind: Mapped[str] = mapped_column(String(16), server_default="baton")
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -152,6 +154,29 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Prefect1Flow(Base):
+    """What Prefect 1's registration keeps beside a flow version of kind ``prefect1`` (issue 13, migration 0016)."""
+
+    __tablename__ = "prefect1_flows"
+    __table_args__ = (
+        Index("ix_prefect1_flows_tenant_group", "tenant_id", "version_group_id"),
+        Index("ix_prefect1_flows_project", "project_id"),
+    )
+
+    flow_id: Mapped[str] = mapped_column(ForeignKey("flows.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    # Prefect 1's version group (the client may name it; else the flow's name in its project has one) and the flow
+    # group of the same versions (flow_group_id: what its UI linked to).
+    version_group_id: Mapped[str] = mapped_column(String(200))
+    flow_group_id: Mapped[str] = mapped_column(String(36))
+    core_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The flow as Prefect 1 serialized it, its tasks carrying the ids given at registration.
+    serialized_flow: Mapped[dict[str, Any]] = mapped_column()
 
 
 class Agent(Base):

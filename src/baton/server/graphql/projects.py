@@ -19,7 +19,7 @@ query = QueryType()
 mutation = MutationType()
 project_type = ObjectType("project")
 
-_COLUMNS = {"id": Project.id, "name": Project.name, "created": Project.created}
+COLUMNS = {"id": Project.id, "name": Project.name, "created": Project.created}
 
 
 def _row(project: Project) -> dict[str, Any]:
@@ -45,8 +45,8 @@ def _projects(
     rows, skip = page(limit, offset)
     statement = (
         select(Project)
-        .where(Project.tenant_id == principal.tenant_id, where_clause(where, _COLUMNS))
-        .order_by(*order_clauses(order_by, _COLUMNS), Project.id)
+        .where(Project.tenant_id == principal.tenant_id, where_clause(where, COLUMNS))
+        .order_by(*order_clauses(order_by, COLUMNS), Project.id)
         .limit(rows)
         .offset(skip)
     )
@@ -64,9 +64,14 @@ def _project_by_pk(_: None, info: Info, id: str) -> dict[str, Any] | None:
 
 @project_type.field("flows_aggregate")
 def _flows_aggregate(project: dict[str, Any], info: Info, distinct_on: list[str] | None = None) -> dict[str, Any]:
-    # No flow belongs to a project until Prefect 1's flow registration is served (issue 13, next step): the count
-    # is then the project's flows (distinct by the asked column).
-    return {"aggregate": {"count": 0}}
+    """The project's flow versions counted, or its flows (``distinct_on: name``, as ``prefect get projects`` asks)."""
+    principal = context_of(info).principal
+    with context_of(info).read_sessions() as session:
+        if distinct_on == ["name"]:
+            count = len(projects.flow_names(session, principal.tenant_id, project["id"]))
+        else:
+            count = projects.flow_version_count(session, principal.tenant_id, project["id"])
+    return {"aggregate": {"count": count}}
 
 
 def _own_tenant(info: Info, tenant_id: str | None) -> str:

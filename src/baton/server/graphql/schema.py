@@ -7,7 +7,7 @@ from importlib import resources
 from ariadne import make_executable_schema
 from graphql import GraphQLSchema
 
-from baton.server.graphql import core, projects, tenants
+from baton.server.graphql import core, flows, projects, tenants
 
 
 def build_schema() -> GraphQLSchema:
@@ -18,6 +18,10 @@ def build_schema() -> GraphQLSchema:
         projects.query,
         projects.mutation,
         projects.project_type,
+        flows.query,
+        flows.mutation,
+        flows.jsonb,
+        flows.json_scalar,
         core.uuid_scalar,
         core.uuid_upper_scalar,
         core.timestamptz,

@@ -17,13 +17,24 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, UnaryExpression, and_, not_, or_, true
 from sqlalchemy.orm import QueryableAttribute
 
-# A GraphQL field's column, by the field's name.
-Columns = Mapping[str, ColumnElement[Any] | QueryableAttribute[Any]]
+
+@dataclass(frozen=True)
+class Related:
+    """A relationship's filter (``{project: {name: {_eq: "etl"}}}``): the inner expression is read over ``columns``,
+    and ``link`` makes of its condition one on the outer row (e.g. ``Flow.project_id IN (SELECT ...)``)."""
+
+    columns: Columns
+    link: Callable[[ColumnElement[bool]], ColumnElement[bool]]
+
+
+# A GraphQL field's column (or relationship), by the field's name.
+Columns = Mapping[str, ColumnElement[Any] | QueryableAttribute[Any] | Related]
 
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "_eq": operator.eq,
@@ -54,8 +65,10 @@ def where_clause(expression: Mapping[str, Any] | None, columns: Columns) -> Colu
                 parts.append(or_(*(where_clause(item, columns) for item in value)))
         elif key == "_not":
             parts.append(not_(where_clause(value, columns)))
+        elif isinstance(related := columns.get(key), Related):
+            parts.append(related.link(where_clause(value, related.columns)))
         elif key in columns:
-            parts.extend(_comparisons(columns[key], value))
+            parts.extend(_comparisons(columns[key], value))  # type: ignore[arg-type]  # not Related: checked above
         else:
             raise UnsupportedFilter(f"filtering on {key!r} is not supported")
     return and_(true(), *parts)
@@ -103,7 +116,8 @@ def order_clauses(
         for key, direction in item.items():
             if direction is None:
                 continue
-            if key not in columns:
+            column = columns.get(key)
+            if column is None or isinstance(column, Related):
                 raise UnsupportedFilter(f"ordering by {key!r} is not supported")
-            clauses.append(_DIRECTIONS[direction](columns[key]))
+            clauses.append(_DIRECTIONS[direction](column))
     return clauses

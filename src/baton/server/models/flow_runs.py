@@ -27,7 +27,7 @@ from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, chec
 from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, FlowRunState, table_of, utcnow
 from baton.server.models import cursors, notifications, retries
 from baton.server.models import flows as flow_queries
-from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
+from baton.server.models.errors import IdempotencyConflict, InvalidRequest, ObjectNotFound, StaleState
 from baton.server.models.identity import already_loaded
 from baton.server.models.ids import checked_id
 from baton.server.models.logs import with_dropped_note
@@ -115,6 +115,9 @@ def create_flow_run(
     else:
         assert payload.flow_name is not None  # guaranteed by FlowRunCreate's validator
         flow = flow_queries.find_flow(session, tenant_id, payload.flow_name, payload.flow_version, source=False)
+    if flow.kind != "baton":
+        # Its code runs under Prefect 1's agents and flow runner, whose runs the GraphQL API does not serve yet.
+        raise InvalidRequest(f"flow {flow.name!r} is a Prefect 1 flow: Baton's agents cannot run it")
     check_parameters(flow.parameters_schema, payload.parameters)
     labels = resolve_run_labels(payload.labels, flow)
     now = utcnow()

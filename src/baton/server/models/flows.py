@@ -76,6 +76,10 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
         raise InvalidRequest(f"bundle {bundle} was not uploaded: PUT /api/bundles/{bundle} first")
     digest = _content_hash(payload)
     latest = latest_version(session, tenant_id, payload.name)
+    if latest is not None and latest.kind != "baton":
+        raise InvalidRequest(
+            f"{payload.name!r} is a Prefect 1 flow of this tenant: a Baton flow needs a name of its own"
+        )
     if bundle is not None and (latest is None or latest.content_hash != digest):
         _check_source_in_bundle(session, tenant_id, payload)
     for _attempt in range(3):

@@ -6,7 +6,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from baton.server.database.orm import Project
+from baton.server.database.orm import Flow, Prefect1Flow, Project
 from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound
 
 MAX_NAME_LENGTH = 200
@@ -15,6 +15,10 @@ MAX_DESCRIPTION_LENGTH = 10_000
 
 class DuplicateProject(Conflict):
     """The tenant has a project of that name already."""
+
+
+class ProjectHoldsFlows(Conflict):
+    """A project with flows is not deleted: their versions, runs and history would go with it."""
 
 
 def _checked_name(name: str) -> str:
@@ -70,6 +74,35 @@ def describe_project(session: Session, tenant_id: str, project_id: str, descript
     )
 
 
+def flow_names(session: Session, tenant_id: str, project_id: str) -> list[str]:
+    """The names of the flows registered in the project (each once, whatever its versions)."""
+    return list(
+        session.scalars(
+            select(Flow.name)
+            .join(Prefect1Flow, Prefect1Flow.flow_id == Flow.id)
+            .where(Prefect1Flow.tenant_id == tenant_id, Prefect1Flow.project_id == project_id)
+            .distinct()
+            .order_by(Flow.name)
+        )
+    )
+
+
+def flow_version_count(session: Session, tenant_id: str, project_id: str) -> int:
+    return len(
+        list(
+            session.scalars(
+                select(Prefect1Flow.flow_id).where(
+                    Prefect1Flow.tenant_id == tenant_id, Prefect1Flow.project_id == project_id
+                )
+            )
+        )
+    )
+
+
 def delete_project(session: Session, tenant_id: str, project_id: str) -> None:
     get_project(session, tenant_id, project_id)
+    names = flow_names(session, tenant_id, project_id)
+    if names:
+        shown = ", ".join(repr(name) for name in names[:5]) + (" ..." if len(names) > 5 else "")
+        raise ProjectHoldsFlows(f"the project holds flows ({shown}): it is deleted only once it holds none")
     session.execute(delete(Project).where(Project.tenant_id == tenant_id, Project.id == project_id))

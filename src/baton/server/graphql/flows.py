@@ -1,0 +1,220 @@
+"""Flows over GraphQL: Prefect 1's registration (``create_flow_from_compressed_string``, ``create_flow``,
+``register_tasks``, ``register_edges``) and its ``flow`` queries. The mapping onto Baton's flows:
+``models.prefect1_flows``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from typing import Any
+
+from ariadne import MutationType, QueryType, ScalarType
+from fastapi import HTTPException
+from graphql import ValueNode, value_from_ast_untyped
+from sqlalchemy import Select, func, select
+
+from baton.server.access import Action
+from baton.server.database.connection import transaction
+from baton.server.database.orm import Flow, Prefect1Flow, Project
+from baton.server.graphql.core import Info, context_of, page, require
+from baton.server.graphql.projects import COLUMNS as PROJECT_COLUMNS
+from baton.server.graphql.where import Columns, Related, order_clauses, where_clause
+from baton.server.json_body import parse_json_body
+from baton.server.models import prefect1_flows
+from baton.server.models.errors import InvalidRequest
+
+query = QueryType()
+mutation = MutationType()
+
+# A compressed serialized flow may inflate to this much JSON at most (a gzip bomb is refused, not inflated).
+MAX_SERIALIZED_BYTES = 32 * 1024 * 1024
+
+
+def _any_json(value: Any) -> Any:
+    return value
+
+
+def _json_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
+    return value_from_ast_untyped(node, variables)
+
+
+jsonb = ScalarType("jsonb", serializer=_any_json, value_parser=_any_json, literal_parser=_json_literal)
+json_scalar = ScalarType("JSON", serializer=_any_json, value_parser=_any_json, literal_parser=_json_literal)
+
+COLUMNS: Columns = {
+    "id": Flow.id,
+    "name": Flow.name,
+    "version": Flow.version,
+    "created": Flow.created,
+    "version_group_id": Prefect1Flow.version_group_id,
+    "flow_group_id": Prefect1Flow.flow_group_id,
+    "project_id": Prefect1Flow.project_id,
+    "core_version": Prefect1Flow.core_version,
+    "archived": Prefect1Flow.archived,
+    "project": Related(PROJECT_COLUMNS, lambda inner: Prefect1Flow.project_id.in_(select(Project.id).where(inner))),
+}
+
+
+def _rows(statement: Select[Flow, Prefect1Flow, Project], info: Info) -> list[dict[str, Any]]:
+    with context_of(info).read_sessions() as session:
+        found = session.execute(statement).all()
+    return [_row(flow, data, project) for flow, data, project in found]
+
+
+def _row(flow: Flow, data: Prefect1Flow, project: Project) -> dict[str, Any]:
+    serialized = data.serialized_flow
+    return {
+        "id": flow.id,
+        "tenant_id": flow.tenant_id,
+        "project_id": data.project_id,
+        "project": {
+            "id": project.id,
+            "tenant_id": project.tenant_id,
+            "name": project.name,
+            "description": project.description,
+            "created": project.created,
+        },
+        "name": flow.name,
+        "version": flow.version,
+        "version_group_id": data.version_group_id,
+        "flow_group_id": data.flow_group_id,
+        "core_version": data.core_version,
+        "archived": data.archived,
+        "created": flow.created,
+        "description": flow.description,
+        "storage": serialized.get("storage"),
+        "run_config": serialized.get("run_config"),
+        "environment": serialized.get("environment"),
+        "parameters": serialized.get("parameters") or [],
+        "schedule": serialized.get("schedule"),
+        "is_schedule_active": False,  # Baton does not run Prefect 1 schedules (yet)
+        "serialized_flow": serialized,
+    }
+
+
+def _joined(tenant_id: str) -> Select[Flow, Prefect1Flow, Project]:
+    return (
+        select(Flow, Prefect1Flow, Project)
+        .join(Prefect1Flow, Prefect1Flow.flow_id == Flow.id)
+        .join(Project, Project.id == Prefect1Flow.project_id)
+        .where(Flow.tenant_id == tenant_id, Flow.kind == prefect1_flows.KIND)
+    )
+
+
+@query.field("flow")
+def _flows(
+    _: None,
+    info: Info,
+    where: dict[str, Any] | None = None,
+    order_by: list[dict[str, str | None]] | None = None,
+    distinct_on: list[str] | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> list[dict[str, Any]]:
+    principal = require(info, Action.FLOW_LIST)
+    rows, skip = page(limit, offset)
+    ordering = [*order_clauses(order_by, COLUMNS), Flow.id]
+    statement = _joined(principal.tenant_id).where(where_clause(where, COLUMNS))
+    if distinct_on:
+        # Hasura's distinct_on (PostgreSQL's DISTINCT ON, portably): the first row of each group in ``order_by``.
+        partition = [column for name in distinct_on if not isinstance(column := COLUMNS[name], Related)]
+        ranked = (
+            statement.with_only_columns(
+                Flow.id.label("flow_id"),
+                func.row_number().over(partition_by=partition, order_by=ordering).label("rank"),
+            )
+        ).subquery()
+        statement = _joined(principal.tenant_id).join(ranked, ranked.c.flow_id == Flow.id).where(ranked.c.rank == 1)
+    return _rows(statement.order_by(*ordering).limit(rows).offset(skip), info)
+
+
+@query.field("flow_by_pk")
+def _flow_by_pk(_: None, info: Info, id: str) -> dict[str, Any] | None:
+    principal = require(info, Action.FLOW_LIST)
+    found = _rows(_joined(principal.tenant_id).where(Flow.id == id), info)
+    return found[0] if found else None
+
+
+# --- registration ----------------------------------------------------------------------------------------------
+
+
+def _decompressed(text: str) -> Any:
+    """Prefect 1's ``compress``: base64 of gzipped JSON. Inflated at most :data:`MAX_SERIALIZED_BYTES`."""
+    try:
+        packed = base64.b64decode(text, validate=True)
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip
+        raw = inflater.decompress(packed, MAX_SERIALIZED_BYTES)
+        if inflater.unconsumed_tail:
+            raise InvalidRequest(f"the serialized flow inflates past {MAX_SERIALIZED_BYTES} bytes")
+        return parse_json_body(raw)
+    except (binascii.Error, zlib.error, ValueError, HTTPException) as exc:
+        raise InvalidRequest("Unable to decompress serialized flow") from exc
+
+
+def _create(info: Info, data: dict[str, Any], serialized: Any) -> dict[str, Any]:
+    principal = require(info, Action.FLOW_REGISTER)
+    with transaction(context_of(info).sessions) as session:
+        flow_id = prefect1_flows.register(
+            session,
+            principal.tenant_id,
+            data["project_id"],
+            serialized,
+            version_group_id=data.get("version_group_id"),
+            idempotency_key=data.get("idempotency_key"),
+            description=data.get("description"),
+        )
+    return {"id": flow_id}
+
+
+@mutation.field("create_flow_from_compressed_string")
+def _create_from_compressed(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    require(info, Action.FLOW_REGISTER)  # before inflating anything
+    return _create(info, input, _decompressed(input["serialized_flow"]))
+
+
+@mutation.field("create_flow")
+def _create_flow(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    return _create(info, input, input["serialized_flow"])
+
+
+@mutation.field("register_tasks")
+def _register_tasks(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.FLOW_REGISTER)
+    with transaction(context_of(info).sessions) as session:
+        prefect1_flows.add_tasks(session, principal.tenant_id, input["flow_id"], input.get("serialized_tasks") or [])
+    return {"success": True, "error": None}
+
+
+@mutation.field("register_edges")
+def _register_edges(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.FLOW_REGISTER)
+    with transaction(context_of(info).sessions) as session:
+        prefect1_flows.add_edges(session, principal.tenant_id, input["flow_id"], input.get("serialized_edges") or [])
+    return {"success": True, "error": None}
+
+
+@mutation.field("set_schedule_active")
+def _set_schedule_active(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.FLOW_REGISTER)
+    with context_of(info).read_sessions() as session:
+        found = prefect1_flows.get(session, principal.tenant_id, input["flow_id"])
+    if found.serialized_flow.get("schedule") is None:
+        return {"success": True, "error": None}  # nothing to schedule
+    return {"success": False, "error": "Baton does not run Prefect 1 schedules yet: the flow's schedule is inactive"}
+
+
+@mutation.field("set_schedule_inactive")
+def _set_schedule_inactive(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.FLOW_REGISTER)
+    with context_of(info).read_sessions() as session:
+        prefect1_flows.get(session, principal.tenant_id, input["flow_id"])
+    return {"success": True, "error": None}
+
+
+@mutation.field("archive_flow")
+def _archive_flow(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.FLOW_REGISTER)
+    with transaction(context_of(info).sessions) as session:
+        prefect1_flows.archive(session, principal.tenant_id, input["flow_id"])
+    return {"success": True, "error": None}

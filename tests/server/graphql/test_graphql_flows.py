@@ -1,0 +1,246 @@
+"""Prefect 1's flow registration over GraphQL on a real server (both databases): versions, version groups,
+idempotency, tasks and edges, the ``flow`` queries Prefect 1's CLI sends, and what Baton refuses."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gzip
+import json
+from typing import Any
+
+import pytest
+
+from server.graphql.test_graphql_endpoint import ask, data, error
+from server.graphql.test_graphql_projects import create as create_project
+from server.harness import TenantContext
+
+CREATE = "mutation($input: create_flow_input!) { create_flow(input: $input) { id } }"
+COMPRESSED = (
+    "mutation($input: create_flow_from_compressed_string_input!) { create_flow_from_compressed_string(input: $input)"
+    " { id } }"
+)
+FLOWS = (
+    "query($where: flow_bool_exp) { flow(where: $where, order_by: [{name: asc}, {version: desc}]) "
+    "{ id name version archived version_group_id flow_group_id core_version project { name } parameters run_config "
+    "serialized_flow } }"
+)
+
+
+def serialized(name: str = "etl", labels: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """A flow as Prefect 1.4.1 serializes it (abridged to what the server reads): a parameter, two tasks."""
+    return {
+        "name": name,
+        "type": "prefect.core.flow.Flow",
+        "__version__": "1.4.1",
+        "schedule": None,
+        "parameters": [
+            {"name": "n", "slug": "n", "default": 3, "required": False},
+            {"name": "k", "slug": "k", "default": None, "required": True},
+        ],
+        "tasks": [
+            {"name": "nums", "slug": "nums-1", "type": "prefect.tasks.core.function.FunctionTask", "max_retries": 0},
+            {"name": "add", "slug": "add-1", "type": "prefect.tasks.core.function.FunctionTask", "max_retries": 2},
+        ],
+        "edges": [
+            {"upstream_task": {"slug": "n"}, "downstream_task": {"slug": "nums-1"}, "key": "n", "mapped": False},
+            {"upstream_task": {"slug": "nums-1"}, "downstream_task": {"slug": "add-1"}, "key": "x", "mapped": True},
+        ],
+        "run_config": {"type": "LocalRun", "labels": labels or ["etl"], "env": None},
+        "storage": {"type": "Local", "directory": "/tmp/flows", "flows": {name: "/tmp/flows/x.prefect"}},
+        **extra,
+    }
+
+
+def with_parameter_tasks(flow: dict[str, Any]) -> dict[str, Any]:
+    """Prefect 1 serializes Parameters as tasks too: the edges from ``n`` need it."""
+    flow = copy.deepcopy(flow)
+    flow["tasks"].insert(0, {"name": "n", "slug": "n", "type": "prefect.core.parameter.Parameter"})
+    return flow
+
+
+def register(tenant: TenantContext, project_id: str, flow: dict[str, Any], key: str | None = None, **extra: Any) -> Any:
+    return ask(
+        tenant, CREATE, key=key, variables={"input": {"project_id": project_id, "serialized_flow": flow, **extra}}
+    )
+
+
+def flows(tenant: TenantContext, where: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = data(ask(tenant, FLOWS, variables={"where": where}))["flow"]
+    return found
+
+
+def test_a_registered_flow_is_a_baton_flow_with_its_parameters_labels_and_tasks(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+
+    flow_id = data(register(tenant, project, with_parameter_tasks(serialized())))["create_flow"]["id"]
+
+    [found] = flows(tenant)
+    assert (found["id"], found["name"], found["version"], found["archived"]) == (flow_id, "etl", 1, False)
+    assert found["project"] == {"name": "loads"} and found["core_version"] == "1.4.1"
+    assert [parameter["name"] for parameter in found["parameters"]] == ["n", "k"]
+    assert found["run_config"]["labels"] == ["etl"]
+    tasks = found["serialized_flow"]["tasks"]
+    assert [task["slug"] for task in tasks] == ["n", "nums-1", "add-1"] and all(len(task["id"]) == 36 for task in tasks)
+    baton = tenant.admin.get_flow(flow_id)
+    assert (baton.name, baton.version, baton.labels) == ("etl", 1, ["etl"])
+    assert baton.parameters_schema["required"] == ["k"]
+    assert baton.parameters_schema["properties"]["n"] == {"default": 3}
+
+
+def test_a_new_version_archives_the_others_and_a_repeated_idempotency_key_makes_none(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    flow = with_parameter_tasks(serialized())
+
+    first = data(register(tenant, project, flow, idempotency_key="k1"))["create_flow"]["id"]
+    second = data(register(tenant, project, flow, idempotency_key="k2"))["create_flow"]["id"]
+    again = data(register(tenant, project, flow, idempotency_key="k2"))["create_flow"]["id"]
+
+    assert again == second != first
+    found = {row["version"]: row for row in flows(tenant)}
+    assert sorted(found) == [1, 2]
+    assert (found[1]["archived"], found[2]["archived"]) == (True, False)
+    assert found[1]["version_group_id"] == found[2]["version_group_id"]
+    assert found[1]["flow_group_id"] == found[2]["flow_group_id"]
+
+
+def test_the_compressed_string_prefect_register_sends_and_garbage_or_a_bomb_refused(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    packed = base64.b64encode(gzip.compress(json.dumps(with_parameter_tasks(serialized())).encode())).decode()
+    bomb = base64.b64encode(gzip.compress(b"[" * 40 * 1024 * 1024)).decode()
+
+    def send(text: str) -> Any:
+        return ask(tenant, COMPRESSED, variables={"input": {"project_id": project, "serialized_flow": text}})
+
+    assert data(send(packed))["create_flow_from_compressed_string"]["id"]
+    assert error(send("not base64 at all"))["message"] == "Unable to decompress serialized flow"
+    assert error(send(base64.b64encode(b"plain").decode()))["message"] == "Unable to decompress serialized flow"
+    refused = error(send(bomb))
+    assert refused["extensions"]["code"] == "BAD_USER_INPUT" and "inflates" in refused["message"]
+    assert len(flows(tenant)) == 1
+
+
+def test_the_cli_queries_latest_per_name_and_by_project_name(tenant: TenantContext) -> None:
+    loads, reports = create_project(tenant, "loads"), create_project(tenant, "reports")
+    for _ in range(2):
+        register(tenant, loads, with_parameter_tasks(serialized("etl")))
+    register(tenant, reports, with_parameter_tasks(serialized("daily")))
+    latest = (
+        "{ flow(where: {_and: {name: {_eq: null}, version: {_eq: null}, project: {name: {_eq: null}}}},"
+        " order_by: {name: asc, version: desc}, distinct_on: name, limit: 10) { name version project { name } } }"
+    )
+
+    assert data(ask(tenant, latest))["flow"] == [
+        {"name": "daily", "version": 1, "project": {"name": "reports"}},
+        {"name": "etl", "version": 2, "project": {"name": "loads"}},
+    ]
+    assert [row["name"] for row in flows(tenant, {"project": {"name": {"_eq": "reports"}}})] == ["daily"]
+    assert [row["version"] for row in flows(tenant, {"project": {"id": {"_eq": loads}}})] == [2, 1]
+
+
+def test_tasks_and_edges_registered_apart_as_flow_register_sends_them(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    flow = with_parameter_tasks(serialized())
+    tasks, edges = flow.pop("tasks"), flow.pop("edges")
+    flow_id = data(register(tenant, project, flow))["create_flow"]["id"]
+
+    def send(field: str, values: list[Any]) -> Any:
+        kind = "tasks" if field == "register_tasks" else "edges"
+        query = f"mutation($input: {field}_input!) {{ {field}(input: $input) {{ success }} }}"
+        return ask(tenant, query, variables={"input": {"flow_id": flow_id, f"serialized_{kind}": values}})
+
+    assert data(send("register_tasks", tasks)) == {"register_tasks": {"success": True}}
+    assert data(send("register_tasks", tasks[:1])) == {"register_tasks": {"success": True}}  # known slugs: kept
+    assert data(send("register_edges", edges)) == {"register_edges": {"success": True}}
+    unknown = error(send("register_edges", [{"upstream_task": {"slug": "nope"}, "downstream_task": {"slug": "n"}}]))
+
+    assert "reference tasks that do not exist" in unknown["message"]
+    [found] = flows(tenant)
+    assert [task["slug"] for task in found["serialized_flow"]["tasks"]] == ["n", "nums-1", "add-1"]
+    assert len(found["serialized_flow"]["edges"]) == 2
+    assert tenant.admin.get_flow(flow_id).tasks == ["n", "nums", "add"]
+
+
+@pytest.mark.parametrize(
+    ("flow", "words"),
+    [
+        (serialized("etl/daily"), "not a Baton flow name"),
+        (serialized(edges=[{"upstream_task": {"slug": "x"}, "downstream_task": {"slug": "y"}}]), "do not exist"),
+        (serialized(run_config={"labels": "etl"}), "labels"),
+        (serialized(parameters={"n": 1}), "parameters"),
+        ([1, 2], "must be an object"),
+    ],
+)
+def test_flows_baton_cannot_keep_are_refused_with_the_reason(tenant: TenantContext, flow: Any, words: str) -> None:
+    found = error(register(tenant, create_project(tenant, "loads"), flow))
+
+    assert found["extensions"]["code"] == "BAD_USER_INPUT" and words in found["message"], found
+    assert flows(tenant) == []
+
+
+def test_names_are_the_tenants_across_projects_and_kinds(tenant: TenantContext) -> None:
+    loads, reports = create_project(tenant, "loads"), create_project(tenant, "reports")
+    register(tenant, loads, with_parameter_tasks(serialized("etl")))
+    tenant.register_flow("native")
+
+    elsewhere = error(register(tenant, reports, with_parameter_tasks(serialized("etl"))))
+    native = error(register(tenant, loads, with_parameter_tasks(serialized("native"))))
+    baton_side = tenant.raw(tenant.admin_key).post(
+        "/api/flows", json={"name": "etl", "source": "from baton import flow\n", "entrypoint": "etl"}
+    )
+
+    assert "registered in another project" in elsewhere["message"]
+    assert "is a Baton flow" in native["message"]
+    assert baton_side.status_code == 422 and "is a Prefect 1 flow" in baton_side.json()["detail"]
+
+
+def test_baton_will_not_start_a_run_its_agents_cannot_run(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    data(register(tenant, project, with_parameter_tasks(serialized())))
+
+    answer = tenant.raw(tenant.admin_key).post("/api/flow_runs", json={"flow_name": "etl", "parameters": {"k": 1}})
+
+    assert answer.status_code == 422
+    assert "Prefect 1 flow" in answer.json()["detail"]
+
+
+def test_a_project_holding_flows_is_not_deleted_and_counts_them(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    for _ in range(2):
+        register(tenant, project, with_parameter_tasks(serialized("etl")))
+    register(tenant, project, with_parameter_tasks(serialized("other")))
+    counts = (
+        "{ project { names: flows_aggregate(distinct_on: name) { aggregate { count } } "
+        "versions: flows_aggregate { aggregate { count } } } }"
+    )
+
+    refused = error(
+        ask(
+            tenant,
+            "mutation($input: delete_project_input!) { delete_project(input: $input) { success } }",
+            variables={"input": {"project_id": project}},
+        )
+    )
+
+    assert refused["extensions"]["code"] == "CONFLICT" and "'etl', 'other'" in refused["message"]
+    assert data(ask(tenant, counts))["project"] == [
+        {"names": {"aggregate": {"count": 2}}, "versions": {"aggregate": {"count": 3}}}
+    ]
+
+
+@pytest.mark.parametrize("role", ["runner", "read"])
+def test_only_admin_and_user_keys_register(tenant: TenantContext, role: str) -> None:
+    project = create_project(tenant, "loads")
+
+    assert error(register(tenant, project, serialized(), key=tenant.key(role)))["extensions"]["code"] == "FORBIDDEN"
+
+
+def test_another_tenants_project_and_flows_are_out_of_reach(tenant: TenantContext, other_tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    flow_id = data(register(tenant, project, with_parameter_tasks(serialized())))["create_flow"]["id"]
+
+    into = error(register(other_tenant, project, serialized("theirs")))
+    peek = data(ask(other_tenant, f'{{ flow_by_pk(id: "{flow_id}") {{ id }} }}'))
+
+    assert into["extensions"]["code"] == "NOT_FOUND"
+    assert peek == {"flow_by_pk": None} and flows(other_tenant) == []
