@@ -14,8 +14,10 @@ from server.harness import TenantContext
 
 
 def ask(tenant: TenantContext, query: str, key: str | None = None, **extra: Any) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key or tenant.admin_key}"}
-    return httpx.post(f"{tenant.server.url}/graphql", json={"query": query, **extra}, headers=headers, timeout=30)
+    headers = {"Authorization": f"Bearer {key or tenant.admin_key}", "Content-Type": "application/json"}
+    # ASCII JSON, as json.dumps writes it: a lone surrogate a test sends travels as its escape, as from any client.
+    body = json.dumps({"query": query, **extra}).encode()
+    return httpx.post(f"{tenant.server.url}/graphql", content=body, headers=headers, timeout=30)
 
 
 def data(response: httpx.Response) -> Any:

@@ -244,3 +244,87 @@ def test_another_tenants_project_and_flows_are_out_of_reach(tenant: TenantContex
 
     assert into["extensions"]["code"] == "NOT_FOUND"
     assert peek == {"flow_by_pk": None} and flows(other_tenant) == []
+
+
+@pytest.mark.parametrize(
+    ("flow", "words"),
+    [
+        (serialized(description="x"), None),  # a control: the flow below differs by one bad value each
+        (serialized(extra_field="\ud800"), "surrogate"),
+        (serialized(extra_field="nul\x00"), "NUL"),
+        (serialized(__version__="1" * 65), "__version__"),
+        (serialized("etl\n"), "not a Baton flow name"),
+    ],
+)
+def test_values_no_database_could_serve_back_are_refused_before_storing(
+    tenant: TenantContext, flow: dict[str, Any], words: str | None
+) -> None:
+    answer = register(tenant, create_project(tenant, "loads"), with_parameter_tasks(flow))
+
+    if words is None:
+        assert data(answer)["create_flow"]["id"]
+    else:
+        found = error(answer)
+        assert found["extensions"]["code"] == "BAD_USER_INPUT" and words in found["message"], found
+        assert flows(tenant) == []
+    assert tenant.raw(tenant.admin_key).get("/api/flows").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("idempotency_key", "k" * 201), ("version_group_id", "g" * 201), ("description", "d\x00")],
+)
+def test_inputs_too_long_or_unstorable_are_refused_on_both_databases(
+    tenant: TenantContext, field: str, value: str
+) -> None:
+    found = error(
+        register(tenant, create_project(tenant, "loads"), with_parameter_tasks(serialized()), **{field: value})
+    )
+
+    assert found["extensions"]["code"] == "BAD_USER_INPUT" and field in found["message"], found
+
+
+def test_one_registration_per_request_however_many_aliases(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    twice = (
+        "mutation($input: create_flow_input!) { a: create_flow(input: $input) { id } b: create_flow(input: $input)"
+        " { id } }"
+    )
+    many_reads = "{ " + " ".join(f"f{i}: flow {{ id }}" for i in range(11)) + " }"
+
+    refused = error(ask(tenant, twice, variables={"input": {"project_id": project, "serialized_flow": serialized()}}))
+    reads = error(ask(tenant, many_reads))
+
+    assert "at most 1 root field" in refused["message"] and "at most 10 root field" in reads["message"]
+    assert flows(tenant) == []
+
+
+def test_edges_sent_again_are_kept_once(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    flow = with_parameter_tasks(serialized())
+    edges = flow["edges"]
+    flow_id = data(register(tenant, project, flow))["create_flow"]["id"]
+    query = "mutation($input: register_edges_input!) { register_edges(input: $input) { success } }"
+
+    for _ in range(3):
+        data(ask(tenant, query, variables={"input": {"flow_id": flow_id, "serialized_edges": edges}}))
+
+    assert len(flows(tenant)[0]["serialized_flow"]["edges"]) == 2
+
+
+def test_a_version_group_of_another_flow_is_refused(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    data(register(tenant, project, with_parameter_tasks(serialized("a"))))
+    group = flows(tenant)[0]["version_group_id"]
+
+    found = error(register(tenant, project, with_parameter_tasks(serialized("b")), version_group_id=group))
+
+    assert "belongs to another flow" in found["message"]
+    assert [(row["name"], row["archived"]) for row in flows(tenant)] == [("a", False)]
+
+
+def test_an_empty_or_matches_nothing(tenant: TenantContext) -> None:
+    data(register(tenant, create_project(tenant, "loads"), with_parameter_tasks(serialized())))
+
+    assert flows(tenant, {"_or": []}) == []
+    assert len(flows(tenant, {"_and": []})) == 1

@@ -3,10 +3,16 @@ per tenant, tenants isolated, and the roles of ``access.POLICY``."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
+from sqlalchemy.orm import Session, sessionmaker
 
+from baton.server.database.connection import transaction
+from baton.server.database.orm import Project
 from server.graphql.test_graphql_endpoint import ask, data, error
 from server.harness import TenantContext
 
@@ -108,3 +114,19 @@ def test_names_no_one_could_read_back_are_refused(tenant: TenantContext, name: s
     assert found["extensions"]["code"] == "BAD_USER_INPUT"
     assert "name" in found["message"]
     assert data(ask(tenant, LIST))["project"] == []
+
+
+def test_without_a_limit_more_rows_than_one_answer_holds_is_an_error_that_says_to_page(
+    tenant: TenantContext, api_database: sessionmaker[Session]
+) -> None:
+    now = datetime.now(UTC)
+    rows = [{"id": str(uuid.uuid4()), "tenant_id": tenant.id, "name": f"p{i:04}", "created": now} for i in range(1001)]
+    with transaction(api_database) as session:
+        session.execute(insert(Project.__table__), rows)
+
+    unbounded = error(ask(tenant, "{ project { id } }"))
+    first = data(ask(tenant, "{ project(limit: 1000, order_by: {name: asc}) { name } }"))["project"]
+    rest = data(ask(tenant, "{ project(limit: 1000, offset: 1000, order_by: {name: asc}) { name } }"))["project"]
+
+    assert unbounded["extensions"]["code"] == "BAD_USER_INPUT" and "limit and offset" in unbounded["message"]
+    assert len(first) == 1000 and rest == [{"name": "p1000"}]

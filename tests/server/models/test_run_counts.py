@@ -17,7 +17,7 @@ from baton.schemas.actions import FlowCreate, FlowRunCreate
 from baton.schemas.states import StateName
 from baton.server.database.connection import create_database_engine, create_session_factory, transaction
 from baton.server.database.migrate import upgrade
-from baton.server.database.orm import FlowRun, FlowRunCount, FlowRunCountDelta, new_id
+from baton.server.database.orm import Flow, FlowRun, FlowRunCount, FlowRunCountDelta, new_id
 from baton.server.models import flow_runs, flows, run_counts, tenants
 from baton.server.services.run_counts import RunCountService
 from server.harness import TenantContext, unique
@@ -46,6 +46,16 @@ def _runs(factory: sessionmaker[Session], tenant_id: str, name: str, count: int)
     with transaction(factory) as session:
         made = [flow_runs.create_flow_run(session, tenant_id, FlowRunCreate(flow_name=name)) for _ in range(count)]
         return [run.id for run in made]
+
+
+def _flow_as_of(factory: sessionmaker[Session], tenant_id: str, name: str) -> str:
+    """A flow written with only the columns an older revision has (``register_flow`` reads the ORM's newest ones,
+    such as 0016's ``kind``)."""
+    row = {"id": new_id(), "tenant_id": tenant_id, "name": name, "version": 1, "entrypoint": "main", "source": "x"}
+    row |= {"content_hash": "0", "storage": {}, "run_config": {}, "labels": [], "parameters_schema": {}, "tasks": []}
+    with transaction(factory) as session:
+        session.execute(insert(Flow.__table__).values(created=datetime.now(UTC), **row))
+    return str(row["id"])
 
 
 def _runs_as_of(factory: sessionmaker[Session], tenant_id: str, flow_id: str, count: int) -> list[str]:
@@ -200,7 +210,7 @@ def test_counts_start_from_the_runs_a_database_already_has(tmp_path: Path) -> No
         upgrade(engine, "0009")
         sessions = create_session_factory(engine)
         tenant_id = _tenant(sessions, "older")
-        flow_id = _flow(sessions, tenant_id, "etl")
+        flow_id = _flow_as_of(sessions, tenant_id, "etl")
         ids = _runs_as_of(sessions, tenant_id, flow_id, 4)
         with transaction(sessions) as session:
             session.execute(update(FlowRun).where(FlowRun.id == ids[0]).values(state="Failed"))

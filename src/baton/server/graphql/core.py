@@ -12,23 +12,25 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ariadne import ScalarType
 from graphql import GraphQLError, GraphQLResolveInfo
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.server.access import AccessDenied, Action, allows, denial, kind_of
 from baton.server.graphql.where import UnsupportedFilter
-from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound
+from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound, StaleState
 from baton.server.models.projects import DuplicateProject
 from baton.server.models.tenants import Principal
 
 logger = logging.getLogger(__name__)
+_Row = TypeVar("_Row")
 Info = GraphQLResolveInfo[Any]
 
-# The most rows one query field answers (Hasura's ``limit``): more is refused, not cut short silently.
+# The most rows one query field answers (Hasura's ``limit``): a larger limit is refused, and a query without one
+# that matches more is an error that says to page, never an answer cut short silently.
 MAX_LIMIT = 1000
 
 
@@ -55,12 +57,20 @@ def require(info: Info, action: Action) -> Principal:
 
 
 def page(limit: int | None, offset: int | None) -> tuple[int, int]:
-    """Hasura's ``limit`` and ``offset``, bounded."""
+    """Hasura's ``limit`` and ``offset``, bounded: the rows to fetch (one more than :data:`MAX_LIMIT` without a
+    limit, to tell a complete answer from one that is not: :func:`paged`) and the rows to skip."""
     if limit is not None and not 0 <= limit <= MAX_LIMIT:
         raise UnsupportedFilter(f"limit must be between 0 and {MAX_LIMIT}, not {limit}")
     if offset is not None and offset < 0:
         raise UnsupportedFilter(f"offset must not be negative, not {offset}")
-    return (MAX_LIMIT if limit is None else limit), (offset or 0)
+    return (MAX_LIMIT + 1 if limit is None else limit), (offset or 0)
+
+
+def paged(rows: list[_Row]) -> list[_Row]:
+    """``rows`` fetched with :func:`page`'s count: more than :data:`MAX_LIMIT` only when no limit was given."""
+    if len(rows) > MAX_LIMIT:
+        raise UnsupportedFilter(f"more than {MAX_LIMIT} rows match: ask for them with limit and offset")
+    return rows
 
 
 # --- scalars ---------------------------------------------------------------------------------------------------
@@ -102,17 +112,20 @@ def _serialize_time(value: Any) -> str:
 # --- errors ----------------------------------------------------------------------------------------------------
 
 # Prefect 1's client reads an error's extensions.code: API_ERROR makes it retry (about a minute), so only a passing
-# database failure says so.
-_CODES: tuple[tuple[type[BaseException], str], ...] = (
-    (AccessDenied, "FORBIDDEN"),
-    (ObjectNotFound, "NOT_FOUND"),
-    (UnsupportedFilter, "BAD_USER_INPUT"),
-    (InvalidRequest, "BAD_USER_INPUT"),
-    (Conflict, "CONFLICT"),
-    (OperationalError, "API_ERROR"),
+# database failure says so. A message of None keeps the exception's own; the database's errors never show theirs
+# (they quote SQL). "Uniqueness violation." is the text ``Client.create_project`` looks for.
+_CODES: tuple[tuple[type[BaseException], str, str | None], ...] = (
+    (AccessDenied, "FORBIDDEN", None),
+    (ObjectNotFound, "NOT_FOUND", None),
+    (UnsupportedFilter, "BAD_USER_INPUT", None),
+    (InvalidRequest, "BAD_USER_INPUT", None),
+    (DuplicateProject, "CONFLICT", "Uniqueness violation."),
+    (Conflict, "CONFLICT", None),
+    (StaleState, "CONFLICT", None),
+    (IntegrityError, "CONFLICT", "a concurrent change conflicted with this one: retry"),
+    (DataError, "BAD_USER_INPUT", "a value is too long or cannot be stored"),
+    (OperationalError, "API_ERROR", "the database is busy: retry"),
 )
-# Messages Prefect 1's client reads (``Client.create_project`` looks for this one, then finds the project by name).
-_MESSAGES: dict[type[BaseException], str] = {DuplicateProject: "Uniqueness violation."}
 
 
 def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
@@ -122,13 +135,13 @@ def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
     if original is None or isinstance(original, GraphQLError):
         formatted.setdefault("extensions", {}).setdefault("code", "GRAPHQL_VALIDATION_FAILED")
         return formatted
-    for kind, code in _CODES:
+    for kind, code, message in _CODES:
         if isinstance(original, kind):
             formatted["extensions"] = {"code": code}
-            formatted["message"] = _MESSAGES.get(type(original), formatted["message"])
+            formatted["message"] = message or formatted["message"]
             return formatted
-    if isinstance(original, ValueError):  # a scalar's parser: graphql-core has named the argument in the message
-        formatted["extensions"] = {"code": "BAD_USER_INPUT"}
+    if isinstance(original, ValueError) and error.path is None:  # a scalar's parser, before execution
+        formatted["extensions"] = {"code": "BAD_USER_INPUT"}  # graphql-core has named the argument in the message
         return formatted
     logger.error("GraphQL resolver failed at %s", error.path, exc_info=original)
     formatted["message"] = "internal server error"

@@ -7,7 +7,7 @@ Prefect 1's client expects Prefect Cloud's conventions, which differ from the RE
   the client waits out. The credential is checked from the headers, with the REST API's own function and limiter
   (``authentication.authenticate_request``), before any of the body is read;
 * ``variables`` may be an object or a JSON string (the client sends ``json.dumps(variables)``, ``"null"`` included);
-* errors of the operation come back with HTTP 200 and an ``extensions.code`` (``schema.format_error``); a request that
+* errors of the operation come back with HTTP 200 and an ``extensions.code`` (``core.format_error``); a request that
   is not a GraphQL request at all (not JSON, no query) is a 400 with an ``errors`` list.
 
 The whole operation runs in one worker thread: its resolvers are plain functions that read and write the database.
@@ -16,13 +16,25 @@ The whole operation runs in one worker thread: its resolvers are plain functions
 from __future__ import annotations
 
 import json
+import logging
 from functools import cache
 from typing import Any
 
 from ariadne import graphql_sync
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from graphql import DocumentNode, GraphQLSchema, parse
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    parse,
+)
 
 from baton.server.authentication import UNKNOWN_ADDRESS, Refusal, authenticate_request
 from baton.server.graphql.core import Context, format_error
@@ -33,6 +45,14 @@ from baton.server.worker_threads import run_in_worker
 
 # Prefect 1's largest operations are a few hundred tokens: this bounds the parser's work on a hostile query.
 MAX_TOKENS = 5000
+# Root fields per operation: Prefect 1's client sends one mutation at a time and a query or two. Aliases would
+# otherwise repeat a costly field (a registration, a thousand flows) many times over in one small request.
+MAX_MUTATION_FIELDS = 1
+MAX_QUERY_FIELDS = 10
+# ariadne logs every error a resolver raises, with its traceback: refusals (FORBIDDEN, BAD_USER_INPUT) are answers,
+# not server faults, and ``core.format_error`` logs the unexpected ones itself.
+_QUIET = logging.getLogger("baton.graphql.ariadne")
+_QUIET.disabled = True
 
 
 @cache
@@ -78,14 +98,40 @@ def _operation(payload: Any) -> dict[str, Any] | str:
     return {"query": query, "variables": variables, "operationName": name}
 
 
+def _root_fields(selections: Any, fragments: dict[str, FragmentDefinitionNode], depth: int = 0) -> int:
+    count = 0
+    for selection in selections:
+        if isinstance(selection, FieldNode):
+            count += 1
+        elif depth < 10 and isinstance(selection, InlineFragmentNode):
+            count += _root_fields(selection.selection_set.selections, fragments, depth + 1)
+        elif depth < 10 and isinstance(selection, FragmentSpreadNode) and selection.name.value in fragments:
+            count += _root_fields(fragments[selection.name.value].selection_set.selections, fragments, depth + 1)
+    return count
+
+
 def _parse(_: Any, data: dict[str, Any]) -> DocumentNode:
-    return parse(data["query"], max_tokens=MAX_TOKENS)
+    document = parse(data["query"], max_tokens=MAX_TOKENS)
+    fragments = {node.name.value: node for node in document.definitions if isinstance(node, FragmentDefinitionNode)}
+    for node in document.definitions:
+        if isinstance(node, OperationDefinitionNode):
+            mutation = node.operation == OperationType.MUTATION
+            limit = MAX_MUTATION_FIELDS if mutation else MAX_QUERY_FIELDS
+            if _root_fields(node.selection_set.selections, fragments) > limit:
+                kind = "a mutation" if mutation else "an operation"
+                raise GraphQLError(f"{kind} may have at most {limit} root field(s) here: send them apart")
+    return document
 
 
 def _execute(operation: dict[str, Any], context: Context) -> dict[str, Any]:
     try:
         _, result = graphql_sync(
-            schema(), operation, context_value=context, query_parser=_parse, error_formatter=format_error
+            schema(),
+            operation,
+            context_value=context,
+            query_parser=_parse,
+            error_formatter=format_error,
+            logger=_QUIET,
         )
     except RecursionError:  # a selection nested thousands deep, within the token bound
         return {"data": None, "errors": [_error("the query is nested too deeply", "BAD_USER_INPUT")]}

@@ -11,14 +11,16 @@ from typing import Any
 
 from ariadne import MutationType, QueryType, ScalarType
 from fastapi import HTTPException
-from graphql import ValueNode, value_from_ast_untyped
+from graphql import FieldNode, FragmentSpreadNode, InlineFragmentNode, ValueNode, value_from_ast_untyped
 from sqlalchemy import Select, func, select
+from sqlalchemy.orm import defer
 
 from baton.server.access import Action
 from baton.server.database.connection import transaction
 from baton.server.database.orm import Flow, Prefect1Flow, Project
-from baton.server.graphql.core import Info, context_of, page, require
+from baton.server.graphql.core import Info, context_of, page, paged, require
 from baton.server.graphql.projects import COLUMNS as PROJECT_COLUMNS
+from baton.server.graphql.projects import row as project_row
 from baton.server.graphql.where import Columns, Related, order_clauses, where_clause
 from baton.server.json_body import parse_json_body
 from baton.server.models import prefect1_flows
@@ -28,7 +30,7 @@ query = QueryType()
 mutation = MutationType()
 
 # A compressed serialized flow may inflate to this much JSON at most (a gzip bomb is refused, not inflated).
-MAX_SERIALIZED_BYTES = 32 * 1024 * 1024
+MAX_SERIALIZED_BYTES = 16 * 1024 * 1024
 
 
 def _any_json(value: Any) -> Any:
@@ -56,25 +58,42 @@ COLUMNS: Columns = {
 }
 
 
+# The fields read from the serialized flow: it is loaded only when one of them is asked for (``prefect get flows``
+# asks for none, and a flow's JSON may be megabytes).
+_FROM_SERIALIZED = frozenset({"storage", "run_config", "environment", "parameters", "schedule", "serialized_flow"})
+
+
+def _asked(info: Info) -> set[str]:
+    """The names of the fields selected under this field (fragments included)."""
+    names: set[str] = set()
+    pending = [node.selection_set for node in info.field_nodes if node.selection_set is not None]
+    while pending:
+        for selection in pending.pop().selections:
+            if isinstance(selection, FieldNode):
+                names.add(selection.name.value)
+            elif isinstance(selection, InlineFragmentNode):
+                pending.append(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode):
+                pending.append(info.fragments[selection.name.value].selection_set)
+    return names
+
+
 def _rows(statement: Select[Flow, Prefect1Flow, Project], info: Info) -> list[dict[str, Any]]:
+    with_json = bool(_asked(info) & _FROM_SERIALIZED)
+    if not with_json:
+        statement = statement.options(defer(Prefect1Flow.serialized_flow))
     with context_of(info).read_sessions() as session:
         found = session.execute(statement).all()
-    return [_row(flow, data, project) for flow, data, project in found]
+        return [_row(flow, data, project, with_json) for flow, data, project in found]
 
 
-def _row(flow: Flow, data: Prefect1Flow, project: Project) -> dict[str, Any]:
-    serialized = data.serialized_flow
+def _row(flow: Flow, data: Prefect1Flow, project: Project, with_json: bool) -> dict[str, Any]:
+    serialized = data.serialized_flow if with_json else {}
     return {
         "id": flow.id,
         "tenant_id": flow.tenant_id,
         "project_id": data.project_id,
-        "project": {
-            "id": project.id,
-            "tenant_id": project.tenant_id,
-            "name": project.name,
-            "description": project.description,
-            "created": project.created,
-        },
+        "project": project_row(project),
         "name": flow.name,
         "version": flow.version,
         "version_group_id": data.version_group_id,
@@ -126,7 +145,7 @@ def _flows(
             )
         ).subquery()
         statement = _joined(principal.tenant_id).join(ranked, ranked.c.flow_id == Flow.id).where(ranked.c.rank == 1)
-    return _rows(statement.order_by(*ordering).limit(rows).offset(skip), info)
+    return paged(_rows(statement.order_by(*ordering).limit(rows).offset(skip), info))
 
 
 @query.field("flow_by_pk")

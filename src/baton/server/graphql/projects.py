@@ -10,7 +10,7 @@ from sqlalchemy import select
 from baton.server.access import Action
 from baton.server.database.connection import transaction
 from baton.server.database.orm import Project
-from baton.server.graphql.core import Info, context_of, page, require
+from baton.server.graphql.core import Info, context_of, page, paged, require
 from baton.server.graphql.where import order_clauses, where_clause
 from baton.server.models import projects
 from baton.server.models.errors import ObjectNotFound
@@ -22,7 +22,7 @@ project_type = ObjectType("project")
 COLUMNS = {"id": Project.id, "name": Project.name, "created": Project.created}
 
 
-def _row(project: Project) -> dict[str, Any]:
+def row(project: Project) -> dict[str, Any]:
     return {
         "id": project.id,
         "tenant_id": project.tenant_id,
@@ -51,7 +51,7 @@ def _projects(
         .offset(skip)
     )
     with context_of(info).read_sessions() as session:
-        return [_row(project) for project in session.scalars(statement)]
+        return paged([row(project) for project in session.scalars(statement)])
 
 
 @query.field("project_by_pk")
@@ -59,7 +59,7 @@ def _project_by_pk(_: None, info: Info, id: str) -> dict[str, Any] | None:
     principal = require(info, Action.PROJECT_LIST)
     with context_of(info).read_sessions() as session:
         found = session.scalar(select(Project).where(Project.tenant_id == principal.tenant_id, Project.id == id))
-        return None if found is None else _row(found)
+        return None if found is None else row(found)
 
 
 @project_type.field("flows_aggregate")

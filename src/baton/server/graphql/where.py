@@ -4,7 +4,7 @@ Prefect Server 1 served its queries through Hasura, and the 1.4.1 client relies 
 
 * ``{field: {_eq: null}}`` filters nothing (Hasura's null-collapse: ``prefect get flow-runs`` sends ``_eq: null``
   for every option left out);
-* ``_and``, ``_or`` and ``_not`` nest; an empty ``_and`` or ``_or`` list filters nothing;
+* ``_and``, ``_or`` and ``_not`` nest; an empty ``_and`` filters nothing and an empty ``_or`` matches nothing;
 * ``_in: []`` matches nothing and ``_nin: []`` everything; ``_is_null: true`` matches a NULL column;
 * ``order_by`` is an object or a list of objects, each ``{field: asc|desc|asc_nulls_first|...}``.
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, UnaryExpression, and_, not_, or_, true
+from sqlalchemy import ColumnElement, UnaryExpression, and_, false, not_, or_, true
 from sqlalchemy.orm import QueryableAttribute
 
 
@@ -60,9 +60,8 @@ def where_clause(expression: Mapping[str, Any] | None, columns: Columns) -> Colu
             continue
         if key == "_and":
             parts.extend(where_clause(item, columns) for item in value)
-        elif key == "_or":
-            if value:
-                parts.append(or_(*(where_clause(item, columns) for item in value)))
+        elif key == "_or":  # an empty _or matches nothing (Hasura's reading: no alternative holds)
+            parts.append(or_(*(where_clause(item, columns) for item in value)) if value else false())
         elif key == "_not":
             parts.append(not_(where_clause(value, columns)))
         elif isinstance(related := columns.get(key), Related):

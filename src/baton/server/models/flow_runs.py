@@ -115,7 +115,7 @@ def create_flow_run(
     else:
         assert payload.flow_name is not None  # guaranteed by FlowRunCreate's validator
         flow = flow_queries.find_flow(session, tenant_id, payload.flow_name, payload.flow_version, source=False)
-    if flow.kind != "baton":
+    if flow.kind != flow_queries.BATON_KIND:
         # Its code runs under Prefect 1's agents and flow runner, whose runs the GraphQL API does not serve yet.
         raise InvalidRequest(f"flow {flow.name!r} is a Prefect 1 flow: Baton's agents cannot run it")
     check_parameters(flow.parameters_schema, payload.parameters)

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, Text, and_, bindparam, cast, func, or_, select
+from sqlalchemy import Select, Text, and_, bindparam, cast, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -60,6 +60,20 @@ def _latest(tenant_id: str, name: str) -> Select[Flow]:
     return _versions(tenant_id, name).order_by(Flow.version.desc()).limit(1)
 
 
+# Flows' kinds (migration 0016): Baton's own, run by its agents; Prefect 1's, registered through the GraphQL API and
+# run by Prefect 1's agents (models.prefect1_flows).
+BATON_KIND = "baton"
+PREFECT1_KIND = "prefect1"
+
+
+def lock_flow_name(session: Session, tenant_id: str, name: str) -> None:
+    """Registrations of one flow name wait for each other until commit (PostgreSQL: a transaction advisory lock on
+    the name; SQLite's writers are one at a time already), so that what one checks is what the other committed."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = f"flow name\n{tenant_id}\n{name}"
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+
+
 def latest_version(session: Session, tenant_id: str, name: str) -> Flow | None:
     return session.scalar(_latest(tenant_id, name))
 
@@ -75,8 +89,9 @@ def register_flow(session: Session, tenant_id: str, payload: FlowCreate) -> tupl
     if bundle is not None and not bundles.exists(session, tenant_id, bundle):
         raise InvalidRequest(f"bundle {bundle} was not uploaded: PUT /api/bundles/{bundle} first")
     digest = _content_hash(payload)
+    lock_flow_name(session, tenant_id, payload.name)
     latest = latest_version(session, tenant_id, payload.name)
-    if latest is not None and latest.kind != "baton":
+    if latest is not None and latest.kind != BATON_KIND:
         raise InvalidRequest(
             f"{payload.name!r} is a Prefect 1 flow of this tenant: a Baton flow needs a name of its own"
         )

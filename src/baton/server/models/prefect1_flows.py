@@ -25,24 +25,43 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from baton.server.database.orm import Flow, Prefect1Flow
+from baton.schemas.core import json_value_problem
+from baton.server.database.orm import Flow, Prefect1Flow, Project
 from baton.server.models.errors import InvalidRequest, ObjectNotFound, StaleState
-from baton.server.models.flows import latest_version
-from baton.server.models.projects import get_project
+from baton.server.models.flows import PREFECT1_KIND, latest_version, lock_flow_name
 
-KIND = "prefect1"
+KIND = PREFECT1_KIND
 # Baton's flow names (schemas.actions.NAME_FIELD): a Prefect 1 flow's name must be one.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
 MAX_TASKS = 10_000
+MAX_EDGES = 50_000
 MAX_LABELS = 100
+MAX_KEY_LENGTH = 200  # version_group_id, idempotency_key: the columns' width
+MAX_DESCRIPTION_LENGTH = 10_000
 _EDGES_UNKNOWN = "Edges could not be registered - some edges reference tasks that do not exist within this flow."
+
+
+def _storable(what: str, value: Any) -> None:
+    """Refuse what no database could store and serve back (NUL, lone surrogates, NaN, too deep: as REST does)."""
+    problem = json_value_problem(value)
+    if problem is not None:
+        raise InvalidRequest(f"{what}: {problem}")
+
+
+def _checked_text(what: str, value: str | None, limit: int) -> str | None:
+    if value is not None:
+        _storable(what, value)
+        if len(value) > limit:
+            raise InvalidRequest(f"{what} is at most {limit} characters")
+    return value
 
 
 def _checked(serialized: Any) -> dict[str, Any]:
     if not isinstance(serialized, dict):
         raise InvalidRequest("serialized_flow must be an object")
+    _storable("serialized_flow", serialized)
     name = serialized.get("name")
-    if not isinstance(name, str) or not 1 <= len(name) <= 200 or not _NAME.match(name):
+    if not isinstance(name, str) or not 1 <= len(name) <= 200 or not _NAME.fullmatch(name):
         raise InvalidRequest(
             f"the flow's name {str(name)[:80]!r} is not a Baton flow name: 1 to 200 letters, digits, spaces, "
             "'_', '.' or '-', starting with a letter or digit"
@@ -55,6 +74,9 @@ def _checked(serialized: Any) -> dict[str, Any]:
             raise InvalidRequest(f"serialized_flow.{field} must be an object")
     if len(serialized.get("tasks") or []) > MAX_TASKS:
         raise InvalidRequest(f"a flow has at most {MAX_TASKS} tasks")
+    core_version = serialized.get("__version__")
+    if core_version is not None and (not isinstance(core_version, str) or len(core_version) > 64):
+        raise InvalidRequest("serialized_flow.__version__ must be a version string of at most 64 characters")
     return serialized
 
 
@@ -96,17 +118,30 @@ def _with_task_ids(tasks: list[Any], known: set[str] | None = None) -> list[dict
     return added
 
 
-def _checked_edges(edges: list[Any], slugs: set[str]) -> list[dict[str, Any]]:
-    checked: list[dict[str, Any]] = []
+def _edge_key(edge: dict[str, Any]) -> tuple[Any, ...]:
+    ends = [edge.get("upstream_task"), edge.get("downstream_task")]
+    return (*(end.get("slug") if isinstance(end, dict) else end for end in ends), edge.get("key"))
+
+
+def _checked_edges(
+    edges: list[Any], slugs: set[str], known: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """``known`` and the ``edges`` not among them (an edge is its two tasks and its key): each joining tasks of the
+    flow. A client that registers again with the same idempotency key sends the same edges again."""
+    merged = list(known or [])
+    seen = {_edge_key(edge) for edge in merged}
     for edge in edges:
         if not isinstance(edge, dict):
             raise InvalidRequest("each serialized edge must be an object")
-        ends = [edge.get("upstream_task"), edge.get("downstream_task")]
-        ends = [end.get("slug") if isinstance(end, dict) else end for end in ends]
-        if not all(isinstance(end, str) and end in slugs for end in ends):
+        key = _edge_key(edge)
+        if not all(isinstance(end, str) and end in slugs for end in key[:2]):
             raise InvalidRequest(_EDGES_UNKNOWN)
-        checked.append(edge)
-    return checked
+        if key not in seen:
+            seen.add(key)
+            merged.append(edge)
+    if len(merged) > MAX_EDGES:
+        raise InvalidRequest(f"a flow has at most {MAX_EDGES} edges")
+    return merged
 
 
 def _content_hash(serialized: dict[str, Any]) -> str:
@@ -136,8 +171,18 @@ def register(
 ) -> str:
     """Register a version of a Prefect 1 flow; returns its flow id (the existing one for a repeated key)."""
     serialized = _checked(serialized)
-    project = get_project(session, tenant_id, project_id)
+    _checked_text("version_group_id", version_group_id, MAX_KEY_LENGTH)
+    _checked_text("idempotency_key", idempotency_key, MAX_KEY_LENGTH)
+    _checked_text("description", description, MAX_DESCRIPTION_LENGTH)
     name: str = serialized["name"]
+    # One registration of a name at a time (with REST's), and the project kept until it commits: the checks below
+    # read what the others committed.
+    lock_flow_name(session, tenant_id, name)
+    project = session.scalar(
+        select(Project).where(Project.tenant_id == tenant_id, Project.id == project_id).with_for_update(read=True)
+    )
+    if project is None:
+        raise ObjectNotFound(f"project {project_id} not found")
     latest = latest_version(session, tenant_id, name)
     group = _group_of(session, tenant_id, name) if latest is not None else None
     if latest is not None and latest.kind != KIND:
@@ -149,6 +194,8 @@ def register(
         )
     if group is not None and version_group_id and version_group_id != group.version_group_id:
         raise InvalidRequest(f"{name!r} belongs to version group {group.version_group_id}, not {version_group_id}")
+    if group is None and version_group_id and _group_taken(session, tenant_id, version_group_id):
+        raise InvalidRequest(f"version group {version_group_id} belongs to another flow")
     if group is not None and idempotency_key and group.idempotency_key == idempotency_key and not group.archived:
         return group.flow_id
     labels = _labels(serialized)
@@ -207,10 +254,16 @@ def register(
     raise StaleState(f"could not register flow {name!r}: too many concurrent registrations; retry")
 
 
-def get(session: Session, tenant_id: str, flow_id: str) -> Prefect1Flow:
-    found = session.scalar(
-        select(Prefect1Flow).where(Prefect1Flow.tenant_id == tenant_id, Prefect1Flow.flow_id == flow_id)
+def _group_taken(session: Session, tenant_id: str, version_group_id: str) -> bool:
+    taken = select(Prefect1Flow.flow_id).where(
+        Prefect1Flow.tenant_id == tenant_id, Prefect1Flow.version_group_id == version_group_id
     )
+    return session.scalar(taken.limit(1)) is not None
+
+
+def get(session: Session, tenant_id: str, flow_id: str, *, for_update: bool = False) -> Prefect1Flow:
+    query = select(Prefect1Flow).where(Prefect1Flow.tenant_id == tenant_id, Prefect1Flow.flow_id == flow_id)
+    found = session.scalar(query.with_for_update() if for_update else query)
     if found is None:
         raise ObjectNotFound(f"flow {flow_id} not found")
     return found
@@ -218,7 +271,8 @@ def get(session: Session, tenant_id: str, flow_id: str) -> Prefect1Flow:
 
 def add_tasks(session: Session, tenant_id: str, flow_id: str, tasks: list[Any]) -> None:
     """Prefect 1's ``register_tasks``: tasks whose slugs the flow has not yet (others are left as they are)."""
-    found = get(session, tenant_id, flow_id)
+    _storable("serialized_tasks", tasks)
+    found = get(session, tenant_id, flow_id, for_update=True)  # batches of one flow may arrive side by side
     known = list(found.serialized_flow.get("tasks") or [])
     added = _with_task_ids(tasks, {task["slug"] for task in known})
     if len(known) + len(added) > MAX_TASKS:
@@ -232,10 +286,11 @@ def add_tasks(session: Session, tenant_id: str, flow_id: str, tasks: list[Any]) 
 
 def add_edges(session: Session, tenant_id: str, flow_id: str, edges: list[Any]) -> None:
     """Prefect 1's ``register_edges``: edges between tasks the flow has (else the error Prefect Server gave)."""
-    found = get(session, tenant_id, flow_id)
+    _storable("serialized_edges", edges)
+    found = get(session, tenant_id, flow_id, for_update=True)
     slugs = {task["slug"] for task in found.serialized_flow.get("tasks") or []}
     known = list(found.serialized_flow.get("edges") or [])
-    found.serialized_flow = {**found.serialized_flow, "edges": known + _checked_edges(edges, slugs)}
+    found.serialized_flow = {**found.serialized_flow, "edges": _checked_edges(edges, slugs, known)}
     session.get_one(Flow, flow_id).content_hash = _content_hash(found.serialized_flow)
 
 

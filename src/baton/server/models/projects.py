@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from baton.schemas.core import json_value_problem
 from baton.server.database.orm import Flow, Prefect1Flow, Project
 from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound
 
@@ -31,6 +32,9 @@ def _checked_name(name: str) -> str:
 def _checked_description(description: str | None) -> str | None:
     if description is not None and len(description) > MAX_DESCRIPTION_LENGTH:
         raise InvalidRequest(f"a project's description is at most {MAX_DESCRIPTION_LENGTH} characters")
+    problem = json_value_problem(description)
+    if problem is not None:
+        raise InvalidRequest(f"a project's description: {problem}")
     return description
 
 
@@ -45,8 +49,9 @@ def create_project(session: Session, tenant_id: str, name: str, description: str
     return project
 
 
-def get_project(session: Session, tenant_id: str, project_id: str) -> Project:
-    project = session.scalar(select(Project).where(Project.tenant_id == tenant_id, Project.id == project_id))
+def get_project(session: Session, tenant_id: str, project_id: str, *, for_update: bool = False) -> Project:
+    query = select(Project).where(Project.tenant_id == tenant_id, Project.id == project_id)
+    project = session.scalar(query.with_for_update() if for_update else query)
     if project is None:
         raise ObjectNotFound(f"project {project_id} not found")
     return project
@@ -88,19 +93,12 @@ def flow_names(session: Session, tenant_id: str, project_id: str) -> list[str]:
 
 
 def flow_version_count(session: Session, tenant_id: str, project_id: str) -> int:
-    return len(
-        list(
-            session.scalars(
-                select(Prefect1Flow.flow_id).where(
-                    Prefect1Flow.tenant_id == tenant_id, Prefect1Flow.project_id == project_id
-                )
-            )
-        )
-    )
+    counted = select(func.count()).where(Prefect1Flow.tenant_id == tenant_id, Prefect1Flow.project_id == project_id)
+    return int(session.scalar(counted) or 0)
 
 
 def delete_project(session: Session, tenant_id: str, project_id: str) -> None:
-    get_project(session, tenant_id, project_id)
+    get_project(session, tenant_id, project_id, for_update=True)  # a registration into it holds it FOR SHARE
     names = flow_names(session, tenant_id, project_id)
     if names:
         shown = ", ".join(repr(name) for name in names[:5]) + (" ..." if len(names) > 5 else "")
