@@ -38,26 +38,16 @@ class Prefect1:
         }
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(VENV / "bin" / "prefect"), *args],
-            env=self.env,
-            cwd=self.home,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return self._run(["prefect", *args], timeout)
 
     def python(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """``script`` run by Prefect 1's Python, in this home and environment."""
+        return self._run(["python", "-c", script], timeout)
+
+    def _run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        command = [str(VENV / "bin" / argv[0]), *argv[1:]]
         return subprocess.run(
-            [str(VENV / "bin" / "python"), "-c", script],
-            env=self.env,
-            cwd=self.home,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+            command, env=self.env, cwd=self.home, capture_output=True, text=True, timeout=timeout, check=False
         )
 
 

@@ -182,8 +182,8 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
     for router in ROUTERS:
         check_json_routes(router)
         app.include_router(router, prefix=API_PREFIX)
-    # Prefect 1's GraphQL API (issue 13): not in the OpenAPI document; it authenticates its requests itself, with
-    # the same function and limiter, answering a refused credential as Prefect 1's client expects.
+    # Prefect 1's GraphQL API (issue 13): not in the OpenAPI document; AuthenticateFirst checks its credentials as the
+    # REST API's and answers a refused one as Prefect 1's client expects.
     app.add_api_route(GRAPHQL_PATH, graphql_endpoint, methods=["POST"], include_in_schema=False)
     # The web UI: its pages sign in with a session cookie (``ui.web``), not the Authorization header.
     for router in ui_routers():
@@ -207,7 +207,9 @@ def create_app(settings: BatonSettings, engine: Engine | None = None) -> FastAPI
         long_poll=LONG_POLL,
         exempt=public,
     )
-    app.add_middleware(AuthenticateFirst, public_paths=public, protected_prefix=API_PREFIX + "/")
+    app.add_middleware(
+        AuthenticateFirst, public_paths=public, protected_prefix=API_PREFIX + "/", graphql_path=GRAPHQL_PATH
+    )
     app.add_middleware(BodySizeLimit, max_bytes=server.max_body_bytes)
     return app
 

@@ -25,6 +25,7 @@ import contextlib
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -82,17 +83,29 @@ def authenticate_request(
 
 
 class AuthenticateFirst:
-    """Refuses requests without a valid credential (401/429) before the app receives a byte of their body."""
+    """Refuses requests without a valid credential (401/429) before the app receives a byte of their body.
 
-    def __init__(self, app: ASGIApp, public_paths: frozenset[str], protected_prefix: str = "/") -> None:
+    ``graphql_path`` (Prefect 1's GraphQL API) is protected too, its refusals told as Prefect Cloud 1 told them
+    (:func:`_graphql_refusal`)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        public_paths: frozenset[str],
+        protected_prefix: str = "/",
+        graphql_path: str | None = None,
+    ) -> None:
         self.app = app
         self.public_paths = public_paths
-        # Only the API takes bearer credentials; the web UI's pages check their session cookie themselves.
+        # Only the APIs take bearer credentials; the web UI's pages check their session cookie themselves.
         self.protected_prefix = protected_prefix
+        self.graphql_path = graphql_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in self.public_paths or not path.startswith(self.protected_prefix):
+        graphql = path == self.graphql_path and scope.get("method") == "POST"  # the only method it serves (else 405)
+        protected = graphql or (path.startswith(self.protected_prefix) and path not in self.public_paths)
+        if scope["type"] != "http" or not protected:
             await self.app(scope, receive, send)
             return
         fastapi_app: FastAPI = scope["app"]
@@ -106,7 +119,8 @@ class AuthenticateFirst:
             Headers(scope=scope).get("authorization"),
         )
         if isinstance(outcome, Refusal):
-            await _refuse(send, outcome)
+            rest = (outcome.status, {"detail": outcome.detail}, outcome.retry_after)
+            await _refuse(send, *(_graphql_refusal(outcome) if graphql else rest))
             await _drain(receive)
             return
         scope.setdefault("state", {})["principal"] = outcome
@@ -131,11 +145,21 @@ async def _drain(receive: Receive) -> None:
                     return
 
 
-async def _refuse(send: Send, refusal: Refusal) -> None:
+def _graphql_refusal(refusal: Refusal) -> tuple[int, dict[str, Any], str | None]:
+    """A refusal as Prefect 1's client expects it: HTTP 200 whose error message starts with UNAUTHENTICATED (the
+    client turns that word into its AuthorizationError); a 429 stays a 429, which the client waits out."""
+    if refusal.status == 429:
+        error = {"message": refusal.detail, "extensions": {"code": "RATE_LIMITED"}}
+        return 429, {"errors": [error]}, refusal.retry_after or "1"
+    error = {"message": f"UNAUTHENTICATED: {refusal.detail}", "extensions": {"code": "UNAUTHENTICATED"}}
+    return 200, {"data": None, "errors": [error]}, None
+
+
+async def _refuse(send: Send, status: int, body: dict[str, Any], retry_after: str | None = None) -> None:
     headers = [(b"content-type", b"application/json")]
-    if refusal.retry_after is not None:
-        headers.append((b"retry-after", refusal.retry_after.encode()))
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after.encode()))
     # The body is not parsed, and at most a little of it read (``_drain``): the connection closes after this answer.
     headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
-    await send({"type": "http.response.body", "body": json.dumps({"detail": refusal.detail}).encode()})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})

@@ -144,3 +144,24 @@ def test_health_needs_no_key_and_stays_open(speak_from: Speaker) -> None:
     fail(http)
 
     assert http.get("/api/health").status_code == 200
+
+
+def test_graphql_counts_its_failures_with_the_rest_api_and_says_so_as_prefect_1_expects(
+    limited_server: ServerProcess, speak_from: Speaker
+) -> None:
+    # Given an address that failed at the REST API and once at GraphQL (a 200 that says UNAUTHENTICATED)
+    http = speak_from()
+    query = {"query": "{ auth_info { tenant_id } }"}
+    fail(http, LIMIT - 1)
+    refused = http.post("/graphql", json=query, headers=BAD_KEY)
+    assert refused.status_code == 200 and refused.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+    # When it guesses again at GraphQL
+    limited = http.post("/graphql", json=query, headers=BAD_KEY)
+
+    # Then it waits (429 with Retry-After, which Prefect 1's client honours), and a valid key still passes
+    assert limited.status_code == 429 and 1 <= int(limited.headers["Retry-After"]) <= WINDOW
+    assert limited.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert_limited(http.get("/api/whoami", headers=BAD_KEY))
+    allowed = http.post("/graphql", json=query, headers=bearer(limited_server.admin_key))
+    assert allowed.status_code == 200 and allowed.json()["data"]["auth_info"]["tenant_id"]

@@ -328,3 +328,28 @@ def test_an_empty_or_matches_nothing(tenant: TenantContext) -> None:
 
     assert flows(tenant, {"_or": []}) == []
     assert len(flows(tenant, {"_and": []})) == 1
+
+
+def test_a_run_token_a_flows_own_code_holds_reads_only_who_it_is(tenant: TenantContext) -> None:
+    project = create_project(tenant, "loads")
+    token = tenant.stage("Running").token
+    assert token is not None
+
+    who = data(ask(tenant, "{ auth_info { tenant_id api_token_scope } }", key=token))
+    refused = [
+        error(ask(tenant, "{ project { id } }", key=token)),
+        error(ask(tenant, "{ flow { id } }", key=token)),
+        error(register(tenant, project, serialized(), key=token)),
+        error(
+            ask(
+                tenant,
+                CREATE.replace("create_flow_input", "create_project_input").replace("create_flow", "create_project"),
+                key=token,
+                variables={"input": {"name": "by-a-run"}},
+            )
+        ),
+    ]
+
+    assert who == {"auth_info": {"tenant_id": tenant.id, "api_token_scope": "RUN"}}
+    assert [found["extensions"]["code"] for found in refused] == ["FORBIDDEN"] * 4
+    assert data(ask(tenant, "{ project { name } }"))["project"] == [{"name": "loads"}]

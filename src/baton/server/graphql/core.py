@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ariadne import ScalarType
 from graphql import GraphQLError, GraphQLResolveInfo
+from sqlalchemy import ColumnElement
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from baton.server.access import AccessDenied, Action, allows, denial, kind_of
-from baton.server.graphql.where import UnsupportedFilter
+from baton.server.graphql.where import Columns, UnsupportedFilter, order_clauses, where_clause
 from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound, StaleState
 from baton.server.models.projects import DuplicateProject
 from baton.server.models.tenants import Principal
@@ -64,6 +66,22 @@ def page(limit: int | None, offset: int | None) -> tuple[int, int]:
     if offset is not None and offset < 0:
         raise UnsupportedFilter(f"offset must not be negative, not {offset}")
     return (MAX_LIMIT + 1 if limit is None else limit), (offset or 0)
+
+
+@dataclass(frozen=True)
+class ListArguments:
+    """A Hasura list field's ``where``, ``order_by`` (then a tiebreak), ``limit`` and ``offset``, as SQL pieces."""
+
+    condition: ColumnElement[bool]
+    ordering: list[Any]
+    rows: int
+    skip: int
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any], columns: Columns, *tiebreak: Any) -> ListArguments:
+        rows, skip = page(arguments.get("limit"), arguments.get("offset"))
+        ordering = [*order_clauses(arguments.get("order_by"), columns), *tiebreak]
+        return cls(where_clause(arguments.get("where"), columns), ordering, rows, skip)
 
 
 def paged(rows: list[_Row]) -> list[_Row]:

@@ -4,8 +4,8 @@ Prefect 1's client expects Prefect Cloud's conventions, which differ from the RE
 
 * a refused credential is an answer of HTTP 200 whose ``errors`` say ``UNAUTHENTICATED`` (the client turns that text
   into its ``AuthorizationError``); too many failed attempts from one address is still a 429 with Retry-After, which
-  the client waits out. The credential is checked from the headers, with the REST API's own function and limiter
-  (``authentication.authenticate_request``), before any of the body is read;
+  the client waits out. ``authentication.AuthenticateFirst`` checks the credential from the headers, as for the REST
+  API, before any of the body is read, and tells its refusals so;
 * ``variables`` may be an object or a JSON string (the client sends ``json.dumps(variables)``, ``"null"`` included);
 * errors of the operation come back with HTTP 200 and an ``extensions.code`` (``core.format_error``); a request that
   is not a GraphQL request at all (not JSON, no query) is a 400 with an ``errors`` list.
@@ -36,7 +36,6 @@ from graphql import (
     parse,
 )
 
-from baton.server.authentication import UNKNOWN_ADDRESS, Refusal, authenticate_request
 from baton.server.graphql.core import Context, format_error
 from baton.server.graphql.schema import build_schema
 from baton.server.json_body import parse_json_body
@@ -66,17 +65,6 @@ def _error(message: str, code: str) -> dict[str, Any]:
 
 def _bad_request(message: str) -> JSONResponse:
     return JSONResponse({"errors": [_error(message, "BAD_REQUEST")]}, status_code=400)
-
-
-def _refused(refusal: Refusal) -> Response:
-    # The body was not read: the connection closes after this answer.
-    headers = {"Connection": "close"}
-    if refusal.status == 429:
-        headers["Retry-After"] = refusal.retry_after or "1"
-        return JSONResponse({"errors": [_error(refusal.detail, "RATE_LIMITED")]}, status_code=429, headers=headers)
-    # Prefect 1's client recognises the word UNAUTHENTICATED in the message.
-    body = {"data": None, "errors": [_error(f"UNAUTHENTICATED: {refusal.detail}", "UNAUTHENTICATED")]}
-    return JSONResponse(body, status_code=200, headers=headers)
 
 
 def _operation(payload: Any) -> dict[str, Any] | str:
@@ -141,12 +129,7 @@ def _execute(operation: dict[str, Any], context: Context) -> dict[str, Any]:
 
 async def serve(request: Request) -> Response:
     state = request.app.state
-    address = request.client.host if request.client and request.client.host else UNKNOWN_ADDRESS
-    outcome: Principal | Refusal = await run_in_worker(
-        authenticate_request, state.read_engine, state.auth_limiter, address, request.headers.get("authorization")
-    )
-    if isinstance(outcome, Refusal):
-        return _refused(outcome)
+    principal: Principal = request.state.principal  # authentication.AuthenticateFirst refused everyone else
     try:
         payload = parse_json_body(await request.body())
     except json.JSONDecodeError as exc:
@@ -156,5 +139,5 @@ async def serve(request: Request) -> Response:
     operation = _operation(payload)
     if isinstance(operation, str):
         return _bad_request(operation)
-    context = Context(outcome, read_sessions=state.read_session_factory, sessions=state.session_factory)
+    context = Context(principal, read_sessions=state.read_session_factory, sessions=state.session_factory)
     return JSONResponse(await run_in_worker(_execute, operation, context))

@@ -18,10 +18,10 @@ from sqlalchemy.orm import defer
 from baton.server.access import Action
 from baton.server.database.connection import transaction
 from baton.server.database.orm import Flow, Prefect1Flow, Project
-from baton.server.graphql.core import Info, context_of, page, paged, require
+from baton.server.graphql.core import Info, ListArguments, context_of, paged, require
 from baton.server.graphql.projects import COLUMNS as PROJECT_COLUMNS
 from baton.server.graphql.projects import row as project_row
-from baton.server.graphql.where import Columns, Related, order_clauses, where_clause
+from baton.server.graphql.where import Columns, Related
 from baton.server.json_body import parse_json_body
 from baton.server.models import prefect1_flows
 from baton.server.models.errors import InvalidRequest
@@ -122,19 +122,11 @@ def _joined(tenant_id: str) -> Select[Flow, Prefect1Flow, Project]:
 
 
 @query.field("flow")
-def _flows(
-    _: None,
-    info: Info,
-    where: dict[str, Any] | None = None,
-    order_by: list[dict[str, str | None]] | None = None,
-    distinct_on: list[str] | None = None,
-    limit: int | None = None,
-    offset: int | None = None,
-) -> list[dict[str, Any]]:
+def _flows(_: None, info: Info, distinct_on: list[str] | None = None, **arguments: Any) -> list[dict[str, Any]]:
     principal = require(info, Action.FLOW_LIST)
-    rows, skip = page(limit, offset)
-    ordering = [*order_clauses(order_by, COLUMNS), Flow.id]
-    statement = _joined(principal.tenant_id).where(where_clause(where, COLUMNS))
+    listing = ListArguments.of(arguments, COLUMNS, Flow.id)
+    ordering = listing.ordering
+    statement = _joined(principal.tenant_id).where(listing.condition)
     if distinct_on:
         # Hasura's distinct_on (PostgreSQL's DISTINCT ON, portably): the first row of each group in ``order_by``.
         partition = [column for name in distinct_on if not isinstance(column := COLUMNS[name], Related)]
@@ -145,7 +137,7 @@ def _flows(
             )
         ).subquery()
         statement = _joined(principal.tenant_id).join(ranked, ranked.c.flow_id == Flow.id).where(ranked.c.rank == 1)
-    return paged(_rows(statement.order_by(*ordering).limit(rows).offset(skip), info))
+    return paged(_rows(statement.order_by(*ordering).limit(listing.rows).offset(listing.skip), info))
 
 
 @query.field("flow_by_pk")

@@ -10,8 +10,7 @@ from sqlalchemy import select
 from baton.server.access import Action
 from baton.server.database.connection import transaction
 from baton.server.database.orm import Project
-from baton.server.graphql.core import Info, context_of, page, paged, require
-from baton.server.graphql.where import order_clauses, where_clause
+from baton.server.graphql.core import Info, ListArguments, context_of, paged, require
 from baton.server.models import projects
 from baton.server.models.errors import ObjectNotFound
 
@@ -33,22 +32,15 @@ def row(project: Project) -> dict[str, Any]:
 
 
 @query.field("project")
-def _projects(
-    _: None,
-    info: Info,
-    where: dict[str, Any] | None = None,
-    order_by: list[dict[str, str | None]] | None = None,
-    limit: int | None = None,
-    offset: int | None = None,
-) -> list[dict[str, Any]]:
+def _projects(_: None, info: Info, **arguments: Any) -> list[dict[str, Any]]:
     principal = require(info, Action.PROJECT_LIST)
-    rows, skip = page(limit, offset)
+    listing = ListArguments.of(arguments, COLUMNS, Project.id)
     statement = (
         select(Project)
-        .where(Project.tenant_id == principal.tenant_id, where_clause(where, COLUMNS))
-        .order_by(*order_clauses(order_by, COLUMNS), Project.id)
-        .limit(rows)
-        .offset(skip)
+        .where(Project.tenant_id == principal.tenant_id, listing.condition)
+        .order_by(*listing.ordering)
+        .limit(listing.rows)
+        .offset(listing.skip)
     )
     with context_of(info).read_sessions() as session:
         return paged([row(project) for project in session.scalars(statement)])

@@ -9,8 +9,7 @@ from sqlalchemy import select
 
 from baton.server.access import Action
 from baton.server.database.orm import Tenant
-from baton.server.graphql.core import Info, context_of, page, require
-from baton.server.graphql.where import order_clauses, where_clause
+from baton.server.graphql.core import Info, ListArguments, context_of, paged, require
 
 query = QueryType()
 
@@ -31,25 +30,16 @@ _TENANT = {"id": Tenant.id, "name": Tenant.name, "slug": Tenant.name, "created":
 
 
 @query.field("tenant")
-def _tenants(
-    _: None,
-    info: Info,
-    where: dict[str, Any] | None = None,
-    order_by: list[dict[str, str | None]] | None = None,
-    limit: int | None = None,
-    offset: int | None = None,
-) -> list[dict[str, Any]]:
+def _tenants(_: None, info: Info, **arguments: Any) -> list[dict[str, Any]]:
     principal = require(info, Action.WHOAMI)
-    rows, skip = page(limit, offset)
+    listing = ListArguments.of(arguments, _TENANT)
     statement = (
         select(Tenant.id, Tenant.name, Tenant.created)
-        .where(Tenant.id == principal.tenant_id, where_clause(where, _TENANT))
-        .order_by(*order_clauses(order_by, _TENANT))
-        .limit(rows)
-        .offset(skip)
+        .where(Tenant.id == principal.tenant_id, listing.condition)
+        .order_by(*listing.ordering)
+        .limit(listing.rows)
+        .offset(listing.skip)
     )
     with context_of(info).read_sessions() as session:
-        return [
-            {"id": id_, "name": name, "slug": name, "created": created}
-            for id_, name, created in session.execute(statement)
-        ]
+        found = session.execute(statement).all()
+    return paged([{"id": id_, "name": name, "slug": name, "created": created} for id_, name, created in found])

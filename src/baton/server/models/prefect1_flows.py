@@ -26,9 +26,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from baton.schemas.core import json_value_problem
-from baton.server.database.orm import Flow, Prefect1Flow, Project
+from baton.server.database.orm import Flow, Prefect1Flow
 from baton.server.models.errors import InvalidRequest, ObjectNotFound, StaleState
 from baton.server.models.flows import PREFECT1_KIND, latest_version, lock_flow_name
+from baton.server.models.projects import get_project
 
 KIND = PREFECT1_KIND
 # Baton's flow names (schemas.actions.NAME_FIELD): a Prefect 1 flow's name must be one.
@@ -148,17 +149,6 @@ def _content_hash(serialized: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(serialized, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _group_of(session: Session, tenant_id: str, name: str) -> Prefect1Flow | None:
-    """The latest version's Prefect 1 data of the Baton flow ``name``."""
-    return session.scalar(
-        select(Prefect1Flow)
-        .join(Flow, Flow.id == Prefect1Flow.flow_id)
-        .where(Flow.tenant_id == tenant_id, Flow.name == name)
-        .order_by(Flow.version.desc())
-        .limit(1)
-    )
-
-
 def register(
     session: Session,
     tenant_id: str,
@@ -178,13 +168,9 @@ def register(
     # One registration of a name at a time (with REST's), and the project kept until it commits: the checks below
     # read what the others committed.
     lock_flow_name(session, tenant_id, name)
-    project = session.scalar(
-        select(Project).where(Project.tenant_id == tenant_id, Project.id == project_id).with_for_update(read=True)
-    )
-    if project is None:
-        raise ObjectNotFound(f"project {project_id} not found")
+    project = get_project(session, tenant_id, project_id, lock="share")
     latest = latest_version(session, tenant_id, name)
-    group = _group_of(session, tenant_id, name) if latest is not None else None
+    group = session.get(Prefect1Flow, latest.id) if latest is not None and latest.kind == KIND else None
     if latest is not None and latest.kind != KIND:
         raise InvalidRequest(f"{name!r} is a Baton flow of this tenant: a Prefect 1 flow needs a name of its own")
     if group is not None and group.project_id != project.id:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -49,9 +51,15 @@ def create_project(session: Session, tenant_id: str, name: str, description: str
     return project
 
 
-def get_project(session: Session, tenant_id: str, project_id: str, *, for_update: bool = False) -> Project:
+def get_project(
+    session: Session, tenant_id: str, project_id: str, *, lock: Literal["share", "update"] | None = None
+) -> Project:
+    """The tenant's project; ``lock``: held until commit, FOR SHARE (a registration into it) or FOR UPDATE (its
+    deletion), so that neither commits over the other (PostgreSQL; SQLite's writers are one at a time)."""
     query = select(Project).where(Project.tenant_id == tenant_id, Project.id == project_id)
-    project = session.scalar(query.with_for_update() if for_update else query)
+    if lock is not None:
+        query = query.with_for_update(read=lock == "share")
+    project = session.scalar(query)
     if project is None:
         raise ObjectNotFound(f"project {project_id} not found")
     return project
@@ -98,7 +106,7 @@ def flow_version_count(session: Session, tenant_id: str, project_id: str) -> int
 
 
 def delete_project(session: Session, tenant_id: str, project_id: str) -> None:
-    get_project(session, tenant_id, project_id, for_update=True)  # a registration into it holds it FOR SHARE
+    get_project(session, tenant_id, project_id, lock="update")
     names = flow_names(session, tenant_id, project_id)
     if names:
         shown = ", ".join(repr(name) for name in names[:5]) + (" ..." if len(names) > 5 else "")
