@@ -263,6 +263,8 @@ class FlowRun(Base):
     retried_from: Mapped[str | None] = mapped_column(String(36))
     # Set on runs the scheduler (or a backfill) created: "<flow>/<clock>/<time>" (server/models/schedules.py).
     schedule_key: Mapped[str | None] = mapped_column(String(100))
+    # "baton", or "prefect1": a run of a Prefect 1 flow, which Prefect 1's agents take, never Baton's (migration 0017).
+    kind: Mapped[str] = mapped_column(String(16), server_default="baton")
 
 
 class LabelLimit(Base):
@@ -341,6 +343,44 @@ class TaskRun(Base):
     start_time: Mapped[datetime | None] = mapped_column()
     end_time: Mapped[datetime | None] = mapped_column()
     created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Prefect1FlowRun(Base):
+    """Prefect 1's view of a run of kind ``prefect1`` (issue 13, migration 0017); see ``models.prefect1_runs``."""
+
+    __tablename__ = "prefect1_flow_runs"
+
+    flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # Prefect 1's version of the run, bumped by each state its runners set: their version lock compares with it.
+    version: Mapped[int] = mapped_column(Integer)
+    # The run's ``state_version`` when ``serialized_state`` was set: a Baton change since (recovery, a cancel
+    # through REST) makes the state served Baton's, not this one.
+    state_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(32))  # the serialized state's type, for filters
+    serialized_state: Mapped[dict[str, Any]] = mapped_column()
+    state_start_time: Mapped[datetime | None] = mapped_column()
+    context: Mapped[dict[str, Any]] = mapped_column()
+    run_config: Mapped[dict[str, Any] | None] = mapped_column()
+
+
+class Prefect1TaskRun(Base):
+    """Prefect 1's view of a task run of a ``prefect1`` run (migration 0017): its task, map index and state."""
+
+    __tablename__ = "prefect1_task_runs"
+    __table_args__ = (UniqueConstraint("flow_run_id", "task_id", "map_index", name="uq_prefect1_task_runs_identity"),)
+
+    task_run_id: Mapped[str] = mapped_column(ForeignKey("task_runs.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"))
+    task_id: Mapped[str] = mapped_column(String(36))
+    task_slug: Mapped[str] = mapped_column(String(500))
+    map_index: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(32))  # the serialized state's type, for filters
+    serialized_state: Mapped[dict[str, Any]] = mapped_column()
+    state_start_time: Mapped[datetime | None] = mapped_column()
+    heartbeat: Mapped[datetime | None] = mapped_column()
 
 
 class Log(Base):

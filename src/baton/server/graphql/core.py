@@ -21,11 +21,15 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from baton.server.access import AccessDenied, Action, allows, denial, kind_of
+from baton.exceptions import IllegalTransitionError
+from baton.server.access import AccessDenied, Action, Kind, allows, denial, kind_of
 from baton.server.graphql.where import Columns, UnsupportedFilter, order_clauses, where_clause
 from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound, StaleState
+from baton.server.models.prefect1_runs import VersionLocked
+from baton.server.models.prefect1_task_runs import TaskVersionLocked
 from baton.server.models.projects import DuplicateProject
 from baton.server.models.tenants import Principal
+from baton.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 _Row = TypeVar("_Row")
@@ -43,6 +47,10 @@ class Context:
     principal: Principal
     read_sessions: sessionmaker[Session]
     sessions: sessionmaker[Session]
+    server: ServerSettings
+    # Prefect 1's agents name themselves in this header once registered (X-PREFECT-AGENT-ID): the agent that
+    # takes a run from the queue.
+    agent_id: str | None = None
 
 
 def context_of(info: Info) -> Context:
@@ -56,6 +64,11 @@ def require(info: Info, action: Action) -> Principal:
     if not allows(principal, action):
         raise AccessDenied(denial(kind_of(principal), action))
     return principal
+
+
+def runner_key(principal: Principal) -> str | None:
+    """The key id of a runner key (whose writes reach only the runs its own agents took), else None."""
+    return principal.key_id if kind_of(principal) == Kind.RUNNER else None
 
 
 def page(limit: int | None, offset: int | None) -> tuple[int, int]:
@@ -134,6 +147,9 @@ def _serialize_time(value: Any) -> str:
 # (they quote SQL). "Uniqueness violation." is the text ``Client.create_project`` looks for.
 _CODES: tuple[tuple[type[BaseException], str, str | None], ...] = (
     (AccessDenied, "FORBIDDEN", None),
+    (VersionLocked, "VERSION_LOCKING_ERROR", None),
+    (TaskVersionLocked, "VERSION_LOCKING_ERROR", None),
+    (IllegalTransitionError, "CONFLICT", None),
     (ObjectNotFound, "NOT_FOUND", None),
     (UnsupportedFilter, "BAD_USER_INPUT", None),
     (InvalidRequest, "BAD_USER_INPUT", None),

@@ -139,5 +139,12 @@ async def serve(request: Request) -> Response:
     operation = _operation(payload)
     if isinstance(operation, str):
         return _bad_request(operation)
-    context = Context(principal, read_sessions=state.read_session_factory, sessions=state.session_factory)
+    agent_id = request.headers.get("x-prefect-agent-id")
+    context = Context(
+        principal,
+        read_sessions=state.read_session_factory,
+        sessions=state.session_factory,
+        server=state.settings.server,
+        agent_id=agent_id if agent_id and len(agent_id) <= 64 else None,
+    )
     return JSONResponse(await run_in_worker(_execute, operation, context))

@@ -109,6 +109,15 @@ def _row(flow: Flow, data: Prefect1Flow, project: Project, with_json: bool) -> d
         "schedule": serialized.get("schedule"),
         "is_schedule_active": False,  # Baton does not run Prefect 1 schedules (yet)
         "serialized_flow": serialized,
+        "settings": {},
+        "flow_group": {
+            "id": data.flow_group_id,
+            "name": flow.name,
+            "labels": None,
+            "settings": {},
+            "run_config": None,
+            "default_parameters": {},
+        },
     }
 
 
@@ -138,6 +147,22 @@ def _flows(_: None, info: Info, distinct_on: list[str] | None = None, **argument
         ).subquery()
         statement = _joined(principal.tenant_id).join(ranked, ranked.c.flow_id == Flow.id).where(ranked.c.rank == 1)
     return paged(_rows(statement.order_by(*ordering).limit(listing.rows).offset(listing.skip), info))
+
+
+def matching_ids(condition: Any) -> Select[str]:
+    """The ids of the Prefect 1 flow versions ``condition`` (over :data:`COLUMNS`) matches: a relationship filter."""
+    return (
+        select(Flow.id)
+        .join(Prefect1Flow, Prefect1Flow.flow_id == Flow.id)
+        .join(Project, Project.id == Prefect1Flow.project_id)
+        .where(condition)
+    )
+
+
+def by_id(info: Info, tenant_id: str, flow_id: str) -> dict[str, Any] | None:
+    """A flow version as the ``flow`` field under ``info`` asks for it (a run's flow)."""
+    found = _rows(_joined(tenant_id).where(Flow.id == flow_id), info)
+    return found[0] if found else None
 
 
 @query.field("flow_by_pk")

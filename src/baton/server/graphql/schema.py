@@ -7,7 +7,7 @@ from importlib import resources
 from ariadne import make_executable_schema
 from graphql import GraphQLSchema
 
-from baton.server.graphql import core, flows, projects, tenants
+from baton.server.graphql import agents, core, flow_runs, flows, projects, run_logs, task_runs, tenants
 
 
 def build_schema() -> GraphQLSchema:
@@ -22,6 +22,15 @@ def build_schema() -> GraphQLSchema:
         flows.mutation,
         flows.jsonb,
         flows.json_scalar,
+        flow_runs.query,
+        flow_runs.mutation,
+        flow_runs.flow_run_type,
+        task_runs.query,
+        task_runs.mutation,
+        task_runs.task_run_type,
+        run_logs.mutation,
+        agents.query,
+        agents.mutation,
         core.uuid_scalar,
         core.uuid_upper_scalar,
         core.timestamptz,

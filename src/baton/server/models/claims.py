@@ -53,6 +53,7 @@ def _matching(labelled: bool) -> ColumnElement[bool]:
     return and_(
         FlowRun.tenant_id == bindparam("tenant_id"),
         FlowRun.state.in_(_CLAIMABLE),
+        FlowRun.kind == flow_queries.BATON_KIND,  # a Prefect 1 flow's run is Prefect 1's agents' (prefect1_runs)
         label_filter(labelled),
     )
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from baton.schemas.states import CLAIMABLE_STATES, DEPLOYED_STATES, StateName
@@ -29,8 +29,11 @@ from baton.server.database.orm import Agent, FlowRun, utcnow
 from baton.server.models.claims import requeue_or_fail
 from baton.server.models.errors import StaleState
 from baton.server.models.flow_runs import transition
+from baton.server.models.flows import PREFECT1_KIND
 
 _DEPLOYED = [state.value for state in DEPLOYED_STATES]
+# How long a run of a Prefect 1 flow may be silent: four beats of its flow runner (``cloud.heartbeat_interval``).
+PREFECT1_SILENCE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,18 @@ def find_lost_runs(
     session: Session, policy: RecoveryPolicy, batch: int, now: datetime
 ) -> list[tuple[FlowRun, Agent | None]]:
     cutoff = now - timedelta(seconds=policy.run_heartbeat_timeout_seconds)
+    # Prefect 1's flow runner beats every 30 s and its agents vouch for nothing: its runs get PREFECT1_SILENCE.
+    prefect1_cutoff = now - timedelta(seconds=max(policy.run_heartbeat_timeout_seconds, PREFECT1_SILENCE_SECONDS))
     query = (
         select(FlowRun, Agent)
         .outerjoin(Agent, Agent.id == FlowRun.agent_id)
         .where(
             FlowRun.state.in_(_DEPLOYED),
-            or_(FlowRun.heartbeat_at.is_(None), FlowRun.heartbeat_at < cutoff),
+            or_(
+                FlowRun.heartbeat_at.is_(None),
+                FlowRun.heartbeat_at < prefect1_cutoff,
+                and_(FlowRun.heartbeat_at < cutoff, FlowRun.kind != PREFECT1_KIND),
+            ),
         )
         .order_by(FlowRun.heartbeat_at)
         .limit(batch)

@@ -17,6 +17,7 @@ from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import FlowRun
 from baton.server.models.errors import InvalidRequest, RevokedToken, StaleState
 from baton.server.models.flow_runs import MAX_TRANSITION_ATTEMPTS, get_flow_run, transition
+from baton.server.models.flows import PREFECT1_KIND
 
 _S = StateName
 
@@ -64,7 +65,10 @@ def cancel(session: Session, tenant_id: str, flow_run_id: str) -> FlowRun:
         if run.state == _S.CANCELLING:
             return run
         try:  # a transition that raises StaleState wrote nothing: no savepoint to roll back
-            if run.state in CLAIMABLE_STATES or run.state == _S.PENDING:
+            # A Prefect 1 agent does not watch what it deployed: a run its flow runner has not started yet ends now
+            # (its runner reads Cancelled and stops), as Prefect Server 1 cancelled it.
+            not_started = run.state == _S.SUBMITTED and run.kind == PREFECT1_KIND
+            if run.state in CLAIMABLE_STATES or run.state == _S.PENDING or not_started:
                 return transition(session, run, _S.CANCELLED, "cancelled before it was deployed")
             return transition(session, run, _S.CANCELLING, "cancellation requested")
         except StaleState:
