@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ class Prefect1:
 
     server: ServerProcess
     home: Path
+    env_extra: dict[str, str] = field(default_factory=dict)  # Prefect 1 settings a test adds
 
     @property
     def env(self) -> dict[str, str]:
@@ -35,6 +36,7 @@ class Prefect1:
             "LANG": "C.UTF-8",
             "PREFECT__BACKEND": "cloud",
             "PREFECT__CLOUD__API": f"{self.server.url}/graphql",
+            **self.env_extra,
         }
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

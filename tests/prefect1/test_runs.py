@@ -5,6 +5,7 @@ as its own (``baton runs get`` / REST)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -167,3 +168,126 @@ def test_prefect_run_watch_follows_the_run_and_its_logs_to_the_end(prefect1: Pre
     print(watched.stdout[-4000:], watched.stderr[-3000:])
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert "Entered state <Success>" in watched.stdout
+
+
+def test_a_flow_on_local_dask_executor_runs_its_mapped_children_side_by_side(
+    prefect1: Prefect1, server: ServerProcess
+) -> None:
+    registered(prefect1, executor="LocalDaskExecutor")
+    marker = prefect1.home / "flaky-ran"
+    created = prefect1.cli("run", "--name", "pipeline", "--project", "p", "--param", f"marker={marker}", "--quiet")
+    run_id = created.stdout.strip().splitlines()[-1]
+
+    with local_agent(prefect1):
+        final = wait_final(server, run_id, prefect1)
+
+    assert final == "Success", server.client().get_flow_run(run_id).state_message
+    tasks = {task.task_name: task.state for task in server.client().list_task_runs(run_id)}
+    assert [tasks[f"scale-1[{i}]"] for i in range(3)] == ["Success"] * 3
+    assert tasks["flaky-1"] == "Success"
+
+
+SLEEPER = """
+import time
+
+import prefect
+from prefect import Flow, task
+from prefect.run_configs import LocalRun
+from prefect.storage import Local
+
+
+@task
+def nap():
+    prefect.context.get("logger").info("napping")
+    time.sleep(120)
+
+
+@task
+def after(_):
+    return "never"
+
+
+with Flow("sleeper", run_config=LocalRun(labels=["p1"]), storage=Local(path=SCRIPT, stored_as_script=True)) as flow:
+    after(nap())
+"""
+
+
+def test_a_cancelled_run_stops_its_running_task_and_skips_the_rest(prefect1: Prefect1, server: ServerProcess) -> None:
+    registered(prefect1)
+    script = prefect1.home / "flows" / "sleeper.py"
+    script.write_text(SLEEPER.replace("SCRIPT", repr(str(script))))
+    assert prefect1.cli("register", "--project", "p", "--path", str(script)).returncode == 0
+    created = prefect1.cli("run", "--name", "sleeper", "--project", "p", "--quiet")
+    run_id = created.stdout.strip().splitlines()[-1]
+    prefect1.env_extra["PREFECT__CLOUD__CHECK_CANCELLATION_INTERVAL"] = "1"
+
+    with local_agent(prefect1):
+        deadline = time.monotonic() + 60
+        while not any("napping" in line.message for line in server.client().get_logs(run_id).logs):
+            assert time.monotonic() < deadline, (prefect1.home / "agent.log").read_text()
+            time.sleep(0.3)
+        cancel = f"from prefect import Client; print(Client().cancel_flow_run({run_id!r}))"
+        answer = prefect1.python(cancel)
+        assert answer.returncode == 0 and answer.stdout.strip() == "Cancelling", answer.stdout + answer.stderr
+        final = wait_final(server, run_id, prefect1, timeout=60)
+
+    assert final == "Cancelled"
+    tasks = {task.task_name: task.state for task in server.client().list_task_runs(run_id)}
+    assert tasks == {"nap-1": "Cancelled", "after-1": "Cancelled"}
+    assert [state.name for state in server.client().get_flow_run(run_id).states][-2:] == ["Cancelling", "Cancelled"]
+
+
+def test_runs_created_by_the_client_and_a_plain_mutation_are_listed_by_prefect_get(
+    prefect1: Prefect1, server: ServerProcess
+) -> None:
+    registered(prefect1)
+    script = """
+import json
+from prefect import Client
+client = Client()
+group = client.graphql('{ flow(where: {name: {_eq: "pipeline"}}) { version_group_id } }').data.flow[0]
+by_group = client.create_flow_run(version_group_id=group.version_group_id, parameters={"marker": "m"}, run_name="one")
+again = client.create_flow_run(version_group_id=group.version_group_id, parameters={"marker": "m"}, run_name="one",
+                               idempotency_key="k")
+same = client.create_flow_run(version_group_id=group.version_group_id, parameters={"marker": "m"}, run_name="one",
+                              idempotency_key="k")
+flow_id = client.graphql('{ flow { id } }').data.flow[0].id
+plain = client.graphql(
+    'mutation($input: create_flow_run_input!) { create_flow_run(input: $input) { id } }',
+    variables={"input": {"flow_id": flow_id, "parameters": {"marker": "m", "n": 1}, "flow_run_name": "plain"}},
+).data.create_flow_run.id
+print(json.dumps([by_group, again, same, plain]))
+"""
+    done = prefect1.python(script)
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_group, again, same, plain = json.loads(done.stdout.strip().splitlines()[-1])
+    assert again == same and len({by_group, again, plain}) == 3
+
+    listed = prefect1.cli("get", "flow-runs", "--flow", "pipeline", "--project", "p")
+    names = {row.split()[0] for row in listed.stdout.splitlines()[1:] if row.strip()}
+    assert names == {"one", "plain"}, listed.stdout + listed.stderr
+    assert server.client().get_flow_run(plain).parameters == {"n": 1, "marker": "m"}
+    logs = prefect1.cli("get", "logs", "--id", plain)
+    assert logs.returncode == 0, logs.stdout + logs.stderr
+
+
+def test_an_agent_with_a_runner_key_runs_flows_and_a_read_key_cannot_start_one(
+    prefect1: Prefect1, server: ServerProcess
+) -> None:
+    registered(prefect1)
+    runner = server.client().create_api_key("runner", "p1-agent").key
+    reader = server.client().create_api_key("read", "p1-reader").key
+    marker = prefect1.home / "flaky-ran"
+    created = prefect1.cli("run", "--name", "pipeline", "--project", "p", "--param", f"marker={marker}", "--quiet")
+    run_id = created.stdout.strip().splitlines()[-1]
+    prefect1.env_extra["PREFECT__CLOUD__API_KEY"] = reader
+    refused = prefect1.cli("run", "--name", "pipeline", "--project", "p", "--param", "marker=x", "--quiet")
+    del prefect1.env_extra["PREFECT__CLOUD__API_KEY"]
+
+    with local_agent(prefect1, "--key", runner):
+        final = wait_final(server, run_id, prefect1)
+
+    assert final == "Success"
+    agent = next(agent for agent in server.client().list_agents() if agent.type == "prefect1-localagent")
+    assert server.client().get_flow_run(run_id).agent_id == agent.id
+    assert refused.returncode != 0 and "flow_run.create" in refused.stdout + refused.stderr

@@ -322,7 +322,7 @@ def check_scope(session: Reader, principal: Principal, scope: Scope, params: dic
         AccessDenied: a runner key on another key's run or agent, or any key on another key's agent (403).
     """
     if scope == Scope.AGENT:
-        _check_agent_owner(session, principal, params["agent_id"])
+        check_agent_owner(session, principal, params["agent_id"])
         return
     if scope == Scope.FLOW:
         _check_flow(session, principal, params["flow_id"])
@@ -413,7 +413,8 @@ def _check_runner_holds(session: Reader, principal: Principal, flow_run_id: str)
     return str(row[0])
 
 
-def _check_agent_owner(session: Reader, principal: Principal, agent_id: str) -> None:
+def check_agent_owner(session: Reader, principal: Principal, agent_id: str) -> None:
+    """The agent is the tenant's (else ObjectNotFound), registered by this key (else AccessDenied)."""
     agent_id = checked_id("agent", agent_id)
     owner = session.execute(_AGENT_OWNER, {"tenant_id": principal.tenant_id, "id": agent_id}).first()
     if owner is None:

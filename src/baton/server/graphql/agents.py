@@ -12,12 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from baton.schemas.actions import AgentRegister
-from baton.server.access import Action
+from baton.server.access import Action, check_agent_owner
 from baton.server.database.connection import transaction
 from baton.server.database.orm import Agent
-from baton.server.graphql.core import Info, ListArguments, context_of, paged, require
+from baton.server.graphql.core import Info, ListArguments, context_of, paged, require, runner_key
 from baton.server.models import agents
 from baton.server.models.errors import InvalidRequest, ObjectNotFound
+from baton.server.models.tenants import Principal
 
 query = QueryType()
 mutation = MutationType()
@@ -98,3 +99,19 @@ def _agents(_: None, info: Info, **arguments: Any) -> list[dict[str, Any]]:
                 for agent in session.scalars(statement)
             ]
         )
+
+
+def acting(session: Session, principal: Principal, agent_id: str | None) -> str | None:
+    """The agent a call names (X-PREFECT-AGENT-ID), when it is one of the tenant's: a runner key's own only
+    (else AccessDenied); an id of no agent of the tenant is no agent."""
+    if agent_id is None:
+        return None
+    try:
+        agents.get_agent(session, principal.tenant_id, agent_id)
+    except ObjectNotFound:
+        if runner_key(principal) is not None:
+            raise
+        return None
+    if runner_key(principal) is not None:
+        check_agent_owner(session, principal, agent_id)
+    return agent_id

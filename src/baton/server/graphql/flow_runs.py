@@ -193,6 +193,7 @@ def _logs(run: dict[str, Any], info: Info, **arguments: Any) -> list[dict[str, A
                 "level": _LEVELS.get(line.level, str(line.level)),
                 "name": line.name,
                 "message": line.message,
+                "info": {"name": line.name, "levelno": line.level},
             }
             for line in lines
         ]
@@ -245,15 +246,20 @@ def _set_flow_run_states(_: None, info: Info, input: dict[str, Any]) -> dict[str
     context = context_of(info)
     answers = []
     with transaction(context.sessions) as session:
+        agent_id = agents.acting(session, principal, context.agent_id)
         for item in asked:
+            held_by = None
+            if runner_key(principal) is not None:
+                # A runner key acts through its own agents: the agent naming itself, else the run's (its flow runner)
+                held_by = agent_id or run_holder(session, principal, item["flow_run_id"])
             prefect1_runs.set_state(
                 session,
                 principal.tenant_id,
                 item["flow_run_id"],
                 item["state"],
                 item.get("version"),
-                context.agent_id,
-                held_by_key=runner_key(principal),
+                agent_id,
+                held_by=held_by,
             )
             answers.append({"id": item["flow_run_id"], "status": "SUCCESS", "message": None})
     return {"states": answers}

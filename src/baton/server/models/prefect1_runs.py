@@ -31,6 +31,7 @@ from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, Prefect1Flow, Prefect1FlowRun, utcnow
 from baton.server.models import prefect1_states as states
 from baton.server.models import prefect1_task_runs
+from baton.server.models.concurrency import ClaimGate
 from baton.server.models.errors import Conflict, IdempotencyConflict, InvalidRequest, ObjectNotFound, StaleState
 from baton.server.models.flow_runs import MAX_TRANSITION_ATTEMPTS, label_rows, transition
 from baton.server.models.flows import PREFECT1_KIND
@@ -235,6 +236,7 @@ def runs_in_queue(session: Session, tenant_id: str, labels: list[str], before: d
     """Prefect 1's ready queue: the tenant's Scheduled (or Retrying) runs due by ``before`` whose labels the agent's
     cover (a run without labels only for an agent without labels), earliest start first."""
     start = _due()
+    gate = ClaimGate.open(session, tenant_id)  # Baton's concurrency limits: runs of a full limit wait in the queue
     foreign = exists().where(FlowRunLabel.flow_run_id == FlowRun.id, FlowRunLabel.label.not_in(labels or [""]))
     label_rule = and_(FlowRun.label_count > 0, ~foreign) if labels else FlowRun.label_count == 0
     query = (
@@ -246,6 +248,7 @@ def runs_in_queue(session: Session, tenant_id: str, labels: list[str], before: d
             FlowRun.state.in_([state.value for state in CLAIMABLE_STATES]),
             start <= before,
             label_rule,
+            *gate.excluded(),
         )
         .order_by(start, FlowRun.created)
         .limit(MAX_QUEUE)
@@ -286,22 +289,26 @@ def set_state(
     state: Any,
     version: int | None,
     agent_id: str | None,
-    held_by_key: str | None = None,
+    *,
+    held_by: str | None = None,
 ) -> int:
-    """Set a Prefect 1 state on the run; returns the run's new version.
+    """Set a Prefect 1 state on the run; returns the run's new version. ``agent_id``: the agent taking it from the
+    queue, if it is taken now.
 
-    ``held_by_key``: a runner key's id; the run must then be Submitted by one of its agents already, or be taken
-    from the queue now by ``agent_id``, one of its agents.
+    ``held_by``: the agent of a runner key (access decided which): the run must be that agent's, or be taken from
+    the queue now (by ``agent_id``); a run another agent took meanwhile is not changed (StaleState).
 
     Raises:
-        VersionLocked: ``version`` is not the run's (VERSION_LOCKING_ERROR).
+        VersionLocked: a Running state naming a version that is not the run's (VERSION_LOCKING_ERROR).
         IllegalTransitionError: Baton's state machine refuses (e.g. the run ended).
     """
     checked = states.checked(state, states.FLOW_RUN_STATES)
     for _attempt in range(MAX_TRANSITION_ATTEMPTS):
         run, side = get(session, tenant_id, flow_run_id, for_update=True)
         now_served = served(run, side)
-        if version is not None and version != now_served.version:
+        # Prefect 1's version lock guards entering Running (a run runs once): its agents send the version they read
+        # before their own Submitted with a later Failed, which the lock must not refuse.
+        if version is not None and states.is_running(checked) and version != now_served.version:
             raise VersionLocked(
                 f"State update failed: flow run {run.id} is at version {now_served.version}, not {version} "
                 "(another process changed its state)"
@@ -310,8 +317,12 @@ def set_state(
         current = StateName(run.state)
         if target == _S.SUBMITTED and current not in CLAIMABLE_STATES:
             raise Conflict("State update failed: this run has already been submitted.")
-        if held_by_key is not None:
-            _check_holder(session, run, target, current, agent_id, held_by_key)
+        taking = target in (_S.SUBMITTED, _S.RUNNING) and current in CLAIMABLE_STATES
+        if held_by is not None and not taking and run.agent_id != held_by:
+            raise StaleState(f"flow run {run.id} is another agent's now")
+        if taking and not ClaimGate.open(session, tenant_id).admit(run):
+            # "State update failed": Prefect 1's agent then leaves the run in the queue for a later poll.
+            raise Conflict(f"State update failed: flow run {run.id} waits for a slot of its concurrency limits")
         message = states.message_of(checked)
         try:
             if target is not None and target != current:
@@ -343,27 +354,6 @@ def set_state(
             run.heartbeat_at = utcnow()
         return new_version
     raise StaleState(f"flow run {flow_run_id} kept changing; try again")
-
-
-def _check_holder(
-    session: Session, run: FlowRun, target: StateName | None, current: StateName, agent_id: str | None, key_id: str
-) -> None:
-    """A runner key moves a run its own agents took, or takes one from the queue through one of its agents."""
-    from baton.server.access import AccessDenied
-    from baton.server.database.orm import Agent
-
-    taking = target in (_S.SUBMITTED, _S.RUNNING) and current in CLAIMABLE_STATES
-    holder = agent_id if taking else run.agent_id
-    owner = None
-    if holder is not None:
-        owner = session.scalar(select(Agent.api_key_id).where(Agent.tenant_id == run.tenant_id, Agent.id == holder))
-    if owner != key_id:
-        if taking:
-            raise AccessDenied(
-                "a runner key takes Prefect 1 runs through an agent it registered (the X-PREFECT-AGENT-ID header "
-                "that register_agent gave)"
-            )
-        raise AccessDenied("this runner key may only change runs taken by its own agents")
 
 
 def cancel(session: Session, tenant_id: str, flow_run_id: str, message: str | None) -> str:
