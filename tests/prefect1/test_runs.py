@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cli_runner import run_cli
 from prefect1.conftest import VENV, Prefect1
 from support import ServerProcess
 
@@ -291,3 +292,23 @@ def test_an_agent_with_a_runner_key_runs_flows_and_a_read_key_cannot_start_one(
     agent = next(agent for agent in server.client().list_agents() if agent.type == "prefect1-localagent")
     assert server.client().get_flow_run(run_id).agent_id == agent.id
     assert refused.returncode != 0 and "flow_run.create" in refused.stdout + refused.stderr
+
+
+def test_a_run_started_with_baton_s_cli_runs_on_prefect_1_s_agent_and_baton_shows_it(
+    prefect1: Prefect1, server: ServerProcess
+) -> None:
+    registered(prefect1)
+    marker = prefect1.home / "flaky-ran"
+    env = server.env()
+    listed = run_cli(["flows", "list"], env=env)
+    started = run_cli(["run", "pipeline", "--param", f"marker={marker}", "--json"], env=env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    run_id = json.loads(started.stdout)["id"]
+
+    with local_agent(prefect1):
+        final = wait_final(server, run_id, prefect1)
+
+    shown = run_cli(["runs", "get", run_id], env=env)
+    assert "pipeline (Prefect 1)" in listed.stdout
+    assert final == "Success"
+    assert "flaky-1" in shown.stdout and "scale-1[2]" in shown.stdout, shown.stdout

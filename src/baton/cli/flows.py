@@ -57,6 +57,7 @@ def list_flows(state: CliState, as_json: bool) -> None:
                 {
                     "name": flow.name,
                     "version": flow.version,
+                    "kind": flow.kind,
                     "schedule": by_name[flow.name].model_dump(mode="json") if flow.name in by_name else None,
                 }
                 for flow in found
@@ -67,7 +68,8 @@ def list_flows(state: CliState, as_json: bool) -> None:
     for flow in found:
         schedule = by_name.get(flow.name)
         next_time = schedule.next_run_time if schedule is not None else None
-        rows.append((flow.name, flow.version, _summary(schedule), _state(schedule), next_time))
+        name = flow.name if flow.kind == "baton" else f"{flow.name} (Prefect 1)"
+        rows.append((name, flow.version, _summary(schedule), _state(schedule), next_time))
     print_table(["flow", "version", "schedule", "state", "next run"], rows, empty="No flows.")
 
 

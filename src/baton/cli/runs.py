@@ -74,15 +74,20 @@ def _agent(run: FlowRunRead, with_id: bool = False) -> str | None:
     return f"{run.agent_name} ({run.agent_id})" if with_id else run.agent_name
 
 
+# `runs get` lists a run's first task runs; the REST API and the UI have them all.
+TASK_RUNS_SHOWN = 100
+
+
 @runs.command("get")
 @_run_id
 @_json_option
 @api_options
 @pass_state
 def get_run(state: CliState, flow_run_id: str, as_json: bool) -> None:
-    """Show one flow run with its state history (oldest first)."""
+    """Show one flow run with its state history (oldest first) and its task runs."""
     with state.client() as client:
         run = client.get_flow_run(flow_run_id)
+        task_runs = [] if as_json else client.list_task_runs(flow_run_id)
     if as_json:
         echo_json(run)
         return
@@ -106,6 +111,12 @@ def get_run(state: CliState, flow_run_id: str, as_json: bool) -> None:
     )
     rows = [(s.timestamp, s.name, s.message) for s in run.states]
     print_table(["time", "state", "message"], rows, title="States")
+    if task_runs:
+        shown = task_runs[:TASK_RUNS_SHOWN]
+        rows = [(t.task_name, t.state, t.attempt, t.start_time, t.end_time, t.message) for t in shown]
+        more = len(task_runs) - len(shown)
+        title = f"Task runs ({len(task_runs)}{f', first {len(shown)} shown' if more else ''})"
+        print_table(["task", "state", "attempt", "started", "ended", "message"], rows, title=title)
 
 
 @runs.command("logs")

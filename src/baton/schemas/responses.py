@@ -61,6 +61,8 @@ class FlowRead(BaseModel):
     max_lateness_seconds: int | None = None  # a run later than this is skipped (Cancelled)
     max_concurrent_runs: int | None = None  # @flow(max_concurrent_runs=...); the latest version's value rules
     source: str | None = None  # included only on GET /api/flows/{id}?include_source=true
+    # "baton", or "prefect1": registered by Prefect 1's client over GraphQL; its runs are Prefect 1's agents'
+    kind: str = "baton"
 
 
 class StateRead(BaseModel):
@@ -93,6 +95,7 @@ class FlowRunRead(BaseModel):
     states: list[StateRead] = Field(default_factory=list)
     auto_scheduled: bool = Field(default=False, description="created by the flow's schedule (or a backfill)")
     schedule_key: str | None = Field(default=None, description="<flow>/<clock id>/<time>: unique per tenant")
+    kind: str = Field(default="baton", description="baton, or prefect1: a run Prefect 1's agents take (GraphQL)")
     omitted: list[str] = Field(
         default_factory=list,
         description="heavy fields left empty in this list item (ask with ?include=): parameters, states",

@@ -194,14 +194,30 @@ def test_names_are_the_tenants_across_projects_and_kinds(tenant: TenantContext) 
     assert baton_side.status_code == 422 and "is a Prefect 1 flow" in baton_side.json()["detail"]
 
 
-def test_baton_will_not_start_a_run_its_agents_cannot_run(tenant: TenantContext) -> None:
+def test_rest_starts_a_run_for_prefect_1_s_agents_that_baton_s_agents_never_claim(tenant: TenantContext) -> None:
     project = create_project(tenant, "loads")
     data(register(tenant, project, with_parameter_tasks(serialized())))
+    http = tenant.raw(tenant.admin_key)
+    agent = http.post("/api/agents", json={"name": "baton-agent", "type": "local", "labels": ["etl"]}).json()
 
-    answer = tenant.raw(tenant.admin_key).post("/api/flow_runs", json={"flow_name": "etl", "parameters": {"k": 1}})
+    missing = http.post("/api/flow_runs", json={"flow_name": "etl", "parameters": {}})
+    answer = http.post("/api/flow_runs", json={"flow_name": "etl", "parameters": {"k": 1}})
+    claimed = http.post(f"/api/agents/{agent['id']}/claim", json={"limit": 5, "wait_seconds": 0})
+    queue = ask(
+        tenant,
+        'mutation($t: UUID!) { get_runs_in_queue(input: {tenant_id: $t, labels: ["etl"]}) { flow_run_ids } }',
+        variables={"t": tenant.id},
+    )
 
-    assert answer.status_code == 422
-    assert "Prefect 1 flow" in answer.json()["detail"]
+    assert missing.status_code == 422 and "Required parameters were not supplied" in missing.json()["detail"]
+    assert answer.status_code == 201, answer.text
+    run = answer.json()
+    assert run["kind"] == "prefect1" and run["parameters"] == {"n": 3, "k": 1}
+    assert claimed.status_code == 200 and claimed.json()["runs"] == []
+    assert data(queue)["get_runs_in_queue"]["flow_run_ids"] == [run["id"]]
+    tasks = http.get(f"/api/flow_runs/{run['id']}/task_runs").json()
+    assert sorted(task["task_name"] for task in tasks) == ["add-1", "n", "nums-1"]
+    assert {task["state"] for task in tasks} == {"Pending"}
 
 
 def test_a_project_holding_flows_is_not_deleted_and_counts_them(tenant: TenantContext) -> None:

@@ -77,18 +77,24 @@ def create_flow_run(
     db: Db,
     notifier: NotifierDep,
     response: Response,
+    request: Request,
     idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
 ) -> FlowRunRead:
+    limit = request.app.state.settings.server.max_task_runs_per_run  # a Prefect 1 flow's run gets its task runs
     try:
         with transaction(db) as session:
-            run, created = flow_runs.create_flow_run_once(session, principal.tenant_id, payload, idempotency_key)
+            run, created = flow_runs.create_flow_run_once(
+                session, principal.tenant_id, payload, idempotency_key, max_task_runs=limit
+            )
             result = shaping.flow_run(session, principal, run)
     except IntegrityError:
         if idempotency_key is None:
             raise
         # A concurrent create with the same key committed first: this one is its retry, and now finds its run.
         with transaction(db) as session:
-            run, created = flow_runs.create_flow_run_once(session, principal.tenant_id, payload, idempotency_key)
+            run, created = flow_runs.create_flow_run_once(
+                session, principal.tenant_id, payload, idempotency_key, max_task_runs=limit
+            )
             result = shaping.flow_run(session, principal, run)
     if created and result.scheduled_start_time <= utcnow():
         # After the commit (the woken agent must see the run): one waiting agent that can take it, not all of them.

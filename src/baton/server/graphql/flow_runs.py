@@ -210,10 +210,10 @@ def _create_flow_run(_: None, info: Info, input: dict[str, Any]) -> dict[str, An
     for attempt in range(2):
         try:
             with transaction(context.sessions) as session:
-                run_id = prefect1_runs.create_flow_run(
+                run = prefect1_runs.create_flow_run(
                     session, principal.tenant_id, input, context.server.max_task_runs_per_run
                 )
-            return {"id": run_id}
+                return {"id": run.id}
         except IntegrityError:
             if attempt:  # the create that took this idempotency key is visible now, unless something else broke
                 raise

@@ -27,7 +27,7 @@ from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, chec
 from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, FlowRunState, table_of, utcnow
 from baton.server.models import cursors, notifications, retries
 from baton.server.models import flows as flow_queries
-from baton.server.models.errors import IdempotencyConflict, InvalidRequest, ObjectNotFound, StaleState
+from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
 from baton.server.models.identity import already_loaded
 from baton.server.models.ids import checked_id
 from baton.server.models.logs import with_dropped_note
@@ -68,6 +68,7 @@ def create_flow_run_once(
     payload: FlowRunCreate,
     idempotency_key: str | None,
     retried_from: str | None = None,
+    max_task_runs: int = 10_000,
 ) -> tuple[FlowRun, bool]:
     """Create a run unless this tenant already made one with ``idempotency_key``; return it and whether it is new.
 
@@ -82,12 +83,19 @@ def create_flow_run_once(
         IntegrityError: a concurrent create with the same key committed first (retry in a new transaction).
     """
     if idempotency_key is None:
-        return create_flow_run(session, tenant_id, payload, retried_from=retried_from), True
+        return create_flow_run(
+            session, tenant_id, payload, retried_from=retried_from, max_task_runs=max_task_runs
+        ), True
     digest = request_hash(payload, retried_from)
     existing = _run_with_key(session, tenant_id, idempotency_key)
     if existing is None:
         run = create_flow_run(
-            session, tenant_id, payload, idempotency=(idempotency_key, digest), retried_from=retried_from
+            session,
+            tenant_id,
+            payload,
+            idempotency=(idempotency_key, digest),
+            retried_from=retried_from,
+            max_task_runs=max_task_runs,
         )
         session.flush()
         return run, True
@@ -109,15 +117,28 @@ def create_flow_run(
     payload: FlowRunCreate,
     idempotency: tuple[str, str] | None = None,
     retried_from: str | None = None,
+    max_task_runs: int = 10_000,
 ) -> FlowRun:
+    """A Scheduled run of the flow; ``max_task_runs`` bounds a Prefect 1 flow's task runs made with it."""
     if payload.flow_id:
         flow = flow_queries.get_flow(session, tenant_id, payload.flow_id, source=False)
     else:
         assert payload.flow_name is not None  # guaranteed by FlowRunCreate's validator
         flow = flow_queries.find_flow(session, tenant_id, payload.flow_name, payload.flow_version, source=False)
-    if flow.kind != flow_queries.BATON_KIND:
-        # Its code runs under Prefect 1's agents and flow runner, whose runs the GraphQL API does not serve yet.
-        raise InvalidRequest(f"flow {flow.name!r} is a Prefect 1 flow: Baton's agents cannot run it")
+    if flow.kind == flow_queries.PREFECT1_KIND:
+        # A run for Prefect 1's agents, made as Prefect 1's client makes one (Baton's agents never take it).
+        from baton.server.models import prefect1_runs  # imports this module
+
+        asked = {
+            "flow_id": flow.id,
+            "parameters": payload.parameters,
+            "labels": payload.labels,
+            "flow_run_name": payload.name,
+            "scheduled_start_time": payload.scheduled_start_time,
+            "idempotency_key": idempotency[0] if idempotency else None,
+        }
+        digest = idempotency[1] if idempotency else None
+        return prefect1_runs.create_flow_run(session, tenant_id, asked, max_task_runs, digest=digest)
     check_parameters(flow.parameters_schema, payload.parameters)
     labels = resolve_run_labels(payload.labels, flow)
     now = utcnow()
@@ -434,6 +455,7 @@ def to_read(session: Session, runs: Sequence[FlowRun], omit: frozenset[str] = fr
                 states=history[run.id],
                 auto_scheduled=run.schedule_key is not None,
                 schedule_key=run.schedule_key,
+                kind=run.kind,
                 omitted=sorted(omit),
             )
         )

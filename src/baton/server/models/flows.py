@@ -297,6 +297,7 @@ def to_read(flow: Flow, include_source: bool = False) -> FlowRead:
         max_lateness_seconds=flow.max_lateness_seconds,
         max_concurrent_runs=flow.max_concurrent_runs,
         source=flow.source if include_source else None,
+        kind=flow.kind,
     )
 
 

@@ -137,9 +137,13 @@ def _request_hash(asked: dict[str, Any], flow_id: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def create_flow_run(session: Session, tenant_id: str, asked: dict[str, Any], max_task_runs: int) -> str:
+def create_flow_run(
+    session: Session, tenant_id: str, asked: dict[str, Any], max_task_runs: int, *, digest: str | None = None
+) -> FlowRun:
     """Prefect 1's ``create_flow_run``: a Scheduled run of the flow (or of its version group's latest version),
     with a Pending task run per task; the run of an earlier create with the same idempotency key when there is one.
+
+    ``digest``: what a REST create asked for, hashed as REST hashes it (REST's retries compare with it).
 
     Raises:
         IdempotencyConflict: the key was used for another request (409).
@@ -147,19 +151,15 @@ def create_flow_run(session: Session, tenant_id: str, asked: dict[str, Any], max
     """
     flow, data = _flow_to_run(session, tenant_id, asked.get("flow_id"), asked.get("version_group_id"))
     key = asked.get("idempotency_key")
-    digest = _request_hash(asked, flow.id)
+    digest = digest or _request_hash(asked, flow.id)
     if key is not None:
         if not isinstance(key, str) or not 1 <= len(key) <= 200:
             raise InvalidRequest("idempotency_key must be a string of 1 to 200 characters")
-        existing = session.execute(
-            select(FlowRun.id, FlowRun.idempotency_hash).where(
-                FlowRun.tenant_id == tenant_id, FlowRun.idempotency_key == key
-            )
-        ).first()
+        existing = session.scalar(select(FlowRun).where(FlowRun.tenant_id == tenant_id, FlowRun.idempotency_key == key))
         if existing is not None:
-            if existing[1] != digest:
-                raise IdempotencyConflict(f"idempotency key {key!r} was used for another run ({existing[0]})")
-            return str(existing[0])
+            if existing.idempotency_hash != digest:
+                raise IdempotencyConflict(f"idempotency key {key!r} was used for another run ({existing.id})")
+            return existing
     parameters = _parameters(_storable("parameters", asked.get("parameters") or {}, dict), data)
     context = _storable("context", asked.get("context") or {}, dict)
     run_config = asked.get("run_config")
@@ -212,7 +212,7 @@ def create_flow_run(session: Session, tenant_id: str, asked: dict[str, Any], max
     )
     tasks = [task for task in data.serialized_flow.get("tasks") or [] if isinstance(task, dict)]
     prefect1_task_runs.create_for_run(session, tenant_id, run.id, tasks, max_task_runs, now)
-    return run.id
+    return run
 
 
 def get(

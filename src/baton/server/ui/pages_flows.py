@@ -93,7 +93,10 @@ def flow_page(request: Request, name: str, viewer: ViewerDep) -> Response:
 
 def _create(request: Request, viewer: Viewer, payload: FlowRunCreate, key: str | None) -> str:
     with transaction(factory_of(request)) as session:
-        run, _new = flow_runs.create_flow_run_once(session, viewer.principal.tenant_id, payload, key)
+        limit = request.app.state.settings.server.max_task_runs_per_run
+        run, _new = flow_runs.create_flow_run_once(
+            session, viewer.principal.tenant_id, payload, key, max_task_runs=limit
+        )
         return run.id
 
 
