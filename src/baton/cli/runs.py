@@ -113,10 +113,10 @@ def get_run(state: CliState, flow_run_id: str, as_json: bool) -> None:
     print_table(["time", "state", "message"], rows, title="States")
     if task_runs:
         shown = task_runs[:TASK_RUNS_SHOWN]
-        rows = [(t.task_name, t.state, t.attempt, t.start_time, t.end_time, t.message) for t in shown]
+        tasks = [(t.task_name, t.state, t.attempt, t.start_time, t.end_time, t.message) for t in shown]
         more = len(task_runs) - len(shown)
         title = f"Task runs ({len(task_runs)}{f', first {len(shown)} shown' if more else ''})"
-        print_table(["task", "state", "attempt", "started", "ended", "message"], rows, title=title)
+        print_table(["task", "state", "attempt", "started", "ended", "message"], tasks, title=title)
 
 
 @runs.command("logs")
