@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
 from cli_runner import run_cli
 from prefect1.conftest import VENV, Prefect1
-from support import ServerProcess
+from support import ServerProcess, free_port
 
 FLOW = """
 import os
@@ -67,7 +69,7 @@ with Flow(
     "pipeline",
     run_config=LocalRun(labels=["p1"]),
     storage=Local(path=SCRIPT, stored_as_script=True),
-    executor=EXECUTOR(),
+    executor=EXECUTOR(**EXECUTOR_KWARGS),
 ) as flow:
     n = Parameter("n", default=3)
     marker = Parameter("marker", required=True)
@@ -88,7 +90,10 @@ def registered(prefect1: Prefect1, executor: str = "LocalExecutor") -> Path:
     flows = prefect1.home / "flows"
     flows.mkdir()
     script = flows / "pipeline.py"
-    script.write_text(FLOW.replace("SCRIPT", repr(str(script))).replace("EXECUTOR", executor))
+    kwargs = {"cluster_kwargs": {"n_workers": 2, "threads_per_worker": 1}} if executor == "DaskExecutor" else {}
+    script.write_text(
+        FLOW.replace("SCRIPT", repr(str(script))).replace("EXECUTOR_KWARGS", repr(kwargs)).replace("EXECUTOR", executor)
+    )
     done = prefect1.cli("register", "--project", "p", "--path", str(flows))
     assert done.returncode == 0, done.stdout + done.stderr
     return script
@@ -312,3 +317,78 @@ def test_a_run_started_with_baton_s_cli_runs_on_prefect_1_s_agent_and_baton_show
     assert "pipeline (Prefect 1)" in listed.stdout
     assert final == "Success"
     assert "flaky-1" in shown.stdout and "scale-1[2]" in shown.stdout, shown.stdout
+
+
+def test_a_flow_on_dask_executor_runs_on_a_temporary_dask_cluster(prefect1: Prefect1, server: ServerProcess) -> None:
+    # A LocalCluster of two worker processes on 127.0.0.1, started by the flow run and closed with it
+    registered(prefect1, executor="DaskExecutor")
+    marker = prefect1.home / "flaky-ran"
+    created = prefect1.cli("run", "--name", "pipeline", "--project", "p", "--param", f"marker={marker}", "--quiet")
+    run_id = created.stdout.strip().splitlines()[-1]
+
+    with local_agent(prefect1):
+        final = wait_final(server, run_id, prefect1, timeout=120)
+
+    assert final == "Success", server.client().get_flow_run(run_id).state_message
+    lines = [line.message for line in server.client().get_logs(run_id).logs]
+    assert any("dask" in line.lower() for line in lines), lines
+    tasks = {task.task_name: task.state for task in server.client().list_task_runs(run_id)}
+    assert [tasks[f"scale-1[{i}]"] for i in range(3)] == ["Success"] * 3
+
+
+def test_the_agent_s_options_that_talk_to_the_api(prefect1: Prefect1, server: ServerProcess) -> None:
+    registered(prefect1)
+    script = prefect1.home / "flows" / "env.py"
+    script.write_text(ENV_FLOW.replace("SCRIPT", repr(str(script))))
+    assert prefect1.cli("register", "--project", "p", "--path", str(script)).returncode == 0
+    created = prefect1.cli("run", "--name", "env-echo", "--project", "p", "--quiet")
+    run_id = created.stdout.strip().splitlines()[-1]
+    port = free_port()
+    options = ["--api", f"{server.url}/graphql", "--key", server.admin_key, "--env", "GREETING=from-the-agent"]
+    options += ["--max-polls", "100", "--agent-address", f"http://127.0.0.1:{port}", "--name", "opts"]
+
+    with local_agent(prefect1, *options):
+        final = wait_final(server, run_id, prefect1)
+        health = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5)
+
+    assert final == "Success"
+    assert server.client().get_flow_run(run_id).state_message == "All reference tasks succeeded."
+    lines = [line.message for line in server.client().get_logs(run_id).logs]
+    assert any("GREETING=from-the-agent" in line for line in lines), lines
+    assert health.status_code == 200
+    assert any(agent.name == "opts" for agent in server.client().list_agents())
+
+
+def test_no_cloud_logs_keeps_the_flow_s_lines_out_of_baton(prefect1: Prefect1, server: ServerProcess) -> None:
+    registered(prefect1)
+    script = prefect1.home / "flows" / "env.py"
+    script.write_text(ENV_FLOW.replace("SCRIPT", repr(str(script))))
+    assert prefect1.cli("register", "--project", "p", "--path", str(script)).returncode == 0
+    created = prefect1.cli("run", "--name", "env-echo", "--project", "p", "--quiet")
+    run_id = created.stdout.strip().splitlines()[-1]
+
+    with local_agent(prefect1, "--no-cloud-logs"):
+        final = wait_final(server, run_id, prefect1)
+
+    assert final == "Success"
+    lines = [line.message for line in server.client().get_logs(run_id).logs]
+    assert not any("GREETING" in line for line in lines), lines
+
+
+ENV_FLOW = """
+import os
+
+import prefect
+from prefect import Flow, task
+from prefect.run_configs import LocalRun
+from prefect.storage import Local
+
+
+@task
+def echo():
+    prefect.context.get("logger").info("GREETING=%s", os.environ.get("GREETING"))
+
+
+with Flow("env-echo", run_config=LocalRun(labels=["p1"]), storage=Local(path=SCRIPT, stored_as_script=True)) as flow:
+    echo()
+"""
