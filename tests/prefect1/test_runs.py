@@ -55,6 +55,11 @@ def is_big(total):
     return total > 10
 
 
+@task(trigger=prefect.triggers.all_finished)
+def cleanup(total):
+    prefect.context.get("logger").info("cleanup after %s", total)
+
+
 @task
 def big():
     return "big"
@@ -75,6 +80,7 @@ with Flow(
     marker = Parameter("marker", required=True)
     scaled = scale.map(numbers(n), factor=unmapped(2))
     total = flaky(scaled, marker)
+    cleanup(total)
     with case(is_big(total), True):
         yes = big()
     with case(is_big(total), False):
@@ -157,6 +163,7 @@ def test_local_agent_runs_a_flow_with_parameters_mapping_retries_and_case(
     assert mapped == [f"scale-1[{i}]" for i in range(4)]
     assert tasks["flaky-1"].state == "Success" and tasks["flaky-1"].attempt == 2
     assert tasks["big-1"].state == "Success" and tasks["small-1"].state == "Success"  # Skipped counts as done
+    assert tasks["cleanup-1"].state == "Success"  # its trigger: all upstream finished
     lines = [line.message for line in server.client().get_logs(run_id).logs]
     assert any("flaky saw [0, 2, 4, 6]" in line for line in lines), lines
     assert any("first attempt fails" in line for line in lines), lines
