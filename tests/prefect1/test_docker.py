@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,3 +124,57 @@ def test_an_image_the_daemon_lacks_fails_the_run_with_the_deployment_error(
     assert run.state == "Failed"
     assert "no-such-tag" in (run.state_message or "")
     assert [state.name for state in run.states] == ["Scheduled", "Pending", "Submitted", "Failed"]
+
+
+IN_IMAGE = """
+import prefect
+from prefect import Flow, task
+from prefect.run_configs import DockerRun
+from prefect.storage import Docker
+
+
+@task
+def where():
+    prefect.context.get("logger").info("running from the image's own copy of the flow")
+
+
+with Flow("in-image", run_config=DockerRun(labels=["p1docker"]),
+          storage=Docker(image_name="baton-prefect1-flow", image_tag=TAG, path="/opt/flows/in_image.py",
+                         stored_as_script=True)) as flow:
+    where()
+
+if __name__ == "__main__":
+    flow.storage.add_flow(flow)  # what a build would record: where the image holds the flow
+    flow.register(project_name="d", build=False, no_url=True)
+"""
+
+
+def test_docker_storage_runs_the_flow_baked_into_its_image(
+    prefect1: Prefect1, server: ServerProcess, prefect1_image: str, docker_client: docker.DockerClient
+) -> None:
+    # Docker storage's own build installs pip from an index (none is reachable here): the image is built the same
+    # way offline, and the flow registered with build=False, as a CI that builds images apart would.
+    assert prefect1.cli("auth", "login", "--key", prefect1.server.admin_key).returncode == 0
+    assert prefect1.cli("create", "project", "d").returncode == 0
+    tag = f"t{uuid.uuid4().hex[:12]}"
+    context = prefect1.home / "image"
+    context.mkdir()
+    (context / "in_image.py").write_text(IN_IMAGE.replace("TAG", repr(tag)))
+    (context / "Dockerfile").write_text(f"FROM {prefect1_image}\nCOPY in_image.py /opt/flows/in_image.py\n")
+    image, _logs = docker_client.images.build(path=str(context), tag=f"baton-prefect1-flow:{tag}", network_mode="none")
+    try:
+        registered = prefect1.python((context / "in_image.py").read_text())
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        created = prefect1.cli("run", "--name", "in-image", "--project", "d", "--quiet")
+        run_id = created.stdout.strip().splitlines()[-1]
+        with docker_agent(prefect1, context):
+            deadline = time.monotonic() + 120
+            while server.client().get_flow_run(run_id).state not in ("Success", "Failed", "Cancelled"):
+                assert time.monotonic() < deadline, (prefect1.home / "agent.log").read_text()
+                time.sleep(0.5)
+        run = server.client().get_flow_run(run_id)
+        assert run.state == "Success", (run.state_message, (prefect1.home / "agent.log").read_text())
+        lines = [line.message for line in server.client().get_logs(run_id).logs]
+        assert any("image's own copy" in line for line in lines), lines
+    finally:
+        docker_client.images.remove(image.id, force=True)

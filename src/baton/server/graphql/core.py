@@ -130,7 +130,12 @@ def _parse_time(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError("a timestamptz is an ISO 8601 string")
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed  # Hasura reads a bare time as UTC
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)  # Hasura reads a bare time as UTC
+    try:
+        return parsed.astimezone(UTC)  # stored in UTC: a time whose UTC is out of range is refused here
+    except OverflowError as exc:
+        raise ValueError(f"{value[:40]!r} is out of range in UTC") from exc
 
 
 @timestamptz.serializer

@@ -50,8 +50,11 @@ MAX_MUTATION_FIELDS = 1
 MAX_QUERY_FIELDS = 10
 # ariadne logs every error a resolver raises, with its traceback: refusals (FORBIDDEN, BAD_USER_INPUT) are answers,
 # not server faults, and ``core.format_error`` logs the unexpected ones itself.
+# A level above every record, not ``disabled``: uvicorn's dictConfig (disable_existing_loggers=False) clears that flag
+# on loggers that exist when it runs.
 _QUIET = logging.getLogger("baton.graphql.ariadne")
-_QUIET.disabled = True
+_QUIET.setLevel(logging.CRITICAL + 1)
+_QUIET.propagate = False
 
 
 @cache

@@ -10,6 +10,7 @@ from ariadne import MutationType, ObjectType, QueryType
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 
+from baton.labels import MAX_LABELS, normalize_labels
 from baton.schemas.states import StateName
 from baton.server.access import Action, run_holder
 from baton.server.database.connection import transaction
@@ -226,6 +227,12 @@ def _runs_in_queue(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]
     if input["tenant_id"] != principal.tenant_id:
         raise ObjectNotFound(f"tenant {input['tenant_id']} not found")
     labels = input.get("labels") or []
+    if len(labels) > MAX_LABELS:
+        raise InvalidRequest(f"an agent has at most {MAX_LABELS} labels")
+    try:
+        labels = normalize_labels(labels)
+    except ValueError as exc:
+        raise InvalidRequest(f"labels: {exc}") from exc
     before = input.get("before") or datetime.now(UTC)
     context = context_of(info)
     with transaction(context.sessions) as session:

@@ -25,13 +25,17 @@ mutation = MutationType()
 _DEPLOYED = re.compile(r"^Submitted for execution: (.+)$", re.DOTALL)
 
 
+# Python's level names; any other (NOTSET, a custom level's) counts as INFO.
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
+
+
 def _entry(line: dict[str, Any], index: int) -> LogEntry:
     level = line.get("level")
-    number = logging.getLevelName(level.upper()) if isinstance(level, str) else 20
+    number = _LEVELS.get(level.upper(), logging.INFO) if isinstance(level, str) else logging.INFO
     try:
         return LogEntry(
             timestamp=line.get("timestamp") or datetime.now(UTC),
-            level=number if isinstance(number, int) else 20,
+            level=number,
             name=(line.get("name") or "prefect")[:500],
             message=line.get("message") or "",
             task_run_id=line.get("task_run_id"),

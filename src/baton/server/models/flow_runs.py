@@ -25,7 +25,7 @@ from baton.schemas.core import RunConfig, json_value_problem
 from baton.schemas.responses import FlowRunRead, StateRead
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName, check_transition
 from baton.server.database.orm import Agent, Flow, FlowRun, FlowRunLabel, FlowRunState, table_of, utcnow
-from baton.server.models import cursors, notifications, retries
+from baton.server.models import cursors, notifications, prefect1_states, prefect1_task_runs, retries
 from baton.server.models import flows as flow_queries
 from baton.server.models.errors import IdempotencyConflict, ObjectNotFound, StaleState
 from baton.server.models.identity import already_loaded
@@ -541,6 +541,9 @@ def transition(
         history.insert(0, {"name": StateName.FAILED.value, "message": failure[0], "data": failure[1]})
     for row in history:
         connection.execute(_INSERT_STATE, {**row, "flow_run_id": run.id, "timestamp": now})
+    if new_state == StateName.CANCELLED and run.kind == flow_queries.PREFECT1_KIND:
+        # Prefect Server 1 cancelled a cancelled run's unfinished task runs, whoever cancelled it.
+        prefect1_task_runs.cancel_unfinished(session, run.id, prefect1_states.make("Cancelled", message))
     # Notification events go in this same transaction (an outbox): committed with the state, or not at all.
     notifications.enqueue_for_transition(session, run, new_state, message)
     return run

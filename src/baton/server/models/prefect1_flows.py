@@ -49,8 +49,11 @@ def _storable(what: str, value: Any) -> None:
         raise InvalidRequest(f"{what}: {problem}")
 
 
-def _checked_text(what: str, value: str | None, limit: int) -> str | None:
+def checked_text(what: str, value: str | None, limit: int) -> str | None:
+    """``value`` if it is text no longer than ``limit`` that both databases store (no NUL, no lone surrogate)."""
     if value is not None:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{what} must be a string")
         _storable(what, value)
         if len(value) > limit:
             raise InvalidRequest(f"{what} is at most {limit} characters")
@@ -161,9 +164,9 @@ def register(
 ) -> str:
     """Register a version of a Prefect 1 flow; returns its flow id (the existing one for a repeated key)."""
     serialized = _checked(serialized)
-    _checked_text("version_group_id", version_group_id, MAX_KEY_LENGTH)
-    _checked_text("idempotency_key", idempotency_key, MAX_KEY_LENGTH)
-    _checked_text("description", description, MAX_DESCRIPTION_LENGTH)
+    checked_text("version_group_id", version_group_id, MAX_KEY_LENGTH)
+    checked_text("idempotency_key", idempotency_key, MAX_KEY_LENGTH)
+    checked_text("description", description, MAX_DESCRIPTION_LENGTH)
     name: str = serialized["name"]
     # One registration of a name at a time (with REST's), and the project kept until it commits: the checks below
     # read what the others committed.

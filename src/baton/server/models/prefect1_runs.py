@@ -25,18 +25,20 @@ from typing import Any
 from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from baton.exceptions import IllegalTransitionError
 from baton.labels import normalize_labels
 from baton.schemas.core import json_value_problem
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, Prefect1Flow, Prefect1FlowRun, utcnow
+from baton.server.models import prefect1_flows, prefect1_task_runs
 from baton.server.models import prefect1_states as states
-from baton.server.models import prefect1_task_runs
 from baton.server.models.concurrency import ClaimGate
 from baton.server.models.errors import Conflict, IdempotencyConflict, InvalidRequest, ObjectNotFound, StaleState
 from baton.server.models.flow_runs import MAX_TRANSITION_ATTEMPTS, label_rows, transition
 from baton.server.models.flows import PREFECT1_KIND
 from baton.server.models.ids import checked_id
 from baton.server.models.names import random_run_name
+from baton.server.models.prefect1_flows import checked_text
 
 KIND = PREFECT1_KIND
 MAX_INPUT_BYTES = 1024 * 1024  # parameters, context, run config of one run
@@ -149,12 +151,14 @@ def create_flow_run(
         IdempotencyConflict: the key was used for another request (409).
         IntegrityError: a concurrent create with the same key committed first (retry in a new transaction).
     """
+    checked_text("version_group_id", asked.get("version_group_id"), prefect1_flows.MAX_KEY_LENGTH)
+    key = checked_text("idempotency_key", asked.get("idempotency_key"), prefect1_flows.MAX_KEY_LENGTH)
+    name = checked_text("flow_run_name", asked.get("flow_run_name"), 200)
+    if key == "" or name == "":
+        raise InvalidRequest("idempotency_key and flow_run_name must not be empty")
     flow, data = _flow_to_run(session, tenant_id, asked.get("flow_id"), asked.get("version_group_id"))
-    key = asked.get("idempotency_key")
     digest = digest or _request_hash(asked, flow.id)
     if key is not None:
-        if not isinstance(key, str) or not 1 <= len(key) <= 200:
-            raise InvalidRequest("idempotency_key must be a string of 1 to 200 characters")
         existing = session.scalar(select(FlowRun).where(FlowRun.tenant_id == tenant_id, FlowRun.idempotency_key == key))
         if existing is not None:
             if existing.idempotency_hash != digest:
@@ -168,9 +172,6 @@ def create_flow_run(
     elif data.serialized_flow.get("run_config") is not None:
         run_config = data.serialized_flow["run_config"]
     labels = _labels(asked.get("labels"), asked.get("run_config"), data)
-    name = asked.get("flow_run_name")
-    if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name):
-        raise InvalidRequest("flow_run_name must be a string of 1 to 200 characters")
     now = utcnow()
     start = asked.get("scheduled_start_time") or now
     run = FlowRun(
@@ -306,23 +307,10 @@ def set_state(
     for _attempt in range(MAX_TRANSITION_ATTEMPTS):
         run, side = get(session, tenant_id, flow_run_id, for_update=True)
         now_served = served(run, side)
-        # Prefect 1's version lock guards entering Running (a run runs once): its agents send the version they read
-        # before their own Submitted with a later Failed, which the lock must not refuse.
-        if version is not None and states.is_running(checked) and version != now_served.version:
-            raise VersionLocked(
-                f"State update failed: flow run {run.id} is at version {now_served.version}, not {version} "
-                "(another process changed its state)"
-            )
-        target = states.FLOW_RUN_STATES[states.type_of(checked)]
-        current = StateName(run.state)
-        if target == _S.SUBMITTED and current not in CLAIMABLE_STATES:
-            raise Conflict("State update failed: this run has already been submitted.")
-        taking = target in (_S.SUBMITTED, _S.RUNNING) and current in CLAIMABLE_STATES
-        if held_by is not None and not taking and run.agent_id != held_by:
-            raise StaleState(f"flow run {run.id} is another agent's now")
-        if taking and not ClaimGate.open(session, tenant_id).admit(run):
-            # "State update failed": Prefect 1's agent then leaves the run in the queue for a later poll.
-            raise Conflict(f"State update failed: flow run {run.id} waits for a slot of its concurrency limits")
+        if _unchanged_end(run, now_served, checked):
+            return now_served.version  # the same end told twice (a runner repeating itself): nothing changes
+        target, current = states.FLOW_RUN_STATES[states.type_of(checked)], StateName(run.state)
+        _check(session, run, now_served, checked, version, held_by)
         message = states.message_of(checked)
         try:
             if target is not None and target != current:
@@ -348,12 +336,43 @@ def set_state(
                 state_start_time=start,
             )
         )
-        if target in FINAL_STATES and target == _S.CANCELLED:
-            prefect1_task_runs.cancel_unfinished(session, run.id, checked)
         if target in (_S.RUNNING, _S.SUBMITTED):
             run.heartbeat_at = utcnow()
         return new_version
     raise StaleState(f"flow run {flow_run_id} kept changing; try again")
+
+
+def _unchanged_end(run: FlowRun, now_served: Served, checked: dict[str, Any]) -> bool:
+    return run.state in FINAL_STATES and states.type_of(checked) == states.type_of(now_served.serialized_state)
+
+
+def _check(
+    session: Session,
+    run: FlowRun,
+    now_served: Served,
+    checked: dict[str, Any],
+    version: int | None,
+    held_by: str | None,
+) -> None:
+    """Refuse what must not change the run (see :func:`set_state`)."""
+    # Prefect 1's version lock guards entering Running (a run runs once): its agents send the version they read
+    # before their own Submitted with a later Failed, which the lock must not refuse.
+    if version is not None and states.is_running(checked) and version != now_served.version:
+        raise VersionLocked(
+            f"State update failed: flow run {run.id} is at version {now_served.version}, not {version} "
+            "(another process changed its state)"
+        )
+    target, current = states.FLOW_RUN_STATES[states.type_of(checked)], StateName(run.state)
+    if current in FINAL_STATES:
+        raise IllegalTransitionError(current, states.type_of(checked), f"the run already ended ({current})")
+    if target == _S.SUBMITTED and current not in CLAIMABLE_STATES:
+        raise Conflict("State update failed: this run has already been submitted.")
+    taking = target in (_S.SUBMITTED, _S.RUNNING) and current in CLAIMABLE_STATES
+    if held_by is not None and not taking and run.agent_id != held_by:
+        raise StaleState(f"flow run {run.id} is another agent's now")
+    if taking and not ClaimGate.open(session, run.tenant_id).admit(run):
+        # "State update failed": Prefect 1's agent then leaves the run in the queue for a later poll.
+        raise Conflict(f"State update failed: flow run {run.id} waits for a slot of its concurrency limits")
 
 
 def cancel(session: Session, tenant_id: str, flow_run_id: str, message: str | None) -> str:
@@ -390,8 +409,8 @@ def note_deployment(session: Session, run: FlowRun, deployment: str) -> None:
 
 
 def rename(session: Session, tenant_id: str, flow_run_id: str, name: str) -> None:
-    if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
-        raise InvalidRequest("a flow run's name is a string of 1 to 200 characters")
+    if not checked_text("name", name, 200):
+        raise InvalidRequest("a flow run's name must not be empty")
     run, _side = get(session, tenant_id, flow_run_id)
     run.name = name
 

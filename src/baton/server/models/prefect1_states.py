@@ -112,9 +112,9 @@ def start_time(state: dict[str, Any]) -> datetime | None:
     raw = state["start_time"]
     try:
         parsed = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidRequest(f"state.start_time {str(raw)[:40]!r} is not an ISO 8601 time") from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidRequest(f"state.start_time {str(raw)[:40]!r} is not an ISO 8601 time in UTC's range") from exc
 
 
 def message_of(state: dict[str, Any]) -> str | None:

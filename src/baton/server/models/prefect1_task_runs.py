@@ -20,6 +20,7 @@ from baton.server.database.orm import FlowRun, Prefect1TaskRun, TaskRun, new_id,
 from baton.server.models import prefect1_states as states
 from baton.server.models.errors import Conflict, InvalidRequest, ObjectNotFound
 from baton.server.models.ids import checked_id
+from baton.server.models.prefect1_flows import checked_text
 
 _T = TaskRunState
 _FINAL = frozenset({_T.SUCCESS, _T.FAILED, _T.CANCELLED})
@@ -239,7 +240,7 @@ def heartbeat(session: Session, tenant_id: str, task_run_id: str) -> None:
 
 
 def rename(session: Session, tenant_id: str, task_run_id: str, name: str) -> None:
-    if not isinstance(name, str) or not 1 <= len(name) <= 500 or "\x00" in name:
-        raise InvalidRequest("a task run's name is a string of 1 to 500 characters")
+    if not checked_text("name", name, 500):
+        raise InvalidRequest("a task run's name must not be empty")
     task_run, _side = get(session, tenant_id, task_run_id)
     task_run.task_name = name
