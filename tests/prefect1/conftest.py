@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,3 +67,14 @@ def prefect1(server: ServerProcess, tmp_path: Path) -> Prefect1:
     home = tmp_path / "prefect-home"
     home.mkdir()
     return Prefect1(server, home)
+
+
+def log_lines(server: ServerProcess, run_id: str, wanted: str, timeout: float = 30) -> list[str]:
+    """The run's log lines once one holds ``wanted`` (or after ``timeout``): Prefect 1's flow runner sends its last
+    batch of lines as its process exits, after the run's final state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line.message for line in server.client().get_logs(run_id).logs]
+        if any(wanted in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)

@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from prefect1.conftest import VENV, Prefect1, skip_or_fail
+from prefect1.conftest import VENV, Prefect1, log_lines, skip_or_fail
 from support import ServerProcess
 
 IMAGE = "baton-prefect1:1.4.1"
@@ -109,7 +109,7 @@ def test_docker_agent_runs_a_flow_in_a_container(
     assert run.deployment is not None
     container_id = run.deployment["prefect1"].removeprefix("Container ID: ")
     assert len(container_id) == 64
-    lines = [line.message for line in server.client().get_logs(run_id).logs]
+    lines = log_lines(server, run_id, "hello baton from a container")
     assert any("hello baton from a container" in line for line in lines), lines
 
 
@@ -174,7 +174,7 @@ def test_docker_storage_runs_the_flow_baked_into_its_image(
                 time.sleep(0.5)
         run = server.client().get_flow_run(run_id)
         assert run.state == "Success", (run.state_message, (prefect1.home / "agent.log").read_text())
-        lines = [line.message for line in server.client().get_logs(run_id).logs]
+        lines = log_lines(server, run_id, "image's own copy")
         assert any("image's own copy" in line for line in lines), lines
     finally:
         docker_client.images.remove(image.id, force=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from cli_runner import run_cli
-from prefect1.conftest import VENV, Prefect1
+from prefect1.conftest import VENV, Prefect1, log_lines
 from support import ServerProcess, free_port
 
 FLOW = """
@@ -164,7 +164,7 @@ def test_local_agent_runs_a_flow_with_parameters_mapping_retries_and_case(
     assert tasks["flaky-1"].state == "Success" and tasks["flaky-1"].attempt == 2
     assert tasks["big-1"].state == "Success" and tasks["small-1"].state == "Success"  # Skipped counts as done
     assert tasks["cleanup-1"].state == "Success"  # its trigger: all upstream finished
-    lines = [line.message for line in server.client().get_logs(run_id).logs]
+    lines = log_lines(server, run_id, "Flow run SUCCESS")
     assert any("flaky saw [0, 2, 4, 6]" in line for line in lines), lines
     assert any("first attempt fails" in line for line in lines), lines
 
@@ -337,7 +337,7 @@ def test_a_flow_on_dask_executor_runs_on_a_temporary_dask_cluster(prefect1: Pref
         final = wait_final(server, run_id, prefect1, timeout=120)
 
     assert final == "Success", server.client().get_flow_run(run_id).state_message
-    lines = [line.message for line in server.client().get_logs(run_id).logs]
+    lines = log_lines(server, run_id, "Flow run SUCCESS")
     assert any("dask" in line.lower() for line in lines), lines
     tasks = {task.task_name: task.state for task in server.client().list_task_runs(run_id)}
     assert [tasks[f"scale-1[{i}]"] for i in range(3)] == ["Success"] * 3
@@ -360,7 +360,7 @@ def test_the_agent_s_options_that_talk_to_the_api(prefect1: Prefect1, server: Se
 
     assert final == "Success"
     assert server.client().get_flow_run(run_id).state_message == "All reference tasks succeeded."
-    lines = [line.message for line in server.client().get_logs(run_id).logs]
+    lines = log_lines(server, run_id, "GREETING=from-the-agent")
     assert any("GREETING=from-the-agent" in line for line in lines), lines
     assert health.status_code == 200
     assert any(agent.name == "opts" for agent in server.client().list_agents())
@@ -378,7 +378,7 @@ def test_no_cloud_logs_keeps_the_flow_s_lines_out_of_baton(prefect1: Prefect1, s
         final = wait_final(server, run_id, prefect1)
 
     assert final == "Success"
-    lines = [line.message for line in server.client().get_logs(run_id).logs]
+    lines = log_lines(server, run_id, "GREETING", timeout=3)  # any would have come by the process's exit
     assert not any("GREETING" in line for line in lines), lines
 
 
