@@ -351,8 +351,17 @@ def test_the_agent_s_options_that_talk_to_the_api(prefect1: Prefect1, server: Se
     created = prefect1.cli("run", "--name", "env-echo", "--project", "p", "--quiet")
     run_id = created.stdout.strip().splitlines()[-1]
     port = free_port()
+    make_config = (
+        "from prefect import Client\n"
+        "print(Client().graphql('mutation { create_agent_config(input: {name: \"c\", settings: {a: 1}}) { id } }')"
+        ".data.create_agent_config.id)"
+    )
+    config = prefect1.python(make_config)
+    assert config.returncode == 0, config.stdout + config.stderr
+    config_id = config.stdout.strip().splitlines()[-1]
     options = ["--api", f"{server.url}/graphql", "--key", server.admin_key, "--env", "GREETING=from-the-agent"]
     options += ["--max-polls", "100", "--agent-address", f"http://127.0.0.1:{port}", "--name", "opts"]
+    options += ["--agent-config-id", config_id]
 
     with local_agent(prefect1, *options):
         final = wait_final(server, run_id, prefect1)
@@ -363,7 +372,8 @@ def test_the_agent_s_options_that_talk_to_the_api(prefect1: Prefect1, server: Se
     lines = log_lines(server, run_id, "GREETING=from-the-agent")
     assert any("GREETING=from-the-agent" in line for line in lines), lines
     assert health.status_code == 200
-    assert any(agent.name == "opts" for agent in server.client().list_agents())
+    agent = next(agent for agent in server.client().list_agents() if agent.name == "opts")
+    assert agent.agent_config_id == config_id
 
 
 def test_no_cloud_logs_keeps_the_flow_s_lines_out_of_baton(prefect1: Prefect1, server: ServerProcess) -> None:

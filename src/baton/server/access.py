@@ -102,6 +102,7 @@ class Action(StrEnum):
     PROJECT_LIST = "project.list"
     PROJECT_UPDATE = "project.update"
     PROJECT_DELETE = "project.delete"
+    AGENT_CONFIG_MANAGE = "agent_config.manage"
 
 
 class Scope(StrEnum):
@@ -187,6 +188,8 @@ POLICY: dict[Action, Rule] = {
     Action.PROJECT_LIST: _rule(_KEYS),
     Action.PROJECT_UPDATE: _rule("admin user"),
     Action.PROJECT_DELETE: _rule("admin user"),
+    # Prefect 1's agent configurations: managed as agents are pruned (people), read by every key (agent.list).
+    Action.AGENT_CONFIG_MANAGE: _rule("admin user"),
 }
 
 _S = StateName

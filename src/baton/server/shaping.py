@@ -87,6 +87,17 @@ def _mask_env_entry(entry: Any) -> Any:
     return _mask_template_env(entry)
 
 
+def prefect1_run_config(principal: Principal, run_config: Any) -> Any:
+    """A Prefect 1 run config (``{"type": "LocalRun", "env": {...}, ...}``, as its client serialized it) as
+    ``principal`` may see it: the same masking as Baton's run configs (``env`` values, a job template's env)."""
+    if sees_secrets(principal) or not isinstance(run_config, dict):
+        return run_config
+    masked = _mask_template_env(run_config)
+    if isinstance(run_config.get("env"), dict):
+        masked["env"] = dict.fromkeys(run_config["env"], MASK)
+    return masked
+
+
 def _redact_flow(principal: Principal, flow: FlowRead) -> FlowRead:
     """``flow`` as ``principal`` may see it."""
     if sees_secrets(principal):

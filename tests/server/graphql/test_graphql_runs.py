@@ -7,12 +7,14 @@ log must hold no fault's traceback.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 import httpx
 import pytest
 
+from baton.server.shaping import MASK
 from server.graphql.runs_support import (
     CANCEL,
     HEARTBEAT,
@@ -426,4 +428,20 @@ def test_a_user_keys_agent_header_naming_no_agent_of_the_tenant_is_no_agent(
         ok(set_state(tenant, run_id, state("Submitted"), key=tenant.key("user"), agent=header))
         found = run_of(tenant, run_id)
         assert (found["state"], found["agent_id"]) == ("Submitted", None), header
+    assert server_log.faults() == []
+
+
+def test_a_read_key_sees_run_config_env_values_masked_as_over_rest(shared: Shared, server_log: ServerLog) -> None:
+    tenant = shared.tenant
+    run_config = {"type": "LocalRun", "env": {"TOKEN": "s3cret"}, "labels": ["etl"]}
+    run_id = new_run(tenant, shared.flow, run_config=run_config)
+    query = "query($id: uuid!) { flow_run_by_pk(id: $id) { run_config flow { run_config serialized_flow } } }"
+
+    as_admin = ok(send(tenant, query, {"id": run_id}))["flow_run_by_pk"]
+    as_reader = ok(send(tenant, query, {"id": run_id}, key=tenant.key("read")))["flow_run_by_pk"]
+
+    assert as_admin["run_config"]["env"] == {"TOKEN": "s3cret"}
+    assert as_reader["run_config"]["env"] == {"TOKEN": MASK}
+    assert as_reader["run_config"]["labels"] == ["etl"]
+    assert "s3cret" not in json.dumps(as_reader)
     assert server_log.faults() == []

@@ -12,6 +12,7 @@ from server.graphql.runs_support import (
     CANCEL,
     INVALID,
     QUEUE,
+    REGISTER_AGENT,
     RENAME,
     RENAME_TASK,
     SET_TASK_STATES,
@@ -315,3 +316,40 @@ def test_a_refusal_is_not_logged(shared: Shared, server_log: ServerLog) -> None:
     refused(set_state(shared.tenant, run_id, {"type": "Bogus"}), "BAD_USER_INPUT")
 
     assert [entry for entry in server_log.entries() if "Traceback" in entry] == []
+
+
+# --- agent configurations --------------------------------------------------------------------------------------
+
+CONFIGS = "{ agent_config { id name settings } }"
+CREATE_CONFIG = "mutation($input: create_agent_config_input!) { create_agent_config(input: $input) { id } }"
+UPDATE_CONFIG = "mutation($input: update_agent_config_input!) { update_agent_config(input: $input) { success } }"
+DELETE_CONFIG = "mutation($input: delete_agent_config_input!) { delete_agent_config(input: $input) { success } }"
+
+
+def test_agent_configs_are_the_tenants_and_managed_by_people(
+    tenant: TenantContext, other_tenant: TenantContext, server_log: ServerLog
+) -> None:
+    made = ok(send(tenant, CREATE_CONFIG, {"input": {"name": "k8s", "settings": {"a": 1}}}))["create_agent_config"]
+    config_id = made["id"]
+    for role in ("runner", "read"):
+        refused(send(tenant, CREATE_CONFIG, {"input": {"name": "x"}}, key=tenant.key(role)), "FORBIDDEN")
+    for bad in (
+        {"settings": [1]},
+        {"settings": {"a": SURROGATE}},
+        {"settings": {"a": "x" * 70_000}},
+        {"name": "x" * 201},
+    ):
+        refused(send(tenant, CREATE_CONFIG, {"input": bad}), "BAD_USER_INPUT")
+    refused(send(tenant, CREATE_CONFIG, {"input": {"tenant_id": other_tenant.id}}), "NOT_FOUND")
+    ok(send(tenant, UPDATE_CONFIG, {"input": {"agent_config_id": config_id, "settings": {"b": 2}}}))
+    refused(send(other_tenant, UPDATE_CONFIG, {"input": {"agent_config_id": config_id, "settings": {}}}), "NOT_FOUND")
+
+    seen = ok(send(tenant, CONFIGS, key=tenant.key("runner")))["agent_config"]
+    theirs = ok(send(other_tenant, CONFIGS))["agent_config"]
+    registered = send(tenant, REGISTER_AGENT, {"input": {"type": "LocalAgent", "agent_config_id": str(uuid.uuid4())}})
+
+    assert seen == [{"id": config_id, "name": "k8s", "settings": {"b": 2}}] and theirs == []
+    refused(registered, "NOT_FOUND", "agent config")
+    ok(send(tenant, DELETE_CONFIG, {"input": {"agent_config_id": config_id}}))
+    assert ok(send(tenant, CONFIGS))["agent_config"] == []
+    assert server_log.faults() == []

@@ -383,6 +383,19 @@ class Prefect1TaskRun(Base):
     heartbeat: Mapped[datetime | None] = mapped_column()
 
 
+class Prefect1AgentConfig(Base):
+    """A Prefect 1 agent configuration (migration 0018): settings an agent started with its id reads."""
+
+    __tablename__ = "prefect1_agent_configs"
+    __table_args__ = (Index("ix_prefect1_agent_configs_tenant", "tenant_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    settings: Mapped[dict[str, Any]] = mapped_column()
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Log(Base):
     __tablename__ = "logs"
     __table_args__ = (

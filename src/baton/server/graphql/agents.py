@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 from baton.schemas.actions import AgentRegister
 from baton.server.access import Action, check_agent_owner
 from baton.server.database.connection import transaction
-from baton.server.database.orm import Agent
+from baton.server.database.orm import Agent, Prefect1AgentConfig
 from baton.server.graphql.core import Info, ListArguments, context_of, paged, require, runner_key
-from baton.server.models import agents
+from baton.server.models import agent_configs, agents
 from baton.server.models.errors import InvalidRequest, ObjectNotFound
 from baton.server.models.tenants import Principal
 
@@ -49,6 +49,8 @@ def _register_agent(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any
         raise InvalidRequest(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
     context = context_of(info)
     with transaction(context.sessions) as session:
+        if payload.agent_config_id is not None:
+            agent_configs.get(session, principal.tenant_id, payload.agent_config_id)  # the tenant's, else NOT_FOUND
         agent = agents.register_agent(
             session, principal.tenant_id, payload, principal.key_id, context.server.max_agents_per_tenant
         )
@@ -115,3 +117,64 @@ def acting(session: Session, principal: Principal, agent_id: str | None) -> str 
     if runner_key(principal) is not None:
         check_agent_owner(session, principal, agent_id)
     return agent_id
+
+
+# --- agent configurations --------------------------------------------------------------------------------------
+
+_CONFIG_COLUMNS = {
+    "id": Prefect1AgentConfig.id,
+    "name": Prefect1AgentConfig.name,
+    "created": Prefect1AgentConfig.created,
+}
+
+
+@query.field("agent_config")
+def _agent_configs(_: None, info: Info, **arguments: Any) -> list[dict[str, Any]]:
+    principal = require(info, Action.AGENT_LIST)
+    listing = ListArguments.of(arguments, _CONFIG_COLUMNS, Prefect1AgentConfig.id)
+    statement = (
+        select(Prefect1AgentConfig)
+        .where(Prefect1AgentConfig.tenant_id == principal.tenant_id, listing.condition)
+        .order_by(*listing.ordering)
+        .limit(listing.rows)
+        .offset(listing.skip)
+    )
+    with context_of(info).read_sessions() as session:
+        return paged(
+            [
+                {
+                    "id": config.id,
+                    "tenant_id": config.tenant_id,
+                    "name": config.name,
+                    "settings": config.settings,
+                    "created": config.created,
+                }
+                for config in session.scalars(statement)
+            ]
+        )
+
+
+@mutation.field("create_agent_config")
+def _create_agent_config(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.AGENT_CONFIG_MANAGE)
+    if input.get("tenant_id") not in (None, principal.tenant_id):
+        raise ObjectNotFound(f"tenant {input['tenant_id']} not found")
+    with transaction(context_of(info).sessions) as session:
+        config = agent_configs.create(session, principal.tenant_id, input.get("name"), input.get("settings"))
+        return {"id": config.id}
+
+
+@mutation.field("update_agent_config")
+def _update_agent_config(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.AGENT_CONFIG_MANAGE)
+    with transaction(context_of(info).sessions) as session:
+        agent_configs.update(session, principal.tenant_id, input["agent_config_id"], input["settings"])
+    return {"success": True, "error": None}
+
+
+@mutation.field("delete_agent_config")
+def _delete_agent_config(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    principal = require(info, Action.AGENT_CONFIG_MANAGE)
+    with transaction(context_of(info).sessions) as session:
+        agent_configs.delete(session, principal.tenant_id, input["agent_config_id"])
+    return {"success": True, "error": None}

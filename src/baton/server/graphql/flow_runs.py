@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from baton.labels import MAX_LABELS, normalize_labels
 from baton.schemas.states import StateName
+from baton.server import shaping
 from baton.server.access import Action, run_holder
 from baton.server.database.connection import transaction
 from baton.server.database.orm import FlowRun, FlowRunState, Log, Prefect1FlowRun, Prefect1TaskRun
@@ -21,6 +22,7 @@ from baton.server.graphql.where import Columns, Related
 from baton.server.models import prefect1_runs
 from baton.server.models import prefect1_states as states
 from baton.server.models.errors import InvalidRequest, ObjectNotFound
+from baton.server.models.tenants import Principal
 
 query = QueryType()
 mutation = MutationType()
@@ -55,7 +57,7 @@ def _joined(tenant_id: str) -> Select[FlowRun, Prefect1FlowRun]:
     )
 
 
-def row(run: FlowRun, side: Prefect1FlowRun) -> dict[str, Any]:
+def row(principal: Principal, run: FlowRun, side: Prefect1FlowRun) -> dict[str, Any]:
     now = prefect1_runs.served(run, side)
     return {
         "id": run.id,
@@ -65,7 +67,7 @@ def row(run: FlowRun, side: Prefect1FlowRun) -> dict[str, Any]:
         "labels": run.labels,
         "parameters": run.parameters,
         "context": side.context,
-        "run_config": side.run_config,
+        "run_config": shaping.prefect1_run_config(principal, side.run_config),
         "version": now.version,
         "state": states.type_of(now.serialized_state),
         "state_message": states.message_of(now.serialized_state),
@@ -84,8 +86,9 @@ def row(run: FlowRun, side: Prefect1FlowRun) -> dict[str, Any]:
 
 
 def _rows(info: Info, statement: Select[FlowRun, Prefect1FlowRun]) -> list[dict[str, Any]]:
+    principal = context_of(info).principal
     with context_of(info).read_sessions() as session:
-        return [row(run, side) for run, side in session.execute(statement).all()]
+        return [row(principal, run, side) for run, side in session.execute(statement).all()]
 
 
 @query.field("flow_run")

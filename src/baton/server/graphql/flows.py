@@ -15,6 +15,7 @@ from graphql import FieldNode, FragmentSpreadNode, InlineFragmentNode, ValueNode
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import defer
 
+from baton.server import shaping
 from baton.server.access import Action
 from baton.server.database.connection import transaction
 from baton.server.database.orm import Flow, Prefect1Flow, Project
@@ -25,6 +26,7 @@ from baton.server.graphql.where import Columns, Related
 from baton.server.json_body import parse_json_body
 from baton.server.models import prefect1_flows
 from baton.server.models.errors import InvalidRequest
+from baton.server.models.tenants import Principal
 
 query = QueryType()
 mutation = MutationType()
@@ -82,13 +84,16 @@ def _rows(statement: Select[Flow, Prefect1Flow, Project], info: Info) -> list[di
     with_json = bool(_asked(info) & _FROM_SERIALIZED)
     if not with_json:
         statement = statement.options(defer(Prefect1Flow.serialized_flow))
+    principal = context_of(info).principal
     with context_of(info).read_sessions() as session:
         found = session.execute(statement).all()
-        return [_row(flow, data, project, with_json) for flow, data, project in found]
+        return [_row(principal, flow, data, project, with_json) for flow, data, project in found]
 
 
-def _row(flow: Flow, data: Prefect1Flow, project: Project, with_json: bool) -> dict[str, Any]:
+def _row(principal: Principal, flow: Flow, data: Prefect1Flow, project: Project, with_json: bool) -> dict[str, Any]:
     serialized = data.serialized_flow if with_json else {}
+    if "run_config" in serialized:  # its env values are secrets to a read key, as in Baton's run configs
+        serialized = {**serialized, "run_config": shaping.prefect1_run_config(principal, serialized["run_config"])}
     return {
         "id": flow.id,
         "tenant_id": flow.tenant_id,

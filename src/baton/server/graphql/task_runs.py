@@ -104,7 +104,7 @@ def _flow_run(task_run: dict[str, Any], info: Info) -> dict[str, Any]:
 
     with context_of(info).read_sessions() as session:
         run, side = prefect1_runs.get(session, task_run["tenant_id"], task_run["flow_run_id"])
-        return run_row(run, side)
+        return run_row(context_of(info).principal, run, side)
 
 
 @task_run_type.field("task")

@@ -26,7 +26,7 @@ from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from baton.exceptions import IllegalTransitionError
-from baton.labels import normalize_labels
+from baton.labels import MAX_LABELS, normalize_labels
 from baton.schemas.core import json_value_problem
 from baton.schemas.states import CLAIMABLE_STATES, FINAL_STATES, StateName
 from baton.server.database.orm import Flow, FlowRun, FlowRunLabel, FlowRunState, Prefect1Flow, Prefect1FlowRun, utcnow
@@ -116,6 +116,8 @@ def _labels(asked: list[Any] | None, run_config: dict[str, Any] | None, flow: Pr
         if candidate is not None:
             if not isinstance(candidate, list) or not all(isinstance(label, str) for label in candidate):
                 raise InvalidRequest("labels must be a list of strings")
+            if len(candidate) > MAX_LABELS:
+                raise InvalidRequest(f"a run has at most {MAX_LABELS} labels")
             try:
                 return normalize_labels(candidate)
             except ValueError as exc:
