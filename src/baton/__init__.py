@@ -32,11 +32,20 @@ _LAZY = {
     "LocalStorage": "baton.sdk.storage",
     "DockerStorage": "baton.sdk.storage",
     "GitStorage": "baton.sdk.storage",
+    "SequentialExecutor": "baton.sdk.executors",
+    "ThreadExecutor": "baton.sdk.executors",
+    "TaskFuture": "baton.sdk.futures",
+    "UpstreamFailed": "baton.sdk.futures",
+    "as_completed": "baton.sdk.futures",
+    "unmapped": "baton.sdk.futures",
+    "wait": "baton.sdk.futures",
 }
 
 if TYPE_CHECKING:
     from baton.client.http import Client
+    from baton.sdk.executors import SequentialExecutor, ThreadExecutor
     from baton.sdk.flows import Flow, flow
+    from baton.sdk.futures import TaskFuture, UpstreamFailed, as_completed, unmapped, wait
     from baton.sdk.run_configs import DockerRun, KubernetesRun, LocalRun, UniversalRun
     from baton.sdk.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
     from baton.sdk.storage import APIStorage, DockerStorage, GitStorage, LocalStorage
@@ -55,11 +64,18 @@ __all__ = [
     "LocalRun",
     "LocalStorage",
     "RRuleSchedule",
+    "SequentialExecutor",
     "Task",
+    "TaskFuture",
+    "ThreadExecutor",
     "UniversalRun",
+    "UpstreamFailed",
     "__version__",
+    "as_completed",
     "flow",
     "task",
+    "unmapped",
+    "wait",
 ]
 
 

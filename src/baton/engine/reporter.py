@@ -61,6 +61,7 @@ class ApiTaskRunReporter:
         self._lock = threading.Lock()
         self._known: set[str] = set()  # every task run this reporter created or adopted
         self._open: dict[str, int] = {}  # task run id -> attempt, until a final state is recorded
+        self._ended: set[str] = set()  # ended by end_open: later states (a task thread finishing) are not sent
 
     def task_run_created(self, task_name: str, state: TaskRunState = TaskRunState.RUNNING) -> str | None:
         maybe_created = False
@@ -110,8 +111,8 @@ class ApiTaskRunReporter:
     def task_run_state(
         self, task_run_id: str | None, state: TaskRunState, message: str | None = None, attempt: int = 1
     ) -> None:
-        if task_run_id is None:
-            return
+        if task_run_id is None or task_run_id in self._ended:
+            return  # ended by a stop (end_open): a thread still running it reports nothing more
 
         def set_state() -> None:
             with self._shield():
@@ -133,3 +134,4 @@ class ApiTaskRunReporter:
             left = dict(self._open)
         for task_run_id, attempt in left.items():
             self.task_run_state(task_run_id, state, message, attempt)
+            self._ended.add(task_run_id)

@@ -20,6 +20,7 @@ the flow to the API; an agent then runs it with ``python -m baton.engine``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import re
@@ -29,6 +30,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from baton.labels import normalize_labels
 from baton.schemas.core import MAX_CONCURRENT_RUNS, MAX_FLOW_RETRIES, MAX_TIMEOUT_SECONDS
 from baton.sdk.context import TaskRunReporter, current_reporter, reporting_to
+from baton.sdk.executors import Executor, SequentialExecutor
+from baton.sdk.futures import submitting_to
 from baton.sdk.parameters import Parameters, check_signature
 from baton.sdk.run_configs import BaseRun
 from baton.sdk.schedules import to_schedule
@@ -89,6 +92,7 @@ class Flow(Generic[P, R]):
         retry_delay_seconds: int = 0,
         max_lateness_seconds: int | None = None,
         max_concurrent_runs: int | None = None,
+        executor: Executor | None = None,
     ) -> None:
         check_signature(fn)
         functools.update_wrapper(self, fn)  # first: it copies fn.__dict__, which must not hide our attributes
@@ -114,6 +118,12 @@ class Flow(Generic[P, R]):
             else _check_int("max_lateness_seconds", max_lateness_seconds, 1, MAX_TIMEOUT_SECONDS)
         )
         self.max_concurrent_runs = _check_max_concurrent_runs(max_concurrent_runs)
+        if executor is not None and not all(hasattr(executor, name) for name in ("start", "submit", "shutdown")):
+            raise TypeError(
+                f"executor must be a SequentialExecutor, ThreadExecutor, ..., not {type(executor).__name__}"
+            )
+        # An executor object holds a pool while a run uses it: each run (and each direct call) gets a fresh copy.
+        self.executor = executor
         self.description = inspect.getdoc(fn)
         self.parameters = Parameters(fn, self.name)
 
@@ -149,15 +159,19 @@ class Flow(Generic[P, R]):
             ParameterValidationError: the parameters do not match the function's signature.
         """
         values = self.validate_parameters(parameters)
-        with reporting_to(reporter or current_reporter()):
+        with reporting_to(reporter or current_reporter()), submitting_to(self._new_executor()):
             result: R = self.parameters.call(values)
         return result
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         # Outside the engine the current reporter is the no-op one: tasks run with retries and timeouts, and
         # nothing is recorded.
-        result: R = self.parameters.call(self.parameters.bind(args, kwargs))
+        with submitting_to(self._new_executor()):
+            result: R = self.parameters.call(self.parameters.bind(args, kwargs))
         return result
+
+    def _new_executor(self) -> Executor:
+        return SequentialExecutor() if self.executor is None else copy.copy(self.executor)
 
 
 @overload
@@ -177,6 +191,7 @@ def flow(
     retry_delay_seconds: int = 0,
     max_lateness_seconds: int | None = None,
     max_concurrent_runs: int | None = None,
+    executor: Executor | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -194,6 +209,7 @@ def flow(
     retry_delay_seconds: int = 0,
     max_lateness_seconds: int | None = None,
     max_concurrent_runs: int | None = None,
+    executor: Executor | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow; usable bare (``@flow``) or with arguments (``@flow(labels=["dev"])``).
 
@@ -214,6 +230,8 @@ def flow(
             Cancelled with a message, instead of starting late.
         max_concurrent_runs: at most this many runs of the flow (all versions of its name) are claimed or running at
             once; further runs wait in Scheduled. The latest registered version's value rules.
+        executor: where tasks submitted with ``task.submit``/``task.map`` run: ``SequentialExecutor()`` (the
+            default: at once, in the flow's thread) or ``ThreadExecutor(max_workers)`` (``baton.sdk.executors``).
 
     Returns:
         The :class:`Flow`, or a decorator that makes one.
@@ -232,6 +250,7 @@ def flow(
             retry_delay_seconds=retry_delay_seconds,
             max_lateness_seconds=max_lateness_seconds,
             max_concurrent_runs=max_concurrent_runs,
+            executor=executor,
         )
 
     return decorate(fn) if fn is not None else decorate

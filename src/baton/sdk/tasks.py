@@ -9,7 +9,8 @@ Usage::
 
 Calling a task runs it at once and returns its result (or raises its last error). Inside a flow run that
 the engine executes, each call is recorded as a task run with its states: Running (from its creation), Retrying,
-Success, Failed.
+Success, Failed. ``task.submit(...)`` and ``task.map(...)`` run it on the flow's executor instead and return
+futures (``baton.sdk.futures``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from baton.schemas.states import TaskRunState
 from baton.sdk.context import FlowRunCancelled, current_reporter, inside_task_run
+from baton.sdk.futures import TaskFuture, UpstreamFailed, current_submissions, futures_in, resolved, unmapped
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,12 +68,58 @@ class Task(Generic[P, R]):
         return f"Task(name={self.name!r}, retries={self.retries}, timeout_seconds={self.timeout_seconds})"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        task_run_id = current_reporter().task_run_created(self.name)
+        return self._execute(task_run_id, args, kwargs, started=True)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]:
+        """Run the task on the flow's executor once the futures among its arguments are done (each replaced by its
+        result); return its future at once. Its task run is recorded Pending now, Running when it starts."""
+        return self._submit(self.name, args, kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> list[TaskFuture[R]]:
+        """Submit one call per item of the list (or tuple) arguments, taken side by side (all as long as the
+        shortest); other arguments, and those wrapped in :class:`~baton.sdk.futures.unmapped`, go whole to every
+        call. A future to map over is waited for first (its result is the list). Task runs are named
+        ``name[i]``."""
+        values: dict[int | str, Any] = dict(enumerate(args))
+        values.update(kwargs)
+        mapped = {key: _items(value) for key, value in values.items() if _is_mapped(value)}
+        if not mapped:
+            raise ValueError(f"task {self.name!r}.map needs at least one list, tuple or future of one to map over")
+        count = min(len(items) for items in mapped.values())
+        futures = []
+        for index in range(count):
+            call = {key: mapped[key][index] if key in mapped else _whole(value) for key, value in values.items()}
+            positional = tuple(call[i] for i in range(len(args)))
+            named = {key: value for key, value in call.items() if isinstance(key, str)}
+            futures.append(self._submit(f"{self.name}[{index}]", positional, named))
+        return futures
+
+    def _submit(self, task_run_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskFuture[R]:
+        task_run_id = current_reporter().task_run_created(task_run_name, TaskRunState.PENDING)
+        future: TaskFuture[R] = TaskFuture(task_run_name, task_run_id)
+        upstream = futures_in(args, kwargs)
+
+        def call() -> R:
+            inputs = tuple(resolved(value) for value in args)
+            named = {key: resolved(value) for key, value in kwargs.items()}
+            return self._execute(task_run_id, inputs, named, started=False)
+
+        def skip(failed: TaskFuture[Any]) -> BaseException:
+            run = f" (task run {failed.task_run_id})" if failed.task_run_id else ""
+            why = f"not run: upstream task {failed.name!r}{run} did not succeed"
+            current_reporter().task_run_state(task_run_id, TaskRunState.FAILED, why)
+            return UpstreamFailed(why)
+
+        return current_submissions().add(future, upstream, call, skip)
+
+    def _execute(self, task_run_id: str | None, args: Any, kwargs: Any, *, started: bool) -> R:
+        """The task's attempts; ``started``: its task run was created Running (else it is Pending until now)."""
         reporter = current_reporter()
-        task_run_id = reporter.task_run_created(self.name)
         with inside_task_run(task_run_id):
             attempt = 1
             while True:
-                if attempt > 1:  # the first attempt's Running is the task run's creation
+                if attempt > 1 or not started:  # a direct call's first Running is its task run's creation
                     reporter.task_run_state(task_run_id, TaskRunState.RUNNING, attempt=attempt)
                 try:
                     result = self._run_once(args, kwargs)
@@ -151,6 +199,21 @@ class Task(Generic[P, R]):
             raise outcome["error"]
         result: R = outcome["result"]
         return result
+
+
+def _is_mapped(value: Any) -> bool:
+    return isinstance(value, list | tuple | TaskFuture)
+
+
+def _items(value: Any) -> list[Any]:
+    items = value.result() if isinstance(value, TaskFuture) else value
+    if not isinstance(items, list | tuple):
+        raise TypeError(f"map needs lists or tuples to map over, got {type(items).__name__}")
+    return list(items)
+
+
+def _whole(value: Any) -> Any:
+    return value.value if isinstance(value, unmapped) else value
 
 
 @overload

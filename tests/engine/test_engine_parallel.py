@@ -1,0 +1,151 @@
+"""Submitted tasks in a real flow run (issue 14): on ``ThreadExecutor`` they run side by side, each mapped child a
+task run of its own (``name[i]``) from Pending to Success, their log lines tagged with their task runs; an upstream
+failure skips its dependants (Failed, naming it); a cancelled run stops the tasks not started."""
+
+from __future__ import annotations
+
+import time
+
+from engine.conftest import Launcher
+from support import wait_for
+
+PARALLEL = """
+import logging
+import time
+
+from baton import ThreadExecutor, flow, task, unmapped
+
+log = logging.getLogger("parallel")
+
+
+import threading
+
+together = threading.Barrier(8)
+
+
+@task
+def nap(i, seconds):
+    log.info("napping %s", i)
+    together.wait(timeout=30)  # passes only when all eight run at once: parallelism shown without a clock
+    time.sleep(seconds)
+    return i
+
+
+@task
+def total(values):
+    return sum(values)
+
+
+@flow(executor=ThreadExecutor(8))
+def {name}(seconds: float = 1.0) -> int:
+    started = time.monotonic()
+    naps = nap.map(list(range(8)), seconds=unmapped(seconds))
+    result = total.submit(naps).result()
+    log.info("took %.2f s", time.monotonic() - started)
+    return result
+"""
+
+FAILING = """
+from baton import ThreadExecutor, flow, task
+
+
+@task
+def boom():
+    raise RuntimeError("boom")
+
+
+@task
+def after(value):
+    return value
+
+
+@task
+def fine():
+    return 1
+
+
+@flow(executor=ThreadExecutor(4))
+def {name}() -> None:
+    failed = boom.submit()
+    skipped = after.submit(failed)
+    also = after.submit(skipped)
+    fine.submit().result()
+    assert failed.exception() is not None and also.exception() is not None  # both read: the flow fails on purpose
+    raise RuntimeError("the flow saw boom fail")
+"""
+
+SLOW = """
+import time
+
+from baton import ThreadExecutor, flow, task
+
+
+@task
+def sleeper(i):
+    time.sleep(60)
+
+
+@flow(executor=ThreadExecutor(2))
+def {name}() -> None:
+    for future in sleeper.map(list(range(6))):
+        future.result()
+"""
+
+
+def test_eight_mapped_tasks_of_one_second_run_side_by_side_on_threads(launcher: Launcher) -> None:
+    launcher.register(launcher.write_flow("parallel", PARALLEL.format(name="parallel")))
+    engine = launcher.start(launcher.claim("parallel"))
+
+    assert engine.wait() == 0, engine.stderr
+
+    assert engine.run().state == "Success"
+    task_runs = engine.task_runs()
+    assert sorted(t.task_name for t in task_runs) == [*(f"nap[{i}]" for i in range(8)), "total"]
+    assert {(t.state, t.attempt) for t in task_runs} == {("Success", 1)}, [
+        (t.task_name, t.state, t.message) for t in task_runs
+    ]
+    naps = [t for t in task_runs if t.task_name.startswith("nap[")]
+    first_end = min(t.end_time for t in naps if t.end_time)
+    assert all(t.start_time and t.start_time < first_end for t in naps)  # all had started before any ended
+    by_id = {t.id: t.task_name for t in task_runs}
+    tagged = {by_id[log.task_run_id] for log in engine.logs() if log.message.startswith("napping")}
+    assert tagged == {f"nap[{i}]" for i in range(8)}
+
+
+def test_an_upstream_failure_skips_its_dependants_naming_it(launcher: Launcher) -> None:
+    launcher.register(launcher.write_flow("failing", FAILING.format(name="failing")))
+    engine = launcher.start(launcher.claim("failing"))
+
+    assert engine.wait() != 0
+
+    task_runs = engine.task_runs()
+    boom = next(t for t in task_runs if t.task_name == "boom")
+    fine = next(t for t in task_runs if t.task_name == "fine")
+    first, second = sorted((t for t in task_runs if t.task_name == "after"), key=lambda t: t.created)
+    assert (boom.state, boom.message) == ("Failed", "RuntimeError: boom")
+    assert fine.state == "Success"
+    assert (first.state, first.message) == (
+        "Failed",
+        f"not run: upstream task 'boom' (task run {boom.id}) did not succeed",
+    )
+    assert (second.state, second.message) == (
+        "Failed",
+        f"not run: upstream task 'after' (task run {first.id}) did not succeed",
+    )
+    assert first.start_time is None and second.start_time is None
+    assert engine.run().state == "Failed"
+
+
+def test_cancelling_a_run_stops_the_tasks_not_started(launcher: Launcher) -> None:
+    launcher.register(launcher.write_flow("slow", SLOW.format(name="slow")))
+    engine = launcher.start(launcher.claim("slow"))
+    wait_for(lambda: [t.state for t in engine.task_runs()].count("Running") == 2, what="two tasks running")
+
+    started = time.monotonic()
+    launcher.admin.cancel_flow_run(engine.run_id)
+    engine.wait_for_state("Cancelled", timeout=30)
+
+    assert time.monotonic() - started < 15
+    states = sorted(t.state for t in engine.task_runs())
+    assert states == ["Cancelled"] * 6
+    assert sum(1 for t in engine.task_runs() if t.start_time is not None) == 2  # the other four never started
