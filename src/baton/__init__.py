@@ -34,6 +34,7 @@ _LAZY = {
     "GitStorage": "baton.sdk.storage",
     "SequentialExecutor": "baton.sdk.executors",
     "ThreadExecutor": "baton.sdk.executors",
+    "ProcessExecutor": "baton.sdk.executors",
     "TaskFuture": "baton.sdk.futures",
     "UpstreamFailed": "baton.sdk.futures",
     "as_completed": "baton.sdk.futures",
@@ -43,7 +44,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from baton.client.http import Client
-    from baton.sdk.executors import SequentialExecutor, ThreadExecutor
+    from baton.sdk.executors import ProcessExecutor, SequentialExecutor, ThreadExecutor
     from baton.sdk.flows import Flow, flow
     from baton.sdk.futures import TaskFuture, UpstreamFailed, as_completed, unmapped, wait
     from baton.sdk.run_configs import DockerRun, KubernetesRun, LocalRun, UniversalRun
@@ -63,6 +64,7 @@ __all__ = [
     "KubernetesRun",
     "LocalRun",
     "LocalStorage",
+    "ProcessExecutor",
     "RRuleSchedule",
     "SequentialExecutor",
     "Task",

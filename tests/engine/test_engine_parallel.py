@@ -4,7 +4,9 @@ failure skips its dependants (Failed, naming it); a cancelled run stops the task
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from engine.conftest import Launcher
 from support import wait_for
@@ -149,3 +151,98 @@ def test_cancelling_a_run_stops_the_tasks_not_started(launcher: Launcher) -> Non
     states = sorted(t.state for t in engine.task_runs())
     assert states == ["Cancelled"] * 6
     assert sum(1 for t in engine.task_runs() if t.start_time is not None) == 2  # the other four never started
+
+
+PROCESSES = """
+import logging
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+from baton import ProcessExecutor, flow, task
+
+log = logging.getLogger("procs")
+together = multiprocessing.get_context("fork").Barrier(4)  # shared by the forked processes
+
+
+@task
+def crunch(i):
+    together.wait(timeout=30)  # passes only when four processes run at once
+    log.info("crunching %s in %s", i, os.getpid())
+    print(f"printed by {{i}}")
+    return os.getpid()
+
+
+@task(timeout_seconds=1)
+def stuck():
+    time.sleep(60)
+
+
+@task
+def sleeper(i, folder):
+    Path(folder, str(os.getpid())).write_text("")
+    time.sleep(60)
+
+
+@flow(executor=ProcessExecutor(4))
+def {name}(folder: str = "", cancel_me: bool = False) -> int:
+    if cancel_me:
+        for future in sleeper.map(list(range(4)), folder=folder):
+            future.result()
+    pids = {{future.result() for future in crunch.map(list(range(4)))}}
+    assert os.getpid() not in pids
+    try:
+        stuck.submit().result()
+    except TimeoutError:
+        log.info("stuck was stopped")
+    return len(pids)
+"""
+
+
+def test_process_executor_runs_attempts_in_processes_with_their_lines_and_timeouts(launcher: Launcher) -> None:
+    launcher.register(launcher.write_flow("procs", PROCESSES.format(name="procs")))
+    engine = launcher.start(launcher.claim("procs"))
+
+    assert engine.wait() == 0, engine.stderr
+
+    assert engine.run().state == "Success"
+    task_runs = engine.task_runs()
+    by_name = {t.task_name: t for t in task_runs}
+    assert {by_name[f"crunch[{i}]"].state for i in range(4)} == {"Success"}
+    assert (by_name["stuck"].state, by_name["stuck"].message) == (
+        "Failed",
+        "TimeoutError: task 'stuck' did not finish within 1s: its process was killed",
+    )
+    by_id = {t.id: t.task_name for t in task_runs}
+    logs = engine.logs()
+    crunching = {by_id[log.task_run_id] for log in logs if log.message.startswith("crunching")}
+    printed = {(log.name, by_id[log.task_run_id]) for log in logs if log.message.startswith("printed by")}
+    assert crunching == {f"crunch[{i}]" for i in range(4)}
+    assert printed == {("stdout", f"crunch[{i}]") for i in range(4)}
+    assert any(log.message == "stuck was stopped" for log in logs)
+
+
+def test_cancelling_a_run_kills_the_processes_of_its_running_tasks(launcher: Launcher, tmp_path: Path) -> None:
+    launcher.register(launcher.write_flow("procs_cancel", PROCESSES.format(name="procs_cancel")))
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    engine = launcher.start(launcher.claim("procs_cancel", {"folder": str(folder), "cancel_me": True}))
+    wait_for(lambda: len(list(folder.iterdir())) == 4, what="four task processes")
+    pids = [int(path.name) for path in folder.iterdir()]
+
+    launcher.admin.cancel_flow_run(engine.run_id)
+    engine.wait_for_state("Cancelled", timeout=30)
+
+    assert {t.state for t in engine.task_runs()} == {"Cancelled"}
+    wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=10, what="the task processes to be killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child not yet reaped is a zombie: dead for this purpose.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()

@@ -9,12 +9,19 @@ retries) in ``baton.sdk.futures``, so that reporting, and the flow run's token, 
 * :class:`ThreadExecutor`: a pool of threads in the flow's process; for I/O-bound tasks (HTTP, databases), which
   release the GIL while they wait. Cancellation is cooperative: a task not started never starts, one running is
   left to finish (Python cannot stop a thread) while its task run is recorded Cancelled.
+* :class:`ProcessExecutor`: each attempt of a submitted task in a process forked from the flow's
+  (``baton.sdk.processes``), at most ``max_workers`` at once; for CPU-bound tasks. Retries, states and logs are
+  kept by the flow's process; timeouts and cancellation kill the attempt's process.
+
+An executor with ``run_attempt`` runs each attempt of a submitted task there (the flow's process waits for it in one
+of its threads); one without runs the whole task in the thread ``submit`` gives it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -77,3 +84,39 @@ class ThreadExecutor:
             # Cancelled: calls not started are dropped, running ones are not waited for (threads cannot be killed).
             self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
             self._pool = None
+
+
+class ProcessExecutor:
+    """Each attempt of a submitted task in its own process forked from the flow's; ``max_workers`` at once
+    (default: the number of CPUs). Tasks and arguments need not be picklable (the child is a fork), results and
+    errors must be. Fork only: Linux and macOS' POSIX fork, not Windows."""
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
+            raise ValueError(f"max_workers must be 1 or more, got {max_workers!r}")
+        self.max_workers = max_workers
+        self._threads = ThreadExecutor(max_workers or os.cpu_count() or 1)
+        self._children: Any = None
+
+    def __repr__(self) -> str:
+        return f"ProcessExecutor(max_workers={self.max_workers})"
+
+    def __copy__(self) -> ProcessExecutor:
+        return ProcessExecutor(self.max_workers)
+
+    def start(self) -> None:
+        from baton.sdk.processes import Children
+
+        self._children = Children()
+        self._threads.start()
+
+    def submit(self, call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        return self._threads.submit(call)
+
+    def run_attempt(self, call: Callable[[], Any], timeout: float | None, name: str) -> Any:
+        return self._children.run(call, timeout, name)
+
+    def shutdown(self, cancel: bool) -> None:
+        if cancel and self._children is not None:
+            self._children.stop()
+        self._threads.shutdown(cancel)

@@ -31,6 +31,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("baton.task")
+# The executor of the submitted task running in this context (None: a direct call, run here).
+_attempts_on: contextvars.ContextVar[Any] = contextvars.ContextVar("baton_attempts_on", default=None)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -103,7 +105,11 @@ class Task(Generic[P, R]):
         def call() -> R:
             inputs = tuple(resolved(value) for value in args)
             named = {key: resolved(value) for key, value in kwargs.items()}
-            return self._execute(task_run_id, inputs, named, started=False)
+            token = _attempts_on.set(current_submissions().executor)  # a submitted task's attempts go there
+            try:
+                return self._execute(task_run_id, inputs, named, started=False)
+            finally:
+                _attempts_on.reset(token)
 
         def skip(failed: TaskFuture[Any]) -> BaseException:
             run = f" (task run {failed.task_run_id})" if failed.task_run_id else ""
@@ -171,6 +177,10 @@ class Task(Generic[P, R]):
             time.sleep(self.retry_delay_seconds)
 
     def _run_once(self, args: Any, kwargs: Any) -> R:
+        run_attempt = getattr(_attempts_on.get(), "run_attempt", None)
+        if run_attempt is not None:  # the executor runs attempts elsewhere (a process): its timeout kills them
+            result: R = run_attempt(functools.partial(self.fn, *args, **kwargs), self.timeout_seconds, self.name)
+            return result
         if self.timeout_seconds is None:
             return self.fn(*args, **kwargs)
         return self._run_with_timeout(args, kwargs, self.timeout_seconds)
