@@ -35,6 +35,7 @@ _LAZY = {
     "SequentialExecutor": "baton.sdk.executors",
     "ThreadExecutor": "baton.sdk.executors",
     "ProcessExecutor": "baton.sdk.executors",
+    "DaskExecutor": "baton.sdk.dask_executor",
     "TaskFuture": "baton.sdk.futures",
     "UpstreamFailed": "baton.sdk.futures",
     "as_completed": "baton.sdk.futures",
@@ -44,6 +45,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from baton.client.http import Client
+    from baton.sdk.dask_executor import DaskExecutor
     from baton.sdk.executors import ProcessExecutor, SequentialExecutor, ThreadExecutor
     from baton.sdk.flows import Flow, flow
     from baton.sdk.futures import TaskFuture, UpstreamFailed, as_completed, unmapped, wait
@@ -56,6 +58,7 @@ __all__ = [
     "APIStorage",
     "Client",
     "CronSchedule",
+    "DaskExecutor",
     "DockerRun",
     "DockerStorage",
     "Flow",

@@ -41,6 +41,24 @@ class unmapped:
         self.value = value
 
 
+class RemoteValue:
+    """A result an executor keeps where the task ran (a dask future): fetched once, when the flow asks for it;
+    a task that depends on it gets it there."""
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+        self._lock = threading.Lock()
+        self._fetched = False
+        self._value: Any = None
+
+    def get(self) -> Any:
+        with self._lock:
+            if not self._fetched:
+                self._value = self.future.result()
+                self._fetched = True
+            return self._value
+
+
 class TaskFuture(Generic[R]):
     """What ``submit`` returns: the task run's id, and its result once it ran."""
 
@@ -64,9 +82,15 @@ class TaskFuture(Generic[R]):
             the task's last error, :class:`UpstreamFailed` when it did not run, or TimeoutError.
         """
         try:
-            return self._future.result(timeout)
+            outcome = self._future.result(timeout)
         finally:
             self._observed = self._observed or self._future.done()
+        value: R = outcome.get() if isinstance(outcome, RemoteValue) else outcome
+        return value
+
+    def _outcome(self) -> Any:
+        """Its result as the executor holds it (a RemoteValue stays where it is): for the tasks that depend on it."""
+        return self._future.result()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
@@ -133,11 +157,11 @@ def _shallow(value: Any) -> Iterable[Any]:
 def resolved(value: Any) -> Any:
     """``value`` with each future (also one level inside a container) replaced by its result."""
     if isinstance(value, TaskFuture):
-        return value.result()
+        return value._outcome()
     if isinstance(value, list | tuple | set | frozenset):
-        return type(value)(item.result() if isinstance(item, TaskFuture) else item for item in value)
+        return type(value)(item._outcome() if isinstance(item, TaskFuture) else item for item in value)
     if isinstance(value, dict):
-        return {key: item.result() if isinstance(item, TaskFuture) else item for key, item in value.items()}
+        return {key: item._outcome() if isinstance(item, TaskFuture) else item for key, item in value.items()}
     return value
 
 
@@ -159,7 +183,7 @@ class Submissions:
         self.executor = executor
         self._lock = threading.Lock()
         self._futures: list[TaskFuture[Any]] = []
-        self._stopped = False
+        self.stopped = False
 
     def add(
         self,
@@ -209,7 +233,7 @@ class Submissions:
         if failed is not None:
             future._future.set_exception(skip(failed))
             return
-        if self._stopped:
+        if self.stopped:
             future._future.cancel()
             return
         try:
@@ -240,7 +264,7 @@ class Submissions:
 
     def stop(self) -> None:
         """The flow was stopped: nothing not started starts (running calls are the executor's to stop)."""
-        self._stopped = True
+        self.stopped = True
 
 
 def _copy_outcome(inner: concurrent.futures.Future[Any], outer: concurrent.futures.Future[Any]) -> None:

@@ -106,7 +106,7 @@ class Children:
             _kill(process)
             with self._lock:
                 self._live.discard(process)
-        _replay(lines)
+        replay(lines)
         kind, value = payload
         if kind == "error":
             raise value
@@ -127,7 +127,7 @@ def _kill(process: multiprocessing.process.BaseProcess) -> None:
         process.join(5)
 
 
-def _replay(lines: dict[str, Any]) -> None:
+def replay(lines: dict[str, Any]) -> None:
     """The child's lines as this process's: they reach the run's logs as the current task run's."""
     for levelno, name, message, created in lines["logs"]:
         record = logging.makeLogRecord({"name": name, "levelno": levelno, "levelname": logging.getLevelName(levelno)})

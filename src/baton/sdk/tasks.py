@@ -133,6 +133,11 @@ class Task(Generic[P, R]):
                     reporter.task_run_state(task_run_id, TaskRunState.CANCELLED, "flow run cancelled", attempt)
                     raise
                 except Exception as exc:
+                    if _attempts_on.get() is not None and current_submissions().stopped:
+                        # The flow run was stopped: its executor's cancelling (a killed process, a cancelled dask
+                        # task) ended this attempt, not the task's code.
+                        reporter.task_run_state(task_run_id, TaskRunState.CANCELLED, "flow run cancelled", attempt)
+                        raise
                     if attempt > self.retries:
                         reporter.task_run_state(task_run_id, TaskRunState.FAILED, describe_error(exc), attempt)
                         raise
