@@ -104,11 +104,15 @@ class Launcher:
         flows = load_flows(path)
         return [self.admin.register_flow(build_flow_payload(f, path, storage=storage)).name for f in flows]
 
-    def claim(self, flow_name: str, parameters: dict[str, Any] | None = None) -> ClaimedRun:
+    def claim(
+        self, flow_name: str, parameters: dict[str, Any] | None = None, executor: str | None = None
+    ) -> ClaimedRun:
         # A label of its own per run, and an agent with exactly that label (DESIGN.md §4): a run left over by
         # another test can never be claimed here.
         label = f"engine-test-{uuid.uuid4().hex[:12]}"
-        run = self.admin.create_flow_run(flow_name=flow_name, parameters=parameters or {}, labels=[label])
+        run = self.admin.create_flow_run(
+            flow_name=flow_name, parameters=parameters or {}, labels=[label], executor=executor
+        )
         agent = self.runner.register_agent(label, "local", [label])
         claimed = self.runner.claim(agent.id, limit=1, wait_seconds=5).runs
         assert [c.flow_run.id for c in claimed] == [run.id]
@@ -169,4 +173,5 @@ def launcher(engine_server: ServerProcess, tmp_path: Path) -> Iterator[Launcher]
             for engine in launched.started:
                 if engine.process.poll() is None:
                     engine.process.kill()
-                    engine.process.communicate()
+                if engine.process.stdout is not None and not engine.process.stdout.closed:
+                    engine.process.communicate()  # closes its pipes: an exited process's too

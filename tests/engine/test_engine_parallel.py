@@ -8,6 +8,9 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
+from baton.exceptions import ClientError
 from engine.conftest import Launcher
 from support import wait_for
 
@@ -246,3 +249,38 @@ def _alive(pid: int) -> bool:
     # A killed child not yet reaped is a zombie: dead for this purpose.
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "zombie" not in status.read_text()
+
+
+UNCHOSEN = """
+import threading
+
+from baton import flow, task
+
+together = threading.Barrier(4)
+
+
+@task
+def meet(i):
+    together.wait(timeout=30)  # only if the run's executor runs all four at once
+    return i
+
+
+@flow
+def {name}() -> int:
+    return sum(future.result() for future in meet.map(list(range(4))))
+"""
+
+
+def test_a_run_chooses_its_executor_over_the_flows(launcher: Launcher) -> None:
+    launcher.register(launcher.write_flow("unchosen", UNCHOSEN.format(name="unchosen")))
+    for bad in ("threads", "thread:0", "dask:http://x", "process:99999", "thread:8\n"):
+        with pytest.raises(ClientError) as refused:
+            launcher.admin.create_flow_run(flow_name="unchosen", executor=bad)
+        assert refused.value.status_code == 422 and "executor" in str(refused.value)
+
+    engine = launcher.start(launcher.claim("unchosen", executor="thread:4"))
+
+    assert engine.wait() == 0, engine.stderr
+    run = engine.run()
+    assert run.state == "Success" and run.run_config.executor == "thread:4"
+    assert sorted(t.task_name for t in engine.task_runs()) == [f"meet[{i}]" for i in range(4)]

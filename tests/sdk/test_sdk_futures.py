@@ -170,3 +170,18 @@ def test_bad_executors_and_maps_are_refused() -> None:
     with pytest.raises(ValueError, match="needs at least one list"):
         double.map(3)
     assert repr(SequentialExecutor()) == "SequentialExecutor()"
+
+
+def test_executor_specs_name_each_executor() -> None:
+    from baton import DaskExecutor, ProcessExecutor
+    from baton.sdk.executors import from_spec
+
+    assert isinstance(from_spec("sequential"), SequentialExecutor)
+    assert repr(from_spec("thread:8")) == "ThreadExecutor(max_workers=8)"
+    assert repr(from_spec("process")) == "ProcessExecutor(max_workers=None)"
+    assert isinstance(from_spec("dask"), DaskExecutor) and isinstance(from_spec("process:2"), ProcessExecutor)
+    assert from_spec("dask:3").cluster_kwargs == {"n_workers": 3}  # type: ignore[attr-defined]
+    assert from_spec("dask:tcp://127.0.0.1:8786").address == "tcp://127.0.0.1:8786"  # type: ignore[attr-defined]
+    for bad in ("", "threads", "thread:0", "thread:-1", "dask:http://x", "process:1e3", "thread:8\n", "x" * 300):
+        with pytest.raises(ValueError, match="is not sequential"):
+            from_spec(bad)

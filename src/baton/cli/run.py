@@ -98,6 +98,12 @@ def follow_run(client: Client, created: FlowRunRead, *, as_json: bool, poll_inte
 @click.option("--name", "run_name", help="A name for the run. Default: generated.")
 @click.option("--start-in", type=click.FloatRange(min=0), metavar="SECONDS", help="Start this many seconds from now.")
 @click.option("--at", "start_at", metavar="TIME", help="Start at this ISO 8601 time (local time without a zone).")
+@click.option(
+    "--executor",
+    metavar="SPEC",
+    help="Where the run's submitted tasks run, over the flow's executor: sequential, thread[:N], process[:N], "
+    "dask[:N] (a temporary cluster of N workers) or dask:tcp://HOST:PORT.",
+)
 @click.option("--watch", is_flag=True, help="Stream states and logs until the run ends; exit 1 unless Success.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=1.0, hidden=True)
@@ -115,6 +121,7 @@ def run(
     run_name: str | None,
     start_in: float | None,
     start_at: str | None,
+    executor: str | None,
     watch: bool,
     as_json: bool,
     poll_interval: float,
@@ -135,6 +142,7 @@ def run(
             labels=run_labels,
             scheduled_start_time=start,
             name=run_name,
+            executor=executor,
             # One key for this command's create: a retry after a lost answer returns the same run.
             retries=CREATE_RETRIES,
         )

@@ -292,6 +292,7 @@ class Client:
         name: str | None = None,
         idempotency_key: str | None = None,
         retries: int = 0,
+        executor: str | None = None,
     ) -> r.FlowRunRead:
         """Create a flow run.
 
@@ -300,6 +301,8 @@ class Client:
                 made by hand, so a create whose answer was lost returns the first run instead of a second one.
             retries: how many times to retry, with the same key, when the answer was lost or the server failed
                 (never when the connection was refused: then it cannot have acted).
+            executor: where the run's submitted tasks run (``thread:8``, ``process``, ``dask:tcp://host:8786``...),
+                over the flow's executor.
 
         Raises:
             ServerUnavailableError: still unavailable after ``retries`` retries.
@@ -315,6 +318,8 @@ class Client:
             "name": name,
             "scheduled_start_time": scheduled_start_time.isoformat() if scheduled_start_time else None,
         }
+        if executor is not None:
+            body["executor"] = executor
         attempt = 0
         while True:
             try:

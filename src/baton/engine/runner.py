@@ -185,7 +185,7 @@ class FlowRunner:
         stopped = self._cancelled_while_loading(time.monotonic() - loading) if started else self._start()
         if stopped is not None:
             return stopped
-        return self._run_flow(flow, run.parameters)
+        return self._run_flow(flow, run.parameters, run.run_config.executor)
 
     def _read_run(self) -> tuple[FlowRunRead, FlowRead | None, bool] | Outcome:
         """The run; its flow when the server gives both in one request (None: read it next); whether this call
@@ -301,14 +301,15 @@ class FlowRunner:
             return Outcome(StateName.CANCELLED, "cancelled before it started", EXIT_SUCCESS)
         return Outcome(None, None, EXIT_SUCCESS)
 
-    def _run_flow(self, flow: Flow[..., Any], parameters: dict[str, Any]) -> Outcome:
+    def _run_flow(self, flow: Flow[..., Any], parameters: dict[str, Any], executor: str | None = None) -> Outcome:
+        """Run the flow; ``executor``: the run's choice for its submitted tasks (its run config), over the flow's."""
         reporter = ApiTaskRunReporter(self._client, self._id, shield=self._cancel.deferred)
         interval = self._settings.agent.heartbeat_interval_seconds
         try:
             with Heartbeat(self._client, self._id, interval, self._cancel.request):
                 try:
                     with self._cancel:
-                        flow.run(parameters, reporter)
+                        flow.run(parameters, reporter, executor)
                 except FlowRunCancelled as exc:
                     # A stop between two calls of a task (after its Running, before its Cancelled) leaves it open.
                     reporter.end_open(TaskRunState.CANCELLED, "flow run cancelled")

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from baton.labels import MAX_LABELS, normalize_labels, validate_label
 from baton.schemas.core import (
+    EXECUTOR_SPEC,
     MAX_CONCURRENT_RUNS,
     MAX_FLOW_RETRIES,
     MAX_TIMEOUT_SECONDS,
@@ -165,6 +166,8 @@ class FlowRunCreate(StrictModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | None = Field(default=None, max_length=MAX_LABELS)
     scheduled_start_time: datetime | None = None
+    # The run's executor for its submitted tasks (EXECUTOR_SPEC), over the flow's; kept in the run's run config.
+    executor: str | None = Field(default=None, max_length=256, pattern=EXECUTOR_SPEC)
 
     _norm_labels = field_validator("labels")(_labels)
 

@@ -115,6 +115,12 @@ class Storage(StrictModel):
     bundle: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
+# A run's executor for the tasks its flow submits (issue 14): "sequential", "thread[:N]", "process[:N]", "dask[:N]"
+# (a temporary cluster of N workers) or "dask:tcp://host:port" (an existing cluster). Parsed by
+# ``baton.sdk.executors.from_spec``; it overrides the flow's ``@flow(executor=...)`` for the run.
+EXECUTOR_SPEC = r"^(sequential|(thread|process|dask)(:[1-9][0-9]{0,3})?|dask:(tcp|tls)://[A-Za-z0-9.\-\[\]:]{1,200})$"
+
+
 class RunConfig(StrictModel):
     """A run config as stored: the fields of every kind; each agent reads the ones of its kind."""
 
@@ -137,3 +143,4 @@ class RunConfig(StrictModel):
     service_account_name: str | None = None
     image_pull_secrets: list[str] = Field(default_factory=list)
     image_pull_policy: str | None = None
+    executor: str | None = Field(default=None, max_length=256, pattern=EXECUTOR_SPEC)

@@ -120,3 +120,34 @@ class ProcessExecutor:
         if cancel and self._children is not None:
             self._children.stop()
         self._threads.shutdown(cancel)
+
+
+def from_spec(spec: str) -> Executor:
+    """The executor a run config's ``executor`` names (``baton.schemas.core.EXECUTOR_SPEC``): ``sequential``,
+    ``thread[:N]``, ``process[:N]``, ``dask[:N]`` (a temporary cluster of N worker processes) or
+    ``dask:tcp://host:port``.
+
+    Raises:
+        ValueError: not such a spec.
+    """
+    import re
+
+    from baton.schemas.core import EXECUTOR_SPEC
+
+    if not isinstance(spec, str) or re.fullmatch(EXECUTOR_SPEC, spec) is None:
+        raise ValueError(
+            f"executor {str(spec)[:80]!r} is not sequential, thread[:N], process[:N], dask[:N] or dask:ADDRESS"
+        )
+    kind, _, rest = spec.partition(":")
+    if kind == "sequential":
+        return SequentialExecutor()
+    size = int(rest) if rest.isdigit() else None
+    if kind == "thread":
+        return ThreadExecutor(size)
+    if kind == "process":
+        return ProcessExecutor(size)
+    from baton.sdk.dask_executor import DaskExecutor
+
+    if size is not None or not rest:
+        return DaskExecutor(cluster_kwargs={"n_workers": size} if size else None)
+    return DaskExecutor(rest)

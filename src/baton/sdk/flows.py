@@ -30,7 +30,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from baton.labels import normalize_labels
 from baton.schemas.core import MAX_CONCURRENT_RUNS, MAX_FLOW_RETRIES, MAX_TIMEOUT_SECONDS
 from baton.sdk.context import TaskRunReporter, current_reporter, reporting_to
-from baton.sdk.executors import Executor, SequentialExecutor
+from baton.sdk.executors import Executor, SequentialExecutor, from_spec
 from baton.sdk.futures import submitting_to
 from baton.sdk.parameters import Parameters, check_signature
 from baton.sdk.run_configs import BaseRun
@@ -147,19 +147,23 @@ class Flow(Generic[P, R]):
         """
         return self.parameters.validate(parameters)
 
-    def run(self, parameters: Mapping[str, Any], reporter: TaskRunReporter | None = None) -> R:
+    def run(
+        self, parameters: Mapping[str, Any], reporter: TaskRunReporter | None = None, executor: str | None = None
+    ) -> R:
         """Run the flow in this process with ``parameters`` (a mapping, e.g. a flow run's JSON parameters).
 
         Args:
             parameters: the values by parameter name; validated first.
             reporter: where task runs are recorded; default: the current one (nothing is recorded outside
                 the engine).
+            executor: the run's executor (a spec, ``executors.from_spec``), over the flow's.
 
         Raises:
             ParameterValidationError: the parameters do not match the function's signature.
         """
         values = self.validate_parameters(parameters)
-        with reporting_to(reporter or current_reporter()), submitting_to(self._new_executor()):
+        chosen = from_spec(executor) if executor else self._new_executor()
+        with reporting_to(reporter or current_reporter()), submitting_to(chosen):
             result: R = self.parameters.call(values)
         return result
 

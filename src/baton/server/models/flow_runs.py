@@ -150,7 +150,7 @@ def create_flow_run(
         parameters=payload.parameters,
         labels=labels,
         label_count=len(labels),
-        run_config=flow.run_config,
+        run_config={**flow.run_config, "executor": payload.executor} if payload.executor else flow.run_config,
         scheduled_start_time=payload.scheduled_start_time or now,
         state=StateName.SCHEDULED.value,
         state_message=None,
