@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: an embedded API server and a local agent in the background, then register and run
-# examples/hello.py, show its states and logs, and stop what was started.
+# examples/hello.py and examples/parallel.py, show their states, logs and task runs, and stop what was started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="$PWD/.venv/bin"
@@ -43,4 +43,11 @@ echo "==> baton runs get $run_id"
 "$BIN/baton" runs get "$run_id"
 echo "==> baton runs logs $run_id"
 "$BIN/baton" runs logs "$run_id"
+
+echo "==> baton register examples/parallel.py; baton run parallel --watch (six tasks side by side on threads)"
+"$BIN/baton" register examples/parallel.py
+"$BIN/baton" run parallel --watch | tee "$BATON_HOME/parallel.out"
+parallel_id="$(head -n 1 "$BATON_HOME/parallel.out" | grep -oE '[0-9a-f]{8}-[0-9a-f-]{27}' | head -n 1)"
+echo "==> baton runs get $parallel_id"
+"$BIN/baton" runs get "$parallel_id"
 echo "==> done; stopping the agent and the server"

@@ -82,7 +82,7 @@ def test_register_prints_name_version_and_id(cli_server: CliServer, registered: 
     assert lines[0].split() == ["flow", "version", "id", "labels", "storage"]
     name, version, flow_id, labels, storage, *bundle = lines[2].split()
     assert (name, version, labels, storage) == ("hello", "2", "extra", "api")
-    assert bundle[0] == "(2" and bundle[1] == "files,", lines[2]  # examples/: hello.py and failing.py
+    assert bundle[0] == "(3" and bundle[1] == "files,", lines[2]  # examples/: hello.py, failing.py, parallel.py
     assert flow_id != hello["id"]
 
 
