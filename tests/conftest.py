@@ -46,6 +46,12 @@ LONGEST_FIRST = {
     "tests/server/services/test_leases.py": 17,
     "tests/integration/test_failures.py": 17,
     "tests/server/services/test_recovery.py": 15,
+    # Prefect 1's CLI, agents and flow runner (issue 13): seconds per run; estimated from --durations (2026-12-05).
+    "tests/prefect1/test_runs_agents.py": 75,
+    "tests/prefect1/test_runs.py": 60,
+    "tests/prefect1/test_runs_executors.py": 60,
+    "tests/prefect1/test_docker.py": 50,
+    "tests/engine/test_engine_dask.py": 25,
 }
 K8S_CACHE = Path(os.environ.get("BATON_K8S_CACHE", "/var/cache/baton-kubernetes"))
 
