@@ -79,13 +79,7 @@ _COLUMNS = {
 def _agents(_: None, info: Info, **arguments: Any) -> list[dict[str, Any]]:
     principal = require(info, Action.AGENT_LIST)
     listing = ListArguments.of(arguments, _COLUMNS, Agent.id)
-    statement = (
-        select(Agent)
-        .where(Agent.tenant_id == principal.tenant_id, listing.condition)
-        .order_by(*listing.ordering)
-        .limit(listing.rows)
-        .offset(listing.skip)
-    )
+    statement = listing.applied(select(Agent).where(Agent.tenant_id == principal.tenant_id))
     with context_of(info).read_sessions() as session:
         return paged(
             [
@@ -132,13 +126,7 @@ _CONFIG_COLUMNS = {
 def _agent_configs(_: None, info: Info, **arguments: Any) -> list[dict[str, Any]]:
     principal = require(info, Action.AGENT_LIST)
     listing = ListArguments.of(arguments, _CONFIG_COLUMNS, Prefect1AgentConfig.id)
-    statement = (
-        select(Prefect1AgentConfig)
-        .where(Prefect1AgentConfig.tenant_id == principal.tenant_id, listing.condition)
-        .order_by(*listing.ordering)
-        .limit(listing.rows)
-        .offset(listing.skip)
-    )
+    statement = listing.applied(select(Prefect1AgentConfig).where(Prefect1AgentConfig.tenant_id == principal.tenant_id))
     with context_of(info).read_sessions() as session:
         return paged(
             [

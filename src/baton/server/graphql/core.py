@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ariadne import ScalarType
 from graphql import GraphQLError, GraphQLResolveInfo
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, Select
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,6 +33,8 @@ from baton.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 _Row = TypeVar("_Row")
+_Statement = TypeVar("_Statement", bound="Select[*tuple[Any, ...]]")
+_Result = TypeVar("_Result")
 Info = GraphQLResolveInfo[Any]
 
 # The most rows one query field answers (Hasura's ``limit``): a larger limit is refused, and a query without one
@@ -90,11 +92,24 @@ class ListArguments:
     rows: int
     skip: int
 
+    def applied(self, statement: _Statement) -> _Statement:
+        """``statement`` filtered, ordered and paged by these arguments."""
+        return statement.where(self.condition).order_by(*self.ordering).limit(self.rows).offset(self.skip)
+
     @classmethod
     def of(cls, arguments: Mapping[str, Any], columns: Columns, *tiebreak: Any) -> ListArguments:
         rows, skip = page(arguments.get("limit"), arguments.get("offset"))
         ordering = [*order_clauses(arguments.get("order_by"), columns), *tiebreak]
         return cls(where_clause(arguments.get("where"), columns), ordering, rows, skip)
+
+
+def once_more_on_conflict(write: Callable[[], _Result]) -> _Result:
+    """``write()`` (a transaction of its own), again once if a concurrent create of the same key committed first
+    (IntegrityError): the second finds what the first made."""
+    try:
+        return write()
+    except IntegrityError:
+        return write()
 
 
 def paged(rows: list[_Row]) -> list[_Row]:

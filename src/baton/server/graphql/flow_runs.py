@@ -8,7 +8,6 @@ from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType
 from sqlalchemy import Select, select
-from sqlalchemy.exc import IntegrityError
 
 from baton.labels import MAX_LABELS, normalize_labels
 from baton.schemas.states import StateName
@@ -17,7 +16,15 @@ from baton.server.access import Action, run_holder
 from baton.server.database.connection import transaction
 from baton.server.database.orm import FlowRun, FlowRunState, Log, Prefect1FlowRun, Prefect1TaskRun
 from baton.server.graphql import agents, flows, task_runs
-from baton.server.graphql.core import Info, ListArguments, context_of, paged, require, runner_key
+from baton.server.graphql.core import (
+    Info,
+    ListArguments,
+    context_of,
+    once_more_on_conflict,
+    paged,
+    require,
+    runner_key,
+)
 from baton.server.graphql.where import Columns, Related
 from baton.server.models import prefect1_runs
 from baton.server.models import prefect1_states as states
@@ -95,8 +102,7 @@ def _rows(info: Info, statement: Select[FlowRun, Prefect1FlowRun]) -> list[dict[
 def _flow_runs(_: None, info: Info, **arguments: Any) -> list[dict[str, Any]]:
     principal = require(info, Action.FLOW_RUN_LIST)
     listing = ListArguments.of(arguments, COLUMNS, FlowRun.id)
-    statement = _joined(principal.tenant_id).where(listing.condition)
-    return paged(_rows(info, statement.order_by(*listing.ordering).limit(listing.rows).offset(listing.skip)))
+    return paged(_rows(info, listing.applied(_joined(principal.tenant_id))))
 
 
 @query.field("flow_run_by_pk")
@@ -130,13 +136,7 @@ def _states(run: dict[str, Any], info: Info, **arguments: Any) -> list[dict[str,
         asked = condition["state"]
         condition = {**condition, "state": {op: _baton_names(value) for op, value in asked.items()}}
     listing = ListArguments.of({**arguments, "where": condition}, _STATE_COLUMNS, FlowRunState.id)
-    statement = (
-        select(FlowRunState)
-        .where(FlowRunState.flow_run_id == run["id"], listing.condition)
-        .order_by(*listing.ordering)
-        .limit(listing.rows)
-        .offset(listing.skip)
-    )
+    statement = listing.applied(select(FlowRunState).where(FlowRunState.flow_run_id == run["id"]))
     with context_of(info).read_sessions() as session:
         history = list(session.scalars(statement))
     answer = []
@@ -178,13 +178,7 @@ _LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 def _logs(run: dict[str, Any], info: Info, **arguments: Any) -> list[dict[str, Any]]:
     require(info, Action.LOGS_READ)
     listing = ListArguments.of(arguments, _LOG_COLUMNS, Log.id)
-    statement = (
-        select(Log)
-        .where(Log.tenant_id == run["tenant_id"], Log.flow_run_id == run["id"], listing.condition)
-        .order_by(*listing.ordering)
-        .limit(listing.rows)
-        .offset(listing.skip)
-    )
+    statement = listing.applied(select(Log).where(Log.tenant_id == run["tenant_id"], Log.flow_run_id == run["id"]))
     with context_of(info).read_sessions() as session:
         lines = list(session.scalars(statement))
     return paged(
@@ -211,17 +205,15 @@ def _logs(run: dict[str, Any], info: Info, **arguments: Any) -> list[dict[str, A
 def _create_flow_run(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]:
     principal = require(info, Action.FLOW_RUN_CREATE)
     context = context_of(info)
-    for attempt in range(2):
-        try:
-            with transaction(context.sessions) as session:
-                run = prefect1_runs.create_flow_run(
-                    session, principal.tenant_id, input, context.server.max_task_runs_per_run
-                )
-                return {"id": run.id}
-        except IntegrityError:
-            if attempt:  # the create that took this idempotency key is visible now, unless something else broke
-                raise
-    raise AssertionError("unreachable")
+
+    def create() -> dict[str, Any]:
+        with transaction(context.sessions) as session:
+            run = prefect1_runs.create_flow_run(
+                session, principal.tenant_id, input, context.server.max_task_runs_per_run
+            )
+            return {"id": run.id}
+
+    return once_more_on_conflict(create)
 
 
 @mutation.field("get_runs_in_queue")

@@ -35,13 +35,7 @@ def row(project: Project) -> dict[str, Any]:
 def _projects(_: None, info: Info, **arguments: Any) -> list[dict[str, Any]]:
     principal = require(info, Action.PROJECT_LIST)
     listing = ListArguments.of(arguments, COLUMNS, Project.id)
-    statement = (
-        select(Project)
-        .where(Project.tenant_id == principal.tenant_id, listing.condition)
-        .order_by(*listing.ordering)
-        .limit(listing.rows)
-        .offset(listing.skip)
-    )
+    statement = listing.applied(select(Project).where(Project.tenant_id == principal.tenant_id))
     with context_of(info).read_sessions() as session:
         return paged([row(project) for project in session.scalars(statement)])
 

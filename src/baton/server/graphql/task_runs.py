@@ -8,12 +8,11 @@ from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType
 from sqlalchemy import ColumnElement, Select, select
-from sqlalchemy.exc import IntegrityError
 
 from baton.server.access import Action, run_holder
 from baton.server.database.connection import transaction
 from baton.server.database.orm import FlowRun, Prefect1TaskRun, TaskRun
-from baton.server.graphql.core import Info, ListArguments, context_of, paged, require
+from baton.server.graphql.core import Info, ListArguments, context_of, once_more_on_conflict, paged, require
 from baton.server.graphql.where import Columns
 from baton.server.models import prefect1_states as states
 from baton.server.models import prefect1_task_runs
@@ -75,7 +74,7 @@ def row(task_run: TaskRun, side: Prefect1TaskRun, flow_id: str | None = None) ->
 
 def _listed(info: Info, statement: Select[TaskRun, Prefect1TaskRun], arguments: Mapping[str, Any]) -> list[Any]:
     listing = ListArguments.of(arguments, COLUMNS, TaskRun.id)
-    statement = statement.where(listing.condition).order_by(*listing.ordering).limit(listing.rows).offset(listing.skip)
+    statement = listing.applied(statement)
     with context_of(info).read_sessions() as session:
         return paged([row(task_run, side) for task_run, side in session.execute(statement).all()])
 
@@ -139,23 +138,21 @@ def _get_or_create(_: None, info: Info, input: dict[str, Any]) -> dict[str, Any]
     principal = require(info, Action.TASK_RUN_CREATE)
     context = context_of(info)
     map_index = input.get("map_index")
-    for attempt in range(2):
-        try:
-            with transaction(context.sessions) as session:
-                run_holder(session, principal, input["flow_run_id"])
-                side = prefect1_task_runs.get_or_create(
-                    session,
-                    principal.tenant_id,
-                    input["flow_run_id"],
-                    input["task_id"],
-                    -1 if map_index is None else map_index,
-                    context.server.max_task_runs_per_run,
-                )
-                return _info(side)
-        except IntegrityError:
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+
+    def get_or_create() -> dict[str, Any]:
+        with transaction(context.sessions) as session:
+            run_holder(session, principal, input["flow_run_id"])
+            side = prefect1_task_runs.get_or_create(
+                session,
+                principal.tenant_id,
+                input["flow_run_id"],
+                input["task_id"],
+                -1 if map_index is None else map_index,
+                context.server.max_task_runs_per_run,
+            )
+            return _info(side)
+
+    return once_more_on_conflict(get_or_create)
 
 
 def _holder_of_task_run(session: Any, info: Info, task_run_id: str) -> None:

@@ -33,13 +33,7 @@ _TENANT = {"id": Tenant.id, "name": Tenant.name, "slug": Tenant.name, "created":
 def _tenants(_: None, info: Info, **arguments: Any) -> list[dict[str, Any]]:
     principal = require(info, Action.WHOAMI)
     listing = ListArguments.of(arguments, _TENANT)
-    statement = (
-        select(Tenant.id, Tenant.name, Tenant.created)
-        .where(Tenant.id == principal.tenant_id, listing.condition)
-        .order_by(*listing.ordering)
-        .limit(listing.rows)
-        .offset(listing.skip)
-    )
+    statement = listing.applied(select(Tenant.id, Tenant.name, Tenant.created).where(Tenant.id == principal.tenant_id))
     with context_of(info).read_sessions() as session:
         found = session.execute(statement).all()
     return paged([{"id": id_, "name": name, "slug": name, "created": created} for id_, name, created in found])
