@@ -177,4 +177,7 @@ def test_docker_storage_runs_the_flow_baked_into_its_image(
         lines = log_lines(server, run_id, "image's own copy")
         assert any("image's own copy" in line for line in lines), lines
     finally:
+        # The agent's container may still be on its way out (Prefect 1 auto-removes it after it exits).
+        for container in docker_client.containers.list(all=True, filters={"ancestor": image.id}):
+            container.remove(force=True)
         docker_client.images.remove(image.id, force=True)
