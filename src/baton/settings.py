@@ -198,6 +198,11 @@ class AgentSettings(BaseModel):
     allow_run_as: list[str] = Field(default_factory=list)
     # Local agent: fork runs from a warm process with the engine imported (agent/prefork.py), else spawn each.
     prefork: bool = True
+    # The executors a run config may ask for (agent/executor_policy.py): fnmatch patterns over the spec, "local"
+    # for every one that stays on the run's host; empty: "local". A dask address is refused unless named here.
+    allow_executor: list[str] = Field(default_factory=list)
+    # The most processes a run config's process:N or dask:N may start; None: 4 per CPU; 0: no limit.
+    max_executor_processes: int | None = Field(default=None, ge=0)
 
 
 class LoggingSettings(BaseModel):

@@ -46,6 +46,7 @@ def test_every_local_option_reaches_the_agent(invoke: Any, fake_agent: type[Fake
         *("--max-polls", "3", "--agent-address", "http://127.0.0.1:8080", "--no-cloud-logs"),
         *("--log-level", "debug", "--limit", "2", "-p", "/srv/a", "-p", "/srv/b", "-f", "--no-hostname-label"),
         *("--run-timeout", "30", "--run-as", "flows", "--allow-run-as", "etl", "--allow-run-as", "ml"),
+        *("--allow-executor", "local", "--allow-executor", "dask:tcp://127.0.0.1:*", "--max-executor-processes", "6"),
         "--no-prefork",
     )
     assert result.exit_code == 0, result.output
@@ -55,6 +56,8 @@ def test_every_local_option_reaches_the_agent(invoke: Any, fake_agent: type[Fake
         "key": "bat_key",
         "key_file": None,
         "run_timeout_seconds": 30,
+        "allow_executor": ["local", "dask:tcp://127.0.0.1:*"],
+        "max_executor_processes": 6,
         "run_as": "flows",
         "allow_run_as": ["etl", "ml"],
         "api": "http://127.0.0.1:9",
@@ -88,6 +91,8 @@ def test_every_local_option_reaches_the_agent(invoke: Any, fake_agent: type[Fake
     assert settings.agent.run_as == "flows"
     assert settings.agent.allow_run_as == ["etl", "ml"]
     assert settings.agent.prefork is False
+    assert settings.agent.allow_executor == ["local", "dask:tcp://127.0.0.1:*"]
+    assert settings.agent.max_executor_processes == 6
 
 
 def test_options_left_out_leave_settings_in_charge(
@@ -102,6 +107,8 @@ def test_options_left_out_leave_settings_in_charge(
         "key": None,
         "key_file": None,
         "run_timeout_seconds": None,
+        "allow_executor": None,
+        "max_executor_processes": None,
         "run_as": None,
         "allow_run_as": None,
         "api": None,

@@ -33,6 +33,7 @@ from baton import __version__
 from baton.agent.adoption import Adoption
 from baton.agent.driver import Driver
 from baton.agent.env import build_run_env
+from baton.agent.executor_policy import ExecutorPolicy
 from baton.agent.hardening import harden_agent_process
 from baton.agent.health import AgentStatus, HealthServer, parse_address
 from baton.agent.lifecycle import RunLifecycle
@@ -72,6 +73,8 @@ class AgentOptions(TypedDict, total=False):
     log_level: str | None
     limit: int | None
     run_timeout_seconds: int | None
+    allow_executor: list[str] | None
+    max_executor_processes: int | None
     key_file: str | None
     client: AgentApi | None
 
@@ -124,6 +127,8 @@ class Agent:
         limit: the most flow runs deployed at once; None: the driver's ``default_limit``; 0: no limit.
         run_timeout_seconds: kill a run still going after this long and fail it (a flow's shorter
             ``timeout_seconds`` wins). key_file: read the API key from this file (mode 0600), not from ``key``.
+        allow_executor: the executors run configs may ask for (fnmatch patterns, ``local``; executor_policy.py).
+        max_executor_processes: the most processes a run config's ``process:N``/``dask:N`` may start.
         client: replaces the HTTP client (tests, embedding).
 
     Raises:
@@ -161,6 +166,9 @@ class Agent:
         default = getattr(driver, "default_limit", None)  # optional for drivers written before it existed
         limit = default if agent_settings_.limit is None else agent_settings_.limit
         self.registry = RunRegistry(limit or None)
+        self.executor_policy = ExecutorPolicy.parse(
+            agent_settings_.allow_executor, agent_settings_.max_executor_processes
+        )
         self.wakeups = Wakeups()
         self.tasks = TaskSet()
         self._client = options.get("client")
@@ -259,6 +267,7 @@ class Agent:
             identity,
             timings,
             self.run_env,
+            refusal=self.refusal,
             run_timeout_seconds=settings.run_timeout_seconds,
             clock=self.clock,
         )
@@ -410,6 +419,11 @@ class Agent:
             agent_labels=self.labels,
             send_logs_to_api=self.send_logs_to_api,
         )
+
+    def refusal(self, claimed: ClaimedRun) -> str | None:
+        """Why ``claimed`` must not be deployed here (its run config asks what the operator refuses), or None."""
+        refused = self.executor_policy.refusal(claimed.flow_run.run_config.executor)
+        return None if refused is None else f"agent {self.name} refused to deploy the run: {refused}"
 
     # --- helpers ----------------------------------------------------------------------------------
 

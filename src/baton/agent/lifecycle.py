@@ -24,7 +24,7 @@ from baton.agent.protocol import ApiCalls
 from baton.agent.runs import ActiveRun, Phase, RunRegistry
 from baton.agent.shared import AgentIdentity, TaskSet, Timings, Wakeups
 from baton.agent.timeouts import effective_timeout, overdue, timed_out_message
-from baton.exceptions import BatonError, ClientError, ConfigurationError, ConflictError
+from baton.exceptions import BatonError, ClientError, ConfigurationError, ConflictError, DeploymentError
 from baton.schemas.responses import ClaimedRun, FlowRunRead
 from baton.schemas.states import StateName
 
@@ -47,6 +47,7 @@ class RunLifecycle:
         identity: the agent's name and id, for messages and for what the server says is ours.
         timings: the kill grace periods.
         run_env: the Baton part of a claimed run's environment.
+        refusal: why a claimed run must not be deployed here (the operator's policy on its run config), or None.
         run_timeout_seconds: the agent-wide limit of a run (a flow's shorter one wins).
         clock: measures how long deployments have run.
     """
@@ -62,6 +63,7 @@ class RunLifecycle:
         identity: AgentIdentity,
         timings: Timings,
         run_env: Callable[[ClaimedRun], dict[str, str]],
+        refusal: Callable[[ClaimedRun], str | None] = lambda _claimed: None,
         run_timeout_seconds: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -74,6 +76,7 @@ class RunLifecycle:
         self._identity = identity
         self._timings = timings
         self._run_env = run_env
+        self._refusal = refusal
         self._run_timeout_seconds = run_timeout_seconds
         self._clock = clock
         self._stopping_stored: set[str] = set()  # runs of a restart being stopped from their Submitted data
@@ -118,6 +121,10 @@ class RunLifecycle:
         problem = self._driver.problem()
         if problem is not None:  # claimed before the platform went away: another agent may deploy it
             await self._release(run, f"without deploying it: {problem}")
+            return
+        refused = self._refusal(run.claimed)
+        if refused is not None:  # the run's own ask: no other agent of this operator should take it either
+            await self._fail_deployment(run, DeploymentError(refused))
             return
         run.deploy_task = asyncio.ensure_future(self._driver.deploy(run.claimed, self._run_env(run.claimed)))
         try:

@@ -184,6 +184,24 @@ COMMON_OPTIONS: tuple[OptionSpec, ...] = (
         maximum=MAX_TIMEOUT_SECONDS,
         setting="agent.run_timeout_seconds",
     ),
+    OptionSpec(
+        "allow_executor",
+        ("--allow-executor",),
+        "An executor run configs may ask for (repeatable; fnmatch over the spec, e.g. dask:tcp://10.0.0.5:8786, "
+        "thread:*); local: sequential, thread[:N], process[:N] and dask[:N]. Default: local (no dask address).",
+        kind=Kind.MULTIPLE,
+        metavar="PATTERN",
+        setting="agent.allow_executor",
+    ),
+    OptionSpec(
+        "max_executor_processes",
+        ("--max-executor-processes",),
+        "The most processes a run config's executor (process:N, dask:N) may start; 0: no limit. Default: 4 per CPU.",
+        metavar="N",
+        type=int,
+        minimum=0,
+        setting="agent.max_executor_processes",
+    ),
 )
 
 LOCAL_OPTIONS: tuple[OptionSpec, ...] = (

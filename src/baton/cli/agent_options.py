@@ -106,6 +106,8 @@ class CommonAgentOptions:
     log_level: str | None
     limit: int | None
     run_timeout_seconds: int | None
+    allow_executor: list[str] | None
+    max_executor_processes: int | None
 
     @classmethod
     def pop_from(cls, params: dict[str, Any], state: CliState) -> CommonAgentOptions:
@@ -127,6 +129,7 @@ class CommonAgentOptions:
         values["labels"] = parse_labels(values["labels"])
         values["env"] = parse_env(values["env"]) if values["env"] else None
         values["log_level"] = values["log_level"].upper() if values["log_level"] else None
+        values["allow_executor"] = list(values["allow_executor"]) or None  # given no times: the settings decide
         return cls(**values)
 
     def warn_about_key(self) -> None:
