@@ -1,4 +1,4 @@
-"""Server-side SVG charts for the web UI: runs per hour by state, and task runs as a Gantt chart.
+"""Server-side SVG charts for the web UI: runs per hour by state here, task runs as a Gantt chart in ``gantt``.
 
 Pure functions: the caller passes the data and the clock value; nothing here reads the database or the time.
 Each returns ``markupsafe.Markup`` that a Jinja2 template inserts as-is::
@@ -10,7 +10,8 @@ Colours live in the stylesheet, not here: every shape carries ``st-<state lowerc
 state this version does not know), so the charts and the badges cannot disagree.
 
 Escaping: every piece of text that reaches the markup (flow and task names, states, labels) goes through
-:func:`_text`, which also replaces characters XML forbids, so a hostile name is shown, never parsed.
+:func:`_text`, which also replaces characters XML forbids, so a hostile name is shown, never parsed. ``gantt``
+imports these private helpers (``_text``, ``_num``, ``_svg``, ...): one escaping and one number format for both.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from markupsafe import Markup, escape
 
 from baton.schemas.states import StateName
 
-__all__ = ["STATE_CLASS", "HourBucket", "TaskBar", "gantt", "runs_by_state", "state_class"]
+__all__ = ["STATE_CLASS", "HourBucket", "duration", "runs_by_state", "state_class"]
 
 STATE_CLASS: dict[str, str] = {state.value: f"st-{state.value.lower()}" for state in StateName}
 UNKNOWN_CLASS = "st-unknown"
@@ -44,18 +45,12 @@ STACK_ORDER: tuple[str, ...] = (
 )
 
 HOURS = 24
-GANTT_MAX_ROWS = 500
-NAME_MAX_CHARS = 28
-MIN_BAR_WIDTH = 2.0
 _SVG_NS = "http://www.w3.org/2000/svg"
 # Characters XML 1.0 forbids (control characters, lone surrogates, U+FFFE/U+FFFF): one of them in a task name
 # would make the whole page's SVG unparseable.
 _XML_INVALID = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # Integer count steps for the y-axis; the sequence continues 1-2-5 times powers of ten.
 _COUNT_STEPS = (1, 2, 5)
-# Time-axis steps in seconds: sub-second for quick tasks, then clock-like steps people read at a glance.
-_TIME_STEPS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
-_TIME_STEPS += (10800, 21600, 43200, 86400, 172800, 432000, 864000)
 
 
 @dataclass(frozen=True)
@@ -64,17 +59,6 @@ class HourBucket:
 
     start: datetime
     counts: Mapping[str, int]
-
-
-@dataclass(frozen=True)
-class TaskBar:
-    """One task run. ``end`` None means still running (drawn to ``now``); ``start`` None means not started."""
-
-    name: str
-    state: str
-    start: datetime | None
-    end: datetime | None
-    attempt: int
 
 
 def state_class(state: str) -> str:
@@ -251,31 +235,7 @@ def _hour_bar(plot: _Plot, index: int, hour: datetime, slot: Mapping[str, int], 
     return parts
 
 
-# --- task runs as a Gantt chart ---------------------------------------------------------------------------------
-
-
-def _time_step(span: float) -> float:
-    """The smallest round step that divides ``span`` seconds into at most 6 intervals."""
-    for step in _TIME_STEPS:
-        if span / step <= 6:
-            return step
-    return float(math.ceil(span / 6 / 864000) * 864000)
-
-
-def _offset_label(seconds: float) -> str:
-    """A tick label relative to the first start: ``0s``, ``0.5s``, ``30s``, ``1m30s``, ``2h15m``, ``1d6h``."""
-    whole = round(seconds)
-    if abs(seconds - whole) > 1e-6:  # only sub-second steps make fractions, and they stop below 3 s
-        return f"{seconds:.1f}s"
-    if whole == 0:
-        return "0s"
-    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-    text = ""
-    for suffix, size in units:
-        amount, whole = divmod(whole, size)
-        if amount:
-            text += f"{amount}{suffix}"
-    return text
+# --- shared with the Gantt chart (gantt.py) and the pages' tables ---------------------------------------------
 
 
 def duration(seconds: float) -> str:
@@ -287,117 +247,3 @@ def duration(seconds: float) -> str:
         return f"{minutes}m {secs}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes}m"
-
-
-def _truncate(name: str) -> str:
-    return name if len(name) <= NAME_MAX_CHARS else name[: NAME_MAX_CHARS - 1] + "…"
-
-
-@dataclass(frozen=True)
-class _Span:
-    start: datetime
-    end: datetime
-    running: bool
-
-
-def _span(bar: TaskBar, now: datetime) -> _Span | None:
-    if bar.start is None:
-        return None
-    start = _utc(bar.start)
-    if bar.end is None:
-        return _Span(start, max(start, now), running=True)
-    # A clock step between hosts can put the end before the start: show a zero-length run, not a negative one.
-    return _Span(start, max(start, _utc(bar.end)), running=False)
-
-
-def _gantt_summary(rows: Sequence[TaskBar], spans: Sequence[_Span | None], hidden: int) -> str:
-    running = sum(1 for span in spans if span is not None and span.running)
-    waiting = sum(1 for span in spans if span is None)
-    text = f"Task runs: {len(rows) + hidden} tasks, {running} running, {waiting} not started"
-    return text + (f", {hidden} not shown" if hidden else "")
-
-
-def gantt(bars: Sequence[TaskBar], *, now: datetime, width: int = 720, row_height: int = 22) -> Markup:
-    """Task runs as horizontal bars on a time axis relative to the first start, one row per task run.
-
-    Args:
-        bars: Task runs in display order; the first 500 are drawn and the rest counted in a final row.
-        now: The current time; a run without an end is drawn up to it.
-        width: SVG width in pixels.
-        row_height: Height of one row in pixels.
-
-    Returns:
-        SVG markup: per row a ``<g class="row">`` with a ``<text class="task-name">`` and either a
-        ``<rect class="bar st-...">`` or a ``<text class="not-started">``.
-
-    Raises:
-        ValueError: If the size leaves no room to draw.
-    """
-    if width < 240 or row_height < 10:
-        raise ValueError(f"chart width {width} or row height {row_height} is too small (at least 240 and 10)")
-    now = _utc(now)
-    if not bars:
-        parts = [_message(width / 2, 24, "No task runs yet")]
-        return _svg(width, 40, "chart-gantt", "Task runs: none yet", parts)
-    rows, hidden = bars[:GANTT_MAX_ROWS], max(0, len(bars) - GANTT_MAX_ROWS)
-    spans = [_span(bar, now) for bar in rows]
-    label_w = min(200.0, width * 0.35)
-    axis_h, right = 20.0, 12.0
-    plot_w = width - label_w - right
-    height = axis_h + row_height * (len(rows) + (1 if hidden else 0)) + 4
-    started = [span for span in spans if span is not None]
-    origin = min((span.start for span in started), default=now)
-    span_s = max((span.end - origin).total_seconds() for span in started) if started else 0.0
-    # All runs instant (or none started): a plain 0s-1s axis rather than tenths of nothing.
-    step = _time_step(span_s) if span_s else 1.0
-    axis_end = step * max(1, math.ceil(span_s / step - 1e-9))
-    scale = plot_w / axis_end
-    parts = [] if not started else _time_axis(label_w, scale, step, axis_end, height, axis_h)
-    if any(span.running for span in started) and now >= origin:
-        x = label_w + (now - origin).total_seconds() * scale
-        parts.append(_line("now", x, axis_h, x, height))
-    for index, (bar, span) in enumerate(zip(rows, spans, strict=True)):
-        y = axis_h + row_height * index
-        parts.append(_gantt_row(bar, span, y, row_height, label_w, origin, scale))
-    if hidden:
-        y = axis_h + row_height * len(rows) + row_height * 0.7
-        parts.append(f'<text class="more" x="4" y="{_num(y)}">and {hidden} more</text>')
-    return _svg(width, height, "chart-gantt", _gantt_summary(rows, spans, hidden), parts)
-
-
-def _time_axis(left: float, scale: float, step: float, axis_end: float, height: float, axis_h: float) -> list[str]:
-    parts = []
-    for index in range(round(axis_end / step) + 1):
-        seconds = index * step
-        x = left + seconds * scale
-        anchor = "start" if index == 0 else "middle"
-        parts.append(_line("grid", x, axis_h, x, height))
-        parts.append(
-            f'<text class="tick t-tick" x="{_num(x)}" y="{_num(axis_h - 6)}" text-anchor="{anchor}" '
-            f'data-seconds="{_num(seconds)}">{_offset_label(seconds)}</text>'
-        )
-    return parts
-
-
-def _gantt_row(
-    bar: TaskBar, span: _Span | None, y: float, row_h: float, label_w: float, origin: datetime, scale: float
-) -> str:
-    # Children are placed relative to the row (one translate per row): fewer numbers to format for 500 rows.
-    head = f'<g class="row" transform="translate(0,{_num(y)})">'
-    text_y = _num(row_h * 0.7)
-    full_name = _text(bar.name)
-    name = f'<text class="task-name" x="4" y="{text_y}">{_text(_truncate(bar.name))}<title>{full_name}</title></text>'
-    if span is None:
-        note = f'<text class="not-started" x="{_num(label_w + 4)}" y="{text_y}">not started</text>'
-        return f"{head}{name}{note}</g>"
-    x = label_w + (span.start - origin).total_seconds() * scale
-    seconds = (span.end - span.start).total_seconds()
-    bar_w = max(MIN_BAR_WIDTH, seconds * scale)
-    so_far = " so far" if span.running else ""
-    title = f"{full_name} — {_text(bar.state)}, {duration(seconds)}{so_far}, attempt {int(bar.attempt)}"
-    css = f"bar {state_class(bar.state)}" + (" running" if span.running else "")
-    rect = (
-        f'<rect class="{css}" x="{_num(x)}" y="{_num(row_h * 0.15)}" width="{_num(bar_w)}" '
-        f'height="{_num(row_h * 0.7)}" data-start="{span.start.isoformat()}"><title>{title}</title></rect>'
-    )
-    return f"{head}{name}{rect}</g>"

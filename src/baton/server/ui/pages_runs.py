@@ -27,7 +27,7 @@ from baton.server.database.orm import utcnow
 from baton.server.models import agents, flow_runs, logs, pages, reruns, state_changes
 from baton.server.models.reruns import RETRIABLE_STATES
 from baton.server.models.tenants import hash_secret
-from baton.server.ui import charts
+from baton.server.ui import gantt
 from baton.server.ui.routing import UiRoute
 from baton.server.ui.web import (
     CheckedForm,
@@ -125,9 +125,9 @@ def _run_context(session: Session, viewer: Viewer, request: Request, run_id: str
     principal = viewer.principal
     row = flow_runs.get_flow_run(session, principal.tenant_id, run_id)
     run = shaping.flow_run(session, principal, row)
-    task_rows = pages.task_runs_page(session, principal.tenant_id, run_id, None, byte_budget(request)).rows
-    tasks = shaping.task_runs(task_rows)
-    bars = [charts.TaskBar(t.task_name, t.state, t.start_time, t.end_time, t.attempt) for t in tasks]
+    task_page = pages.task_runs_page(session, principal.tenant_id, run_id, None, byte_budget(request))
+    tasks = shaping.task_runs(task_page.rows)
+    bars = [gantt.TaskBar(t.task_name, t.state, t.start_time, t.end_time, t.attempt) for t in tasks]
     server = request.app.state.settings.server
     explanation = None
     if run.state not in FINAL_STATES and run.state != StateName.RUNNING and viewer.can(Action.FLOW_RUN_EXPLAIN):
@@ -137,7 +137,8 @@ def _run_context(session: Session, viewer: Viewer, request: Request, run_id: str
     return {
         "run": run,
         "tasks": tasks,
-        "gantt": charts.gantt(bars, now=utcnow()),
+        # One page of task runs (1,000 at most): a map of 1,000 and a task or two more is cut, and the chart says so.
+        "gantt": gantt.gantt(bars, now=utcnow(), incomplete=task_page.next_cursor is not None),
         "explanation": explanation,
         "final": run.state in FINAL_STATES,
         "can_cancel": viewer.can(Action.FLOW_RUN_CANCEL) and run.state not in FINAL_STATES,
