@@ -99,3 +99,7 @@ class ImageBuildError(BatonError):
 
 class DeploymentError(BatonError):
     """An agent could not deploy a flow run; the message becomes the run's Failed message."""
+
+
+class ExecutorError(BatonError):
+    """A flow run's executor cannot start: a dask scheduler address that is malformed or where nothing answers."""

@@ -1,6 +1,7 @@
 """Submitted tasks on dask.distributed (issue 14): a temporary LocalCluster of worker processes for the run, and a
 "remote" cluster (a scheduler and workers started as processes of their own on 127.0.0.1) the flow connects to by
-address. Parallelism is shown without a clock: each task waits until all of them have started."""
+address. Parallelism is shown without a clock: each task waits until all of them have started. A task past its
+timeout on the cluster fails with the timeout's message and the flow goes on."""
 
 from __future__ import annotations
 
@@ -182,6 +183,53 @@ def test_a_remote_cluster_runs_the_tasks_by_address_and_its_workers_logs_arrive(
     folder.mkdir()
 
     _check_run(launcher, "on_remote_dask", folder, 4)
+
+
+OVERSLEPT = """
+import time
+
+from baton import DaskExecutor, flow, task
+
+
+@task(timeout_seconds=1)
+def overslept(seconds):
+    time.sleep(seconds)  # a worker thread cannot be stopped: it sleeps on, its result dropped
+    return "woke"
+
+
+@task
+def next_one(value):
+    return value + 1
+
+
+@flow(executor=EXECUTOR)
+def {name}(seconds: float = 3.0) -> int:
+    try:
+        overslept.submit(seconds).result()
+    except TimeoutError:
+        pass  # read: the flow goes on without it
+    return next_one.submit(41).result()
+"""
+
+
+def test_a_task_past_its_timeout_on_the_cluster_fails_and_the_flow_goes_on(
+    launcher: Launcher, dask_cluster: str
+) -> None:
+    # Before the cancellation test, whose tasks keep two of the cluster's four threads busy: this one needs two.
+    _flow(launcher, "overslept_dask", OVERSLEPT, f"DaskExecutor({dask_cluster!r})")
+    engine = launcher.start(launcher.claim("overslept_dask"))
+
+    assert engine.wait(timeout=120) == 0, engine.stderr
+
+    assert engine.run().state == "Success"
+    by_name = {t.task_name: t for t in engine.task_runs()}
+    overslept = by_name["overslept"]
+    assert (overslept.state, overslept.attempt, overslept.message) == (
+        "Failed",
+        1,
+        "TimeoutError: task 'overslept' did not finish within 1s: its dask task was cancelled",
+    )
+    assert by_name["next_one"].state == "Success"
 
 
 def test_cancelling_a_run_cancels_its_tasks_on_the_cluster(

@@ -117,8 +117,13 @@ class Storage(StrictModel):
 
 # A run's executor for the tasks its flow submits (issue 14): "sequential", "thread[:N]", "process[:N]", "dask[:N]"
 # (a temporary cluster of N workers) or "dask:tcp://host:port" (an existing cluster). Parsed by
-# ``baton.sdk.executors.from_spec``; it overrides the flow's ``@flow(executor=...)`` for the run.
-EXECUTOR_SPEC = r"^(sequential|(thread|process|dask)(:[1-9][0-9]{0,3})?|dask:(tcp|tls)://[A-Za-z0-9.\-\[\]:]{1,200})$"
+# ``baton.sdk.executors.from_spec``; it overrides the flow's ``@flow(executor=...)`` for the run. The address is a
+# host name (labels of letters, digits, '_' and '-'), an IPv4 address or a bracketed IPv6 one, and a port, as dask's
+# client needs: "dask:tcp://[" or a missing port is a 422 here, not a run that fails when its flow starts.
+_DASK_HOST = r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9_][A-Za-z0-9_\-]{0,62}(\.[A-Za-z0-9_][A-Za-z0-9_\-]{0,62}){0,20})"
+EXECUTOR_SPEC = (
+    rf"^(sequential|(thread|process|dask)(:[1-9][0-9]{{0,3}})?|dask:(tcp|tls)://{_DASK_HOST}:[1-9][0-9]{{0,4}})$"
+)
 
 
 class RunConfig(StrictModel):

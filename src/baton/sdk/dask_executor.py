@@ -3,12 +3,15 @@
 Each attempt of a submitted task is a dask task; the flow's process keeps the task's loop (states, retries,
 delays), so the run token never leaves it: workers only run the task's function. A result stays on the workers: the
 task's future holds a handle to it, a task that depends on it gets it there (dask passes it from worker to worker),
-and it travels to the flow's process only when the flow asks for it (``future.result()``). What the function logs
-and prints on a worker comes back with the attempt's outcome and is replayed as the task run's lines.
+and it travels to the flow's process only when the flow asks for it (``future.result()``). A result dask cannot
+serialise, or an error that cannot be rebuilt, fails the attempt on the worker (``TaskTransferError``): left there,
+it would make the tasks that need it wait for ever. What the function logs and prints on a worker (its own thread's
+lines, bounded as a forked process's are) comes back with the attempt's outcome and is replayed as the task run's.
 
 With no address, the executor starts a cluster of its own for the run (``LocalCluster``, worker processes on
-127.0.0.1, no dashboard) and closes it after; with one (``tcp://host:8786``) it uses that cluster and leaves it up.
-The flow's own modules (its file, its folder's helpers) are pickled by value, so the workers need not have them.
+127.0.0.1, no dashboard) and closes it after; with one (``tcp://host:8786``) it uses that cluster and leaves it up,
+and an address where nothing answers fails the run's start at once (``ExecutorError``). The flow's own modules (its
+file, its folder's helpers) are pickled by value, so the workers need not have them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import concurrent.futures
 import contextlib
 import io
 import logging
+import pickle
 import sys
 import sysconfig
 import threading
@@ -25,8 +29,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from baton.exceptions import ExecutorError
 from baton.sdk.executors import ThreadExecutor
-from baton.sdk.futures import RemoteValue
+from baton.sdk.futures import RemoteValue, describe
+from baton.sdk.processes import BoundedText, RecordCapture, TaskTransferError, outcome_error
 
 # Orchestration threads per worker thread of the cluster: each waits on one attempt at a time.
 _THREADS_PER_WORKER_THREAD = 2
@@ -37,48 +43,120 @@ _INSTALLED = [Path(path) for key in ("stdlib", "platstdlib", "purelib", "platlib
 def _on_worker(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[str, Any, Any]:
     """One attempt on a worker: (``"ok"``, result, lines) or (``"error"``, the error, lines); never raises, so the
     lines of a failed attempt come back too."""
-    records: list[tuple[int, str, str, float]] = []
     here = threading.get_ident()
 
-    class Capture(logging.Handler):
+    class Capture(RecordCapture):
         def emit(self, record: logging.LogRecord) -> None:
             if record.thread == here:  # a worker with several threads: only this attempt's records
-                records.append((record.levelno, record.name, record.getMessage(), record.created))
+                super().emit(record)
 
-    handler = Capture(logging.NOTSET)
+    handler = Capture()
+    handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    out = io.StringIO()
+    out, err = BoundedText(), BoundedText()
     try:
-        with _info_level(root), contextlib.redirect_stdout(out):
+        with _capturing(root, out, err):
             outcome: tuple[str, Any] = ("ok", fn(*args, **kwargs))
     except BaseException as exc:  # the attempt's outcome: the flow's process decides about retries
         outcome = ("error", exc)
     finally:
         root.removeHandler(handler)
-    return outcome[0], outcome[1], {"logs": records, "stdout": out.getvalue(), "stderr": ""}
+    kind, value = _sendable(outcome)
+    return kind, value, {"logs": handler.kept(), "stdout": out.getvalue(), "stderr": err.getvalue()}
 
 
-_LEVEL_LOCK = threading.Lock()
-_LEVEL_USERS = [0, logging.WARNING]  # attempts running on this worker, and the root level before the first
+def _sendable(outcome: tuple[str, Any]) -> tuple[str, Any]:
+    """``outcome``, or a :class:`TaskTransferError` when it cannot leave this worker. A result dask cannot serialise
+    would stay on the worker for ever: a task depending on it on another worker would wait for it (the transfer
+    fails and is tried again, never failing the task), and so would the flow. An error that cannot be rebuilt
+    from its pickle (an exception class with required ``__init__`` arguments) would reach the flow's process as
+    the unpickling's TypeError, its own text lost."""
+    from distributed.protocol import pickle as dask_pickle
+    from distributed.protocol import serialize
+
+    kind, value = outcome
+    try:
+        if kind == "ok":
+            serialize(value, on_error="raise")  # as dask will, to send it to another worker or to the flow
+        else:
+            dask_pickle.loads(dask_pickle.dumps(value))
+    except BaseException as problem:  # a user's __reduce__ may raise anything: told as the attempt's error
+        return "error", outcome_error(outcome, problem, "the dask worker")
+    return outcome
+
+
+class _PerThread(io.TextIOBase):
+    """A worker's ``sys.stdout`` or ``sys.stderr`` while attempts run on it: what a thread running an attempt
+    writes goes to that attempt's buffer, anything else to the worker's own stream. (Swapping ``sys.stdout`` per
+    attempt, as ``redirect_stdout`` does, mixes the prints of attempts on the worker's other threads and, when
+    they end out of order, leaves the worker printing into a finished attempt's buffer.)"""
+
+    def __init__(self, original: Any) -> None:
+        super().__init__()
+        self.original = original
+        self.buffers: dict[int, BoundedText] = {}
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it read-only
+        return str(getattr(self.original, "encoding", None) or "utf-8")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        buffer = self.buffers.get(threading.get_ident())
+        return buffer.write(text) if buffer is not None else int(self.original.write(text))
+
+    def flush(self) -> None:
+        if threading.get_ident() not in self.buffers:
+            self.original.flush()
+
+    def fileno(self) -> int:
+        return int(self.original.fileno())
+
+
+class _Shared:
+    """What the attempts running on this worker share: how many run, the root level and streams before the first."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.attempts = 0
+        self.level = logging.WARNING
+        self.streams: tuple[_PerThread, _PerThread] | None = None
+
+
+_SHARED = _Shared()
 
 
 @contextlib.contextmanager
-def _info_level(root: logging.Logger) -> Iterator[None]:
-    """The root logger at INFO (a worker's default is WARNING) while any attempt runs on this worker: attempts on
-    its other threads share the level, and the last one to end puts the worker's back."""
-    with _LEVEL_LOCK:
-        if _LEVEL_USERS[0] == 0:
-            _LEVEL_USERS[1] = root.level
+def _capturing(root: logging.Logger, out: BoundedText, err: BoundedText) -> Iterator[None]:
+    """While any attempt runs on this worker: the root logger at INFO (a worker's default is WARNING) and
+    ``sys.stdout``/``sys.stderr`` routed per thread; this thread's prints go to ``out`` and ``err``. The last
+    attempt to end puts the worker's level and streams back."""
+    here = threading.get_ident()
+    with _SHARED.lock:
+        if _SHARED.streams is None:
+            _SHARED.level = root.level
             root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
-        _LEVEL_USERS[0] += 1
+            _SHARED.streams = (_PerThread(sys.stdout), _PerThread(sys.stderr))
+            sys.stdout, sys.stderr = _SHARED.streams
+        _SHARED.attempts += 1
+        stdout, stderr = _SHARED.streams
+        stdout.buffers[here], stderr.buffers[here] = out, err
     try:
         yield
     finally:
-        with _LEVEL_LOCK:
-            _LEVEL_USERS[0] -= 1
-            if _LEVEL_USERS[0] == 0:
-                root.setLevel(_LEVEL_USERS[1])
+        with _SHARED.lock:
+            del stdout.buffers[here], stderr.buffers[here]
+            _SHARED.attempts -= 1
+            if _SHARED.attempts == 0:
+                root.setLevel(_SHARED.level)
+                if sys.stdout is stdout:  # unless something else replaced it since
+                    sys.stdout = stdout.original
+                if sys.stderr is stderr:
+                    sys.stderr = stderr.original
+                _SHARED.streams = None
 
 
 def _meta(packed: tuple[str, Any, Any]) -> tuple[str, Any, Any]:
@@ -135,16 +213,21 @@ class DaskExecutor:
         return DaskExecutor(self.address, self.cluster_kwargs or None)
 
     def start(self) -> None:
+        """Start the temporary cluster, or connect to the one at ``address``.
+
+        Raises:
+            ExecutorError: dask.distributed is not installed, or the address cannot be used (see ``_connect``).
+        """
         try:
             from distributed import Client, LocalCluster
         except ImportError as exc:
-            raise RuntimeError("DaskExecutor needs dask.distributed: pip install 'baton[dask]'") from exc
+            raise ExecutorError("DaskExecutor needs dask.distributed: pip install 'baton[dask]'") from exc
         if self.address is None:
             options = {"host": "127.0.0.1", "dashboard_address": None, "processes": True, **self.cluster_kwargs}
             self._cluster = LocalCluster(**options)
             self._client = Client(self._cluster)
         else:
-            self._client = Client(self.address, timeout=30)
+            self._client = _connect(self.address)
         threads = sum(self._client.nthreads().values()) or 1
         self._threads = ThreadExecutor(min(_MAX_THREADS, threads * _THREADS_PER_WORKER_THREAD))
         self._threads.start()
@@ -171,7 +254,12 @@ class DaskExecutor:
         if module is not None and _user_module(module):
             cloudpickle.register_pickle_by_value(module)  # the workers need not have the flow's code
         client = self._client
-        packed = client.submit(_on_worker, fn, _remote(args), _remote(kwargs), pure=False, key=_key(name))
+        try:
+            packed = client.submit(_on_worker, fn, _remote(args), _remote(kwargs), pure=False, key=_key(name))
+        except (TypeError, AttributeError, pickle.PicklingError) as exc:  # what dask raises for what cannot pickle
+            # Dask's error names its own graph's types; the argument to blame is found only now, on this rare path.
+            culprit = _unsendable(fn, args, kwargs) or describe(exc)
+            raise TaskTransferError(f"task {name!r} cannot be sent to the dask cluster: {culprit}") from None
         self._track(packed, True)
         try:
             try:
@@ -209,6 +297,31 @@ class DaskExecutor:
             self._cluster = None
 
 
+def _unsendable(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
+    """Which of a task's function and arguments cannot be pickled, and why; None when each can on its own."""
+    import cloudpickle
+
+    named = [("its function", fn)]
+    named += [(f"argument {index + 1}", value) for index, value in enumerate(args)]
+    named += [(f"argument {key!r}", value) for key, value in kwargs.items()]
+    for what, value in named:
+        if any(isinstance(item, RemoteValue) for item in _shallow(value)):
+            continue  # sent as a dask future, not pickled here
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:  # anything a __reduce__ raises: that is the answer
+            return f"{what} (a {type(value).__name__}): {describe(exc)}"
+    return None
+
+
+def _shallow(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return [value, *value]
+    if isinstance(value, dict):
+        return [value, *value.values()]
+    return [value]
+
+
 def _parts(call: Callable[[], Any]) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     import functools
 
@@ -221,3 +334,52 @@ def _key(name: str) -> str:
     import uuid
 
     return f"{name}-{uuid.uuid4().hex}"
+
+
+# How long a scheduler that accepts connections has to answer the client's handshake.
+CONNECT_TIMEOUT_SECONDS = 30
+# How long the first look at a scheduler's address waits for its TCP connection.
+PROBE_TIMEOUT_SECONDS = 5
+
+
+def _connect(address: str) -> Any:
+    """A client of the scheduler at ``address``.
+
+    Raises:
+        ExecutorError: the address is malformed, a ``tls://`` one has no TLS settings, or nothing answers there.
+            A refused connection or a host that does not resolve fails at once: dask's client would try again for
+            its whole timeout, and the run would wait that long to say so.
+    """
+    import socket
+
+    from distributed import Client
+    from distributed.comm import parse_address, parse_host_port
+    from distributed.security import Security
+
+    scheme, location = parse_address(address)
+    if scheme in {"tcp", "tls"}:
+        try:
+            host, port = parse_host_port(location)  # as dask's client: no default port
+        except ValueError as exc:
+            raise ExecutorError(f"the dask scheduler address {address!r} is not HOST:PORT: {exc}") from None
+        if not host or not 0 < port < 65536:
+            raise ExecutorError(f"the dask scheduler address {address!r} needs a host and a port from 1 to 65535")
+        if scheme == "tls" and Security().get_connection_args("client").get("ssl_context") is None:
+            raise ExecutorError(
+                f"the dask scheduler {address} is tls:// but the flow-run process has no dask TLS settings "
+                "(distributed.comm.tls.ca-file, .client.cert and .client.key in its dask config, e.g. the "
+                "DASK_DISTRIBUTED__COMM__TLS__CA_FILE environment variable): use tcp:// or configure them"
+            )
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_SECONDS).close()
+        except TimeoutError:
+            pass  # a slow network, perhaps: the client's own timeout decides
+        except UnicodeError:  # "..": the IDNA codec refuses empty labels
+            raise ExecutorError(f"the dask scheduler address {address!r} has no valid host name") from None
+        except OSError as exc:
+            reason = exc.strerror or describe(exc)
+            raise ExecutorError(f"cannot reach the dask scheduler at {address}: {reason}") from None
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT_SECONDS)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ExecutorError(f"cannot connect to the dask scheduler at {address}: {describe(exc)}") from None

@@ -11,7 +11,7 @@ retries) in ``baton.sdk.futures``, so that reporting, and the flow run's token, 
   left to finish (Python cannot stop a thread) while its task run is recorded Cancelled.
 * :class:`ProcessExecutor`: each attempt of a submitted task in a process forked from the flow's
   (``baton.sdk.processes``), at most ``max_workers`` at once; for CPU-bound tasks. Retries, states and logs are
-  kept by the flow's process; timeouts and cancellation kill the attempt's process.
+  kept by the flow's process; timeouts and cancellation kill the attempt's processes (what it started too).
 
 An executor with ``run_attempt`` runs each attempt of a submitted task there (the flow's process waits for it in one
 of its threads); one without runs the whole task in the thread ``submit`` gives it.

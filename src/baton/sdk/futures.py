@@ -277,7 +277,12 @@ def _copy_outcome(inner: concurrent.futures.Future[Any], outer: concurrent.futur
 
 
 def describe(error: BaseException | None) -> str:
-    text = str(error)
+    """``"<ExceptionType>: <message>"``, or the type alone when the message is empty. Never raises: an error whose
+    ``__str__`` raises (the task's own class) must still end its task run with a message, not leave it open."""
+    try:
+        text = str(error)
+    except Exception as problem:  # the user's __str__ may raise anything: described, never raised
+        text = f"<its message cannot be shown: str() raised {type(problem).__name__}>"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -296,9 +301,11 @@ def submitting_to(executor: Executor) -> Iterator[Submissions]:
     block raised (a failure, a cancellation), stop those not started."""
     submissions = Submissions(executor)
     token = _submissions.set(submissions)
-    executor.start()
     stopped = True
     try:
+        # Inside: an executor that fails half-way (a temporary dask cluster up, its client refused) is shut down,
+        # and the context no longer names submissions that nothing runs.
+        executor.start()
         yield submissions
         submissions.finish()
         stopped = False

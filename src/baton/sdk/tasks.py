@@ -25,7 +25,15 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from baton.schemas.states import TaskRunState
 from baton.sdk.context import FlowRunCancelled, current_reporter, inside_task_run
-from baton.sdk.futures import TaskFuture, UpstreamFailed, current_submissions, futures_in, resolved, unmapped
+from baton.sdk.futures import (
+    TaskFuture,
+    UpstreamFailed,
+    current_submissions,
+    describe,
+    futures_in,
+    resolved,
+    unmapped,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,9 +44,8 @@ _attempts_on: contextvars.ContextVar[Any] = contextvars.ContextVar("baton_attemp
 
 
 def describe_error(exc: BaseException) -> str:
-    """``"<ExceptionType>: <message>"``, or the type alone when the message is empty."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``"<ExceptionType>: <message>"``, or the type alone when the message is empty; never raises."""
+    return describe(exc)
 
 
 class Task(Generic[P, R]):
