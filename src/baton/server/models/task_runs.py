@@ -91,6 +91,13 @@ def set_task_run_state(
     return TaskRunRead.model_validate(dict(row))
 
 
+def count_task_runs(session: Session, tenant_id: str, flow_run_id: str) -> int:
+    """How many task runs ``flow_run_id`` of the tenant has: one count on the flow-run index, so that a page that
+    loaded one page of them (``pages.task_runs_page``) can say "the first N of M"."""
+    mine = (_TABLE.c.tenant_id == tenant_id, _TABLE.c.flow_run_id == flow_run_id)
+    return int(session.connection().execute(select(func.count()).select_from(_TABLE).where(*mine)).scalar() or 0)
+
+
 def to_read(task_run: TaskRun) -> TaskRunRead:
     return TaskRunRead(
         id=task_run.id,

@@ -21,16 +21,19 @@ from __future__ import annotations
 import heapq
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from markupsafe import Markup
 
 from baton.schemas.states import StateName
 from baton.server.ui.charts import _line, _message, _num, _stack, _svg, _text, _utc, duration, state_class
 
-__all__ = ["GANTT_MAX_ROWS", "MAX_LANES", "TaskBar", "gantt"]
+__all__ = ["GANTT_MAX_ROWS", "MAX_LANES", "Mapped", "TaskBar", "gantt", "group_mapped"]
+
+T = TypeVar("T")
 
 # The chart stops after this many rows' height (a band counts its height in rows) and counts the rest.
 GANTT_MAX_ROWS = 500
@@ -173,21 +176,49 @@ def _band_height(peak: int, row_h: float) -> float:
     return max(2.0 * row_h, math.ceil(lanes + row_h * 0.3))
 
 
+@dataclass(frozen=True)
+class Mapped(Generic[T]):
+    """The children of one mapped task, in the order given, each with its map index."""
+
+    task: str
+    children: list[tuple[int, T]]
+
+
+def group_mapped(items: Sequence[T], name_of: Callable[[T], str]) -> list[T | Mapped[T]]:
+    """``items`` in order, the children of each mapped task (two or more named ``task[i]``) replaced by one
+    :class:`Mapped` where its first child is. The chart's bands and the run page's table (``task_table``) group
+    by this one rule, so that both always agree on what a mapped task is.
+
+    Args:
+        items: Task runs (or anything named like one), in display order.
+        name_of: The task run's name, ``my_task`` or ``my_task[7]``.
+
+    Returns:
+        The plain items and one :class:`Mapped` per mapped task, in the order of their first appearance.
+    """
+    matches = [_MAPPED.fullmatch(name_of(item)) for item in items]
+    groups: dict[str, list[tuple[int, T]]] = {}
+    for item, found in zip(items, matches, strict=True):
+        if found:
+            groups.setdefault(found["task"], []).append((int(found["index"]), item))
+    grouped: list[T | Mapped[T]] = []
+    for item, found in zip(items, matches, strict=True):
+        family = groups.pop(found["task"], []) if found else []
+        if found is None or len(family) == 1:  # a map over one item reads best as the plain row it looks like
+            grouped.append(item)
+        elif family:  # the first child: the group takes its place (pop: its later children add nothing)
+            grouped.append(Mapped(found["task"], family))
+    return grouped
+
+
 def _rows(bars: Sequence[TaskBar], now: datetime, row_h: float) -> list[_Row]:
     """Display rows in the order of ``bars``: a band where a mapped task's first child is, a row for the rest."""
-    groups: dict[str, list[tuple[int, TaskBar]]] = {}
-    for bar in bars:
-        found = _MAPPED.fullmatch(bar.name)
-        if found:
-            groups.setdefault(found["task"], []).append((int(found["index"]), bar))
     rows: list[_Row] = []
-    for bar in bars:
-        found = _MAPPED.fullmatch(bar.name)
-        family = groups[found["task"]] if found else []
-        if len(family) < 2:  # a map over one item reads best as the plain row it looks like
-            rows.append(_Plain(bar, _span(bar, now), row_h))
-        elif found and family[0][1] is bar:
-            rows.append(_band_of(found["task"], family, now, row_h))
+    for item in group_mapped(bars, lambda bar: bar.name):
+        if isinstance(item, Mapped):
+            rows.append(_band_of(item.task, item.children, now, row_h))
+        else:
+            rows.append(_Plain(item, _span(item, now), row_h))
     return rows
 
 

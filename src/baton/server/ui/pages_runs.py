@@ -1,4 +1,4 @@
-"""Runs: the list (filtered, paged, refreshed live by htmx), a run's page, Cancel and Retry.
+"""Runs: the list (filtered, paged, refreshed live by htmx), a run's page and its task runs, Cancel and Retry.
 
 Every read and write goes through the REST API's model functions and ``shaping`` with the session's principal,
 and every action is checked with ``access.allows`` first: a page can do nothing its key could not do over REST.
@@ -24,10 +24,10 @@ from baton.server import shaping
 from baton.server.access import Action
 from baton.server.database.connection import transaction
 from baton.server.database.orm import utcnow
-from baton.server.models import agents, flow_runs, logs, pages, reruns, state_changes
+from baton.server.models import agents, cursors, flow_runs, logs, pages, reruns, state_changes, task_runs
 from baton.server.models.reruns import RETRIABLE_STATES
 from baton.server.models.tenants import hash_secret
-from baton.server.ui import gantt
+from baton.server.ui import gantt, task_table
 from baton.server.ui.routing import UiRoute
 from baton.server.ui.web import (
     CheckedForm,
@@ -127,6 +127,9 @@ def _run_context(session: Session, viewer: Viewer, request: Request, run_id: str
     run = shaping.flow_run(session, principal, row)
     task_page = pages.task_runs_page(session, principal.tenant_id, run_id, None, byte_budget(request))
     tasks = shaping.task_runs(task_page.rows)
+    # One page of task runs (1,000 at most): the table says how many it leaves out, counted only when it does.
+    cut = task_page.next_cursor is not None
+    total = task_runs.count_task_runs(session, principal.tenant_id, run_id) if cut else len(tasks)
     bars = [gantt.TaskBar(t.task_name, t.state, t.start_time, t.end_time, t.attempt) for t in tasks]
     server = request.app.state.settings.server
     explanation = None
@@ -137,8 +140,10 @@ def _run_context(session: Session, viewer: Viewer, request: Request, run_id: str
     return {
         "run": run,
         "tasks": tasks,
-        # One page of task runs (1,000 at most): a map of 1,000 and a task or two more is cut, and the chart says so.
-        "gantt": gantt.gantt(bars, now=utcnow(), incomplete=task_page.next_cursor is not None),
+        "table": task_table.build(tasks, total),
+        "tasks_next": page_url(f"/runs/{run_id}/tasks", cursor=task_page.next_cursor) if cut else None,
+        # A map of 1,000 and a task or two more is cut, and the chart says so.
+        "gantt": gantt.gantt(bars, now=utcnow(), incomplete=cut),
         "explanation": explanation,
         "final": run.state in FINAL_STATES,
         "can_cancel": viewer.can(Action.FLOW_RUN_CANCEL) and run.state not in FINAL_STATES,
@@ -166,6 +171,31 @@ def run_page(request: Request, run_id: str, viewer: ViewerDep) -> Response:
         logs_after=after,
         logs_complete=context["final"] and not more,
         **context,
+    )
+
+
+@router.get("/runs/{run_id}/tasks", include_in_schema=False)
+def run_task_runs(request: Request, run_id: str, viewer: ViewerDep) -> Response:
+    """Every task run of a run, oldest first, a page at a time (as REST's ``GET .../task_runs``): where the run
+    page's table sends for what it leaves out. Not grouped, not live: the list to read to the end."""
+    require(viewer, Action.FLOW_RUN_READ)
+    require(viewer, Action.TASK_RUN_LIST)
+    cursor = request.query_params.get("cursor") or None
+    first = cursors.offset(cursor) if cursor else 0  # a junk cursor is refused here, as REST refuses it
+    tenant_id = viewer.principal.tenant_id
+    with transaction(reader_of(request)) as session:
+        run = shaping.flow_run(session, viewer.principal, flow_runs.get_flow_run(session, tenant_id, run_id))
+        page = pages.task_runs_page(session, tenant_id, run_id, cursor, byte_budget(request))
+        total = task_runs.count_task_runs(session, tenant_id, run_id)
+    return render(
+        request,
+        "run_tasks.html",
+        viewer,
+        run=run,
+        tasks=shaping.task_runs(page.rows),
+        first=first,
+        total=total,
+        next_url=page_url(f"/runs/{run_id}/tasks", cursor=page.next_cursor) if page.next_cursor else None,
     )
 
 
