@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-peers bench-scale chaos screenshots clean
+.PHONY: install demo test lint typecheck unit bench bench-peers bench-tasks bench-scale chaos screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ $(PEERS_STAMP): bench/peers/requirements.txt
 
 bench-peers: install $(PEERS_STAMP)
 	$(BIN)/python bench/peers.py --prefect-python $(PEERS_VENV)/bin/python $(BENCH_PEERS_ARGS)
+
+# Issue 14: 1,000 tiny mapped tasks on each executor, beside Prefect 3's task runners from the same environment.
+bench-tasks: install $(PEERS_STAMP)
+	$(BIN)/python bench/tasks.py $(BENCH_TASKS_ARGS)
 
 # Does history slow the API? Latencies of create, claim, logs, get and lists on an empty database, then with
 # 1,000,000 finished runs and 10,000,000 log lines seeded, on SQLite and PostgreSQL (bench/scale.py; ~45 min at full
