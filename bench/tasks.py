@@ -19,6 +19,7 @@ across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -88,7 +89,11 @@ def _prefect(n: int, runners: str, timeout: float) -> dict[str, float | None]:
         )
         try:
             env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-            wait_for(lambda: _healthy(env["PREFECT_API_URL"]), timeout=180, what="Prefect's server")
+            url = env["PREFECT_API_URL"]
+            wait_for(lambda: server.poll() is not None or _healthy(url), timeout=180, what="Prefect's server")
+            if server.poll() is not None:
+                print(f"  Prefect's server exited at start-up with code {server.returncode}")
+                return {}
             done = subprocess.run(
                 [str(PEERS_PYTHON), str(Path(__file__).parent / "peers" / "tasks_prefect.py"), str(n), runners],
                 env=env,
@@ -98,12 +103,7 @@ def _prefect(n: int, runners: str, timeout: float) -> dict[str, float | None]:
                 check=False,
             )
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            _stop(server)
     if done.returncode != 0:
         print(f"  Prefect 3 failed: {done.stderr[-2000:]}")
         return {}
@@ -112,6 +112,18 @@ def _prefect(n: int, runners: str, timeout: float) -> dict[str, float | None]:
             print(f"  {line}")
     figures: dict[str, float | None] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """Prefect's server and what it started (its own session), politely then by force; gone already is fine."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
+        try:
+            server.wait(30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _healthy(api_url: str) -> bool:

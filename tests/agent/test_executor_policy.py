@@ -51,6 +51,28 @@ def test_allowed_patterns_replace_the_default_and_local_names_it_again() -> None
     assert both.refusal("dask:tcp://10.0.1.7:8786") is not None
 
 
+def test_a_star_spans_one_part_of_the_address_and_brackets_are_literal() -> None:
+    policy = ExecutorPolicy.parse(["local", "dask:tcp://10.0.0.*:8786", "dask:tcp://[::1]:*"], None)
+
+    assert policy.refusal("dask:tcp://10.0.0.7:8786") is None
+    assert policy.refusal("dask:tcp://10.0.0.evil.example.com:8786") is not None
+    assert policy.refusal("dask:tcp://10.0.0.7:9999") is not None
+    assert policy.refusal("dask:tcp://[::1]:8786") is None
+    assert policy.refusal("dask:tcp://1:8786") is not None  # fnmatch would read [::1] as a set of characters
+    assert ExecutorPolicy.parse(["dask:*"], None).refusal("dask:tcp://127.0.0.1:8786") is not None
+    assert ExecutorPolicy.parse(["dask:*"], None).refusal("dask:4") is None
+
+
+def test_the_suggested_flag_allows_exactly_the_refused_address() -> None:
+    spec = "dask:tcp://[::1]:8786"
+    refusal = ExecutorPolicy().refusal(spec)
+    assert refusal is not None
+    suggested = refusal.split("--allow-executor ", 1)[1].split(" to allow it")[0].strip("'")
+
+    assert ExecutorPolicy.parse([suggested], None).refusal(spec) is None
+    assert ExecutorPolicy.parse([suggested], None).refusal("dask:tcp://[::2]:8786") is not None
+
+
 def test_patterns_and_hosts_ignore_case() -> None:
     policy = ExecutorPolicy.parse(["dask:tcp://Scheduler.Internal:8786"], None)
 

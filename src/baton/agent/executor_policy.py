@@ -23,21 +23,21 @@ Usage::
 
 from __future__ import annotations
 
-import fnmatch
-import os
+import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from baton.agent.capacity import usable_cpus
 from baton.exceptions import ConfigurationError
 from baton.schemas.core import EXECUTOR_SPEC
 
 # What "local" names, and the default when no --allow-executor is given: every executor that stays in the run's
 # own process or host, sized by the run config within --max-executor-processes; no cluster by address.
 LOCAL = "local"
-LOCAL_PATTERNS = ("sequential", "thread", "thread:*", "process", "process:*", "dask", "dask:[0-9]*")
-# Processes a run may start per CPU of the agent's host when the operator sets no maximum: as --limit's default
-# (agent/capacity.py), four per CPU.
+LOCAL_PATTERNS = ("sequential", "thread", "thread:*", "process", "process:*", "dask", "dask:*")  # * spans no ":"
+# Processes a run may start per usable CPU of the agent's host when the operator sets no maximum: as --limit's
+# default (agent/capacity.py), four per CPU.
 PROCESSES_PER_CPU = 4
 MAX_PATTERN_CHARS = 256
 _PROCESS_KINDS = frozenset({"process", "dask"})
@@ -49,16 +49,17 @@ class ExecutorPolicy:
     """The executors run configs may ask for.
 
     Args:
-        patterns: fnmatch patterns over the spec as written (``dask:tcp://10.0.0.*:8786``), ``local`` standing for
-            :data:`LOCAL_PATTERNS`; empty: :data:`LOCAL_PATTERNS`. ``sequential`` is always allowed.
-        max_processes: the most processes ``process[:N]`` and ``dask[:N]`` may ask for; None: four per CPU of this
-            host; 0: no limit. A spec without N counts as this host's CPUs (what the executor then starts).
-        cpus: this host's CPUs (injected by tests).
+        patterns: patterns over the spec as written (``dask:tcp://10.0.0.*:8786``), ``local`` standing for
+            :data:`LOCAL_PATTERNS`; empty: :data:`LOCAL_PATTERNS`. ``sequential`` is always allowed. See
+            :func:`matches` for what ``*`` stands for.
+        max_processes: the most processes ``process[:N]`` and ``dask[:N]`` may ask for; None: four per usable CPU
+            of this host (as ``--limit``); 0: no limit. A spec without N counts as the CPUs (what it then starts).
+        cpus: this host's usable CPUs (injected by tests).
     """
 
     patterns: tuple[str, ...] = LOCAL_PATTERNS
     max_processes: int | None = None
-    cpus: int = os.cpu_count() or 1
+    cpus: int = field(default_factory=usable_cpus)
 
     @classmethod
     def parse(cls, patterns: Sequence[str] | None, max_processes: int | None = None) -> ExecutorPolicy:
@@ -96,7 +97,7 @@ class ExecutorPolicy:
         if re.fullmatch(EXECUTOR_SPEC, spec) is None:  # the API checked it; a claim from an older server may not
             return f"the run config's executor {spec[:80]!r} is not an executor spec"
         written = spec.lower()  # host names ignore case
-        if not any(fnmatch.fnmatchcase(written, pattern) for pattern in self.patterns):
+        if not any(matches(written, pattern) for pattern in self.patterns):
             why = (
                 ": it would send the flow's code and arguments to that scheduler and take results from it"
                 if written.startswith(("dask:tcp:", "dask:tls:"))
@@ -119,6 +120,20 @@ class ExecutorPolicy:
             f"the run config's executor {spec!r} would start {asked} processes; this agent allows at most {limit} "
             "(start it with a higher --max-executor-processes, or 0 for no limit)"
         )
+
+
+def matches(spec: str, pattern: str) -> bool:
+    """Whether ``spec`` matches ``pattern``, both lower case. ``*`` stands for any run of characters within one part
+    of the spec: not ``.``, ``:``, ``/``, ``[`` or ``]``. Every other character, ``?`` and ``[`` included, stands for
+    itself. So ``dask:tcp://10.0.0.*:8786`` allows ``10.0.0.7`` and not ``10.0.0.evil.example.com``, ``dask:*``
+    allows ``dask:4`` and no address, and ``dask:tcp://[::1]:8786`` is the address it reads as (fnmatch would take
+    its brackets for a set of characters)."""
+    return _compiled(pattern).fullmatch(spec) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile("[^.:/\\[\\]]*".join(re.escape(part) for part in pattern.split("*")))
 
 
 def _quoted(text: str) -> str:

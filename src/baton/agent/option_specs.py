@@ -187,8 +187,9 @@ COMMON_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "allow_executor",
         ("--allow-executor",),
-        "An executor run configs may ask for (repeatable; fnmatch over the spec, e.g. dask:tcp://10.0.0.5:8786, "
-        "thread:*); local: sequential, thread[:N], process[:N] and dask[:N]. Default: local (no dask address).",
+        "An executor run configs may ask for (repeatable; a pattern over the spec whose * spans no . : / [ ], e.g. "
+        "dask:tcp://10.0.0.*:8786); local: sequential, thread[:N], process[:N] and dask[:N]. Default: local (no dask "
+        "address).",
         kind=Kind.MULTIPLE,
         metavar="PATTERN",
         setting="agent.allow_executor",

@@ -72,6 +72,21 @@ def test_a_run_whose_stored_parameters_cannot_be_served_is_not_copied(
         user.retry_flow_run(old_id)
 
 
+def test_retry_keeps_the_runs_own_executor(tenant: TenantContext, user: Client, runner: Client) -> None:
+    tenant.register_flow("hello")
+    label = unique("only")
+    run = user.create_flow_run(flow_name="hello", labels=[label], executor="thread:3")
+    agent = runner.register_agent(unique("agent"), "local", [label])
+    TenantContext.claim_one(runner, agent.id, run.id)
+    runner.set_flow_run_state(run.id, "Failed", "boom")
+
+    new = user.retry_flow_run(run.id)
+
+    assert tenant.run(new.id).run_config.executor == "thread:3"
+    plain = user.retry_flow_run(failed_run(tenant, user, runner))
+    assert tenant.run(plain.id).run_config.executor is None
+
+
 def test_retry_with_an_idempotency_key_makes_one_run(tenant: TenantContext, user: Client, runner: Client) -> None:
     old_id = failed_run(tenant, user, runner)
     key = unique("key")

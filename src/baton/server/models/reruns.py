@@ -1,6 +1,6 @@
 """``runs retry``: run a Failed or Cancelled run again, as a new run that links to it (issue 9, run policies).
 
-The new run has the old one's flow version, parameters and labels, is due now, and names the old one in
+The new run has the old one's flow version, parameters, labels and executor, is due now, and names the old one in
 ``retried_from``. Flow-level retries (``models/retries.py``) are attempts of one run; this is a new run.
 """
 
@@ -36,8 +36,14 @@ def rerun(session: Session, tenant_id: str, flow_run_id: str, idempotency_key: s
     if problems:  # a row written by hand or before input checks: never copied into a new run
         fields = ", ".join(sorted(problems))
         raise Conflict(f"flow run {source.id} cannot be retried: its stored {fields} cannot be served")
+    # The run's own executor (``baton run --executor``) is part of what ran: the retry keeps it, not the flow's.
+    executor = (source.run_config or {}).get("executor")
     try:
-        payload = FlowRunCreate(flow_id=source.flow_id, parameters=source.parameters, labels=source.labels)
+        payload = FlowRunCreate(
+            flow_id=source.flow_id, parameters=source.parameters, labels=source.labels, executor=executor
+        )
     except ValidationError as exc:
-        raise Conflict(f"flow run {source.id} cannot be retried: its stored parameters or labels are invalid") from exc
+        raise Conflict(
+            f"flow run {source.id} cannot be retried: its stored parameters, labels or executor are invalid"
+        ) from exc
     return create_flow_run_once(session, tenant_id, payload, idempotency_key, retried_from=source.id)
