@@ -55,6 +55,8 @@ def mapped(n: int) -> int:
 def _timed(n: int, spec: str, reporter: ApiTaskRunReporter | None = None) -> float:
     started = time.perf_counter()
     total = mapped.run({"n": n}, reporter, spec)
+    if reporter is not None:
+        reporter.flush()  # every state recorded, as the engine waits before the run's final state
     assert total == n * (n + 1) // 2, total
     return time.perf_counter() - started
 

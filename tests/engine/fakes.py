@@ -20,6 +20,7 @@ from baton.schemas.responses import (
     StateChanged,
     StateRead,
     TaskRunRead,
+    TaskRunStatesSet,
 )
 from baton.schemas.states import check_transition
 
@@ -169,6 +170,14 @@ class FakeApi:
         self.task_runs[task_run_id]["states"].append(str(state))
         self.task_runs[task_run_id]["attempt"] = attempt or 1
         return self._task_run("run-1", task_run_id)
+
+    def set_task_run_states(self, flow_run_id: str, states: list[dict[str, Any]]) -> TaskRunStatesSet:
+        self._enter("set_task_run_states")
+        for item in states:
+            record = self.task_runs[item["task_run_id"]]
+            record["states"].append(str(item["state"]))
+            record["attempt"] = item.get("attempt") or 1
+        return TaskRunStatesSet(applied=len(states))
 
     def list_task_runs(self, flow_run_id: str) -> list[TaskRunRead]:
         self._enter("list_task_runs")

@@ -679,7 +679,8 @@ def test_the_engines_limits_are_the_servers() -> None:
         actions.MAX_MESSAGE_LENGTH,
         actions.MAX_LOGS_PER_BATCH,
         name_limit,
-    ) == (limits.MAX_MESSAGE_LENGTH, limits.MAX_LOGS_PER_BATCH, limits.MAX_LOG_NAME_LENGTH)
+        actions.MAX_TASK_RUN_STATES,
+    ) == (limits.MAX_MESSAGE_LENGTH, limits.MAX_LOGS_PER_BATCH, limits.MAX_LOG_NAME_LENGTH, limits.MAX_TASK_RUN_STATES)
 
 
 # --- cancel signal ------------------------------------------------------------------------------
@@ -738,14 +739,14 @@ class SigtermDuring(FakeApi):
     [
         ("create_task_run", ["Running", "Cancelled"]),
         # A task's first state call is after its first attempt (its creation is its Running): one that fails
-        ("set_task_run_state", ["Running", "Retrying", "Cancelled"]),
+        ("set_task_run_states", ["Running", "Retrying", "Cancelled"]),
     ],
 )
 def test_sigterm_during_a_task_run_report_finishes_the_call_then_ends_the_task_run_cancelled(
     baton_home: Path, sigterm_guard: None, call: str, task_states: list[str]
 ) -> None:
     # Given a SIGTERM that arrives while a task's report to the API is under way
-    api = SigtermDuring(flow_read(NAPPING, "napping"), call, {"fail_first": call == "set_task_run_state"})
+    api = SigtermDuring(flow_read(NAPPING, "napping"), call, {"fail_first": call == "set_task_run_states"})
 
     # Then the report is not cut in half, the flow stops, and no task run is left open
     assert run_in_process(api, heartbeat=60) == 1

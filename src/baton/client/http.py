@@ -476,6 +476,12 @@ class Client:
         body = {"state": state, "message": message, "attempt": attempt}
         return self._model(r.TaskRunRead, "POST", f"/api/task_runs/{task_run_id}/state", json=body)
 
+    def set_task_run_states(self, flow_run_id: str, states: list[dict[str, Any]]) -> r.TaskRunStatesSet:
+        """Several states of ``flow_run_id``'s task runs, in order: each ``{"task_run_id", "state", "message",
+        "attempt", "at"}`` (``at``: when it was entered, ISO 8601 with a zone)."""
+        path = f"/api/flow_runs/{flow_run_id}/task_runs/states"
+        return self._model(r.TaskRunStatesSet, "POST", path, json={"states": states})
+
     def list_task_runs(self, flow_run_id: str) -> list[r.TaskRunRead]:
         return self._all_pages(r.TaskRunRead, f"/api/flow_runs/{flow_run_id}/task_runs")
 

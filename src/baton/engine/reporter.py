@@ -1,10 +1,12 @@
 """Records task runs through the API for the SDK's tasks (``baton.sdk.context.TaskRunReporter``).
 
-A reporting failure never fails the task: it is logged, and the task goes on unrecorded. Each call is retried
-while the API is unavailable (:func:`~baton.engine.retry.call_with_retry`), and each attempt runs inside the
-``shield`` the runner gives (:meth:`baton.engine.cancel.CancelSignal.deferred`), so that a stop never cuts a call
-in half. A stop may still end a task between two of its calls (after its Running, before it could record
-Cancelled): the runner then ends the task runs left open with :meth:`ApiTaskRunReporter.end_open`.
+A reporting failure never fails the task: it is logged, and the task goes on unrecorded. A task run is created at
+once (its id is needed); its states are queued with the time they happened and shipped in batches by a thread of
+their own (``state_batches.py``). Each call is retried while the API is unavailable
+(:func:`~baton.engine.retry.call_with_retry`); a creation runs inside the ``shield`` the runner gives
+(:meth:`baton.engine.cancel.CancelSignal.deferred`), so that a stop never cuts it in half. A stop may still end a
+task before it could record Cancelled: the runner then ends the task runs left open with
+:meth:`ApiTaskRunReporter.end_open`, which also sends what is still queued.
 
 A task run whose creation went through but whose answer was lost is not created twice: the retry first looks
 for a task run of that name, in the state it was created in, that this process has not been told of and that was
@@ -24,6 +26,7 @@ from datetime import datetime, timedelta
 
 from baton.client.http import Client, may_have_reached_the_server
 from baton.engine.retry import call_with_retry
+from baton.engine.state_batches import StateBatches
 from baton.exceptions import ClientError, ServerUnavailableError
 from baton.schemas.core import utcnow
 from baton.schemas.responses import TaskRunRead
@@ -36,7 +39,8 @@ ADOPT_SKEW = timedelta(seconds=60)
 
 
 class ApiTaskRunReporter:
-    """Creates task runs and sets their states with ``Client.create_task_run``/``set_task_run_state``.
+    """Creates task runs with ``Client.create_task_run`` (at once: the task run's id is needed) and sends their
+    states in batches (:class:`~baton.engine.state_batches.StateBatches`); :meth:`flush` waits for those.
 
     Args:
         client: the API client, with the run token.
@@ -62,6 +66,8 @@ class ApiTaskRunReporter:
         self._known: set[str] = set()  # every task run this reporter created or adopted
         self._open: dict[str, int] = {}  # task run id -> attempt, until a final state is recorded
         self._ended: set[str] = set()  # ended by end_open: later states (a task thread finishing) are not sent
+        self._clock = clock
+        self._batches = StateBatches(client, flow_run_id, retry_seconds)
 
     def task_run_created(self, task_name: str, state: TaskRunState = TaskRunState.RUNNING) -> str | None:
         maybe_created = False
@@ -111,27 +117,29 @@ class ApiTaskRunReporter:
     def task_run_state(
         self, task_run_id: str | None, state: TaskRunState, message: str | None = None, attempt: int = 1
     ) -> None:
+        """Queue the state with the time it happened; :class:`StateBatches` sends it (the task goes on at once)."""
         if task_run_id is None or task_run_id in self._ended:
             return  # ended by a stop (end_open): a thread still running it reports nothing more
+        with self._lock:
+            if state in _FINAL:
+                self._open.pop(task_run_id, None)
+            elif task_run_id in self._open:
+                self._open[task_run_id] = attempt
+        at = self._clock().isoformat()
+        item = {"task_run_id": task_run_id, "state": state.value, "message": message, "attempt": attempt, "at": at}
+        self._batches.add(item)
 
-        def set_state() -> None:
-            with self._shield():
-                self._client.set_task_run_state(task_run_id, state, message, attempt)
-                with self._lock:
-                    if state in _FINAL:
-                        self._open.pop(task_run_id, None)
-                    elif task_run_id in self._open:
-                        self._open[task_run_id] = attempt
-
-        try:
-            call_with_retry(set_state, what=f"set task run {task_run_id} {state}", timeout_seconds=self._retry_seconds)
-        except (ServerUnavailableError, ClientError) as exc:
-            logger.warning("Could not record state %s of task run %s: %s", state, task_run_id, exc)
+    def flush(self) -> None:
+        """Wait until every state reported so far has been sent (before the flow run's own final state)."""
+        with self._shield():
+            self._batches.flush()
 
     def end_open(self, state: TaskRunState, message: str) -> None:
-        """Give ``state`` to the task runs recorded here that have no final state (the flow run has stopped)."""
+        """Give ``state`` to the task runs recorded here that have no final state (the flow run has stopped), and
+        send every state still queued."""
         with self._lock:
             left = dict(self._open)
         for task_run_id, attempt in left.items():
             self.task_run_state(task_run_id, state, message, attempt)
             self._ended.add(task_run_id)
+        self.flush()

@@ -310,6 +310,7 @@ class FlowRunner:
                 try:
                     with self._cancel:
                         flow.run(parameters, reporter, executor)
+                        reporter.flush()  # no task run is seen open once its run has ended
                 except FlowRunCancelled as exc:
                     # A stop between two calls of a task (after its Running, before its Cancelled) leaves it open.
                     reporter.end_open(TaskRunState.CANCELLED, "flow run cancelled")

@@ -279,3 +279,31 @@ class TaskRunStateSet(StrictModel):
     state: TaskRunState
     message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
     attempt: int | None = Field(default=None, ge=1, le=MAX_INT, strict=True)
+
+
+# Task-run states in one request: a flow-run process ships them in batches (engine/state_batches.py).
+MAX_TASK_RUN_STATES = 1000
+
+
+class TaskRunStateItem(TaskRunStateSet):
+    """One state of a batch: which task run, and when it was entered by the flow process's clock (the server keeps
+    it no later than its own now; None: the server's now)."""
+
+    task_run_id: str = Field(min_length=1, max_length=64)
+    at: datetime | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _aware_utc(cls, at: datetime | None) -> datetime | None:
+        if at is None:
+            return None
+        if at.tzinfo is None:
+            raise ValueError("give a time zone (e.g. 2026-12-06T10:00:00Z)")
+        try:
+            return at.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("outside the range of UTC times") from None
+
+
+class TaskRunStatesSet(StrictModel):
+    states: list[TaskRunStateItem] = Field(min_length=1, max_length=MAX_TASK_RUN_STATES)

@@ -184,6 +184,14 @@ class LogsWritten(BaseModel):
     dropped: int = 0
 
 
+class TaskRunStatesSet(BaseModel):
+    """What a batch of task-run states did: how many were applied, in order, and the task runs not found (not of
+    this run, or no such id); those are skipped, the others applied."""
+
+    applied: int
+    missing: list[str] = Field(default_factory=list)
+
+
 class TaskRunRead(BaseModel):
     id: str
     flow_run_id: str

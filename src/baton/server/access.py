@@ -80,6 +80,7 @@ class Action(StrEnum):
     TASK_RUN_LIST = "task_run.list"
     TASK_RUN_CREATE = "task_run.create"
     TASK_RUN_SET_STATE = "task_run.set_state"
+    TASK_RUN_SET_STATES = "task_run.set_states"
     AGENT_REGISTER = "agent.register"
     AGENT_LIST = "agent.list"
     AGENT_CLAIM = "agent.claim"
@@ -156,6 +157,8 @@ POLICY: dict[Action, Rule] = {
     Action.TASK_RUN_LIST: _rule(_ALL, Scope.RUN),
     Action.TASK_RUN_CREATE: _rule(_RUN_WRITERS, Scope.RUN_WRITE),
     Action.TASK_RUN_SET_STATE: _rule(_RUN_WRITERS, Scope.TASK_RUN_WRITE),
+    # A batch names its run in the path and changes only that run's task runs (models/task_runs.py).
+    Action.TASK_RUN_SET_STATES: _rule(_RUN_WRITERS, Scope.RUN_WRITE),
     Action.AGENT_REGISTER: _rule("admin runner"),
     Action.AGENT_LIST: _rule(_KEYS),
     Action.AGENT_CLAIM: _rule("admin runner", Scope.AGENT),

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from baton.schemas.actions import MAX_INT, LogsCreate, TaskRunCreate, TaskRunStateSet
-from baton.schemas.responses import NEXT_CURSOR_HEADER, LogsPage, LogsWritten, TaskRunRead
+from baton.schemas.actions import TaskRunStatesSet as TaskRunStatesSetBody
+from baton.schemas.responses import NEXT_CURSOR_HEADER, LogsPage, LogsWritten, TaskRunRead, TaskRunStatesSet
 from baton.server import shaping
 from baton.server.access import Action, allow
 from baton.server.api.deps import CursorQuery, Db, ReadDb, transaction
@@ -105,3 +106,16 @@ def set_task_run_state(
         return task_runs.set_task_run_state(
             session, principal.tenant_id, task_run_id, payload.state, payload.message, payload.attempt
         )
+
+
+@router.post("/flow_runs/{flow_run_id}/task_runs/states", response_model=TaskRunStatesSet)
+def set_task_run_states(
+    flow_run_id: str,
+    payload: TaskRunStatesSetBody,
+    principal: Annotated[Principal, allow(Action.TASK_RUN_SET_STATES)],
+    db: Db,
+) -> TaskRunStatesSet:
+    """Several task-run states of one run in one request and one commit, in order (engine/state_batches.py)."""
+    with transaction(db) as session:
+        flow_runs.require_flow_run(session, principal.tenant_id, flow_run_id)
+        return task_runs.set_task_run_states(session, principal.tenant_id, flow_run_id, payload.states)

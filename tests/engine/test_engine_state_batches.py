@@ -1,0 +1,102 @@
+"""Task-run states shipped in batches by the flow-run process (engine/state_batches.py, issue 14): the task never
+waits for the API, a state's time is when it happened, order is kept, and a flush sends everything."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from baton.engine.reporter import ApiTaskRunReporter
+from baton.engine.state_batches import StateBatches
+from baton.exceptions import ClientError
+from baton.schemas.responses import TaskRunRead, TaskRunStatesSet
+from baton.schemas.states import TaskRunState
+
+
+class SlowApi:
+    """Records each batch; the first request waits until released, so later states queue behind it."""
+
+    def __init__(self, hold_first: bool = False, refuse: bool = False) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+        self.refuse = refuse
+        self.created = 0
+        self.entered = threading.Event()
+
+    def set_task_run_states(self, flow_run_id: str, states: list[dict[str, Any]]) -> TaskRunStatesSet:
+        self.entered.set()
+        self.release.wait(10)
+        if self.refuse:
+            raise ClientError(422, "refused")
+        self.batches.append(list(states))
+        return TaskRunStatesSet(applied=len(states))
+
+    def create_task_run(self, flow_run_id: str, task_name: str, state: str = "Pending", message: Any = None) -> Any:
+        self.created += 1
+        now = datetime.now(UTC)
+        return TaskRunRead(
+            id=f"t{self.created}", flow_run_id=flow_run_id, task_name=task_name, state=str(state), message=None,
+            attempt=1, start_time=None, end_time=None, created=now,
+        )  # fmt: skip
+
+
+def test_states_queued_while_a_request_is_under_way_share_the_next_one_in_order() -> None:
+    api = SlowApi(hold_first=True)
+    batches = StateBatches(api, "run-1")  # type: ignore[arg-type]  # the fake has what it calls
+
+    batches.add({"task_run_id": "a", "state": "Running"})
+    assert api.entered.wait(10)  # the first request is under way
+    for name in ("Retrying", "Running", "Success"):
+        batches.add({"task_run_id": "a", "state": name})
+    api.release.set()
+
+    assert batches.flush(timeout=10)
+    assert [[s["state"] for s in batch] for batch in api.batches] == [["Running"], ["Retrying", "Running", "Success"]]
+
+
+def test_a_refused_batch_is_logged_and_the_next_still_goes(caplog: pytest.LogCaptureFixture) -> None:
+    api = SlowApi(refuse=True)
+    batches = StateBatches(api, "run-1", retry_seconds=0.1)  # type: ignore[arg-type]
+
+    batches.add({"task_run_id": "a", "state": "Running"})
+    assert batches.flush(timeout=10)
+    api.refuse = False
+    batches.add({"task_run_id": "a", "state": "Success"})
+
+    assert batches.flush(timeout=10)
+    assert "Could not record 1 task-run states" in caplog.text
+    assert [[s["state"] for s in batch] for batch in api.batches] == [["Success"]]
+
+
+def test_the_reporter_returns_before_the_api_answers_and_records_when_the_state_happened() -> None:
+    api = SlowApi(hold_first=True)
+    moments = iter([datetime(2026, 12, 6, 10, 0, second, tzinfo=UTC) for second in range(60)])
+    reporter = ApiTaskRunReporter(api, "run-1", clock=lambda: next(moments))  # type: ignore[arg-type]
+    task_run_id = reporter.task_run_created("greet")
+
+    reporter.task_run_state(task_run_id, TaskRunState.SUCCESS)  # returns though the API holds its answer
+    reporter.task_run_state(task_run_id, TaskRunState.SUCCESS, "again")
+    api.release.set()
+    reporter.flush()
+
+    sent = [state for batch in api.batches for state in batch]
+    assert [(s["state"], s["message"]) for s in sent] == [("Success", None), ("Success", "again")]
+    assert sent[0]["at"] == "2026-12-06T10:00:01+00:00"
+
+
+def test_end_open_ends_what_is_open_and_sends_everything_before_returning() -> None:
+    api = SlowApi()
+    reporter = ApiTaskRunReporter(api, "run-1")  # type: ignore[arg-type]
+    done, left = reporter.task_run_created("done"), reporter.task_run_created("left")
+    reporter.task_run_state(done, TaskRunState.SUCCESS)
+
+    reporter.end_open(TaskRunState.CANCELLED, "flow run cancelled")
+    reporter.task_run_state(left, TaskRunState.SUCCESS)  # a thread finishing after the stop: not sent
+
+    sent = [(s["task_run_id"], s["state"]) for batch in api.batches for s in batch]
+    assert sent == [(done, "Success"), (left, "Cancelled")]
