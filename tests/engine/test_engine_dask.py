@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from baton import DaskExecutor, flow, task, unmapped
 
@@ -77,6 +79,7 @@ def {name}(folder: str, count: int = 8) -> int:
 SLEEPY = """
 import time
 from pathlib import Path
+from typing import Any
 
 from baton import DaskExecutor, flow, task
 
@@ -248,3 +251,82 @@ def test_cancelling_a_run_cancels_its_tasks_on_the_cluster(
     assert time.monotonic() - started < 30
     assert {t.state for t in engine.task_runs()} == {"Cancelled"}
     assert engine.wait(timeout=60) == 0, engine.stderr
+
+
+# --- the temporary cluster's safety, and arguments on dask (without a server) ------------------------------------
+
+REFUSED = """
+import sys
+from distributed import Client
+from distributed.security import Security
+
+address = sys.argv[1]
+for target, security in ((address.replace("tls://", "tcp://"), None), (address, Security.temporary())):
+    try:
+        Client(target, security=security, timeout=3).close()
+    except Exception as exc:
+        print("refused", type(exc).__name__)
+    else:
+        print("connected", target)
+"""
+
+
+def test_the_temporary_cluster_refuses_whoever_lacks_its_certificates_and_its_workers_never_see_the_run_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from baton import DaskExecutor, flow, task
+    from baton.sdk.futures import current_submissions
+
+    monkeypatch.setenv("BATON__API__KEY", "the-run-token")
+    monkeypatch.setenv("BATON_OTHER", "also-baton")
+
+    @task
+    def environment() -> list[str]:
+        return sorted(name for name in os.environ if name.startswith("BATON"))
+
+    @flow(executor=DaskExecutor(cluster_kwargs={"n_workers": 1, "threads_per_worker": 1}))
+    def probe() -> tuple[list[str], str]:
+        seen = environment.submit().result(timeout=60)
+        address = current_submissions().executor._cluster.scheduler_address
+        other = subprocess.run([sys.executable, "-c", REFUSED, address], capture_output=True, text=True, timeout=60)
+        return seen, address + "\n" + other.stdout
+
+    seen, told = probe()
+
+    assert seen == []
+    address, *lines = told.splitlines()
+    assert address.startswith("tls://127.0.0.1:")
+    assert len(lines) == 2 and all(line.startswith("refused") for line in lines), told
+    assert os.environ["BATON__API__KEY"] == "the-run-token"  # the flow's own environment is left alone
+
+
+def test_futures_inside_a_named_tuple_and_a_set_reach_a_task_on_dask_as_their_results() -> None:
+    from collections import namedtuple
+
+    from baton import DaskExecutor, flow, task
+
+    Pair = namedtuple("Pair", "left right")
+
+    @task
+    def number(value: int) -> int:
+        return value
+
+    @task
+    def describe(pair: Any, values: set[int], frozen: frozenset[int]) -> tuple[str, int, int, int]:
+        return type(pair).__name__, pair.left + pair.right, sum(values), sum(frozen)
+
+    @flow(executor=DaskExecutor(cluster_kwargs={"n_workers": 1, "threads_per_worker": 2}))
+    def combine() -> tuple[str, int, int, int]:
+        one, two = number.submit(1), number.submit(2)
+        return describe.submit(Pair(one, 10), {two, 20}, frozenset({one, 30})).result(timeout=60)
+
+    assert combine() == ("Pair", 11, 22, 31)
+
+
+def test_bytes_written_to_stdout_buffer_on_a_dask_worker_are_the_attempts_lines() -> None:
+    from baton.sdk.dask_executor import _on_worker
+    from sdk.test_sdk_executor_hostile import _writes_bytes
+
+    kind, value, lines = _on_worker(_writes_bytes, (), {})
+
+    assert (kind, value, lines["stdout"]) == ("ok", "wrote", "bytes é\né\n")

@@ -53,3 +53,19 @@ def write_flow_file(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return write
+
+
+def fresh_needs_arg() -> type[Exception]:
+    """An exception class that pickles but cannot be rebuilt from its pickle (``__init__`` wants two arguments,
+    ``args`` holds one). Made anew at each call, then found by pickle as this module's ``NeedsArg``: importing
+    ``distributed`` registers a pickling (tblib's) for every exception class defined before, which rebuilds it."""
+
+    class NeedsArg(Exception):
+        def __init__(self, code: int, text: str) -> None:
+            super().__init__(text)
+            self.code = code
+
+    NeedsArg.__qualname__ = "NeedsArg"
+    NeedsArg.__init__.__qualname__ = "NeedsArg.__init__"
+    globals()["NeedsArg"] = NeedsArg
+    return NeedsArg

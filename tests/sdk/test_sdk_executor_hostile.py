@@ -6,12 +6,14 @@ with a message that says what happened, and leave no process behind."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,9 @@ from typing import Any
 import pytest
 
 from baton import ProcessExecutor, ThreadExecutor, flow, task
-from baton.exceptions import ExecutorError
-from baton.sdk.futures import TaskFailed, _submissions, current_submissions, submitting_to
+from baton.sdk.futures import TaskFailed
 from baton.sdk.processes import TaskProcessDied, TaskTransferError
-from sdk.conftest import RecordingReporter
-from support import free_port
+from sdk.conftest import RecordingReporter, fresh_needs_arg
 
 
 class Unprintable(Exception):
@@ -87,7 +87,7 @@ def test_a_process_result_that_cannot_be_pickled_fails_the_task_saying_what_it_w
 
 
 def test_a_process_error_that_cannot_be_unpickled_keeps_its_text(reporter: RecordingReporter) -> None:
-    needs_arg = _fresh_needs_arg()
+    needs_arg = fresh_needs_arg()
 
     @task
     def raises() -> None:
@@ -320,153 +320,147 @@ def test_a_base_exception_on_a_thread_fails_its_task_and_the_flow_without_hangin
     assert _last(reporter, "fine") == ("Success", None)
 
 
-class _BrokenExecutor(ThreadExecutor):
-    def __init__(self) -> None:
-        super().__init__(1)
-        self.shut_down: list[bool] = []
-
-    def start(self) -> None:
-        super().start()  # half-way: a pool is up when the rest fails
-        raise ExecutorError("no scheduler")
-
-    def shutdown(self, cancel: bool) -> None:
-        self.shut_down.append(cancel)
-        super().shutdown(cancel)
+Pair = namedtuple("Pair", "left right")
 
 
-def test_an_executor_that_fails_to_start_is_shut_down_and_leaves_no_submissions_behind() -> None:
-    executor = _BrokenExecutor()
+@pytest.mark.parametrize("executor", [ThreadExecutor(2), ProcessExecutor(2)], ids=["thread", "process"])
+def test_futures_inside_a_named_tuple_and_a_set_reach_the_task_as_their_results(executor: Any) -> None:
+    @task
+    def number(value: int) -> int:
+        return value
 
-    with pytest.raises(ExecutorError), submitting_to(executor):
-        pass
+    @task
+    def combine(pair: Pair, values: set[int], frozen: frozenset[int]) -> tuple[str, int, int, int]:
+        return type(pair).__name__, pair.left + pair.right, sum(values), sum(frozen)
 
-    assert executor.shut_down == [True]
-    assert _submissions.get() is None
-    assert current_submissions().executor is not executor
+    @flow(executor=executor)
+    def combined() -> tuple[str, int, int, int]:
+        one, two = number.submit(1), number.submit(2)
+        return combine.submit(Pair(one, 10), {two, 20}, frozenset({one, 30})).result(timeout=60)
 
-
-@pytest.mark.parametrize(
-    ("address", "message"),
-    [
-        ("tcp://127.0.0.1:{closed}", "cannot reach the dask scheduler at tcp://127.0.0.1:{closed}: Connection refused"),
-        ("tcp://127.0.0.1:99999", "the dask scheduler address 'tcp://127.0.0.1:99999' needs a host and a port"),
-        ("tcp://[", "the dask scheduler address 'tcp://[' is not HOST:PORT"),
-        ("tcp://...:8786", "the dask scheduler address 'tcp://...:8786' has no valid host name"),
-        (
-            "tls://127.0.0.1:{closed}",
-            "the dask scheduler tls://127.0.0.1:{closed} is tls:// but the flow-run process has no dask TLS settings",
-        ),
-    ],
-    ids=["closed-port", "port-out-of-range", "bracket", "dots", "tls-unconfigured"],
-)
-def test_a_dask_address_that_cannot_work_fails_the_start_at_once_saying_why(address: str, message: str) -> None:
-    pytest.importorskip("distributed")
-    from baton import DaskExecutor
-
-    closed = str(free_port())  # nothing listens there
-    executor = DaskExecutor(address.format(closed=closed))
-
-    with pytest.raises(ExecutorError, match="^" + _escaped(message.format(closed=closed))):
-        executor.start()
-    executor.shutdown(cancel=True)
+    assert combined() == ("Pair", 11, 22, 31)
 
 
-def _escaped(text: str) -> str:
-    import re
+def test_a_process_task_calling_tasks_runs_them_inline_in_its_process_unrecorded(reporter: RecordingReporter) -> None:
+    @task
+    def inner(value: int) -> int:
+        return value + 1
 
-    return re.escape(text)
+    @task
+    def outer(value: int) -> tuple[int, int]:
+        return inner(value), inner.submit(value).result(timeout=30)
 
+    @flow(executor=ProcessExecutor(1))
+    def nested() -> tuple[int, int]:
+        return outer.submit(1).result(timeout=30)
 
-def _raise(error: BaseException) -> None:
-    raise error
-
-
-def _fresh_needs_arg() -> type[Exception]:
-    """An exception class that pickles but cannot be rebuilt from its pickle (``__init__`` wants two arguments,
-    ``args`` holds one). Made anew at each call, then found by pickle as this module's ``NeedsArg``: importing
-    ``distributed`` registers a pickling (tblib's) for every exception class defined before, which rebuilds it."""
-
-    class NeedsArg(Exception):
-        def __init__(self, code: int, text: str) -> None:
-            super().__init__(text)
-            self.code = code
-
-    NeedsArg.__qualname__ = "NeedsArg"
-    NeedsArg.__init__.__qualname__ = "NeedsArg.__init__"
-    globals()["NeedsArg"] = NeedsArg
-    return NeedsArg
+    assert nested() == (2, 2)
+    assert list(reporter.names.values()) == ["outer"]
 
 
-def test_attempts_on_one_dask_worker_print_each_into_its_own_lines_and_the_workers_streams_come_back() -> None:
-    pytest.importorskip("distributed")
-    from baton.sdk.dask_executor import _on_worker
+def test_a_process_task_may_use_a_multiprocessing_pool() -> None:
+    @task
+    def pooled() -> list[int]:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            return pool.map(abs, [-1, -2, -3])
 
-    streams = (sys.stdout, sys.stderr)
-    first_started, second_done = threading.Event(), threading.Event()
-    outcomes: dict[str, Any] = {}
+    @flow(executor=ProcessExecutor(1))
+    def uses_a_pool() -> list[int]:
+        return pooled.submit().result(timeout=60)
 
-    def first() -> str:
-        print("first starts")
-        first_started.set()
-        second_done.wait(30)  # ends after the second, which started after it
-        print("first ends")
-        return "first"
-
-    def second() -> str:
-        first_started.wait(30)
-        print("second", file=sys.stderr)
-        return "second"
-
-    def run(name: str, fn: Any) -> None:
-        outcomes[name] = _on_worker(fn, (), {})
-        if name == "second":
-            second_done.set()
-
-    threads = [threading.Thread(target=run, args=item) for item in (("first", first), ("second", second))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-
-    assert outcomes["first"][:2] == ("ok", "first")
-    assert (outcomes["first"][2]["stdout"], outcomes["first"][2]["stderr"]) == ("first starts\nfirst ends\n", "")
-    assert (outcomes["second"][2]["stdout"], outcomes["second"][2]["stderr"]) == ("", "second\n")
-    assert (sys.stdout, sys.stderr) == streams
+    assert uses_a_pool() == [1, 2, 3]
 
 
-@pytest.mark.parametrize(
-    ("fn", "message"),
-    [
-        (lambda: (i for i in range(3)), "the task's result (a generator) cannot be sent back from the dask worker"),
-        (threading.Lock, "the task's result (a lock) cannot be sent back from the dask worker"),
-        (
-            lambda: _raise(_fresh_needs_arg()(3, "the disk is full")),
-            "the task raised NeedsArg: the disk is full, which cannot be sent back from the dask worker: "
-            "TypeError: NeedsArg.__init__() missing 1 required positional argument",
-        ),
-    ],
-    ids=["generator", "lock", "needs-arg-error"],
-)
-def test_a_dask_outcome_that_cannot_leave_its_worker_is_the_attempts_error(fn: Any, message: str) -> None:
-    pytest.importorskip("distributed")
-    from baton.sdk.dask_executor import _on_worker
+def test_failed_process_attempts_leave_no_descriptor_open_while_their_futures_live() -> None:
+    @task
+    def fails(value: int) -> None:
+        raise ValueError(value)
 
-    logging.getLogger("distributed.protocol").disabled = True  # it logs each failed serialisation with a traceback
+    @flow(executor=ProcessExecutor(4))
+    def many() -> int:
+        before = len(os.listdir("/proc/self/fd"))
+        futures = [fails.submit(value) for value in range(200)]
+        assert all(isinstance(future.exception(timeout=60), ValueError) for future in futures)
+        return len(os.listdir("/proc/self/fd")) - before
+
+    assert many() < 20  # two per failed attempt before (its process's sentinel pipe)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="descendants are found through /proc")
+def test_sigterm_and_sigint_to_the_task_processes_leave_the_decision_to_the_flow(tmp_path: Path) -> None:
+    # Given a process task that waits for a file
+    @task
+    def waits(folder: str) -> str:
+        Path(folder, "supervisor").write_text(str(os.getppid()))
+        Path(folder, "task").write_text(str(os.getpid()))
+        _await_file(Path(folder, "go"))
+        return "carried on"
+
+    # When its supervisor and its process get SIGTERM and SIGINT (the agent signals the run's process group)
+    @flow(executor=ProcessExecutor(1))
+    def signalled(folder: str) -> str:
+        future = waits.submit(folder)
+        _await_file(Path(folder, "task"))
+        for name in ("supervisor", "task"):
+            for number in (signal.SIGTERM, signal.SIGINT):
+                os.kill(int(Path(folder, name).read_text()), number)
+        Path(folder, "go").write_text("")
+        return future.result(timeout=60)
+
+    # Then the attempt goes on: only the flow's process ends it
+    assert signalled(str(tmp_path)) == "carried on"
+
+
+DIES_HARD = """
+import os, subprocess, sys, time
+from pathlib import Path
+from baton import ProcessExecutor, flow, task
+
+folder = sys.argv[1]
+
+@task
+def stays():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    Path(folder, "popen").write_text(str(sleeper.pid))
+    Path(folder, "supervisor").write_text(str(os.getppid()))
+    Path(folder, "task").write_text(str(os.getpid()))
+    time.sleep(300)
+
+@flow(executor=ProcessExecutor(1))
+def hangs():
+    stays.submit().result()
+
+hangs()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="descendants are found through /proc")
+def test_when_the_flow_process_is_killed_its_task_processes_end_too(pids: Path) -> None:
+    flow_process = subprocess.Popen([sys.executable, "-c", DIES_HARD, str(pids)])
     try:
-        kind, error, _lines = _on_worker(fn, (), {})
+        _await_file(pids / "task")
     finally:
-        logging.getLogger("distributed.protocol").disabled = False
+        flow_process.kill()
+        flow_process.wait(30)
 
-    assert kind == "error" and isinstance(error, TaskTransferError)
-    assert str(error).startswith(message)
+    deadline = time.monotonic() + 30
+    while any(_alive(int(path.read_text())) for path in pids.iterdir()):
+        assert time.monotonic() < deadline, "the task's processes outlived the flow's"
+        time.sleep(0.05)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    ["process:0", "thread:99999", "thread:\u0668", "dask:tcp://", "dask:tcp://[", "dask:tcp://127.0.0.1", "\x00", 8],
-)
-def test_from_spec_refuses_what_the_api_refuses_naming_it(spec: Any) -> None:
-    from baton.sdk.executors import from_spec
+def _writes_bytes() -> str:  # tests/engine/test_engine_dask.py runs it on a dask worker too
+    sys.stdout.buffer.write("bytes é\n".encode())
+    sys.stdout.buffer.write(b"\xc3")  # a character split across two writes
+    sys.stdout.buffer.write(b"\xa9\n")
+    sys.stdout.buffer.flush()
+    return "wrote"
 
-    with pytest.raises(ValueError, match=r"^executor .* is not sequential, thread\[:N\]"):
-        from_spec(spec)
+
+def test_bytes_written_to_stdout_buffer_in_a_process_task_are_replayed(capsys: pytest.CaptureFixture[str]) -> None:
+    @flow(executor=ProcessExecutor(1))
+    def writes() -> str:
+        return task(_writes_bytes).submit().result(timeout=60)
+
+    assert writes() == "wrote"
+    assert "bytes é\né\n" in capsys.readouterr().out

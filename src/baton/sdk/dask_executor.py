@@ -9,9 +9,10 @@ it would make the tasks that need it wait for ever. What the function logs and p
 lines, bounded as a forked process's are) comes back with the attempt's outcome and is replayed as the task run's.
 
 With no address, the executor starts a cluster of its own for the run (``LocalCluster``, worker processes on
-127.0.0.1, no dashboard) and closes it after; with one (``tcp://host:8786``) it uses that cluster and leaves it up,
-and an address where nothing answers fails the run's start at once (``ExecutorError``). The flow's own modules (its
-file, its folder's helpers) are pickled by value, so the workers need not have them.
+127.0.0.1, no dashboard, TLS with mutual authentication from certificates made for it, the flow's ``BATON_*``
+variables kept from its workers) and closes it after; with one (``tcp://host:8786``) it uses that cluster and
+leaves it up, and an address where nothing answers fails the run's start at once (``ExecutorError``). The flow's
+own modules (its file, its folder's helpers) are pickled by value, so the workers need not have them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 from baton.exceptions import ExecutorError
 from baton.sdk.executors import ThreadExecutor
-from baton.sdk.futures import RemoteValue, describe
+from baton.sdk.futures import RemoteValue, describe, rebuilt
 from baton.sdk.processes import BoundedText, RecordCapture, TaskTransferError, outcome_error
 
 # Orchestration threads per worker thread of the cluster: each waits on one attempt at a time.
@@ -115,6 +116,12 @@ class _PerThread(io.TextIOBase):
     def fileno(self) -> int:
         return int(self.original.fileno())
 
+    @property
+    def buffer(self) -> Any:
+        """The binary side (``sys.stdout.buffer``) of this thread's stream: an attempt's bytes go to its lines."""
+        buffer = self.buffers.get(threading.get_ident())
+        return buffer.buffer if buffer is not None else self.original.buffer
+
 
 class _Shared:
     """What the attempts running on this worker share: how many run, the root level and streams before the first."""
@@ -168,15 +175,18 @@ def _value(packed: tuple[str, Any, Any]) -> Any:
     return packed[1]
 
 
-def _remote(value: Any) -> Any:
+def _remote(value: Any, client: Any) -> Any:
     """An argument as dask takes it: a result kept on the cluster as its dask future (also one level inside a
-    container), which dask hands to the worker as its value."""
+    container), which dask hands to the worker as its value. Dask looks for futures inside lists, tuples (named ones
+    too), sets and dicts, not frozensets: one holding a future is made on the cluster, as a dask task of its own."""
     if isinstance(value, RemoteValue):
         return value.future
-    if isinstance(value, list | tuple):
-        return type(value)(_remote(item) for item in value)
+    if isinstance(value, frozenset) and any(isinstance(item, RemoteValue) for item in value):
+        return client.submit(frozenset, [_remote(item, client) for item in value], pure=False)
+    if isinstance(value, list | tuple | set | frozenset):
+        return rebuilt(value, [_remote(item, client) for item in value])
     if isinstance(value, dict):
-        return {key: _remote(item) for key, item in value.items()}
+        return {key: _remote(item, client) for key, item in value.items()}
     return value
 
 
@@ -223,9 +233,9 @@ class DaskExecutor:
         except ImportError as exc:
             raise ExecutorError("DaskExecutor needs dask.distributed: pip install 'baton[dask]'") from exc
         if self.address is None:
-            options = {"host": "127.0.0.1", "dashboard_address": None, "processes": True, **self.cluster_kwargs}
+            options = _cluster_options(self.cluster_kwargs)
             self._cluster = LocalCluster(**options)
-            self._client = Client(self._cluster)
+            self._client = Client(self._cluster, security=self._cluster.security)
         else:
             self._client = _connect(self.address)
         threads = sum(self._client.nthreads().values()) or 1
@@ -255,7 +265,8 @@ class DaskExecutor:
             cloudpickle.register_pickle_by_value(module)  # the workers need not have the flow's code
         client = self._client
         try:
-            packed = client.submit(_on_worker, fn, _remote(args), _remote(kwargs), pure=False, key=_key(name))
+            inputs = _remote(args, client), _remote(kwargs, client)
+            packed = client.submit(_on_worker, fn, *inputs, pure=False, key=_key(name))
         except (TypeError, AttributeError, pickle.PicklingError) as exc:  # what dask raises for what cannot pickle
             # Dask's error names its own graph's types; the argument to blame is found only now, on this rare path.
             culprit = _unsendable(fn, args, kwargs) or describe(exc)
@@ -297,6 +308,31 @@ class DaskExecutor:
             self._cluster = None
 
 
+def _cluster_options(cluster_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The temporary cluster's options: ``cluster_kwargs`` over ours. Its scheduler and workers listen on 127.0.0.1,
+    where any local process (another user's too) could connect and run code on a worker: unless the user chose a
+    ``security``, they speak TLS with mutual authentication, from certificates made for this cluster alone, in
+    memory. Its worker processes take the flow's ``BATON_*`` variables (the run token) out of their environment.
+
+    Raises:
+        ExecutorError: the ``cryptography`` package, which makes the certificates, is not installed.
+    """
+    from distributed.security import Security
+
+    options = {"host": "127.0.0.1", "dashboard_address": None, "processes": True, **cluster_kwargs}
+    if options.get("security") is None:
+        try:
+            options["security"] = Security.temporary()
+        except ImportError as exc:
+            raise ExecutorError(
+                "DaskExecutor's temporary cluster needs cryptography: pip install 'baton[dask]'"
+            ) from exc
+    if options["processes"]:  # workers in threads of the flow's process would clear the flow's own environment
+        preload = options.get("preload") or []
+        options["preload"] = [*([preload] if isinstance(preload, str) else preload), "baton.sdk.dask_preload"]
+    return options
+
+
 def _unsendable(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
     """Which of a task's function and arguments cannot be pickled, and why; None when each can on its own."""
     import cloudpickle
@@ -315,7 +351,7 @@ def _unsendable(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[s
 
 
 def _shallow(value: Any) -> list[Any]:
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [value, *value]
     if isinstance(value, dict):
         return [value, *value.values()]

@@ -159,10 +159,17 @@ def resolved(value: Any) -> Any:
     if isinstance(value, TaskFuture):
         return value._outcome()
     if isinstance(value, list | tuple | set | frozenset):
-        return type(value)(item._outcome() if isinstance(item, TaskFuture) else item for item in value)
+        return rebuilt(value, [item._outcome() if isinstance(item, TaskFuture) else item for item in value])
     if isinstance(value, dict):
         return {key: item._outcome() if isinstance(item, TaskFuture) else item for key, item in value.items()}
     return value
+
+
+def rebuilt(container: Any, items: list[Any]) -> Any:
+    """A container of ``container``'s type holding ``items``: a named tuple's constructor takes its fields one by
+    one, not an iterable (``_make`` does)."""
+    make = getattr(type(container), "_make", None)
+    return make(items) if callable(make) else type(container)(items)
 
 
 def first_failure(upstream: list[TaskFuture[Any]]) -> TaskFuture[Any] | None:

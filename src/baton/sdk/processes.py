@@ -4,22 +4,24 @@ Forked, the child has the flow's code and the task's arguments already in memory
 in, so tasks and arguments need not be picklable, only results and errors on the way back. One that cannot travel
 (a lambda, a lock, an exception that cannot be rebuilt from its pickle) fails the attempt with
 :class:`TaskTransferError`, which says what it was. The child runs the function alone: the flow process's threads
-(heartbeat, log shipping) do not exist in it and its signal handlers are reset, so it never reports to the API and
-never holds the run token's client. What it logs and prints is captured (up to :data:`MAX_CAPTURED_CHARACTERS` per
-stream and :data:`MAX_CAPTURED_RECORDS` records, the rest counted in a note) and sent back with the outcome; the
-flow's process replays it as the task run's lines.
+(heartbeat, log shipping) do not exist in it, so it never reports to the API and never holds the run token's
+client: a task it calls directly, or submits, runs inline there, unrecorded. What it logs and prints is captured
+(up to :data:`MAX_CAPTURED_CHARACTERS` per stream and :data:`MAX_CAPTURED_RECORDS` records, the rest counted in a
+note) and sent back with the outcome; the flow's process replays it as the task run's lines.
 
 The attempt's processes end with it. The forked child is a small supervisor: it forks the process that runs the
 task and, on Linux, is its "child subreaper", so that what the task starts, even a daemon that forked twice, stays
 in its tree; when the task's process ends, however it ends (``os._exit``, a signal), the supervisor kills what is
 left and exits as the task's process did. A timeout or a cancellation kills the whole tree (SIGKILL): unlike a
-thread, a process can be stopped.
+thread, a process can be stopped. SIGTERM and SIGINT do not end them, the death of the flow's process does
+(:mod:`baton.sdk.process_tree`).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
-import ctypes
+import functools
 import io
 import logging
 import multiprocessing
@@ -31,18 +33,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from baton.sdk.futures import describe
+from baton.sdk.process_tree import kill_tree, supervise
 
+logger = logging.getLogger("baton.sdk")
 _FORK = multiprocessing.get_context("fork")
 # What one attempt keeps of its prints (per stream) and log records until it ends, in its own memory: a task that
 # prints gigabytes must not take the flow's process (which replays and ships them) down with it.
 MAX_CAPTURED_CHARACTERS = 1_000_000
 MAX_CAPTURED_RECORDS = 10_000
-_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
-_KILL_ROUNDS = 20  # a tree that forks while it is being killed: scan again, a bounded number of times
 
 
 class TaskProcessDied(Exception):
@@ -64,6 +65,7 @@ class BoundedText(io.TextIOBase):
         self._parts: list[str] = []
         self._kept = 0
         self.dropped = 0
+        self._bytes: _DecodedInto | None = None
 
     def writable(self) -> bool:
         return True
@@ -79,12 +81,37 @@ class BoundedText(io.TextIOBase):
         self.dropped += max(0, len(text) - room)
         return len(text)
 
+    @property
+    def buffer(self) -> io.RawIOBase:
+        """Its binary side, as ``sys.stdout.buffer``'s: bytes written there are kept here, decoded."""
+        if self._bytes is None:
+            self._bytes = _DecodedInto(self)
+        return self._bytes
+
     def getvalue(self) -> str:
         text = "".join(self._parts)
         if self.dropped:
             end = "" if text.endswith("\n") else "\n"
             text += f"{end}[baton: {self.dropped} more characters were dropped: an attempt keeps {self._limit}]\n"
         return text
+
+
+class _DecodedInto(io.RawIOBase):
+    """A binary stream writing into a text one: UTF-8 decoded (a character split across writes too), invalid bytes
+    replaced."""
+
+    def __init__(self, text: io.TextIOBase) -> None:
+        super().__init__()
+        self._text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._text.write(self._decoder.decode(chunk))
+        return len(chunk)
 
 
 class RecordCapture(logging.Handler):
@@ -135,33 +162,18 @@ def outcome_error(payload: tuple[str, Any], problem: BaseException, where: str) 
     return TaskTransferError(f"{what} cannot be sent back from {where}: {describe(problem)}")
 
 
-def _become_subreaper() -> None:
-    """Linux: orphans of this process's descendants are re-parented to it, not to init, so they can be found."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _child(writer: multiprocessing.connection.Connection, call: Callable[[], Any]) -> None:
-    """The supervisor: the task in a process of its own, then what that left killed, then how it ended told on the
-    pipe (after its outcome, if it sent one): ``("ended", exit code)``."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    _become_subreaper()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _attempt(writer, call)
-        finally:
-            os._exit(0)  # never back into the supervisor's code (nor multiprocessing's exit handlers)
-    _, status = os.waitpid(pid, 0)
-    kill_descendants(os.getpid())
-    with contextlib.suppress(OSError):  # the flow's process may have read the outcome and closed the pipe
-        writer.send_bytes(pickle.dumps(("ended", os.waitstatus_to_exitcode(status))))
+def _child(writer: multiprocessing.connection.Connection, call: Callable[[], Any], flow_pid: int) -> None:
+    """The supervisor (see :mod:`baton.sdk.process_tree`): the task in a process of its own, then how it ended
+    told on the pipe (after its outcome, if it sent one): ``("ended", exit code)``."""
+    code = supervise(functools.partial(_attempt, writer, call), flow_pid)
+    if code is not None:
+        with contextlib.suppress(OSError):  # the flow's process may have read the outcome and closed the pipe
+            writer.send_bytes(pickle.dumps(("ended", code)))
     os._exit(0)
 
 
 def _attempt(writer: multiprocessing.connection.Connection, call: Callable[[], Any]) -> None:
+    _alone()
     capture = RecordCapture()
     capture.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
@@ -177,6 +189,20 @@ def _attempt(writer: multiprocessing.connection.Connection, call: Callable[[], A
     writer.send_bytes(pickle.dumps({"logs": capture.kept(), "stdout": out.getvalue(), "stderr": err.getvalue()}))
     writer.send_bytes(data)
     writer.close()
+
+
+def _alone() -> None:
+    """The task's process, forked from a thread of the flow's, as a process of its own: a task it calls directly
+    runs here, inline and unrecorded (the flow's API client and its threads are not in this process, and forking
+    again would wait for ever on the lock the forking thread held), so does one it submits; and it may start
+    processes of its own (``multiprocessing.Pool``), which a daemonic process may not."""
+    from baton.sdk import futures, tasks
+    from baton.sdk.context import NoopReporter, _reporter
+
+    tasks._attempts_on.set(None)
+    futures._submissions.set(None)
+    _reporter.set(NoopReporter())
+    multiprocessing.current_process()._config["daemon"] = False  # type: ignore[attr-defined]  # no public setter
 
 
 class Children:
@@ -196,7 +222,8 @@ class Children:
             TaskTransferError: the outcome cannot travel back.
         """
         reader, writer = _FORK.Pipe(duplex=False)
-        process = _FORK.Process(target=_child, args=(writer, call), name=f"baton-task-{name}", daemon=True)
+        args = (writer, call, os.getpid())
+        process = _FORK.Process(target=_child, args=args, name=f"baton-task-{name}", daemon=True)
         try:
             with self._lock:
                 if self.stopped:
@@ -214,8 +241,11 @@ class Children:
             reader.close()
             process.join(5)
             kill_tree(process)
-            with self._lock:
+            with self._lock:  # with stop(), which must never meet a closed process in _live
                 self._live.discard(process)
+                # Its sentinel's descriptor, else held until the raised error's traceback (holding this frame) dies.
+                with contextlib.suppress(ValueError):  # still running: a process that SIGKILL did not end in 5 s
+                    process.close()
         if lines is not None:
             replay(lines)
         kind, value = outcome
@@ -224,11 +254,14 @@ class Children:
         raise value
 
     def stop(self) -> None:
+        # Under the lock: an attempt ending meanwhile closes its process object only once it is out of _live.
         with self._lock:
             self.stopped = True
-            live = list(self._live)
-        for process in live:
-            kill_tree(process)
+            for process in self._live:
+                try:
+                    kill_tree(process)
+                except Exception:  # one tree that cannot be killed must not spare the others
+                    logger.exception("Could not kill the processes of %s", process.name)
 
 
 def _receive(
@@ -280,56 +313,6 @@ def _ending(code: int | None) -> str:
         with contextlib.suppress(ValueError):
             return f"was killed by signal {signal.Signals(-code).name}"
     return f"ended (exit code {code})"
-
-
-def kill_tree(process: multiprocessing.process.BaseProcess) -> None:
-    """SIGKILL ``process`` and its descendants (those first, while it still adopts their orphans)."""
-    if process.is_alive() and process.pid is not None:
-        kill_descendants(process.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-        process.join(5)
-
-
-def kill_descendants(pid: int) -> None:
-    """SIGKILL every descendant of ``pid`` (Linux; elsewhere none are found). ``pid`` being a subreaper, the
-    orphans of those killed come back under it: scan again until none is left."""
-    for _ in range(_KILL_ROUNDS):
-        found = _descendants(pid)
-        if not found:
-            return
-        for descendant in found:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(descendant, signal.SIGKILL)
-
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        for child in _children(pending.pop()):
-            if child not in found:
-                found.append(child)
-                pending.append(child)
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    """The living (not zombie) children of ``pid``, from ``/proc`` (empty where there is none)."""
-    children: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                children.extend(int(child) for child in (task / "children").read_text().split())
-    return [child for child in children if not _zombie(child)]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # gone already
-    return stat.rpartition(")")[2].split()[0] in {"Z", "X"}
 
 
 def replay(lines: dict[str, Any]) -> None:
