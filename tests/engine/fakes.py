@@ -163,6 +163,23 @@ class FakeApi:
             raise self.apply_then_fail["create_task_run"].pop(0)
         return self._task_run(flow_run_id, task_run_id)
 
+    def create_task_runs(self, flow_run_id: str, task_runs: list[dict[str, Any]]) -> list[TaskRunRead]:
+        self._enter("create_task_runs")
+        created = []
+        for item in task_runs:
+            task_run_id = uuid.uuid4().hex
+            record = {
+                "name": item["task_name"],
+                "states": [str(item["state"])],
+                "attempt": 1,
+                "created": datetime.now(UTC),
+            }
+            self.task_runs[task_run_id] = record
+            created.append(self._task_run(flow_run_id, task_run_id))
+        if self.apply_then_fail["create_task_runs"]:
+            raise self.apply_then_fail["create_task_runs"].pop(0)
+        return created
+
     def set_task_run_state(
         self, task_run_id: str, state: str, message: str | None = None, attempt: int | None = None
     ) -> TaskRunRead:

@@ -100,3 +100,33 @@ def test_end_open_ends_what_is_open_and_sends_everything_before_returning() -> N
 
     sent = [(s["task_run_id"], s["state"]) for batch in api.batches for s in batch]
     assert sent == [(done, "Success"), (left, "Cancelled")]
+
+
+# --- a map's children created together ------------------------------------------------------------------------
+
+
+def test_a_maps_children_are_created_in_one_request_and_a_lost_answer_is_adopted_not_repeated() -> None:
+    from baton import flow, task
+    from baton.exceptions import ServerUnavailableError
+    from engine.fakes import FakeApi, flow_read
+
+    api = FakeApi(flow_read("", "unused"))
+    api.apply_then_fail["create_task_runs"].append(ServerUnavailableError("connection reset"))
+    reporter = ApiTaskRunReporter(api, "run-1")  # type: ignore[arg-type]
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def doubled() -> list[int]:
+        return [future.result() for future in double.map([1, 2, 3])]
+
+    assert doubled.run({}, reporter) == [2, 4, 6]
+    reporter.flush()
+
+    assert api.calls.count("create_task_runs") == 1  # the answer was lost: found again, not created twice
+    assert "create_task_run" not in api.calls
+    assert [(t["name"], t["states"]) for t in api.task_runs.values()] == [
+        (f"double[{i}]", ["Pending", "Running", "Success"]) for i in range(3)
+    ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,11 @@ class RecordingReporter:
         self.names[task_run_id] = task_name
         self.states.append((task_run_id, str(state), None, 1))
         return task_run_id
+
+    def task_runs_created(
+        self, task_names: Sequence[str], state: TaskRunState = TaskRunState.PENDING
+    ) -> list[str | None]:
+        return [self.task_run_created(name, state) for name in task_names]
 
     def task_run_state(
         self, task_run_id: str | None, state: TaskRunState, message: str | None = None, attempt: int = 1

@@ -61,6 +61,19 @@ def test_a_run_token_creates_task_runs_up_to_the_limit_and_pages_stay_in_budget(
     assert [t.id for t in tenant.admin.list_task_runs(staged.id)] == made
 
 
+def test_task_runs_created_together_past_the_limit_are_refused_all_together(tenant: TenantContext) -> None:
+    staged = tenant.stage("Running")
+    assert staged.token is not None
+    token = tenant.client(staged.token)
+    token.create_task_runs(staged.id, [{"task_name": f"a[{i}]"} for i in range(TASK_RUNS - 2)])
+
+    with pytest.raises(ConflictError, match="MAX_TASK_RUNS_PER_RUN"):
+        token.create_task_runs(staged.id, [{"task_name": f"b[{i}]"} for i in range(3)])
+
+    assert len(tenant.admin.list_task_runs(staged.id)) == TASK_RUNS - 2
+    assert len(token.create_task_runs(staged.id, [{"task_name": f"c[{i}]"} for i in range(2)])) == 2
+
+
 def test_a_tenant_has_at_most_its_limit_of_agents_and_their_list_pages(tenant: TenantContext) -> None:
     runner = tenant.client(tenant.key("runner"))
     labels = [f"label-{i:02d}-" + "x" * 100 for i in range(64)]  # ~7 KB of labels: two agents fill a page

@@ -470,6 +470,11 @@ class Client:
         body = {"task_name": task_name, "state": state, "message": message}
         return self._model(r.TaskRunRead, "POST", f"/api/flow_runs/{flow_run_id}/task_runs", json=body)
 
+    def create_task_runs(self, flow_run_id: str, task_runs: list[dict[str, Any]]) -> list[r.TaskRunRead]:
+        """Several task runs at once (each ``{"task_name", "state", "message"}``), all or none, in order."""
+        path = f"/api/flow_runs/{flow_run_id}/task_runs/batch"
+        return self._models(r.TaskRunRead, "POST", path, json={"task_runs": task_runs})
+
     def set_task_run_state(
         self, task_run_id: str, state: str, message: str | None = None, attempt: int | None = None
     ) -> r.TaskRunRead:

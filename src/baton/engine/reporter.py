@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 
 from baton.client.http import Client, may_have_reached_the_server
+from baton.engine.limits import MAX_TASK_RUNS_PER_CREATE
 from baton.engine.retry import call_with_retry
 from baton.engine.state_batches import StateBatches
 from baton.exceptions import ClientError, ServerUnavailableError
@@ -96,6 +97,61 @@ class ApiTaskRunReporter:
             logger.warning("Task %r will run unrecorded: %s", task_name, exc)
             return None
         return created.id
+
+    def task_runs_created(
+        self, task_names: Sequence[str], state: TaskRunState = TaskRunState.PENDING
+    ) -> list[str | None]:
+        """Record several task runs at once (a map's children), one request per :data:`MAX_TASK_RUNS_PER_CREATE`;
+        their ids in ``task_names``' order (None for those that could not be recorded)."""
+        ids: list[str | None] = []
+        for start in range(0, len(task_names), MAX_TASK_RUNS_PER_CREATE):
+            ids += self._create_chunk(list(task_names[start : start + MAX_TASK_RUNS_PER_CREATE]), state)
+        return ids
+
+    def _create_chunk(self, names: list[str], state: TaskRunState) -> list[str | None]:
+        maybe_created = False
+
+        def create() -> list[TaskRunRead]:
+            nonlocal maybe_created
+            with self._shield():
+                task_runs = self._adopt_all(names, state) if maybe_created else None
+                if task_runs is None:
+                    wanted = [{"task_name": name, "state": state.value} for name in names]
+                    try:
+                        task_runs = self._client.create_task_runs(self._flow_run_id, wanted)
+                    except ServerUnavailableError as exc:
+                        maybe_created = maybe_created or may_have_reached_the_server(exc)
+                        raise
+                with self._lock:
+                    for task_run in task_runs:
+                        self._known.add(task_run.id)
+                        self._open[task_run.id] = 1
+                return task_runs
+
+        try:
+            created = call_with_retry(
+                create, what=f"record {len(names)} task runs", timeout_seconds=self._retry_seconds
+            )
+        except (ServerUnavailableError, ClientError) as exc:
+            logger.warning("%d task runs (%r, ...) will run unrecorded: %s", len(names), names[0], exc)
+            return [None] * len(names)
+        return [task_run.id for task_run in created]
+
+    def _adopt_all(self, names: list[str], state: TaskRunState) -> list[TaskRunRead] | None:
+        """The task runs a batch whose answer was lost created, now known; None when it did not go through (a batch
+        is created all or none): for each name, the newest one of that name in ``state`` not known here."""
+        found = sorted(self._client.list_task_runs(self._flow_run_id), key=lambda task_run: task_run.created)
+        with self._lock:
+            unknown = [t for t in found if t.state == state and t.id not in self._known and t.created >= self._since]
+            by_name: dict[str, list[TaskRunRead]] = {}
+            for task_run in unknown:
+                by_name.setdefault(task_run.task_name, []).append(task_run)
+            if any(len(by_name.get(name, [])) < names.count(name) for name in set(names)):
+                return None
+            adopted = [by_name[name].pop() for name in names]
+            self._known.update(task_run.id for task_run in adopted)
+        logger.info("%d task runs were created by a call whose answer was lost: using them", len(adopted))
+        return adopted
 
     def _adopt(self, task_name: str, state: TaskRunState) -> TaskRunRead | None:
         """The newest task run named ``task_name`` in ``state`` (as created) that this reporter does not know of,

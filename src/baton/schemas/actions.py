@@ -275,6 +275,14 @@ class TaskRunCreate(StrictModel):
     message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)
 
 
+# Task runs created in one request: a map's children (engine/reporter.py).
+MAX_TASK_RUNS_PER_CREATE = 1000
+
+
+class TaskRunsCreate(StrictModel):
+    task_runs: list[TaskRunCreate] = Field(min_length=1, max_length=MAX_TASK_RUNS_PER_CREATE)
+
+
 class TaskRunStateSet(StrictModel):
     state: TaskRunState
     message: str | None = Field(default=None, max_length=MAX_MESSAGE_LENGTH)

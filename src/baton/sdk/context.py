@@ -7,7 +7,7 @@ code into the worker threads that run tasks with a timeout, because those thread
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Protocol
@@ -33,6 +33,13 @@ class TaskRunReporter(Protocol):
         """
         ...
 
+    def task_runs_created(
+        self, task_names: Sequence[str], state: TaskRunState = TaskRunState.PENDING
+    ) -> list[str | None]:
+        """Record several task runs at once (a map's children, one request rather than one each); their ids in
+        order (None for each not recorded)."""
+        ...
+
     def task_run_state(
         self, task_run_id: str | None, state: TaskRunState, message: str | None = None, attempt: int = 1
     ) -> None:
@@ -45,6 +52,11 @@ class NoopReporter:
 
     def task_run_created(self, task_name: str, state: TaskRunState = TaskRunState.RUNNING) -> str | None:
         return None
+
+    def task_runs_created(
+        self, task_names: Sequence[str], state: TaskRunState = TaskRunState.PENDING
+    ) -> list[str | None]:
+        return [None] * len(task_names)
 
     def task_run_state(
         self, task_run_id: str | None, state: TaskRunState, message: str | None = None, attempt: int = 1

@@ -48,6 +48,9 @@ def describe_error(exc: BaseException) -> str:
     return describe(exc)
 
 
+_NEW: Any = object()  # _submit's task run is not recorded yet (map records its children first, together)
+
+
 class Task(Generic[P, R]):
     """A function wrapped by ``@task``. Calling it runs the function with retries and a timeout."""
 
@@ -96,16 +99,23 @@ class Task(Generic[P, R]):
         if not mapped:
             raise ValueError(f"task {self.name!r}.map needs at least one list, tuple or future of one to map over")
         count = min(len(items) for items in mapped.values())
+        names = [f"{self.name}[{index}]" for index in range(count)]
+        # The children's task runs in one request (or a few): a map of 1,000 is not 1,000 round trips before the
+        # first child can start.
+        task_run_ids = current_reporter().task_runs_created(names, TaskRunState.PENDING) if names else []
         futures = []
         for index in range(count):
             call = {key: mapped[key][index] if key in mapped else _whole(value) for key, value in values.items()}
             positional = tuple(call[i] for i in range(len(args)))
             named = {key: value for key, value in call.items() if isinstance(key, str)}
-            futures.append(self._submit(f"{self.name}[{index}]", positional, named))
+            futures.append(self._submit(names[index], positional, named, task_run_ids[index]))
         return futures
 
-    def _submit(self, task_run_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskFuture[R]:
-        task_run_id = current_reporter().task_run_created(task_run_name, TaskRunState.PENDING)
+    def _submit(
+        self, task_run_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], task_run_id: str | None = _NEW
+    ) -> TaskFuture[R]:
+        if task_run_id is _NEW:
+            task_run_id = current_reporter().task_run_created(task_run_name, TaskRunState.PENDING)
         future: TaskFuture[R] = TaskFuture(task_run_name, task_run_id)
         upstream = futures_in(args, kwargs)
 

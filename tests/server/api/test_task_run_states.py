@@ -114,3 +114,46 @@ def test_a_malformed_batch_is_422_and_changes_nothing(
     assert problem in str(excinfo.value.detail)
     assert token.list_task_runs(claimed.flow_run.id)[0].id == task_run.id
     assert token.list_task_runs(claimed.flow_run.id)[0].state == "Pending"
+
+
+# --- task runs created together (a map's children) ----------------------------------------------------------
+
+
+def test_a_maps_children_are_created_in_one_request_in_order(token: Client, claimed: ClaimedRun) -> None:
+    names = [f"tiny[{i}]" for i in range(1000)]
+
+    created = token.create_task_runs(claimed.flow_run.id, [{"task_name": name, "state": "Pending"} for name in names])
+
+    assert [t.task_name for t in created] == names
+    assert {t.state for t in created} == {"Pending"}
+    listed = token.list_task_runs(claimed.flow_run.id)
+    assert sorted(t.id for t in listed) == sorted(t.id for t in created)
+
+
+@pytest.mark.parametrize(
+    ("task_runs", "problem"),
+    [
+        ([], "at least 1"),
+        ([{"task_name": "x"}] * 1001, "at most 1000"),
+        ([{"task_name": ""}], "task_name"),
+        ([{"task_name": "x" * 501}], "task_name"),
+        ([{"task_name": "x", "state": "Scheduled"}], "state"),
+        ([{"task_name": "x", "extra": 1}], "extra"),
+    ],
+)
+def test_a_malformed_creation_batch_is_422_and_creates_nothing(
+    token: Client, claimed: ClaimedRun, task_runs: list[dict[str, Any]], problem: str
+) -> None:
+    with pytest.raises(ClientError) as excinfo:
+        token.create_task_runs(claimed.flow_run.id, task_runs)
+
+    assert excinfo.value.status_code == 422
+    assert problem in str(excinfo.value.detail)
+    assert token.list_task_runs(claimed.flow_run.id) == []
+
+
+def test_a_run_token_cannot_create_task_runs_of_another_run(tenant: TenantContext, token: Client) -> None:
+    other = tenant.stage("Running")
+
+    with pytest.raises(NotFoundError):
+        token.create_task_runs(other.id, [{"task_name": "theirs"}])

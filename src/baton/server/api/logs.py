@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from baton.schemas.actions import MAX_INT, LogsCreate, TaskRunCreate, TaskRunStateSet
+from baton.schemas.actions import MAX_INT, LogsCreate, TaskRunCreate, TaskRunsCreate, TaskRunStateSet
 from baton.schemas.actions import TaskRunStatesSet as TaskRunStatesSetBody
 from baton.schemas.responses import NEXT_CURSOR_HEADER, LogsPage, LogsWritten, TaskRunRead, TaskRunStatesSet
 from baton.server import shaping
@@ -74,6 +74,26 @@ def create_task_run(
         return task_runs.create_task_run(
             session, principal.tenant_id, flow_run_id, payload.task_name, payload.state, payload.message, limit
         )
+
+
+@router.post(
+    "/flow_runs/{flow_run_id}/task_runs/batch",
+    response_model=list[TaskRunRead],
+    status_code=201,
+    responses=error_responses(409),
+)
+def create_task_runs(
+    flow_run_id: str,
+    payload: TaskRunsCreate,
+    principal: Annotated[Principal, allow(Action.TASK_RUN_CREATE)],
+    db: Db,
+    request: Request,
+) -> list[TaskRunRead]:
+    """Several task runs in one request and one statement, all or none (a map's children; engine/reporter.py)."""
+    limit = request.app.state.settings.server.max_task_runs_per_run
+    with transaction(db) as session:
+        flow_runs.require_flow_run(session, principal.tenant_id, flow_run_id)
+        return task_runs.create_task_runs(session, principal.tenant_id, flow_run_id, payload.task_runs, limit)
 
 
 @router.get("/flow_runs/{flow_run_id}/task_runs", response_model=list[TaskRunRead])

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from baton.schemas.actions import TaskRunStateItem
+from baton.schemas.actions import TaskRunCreate, TaskRunStateItem
 from baton.schemas.responses import TaskRunRead, TaskRunStatesSet
 from baton.schemas.states import TaskRunState
 from baton.server.database.orm import TaskRun, UTCDateTime, new_id, table_of, utcnow
@@ -41,27 +41,48 @@ def create_task_run(
     Raises:
         Conflict: the run has ``max_task_runs`` task runs already (409): a flow looping over tasks is bounded too.
     """
+    [read] = create_task_runs(
+        session,
+        tenant_id,
+        flow_run_id,
+        [TaskRunCreate(task_name=task_name, state=state, message=message)],
+        max_task_runs,
+    )
+    return read
+
+
+def create_task_runs(
+    session: Session, tenant_id: str, flow_run_id: str, items: Sequence[TaskRunCreate], max_task_runs: int = 10_000
+) -> list[TaskRunRead]:
+    """Record task runs of ``flow_run_id`` in one statement (a map's children), all or none, in ``items``' order.
+
+    Raises:
+        Conflict: they would take the run past ``max_task_runs`` task runs (409).
+    """
     connection = session.connection()
     count = connection.execute(_COUNT_OF_RUN, {"flow_run_id": flow_run_id}).scalar() or 0
-    if count >= max_task_runs:
+    if count + len(items) > max_task_runs:
         raise Conflict(
-            f"flow run {flow_run_id} has {count} task runs, the server's limit per run "
-            "(BATON__SERVER__MAX_TASK_RUNS_PER_RUN)"
+            f"flow run {flow_run_id} has {count} task runs and {len(items)} more would pass the server's limit of "
+            f"{max_task_runs} per run (BATON__SERVER__MAX_TASK_RUNS_PER_RUN)"
         )
     now = utcnow()
-    read = TaskRunRead(
-        id=new_id(),
-        flow_run_id=flow_run_id,
-        task_name=task_name,
-        state=state.value,
-        message=message,
-        attempt=1,
-        start_time=now if state == TaskRunState.RUNNING else None,
-        end_time=None,
-        created=now,
-    )
-    connection.execute(_INSERT, {**read.model_dump(), "tenant_id": tenant_id})
-    return read
+    reads = [
+        TaskRunRead(
+            id=new_id(),
+            flow_run_id=flow_run_id,
+            task_name=item.task_name,
+            state=item.state.value,
+            message=item.message,
+            attempt=1,
+            start_time=now if item.state == TaskRunState.RUNNING else None,
+            end_time=None,
+            created=now,
+        )
+        for item in items
+    ]
+    connection.execute(_INSERT, [{**read.model_dump(), "tenant_id": tenant_id} for read in reads])
+    return reads
 
 
 def set_task_run_state(
