@@ -4,13 +4,14 @@ Run with ``.venv/bin/python bench/tasks.py`` (``--tasks 1000``). The workload: o
 one to a number over N numbers and sums the results. Baton's figures, per executor:
 
 - **recorded**: the flow run's task runs recorded in a real API server on 127.0.0.1 (SQLite), as in a flow run:
-  each task is created Pending, then Running, then Success (three requests), from the flow's process;
+  the map's children created Pending together (one request per 1,000), then each Running and Success, shipped in
+  batches by the flow's process (``engine/state_batches.py``); the figure includes waiting for the last batch;
 - **in-process**: the same flow called directly, nothing recorded (the SDK's and executor's own cost).
 
 Prefect 3 (``make bench-peers`` makes its environment; ``prefect-dask`` for its Dask runner) records its task runs
 in a ``prefect server start`` of its own on 127.0.0.1 (SQLite): its figures compare with Baton's recorded ones. One
 difference to keep in mind: Prefect 3's task engine sends task-run states as events that its server records in the
-background, so its flow does not wait for them to be stored; Baton's reporter waits for each request's answer. Each
+background, so its flow does not wait for them to be stored; Baton's flow waits only for its last batch. Each
 figure is wall time for the whole map divided by N, in ms per task; ratios are Prefect's over Baton's (above 1:
 Baton is faster). The machine's other load shows in every figure: compare the ratios of one run rather than figures
 across runs.
