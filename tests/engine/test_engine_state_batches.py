@@ -130,3 +130,76 @@ def test_a_maps_children_are_created_in_one_request_and_a_lost_answer_is_adopted
     assert [(t["name"], t["states"]) for t in api.task_runs.values()] == [
         (f"double[{i}]", ["Pending", "Running", "Success"]) for i in range(3)
     ]
+
+
+def test_a_message_the_api_would_refuse_is_made_storable_and_cut_not_left_to_sink_its_batch() -> None:
+    from baton.engine.limits import MAX_MESSAGE_LENGTH
+
+    api = SlowApi()
+    reporter = ApiTaskRunReporter(api, "run-1")  # type: ignore[arg-type]
+    task_run_id = reporter.task_run_created("greet")
+
+    alone: list[str] = []
+    api.set_task_run_state = lambda task_run_id, state, message=None, attempt=None: alone.append(message)  # type: ignore[method-assign]
+
+    reporter.task_run_state(task_run_id, TaskRunState.FAILED, "nul\x00 and \udcff " + "x" * 200_000)
+    reporter.task_run_state(task_run_id, TaskRunState.FAILED, "short\x00")
+    reporter.flush()
+
+    [long] = alone
+    assert len(long) == MAX_MESSAGE_LENGTH
+    assert long.startswith("nul\ufffd and \\udcff ")
+    assert [[s["message"] for s in batch] for batch in api.batches] == [["short\ufffd"]]
+
+
+def test_a_message_too_long_for_a_batch_goes_alone_in_its_place() -> None:
+    from baton.engine.limits import MAX_BATCH_MESSAGE_LENGTH
+
+    api = SlowApi(hold_first=True)
+    sent: list[tuple[str, str]] = []
+    api.set_task_run_state = lambda task_run_id, state, message=None, attempt=None: sent.append(("alone", task_run_id))  # type: ignore[method-assign]
+    batches = StateBatches(api, "run-1")  # type: ignore[arg-type]
+    batches.add({"task_run_id": "a", "state": "Running"})
+    assert api.entered.wait(10)
+    batches.add({"task_run_id": "b", "state": "Running"})
+    batches.add({"task_run_id": "c", "state": "Failed", "message": "m" * (MAX_BATCH_MESSAGE_LENGTH + 1)})
+    batches.add({"task_run_id": "d", "state": "Running"})
+    api.release.set()
+
+    assert batches.flush(timeout=10)
+    assert [[s["task_run_id"] for s in batch] for batch in api.batches] == [["a"], ["b"], ["d"]]
+    assert sent == [("alone", "c")]
+
+
+class OldServer(SlowApi):
+    """A server from before the batch routes: 404 for them, the one-at-a-time routes work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.one_by_one: list[tuple[str, str]] = []
+
+    def set_task_run_states(self, flow_run_id: str, states: list[dict[str, Any]]) -> TaskRunStatesSet:
+        from baton.exceptions import NotFoundError
+
+        raise NotFoundError(404, "Not Found")
+
+    def create_task_runs(self, flow_run_id: str, task_runs: list[dict[str, Any]]) -> Any:
+        from baton.exceptions import NotFoundError
+
+        raise NotFoundError(404, "Not Found")
+
+    def set_task_run_state(self, task_run_id: str, state: str, message: Any = None, attempt: Any = None) -> Any:
+        self.one_by_one.append((task_run_id, state))
+
+
+def test_against_a_server_without_the_batch_routes_each_state_and_task_run_goes_on_its_own() -> None:
+    api = OldServer()
+    reporter = ApiTaskRunReporter(api, "run-1")  # type: ignore[arg-type]
+
+    ids = reporter.task_runs_created(["m[0]", "m[1]"])
+    for task_run_id in ids:
+        reporter.task_run_state(task_run_id, TaskRunState.SUCCESS)
+    reporter.flush()
+
+    assert ids == ["t1", "t2"]
+    assert api.one_by_one == [("t1", "Success"), ("t2", "Success")]

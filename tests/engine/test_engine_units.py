@@ -681,12 +681,14 @@ def test_the_engines_limits_are_the_servers() -> None:
         name_limit,
         actions.MAX_TASK_RUN_STATES,
         actions.MAX_TASK_RUNS_PER_CREATE,
+        actions.MAX_BATCH_MESSAGE_LENGTH,
     ) == (
         limits.MAX_MESSAGE_LENGTH,
         limits.MAX_LOGS_PER_BATCH,
         limits.MAX_LOG_NAME_LENGTH,
         limits.MAX_TASK_RUN_STATES,
         limits.MAX_TASK_RUNS_PER_CREATE,
+        limits.MAX_BATCH_MESSAGE_LENGTH,
     )
 
 

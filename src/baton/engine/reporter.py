@@ -25,10 +25,11 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 
 from baton.client.http import Client, may_have_reached_the_server
-from baton.engine.limits import MAX_TASK_RUNS_PER_CREATE
+from baton.engine.limits import MAX_MESSAGE_LENGTH, MAX_TASK_RUNS_PER_CREATE
+from baton.engine.logs import storable
 from baton.engine.retry import call_with_retry
 from baton.engine.state_batches import StateBatches
-from baton.exceptions import ClientError, ServerUnavailableError
+from baton.exceptions import ClientError, NotFoundError, ServerUnavailableError
 from baton.schemas.core import utcnow
 from baton.schemas.responses import TaskRunRead
 from baton.schemas.states import TaskRunState
@@ -37,6 +38,8 @@ logger = logging.getLogger("baton.engine")
 
 _FINAL = frozenset({TaskRunState.SUCCESS, TaskRunState.FAILED, TaskRunState.CANCELLED})
 ADOPT_SKEW = timedelta(seconds=60)
+# The longest the runner waits for queued task-run states before the flow run's final state.
+FLUSH_SECONDS = 120.0
 
 
 class ApiTaskRunReporter:
@@ -69,6 +72,7 @@ class ApiTaskRunReporter:
         self._ended: set[str] = set()  # ended by end_open: later states (a task thread finishing) are not sent
         self._clock = clock
         self._batches = StateBatches(client, flow_run_id, retry_seconds)
+        self._one_by_one = False  # the server has no route to create task runs together
 
     def task_run_created(self, task_name: str, state: TaskRunState = TaskRunState.RUNNING) -> str | None:
         maybe_created = False
@@ -128,10 +132,16 @@ class ApiTaskRunReporter:
                         self._open[task_run.id] = 1
                 return task_runs
 
+        if self._one_by_one:
+            return [self.task_run_created(name, state) for name in names]
         try:
             created = call_with_retry(
                 create, what=f"record {len(names)} task runs", timeout_seconds=self._retry_seconds
             )
+        except NotFoundError:  # a server from before the batch route: one request each, as then
+            logger.info("The API has no batch route for task runs: creating them one at a time")
+            self._one_by_one = True
+            return [self.task_run_created(name, state) for name in names]
         except (ServerUnavailableError, ClientError) as exc:
             logger.warning("%d task runs (%r, ...) will run unrecorded: %s", len(names), names[0], exc)
             return [None] * len(names)
@@ -176,19 +186,26 @@ class ApiTaskRunReporter:
         """Queue the state with the time it happened; :class:`StateBatches` sends it (the task goes on at once)."""
         if task_run_id is None or task_run_id in self._ended:
             return  # ended by a stop (end_open): a thread still running it reports nothing more
-        with self._lock:
-            if state in _FINAL:
-                self._open.pop(task_run_id, None)
-            elif task_run_id in self._open:
-                self._open[task_run_id] = attempt
-        at = self._clock().isoformat()
-        item = {"task_run_id": task_run_id, "state": state.value, "message": message, "attempt": attempt, "at": at}
-        self._batches.add(item)
+        # What the API refuses in a message would cost the whole batch it travels in: made storable, cut to size.
+        text = None if message is None else storable(message)[:MAX_MESSAGE_LENGTH]
+        item = {"task_run_id": task_run_id, "state": state.value, "message": text, "attempt": attempt}
+        # Shielded: a stop raised in the middle must not leave a final state neither queued nor open to end_open.
+        with self._shield():
+            with self._lock:
+                if state in _FINAL:
+                    self._open.pop(task_run_id, None)
+                elif task_run_id in self._open:
+                    self._open[task_run_id] = attempt
+            self._batches.add({**item, "at": self._clock().isoformat()})
 
     def flush(self) -> None:
-        """Wait until every state reported so far has been sent (before the flow run's own final state)."""
+        """Wait until every state reported so far has been sent (before the flow run's own final state), for at most
+        :data:`FLUSH_SECONDS`: an API down for good must not keep the run from ending."""
         with self._shield():
-            self._batches.flush()
+            if not self._batches.flush(timeout=FLUSH_SECONDS):
+                logger.warning(
+                    "Some task-run states were not recorded within %ss: the API did not take them", FLUSH_SECONDS
+                )
 
     def end_open(self, state: TaskRunState, message: str) -> None:
         """Give ``state`` to the task runs recorded here that have no final state (the flow run has stopped), and

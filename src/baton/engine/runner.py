@@ -310,11 +310,12 @@ class FlowRunner:
                 try:
                     with self._cancel:
                         flow.run(parameters, reporter, executor)
-                        reporter.flush()  # no task run is seen open once its run has ended
                 except FlowRunCancelled as exc:
                     # A stop between two calls of a task (after its Running, before its Cancelled) leaves it open.
                     reporter.end_open(TaskRunState.CANCELLED, "flow run cancelled")
                     return self._stopped(str(exc))
+                # Outside the stop's reach: a SIGTERM while the last states go must not fail a flow that succeeded.
+                reporter.flush()  # no task run is seen open once its run has ended
         except BaseException as exc:  # any way the flow ends but success: never leave the run Running
             logger.error("Flow run failed: %s", describe_error(exc), exc_info=exc)
             reporter.end_open(TaskRunState.FAILED, f"the flow run failed: {describe_error(exc)}")

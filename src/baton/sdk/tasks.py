@@ -102,7 +102,14 @@ class Task(Generic[P, R]):
         names = [f"{self.name}[{index}]" for index in range(count)]
         # The children's task runs in one request (or a few): a map of 1,000 is not 1,000 round trips before the
         # first child can start.
-        task_run_ids = current_reporter().task_runs_created(names, TaskRunState.PENDING) if names else []
+        reporter = current_reporter()
+        together = getattr(reporter, "task_runs_created", None)  # a reporter written before it: one by one
+        if together is not None and names:
+            task_run_ids = list(together(names, TaskRunState.PENDING))
+        else:
+            task_run_ids = [reporter.task_run_created(name, TaskRunState.PENDING) for name in names]
+        if len(task_run_ids) != len(names):
+            raise RuntimeError(f"the reporter recorded {len(task_run_ids)} task runs for {len(names)} children")
         futures = []
         for index in range(count):
             call = {key: mapped[key][index] if key in mapped else _whole(value) for key, value in values.items()}

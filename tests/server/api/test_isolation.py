@@ -225,6 +225,18 @@ ROUTES = [
     ),
     Route(
         "POST",
+        "/api/flow_runs/{flow_run_id}/task_runs/batch",
+        201,
+        body=lambda t: {"task_runs": [{"task_name": "swept[0]"}, {"task_name": "swept[1]"}]},
+    ),
+    Route(
+        "POST",
+        "/api/flow_runs/{flow_run_id}/task_runs/states",
+        200,
+        body=lambda t: {"states": [{"task_run_id": t.task_run_id, "state": "Running"}]},
+    ),
+    Route(
+        "POST",
         "/api/agents",
         201,
         body=lambda t: {"name": unique("agent"), "type": "local", "labels": []},

@@ -127,7 +127,7 @@ def test_a_maps_children_are_created_in_one_request_in_order(token: Client, clai
     assert [t.task_name for t in created] == names
     assert {t.state for t in created} == {"Pending"}
     listed = token.list_task_runs(claimed.flow_run.id)
-    assert sorted(t.id for t in listed) == sorted(t.id for t in created)
+    assert [t.id for t in listed] == [t.id for t in created]  # oldest first: the children in their order
 
 
 @pytest.mark.parametrize(
