@@ -102,9 +102,16 @@ def registered(prefect1: Prefect1, executor: str = "LocalExecutor") -> Path:
 
 @contextmanager
 def local_agent(prefect1: Prefect1, *options: str) -> Iterator[subprocess.Popen[str]]:
+    with prefect1_agent(prefect1, "local", "--label", "p1", *options) as agent:
+        yield agent
+
+
+@contextmanager
+def prefect1_agent(prefect1: Prefect1, agent_type: str, *options: str) -> Iterator[subprocess.Popen[str]]:
+    """``prefect agent AGENT_TYPE start OPTIONS`` from Prefect 1's venv, its output in ``agent.log``; stopped after."""
     log = (prefect1.home / "agent.log").open("w")
     agent = subprocess.Popen(
-        [str(VENV / "bin" / "prefect"), "agent", "local", "start", "--label", "p1", *options],
+        [str(VENV / "bin" / "prefect"), "agent", agent_type, "start", *options],
         env=prefect1.env,
         cwd=prefect1.home,
         stdout=log,

@@ -4,7 +4,6 @@ run with the deployment error."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from prefect1.conftest import VENV, Prefect1, log_lines, skip_or_fail
+from prefect1.conftest import Prefect1, log_lines, skip_or_fail
+from prefect1.runs_support import prefect1_agent
 from support import ServerProcess
 
 IMAGE = "baton-prefect1:1.4.1"
@@ -61,27 +61,9 @@ def register(prefect1: Prefect1, image: str) -> Path:
 
 @contextmanager
 def docker_agent(prefect1: Prefect1, flows: Path) -> Iterator[None]:
-    log = (prefect1.home / "agent.log").open("w")
-    agent = subprocess.Popen(
-        [
-            *(str(VENV / "bin" / "prefect"), "agent", "docker", "start", "--label", "p1docker", "--no-pull"),
-            *("--network", "host", "--volume", f"{flows}:{flows}", "--show-flow-logs"),
-        ],
-        env=prefect1.env,
-        cwd=prefect1.home,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    options = ("--label", "p1docker", "--no-pull", "--network", "host", "--volume", f"{flows}:{flows}")
+    with prefect1_agent(prefect1, "docker", *options, "--show-flow-logs"):
         yield
-    finally:
-        agent.terminate()
-        try:
-            agent.wait(10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
-        log.close()
 
 
 def run_flow(prefect1: Prefect1, server: ServerProcess, flows: Path, timeout: float = 120) -> str:

@@ -15,31 +15,8 @@ from baton import ThreadExecutor
 from baton.exceptions import ExecutorError
 from baton.sdk.futures import _submissions, current_submissions, submitting_to
 from baton.sdk.processes import TaskTransferError
-from sdk.conftest import RecordingReporter, fresh_needs_arg
+from sdk.conftest import fresh_needs_arg
 from support import free_port
-
-
-class Unprintable(Exception):
-    def __str__(self) -> str:
-        raise ValueError("no text")
-
-
-class BadReduce:
-    def __reduce__(self) -> Any:
-        raise RuntimeError("no pickling for you")
-
-
-class BadRepr:
-    def __repr__(self) -> str:
-        raise ValueError("no repr")
-
-    __str__ = __repr__
-
-
-def _last(reporter: RecordingReporter, name: str) -> tuple[str, str | None]:
-    task_run_id = next(run_id for run_id, task_name in reporter.names.items() if task_name == name)
-    state, message = next((s, m) for run_id, s, m, _ in reversed(reporter.states) if run_id == task_run_id)
-    return state, message
 
 
 class _BrokenExecutor(ThreadExecutor):

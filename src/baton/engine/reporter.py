@@ -81,7 +81,8 @@ class ApiTaskRunReporter:
             nonlocal maybe_created
             # Recorded inside the shield: a stop raised as it ends must find the new task run open, to end it.
             with self._shield():
-                task_run = self._adopt(task_name, state) if maybe_created else None
+                adopted = self._adopt_all([task_name], state) if maybe_created else None
+                task_run = adopted[0] if adopted else None
                 if task_run is None:
                     try:
                         task_run = self._client.create_task_run(self._flow_run_id, task_name, state)
@@ -148,8 +149,9 @@ class ApiTaskRunReporter:
         return [task_run.id for task_run in created]
 
     def _adopt_all(self, names: list[str], state: TaskRunState) -> list[TaskRunRead] | None:
-        """The task runs a batch whose answer was lost created, now known; None when it did not go through (a batch
-        is created all or none): for each name, the newest one of that name in ``state`` not known here."""
+        """The task runs a creation whose answer was lost made, now known (before the lock is let go: a second lost
+        creation must not take them); None when it did not go through (a batch is created all or none): for each
+        name, the newest one of that name in ``state`` created since this reporter started and not known here."""
         found = sorted(self._client.list_task_runs(self._flow_run_id), key=lambda task_run: task_run.created)
         with self._lock:
             unknown = [t for t in found if t.state == state and t.id not in self._known and t.created >= self._since]
@@ -160,24 +162,7 @@ class ApiTaskRunReporter:
                 return None
             adopted = [by_name[name].pop() for name in names]
             self._known.update(task_run.id for task_run in adopted)
-        logger.info("%d task runs were created by a call whose answer was lost: using them", len(adopted))
-        return adopted
-
-    def _adopt(self, task_name: str, state: TaskRunState) -> TaskRunRead | None:
-        """The newest task run named ``task_name`` in ``state`` (as created) that this reporter does not know of,
-        now known."""
-        found = self._client.list_task_runs(self._flow_run_id)
-        with self._lock:
-            lost = [
-                t
-                for t in found
-                if (t.task_name, t.state) == (task_name, state) and t.id not in self._known and t.created >= self._since
-            ]
-            if not lost:
-                return None
-            adopted = max(lost, key=lambda task_run: task_run.created)
-            self._known.add(adopted.id)  # before the lock is let go: a second lost creation must not take it
-        logger.info("Task run %s of %r was created by a call whose answer was lost: using it", adopted.id, task_name)
+        logger.info("%d task run(s) %r... created by a call whose answer was lost: using them", len(adopted), names[0])
         return adopted
 
     def task_run_state(
