@@ -320,6 +320,10 @@ def _cluster_options(cluster_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     from distributed.security import Security
 
     options = {"host": "127.0.0.1", "dashboard_address": None, "processes": True, **cluster_kwargs}
+    # With no dashboard the scheduler still serves its HTTP routes (health, metrics), on 8787 unless told: a port of
+    # the system's choosing on loopback, so that two clusters on a host do not meet there ("Port 8787 is already in
+    # use" is a warning, and an error where warnings are).
+    options["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0", **(options.get("scheduler_kwargs") or {})}
     if options.get("security") is None:
         try:
             options["security"] = Security.temporary()
